@@ -1,0 +1,199 @@
+//! Session info files.
+//!
+//! Plain `key=value` lines. The last line, `info_sha256=<hex>`, is the SHA-256 of every
+//! byte before it, so an altered info file is detected even without the copy the source
+//! side keeps. Unknown keys are kept out of the parsed struct but do not fail parsing, so
+//! later versions can add fields; a different `format` does fail.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::chunk::Codec;
+use crate::error::{FormatError, IoContext, Result};
+use crate::{Hash, FORMAT_VERSION};
+
+/// How a session stores its chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A folder of chunk files (`<prefix>/x<addr>`).
+    Folder,
+}
+
+impl Storage {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Storage::Folder => "folder",
+        }
+    }
+}
+
+/// What a session's `info` file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub volume: String,
+    pub session: String,
+    /// The session this one builds on; `None` for a volume's first (full) session.
+    pub previous: Option<String>,
+    /// Seconds since the Unix epoch when the session was taken.
+    pub time: i64,
+    /// Volume size in bytes at this session.
+    pub volsize: u64,
+    pub chunksize: u64,
+    pub compression: Codec,
+    pub storage: Storage,
+    /// Manifest lines: chunks this session records (new data or newly zero).
+    pub changed: u64,
+    /// Non-zero chunks in the session's view.
+    pub chunks: u64,
+    /// Bytes read from the source for this session.
+    pub bytes_read: u64,
+    /// Bytes of chunk files stored by this session.
+    pub bytes_stored: u64,
+    pub manifest_sha256: Hash,
+}
+
+impl SessionInfo {
+    /// The file's bytes, ending with the `info_sha256` line.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "format={FORMAT_VERSION}");
+        let _ = writeln!(s, "volume={}", self.volume);
+        let _ = writeln!(s, "session={}", self.session);
+        let _ = writeln!(s, "previous={}", self.previous.as_deref().unwrap_or(""));
+        let _ = writeln!(s, "time={}", self.time);
+        let _ = writeln!(s, "volsize={}", self.volsize);
+        let _ = writeln!(s, "chunksize={}", self.chunksize);
+        let _ = writeln!(s, "compression={}", self.compression.name());
+        let _ = writeln!(s, "storage={}", self.storage.as_str());
+        let _ = writeln!(s, "changed={}", self.changed);
+        let _ = writeln!(s, "chunks={}", self.chunks);
+        let _ = writeln!(s, "bytes_read={}", self.bytes_read);
+        let _ = writeln!(s, "bytes_stored={}", self.bytes_stored);
+        let _ = writeln!(s, "manifest_sha256={}", hex::encode(self.manifest_sha256));
+        let sum = Sha256::digest(s.as_bytes());
+        let _ = writeln!(s, "info_sha256={}", hex::encode(sum));
+        s
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<SessionInfo> {
+        let bad = |reason: String| FormatError::Info {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let body_end = text
+            .rfind("info_sha256=")
+            .ok_or_else(|| bad("no info_sha256 line".into()))?;
+        let (body, tail) = text.split_at(body_end);
+        if !body.is_empty() && !body.ends_with('\n') {
+            return Err(bad("info_sha256 is not on a line of its own".into()));
+        }
+        let want = tail
+            .strip_prefix("info_sha256=")
+            .and_then(|t| t.strip_suffix('\n'))
+            .ok_or_else(|| bad("info_sha256 line is not the last line".into()))?;
+        if hex::encode(Sha256::digest(body.as_bytes())) != want {
+            return Err(bad("checksum mismatch (info file altered)".into()));
+        }
+        let mut kv = std::collections::BTreeMap::new();
+        for line in body.lines() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| bad(format!("line {line:?} is not key=value")))?;
+            if kv.insert(k, v).is_some() {
+                return Err(bad(format!("key {k} given twice")));
+            }
+        }
+        let get = |k: &str| kv.get(k).copied().ok_or_else(|| bad(format!("missing {k}")));
+        let num = |k: &str| -> Result<u64> {
+            get(k)?
+                .parse::<u64>()
+                .map_err(|e| bad(format!("{k}: {e}")))
+        };
+        let format = get("format")?;
+        if format != FORMAT_VERSION.to_string() {
+            return Err(bad(format!(
+                "format {format} is not supported (this build reads {FORMAT_VERSION})"
+            )));
+        }
+        let storage = match get("storage")? {
+            "folder" => Storage::Folder,
+            other => return Err(bad(format!("unknown storage {other:?}"))),
+        };
+        let compression = Codec::from_name(get("compression")?)
+            .ok_or_else(|| bad("unknown compression".into()))?;
+        let mut manifest_sha256 = [0u8; 32];
+        hex::decode_to_slice(get("manifest_sha256")?, &mut manifest_sha256)
+            .map_err(|e| bad(format!("manifest_sha256: {e}")))?;
+        let previous = match get("previous")? {
+            "" => None,
+            p => Some(p.to_string()),
+        };
+        let chunksize = num("chunksize")?;
+        if !chunksize.is_power_of_two() || chunksize < 4096 {
+            return Err(bad(format!("bad chunksize {chunksize}")));
+        }
+        Ok(SessionInfo {
+            volume: get("volume")?.to_string(),
+            session: get("session")?.to_string(),
+            previous,
+            time: get("time")?
+                .parse()
+                .map_err(|e| bad(format!("time: {e}")))?,
+            volsize: num("volsize")?,
+            chunksize,
+            compression,
+            storage,
+            changed: num("changed")?,
+            chunks: num("chunks")?,
+            bytes_read: num("bytes_read")?,
+            bytes_stored: num("bytes_stored")?,
+            manifest_sha256,
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<SessionInfo> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Number of chunk addresses in a volume of this size (the last may be partial).
+    pub fn nchunks(&self) -> u64 {
+        self.volsize.div_ceil(self.chunksize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SessionInfo {
+        SessionInfo {
+            volume: "vm-a".into(),
+            session: "20261123-212200".into(),
+            previous: None,
+            time: 1_795_000_000,
+            volsize: 1 << 30,
+            chunksize: 65536,
+            compression: Codec::Zstd,
+            storage: Storage::Folder,
+            changed: 5,
+            chunks: 4,
+            bytes_read: 1 << 20,
+            bytes_stored: 1000,
+            manifest_sha256: [7; 32],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let i = sample();
+        let t = i.to_text();
+        assert_eq!(SessionInfo::parse(&t, Path::new("i")).unwrap(), i);
+        let altered = t.replace("changed=5", "changed=6");
+        assert!(SessionInfo::parse(&altered, Path::new("i")).is_err());
+        let truncated = &t[..t.len() - 3];
+        assert!(SessionInfo::parse(truncated, Path::new("i")).is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! Rebuilding a volume from a session's view, and reading every chunk of a view in
+//! parallel (shared by receive, verify and `spbk-assemble`).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+
+use rayon::prelude::*;
+
+use crate::chunk;
+use crate::info::SessionInfo;
+use crate::view::{ViewEntry, ViewReader};
+use crate::volume::VolumeArchive;
+
+/// Chunks read and decoded together; bounds memory to `BATCH * chunksize` per batch.
+const BATCH: usize = 64;
+
+/// One chunk of a view, read back: its bytes or why they could not be had.
+pub struct ReadChunk {
+    pub entry: ViewEntry,
+    pub data: std::result::Result<Vec<u8>, String>,
+}
+
+/// Read every non-zero chunk of the view of `chain`'s last session, in address order, in
+/// parallel batches. With `check`, a chunk whose SHA-256 differs from the manifest comes
+/// back as an error. `f` sees each batch in order; an `Err` from `f` stops the walk.
+pub fn read_view<E: From<crate::FormatError>>(
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    check: bool,
+    mut f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let mut view = ViewReader::open(vol, chain)?;
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        for e in view.by_ref().take(BATCH) {
+            batch.push(e?);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let done: Vec<ReadChunk> = batch
+            .into_par_iter()
+            .map(|entry| {
+                let info = &chain[entry.session];
+                let data = vol.read_chunk(info, entry.addr).and_then(|d| {
+                    if check && chunk::hash(&d) != entry.hash {
+                        Err(format!(
+                            "SHA-256 mismatch in {}",
+                            vol.chunk_path(&info.session, entry.addr).display()
+                        ))
+                    } else {
+                        Ok(d)
+                    }
+                });
+                ReadChunk { entry, data }
+            })
+            .collect();
+        f(done)?;
+    }
+}
+
+/// Where a restored volume goes.
+pub trait Target {
+    /// Write `data` at byte offset `off`.
+    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()>;
+    /// Make `[off, off+len)` read back as zeros.
+    fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()>;
+    /// Make everything durable.
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+/// A regular file that was just truncated to zero length and then extended to the volume
+/// size: it reads as zeros already, so zero ranges stay holes.
+pub struct SparseFileTarget {
+    pub file: File,
+}
+
+impl SparseFileTarget {
+    pub fn new(file: File, size: u64) -> std::io::Result<SparseFileTarget> {
+        file.set_len(0)?;
+        file.set_len(size)?;
+        Ok(SparseFileTarget { file })
+    }
+}
+
+impl Target for SparseFileTarget {
+    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(data, off)
+    }
+    fn zero(&mut self, _off: u64, _len: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+/// A sequential stream (stdout, a pipe): zero ranges are written out as zeros.
+pub struct StreamTarget<W: Write> {
+    pub out: W,
+    pos: u64,
+}
+
+impl<W: Write> StreamTarget<W> {
+    pub fn new(out: W) -> Self {
+        StreamTarget { out, pos: 0 }
+    }
+}
+
+impl<W: Write> Target for StreamTarget<W> {
+    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        if off != self.pos {
+            return Err(std::io::Error::other("stream target written out of order"));
+        }
+        self.out.write_all(data)?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+    fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
+        if off != self.pos {
+            return Err(std::io::Error::other("stream target written out of order"));
+        }
+        let zeros = [0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            self.out.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        self.pos += len;
+        Ok(())
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreStats {
+    pub chunks: u64,
+    pub bytes_written: u64,
+    pub volsize: u64,
+}
+
+/// Errors of a restore: the format, or the target.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Format(#[from] crate::FormatError),
+    #[error("chunk {addr:#018x}: {reason}")]
+    Chunk { addr: u64, reason: String },
+    #[error("writing the target: {0}")]
+    Target(#[source] std::io::Error),
+}
+
+/// Rebuild the view of `chain`'s last session into `target`, checking every chunk's
+/// hash. `progress` is called with the volume offset reached.
+pub fn restore(
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    target: &mut dyn Target,
+    check: bool,
+    progress: &mut dyn FnMut(u64),
+) -> std::result::Result<RestoreStats, RestoreError> {
+    let last = chain.last().ok_or_else(|| crate::FormatError::NoSessions {
+        volume: vol.name.clone(),
+    })?;
+    let size = last.volsize;
+    let mut stats = RestoreStats {
+        volsize: size,
+        ..Default::default()
+    };
+    let mut pos = 0u64;
+    read_view(vol, chain, check, |batch| {
+        for rc in batch {
+            let addr = rc.entry.addr;
+            let data = rc.data.map_err(|reason| RestoreError::Chunk { addr, reason })?;
+            if addr > pos {
+                target.zero(pos, addr - pos).map_err(RestoreError::Target)?;
+            }
+            let len = (size - addr).min(data.len() as u64) as usize;
+            target
+                .write_at(addr, &data[..len])
+                .map_err(RestoreError::Target)?;
+            pos = addr + len as u64;
+            stats.chunks += 1;
+            stats.bytes_written += len as u64;
+        }
+        progress(pos);
+        Ok::<(), RestoreError>(())
+    })?;
+    if size > pos {
+        target.zero(pos, size - pos).map_err(RestoreError::Target)?;
+    }
+    target.finish().map_err(RestoreError::Target)?;
+    progress(size);
+    Ok(stats)
+}

@@ -1,0 +1,330 @@
+//! The persistent delta map: one bit per archive chunk of a volume, set when the chunk
+//! may differ between the source's reference snapshot (`tick`) and the archive's latest
+//! session. `monitor` ORs changes in; `send` reads only marked chunks and clears the map
+//! once its session is committed.
+//!
+//! On disk (`<metadir>/<volume>/deltamap`), memory-mapped:
+//!
+//! ```text
+//! offset size
+//!      0    8  magic "SPBKMAP1" (the 1 is the format version)
+//!      8    8  chunk size in bytes, u64 little-endian
+//!     16    8  number of chunks covered, u64 LE
+//!     24   16  session ID the map is relative to, ASCII, NUL padded ("" = none yet)
+//!     40   24  reserved, zero
+//!     64    …  bitmap: bit (i % 8) of byte (i / 8) is chunk i
+//! ```
+//!
+//! Setting bits is idempotent, so a crash part way through an update leaves a subset of
+//! the marks, and redoing the update (the snapshots were not yet rotated) completes it.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+
+const MAGIC: &[u8; 8] = b"SPBKMAP1";
+const HEADER: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaMapError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a delta map or damaged ({reason}); run `sparsebak resync`")]
+    Bad { path: PathBuf, reason: String },
+}
+
+type Result<T> = std::result::Result<T, DeltaMapError>;
+
+/// A memory-mapped delta map.
+pub struct DeltaMap {
+    path: PathBuf,
+    file: File,
+    mmap: MmapMut,
+    chunksize: u64,
+    nchunks: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DeltaMapError + '_ {
+    move |source| DeltaMapError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl DeltaMap {
+    fn map_len(nchunks: u64) -> u64 {
+        HEADER as u64 + nchunks.div_ceil(8)
+    }
+
+    /// Create (or replace) an empty map at `path`, durably.
+    pub fn create(path: &Path, chunksize: u64, nchunks: u64) -> Result<DeltaMap> {
+        let tmp = path.with_extension("tmp");
+        {
+            let f = File::create(&tmp).map_err(io(&tmp))?;
+            f.set_len(Self::map_len(nchunks)).map_err(io(&tmp))?;
+            let mut head = [0u8; HEADER];
+            head[..8].copy_from_slice(MAGIC);
+            head[8..16].copy_from_slice(&chunksize.to_le_bytes());
+            head[16..24].copy_from_slice(&nchunks.to_le_bytes());
+            std::os::unix::fs::FileExt::write_all_at(&f, &head, 0).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io(path))?;
+        crate::durable::sync_parent(path).map_err(io(path))?;
+        Self::open(path)
+    }
+
+    /// Open an existing map, checking its header.
+    pub fn open(path: &Path) -> Result<DeltaMap> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        let len = file.metadata().map_err(io(path))?.len();
+        let bad = |reason: &str| DeltaMapError::Bad {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        if len < HEADER as u64 {
+            return Err(bad("shorter than its header"));
+        }
+        // SAFETY: the file is ours (metadir, under the volume lock); nobody truncates it
+        // while mapped.
+        let mmap = unsafe { MmapMut::map_mut(&file) }.map_err(io(path))?;
+        if &mmap[..8] != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        let chunksize = u64::from_le_bytes(mmap[8..16].try_into().unwrap_or_default());
+        let nchunks = u64::from_le_bytes(mmap[16..24].try_into().unwrap_or_default());
+        if !chunksize.is_power_of_two() || len != Self::map_len(nchunks) {
+            return Err(bad("header does not match the file size"));
+        }
+        Ok(DeltaMap {
+            path: path.to_path_buf(),
+            file,
+            mmap,
+            chunksize,
+            nchunks,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn chunksize(&self) -> u64 {
+        self.chunksize
+    }
+
+    pub fn nchunks(&self) -> u64 {
+        self.nchunks
+    }
+
+    /// Session the map is relative to ("" before the first send).
+    pub fn base_session(&self) -> String {
+        let raw = &self.mmap[24..40];
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    }
+
+    pub fn set_base_session(&mut self, id: &str) {
+        let raw = &mut self.mmap[24..40];
+        raw.fill(0);
+        let n = id.len().min(16);
+        raw[..n].copy_from_slice(&id.as_bytes()[..n]);
+    }
+
+    fn bits(&self) -> &[u8] {
+        &self.mmap[HEADER..]
+    }
+
+    fn bits_mut(&mut self) -> &mut [u8] {
+        &mut self.mmap[HEADER..]
+    }
+
+    /// Mark chunk `i`. Chunks past the end are ignored (see [`DeltaMap::resize`]).
+    pub fn mark(&mut self, i: u64) {
+        if i < self.nchunks {
+            self.bits_mut()[(i / 8) as usize] |= 1 << (i % 8);
+        }
+    }
+
+    /// Mark chunks `[start, end)`, whole bytes at a time where possible.
+    pub fn mark_chunks(&mut self, start: u64, end: u64) {
+        let end = end.min(self.nchunks);
+        let mut i = start;
+        while i < end && i % 8 != 0 {
+            self.mark(i);
+            i += 1;
+        }
+        if i < end {
+            let full_end = end - end % 8;
+            if full_end > i {
+                self.bits_mut()[(i / 8) as usize..(full_end / 8) as usize].fill(0xff);
+                i = full_end;
+            }
+        }
+        while i < end {
+            self.mark(i);
+            i += 1;
+        }
+    }
+
+    /// Mark every chunk that overlaps the byte range `[offset, offset+len)`.
+    pub fn mark_bytes(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = offset / self.chunksize;
+        let last = (offset + len).div_ceil(self.chunksize);
+        self.mark_chunks(first, last);
+    }
+
+    pub fn is_marked(&self, i: u64) -> bool {
+        i < self.nchunks && self.bits()[(i / 8) as usize] & (1 << (i % 8)) != 0
+    }
+
+    /// Number of marked chunks.
+    pub fn count(&self) -> u64 {
+        self.bits().iter().map(|b| b.count_ones() as u64).sum()
+    }
+
+    /// Runs of marked chunks `[start, end)`, in order; skips unmarked bytes and words
+    /// quickly, so a sparse map of a huge volume is walked fast.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs { map: self, next: 0 }
+    }
+
+    /// Change the number of chunks covered (volume grown or shrunk). New chunks start
+    /// unmarked; callers mark what a size change makes dirty.
+    pub fn resize(&mut self, nchunks: u64) -> Result<()> {
+        if nchunks == self.nchunks {
+            return Ok(());
+        }
+        self.mmap.flush().map_err(io(&self.path))?;
+        // Clear bits past the new end inside the last byte, so a later grow starts clean.
+        if nchunks < self.nchunks {
+            for i in nchunks..(nchunks.div_ceil(8) * 8).min(self.nchunks) {
+                self.bits_mut()[(i / 8) as usize] &= !(1 << (i % 8));
+            }
+        }
+        self.file
+            .set_len(Self::map_len(nchunks))
+            .map_err(io(&self.path))?;
+        // SAFETY: as in open().
+        self.mmap = unsafe { MmapMut::map_mut(&self.file) }.map_err(io(&self.path))?;
+        self.mmap[16..24].copy_from_slice(&nchunks.to_le_bytes());
+        self.nchunks = nchunks;
+        Ok(())
+    }
+
+    /// Unmark everything.
+    pub fn clear(&mut self) {
+        self.bits_mut().fill(0);
+    }
+
+    /// Make the map durable.
+    pub fn flush(&self) -> Result<()> {
+        self.mmap.flush().map_err(io(&self.path))?;
+        self.file.sync_all().map_err(io(&self.path))
+    }
+}
+
+/// Iterator over runs of marked chunks.
+pub struct Runs<'a> {
+    map: &'a DeltaMap,
+    next: u64,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let bits = self.map.bits();
+        let n = self.map.nchunks;
+        let mut i = self.next;
+        // Find the first marked chunk, skipping zero bytes (and 8-byte words).
+        while i < n {
+            if i % 64 == 0 && i + 64 <= n {
+                let b = (i / 8) as usize;
+                if bits[b..b + 8].iter().all(|&x| x == 0) {
+                    i += 64;
+                    continue;
+                }
+            }
+            if i % 8 == 0 && bits[(i / 8) as usize] == 0 {
+                i += 8;
+                continue;
+            }
+            if self.map.is_marked(i) {
+                break;
+            }
+            i += 1;
+        }
+        if i >= n {
+            self.next = n;
+            return None;
+        }
+        let start = i;
+        while i < n {
+            if i % 8 == 0 && i + 8 <= n && bits[(i / 8) as usize] == 0xff {
+                i += 8;
+                continue;
+            }
+            if !self.map.is_marked(i) {
+                break;
+            }
+            i += 1;
+        }
+        self.next = i;
+        Some((start, i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_runs_resize_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("deltamap");
+        let mut m = DeltaMap::create(&p, 65536, 1000).unwrap();
+        m.mark_bytes(65536 * 3 + 5, 1); // chunk 3
+        m.mark_bytes(65536 * 10 - 1, 2); // chunks 9 and 10
+        m.mark_chunks(100, 300);
+        m.mark(999);
+        m.mark(1000); // ignored: past the end
+        assert_eq!(
+            m.runs().collect::<Vec<_>>(),
+            vec![(3, 4), (9, 11), (100, 300), (999, 1000)]
+        );
+        assert_eq!(m.count(), 1 + 2 + 200 + 1);
+        m.set_base_session("20261123-010203");
+        m.flush().unwrap();
+        drop(m);
+        let mut m = DeltaMap::open(&p).unwrap();
+        assert_eq!(m.base_session(), "20261123-010203");
+        assert_eq!(m.count(), 204);
+        m.resize(200).unwrap();
+        assert_eq!(m.runs().collect::<Vec<_>>(), vec![(3, 4), (9, 11), (100, 200)]);
+        m.resize(2000).unwrap();
+        assert_eq!(m.count(), 1 + 2 + 100);
+        m.clear();
+        assert_eq!(m.runs().next(), None);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("deltamap");
+        std::fs::write(&p, vec![1u8; 100]).unwrap();
+        assert!(DeltaMap::open(&p).is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! sparsebak: fast, incremental, volume-level backups of Linux disk volumes.
+//!
+//! Layers, top to bottom:
+//! - [`commands`]: one module per CLI command; they orchestrate and print.
+//! - [`source`]: where volumes come from and how their changes are found (plain files
+//!   and devices by hashing, thin LVM by `thin_delta`, reflink images by FIEMAP).
+//! - [`delta_map`]: the persistent per-volume bitmap of changed chunks.
+//! - [`archive`]: writing sessions into the archive, locking, the source-side copies.
+//! - [`pipeline`]: read, hash, compress and write chunks on all cores.
+//! - `sparsebak_format` (separate crate): the on-disk format, shared with
+//!   `spbk-assemble`.
+//!
+//! `docs/DESIGN.md` explains the choices; `docs/FORMAT.md` the bytes.
+
+pub mod archive;
+pub mod blockdev;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod delta_map;
+pub mod durable;
+pub mod error;
+pub mod lock;
+pub mod pipeline;
+pub mod progress;
+pub mod retention;
+pub mod scan;
+pub mod selector;
+pub mod session_id;
+pub mod source;
+
+pub use error::{Error, Result};
+pub use sparsebak_format as format;

@@ -1,0 +1,1 @@
+//! (placeholder: FIEMAP extent maps and FICLONE reflink copies)

@@ -1,0 +1,1 @@
+//! (placeholder: streaming parser of `thin_delta` XML)
