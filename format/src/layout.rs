@@ -72,7 +72,7 @@ mod tests {
     fn names_round_trip() {
         let a = 0x1234_5678_0000u64;
         assert_eq!(chunk_name(a), "x0000123456780000");
-        assert_eq!(prefix_name(a), "x000001234");
+        assert_eq!(prefix_name(a), "x000012345");
         assert!(chunk_name(a).starts_with(&prefix_name(a)));
         assert_eq!(parse_chunk_name(&chunk_name(a)), Some(a));
         assert_eq!(parse_chunk_name("x00001234567800"), None);
