@@ -313,7 +313,10 @@ mod tests {
         assert_eq!(m.base_session(), "20261123-010203");
         assert_eq!(m.count(), 204);
         m.resize(200).unwrap();
-        assert_eq!(m.runs().collect::<Vec<_>>(), vec![(3, 4), (9, 11), (100, 200)]);
+        assert_eq!(
+            m.runs().collect::<Vec<_>>(),
+            vec![(3, 4), (9, 11), (100, 200)]
+        );
         m.resize(2000).unwrap();
         assert_eq!(m.count(), 1 + 2 + 100);
         m.clear();

@@ -23,9 +23,11 @@ pub mod error;
 pub mod lock;
 pub mod pipeline;
 pub mod progress;
+pub mod receive;
 pub mod retention;
 pub mod scan;
 pub mod selector;
+pub mod send;
 pub mod session_id;
 pub mod source;
 

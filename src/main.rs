@@ -1,1 +1,42 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use sparsebak::cli::Cli;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sparsebak::progress::set_output(cli.quiet, cli.verbose);
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("SPARSEBAK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+    raise_fd_limit();
+    match sparsebak::commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain joined.
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("sparsebak: error: {}", msg.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A view merges one manifest per session, each an open file: lift the soft limit on
+/// open files to the hard limit so long histories never run out.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -1,1 +1,321 @@
-//! (in progress)
+//! The chunk pipeline: read, hash, compare, compress and hand over chunks, with every
+//! core busy and memory bounded.
+//!
+//! Three stages joined by bounded channels:
+//! 1. a reader thread walks the runs of candidate chunks in address order, reads data
+//!    runs in large blocks (`READ_BYTES`), and looks up, from the streamed view of the
+//!    archive's latest session, the hash each chunk had; for runs known to be holes it
+//!    reads nothing and only picks out the chunks the archive has as non-zero;
+//! 2. the calling thread splits each block into chunks and, on the rayon pool, tests
+//!    for zero, hashes (SHA-256) and, for chunks whose hash differs from the archive's,
+//!    compresses them;
+//! 3. a writer thread hands the resulting records, still in address order, to the sink.
+//!
+//! At most `QUEUE` blocks wait between stages, so memory stays a few tens of MiB
+//! whatever the volume size.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use rayon::prelude::*;
+use sparsebak_format::chunk::{self, Codec};
+use sparsebak_format::view::ViewCursor;
+use sparsebak_format::Hash;
+
+use crate::config::Compression;
+use crate::error::{Error, Result};
+use crate::scan::ChunkRun;
+
+/// Bytes read per request and processed per batch.
+const READ_BYTES: u64 = 4 << 20;
+/// Batches waiting between two stages.
+const QUEUE: usize = 2;
+/// Zero records gathered per batch for hole runs.
+const HOLE_BATCH: usize = 4096;
+
+/// What the pipeline decided about one chunk that differs from the archive.
+#[derive(Debug)]
+pub enum Record {
+    /// New data: its hash and the bytes to store (encoded with the session's codec;
+    /// empty when the pipeline only compares).
+    Data {
+        addr: u64,
+        hash: Hash,
+        payload: Vec<u8>,
+        /// The archive had data at this address (so the view's chunk count is unchanged).
+        replaces: bool,
+    },
+    /// The chunk is now all zero and the archive had data there.
+    Zero { addr: u64 },
+}
+
+/// What the pipeline does with differing chunks.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Encode them for storing.
+    Store(Compression),
+    /// Only find them (resync, diff).
+    Compare,
+}
+
+/// Counters of one pipeline run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub bytes_read: u64,
+    pub chunks_read: u64,
+    pub records: u64,
+}
+
+enum Batch {
+    Data {
+        first: u64,
+        buf: Vec<u8>,
+        base: Vec<Option<Hash>>,
+    },
+    Holes(Vec<u64>),
+}
+
+thread_local! {
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    ZSTD.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match c.as_mut() {
+            Some((_, comp)) => comp.compress(data),
+            None => Err(std::io::Error::other("zstd compressor missing")),
+        }
+    })
+}
+
+/// Read `[off, off+buf.len())` of `f`, leaving zeros past its end.
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+struct Reader<'a> {
+    file: &'a File,
+    size: u64,
+    cs: u64,
+    base: ViewCursor,
+    tx: SyncSender<Result<Batch>>,
+    pos: &'a AtomicU64,
+    bytes_read: &'a AtomicU64,
+}
+
+impl Reader<'_> {
+    fn send(&self, b: Batch) -> bool {
+        self.tx.send(Ok(b)).is_ok()
+    }
+
+    fn run(mut self, runs: impl Iterator<Item = ChunkRun>) {
+        if let Err(e) = self.walk(runs) {
+            let _ = self.tx.send(Err(e));
+        }
+    }
+
+    fn walk(&mut self, runs: impl Iterator<Item = ChunkRun>) -> Result<()> {
+        let nchunks = self.size.div_ceil(self.cs);
+        let per_read = (READ_BYTES / self.cs).max(1);
+        for run in runs {
+            let end = run.end.min(nchunks);
+            if run.start >= end {
+                continue;
+            }
+            if !run.data {
+                let mut addrs = Vec::new();
+                let (s, e) = (run.start * self.cs, end * self.cs);
+                let mut closed = false;
+                self.base.each_in_range(s, e, |a| {
+                    addrs.push(a);
+                    if addrs.len() >= HOLE_BATCH {
+                        closed |= self
+                            .tx
+                            .send(Ok(Batch::Holes(std::mem::take(&mut addrs))))
+                            .is_err();
+                    }
+                    Ok(())
+                })?;
+                if closed || (!addrs.is_empty() && !self.send(Batch::Holes(addrs))) {
+                    return Ok(());
+                }
+                self.pos.store(e.min(self.size), Ordering::Relaxed);
+                continue;
+            }
+            let mut c = run.start;
+            while c < end {
+                let n = per_read.min(end - c);
+                let first = c * self.cs;
+                let mut buf = vec![0u8; (n * self.cs) as usize];
+                let want = (n * self.cs).min(self.size - first) as usize;
+                let got = read_full_at(self.file, &mut buf[..want], first)
+                    .map_err(|e| Error::Msg(format!("reading the volume at byte {first}: {e}")))?;
+                self.bytes_read.fetch_add(got as u64, Ordering::Relaxed);
+                let mut base = Vec::with_capacity(n as usize);
+                for i in 0..n {
+                    base.push(self.base.lookup(first + i * self.cs)?);
+                }
+                if !self.send(Batch::Data { first, buf, base }) {
+                    return Ok(());
+                }
+                c += n;
+                self.pos
+                    .store((c * self.cs).min(self.size), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn process(batch: Batch, cs: u64, mode: Mode) -> Result<(Vec<Record>, u64)> {
+    match batch {
+        Batch::Holes(addrs) => Ok((
+            addrs
+                .into_iter()
+                .map(|addr| Record::Zero { addr })
+                .collect(),
+            0,
+        )),
+        Batch::Data { first, buf, base } => {
+            let n = base.len() as u64;
+            let out: Vec<std::io::Result<Option<Record>>> = buf
+                .par_chunks(cs as usize)
+                .zip(base.par_iter())
+                .enumerate()
+                .map(|(i, (data, had))| {
+                    let addr = first + i as u64 * cs;
+                    if chunk::is_zero(data) {
+                        return Ok(had.map(|_| Record::Zero { addr }));
+                    }
+                    let hash = chunk::hash(data);
+                    if *had == Some(hash) {
+                        return Ok(None);
+                    }
+                    let payload = match mode {
+                        Mode::Compare => Vec::new(),
+                        Mode::Store(c) => match c.codec {
+                            Codec::None => data.to_vec(),
+                            Codec::Zstd => compress(data, c.level)?,
+                        },
+                    };
+                    Ok(Some(Record::Data {
+                        addr,
+                        hash,
+                        payload,
+                        replaces: had.is_some(),
+                    }))
+                })
+                .collect();
+            let mut recs = Vec::new();
+            for r in out {
+                if let Some(r) = r.map_err(|e| Error::Msg(format!("compressing: {e}")))? {
+                    recs.push(r);
+                }
+            }
+            Ok((recs, n))
+        }
+    }
+}
+
+/// The volume the pipeline reads.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub file: &'a File,
+    /// Volume size in bytes (the last chunk is zero-padded).
+    pub size: u64,
+    pub chunksize: u64,
+}
+
+/// Run the pipeline over `runs` (chunk index runs, ascending, not overlapping) of a
+/// volume of `size` bytes read from `file`, comparing with `base` (the archive's latest
+/// view; an empty cursor for a first send). Every chunk that differs is handed to `sink`
+/// in address order. `on_pos` sees the volume offset reached, from the calling thread.
+pub fn run<I, S>(
+    input: Input<'_>,
+    runs: I,
+    base: ViewCursor,
+    mode: Mode,
+    mut on_pos: impl FnMut(u64),
+    sink: S,
+) -> Result<Stats>
+where
+    I: Iterator<Item = ChunkRun> + Send,
+    S: FnMut(Record) -> Result<()> + Send,
+{
+    let Input {
+        file,
+        size,
+        chunksize,
+    } = input;
+    let pos = AtomicU64::new(0);
+    let bytes_read = AtomicU64::new(0);
+    let (tx_read, rx_read) = sync_channel::<Result<Batch>>(QUEUE);
+    let (tx_write, rx_write) = sync_channel::<Vec<Record>>(QUEUE);
+    let mut stats = Stats::default();
+    let (main_res, writer_res) = std::thread::scope(|s| {
+        let reader = Reader {
+            file,
+            size,
+            cs: chunksize,
+            base,
+            tx: tx_read,
+            pos: &pos,
+            bytes_read: &bytes_read,
+        };
+        s.spawn(move || reader.run(runs));
+        let writer = s.spawn(move || write_stage(rx_write, sink));
+        let main_res = (|| -> Result<()> {
+            for b in rx_read.iter() {
+                let (recs, n) = process(b?, chunksize, mode)?;
+                stats.chunks_read += n;
+                stats.records += recs.len() as u64;
+                on_pos(pos.load(Ordering::Relaxed));
+                if tx_write.send(recs).is_err() {
+                    // The writer stopped: its error is reported below.
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(tx_write);
+        // Dropping the receiver unblocks a reader waiting to send.
+        drop(rx_read);
+        let writer_res = writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::Msg("writer thread panicked".into())));
+        (main_res, writer_res)
+    });
+    writer_res?;
+    main_res?;
+    stats.bytes_read = bytes_read.load(Ordering::Relaxed);
+    on_pos(size);
+    Ok(stats)
+}
+
+fn write_stage<S>(rx: Receiver<Vec<Record>>, mut sink: S) -> Result<()>
+where
+    S: FnMut(Record) -> Result<()>,
+{
+    for recs in rx.iter() {
+        for r in recs {
+            sink(r)?;
+        }
+    }
+    Ok(())
+}

@@ -12,7 +12,10 @@ use sparsebak_format::restore::{restore, SparseFileTarget};
 use sparsebak_format::volume::VolumeArchive;
 
 #[derive(Parser)]
-#[command(version, about = "Rebuild a raw disk image from a sparsebak volume folder")]
+#[command(
+    version,
+    about = "Rebuild a raw disk image from a sparsebak volume folder"
+)]
 struct Args {
     /// Write the image here.
     #[arg(short = 'o', long = "output")]

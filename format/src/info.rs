@@ -105,11 +105,13 @@ impl SessionInfo {
                 return Err(bad(format!("key {k} given twice")));
             }
         }
-        let get = |k: &str| kv.get(k).copied().ok_or_else(|| bad(format!("missing {k}")));
+        let get = |k: &str| {
+            kv.get(k)
+                .copied()
+                .ok_or_else(|| bad(format!("missing {k}")))
+        };
         let num = |k: &str| -> Result<u64> {
-            get(k)?
-                .parse::<u64>()
-                .map_err(|e| bad(format!("{k}: {e}")))
+            get(k)?.parse::<u64>().map_err(|e| bad(format!("{k}: {e}")))
         };
         let format = get("format")?;
         if format != FORMAT_VERSION.to_string() {

@@ -49,7 +49,11 @@ pub fn session_dir(volume_dir: &Path, id: &str) -> PathBuf {
 /// Parse the address out of a chunk file name (`x` + 16 hex digits).
 pub fn parse_chunk_name(name: &str) -> Option<u64> {
     let hex = name.strip_prefix('x')?;
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if hex.len() != 16
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()

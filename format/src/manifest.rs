@@ -211,7 +211,11 @@ mod tests {
         let v: Vec<_> = r.collect();
         assert!(v[0].is_ok());
         assert!(v[1].is_err());
-        for bad in ["zz x0000000000010000\n", "0 x10000\n", "0 x0000000000010000"] {
+        for bad in [
+            "zz x0000000000010000\n",
+            "0 x10000\n",
+            "0 x0000000000010000",
+        ] {
             let mut r = ManifestReader::new(bad.as_bytes(), Path::new("m"));
             assert!(r.next().unwrap().is_err(), "{bad:?}");
         }
@@ -220,9 +224,22 @@ mod tests {
     #[test]
     fn writer_hash_matches_bytes() {
         let mut w = ManifestWriter::new(Vec::new());
-        w.push(&Entry { addr: 0, hash: None }).unwrap();
-        w.push(&Entry { addr: 65536, hash: Some([1; 32]) }).unwrap();
-        assert!(w.push(&Entry { addr: 65536, hash: None }).is_err());
+        w.push(&Entry {
+            addr: 0,
+            hash: None,
+        })
+        .unwrap();
+        w.push(&Entry {
+            addr: 65536,
+            hash: Some([1; 32]),
+        })
+        .unwrap();
+        assert!(w
+            .push(&Entry {
+                addr: 65536,
+                hash: None
+            })
+            .is_err());
         let (bytes, h) = w.finish().unwrap();
         let expect: Hash = Sha256::digest(&bytes).into();
         assert_eq!(h, expect);

@@ -176,7 +176,9 @@ pub fn restore(
     read_view(vol, chain, check, |batch| {
         for rc in batch {
             let addr = rc.entry.addr;
-            let data = rc.data.map_err(|reason| RestoreError::Chunk { addr, reason })?;
+            let data = rc
+                .data
+                .map_err(|reason| RestoreError::Chunk { addr, reason })?;
             if addr > pos {
                 target.zero(pos, addr - pos).map_err(RestoreError::Target)?;
             }

@@ -144,7 +144,11 @@ impl VolumeArchive {
     }
 
     /// Read and decode one chunk stored by session `info`.
-    pub fn read_chunk(&self, info: &SessionInfo, addr: u64) -> std::result::Result<Vec<u8>, String> {
+    pub fn read_chunk(
+        &self,
+        info: &SessionInfo,
+        addr: u64,
+    ) -> std::result::Result<Vec<u8>, String> {
         let path = self.chunk_path(&info.session, addr);
         let stored = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         info.compression.decode(&stored, info.chunksize as usize)

@@ -1,4 +1,75 @@
 //! Volume sources: where a volume's bytes come from and how its changes are found.
+//!
+//! Every source gives `send` a read-only, consistent view of the volume (a snapshot
+//! where the source has one) and says which chunks may have changed since the archive's
+//! latest session: all of them (compare by hashing) or the ones marked in the delta map.
 
 pub mod fiemap;
+pub mod file;
 pub mod thin_delta;
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use sparsebak_format::info::SessionInfo;
+
+use crate::config::{Config, SourceKind};
+use crate::delta_map::DeltaMap;
+use crate::error::{Error, Result};
+
+/// One volume as a source sees it.
+pub struct VolumeCtx<'a> {
+    pub config: &'a Config,
+    pub name: &'a str,
+    /// `<metadir>/<volume>`: the source side's state for this volume.
+    pub meta_dir: PathBuf,
+}
+
+/// Which chunks a send must look at.
+pub enum Changes {
+    /// Any chunk may have changed: read every data chunk (holes skipped) and compare its
+    /// hash with the archive.
+    Scan,
+    /// Only chunks marked in the map may have changed.
+    Map(DeltaMap),
+}
+
+/// What a send reads from.
+pub struct SendView {
+    pub file: File,
+    pub size: u64,
+    pub changes: Changes,
+    /// What is read, for messages.
+    pub label: String,
+}
+
+/// What `monitor` did for a volume.
+#[derive(Debug, Default)]
+pub struct MonitorOutcome {
+    /// Chunks marked in the delta map after this monitor.
+    pub marked: u64,
+    /// A human note (e.g. "no snapshot layer: nothing to do").
+    pub note: String,
+}
+
+/// A kind of volume source.
+pub trait Source {
+    /// Record changes since the last monitor into the delta map.
+    fn monitor(&mut self, vol: &VolumeCtx) -> Result<MonitorOutcome>;
+    /// Give a consistent view to read, and the chunks that may differ from `base` (the
+    /// archive's latest session; `None` for a first, full send).
+    fn begin_send(&mut self, vol: &VolumeCtx, base: Option<&SessionInfo>) -> Result<SendView>;
+    /// The session `id` holding this view's changes is committed: forget them.
+    fn end_send(&mut self, vol: &VolumeCtx, view: SendView, id: &str) -> Result<()>;
+}
+
+/// The source the config names.
+pub fn for_config(config: &Config) -> Result<Box<dyn Source>> {
+    match config.source {
+        SourceKind::File => Ok(Box::new(file::FileSource)),
+        other => Err(Error::Msg(format!(
+            "source = {} is not available in this build",
+            other.name()
+        ))),
+    }
+}

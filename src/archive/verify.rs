@@ -1,0 +1,195 @@
+//! Checking a session: its chain of info files and manifests, the chunk files each
+//! session folder holds (none missing, none extra), every chunk of the view re-read and
+//! re-hashed, and agreement with the source side's copies. Every problem found is
+//! collected and reported; one bad chunk does not stop the check.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::layout;
+use sparsebak_format::manifest::{file_sha256, ManifestReader};
+use sparsebak_format::restore::read_view;
+use sparsebak_format::volume::VolumeArchive;
+
+use crate::archive::local::LocalCopies;
+use crate::error::{Error, Result};
+
+/// What a verify found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub problems: Vec<String>,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+}
+
+/// Verify session `target` of `vol`. `local`: the source side's copies, when this
+/// machine has them. `progress` sees the volume offset reached.
+pub fn verify(
+    vol: &VolumeArchive,
+    target: &str,
+    local: Option<&LocalCopies>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Report> {
+    let mut rep = Report::default();
+    let chain = match vol.chain(target) {
+        Ok(c) => c,
+        Err(e) => {
+            rep.problems.push(format!("session chain: {e}"));
+            return Ok(rep);
+        }
+    };
+    for info in &chain {
+        check_session_files(vol, info, local, &mut rep.problems)?;
+    }
+    let mut view_chunks = 0u64;
+    let r = read_view(vol, &chain, true, |batch| {
+        for rc in batch {
+            view_chunks += 1;
+            match rc.data {
+                Ok(d) => {
+                    rep.chunks_checked += 1;
+                    rep.bytes_checked += d.len() as u64;
+                }
+                Err(reason) => rep.problems.push(format!(
+                    "chunk x{:016x} (stored by session {}): {reason}",
+                    rc.entry.addr, chain[rc.entry.session].session
+                )),
+            }
+            progress(rc.entry.addr);
+        }
+        Ok::<(), Error>(())
+    });
+    if let Err(e) = r {
+        rep.problems.push(format!("reading the view: {e}"));
+    } else if let Some(last) = chain.last() {
+        if last.chunks != view_chunks {
+            rep.problems.push(format!(
+                "session {} info says chunks={}, but its view has {view_chunks} non-zero chunks",
+                last.session, last.chunks
+            ));
+        }
+    }
+    Ok(rep)
+}
+
+/// Manifest hash, local copies, and the chunk files in one session's folder.
+fn check_session_files(
+    vol: &VolumeArchive,
+    info: &SessionInfo,
+    local: Option<&LocalCopies>,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let id = &info.session;
+    let mpath = vol.manifest_path(id);
+    match file_sha256(&mpath) {
+        Ok(h) if h == info.manifest_sha256 => {}
+        Ok(_) => problems.push(format!(
+            "session {id}: manifest does not match the hash in its info (manifest altered)"
+        )),
+        Err(e) => problems.push(format!("session {id}: {e}")),
+    }
+    if let Some(local) = local {
+        match std::fs::read(local.info_path(id)) {
+            Ok(mine) => {
+                let theirs = std::fs::read(vol.info_path(id)).unwrap_or_default();
+                if mine != theirs {
+                    problems.push(format!(
+                        "session {id}: info differs from the copy this machine kept when it sent it"
+                    ));
+                }
+            }
+            Err(_) => problems.push(format!(
+                "session {id}: this machine has no record of sending it ({} missing)",
+                local.info_path(id).display()
+            )),
+        }
+    }
+    // Walk the manifest (sorted) and the folder prefix by prefix; memory is one prefix
+    // folder's listing.
+    let sdir = vol.session_dir(id);
+    let mut top: BTreeSet<String> = match std::fs::read_dir(&sdir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) => {
+            problems.push(format!("session {id}: {}: {e}", sdir.display()));
+            return Ok(());
+        }
+    };
+    top.remove(layout::INFO_FILE);
+    top.remove(layout::MANIFEST_FILE);
+    let mut lines = 0u64;
+    let mut cur_prefix = String::new();
+    let mut cur_files: BTreeSet<String> = BTreeSet::new();
+    let flush = |prefix: &str, files: &mut BTreeSet<String>, problems: &mut Vec<String>| {
+        for f in std::mem::take(files) {
+            problems.push(format!(
+                "session {id}: extra file {prefix}/{f} not in its manifest"
+            ));
+        }
+    };
+    let reader = match ManifestReader::open(&mpath) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(format!("session {id}: {e}"));
+            return Ok(());
+        }
+    };
+    for e in reader {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                problems.push(format!("session {id}: {err}"));
+                return Ok(());
+            }
+        };
+        lines += 1;
+        if e.addr % info.chunksize != 0 || e.addr >= info.volsize {
+            problems.push(format!(
+                "session {id}: manifest address x{:016x} is not a chunk of this volume",
+                e.addr
+            ));
+        }
+        if e.hash.is_none() {
+            continue;
+        }
+        let prefix = layout::prefix_name(e.addr);
+        if prefix != cur_prefix {
+            flush(&cur_prefix, &mut cur_files, problems);
+            cur_prefix = prefix.clone();
+            cur_files = list_dir(&sdir.join(&prefix));
+            top.remove(&prefix);
+        }
+        let name = layout::chunk_name(e.addr);
+        if !cur_files.remove(&name) {
+            problems.push(format!(
+                "session {id}: chunk x{:016x} missing ({})",
+                e.addr,
+                sdir.join(&prefix).join(&name).display()
+            ));
+        }
+    }
+    flush(&cur_prefix, &mut cur_files, problems);
+    for extra in top {
+        problems.push(format!("session {id}: extra entry {extra} in its folder"));
+    }
+    if lines != info.changed {
+        problems.push(format!(
+            "session {id}: info says changed={}, manifest has {lines} lines",
+            info.changed
+        ));
+    }
+    Ok(())
+}
+
+fn list_dir(p: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(p) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}

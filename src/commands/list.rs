@@ -1,0 +1,40 @@
+//! `sparsebak list [volume ...]`: per volume a header line with its name, then one
+//! line per session, oldest first:
+//! `<ID> size=<bytes> changed=<chunks> chunks=<chunks> stored=<bytes> previous=<ID|->`.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::Ctx;
+use crate::archive::Archive;
+use crate::lock::Mode;
+
+pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
+    let vols: Vec<String> = if names.is_empty() {
+        ctx.config.volumes.iter().map(|(n, _)| n.clone()).collect()
+    } else {
+        ctx.config.select_volumes(names)?
+    };
+    let archive = Archive::open(&ctx.config)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for name in &vols {
+        let _lock = archive.lock_volume(name, Mode::Shared)?;
+        let vol = archive.volume(name);
+        writeln!(out, "{name}")?;
+        for id in vol.sessions()? {
+            let i = vol.info(&id)?;
+            writeln!(
+                out,
+                "{id} size={} changed={} chunks={} stored={} previous={}",
+                i.volsize,
+                i.changed,
+                i.chunks,
+                i.bytes_stored,
+                i.previous.as_deref().unwrap_or("-")
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! One module per command. Each loads what it needs, calls the library, and prints;
+//! none of them does storage work itself.
+
+pub mod list;
+pub mod monitor;
+pub mod receive;
+pub mod resync;
+pub mod send;
+pub mod verify;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+
+/// Default config path when neither `-c` nor `$SPARSEBAK_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/sparsebak/sparsebak.ini";
+
+/// Options every command may need, from the command line.
+pub struct Ctx {
+    pub config: Config,
+    pub unattended: bool,
+    pub session: Option<String>,
+    pub save_to: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// Ask a yes/no question on the terminal; `-u` answers yes. Without a terminal and
+    /// without `-u` the answer is no, and the caller refuses with a clear message.
+    pub fn confirm(&self, question: &str) -> Result<bool> {
+        if self.unattended {
+            return Ok(true);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        eprint!("{question} [y/N] ");
+        std::io::stderr().flush().ok();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+    }
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os("SPARSEBAK_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+/// Run the command the user gave.
+pub fn run(cli: Cli) -> Result<()> {
+    let path = config_path(&cli);
+    let config = Config::load(&path).with_context(|| "loading the configuration".to_string())?;
+    let ctx = Ctx {
+        config,
+        unattended: cli.unattended,
+        session: cli.session.clone(),
+        save_to: cli.save_to.clone(),
+    };
+    if ctx.save_to.is_some() && !matches!(cli.command, Command::Receive { .. }) {
+        bail!("--save-to is only for receive");
+    }
+    match &cli.command {
+        Command::Send { volumes } => send::run(&ctx, volumes),
+        Command::Monitor { volumes } => monitor::run(&ctx, volumes),
+        Command::Receive { volume } => receive::run(&ctx, volume),
+        Command::Verify { volume } => verify::run(&ctx, volume),
+        Command::List { volumes } => list::run(&ctx, volumes),
+        Command::Resync { volumes } => resync::run(&ctx, volumes),
+    }
+}
+
+/// Human-readable byte count.
+pub fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+/// The session `--session` names (a single one), or the latest of `sessions`.
+pub fn pick_session(ctx: &Ctx, volume: &str, sessions: &[String]) -> Result<String> {
+    match &ctx.session {
+        None => sessions
+            .last()
+            .cloned()
+            .with_context(|| format!("volume {volume} has no sessions in the archive")),
+        Some(s) if s.contains(',') => bail!("--session takes one session here, not a range"),
+        Some(s) => {
+            if sessions.iter().any(|x| x == s) {
+                Ok(s.clone())
+            } else {
+                bail!(
+                    "volume {volume} has no session {s} (it has {} sessions{})",
+                    sessions.len(),
+                    sessions
+                        .last()
+                        .map(|l| format!(", latest {l}"))
+                        .unwrap_or_default()
+                )
+            }
+        }
+    }
+}

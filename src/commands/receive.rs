@@ -1,0 +1,52 @@
+//! `sparsebak receive --save-to=PATH volume [--session=ID]`
+
+use anyhow::{bail, Context, Result};
+
+use super::{human, pick_session, Ctx};
+use crate::archive::Archive;
+use crate::lock::Mode;
+use crate::progress::{self, Progress};
+use crate::receive::{inspect, receive_to, DestKind};
+
+pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
+    ctx.config.select_volumes(&[name.to_string()])?;
+    let Some(path) = &ctx.save_to else {
+        bail!("receive needs --save-to=PATH (a file or a block device)");
+    };
+    let archive = Archive::open(&ctx.config)?;
+    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let vol = archive.volume(name);
+    let sessions = vol.sessions()?;
+    let id = pick_session(ctx, name, &sessions)?;
+    let chain = vol.chain(&id)?;
+    let size = chain.last().map(|i| i.volsize).unwrap_or(0);
+    let what = match inspect(path)? {
+        DestKind::New => None,
+        DestKind::ExistingFile => Some("file"),
+        DestKind::BlockDevice { .. } => Some("block device"),
+    };
+    if let Some(what) = what {
+        if !ctx.confirm(&format!(
+            "Overwrite {what} {} with volume {name} session {id}?",
+            path.display()
+        ))? {
+            bail!(
+                "{} exists; not overwriting it (confirm at the prompt, or pass -u)",
+                path.display()
+            );
+        }
+    }
+    let started = std::time::Instant::now();
+    let bar = Progress::new(size, &format!("receive {name}"));
+    let stats = receive_to(&vol, &chain, path, &mut |p| bar.set(p))
+        .with_context(|| format!("receive {name} session {id} into {}", path.display()))?;
+    bar.finish();
+    progress::summary(&format!(
+        "{name}: session {id} restored to {} size={} written={} time={:.1}s",
+        path.display(),
+        stats.volsize,
+        human(stats.bytes_written),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `sparsebak verify volume [--session=ID]`
+
+use anyhow::{bail, Result};
+
+use super::{human, pick_session, Ctx};
+use crate::archive::local::LocalCopies;
+use crate::archive::{meta_dir, verify, Archive};
+use crate::lock::Mode;
+use crate::progress::{self, Progress};
+
+pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
+    ctx.config.select_volumes(&[name.to_string()])?;
+    let archive = Archive::open(&ctx.config)?;
+    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let vol = archive.volume(name);
+    let sessions = vol.sessions()?;
+    let id = pick_session(ctx, name, &sessions)?;
+    let mdir = meta_dir(&ctx.config, name);
+    let local = LocalCopies::new(&mdir);
+    let local = mdir.is_dir().then_some(&local);
+    let size = vol.info(&id).map(|i| i.volsize).unwrap_or(0);
+    let started = std::time::Instant::now();
+    let bar = Progress::new(size, &format!("verify {name}"));
+    let rep = verify::verify(&vol, &id, local, &mut |p| bar.set(p))?;
+    bar.finish();
+    if !rep.problems.is_empty() {
+        for p in &rep.problems {
+            eprintln!("sparsebak: verify {name} session {id}: {p}");
+        }
+        bail!(
+            "verify {name} session {id}: FAILED with {} problem(s)",
+            rep.problems.len()
+        );
+    }
+    progress::summary(&format!(
+        "{name}: session {id} verified: {} chunks, {} checked, time={:.1}s",
+        rep.chunks_checked,
+        human(rep.bytes_checked),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Where a received volume goes: a regular file (written under a temporary name and
+//! renamed into place only when complete and checked) or an existing block device.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::restore::{restore, RestoreError, RestoreStats, SparseFileTarget, Target};
+use sparsebak_format::volume::VolumeArchive;
+
+use crate::blockdev;
+use crate::durable;
+use crate::error::{Error, IoAt, Result};
+
+/// What is at the `--save-to` path now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestKind {
+    /// Nothing: a new file will be made.
+    New,
+    /// A regular file that will be replaced.
+    ExistingFile,
+    /// A block device that will be overwritten.
+    BlockDevice { size: u64 },
+}
+
+/// Look at `path` before receiving into it.
+pub fn inspect(path: &Path) -> Result<DestKind> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DestKind::New),
+        Err(e) => Err(e).at(path),
+        Ok(m) if m.is_file() => Ok(DestKind::ExistingFile),
+        Ok(_) => {
+            let f = File::open(path).at(path)?;
+            if blockdev::is_block_device(&f).at(path)? {
+                Ok(DestKind::BlockDevice {
+                    size: blockdev::device_size(&f).at(path)?,
+                })
+            } else {
+                Err(Error::Msg(format!(
+                    "{} is neither a regular file nor a block device",
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
+/// A block device: data written in place, every other range zeroed with BLKZEROOUT.
+struct DeviceTarget {
+    file: File,
+}
+
+impl Target for DeviceTarget {
+    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(data, off)
+    }
+    fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
+        blockdev::zero_out(&self.file, off, len)
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.file.sync_all()
+    }
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "volume".into());
+    path.with_file_name(format!(".{name}.sparsebak-partial"))
+}
+
+/// Rebuild `chain`'s last session into `path`. Every chunk's hash is checked; on any
+/// error a file destination is left untouched.
+pub fn receive_to(
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    path: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<RestoreStats> {
+    let last = chain
+        .last()
+        .ok_or_else(|| Error::Msg(format!("volume {} has no sessions", vol.name)))?;
+    let map_err = |e: RestoreError| Error::Msg(format!("receive {}: {e}", vol.name));
+    match inspect(path)? {
+        DestKind::BlockDevice { size } => {
+            if size < last.volsize {
+                return Err(Error::Msg(format!(
+                    "{} is {size} bytes, smaller than volume {} ({} bytes); refusing",
+                    path.display(),
+                    vol.name,
+                    last.volsize
+                )));
+            }
+            let file = OpenOptions::new().write(true).open(path).at(path)?;
+            let mut t = DeviceTarget { file };
+            restore(vol, chain, &mut t, true, progress).map_err(map_err)
+        }
+        DestKind::New | DestKind::ExistingFile => {
+            let tmp = temp_name(path);
+            let file = File::create(&tmp).at(&tmp)?;
+            let mut t = SparseFileTarget::new(file, last.volsize).at(&tmp)?;
+            match restore(vol, chain, &mut t, true, progress) {
+                Ok(stats) => {
+                    std::fs::rename(&tmp, path).at(path)?;
+                    durable::sync_parent(path).at(path)?;
+                    Ok(stats)
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(map_err(e))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Taking a session of one volume: the work behind `sparsebak send`.
+//!
+//! Order of events, each step durable before the next:
+//! 1. lock the volume (source side and archive), clear leftovers of interrupted runs;
+//! 2. the source gives a consistent view (snapshot) and the candidate chunks;
+//! 3. the pipeline compares candidates with the archive's latest view and writes the
+//!    differing chunks and the manifest into a staging folder;
+//! 4. the session is committed (syncfs, rename): from here it exists;
+//! 5. its info and manifest are copied to the source side;
+//! 6. the source forgets the changes it stored (delta map cleared).
+//!
+//! A crash before 4 leaves only a staging folder, removed by the next run. A crash
+//! between 4 and 6 is caught up by the next run (the copies are taken then; the map
+//! still marks chunks that are now identical to the archive, which costs a re-read
+//! but stores nothing).
+
+use std::time::{Duration, Instant};
+
+use sparsebak_format::info::{SessionInfo, Storage};
+use sparsebak_format::view::{ViewCursor, ViewReader};
+
+use crate::archive::local::LocalCopies;
+use crate::archive::writer::SessionWriter;
+use crate::archive::{create_private_dir, meta_dir, remove_staging, Archive};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::lock::{self, Mode};
+use crate::pipeline::{self, Mode as PipeMode, Record};
+use crate::progress::Progress;
+use crate::scan::{self, ChunkRun};
+use crate::session_id;
+use crate::source::{Changes, Source, VolumeCtx};
+
+/// How long `send` and `monitor` wait for each other on one volume.
+pub const META_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// What a send of one volume did.
+#[derive(Debug)]
+pub struct SendOutcome {
+    pub volume: String,
+    /// The new session, or `None` when nothing had changed.
+    pub session: Option<SessionInfo>,
+    pub bytes_read: u64,
+    pub elapsed: Duration,
+}
+
+/// Lock a volume's source-side state (`<metadir>/<volume>/lock`).
+pub fn lock_meta(config: &Config, name: &str) -> Result<lock::LockGuard> {
+    let dir = meta_dir(config, name);
+    create_private_dir(&dir)?;
+    lock::lock(
+        &dir.join("lock"),
+        Mode::Exclusive,
+        META_LOCK_WAIT,
+        &format!("volume {name} on this machine"),
+    )
+}
+
+/// Send volume `name` into `archive`.
+pub fn send_volume(
+    config: &Config,
+    archive: &Archive,
+    name: &str,
+    source: &mut dyn Source,
+) -> Result<SendOutcome> {
+    let started = Instant::now();
+    let _meta_lock = lock_meta(config, name)?;
+    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    let vol = archive.volume(name);
+    remove_staging(&vol)?;
+    let mdir = meta_dir(config, name);
+    let local = LocalCopies::new(&mdir);
+    local.catch_up(&vol)?;
+    let sessions = vol.sessions()?;
+    let latest = sessions.last().cloned();
+    if let Some(mine) = local.ids()?.last() {
+        if latest.as_ref().is_none_or(|l| l < mine) {
+            return Err(Error::Msg(format!(
+                "volume {name}: this machine sent session {mine}, which the archive at {} no longer has; \
+                 refusing to build on it (restore the archive, or `sparsebak delete {name}` to start over)",
+                archive.root.display()
+            )));
+        }
+    }
+    let chain = match &latest {
+        Some(l) => vol.chain(l)?,
+        None => Vec::new(),
+    };
+    if let Some(prev) = chain.last() {
+        if prev.chunksize != config.chunksize {
+            return Err(Error::Msg(format!(
+                "volume {name}: the archive uses chunk size {} but the config says {}; \
+                 the chunk size of a volume cannot change",
+                prev.chunksize, config.chunksize
+            )));
+        }
+    }
+    let ctx = VolumeCtx {
+        config,
+        name,
+        meta_dir: mdir,
+    };
+    let view = source.begin_send(&ctx, chain.last())?;
+    let size = view.size;
+    let cs = config.chunksize;
+    let first = chain.is_empty();
+    let scan_runs;
+    let runs: Box<dyn Iterator<Item = ChunkRun> + Send + '_> = match (&view.changes, first) {
+        (Changes::Map(m), false) => Box::new(m.runs().map(|(start, end)| ChunkRun {
+            start,
+            end,
+            data: true,
+        })),
+        _ => {
+            scan_runs = scan::chunk_runs(&view.file, size, cs)
+                .map_err(|e| Error::Msg(format!("volume {name}: scanning {}: {e}", view.label)))?;
+            Box::new(scan_runs.iter().copied())
+        }
+    };
+    let base = ViewCursor::open(&vol, &chain)?;
+    let id = session_id::next_id_now(latest.as_deref());
+    let mut writer = SessionWriter::create(&vol, &id)?;
+    let mut added: i64 = 0;
+    let progress = Progress::new(size, &format!("send {name}"));
+    let input = pipeline::Input {
+        file: &view.file,
+        size,
+        chunksize: cs,
+    };
+    let stats = pipeline::run(
+        input,
+        runs,
+        base,
+        PipeMode::Store(config.compression),
+        |pos| progress.set(pos),
+        |rec| match rec {
+            Record::Data {
+                addr,
+                hash,
+                payload,
+                replaces,
+            } => {
+                if !replaces {
+                    added += 1;
+                }
+                writer.put_chunk(addr, hash, &payload)
+            }
+            Record::Zero { addr } => {
+                added -= 1;
+                writer.put_zero(addr)
+            }
+        },
+    )?;
+    progress.finish();
+    let prev = chain.last();
+    if writer.changed == 0 && prev.is_some_and(|p| p.volsize == size) {
+        drop(writer);
+        if let Some(l) = &latest {
+            source.end_send(&ctx, view, l)?;
+        }
+        return Ok(SendOutcome {
+            volume: name.to_string(),
+            session: None,
+            bytes_read: stats.bytes_read,
+            elapsed: started.elapsed(),
+        });
+    }
+    let mut chunks = prev.map(|p| p.chunks as i64).unwrap_or(0) + added;
+    if let Some(p) = prev {
+        if size < p.volsize {
+            // Chunks cut off by a shrink leave the view.
+            let mut cut = 0i64;
+            for e in ViewReader::open(&vol, &chain)? {
+                if e?.addr >= size {
+                    cut += 1;
+                }
+            }
+            chunks -= cut;
+        }
+    }
+    let now = chrono::Local::now().timestamp();
+    let info = writer.commit(|manifest_sha256, w| SessionInfo {
+        volume: name.to_string(),
+        session: id.clone(),
+        previous: latest.clone(),
+        time: now,
+        volsize: size,
+        chunksize: cs,
+        compression: config.compression.codec,
+        storage: Storage::Folder,
+        changed: w.changed,
+        chunks: chunks.max(0) as u64,
+        bytes_read: stats.bytes_read,
+        bytes_stored: w.bytes_stored,
+        manifest_sha256,
+    })?;
+    local.save(&vol, &id)?;
+    source.end_send(&ctx, view, &id)?;
+    Ok(SendOutcome {
+        volume: name.to_string(),
+        session: Some(info),
+        bytes_read: stats.bytes_read,
+        elapsed: started.elapsed(),
+    })
+}
