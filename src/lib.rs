@@ -20,6 +20,7 @@ pub mod config;
 pub mod delta_map;
 pub mod durable;
 pub mod error;
+pub mod failpoint;
 pub mod lock;
 pub mod pipeline;
 pub mod progress;

@@ -143,7 +143,11 @@ pub fn send_volume(
                 if !replaces {
                     added += 1;
                 }
-                writer.put_chunk(addr, hash, &payload)
+                writer.put_chunk(addr, hash, &payload)?;
+                if writer.changed == 50 {
+                    crate::failpoint::hit("send-mid-chunks");
+                }
+                Ok(())
             }
             Record::Zero { addr } => {
                 added -= 1;
@@ -178,6 +182,7 @@ pub fn send_volume(
             chunks -= cut;
         }
     }
+    crate::failpoint::hit("send-before-commit");
     let now = chrono::Local::now().timestamp();
     let info = writer.commit(|manifest_sha256, w| SessionInfo {
         volume: name.to_string(),
@@ -194,7 +199,9 @@ pub fn send_volume(
         bytes_stored: w.bytes_stored,
         manifest_sha256,
     })?;
+    crate::failpoint::hit("send-after-commit");
     local.save(&vol, &id)?;
+    crate::failpoint::hit("send-after-local-copy");
     source.end_send(&ctx, view, &id)?;
     Ok(SendOutcome {
         volume: name.to_string(),

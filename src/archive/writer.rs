@@ -103,6 +103,7 @@ impl SessionWriter {
         // One syncfs covers every chunk file and folder, the manifest and the info;
         // only then may the session appear under its final name.
         durable::syncfs(&self.staging).at(&self.staging)?;
+        crate::failpoint::hit("session-before-rename");
         std::fs::rename(&self.staging, &self.final_dir).at(&self.final_dir)?;
         durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
         self.committed = true;

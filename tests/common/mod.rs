@@ -1,0 +1,298 @@
+//! Test harness: run the real `sparsebak` binary on real files in a temporary folder.
+#![allow(dead_code)]
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sparsebak"))
+}
+
+/// A small deterministic PRNG (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.fill(&mut v);
+        v
+    }
+}
+
+/// A temporary folder kept (and printed) when the test fails, removed otherwise.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir {
+            dir: Some(
+                tempfile::Builder::new()
+                    .prefix("sparsebak-test-")
+                    .tempdir()
+                    .unwrap(),
+            ),
+        }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                eprintln!("test folder kept for inspection: {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// One `list` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub size: u64,
+    pub changed: u64,
+    pub chunks: u64,
+}
+
+/// A config, a volume folder, an archive and a metadir, for `source = file`.
+pub struct Env {
+    pub dir: TestDir,
+    pub config: PathBuf,
+    pub chunksize: u64,
+}
+
+impl Env {
+    pub fn new(volumes: &[&str]) -> Env {
+        Self::with_settings(volumes, "")
+    }
+
+    /// `extra` lines go into [var] (e.g. "chunksize = 128K").
+    pub fn with_settings(volumes: &[&str], extra: &str) -> Env {
+        let dir = TestDir::new();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("img")).unwrap();
+        let mut ini = format!(
+            "[var]\nsource = file\nvoldir = {}\ndestdir = {}\nmetadir = {}\n{extra}\n[volumes]\n",
+            p.join("img").display(),
+            p.join("archive").display(),
+            p.join("meta").display()
+        );
+        for v in volumes {
+            ini.push_str(&format!("{v} = enable\n"));
+        }
+        let config = p.join("sparsebak.ini");
+        std::fs::write(&config, ini).unwrap();
+        let chunksize = extra
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("chunksize = "))
+            .map(|s| s.trim_end_matches('K').parse::<u64>().unwrap() * 1024)
+            .unwrap_or(65536);
+        Env {
+            dir,
+            config,
+            chunksize,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn image(&self, vol: &str) -> PathBuf {
+        self.path().join("img").join(vol)
+    }
+    pub fn archive(&self) -> PathBuf {
+        self.path().join("archive")
+    }
+    pub fn vol_dir(&self, vol: &str) -> PathBuf {
+        self.archive().join(vol)
+    }
+    pub fn meta(&self) -> PathBuf {
+        self.path().join("meta")
+    }
+
+    /// Run sparsebak with this config; `-u` added.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(bin());
+        c.arg("-c").arg(&self.config).arg("-u").args(args);
+        c.env_remove("SPARSEBAK_FAILPOINT");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// Run and require success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "sparsebak {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Run and require failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "sparsebak {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+
+    pub fn send(&self, vol: &str) {
+        self.ok(&["send", vol]);
+    }
+
+    pub fn sessions(&self, vol: &str) -> Vec<Session> {
+        let out = self.ok(&["list", vol]);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some(vol), "list header");
+        lines.map(parse_list_line).collect()
+    }
+
+    pub fn latest(&self, vol: &str) -> Session {
+        self.sessions(vol).pop().expect("no sessions")
+    }
+
+    /// Receive a session into a fresh file and return its bytes.
+    pub fn receive(&self, vol: &str, session: Option<&str>) -> Vec<u8> {
+        let out = self.path().join(format!("recv-{vol}.img"));
+        let save = format!("--save-to={}", out.display());
+        let mut args = vec!["receive", vol, save.as_str()];
+        let s;
+        if let Some(id) = session {
+            s = format!("--session={id}");
+            args.push(&s);
+        }
+        self.ok(&args);
+        let data = std::fs::read(&out).unwrap();
+        std::fs::remove_file(&out).unwrap();
+        data
+    }
+
+    pub fn verify_ok(&self, vol: &str, session: Option<&str>) {
+        let mut args = vec!["verify".to_string(), vol.to_string()];
+        if let Some(s) = session {
+            args.push(format!("--session={s}"));
+        }
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&a);
+    }
+
+    /// Write bytes into a volume image at `off` (growing it if needed).
+    pub fn write_at(&self, vol: &str, off: u64, data: &[u8]) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.image(vol))
+            .unwrap();
+        f.write_all_at(data, off).unwrap();
+    }
+
+    pub fn set_len(&self, vol: &str, len: u64) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.image(vol))
+            .unwrap();
+        f.set_len(len).unwrap();
+    }
+
+    pub fn read_image(&self, vol: &str) -> Vec<u8> {
+        std::fs::read(self.image(vol)).unwrap()
+    }
+}
+
+pub fn parse_list_line(l: &str) -> Session {
+    let mut it = l.split_whitespace();
+    let id = it.next().unwrap().to_string();
+    let mut s = Session {
+        id,
+        size: 0,
+        changed: 0,
+        chunks: 0,
+    };
+    for kv in it {
+        let (k, v) = kv.split_once('=').unwrap();
+        match k {
+            "size" => s.size = v.parse().unwrap(),
+            "changed" => s.changed = v.parse().unwrap(),
+            "chunks" => s.chunks = v.parse().unwrap(),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Number of non-zero chunks of `data` (zero-padded at the end).
+pub fn nonzero_chunks(data: &[u8], cs: usize) -> u64 {
+    data.chunks(cs)
+        .filter(|c| c.iter().any(|&b| b != 0))
+        .count() as u64
+}
+
+/// Chunks whose content differs between two versions of a volume (the shorter one
+/// zero-extended), counting only the chunks of `new`.
+pub fn changed_chunks(old: &[u8], new: &[u8], cs: usize) -> u64 {
+    let mut n = 0;
+    for (i, c) in new.chunks(cs).enumerate() {
+        let start = i * cs;
+        let mut o = vec![0u8; cs];
+        if start < old.len() {
+            let end = (start + cs).min(old.len());
+            o[..end - start].copy_from_slice(&old[start..end]);
+        }
+        let mut c2 = vec![0u8; cs];
+        c2[..c.len()].copy_from_slice(c);
+        if o != c2 {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Assert two volumes are byte-identical, saying where they first differ.
+pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length differs");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {i}");
+    }
+}
