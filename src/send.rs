@@ -184,23 +184,27 @@ pub fn send_volume(
     }
     crate::failpoint::hit("send-before-commit");
     let now = chrono::Local::now().timestamp();
-    let info = writer.commit(|manifest_sha256, w| SessionInfo {
-        volume: name.to_string(),
-        session: id.clone(),
-        previous: latest.clone(),
-        time: now,
-        volsize: size,
-        chunksize: cs,
-        compression: config.compression.codec,
-        storage: Storage::Folder,
-        changed: w.changed,
-        chunks: chunks.max(0) as u64,
-        bytes_read: stats.bytes_read,
-        bytes_stored: w.bytes_stored,
-        manifest_sha256,
-    })?;
+    let info = writer.commit(
+        |manifest_sha256, w| SessionInfo {
+            volume: name.to_string(),
+            session: id.clone(),
+            previous: latest.clone(),
+            time: now,
+            volsize: size,
+            chunksize: cs,
+            compression: config.compression.codec,
+            storage: Storage::Folder,
+            changed: w.changed,
+            chunks: chunks.max(0) as u64,
+            bytes_read: stats.bytes_read,
+            bytes_stored: w.bytes_stored,
+            manifest_sha256,
+        },
+        |info| local.mark_pending(info),
+    )?;
     crate::failpoint::hit("send-after-commit");
     local.save(&vol, &id)?;
+    local.clear_pending()?;
     crate::failpoint::hit("send-after-local-copy");
     source.end_send(&ctx, view, &id)?;
     Ok(SendOutcome {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::volume::VolumeArchive;
 
@@ -74,26 +75,61 @@ impl LocalCopies {
         Ok(())
     }
 
-    /// After a crash between publishing a session and copying it here, the archive's
-    /// latest session is one step ahead of the copies: take its copy now. Anything else
-    /// that differs is left for `verify` to report.
+    fn pending_path(&self) -> PathBuf {
+        self.dir.join("pending")
+    }
+
+    /// Record, durably, that session `info` is about to be published. If the send dies
+    /// after publishing and before [`LocalCopies::save`], the next run finds this record
+    /// and adopts exactly that session, and no other.
+    pub fn mark_pending(&self, info: &SessionInfo) -> Result<()> {
+        create_private_dir(&self.dir)?;
+        let p = self.pending_path();
+        durable::write_atomic(&p, info.to_text().as_bytes()).at(&p)
+    }
+
+    /// Clear the pending record once the copies are saved.
+    pub fn clear_pending(&self) -> Result<()> {
+        let p = self.pending_path();
+        match std::fs::remove_file(&p) {
+            Ok(()) => durable::sync_dir(&self.dir).at(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).at(&p),
+        }
+    }
+
+    /// Finish what an interrupted send left: if a session was recorded as pending and
+    /// the archive has it with exactly that info, take its copies; if the archive does
+    /// not have it, the send died before publishing and the record is dropped. Needs
+    /// the volume's source-side lock.
     pub fn catch_up(&self, vol: &VolumeArchive) -> Result<()> {
-        let remote = vol.sessions()?;
-        let Some(latest) = remote.last() else {
-            return Ok(());
+        let p = self.pending_path();
+        let pending = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).at(&p),
         };
-        let local = self.ids()?;
-        if local.contains(latest) {
-            return Ok(());
-        }
-        let info = vol.info(latest)?;
-        if info.previous.as_ref() == local.last() {
-            tracing::info!(
-                "volume {}: recording session {latest} whose send was interrupted after it was committed",
+        let info = SessionInfo::parse(&pending, &p)?;
+        let id = &info.session;
+        match std::fs::read_to_string(vol.info_path(id)) {
+            Ok(theirs) if theirs == pending => {
+                tracing::info!(
+                    "volume {}: recording session {id}, committed by a send that was interrupted",
+                    vol.name
+                );
+                self.save(vol, id)?;
+            }
+            Ok(_) => return Err(crate::error::Error::Msg(format!(
+                "volume {}: session {id} in the archive is not the one this machine was sending",
                 vol.name
-            );
-            self.save(vol, latest)?;
+            ))),
+            Err(_) => {}
         }
-        Ok(())
+        self.clear_pending()
+    }
+
+    /// Whether a send was interrupted around publishing a session.
+    pub fn has_pending(&self) -> bool {
+        self.pending_path().exists()
     }
 }

@@ -86,9 +86,13 @@ impl SessionWriter {
 
     /// Finish the manifest, write the info file that `make_info` builds from the
     /// manifest's hash, make everything durable, and publish the session.
+    ///
+    /// `before_publish` runs once the session is durable but before it appears: the
+    /// source side records there that this session is about to exist.
     pub fn commit(
         mut self,
         make_info: impl FnOnce(Hash, &SessionWriter) -> SessionInfo,
+        before_publish: impl FnOnce(&SessionInfo) -> Result<()>,
     ) -> Result<SessionInfo> {
         let mpath = self.staging.join(layout::MANIFEST_FILE);
         let mw = self
@@ -103,6 +107,7 @@ impl SessionWriter {
         // One syncfs covers every chunk file and folder, the manifest and the info;
         // only then may the session appear under its final name.
         durable::syncfs(&self.staging).at(&self.staging)?;
+        before_publish(&info)?;
         crate::failpoint::hit("session-before-rename");
         std::fs::rename(&self.staging, &self.final_dir).at(&self.final_dir)?;
         durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;

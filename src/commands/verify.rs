@@ -11,12 +11,19 @@ use crate::progress::{self, Progress};
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open(&ctx.config)?;
-    let _lock = archive.lock_volume(name, Mode::Shared)?;
     let vol = archive.volume(name);
-    let sessions = vol.sessions()?;
-    let id = pick_session(ctx, name, &sessions)?;
     let mdir = meta_dir(&ctx.config, name);
     let local = LocalCopies::new(&mdir);
+    if local.has_pending() {
+        // A send was interrupted around its commit: settle that first, taking the
+        // locks in the order send takes them.
+        let _meta = crate::send::lock_meta(&ctx.config, name)?;
+        let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+        local.catch_up(&vol)?;
+    }
+    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let sessions = vol.sessions()?;
+    let id = pick_session(ctx, name, &sessions)?;
     let local = mdir.is_dir().then_some(&local);
     let size = vol.info(&id).map(|i| i.volsize).unwrap_or(0);
     let started = std::time::Instant::now();

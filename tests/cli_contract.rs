@@ -1,0 +1,188 @@
+//! What every user meets first: help, bad configs, unknown volumes, exit codes and
+//! one-line errors, all before anything is touched.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[test]
+fn help_for_every_command() {
+    let o = Command::new(bin()).arg("--help").output().unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["send", "monitor", "receive", "verify", "list", "resync"] {
+        assert!(text.contains(cmd), "--help lists {cmd}");
+        let o = Command::new(bin()).args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success(), "{cmd} --help");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage"),
+            "{cmd} --help"
+        );
+    }
+}
+
+#[test]
+fn bad_usage_is_exit_2() {
+    let o = Command::new(bin()).arg("frobnicate").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+fn env_with_ini(ini: &str) -> (TestDir, std::path::PathBuf) {
+    let d = TestDir::new();
+    let p = d.path().join("bad.ini");
+    std::fs::write(&p, ini).unwrap();
+    (d, p)
+}
+
+fn fails_with(config: &std::path::Path, args: &[&str], want: &str) {
+    let o = Command::new(bin())
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{args:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(want), "stderr lacks {want:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line error: {err}");
+}
+
+#[test]
+fn bad_configs_are_clear_errors() {
+    for (ini, want) in [
+        (
+            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\nbogus=1\n",
+            "unknown key \"bogus\"",
+        ),
+        (
+            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\nchunksize=3K\n",
+            "chunksize",
+        ),
+        ("[var]\ndestdir=/x\nsource=zfs\n", "source"),
+        (
+            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\ncompression=gzip\n",
+            "compression",
+        ),
+        ("[var]\nsource=file\nvoldir=/y\n", "destdir"),
+        (
+            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\n[volumes]\nv=perhaps\n",
+            "enable",
+        ),
+    ] {
+        let (_d, p) = env_with_ini(ini);
+        fails_with(&p, &["list"], want);
+    }
+    let missing = std::path::Path::new("/nonexistent/sparsebak.ini");
+    fails_with(missing, &["list"], "cannot read");
+}
+
+#[test]
+fn config_from_environment() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), [1u8; 100]).unwrap();
+    let o = Command::new(bin())
+        .env("SPARSEBAK_CONFIG", &env.config)
+        .args(["-u", "send", "v"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn unknown_volume_touches_nothing() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), [1u8; 100]).unwrap();
+    for args in [
+        vec!["send", "nosuch"],
+        vec!["verify", "nosuch"],
+        vec!["list", "nosuch"],
+        vec!["send", "v", "nosuch"],
+    ] {
+        let err = env.fails(&args);
+        assert!(err.contains("unknown volume \"nosuch\""), "{err}");
+    }
+    assert!(!env.archive().exists(), "nothing was created");
+}
+
+#[test]
+fn missing_volume_file_and_destination_checks() {
+    let env = Env::new(&["v"]);
+    let err = env.fails(&["send", "v"]);
+    assert!(err.contains("cannot open"), "{err}");
+    let err = env.fails(&["receive", "v"]);
+    assert!(err.contains("--save-to"), "{err}");
+    let err = env.fails(&["verify", "v"]);
+    assert!(err.contains("no sessions"), "{err}");
+}
+
+#[test]
+fn destmountpoint_must_be_mounted() {
+    let d = TestDir::new();
+    let mp = d.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let ini = format!(
+        "[var]\nsource=file\nvoldir={0}\ndestmountpoint={1}\ndestdir=sb\nmetadir={0}/meta\n[volumes]\nv=enable\n",
+        d.path().display(),
+        mp.display()
+    );
+    std::fs::write(d.path().join("v"), [1u8; 10]).unwrap();
+    let p = d.path().join("c.ini");
+    std::fs::write(&p, ini).unwrap();
+    fails_with(&p, &["send"], "not a mounted filesystem");
+    assert!(!mp.join("sb").exists());
+}
+
+#[test]
+fn refuses_to_write_into_a_foreign_folder() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), [1u8; 10]).unwrap();
+    std::fs::create_dir_all(env.archive()).unwrap();
+    std::fs::write(env.archive().join("someone-elses.txt"), b"keep").unwrap();
+    let err = env.fails(&["send"]);
+    assert!(err.contains("not a sparsebak archive"), "{err}");
+}
+
+#[test]
+fn changing_chunk_size_of_a_volume_is_refused() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), [1u8; 10]).unwrap();
+    env.send("v");
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replace("[var]\n", "[var]\nchunksize = 128K\n"),
+    )
+    .unwrap();
+    std::fs::write(env.image("v"), [2u8; 10]).unwrap();
+    let err = env.fails(&["send", "v"]);
+    assert!(err.contains("chunk size"), "{err}");
+}
+
+#[test]
+fn lock_keeps_two_runs_apart() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), [1u8; 10]).unwrap();
+    env.send("v");
+    // Hold the volume's lock from this process, as another run would.
+    let lock = env.vol_dir("v").join(".lock");
+    let f = std::fs::File::open(&lock).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let start = std::time::Instant::now();
+    let mut child = Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["-u", "send", "v"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "send waits for the lock"
+    );
+    drop(f);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(start.elapsed().as_millis() >= 500);
+}

@@ -1,0 +1,110 @@
+//! A send killed with SIGKILL at any point leaves an archive that verifies, and the next
+//! send is correct: no partial session is visible, nothing is lost.
+
+mod common;
+use common::*;
+
+const CS: usize = 65536;
+
+fn killed_at(point: &str) {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(99);
+    let mut img = rng.bytes(200 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let first = env.latest("v");
+    rng.fill(&mut img[..120 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let o = env.run_env(&["send", "v"], &[("SPARSEBAK_FAILPOINT", point)]);
+    assert!(
+        !o.status.success(),
+        "{point}: the send should have been killed"
+    );
+    // The archive verifies as it is, and has the first session or the complete second.
+    env.verify_ok("v", None);
+    let sessions = env.sessions("v");
+    assert!(!std::fs::read_dir(env.vol_dir("v")).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("S_")
+        && sessions.is_empty()));
+    match point {
+        "send-mid-chunks" | "send-before-commit" | "session-before-rename" => {
+            assert_eq!(
+                sessions,
+                vec![first.clone()],
+                "{point}: no new session visible"
+            )
+        }
+        _ => assert_eq!(sessions.len(), 2, "{point}: the committed session stays"),
+    }
+    // The next send completes the work and everything restores.
+    env.send("v");
+    let sessions = env.sessions("v");
+    assert_eq!(sessions.len(), 2, "{point}");
+    assert_eq!(sessions[1].changed, 120, "{point}");
+    env.verify_ok("v", None);
+    assert_same(&env.receive("v", None), &img, point);
+    // No staging folder is left behind.
+    for e in std::fs::read_dir(env.vol_dir("v")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.starts_with(".tmp"), "{point}: leftover {n}");
+    }
+}
+
+#[test]
+fn killed_while_writing_chunks() {
+    killed_at("send-mid-chunks");
+}
+
+#[test]
+fn killed_before_commit() {
+    killed_at("send-before-commit");
+}
+
+#[test]
+fn killed_between_sync_and_rename() {
+    killed_at("session-before-rename");
+}
+
+#[test]
+fn killed_after_commit_before_local_copy() {
+    killed_at("send-after-commit");
+}
+
+#[test]
+fn killed_after_local_copy() {
+    killed_at("send-after-local-copy");
+}
+
+/// Kills at arbitrary moments of a larger send, by the clock.
+#[test]
+fn killed_at_random_moments() {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(5);
+    let mut img = rng.bytes(600 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    for delay_ms in [5u64, 20, 60, 120] {
+        rng.fill(&mut img[(delay_ms as usize) * CS..(delay_ms as usize + 200) * CS]);
+        std::fs::write(env.image("v"), &img).unwrap();
+        let mut child = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&env.config)
+            .args(["-u", "-q", "send", "v"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        env.verify_ok("v", None);
+        env.send("v");
+        env.verify_ok("v", None);
+        assert_same(
+            &env.receive("v", None),
+            &img,
+            &format!("after kill at {delay_ms} ms"),
+        );
+    }
+}

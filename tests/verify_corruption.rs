@@ -1,0 +1,146 @@
+//! Every kind of damage to an archive is caught by `verify`, which names the volume,
+//! the session and the chunk.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+const CS: usize = 65536;
+
+/// An archive with two sessions; returns the env and the IDs.
+fn setup() -> (Env, String, String) {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(42);
+    let mut img = rng.bytes(20 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    rng.fill(&mut img[3 * CS..5 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let s = env.sessions("v");
+    env.verify_ok("v", None);
+    (env, s[0].id.clone(), s[1].id.clone())
+}
+
+fn chunk(env: &Env, id: &str, chunk_index: u64) -> PathBuf {
+    let addr = chunk_index * CS as u64;
+    env.vol_dir("v")
+        .join(format!("S_{id}"))
+        .join(format!("x{:09x}", addr >> 28))
+        .join(format!("x{addr:016x}"))
+}
+
+fn verify_fails(env: &Env, session: Option<&str>, expect: &[&str]) {
+    let mut args = vec!["verify".to_string(), "v".to_string()];
+    if let Some(s) = session {
+        args.push(format!("--session={s}"));
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = env.fails(&a);
+    for e in expect {
+        assert!(err.contains(e), "verify output lacks {e:?}:\n{err}");
+    }
+    assert!(
+        err.contains("verify v session"),
+        "names volume and session:\n{err}"
+    );
+}
+
+#[test]
+fn flipped_byte_in_chunk() {
+    let (env, s1, _) = setup();
+    let p = chunk(&env, &s1, 7);
+    let mut d = std::fs::read(&p).unwrap();
+    let mid = d.len() / 2;
+    d[mid] ^= 1;
+    std::fs::write(&p, d).unwrap();
+    verify_fails(&env, None, &["x0000000000070000"]);
+    // receive refuses too, and leaves no file behind.
+    let out = env.path().join("r.img");
+    let err = env.fails(&["receive", "v", &format!("--save-to={}", out.display())]);
+    assert!(err.contains("x0000000000070000"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn missing_chunk_file() {
+    let (env, s1, s2) = setup();
+    std::fs::remove_file(chunk(&env, &s1, 0)).unwrap();
+    verify_fails(&env, Some(&s2), &["x0000000000000000", "missing"]);
+}
+
+#[test]
+fn extra_chunk_file() {
+    let (env, s1, s2) = setup();
+    std::fs::copy(chunk(&env, &s2, 3), chunk(&env, &s2, 9)).unwrap();
+    verify_fails(&env, None, &["extra", "x0000000000090000"]);
+    let _ = s1;
+}
+
+#[test]
+fn two_chunk_files_swapped() {
+    let (env, s1, _) = setup();
+    let (a, b) = (chunk(&env, &s1, 10), chunk(&env, &s1, 11));
+    let tmp = a.with_extension("t");
+    std::fs::rename(&a, &tmp).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    verify_fails(&env, None, &["x00000000000a0000", "x00000000000b0000"]);
+}
+
+#[test]
+fn altered_manifest_line() {
+    let (env, s1, _) = setup();
+    let m = env.vol_dir("v").join(format!("S_{s1}/manifest"));
+    let text = std::fs::read_to_string(&m).unwrap();
+    // Point line 2's hash at line 1's: syntactically fine, content wrong.
+    let lines: Vec<&str> = text.lines().collect();
+    let h0 = lines[0].split(' ').next().unwrap();
+    let a1 = lines[1].split(' ').nth(1).unwrap();
+    let new = text.replacen(lines[1], &format!("{h0} {a1}"), 1);
+    std::fs::write(&m, new).unwrap();
+    verify_fails(&env, None, &["manifest"]);
+}
+
+#[test]
+fn altered_info_file() {
+    let (env, s1, s2) = setup();
+    let i = env.vol_dir("v").join(format!("S_{s1}/info"));
+    let text = std::fs::read_to_string(&i).unwrap();
+    std::fs::write(&i, text.replace("chunks=20", "chunks=21")).unwrap();
+    verify_fails(&env, Some(&s2), &["info"]);
+}
+
+#[test]
+fn info_rewritten_consistently_is_caught_by_local_copy() {
+    // Someone rewrites an info file and fixes its checksum: only the copy kept on the
+    // source side can tell.
+    let (env, _s1, s2) = setup();
+    let i = env.vol_dir("v").join(format!("S_{s2}/info"));
+    let text = std::fs::read_to_string(&i).unwrap();
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("info_sha256="))
+        .map(|l| {
+            if l.starts_with("time=") {
+                "time=1\n".to_string()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    use sha2::Digest;
+    let sum = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    std::fs::write(&i, format!("{body}info_sha256={sum}\n")).unwrap();
+    verify_fails(&env, None, &["copy this machine kept"]);
+}
+
+#[test]
+fn truncated_chunk_and_garbage_chunk() {
+    let (env, s1, s2) = setup();
+    let p = chunk(&env, &s1, 12);
+    let d = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &d[..d.len() / 2]).unwrap();
+    std::fs::write(chunk(&env, &s2, 3), b"not zstd at all").unwrap();
+    verify_fails(&env, None, &["x00000000000c0000", "x0000000000030000"]);
+}
