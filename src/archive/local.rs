@@ -119,10 +119,12 @@ impl LocalCopies {
                 );
                 self.save(vol, id)?;
             }
-            Ok(_) => return Err(crate::error::Error::Msg(format!(
+            Ok(_) => {
+                return Err(crate::error::Error::Msg(format!(
                 "volume {}: session {id} in the archive is not the one this machine was sending",
                 vol.name
-            ))),
+            )))
+            }
             Err(_) => {}
         }
         self.clear_pending()
