@@ -11,7 +11,9 @@
 //!      8    8  chunk size in bytes, u64 little-endian
 //!     16    8  number of chunks covered, u64 LE
 //!     24   16  session ID the map is relative to, ASCII, NUL padded ("" = none yet)
-//!     40   24  reserved, zero
+//!     40    1  flags: bit 0 = "rescan": the snapshot layer could not tell what
+//!                changed, so the next send compares every data chunk by hash
+//!     41   23  reserved, zero
 //!     64    …  bitmap: bit (i % 8) of byte (i / 8) is chunk i
 //! ```
 //!
@@ -140,6 +142,20 @@ impl DeltaMap {
         raw[..n].copy_from_slice(&id.as_bytes()[..n]);
     }
 
+    /// Whether the next send must compare every chunk by hash (the snapshot layer lost
+    /// track, e.g. an image file was replaced).
+    pub fn needs_scan(&self) -> bool {
+        self.mmap[40] & 1 != 0
+    }
+
+    pub fn set_needs_scan(&mut self, on: bool) {
+        if on {
+            self.mmap[40] |= 1;
+        } else {
+            self.mmap[40] &= !1;
+        }
+    }
+
     fn bits(&self) -> &[u8] {
         &self.mmap[HEADER..]
     }
@@ -224,9 +240,10 @@ impl DeltaMap {
         Ok(())
     }
 
-    /// Unmark everything.
+    /// Unmark everything (and drop the rescan flag).
     pub fn clear(&mut self) {
         self.bits_mut().fill(0);
+        self.set_needs_scan(false);
     }
 
     /// Make the map durable.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use sparsebak_format::info::{SessionInfo, Storage};
 use sparsebak_format::view::{ViewCursor, ViewReader};
+use sparsebak_format::volume::VolumeArchive;
 
 use crate::archive::local::LocalCopies;
 use crate::archive::writer::SessionWriter;
@@ -29,7 +30,7 @@ use crate::pipeline::{self, Mode as PipeMode, Record};
 use crate::progress::Progress;
 use crate::scan::{self, ChunkRun};
 use crate::session_id;
-use crate::source::{Changes, Source, VolumeCtx};
+use crate::source::{Changes, SendView, Source, VolumeCtx};
 
 /// How long `send` and `monitor` wait for each other on one volume.
 pub const META_LOCK_WAIT: Duration = Duration::from_secs(120);
@@ -101,6 +102,52 @@ pub fn send_volume(
         meta_dir: mdir,
     };
     let view = source.begin_send(&ctx, chain.last())?;
+    let written = write_session(config, &vol, &chain, latest.as_deref(), &view, &local);
+    let (session, bytes_read) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(e2) = source.abort_send(&ctx, view) {
+                tracing::warn!("volume {name}: releasing the snapshot after a failed send: {e2}");
+            }
+            return Err(e);
+        }
+    };
+    let Some(info) = session else {
+        if let Some(l) = &latest {
+            source.end_send(&ctx, view, l)?;
+        }
+        return Ok(SendOutcome {
+            volume: name.to_string(),
+            session: None,
+            bytes_read,
+            elapsed: started.elapsed(),
+        });
+    };
+    let id = info.session.clone();
+    crate::failpoint::hit("send-after-commit");
+    local.save(&vol, &id)?;
+    local.clear_pending()?;
+    crate::failpoint::hit("send-after-local-copy");
+    source.end_send(&ctx, view, &id)?;
+    Ok(SendOutcome {
+        volume: name.to_string(),
+        session: Some(info),
+        bytes_read,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Steps 3 and 4: compare, store, commit. Returns the new session (`None` when
+/// nothing changed) and the bytes read.
+fn write_session(
+    config: &Config,
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    latest: Option<&str>,
+    view: &SendView,
+    local: &LocalCopies,
+) -> Result<(Option<SessionInfo>, u64)> {
+    let name = vol.name.as_str();
     let size = view.size;
     let cs = config.chunksize;
     let first = chain.is_empty();
@@ -117,9 +164,9 @@ pub fn send_volume(
             Box::new(scan_runs.iter().copied())
         }
     };
-    let base = ViewCursor::open(&vol, &chain)?;
-    let id = session_id::next_id_now(latest.as_deref());
-    let mut writer = SessionWriter::create(&vol, &id)?;
+    let base = ViewCursor::open(vol, chain)?;
+    let id = session_id::next_id_now(latest);
+    let mut writer = SessionWriter::create(vol, &id)?;
     let mut added: i64 = 0;
     let progress = Progress::new(size, &format!("send {name}"));
     let input = pipeline::Input {
@@ -159,22 +206,14 @@ pub fn send_volume(
     let prev = chain.last();
     if writer.changed == 0 && prev.is_some_and(|p| p.volsize == size) {
         drop(writer);
-        if let Some(l) = &latest {
-            source.end_send(&ctx, view, l)?;
-        }
-        return Ok(SendOutcome {
-            volume: name.to_string(),
-            session: None,
-            bytes_read: stats.bytes_read,
-            elapsed: started.elapsed(),
-        });
+        return Ok((None, stats.bytes_read));
     }
     let mut chunks = prev.map(|p| p.chunks as i64).unwrap_or(0) + added;
     if let Some(p) = prev {
         if size < p.volsize {
             // Chunks cut off by a shrink leave the view.
             let mut cut = 0i64;
-            for e in ViewReader::open(&vol, &chain)? {
+            for e in ViewReader::open(vol, chain)? {
                 if e?.addr >= size {
                     cut += 1;
                 }
@@ -188,7 +227,7 @@ pub fn send_volume(
         |manifest_sha256, w| SessionInfo {
             volume: name.to_string(),
             session: id.clone(),
-            previous: latest.clone(),
+            previous: latest.map(str::to_string),
             time: now,
             volsize: size,
             chunksize: cs,
@@ -202,15 +241,5 @@ pub fn send_volume(
         },
         |info| local.mark_pending(info),
     )?;
-    crate::failpoint::hit("send-after-commit");
-    local.save(&vol, &id)?;
-    local.clear_pending()?;
-    crate::failpoint::hit("send-after-local-copy");
-    source.end_send(&ctx, view, &id)?;
-    Ok(SendOutcome {
-        volume: name.to_string(),
-        session: Some(info),
-        bytes_read: stats.bytes_read,
-        elapsed: started.elapsed(),
-    })
+    Ok((Some(info), stats.bytes_read))
 }

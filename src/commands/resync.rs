@@ -1,9 +1,13 @@
 //! `sparsebak resync [volume ...]`
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::Ctx;
+use crate::archive::{meta_dir, remove_staging, Archive};
 use crate::config::SourceKind;
+use crate::lock::Mode;
+use crate::send::lock_meta;
+use crate::source::{self, VolumeCtx};
 
 pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let vols = ctx.config.select_volumes(names)?;
@@ -13,8 +17,24 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         }
         return Ok(());
     }
-    anyhow::bail!(
-        "resync for source = {} is not available in this build",
-        ctx.config.source.name()
-    )
+    let mut source = source::for_config(&ctx.config)?;
+    let archive = Archive::open(&ctx.config)?;
+    for name in &vols {
+        let _meta = lock_meta(&ctx.config, name)?;
+        let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+        let vol = archive.volume(name);
+        remove_staging(&vol)?;
+        let vctx = VolumeCtx {
+            config: &ctx.config,
+            name,
+            meta_dir: meta_dir(&ctx.config, name),
+        };
+        let marked = source
+            .resync(&vctx, &vol)
+            .with_context(|| format!("resync {name}"))?;
+        crate::progress::summary(&format!(
+            "{name}: resynced with the archive; {marked} chunks marked for the next send"
+        ));
+    }
+    Ok(())
 }

@@ -6,12 +6,14 @@
 
 pub mod fiemap;
 pub mod file;
+pub mod snapshot;
 pub mod thin_delta;
 
 use std::fs::File;
 use std::path::PathBuf;
 
 use sparsebak_format::info::SessionInfo;
+use sparsebak_format::volume::VolumeArchive;
 
 use crate::config::{Config, SourceKind};
 use crate::delta_map::DeltaMap;
@@ -32,6 +34,9 @@ pub enum Changes {
     Scan,
     /// Only chunks marked in the map may have changed.
     Map(DeltaMap),
+    /// The map lost track (its rescan flag is set): compare every chunk like `Scan`,
+    /// and clear the map after the session is committed.
+    MapScan(DeltaMap),
 }
 
 /// What a send reads from.
@@ -61,6 +66,19 @@ pub trait Source {
     fn begin_send(&mut self, vol: &VolumeCtx, base: Option<&SessionInfo>) -> Result<SendView>;
     /// The session `id` holding this view's changes is committed: forget them.
     fn end_send(&mut self, vol: &VolumeCtx, view: SendView, id: &str) -> Result<()>;
+    /// The send failed: release the view, keep the changes.
+    fn abort_send(&mut self, _vol: &VolumeCtx, view: SendView) -> Result<()> {
+        drop(view);
+        Ok(())
+    }
+    /// Rebuild change tracking by comparing the volume with `archive`'s latest session.
+    /// Returns the number of chunks marked for the next send.
+    fn resync(&mut self, vol: &VolumeCtx, _archive: &VolumeArchive) -> Result<u64> {
+        Err(Error::Msg(format!(
+            "volume {}: this source compares every chunk at send; nothing to resync",
+            vol.name
+        )))
+    }
 }
 
 /// The source the config names.

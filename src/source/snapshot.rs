@@ -1,0 +1,292 @@
+//! Change tracking shared by every source with a snapshot layer (thin LVM, reflink).
+//!
+//! A volume has a reference snapshot, `tick`, taken when it was last sent or monitored,
+//! and a persistent delta map of the chunks that may differ between `tick` and the
+//! archive's latest session. `monitor` takes a new snapshot `tock`, asks the layer which
+//! chunks differ between tick and tock, ORs them into the map, makes the map durable,
+//! and only then replaces tick with tock. `send` does a monitor step and reads the
+//! marked chunks from tick. A crash at any point leaves either the old tick (and the
+//! changes will be found again: marking is idempotent) or the new tick with the map
+//! already holding its changes.
+//!
+//! The layers implement [`SnapshotLayer`]; [`Tracked`] turns one into a [`Source`].
+
+use std::fs::File;
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::view::ViewCursor;
+use sparsebak_format::volume::VolumeArchive;
+
+use super::{Changes, MonitorOutcome, SendView, Source, VolumeCtx};
+use crate::delta_map::DeltaMap;
+use crate::error::{Error, Result};
+use crate::pipeline::{self, Mode, Record};
+use crate::progress::Progress;
+use crate::scan;
+
+/// Which snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snap {
+    Tick,
+    Tock,
+}
+
+/// What a layer could say about tick → tock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delta {
+    /// The changed chunks were marked in the map.
+    Marked,
+    /// The layer cannot tell (e.g. the image was replaced by a new file): every chunk
+    /// must be compared with the archive by hash at the next send.
+    Unknown,
+}
+
+/// A snapshot layer: the operations the tracking logic needs, per volume name.
+pub trait SnapshotLayer {
+    /// Check the volume exists and can be snapshotted here.
+    fn check_volume(&mut self, vol: &str) -> Result<()>;
+    /// Whether the snapshot exists.
+    fn exists(&mut self, vol: &str, snap: Snap) -> Result<bool>;
+    /// Size in bytes of the snapshot.
+    fn size(&mut self, vol: &str, snap: Snap) -> Result<u64>;
+    /// Take the snapshot of the volume now (replacing a stale one).
+    fn take(&mut self, vol: &str, snap: Snap) -> Result<()>;
+    /// Remove the snapshot if it exists.
+    fn remove(&mut self, vol: &str, snap: Snap) -> Result<()>;
+    /// Remove tick and make tock the new tick.
+    fn rotate(&mut self, vol: &str) -> Result<()>;
+    /// Mark the chunks that differ between tick and tock.
+    fn delta(&mut self, vol: &str, map: &mut DeltaMap) -> Result<Delta>;
+    /// Open a snapshot for reading.
+    fn open(&mut self, vol: &str, snap: Snap) -> Result<File>;
+    /// Done reading a snapshot (e.g. deactivate it again).
+    fn close(&mut self, vol: &str, snap: Snap) -> Result<()>;
+    /// Undo what a killed run may have left (reservations, a half-made tock).
+    fn recover(&mut self, vol: &str) -> Result<()>;
+}
+
+/// A snapshot layer with its delta map: a [`Source`].
+pub struct Tracked<L> {
+    pub layer: L,
+}
+
+fn map_path(vol: &VolumeCtx) -> std::path::PathBuf {
+    vol.meta_dir.join("deltamap")
+}
+
+fn open_map(vol: &VolumeCtx) -> Result<DeltaMap> {
+    let p = map_path(vol);
+    if !p.exists() {
+        return Err(Error::Msg(format!(
+            "volume {}: no delta map ({}); run `sparsebak resync {}`",
+            vol.name,
+            p.display(),
+            vol.name
+        )));
+    }
+    Ok(DeltaMap::open(&p)?)
+}
+
+/// Mark what a size change makes dirty: everything from the chunk holding the smaller
+/// end up to the new end.
+fn mark_resize(map: &mut DeltaMap, old: u64, new: u64) -> Result<()> {
+    let cs = map.chunksize();
+    let n = new.div_ceil(cs);
+    map.resize(n)?;
+    if old != new {
+        map.mark_chunks(old.min(new) / cs, n);
+    }
+    Ok(())
+}
+
+impl<L: SnapshotLayer> Tracked<L> {
+    /// The monitor step: tock, delta into the map, rotate. Needs the volume lock.
+    fn step(&mut self, vol: &VolumeCtx) -> Result<DeltaMap> {
+        let name = vol.name;
+        self.layer.check_volume(name)?;
+        self.layer.recover(name)?;
+        if !self.layer.exists(name, Snap::Tick)? {
+            return Err(Error::Msg(format!(
+                "volume {name}: no tick snapshot; it was never sent, or the snapshot was lost: \
+                 run `sparsebak send {name}` (first send) or `sparsebak resync {name}`"
+            )));
+        }
+        let mut map = open_map(vol)?;
+        self.layer.take(name, Snap::Tock)?;
+        let result = (|| -> Result<()> {
+            let old = self.layer.size(name, Snap::Tick)?;
+            let new = self.layer.size(name, Snap::Tock)?;
+            mark_resize(&mut map, old, new)?;
+            if self.layer.delta(name, &mut map)? == Delta::Unknown {
+                tracing::warn!(
+                    "volume {name}: the snapshot layer cannot tell what changed; \
+                     the next send compares every chunk with the archive"
+                );
+                map.set_needs_scan(true);
+            }
+            map.flush()?;
+            crate::failpoint::hit("monitor-before-rotate");
+            self.layer.rotate(name)
+        })();
+        if result.is_err() {
+            let _ = self.layer.remove(name, Snap::Tock);
+        }
+        result?;
+        Ok(map)
+    }
+}
+
+impl<L: SnapshotLayer> Source for Tracked<L> {
+    fn monitor(&mut self, vol: &VolumeCtx) -> Result<MonitorOutcome> {
+        if !map_path(vol).exists() && !self.layer.exists(vol.name, Snap::Tick)? {
+            return Ok(MonitorOutcome {
+                marked: 0,
+                note: "not sent yet; nothing to monitor".into(),
+            });
+        }
+        let map = self.step(vol)?;
+        Ok(MonitorOutcome {
+            marked: map.count(),
+            note: String::new(),
+        })
+    }
+
+    fn begin_send(&mut self, vol: &VolumeCtx, base: Option<&SessionInfo>) -> Result<SendView> {
+        let name = vol.name;
+        let Some(base) = base else {
+            // First send: a fresh tick, read in full; the map starts empty.
+            self.layer.check_volume(name)?;
+            self.layer.recover(name)?;
+            self.layer.remove(name, Snap::Tock)?;
+            self.layer.take(name, Snap::Tick)?;
+            let size = self.layer.size(name, Snap::Tick)?;
+            crate::archive::create_private_dir(&vol.meta_dir)?;
+            let map = DeltaMap::create(
+                &map_path(vol),
+                vol.config.chunksize,
+                size.div_ceil(vol.config.chunksize),
+            )?;
+            let file = self.layer.open(name, Snap::Tick)?;
+            return Ok(SendView {
+                file,
+                size,
+                changes: Changes::Map(map),
+                label: format!("{name} (tick snapshot)"),
+            });
+        };
+        let mut map = self.step(vol)?;
+        let mb = map.base_session();
+        if mb != base.session && Some(&mb) != base.previous.as_ref() {
+            return Err(Error::Msg(format!(
+                "volume {name}: the delta map is relative to session {:?} but the archive's latest is {}; \
+                 run `sparsebak resync {name}`",
+                mb, base.session
+            )));
+        }
+        let size = self.layer.size(name, Snap::Tick)?;
+        if size != base.volsize {
+            let cs = map.chunksize();
+            mark_resize(&mut map, base.volsize, size)?;
+            map.mark_chunks(base.volsize.min(size) / cs, size.div_ceil(cs));
+        }
+        let file = self.layer.open(name, Snap::Tick)?;
+        let changes = if map.needs_scan() {
+            Changes::MapScan(map)
+        } else {
+            Changes::Map(map)
+        };
+        Ok(SendView {
+            file,
+            size,
+            changes,
+            label: format!("{name} (tick snapshot)"),
+        })
+    }
+
+    fn end_send(&mut self, vol: &VolumeCtx, view: SendView, id: &str) -> Result<()> {
+        drop(view.file);
+        self.layer.close(vol.name, Snap::Tick)?;
+        match view.changes {
+            Changes::Map(mut map) | Changes::MapScan(mut map) => {
+                map.clear();
+                map.set_base_session(id);
+                map.flush()?;
+                Ok(())
+            }
+            Changes::Scan => Ok(()),
+        }
+    }
+
+    fn abort_send(&mut self, vol: &VolumeCtx, view: SendView) -> Result<()> {
+        drop(view);
+        self.layer.close(vol.name, Snap::Tick)
+    }
+
+    fn resync(&mut self, vol: &VolumeCtx, archive: &VolumeArchive) -> Result<u64> {
+        let name = vol.name;
+        self.layer.check_volume(name)?;
+        self.layer.recover(name)?;
+        self.layer.remove(name, Snap::Tock)?;
+        let sessions = archive.sessions()?;
+        let Some(latest) = sessions.last() else {
+            return Err(Error::Msg(format!(
+                "volume {name} has no sessions in the archive; `sparsebak send {name}` makes the first"
+            )));
+        };
+        let chain = archive.chain(latest)?;
+        // Compare the volume as it is now (a fresh tick) with the archive's latest view.
+        self.layer.remove(name, Snap::Tick)?;
+        self.layer.take(name, Snap::Tick)?;
+        let size = self.layer.size(name, Snap::Tick)?;
+        let cs = vol.config.chunksize;
+        crate::archive::create_private_dir(&vol.meta_dir)?;
+        let tmp = vol.meta_dir.join("deltamap.resync");
+        let mut map = DeltaMap::create(&tmp, cs, size.div_ceil(cs))?;
+        let file = self.layer.open(name, Snap::Tick)?;
+        let base_size = chain.last().map(|i| i.volsize).unwrap_or(0);
+        let result = (|| -> Result<()> {
+            let runs = scan::chunk_runs(&file, size, cs)
+                .map_err(|e| Error::Msg(format!("volume {name}: scanning the snapshot: {e}")))?;
+            let base = ViewCursor::open(archive, &chain)?;
+            let progress = Progress::new(size, &format!("resync {name}"));
+            pipeline::run(
+                pipeline::Input {
+                    file: &file,
+                    size,
+                    chunksize: cs,
+                },
+                runs.into_iter(),
+                base,
+                Mode::Compare,
+                |p| progress.set(p),
+                |rec| {
+                    let addr = match rec {
+                        Record::Data { addr, .. } | Record::Zero { addr } => addr,
+                    };
+                    map.mark(addr / cs);
+                    Ok(())
+                },
+            )?;
+            if size != base_size {
+                map.mark_chunks(size.min(base_size) / cs, size.div_ceil(cs));
+            }
+            map.set_base_session(latest);
+            map.flush()?;
+            Ok(())
+        })();
+        drop(file);
+        self.layer.close(name, Snap::Tick)?;
+        result?;
+        let marked = map.count();
+        drop(map);
+        std::fs::rename(&tmp, map_path(vol)).map_err(|e| Error::Io {
+            path: map_path(vol),
+            source: e,
+        })?;
+        crate::durable::sync_dir(&vol.meta_dir).map_err(|e| Error::Io {
+            path: vol.meta_dir.clone(),
+            source: e,
+        })?;
+        Ok(marked)
+    }
+}
