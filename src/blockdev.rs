@@ -5,7 +5,8 @@ use std::os::fd::AsRawFd;
 
 // From <linux/fs.h>.
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
-nix::ioctl_write_ptr!(blkzeroout, 0x12, 127, [u64; 2]);
+// BLKZEROOUT is declared `_IO(0x12, 127)` although it takes a pointer to two u64.
+nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
 /// Whether `f` is a block device.
 pub fn is_block_device(f: &File) -> std::io::Result<bool> {

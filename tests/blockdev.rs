@@ -1,0 +1,125 @@
+//! Block devices as volumes and as receive targets, on real loop devices (root).
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CS: usize = 65536;
+
+/// A loop device over a file, detached on drop (also when the test fails).
+struct Loop {
+    dev: PathBuf,
+}
+
+impl Loop {
+    fn new(backing: &Path) -> Option<Loop> {
+        let o = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        let dev = String::from_utf8(o.stdout).ok()?.trim().to_string();
+        Some(Loop { dev: dev.into() })
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+fn need_root(test: &str) -> bool {
+    let root = nix_is_root();
+    if !root {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test} needs root, and CI runs as root");
+        }
+        eprintln!("SKIP {test}: needs root (loop devices)");
+    }
+    root
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn loop_or_skip(test: &str, backing: &Path) -> Option<Loop> {
+    match Loop::new(backing) {
+        Some(l) => Some(l),
+        None if std::env::var_os("CI").is_some() => panic!("{test}: losetup failed"),
+        None => {
+            eprintln!("SKIP {test}: no loop device available");
+            None
+        }
+    }
+}
+
+#[test]
+fn receive_into_block_device_overwrites_garbage() {
+    if !need_root("receive_into_block_device_overwrites_garbage") {
+        return;
+    }
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(3);
+    let mut img = vec![0u8; 64 * CS];
+    rng.fill(&mut img[..8 * CS]);
+    rng.fill(&mut img[40 * CS..41 * CS + 77]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    // A device larger than the volume, full of garbage.
+    let backing = env.path().join("dev.img");
+    std::fs::write(&backing, rng.bytes(80 * CS)).unwrap();
+    let Some(lo) = loop_or_skip("receive_into_block_device", &backing) else {
+        return;
+    };
+    let save = format!("--save-to={}", lo.dev.display());
+    env.ok(&["receive", "v", &save]);
+    let got = std::fs::read(&backing).unwrap();
+    assert_same(&got[..img.len()], &img, "device content");
+    // A device smaller than the volume is refused.
+    let small = env.path().join("small.img");
+    std::fs::write(&small, vec![9u8; 10 * CS]).unwrap();
+    let Some(lo2) = loop_or_skip("receive_into_block_device", &small) else {
+        return;
+    };
+    let err = env.fails(&["receive", "v", &format!("--save-to={}", lo2.dev.display())]);
+    assert!(err.contains("smaller than volume"), "{err}");
+    assert_eq!(std::fs::read(&small).unwrap(), vec![9u8; 10 * CS]);
+}
+
+#[test]
+fn block_device_as_a_file_source_volume() {
+    if !need_root("block_device_as_a_file_source_volume") {
+        return;
+    }
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(4);
+    let backing = env.path().join("src.img");
+    let mut img = vec![0u8; 32 * CS];
+    rng.fill(&mut img[CS..5 * CS]);
+    std::fs::write(&backing, &img).unwrap();
+    let Some(lo) = loop_or_skip("block_device_as_a_file_source_volume", &backing) else {
+        return;
+    };
+    std::os::unix::fs::symlink(&lo.dev, env.image("v")).unwrap();
+    env.send("v");
+    let s = env.latest("v");
+    assert_eq!((s.size, s.chunks), (img.len() as u64, 4));
+    rng.fill(&mut img[20 * CS..20 * CS + 10]);
+    std::fs::write(&backing, &img).unwrap();
+    // Writes through the backing file are not seen through the loop device's page
+    // cache until it is flushed.
+    let _ = Command::new("blockdev")
+        .arg("--flushbufs")
+        .arg(&lo.dev)
+        .status();
+    env.send("v");
+    assert_eq!(env.latest("v").changed, 1);
+    assert_same(&env.receive("v", None), &img, "from a block device");
+}
