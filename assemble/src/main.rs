@@ -1,40 +1,97 @@
 //! `spbk-assemble`: rebuild a raw disk image from a sparsebak archive's volume folder
-//! alone, with no configuration, no source metadata and no `sparsebak` binary.
-//!
-//! This is the skeleton: it restores the latest session to a file. Session selection,
-//! stdout output and `-c` checks follow.
+//! alone: no configuration, no source-side metadata, no `sparsebak` binary. It shares
+//! the format code with sparsebak through the `sparsebak-format` crate.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use sparsebak_format::restore::{restore, SparseFileTarget};
+use sparsebak_format::restore::{restore, SparseFileTarget, StreamTarget};
 use sparsebak_format::volume::VolumeArchive;
 
 #[derive(Parser)]
 #[command(
+    name = "spbk-assemble",
     version,
-    about = "Rebuild a raw disk image from a sparsebak volume folder"
+    about = "Rebuild a raw disk image from a sparsebak archive volume folder",
+    long_about = "Rebuild a raw disk image from a sparsebak archive volume folder \
+                  (ARCHIVE/VOLUME) alone. Writes a sparse file with -o, else the raw \
+                  image to standard output."
 )]
 struct Args {
-    /// Write the image here.
+    /// Check every chunk's SHA-256 against its manifest; exit 1 on any mismatch.
+    #[arg(short = 'c', long = "check")]
+    check: bool,
+    /// Session to assemble: an ID (YYYYMMDD-HHMMSS), `latest` or `oldest`.
+    #[arg(long = "session", default_value = "latest")]
+    session: String,
+    /// Output file (created or replaced, sparse). Without it the image goes to stdout.
     #[arg(short = 'o', long = "output")]
-    output: PathBuf,
-    /// The volume folder inside the archive (archive-dir/volume-name).
+    output: Option<PathBuf>,
+    /// The volume folder inside the archive.
     volume_dir: PathBuf,
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("spbk-assemble: error: {}", msg.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     let vol = VolumeArchive::new(&args.volume_dir);
-    let Some(latest) = vol.latest()? else {
-        bail!("{}: no sessions", args.volume_dir.display());
+    let sessions = vol
+        .sessions()
+        .with_context(|| format!("reading {}", args.volume_dir.display()))?;
+    let id = match args.session.as_str() {
+        "latest" => sessions.last().cloned(),
+        "oldest" => sessions.first().cloned(),
+        s => sessions.iter().find(|x| *x == s).cloned(),
     };
-    let chain = vol.chain(&latest)?;
-    let file = std::fs::File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
+    let Some(id) = id else {
+        bail!(
+            "{}: no session {:?} (sessions: {})",
+            args.volume_dir.display(),
+            args.session,
+            if sessions.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{} .. {}", sessions[0], sessions[sessions.len() - 1])
+            }
+        );
+    };
+    let chain = vol.chain(&id)?;
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
-    let mut target = SparseFileTarget::new(file, size)?;
-    restore(&vol, &chain, &mut target, true, &mut |_| {})?;
+    match &args.output {
+        Some(out) => {
+            let tmp = out.with_file_name(format!(
+                ".{}.assemble-partial",
+                out.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ));
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut target = SparseFileTarget::new(file, size)?;
+            if let Err(e) = restore(&vol, &chain, &mut target, args.check, &mut |_| {}) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("session {id}"));
+            }
+            std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                bail!("refusing to write a disk image to a terminal; use -o FILE or a pipe");
+            }
+            let mut target =
+                StreamTarget::new(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()));
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {})
+                .with_context(|| format!("session {id}"))?;
+        }
+    }
     Ok(())
 }
