@@ -47,7 +47,7 @@
 //! a missing attribute, an early end) is an error rather than something skipped, because
 //! a silently skipped range is a change the next backup would miss.
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, Read};
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
@@ -200,8 +200,45 @@ pub enum ThinDeltaError {
         reason: &'static str,
         position: u64,
     },
+    #[error("thin_delta output has more than {limit} bytes without markup near byte {position}: not thin_delta XML")]
+    Runaway { limit: u64, position: u64 },
     #[error("thin_delta output: <superblock> holds no <diff>")]
     MissingDiff,
+}
+
+/// The most bytes accepted without a `<` or `>`. quick-xml holds a whole tag or text
+/// node in memory, so without a bound a runaway tool printing megabytes of garbage
+/// would be buffered whole; real elements are a few hundred bytes.
+const MAX_EVENT: u64 = 1024 * 1024;
+
+/// Passes bytes through, failing once more than [`MAX_EVENT`] of them go by without a
+/// markup delimiter.
+struct Bounded<R> {
+    inner: R,
+    /// Bytes since the last `<` or `>`.
+    run: u64,
+    tripped: bool,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'<' || b == b'>' {
+                self.run = 0;
+            } else {
+                self.run += 1;
+            }
+        }
+        if self.run > MAX_EVENT {
+            self.tripped = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "runaway input without markup",
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Where in the document the parser is. The document is at most four levels deep, so
@@ -246,7 +283,14 @@ pub fn parse<R: BufRead>(
     input: R,
     mut on_range: impl FnMut(&DeltaHeader, DeltaRange),
 ) -> Result<DeltaHeader, ThinDeltaError> {
-    let mut reader = Reader::from_reader(input);
+    let mut reader = Reader::from_reader(BufReader::with_capacity(
+        64 * 1024,
+        Bounded {
+            inner: input,
+            run: 0,
+            tripped: false,
+        },
+    ));
     {
         let config = reader.config_mut();
         config.check_end_names = true;
@@ -261,6 +305,12 @@ pub fn parse<R: BufRead>(
         buf.clear();
         let event = match reader.read_event_into(&mut buf) {
             Ok(e) => e,
+            Err(_) if reader.get_ref().get_ref().tripped => {
+                return Err(ThinDeltaError::Runaway {
+                    limit: MAX_EVENT,
+                    position: reader.error_position(),
+                })
+            }
             Err(source) => {
                 return Err(ThinDeltaError::Xml {
                     position: reader.error_position(),
@@ -903,6 +953,20 @@ mod tests {
             "<superblock data_block_size=\"128\"><diff left=\"1\" left_root=\"2\"/></superblock>",
         );
         assert!(matches!(e, ThinDeltaError::BadAttribute { .. }), "{e}");
+    }
+
+    #[test]
+    fn runaway_garbage_is_not_buffered_whole() {
+        // An endless stream with no markup (a tool gone wrong) must fail, not eat memory.
+        let endless = std::io::BufReader::new(std::io::repeat(b'x'));
+        let e = parse(endless, |_, _| {}).unwrap_err();
+        assert!(matches!(e, ThinDeltaError::Runaway { .. }), "{e}");
+        let endless = std::io::BufReader::new(
+            std::io::Cursor::new(b"<superblock data_block_size=\"1".to_vec())
+                .chain(std::io::repeat(b'2')),
+        );
+        let e = parse(endless, |_, _| {}).unwrap_err();
+        assert!(matches!(e, ThinDeltaError::Runaway { .. }), "{e}");
     }
 
     #[test]
