@@ -1131,11 +1131,12 @@ mod tests {
 
     #[test]
     fn marks_with_blocks_not_a_multiple_of_chunks() {
-        // 96 KiB blocks (192 sectors, a valid pool block size) over 64 KiB chunks:
-        // block 1 is bytes 96K..192K, chunks 1 and 2; block 4 is 384K..480K, chunks 6, 7.
-        let (_d, mut m) = map(65536, 100);
+        // 192 KiB blocks (384 sectors: a valid pool block size, a multiple of 64 KiB but
+        // not a power of two) over 128 KiB chunks: block 1 is bytes 192K..384K, chunks
+        // 1 and 2; block 4 is 768K..960K, chunks 6 and 7.
+        let (_d, mut m) = map(128 * 1024, 100);
         let xml = doc(
-            192,
+            384,
             r#"<different begin="1" length="1"/><left_only begin="4" length="1"/>"#,
         );
         mark_map(xml.as_bytes(), &mut m).unwrap();
