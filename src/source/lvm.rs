@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 
 use crate::delta_map::DeltaMap;
-use crate::source::thin_delta::{self, DeltaSummary, ThinDeltaError};
+use crate::source::thin_delta::{self, DeltaSummary, DiffSide, ThinDeltaError};
 
 /// The longest name lvm accepts for a VG or LV (its `NAME_LEN` less the NUL).
 const MAX_NAME: usize = 127;
@@ -822,6 +822,19 @@ impl Lvm {
         }
         match parsed {
             Some(Ok(summary)) => {
+                // The document names the devices it compared; a mismatch means the tool
+                // did something other than what was asked, and its delta is unusable.
+                let h = &summary.header;
+                let named = |side: Option<DiffSide>, id: u64| {
+                    side.map_or(true, |s| s == DiffSide::Thin(id))
+                };
+                if !named(h.left, snap1) || !named(h.right, snap2) {
+                    return Err(LvmError::BadOutput {
+                        argv,
+                        reason: format!("it compared {:?} with {:?}", h.left, h.right),
+                        output: String::new(),
+                    });
+                }
                 if !stderr.trim().is_empty() {
                     tracing::warn!(%argv, stderr = stderr.trim(), "thin_delta succeeded with messages");
                 }
@@ -1261,7 +1274,7 @@ mod tests {
             dir.path(),
             "thin_delta",
             &format!(
-                "[ \"$*\" = \"-m --snap1 4 --snap2 9 /dev/mapper/vg-pool_tmeta\" ] || \
+                "[ \"$*\" = \"-m --snap1 1 --snap2 2 /dev/mapper/vg-pool_tmeta\" ] || \
                  {{ echo \"bad args: $*\" >&2; exit 64; }}\ncat '{}'",
                 out.display()
             ),
@@ -1269,7 +1282,7 @@ mod tests {
         let l = udev().with_thin_delta_binary(&td);
         let mut m = map(dir.path());
         let s = l
-            .thin_delta_mark(&lv("vg/pool").pool_metadata_device(), 4, 9, false, &mut m)
+            .thin_delta_mark(&lv("vg/pool").pool_metadata_device(), 1, 2, false, &mut m)
             .unwrap();
         assert_eq!(m.runs().collect::<Vec<_>>(), vec![(3, 5), (50, 52)]);
         assert_eq!(s.changed_blocks(), 4);
@@ -1334,6 +1347,22 @@ mod tests {
         };
         assert_eq!(status.code(), None);
         assert_eq!(stderr.len() as u64, STDERR_CAP);
+
+        // Output about other devices than asked for.
+        let td = script(
+            dir.path(),
+            "td-other",
+            &format!(
+                "cat <<'EOF'\n{}EOF",
+                DELTA.replace("right=\"2\"", "right=\"3\"")
+            ),
+        );
+        let e = udev()
+            .with_thin_delta_binary(&td)
+            .thin_delta_mark(md, 1, 2, false, &mut m)
+            .unwrap_err();
+        assert!(matches!(e, LvmError::BadOutput { .. }), "{e:?}");
+        m.clear();
 
         // Missing tool.
         let e = udev()
