@@ -6,8 +6,10 @@
 
 pub mod fiemap;
 pub mod file;
+pub mod lvm;
 pub mod snapshot;
 pub mod thin_delta;
+pub mod thin_lvm;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -85,6 +87,9 @@ pub trait Source {
 pub fn for_config(config: &Config) -> Result<Box<dyn Source>> {
     match config.source {
         SourceKind::File => Ok(Box::new(file::FileSource)),
+        SourceKind::Lvm => Ok(Box::new(snapshot::Tracked {
+            layer: thin_lvm::ThinLvm::new(config)?,
+        })),
         other => Err(Error::Msg(format!(
             "source = {} is not available in this build",
             other.name()

@@ -88,7 +88,8 @@ impl ThinLvm {
     }
 
     fn marker(&self) -> PathBuf {
-        self.metadir.join(format!("{}.metasnap-reserved", self.pool_tag()))
+        self.metadir
+            .join(format!("{}.metasnap-reserved", self.pool_tag()))
     }
 
     fn lock_pool(&self) -> Result<lock::LockGuard> {
@@ -106,7 +107,11 @@ impl ThinLvm {
     fn release_leftover(&self) -> Result<()> {
         let m = self.marker();
         if m.exists() {
-            if self.lvm.release_metadata_snap(&self.pool).map_err(lvm_err)? {
+            if self
+                .lvm
+                .release_metadata_snap(&self.pool)
+                .map_err(lvm_err)?
+            {
                 tracing::warn!(
                     "released the metadata snapshot of {} that an interrupted run left reserved",
                     self.pool
@@ -192,7 +197,8 @@ impl SnapshotLayer for ThinLvm {
         let m = self.marker();
         durable::write_atomic(&m, self.pool.to_string().as_bytes()).at(&m)?;
         let result = (|| -> Result<()> {
-            let guard = MetadataSnapGuard::reserve(&self.lvm, &self.pool, false).map_err(lvm_err)?;
+            let guard =
+                MetadataSnapGuard::reserve(&self.lvm, &self.pool, false).map_err(lvm_err)?;
             crate::failpoint::hit("monitor-metasnap-reserved");
             let marked = self
                 .lvm
@@ -202,7 +208,13 @@ impl SnapshotLayer for ThinLvm {
             marked?;
             released
         })();
-        if result.is_ok() || !self.lvm.metadata_snap_held(&self.pool).map(|h| h.is_some()).unwrap_or(true) {
+        if result.is_ok()
+            || !self
+                .lvm
+                .metadata_snap_held(&self.pool)
+                .map(|h| h.is_some())
+                .unwrap_or(true)
+        {
             std::fs::remove_file(&m).at(&m)?;
         }
         result?;
