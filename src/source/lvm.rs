@@ -826,7 +826,7 @@ impl Lvm {
                 // did something other than what was asked, and its delta is unusable.
                 let h = &summary.header;
                 let named = |side: Option<DiffSide>, id: u64| {
-                    side.map_or(true, |s| s == DiffSide::Thin(id))
+                    side.is_none_or(|s| s == DiffSide::Thin(id))
                 };
                 if !named(h.left, snap1) || !named(h.right, snap2) {
                     return Err(LvmError::BadOutput {
