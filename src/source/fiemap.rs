@@ -267,7 +267,7 @@ nix::ioctl_readwrite!(ioctl_fiemap, b'f', 11, FiemapHead);
 /// Asks for `FIEMAP_FLAG_SYNC`: without it, data still waiting for delayed allocation
 /// (XFS, ext4, Btrfs) shows up as a hole or as a `DELALLOC` extent without an address,
 /// and a fresh write would be missed or reported imprecisely. Fetched in batches of
-/// [`BATCH`] extents until the kernel flags the last one, so the buffer stays small
+/// 512 extents until the kernel flags the last one, so the buffer stays small
 /// whatever the file.
 ///
 /// The map is a snapshot: call it on files nobody writes (the reflink copies).
