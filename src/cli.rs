@@ -21,8 +21,10 @@ pub struct Cli {
     /// Never prompt: answer yes to overwrite questions (for scripts and cron).
     #[arg(short = 'u', long = "unattended", global = true)]
     pub unattended: bool,
-    /// Session to use: ID, or ID1,ID2 for a range.
-    #[arg(long = "session", global = true, value_name = "ID[,ID]")]
+    /// Session to use: an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
+    /// (`2026-11-20`, `2026-11-20 14:00`: the newest session at or before it), or
+    /// `3 days ago`, `yesterday`, ...; `A,B` is an inclusive range (prune, diff).
+    #[arg(long = "session", global = true, value_name = "SEL[,SEL]")]
     pub session: Option<String>,
     /// Where `receive` writes the volume: a file (created or replaced) or a block device.
     #[arg(long = "save-to", global = true, value_name = "PATH")]
@@ -72,5 +74,39 @@ pub enum Command {
     Resync {
         /// Volumes to resync (default: every enabled volume).
         volumes: Vec<String>,
+    },
+    /// Remove sessions without rewriting the archive: each is folded into the next
+    /// newer session. Give --session=SEL or a range SEL,SEL, --all-before=DATE, or
+    /// --auto (the config's `keep` schedule, or --keep). The latest session is never
+    /// removed.
+    Prune {
+        /// Volumes to prune (default: every enabled volume).
+        volumes: Vec<String>,
+        /// Apply the retention schedule (`keep` in the config, or --keep).
+        #[arg(long)]
+        auto: bool,
+        /// Retention schedule, e.g. "hourly:24 daily:14 weekly:8 monthly:12 yearly:5".
+        #[arg(long, value_name = "SCHEDULE")]
+        keep: Option<String>,
+        /// Remove every session taken before this date or selector.
+        #[arg(long = "all-before", value_name = "SEL")]
+        all_before: Option<String>,
+        /// Only print what would be removed and the bytes it would free.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
+    /// Remove a volume's archive, its source-side metadata and its snapshots.
+    Delete {
+        /// The volume to delete.
+        volume: String,
+    },
+    /// Show the byte ranges that differ between two sessions (--session=A,B), or
+    /// between a session and the live volume (--session=A).
+    Diff {
+        /// The volume to compare.
+        volume: String,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
 }

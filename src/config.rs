@@ -48,6 +48,8 @@ pub struct Config {
     pub metadir: PathBuf,
     pub chunksize: u64,
     pub compression: Compression,
+    /// Retention schedule for `prune --auto` (checked when loading).
+    pub keep: Option<String>,
     /// Volumes in file order, with whether they are enabled.
     pub volumes: Vec<(String, bool)>,
 }
@@ -63,6 +65,7 @@ const VAR_KEYS: &[&str] = &[
     "metadir",
     "chunksize",
     "compression",
+    "keep",
 ];
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
@@ -208,6 +211,10 @@ impl Config {
                 }
             }
         };
+        let keep = get("keep").map(str::to_string);
+        if let Some(k) = &keep {
+            crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
+        }
         let mut volumes = Vec::new();
         if let Some(vols) = vols {
             for (name, v) in vols.iter() {
@@ -240,6 +247,7 @@ impl Config {
             metadir,
             chunksize,
             compression,
+            keep,
             volumes,
         })
     }

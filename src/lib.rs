@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod delta_map;
+pub mod diff;
 pub mod durable;
 pub mod error;
 pub mod failpoint;

@@ -3,6 +3,7 @@
 //! session's info and manifest that the source side keeps ([`local`]).
 
 pub mod local;
+pub mod prune;
 pub mod verify;
 pub mod writer;
 

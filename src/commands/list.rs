@@ -1,6 +1,7 @@
 //! `sparsebak list [volume ...]`: per volume a header line with its name, then one
 //! line per session, oldest first:
-//! `<ID> size=<bytes> changed=<chunks> chunks=<chunks> stored=<bytes> previous=<ID|->`.
+//! `<ID> size=<bytes> changed=<chunks> chunks=<chunks> stored=<bytes> read=<bytes>
+//! previous=<ID|->`.
 
 use std::io::Write;
 
@@ -27,11 +28,12 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
             let i = vol.info(&id)?;
             writeln!(
                 out,
-                "{id} size={} changed={} chunks={} stored={} previous={}",
+                "{id} size={} changed={} chunks={} stored={} read={} previous={}",
                 i.volsize,
                 i.changed,
                 i.chunks,
                 i.bytes_stored,
+                i.bytes_read,
                 i.previous.as_deref().unwrap_or("-")
             )?;
         }

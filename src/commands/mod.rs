@@ -1,8 +1,11 @@
 //! One module per command. Each loads what it needs, calls the library, and prints;
 //! none of them does storage work itself.
 
+pub mod delete;
+pub mod diff;
 pub mod list;
 pub mod monitor;
+pub mod prune;
 pub mod receive;
 pub mod resync;
 pub mod send;
@@ -72,6 +75,24 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify { volume } => verify::run(&ctx, volume),
         Command::List { volumes } => list::run(&ctx, volumes),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
+        Command::Prune {
+            volumes,
+            auto,
+            keep,
+            all_before,
+            dry_run,
+        } => prune::run(
+            &ctx,
+            volumes,
+            &prune::Opts {
+                auto: *auto,
+                keep: keep.clone(),
+                all_before: all_before.clone(),
+                dry_run: *dry_run,
+            },
+        ),
+        Command::Delete { volume } => delete::run(&ctx, volume),
+        Command::Diff { volume, json } => diff::run(&ctx, volume, *json),
     }
 }
 
@@ -80,27 +101,20 @@ pub fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
 }
 
+/// The current local time, as selectors see it (`SPARSEBAK_NOW=YYYYMMDD-HHMMSS`
+/// overrides it, so tests of relative selectors and schedules are repeatable).
+pub fn now() -> chrono::NaiveDateTime {
+    std::env::var("SPARSEBAK_NOW")
+        .ok()
+        .and_then(|s| crate::selector::id_to_time(&s))
+        .unwrap_or_else(|| chrono::Local::now().naive_local())
+}
+
 /// The session `--session` names (a single one), or the latest of `sessions`.
 pub fn pick_session(ctx: &Ctx, volume: &str, sessions: &[String]) -> Result<String> {
-    match &ctx.session {
-        None => sessions
-            .last()
-            .cloned()
-            .with_context(|| format!("volume {volume} has no sessions in the archive")),
-        Some(s) if s.contains(',') => bail!("--session takes one session here, not a range"),
-        Some(s) => {
-            if sessions.iter().any(|x| x == s) {
-                Ok(s.clone())
-            } else {
-                bail!(
-                    "volume {volume} has no session {s} (it has {} sessions{})",
-                    sessions.len(),
-                    sessions
-                        .last()
-                        .map(|l| format!(", latest {l}"))
-                        .unwrap_or_default()
-                )
-            }
-        }
-    }
+    let sel = match &ctx.session {
+        None => crate::selector::Selector::Latest,
+        Some(s) => crate::selector::parse(s, now())?,
+    };
+    crate::selector::resolve(&sel, sessions).with_context(|| format!("volume {volume}"))
 }

@@ -55,4 +55,9 @@ impl Source for FileSource {
     fn end_send(&mut self, _vol: &VolumeCtx, _view: SendView, _id: &str) -> Result<()> {
         Ok(())
     }
+
+    fn open_live(&mut self, vol: &VolumeCtx) -> Result<(File, u64)> {
+        let v = self.begin_send(vol, None)?;
+        Ok((v.file, v.size))
+    }
 }

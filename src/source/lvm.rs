@@ -825,9 +825,8 @@ impl Lvm {
                 // The document names the devices it compared; a mismatch means the tool
                 // did something other than what was asked, and its delta is unusable.
                 let h = &summary.header;
-                let named = |side: Option<DiffSide>, id: u64| {
-                    side.is_none_or(|s| s == DiffSide::Thin(id))
-                };
+                let named =
+                    |side: Option<DiffSide>, id: u64| side.is_none_or(|s| s == DiffSide::Thin(id));
                 if !named(h.left, snap1) || !named(h.right, snap2) {
                     return Err(LvmError::BadOutput {
                         argv,

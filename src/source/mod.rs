@@ -7,6 +7,7 @@
 pub mod fiemap;
 pub mod file;
 pub mod lvm;
+pub mod reflink;
 pub mod snapshot;
 pub mod thin_delta;
 pub mod thin_lvm;
@@ -73,6 +74,12 @@ pub trait Source {
         drop(view);
         Ok(())
     }
+    /// The volume as it is now, for `diff` against a session: the file and its size.
+    fn open_live(&mut self, vol: &VolumeCtx) -> Result<(File, u64)>;
+    /// Remove everything this source keeps for the volume (snapshots); `delete`.
+    fn forget(&mut self, _vol: &VolumeCtx) -> Result<()> {
+        Ok(())
+    }
     /// Rebuild change tracking by comparing the volume with `archive`'s latest session.
     /// Returns the number of chunks marked for the next send.
     fn resync(&mut self, vol: &VolumeCtx, _archive: &VolumeArchive) -> Result<u64> {
@@ -90,9 +97,8 @@ pub fn for_config(config: &Config) -> Result<Box<dyn Source>> {
         SourceKind::Lvm => Ok(Box::new(snapshot::Tracked {
             layer: thin_lvm::ThinLvm::new(config)?,
         })),
-        other => Err(Error::Msg(format!(
-            "source = {} is not available in this build",
-            other.name()
-        ))),
+        SourceKind::Reflink => Ok(Box::new(snapshot::Tracked {
+            layer: reflink::Reflink::new(config)?,
+        })),
     }
 }

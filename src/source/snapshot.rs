@@ -63,6 +63,8 @@ pub trait SnapshotLayer {
     fn close(&mut self, vol: &str, snap: Snap) -> Result<()>;
     /// Undo what a killed run may have left (reservations, a half-made tock).
     fn recover(&mut self, vol: &str) -> Result<()>;
+    /// The live volume, for reading (`diff`).
+    fn open_volume(&mut self, vol: &str) -> Result<(File, u64)>;
 }
 
 /// A snapshot layer with its delta map: a [`Source`].
@@ -105,13 +107,35 @@ impl<L: SnapshotLayer> Tracked<L> {
         let name = vol.name;
         self.layer.check_volume(name)?;
         self.layer.recover(name)?;
-        if !self.layer.exists(name, Snap::Tick)? {
-            return Err(Error::Msg(format!(
-                "volume {name}: no tick snapshot; it was never sent, or the snapshot was lost: \
-                 run `sparsebak send {name}` (first send) or `sparsebak resync {name}`"
-            )));
-        }
-        let mut map = open_map(vol)?;
+        let have_tick = self.layer.exists(name, Snap::Tick)?;
+        let mut map = match (map_path(vol).exists(), have_tick) {
+            (true, true) => open_map(vol)?,
+            (had_map, _) => {
+                // The reference snapshot or the map was lost (deleted by hand, a
+                // restored system): start again from a fresh tick and let the next send
+                // compare every chunk with the archive by hash. Nothing is missed, and
+                // only what really changed is stored.
+                tracing::warn!(
+                    "volume {name}: {} missing; the next send compares every chunk with the archive",
+                    if had_map { "the tick snapshot is" } else { "the delta map is" }
+                );
+                self.layer.remove(name, Snap::Tock)?;
+                self.layer.take(name, Snap::Tick)?;
+                let size = self.layer.size(name, Snap::Tick)?;
+                crate::archive::create_private_dir(&vol.meta_dir)?;
+                let cs = vol.config.chunksize;
+                let mut map = if had_map {
+                    let mut m = open_map(vol)?;
+                    mark_resize(&mut m, size, size)?;
+                    m
+                } else {
+                    DeltaMap::create(&map_path(vol), cs, size.div_ceil(cs))?
+                };
+                map.set_needs_scan(true);
+                map.flush()?;
+                return Ok(map);
+            }
+        };
         self.layer.take(name, Snap::Tock)?;
         let result = (|| -> Result<()> {
             let old = self.layer.size(name, Snap::Tick)?;
@@ -138,7 +162,8 @@ impl<L: SnapshotLayer> Tracked<L> {
 
 impl<L: SnapshotLayer> Source for Tracked<L> {
     fn monitor(&mut self, vol: &VolumeCtx) -> Result<MonitorOutcome> {
-        if !map_path(vol).exists() && !self.layer.exists(vol.name, Snap::Tick)? {
+        let sent = vol.meta_dir.join("sessions").exists();
+        if !sent && !map_path(vol).exists() && !self.layer.exists(vol.name, Snap::Tick)? {
             return Ok(MonitorOutcome {
                 marked: 0,
                 note: "not sent yet; nothing to monitor".into(),
@@ -176,7 +201,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
         };
         let mut map = self.step(vol)?;
         let mb = map.base_session();
-        if mb != base.session && Some(&mb) != base.previous.as_ref() {
+        if !map.needs_scan() && mb != base.session && Some(&mb) != base.previous.as_ref() {
             return Err(Error::Msg(format!(
                 "volume {name}: the delta map is relative to session {:?} but the archive's latest is {}; \
                  run `sparsebak resync {name}`",
@@ -215,6 +240,17 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
             }
             Changes::Scan => Ok(()),
         }
+    }
+
+    fn open_live(&mut self, vol: &VolumeCtx) -> Result<(File, u64)> {
+        self.layer.check_volume(vol.name)?;
+        self.layer.open_volume(vol.name)
+    }
+
+    fn forget(&mut self, vol: &VolumeCtx) -> Result<()> {
+        self.layer.recover(vol.name)?;
+        self.layer.remove(vol.name, Snap::Tock)?;
+        self.layer.remove(vol.name, Snap::Tick)
     }
 
     fn abort_send(&mut self, vol: &VolumeCtx, view: SendView) -> Result<()> {

@@ -236,6 +236,14 @@ impl SnapshotLayer for ThinLvm {
         Ok(())
     }
 
+    fn open_volume(&mut self, vol: &str) -> Result<(File, u64)> {
+        let lv = self.lv(vol, None)?;
+        let dev = PathBuf::from("/dev/mapper").join(lv.dm_name());
+        let f = File::open(&dev).at(&dev)?;
+        let size = crate::blockdev::size_of(&f).at(&dev)?;
+        Ok((f, size))
+    }
+
     fn recover(&mut self, vol: &str) -> Result<()> {
         {
             let _pool_lock = self.lock_pool()?;

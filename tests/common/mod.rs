@@ -79,6 +79,8 @@ pub struct Session {
     pub size: u64,
     pub changed: u64,
     pub chunks: u64,
+    /// Bytes read from the source to make the session.
+    pub read: u64,
 }
 
 /// A config, a volume folder, an archive and a metadir, for `source = file`.
@@ -86,6 +88,8 @@ pub struct Env {
     pub dir: TestDir,
     pub config: PathBuf,
     pub chunksize: u64,
+    /// Where volume images live (`voldir`).
+    pub voldir: PathBuf,
 }
 
 impl Env {
@@ -114,18 +118,33 @@ impl Env {
             .find_map(|l| l.trim().strip_prefix("chunksize = "))
             .map(|s| s.trim_end_matches('K').parse::<u64>().unwrap() * 1024)
             .unwrap_or(65536);
+        let voldir = dir.path().join("img");
         Env {
             dir,
             config,
             chunksize,
+            voldir,
         }
+    }
+
+    /// An env whose volumes are image files in `voldir` with `source = reflink`.
+    pub fn reflink(volumes: &[&str], voldir: &Path) -> Env {
+        let mut env = Self::new(volumes);
+        let ini = std::fs::read_to_string(&env.config).unwrap();
+        let ini = ini.replace("source = file", "source = reflink").replace(
+            &format!("voldir = {}", env.voldir.display()),
+            &format!("voldir = {}", voldir.display()),
+        );
+        std::fs::write(&env.config, ini).unwrap();
+        env.voldir = voldir.to_path_buf();
+        env
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
     pub fn image(&self, vol: &str) -> PathBuf {
-        self.path().join("img").join(vol)
+        self.voldir.join(vol)
     }
     pub fn archive(&self) -> PathBuf {
         self.path().join("archive")
@@ -249,6 +268,7 @@ pub fn parse_list_line(l: &str) -> Session {
         size: 0,
         changed: 0,
         chunks: 0,
+        read: 0,
     };
     for kv in it {
         let (k, v) = kv.split_once('=').unwrap();
@@ -256,6 +276,7 @@ pub fn parse_list_line(l: &str) -> Session {
             "size" => s.size = v.parse().unwrap(),
             "changed" => s.changed = v.parse().unwrap(),
             "chunks" => s.chunks = v.parse().unwrap(),
+            "read" => s.read = v.parse().unwrap(),
             _ => {}
         }
     }

@@ -1,0 +1,86 @@
+//! `sparsebak diff volume --session=A[,B] [--json]`
+
+use anyhow::{bail, Context, Result};
+
+use super::{human, now, Ctx};
+use crate::archive::{meta_dir, Archive};
+use crate::diff;
+use crate::lock::Mode;
+use crate::selector;
+use crate::source::{self, VolumeCtx};
+
+pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
+    ctx.config.select_volumes(&[name.to_string()])?;
+    let Some(spec) = &ctx.session else {
+        bail!("diff needs --session=A,B (two sessions) or --session=A (a session and the live volume)");
+    };
+    let archive = Archive::open(&ctx.config)?;
+    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let vol = archive.volume(name);
+    let ids = vol.sessions()?;
+    let now = now();
+    let pick = |s: &str| -> Result<String> {
+        let sel = selector::parse(s.trim(), now)?;
+        selector::resolve(&sel, &ids).with_context(|| format!("volume {name}"))
+    };
+    let (from, to, d, size_from, size_to) = match spec.split_once(',') {
+        Some((a, b)) => {
+            let (a, b) = (pick(a)?, pick(b)?);
+            let d = diff::sessions(&vol, &a, &b)?;
+            let (sa, sb) = (vol.info(&a)?.volsize, vol.info(&b)?.volsize);
+            (a, b, d, sa, sb)
+        }
+        None => {
+            let a = pick(spec)?;
+            let mut src = source::for_config(&ctx.config)?;
+            let vctx = VolumeCtx {
+                config: &ctx.config,
+                name,
+                meta_dir: meta_dir(&ctx.config, name),
+            };
+            let (file, size) = src.open_live(&vctx)?;
+            let d = diff::live(&vol, &a, &file, size)?;
+            (
+                a,
+                "live".to_string(),
+                d,
+                vol.info(&spec_id(&ids, spec, now)?)?.volsize,
+                size,
+            )
+        }
+    };
+    let cs = vol.info(&from)?.chunksize;
+    if json {
+        let ranges: Vec<String> = d
+            .ranges
+            .iter()
+            .map(|(s, l)| format!("{{\"start\":{s},\"length\":{l}}}"))
+            .collect();
+        println!(
+            "{{\"volume\":\"{name}\",\"from\":\"{from}\",\"to\":\"{to}\",\"size_from\":{size_from},\"size_to\":{size_to},\"chunksize\":{cs},\"changed_chunks\":{},\"changed_bytes\":{},\"ranges\":[{}]}}",
+            d.chunks,
+            d.bytes(),
+            ranges.join(",")
+        );
+    } else {
+        println!(
+            "{name}: {from} -> {to}: {} chunk(s) in {} range(s) differ, {}{}",
+            d.chunks,
+            d.ranges.len(),
+            human(d.bytes()),
+            if size_from != size_to {
+                format!("; size {size_from} -> {size_to}")
+            } else {
+                String::new()
+            }
+        );
+        for (s, l) in &d.ranges {
+            println!("  {s:#014x}..{:#014x} ({})", s + l, human(*l));
+        }
+    }
+    Ok(())
+}
+
+fn spec_id(ids: &[String], spec: &str, now: chrono::NaiveDateTime) -> Result<String> {
+    Ok(selector::resolve(&selector::parse(spec.trim(), now)?, ids)?)
+}

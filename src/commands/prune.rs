@@ -1,0 +1,155 @@
+//! `sparsebak prune [--session=SEL[,SEL] | --all-before=SEL | --auto [--keep=...]]
+//! [--dry-run] [volume ...]`
+
+use anyhow::{bail, Context, Result};
+
+use super::{human, now, Ctx};
+use crate::archive::local::LocalCopies;
+use crate::archive::{meta_dir, prune, Archive};
+use crate::lock::Mode;
+use crate::retention::{self, Schedule};
+use crate::selector;
+use crate::send::lock_meta;
+
+/// Options of `prune`.
+pub struct Opts {
+    pub auto: bool,
+    pub keep: Option<String>,
+    pub all_before: Option<String>,
+    pub dry_run: bool,
+}
+
+/// Which sessions of one volume the options name, oldest first, and a note for each
+/// that is kept despite being named.
+fn select(ctx: &Ctx, opts: &Opts, name: &str, ids: &[String]) -> Result<Vec<String>> {
+    let now = now();
+    let mut out: Vec<String> = Vec::new();
+    if let Some(s) = &ctx.session {
+        if s.contains(',') {
+            let r = selector::parse_range(s, now)?;
+            out.extend(selector::resolve_range(&r, ids).with_context(|| format!("volume {name}"))?);
+        } else {
+            let sel = selector::parse(s, now)?;
+            out.push(selector::resolve(&sel, ids).with_context(|| format!("volume {name}"))?);
+        }
+    }
+    if let Some(b) = &opts.all_before {
+        let r = selector::parse_range(&format!("oldest,{b}"), now)?;
+        let end = match &r.end {
+            selector::Bound::Time(t) => *t,
+            _ => bail!("--all-before takes a date or time, e.g. 2026-11-01"),
+        };
+        // "Before" a day means before its first second.
+        let start_of = selector::parse_range(&format!("{b},{b}"), now)?;
+        let cut = match start_of.start {
+            selector::Bound::Time(t) => t,
+            _ => end,
+        };
+        for id in ids {
+            if selector::id_to_time(id).is_some_and(|t| t < cut) {
+                out.push(id.clone());
+            }
+        }
+    }
+    if opts.auto || opts.keep.is_some() {
+        let text = opts
+            .keep
+            .clone()
+            .or_else(|| ctx.config.keep.clone())
+            .context("prune --auto needs a schedule: `keep = ...` in [var] or --keep=...")?;
+        let schedule = Schedule::parse(&text).with_context(|| format!("schedule {text:?}"))?;
+        let plan = retention::plan_ids(ids, now, &schedule)?;
+        for (id, p) in ids.iter().zip(&plan) {
+            if opts.dry_run {
+                println!("{name} {id} {p}");
+            }
+            if !p.keep() {
+                out.push(id.clone());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
+    let vols = ctx.config.select_volumes(names)?;
+    if ctx.session.is_none() && opts.all_before.is_none() && !opts.auto && opts.keep.is_none() {
+        bail!("prune needs --session=SEL[,SEL], --all-before=SEL or --auto");
+    }
+    let archive = Archive::open(&ctx.config)?;
+    let mut total = 0u64;
+    let mut refused = 0;
+    for name in &vols {
+        let _meta = lock_meta(&ctx.config, name)?;
+        let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+        let vol = archive.volume(name);
+        let mdir = meta_dir(&ctx.config, name);
+        let local = LocalCopies::new(&mdir);
+        let local = mdir.is_dir().then_some(&local);
+        prune::recover(&vol, local)?;
+        let ids = vol.sessions()?;
+        let mut targets = select(ctx, opts, name, &ids)?;
+        if let Some(latest) = ids.last() {
+            if targets.contains(latest) {
+                eprintln!(
+                    "sparsebak: prune {name}: {latest} is the latest session and is never removed"
+                );
+                targets.retain(|t| t != latest);
+                refused += 1;
+            }
+        }
+        if targets.is_empty() {
+            println!("{name}: nothing to remove");
+            continue;
+        }
+        if !opts.dry_run
+            && !ctx.confirm(&format!(
+                "Remove {} session(s) of volume {name} ({} .. {})?",
+                targets.len(),
+                targets[0],
+                targets[targets.len() - 1]
+            ))?
+        {
+            bail!("not removing sessions of {name} (confirm at the prompt, or pass -u)");
+        }
+        let mut freed = 0u64;
+        for t in &targets {
+            let plan = prune::fold(&vol, local, t, opts.dry_run)
+                .with_context(|| format!("prune {name} session {t}"))?;
+            let verb = if opts.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            println!(
+                "{name}: {verb} {t} (into {}: {} chunks kept by moving, {} deleted, {})",
+                plan.into,
+                plan.moved,
+                plan.deleted,
+                human(plan.freed_bytes)
+            );
+            freed += plan.freed_bytes;
+            if opts.dry_run {
+                // Later folds depend on this one; a dry run describes each step alone.
+                continue;
+            }
+        }
+        println!(
+            "{name}: {} {}",
+            if opts.dry_run { "would free" } else { "freed" },
+            human(freed)
+        );
+        total += freed;
+    }
+    if vols.len() > 1 {
+        println!(
+            "total {}: {}",
+            if opts.dry_run { "would free" } else { "freed" },
+            human(total)
+        );
+    }
+    let _ = refused;
+    Ok(())
+}
