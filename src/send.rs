@@ -71,6 +71,7 @@ pub fn send_volume(
     remove_staging(&vol)?;
     let mdir = meta_dir(config, name);
     let local = LocalCopies::new(&mdir);
+    crate::archive::prune::recover(&vol, Some(&local))?;
     local.catch_up(&vol)?;
     let sessions = vol.sessions()?;
     let latest = sessions.last().cloned();

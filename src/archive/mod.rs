@@ -101,6 +101,25 @@ pub fn remove_staging(vol: &VolumeArchive) -> Result<()> {
     Ok(())
 }
 
+/// Finish what interrupted runs left on a volume (a prune's journal, a send's pending
+/// session) before a command reads it. Cheap when there is nothing to do: two stats.
+pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
+    let vol = archive.volume(name);
+    let mdir = meta_dir(config, name);
+    let local = local::LocalCopies::new(&mdir);
+    if !prune::interrupted(&vol) && !local.has_pending() {
+        return Ok(());
+    }
+    let _meta = crate::send::lock_meta(config, name)?;
+    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    let local = mdir.is_dir().then_some(&local);
+    prune::recover(&vol, local)?;
+    if let Some(l) = local {
+        l.catch_up(&vol)?;
+    }
+    Ok(())
+}
+
 /// `<metadir>/<volume>`.
 pub fn meta_dir(config: &Config, name: &str) -> PathBuf {
     config.metadir.join(name)

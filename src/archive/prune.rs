@@ -273,7 +273,7 @@ fn apply(
             }
             moved_bytes += file_len(&dst);
             n += 1;
-            if n == 3 {
+            if n == 1 {
                 crate::failpoint::hit("prune-mid-move");
             }
         }

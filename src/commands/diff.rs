@@ -15,6 +15,7 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
         bail!("diff needs --session=A,B (two sessions) or --session=A (a session and the live volume)");
     };
     let archive = Archive::open(&ctx.config)?;
+    crate::archive::settle(&ctx.config, &archive, name)?;
     let _lock = archive.lock_volume(name, Mode::Shared)?;
     let vol = archive.volume(name);
     let ids = vol.sessions()?;

@@ -21,6 +21,7 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for name in &vols {
+        crate::archive::settle(&ctx.config, &archive, name)?;
         let _lock = archive.lock_volume(name, Mode::Shared)?;
         let vol = archive.volume(name);
         writeln!(out, "{name}")?;

@@ -14,6 +14,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         bail!("receive needs --save-to=PATH (a file or a block device)");
     };
     let archive = Archive::open(&ctx.config)?;
+    crate::archive::settle(&ctx.config, &archive, name)?;
     let _lock = archive.lock_volume(name, Mode::Shared)?;
     let vol = archive.volume(name);
     let sessions = vol.sessions()?;

@@ -14,13 +14,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let vol = archive.volume(name);
     let mdir = meta_dir(&ctx.config, name);
     let local = LocalCopies::new(&mdir);
-    if local.has_pending() {
-        // A send was interrupted around its commit: settle that first, taking the
-        // locks in the order send takes them.
-        let _meta = crate::send::lock_meta(&ctx.config, name)?;
-        let _lock = archive.lock_volume(name, Mode::Exclusive)?;
-        local.catch_up(&vol)?;
-    }
+    crate::archive::settle(&ctx.config, &archive, name)?;
     let _lock = archive.lock_volume(name, Mode::Shared)?;
     let sessions = vol.sessions()?;
     let id = pick_session(ctx, name, &sessions)?;
