@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# End-to-end test of `source = lvm` on a real kernel thin pool, in a QEMU guest (this
+# host's kernel may have no device-mapper). Installs what it needs from Debian
+# packages, builds the guest once (cached, see build-guest.sh), boots it with a fresh
+# scratch disk and runs guest/thin-lvm-test.sh there against the given sparsebak
+# binary (default: target/release/sparsebak, built if missing). Exits 0 only if the
+# guest test passed.
+#
+#   tests/vm/thin-lvm.sh [path/to/sparsebak]
+#   SPARSEBAK_VM_TIMEOUT=900   overall limit in seconds
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+log() { printf '[thin-lvm] %s\n' "$*"; }
+
+bin=${1:-}
+if [[ -z $bin ]]; then
+    (cd "$repo" && cargo build --release --bin sparsebak)
+    bin=$repo/target/release/sparsebak
+fi
+[[ -x $bin ]] || { echo "no sparsebak binary at $bin" >&2; exit 2; }
+
+# Host packages. qemu-system-x86 from the main suite can conflict with a newer
+# qemu-utils from backports; --no-remove keeps what is installed, and the backports
+# suite is tried when the plain install refuses.
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v cpio >/dev/null || need+=(cpio)
+command -v depmod >/dev/null || need+=(kmod)
+command -v xz >/dev/null || need+=(xz-utils)
+if ((${#need[@]})); then
+    [[ $(id -u) -eq 0 ]] || { echo "missing ${need[*]} and not root" >&2; exit 2; }
+    log "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    if ! apt-get install -y -qq --no-install-recommends --no-remove "${need[@]}"; then
+        suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+        log "retrying from $suite-backports"
+        echo "deb http://deb.debian.org/debian $suite-backports main" \
+            > /etc/apt/sources.list.d/sparsebak-backports.list
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends --no-remove -t "$suite-backports" "${need[@]}"
+    fi
+fi
+
+log "guest image"
+t0=$(date +%s)
+guest=$("$here/build-guest.sh")
+log "guest ready ($(( $(date +%s) - t0 )) s): $guest"
+
+run=$(mktemp -d)
+qpid=
+cleanup() {
+    [[ -n $qpid ]] && kill -9 "$qpid" 2>/dev/null || true
+    rm -rf "$run"
+}
+trap cleanup EXIT
+mkdir -p "$run/share"
+cp "$bin" "$run/share/sparsebak"
+install -m 0755 "$here/guest/thin-lvm-test.sh" "$run/share/test.sh"
+truncate -s 4G "$run/scratch.img"
+
+accel=(-accel tcg,thread=multi -cpu max)
+if grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && [[ -w /dev/kvm ]]; then
+    accel=(-accel kvm -cpu host)
+fi
+log "booting (${accel[1]})"
+timeout_s=${SPARSEBAK_VM_TIMEOUT:-900}
+qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
+    -machine q35 "${accel[@]}" -smp 2 -m 2048 \
+    -kernel "$guest/vmlinux" -initrd "$guest/initrd.cpio" \
+    -append "console=ttyS0 panic=-1 quiet" \
+    -serial stdio \
+    -drive "file=$run/scratch.img,format=raw,if=none,id=d,cache=unsafe" \
+    -device virtio-blk-pci,drive=d \
+    -virtfs "local,path=$run/share,mount_tag=share,security_model=none" </dev/null &
+qpid=$!
+deadline=$(( $(date +%s) + timeout_s ))
+while kill -0 "$qpid" 2>/dev/null; do
+    if (( $(date +%s) > deadline )); then
+        log "FAIL: guest still running after ${timeout_s}s; killing it"
+        kill -9 "$qpid" || true
+        exit 1
+    fi
+    sleep 1
+done
+wait "$qpid" || true
+qpid=
+rc=$(cat "$run/share/rc" 2>/dev/null || echo none)
+log "guest test exit status: $rc ($(( $(date +%s) - t0 )) s in all)"
+[[ $rc == 0 ]]
