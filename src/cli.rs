@@ -46,6 +46,9 @@ pub enum Command {
     Send {
         /// Volumes to send (default: every enabled volume).
         volumes: Vec<String>,
+        /// Store the session as one tar file in the archive (also `tarfile = on`).
+        #[arg(long)]
+        tarfile: bool,
     },
     /// Record which chunks changed since the last monitor, from the snapshot layer
     /// (cron, several times an hour). Takes seconds.
@@ -98,6 +101,12 @@ pub enum Command {
     /// Remove a volume's archive, its source-side metadata and its snapshots.
     Delete {
         /// The volume to delete.
+        volume: String,
+    },
+    /// Convert tar sessions of a volume (all, or --session=SEL[,SEL]) into folder
+    /// sessions, in place and atomically.
+    Untar {
+        /// The volume.
         volume: String,
     },
     /// Show the byte ranges that differ between two sessions (--session=A,B), or

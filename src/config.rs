@@ -48,6 +48,8 @@ pub struct Config {
     pub metadir: PathBuf,
     pub chunksize: u64,
     pub compression: Compression,
+    /// Store new sessions as tar files (`tarfile = on`).
+    pub tarfile: bool,
     /// Retention schedule for `prune --auto` (checked when loading).
     pub keep: Option<String>,
     /// Volumes in file order, with whether they are enabled.
@@ -66,6 +68,7 @@ const VAR_KEYS: &[&str] = &[
     "chunksize",
     "compression",
     "keep",
+    "tarfile",
 ];
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
@@ -211,6 +214,11 @@ impl Config {
                 }
             }
         };
+        let tarfile = match get("tarfile").unwrap_or("off") {
+            "on" | "yes" | "true" | "enable" => true,
+            "off" | "no" | "false" | "disable" => false,
+            other => return Err(bad(format!("tarfile = {other:?}: expected on or off"))),
+        };
         let keep = get("keep").map(str::to_string);
         if let Some(k) = &keep {
             crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
@@ -248,6 +256,7 @@ impl Config {
             chunksize,
             compression,
             keep,
+            tarfile,
             volumes,
         })
     }

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use sparsebak_format::info::{SessionInfo, Storage};
+use sparsebak_format::info::SessionInfo;
 use sparsebak_format::view::{ViewCursor, ViewReader};
 use sparsebak_format::volume::VolumeArchive;
 
@@ -63,6 +63,7 @@ pub fn send_volume(
     archive: &Archive,
     name: &str,
     source: &mut dyn Source,
+    as_tar: bool,
 ) -> Result<SendOutcome> {
     let started = Instant::now();
     let _meta_lock = lock_meta(config, name)?;
@@ -103,7 +104,15 @@ pub fn send_volume(
         meta_dir: mdir,
     };
     let view = source.begin_send(&ctx, chain.last())?;
-    let written = write_session(config, &vol, &chain, latest.as_deref(), &view, &local);
+    let written = write_session(
+        config,
+        &vol,
+        &chain,
+        latest.as_deref(),
+        &view,
+        &local,
+        as_tar,
+    );
     let (session, bytes_read) = match written {
         Ok(w) => w,
         Err(e) => {
@@ -147,6 +156,7 @@ fn write_session(
     latest: Option<&str>,
     view: &SendView,
     local: &LocalCopies,
+    as_tar: bool,
 ) -> Result<(Option<SessionInfo>, u64)> {
     let name = vol.name.as_str();
     let size = view.size;
@@ -167,7 +177,7 @@ fn write_session(
     };
     let base = ViewCursor::open(vol, chain)?;
     let id = session_id::next_id_now(latest);
-    let mut writer = SessionWriter::create(vol, &id)?;
+    let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
     let mut added: i64 = 0;
     let progress = Progress::new(size, &format!("send {name}"));
     let input = pipeline::Input {
@@ -233,7 +243,6 @@ fn write_session(
             volsize: size,
             chunksize: cs,
             compression: config.compression.codec,
-            storage: Storage::Folder,
             changed: w.changed,
             chunks: chunks.max(0) as u64,
             bytes_read: stats.bytes_read,

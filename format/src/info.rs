@@ -14,21 +14,6 @@ use crate::chunk::Codec;
 use crate::error::{FormatError, IoContext, Result};
 use crate::{Hash, FORMAT_VERSION};
 
-/// How a session stores its chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    /// A folder of chunk files (`<prefix>/x<addr>`).
-    Folder,
-}
-
-impl Storage {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Storage::Folder => "folder",
-        }
-    }
-}
-
 /// What a session's `info` file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -42,7 +27,6 @@ pub struct SessionInfo {
     pub volsize: u64,
     pub chunksize: u64,
     pub compression: Codec,
-    pub storage: Storage,
     /// Manifest lines: chunks this session records (new data or newly zero).
     pub changed: u64,
     /// Non-zero chunks in the session's view.
@@ -66,7 +50,6 @@ impl SessionInfo {
         let _ = writeln!(s, "volsize={}", self.volsize);
         let _ = writeln!(s, "chunksize={}", self.chunksize);
         let _ = writeln!(s, "compression={}", self.compression.name());
-        let _ = writeln!(s, "storage={}", self.storage.as_str());
         let _ = writeln!(s, "changed={}", self.changed);
         let _ = writeln!(s, "chunks={}", self.chunks);
         let _ = writeln!(s, "bytes_read={}", self.bytes_read);
@@ -119,10 +102,6 @@ impl SessionInfo {
                 "format {format} is not supported (this build reads {FORMAT_VERSION})"
             )));
         }
-        let storage = match get("storage")? {
-            "folder" => Storage::Folder,
-            other => return Err(bad(format!("unknown storage {other:?}"))),
-        };
         let compression = Codec::from_name(get("compression")?)
             .ok_or_else(|| bad("unknown compression".into()))?;
         let mut manifest_sha256 = [0u8; 32];
@@ -146,7 +125,6 @@ impl SessionInfo {
             volsize: num("volsize")?,
             chunksize,
             compression,
-            storage,
             changed: num("changed")?,
             chunks: num("chunks")?,
             bytes_read: num("bytes_read")?,
@@ -179,7 +157,6 @@ mod tests {
             volsize: 1 << 30,
             chunksize: 65536,
             compression: Codec::Zstd,
-            storage: Storage::Folder,
             changed: 5,
             chunks: 4,
             bytes_read: 1 << 20,

@@ -8,6 +8,10 @@ pub const ARCHIVE_MARKER: &str = "sparsebak.archive";
 pub const SESSION_PREFIX: &str = "S_";
 /// Prefix of a session folder that is still being written (never part of a view).
 pub const STAGING_PREFIX: &str = ".tmp-S_";
+/// Suffix of a session stored as one tar file (`S_<id>.tar`).
+pub const TAR_SUFFIX: &str = ".tar";
+/// Suffix of a tar session's member index (`S_<id>.tar.index`).
+pub const TAR_INDEX_SUFFIX: &str = ".tar.index";
 /// Session info file inside a session folder.
 pub const INFO_FILE: &str = "info";
 /// Manifest file inside a session folder.

@@ -8,8 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::fs::File;
-use std::io::BufReader;
+use std::io::BufRead;
 
 use crate::error::{FormatError, Result};
 use crate::info::SessionInfo;
@@ -28,7 +27,7 @@ pub struct ViewEntry {
 
 /// Streams a session's view.
 pub struct ViewReader {
-    readers: Vec<ManifestReader<BufReader<File>>>,
+    readers: Vec<ManifestReader<Box<dyn BufRead + Send>>>,
     heads: Vec<Option<Entry>>,
     heap: BinaryHeap<(Reverse<u64>, usize)>,
     min_size_from: Vec<u64>,
@@ -55,8 +54,7 @@ impl ViewReader {
             names: chain.iter().map(|i| i.session.clone()).collect(),
         };
         for info in chain {
-            v.readers
-                .push(ManifestReader::open(&vol.manifest_path(&info.session))?);
+            v.readers.push(vol.manifest(&info.session)?);
         }
         for k in 0..chain.len() {
             v.refill(k)?;

@@ -50,11 +50,11 @@ impl LocalCopies {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }
         std::fs::create_dir_all(&tmp).at(&tmp)?;
-        for name in [layout::INFO_FILE, layout::MANIFEST_FILE] {
-            let src = vol.session_dir(id).join(name);
-            let dst = tmp.join(name);
-            std::fs::copy(&src, &dst).at(&src)?;
-        }
+        let info = tmp.join(layout::INFO_FILE);
+        std::fs::write(&info, vol.info_bytes(id)?).at(&info)?;
+        let manifest = tmp.join(layout::MANIFEST_FILE);
+        let mut out = std::fs::File::create(&manifest).at(&manifest)?;
+        std::io::copy(&mut vol.manifest_bytes(id)?, &mut out).at(&manifest)?;
         durable::syncfs(&tmp).at(&tmp)?;
         let fin = self.session_dir(id);
         if fin.exists() {
@@ -111,8 +111,8 @@ impl LocalCopies {
         };
         let info = SessionInfo::parse(&pending, &p)?;
         let id = &info.session;
-        match std::fs::read_to_string(vol.info_path(id)) {
-            Ok(theirs) if theirs == pending => {
+        match vol.info_bytes(id) {
+            Ok(theirs) if theirs == pending.as_bytes() => {
                 tracing::info!(
                     "volume {}: recording session {id}, committed by a send that was interrupted",
                     vol.name

@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod prune;
+pub mod tar;
 pub mod verify;
 pub mod writer;
 
@@ -88,17 +89,13 @@ pub fn remove_staging(vol: &VolumeArchive) -> Result<()> {
     };
     for ent in rd {
         let ent = ent.at(&vol.dir)?;
-        if ent
-            .file_name()
-            .to_string_lossy()
-            .starts_with(layout::STAGING_PREFIX)
-        {
+        if ent.file_name().to_string_lossy().starts_with(".tmp-") {
             let p = ent.path();
             tracing::warn!("removing {} left by an interrupted run", p.display());
             std::fs::remove_dir_all(&p).at(&p)?;
         }
     }
-    Ok(())
+    tar::tidy(vol)
 }
 
 /// Finish what interrupted runs left on a volume (a prune's journal, a send's pending

@@ -103,8 +103,8 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     let ti = &chain[pos + 1];
     let prev = if pos > 0 { Some(&chain[..pos]) } else { None };
 
-    let mut s_it = Heads::new(ManifestReader::open(&vol.manifest_path(s))?)?;
-    let mut t_it = Heads::new(ManifestReader::open(&vol.manifest_path(t))?)?;
+    let mut s_it = Heads::new(vol.manifest(s)?)?;
+    let mut t_it = Heads::new(vol.manifest(t)?)?;
     // The view before S, only where S's shrink cut it off and T grew back.
     let cut_lo = si.volsize;
     let cut_hi = ti.volsize;
@@ -211,6 +211,15 @@ pub fn fold(
     s: &str,
     dry_run: bool,
 ) -> Result<FoldPlan> {
+    if !dry_run {
+        // Folding moves chunk files: both sessions must be folders.
+        let ids = vol.sessions()?;
+        if let Some(pos) = ids.iter().position(|x| x == s) {
+            for id in ids.iter().skip(pos).take(2) {
+                crate::archive::tar::untar_session(vol, id)?;
+            }
+        }
+    }
     let (mut fp, new_t) = plan(vol, s, dry_run)?;
     if dry_run {
         return Ok(fp);

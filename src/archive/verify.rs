@@ -8,9 +8,9 @@ use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
-use sparsebak_format::manifest::{file_sha256, ManifestReader};
+use sparsebak_format::manifest::ManifestReader;
 use sparsebak_format::restore::read_view;
-use sparsebak_format::volume::VolumeArchive;
+use sparsebak_format::volume::{Storage, VolumeArchive};
 
 use crate::archive::local::LocalCopies;
 use crate::error::{Error, Result};
@@ -81,8 +81,7 @@ fn check_session_files(
     problems: &mut Vec<String>,
 ) -> Result<()> {
     let id = &info.session;
-    let mpath = vol.manifest_path(id);
-    match file_sha256(&mpath) {
+    match vol.manifest_sha256(id) {
         Ok(h) if h == info.manifest_sha256 => {}
         Ok(_) => problems.push(format!(
             "session {id}: manifest does not match the hash in its info (manifest altered)"
@@ -92,7 +91,7 @@ fn check_session_files(
     if let Some(local) = local {
         match std::fs::read(local.info_path(id)) {
             Ok(mine) => {
-                let theirs = std::fs::read(vol.info_path(id)).unwrap_or_default();
+                let theirs = vol.info_bytes(id).unwrap_or_default();
                 if mine != theirs {
                     problems.push(format!(
                         "session {id}: info differs from the copy this machine kept when it sent it"
@@ -105,8 +104,12 @@ fn check_session_files(
             )),
         }
     }
+    if vol.storage(id) == Storage::Tar {
+        return check_tar_members(vol, info, problems);
+    }
     // Walk the manifest (sorted) and the folder prefix by prefix; memory is one prefix
     // folder's listing.
+    let mpath = vol.manifest_path(id);
     let sdir = vol.session_dir(id);
     let mut top: BTreeSet<String> = match std::fs::read_dir(&sdir) {
         Ok(rd) => rd
@@ -175,6 +178,74 @@ fn check_session_files(
     for extra in top {
         problems.push(format!("session {id}: extra entry {extra} in its folder"));
     }
+    if lines != info.changed {
+        problems.push(format!(
+            "session {id}: info says changed={}, manifest has {lines} lines",
+            info.changed
+        ));
+    }
+    Ok(())
+}
+
+/// A tar session: its member index against its manifest (missing and extra members).
+fn check_tar_members(
+    vol: &VolumeArchive,
+    info: &SessionInfo,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let id = &info.session;
+    let t = match vol.tar(id) {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push(format!("session {id}: {e}"));
+            return Ok(());
+        }
+    };
+    let manifest = match vol.manifest(id) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("session {id}: {e}"));
+            return Ok(());
+        }
+    };
+    let mut i = 0usize;
+    let mut lines = 0u64;
+    let extra = |upto: Option<u64>, i: &mut usize, problems: &mut Vec<String>| {
+        while *i < t.index.len() {
+            let (a, _, _) = t.index.record(*i);
+            if upto.is_some_and(|u| a >= u) {
+                break;
+            }
+            problems.push(format!(
+                "session {id}: extra member for chunk x{a:016x} not in its manifest"
+            ));
+            *i += 1;
+        }
+    };
+    for e in manifest {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                problems.push(format!("session {id}: {err}"));
+                return Ok(());
+            }
+        };
+        lines += 1;
+        if e.hash.is_none() {
+            continue;
+        }
+        extra(Some(e.addr), &mut i, problems);
+        if i < t.index.len() && t.index.record(i).0 == e.addr {
+            i += 1;
+        } else {
+            problems.push(format!(
+                "session {id}: chunk x{:016x} missing from {}",
+                e.addr,
+                vol.tar_path(id).display()
+            ));
+        }
+    }
+    extra(None, &mut i, problems);
     if lines != info.changed {
         problems.push(format!(
             "session {id}: info says changed={}, manifest has {lines} lines",

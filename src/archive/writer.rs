@@ -1,5 +1,10 @@
 //! Writing one session: chunk files and manifest into a staging folder, then the info
 //! file, one `syncfs`, and a rename that makes the session appear whole or not at all.
+//!
+//! With `tar`, the chunks go into one tar file in the staging folder instead, with its
+//! member index beside it (see `sparsebak_format::tarsession`); at commit the manifest
+//! and info members are appended, and the index and then the tar (the commit point)
+//! are renamed into the volume folder.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -8,6 +13,7 @@ use std::path::PathBuf;
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
+use sparsebak_format::tarsession::TarIndexWriter;
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
@@ -22,12 +28,70 @@ pub struct SessionWriter {
     vol_dir: PathBuf,
     manifest: Option<ManifestWriter<BufWriter<File>>>,
     last_prefix: String,
+    tar: Option<TarOut>,
     pub changed: u64,
     pub bytes_stored: u64,
     committed: bool,
 }
 
+/// A tar session being written.
+struct TarOut {
+    builder: tar::Builder<BufWriter<File>>,
+    index: Option<TarIndexWriter>,
+    /// Bytes written to the tar so far (ustar: a 512-byte header per member, content
+    /// padded to 512).
+    pos: u64,
+    mtime: u64,
+    tar_tmp: PathBuf,
+    index_tmp: PathBuf,
+    tar_final: PathBuf,
+    index_final: PathBuf,
+}
+
+impl TarOut {
+    /// Append a member; returns the offset of its content.
+    fn append(&mut self, name: &str, data: &[u8]) -> std::io::Result<u64> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name)?;
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(self.mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        self.builder.append(&h, data)?;
+        let off = self.pos + 512;
+        self.pos = off + (data.len() as u64).div_ceil(512) * 512;
+        Ok(off)
+    }
+}
+
 impl SessionWriter {
+    /// Start session `id` of `vol` in a staging folder, stored as one tar file when
+    /// `as_tar`.
+    pub fn create_as(vol: &VolumeArchive, id: &str, as_tar: bool) -> Result<SessionWriter> {
+        let mut w = Self::create(vol, id)?;
+        if as_tar {
+            let tar_tmp = w.staging.join("session.tar");
+            let index_tmp = w.staging.join("session.tar.index");
+            let f = File::create(&tar_tmp).at(&tar_tmp)?;
+            let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
+            builder.mode(tar::HeaderMode::Deterministic);
+            w.tar = Some(TarOut {
+                builder,
+                index: Some(TarIndexWriter::create(&index_tmp)?),
+                pos: 0,
+                mtime: chrono::Utc::now().timestamp().max(0) as u64,
+                tar_tmp,
+                index_tmp,
+                tar_final: vol.tar_path(id),
+                index_final: vol.tar_index_path(id),
+            });
+        }
+        Ok(w)
+    }
+
     /// Start session `id` of `vol` in a staging folder.
     pub fn create(vol: &VolumeArchive, id: &str) -> Result<SessionWriter> {
         let staging = vol.dir.join(format!("{}{id}", layout::STAGING_PREFIX));
@@ -44,6 +108,7 @@ impl SessionWriter {
                 mf,
             ))),
             last_prefix: String::new(),
+            tar: None,
             changed: 0,
             bytes_stored: 0,
             committed: false,
@@ -52,6 +117,22 @@ impl SessionWriter {
 
     /// Store a data chunk (already encoded).
     pub fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
+        if let Some(t) = self.tar.as_mut() {
+            let name = format!(
+                "{}/{}",
+                layout::session_dir_name(&self.id),
+                layout::chunk_rel_path(addr).display()
+            );
+            let off = t.append(&name, payload).at(&t.tar_tmp)?;
+            if let Some(ix) = t.index.as_mut() {
+                ix.push(addr, off, payload.len() as u64)?;
+            }
+            self.bytes_stored += payload.len() as u64;
+            return self.push(Entry {
+                addr,
+                hash: Some(hash),
+            });
+        }
         let prefix = layout::prefix_name(addr);
         if prefix != self.last_prefix {
             let d = self.staging.join(&prefix);
@@ -102,6 +183,31 @@ impl SessionWriter {
         let (bw, hash) = mw.finish().at(&mpath)?;
         bw.into_inner().map_err(|e| e.into_error()).at(&mpath)?;
         let info = make_info(hash, &self);
+        if let Some(mut t) = self.tar.take() {
+            let sdir = layout::session_dir_name(&self.id);
+            let manifest = std::fs::read(&mpath).at(&mpath)?;
+            let moff = t
+                .append(&format!("{sdir}/{}", layout::MANIFEST_FILE), &manifest)
+                .at(&t.tar_tmp)?;
+            let text = info.to_text();
+            let ioff = t
+                .append(&format!("{sdir}/{}", layout::INFO_FILE), text.as_bytes())
+                .at(&t.tar_tmp)?;
+            let bw = t.builder.into_inner().at(&t.tar_tmp)?;
+            let f = bw.into_inner().map_err(|e| e.into_error()).at(&t.tar_tmp)?;
+            f.sync_all().at(&t.tar_tmp)?;
+            if let Some(ix) = t.index.take() {
+                ix.finish((moff, manifest.len() as u64), (ioff, text.len() as u64))?;
+            }
+            before_publish(&info)?;
+            crate::failpoint::hit("session-before-rename");
+            std::fs::rename(&t.index_tmp, &t.index_final).at(&t.index_final)?;
+            std::fs::rename(&t.tar_tmp, &t.tar_final).at(&t.tar_final)?;
+            durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
+            self.committed = true;
+            let _ = std::fs::remove_dir_all(&self.staging);
+            return Ok(info);
+        }
         let ipath = self.staging.join(layout::INFO_FILE);
         std::fs::write(&ipath, info.to_text()).at(&ipath)?;
         // One syncfs covers every chunk file and folder, the manifest and the info;

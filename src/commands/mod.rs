@@ -9,6 +9,7 @@ pub mod prune;
 pub mod receive;
 pub mod resync;
 pub mod send;
+pub mod untar;
 pub mod verify;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -69,7 +70,7 @@ pub fn run(cli: Cli) -> Result<()> {
         bail!("--save-to is only for receive");
     }
     match &cli.command {
-        Command::Send { volumes } => send::run(&ctx, volumes),
+        Command::Send { volumes, tarfile } => send::run(&ctx, volumes, *tarfile),
         Command::Monitor { volumes } => monitor::run(&ctx, volumes),
         Command::Receive { volume } => receive::run(&ctx, volume),
         Command::Verify { volume } => verify::run(&ctx, volume),
@@ -92,6 +93,7 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Delete { volume } => delete::run(&ctx, volume),
+        Command::Untar { volume } => untar::run(&ctx, volume),
         Command::Diff { volume, json } => diff::run(&ctx, volume, *json),
     }
 }

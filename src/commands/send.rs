@@ -8,7 +8,7 @@ use crate::progress;
 use crate::send::send_volume;
 use crate::source;
 
-pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
+pub fn run(ctx: &Ctx, names: &[String], tarfile: bool) -> Result<()> {
     let vols = ctx.config.select_volumes(names)?;
     if vols.is_empty() {
         anyhow::bail!("no volumes enabled in {}", ctx.config.path.display());
@@ -16,7 +16,8 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let mut source = source::for_config(&ctx.config)?;
     let archive = Archive::open_or_create(&ctx.config)?;
     for name in &vols {
-        let out = send_volume(&ctx.config, &archive, name, source.as_mut())
+        let as_tar = tarfile || ctx.config.tarfile;
+        let out = send_volume(&ctx.config, &archive, name, source.as_mut(), as_tar)
             .with_context(|| format!("send {name}"))?;
         match &out.session {
             Some(s) => progress::summary(&format!(

@@ -1,0 +1,92 @@
+//! Converting a tar session into a folder session (`untar`), in place and atomically:
+//! the members are written into a staging folder, made durable, and the folder is
+//! renamed into place before the tar and its index are removed. A crash in between
+//! leaves both forms of the same session; the folder wins and the next run removes the
+//! tar.
+
+use sparsebak_format::layout;
+use sparsebak_format::volume::{Storage, VolumeArchive};
+
+use crate::durable;
+use crate::error::{IoAt, Result};
+
+/// Convert session `id` of `vol` to a folder, if it is a tar. Needs the volume's
+/// exclusive lock. Returns whether anything was converted.
+pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
+    if vol.storage(id) == Storage::Folder {
+        remove_tar_files(vol, id)?;
+        return Ok(false);
+    }
+    let staging = vol
+        .dir
+        .join(format!(".tmp-untar-{}", layout::session_dir_name(id)));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).at(&staging)?;
+    }
+    std::fs::create_dir_all(&staging).at(&staging)?;
+    let t = vol.tar(id)?;
+    let mut manifest = Vec::new();
+    std::io::copy(&mut vol.manifest_bytes(id)?, &mut manifest).at(&staging)?;
+    std::fs::write(staging.join(layout::MANIFEST_FILE), &manifest).at(&staging)?;
+    std::fs::write(staging.join(layout::INFO_FILE), vol.info_bytes(id)?).at(&staging)?;
+    let mut last_prefix = String::new();
+    for i in 0..t.index.len() {
+        let (addr, off, len) = t.index.record(i);
+        let prefix = layout::prefix_name(addr);
+        if prefix != last_prefix {
+            std::fs::create_dir_all(staging.join(&prefix)).at(&staging)?;
+            last_prefix = prefix;
+        }
+        let p = staging.join(layout::chunk_rel_path(addr));
+        std::fs::write(&p, t.read_at(off, len)?).at(&p)?;
+    }
+    drop(t);
+    durable::syncfs(&staging).at(&staging)?;
+    crate::failpoint::hit("untar-before-rename");
+    let fin = vol.session_dir(id);
+    std::fs::rename(&staging, &fin).at(&fin)?;
+    durable::sync_dir(&vol.dir).at(&vol.dir)?;
+    remove_tar_files(vol, id)?;
+    Ok(true)
+}
+
+/// Remove the tar and index of session `id` (after it became a folder).
+fn remove_tar_files(vol: &VolumeArchive, id: &str) -> Result<()> {
+    vol.forget_tars();
+    let mut removed = false;
+    for p in [vol.tar_path(id), vol.tar_index_path(id)] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).at(&p),
+        }
+    }
+    if removed {
+        durable::sync_dir(&vol.dir).at(&vol.dir)?;
+    }
+    Ok(())
+}
+
+/// Tidy leftovers of interrupted conversions and sends: a tar beside a folder of the
+/// same session, an index without its tar.
+pub fn tidy(vol: &VolumeArchive) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(&vol.dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(layout::SESSION_PREFIX) else {
+            continue;
+        };
+        if let Some(id) = rest.strip_suffix(layout::TAR_INDEX_SUFFIX) {
+            if !vol.tar_path(id).exists() || vol.session_dir(id).is_dir() {
+                remove_tar_files(vol, id)?;
+            }
+        } else if let Some(id) = rest.strip_suffix(layout::TAR_SUFFIX) {
+            if vol.session_dir(id).is_dir() {
+                remove_tar_files(vol, id)?;
+            }
+        }
+    }
+    Ok(())
+}

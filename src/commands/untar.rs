@@ -1,0 +1,40 @@
+//! `sparsebak untar volume [--session=SEL[,SEL]]`
+
+use anyhow::{Context, Result};
+
+use super::{now, Ctx};
+use crate::archive::{tar, Archive};
+use crate::lock::Mode;
+use crate::selector;
+use crate::send::lock_meta;
+
+pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
+    ctx.config.select_volumes(&[name.to_string()])?;
+    let archive = Archive::open(&ctx.config)?;
+    crate::archive::settle(&ctx.config, &archive, name)?;
+    let _meta = lock_meta(&ctx.config, name)?;
+    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    let vol = archive.volume(name);
+    let ids = vol.sessions()?;
+    let targets = match &ctx.session {
+        None => ids.clone(),
+        Some(s) if s.contains(',') => {
+            selector::resolve_range(&selector::parse_range(s, now())?, &ids)?
+        }
+        Some(s) => vec![selector::resolve(&selector::parse(s, now())?, &ids)?],
+    };
+    let mut n = 0;
+    for id in &targets {
+        if tar::untar_session(&vol, id).with_context(|| format!("untar {name} session {id}"))? {
+            n += 1;
+            crate::progress::summary(&format!("{name}: session {id} is now a folder"));
+        }
+    }
+    if n == 0 {
+        println!(
+            "{name}: no tar sessions among the {} selected",
+            targets.len()
+        );
+    }
+    Ok(())
+}

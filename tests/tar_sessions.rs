@@ -1,0 +1,185 @@
+//! Tar sessions inside an archive: mixed folder/tar histories restore at every session,
+//! GNU tar reads what is written (and `tar -xf` yields a valid folder session), prune
+//! and untar work across them, damage is caught.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+const CS: usize = 65536;
+
+/// Sessions alternating tar / folder / tar / tar / folder. Returns versions.
+fn mixed(env: &Env) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(21);
+    let mut cur = vec![0u8; 24 * CS + 333];
+    rng.fill(&mut cur[..10 * CS]);
+    let mut versions = Vec::new();
+    for (round, tar) in [true, false, true, true, false].into_iter().enumerate() {
+        if round > 0 {
+            let c = (round * 3) % 12;
+            rng.fill(&mut cur[c * CS..(c + 2) * CS]);
+            cur[(round + 8) * CS..(round + 9) * CS].fill(0);
+        }
+        if round == 3 {
+            cur.truncate(15 * CS + 7);
+        }
+        if round == 4 {
+            cur.resize(20 * CS, 0);
+            cur[19 * CS] = 9;
+        }
+        std::fs::write(env.image("v"), &cur).unwrap();
+        if tar {
+            env.ok(&["send", "--tarfile", "v"]);
+        } else {
+            env.send("v");
+        }
+        versions.push(cur.clone());
+    }
+    versions
+}
+
+fn check_all(env: &Env, versions: &[Vec<u8>], kept: &[usize], what: &str) {
+    let sessions = env.sessions("v");
+    assert_eq!(sessions.len(), kept.len(), "{what}");
+    for (s, &k) in sessions.iter().zip(kept) {
+        assert_same(
+            &env.receive("v", Some(&s.id)),
+            &versions[k],
+            &format!("{what}: {}", s.id),
+        );
+        env.verify_ok("v", Some(&s.id));
+    }
+}
+
+#[test]
+fn mixed_history_restores_and_verifies() {
+    let env = Env::new(&["v"]);
+    let versions = mixed(&env);
+    let tars: Vec<_> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tar"))
+        .collect();
+    assert_eq!(tars.len(), 3, "{tars:?}");
+    check_all(&env, &versions, &[0, 1, 2, 3, 4], "mixed");
+    // diff between a tar and a folder session works from the views alone.
+    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    let out = env.ok(&[
+        "diff",
+        "v",
+        &format!("--session={},{}", ids[0], ids[1]),
+        "--json",
+    ]);
+    assert!(out.contains("\"changed_chunks\":"), "{out}");
+}
+
+#[test]
+fn gnu_tar_reads_tar_sessions() {
+    let env = Env::new(&["v"]);
+    let versions = mixed(&env);
+    let id = env.sessions("v")[0].id.clone();
+    let tarfile = env.vol_dir("v").join(format!("S_{id}.tar"));
+    let o = Command::new("tar")
+        .arg("-tvf")
+        .arg(&tarfile)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listing.contains(&format!("S_{id}/manifest")) && listing.contains(&format!("S_{id}/info"))
+    );
+    assert!(
+        listing.contains(&format!("S_{id}/x000000000/x0000000000000000")),
+        "{listing}"
+    );
+    // Replace the tar by what GNU tar extracts: a folder session that still restores.
+    let o = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarfile)
+        .current_dir(env.vol_dir("v"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::remove_file(&tarfile).unwrap();
+    std::fs::remove_file(tarfile.with_extension("tar.index")).unwrap();
+    assert!(env.vol_dir("v").join(format!("S_{id}")).is_dir());
+    check_all(&env, &versions, &[0, 1, 2, 3, 4], "after tar -xf");
+}
+
+#[test]
+fn untar_converts_in_place() {
+    let env = Env::new(&["v"]);
+    let versions = mixed(&env);
+    env.ok(&["untar", "v"]);
+    for e in std::fs::read_dir(env.vol_dir("v")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.ends_with(".tar") && !n.ends_with(".index"), "left {n}");
+    }
+    check_all(&env, &versions, &[0, 1, 2, 3, 4], "untar");
+}
+
+#[test]
+fn untar_killed_before_rename() {
+    let env = Env::new(&["v"]);
+    let versions = mixed(&env);
+    let o = env.run_env(
+        &["untar", "v"],
+        &[("SPARSEBAK_FAILPOINT", "untar-before-rename")],
+    );
+    assert!(!o.status.success());
+    check_all(&env, &versions, &[0, 1, 2, 3, 4], "after a killed untar");
+    env.ok(&["untar", "v"]);
+    check_all(&env, &versions, &[0, 1, 2, 3, 4], "untar again");
+}
+
+#[test]
+fn prune_across_tar_sessions() {
+    let env = Env::new(&["v"]);
+    let versions = mixed(&env);
+    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    env.ok(&["prune", "v", &format!("--session={}", ids[2])]); // tar into tar
+    check_all(&env, &versions, &[0, 1, 3, 4], "tar into tar");
+    env.ok(&["prune", "v", &format!("--session={}", ids[0])]); // tar into folder
+    check_all(&env, &versions, &[1, 3, 4], "tar into folder");
+}
+
+#[test]
+fn damage_in_a_tar_session_is_caught() {
+    let env = Env::new(&["v"]);
+    mixed(&env);
+    let id = env.sessions("v")[0].id.clone();
+    let tarfile = env.vol_dir("v").join(format!("S_{id}.tar"));
+    let mut d = std::fs::read(&tarfile).unwrap();
+    // Inside the first chunk member's content (after its 512-byte header).
+    d[512 + 100] ^= 0x10;
+    std::fs::write(&tarfile, d).unwrap();
+    let err = env.fails(&["verify", "v", &format!("--session={id}")]);
+    assert!(err.contains("x0000000000000000"), "{err}");
+}
+
+#[test]
+fn killed_tar_send_leaves_no_session() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(3).bytes(100 * CS)).unwrap();
+    for point in ["send-mid-chunks", "session-before-rename"] {
+        let o = env.run_env(
+            &["send", "--tarfile", "v"],
+            &[("SPARSEBAK_FAILPOINT", point)],
+        );
+        assert!(!o.status.success());
+        let o = env.run(&["list", "v"]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "{point}: no session visible: {text}"
+        );
+    }
+    env.ok(&["send", "--tarfile", "v"]);
+    env.verify_ok("v", None);
+    for e in std::fs::read_dir(env.vol_dir("v")).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.starts_with(".tmp"), "leftover {n}");
+    }
+}
