@@ -240,6 +240,25 @@ impl DeltaMap {
         Ok(())
     }
 
+    /// Mark every chunk marked in `other` (same chunk size; chunks past either end are
+    /// ignored).
+    pub fn or_from(&mut self, other: &DeltaMap) {
+        let n = self.nchunks.min(other.nchunks);
+        let full = (n / 8) as usize;
+        {
+            let src = &other.bits()[..full];
+            let dst = &mut self.mmap[HEADER..HEADER + full];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d |= *s;
+            }
+        }
+        for i in (full as u64 * 8)..n {
+            if other.is_marked(i) {
+                self.mark(i);
+            }
+        }
+    }
+
     /// Unmark everything (and drop the rescan flag).
     pub fn clear(&mut self) {
         self.bits_mut().fill(0);
@@ -338,6 +357,21 @@ mod tests {
         assert_eq!(m.count(), 1 + 2 + 100);
         m.clear();
         assert_eq!(m.runs().next(), None);
+    }
+
+    #[test]
+    fn or_from_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = DeltaMap::create(&dir.path().join("a"), 65536, 100).unwrap();
+        let mut b = DeltaMap::create(&dir.path().join("b"), 65536, 90).unwrap();
+        a.mark(3);
+        b.mark_chunks(10, 30);
+        b.mark(89);
+        a.or_from(&b);
+        assert_eq!(
+            a.runs().collect::<Vec<_>>(),
+            vec![(3, 4), (10, 30), (89, 90)]
+        );
     }
 
     #[test]

@@ -98,11 +98,7 @@ pub fn send_volume(
             )));
         }
     }
-    let ctx = VolumeCtx {
-        config,
-        name,
-        meta_dir: mdir,
-    };
+    let ctx = VolumeCtx::new(config, name);
     let view = source.begin_send(&ctx, chain.last())?;
     let written = write_session(
         config,

@@ -25,11 +25,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let _meta = lock_meta(&ctx.config, name)?;
     let _lock = archive.lock_volume(name, Mode::Exclusive)?;
     let mut src = source::for_config(&ctx.config)?;
-    let vctx = VolumeCtx {
-        config: &ctx.config,
-        name,
-        meta_dir: mdir.clone(),
-    };
+    let vctx = VolumeCtx::new(&ctx.config, name);
     src.forget(&vctx)
         .with_context(|| format!("removing the snapshots of {name}"))?;
     if vol.dir.exists() {

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::{human, now, Ctx};
-use crate::archive::{meta_dir, Archive};
+use crate::archive::Archive;
 use crate::diff;
 use crate::lock::Mode;
 use crate::selector;
@@ -34,11 +34,7 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
         None => {
             let a = pick(spec)?;
             let mut src = source::for_config(&ctx.config)?;
-            let vctx = VolumeCtx {
-                config: &ctx.config,
-                name,
-                meta_dir: meta_dir(&ctx.config, name),
-            };
+            let vctx = VolumeCtx::new(&ctx.config, name);
             let (file, size) = src.open_live(&vctx)?;
             let d = diff::live(&vol, &a, &file, size)?;
             (

@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::archive::meta_dir;
 use crate::send::lock_meta;
 use crate::source::{self, VolumeCtx};
 
@@ -12,11 +11,7 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let mut source = source::for_config(&ctx.config)?;
     for name in &vols {
         let _lock = lock_meta(&ctx.config, name)?;
-        let vctx = VolumeCtx {
-            config: &ctx.config,
-            name,
-            meta_dir: meta_dir(&ctx.config, name),
-        };
+        let vctx = VolumeCtx::new(&ctx.config, name);
         let out = source
             .monitor(&vctx)
             .with_context(|| format!("monitor {name}"))?;

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::archive::{meta_dir, remove_staging, Archive};
+use crate::archive::{remove_staging, Archive};
 use crate::config::SourceKind;
 use crate::lock::Mode;
 use crate::send::lock_meta;
@@ -24,11 +24,7 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         let _lock = archive.lock_volume(name, Mode::Exclusive)?;
         let vol = archive.volume(name);
         remove_staging(&vol)?;
-        let vctx = VolumeCtx {
-            config: &ctx.config,
-            name,
-            meta_dir: meta_dir(&ctx.config, name),
-        };
+        let vctx = VolumeCtx::new(&ctx.config, name);
         let marked = source
             .resync(&vctx, &vol)
             .with_context(|| format!("resync {name}"))?;

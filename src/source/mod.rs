@@ -28,6 +28,57 @@ pub struct VolumeCtx<'a> {
     pub name: &'a str,
     /// `<metadir>/<volume>`: the source side's state for this volume.
     pub meta_dir: PathBuf,
+    /// The delta map of the destination this operation serves: `meta_dir/deltamap`
+    /// for the archive, `meta_dir/streams/<chain>/deltamap` for a stream chain.
+    pub dest_map: PathBuf,
+}
+
+impl<'a> VolumeCtx<'a> {
+    /// The volume, for the archive destination.
+    pub fn new(config: &'a Config, name: &'a str) -> VolumeCtx<'a> {
+        let meta_dir = crate::archive::meta_dir(config, name);
+        let dest_map = meta_dir.join("deltamap");
+        VolumeCtx {
+            config,
+            name,
+            meta_dir,
+            dest_map,
+        }
+    }
+
+    /// The volume, for stream chain `chain`.
+    pub fn for_stream(config: &'a Config, name: &'a str, chain: &str) -> VolumeCtx<'a> {
+        let mut v = Self::new(config, name);
+        v.dest_map = stream_dir(&v.meta_dir, chain).join("deltamap");
+        v
+    }
+
+    /// Every delta map this volume has: the archive's and one per stream chain.
+    pub fn all_maps(&self) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        let main = self.meta_dir.join("deltamap");
+        if main.exists() {
+            v.push(main);
+        }
+        if let Ok(rd) = std::fs::read_dir(self.meta_dir.join("streams")) {
+            let mut more: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path().join("deltamap"))
+                .filter(|p| p.exists())
+                .collect();
+            more.sort();
+            v.extend(more);
+        }
+        if !v.contains(&self.dest_map) && self.dest_map.exists() {
+            v.push(self.dest_map.clone());
+        }
+        v
+    }
+}
+
+/// `<metadir>/<volume>/streams/<chain>`: a stream chain's state.
+pub fn stream_dir(meta_dir: &std::path::Path, chain: &str) -> PathBuf {
+    meta_dir.join("streams").join(chain)
 }
 
 /// Which chunks a send must look at.

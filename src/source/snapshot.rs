@@ -73,7 +73,7 @@ pub struct Tracked<L> {
 }
 
 fn map_path(vol: &VolumeCtx) -> std::path::PathBuf {
-    vol.meta_dir.join("deltamap")
+    vol.dest_map.clone()
 }
 
 fn open_map(vol: &VolumeCtx) -> Result<DeltaMap> {
@@ -102,53 +102,71 @@ fn mark_resize(map: &mut DeltaMap, old: u64, new: u64) -> Result<()> {
 }
 
 impl<L: SnapshotLayer> Tracked<L> {
-    /// The monitor step: tock, delta into the map, rotate. Needs the volume lock.
+    /// The monitor step: tock, delta, OR it into every delta map of the volume (the
+    /// archive's and each stream chain's), rotate. Returns the map of the destination
+    /// `vol` names. Needs the volume lock.
     fn step(&mut self, vol: &VolumeCtx) -> Result<DeltaMap> {
         let name = vol.name;
         self.layer.check_volume(name)?;
         self.layer.recover(name)?;
         let have_tick = self.layer.exists(name, Snap::Tick)?;
-        let mut map = match (map_path(vol).exists(), have_tick) {
-            (true, true) => open_map(vol)?,
-            (had_map, _) => {
-                // The reference snapshot or the map was lost (deleted by hand, a
-                // restored system): start again from a fresh tick and let the next send
-                // compare every chunk with the archive by hash. Nothing is missed, and
-                // only what really changed is stored.
+        let cs = vol.config.chunksize;
+        if !have_tick {
+            // The reference snapshot was lost (deleted by hand, a restored system):
+            // start again from a fresh tick and let the next sends compare every chunk
+            // by hash. Nothing is missed, and only what really changed is stored.
+            if vol.meta_dir.join("sessions").exists() || !vol.all_maps().is_empty() {
                 tracing::warn!(
-                    "volume {name}: {} missing; the next send compares every chunk with the archive",
-                    if had_map { "the tick snapshot is" } else { "the delta map is" }
+                    "volume {name}: the tick snapshot is missing; the next send compares every chunk by hash"
                 );
-                self.layer.remove(name, Snap::Tock)?;
-                self.layer.take(name, Snap::Tick)?;
-                let size = self.layer.size(name, Snap::Tick)?;
-                crate::archive::create_private_dir(&vol.meta_dir)?;
-                let cs = vol.config.chunksize;
-                let mut map = if had_map {
-                    let mut m = open_map(vol)?;
-                    mark_resize(&mut m, size, size)?;
-                    m
-                } else {
-                    DeltaMap::create(&map_path(vol), cs, size.div_ceil(cs))?
-                };
-                map.set_needs_scan(true);
-                map.flush()?;
-                return Ok(map);
             }
-        };
+            self.layer.remove(name, Snap::Tock)?;
+            self.layer.take(name, Snap::Tick)?;
+            let size = self.layer.size(name, Snap::Tick)?;
+            let mut paths = vol.all_maps();
+            if !paths.contains(&map_path(vol)) {
+                paths.push(map_path(vol));
+            }
+            for p in &paths {
+                if let Some(d) = p.parent() {
+                    crate::archive::create_private_dir(d)?;
+                }
+                let mut m = if p.exists() {
+                    DeltaMap::open(p)?
+                } else {
+                    DeltaMap::create(p, cs, size.div_ceil(cs))?
+                };
+                mark_resize(&mut m, size, size)?;
+                // Without the old tick, no map can say what changed.
+                m.set_needs_scan(true);
+                m.flush()?;
+            }
+            return open_map(vol);
+        }
         self.layer.take(name, Snap::Tock)?;
         let result = (|| -> Result<()> {
             let old = self.layer.size(name, Snap::Tick)?;
             let new = self.layer.size(name, Snap::Tock)?;
-            mark_resize(&mut map, old, new)?;
-            if self.layer.delta(name, &mut map)? == Delta::Unknown {
+            let scratch_path = vol.meta_dir.join("deltamap.step");
+            let mut scratch = DeltaMap::create(&scratch_path, cs, new.div_ceil(cs))?;
+            let unknown = self.layer.delta(name, &mut scratch)? == Delta::Unknown;
+            if unknown {
                 tracing::warn!(
                     "volume {name}: the snapshot layer cannot tell what changed; \
-                     the next send compares every chunk with the archive"
+                     the next send compares every chunk by hash"
                 );
-                map.set_needs_scan(true);
             }
-            map.flush()?;
+            for p in vol.all_maps() {
+                let mut m = DeltaMap::open(&p)?;
+                mark_resize(&mut m, old, new)?;
+                m.or_from(&scratch);
+                if unknown {
+                    m.set_needs_scan(true);
+                }
+                m.flush()?;
+            }
+            drop(scratch);
+            let _ = std::fs::remove_file(&scratch_path);
             crate::failpoint::hit("monitor-before-rotate");
             self.layer.rotate(name)
         })();
@@ -156,7 +174,18 @@ impl<L: SnapshotLayer> Tracked<L> {
             let _ = self.layer.remove(name, Snap::Tock);
         }
         result?;
-        Ok(map)
+        if !map_path(vol).exists() {
+            // This destination has no map yet (lost, or a new stream chain): its next
+            // send compares every chunk by hash.
+            if let Some(d) = map_path(vol).parent() {
+                crate::archive::create_private_dir(d)?;
+            }
+            let size = self.layer.size(name, Snap::Tick)?;
+            let mut m = DeltaMap::create(&map_path(vol), cs, size.div_ceil(cs))?;
+            m.set_needs_scan(true);
+            m.flush()?;
+        }
+        open_map(vol)
     }
 }
 
@@ -169,6 +198,22 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
                 note: "not sent yet; nothing to monitor".into(),
             });
         }
+        // A volume sent only to stream chains has no archive map: monitor for theirs.
+        let others = vol.all_maps();
+        let stream_only = VolumeCtx {
+            config: vol.config,
+            name: vol.name,
+            meta_dir: vol.meta_dir.clone(),
+            dest_map: others
+                .first()
+                .cloned()
+                .unwrap_or_else(|| vol.dest_map.clone()),
+        };
+        let vol = if vol.dest_map.exists() {
+            vol
+        } else {
+            &stream_only
+        };
         let map = self.step(vol)?;
         Ok(MonitorOutcome {
             marked: map.count(),
@@ -179,11 +224,17 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
     fn begin_send(&mut self, vol: &VolumeCtx, base: Option<&SessionInfo>) -> Result<SendView> {
         let name = vol.name;
         let Some(base) = base else {
-            // First send: a fresh tick, read in full; the map starts empty.
+            // First send to this destination: read the tick in full; its map starts
+            // empty. If other destinations track the volume, a monitor step first
+            // moves the tick forward with their maps updated.
             self.layer.check_volume(name)?;
             self.layer.recover(name)?;
-            self.layer.remove(name, Snap::Tock)?;
-            self.layer.take(name, Snap::Tick)?;
+            if self.layer.exists(name, Snap::Tick)? && !vol.all_maps().is_empty() {
+                self.step(vol)?;
+            } else {
+                self.layer.remove(name, Snap::Tock)?;
+                self.layer.take(name, Snap::Tick)?;
+            }
             let size = self.layer.size(name, Snap::Tick)?;
             crate::archive::create_private_dir(&vol.meta_dir)?;
             let map = DeltaMap::create(
