@@ -143,18 +143,48 @@ pub fn send_volume(
     })
 }
 
-/// Steps 3 and 4: compare, store, commit. Returns the new session (`None` when
-/// nothing changed) and the bytes read.
-fn write_session(
+/// Where the chunks of a new session go: an archive session (folder or tar) or a
+/// stream.
+pub trait ChunkSink: Send {
+    /// Store a data chunk (already encoded).
+    fn put_chunk(&mut self, addr: u64, hash: sparsebak_format::Hash, payload: &[u8]) -> Result<()>;
+    /// Record that the chunk at `addr` became all zero.
+    fn put_zero(&mut self, addr: u64) -> Result<()>;
+    /// Manifest lines so far.
+    fn changed(&self) -> u64;
+}
+
+impl ChunkSink for SessionWriter {
+    fn put_chunk(&mut self, addr: u64, hash: sparsebak_format::Hash, payload: &[u8]) -> Result<()> {
+        SessionWriter::put_chunk(self, addr, hash, payload)
+    }
+    fn put_zero(&mut self, addr: u64) -> Result<()> {
+        SessionWriter::put_zero(self, addr)
+    }
+    fn changed(&self) -> u64 {
+        self.changed
+    }
+}
+
+/// What comparing a volume with a base view found.
+#[derive(Debug, Clone, Copy)]
+pub struct Compared {
+    pub bytes_read: u64,
+    /// Non-zero chunks in the new session's view.
+    pub chunks: u64,
+}
+
+/// Compare the volume `view` with the base view of `chain` (sessions whose manifests
+/// `base_vol` holds; empty for a full send) and hand every differing chunk, encoded,
+/// to `sink`, in address order. Shared by archive sessions and streams.
+pub fn compare_and_store(
     config: &Config,
-    vol: &VolumeArchive,
+    base_vol: &VolumeArchive,
     chain: &[SessionInfo],
-    latest: Option<&str>,
     view: &SendView,
-    local: &LocalCopies,
-    as_tar: bool,
-) -> Result<(Option<SessionInfo>, u64)> {
-    let name = vol.name.as_str();
+    sink: &mut dyn ChunkSink,
+    label: &str,
+) -> Result<Compared> {
     let size = view.size;
     let cs = config.chunksize;
     let first = chain.is_empty();
@@ -167,15 +197,13 @@ fn write_session(
         })),
         _ => {
             scan_runs = scan::chunk_runs(&view.file, size, cs)
-                .map_err(|e| Error::Msg(format!("volume {name}: scanning {}: {e}", view.label)))?;
+                .map_err(|e| Error::Msg(format!("{label}: scanning {}: {e}", view.label)))?;
             Box::new(scan_runs.iter().copied())
         }
     };
-    let base = ViewCursor::open(vol, chain)?;
-    let id = session_id::next_id_now(latest);
-    let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
+    let base = ViewCursor::open(base_vol, chain)?;
     let mut added: i64 = 0;
-    let progress = Progress::new(size, &format!("send {name}"));
+    let progress = Progress::new(size, label);
     let input = pipeline::Input {
         file: &view.file,
         size,
@@ -197,36 +225,65 @@ fn write_session(
                 if !replaces {
                     added += 1;
                 }
-                writer.put_chunk(addr, hash, &payload)?;
-                if writer.changed == 50 {
+                sink.put_chunk(addr, hash, &payload)?;
+                if sink.changed() == 50 {
                     crate::failpoint::hit("send-mid-chunks");
                 }
                 Ok(())
             }
             Record::Zero { addr } => {
                 added -= 1;
-                writer.put_zero(addr)
+                sink.put_zero(addr)
             }
         },
     )?;
     progress.finish();
     let prev = chain.last();
-    if writer.changed == 0 && prev.is_some_and(|p| p.volsize == size) {
-        drop(writer);
-        return Ok((None, stats.bytes_read));
-    }
     let mut chunks = prev.map(|p| p.chunks as i64).unwrap_or(0) + added;
     if let Some(p) = prev {
         if size < p.volsize {
             // Chunks cut off by a shrink leave the view.
             let mut cut = 0i64;
-            for e in ViewReader::open(vol, chain)? {
+            for e in ViewReader::open(base_vol, chain)? {
                 if e?.addr >= size {
                     cut += 1;
                 }
             }
             chunks -= cut;
         }
+    }
+    Ok(Compared {
+        bytes_read: stats.bytes_read,
+        chunks: chunks.max(0) as u64,
+    })
+}
+
+/// Steps 3 and 4: compare, store, commit. Returns the new session (`None` when
+/// nothing changed) and the bytes read.
+fn write_session(
+    config: &Config,
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    latest: Option<&str>,
+    view: &SendView,
+    local: &LocalCopies,
+    as_tar: bool,
+) -> Result<(Option<SessionInfo>, u64)> {
+    let name = vol.name.as_str();
+    let size = view.size;
+    let id = session_id::next_id_now(latest);
+    let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
+    let c = compare_and_store(
+        config,
+        vol,
+        chain,
+        view,
+        &mut writer,
+        &format!("send {name}"),
+    )?;
+    if writer.changed == 0 && chain.last().is_some_and(|p| p.volsize == size) {
+        drop(writer);
+        return Ok((None, c.bytes_read));
     }
     crate::failpoint::hit("send-before-commit");
     let now = chrono::Local::now().timestamp();
@@ -237,15 +294,15 @@ fn write_session(
             previous: latest.map(str::to_string),
             time: now,
             volsize: size,
-            chunksize: cs,
+            chunksize: config.chunksize,
             compression: config.compression.codec,
             changed: w.changed,
-            chunks: chunks.max(0) as u64,
-            bytes_read: stats.bytes_read,
+            chunks: c.chunks,
+            bytes_read: c.bytes_read,
             bytes_stored: w.bytes_stored,
             manifest_sha256,
         },
         |info| local.mark_pending(info),
     )?;
-    Ok((Some(info), stats.bytes_read))
+    Ok((Some(info), c.bytes_read))
 }
