@@ -551,16 +551,18 @@ mod tests {
             now,
             "hourly:24 daily:14 weekly:8 monthly:12 yearly:5",
         );
-        let mut want: Vec<String> = Vec::new();
-        // monthly: September and October (November's is also the latest).
-        want.push("20260930-230000".into());
-        // weekly, Sundays: weeks 42 to 46.
-        want.push("20261018-230000".into());
-        want.push("20261025-230000".into());
-        want.push("20261031-230000".into()); // monthly, October
-        want.push("20261101-230000".into());
-        want.push("20261108-230000".into());
-        want.push("20261115-230000".into());
+        let mut want: Vec<String> = [
+            "20260930-230000", // monthly, September
+            // weekly, Sundays: weeks 42 to 46.
+            "20261018-230000",
+            "20261025-230000",
+            "20261031-230000", // monthly, October
+            "20261101-230000",
+            "20261108-230000",
+            "20261115-230000",
+        ]
+        .map(String::from)
+        .to_vec();
         // daily: November 17 to 29 (the 22nd and 29th are also weekly).
         for day in 17..=29 {
             want.push(format!("202611{day}-230000"));
