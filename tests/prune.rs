@@ -101,10 +101,10 @@ fn prune_each_session_alone() {
     cp(&env.archive(), &snapshot.join("archive"));
     cp(&env.meta(), &snapshot.join("meta"));
     let id = ids(&env);
-    for k in 0..6 {
+    for (k, sid) in id.iter().enumerate().take(6) {
         cp(&snapshot.join("archive"), &env.archive());
         cp(&snapshot.join("meta"), &env.meta());
-        env.ok(&["prune", "v", &format!("--session={}", id[k])]);
+        env.ok(&["prune", "v", &format!("--session={sid}")]);
         let kept: Vec<usize> = (0..7).filter(|&i| i != k).collect();
         check_all(&env, &versions, &kept, &format!("without v{k}"));
     }
