@@ -28,10 +28,11 @@ pub mod progress;
 pub mod receive;
 pub mod retention;
 pub mod scan;
-pub mod selector;
 pub mod send;
 pub mod session_id;
 pub mod source;
 
 pub use error::{Error, Result};
 pub use sparsebak_format as format;
+/// Session selectors live with the format, so `spbk-assemble` shares them.
+pub use sparsebak_format::selector;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sparsebak_format::restore::{restore, SparseFileTarget, StreamTarget};
+use sparsebak_format::selector;
 use sparsebak_format::volume::VolumeArchive;
 
 #[derive(Parser)]
@@ -23,7 +24,8 @@ struct Args {
     /// Check every chunk's SHA-256 against its manifest; exit 1 on any mismatch.
     #[arg(short = 'c', long = "check")]
     check: bool,
-    /// Session to assemble: an ID (YYYYMMDD-HHMMSS), `latest` or `oldest`.
+    /// Session to assemble: an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or
+    /// date-time (the newest session at or before it), `3 days ago`, ...
     #[arg(long = "session", default_value = "latest")]
     session: String,
     /// Output file (created or replaced, sparse). Without it the image goes to stdout.
@@ -46,23 +48,10 @@ fn run(args: Args) -> Result<()> {
     let sessions = vol
         .sessions()
         .with_context(|| format!("reading {}", args.volume_dir.display()))?;
-    let id = match args.session.as_str() {
-        "latest" => sessions.last().cloned(),
-        "oldest" => sessions.first().cloned(),
-        s => sessions.iter().find(|x| *x == s).cloned(),
-    };
-    let Some(id) = id else {
-        bail!(
-            "{}: no session {:?} (sessions: {})",
-            args.volume_dir.display(),
-            args.session,
-            if sessions.is_empty() {
-                "none".to_string()
-            } else {
-                format!("{} .. {}", sessions[0], sessions[sessions.len() - 1])
-            }
-        );
-    };
+    let now = chrono::Local::now().naive_local();
+    let sel = selector::parse(&args.session, now)?;
+    let id = selector::resolve(&sel, &sessions)
+        .with_context(|| format!("{}", args.volume_dir.display()))?;
     let chain = vol.chain(&id)?;
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
     match &args.output {

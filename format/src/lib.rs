@@ -16,6 +16,7 @@ pub mod info;
 pub mod layout;
 pub mod manifest;
 pub mod restore;
+pub mod selector;
 pub mod tarsession;
 pub mod view;
 pub mod volume;
