@@ -47,8 +47,29 @@ pub enum Command {
         /// Volumes to send (default: every enabled volume).
         volumes: Vec<String>,
         /// Store the session as one tar file in the archive (also `tarfile = on`).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "stream")]
         tarfile: bool,
+        /// Write the session as a self-contained tar stream to PATH (`-` = stdout)
+        /// instead of the archive: full the first time, then incremental on the
+        /// chain's last stream. One volume.
+        #[arg(long, value_name = "PATH")]
+        stream: Option<String>,
+        /// Record size of the stream (fixed-block tape drives need theirs), e.g. 64K.
+        #[arg(
+            long = "block-size",
+            value_name = "SIZE",
+            default_value = "64K",
+            requires = "stream"
+        )]
+        block_size: String,
+        /// Name of the stream chain: each chain is incremental on its own.
+        #[arg(
+            long,
+            value_name = "NAME",
+            default_value = "default",
+            requires = "stream"
+        )]
+        chain: String,
     },
     /// Record which chunks changed since the last monitor, from the snapshot layer
     /// (cron, several times an hour). Takes seconds.
@@ -58,14 +79,21 @@ pub enum Command {
     },
     /// Rebuild a volume as it was at a session (latest by default) into --save-to.
     Receive {
-        /// The volume to restore.
-        volume: String,
+        /// The volume to restore (with --from-stream: optional, checked if given).
+        volume: Option<String>,
+        /// Rebuild from a full stream and its incrementals, in order (`-` = stdin, or
+        /// PATH,PATH,...), with no archive, metadir or config.
+        #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
+        from_stream: Option<String>,
     },
     /// Re-read and re-hash every chunk of a session's view (latest by default) and check
     /// the archive's files and metadata; exits 1 naming every problem found.
     Verify {
-        /// The volume to verify.
-        volume: String,
+        /// The volume to verify (with --from-stream: optional, checked if given).
+        volume: Option<String>,
+        /// Check a chain of streams (`-` = stdin, or PATH,PATH,...) without writing.
+        #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
+        from_stream: Option<String>,
     },
     /// List the sessions of the configured volumes, or the named ones, oldest first.
     List {

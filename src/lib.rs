@@ -14,6 +14,7 @@
 
 pub mod archive;
 pub mod blockdev;
+pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod scan;
 pub mod send;
 pub mod session_id;
 pub mod source;
+pub mod stream_send;
 
 pub use error::{Error, Result};
 pub use sparsebak_format as format;

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod manifest;
 pub mod restore;
 pub mod selector;
+pub mod stream;
 pub mod tarsession;
 pub mod view;
 pub mod volume;

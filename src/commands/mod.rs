@@ -9,6 +9,7 @@ pub mod prune;
 pub mod receive;
 pub mod resync;
 pub mod send;
+pub mod stream;
 pub mod untar;
 pub mod verify;
 
@@ -58,6 +59,18 @@ fn config_path(cli: &Cli) -> PathBuf {
 
 /// Run the command the user gave.
 pub fn run(cli: Cli) -> Result<()> {
+    // Streams restore and verify with no configuration at all.
+    match &cli.command {
+        Command::Receive {
+            volume,
+            from_stream: Some(paths),
+        } => return stream::receive(&cli, volume.as_deref(), paths),
+        Command::Verify {
+            volume,
+            from_stream: Some(paths),
+        } => return stream::verify(volume.as_deref(), paths),
+        _ => {}
+    }
     let path = config_path(&cli);
     let config = Config::load(&path).with_context(|| "loading the configuration".to_string())?;
     let ctx = Ctx {
@@ -70,10 +83,19 @@ pub fn run(cli: Cli) -> Result<()> {
         bail!("--save-to is only for receive");
     }
     match &cli.command {
-        Command::Send { volumes, tarfile } => send::run(&ctx, volumes, *tarfile),
+        Command::Send {
+            volumes,
+            stream: Some(path),
+            block_size,
+            chain,
+            ..
+        } => stream::send(&ctx, volumes, path, block_size, chain),
+        Command::Send {
+            volumes, tarfile, ..
+        } => send::run(&ctx, volumes, *tarfile),
         Command::Monitor { volumes } => monitor::run(&ctx, volumes),
-        Command::Receive { volume } => receive::run(&ctx, volume),
-        Command::Verify { volume } => verify::run(&ctx, volume),
+        Command::Receive { volume, .. } => receive::run(&ctx, &need_volume(volume)?),
+        Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume)?),
         Command::List { volumes } => list::run(&ctx, volumes),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
         Command::Prune {
@@ -96,6 +118,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Untar { volume } => untar::run(&ctx, volume),
         Command::Diff { volume, json } => diff::run(&ctx, volume, *json),
     }
+}
+
+fn need_volume(v: &Option<String>) -> Result<String> {
+    v.clone()
+        .context("name the volume (e.g. `sparsebak receive --save-to=PATH VOLUME`)")
 }
 
 /// Human-readable byte count.
