@@ -289,3 +289,67 @@ fn reflink_on_a_filesystem_without_reflink_suggests_file() {
     let err = env.fails(&["send", "v"]);
     assert!(err.contains("source = file"), "{err}");
 }
+
+/// Archive sends and stream sends alternate on a reflink volume: each destination has
+/// its own delta map, both stay incremental and exact.
+#[test]
+fn reflink_archive_and_stream_destinations() {
+    let Some(fs) = LoopFs::new("reflink_archive_and_stream", FsKind::Btrfs, "") else {
+        return;
+    };
+    let env = Env::reflink(&["v"], fs.path());
+    let mut rng = Rng::new(77);
+    let f = std::fs::File::create(env.image("v")).unwrap();
+    f.write_all_at(&rng.bytes(40 * CS), 0).unwrap();
+    drop(f);
+    env.send("v");
+    let s1 = env.path().join("s1.tar");
+    env.ok(&["send", "v", &format!("--stream={}", s1.display())]);
+    let mut streams = vec![s1];
+    let mut archive_base = env.read_image("v");
+    let mut stream_base = archive_base.clone();
+    for round in 0..4u64 {
+        env.write_at("v", (round * 5 + 1) * CS as u64, &rng.bytes(CS + 10));
+        env.ok(&["monitor", "v"]);
+        let cur = env.read_image("v");
+        if round % 2 == 0 {
+            env.send("v");
+            let s = env.latest("v");
+            assert_eq!(
+                s.changed,
+                changed_chunks(&archive_base, &cur, CS),
+                "archive round {round}"
+            );
+            assert!(
+                s.read <= (s.changed + 2) * CS as u64,
+                "archive read {}",
+                s.read
+            );
+            archive_base = cur;
+        } else {
+            let p = env.path().join(format!("s{}.tar", streams.len() + 1));
+            env.ok(&["send", "v", &format!("--stream={}", p.display())]);
+            // Incremental: the chunks written since the last stream (two rounds, a few
+            // chunks each), not the 40-chunk volume.
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(len < 12 * CS as u64, "stream {p:?} is {len} bytes");
+            streams.push(p);
+            stream_base = cur;
+        }
+    }
+    // The last stream covers everything since the previous stream, including the
+    // rounds that went to the archive; the chain restores to the latest stream state.
+    let list = streams
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = env.path().join("r.img");
+    env.ok(&[
+        "receive",
+        &format!("--from-stream={list}"),
+        &format!("--save-to={}", out.display()),
+    ]);
+    assert_same(&std::fs::read(&out).unwrap(), &stream_base, "stream chain");
+    assert_same(&env.receive("v", None), &archive_base, "archive");
+}
