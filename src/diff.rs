@@ -2,7 +2,7 @@
 //! streamed views, no chunk read) or a session and the live volume (hashed through the
 //! pipeline). Results are runs of chunks, as byte ranges.
 
-use sparsebak_format::view::{ViewCursor, ViewReader};
+use sparsebak_format::view::{ViewCursor, ViewEntry, ViewReader};
 use sparsebak_format::volume::VolumeArchive;
 
 use crate::error::Result;
@@ -58,28 +58,8 @@ pub fn sessions(vol: &VolumeArchive, a: &str, b: &str) -> Result<Diff> {
     let mut rb = ViewReader::open(vol, &cb)?.peekable();
     let mut d = Diff::default();
     loop {
-        let pa = match ra.peek() {
-            Some(Ok(e)) => Some(*e),
-            Some(Err(_)) => {
-                return Err(ra
-                    .next()
-                    .and_then(|r| r.err())
-                    .map(Into::into)
-                    .unwrap_or_else(|| crate::Error::Msg("view".into())))
-            }
-            None => None,
-        };
-        let pb = match rb.peek() {
-            Some(Ok(e)) => Some(*e),
-            Some(Err(_)) => {
-                return Err(rb
-                    .next()
-                    .and_then(|r| r.err())
-                    .map(Into::into)
-                    .unwrap_or_else(|| crate::Error::Msg("view".into())))
-            }
-            None => None,
-        };
+        let pa = peek(&mut ra)?;
+        let pb = peek(&mut rb)?;
         match (pa, pb) {
             (None, None) => break,
             (Some(x), Some(y)) if x.addr == y.addr => {
@@ -105,6 +85,18 @@ pub fn sessions(vol: &VolumeArchive, a: &str, b: &str) -> Result<Diff> {
     }
     d.clip(size);
     Ok(d)
+}
+
+/// The next entry of a view without consuming it; an error is taken out and returned.
+fn peek(r: &mut std::iter::Peekable<ViewReader>) -> Result<Option<ViewEntry>> {
+    match r.peek() {
+        Some(Ok(e)) => Ok(Some(*e)),
+        Some(Err(_)) => match r.next() {
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(None),
+        },
+        None => Ok(None),
+    }
 }
 
 /// Chunks of the live volume (read from `file`, `size` bytes) that differ from

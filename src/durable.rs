@@ -43,3 +43,29 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)?;
     sync_parent(path)
 }
+
+/// Build the file `path` under a temporary name in the same folder (`fill` gets that
+/// name), and only if `fill` succeeds rename it into place and sync the folder; on
+/// failure the temporary file is removed and `path` is untouched.
+pub fn replace_with<T>(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> crate::error::Result<T>,
+) -> crate::error::Result<T> {
+    use crate::error::IoAt;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "volume".into());
+    let tmp = path.with_file_name(format!(".{name}.sparsebak-partial"));
+    match fill(&tmp) {
+        Ok(v) => {
+            std::fs::rename(&tmp, path).at(path)?;
+            sync_parent(path).at(path)?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::restore::{restore, RestoreError, RestoreStats, SparseFileTarget, Target};
@@ -63,14 +63,6 @@ impl Target for DeviceTarget {
     }
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "volume".into());
-    path.with_file_name(format!(".{name}.sparsebak-partial"))
-}
-
 /// Rebuild `chain`'s last session into `path`. Every chunk's hash is checked; on any
 /// error a file destination is left untouched.
 pub fn receive_to(
@@ -97,21 +89,10 @@ pub fn receive_to(
             let mut t = DeviceTarget { file };
             restore(vol, chain, &mut t, true, progress).map_err(map_err)
         }
-        DestKind::New | DestKind::ExistingFile => {
-            let tmp = temp_name(path);
-            let file = File::create(&tmp).at(&tmp)?;
-            let mut t = SparseFileTarget::new(file, last.volsize).at(&tmp)?;
-            match restore(vol, chain, &mut t, true, progress) {
-                Ok(stats) => {
-                    std::fs::rename(&tmp, path).at(path)?;
-                    durable::sync_parent(path).at(path)?;
-                    Ok(stats)
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    Err(map_err(e))
-                }
-            }
-        }
+        DestKind::New | DestKind::ExistingFile => durable::replace_with(path, |tmp| {
+            let file = File::create(tmp).at(tmp)?;
+            let mut t = SparseFileTarget::new(file, last.volsize).at(tmp)?;
+            restore(vol, chain, &mut t, true, progress).map_err(map_err)
+        }),
     }
 }

@@ -320,29 +320,15 @@ pub fn receive_streams(
             )
             .map_err(err)
         }
-        _ => {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "volume".into());
-            let tmp = path.with_file_name(format!(".{name}.sparsebak-partial"));
-            let f = File::create(&tmp).at(&tmp)?;
+        _ => durable::replace_with(path, |tmp| {
+            let f = File::create(tmp).at(tmp)?;
             let mut sink = sparsebak_format::stream::FileSink { file: f };
-            match read_chain(
+            read_chain(
                 std::io::BufReader::with_capacity(1 << 20, input),
                 &mut sink,
                 volume,
-            ) {
-                Ok(sum) => {
-                    std::fs::rename(&tmp, path).at(path)?;
-                    durable::sync_parent(path).at(path)?;
-                    Ok(sum)
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    Err(err(e))
-                }
-            }
-        }
+            )
+            .map_err(err)
+        }),
     }
 }

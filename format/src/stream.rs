@@ -12,6 +12,7 @@ use crate::chunk::{self, Codec};
 use crate::info::SessionInfo;
 use crate::layout;
 use crate::manifest::Entry;
+use crate::tarsession::ustar_header;
 use crate::Hash;
 
 /// First line of a stream header.
@@ -236,15 +237,7 @@ impl<W: Write> StreamWriter<W> {
     }
 
     fn member(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name)?;
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(self.mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
+        let h = ustar_header(name, data.len() as u64, self.mtime)?;
         self.tar.append(&h, data)?;
         self.hash.add(name, data);
         Ok(())
@@ -273,13 +266,7 @@ impl<W: Write> StreamWriter<W> {
         info: &SessionInfo,
     ) -> std::io::Result<(W, u64)> {
         let m = format!("{}/{}", self.session_dir, layout::MANIFEST_FILE);
-        let mut h = tar::Header::new_ustar();
-        h.set_path(&m)?;
-        h.set_size(len);
-        h.set_mode(0o644);
-        h.set_mtime(self.mtime);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
+        let h = ustar_header(&m, len, self.mtime)?;
         self.hash.add_header(&m, len);
         let mut hashing = HashingReader {
             inner: manifest.take(len),
@@ -289,13 +276,7 @@ impl<W: Write> StreamWriter<W> {
         let i = format!("{}/{}", self.session_dir, layout::INFO_FILE);
         self.member(&i, info.to_text().as_bytes())?;
         let trailer = format!("sha256={}\n", self.hash.hex());
-        let mut h = tar::Header::new_ustar();
-        h.set_path(TRAILER_MEMBER)?;
-        h.set_size(trailer.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(self.mtime);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
+        let h = ustar_header(TRAILER_MEMBER, trailer.len() as u64, self.mtime)?;
         self.tar.append(&h, trailer.as_bytes())?;
         let rw = self.tar.into_inner()?;
         rw.finish()

@@ -37,6 +37,23 @@ fn le(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The header of a member written by sparsebak: POSIX ustar, a regular file, mode
+/// 0644, owner 0, the given size and time. Names are short (under 100 bytes), so no
+/// extension headers are ever needed and a member's content starts 512 bytes after
+/// its header.
+pub fn ustar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
+}
+
 /// A memory-mapped member index.
 pub struct TarIndex {
     map: Mmap,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
-use sparsebak_format::tarsession::TarIndexWriter;
+use sparsebak_format::tarsession::{ustar_header, TarIndexWriter};
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
@@ -51,15 +51,7 @@ struct TarOut {
 impl TarOut {
     /// Append a member; returns the offset of its content.
     fn append(&mut self, name: &str, data: &[u8]) -> std::io::Result<u64> {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name)?;
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(self.mtime);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
+        let h = ustar_header(name, data.len() as u64, self.mtime)?;
         self.builder.append(&h, data)?;
         let off = self.pos + 512;
         self.pos = off + (data.len() as u64).div_ceil(512) * 512;
