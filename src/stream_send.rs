@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
-use sparsebak_format::stream::{read_chain, ChainSummary, StreamHeader, StreamSink, StreamWriter};
+use sparsebak_format::stream::{read_chain, ChainSummary, StreamHeader, StreamWriter, VolumeSink};
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
@@ -59,7 +59,7 @@ impl ChunkSink for StreamChunks {
     fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
         self.stream
             .put_chunk(addr, payload)
-            .map_err(|e| Error::Msg(format!("writing the stream: {e}")))?;
+            .map_err(|e| Error::Msg(e.to_string()))?;
         self.bytes_stored += payload.len() as u64;
         self.changed += 1;
         self.manifest
@@ -145,8 +145,8 @@ pub fn send_stream(
             base: chain.last().map(|i| i.session.clone()),
             base_manifest_sha256: chain.last().map(|i| i.manifest_sha256),
         };
-        let stream = StreamWriter::new(out, opts.block_size, &header)
-            .map_err(|e| Error::Msg(format!("writing the stream: {e}")))?;
+        let stream = StreamWriter::with_block_size(out, header.clone(), opts.block_size)
+            .map_err(|e| Error::Msg(e.to_string()))?;
         let mpath = sdir.join(".manifest.partial");
         let mf = std::fs::OpenOptions::new()
             .read(true)
@@ -196,8 +196,8 @@ pub fn send_stream(
             manifest_sha256,
         };
         let (mut out, written) = stream
-            .finish(&mut mfile, mlen, &info)
-            .map_err(|e| Error::Msg(format!("writing the stream: {e}")))?;
+            .finish_from(&mut mfile, mlen, &info)
+            .map_err(|e| Error::Msg(e.to_string()))?;
         out.flush()
             .map_err(|e| Error::Msg(format!("writing the stream: {e}")))?;
         crate::failpoint::hit("stream-before-record");
@@ -256,7 +256,7 @@ impl DeviceSink {
     }
 }
 
-impl StreamSink for DeviceSink {
+impl VolumeSink for DeviceSink {
     fn set_size(&mut self, size: u64) -> std::io::Result<()> {
         if size > self.device_size {
             return Err(std::io::Error::other(format!(
@@ -264,9 +264,10 @@ impl StreamSink for DeviceSink {
                 self.device_size
             )));
         }
-        if self.size == 0 && size > 0 {
-            // First stream: the device starts as the all-zero volume.
-            blockdev::zero_out(&self.file, 0, size)?;
+        // The volume starts all zero (the first call zeroes the device up to its size);
+        // a grow brings zeros, never what the device held; a cut zeroes what it drops.
+        if size > self.size {
+            blockdev::zero_out(&self.file, self.size, size - self.size)?;
         } else if size < self.size {
             blockdev::zero_out(&self.file, size, self.size - size)?;
         }
@@ -282,6 +283,19 @@ impl StreamSink for DeviceSink {
     fn finish(&mut self) -> std::io::Result<()> {
         self.file.sync_all()
     }
+}
+
+/// Refuse a chain of another volume than the one named.
+pub fn check_volume(sum: &ChainSummary, volume: Option<&str>) -> Result<()> {
+    if let Some(v) = volume {
+        let got = &sum.last().info.volume;
+        if got != v {
+            return Err(Error::Msg(format!(
+                "the streams hold volume {got}, not {v}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Open the streams `paths` (`-` = stdin) as one concatenated input.
@@ -313,22 +327,25 @@ pub fn receive_streams(
                 .open(path)
                 .at(path)?;
             let mut sink = DeviceSink::new(f).at(path)?;
-            read_chain(
+            let sum = read_chain(
                 std::io::BufReader::with_capacity(1 << 20, input),
-                &mut sink,
-                volume,
+                Some(&mut sink),
             )
-            .map_err(err)
+            .map_err(err)?;
+            check_volume(&sum, volume)?;
+            Ok(sum)
         }
         _ => durable::replace_with(path, |tmp| {
             let f = File::create(tmp).at(tmp)?;
-            let mut sink = sparsebak_format::stream::FileSink { file: f };
-            read_chain(
+            let mut sink = sparsebak_format::stream::FileSink::new(f).at(tmp)?;
+            let sum = read_chain(
                 std::io::BufReader::with_capacity(1 << 20, input),
-                &mut sink,
-                volume,
+                Some(&mut sink),
             )
-            .map_err(err)
+            .map_err(err)?;
+            // A wrong volume is refused before the result is renamed into place.
+            check_volume(&sum, volume)?;
+            Ok(sum)
         }),
     }
 }

@@ -123,3 +123,35 @@ fn block_device_as_a_file_source_volume() {
     assert_eq!(env.latest("v").changed, 1);
     assert_same(&env.receive("v", None), &img, "from a block device");
 }
+
+/// A chain of streams (grow included) received into a block device full of garbage.
+#[test]
+fn receive_streams_into_block_device() {
+    if !need_root("receive_streams_into_block_device") {
+        return;
+    }
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(11);
+    let mut img = rng.bytes(10 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let s1 = env.path().join("s1.tar");
+    env.ok(&["send", "v", &format!("--stream={}", s1.display())]);
+    img.resize(20 * CS, 0); // grow: the new part must read as zeros, not garbage
+    img[15 * CS] = 1;
+    img[2 * CS..3 * CS].fill(0);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let s2 = env.path().join("s2.tar");
+    env.ok(&["send", "v", &format!("--stream={}", s2.display())]);
+    let backing = env.path().join("dev.img");
+    std::fs::write(&backing, rng.bytes(24 * CS)).unwrap();
+    let Some(lo) = loop_or_skip("receive_streams_into_block_device", &backing) else {
+        return;
+    };
+    env.ok(&[
+        "receive",
+        &format!("--from-stream={},{}", s1.display(), s2.display()),
+        &format!("--save-to={}", lo.dev.display()),
+    ]);
+    let got = std::fs::read(&backing).unwrap();
+    assert_same(&got[..img.len()], &img, "stream chain on a device");
+}

@@ -1,10 +1,29 @@
-//! Self-contained session streams (`send --stream`): one session as a standalone tar,
-//! written in whole fixed-size records, checkable and restorable with no archive,
-//! no metadata and no configuration. `docs/FORMAT.md` ("Self-contained streams") is
-//! the specification this module implements.
+//! Self-contained streams (`send --stream`): one session as a standalone tar.
+//!
+//! A stream carries everything needed to apply one session without the archive: a
+//! header member naming the volume and the session it builds on, the session's chunk
+//! files, its manifest and info exactly as in an archive, and a trailer whose SHA-256
+//! covers every member before it. `docs/FORMAT.md` ("Self-contained streams") is the
+//! specification; this module follows it to the byte.
+//!
+//! Writing goes through [`RecordWriter`], so the output is always whole records of the
+//! block size: a tape drive in fixed-block mode, `dd` and `mbuffer` take it unchanged,
+//! and streams can be concatenated.
+//!
+//! Reading ([`ChainReader`], [`read_chain`]) walks the tar blocks itself (with
+//! `tar::Header` for the field layout) rather than through `tar::Archive`, because a
+//! stream reader must notice things a general tar reader forgives: a member cut short,
+//! non-zero member padding, a header that is not exactly the one a sparsebak writer
+//! makes. Every byte of a stream is thereby checked: headers against the canonical
+//! header, contents by the trailer hash, padding for zeros. Memory stays bounded: one
+//! chunk at a time, and the chunk members are matched against the manifest (which
+//! comes after them) through running digests, not lists.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 
 use sha2::{Digest, Sha256};
 
@@ -12,47 +31,119 @@ use crate::chunk::{self, Codec};
 use crate::info::SessionInfo;
 use crate::layout;
 use crate::manifest::Entry;
-use crate::tarsession::ustar_header;
 use crate::Hash;
 
-/// First line of a stream header.
+/// Record size used when none is given: what `--block-size` defaults to.
+pub const DEFAULT_BLOCK_SIZE: usize = 65536;
+/// A tar block; record sizes must be a multiple of it.
+pub const TAR_BLOCK: usize = 512;
+/// Name of the first member of every stream.
+pub const HEADER_MEMBER: &str = "sparsebak-stream/header";
+/// Name of the last member of every stream.
+pub const TRAILER_MEMBER: &str = "sparsebak-stream/trailer";
+/// Value of the header's `format` key.
 pub const STREAM_FORMAT: &str = "sparsebak-stream 1";
-const HEADER_MEMBER: &str = "sparsebak-stream/header";
-const TRAILER_MEMBER: &str = "sparsebak-stream/trailer";
 
-/// Errors of writing or reading streams; `stream` is the 1-based position in the input.
+/// Largest header, info or trailer member a reader accepts: they are a few hundred
+/// bytes, and a bound keeps a hostile size field from making us allocate.
+const MAX_SMALL_MEMBER: u64 = 64 * 1024;
+/// Longest manifest line (a data line is 83 bytes with its newline).
+const MAX_MANIFEST_LINE: usize = 128;
+/// Piece size for streaming the manifest member.
+const COPY_PIECE: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------
+// Errors
+
+/// Where in a chain something went wrong: the stream's 1-based position, its session
+/// once its header was read, and the byte offset (within the input being read) of the
+/// block where the problem was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAt {
+    pub stream: usize,
+    pub session: Option<String>,
+    pub offset: u64,
+}
+
+impl fmt::Display for StreamAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "stream {}", self.stream)?;
+        if let Some(s) = &self.session {
+            write!(f, " (session {s})")?;
+        }
+        write!(f, " at byte {}", self.offset)
+    }
+}
+
+/// Errors of writing or reading streams.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("stream I/O: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("stream {stream}: {reason}")]
-    Bad { stream: usize, reason: String },
-    #[error("stream {stream} (session {session}) is truncated: {reason}")]
-    Truncated {
-        stream: usize,
-        session: String,
-        reason: String,
+    #[error("block size {0} is not a positive multiple of 512")]
+    BlockSize(usize),
+    #[error("bad stream header: {0}")]
+    Header(String),
+    /// The writer was called with data that would make an invalid stream (the stream
+    /// written so far has no trailer, so no reader accepts it).
+    #[error("stream writer: {0}")]
+    Misuse(String),
+    #[error("writing the stream: {0}")]
+    Write(#[source] io::Error),
+    #[error("{at}: reading: {source}")]
+    Read {
+        at: StreamAt,
+        #[source]
+        source: io::Error,
     },
-    #[error("stream {stream} (session {session}): chunk x{addr:016x}: {reason}")]
+    #[error("{at}: truncated stream: {detail}")]
+    Truncated { at: StreamAt, detail: String },
+    #[error("{at}: not a sparsebak stream: {reason}")]
+    NotAStream { at: StreamAt, reason: String },
+    #[error("{at}: damaged stream: {reason}")]
+    Damaged { at: StreamAt, reason: String },
+    #[error("{at}: trailer hash mismatch: the stream was altered")]
+    TrailerMismatch { at: StreamAt },
+    #[error("{at}: chunk x{addr:016x}: {reason}")]
     Chunk {
-        stream: usize,
-        session: String,
+        at: StreamAt,
         addr: u64,
         reason: String,
     },
-    #[error("stream {stream} (session {session}) does not follow the previous stream: {reason}")]
-    Chain {
-        stream: usize,
-        session: String,
-        reason: String,
+    #[error("{at}: the manifest's SHA-256 differs from manifest_sha256 in the info: the manifest was altered")]
+    ManifestHash { at: StreamAt },
+    #[error("{at}: the chunk members do not match the manifest: {reason}")]
+    ChunksVsManifest { at: StreamAt, reason: String },
+    #[error(
+        "{at}: foreign stream: it is of volume {found:?}, the chain is of volume {expected:?}"
+    )]
+    ForeignVolume {
+        at: StreamAt,
+        expected: String,
+        found: String,
     },
-    #[error("the input holds no sparsebak stream")]
+    #[error("{at}: chunk size {found} differs from the chain's {expected}")]
+    ChunkSize {
+        at: StreamAt,
+        expected: u64,
+        found: u64,
+    },
+    #[error("{at}: a chain must start with a full stream, but this one builds on session {base}")]
+    NotFull { at: StreamAt, base: String },
+    #[error("{at}: does not extend the chain (streams out of order, or one missing): {reason}")]
+    BrokenChain { at: StreamAt, reason: String },
+    #[error("{at}: writing the volume: {source}")]
+    Sink {
+        at: StreamAt,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the input holds no stream")]
     Empty,
 }
 
-type Result<T> = std::result::Result<T, StreamError>;
+// ---------------------------------------------------------------------------------
+// Header member
 
-/// What a stream's header member says.
+/// The `sparsebak-stream/header` member: what a reader needs before any chunk arrives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamHeader {
     pub volume: String,
@@ -60,16 +151,36 @@ pub struct StreamHeader {
     pub volsize: u64,
     pub chunksize: u64,
     pub compression: Codec,
+    /// Unix seconds when the session was taken; also every member's tar mtime.
     pub time: i64,
-    /// The session this stream builds on; `None` for a full stream.
+    /// The session this one builds on; `None` for a full stream.
     pub base: Option<String>,
+    /// `manifest_sha256` of `base`; set exactly when `base` is.
     pub base_manifest_sha256: Option<Hash>,
 }
 
 impl StreamHeader {
+    /// The header of a stream carrying `info`'s session, which builds on
+    /// `info.previous` (whose manifest hash the caller knows, e.g. from the catalog).
+    pub fn for_session(info: &SessionInfo, base_manifest_sha256: Option<Hash>) -> StreamHeader {
+        StreamHeader {
+            volume: info.volume.clone(),
+            session: info.session.clone(),
+            volsize: info.volsize,
+            chunksize: info.chunksize,
+            compression: info.compression,
+            time: info.time,
+            base: info.previous.clone(),
+            base_manifest_sha256,
+        }
+    }
+
+    /// The member's bytes.
     pub fn to_text(&self) -> String {
+        let opt_hash = |h: &Option<Hash>| h.map(hex::encode).unwrap_or_default();
         format!(
-            "format={STREAM_FORMAT}\nvolume={}\nsession={}\nvolsize={}\nchunksize={}\ncompression={}\ntime={}\nbase={}\nbase_manifest_sha256={}\n",
+            "format={STREAM_FORMAT}\nvolume={}\nsession={}\nvolsize={}\nchunksize={}\n\
+             compression={}\ntime={}\nbase={}\nbase_manifest_sha256={}\n",
             self.volume,
             self.session,
             self.volsize,
@@ -77,646 +188,2097 @@ impl StreamHeader {
             self.compression.name(),
             self.time,
             self.base.as_deref().unwrap_or(""),
-            self.base_manifest_sha256.map(hex::encode).unwrap_or_default()
+            opt_hash(&self.base_manifest_sha256),
         )
     }
 
-    pub fn parse(text: &str) -> std::result::Result<StreamHeader, String> {
+    /// Parse and check the member's bytes. Unknown keys are ignored (a later version
+    /// may add some); a different `format` is refused.
+    pub fn parse(text: &str) -> Result<StreamHeader, String> {
+        if !text.ends_with('\n') {
+            return Err("last line has no newline".into());
+        }
         let mut kv = std::collections::BTreeMap::new();
         for line in text.lines() {
             let (k, v) = line
                 .split_once('=')
-                .ok_or_else(|| format!("header line {line:?} is not key=value"))?;
-            kv.insert(k, v);
+                .ok_or_else(|| format!("line {line:?} is not key=value"))?;
+            if kv.insert(k, v).is_some() {
+                return Err(format!("key {k} given twice"));
+            }
         }
-        let get = |k: &str| {
-            kv.get(k)
-                .copied()
-                .ok_or_else(|| format!("header lacks {k}"))
+        let get = |k: &str| kv.get(k).copied().ok_or_else(|| format!("missing {k}"));
+        let num = |k: &str| -> Result<u64, String> {
+            get(k)?.parse::<u64>().map_err(|e| format!("{k}: {e}"))
         };
-        let num = |k: &str| -> std::result::Result<u64, String> {
-            get(k)?.parse().map_err(|e| format!("header {k}: {e}"))
+        let format = get("format")?;
+        if format != STREAM_FORMAT {
+            return Err(format!(
+                "format {format:?} is not supported (this build reads {STREAM_FORMAT:?})"
+            ));
+        }
+        let compression = get("compression")?;
+        let compression = Codec::from_name(compression)
+            .ok_or_else(|| format!("unknown compression {compression:?}"))?;
+        let base = match get("base")? {
+            "" => None,
+            b => Some(b.to_string()),
         };
-        if get("format")? != STREAM_FORMAT {
-            return Err(format!("unsupported stream format {:?}", get("format")?));
-        }
-        let chunksize = num("chunksize")?;
-        if !chunksize.is_power_of_two() || chunksize < 4096 {
-            return Err(format!("bad chunk size {chunksize}"));
-        }
-        let base = Some(get("base")?)
-            .filter(|b| !b.is_empty())
-            .map(str::to_string);
         let base_manifest_sha256 = match get("base_manifest_sha256")? {
             "" => None,
-            h => {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(h, &mut out)
-                    .map_err(|e| format!("base_manifest_sha256: {e}"))?;
-                Some(out)
-            }
+            h => Some(parse_hash(h).ok_or_else(|| format!("bad base_manifest_sha256 {h:?}"))?),
         };
-        if base.is_some() != base_manifest_sha256.is_some() {
-            return Err("base and base_manifest_sha256 must both be set or both empty".into());
-        }
-        Ok(StreamHeader {
+        let header = StreamHeader {
             volume: get("volume")?.to_string(),
             session: get("session")?.to_string(),
             volsize: num("volsize")?,
-            chunksize,
-            compression: Codec::from_name(get("compression")?)
-                .ok_or_else(|| "unknown compression".to_string())?,
-            time: get("time")?
-                .parse()
-                .map_err(|e| format!("header time: {e}"))?,
+            chunksize: num("chunksize")?,
+            compression,
+            time: get("time")?.parse().map_err(|e| format!("time: {e}"))?,
             base,
             base_manifest_sha256,
-        })
+        };
+        header.check()?;
+        Ok(header)
     }
-}
 
-/// Writes everything in whole records of `block` bytes; `finish` zero-pads the last.
-pub struct RecordWriter<W: Write> {
-    out: W,
-    block: usize,
-    buf: Vec<u8>,
-    written: u64,
-}
-
-impl<W: Write> RecordWriter<W> {
-    pub fn new(out: W, block: usize) -> std::io::Result<RecordWriter<W>> {
-        if block == 0 || block % 512 != 0 {
-            return Err(std::io::Error::other(format!(
-                "block size {block} is not a positive multiple of 512"
-            )));
+    /// The rules both writer and reader hold a header to.
+    fn check(&self) -> Result<(), String> {
+        if self.volume.is_empty()
+            || self.volume.starts_with(['.', '-'])
+            || !self
+                .volume
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+        {
+            return Err(format!("bad volume name {:?}", self.volume));
         }
-        Ok(RecordWriter {
-            out,
-            block,
-            buf: Vec::with_capacity(block),
-            written: 0,
-        })
-    }
-
-    /// Pad to a whole record, flush, and return the output and the bytes written.
-    pub fn finish(mut self) -> std::io::Result<(W, u64)> {
-        if !self.buf.is_empty() {
-            self.buf.resize(self.block, 0);
-            self.out.write_all(&self.buf)?;
-            self.written += self.block as u64;
-            self.buf.clear();
+        if !layout::is_session_id(&self.session) {
+            return Err(format!("bad session ID {:?}", self.session));
         }
-        self.out.flush()?;
-        Ok((self.out, self.written))
-    }
-}
-
-impl<W: Write> Write for RecordWriter<W> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut rest = data;
-        while !rest.is_empty() {
-            let n = (self.block - self.buf.len()).min(rest.len());
-            self.buf.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            if self.buf.len() == self.block {
-                self.out.write_all(&self.buf)?;
-                self.written += self.block as u64;
-                self.buf.clear();
+        if !self.chunksize.is_power_of_two() || self.chunksize < 4096 {
+            return Err(format!("bad chunksize {}", self.chunksize));
+        }
+        match (&self.base, &self.base_manifest_sha256) {
+            (None, None) => {}
+            (Some(b), Some(_)) => {
+                if !layout::is_session_id(b) || b.as_str() >= self.session.as_str() {
+                    return Err(format!(
+                        "base {b:?} is not a session ID older than {}",
+                        self.session
+                    ));
+                }
             }
+            _ => return Err("base and base_manifest_sha256 must be both set or both empty".into()),
         }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        // Only whole records ever reach the output.
         Ok(())
     }
+
+    /// The tar mtime of every member: the session time (0 for a time before 1970,
+    /// which tar cannot express; the header keeps the real value).
+    fn mtime(&self) -> u64 {
+        u64::try_from(self.time).unwrap_or(0)
+    }
+
+    fn chunk_member(&self, addr: u64) -> String {
+        format!(
+            "{}/{}/{}",
+            layout::session_dir_name(&self.session),
+            layout::prefix_name(addr),
+            layout::chunk_name(addr)
+        )
+    }
+
+    fn session_member(&self, file: &str) -> String {
+        format!("{}/{file}", layout::session_dir_name(&self.session))
+    }
+
+    /// Largest chunk member this session can hold: a raw chunk, or the worst-case zstd
+    /// frame of one. Bounds what a reader allocates for a member.
+    fn max_payload(&self) -> u64 {
+        match self.compression {
+            Codec::None => self.chunksize,
+            Codec::Zstd => {
+                zstd::zstd_safe::compress_bound(self.chunksize as usize) as u64 + TAR_BLOCK as u64
+            }
+        }
+    }
+
+    /// Checks that `info` describes the session this header announces.
+    fn agrees_with(&self, info: &SessionInfo) -> Result<(), String> {
+        let mut diffs = Vec::new();
+        if info.volume != self.volume {
+            diffs.push("volume");
+        }
+        if info.session != self.session {
+            diffs.push("session");
+        }
+        if info.previous != self.base {
+            diffs.push("previous/base");
+        }
+        if info.time != self.time {
+            diffs.push("time");
+        }
+        if info.volsize != self.volsize {
+            diffs.push("volsize");
+        }
+        if info.chunksize != self.chunksize {
+            diffs.push("chunksize");
+        }
+        if info.compression != self.compression {
+            diffs.push("compression");
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the info and the stream header disagree on {}",
+                diffs.join(", ")
+            ))
+        }
+    }
 }
 
-/// The running hash a stream's trailer carries.
-#[derive(Clone, Default)]
-struct MemberHash(Sha256);
+/// `x` is a multiple of `m` (`m` > 0). `u64::is_multiple_of` needs Rust 1.87; the
+/// workspace supports 1.85.
+#[allow(clippy::manual_is_multiple_of)]
+fn multiple_of(x: u64, m: u64) -> bool {
+    x % m == 0
+}
 
-impl MemberHash {
-    fn add_header(&mut self, name: &str, size: u64) {
+fn parse_hash(h: &str) -> Option<Hash> {
+    if h.len() != 64 || h.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out).ok()?;
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------
+// Pieces shared by writer and reader
+
+/// The one header a sparsebak writer makes for a member: ustar, regular file, mode
+/// 0644, uid/gid 0, empty owner names. Readers compare headers with it byte for byte.
+fn member_header(name: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
+    if name.len() >= 100 {
+        return Err(io::Error::other(format!("member name {name:?} too long")));
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
+}
+
+/// Bytes of zero padding after `size` bytes of content.
+fn padding(size: u64) -> usize {
+    ((TAR_BLOCK as u64 - size % TAR_BLOCK as u64) % TAR_BLOCK as u64) as usize
+}
+
+/// The trailer's hash: for each member, its name, NUL, its size in decimal, `\n`, and
+/// its content.
+struct TrailerHash(Sha256);
+
+impl TrailerHash {
+    fn new() -> Self {
+        TrailerHash(Sha256::new())
+    }
+    fn member(&mut self, name: &str, size: u64) {
         self.0.update(name.as_bytes());
         self.0.update([0u8]);
         self.0.update(size.to_string().as_bytes());
         self.0.update(b"\n");
     }
-    fn add(&mut self, name: &str, data: &[u8]) {
-        self.add_header(name, data.len() as u64);
+    fn content(&mut self, data: &[u8]) {
         self.0.update(data);
     }
-    fn hex(&self) -> String {
-        hex::encode(self.0.clone().finalize())
+    fn finish(self) -> Hash {
+        self.0.finalize().into()
     }
 }
 
-/// Writes one stream.
+fn trailer_text(hash: &Hash) -> String {
+    format!("sha256={}\n", hex::encode(hash))
+}
+
+/// Splits a manifest that arrives in pieces into lines, without holding more than one.
+#[derive(Default)]
+struct LineSplitter {
+    line: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Feed a piece; `f` gets each complete line (without its newline).
+    fn feed<E>(
+        &mut self,
+        mut data: &[u8],
+        mut f: impl FnMut(&str) -> Result<(), E>,
+        too_long: impl Fn() -> E,
+        not_utf8: impl Fn() -> E,
+    ) -> Result<(), E> {
+        while !data.is_empty() {
+            let (part, rest, complete) = match data.iter().position(|&b| b == b'\n') {
+                Some(i) => (&data[..i], &data[i + 1..], true),
+                None => (data, &data[..0], false),
+            };
+            if self.line.len() + part.len() > MAX_MANIFEST_LINE {
+                return Err(too_long());
+            }
+            self.line.extend_from_slice(part);
+            data = rest;
+            if complete {
+                let s = std::str::from_utf8(&self.line).map_err(|_| not_utf8())?;
+                f(s)?;
+                self.line.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the input ended on a line boundary.
+    fn is_clean(&self) -> bool {
+        self.line.is_empty()
+    }
+}
+
+/// Checks that two sequences of `(address, hash)` pairs are equal, holding only a few
+/// words per sequence.
+///
+/// `all` is the authority (SHA-256 of the whole sequence). The rest explains a mismatch:
+/// `addrs` tells an address difference from a content difference, and three sums modulo
+/// the prime 2^61-1 — of `v`, `w*v` and `w*w*v`, where `v` is the hash folded to a number
+/// and `w` the address plus one — locate the chunk when exactly one content differs
+/// (the usual flipped byte): then the differences are `d`, `w*d` and `w*w*d`, so `w` is
+/// the second over the first, and the third confirms it.
+#[derive(Clone)]
+struct PairDigest {
+    all: Sha256,
+    addrs: Sha256,
+    count: u64,
+    sums: [u64; 3],
+}
+
+const P61: u64 = (1 << 61) - 1;
+
+fn mulmod(a: u64, b: u64) -> u64 {
+    ((a as u128 * b as u128) % P61 as u128) as u64
+}
+
+fn addmod(a: u64, b: u64) -> u64 {
+    (a + b) % P61
+}
+
+fn submod(a: u64, b: u64) -> u64 {
+    (a + P61 - b) % P61
+}
+
+fn powmod(mut b: u64, mut e: u64) -> u64 {
+    let mut r = 1;
+    while e > 0 {
+        if e & 1 == 1 {
+            r = mulmod(r, b);
+        }
+        b = mulmod(b, b);
+        e >>= 1;
+    }
+    r
+}
+
+/// What differs between the chunk members and the manifest's data lines.
+#[derive(Debug, PartialEq, Eq)]
+enum PairMismatch {
+    Addresses {
+        members: u64,
+        lines: u64,
+    },
+    /// Same addresses, different content: at this address if exactly one differs.
+    Content(Option<u64>),
+}
+
+impl PairDigest {
+    fn new() -> Self {
+        PairDigest {
+            all: Sha256::new(),
+            addrs: Sha256::new(),
+            count: 0,
+            sums: [0; 3],
+        }
+    }
+
+    fn push(&mut self, addr: u64, hash: &Hash) {
+        self.all.update(addr.to_le_bytes());
+        self.all.update(hash);
+        self.addrs.update(addr.to_le_bytes());
+        self.count += 1;
+        let mut fold = [0u8; 8];
+        fold.copy_from_slice(&hash[..8]);
+        let v = u64::from_le_bytes(fold) % P61;
+        let w = addmod(addr % P61, 1);
+        let wv = mulmod(w, v);
+        self.sums[0] = addmod(self.sums[0], v);
+        self.sums[1] = addmod(self.sums[1], wv);
+        self.sums[2] = addmod(self.sums[2], mulmod(w, wv));
+    }
+
+    /// Compare the chunk members' digest (`self`) with the manifest's.
+    fn compare(self, manifest: PairDigest) -> Result<(), PairMismatch> {
+        if self.all.finalize() == manifest.all.finalize() {
+            return Ok(());
+        }
+        if self.count != manifest.count || self.addrs.finalize() != manifest.addrs.finalize() {
+            return Err(PairMismatch::Addresses {
+                members: self.count,
+                lines: manifest.count,
+            });
+        }
+        let d: Vec<u64> = (0..3)
+            .map(|i| submod(self.sums[i], manifest.sums[i]))
+            .collect();
+        if d[0] == 0 {
+            return Err(PairMismatch::Content(None));
+        }
+        let w = mulmod(d[1], powmod(d[0], P61 - 2));
+        if w == 0 || mulmod(mulmod(w, w), d[0]) != d[2] {
+            return Err(PairMismatch::Content(None));
+        }
+        Err(PairMismatch::Content(Some(w - 1)))
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Writing
+
+/// Writes its input in whole records of `block_size` bytes: every write to the inner
+/// writer is exactly one record, so a tape drive in fixed-block mode accepts it, and
+/// [`RecordWriter::finish`] pads the last record with zeros.
+pub struct RecordWriter<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    block_size: usize,
+    written: u64,
+}
+
+impl<W: Write> RecordWriter<W> {
+    /// `block_size` must be a positive multiple of 512 (the tar block).
+    pub fn new(out: W, block_size: usize) -> Result<Self, StreamError> {
+        if block_size == 0 || !multiple_of(block_size as u64, TAR_BLOCK as u64) {
+            return Err(StreamError::BlockSize(block_size));
+        }
+        Ok(RecordWriter {
+            out,
+            buf: Vec::with_capacity(block_size),
+            block_size,
+            written: 0,
+        })
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Bytes handed to the inner writer so far (whole records).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes accepted but not yet written (less than one record).
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Pad the last record with zeros, write it, flush, and return the inner writer
+    /// with the total bytes written (a multiple of the block size).
+    pub fn finish(mut self) -> io::Result<(W, u64)> {
+        if !self.buf.is_empty() {
+            self.buf.resize(self.block_size, 0);
+            self.emit()?;
+        }
+        self.out.flush()?;
+        Ok((self.out, self.written))
+    }
+
+    fn emit(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for RecordWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.block_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.block_size {
+            self.emit()?;
+        }
+        Ok(n)
+    }
+
+    /// Flushes the inner writer; a partial record stays buffered, since writing it
+    /// now would break the record structure. [`RecordWriter::finish`] writes it.
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Writes one session as a stream: header member at creation, chunk members with
+/// [`StreamWriter::put_chunk`], and manifest, info, trailer and end-of-archive with
+/// [`StreamWriter::finish`].
 pub struct StreamWriter<W: Write> {
-    tar: tar::Builder<RecordWriter<W>>,
-    hash: MemberHash,
-    session_dir: String,
-    mtime: u64,
-    last: Option<u64>,
+    out: RecordWriter<W>,
+    header: StreamHeader,
+    trailer: TrailerHash,
+    last_addr: Option<u64>,
+    /// Addresses of the chunks put, to check the manifest's data lines at the end.
+    addrs: Sha256,
+    chunks: u64,
 }
 
 impl<W: Write> StreamWriter<W> {
-    /// Start a stream on `out`, in records of `block` bytes, with its header member.
-    pub fn new(out: W, block: usize, header: &StreamHeader) -> std::io::Result<StreamWriter<W>> {
+    /// Start a stream with the default record size.
+    pub fn new(out: W, header: StreamHeader) -> Result<Self, StreamError> {
+        Self::with_block_size(out, header, DEFAULT_BLOCK_SIZE)
+    }
+
+    /// Start a stream written in records of `block_size` bytes.
+    pub fn with_block_size(
+        out: W,
+        header: StreamHeader,
+        block_size: usize,
+    ) -> Result<Self, StreamError> {
+        header.check().map_err(StreamError::Header)?;
+        let out = RecordWriter::new(out, block_size)?;
         let mut w = StreamWriter {
-            tar: tar::Builder::new(RecordWriter::new(out, block)?),
-            hash: MemberHash::default(),
-            session_dir: layout::session_dir_name(&header.session),
-            mtime: header.time.max(0) as u64,
-            last: None,
+            out,
+            header,
+            trailer: TrailerHash::new(),
+            last_addr: None,
+            addrs: Sha256::new(),
+            chunks: 0,
         };
-        w.member(HEADER_MEMBER, header.to_text().as_bytes())?;
+        let text = w.header.to_text();
+        w.member(HEADER_MEMBER, text.as_bytes())?;
         Ok(w)
     }
 
-    fn member(&mut self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        let h = ustar_header(name, data.len() as u64, self.mtime)?;
-        self.tar.append(&h, data)?;
-        self.hash.add(name, data);
-        Ok(())
+    /// Bytes written to the output so far (whole records).
+    pub fn bytes_written(&self) -> u64 {
+        self.out.bytes_written()
     }
 
-    /// Add the encoded chunk at `addr` (addresses strictly increasing).
-    pub fn put_chunk(&mut self, addr: u64, payload: &[u8]) -> std::io::Result<()> {
-        if self.last.is_some_and(|l| addr <= l) {
-            return Err(std::io::Error::other("stream chunks out of order"));
+    /// Add the chunk at `addr`, `payload` encoded as the header's compression says.
+    /// Addresses must be strictly increasing multiples of the chunk size inside the
+    /// volume.
+    pub fn put_chunk(&mut self, addr: u64, payload: &[u8]) -> Result<(), StreamError> {
+        if let Some(last) = self.last_addr {
+            if addr <= last {
+                return Err(StreamError::Misuse(format!(
+                    "chunk x{addr:016x} put after x{last:016x}"
+                )));
+            }
         }
-        self.last = Some(addr);
-        let name = format!(
-            "{}/{}",
-            self.session_dir,
-            layout::chunk_rel_path(addr).display()
-        );
+        if !multiple_of(addr, self.header.chunksize) || addr >= self.header.volsize {
+            return Err(StreamError::Misuse(format!(
+                "chunk address x{addr:016x} is not a chunk of the volume"
+            )));
+        }
+        if payload.len() as u64 > self.header.max_payload()
+            || (self.header.compression == Codec::None
+                && payload.len() as u64 != self.header.chunksize)
+        {
+            return Err(StreamError::Misuse(format!(
+                "chunk x{addr:016x}: {} bytes cannot be a {} chunk of {} bytes",
+                payload.len(),
+                self.header.compression.name(),
+                self.header.chunksize
+            )));
+        }
+        self.last_addr = Some(addr);
+        self.addrs.update(addr.to_le_bytes());
+        self.chunks += 1;
+        let name = self.header.chunk_member(addr);
         self.member(&name, payload)
     }
 
-    /// Add the manifest (`len` bytes from `manifest`), the info and the trailer, end
-    /// the tar, pad the last record. Returns the output and the stream's length.
-    pub fn finish(
+    /// Write the manifest and info members, the trailer, the end-of-archive blocks and
+    /// the padding of the last record. Returns the output and the stream's length.
+    ///
+    /// `info` must describe the header's session and `manifest` must be its manifest
+    /// (hash as in `info`, data lines naming exactly the chunks put): otherwise an
+    /// error, and the stream stays without a trailer, so no reader accepts it.
+    pub fn finish(self, manifest: &[u8], info: &SessionInfo) -> Result<(W, u64), StreamError> {
+        self.finish_from(manifest, manifest.len() as u64, info)
+    }
+
+    /// As [`StreamWriter::finish`], with the manifest read from `manifest` (exactly
+    /// `len` bytes), so a large manifest need not be in memory.
+    pub fn finish_from<R: Read>(
         mut self,
-        manifest: &mut dyn Read,
+        mut manifest: R,
         len: u64,
         info: &SessionInfo,
-    ) -> std::io::Result<(W, u64)> {
-        let m = format!("{}/{}", self.session_dir, layout::MANIFEST_FILE);
-        let h = ustar_header(&m, len, self.mtime)?;
-        self.hash.add_header(&m, len);
-        let mut hashing = HashingReader {
-            inner: manifest.take(len),
-            hash: &mut self.hash.0,
-        };
-        self.tar.append(&h, &mut hashing)?;
-        let i = format!("{}/{}", self.session_dir, layout::INFO_FILE);
-        self.member(&i, info.to_text().as_bytes())?;
-        let trailer = format!("sha256={}\n", self.hash.hex());
-        let h = ustar_header(TRAILER_MEMBER, trailer.len() as u64, self.mtime)?;
-        self.tar.append(&h, trailer.as_bytes())?;
-        let rw = self.tar.into_inner()?;
-        rw.finish()
+    ) -> Result<(W, u64), StreamError> {
+        self.header.agrees_with(info).map_err(StreamError::Misuse)?;
+        let mtime = self.header.mtime();
+        let name = self.header.session_member(layout::MANIFEST_FILE);
+        self.member_header(&name, len, mtime)?;
+
+        let mut sha = Sha256::new();
+        let mut split = LineSplitter::default();
+        let mut lines = 0u64;
+        let mut data_addrs = Sha256::new();
+        let mut data_lines = 0u64;
+        let mut last: Option<u64> = None;
+        let mut buf = vec![0u8; COPY_PIECE];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = match manifest.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(StreamError::Misuse(format!(
+                        "manifest ended {left} bytes early"
+                    )))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StreamError::Misuse(format!("reading the manifest: {e}"))),
+            };
+            let piece = &buf[..n];
+            sha.update(piece);
+            self.trailer.content(piece);
+            self.out.write_all(piece).map_err(StreamError::Write)?;
+            left -= n as u64;
+            split.feed(
+                piece,
+                |line| {
+                    let e = Entry::parse(line)
+                        .map_err(|r| StreamError::Misuse(format!("manifest: {r}")))?;
+                    if last.is_some_and(|l| e.addr <= l) {
+                        return Err(StreamError::Misuse("manifest out of order".into()));
+                    }
+                    last = Some(e.addr);
+                    lines += 1;
+                    if e.hash.is_some() {
+                        data_addrs.update(e.addr.to_le_bytes());
+                        data_lines += 1;
+                    }
+                    Ok(())
+                },
+                || StreamError::Misuse("manifest line too long".into()),
+                || StreamError::Misuse("manifest is not text".into()),
+            )?;
+        }
+        self.pad(len)?;
+        if !split.is_clean() {
+            return Err(StreamError::Misuse(
+                "manifest's last line has no newline".into(),
+            ));
+        }
+        let sha: Hash = sha.finalize().into();
+        if sha != info.manifest_sha256 {
+            return Err(StreamError::Misuse(
+                "manifest's SHA-256 differs from the info's manifest_sha256".into(),
+            ));
+        }
+        if lines != info.changed {
+            return Err(StreamError::Misuse(format!(
+                "manifest has {lines} lines, the info says changed={}",
+                info.changed
+            )));
+        }
+        let put = std::mem::replace(&mut self.addrs, Sha256::new());
+        if data_lines != self.chunks || data_addrs.finalize() != put.finalize() {
+            return Err(StreamError::Misuse(format!(
+                "the manifest's {data_lines} data lines do not name the {} chunks put",
+                self.chunks
+            )));
+        }
+
+        let info_text = info.to_text();
+        let name = self.header.session_member(layout::INFO_FILE);
+        self.member(&name, info_text.as_bytes())?;
+
+        let hash = std::mem::replace(&mut self.trailer, TrailerHash::new()).finish();
+        let text = trailer_text(&hash);
+        self.member_header(TRAILER_MEMBER, text.len() as u64, mtime)?;
+        self.out
+            .write_all(text.as_bytes())
+            .map_err(StreamError::Write)?;
+        self.pad(text.len() as u64)?;
+        // End of archive: two zero blocks; the record writer pads past them.
+        self.out
+            .write_all(&[0u8; 2 * TAR_BLOCK])
+            .map_err(StreamError::Write)?;
+        self.out.finish().map_err(StreamError::Write)
     }
-}
 
-struct HashingReader<'a, R: Read> {
-    inner: R,
-    hash: &'a mut Sha256,
-}
-
-impl<R: Read> Read for HashingReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
+    /// A whole member: header, content (hashed for the trailer), padding.
+    fn member(&mut self, name: &str, content: &[u8]) -> Result<(), StreamError> {
+        let mtime = self.header.mtime();
+        self.member_header(name, content.len() as u64, mtime)?;
+        self.trailer.content(content);
+        self.out.write_all(content).map_err(StreamError::Write)?;
+        self.pad(content.len() as u64)
     }
-}
 
-/// Where a chain of streams is rebuilt.
-pub trait StreamSink {
-    /// Cut or extend the volume to `size` bytes; bytes past a cut read as zeros later.
-    fn set_size(&mut self, size: u64) -> std::io::Result<()>;
-    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()>;
-    fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()>;
-    fn finish(&mut self) -> std::io::Result<()>;
-}
-
-/// A sink that keeps nothing: reading a chain only to check it.
-pub struct NullSink;
-
-impl StreamSink for NullSink {
-    fn set_size(&mut self, _size: u64) -> std::io::Result<()> {
+    fn member_header(&mut self, name: &str, size: u64, mtime: u64) -> Result<(), StreamError> {
+        let h = member_header(name, size, mtime).map_err(|e| StreamError::Misuse(e.to_string()))?;
+        self.out
+            .write_all(h.as_bytes())
+            .map_err(StreamError::Write)?;
+        self.trailer.member(name, size);
         Ok(())
     }
-    fn write_at(&mut self, _off: u64, _data: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn zero(&mut self, _off: u64, _len: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn finish(&mut self) -> std::io::Result<()> {
-        Ok(())
+
+    fn pad(&mut self, size: u64) -> Result<(), StreamError> {
+        self.out
+            .write_all(&[0u8; TAR_BLOCK][..padding(size)])
+            .map_err(StreamError::Write)
     }
 }
 
-/// A regular file as a stream sink (sparse: zero ranges become holes).
+// ---------------------------------------------------------------------------------
+// Sinks
+
+/// Where a chain of streams rebuilds the volume.
+///
+/// Unlike [`crate::restore::Target`], which fills a fresh target front to back, a sink
+/// sees the volume change under it: later streams overwrite chunks, zero them, shrink
+/// and grow the volume. So `zero` must really zero, and `set_size` must make bytes cut
+/// off read back as zero if the volume grows again.
+///
+/// A block device sink (in the main crate, which owns `BLKZEROOUT`) would keep the
+/// logical size in a field: `set_size(n)` refuses `n` larger than the device and, when
+/// growing from `cur` to `n`, zeroes `[cur, n)` with `BLKZEROOUT` (so the first
+/// `set_size` from 0 clears the old content and a regrown tail reads as zeros);
+/// shrinking only records `n`. `zero` is `BLKZEROOUT`, `write_at` a positioned write,
+/// `finish` an fsync.
+pub trait VolumeSink {
+    /// Make the volume `size` bytes long: cut (bytes past `size` are gone, and read as
+    /// zero if a later call grows it again) or extend with zeros.
+    fn set_size(&mut self, size: u64) -> io::Result<()>;
+    /// Write `data` at byte offset `off` (inside the current size).
+    fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()>;
+    /// Make `[off, off+len)` read back as zeros.
+    fn zero(&mut self, off: u64, len: u64) -> io::Result<()>;
+    /// Make everything durable; called once, after the whole chain checked out.
+    fn finish(&mut self) -> io::Result<()>;
+}
+
+/// A regular file as a sparse volume: cut and grow by `set_len`, zero by punching
+/// holes (zeros written where the file system cannot punch).
 pub struct FileSink {
-    pub file: std::fs::File,
+    file: File,
 }
 
-impl StreamSink for FileSink {
-    fn set_size(&mut self, size: u64) -> std::io::Result<()> {
+impl FileSink {
+    /// Use `file`, emptied first: a chain starts from an empty volume. The caller
+    /// should write to a temporary name and rename it into place only when the chain
+    /// read succeeded: a failed read leaves the file with unchecked content.
+    pub fn new(file: File) -> io::Result<FileSink> {
+        file.set_len(0)?;
+        Ok(FileSink { file })
+    }
+
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    fn write_zeros(&self, mut off: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; COPY_PIECE];
+        let end = off + len;
+        while off < end {
+            let n = (end - off).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], off)?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+}
+
+impl VolumeSink for FileSink {
+    fn set_size(&mut self, size: u64) -> io::Result<()> {
         self.file.set_len(size)
     }
-    fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.file, data, off)
+
+    fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, off)
     }
-    fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: fallocate on a valid descriptor; punching keeps the size.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc == 0 {
+
+    fn zero(&mut self, off: u64, len: u64) -> io::Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        if len == 0 {
             return Ok(());
         }
-        // No hole punching here: write zeros.
-        let zeros = vec![0u8; len.min(1 << 20) as usize];
-        let mut pos = off;
-        while pos < off + len {
-            let n = (off + len - pos).min(zeros.len() as u64) as usize;
-            self.write_at(pos, &zeros[..n])?;
-            pos += n as u64;
+        let (Ok(o), Ok(l)) = (i64::try_from(off), i64::try_from(len)) else {
+            return Err(io::Error::other("zero range out of bounds"));
+        };
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(self.file.as_raw_fd(), flags, o, l) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOSYS) => {
+                self.write_zeros(off, len)
+            }
+            Err(e) => Err(io::Error::from(e)),
         }
-        Ok(())
     }
-    fn finish(&mut self) -> std::io::Result<()> {
+
+    fn finish(&mut self) -> io::Result<()> {
         self.file.sync_all()
     }
 }
 
-/// What reading a chain found.
-#[derive(Debug, Default)]
-pub struct ChainSummary {
-    /// The info of each stream, in order.
-    pub sessions: Vec<SessionInfo>,
-    pub chunks: u64,
+// ---------------------------------------------------------------------------------
+// Reading
+
+/// What one stream of a chain held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub header: StreamHeader,
+    pub info: SessionInfo,
+    /// Chunk members (data lines of the manifest).
+    pub data_chunks: u64,
+    /// `0` lines of the manifest.
+    pub zero_lines: u64,
+    /// Bytes from the stream's first header block to the end of its end-of-archive
+    /// blocks (record padding not counted: a reader cannot tell it from the gap before
+    /// the next stream).
     pub bytes: u64,
 }
 
-struct Current {
-    index: usize,
-    header: StreamHeader,
-    hash: MemberHash,
-    /// SHA-256 over (address, hash) of the chunk members as they came.
-    chunk_digest: Sha256,
-    manifest: Option<(Hash, Sha256)>,
-    info: Option<SessionInfo>,
+/// What a chain held, oldest stream first; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Never empty: only [`ChainReader::finish`] builds one, after at least one stream.
+    streams: Vec<StreamSummary>,
+    last: StreamSummary,
 }
 
-/// Read one or more concatenated streams from `input`, check everything
-/// `docs/FORMAT.md` lists, and rebuild the volume into `sink` ([`NullSink`] to only
-/// check).
-/// Memory stays bounded: chunks and manifest lines are streamed.
+impl ChainSummary {
+    /// Every stream, oldest first.
+    pub fn streams(&self) -> &[StreamSummary] {
+        &self.streams
+    }
+
+    /// The newest stream: the session the rebuilt volume is at. A caller that expects
+    /// a given session should compare: a chain cut exactly between two streams is a
+    /// valid, shorter chain.
+    pub fn last(&self) -> &StreamSummary {
+        &self.last
+    }
+}
+
+/// Reads a chain of streams, from one input or several in turn (`s1`, `s2`, … given
+/// as separate files or tapes), checking everything `docs/FORMAT.md` lists and,
+/// with a sink, rebuilding the volume.
+///
+/// The sink is written as chunks arrive, before the stream's trailer is checked: on
+/// any error its content is unspecified and must be discarded.
+pub struct ChainReader<'a> {
+    sink: Option<&'a mut dyn VolumeSink>,
+    streams: Vec<StreamSummary>,
+    buf: Vec<u8>,
+}
+
+/// Read every stream of `input` (one or more concatenated) as one chain from a full
+/// stream on; with `sink`, rebuild the volume into it (and `finish` it on success).
 pub fn read_chain<R: Read>(
     input: R,
-    sink: &mut dyn StreamSink,
-    expect_volume: Option<&str>,
-) -> Result<ChainSummary> {
-    let mut ar = tar::Archive::new(input);
-    ar.set_ignore_zeros(true);
-    let mut sum = ChainSummary::default();
-    let mut cur: Option<Current> = None;
-    let mut count = 0usize;
-    let entries = ar.entries()?;
-    for entry in entries {
-        let mut entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                return Err(match &cur {
-                    Some(c) => StreamError::Truncated {
-                        stream: c.index,
-                        session: c.header.session.clone(),
-                        reason: e.to_string(),
-                    },
-                    None => StreamError::Bad {
-                        stream: count + 1,
-                        reason: format!("not a tar stream: {e}"),
-                    },
+    sink: Option<&mut dyn VolumeSink>,
+) -> Result<ChainSummary, StreamError> {
+    let mut r = ChainReader::new(sink);
+    r.read(input)?;
+    r.finish()
+}
+
+/// Where in the current stream the reader is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// After the header member: chunk members, then the manifest.
+    Chunks,
+    /// After the manifest: the info.
+    Info,
+    /// After the info: the trailer.
+    Trailer,
+}
+
+/// A reader's position in one input, for exact reads and offsets in messages.
+struct Input<R> {
+    r: R,
+    offset: u64,
+}
+
+impl<R: Read> Input<R> {
+    /// Fill `buf`; returns the bytes read, less than `buf.len()` only at end of input.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.r.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.offset += got as u64;
+        Ok(got)
+    }
+}
+
+/// Per-stream state while it is being read.
+struct Current {
+    at: StreamAt,
+    header: StreamHeader,
+    trailer: TrailerHash,
+    phase: Phase,
+    last_chunk: Option<u64>,
+    chunk_pairs: PairDigest,
+    manifest_pairs: PairDigest,
+    manifest_sha: Option<Hash>,
+    manifest_lines: u64,
+    zero_lines: u64,
+    info: Option<SessionInfo>,
+    start: u64,
+}
+
+impl<'a> ChainReader<'a> {
+    pub fn new(sink: Option<&'a mut dyn VolumeSink>) -> Self {
+        ChainReader {
+            sink,
+            streams: Vec::new(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Streams read so far, oldest first.
+    pub fn streams(&self) -> &[StreamSummary] {
+        &self.streams
+    }
+
+    /// Read all streams in `input` (zero blocks between them are skipped), extending
+    /// the chain. Returns how many streams it held.
+    pub fn read<R: Read>(&mut self, input: R) -> Result<usize, StreamError> {
+        let mut input = Input {
+            r: input,
+            offset: 0,
+        };
+        let mut n = 0;
+        let mut block = [0u8; TAR_BLOCK];
+        loop {
+            let at = self.at_stream(input.offset);
+            let got = input.fill(&mut block).map_err(|source| StreamError::Read {
+                at: at.clone(),
+                source,
+            })?;
+            if got == 0 {
+                return Ok(n);
+            }
+            if got < TAR_BLOCK {
+                return Err(StreamError::Truncated {
+                    at,
+                    detail: "input ends inside a 512-byte block".into(),
+                });
+            }
+            if block.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let summary = self.read_stream(&mut input, &block, at)?;
+            self.streams.push(summary);
+            n += 1;
+        }
+    }
+
+    /// Finish the chain: at least one stream must have been read. The sink is made
+    /// durable.
+    pub fn finish(self) -> Result<ChainSummary, StreamError> {
+        let Some(last) = self.streams.last() else {
+            return Err(StreamError::Empty);
+        };
+        if let Some(sink) = self.sink {
+            let at = StreamAt {
+                stream: self.streams.len(),
+                session: Some(last.header.session.clone()),
+                offset: 0,
+            };
+            sink.finish()
+                .map_err(|source| StreamError::Sink { at, source })?;
+        }
+        Ok(ChainSummary {
+            last: last.clone(),
+            streams: self.streams,
+        })
+    }
+
+    fn at_stream(&self, offset: u64) -> StreamAt {
+        StreamAt {
+            stream: self.streams.len() + 1,
+            session: None,
+            offset,
+        }
+    }
+
+    /// Read one stream whose first header block is `first`.
+    fn read_stream<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        first: &[u8; TAR_BLOCK],
+        mut at: StreamAt,
+    ) -> Result<StreamSummary, StreamError> {
+        let start = at.offset;
+        // The header member: proves this is a sparsebak stream at all.
+        let not_stream = |at: &StreamAt, reason: String| StreamError::NotAStream {
+            at: at.clone(),
+            reason,
+        };
+        let h = tar::Header::from_byte_slice(first);
+        if !checksum_ok(first) {
+            return Err(not_stream(&at, "no tar header here".into()));
+        }
+        let name = h.path_bytes();
+        if name.as_ref() != HEADER_MEMBER.as_bytes() {
+            return Err(not_stream(
+                &at,
+                format!(
+                    "first member is {:?}, not {HEADER_MEMBER}",
+                    String::from_utf8_lossy(&name)
+                ),
+            ));
+        }
+        let size = h
+            .size()
+            .ok()
+            .filter(|&s| s <= MAX_SMALL_MEMBER)
+            .ok_or_else(|| not_stream(&at, "header member of unreasonable size".into()))?;
+        let text = self.read_small(input, size, &at)?;
+        let header = std::str::from_utf8(&text)
+            .map_err(|_| "not text".to_string())
+            .and_then(StreamHeader::parse)
+            .map_err(|r| not_stream(&at, format!("header member: {r}")))?;
+        at.session = Some(header.session.clone());
+        check_canonical(first, HEADER_MEMBER, size, header.mtime(), &at)?;
+        self.check_link(&header, &at)?;
+
+        let mut cur = Current {
+            at: at.clone(),
+            header,
+            trailer: TrailerHash::new(),
+            phase: Phase::Chunks,
+            last_chunk: None,
+            chunk_pairs: PairDigest::new(),
+            manifest_pairs: PairDigest::new(),
+            manifest_sha: None,
+            manifest_lines: 0,
+            zero_lines: 0,
+            info: None,
+            start,
+        };
+        cur.trailer.member(HEADER_MEMBER, size);
+        cur.trailer.content(&text);
+        let volsize = cur.header.volsize;
+        self.sink_op(&cur.at, |s| s.set_size(volsize))?;
+
+        let mut block = [0u8; TAR_BLOCK];
+        loop {
+            cur.at.offset = input.offset;
+            let got = input.fill(&mut block).map_err(|source| StreamError::Read {
+                at: cur.at.clone(),
+                source,
+            })?;
+            if got < TAR_BLOCK {
+                return Err(StreamError::Truncated {
+                    at: cur.at.clone(),
+                    detail: "input ends before the trailer".into(),
+                });
+            }
+            if !checksum_ok(&block) {
+                return Err(damaged(
+                    &cur.at,
+                    "a member header is damaged (bad checksum)",
+                ));
+            }
+            let h = tar::Header::from_byte_slice(&block);
+            let name = String::from_utf8(h.path_bytes().into_owned())
+                .map_err(|_| damaged(&cur.at, "member name is not UTF-8"))?;
+            let size = h
+                .size()
+                .map_err(|_| damaged(&cur.at, "member size unreadable"))?;
+            check_canonical(&block, &name, size, cur.header.mtime(), &cur.at)?;
+            if name == TRAILER_MEMBER {
+                if cur.phase != Phase::Trailer {
+                    return Err(damaged(&cur.at, "trailer before the manifest and info"));
+                }
+                let text = self.read_small(input, size, &cur.at)?;
+                let want =
+                    trailer_text(&std::mem::replace(&mut cur.trailer, TrailerHash::new()).finish());
+                if text != want.as_bytes() {
+                    return Err(StreamError::TrailerMismatch { at: cur.at });
+                }
+                return self.end_of_archive(input, cur);
+            }
+            cur.trailer.member(&name, size);
+            if name == cur.header.session_member(layout::INFO_FILE) {
+                if cur.phase != Phase::Info {
+                    return Err(damaged(&cur.at, "info member out of place"));
+                }
+                let text = self.read_small(input, size, &cur.at)?;
+                cur.trailer.content(&text);
+                self.check_info(&mut cur, &text)?;
+                cur.phase = Phase::Trailer;
+                continue;
+            }
+            if name == cur.header.session_member(layout::MANIFEST_FILE) {
+                if cur.phase != Phase::Chunks {
+                    return Err(damaged(&cur.at, "second manifest member"));
+                }
+                self.read_manifest(input, &mut cur, size)?;
+                cur.phase = Phase::Info;
+                continue;
+            }
+            let Some(addr) = parse_chunk_member(&cur.header, &name) else {
+                return Err(damaged(&cur.at, &format!("unexpected member {name:?}")));
+            };
+            if cur.phase != Phase::Chunks {
+                return Err(damaged(&cur.at, "chunk member after the manifest"));
+            }
+            self.read_chunk(input, &mut cur, addr, size)?;
+        }
+    }
+
+    /// The chain rules, checked as soon as a stream's header is known, before it
+    /// touches the sink.
+    fn check_link(&self, header: &StreamHeader, at: &StreamAt) -> Result<(), StreamError> {
+        let Some(prev) = self.streams.last() else {
+            return match &header.base {
+                None => Ok(()),
+                Some(base) => Err(StreamError::NotFull {
+                    at: at.clone(),
+                    base: base.clone(),
+                }),
+            };
+        };
+        let p = &prev.header;
+        if header.volume != p.volume {
+            return Err(StreamError::ForeignVolume {
+                at: at.clone(),
+                expected: p.volume.clone(),
+                found: header.volume.clone(),
+            });
+        }
+        if header.chunksize != p.chunksize {
+            return Err(StreamError::ChunkSize {
+                at: at.clone(),
+                expected: p.chunksize,
+                found: header.chunksize,
+            });
+        }
+        let broken = |reason: String| StreamError::BrokenChain {
+            at: at.clone(),
+            reason,
+        };
+        match &header.base {
+            None => Err(broken(format!(
+                "it is a full stream, but follows session {}",
+                p.session
+            ))),
+            Some(base) if *base != p.session => Err(broken(format!(
+                "it builds on session {base}, the previous stream is session {}",
+                p.session
+            ))),
+            Some(_) if header.base_manifest_sha256 != Some(prev.info.manifest_sha256) => {
+                Err(broken(format!(
+                    "it builds on a session {} whose manifest differs from the previous \
+                     stream's (a stream of another archive or source?)",
+                    p.session
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn read_chunk<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        cur: &mut Current,
+        addr: u64,
+        size: u64,
+    ) -> Result<(), StreamError> {
+        let chunk_err = |at: &StreamAt, reason: String| StreamError::Chunk {
+            at: at.clone(),
+            addr,
+            reason,
+        };
+        if cur.last_chunk.is_some_and(|l| addr <= l) {
+            return Err(chunk_err(
+                &cur.at,
+                "chunk members out of address order".into(),
+            ));
+        }
+        cur.last_chunk = Some(addr);
+        let cs = cur.header.chunksize;
+        if !multiple_of(addr, cs) || addr >= cur.header.volsize {
+            return Err(chunk_err(
+                &cur.at,
+                "not a chunk address of the volume".into(),
+            ));
+        }
+        if size > cur.header.max_payload() {
+            return Err(chunk_err(
+                &cur.at,
+                format!("member of {size} bytes is too large"),
+            ));
+        }
+        let mut payload = std::mem::take(&mut self.buf);
+        payload.resize(size as usize, 0);
+        self.read_content(input, &mut payload, &cur.at)?;
+        cur.trailer.content(&payload);
+        let data = cur
+            .header
+            .compression
+            .decode(&payload, cs as usize)
+            .map_err(|r| chunk_err(&cur.at, r));
+        self.buf = payload;
+        let data = data?;
+        cur.chunk_pairs.push(addr, &chunk::hash(&data));
+        let len = (cur.header.volsize - addr).min(cs) as usize;
+        self.sink_op(&cur.at, |s| s.write_at(addr, &data[..len]))
+    }
+
+    /// Stream the manifest member: hash it, check its lines, digest the data lines to
+    /// match them with the chunk members, and apply the `0` lines.
+    fn read_manifest<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        cur: &mut Current,
+        size: u64,
+    ) -> Result<(), StreamError> {
+        let mut sha = Sha256::new();
+        let mut split = LineSplitter::default();
+        let mut last: Option<u64> = None;
+        let mut piece = vec![0u8; COPY_PIECE];
+        let mut left = size;
+        let at = cur.at.clone();
+        let cs = cur.header.chunksize;
+        let volsize = cur.header.volsize;
+        while left > 0 {
+            let n = left.min(piece.len() as u64) as usize;
+            self.read_exact(input, &mut piece[..n], &at)?;
+            left -= n as u64;
+            sha.update(&piece[..n]);
+            cur.trailer.content(&piece[..n]);
+            let sink = &mut self.sink;
+            let (lines, zeros, pairs) = (
+                &mut cur.manifest_lines,
+                &mut cur.zero_lines,
+                &mut cur.manifest_pairs,
+            );
+            split.feed(
+                &piece[..n],
+                |line| {
+                    let line_no = *lines + 1;
+                    let bad = |r: String| damaged(&at, &format!("manifest line {line_no}: {r}"));
+                    let e = Entry::parse(line).map_err(bad)?;
+                    if last.is_some_and(|l| e.addr <= l) {
+                        return Err(bad("address out of order".into()));
+                    }
+                    last = Some(e.addr);
+                    if !multiple_of(e.addr, cs) {
+                        return Err(bad("address is not a multiple of the chunk size".into()));
+                    }
+                    *lines += 1;
+                    match e.hash {
+                        Some(h) => {
+                            if e.addr >= volsize {
+                                return Err(bad("data chunk past the volume size".into()));
+                            }
+                            pairs.push(e.addr, &h);
+                        }
+                        None => {
+                            *zeros += 1;
+                            // Data and zero addresses of one session are disjoint, so
+                            // zeroing now, after the chunks, is the same as in order.
+                            if e.addr < volsize {
+                                let len = (volsize - e.addr).min(cs);
+                                if let Some(s) = sink.as_deref_mut() {
+                                    s.zero(e.addr, len).map_err(|source| StreamError::Sink {
+                                        at: at.clone(),
+                                        source,
+                                    })?;
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+                || damaged(&at, "manifest line too long"),
+                || damaged(&at, "manifest is not text"),
+            )?;
+        }
+        if !split.is_clean() {
+            return Err(damaged(&at, "manifest's last line has no newline"));
+        }
+        self.read_padding(input, size, &at)?;
+        cur.manifest_sha = Some(sha.finalize().into());
+        Ok(())
+    }
+
+    /// The info member: its own checksum, agreement with the header, the manifest's
+    /// hash, and then the verdict on chunk members against the manifest (checked after
+    /// the manifest's hash, so an altered manifest is reported as such).
+    fn check_info(&mut self, cur: &mut Current, text: &[u8]) -> Result<(), StreamError> {
+        let at = &cur.at;
+        let text = std::str::from_utf8(text).map_err(|_| damaged(at, "info is not text"))?;
+        let name = cur.header.session_member(layout::INFO_FILE);
+        let info = SessionInfo::parse(text, std::path::Path::new(&name))
+            .map_err(|e| damaged(at, &e.to_string()))?;
+        cur.header.agrees_with(&info).map_err(|r| damaged(at, &r))?;
+        if cur.manifest_sha != Some(info.manifest_sha256) {
+            return Err(StreamError::ManifestHash { at: at.clone() });
+        }
+        if info.changed != cur.manifest_lines {
+            return Err(damaged(
+                at,
+                &format!(
+                    "the manifest has {} lines, the info says changed={}",
+                    cur.manifest_lines, info.changed
+                ),
+            ));
+        }
+        let chunks = std::mem::replace(&mut cur.chunk_pairs, PairDigest::new());
+        let lines = std::mem::replace(&mut cur.manifest_pairs, PairDigest::new());
+        match chunks.compare(lines) {
+            Ok(()) => {}
+            Err(PairMismatch::Content(Some(addr))) => {
+                return Err(StreamError::Chunk {
+                    at: at.clone(),
+                    addr,
+                    reason: "SHA-256 differs from its manifest line".into(),
                 })
             }
-        };
-        let name = entry
-            .path()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let size = entry.header().size().unwrap_or(0);
-        let trunc = |c: &Current, e: std::io::Error| StreamError::Truncated {
-            stream: c.index,
-            session: c.header.session.clone(),
-            reason: e.to_string(),
-        };
-        if name == HEADER_MEMBER {
-            if let Some(c) = &cur {
-                return Err(StreamError::Truncated {
-                    stream: c.index,
-                    session: c.header.session.clone(),
-                    reason: "the next stream starts before this one's trailer".into(),
-                });
+            Err(PairMismatch::Content(None)) => {
+                return Err(StreamError::ChunksVsManifest {
+                    at: at.clone(),
+                    reason: "several chunks' SHA-256 differ from their manifest lines".into(),
+                })
             }
-            count += 1;
-            let text = read_small(&mut entry, 64 << 10).map_err(|e| StreamError::Bad {
-                stream: count,
-                reason: format!("header: {e}"),
-            })?;
-            let header =
-                StreamHeader::parse(&String::from_utf8_lossy(&text)).map_err(|reason| {
-                    StreamError::Bad {
-                        stream: count,
-                        reason,
-                    }
-                })?;
-            check_link(count, &header, sum.sessions.last())?;
-            if let Some(v) = expect_volume {
-                if header.volume != v {
-                    return Err(StreamError::Bad {
-                        stream: count,
-                        reason: format!("it holds volume {}, not {v}", header.volume),
-                    });
-                }
-            }
-            sink.set_size(header.volsize)?;
-            let mut hash = MemberHash::default();
-            hash.add(HEADER_MEMBER, &text);
-            cur = Some(Current {
-                index: count,
-                header,
-                hash,
-                chunk_digest: Sha256::new(),
-                manifest: None,
-                info: None,
-            });
-            continue;
-        }
-        let Some(c) = cur.as_mut() else {
-            return Err(StreamError::Bad {
-                stream: count + 1,
-                reason: format!(
-                    "member {name:?} before any sparsebak stream header (not a sparsebak stream?)"
-                ),
-            });
-        };
-        let sdir = layout::session_dir_name(&c.header.session);
-        if name == TRAILER_MEMBER {
-            let text = read_small(&mut entry, 4096).map_err(|e| trunc(c, e))?;
-            let want = format!("sha256={}\n", c.hash.hex());
-            if text != want.as_bytes() {
-                return Err(StreamError::Bad {
-                    stream: c.index,
+            Err(PairMismatch::Addresses { members, lines }) => {
+                return Err(StreamError::ChunksVsManifest {
+                    at: at.clone(),
                     reason: format!(
-                        "session {}: trailer hash does not match the stream's content (altered)",
-                        c.header.session
+                        "{members} chunk members, {lines} data lines, not the same addresses"
                     ),
-                });
+                })
             }
-            let info = c.info.take().ok_or_else(|| StreamError::Truncated {
-                stream: c.index,
-                session: c.header.session.clone(),
-                reason: "no info member".into(),
-            })?;
-            sum.sessions.push(info);
-            cur = None;
-            continue;
         }
-        if let Some(rest) = name.strip_prefix(&format!("{sdir}/")) {
-            if rest == layout::MANIFEST_FILE {
-                c.hash.add_header(&name, size);
-                let (mhash, data_digest) =
-                    read_manifest(&mut entry, c, &mut *sink).map_err(|e| match e {
-                        StreamError::Io(io) => trunc(c, io),
-                        other => other,
-                    })?;
-                let chunk_digest = std::mem::take(&mut c.chunk_digest).finalize();
-                if data_digest.clone().finalize() != chunk_digest {
-                    return Err(StreamError::Bad {
-                        stream: c.index,
-                        reason: format!(
-                            "session {}: the chunks do not match the manifest (missing, extra or altered)",
-                            c.header.session
-                        ),
-                    });
-                }
-                c.manifest = Some((mhash, data_digest));
-                continue;
-            }
-            if rest == layout::INFO_FILE {
-                let text = read_small(&mut entry, 64 << 10).map_err(|e| trunc(c, e))?;
-                c.hash.add(&name, &text);
-                let info = SessionInfo::parse(&String::from_utf8_lossy(&text), Path::new(&name))
-                    .map_err(|e| StreamError::Bad {
-                        stream: c.index,
-                        reason: e.to_string(),
-                    })?;
-                let (mhash, _) = c.manifest.as_ref().ok_or_else(|| StreamError::Bad {
-                    stream: c.index,
-                    reason: "info member before the manifest".into(),
-                })?;
-                if info.manifest_sha256 != *mhash {
-                    return Err(StreamError::Bad {
-                        stream: c.index,
-                        reason: format!(
-                            "session {}: manifest does not match its info (altered)",
-                            c.header.session
-                        ),
-                    });
-                }
-                if info.session != c.header.session
-                    || info.volume != c.header.volume
-                    || info.volsize != c.header.volsize
-                    || info.chunksize != c.header.chunksize
-                    || info.previous != c.header.base
-                {
-                    return Err(StreamError::Bad {
-                        stream: c.index,
-                        reason: "info and header disagree".into(),
-                    });
-                }
-                c.info = Some(info);
-                continue;
-            }
-            let addr = rest
-                .rsplit('/')
-                .next()
-                .and_then(layout::parse_chunk_name)
-                .ok_or_else(|| StreamError::Bad {
-                    stream: c.index,
-                    reason: format!("unexpected member {name:?}"),
-                })?;
-            if c.manifest.is_some() {
-                return Err(StreamError::Bad {
-                    stream: c.index,
-                    reason: format!("chunk member {name:?} after the manifest"),
-                });
-            }
-            let cs = c.header.chunksize;
-            if size > 2 * cs + 4096 {
-                return Err(StreamError::Chunk {
-                    stream: c.index,
-                    session: c.header.session.clone(),
-                    addr,
-                    reason: format!("member of {size} bytes is too large"),
-                });
-            }
-            let stored = read_small(&mut entry, 2 * cs + 4096).map_err(|e| trunc(c, e))?;
-            c.hash.add(&name, &stored);
-            let data = c
-                .header
-                .compression
-                .decode(&stored, cs as usize)
-                .map_err(|reason| StreamError::Chunk {
-                    stream: c.index,
-                    session: c.header.session.clone(),
-                    addr,
-                    reason,
-                })?;
-            let h = chunk::hash(&data);
-            c.chunk_digest.update(addr.to_le_bytes());
-            c.chunk_digest.update(h);
-            if addr >= c.header.volsize || addr % cs != 0 {
-                return Err(StreamError::Chunk {
-                    stream: c.index,
-                    session: c.header.session.clone(),
-                    addr,
-                    reason: "address outside the volume".into(),
-                });
-            }
-            let len = (c.header.volsize - addr).min(cs) as usize;
-            sink.write_at(addr, &data[..len])?;
-            sum.chunks += 1;
-            sum.bytes += data.len() as u64;
-            continue;
-        }
-        return Err(StreamError::Bad {
-            stream: c.index,
-            reason: format!("unexpected member {name:?}"),
-        });
+        cur.info = Some(info);
+        Ok(())
     }
-    if let Some(c) = cur {
-        return Err(StreamError::Truncated {
-            stream: c.index,
-            session: c.header.session,
-            reason: "it ends before its trailer".into(),
-        });
-    }
-    if sum.sessions.is_empty() {
-        return Err(StreamError::Empty);
-    }
-    sink.finish()?;
-    Ok(sum)
-}
 
-/// Stream the manifest member: its SHA-256, the digest of its data lines (to compare
-/// with the chunks that came), and its zero lines applied to the sink.
-fn read_manifest(
-    entry: &mut dyn Read,
-    c: &mut Current,
-    sink: &mut dyn StreamSink,
-) -> Result<(Hash, Sha256)> {
-    let mut r = BufReader::with_capacity(64 << 10, entry);
-    let mut sha = Sha256::new();
-    let mut data = Sha256::new();
-    let mut line = String::new();
-    let mut last: Option<u64> = None;
-    let cs = c.header.chunksize;
-    loop {
-        line.clear();
-        let n = r.read_line(&mut line)?;
-        if n == 0 {
-            break;
-        }
-        sha.update(line.as_bytes());
-        c.hash.0.update(line.as_bytes());
-        let bad = |reason: String| StreamError::Bad {
-            stream: c.index,
-            reason: format!("manifest: {reason}"),
-        };
-        let e = Entry::parse(line.trim_end_matches('\n')).map_err(bad)?;
-        if last.is_some_and(|l| e.addr <= l) || e.addr % cs != 0 || e.addr >= c.header.volsize {
-            return Err(StreamError::Bad {
-                stream: c.index,
-                reason: format!(
-                    "manifest: address x{:016x} out of order or outside the volume",
-                    e.addr
-                ),
+    /// After the trailer: the two zero blocks that end a tar archive.
+    fn end_of_archive<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        cur: Current,
+    ) -> Result<StreamSummary, StreamError> {
+        let mut at = cur.at.clone();
+        at.offset = input.offset;
+        let mut eoa = [0u8; 2 * TAR_BLOCK];
+        let got = input.fill(&mut eoa).map_err(|source| StreamError::Read {
+            at: at.clone(),
+            source,
+        })?;
+        if got < eoa.len() {
+            return Err(StreamError::Truncated {
+                at,
+                detail: "end-of-archive blocks missing".into(),
             });
         }
-        last = Some(e.addr);
-        match e.hash {
-            Some(h) => {
-                data.update(e.addr.to_le_bytes());
-                data.update(h);
-            }
-            None => {
-                let len = (c.header.volsize - e.addr).min(cs);
-                sink.zero(e.addr, len)?;
-            }
+        if eoa.iter().any(|&b| b != 0) {
+            return Err(damaged(&at, "end-of-archive blocks are not zero"));
+        }
+        let info = cur
+            .info
+            .ok_or_else(|| damaged(&at, "no info before the trailer"))?;
+        Ok(StreamSummary {
+            data_chunks: info.changed.saturating_sub(cur.zero_lines),
+            zero_lines: cur.zero_lines,
+            bytes: input.offset - cur.start,
+            header: cur.header,
+            info,
+        })
+    }
+
+    fn sink_op(
+        &mut self,
+        at: &StreamAt,
+        f: impl FnOnce(&mut dyn VolumeSink) -> io::Result<()>,
+    ) -> Result<(), StreamError> {
+        match self.sink.as_deref_mut() {
+            Some(s) => f(s).map_err(|source| StreamError::Sink {
+                at: at.clone(),
+                source,
+            }),
+            None => Ok(()),
         }
     }
-    Ok((sha.finalize().into(), data))
+
+    /// A small member's content (header, info, trailer) and its padding.
+    fn read_small<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        size: u64,
+        at: &StreamAt,
+    ) -> Result<Vec<u8>, StreamError> {
+        if size > MAX_SMALL_MEMBER {
+            return Err(damaged(at, &format!("member of {size} bytes is too large")));
+        }
+        let mut v = vec![0u8; size as usize];
+        self.read_content(input, &mut v, at)?;
+        Ok(v)
+    }
+
+    /// Content and the zero padding after it.
+    fn read_content<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        buf: &mut [u8],
+        at: &StreamAt,
+    ) -> Result<(), StreamError> {
+        self.read_exact(input, buf, at)?;
+        self.read_padding(input, buf.len() as u64, at)
+    }
+
+    fn read_padding<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        size: u64,
+        at: &StreamAt,
+    ) -> Result<(), StreamError> {
+        let mut pad = [0u8; TAR_BLOCK];
+        let pad = &mut pad[..padding(size)];
+        self.read_exact(input, pad, at)?;
+        if pad.iter().any(|&b| b != 0) {
+            return Err(damaged(at, "member padding is not zero"));
+        }
+        Ok(())
+    }
+
+    fn read_exact<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        buf: &mut [u8],
+        at: &StreamAt,
+    ) -> Result<(), StreamError> {
+        let got = input.fill(buf).map_err(|source| StreamError::Read {
+            at: at.clone(),
+            source,
+        })?;
+        if got < buf.len() {
+            return Err(StreamError::Truncated {
+                at: at.clone(),
+                detail: "input ends inside a member".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
-fn check_link(index: usize, h: &StreamHeader, prev: Option<&SessionInfo>) -> Result<()> {
-    let chain_err = |reason: String| StreamError::Chain {
-        stream: index,
-        session: h.session.clone(),
-        reason,
-    };
-    match prev {
-        None => {
-            if let Some(b) = &h.base {
-                return Err(chain_err(format!(
-                    "it is incremental (builds on {b}); the first stream must be a full one"
-                )));
-            }
-        }
-        Some(p) => {
-            if h.volume != p.volume {
-                return Err(chain_err(format!(
-                    "it belongs to volume {}, not {}",
-                    h.volume, p.volume
-                )));
-            }
-            if h.chunksize != p.chunksize {
-                return Err(chain_err("different chunk size".into()));
-            }
-            if h.base.as_deref() != Some(p.session.as_str())
-                || h.base_manifest_sha256 != Some(p.manifest_sha256)
-            {
-                return Err(chain_err(format!(
-                    "it builds on {}, but the previous stream is session {}",
-                    h.base.as_deref().unwrap_or("nothing (a full stream)"),
-                    p.session
-                )));
-            }
-        }
+fn damaged(at: &StreamAt, reason: &str) -> StreamError {
+    StreamError::Damaged {
+        at: at.clone(),
+        reason: reason.to_string(),
     }
-    Ok(())
 }
 
-fn read_small(r: &mut dyn Read, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    r.take(limit + 1).read_to_end(&mut v)?;
-    if v.len() as u64 > limit {
-        return Err(std::io::Error::other("member larger than allowed"));
+/// The ustar checksum: the sum of the header's bytes with the checksum field taken as
+/// spaces, stored as octal.
+fn checksum_ok(block: &[u8; TAR_BLOCK]) -> bool {
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    tar::Header::from_byte_slice(block)
+        .cksum()
+        .is_ok_and(|c| c == sum)
+}
+
+/// A member header must be exactly the one the writer makes for its name, size and
+/// the session time; any other byte there means the stream was altered.
+fn check_canonical(
+    block: &[u8; TAR_BLOCK],
+    name: &str,
+    size: u64,
+    mtime: u64,
+    at: &StreamAt,
+) -> Result<(), StreamError> {
+    match member_header(name, size, mtime) {
+        Ok(h) if h.as_bytes() == block => Ok(()),
+        _ => Err(damaged(
+            at,
+            &format!("header of member {name:?} is not as a sparsebak writer makes it"),
+        )),
     }
-    Ok(v)
+}
+
+/// The address of a chunk member `S_<id>/x<prefix>/x<addr>` of this session.
+fn parse_chunk_member(header: &StreamHeader, name: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix(&layout::session_dir_name(&header.session))?
+        .strip_prefix('/')?;
+    let (prefix, file) = rest.split_once('/')?;
+    let addr = layout::parse_chunk_name(file)?;
+    (prefix == layout::prefix_name(addr)).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ManifestWriter;
+    use std::process::Command;
+
+    const CS: u64 = 4096;
+
+    fn sid(i: usize) -> String {
+        format!("20260101-0000{i:02}")
+    }
+
+    /// The chunk at `addr` of a volume image, zero-padded to the chunk size.
+    fn padded(v: &[u8], addr: u64) -> Vec<u8> {
+        let mut c = vec![0u8; CS as usize];
+        if addr < v.len() as u64 {
+            let end = (addr + CS).min(v.len() as u64);
+            c[..(end - addr) as usize].copy_from_slice(&v[addr as usize..end as usize]);
+        }
+        c
+    }
+
+    /// Turn successive versions of a volume into streams: stream i records what
+    /// differs between the view of version i-1 and version i, as a send would.
+    fn make_streams(vol: &str, versions: &[Vec<u8>], codec: Codec, block: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut prev: Option<(&Vec<u8>, SessionInfo)> = None;
+        for (i, v) in versions.iter().enumerate() {
+            let volsize = v.len() as u64;
+            let mut mw = ManifestWriter::new(Vec::new());
+            let mut payloads = Vec::new();
+            let mut in_view = 0;
+            let mut stored = 0;
+            for addr in (0..volsize).step_by(CS as usize) {
+                let cur = padded(v, addr);
+                let zero = chunk::is_zero(&cur);
+                in_view += u64::from(!zero);
+                let changed = match &prev {
+                    None => !zero,
+                    Some((p, _)) => padded(p, addr) != cur,
+                };
+                if !changed {
+                    continue;
+                }
+                let hash = (!zero).then(|| chunk::hash(&cur));
+                mw.push(&Entry { addr, hash }).unwrap();
+                if !zero {
+                    let enc = match codec {
+                        Codec::None => cur.clone(),
+                        Codec::Zstd => zstd::bulk::compress(&cur, 3).unwrap(),
+                    };
+                    stored += enc.len() as u64;
+                    payloads.push((addr, enc));
+                }
+            }
+            let changed = mw.count();
+            let (manifest, msha) = mw.finish().unwrap();
+            let info = SessionInfo {
+                volume: vol.into(),
+                session: sid(i + 1),
+                previous: prev.as_ref().map(|(_, p)| p.session.clone()),
+                time: 1_767_225_600 + i as i64,
+                volsize,
+                chunksize: CS,
+                compression: codec,
+                changed,
+                chunks: in_view,
+                bytes_read: volsize,
+                bytes_stored: stored,
+                manifest_sha256: msha,
+            };
+            let header =
+                StreamHeader::for_session(&info, prev.as_ref().map(|(_, p)| p.manifest_sha256));
+            let mut w = StreamWriter::with_block_size(Vec::new(), header, block).unwrap();
+            for (addr, p) in &payloads {
+                w.put_chunk(*addr, p).unwrap();
+            }
+            let (bytes, n) = w.finish(&manifest, &info).unwrap();
+            assert_eq!(n, bytes.len() as u64);
+            out.push(bytes);
+            prev = Some((v, info));
+        }
+        out
+    }
+
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Versions exercising every rule: partial last chunk, data becoming zero, growth,
+    /// a shrink then a grow (the regrown part must be zeros), and no change at all.
+    fn versions() -> Vec<Vec<u8>> {
+        let cs = CS as usize;
+        let mut v1 = pattern(10 * cs + 1000, 1);
+        v1[4 * cs..5 * cs].fill(0);
+        let mut v2 = v1.clone();
+        v2[2 * cs + 7] ^= 0xff;
+        v2[3 * cs..4 * cs].fill(0);
+        v2.resize(14 * cs + 17, 0);
+        v2[12 * cs..14 * cs + 17].copy_from_slice(&pattern(2 * cs + 17, 2));
+        let mut v3 = v2.clone();
+        v3.truncate(5 * cs + 100);
+        let mut v4 = v3.clone();
+        v4.resize(12 * cs, 0);
+        v4[9 * cs..10 * cs].copy_from_slice(&pattern(cs, 3));
+        let v5 = v4.clone();
+        vec![v1, v2, v3, v4, v5]
+    }
+
+    /// Small versions for the byte-by-byte tests.
+    fn small_versions() -> Vec<Vec<u8>> {
+        let cs = CS as usize;
+        let v1 = pattern(3 * cs + 10, 7);
+        let mut v2 = v1.clone();
+        v2[cs..2 * cs].fill(0);
+        v2[10] ^= 1;
+        vec![v1, v2]
+    }
+
+    fn rebuild(input: &[u8]) -> Result<(ChainSummary, Vec<u8>), StreamError> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut sink = FileSink::new(f.reopen().unwrap()).unwrap();
+        let sum = read_chain(input, Some(&mut sink))?;
+        Ok((sum, std::fs::read(f.path()).unwrap()))
+    }
+
+    fn cat(parts: &[&Vec<u8>]) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    #[test]
+    fn chains_rebuild_every_version() {
+        let vs = versions();
+        for codec in [Codec::None, Codec::Zstd] {
+            let streams = make_streams("vm-a", &vs, codec, 10240);
+            for k in 1..=vs.len() {
+                let all: Vec<u8> = streams[..k].concat();
+                let (sum, bytes) = rebuild(&all).unwrap();
+                assert_eq!(bytes, vs[k - 1], "{codec:?} after {k} streams");
+                assert_eq!(sum.streams.len(), k);
+                assert_eq!(sum.last().header.session, sid(k));
+                assert_eq!(sum.last().info.volsize, vs[k - 1].len() as u64);
+                // Verify only: no sink.
+                assert_eq!(read_chain(&all[..], None).unwrap(), sum);
+            }
+            // The same chain from separate inputs.
+            let f = tempfile::NamedTempFile::new().unwrap();
+            let mut sink = FileSink::new(f.reopen().unwrap()).unwrap();
+            let mut r = ChainReader::new(Some(&mut sink));
+            for s in &streams {
+                assert_eq!(r.read(&s[..]).unwrap(), 1);
+            }
+            assert_eq!(r.finish().unwrap().streams().len(), vs.len());
+            assert_eq!(std::fs::read(f.path()).unwrap(), vs[vs.len() - 1]);
+        }
+    }
+
+    #[test]
+    fn summary_counts() {
+        let vs = versions();
+        let streams = make_streams("vm-a", &vs, Codec::Zstd, 10240);
+        let (sum, _) = rebuild(&streams.concat()).unwrap();
+        // v2: chunk 2 changed, chunk 3 zeroed, chunks 12..=14 new; chunk 10 keeps v1's
+        // partial tail and 11 grew as zeros, so neither is recorded.
+        let s2 = &sum.streams[1];
+        assert_eq!(s2.zero_lines, 1);
+        assert_eq!(s2.data_chunks, 4);
+        assert_eq!(sum.streams[4].info.changed, 0);
+        for (s, bytes) in sum.streams.iter().zip(&streams) {
+            assert!(s.bytes <= bytes.len() as u64);
+            assert_eq!(s.bytes % TAR_BLOCK as u64, 0);
+        }
+    }
+
+    /// Records the length of every write it gets.
+    struct WriteSizes(Vec<usize>);
+    impl Write for WriteSizes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.push(b.len());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn whole_records_only() {
+        let vs = versions();
+        for block in [DEFAULT_BLOCK_SIZE, 10240, 512] {
+            for s in make_streams("vm-a", &vs, Codec::Zstd, block) {
+                assert_eq!(s.len() % block, 0, "block {block}");
+            }
+        }
+        // Through `new` (the default record size), every write is exactly one record.
+        let info = {
+            let s = make_streams("vm-a", &vs[..1], Codec::None, 512);
+            read_chain(&s[0][..], None).unwrap().last().info.clone()
+        };
+        let header = StreamHeader::for_session(&info, None);
+        let mut w = StreamWriter::new(WriteSizes(Vec::new()), header).unwrap();
+        let mut mw = ManifestWriter::new(Vec::new());
+        for addr in (0..info.volsize).step_by(CS as usize) {
+            let c = padded(&vs[0], addr);
+            if !chunk::is_zero(&c) {
+                mw.push(&Entry {
+                    addr,
+                    hash: Some(chunk::hash(&c)),
+                })
+                .unwrap();
+                w.put_chunk(addr, &c).unwrap();
+            }
+        }
+        let (m, _) = mw.finish().unwrap();
+        let (sizes, n) = w.finish(&m, &info).unwrap();
+        assert!(sizes.0.iter().all(|&s| s == DEFAULT_BLOCK_SIZE));
+        assert_eq!(n, (sizes.0.len() * DEFAULT_BLOCK_SIZE) as u64);
+
+        for bad in [0, 1000, 511] {
+            assert!(matches!(
+                RecordWriter::new(Vec::new(), bad),
+                Err(StreamError::BlockSize(_))
+            ));
+        }
+        let mut r = RecordWriter::new(Vec::new(), 1024).unwrap();
+        r.write_all(&[1; 1500]).unwrap();
+        assert_eq!((r.bytes_written(), r.pending()), (1024, 476));
+        let (v, n) = r.finish().unwrap();
+        assert_eq!((v.len(), n), (2048, 2048));
+        assert!(v[1500..].iter().all(|&b| b == 0));
+        let (v, n) = RecordWriter::new(Vec::new(), 1024)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!((v.len(), n), (0, 0));
+    }
+
+    /// Offsets worth testing in `len` bytes: around every 512-byte block boundary
+    /// (where headers, padding and member ends lie), plus a stride through the rest.
+    fn probe_offsets(len: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..len)
+            .filter(|o| {
+                matches!(o % 512, 0 | 1 | 2 | 100 | 124 | 148 | 155 | 257 | 511) || o % 37 == 0
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn truncation_fails_or_yields_an_earlier_session_exactly() {
+        let vs = small_versions();
+        for codec in [Codec::None, Codec::Zstd] {
+            let streams = make_streams("vm-a", &vs, codec, 2048);
+            let all = cat(&[&streams[0], &streams[1]]);
+            let (sum, _) = rebuild(&all).unwrap();
+            // Where each stream's end-of-archive blocks end.
+            let end1 = sum.streams[0].bytes as usize;
+            let end2 = streams[0].len() + sum.streams[1].bytes as usize;
+            let mut ok = 0;
+            for cut in probe_offsets(all.len()).into_iter().chain([end1, end2]) {
+                match rebuild(&all[..cut]) {
+                    Err(e) => {
+                        if cut > 0 {
+                            assert!(e.to_string().starts_with("stream "), "{e}");
+                        }
+                        assert!(
+                            cut < end1 || (cut >= streams[0].len() && cut < end2) || cut % 512 != 0,
+                            "cut {cut} failed: {e}"
+                        );
+                    }
+                    Ok((s, bytes)) => {
+                        ok += 1;
+                        let n = s.streams.len();
+                        assert!(cut >= if n == 1 { end1 } else { end2 }, "cut {cut}");
+                        assert_eq!(bytes, vs[n - 1], "cut {cut}");
+                    }
+                }
+            }
+            assert!(ok > 0);
+            // Everything before the last stream's end-of-archive is required.
+            for cut in [end2 - 1, end2 - 512, end2 - 1024, streams[0].len() + 1] {
+                assert!(rebuild(&all[..cut]).is_err(), "cut {cut}");
+            }
+            assert!(matches!(rebuild(&[]), Err(StreamError::Empty)));
+        }
+    }
+
+    #[test]
+    fn truncation_error_names_stream_and_session() {
+        let vs = small_versions();
+        let streams = make_streams("vm-a", &vs, Codec::None, 512);
+        let all = cat(&[&streams[0], &streams[1]]);
+        let cut = streams[0].len() + 3000;
+        let e = rebuild(&all[..cut]).unwrap_err();
+        assert!(matches!(e, StreamError::Truncated { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("stream 2 (session 20260101-000002)"), "{msg}");
+    }
+
+    #[test]
+    fn any_flipped_byte_fails() {
+        let vs = small_versions();
+        for codec in [Codec::None, Codec::Zstd] {
+            let streams = make_streams("vm-a", &vs, codec, 2048);
+            let all = cat(&[&streams[0], &streams[1]]);
+            for off in probe_offsets(all.len()) {
+                for x in [0x01u8, 0x80, 0x20] {
+                    let mut bad = all.clone();
+                    bad[off] ^= x;
+                    let r = rebuild(&bad);
+                    assert!(r.is_err(), "{codec:?}: flip {x:#x} at {off} accepted");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_chunk_byte_names_the_chunk() {
+        let vs = small_versions();
+        let streams = make_streams("vm-a", &vs, Codec::None, 512);
+        // Stream 1: header member (2 blocks), then chunk 0 (1 + 8 blocks), chunk 1.
+        let chunk1_content = 512 * 2 + 512 * 9 + 512;
+        let mut bad = streams[0].clone();
+        bad[chunk1_content + 100] ^= 4;
+        match rebuild(&bad) {
+            Err(StreamError::Chunk { at, addr, reason }) => {
+                assert_eq!(addr, CS);
+                assert_eq!(at.stream, 1);
+                assert_eq!(at.session.as_deref(), Some(sid(1).as_str()));
+                assert!(reason.contains("SHA-256"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chain_rules() {
+        let vs = versions();
+        let s = make_streams("vm-a", &vs, Codec::Zstd, 512);
+        // Reordered.
+        let e = rebuild(&cat(&[&s[0], &s[2], &s[1]])).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::BrokenChain { at, .. } if at.stream == 2),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&sid(2)), "{e}");
+        // Repeated.
+        let e = rebuild(&cat(&[&s[0], &s[1], &s[1]])).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::BrokenChain { at, .. } if at.stream == 3),
+            "{e}"
+        );
+        // A full stream in the middle.
+        let e = rebuild(&cat(&[&s[0], &s[0]])).unwrap_err();
+        assert!(matches!(e, StreamError::BrokenChain { .. }), "{e}");
+        // Missing the full stream.
+        let e = rebuild(&cat(&[&s[1], &s[2]])).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::NotFull { at, base } if at.stream == 1 && *base == sid(1)),
+            "{e}"
+        );
+        let mut r = ChainReader::new(None);
+        r.read(&s[0][..]).unwrap();
+        assert!(matches!(
+            r.read(&s[2][..]),
+            Err(StreamError::BrokenChain { .. })
+        ));
+
+        // Foreign: another volume with the same session IDs.
+        let b = make_streams("vm-b", &vs, Codec::Zstd, 512);
+        let e = rebuild(&cat(&[&s[0], &b[1]])).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::ForeignVolume { at, .. } if at.stream == 2),
+            "{e}"
+        );
+        // Same volume name, other content: the base's manifest differs.
+        let mut other = vs.clone();
+        other[0][5] ^= 1;
+        let o = make_streams("vm-a", &other, Codec::Zstd, 512);
+        let e = rebuild(&cat(&[&s[0], &o[1]])).unwrap_err();
+        assert!(matches!(e, StreamError::BrokenChain { .. }), "{e}");
+        // Another chunk size: a stream's beginning made by hand suffices, the reader
+        // refuses it at its header.
+        let first = read_chain(&s[0][..], None).unwrap();
+        let mut h =
+            StreamHeader::for_session(&first.last().info, Some(first.last().info.manifest_sha256));
+        h.session = sid(2);
+        h.base = Some(sid(1));
+        h.chunksize = 2 * CS;
+        let text = h.to_text();
+        let mut t = member_header(HEADER_MEMBER, text.len() as u64, h.mtime())
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        t.extend_from_slice(text.as_bytes());
+        t.resize(t.len() + padding(text.len() as u64), 0);
+        let e = rebuild(&cat(&[&s[0], &t])).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::ChunkSize { at, expected, found }
+            if at.stream == 2 && *expected == CS && *found == 2 * CS),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn not_a_stream() {
+        let e = rebuild(&pattern(4096, 9)).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::NotAStream { at, .. } if at.stream == 1),
+            "{e}"
+        );
+        // A plain tar archive.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("hello").unwrap();
+        h.set_size(5);
+        h.set_cksum();
+        b.append(&h, &b"world"[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let e = rebuild(&t).unwrap_err();
+        assert!(e.to_string().contains("\"hello\""), "{e}");
+        // Zeros only: no stream.
+        assert!(matches!(rebuild(&[0; 4096]), Err(StreamError::Empty)));
+        // A stream followed by garbage.
+        let s = make_streams("vm-a", &small_versions()[..1], Codec::None, 512);
+        let mut g = s[0].clone();
+        g.extend_from_slice(&pattern(512, 3));
+        let e = rebuild(&g).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::NotAStream { at, .. } if at.stream == 2),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn writer_refuses_misuse() {
+        let vs = small_versions();
+        let s = make_streams("vm-a", &vs[..1], Codec::None, 512);
+        let info = read_chain(&s[0][..], None).unwrap().last().info.clone();
+        let header = StreamHeader::for_session(&info, None);
+        let c = vec![1u8; CS as usize];
+        let mut w = StreamWriter::new(Vec::new(), header.clone()).unwrap();
+        w.put_chunk(CS, &c).unwrap();
+        assert!(matches!(w.put_chunk(CS, &c), Err(StreamError::Misuse(_))));
+        assert!(matches!(w.put_chunk(0, &c), Err(StreamError::Misuse(_))));
+        assert!(matches!(
+            w.put_chunk(3 * CS + 1, &c),
+            Err(StreamError::Misuse(_))
+        ));
+        assert!(matches!(
+            w.put_chunk(2 * CS, &c[1..]),
+            Err(StreamError::Misuse(_))
+        ));
+        // The manifest does not name the chunk put.
+        let e = w.finish(b"", &info).unwrap_err();
+        assert!(matches!(e, StreamError::Misuse(_)), "{e}");
+
+        let mut bad = header.clone();
+        bad.volume = "../x".into();
+        assert!(matches!(
+            StreamWriter::new(Vec::new(), bad),
+            Err(StreamError::Header(_))
+        ));
+        let mut bad = header.clone();
+        bad.base = Some(sid(0));
+        assert!(matches!(
+            StreamWriter::new(Vec::new(), bad),
+            Err(StreamError::Header(_))
+        ));
+        let mut bad = header;
+        bad.base = Some(sid(2));
+        bad.base_manifest_sha256 = Some([0; 32]);
+        assert!(StreamWriter::new(Vec::new(), bad).is_err());
+    }
+
+    #[test]
+    fn header_text() {
+        let h = StreamHeader {
+            volume: "vm-a".into(),
+            session: sid(2),
+            volsize: 12345,
+            chunksize: 65536,
+            compression: Codec::Zstd,
+            time: 1_767_225_601,
+            base: Some(sid(1)),
+            base_manifest_sha256: Some([0xab; 32]),
+        };
+        let t = h.to_text();
+        assert!(t.starts_with("format=sparsebak-stream 1\nvolume=vm-a\n"));
+        assert_eq!(StreamHeader::parse(&t).unwrap(), h);
+        let extra = format!("{t}later_key=1\n");
+        assert_eq!(StreamHeader::parse(&extra).unwrap(), h);
+        assert!(StreamHeader::parse(&t.replace("stream 1", "stream 2")).is_err());
+        assert!(StreamHeader::parse(&t[..t.len() - 1]).is_err());
+        assert!(StreamHeader::parse(&format!("{t}volume=x\n")).is_err());
+        let full = StreamHeader {
+            base: None,
+            base_manifest_sha256: None,
+            ..h
+        };
+        assert!(full.to_text().contains("\nbase=\nbase_manifest_sha256=\n"));
+        assert_eq!(StreamHeader::parse(&full.to_text()).unwrap(), full);
+    }
+
+    #[test]
+    fn pair_digest_locates_one_mismatch() {
+        let h = |i: u8| [i; 32];
+        let mk = |pairs: &[(u64, u8)]| {
+            let mut d = PairDigest::new();
+            for &(a, i) in pairs {
+                d.push(a, &h(i));
+            }
+            d
+        };
+        let base = [(0, 1), (4096, 2), (8192, 3), (1 << 40, 4)];
+        assert_eq!(mk(&base).compare(mk(&base)), Ok(()));
+        for k in 0..base.len() {
+            let mut alt = base;
+            alt[k].1 = 99;
+            assert_eq!(
+                mk(&alt).compare(mk(&base)),
+                Err(PairMismatch::Content(Some(base[k].0)))
+            );
+        }
+        let mut two = base;
+        two[0].1 = 50;
+        two[2].1 = 60;
+        assert_eq!(
+            mk(&two).compare(mk(&base)),
+            Err(PairMismatch::Content(None))
+        );
+        assert!(matches!(
+            mk(&base[..3]).compare(mk(&base)),
+            Err(PairMismatch::Addresses {
+                members: 3,
+                lines: 4
+            })
+        ));
+        // Same pairs, other order.
+        let swapped = [base[1], base[0], base[2], base[3]];
+        assert!(mk(&swapped).compare(mk(&base)).is_err());
+    }
+
+    #[test]
+    fn file_sink_cut_and_zero() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b"old content").unwrap();
+        let mut s = FileSink::new(f.reopen().unwrap()).unwrap();
+        s.set_size(3 * CS).unwrap();
+        s.write_at(0, &vec![7u8; 3 * CS as usize]).unwrap();
+        s.zero(CS, CS).unwrap();
+        s.set_size(CS + 10).unwrap();
+        s.set_size(4 * CS).unwrap();
+        s.finish().unwrap();
+        let got = std::fs::read(f.path()).unwrap();
+        let mut want = vec![0u8; 4 * CS as usize];
+        want[..CS as usize].fill(7);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn gnu_tar_reads_streams() {
+        let vs = versions();
+        let streams = make_streams("vm-a", &vs, Codec::Zstd, DEFAULT_BLOCK_SIZE);
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("s1.tar");
+        std::fs::write(&one, &streams[0]).unwrap();
+        let out = Command::new("tar").arg("-tvf").arg(&one).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = String::from_utf8(out.stdout).unwrap();
+        assert!(listing.contains("-rw-r--r--"), "{listing}");
+        assert!(listing.contains("sparsebak-stream/header"), "{listing}");
+        assert!(
+            listing.contains("S_20260101-000001/x000000000/x0000000000001000"),
+            "{listing}"
+        );
+        assert!(
+            listing.trim_end().ends_with("sparsebak-stream/trailer"),
+            "{listing}"
+        );
+
+        // Extract the whole chain (GNU tar needs -i to go past the first stream) and
+        // compare every file with what the writer was given.
+        let all = dir.path().join("all.tar");
+        std::fs::write(&all, streams.concat()).unwrap();
+        let x = dir.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let st = Command::new("tar")
+            .arg("-xif")
+            .arg(&all)
+            .arg("-C")
+            .arg(&x)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let sum = read_chain(&streams.concat()[..], None).unwrap();
+        for (k, s) in sum.streams.iter().enumerate() {
+            let sd = x.join(layout::session_dir_name(&sid(k + 1)));
+            let info = std::fs::read_to_string(sd.join("info")).unwrap();
+            assert_eq!(info, s.info.to_text());
+            let m = std::fs::read(sd.join("manifest")).unwrap();
+            assert_eq!(crate::chunk::hash(&m), s.info.manifest_sha256);
+            let mut n = 0;
+            for line in std::str::from_utf8(&m).unwrap().lines() {
+                let e = Entry::parse(line).unwrap();
+                let Some(h) = e.hash else { continue };
+                let stored = std::fs::read(sd.join(layout::chunk_rel_path(e.addr))).unwrap();
+                let data = Codec::Zstd.decode(&stored, CS as usize).unwrap();
+                assert_eq!(chunk::hash(&data), h);
+                assert_eq!(data, padded(&vs[k], e.addr));
+                n += 1;
+            }
+            assert_eq!(n, s.data_chunks);
+        }
+        // Only the last stream's header and trailer remain (each overwrote the last).
+        let h = std::fs::read_to_string(x.join(HEADER_MEMBER)).unwrap();
+        assert_eq!(h, sum.last().header.to_text());
+        assert!(std::fs::read_to_string(x.join(TRAILER_MEMBER))
+            .unwrap()
+            .starts_with("sha256="));
+        // Members carry the session time.
+        let meta = std::fs::metadata(x.join(HEADER_MEMBER)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(meta.mtime(), sum.last().header.time);
+    }
 }

@@ -112,14 +112,10 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     let input = open_streams(&split_paths(paths))?;
     let sum = receive_streams(input, save_to, volume)
         .with_context(|| format!("receive from stream into {}", save_to.display()))?;
-    let last = sum
-        .sessions
-        .last()
-        .map(|i| i.session.clone())
-        .unwrap_or_default();
     progress::summary(&format!(
-        "restored session {last} from {} stream(s) into {}",
-        sum.sessions.len(),
+        "restored session {} from {} stream(s) into {}",
+        sum.last().info.session,
+        sum.streams().len(),
         save_to.display()
     ));
     Ok(())
@@ -129,17 +125,17 @@ pub fn verify(volume: Option<&str>, paths: &str) -> Result<()> {
     let input = open_streams(&split_paths(paths))?;
     let sum = sparsebak_format::stream::read_chain(
         std::io::BufReader::with_capacity(1 << 20, input),
-        &mut sparsebak_format::stream::NullSink,
-        volume,
+        None,
     )
     .context("verify stream")?;
+    crate::stream_send::check_volume(&sum, volume)?;
     progress::summary(&format!(
         "{} stream(s) verified: {} chunks, sessions {}",
-        sum.sessions.len(),
-        sum.chunks,
-        sum.sessions
+        sum.streams().len(),
+        sum.streams().iter().map(|s| s.data_chunks).sum::<u64>(),
+        sum.streams()
             .iter()
-            .map(|i| i.session.as_str())
+            .map(|s| s.info.session.as_str())
             .collect::<Vec<_>>()
             .join(" ")
     ));
