@@ -39,24 +39,6 @@ fn history(env: &Env) -> Vec<Vec<u8>> {
     versions
 }
 
-fn check_all(env: &Env, versions: &[Vec<u8>], kept: &[usize], what: &str) {
-    let sessions = env.sessions("v");
-    assert_eq!(sessions.len(), kept.len(), "{what}: sessions left");
-    for (s, &k) in sessions.iter().zip(kept) {
-        assert_same(
-            &env.receive("v", Some(&s.id)),
-            &versions[k],
-            &format!("{what}: session {} (v{k})", s.id),
-        );
-        env.verify_ok("v", Some(&s.id));
-        assert_eq!(
-            s.chunks,
-            nonzero_chunks(&versions[k], CS),
-            "{what}: chunks= of v{k}"
-        );
-    }
-}
-
 fn ids(env: &Env) -> Vec<String> {
     env.sessions("v").into_iter().map(|s| s.id).collect()
 }
@@ -67,18 +49,18 @@ fn prune_first_middle_and_range() {
     let versions = history(&env);
     let id = ids(&env);
     env.ok(&["prune", "v", &format!("--session={}", id[0])]);
-    check_all(&env, &versions, &[1, 2, 3, 4, 5, 6], "first");
+    check_sessions(&env, &versions, &[1, 2, 3, 4, 5, 6], "first");
     // The middle: the shrink session, whose cut data must not come back.
     env.ok(&["prune", "v", &format!("--session={}", id[3])]);
-    check_all(&env, &versions, &[1, 2, 4, 5, 6], "shrink session");
+    check_sessions(&env, &versions, &[1, 2, 4, 5, 6], "shrink session");
     // A range.
     env.ok(&["prune", "v", &format!("--session={},{}", id[2], id[4])]);
-    check_all(&env, &versions, &[1, 5, 6], "range");
+    check_sessions(&env, &versions, &[1, 5, 6], "range");
     // The latest is refused; the rest proceeds.
     let out = env.run(&["prune", "v", &format!("--session={},{}", id[1], id[6])]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("latest session"));
-    check_all(&env, &versions, &[6], "all but latest");
+    check_sessions(&env, &versions, &[6], "all but latest");
 }
 
 #[test]
@@ -106,7 +88,7 @@ fn prune_each_session_alone() {
         cp(&snapshot.join("meta"), &env.meta());
         env.ok(&["prune", "v", &format!("--session={sid}")]);
         let kept: Vec<usize> = (0..7).filter(|&i| i != k).collect();
-        check_all(&env, &versions, &kept, &format!("without v{k}"));
+        check_sessions(&env, &versions, &kept, &format!("without v{k}"));
     }
 }
 
@@ -136,7 +118,7 @@ fn all_before_and_selectors() {
     assert_same(&env.receive("v", Some(&sel)), &versions[2], "date-time");
     // --all-before the third session's time removes the first two.
     env.ok(&["prune", "v", &format!("--all-before={sel}")]);
-    check_all(&env, &versions, &[2, 3, 4, 5, 6], "all-before");
+    check_sessions(&env, &versions, &[2, 3, 4, 5, 6], "all-before");
 }
 
 #[test]
@@ -150,7 +132,7 @@ fn auto_with_schedule() {
         &[("SPARSEBAK_NOW", "20991231-000000")],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    check_all(&env, &versions, &[5, 6], "keep last:2");
+    check_sessions(&env, &versions, &[5, 6], "keep last:2");
     let err = env.fails(&["prune", "v", "--auto"]);
     assert!(err.contains("keep"), "{err}");
 }
@@ -177,7 +159,7 @@ fn killed_during_prune() {
         );
         // verify finishes the prune first, then everything checks out.
         env.verify_ok("v", None);
-        check_all(&env, &versions, &[0, 2, 3, 4, 5, 6], point);
+        check_sessions(&env, &versions, &[0, 2, 3, 4, 5, 6], point);
         for e in std::fs::read_dir(env.vol_dir("v")).unwrap() {
             let n = e.unwrap().file_name().to_string_lossy().into_owned();
             assert!(

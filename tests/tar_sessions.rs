@@ -38,19 +38,6 @@ fn mixed(env: &Env) -> Vec<Vec<u8>> {
     versions
 }
 
-fn check_all(env: &Env, versions: &[Vec<u8>], kept: &[usize], what: &str) {
-    let sessions = env.sessions("v");
-    assert_eq!(sessions.len(), kept.len(), "{what}");
-    for (s, &k) in sessions.iter().zip(kept) {
-        assert_same(
-            &env.receive("v", Some(&s.id)),
-            &versions[k],
-            &format!("{what}: {}", s.id),
-        );
-        env.verify_ok("v", Some(&s.id));
-    }
-}
-
 #[test]
 fn mixed_history_restores_and_verifies() {
     let env = Env::new(&["v"]);
@@ -61,7 +48,7 @@ fn mixed_history_restores_and_verifies() {
         .filter(|n| n.ends_with(".tar"))
         .collect();
     assert_eq!(tars.len(), 3, "{tars:?}");
-    check_all(&env, &versions, &[0, 1, 2, 3, 4], "mixed");
+    check_sessions(&env, &versions, &[0, 1, 2, 3, 4], "mixed");
     // diff between a tar and a folder session works from the views alone.
     let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
     let out = env.ok(&[
@@ -104,7 +91,7 @@ fn gnu_tar_reads_tar_sessions() {
     std::fs::remove_file(&tarfile).unwrap();
     std::fs::remove_file(tarfile.with_extension("tar.index")).unwrap();
     assert!(env.vol_dir("v").join(format!("S_{id}")).is_dir());
-    check_all(&env, &versions, &[0, 1, 2, 3, 4], "after tar -xf");
+    check_sessions(&env, &versions, &[0, 1, 2, 3, 4], "after tar -xf");
 }
 
 #[test]
@@ -116,7 +103,7 @@ fn untar_converts_in_place() {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!n.ends_with(".tar") && !n.ends_with(".index"), "left {n}");
     }
-    check_all(&env, &versions, &[0, 1, 2, 3, 4], "untar");
+    check_sessions(&env, &versions, &[0, 1, 2, 3, 4], "untar");
 }
 
 #[test]
@@ -128,9 +115,9 @@ fn untar_killed_before_rename() {
         &[("SPARSEBAK_FAILPOINT", "untar-before-rename")],
     );
     assert!(!o.status.success());
-    check_all(&env, &versions, &[0, 1, 2, 3, 4], "after a killed untar");
+    check_sessions(&env, &versions, &[0, 1, 2, 3, 4], "after a killed untar");
     env.ok(&["untar", "v"]);
-    check_all(&env, &versions, &[0, 1, 2, 3, 4], "untar again");
+    check_sessions(&env, &versions, &[0, 1, 2, 3, 4], "untar again");
 }
 
 #[test]
@@ -139,9 +126,9 @@ fn prune_across_tar_sessions() {
     let versions = mixed(&env);
     let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
     env.ok(&["prune", "v", &format!("--session={}", ids[2])]); // tar into tar
-    check_all(&env, &versions, &[0, 1, 3, 4], "tar into tar");
+    check_sessions(&env, &versions, &[0, 1, 3, 4], "tar into tar");
     env.ok(&["prune", "v", &format!("--session={}", ids[0])]); // tar into folder
-    check_all(&env, &versions, &[1, 3, 4], "tar into folder");
+    check_sessions(&env, &versions, &[1, 3, 4], "tar into folder");
 }
 
 #[test]

@@ -317,3 +317,23 @@ pub fn assert_same(got: &[u8], want: &[u8], what: &str) {
         panic!("{what}: first difference at byte {i}");
     }
 }
+
+/// Volume `v` has exactly the sessions holding `versions[k]` for each `k` in `kept`,
+/// oldest first: each restores byte-identical, verifies, and lists the right `chunks=`.
+pub fn check_sessions(env: &Env, versions: &[Vec<u8>], kept: &[usize], what: &str) {
+    let sessions = env.sessions("v");
+    assert_eq!(sessions.len(), kept.len(), "{what}: sessions left");
+    for (s, &k) in sessions.iter().zip(kept) {
+        assert_same(
+            &env.receive("v", Some(&s.id)),
+            &versions[k],
+            &format!("{what}: session {} (v{k})", s.id),
+        );
+        env.verify_ok("v", Some(&s.id));
+        assert_eq!(
+            s.chunks,
+            nonzero_chunks(&versions[k], env.chunksize as usize),
+            "{what}: chunks= of v{k}"
+        );
+    }
+}
