@@ -115,6 +115,10 @@ p(
     f"before each command; each time includes a final `sync`); whole run {meta.get('elapsed')} s"
 )
 p("- data and every repository on one loop-mounted XFS (reflink=1); see bench/README.md")
+p(
+    f"- load average (1, 5, 15 min): {meta.get('load')}; other jobs sharing the cores "
+    "make times noisy, CPU-bound rows most (see min–max)"
+)
 p("")
 p("## 1 GiB mixed image: sparsebak and its peers")
 p("")

@@ -32,6 +32,7 @@ die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (loop mounts, drop_caches)"
 started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- tools
 need=()
@@ -276,6 +277,7 @@ meta=$RAW/meta.txt
     echo "kernel=$(uname -r)"
     echo "reps=$REPS"
     echo "elapsed=$(($(date +%s) - started))"
+    echo "load=$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     echo "sparsebak=$(sb --version)"
     echo "borg=$(borg --version)"
     echo "restic=$(restic version | cut -d' ' -f1-2)"
