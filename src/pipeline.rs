@@ -15,7 +15,9 @@
 //! whatever the volume size.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -35,6 +37,10 @@ const READ_BYTES: u64 = 4 << 20;
 const QUEUE: usize = 2;
 /// Zero records gathered per batch for hole runs.
 const HOLE_BATCH: usize = 4096;
+/// How far ahead of the read position the reader announces the data runs it will read
+/// (`POSIX_FADV_WILLNEED`), so that scattered chunks (an incremental send) are fetched
+/// by the device in parallel instead of one blocking read at a time.
+const AHEAD_BYTES: u64 = 32 << 20;
 
 /// What the pipeline decided about one chunk that differs from the archive.
 #[derive(Debug)]
@@ -130,10 +136,59 @@ impl Reader<'_> {
         }
     }
 
+    /// Announce to the kernel the data chunks from `from` up to `AHEAD_BYTES` further:
+    /// the rest of `current`, then the runs after it (pulled from `runs` into `pending`
+    /// as far as the window reaches). `advised` is the chunk index below which
+    /// everything was already announced.
+    fn advise(
+        &self,
+        from: u64,
+        current: &ChunkRun,
+        pending: &mut VecDeque<ChunkRun>,
+        runs: &mut impl Iterator<Item = ChunkRun>,
+        advised: &mut u64,
+    ) {
+        let nchunks = self.size.div_ceil(self.cs);
+        let limit = (from + (AHEAD_BYTES / self.cs).max(1)).min(nchunks);
+        let mut one = |r: &ChunkRun| {
+            let (s, e) = (r.start.max(from).max(*advised), r.end.min(limit));
+            if r.data && s < e {
+                // Only a hint: errors (e.g. a device without page cache) are ignored.
+                // SAFETY: posix_fadvise on a valid descriptor has no memory effects.
+                unsafe {
+                    libc::posix_fadvise(
+                        self.file.as_raw_fd(),
+                        (s * self.cs) as libc::off_t,
+                        ((e - s) * self.cs) as libc::off_t,
+                        libc::POSIX_FADV_WILLNEED,
+                    );
+                }
+                *advised = e;
+            }
+        };
+        one(current);
+        for r in pending.iter() {
+            if r.start >= limit {
+                return;
+            }
+            one(r);
+        }
+        for r in runs.by_ref() {
+            pending.push_back(r);
+            if r.start >= limit {
+                return;
+            }
+            one(&r);
+        }
+    }
+
     fn walk(&mut self, runs: impl Iterator<Item = ChunkRun>) -> Result<()> {
         let nchunks = self.size.div_ceil(self.cs);
         let per_read = (READ_BYTES / self.cs).max(1);
-        for run in runs {
+        let mut runs = runs.fuse();
+        let mut pending: VecDeque<ChunkRun> = VecDeque::new();
+        let mut advised = 0u64;
+        while let Some(run) = pending.pop_front().or_else(|| runs.next()) {
             let end = run.end.min(nchunks);
             if run.start >= end {
                 continue;
@@ -160,6 +215,7 @@ impl Reader<'_> {
             }
             let mut c = run.start;
             while c < end {
+                self.advise(c, &run, &mut pending, &mut runs, &mut advised);
                 let n = per_read.min(end - c);
                 let first = c * self.cs;
                 let mut buf = vec![0u8; (n * self.cs) as usize];

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Turn the raw timings of bench/run.sh into the markdown of bench/RESULTS.md.
+
+  report.py TIMES.tsv SIZES.tsv META.txt > RESULTS.md
+
+TIMES.tsv: key, repetition, wall time in microseconds, peak RSS in KiB.
+SIZES.tsv: tool, repository bytes after the incremental backup (first repetition).
+META.txt: key=value lines about the machine and the tool versions.
+"""
+import statistics
+import sys
+from collections import defaultdict
+
+times = defaultdict(list)
+rss = defaultdict(list)
+for line in open(sys.argv[1]):
+    key, _rep, us, kib = line.rstrip("\n").split("\t")
+    times[key].append(int(us) / 1e6)
+    rss[key].append(int(kib))
+sizes = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip())
+meta = dict(l.rstrip("\n").split("=", 1) for l in open(sys.argv[3]) if "=" in l)
+
+
+def med(key):
+    return statistics.median(times[key])
+
+
+def fmt_s(x):
+    return f"{x:.3f}" if x < 10 else f"{x:.2f}"
+
+
+def row(op, label, key, ref):
+    t = times[key]
+    if not t:
+        return f"| {op} | {label} | – | – | – | – |"
+    ratio = "1.00" if key == ref else f"{med(key) / med(ref):.2f}"
+    return (
+        f"| {op} | {label} | {fmt_s(med(key))} | {fmt_s(min(t))}–{fmt_s(max(t))} "
+        f"| {max(rss[key]) / 1024:.0f} | {ratio} |"
+    )
+
+
+HEAD = (
+    "| operation | tool and command | median s | min–max s | peak RSS MiB | ratio to sparsebak |\n"
+    "|---|---|---:|---:|---:|---:|"
+)
+
+peers_1g = [
+    (
+        "full backup",
+        "sbk.full",
+        [
+            ("**sparsebak** `send` (first)", "sbk.full"),
+            ("(extra) sparsebak `send` (first), `compression = zstd:1`", "sbk_z1.full"),
+            ("borg fixed,65536 `create`", "borg_fixed.full"),
+            ("borg default chunker `create`", "borg_default.full"),
+            ("restic `backup`", "restic.full"),
+            ("baseline `openssl dgst -sha256`", "baseline.sha256"),
+            ("baseline `cp --reflink=never`", "baseline.cp"),
+        ],
+    ),
+    (
+        "incremental, 1 % changed",
+        "sbk.inc",
+        [
+            ("**sparsebak** `send`", "sbk.inc"),
+            ("borg fixed,65536 `create`", "borg_fixed.inc"),
+            ("borg default chunker `create`", "borg_default.inc"),
+            ("restic `backup`", "restic.inc"),
+        ],
+    ),
+    (
+        "restore latest",
+        "sbk.receive",
+        [
+            ("**sparsebak** `receive`", "sbk.receive"),
+            ("borg fixed,65536 `extract --sparse`", "borg_fixed.extract"),
+            ("borg default chunker `extract --sparse`", "borg_default.extract"),
+            ("restic `restore`", "restic.restore"),
+        ],
+    ),
+    (
+        "verify all data",
+        "sbk.verify",
+        [
+            ("**sparsebak** `verify`", "sbk.verify"),
+            ("borg fixed,65536 `check --verify-data`", "borg_fixed.check"),
+            ("borg default chunker `check --verify-data`", "borg_default.check"),
+            ("restic `check --read-data`", "restic.check"),
+        ],
+    ),
+]
+
+own = [
+    ("1 GiB", "prune one session (the full one)", "sbk.prune"),
+    ("1 GiB", "monitor, nothing changed", "sbk.monitor_idle"),
+    ("1 GiB", "monitor after a 1 % change", "sbk.monitor_changed"),
+    ("1 TiB sparse", "send, full", "sbk1t.full"),
+    ("1 TiB sparse", "send, incremental after a 1 % change", "sbk1t.inc"),
+    ("1 TiB sparse", "monitor, nothing changed", "sbk1t.monitor_idle"),
+]
+
+out = []
+p = out.append
+p("# sparsebak benchmark results")
+p("")
+p(f"- date: {meta.get('date')}")
+p(f"- CPU: {meta.get('cpu')}, {meta.get('cores')} cores; memory {meta.get('mem')}; kernel {meta.get('kernel')}")
+p(
+    f"- versions: {meta.get('sparsebak')}; {meta.get('borg')}; {meta.get('restic')}; "
+    f"{meta.get('openssl')}; xfsprogs {meta.get('xfs')}"
+)
+p(
+    f"- {meta.get('reps')} repetitions of every measurement, cold cache (sync and drop_caches "
+    f"before each command; each time includes a final `sync`); whole run {meta.get('elapsed')} s"
+)
+p("- data and every repository on one loop-mounted XFS (reflink=1); see bench/README.md")
+p(
+    f"- load average (1, 5, 15 min): {meta.get('load')}; other jobs sharing the cores "
+    "make times noisy, CPU-bound rows most (see min–max)"
+)
+p("")
+p("## 1 GiB mixed image: sparsebak and its peers")
+p("")
+p(HEAD)
+for op, ref, rows in peers_1g:
+    for label, key in rows:
+        p(row(op, label, key, ref))
+p("")
+p("Ratio = median of the row / median of sparsebak for the same operation (above 1: sparsebak is faster).")
+p("")
+p("## sparsebak only")
+p("")
+p("| image | operation | median s | min–max s | peak RSS MiB |")
+p("|---|---|---:|---:|---:|")
+for img, op, key in own:
+    t = times[key]
+    if t:
+        p(f"| {img} | {op} | {fmt_s(med(key))} | {fmt_s(min(t))}–{fmt_s(max(t))} | {max(rss[key]) / 1024:.0f} |")
+p("")
+if sizes:
+    p("## Repository size after full + incremental (first repetition)")
+    p("")
+    p("| tool | MiB |")
+    p("|---|---:|")
+    for k, v in sizes.items():
+        p(f"| {k} | {int(v) / 2**20:.0f} |")
+    p("")
+
+# ------------------------------------------------------------------ targets
+def ratio(a, b):
+    return med(a) / med(b) if times[a] and times[b] else float("nan")
+
+
+targets = []
+
+
+def target(text, value, ok):
+    targets.append(f"| {text} | {value} | {'met' if ok else '**not met**'} |")
+
+
+r = ratio("borg_fixed.full", "sbk.full")
+target("full send ≥ 3x faster than borg fixed-64K", f"{r:.2f}x", r >= 3)
+r = ratio("sbk.full", "baseline.sha256")
+target("full send within 1.25x of `openssl dgst -sha256`", f"{r:.2f}x the time", r <= 1.25)
+for peer, name in [("borg_fixed.inc", "borg fixed-64K"), ("borg_default.inc", "borg default"), ("restic.inc", "restic")]:
+    r = ratio(peer, "sbk.inc")
+    target(f"incremental ≥ 20x faster than {name}", f"{r:.1f}x", r >= 20)
+r = ratio("sbk1t.inc", "sbk.inc")
+target("incremental on 1 TiB sparse within 2x of 1 GiB", f"{r:.2f}x", r <= 2)
+r = ratio("borg_fixed.extract", "sbk.receive")
+target("receive ≥ 5x faster than borg extract (fixed-64K)", f"{r:.2f}x", r >= 5)
+r = ratio("borg_fixed.check", "sbk.verify")
+target("verify ≥ 5x faster than borg check --verify-data (fixed-64K)", f"{r:.2f}x", r >= 5)
+peak = max((max(v), k) for k, v in rss.items() if k.startswith("sbk"))
+target("peak RSS of every sparsebak command < 128 MiB", f"{peak[0] / 1024:.0f} MiB ({peak[1]})", peak[0] < 128 * 1024)
+m = med("sbk1t.monitor_idle") if times["sbk1t.monitor_idle"] else float("nan")
+target("monitor of 1 TiB, nothing changed, < 0.2 s", f"{m:.3f} s", m < 0.2)
+
+p("## Targets")
+p("")
+p("| target | measured (medians) | |")
+p("|---|---:|---|")
+out.extend(targets)
+print("\n".join(out))

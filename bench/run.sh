@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# sparsebak benchmark: sparsebak vs borg, restic and two baselines, on a loop-mounted XFS
+# with reflink. Run as root from anywhere:
+#
+#   bash bench/run.sh
+#
+# Environment (all optional):
+#   REPS=5                 repetitions of every measurement
+#   BENCH_DIR=/var/tmp/sparsebak-bench
+#                          scratch folder: holds the XFS backing file (sparse, up to
+#                          BENCH_FS_SIZE) and the mount point; removed at the end
+#   BENCH_FS_SIZE=24G      size of the XFS filesystem
+#   KEEP=1                 keep the backing file and the raw timings after the run
+#
+# Writes bench/RESULTS.md and prints the same table. See bench/README.md.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+REPS=${REPS:-5}
+WORK=${BENCH_DIR:-/var/tmp/sparsebak-bench}
+FS_SIZE=${BENCH_FS_SIZE:-24G}
+KEEP=${KEEP:-0}
+
+GIB=1073741824
+TIB=1099511627776
+SEED_DATA=42
+CHANGE_PCT=1
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (loop mounts, drop_caches)"
+started=$(date +%s)
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v borg >/dev/null || need+=(borgbackup)
+command -v restic >/dev/null || need+=(restic)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+[ -x /usr/bin/time ] || need+=(time)
+command -v openssl >/dev/null || need+=(openssl)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+    log "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends --no-remove "${need[@]}"
+fi
+
+log "building sparsebak (cargo build --release)"
+(cd "$root" && cargo build --release --quiet --bin sparsebak)
+SB=$root/target/release/sparsebak
+
+# ---------------------------------------------------------------- scratch XFS
+MNT=$WORK/mnt
+BACKING=$WORK/xfs.img
+RAW=$WORK/raw
+cleanup() {
+    local rc=$?
+    set +e
+    cd /
+    if mountpoint -q "$MNT"; then
+        umount "$MNT" || umount -l "$MNT"
+    fi
+    # mount -o loop detaches on umount; detach anything still bound to the file.
+    losetup -j "$BACKING" 2>/dev/null | cut -d: -f1 | while read -r dev; do
+        losetup -d "$dev"
+    done
+    if [ "$KEEP" != 1 ]; then
+        rm -f "$BACKING"
+        rm -rf "$RAW"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$WORK" "$MNT" "$RAW"
+if mountpoint -q "$MNT"; then umount "$MNT"; fi
+rm -f "$BACKING"
+truncate -s "$FS_SIZE" "$BACKING"
+mkfs.xfs -q -f -m reflink=1 "$BACKING"
+mount -o loop "$BACKING" "$MNT"
+log "XFS (reflink=1) mounted from a $FS_SIZE sparse file"
+
+DATA=$MNT/data       # pristine images, never touched after generation
+VOLS=$MNT/vols       # sparsebak voldir; every tool reads the images here
+SBK=$MNT/sbk         # sparsebak destdir and metadir
+PEERS=$MNT/peers     # borg and restic repositories, caches, keys
+OUT=$MNT/out         # restore targets and the cp baseline
+mkdir -p "$DATA" "$VOLS" "$OUT"
+
+log "generating the 1 GiB mixed image (seed $SEED_DATA)"
+python3 "$here/gen.py" image "$DATA/img1g" "$GIB" "$SEED_DATA"
+log "generating the 1 TiB sparse image (the 1 GiB image in 256 pieces of 4 MiB)"
+python3 "$here/gen.py" sparse "$DATA/img1t" "$TIB" "$DATA/img1g" 256
+
+CONF=$MNT/sparsebak.ini
+cat >"$CONF" <<INI
+[var]
+source = reflink
+voldir = $VOLS
+destvm =
+destmountpoint =
+destdir = $SBK/archive
+metadir = $SBK/meta
+chunksize = 64K
+compression = zstd:3
+[volumes]
+img1g = enable
+img1t = enable
+INI
+
+SBC=("$SB" -c "$CONF")
+sb() { "${SBC[@]}" "$@"; }
+
+# The same with compression = zstd:1, for one extra full-send row (own voldir, as the
+# snapshots live in voldir/.sparsebak).
+VOLS_Z1=$MNT/vols-z1
+CONF_Z1=$MNT/sparsebak-zstd1.ini
+sed -e "s|^voldir = .*|voldir = $VOLS_Z1|" -e "s|$SBK/|$SBK/z1-|" \
+    -e 's|^compression = .*|compression = zstd:1|' -e '/^img1t/d' "$CONF" >"$CONF_Z1"
+
+export BORG_BASE_DIR=$PEERS/borg-home
+export BORG_PASSPHRASE=''
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes
+export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+export BORG_CHECK_I_KNOW_WHAT_I_AM_DOING=YES
+export RESTIC_PASSWORD=bench-test-password
+export RESTIC_CACHE_DIR=$PEERS/restic-cache
+
+RESULTS=$RAW/times.tsv
+SIZES=$RAW/sizes.tsv
+: >"$RESULTS"
+: >"$SIZES"
+rep=0
+
+# measure KEY CMD...: drop caches, run CMD under /usr/bin/time -v, then sync. Records
+# the wall time from start to the end of the sync (so data a tool leaves dirty is
+# counted) and the peak RSS of CMD.
+measure() {
+    local key=$1
+    shift
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    local t0 t1
+    t0=$(date +%s%N)
+    if ! /usr/bin/time -v -o "$RAW/time.txt" "$@" >"$RAW/cmd.out" 2>"$RAW/cmd.err"; then
+        cat "$RAW/cmd.err" >&2
+        die "$key failed: $*"
+    fi
+    sync
+    t1=$(date +%s%N)
+    local rss
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$RAW/time.txt")
+    printf '%s\t%s\t%s\t%s\n' "$key" "$rep" "$(((t1 - t0) / 1000))" "$rss" >>"$RESULTS"
+    log "  $key: $(awk -v us=$((t1 - t0)) 'BEGIN{printf "%.3f", us/1e9}') s, peak RSS ${rss} KiB"
+}
+
+# reset NAME: a fresh copy (reflink, instant) of the pristine image as VOLS/NAME.
+reset_image() {
+    rm -f "$VOLS/$1"
+    cp --reflink=always "$DATA/$1" "$VOLS/$1"
+}
+
+# change NAME SEED: rewrite 1 % of the data chunks (the same ones for every tool).
+change() {
+    local n
+    n=$(python3 "$here/gen.py" change "$VOLS/$1" "$2" "$CHANGE_PCT")
+    log "  changed $n chunks of 64 KiB in $1"
+}
+
+# same_as_volume FILE NAME: a restore is byte-identical to the volume (first rep only).
+same_as_volume() {
+    if [ "$rep" = 1 ]; then
+        cmp "$1" "$VOLS/$2" || die "$1 differs from $VOLS/$2"
+    fi
+}
+
+size_of() { du -sb "$1" | cut -f1; }
+
+for rep in $(seq 1 "$REPS"); do
+    seed_a=$((1000 + rep))
+    seed_b=$((2000 + rep))
+    log "=== repetition $rep of $REPS"
+
+    # -------------------------------------------------- baselines
+    reset_image img1g
+    measure baseline.sha256 openssl dgst -sha256 "$VOLS/img1g"
+    measure baseline.cp cp --reflink=never "$VOLS/img1g" "$OUT/copy"
+    rm -f "$OUT/copy"
+
+    # -------------------------------------------------- sparsebak, 1 GiB
+    rm -rf "$SBK" "$VOLS/.sparsebak"
+    reset_image img1g
+    measure sbk.full "${SBC[@]}" send img1g
+    measure sbk.monitor_idle "${SBC[@]}" monitor img1g
+    change img1g "$seed_a"
+    measure sbk.inc "${SBC[@]}" send img1g
+    sb list img1g >"$RAW/list.txt"
+    [ "$(sed -n '$=' "$RAW/list.txt")" = 3 ] || die "expected 2 sessions: $(cat "$RAW/list.txt")"
+    measure sbk.receive "${SBC[@]}" receive --save-to="$OUT/img1g" -u img1g
+    same_as_volume "$OUT/img1g" img1g
+    rm -f "$OUT/img1g"
+    measure sbk.verify "${SBC[@]}" verify img1g
+    if [ "$rep" = 1 ]; then printf 'sparsebak\t%s\n' "$(size_of "$SBK/archive")" >>"$SIZES"; fi
+    first=$(awk 'NR == 2 {print $1}' "$RAW/list.txt")
+    measure sbk.prune "${SBC[@]}" prune --session="$first" -u img1g
+    [ "$(sb list img1g | sed -n '$=')" = 2 ] || die "prune left $(sb list img1g)"
+    change img1g "$seed_b"
+    measure sbk.monitor_changed "${SBC[@]}" monitor img1g
+
+    # -------------------------------------------------- sparsebak, 1 TiB sparse
+    rm -f "$VOLS/.sparsebak/img1t".*
+    rm -rf "$SBK/archive/img1t" "$SBK/meta/img1t"
+    reset_image img1t
+    measure sbk1t.full "${SBC[@]}" send img1t
+    measure sbk1t.monitor_idle "${SBC[@]}" monitor img1t
+    change img1t "$seed_a"
+    measure sbk1t.inc "${SBC[@]}" send img1t
+    rm -rf "$SBK" "$VOLS/.sparsebak"
+    rm -f "$VOLS/img1t"
+
+    # -------------------------------------------------- sparsebak, zstd:1 (extra row)
+    rm -rf "$VOLS_Z1"
+    mkdir -p "$VOLS_Z1"
+    cp --reflink=always "$DATA/img1g" "$VOLS_Z1/img1g"
+    measure sbk_z1.full "$SB" -c "$CONF_Z1" send img1g
+    rm -rf "$SBK" "$VOLS_Z1"
+
+    # -------------------------------------------------- borg, fixed 64 KiB and default
+    for kind in fixed default; do
+        if [ "$kind" = fixed ]; then
+            chunker=(--chunker-params fixed,65536)
+        else
+            chunker=()
+        fi
+        rm -rf "$PEERS" "${OUT:?}"/*
+        mkdir -p "$PEERS"
+        borg init --encryption none "$PEERS/borg"
+        reset_image img1g
+        measure "borg_$kind.full" env -C "$VOLS" borg create "${chunker[@]}" "$PEERS/borg::full" img1g
+        change img1g "$seed_a"
+        measure "borg_$kind.inc" env -C "$VOLS" borg create "${chunker[@]}" "$PEERS/borg::inc" img1g
+        measure "borg_$kind.extract" env -C "$OUT" borg extract --sparse "$PEERS/borg::inc"
+        same_as_volume "$OUT/img1g" img1g
+        rm -f "$OUT/img1g"
+        measure "borg_$kind.check" borg check --verify-data "$PEERS/borg"
+        if [ "$rep" = 1 ]; then printf 'borg_%s\t%s\n' "$kind" "$(size_of "$PEERS/borg")" >>"$SIZES"; fi
+    done
+
+    # -------------------------------------------------- restic
+    rm -rf "$PEERS" "${OUT:?}"/*
+    mkdir -p "$PEERS"
+    restic init --quiet -r "$PEERS/restic"
+    reset_image img1g
+    measure restic.full env -C "$VOLS" restic -r "$PEERS/restic" backup --quiet --host bench img1g
+    change img1g "$seed_a"
+    measure restic.inc env -C "$VOLS" restic -r "$PEERS/restic" backup --quiet --host bench img1g
+    measure restic.restore restic -r "$PEERS/restic" restore latest --quiet --target "$OUT"
+    same_as_volume "$(find "$OUT" -type f -name img1g)" img1g
+    rm -rf "${OUT:?}"/*
+    measure restic.check restic -r "$PEERS/restic" check --read-data --quiet
+    if [ "$rep" = 1 ]; then printf 'restic\t%s\n' "$(size_of "$PEERS/restic")" >>"$SIZES"; fi
+    rm -rf "$PEERS"
+done
+
+# ---------------------------------------------------------------- report
+meta=$RAW/meta.txt
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "cores=$(nproc)"
+    echo "mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+    echo "kernel=$(uname -r)"
+    echo "reps=$REPS"
+    echo "elapsed=$(($(date +%s) - started))"
+    echo "load=$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+    echo "sparsebak=$(sb --version)"
+    echo "borg=$(borg --version)"
+    echo "restic=$(restic version | cut -d' ' -f1-2)"
+    echo "openssl=$(openssl version | cut -d' ' -f1-2)"
+    echo "xfs=$(mkfs.xfs -V | sed 's/.*version //')"
+} >"$meta"
+python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" >"$here/RESULTS.md"
+cat "$here/RESULTS.md"
+log "done in $(($(date +%s) - started)) s; table in bench/RESULTS.md"
