@@ -38,8 +38,26 @@ impl Codec {
             Codec::None => stored.to_vec(),
             Codec::Zstd => {
                 // A frame never decodes to more than one chunk: bound the output so a
-                // corrupt or hostile frame cannot make us allocate without limit.
-                zstd::bulk::decompress(stored, chunksize).map_err(|e| format!("zstd: {e}"))?
+                // corrupt or hostile frame cannot make us allocate without limit. One
+                // decompression context per thread, reused.
+                thread_local! {
+                    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+                        const { std::cell::RefCell::new(None) };
+                }
+                DCTX.with(|d| -> Result<Vec<u8>, String> {
+                    let mut d = d.borrow_mut();
+                    if d.is_none() {
+                        *d = Some(
+                            zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?,
+                        );
+                    }
+                    match d.as_mut() {
+                        Some(dc) => dc
+                            .decompress(stored, chunksize)
+                            .map_err(|e| format!("zstd: {e}")),
+                        None => Err("zstd: no decompression context".into()),
+                    }
+                })?
             }
         };
         if data.len() != chunksize {

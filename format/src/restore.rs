@@ -12,8 +12,14 @@ use crate::info::SessionInfo;
 use crate::view::{ViewEntry, ViewReader};
 use crate::volume::VolumeArchive;
 
-/// Chunks read and decoded together; bounds memory to `BATCH * chunksize` per batch.
-const BATCH: usize = 64;
+/// Chunks read and decoded together; bounds memory to `BATCH * chunksize` per batch
+/// (and at most `QUEUE + 2` batches exist at once).
+const BATCH: usize = 128;
+/// Decoded batches waiting for the consumer.
+const QUEUE: usize = 2;
+/// Threads that read and decode chunk files: more than the cores, so that on a cold
+/// cache several reads are in flight while others decode.
+const READERS: usize = 8;
 
 /// One chunk of a view, read back: its bytes or why they could not be had.
 pub struct ReadChunk {
@@ -21,25 +27,27 @@ pub struct ReadChunk {
     pub data: std::result::Result<Vec<u8>, String>,
 }
 
-/// Read every non-zero chunk of the view of `chain`'s last session, in address order, in
-/// parallel batches. With `check`, a chunk whose SHA-256 differs from the manifest comes
-/// back as an error. `f` sees each batch in order; an `Err` from `f` stops the walk.
-pub fn read_view<E: From<crate::FormatError>>(
+fn reader_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = READERS.max(rayon::current_num_threads());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("sparsebak-read-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+fn read_batch(
     vol: &VolumeArchive,
     chain: &[SessionInfo],
     check: bool,
-    mut f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
-) -> std::result::Result<(), E> {
-    let mut view = ViewReader::open(vol, chain)?;
-    loop {
-        let mut batch = Vec::with_capacity(BATCH);
-        for e in view.by_ref().take(BATCH) {
-            batch.push(e?);
-        }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let done: Vec<ReadChunk> = batch
+    batch: Vec<ViewEntry>,
+) -> Vec<ReadChunk> {
+    let work = || {
+        batch
             .into_par_iter()
             .map(|entry| {
                 let info = &chain[entry.session];
@@ -55,9 +63,57 @@ pub fn read_view<E: From<crate::FormatError>>(
                 });
                 ReadChunk { entry, data }
             })
-            .collect();
-        f(done)?;
+            .collect()
+    };
+    match reader_pool() {
+        Some(pool) => pool.install(work),
+        None => work(),
     }
+}
+
+/// Read every non-zero chunk of the view of `chain`'s last session, in address order.
+/// A producer thread reads and decodes batches on a pool of reader threads while `f`
+/// consumes the previous batch (writes it out), so reading and writing overlap. With
+/// `check`, a chunk whose SHA-256 differs from the manifest comes back as an error.
+/// `f` sees each batch in order; an `Err` from `f` stops the walk.
+pub fn read_view<E: From<crate::FormatError> + Send>(
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    check: bool,
+    mut f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let view = ViewReader::open(vol, chain)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<
+        std::result::Result<Vec<ReadChunk>, crate::FormatError>,
+    >(QUEUE);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut view = view;
+            loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                for e in view.by_ref().take(BATCH) {
+                    match e {
+                        Ok(e) => batch.push(e),
+                        Err(err) => {
+                            let _ = tx.send(Err(err));
+                            return;
+                        }
+                    }
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                if tx.send(Ok(read_batch(vol, chain, check, batch))).is_err() {
+                    return;
+                }
+            }
+        });
+        for batch in rx.iter() {
+            // On an error, returning drops the receiver and the producer stops.
+            f(batch?)?;
+        }
+        Ok(())
+    })
 }
 
 /// Where a restored volume goes.
