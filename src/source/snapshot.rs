@@ -65,6 +65,11 @@ pub trait SnapshotLayer {
     fn recover(&mut self, vol: &str) -> Result<()>;
     /// The live volume, for reading (`diff`).
     fn open_volume(&mut self, vol: &str) -> Result<(File, u64)>;
+    /// Whether a tick lost after sends is an error (the user runs `resync`) rather
+    /// than a fallback to hashing at the next send.
+    fn lost_tick_is_error(&self) -> bool {
+        false
+    }
 }
 
 /// A snapshot layer with its delta map: a [`Source`].
@@ -111,11 +116,19 @@ impl<L: SnapshotLayer> Tracked<L> {
         self.layer.recover(name)?;
         let have_tick = self.layer.exists(name, Snap::Tick)?;
         let cs = vol.config.chunksize;
+        let tracked_before = vol.meta_dir.join("sessions").exists() || !vol.all_maps().is_empty();
+        if !have_tick && tracked_before && self.layer.lost_tick_is_error() {
+            return Err(Error::Msg(format!(
+                "volume {name}: its tick snapshot is missing, so what changed since the last \
+                 send is unknown; run `sparsebak resync {name}` (compares the volume with the \
+                 archive and takes a new tick)"
+            )));
+        }
         if !have_tick {
             // The reference snapshot was lost (deleted by hand, a restored system):
             // start again from a fresh tick and let the next sends compare every chunk
             // by hash. Nothing is missed, and only what really changed is stored.
-            if vol.meta_dir.join("sessions").exists() || !vol.all_maps().is_empty() {
+            if tracked_before {
                 tracing::warn!(
                     "volume {name}: the tick snapshot is missing; the next send compares every chunk by hash"
                 );

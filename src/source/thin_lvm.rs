@@ -236,6 +236,12 @@ impl SnapshotLayer for ThinLvm {
         Ok(())
     }
 
+    /// On thin LVM a lost tick is reported (the snapshot layer is the user's to
+    /// inspect: a removed LV may mean a restore or a mistake); `resync` starts over.
+    fn lost_tick_is_error(&self) -> bool {
+        true
+    }
+
     fn open_volume(&mut self, vol: &str) -> Result<(File, u64)> {
         let lv = self.lv(vol, None)?;
         let dev = PathBuf::from("/dev/mapper").join(lv.dm_name());

@@ -174,11 +174,17 @@ expect_field size $((48 * 1024 * 1024)) "grown"
 expect_field changed 1 "grown"
 save_session
 
-step "tick snapshot removed by hand: hash comparison, nothing missed"
+step "tick snapshot removed by hand: a clear error, nothing left behind; resync"
 lvremove -q -f "$VG/$VOL.tick"
 wr_chunks 3 1
+if "$SB" -c "$CFG" send "$VOL" 2>/tmp/err; then fail "send without a tick should fail"; fi
+cat /tmp/err
+grep -q "resync" /tmp/err || fail "unclear error"
+lvs "$VG" | grep -q "$VOL.tock" && fail "tock left behind"
+[ "$(held_root)" = "-" ] || fail "reservation left behind"
+sb resync "$VOL"
 sb send
-expect_field changed 1 "after losing the tick"
+expect_field changed 1 "after losing the tick and resync"
 save_session
 
 step "errors: unknown pool, not a thin volume"
