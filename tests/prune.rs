@@ -173,3 +173,21 @@ fn killed_during_prune() {
         env.verify_ok("v", None);
     }
 }
+
+#[test]
+fn a_session_named_for_two_volumes_that_only_one_has() {
+    let env = Env::new(&["v", "w"]);
+    std::fs::write(env.image("v"), Rng::new(1).bytes(2 * CS)).unwrap();
+    std::fs::write(env.image("w"), Rng::new(2).bytes(2 * CS)).unwrap();
+    env.send("v");
+    let old_v = env.latest("v").id;
+    std::fs::write(env.image("v"), Rng::new(3).bytes(2 * CS)).unwrap();
+    env.ok(&["send"]); // v gets a second session, w its first
+    let o = env.run(&["prune", &format!("--session={old_v}")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(env.sessions("v").len(), 1);
+    assert_eq!(env.sessions("w").len(), 1);
+    // A session that exists nowhere is an error.
+    let err = env.fails(&["prune", "--session=20000101-000000"]);
+    assert!(err.contains("no volume"), "{err}");
+}

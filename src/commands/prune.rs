@@ -81,6 +81,8 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
     let archive = Archive::open(&ctx.config)?;
     let mut total = 0u64;
     let mut refused = 0;
+    let mut matched = 0;
+    let mut unmatched: Vec<anyhow::Error> = Vec::new();
     for name in &vols {
         let _meta = lock_meta(&ctx.config, name)?;
         let _lock = archive.lock_volume(name, Mode::Exclusive)?;
@@ -90,7 +92,20 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         let local = mdir.is_dir().then_some(&local);
         prune::recover(&vol, local)?;
         let ids = vol.sessions()?;
-        let mut targets = select(ctx, opts, name, &ids)?;
+        // A session named for several volumes may exist in only some of them: report
+        // the others and go on; fail only if it matches in none.
+        let mut targets = match select(ctx, opts, name, &ids) {
+            Ok(t) => {
+                matched += 1;
+                t
+            }
+            Err(e) if vols.len() > 1 => {
+                eprintln!("sparsebak: prune {name}: {e:#}");
+                unmatched.push(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(latest) = ids.last() {
             if targets.contains(latest) {
                 eprintln!(
@@ -151,5 +166,10 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         );
     }
     let _ = refused;
+    if matched == 0 {
+        if let Some(e) = unmatched.into_iter().next() {
+            return Err(e.context("the sessions named match in no volume"));
+        }
+    }
     Ok(())
 }
