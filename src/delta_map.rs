@@ -45,7 +45,8 @@ type Result<T> = std::result::Result<T, DeltaMapError>;
 /// A memory-mapped delta map.
 pub struct DeltaMap {
     path: PathBuf,
-    file: File,
+    /// `None` for a scratch map in anonymous memory.
+    file: Option<File>,
     mmap: MmapMut,
     chunksize: u64,
     nchunks: u64,
@@ -61,6 +62,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DeltaMapError + '_ {
 impl DeltaMap {
     fn map_len(nchunks: u64) -> u64 {
         HEADER as u64 + nchunks.div_ceil(8)
+    }
+
+    /// An empty map in anonymous memory, for one monitor step's delta before it is ORed
+    /// into the persistent maps: it never needs to be durable, so no file and no sync.
+    pub fn scratch(chunksize: u64, nchunks: u64) -> Result<DeltaMap> {
+        let path = PathBuf::from("(scratch delta map)");
+        let len = Self::map_len(nchunks) as usize;
+        let mut mmap = MmapMut::map_anon(len).map_err(io(&path))?;
+        mmap[..8].copy_from_slice(MAGIC);
+        mmap[8..16].copy_from_slice(&chunksize.to_le_bytes());
+        mmap[16..24].copy_from_slice(&nchunks.to_le_bytes());
+        Ok(DeltaMap {
+            path,
+            file: None,
+            mmap,
+            chunksize,
+            nchunks,
+        })
     }
 
     /// Create (or replace) an empty map at `path`, durably.
@@ -109,7 +128,7 @@ impl DeltaMap {
         }
         Ok(DeltaMap {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             mmap,
             chunksize,
             nchunks,
@@ -230,11 +249,16 @@ impl DeltaMap {
                 self.bits_mut()[(i / 8) as usize] &= !(1 << (i % 8));
             }
         }
-        self.file
-            .set_len(Self::map_len(nchunks))
+        let Some(file) = self.file.as_ref() else {
+            return Err(DeltaMapError::Bad {
+                path: self.path.clone(),
+                reason: "a scratch map cannot be resized".into(),
+            });
+        };
+        file.set_len(Self::map_len(nchunks))
             .map_err(io(&self.path))?;
         // SAFETY: as in open().
-        self.mmap = unsafe { MmapMut::map_mut(&self.file) }.map_err(io(&self.path))?;
+        self.mmap = unsafe { MmapMut::map_mut(file) }.map_err(io(&self.path))?;
         self.mmap[16..24].copy_from_slice(&nchunks.to_le_bytes());
         self.nchunks = nchunks;
         Ok(())
@@ -267,8 +291,11 @@ impl DeltaMap {
 
     /// Make the map durable.
     pub fn flush(&self) -> Result<()> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
         self.mmap.flush().map_err(io(&self.path))?;
-        self.file.sync_all().map_err(io(&self.path))
+        file.sync_all().map_err(io(&self.path))
     }
 }
 

@@ -160,8 +160,7 @@ impl<L: SnapshotLayer> Tracked<L> {
         let result = (|| -> Result<()> {
             let old = self.layer.size(name, Snap::Tick)?;
             let new = self.layer.size(name, Snap::Tock)?;
-            let scratch_path = vol.meta_dir.join("deltamap.step");
-            let mut scratch = DeltaMap::create(&scratch_path, cs, new.div_ceil(cs))?;
+            let mut scratch = DeltaMap::scratch(cs, new.div_ceil(cs))?;
             let unknown = self.layer.delta(name, &mut scratch)? == Delta::Unknown;
             if unknown {
                 tracing::warn!(
@@ -179,7 +178,6 @@ impl<L: SnapshotLayer> Tracked<L> {
                 m.flush()?;
             }
             drop(scratch);
-            let _ = std::fs::remove_file(&scratch_path);
             crate::failpoint::hit("monitor-before-rotate");
             self.layer.rotate(name)
         })();
