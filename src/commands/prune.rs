@@ -80,7 +80,6 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
     }
     let archive = Archive::open(&ctx.config)?;
     let mut total = 0u64;
-    let mut refused = 0;
     let mut matched = 0;
     let mut unmatched: Vec<anyhow::Error> = Vec::new();
     for name in &vols {
@@ -112,7 +111,6 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
                     "sparsebak: prune {name}: {latest} is the latest session and is never removed"
                 );
                 targets.retain(|t| t != latest);
-                refused += 1;
             }
         }
         if targets.is_empty() {
@@ -165,7 +163,6 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
             human(total)
         );
     }
-    let _ = refused;
     if matched == 0 {
         if let Some(e) = unmatched.into_iter().next() {
             return Err(e.context("the sessions named match in no volume"));
