@@ -319,33 +319,28 @@ pub fn receive_streams(
     path: &Path,
     volume: Option<&str>,
 ) -> Result<ChainSummary> {
-    let err = |e: sparsebak_format::stream::StreamError| Error::Msg(e.to_string());
+    // Read and check the whole chain into `sink`; a wrong volume is refused before a
+    // file result is renamed into place.
+    let rebuild = |sink: &mut dyn VolumeSink| -> Result<ChainSummary> {
+        let sum = read_chain(
+            std::io::BufReader::with_capacity(1 << 20, input),
+            Some(sink),
+        )
+        .map_err(|e| Error::Msg(e.to_string()))?;
+        check_volume(&sum, volume)?;
+        Ok(sum)
+    };
     match crate::receive::inspect(path)? {
         crate::receive::DestKind::BlockDevice { .. } => {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(path)
                 .at(path)?;
-            let mut sink = DeviceSink::new(f).at(path)?;
-            let sum = read_chain(
-                std::io::BufReader::with_capacity(1 << 20, input),
-                Some(&mut sink),
-            )
-            .map_err(err)?;
-            check_volume(&sum, volume)?;
-            Ok(sum)
+            rebuild(&mut DeviceSink::new(f).at(path)?)
         }
         _ => durable::replace_with(path, |tmp| {
             let f = File::create(tmp).at(tmp)?;
-            let mut sink = sparsebak_format::stream::FileSink::new(f).at(tmp)?;
-            let sum = read_chain(
-                std::io::BufReader::with_capacity(1 << 20, input),
-                Some(&mut sink),
-            )
-            .map_err(err)?;
-            // A wrong volume is refused before the result is renamed into place.
-            check_volume(&sum, volume)?;
-            Ok(sum)
+            rebuild(&mut sparsebak_format::stream::FileSink::new(f).at(tmp)?)
         }),
     }
 }
