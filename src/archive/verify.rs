@@ -8,12 +8,11 @@ use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
-use sparsebak_format::manifest::ManifestReader;
 use sparsebak_format::restore::read_view;
 use sparsebak_format::volume::{Storage, VolumeArchive};
 
 use crate::archive::local::LocalCopies;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoAt, Result};
 
 /// What a verify found.
 #[derive(Debug, Default)]
@@ -104,43 +103,21 @@ fn check_session_files(
             )),
         }
     }
-    if vol.storage(id) == Storage::Tar {
-        return check_tar_members(vol, info, problems);
-    }
-    // Walk the manifest (sorted) and the folder prefix by prefix; memory is one prefix
-    // folder's listing.
-    let mpath = vol.manifest_path(id);
-    let sdir = vol.session_dir(id);
-    let mut top: BTreeSet<String> = match std::fs::read_dir(&sdir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(e) => {
-            problems.push(format!("session {id}: {}: {e}", sdir.display()));
-            return Ok(());
-        }
+    // One walk of the manifest (sorted) for both storage forms; the stored members are
+    // matched against it as it goes, in bounded memory.
+    let members: Result<Box<dyn Members>> = match vol.storage(id) {
+        Storage::Folder => FolderMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
+        Storage::Tar => TarMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
     };
-    top.remove(layout::INFO_FILE);
-    top.remove(layout::MANIFEST_FILE);
-    let mut lines = 0u64;
-    let mut cur_prefix = String::new();
-    let mut cur_files: BTreeSet<String> = BTreeSet::new();
-    let flush = |prefix: &str, files: &mut BTreeSet<String>, problems: &mut Vec<String>| {
-        for f in std::mem::take(files) {
-            problems.push(format!(
-                "session {id}: extra file {prefix}/{f} not in its manifest"
-            ));
-        }
-    };
-    let reader = match ManifestReader::open(&mpath) {
-        Ok(r) => r,
-        Err(e) => {
+    let (mut members, manifest) = match (members, vol.manifest(id).map_err(Error::from)) {
+        (Ok(m), Ok(r)) => (m, r),
+        (Err(e), _) | (_, Err(e)) => {
             problems.push(format!("session {id}: {e}"));
             return Ok(());
         }
     };
-    for e in reader {
+    let mut lines = 0u64;
+    for e in manifest {
         let e = match e {
             Ok(e) => e,
             Err(err) => {
@@ -155,29 +132,11 @@ fn check_session_files(
                 e.addr
             ));
         }
-        if e.hash.is_none() {
-            continue;
-        }
-        let prefix = layout::prefix_name(e.addr);
-        if prefix != cur_prefix {
-            flush(&cur_prefix, &mut cur_files, problems);
-            cur_prefix = prefix.clone();
-            cur_files = list_dir(&sdir.join(&prefix));
-            top.remove(&prefix);
-        }
-        let name = layout::chunk_name(e.addr);
-        if !cur_files.remove(&name) {
-            problems.push(format!(
-                "session {id}: chunk x{:016x} missing ({})",
-                e.addr,
-                sdir.join(&prefix).join(&name).display()
-            ));
+        if e.hash.is_some() {
+            members.expect(e.addr, problems);
         }
     }
-    flush(&cur_prefix, &mut cur_files, problems);
-    for extra in top {
-        problems.push(format!("session {id}: extra entry {extra} in its folder"));
-    }
+    members.finish(problems);
     if lines != info.changed {
         problems.push(format!(
             "session {id}: info says changed={}, manifest has {lines} lines",
@@ -187,72 +146,135 @@ fn check_session_files(
     Ok(())
 }
 
-/// A tar session: its member index against its manifest (missing and extra members).
-fn check_tar_members(
-    vol: &VolumeArchive,
-    info: &SessionInfo,
-    problems: &mut Vec<String>,
-) -> Result<()> {
-    let id = &info.session;
-    let t = match vol.tar(id) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(format!("session {id}: {e}"));
-            return Ok(());
+/// The stored chunks of one session, matched against its manifest's data lines in
+/// address order: each line must have its chunk, and nothing else may be stored.
+trait Members {
+    /// The manifest has a data line for `addr` (addresses increase).
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>);
+    /// The manifest ended: report whatever is left over.
+    fn finish(&mut self, problems: &mut Vec<String>);
+}
+
+/// A folder session: read one prefix folder at a time (memory is one folder listing).
+struct FolderMembers {
+    id: String,
+    sdir: std::path::PathBuf,
+    /// Top-level entries not yet accounted for.
+    top: BTreeSet<String>,
+    prefix: String,
+    files: BTreeSet<String>,
+}
+
+impl FolderMembers {
+    fn open(vol: &VolumeArchive, id: &str) -> Result<FolderMembers> {
+        let sdir = vol.session_dir(id);
+        let mut top: BTreeSet<String> = std::fs::read_dir(&sdir)
+            .at(&sdir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        top.remove(layout::INFO_FILE);
+        top.remove(layout::MANIFEST_FILE);
+        Ok(FolderMembers {
+            id: id.to_string(),
+            sdir,
+            top,
+            prefix: String::new(),
+            files: BTreeSet::new(),
+        })
+    }
+
+    fn flush(&mut self, problems: &mut Vec<String>) {
+        for f in std::mem::take(&mut self.files) {
+            problems.push(format!(
+                "session {}: extra file {}/{f} not in its manifest",
+                self.id, self.prefix
+            ));
         }
-    };
-    let manifest = match vol.manifest(id) {
-        Ok(m) => m,
-        Err(e) => {
-            problems.push(format!("session {id}: {e}"));
-            return Ok(());
+    }
+}
+
+impl Members for FolderMembers {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) {
+        let prefix = layout::prefix_name(addr);
+        if prefix != self.prefix {
+            self.flush(problems);
+            self.files = list_dir(&self.sdir.join(&prefix));
+            self.top.remove(&prefix);
+            self.prefix = prefix;
         }
-    };
-    let mut i = 0usize;
-    let mut lines = 0u64;
-    let extra = |upto: Option<u64>, i: &mut usize, problems: &mut Vec<String>| {
-        while *i < t.index.len() {
-            let (a, _, _) = t.index.record(*i);
+        let name = layout::chunk_name(addr);
+        if !self.files.remove(&name) {
+            problems.push(format!(
+                "session {}: chunk x{addr:016x} missing ({})",
+                self.id,
+                self.sdir.join(&self.prefix).join(&name).display()
+            ));
+        }
+    }
+
+    fn finish(&mut self, problems: &mut Vec<String>) {
+        self.flush(problems);
+        for extra in std::mem::take(&mut self.top) {
+            problems.push(format!(
+                "session {}: extra entry {extra} in its folder",
+                self.id
+            ));
+        }
+    }
+}
+
+/// A tar session: walk its member index (sorted by address) alongside the manifest.
+struct TarMembers {
+    id: String,
+    tar: std::sync::Arc<sparsebak_format::tarsession::TarSession>,
+    tar_path: std::path::PathBuf,
+    next: usize,
+}
+
+impl TarMembers {
+    fn open(vol: &VolumeArchive, id: &str) -> Result<TarMembers> {
+        Ok(TarMembers {
+            id: id.to_string(),
+            tar: vol.tar(id)?,
+            tar_path: vol.tar_path(id),
+            next: 0,
+        })
+    }
+
+    /// Report index records before `upto` (all of them with `None`) as extra.
+    fn extra_until(&mut self, upto: Option<u64>, problems: &mut Vec<String>) {
+        while self.next < self.tar.index.len() {
+            let (a, _, _) = self.tar.index.record(self.next);
             if upto.is_some_and(|u| a >= u) {
                 break;
             }
             problems.push(format!(
-                "session {id}: extra member for chunk x{a:016x} not in its manifest"
+                "session {}: extra member for chunk x{a:016x} not in its manifest",
+                self.id
             ));
-            *i += 1;
+            self.next += 1;
         }
-    };
-    for e in manifest {
-        let e = match e {
-            Ok(e) => e,
-            Err(err) => {
-                problems.push(format!("session {id}: {err}"));
-                return Ok(());
-            }
-        };
-        lines += 1;
-        if e.hash.is_none() {
-            continue;
-        }
-        extra(Some(e.addr), &mut i, problems);
-        if i < t.index.len() && t.index.record(i).0 == e.addr {
-            i += 1;
+    }
+}
+
+impl Members for TarMembers {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) {
+        self.extra_until(Some(addr), problems);
+        if self.next < self.tar.index.len() && self.tar.index.record(self.next).0 == addr {
+            self.next += 1;
         } else {
             problems.push(format!(
-                "session {id}: chunk x{:016x} missing from {}",
-                e.addr,
-                vol.tar_path(id).display()
+                "session {}: chunk x{addr:016x} missing from {}",
+                self.id,
+                self.tar_path.display()
             ));
         }
     }
-    extra(None, &mut i, problems);
-    if lines != info.changed {
-        problems.push(format!(
-            "session {id}: info says changed={}, manifest has {lines} lines",
-            info.changed
-        ));
+
+    fn finish(&mut self, problems: &mut Vec<String>) {
+        self.extra_until(None, problems);
     }
-    Ok(())
 }
 
 fn list_dir(p: &Path) -> BTreeSet<String> {
