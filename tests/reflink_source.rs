@@ -203,16 +203,8 @@ fn scenario(kind: FsKind, test: &str) {
         &mut versions,
     );
 
-    let sessions = env.sessions("v");
-    assert_eq!(sessions.len(), versions.len());
-    for (s, want) in sessions.iter().zip(&versions) {
-        assert_same(
-            &env.receive("v", Some(&s.id)),
-            want,
-            &format!("{kind:?} session {}", s.id),
-        );
-    }
-    env.verify_ok("v", None);
+    let all: Vec<usize> = (0..versions.len()).collect();
+    check_sessions(&env, &versions, &all, &format!("{kind:?}"));
     // Snapshots live in the hidden folder, private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(env.voldir.join(".sparsebak"))

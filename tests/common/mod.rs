@@ -234,25 +234,23 @@ impl Env {
         self.ok(&a);
     }
 
-    /// Write bytes into a volume image at `off` (growing it if needed).
-    pub fn write_at(&self, vol: &str, off: u64, data: &[u8]) {
-        let f = std::fs::OpenOptions::new()
+    /// The volume image opened for writing, created if missing, never truncated.
+    fn open_image(&self, vol: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(self.image(vol))
-            .unwrap();
-        f.write_all_at(data, off).unwrap();
+            .unwrap()
+    }
+
+    /// Write bytes into a volume image at `off` (growing it if needed).
+    pub fn write_at(&self, vol: &str, off: u64, data: &[u8]) {
+        self.open_image(vol).write_all_at(data, off).unwrap();
     }
 
     pub fn set_len(&self, vol: &str, len: u64) {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(self.image(vol))
-            .unwrap();
-        f.set_len(len).unwrap();
+        self.open_image(vol).set_len(len).unwrap();
     }
 
     pub fn read_image(&self, vol: &str) -> Vec<u8> {
