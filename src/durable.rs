@@ -25,6 +25,79 @@ pub fn syncfs(path: &Path) -> std::io::Result<()> {
     nix::unistd::syncfs(f.as_raw_fd()).map_err(std::io::Error::from)
 }
 
+/// Flushes a filesystem in the background while a long batch of writes goes on.
+///
+/// A session is made durable by one `syncfs` at its end. Left alone, the kernel keeps
+/// most of the session's data dirty until then, and that last `syncfs` waits for all of
+/// it. A `Flusher` runs `syncfs` on a thread of its own each time another `every` bytes
+/// were written, so the device works while the pipeline hashes and compresses, and the
+/// final `syncfs` has little left. The first error a background `syncfs` met is kept and
+/// returned by [`Flusher::finish`]: it must fail the batch, as a later `syncfs` on
+/// another descriptor would not report it again.
+pub struct Flusher {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    every: u64,
+    pending: u64,
+}
+
+impl Flusher {
+    /// Flush the filesystem holding `path` after every `every` bytes reported.
+    pub fn new(path: &Path, every: u64) -> std::io::Result<Flusher> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(path)?;
+        // One pending request at most: requests made while a flush runs merge into it.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new().name("flusher".into()).spawn(
+            move || -> std::io::Result<()> {
+                let mut first_err = None;
+                for () in rx.iter() {
+                    if let Err(e) = nix::unistd::syncfs(dir.as_raw_fd()) {
+                        first_err.get_or_insert(std::io::Error::from(e));
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            },
+        )?;
+        Ok(Flusher {
+            tx: Some(tx),
+            thread: Some(thread),
+            every: every.max(1),
+            pending: 0,
+        })
+    }
+
+    /// Count `n` more bytes written; start a background flush when enough are due.
+    pub fn wrote(&mut self, n: u64) {
+        self.pending += n;
+        if self.pending >= self.every {
+            self.pending = 0;
+            if let Some(tx) = &self.tx {
+                // Full: a flush is already queued and will cover these bytes too.
+                let _ = tx.try_send(());
+            }
+        }
+    }
+
+    /// Wait for the background flushes; the first error any of them met. Later
+    /// reports start no more flushes.
+    pub fn finish(&mut self) -> std::io::Result<()> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("flusher thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Replace `path` with `data` atomically and durably: temporary name, fsync, rename,
 /// fsync of the folder.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -31,8 +31,13 @@ pub struct SessionWriter {
     tar: Option<TarOut>,
     pub changed: u64,
     pub bytes_stored: u64,
+    flusher: durable::Flusher,
     committed: bool,
 }
+
+/// Bytes of chunk data written between two background flushes of the staging folder's
+/// filesystem.
+const FLUSH_EVERY: u64 = 64 << 20;
 
 /// A tar session being written.
 struct TarOut {
@@ -90,6 +95,7 @@ impl SessionWriter {
         std::fs::create_dir_all(&staging).at(&staging)?;
         let mpath = staging.join(layout::MANIFEST_FILE);
         let mf = File::create(&mpath).at(&mpath)?;
+        let flusher = durable::Flusher::new(&staging, FLUSH_EVERY).at(&staging)?;
         Ok(SessionWriter {
             id: id.to_string(),
             final_dir: vol.session_dir(id),
@@ -103,6 +109,7 @@ impl SessionWriter {
             tar: None,
             changed: 0,
             bytes_stored: 0,
+            flusher,
             committed: false,
         })
     }
@@ -120,6 +127,7 @@ impl SessionWriter {
                 ix.push(addr, off, payload.len() as u64)?;
             }
             self.bytes_stored += payload.len() as u64;
+            self.flusher.wrote(payload.len() as u64 + 512);
             return self.push(Entry {
                 addr,
                 hash: Some(hash),
@@ -134,6 +142,7 @@ impl SessionWriter {
         let p = self.staging.join(layout::chunk_rel_path(addr));
         let mut f = File::create(&p).at(&p)?;
         f.write_all(payload).at(&p)?;
+        self.flusher.wrote(payload.len() as u64);
         self.bytes_stored += payload.len() as u64;
         self.push(Entry {
             addr,
@@ -174,6 +183,7 @@ impl SessionWriter {
             .ok_or_else(|| crate::error::Error::Msg("session already committed".into()))?;
         let (bw, hash) = mw.finish().at(&mpath)?;
         bw.into_inner().map_err(|e| e.into_error()).at(&mpath)?;
+        self.flusher.finish().at(&self.staging)?;
         let info = make_info(hash, &self);
         if let Some(mut t) = self.tar.take() {
             let sdir = layout::session_dir_name(&self.id);
