@@ -52,6 +52,8 @@ peers_1g = [
         [
             ("**sparsebak** `send` (first)", "sbk.full"),
             ("(extra) sparsebak `send` (first), `compression = zstd:1`", "sbk_z1.full"),
+            ("(extra) sparsebak `send` (first), `compression = zstd:2`", "sbk_z2.full"),
+            ("(extra) sparsebak `send` (first), `tarfile = on`", "sbk_tar.full"),
             ("borg fixed,65536 `create`", "borg_fixed.full"),
             ("borg default chunker `create`", "borg_default.full"),
             ("restic `backup`", "restic.full"),
@@ -74,6 +76,7 @@ peers_1g = [
         "sbk.receive",
         [
             ("**sparsebak** `receive`", "sbk.receive"),
+            ("(extra) sparsebak `receive`, sessions stored as tar (`tarfile = on`)", "sbk_tar.receive"),
             ("borg fixed,65536 `extract --sparse`", "borg_fixed.extract"),
             ("borg default chunker `extract --sparse`", "borg_default.extract"),
             ("restic `restore`", "restic.restore"),
@@ -84,6 +87,7 @@ peers_1g = [
         "sbk.verify",
         [
             ("**sparsebak** `verify`", "sbk.verify"),
+            ("(extra) sparsebak `verify`, sessions stored as tar (`tarfile = on`)", "sbk_tar.verify"),
             ("borg fixed,65536 `check --verify-data`", "borg_fixed.check"),
             ("borg default chunker `check --verify-data`", "borg_default.check"),
             ("restic `check --read-data`", "restic.check"),

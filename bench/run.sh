@@ -116,12 +116,18 @@ INI
 SBC=("$SB" -c "$CONF")
 sb() { "${SBC[@]}" "$@"; }
 
-# The same with compression = zstd:1, for one extra full-send row (own voldir, as the
-# snapshots live in voldir/.sparsebak).
-VOLS_Z1=$MNT/vols-z1
-CONF_Z1=$MNT/sparsebak-zstd1.ini
-sed -e "s|^voldir = .*|voldir = $VOLS_Z1|" -e "s|$SBK/|$SBK/z1-|" \
-    -e 's|^compression = .*|compression = zstd:1|' -e '/^img1t/d' "$CONF" >"$CONF_Z1"
+# Variants for the extra rows, each with its own voldir (the snapshots live in
+# voldir/.sparsebak), archive and metadir, and only img1g:
+#   variant NAME KEY VALUE: a config that sets KEY = VALUE.
+variant() {
+    local conf=$MNT/sparsebak-$1.ini
+    sed -e "s|^voldir = .*|voldir = $MNT/vols-$1|" -e "s|$SBK/|$SBK/$1-|" \
+        -e "/^$2 = /d" -e '/^img1t/d' -e "s|^\[volumes\]|$2 = $3\n[volumes]|" "$CONF" >"$conf"
+    echo "$conf"
+}
+CONF_Z1=$(variant z1 compression zstd:1)
+CONF_Z2=$(variant z2 compression zstd:2)
+CONF_TAR=$(variant tar tarfile on)
 
 export BORG_BASE_DIR=$PEERS/borg-home
 export BORG_PASSPHRASE=''
@@ -223,12 +229,31 @@ for rep in $(seq 1 "$REPS"); do
     rm -rf "$SBK" "$VOLS/.sparsebak"
     rm -f "$VOLS/img1t"
 
-    # -------------------------------------------------- sparsebak, zstd:1 (extra row)
-    rm -rf "$VOLS_Z1"
-    mkdir -p "$VOLS_Z1"
-    cp --reflink=always "$DATA/img1g" "$VOLS_Z1/img1g"
-    measure sbk_z1.full "$SB" -c "$CONF_Z1" send img1g
-    rm -rf "$SBK" "$VOLS_Z1"
+    # -------------------------------------------------- sparsebak, extra rows
+    for z in z1 z2; do
+        conf=CONF_${z^^}
+        rm -rf "$MNT/vols-$z"
+        mkdir -p "$MNT/vols-$z"
+        cp --reflink=always "$DATA/img1g" "$MNT/vols-$z/img1g"
+        measure "sbk_$z.full" "$SB" -c "${!conf}" send img1g
+        rm -rf "$SBK" "$MNT/vols-$z"
+    done
+    # Sessions stored as one tar file each: full, 1 % change, incremental, then
+    # receive and verify as for the folder sessions above.
+    rm -rf "$MNT/vols-tar"
+    mkdir -p "$MNT/vols-tar"
+    cp --reflink=always "$DATA/img1g" "$MNT/vols-tar/img1g"
+    measure sbk_tar.full "$SB" -c "$CONF_TAR" send img1g
+    n=$(python3 "$here/gen.py" change "$MNT/vols-tar/img1g" "$seed_a" "$CHANGE_PCT")
+    log "  changed $n chunks of 64 KiB in vols-tar/img1g"
+    "$SB" -c "$CONF_TAR" send img1g >/dev/null
+    measure sbk_tar.receive "$SB" -c "$CONF_TAR" receive --save-to="$OUT/img1g" -u img1g
+    if [ "$rep" = 1 ]; then
+        cmp "$OUT/img1g" "$MNT/vols-tar/img1g" || die "tar receive differs from the image"
+    fi
+    rm -f "$OUT/img1g"
+    measure sbk_tar.verify "$SB" -c "$CONF_TAR" verify img1g
+    rm -rf "$SBK" "$MNT/vols-tar"
 
     # -------------------------------------------------- borg, fixed 64 KiB and default
     for kind in fixed default; do
