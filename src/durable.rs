@@ -46,14 +46,24 @@ impl Flusher {
     pub fn new(path: &Path, every: u64) -> std::io::Result<Flusher> {
         use std::os::fd::AsRawFd;
         let dir = File::open(path)?;
+        Self::with(every, move || {
+            nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
+        })
+    }
+
+    /// Run `flush` on the background thread after every `every` bytes reported.
+    fn with(
+        every: u64,
+        flush: impl Fn() -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<Flusher> {
         // One pending request at most: requests made while a flush runs merge into it.
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new().name("flusher".into()).spawn(
             move || -> std::io::Result<()> {
                 let mut first_err = None;
                 for () in rx.iter() {
-                    if let Err(e) = nix::unistd::syncfs(dir.as_raw_fd()) {
-                        first_err.get_or_insert(std::io::Error::from(e));
+                    if let Err(e) = flush() {
+                        first_err.get_or_insert(e);
                     }
                 }
                 first_err.map_or(Ok(()), Err)
@@ -140,5 +150,61 @@ pub fn replace_with<T>(
             let _ = std::fs::remove_file(&tmp);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn flushes_once_enough_was_written() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let mut f = Flusher::with(100, move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        f.wrote(60);
+        f.wrote(39);
+        f.finish().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "99 bytes must not flush");
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let mut f = Flusher::with(100, move || {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        f.wrote(60);
+        f.wrote(40);
+        f.finish().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_failed_background_flush_fails_finish_once() {
+        let mut f = Flusher::with(1, || Err(std::io::Error::other("EIO in the flush"))).unwrap();
+        f.wrote(1);
+        let e = f.finish().unwrap_err();
+        assert!(e.to_string().contains("EIO in the flush"), "{e}");
+        // Reported once; the flusher has stopped and later reports start nothing.
+        f.wrote(5);
+        assert!(f.finish().is_ok());
+    }
+
+    #[test]
+    fn syncfs_flusher_on_a_real_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Flusher::new(dir.path(), 4096).unwrap();
+        for i in 0..8 {
+            std::fs::write(dir.path().join(format!("c{i}")), [i as u8; 4096]).unwrap();
+            f.wrote(4096);
+        }
+        f.finish().unwrap();
     }
 }
