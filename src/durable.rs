@@ -159,27 +159,27 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    #[test]
-    fn flushes_once_enough_was_written() {
+    /// A flusher that counts its flushes.
+    fn counting(every: u64) -> (Flusher, Arc<AtomicUsize>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
-        let mut f = Flusher::with(100, move || {
+        let f = Flusher::with(every, move || {
             c.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
         .unwrap();
+        (f, calls)
+    }
+
+    #[test]
+    fn flushes_once_enough_was_written() {
+        let (mut f, calls) = counting(100);
         f.wrote(60);
         f.wrote(39);
         f.finish().unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 0, "99 bytes must not flush");
 
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        let mut f = Flusher::with(100, move || {
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        })
-        .unwrap();
+        let (mut f, calls) = counting(100);
         f.wrote(60);
         f.wrote(40);
         f.finish().unwrap();
