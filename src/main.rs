@@ -5,6 +5,7 @@ use sparsebak::cli::Cli;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    sparsebak_format::alloc::tune_for_pipelines();
     let cli = Cli::parse();
     sparsebak::progress::set_output(cli.quiet, cli.verbose);
     let level = match (cli.quiet, cli.verbose) {

@@ -36,6 +36,7 @@ struct Args {
 }
 
 fn main() {
+    sparsebak_format::alloc::tune_for_pipelines();
     if let Err(e) = run(Args::parse()) {
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("spbk-assemble: error: {}", msg.join(": "));

@@ -10,6 +10,7 @@
 //! Everything here only reads or describes the format; writing sessions, locking and
 //! pruning live in the main crate.
 
+pub mod alloc;
 pub mod chunk;
 pub mod error;
 pub mod info;
