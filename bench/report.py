@@ -102,6 +102,9 @@ own = [
     ("1 TiB sparse", "send, full", "sbk1t.full"),
     ("1 TiB sparse", "send, incremental after a 1 % change", "sbk1t.inc"),
     ("1 TiB sparse", "monitor, nothing changed", "sbk1t.monitor_idle"),
+    ("1 TiB sparse", "receive latest (into a sparse file)", "sbk1t.receive"),
+    ("1 TiB sparse", "verify", "sbk1t.verify"),
+    ("1 TiB sparse", "prune one session (the full one)", "sbk1t.prune"),
 ]
 
 out = []
