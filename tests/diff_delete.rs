@@ -17,12 +17,7 @@ fn diff_between_sessions_and_live() {
     std::fs::write(env.image("v"), &img).unwrap();
     env.send("v");
     let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
-    let out = env.ok(&[
-        "diff",
-        "v",
-        &format!("--session={},{}", ids[0], ids[1]),
-        "--json",
-    ]);
+    let out = env.diff_sessions("v", &ids[0], &ids[1], true);
     let want = format!(
         "\"changed_chunks\":3,\"changed_bytes\":{},\"ranges\":[{{\"start\":{},\"length\":{}}},{{\"start\":{},\"length\":{}}}]",
         3 * CS,
@@ -32,7 +27,7 @@ fn diff_between_sessions_and_live() {
         CS
     );
     assert!(out.contains(&want), "{out}\nwant {want}");
-    let human = env.ok(&["diff", "v", &format!("--session={},{}", ids[0], ids[1])]);
+    let human = env.diff_sessions("v", &ids[0], &ids[1], false);
     assert!(human.contains("3 chunk(s) in 2 range(s)"), "{human}");
     // Against the live volume: one more change, not yet sent.
     img[20 * CS] ^= 1;

@@ -51,12 +51,7 @@ fn mixed_history_restores_and_verifies() {
     check_sessions(&env, &versions, &[0, 1, 2, 3, 4], "mixed");
     // diff between a tar and a folder session works from the views alone.
     let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
-    let out = env.ok(&[
-        "diff",
-        "v",
-        &format!("--session={},{}", ids[0], ids[1]),
-        "--json",
-    ]);
+    let out = env.diff_sessions("v", &ids[0], &ids[1], true);
     assert!(out.contains("\"changed_chunks\":"), "{out}");
 }
 

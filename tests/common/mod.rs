@@ -205,6 +205,16 @@ impl Env {
         lines.map(parse_list_line).collect()
     }
 
+    /// `diff` between two sessions of `vol` (given by ID), human or `--json` output.
+    pub fn diff_sessions(&self, vol: &str, a: &str, b: &str, json: bool) -> String {
+        let sel = format!("--session={a},{b}");
+        let mut args = vec!["diff", vol, sel.as_str()];
+        if json {
+            args.push("--json");
+        }
+        self.ok(&args)
+    }
+
     pub fn latest(&self, vol: &str) -> Session {
         self.sessions(vol).pop().expect("no sessions")
     }
