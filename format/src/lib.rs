@@ -8,7 +8,8 @@
 //! every later session's volume size. `docs/FORMAT.md` describes the bytes.
 //!
 //! Everything here only reads or describes the format; writing sessions, locking and
-//! pruning live in the main crate.
+//! pruning live in the main crate. One exception, shared by both binaries for the same
+//! reason: the allocator settings of the chunk pipelines (`alloc`).
 
 pub mod alloc;
 pub mod chunk;
