@@ -12,9 +12,14 @@ use crate::info::SessionInfo;
 use crate::view::{ViewEntry, ViewReader};
 use crate::volume::VolumeArchive;
 
-/// Chunks read and decoded together; bounds memory to `BATCH * chunksize` per batch
-/// (and at most `QUEUE + 2` batches exist at once).
-const BATCH: usize = 128;
+/// Bytes of chunks read and decoded together. A batch holds `BATCH_BYTES / chunksize`
+/// chunks, but at most `BATCH_MAX` (small chunks) and at least `BATCH_MIN` (large
+/// chunks, so that several reader threads still work side by side); at most
+/// `QUEUE + 2` batches exist at once. Memory is bounded by bytes, not by a count of
+/// chunks: 128 chunks of 4 MiB per batch made a receive hold 800 MiB.
+const BATCH_BYTES: u64 = 8 << 20;
+const BATCH_MAX: usize = 128;
+const BATCH_MIN: usize = 2;
 /// Decoded batches waiting for the consumer.
 const QUEUE: usize = 2;
 /// Threads that read and decode chunk files: more than the cores, so that on a cold
@@ -83,6 +88,8 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
     mut f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let view = ViewReader::open(vol, chain)?;
+    let chunksize = chain.iter().map(|i| i.chunksize).max().unwrap_or(1).max(1);
+    let batch_len = ((BATCH_BYTES / chunksize) as usize).clamp(BATCH_MIN, BATCH_MAX);
     let (tx, rx) = std::sync::mpsc::sync_channel::<
         std::result::Result<Vec<ReadChunk>, crate::FormatError>,
     >(QUEUE);
@@ -90,8 +97,8 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
         s.spawn(move || {
             let mut view = view;
             loop {
-                let mut batch = Vec::with_capacity(BATCH);
-                for e in view.by_ref().take(BATCH) {
+                let mut batch = Vec::with_capacity(batch_len);
+                for e in view.by_ref().take(batch_len) {
                     match e {
                         Ok(e) => batch.push(e),
                         Err(err) => {
