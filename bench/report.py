@@ -54,6 +54,7 @@ peers_1g = [
             ("(extra) sparsebak `send` (first), `compression = zstd:1`", "sbk_z1.full"),
             ("(extra) sparsebak `send` (first), `compression = zstd:2`", "sbk_z2.full"),
             ("(extra) sparsebak `send` (first), `tarfile = on`", "sbk_tar.full"),
+            ("(extra) sparsebak `send` (first), `chunksize = 4M`", "sbk_c4m.full"),
             ("borg fixed,65536 `create`", "borg_fixed.full"),
             ("borg default chunker `create`", "borg_default.full"),
             ("restic `backup`", "restic.full"),
@@ -77,6 +78,7 @@ peers_1g = [
         [
             ("**sparsebak** `receive`", "sbk.receive"),
             ("(extra) sparsebak `receive`, sessions stored as tar (`tarfile = on`)", "sbk_tar.receive"),
+            ("(extra) sparsebak `receive`, `chunksize = 4M`", "sbk_c4m.receive"),
             ("borg fixed,65536 `extract --sparse`", "borg_fixed.extract"),
             ("borg default chunker `extract --sparse`", "borg_default.extract"),
             ("restic `restore`", "restic.restore"),
@@ -88,6 +90,7 @@ peers_1g = [
         [
             ("**sparsebak** `verify`", "sbk.verify"),
             ("(extra) sparsebak `verify`, sessions stored as tar (`tarfile = on`)", "sbk_tar.verify"),
+            ("(extra) sparsebak `verify`, `chunksize = 4M`", "sbk_c4m.verify"),
             ("borg fixed,65536 `check --verify-data`", "borg_fixed.check"),
             ("borg default chunker `check --verify-data`", "borg_default.check"),
             ("restic `check --read-data`", "restic.check"),
