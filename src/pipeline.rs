@@ -21,7 +21,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use rayon::prelude::*;
 use sparsebak_format::chunk::{self, Codec};
@@ -41,6 +41,8 @@ const READ_BYTES: u64 = 4 << 20;
 const READ_QUEUE: usize = 8;
 /// Batches of records waiting for the writer.
 const WRITE_QUEUE: usize = 2;
+/// Batches hashed and compressed at once.
+const IN_FLIGHT: usize = 3;
 /// Zero records gathered per batch for hole runs.
 const HOLE_BATCH: usize = 4096;
 /// How far ahead of the read position the reader announces the data runs it will read
@@ -245,7 +247,22 @@ impl Reader<'_> {
     }
 }
 
-fn process(batch: Batch, cs: u64, mode: Mode) -> Result<(Vec<Record>, u64)> {
+/// What [`process`] makes of one batch: the records to hand over, and the chunks read.
+type Processed = Result<(Vec<Record>, u64)>;
+
+/// Run [`process`] on the rayon pool; its result (an error if it panicked) arrives on
+/// the returned channel.
+fn spawn_process(b: Batch, cs: u64, mode: Mode) -> Receiver<Processed> {
+    let (tx, rx) = sync_channel(1);
+    rayon::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(b, cs, mode)))
+            .unwrap_or_else(|_| Err(Error::Msg("hashing and compressing panicked".into())));
+        let _ = tx.send(r);
+    });
+    rx
+}
+
+fn process(batch: Batch, cs: u64, mode: Mode) -> Processed {
     match batch {
         Batch::Holes(addrs) => Ok((
             addrs
@@ -350,9 +367,45 @@ where
                 waits[i] += t.elapsed();
                 t = std::time::Instant::now();
             };
-            for b in rx_read.iter() {
-                lap(0);
-                let (recs, n) = process(b?, chunksize, mode)?;
+            // Batches being hashed and compressed on the pool, oldest first: up to
+            // IN_FLIGHT at once, so that a batch of one large chunk (4 MiB chunks) or
+            // the last chunks of a batch do not leave the other cores idle. Results
+            // still leave in address order.
+            let mut in_flight: VecDeque<Receiver<Processed>> = VecDeque::new();
+            let mut reading = true;
+            loop {
+                // Start another batch when there is room: wait for the reader only
+                // when nothing else is in flight.
+                let next = if !reading || in_flight.len() >= IN_FLIGHT {
+                    None
+                } else if in_flight.is_empty() {
+                    rx_read.recv().ok()
+                } else {
+                    match rx_read.try_recv() {
+                        Ok(b) => Some(b),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Disconnected) => {
+                            reading = false;
+                            None
+                        }
+                    }
+                };
+                if let Some(b) = next {
+                    lap(0);
+                    in_flight.push_back(spawn_process(b?, chunksize, mode));
+                    continue;
+                }
+                let Some(done) = in_flight.pop_front() else {
+                    if reading {
+                        // The reader hung up while nothing was in flight.
+                        reading = false;
+                        continue;
+                    }
+                    break;
+                };
+                let (recs, n) = done
+                    .recv()
+                    .unwrap_or_else(|_| Err(Error::Msg("a hashing task was lost".into())))?;
                 lap(1);
                 stats.chunks_read += n;
                 stats.records += recs.len() as u64;
