@@ -1,12 +1,11 @@
 //! `sparsebak diff volume --session=A[,B] [--json]`
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use super::{human, now, Ctx};
+use super::{human, now, resolve_session, Ctx};
 use crate::archive::Archive;
 use crate::diff;
 use crate::lock::Mode;
-use crate::selector;
 use crate::source::{self, VolumeCtx};
 
 pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
@@ -20,10 +19,7 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
     let vol = archive.volume(name);
     let ids = vol.sessions()?;
     let now = now();
-    let pick = |s: &str| -> Result<String> {
-        let sel = selector::parse(s.trim(), now)?;
-        selector::resolve(&sel, &ids).with_context(|| format!("volume {name}"))
-    };
+    let pick = |s: &str| resolve_session(s.trim(), now, name, &ids);
     let (from, to, d, size_from, size_to) = match spec.split_once(',') {
         Some((a, b)) => {
             let (a, b) = (pick(a)?, pick(b)?);
@@ -37,13 +33,8 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
             let vctx = VolumeCtx::new(&ctx.config, name);
             let (file, size) = src.open_live(&vctx)?;
             let d = diff::live(&vol, &a, &file, size)?;
-            (
-                a,
-                "live".to_string(),
-                d,
-                vol.info(&spec_id(&ids, spec, now)?)?.volsize,
-                size,
-            )
+            let sa = vol.info(&a)?.volsize;
+            (a, "live".to_string(), d, sa, size)
         }
     };
     let cs = vol.info(&from)?.chunksize;
@@ -76,8 +67,4 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn spec_id(ids: &[String], spec: &str, now: chrono::NaiveDateTime) -> Result<String> {
-    Ok(selector::resolve(&selector::parse(spec.trim(), now)?, ids)?)
 }

@@ -141,9 +141,20 @@ pub fn now() -> chrono::NaiveDateTime {
 
 /// The session `--session` names (a single one), or the latest of `sessions`.
 pub fn pick_session(ctx: &Ctx, volume: &str, sessions: &[String]) -> Result<String> {
-    let sel = match &ctx.session {
-        None => crate::selector::Selector::Latest,
-        Some(s) => crate::selector::parse(s, now())?,
-    };
+    match &ctx.session {
+        None => crate::selector::resolve(&crate::selector::Selector::Latest, sessions)
+            .with_context(|| format!("volume {volume}")),
+        Some(s) => resolve_session(s, now(), volume, sessions),
+    }
+}
+
+/// The one session of `sessions` that the selector `spec` names at time `now`.
+pub fn resolve_session(
+    spec: &str,
+    now: chrono::NaiveDateTime,
+    volume: &str,
+    sessions: &[String],
+) -> Result<String> {
+    let sel = crate::selector::parse(spec, now)?;
     crate::selector::resolve(&sel, sessions).with_context(|| format!("volume {volume}"))
 }
