@@ -80,6 +80,17 @@ impl Archive {
     }
 }
 
+/// Open volume `name` for reading: finish what interrupted runs left on it
+/// ([`settle`]), then hold its shared lock while the guard lives.
+pub fn lock_for_reading(
+    config: &Config,
+    archive: &Archive,
+    name: &str,
+) -> Result<Option<LockGuard>> {
+    settle(config, archive, name)?;
+    archive.lock_volume(name, Mode::Shared)
+}
+
 /// Remove session folders an interrupted send left behind (never part of a view).
 pub fn remove_staging(vol: &VolumeArchive) -> Result<()> {
     let rd = match std::fs::read_dir(&vol.dir) {

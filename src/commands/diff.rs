@@ -5,7 +5,6 @@ use anyhow::{bail, Result};
 use super::{human, now, resolve_session, Ctx};
 use crate::archive::Archive;
 use crate::diff;
-use crate::lock::Mode;
 use crate::source::{self, VolumeCtx};
 
 pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
@@ -14,8 +13,7 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
         bail!("diff needs --session=A,B (two sessions) or --session=A (a session and the live volume)");
     };
     let archive = Archive::open(&ctx.config)?;
-    crate::archive::settle(&ctx.config, &archive, name)?;
-    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let vol = archive.volume(name);
     let ids = vol.sessions()?;
     let now = now();

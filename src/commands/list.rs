@@ -9,7 +9,6 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::archive::Archive;
-use crate::lock::Mode;
 
 pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let vols: Vec<String> = if names.is_empty() {
@@ -21,8 +20,7 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for name in &vols {
-        crate::archive::settle(&ctx.config, &archive, name)?;
-        let _lock = archive.lock_volume(name, Mode::Shared)?;
+        let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
         let vol = archive.volume(name);
         writeln!(out, "{name}")?;
         for id in vol.sessions()? {

@@ -4,7 +4,6 @@ use anyhow::{bail, Context, Result};
 
 use super::{human, pick_session, Ctx};
 use crate::archive::Archive;
-use crate::lock::Mode;
 use crate::progress::{self, Progress};
 use crate::receive::{inspect, receive_to, DestKind};
 
@@ -14,8 +13,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         bail!("receive needs --save-to=PATH (a file or a block device)");
     };
     let archive = Archive::open(&ctx.config)?;
-    crate::archive::settle(&ctx.config, &archive, name)?;
-    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let vol = archive.volume(name);
     let sessions = vol.sessions()?;
     let id = pick_session(ctx, name, &sessions)?;

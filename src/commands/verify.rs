@@ -5,7 +5,6 @@ use anyhow::{bail, Result};
 use super::{human, pick_session, Ctx};
 use crate::archive::local::LocalCopies;
 use crate::archive::{meta_dir, verify, Archive};
-use crate::lock::Mode;
 use crate::progress::{self, Progress};
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
@@ -14,8 +13,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let vol = archive.volume(name);
     let mdir = meta_dir(&ctx.config, name);
     let local = LocalCopies::new(&mdir);
-    crate::archive::settle(&ctx.config, &archive, name)?;
-    let _lock = archive.lock_volume(name, Mode::Shared)?;
+    let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let sessions = vol.sessions()?;
     let id = pick_session(ctx, name, &sessions)?;
     let local = mdir.is_dir().then_some(&local);
