@@ -127,6 +127,7 @@ variant() {
 }
 CONF_Z1=$(variant z1 compression zstd:1)
 CONF_Z2=$(variant z2 compression zstd:2)
+CONF_NONE=$(variant none compression none)
 CONF_TAR=$(variant tar tarfile on)
 CONF_C4M=$(variant c4m chunksize 4M)
 
@@ -146,7 +147,8 @@ rep=0
 
 # measure KEY CMD...: drop caches, run CMD under /usr/bin/time -v, then sync. Records
 # the wall time from start to the end of the sync (so data a tool leaves dirty is
-# counted) and the peak RSS of CMD.
+# counted), the peak RSS of CMD and its CPU time (user + system; kernel threads such
+# as the loop device's are not counted).
 measure() {
     local key=$1
     shift
@@ -160,9 +162,11 @@ measure() {
     fi
     sync
     t1=$(date +%s%N)
-    local rss
+    local rss cpu
     rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$RAW/time.txt")
-    printf '%s\t%s\t%s\t%s\n' "$key" "$rep" "$(((t1 - t0) / 1000))" "$rss" >>"$RESULTS"
+    # CPU time of the command and its children (user + system), in microseconds.
+    cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%d", s * 1e6}' "$RAW/time.txt")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$key" "$rep" "$(((t1 - t0) / 1000))" "$rss" "$cpu" >>"$RESULTS"
     log "  $key: $(awk -v us=$((t1 - t0)) 'BEGIN{printf "%.3f", us/1e9}') s, peak RSS ${rss} KiB"
 }
 
@@ -242,13 +246,13 @@ for rep in $(seq 1 "$REPS"); do
     # Each variant: a full send. Sessions stored as one tar file each, and 4 MiB
     # chunks (the largest; for peak memory), go on as for the folder sessions above:
     # 1 % change, incremental, then receive and verify.
-    for v in z1 z2 tar c4m; do
+    for v in z1 z2 none tar c4m; do
         conf=CONF_${v^^}
         rm -rf "$MNT/vols-$v"
         mkdir -p "$MNT/vols-$v"
         cp --reflink=always "$DATA/img1g" "$MNT/vols-$v/img1g"
         measure "sbk_$v.full" "$SB" -c "${!conf}" send img1g
-        if [ "$v" = z1 ] || [ "$v" = z2 ]; then
+        if [ "$v" = z1 ] || [ "$v" = z2 ] || [ "$v" = none ]; then
             rm -rf "$SBK" "$MNT/vols-$v"
             continue
         fi
@@ -284,6 +288,14 @@ for rep in $(seq 1 "$REPS"); do
         measure "borg_$kind.check" borg check --verify-data "$PEERS/borg"
         if [ "$rep" = 1 ]; then printf 'borg_%s\t%s\n' "$kind" "$(size_of "$PEERS/borg")" >>"$SIZES"; fi
     done
+    # Extra row: borg with the compression sparsebak uses by default (zstd level 3)
+    # instead of its own default (lz4), for a comparison at equal compression work.
+    rm -rf "$PEERS" "${OUT:?}"/*
+    mkdir -p "$PEERS"
+    borg init --encryption none "$PEERS/borg"
+    reset_image img1g
+    measure borg_fixed_zstd3.full env -C "$VOLS" borg create --chunker-params fixed,65536 \
+        --compression zstd,3 "$PEERS/borg::full" img1g
 
     # -------------------------------------------------- restic
     rm -rf "$PEERS" "${OUT:?}"/*
