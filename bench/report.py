@@ -176,8 +176,12 @@ if sizes:
     p("")
 
 # ------------------------------------------------------------------ targets
+def m_or_nan(key):
+    return med(key) if times[key] else float("nan")
+
+
 def ratio(a, b):
-    return med(a) / med(b) if times[a] and times[b] else float("nan")
+    return m_or_nan(a) / m_or_nan(b)
 
 
 targets = []
@@ -202,7 +206,7 @@ r = ratio("borg_fixed.check", "sbk.verify")
 target("verify ≥ 5x faster than borg check --verify-data (fixed-64K)", f"{r:.2f}x", r >= 5)
 peak = max((max(v), k) for k, v in rss.items() if k.startswith("sbk"))
 target("peak RSS of every sparsebak command < 128 MiB", f"{peak[0] / 1024:.0f} MiB ({peak[1]})", peak[0] < 128 * 1024)
-m = med("sbk1t.monitor_idle") if times["sbk1t.monitor_idle"] else float("nan")
+m = m_or_nan("sbk1t.monitor_idle")
 target("monitor of 1 TiB, nothing changed, < 0.2 s", f"{m:.3f} s", m < 0.2)
 
 p("## Targets")
@@ -216,10 +220,6 @@ out.extend(targets)
 # this same run that no implementation of the operation can beat on this machine, or
 # that show what the operation is bound by.
 cores = int(meta.get("cores", "1") or 1)
-
-
-def m_or_nan(key):
-    return med(key) if times[key] else float("nan")
 
 
 def per_core(key):
