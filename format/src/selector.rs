@@ -566,6 +566,18 @@ mod tests {
         t("2026-11-22 12:00:00")
     }
 
+    /// Each `(text, time)`: `text` parses, at `now()`, to "the newest session at or
+    /// before `time`".
+    fn assert_parse_at_or_before(cases: &[(&str, &str)]) {
+        for &(text, at) in cases {
+            assert_eq!(
+                parse(text, now()),
+                Ok(Selector::AtOrBefore(t(at))),
+                "{text:?}"
+            );
+        }
+    }
+
     fn pick(text: &str) -> Result<String, SelectorError> {
         resolve(&parse(text, now())?, &history())
     }
@@ -657,13 +669,7 @@ mod tests {
             ("2026-11-20T14:00:30", "2026-11-20 14:00:30"),
             ("2024-02-29", "2024-02-29 23:59:59"),
         ];
-        for (text, at) in cases {
-            assert_eq!(
-                parse(text, now()),
-                Ok(Selector::AtOrBefore(t(at))),
-                "{text:?}"
-            );
-        }
+        assert_parse_at_or_before(&cases);
     }
 
     #[test]
@@ -701,13 +707,7 @@ mod tests {
             ("12 months ago", "2025-11-22 12:00:00"),
             ("a year ago", "2025-11-22 12:00:00"),
         ];
-        for (text, at) in cases {
-            assert_eq!(
-                parse(text, now()),
-                Ok(Selector::AtOrBefore(t(at))),
-                "{text:?}"
-            );
-        }
+        assert_parse_at_or_before(&cases);
     }
 
     #[test]
