@@ -3,9 +3,13 @@
 //! and volume, the chain of sessions sent there, so each destination stays incremental
 //! on its own.
 //!
+//! It also remembers the identity of the archive this machine sends to at each
+//! `destdir` (table `archives`), so a send refuses to write where that archive is
+//! missing (its disk not mounted) or where another archive is found.
+//!
 //! The schema is versioned in `meta.schema_version`; migrations run in one
 //! transaction, and a catalog written by a newer version is refused rather than
-//! misread. Adding tapes later means migration 2: tables `tapes` and `tape_positions`
+//! misread. Adding tapes later means migration 3: tables `tapes` and `tape_positions`
 //! referencing `sessions`, and a `kind = 'tape'` destination.
 
 use std::path::Path;
@@ -15,7 +19,7 @@ use sparsebak_format::info::SessionInfo;
 use sparsebak_format::Hash;
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -68,15 +72,22 @@ impl Catalog {
             source,
         };
         let mut conn = Connection::open(path).map_err(sql)?;
+        // Before anything else: runs that open the catalog at the same moment (two
+        // first sends) wait for each other instead of failing with "database is
+        // locked".
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
+        // Immediate: take the write lock before reading the version, so two runs never
+        // both decide to migrate (a deferred transaction could not upgrade its lock).
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sql)?;
-        let tx = conn.transaction().map_err(sql)?;
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         )
@@ -117,6 +128,15 @@ impl Catalog {
                      PRIMARY KEY (dest, volume, seq),
                      UNIQUE (dest, volume, session));
                  INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1');",
+            )
+            .map_err(sql)?;
+        }
+        if version < 2 {
+            tx.execute_batch(
+                "CREATE TABLE archives (
+                     path TEXT PRIMARY KEY,
+                     id TEXT NOT NULL);
+                 INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2');",
             )
             .map_err(sql)?;
         }
@@ -235,6 +255,29 @@ impl Catalog {
         tx.commit().map_err(sql)
     }
 
+    /// The identity of the archive this machine sends to at `path`, if it knows one.
+    pub fn archive_id(&self, path: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT id FROM archives WHERE path = ?1",
+                params![path],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Record that the archive at `path` is `id` (replacing what was known).
+    pub fn set_archive_id(&self, path: &str, id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO archives (path, id) VALUES (?1, ?2)",
+                params![path, id],
+            )
+            .map(drop)
+            .map_err(self.sql())
+    }
+
     /// Forget `volume`'s chain on `dest` (the next stream there is full).
     pub fn forget(&self, dest: DestId, volume: &str) -> Result<()> {
         self.conn
@@ -296,6 +339,50 @@ mod tests {
         assert_eq!(c.base(other, "v").unwrap(), None);
         c.forget(s, "v").unwrap();
         assert_eq!(c.base(s, "v").unwrap(), None);
+    }
+
+    #[test]
+    fn archive_ids_persist_and_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        {
+            let c = Catalog::open(&p).unwrap();
+            assert_eq!(c.archive_id("/mnt/b/sb").unwrap(), None);
+            c.set_archive_id("/mnt/b/sb", "a").unwrap();
+        }
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.archive_id("/mnt/b/sb").unwrap().as_deref(), Some("a"));
+        assert_eq!(c.archive_id("/mnt/c/sb").unwrap(), None);
+        c.set_archive_id("/mnt/b/sb", "b").unwrap();
+        assert_eq!(c.archive_id("/mnt/b/sb").unwrap().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn migrates_a_version_1_catalog() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        drop(Catalog::open(&p).unwrap());
+        // Make it look like a catalog of the previous version, with a chain in it.
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(
+            "DROP TABLE archives;
+             UPDATE meta SET value = '1' WHERE key = 'schema_version';
+             INSERT INTO destinations (kind, name) VALUES ('stream', 'nightly');",
+        )
+        .unwrap();
+        drop(conn);
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.destination("stream", "nightly").unwrap(), DestId(1));
+        c.set_archive_id("/x", "a").unwrap();
+        let v: String = c
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, "2");
     }
 
     #[test]

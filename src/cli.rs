@@ -49,6 +49,11 @@ pub enum Command {
         /// Store the session as one tar file in the archive (also `tarfile = on`).
         #[arg(long, conflicts_with = "stream")]
         tarfile: bool,
+        /// Send to the archive found at destdir, or to a new one there, from now on,
+        /// although this machine knows another archive there (after replacing a
+        /// broken disk; see "Archive identity" in the README).
+        #[arg(long = "accept-archive", conflicts_with = "stream")]
+        accept_archive: bool,
         /// Write the session as a self-contained tar stream to PATH (`-` = stdout)
         /// instead of the archive: full the first time, then incremental on the
         /// chain's last stream. One volume.

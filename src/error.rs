@@ -7,6 +7,8 @@ pub enum Error {
     #[error(transparent)]
     Format(#[from] sparsebak_format::FormatError),
     #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error(transparent)]
     DeltaMap(#[from] crate::delta_map::DeltaMapError),
     #[error("{path}: {source}")]
     Io {

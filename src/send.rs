@@ -57,6 +57,14 @@ pub fn lock_meta(config: &Config, name: &str) -> Result<lock::LockGuard> {
     )
 }
 
+fn lost_session(name: &str, mine: &str, archive: &Archive) -> Error {
+    Error::Msg(format!(
+        "volume {name}: this machine sent session {mine}, which the archive at {} no longer has; \
+         refusing to build on it (restore the archive, or `sparsebak delete {name}` to start over)",
+        archive.root.display()
+    ))
+}
+
 /// Send volume `name` into `archive`.
 pub fn send_volume(
     config: &Config,
@@ -67,22 +75,25 @@ pub fn send_volume(
 ) -> Result<SendOutcome> {
     let started = Instant::now();
     let _meta_lock = lock_meta(config, name)?;
-    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
     let vol = archive.volume(name);
-    remove_staging(&vol)?;
     let mdir = meta_dir(config, name);
     let local = LocalCopies::new(&mdir);
+    if !vol.exists() {
+        // Refused below too, but before the volume's folder is made: a refused send
+        // leaves nothing behind.
+        if let Some(mine) = local.ids()?.last() {
+            return Err(lost_session(name, mine, archive));
+        }
+    }
+    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    remove_staging(&vol)?;
     crate::archive::prune::recover(&vol, Some(&local))?;
     local.catch_up(&vol)?;
     let sessions = vol.sessions()?;
     let latest = sessions.last().cloned();
     if let Some(mine) = local.ids()?.last() {
         if latest.as_ref().is_none_or(|l| l < mine) {
-            return Err(Error::Msg(format!(
-                "volume {name}: this machine sent session {mine}, which the archive at {} no longer has; \
-                 refusing to build on it (restore the archive, or `sparsebak delete {name}` to start over)",
-                archive.root.display()
-            )));
+            return Err(lost_session(name, mine, archive));
         }
     }
     let chain = match &latest {

@@ -10,28 +10,19 @@ use crate::info::SessionInfo;
 use crate::layout;
 use crate::manifest::ManifestReader;
 use crate::tarsession::TarSession;
-use crate::FORMAT_VERSION;
 
 /// Check that `root` is a sparsebak archive this build can read.
 pub fn check_archive_root(root: &Path) -> Result<()> {
-    let marker = root.join(layout::ARCHIVE_MARKER);
-    let text = std::fs::read_to_string(&marker).map_err(|e| FormatError::NotArchive {
-        path: root.to_path_buf(),
-        reason: format!("{}: {e}", marker.display()),
-    })?;
-    let want = archive_marker_text();
-    if text != want {
-        return Err(FormatError::NotArchive {
+    match crate::marker::read_marker(root)? {
+        Some(_) => Ok(()),
+        None => Err(FormatError::NotArchive {
             path: root.to_path_buf(),
-            reason: format!("unexpected {} content {text:?}", layout::ARCHIVE_MARKER),
-        });
+            reason: format!(
+                "no {} in it; is the archive's disk mounted?",
+                layout::ARCHIVE_MARKER
+            ),
+        }),
     }
-    Ok(())
-}
-
-/// Content of the archive root marker file.
-pub fn archive_marker_text() -> String {
-    format!("sparsebak-archive\nformat={FORMAT_VERSION}\n")
 }
 
 /// A volume's folder in an archive.

@@ -2,6 +2,7 @@
 //! writing sessions ([`writer`]), checking them ([`verify`]), and the copies of each
 //! session's info and manifest that the source side keeps ([`local`]).
 
+pub mod identity;
 pub mod local;
 pub mod prune;
 pub mod tar;
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sparsebak_format::layout;
-use sparsebak_format::volume::{archive_marker_text, check_archive_root, VolumeArchive};
+use sparsebak_format::marker::read_marker;
+use sparsebak_format::volume::{check_archive_root, VolumeArchive};
 
 use crate::config::Config;
 use crate::durable;
@@ -22,61 +24,155 @@ use crate::lock::{self, LockGuard, Mode};
 /// How long a command waits for another run to release a volume.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// Why a run may not use the archive at `destdir`. Nothing was written when one of
+/// these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the archive at {path} is on a read-only filesystem; {action} needs to write to it (mount it read-write)")]
+    ReadOnly { path: PathBuf, action: String },
+    #[error("no archive at {path}, but this machine sends to archive {known} there: is its disk mounted? Nothing was written (if that archive is gone for good, `sparsebak send --accept-archive` starts a new one there)")]
+    Missing { path: PathBuf, known: String },
+    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `sparsebak send --accept-archive`)")]
+    MissingSent { path: PathBuf, volumes: String },
+    #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `sparsebak send --accept-archive`)")]
+    Different {
+        path: PathBuf,
+        known: String,
+        found: String,
+    },
+}
+
 /// An archive root folder.
 #[derive(Debug, Clone)]
 pub struct Archive {
     pub root: PathBuf,
+    /// Its identity (`None` for an archive made before identities, until a run that
+    /// writes to it gives it one).
+    pub id: Option<String>,
+    /// Whether its filesystem is mounted read-only: then only reading is possible,
+    /// and readers take no locks (nobody can write it).
+    pub read_only: bool,
+}
+
+/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
+/// does) is on a filesystem mounted read-only.
+pub fn is_read_only(path: &Path) -> bool {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    path.ancestors()
+        .find_map(|p| statvfs(p).ok())
+        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
 }
 
 impl Archive {
-    /// Open the configured archive, which must exist.
+    /// Open the configured archive, which must exist, for reading.
     pub fn open(config: &Config) -> Result<Archive> {
         config.check_destination()?;
         let root = config.destdir.clone();
-        check_archive_root(&root)?;
-        Ok(Archive { root })
+        let Some(marker) = read_marker(&root)? else {
+            check_archive_root(&root)?;
+            return Err(Error::Msg(format!("{}: no archive", root.display())));
+        };
+        let read_only = is_read_only(&root);
+        if read_only {
+            tracing::debug!(
+                "archive {} is on a read-only filesystem: reading without locks",
+                root.display()
+            );
+        }
+        Ok(Archive {
+            root,
+            id: marker.id,
+            read_only,
+        })
     }
 
-    /// Open the configured archive, creating an empty one if the folder has none yet.
-    pub fn open_or_create(config: &Config) -> Result<Archive> {
+    /// Open the configured archive, which must exist, to change it (`action` names
+    /// what for in errors): it must be writable and be the archive this machine
+    /// sends to (see [`identity`]).
+    pub fn open_writable(config: &Config, action: &str) -> Result<Archive> {
+        let mut a = Self::open(config)?;
+        a.require_writable(action)?;
+        identity::adopt(config, &mut a, false)?;
+        Ok(a)
+    }
+
+    /// Open the configured archive to send to it, creating an empty one if the
+    /// folder has none yet, unless this machine knows an archive there (its disk is
+    /// probably not mounted). `accept` takes whatever archive is found, or a new one,
+    /// as this machine's archive from now on.
+    pub fn open_or_create(config: &Config, accept: bool) -> Result<Archive> {
         config.check_destination()?;
         let root = config.destdir.clone();
-        let marker = root.join(layout::ARCHIVE_MARKER);
-        if !marker.exists() {
-            std::fs::create_dir_all(&root).at(&root)?;
-            let non_empty = std::fs::read_dir(&root).at(&root)?.any(|e| {
-                e.map(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .unwrap_or(true)
-            });
-            if non_empty {
-                return Err(Error::Msg(format!(
-                    "{} is not empty and is not a sparsebak archive; refusing to write into it",
-                    root.display()
-                )));
+        if read_marker(&root)?.is_none() {
+            identity::refuse_if_known(config, accept)?;
+            if is_read_only(&root) {
+                return Err(ArchiveError::ReadOnly {
+                    path: root,
+                    action: "send".into(),
+                }
+                .into());
             }
-            durable::write_atomic(&marker, archive_marker_text().as_bytes()).at(&marker)?;
-            tracing::info!("created archive {}", root.display());
+            identity::create(&root)?;
         }
-        check_archive_root(&root)?;
-        Ok(Archive { root })
+        let mut a = Self::open(config)?;
+        a.require_writable("send")?;
+        identity::adopt(config, &mut a, accept)?;
+        Ok(a)
+    }
+
+    /// Fail with [`ArchiveError::ReadOnly`] when the archive is read-only.
+    pub fn require_writable(&self, action: &str) -> Result<()> {
+        if self.read_only {
+            return Err(ArchiveError::ReadOnly {
+                path: self.root.clone(),
+                action: action.to_string(),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     pub fn volume(&self, name: &str) -> VolumeArchive {
         VolumeArchive::new(&self.root.join(name))
     }
 
-    /// Lock a volume's folder (created if needed for exclusive use).
+    /// Lock a volume's folder (created if needed for exclusive use). On a read-only
+    /// archive a shared lock is not taken (nobody can write the archive), and an
+    /// exclusive one is refused.
     pub fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<LockGuard>> {
         let dir = self.root.join(name);
+        let read_only = |action: String| {
+            Error::from(ArchiveError::ReadOnly {
+                path: self.root.clone(),
+                action,
+            })
+        };
+        let is_erofs = |e: &Error| matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS));
+        if mode == Mode::Exclusive && self.read_only {
+            return Err(read_only(format!("changing volume {name}")));
+        }
         if !dir.is_dir() {
             if mode == Mode::Shared {
                 return Ok(None);
             }
-            std::fs::create_dir_all(&dir).at(&dir)?;
-            durable::sync_parent(&dir).at(&dir)?;
+            let made = std::fs::create_dir_all(&dir)
+                .at(&dir)
+                .and_then(|()| durable::sync_parent(&dir).at(&dir));
+            match made {
+                Err(e) if is_erofs(&e) => return Err(read_only(format!("changing volume {name}"))),
+                r => r?,
+            }
         }
         let what = format!("volume {name} in the archive");
-        lock::lock(&dir.join(layout::LOCK_FILE), mode, LOCK_WAIT, &what).map(Some)
+        match lock::lock(&dir.join(layout::LOCK_FILE), mode, LOCK_WAIT, &what) {
+            Ok(g) => Ok(Some(g)),
+            Err(e) if is_erofs(&e) && mode == Mode::Shared => {
+                tracing::debug!("{e}: reading volume {name} without a lock");
+                Ok(None)
+            }
+            Err(e) if is_erofs(&e) => Err(read_only(format!("changing volume {name}"))),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -117,6 +213,21 @@ pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
     let local = local::LocalCopies::new(&mdir);
     if !prune::interrupted(&vol) && !local.has_pending() {
         return Ok(());
+    }
+    if archive.read_only {
+        // Nobody can write the archive: what is left to finish on it must wait for
+        // writable media; what is left on this machine's side can be done now.
+        if prune::interrupted(&vol) {
+            return Err(Error::Msg(format!(
+                "volume {name}: an interrupted prune in {} must be finished before the volume can be read, \
+                 and the archive at {} is on a read-only filesystem; mount it read-write and run \
+                 `sparsebak list {name}` to finish it",
+                vol.dir.display(),
+                archive.root.display()
+            )));
+        }
+        let _meta = crate::send::lock_meta(config, name)?;
+        return local.catch_up(&vol);
     }
     let _meta = crate::send::lock_meta(config, name)?;
     let _lock = archive.lock_volume(name, Mode::Exclusive)?;

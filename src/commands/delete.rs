@@ -11,7 +11,7 @@ use crate::source::{self, VolumeCtx};
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
-    let archive = Archive::open(&ctx.config)?;
+    let archive = Archive::open_writable(&ctx.config, "delete")?;
     let vol = archive.volume(name);
     let mdir = meta_dir(&ctx.config, name);
     let n = vol.sessions()?.len();

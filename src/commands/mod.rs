@@ -91,8 +91,11 @@ pub fn run(cli: Cli) -> Result<()> {
             ..
         } => stream::send(&ctx, volumes, path, block_size, chain),
         Command::Send {
-            volumes, tarfile, ..
-        } => send::run(&ctx, volumes, *tarfile),
+            volumes,
+            tarfile,
+            accept_archive,
+            ..
+        } => send::run(&ctx, volumes, *tarfile, *accept_archive),
         Command::Monitor { volumes } => monitor::run(&ctx, volumes),
         Command::Receive { volume, .. } => receive::run(&ctx, &need_volume(volume)?),
         Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume)?),

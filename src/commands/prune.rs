@@ -78,18 +78,32 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
     if ctx.session.is_none() && opts.all_before.is_none() && !opts.auto && opts.keep.is_none() {
         bail!("prune needs --session=SEL[,SEL], --all-before=SEL or --auto");
     }
-    let archive = Archive::open(&ctx.config)?;
+    // A dry run only reads, so it works on a read-only archive too.
+    let archive = if opts.dry_run {
+        Archive::open(&ctx.config)?
+    } else {
+        Archive::open_writable(&ctx.config, "prune")?
+    };
     let mut total = 0u64;
     let mut matched = 0;
     let mut unmatched: Vec<anyhow::Error> = Vec::new();
     for name in &vols {
-        let _meta = lock_meta(&ctx.config, name)?;
-        let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+        let (_meta, _lock) = if archive.read_only {
+            (
+                None,
+                crate::archive::lock_for_reading(&ctx.config, &archive, name)?,
+            )
+        } else {
+            let meta = lock_meta(&ctx.config, name)?;
+            (Some(meta), archive.lock_volume(name, Mode::Exclusive)?)
+        };
         let vol = archive.volume(name);
         let mdir = meta_dir(&ctx.config, name);
         let local = LocalCopies::new(&mdir);
         let local = mdir.is_dir().then_some(&local);
-        prune::recover(&vol, local)?;
+        if !archive.read_only {
+            prune::recover(&vol, local)?;
+        }
         let ids = vol.sessions()?;
         // A session named for several volumes may exist in only some of them: report
         // the others and go on; fail only if it matches in none.

@@ -21,9 +21,17 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let archive = Archive::open(&ctx.config)?;
     for name in &vols {
         let _meta = lock_meta(&ctx.config, name)?;
-        let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+        // Resync only reads the archive; on a read-only one nobody can be sending.
+        let mode = if archive.read_only {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        };
+        let _lock = archive.lock_volume(name, mode)?;
         let vol = archive.volume(name);
-        remove_staging(&vol)?;
+        if !archive.read_only {
+            remove_staging(&vol)?;
+        }
         let vctx = VolumeCtx::new(&ctx.config, name);
         let marked = source
             .resync(&vctx, &vol)

@@ -8,13 +8,13 @@ use crate::progress;
 use crate::send::send_volume;
 use crate::source;
 
-pub fn run(ctx: &Ctx, names: &[String], tarfile: bool) -> Result<()> {
+pub fn run(ctx: &Ctx, names: &[String], tarfile: bool, accept_archive: bool) -> Result<()> {
     let vols = ctx.config.select_volumes(names)?;
     if vols.is_empty() {
         anyhow::bail!("no volumes enabled in {}", ctx.config.path.display());
     }
     let mut source = source::for_config(&ctx.config)?;
-    let archive = Archive::open_or_create(&ctx.config)?;
+    let archive = Archive::open_or_create(&ctx.config, accept_archive)?;
     for name in &vols {
         let as_tar = tarfile || ctx.config.tarfile;
         let out = send_volume(&ctx.config, &archive, name, source.as_mut(), as_tar)

@@ -10,7 +10,7 @@ use crate::send::lock_meta;
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
-    let archive = Archive::open(&ctx.config)?;
+    let archive = Archive::open_writable(&ctx.config, "untar")?;
     crate::archive::settle(&ctx.config, &archive, name)?;
     let _meta = lock_meta(&ctx.config, name)?;
     let _lock = archive.lock_volume(name, Mode::Exclusive)?;
