@@ -104,15 +104,19 @@ impl Archive {
         config.check_destination()?;
         let root = config.destdir.clone();
         if read_marker(&root)?.is_none() {
-            identity::refuse_if_known(config, accept)?;
-            if is_read_only(&root) {
-                return Err(ArchiveError::ReadOnly {
-                    path: root,
-                    action: "send".into(),
+            match identity::refuse_if_known(config, accept) {
+                // Unless another run has just created it (and recorded it).
+                Err(e) if read_marker(&root)?.is_none() => return Err(e),
+                Err(_) => {}
+                Ok(()) if is_read_only(&root) => {
+                    return Err(ArchiveError::ReadOnly {
+                        path: root,
+                        action: "send".into(),
+                    }
+                    .into())
                 }
-                .into());
+                Ok(()) => identity::create(&root)?,
             }
-            identity::create(&root)?;
         }
         let mut a = Self::open(config)?;
         a.require_writable("send")?;

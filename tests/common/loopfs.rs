@@ -203,6 +203,32 @@ impl LoopFs {
     pub fn kind(&self) -> FsKind {
         self.kind
     }
+
+    /// `mount -o remount,OPTIONS` (e.g. `"ro"`, `"rw"`).
+    pub fn remount(&self, options: &str) {
+        run(Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.mnt))
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Unmount, keeping the loop device (as when a backup disk is unplugged): the
+    /// mount point stays as an empty folder.
+    pub fn unmount(&mut self) {
+        run(Command::new("umount").arg(&self.mnt)).unwrap_or_else(|e| panic!("{e}"));
+        self.mounted = false;
+    }
+
+    /// Mount the filesystem again after [`LoopFs::unmount`].
+    pub fn mount(&mut self) {
+        let dev = self.loopdev.clone().expect("loop device");
+        run(Command::new("mount")
+            .args(["-t", self.kind.fstype()])
+            .arg(&dev)
+            .arg(&self.mnt))
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.mounted = true;
+    }
 }
 
 impl Drop for LoopFs {
