@@ -186,6 +186,19 @@ fn read_only_archive_is_read_and_not_written() {
         assert!(line.contains("mount it read-write"), "{args:?}: {line}");
     }
     assert_eq!(names_in(&root.join("a")), before);
+    let o = env.run(&[
+        "send",
+        "a",
+        &format!("--stream={}", fs.path().join("b.stream").display()),
+    ]);
+    let line = fails_with_one_line(&o, "send --stream onto read-only media");
+    assert!(
+        line.contains(&format!(
+            "the stream destination {} is on a read-only filesystem",
+            fs.path().join("b.stream").display()
+        )),
+        "{line}"
+    );
 
     // Writable again: the same archive takes the next send.
     fs.remount("rw");
@@ -366,6 +379,8 @@ fn another_archive_at_destdir_is_refused_until_accepted() {
         &format!("destdir = {}", root.display()),
     );
     std::fs::write(&other.config, ini).unwrap();
+    other.write_at("a", 0, &rng.bytes(5 * CS));
+    other.send("a");
     other.write_at("c", 0, &rng.bytes(2 * CS));
     other.send("c");
     let theirs = archive_id(&root);
@@ -388,6 +403,17 @@ fn another_archive_at_destdir_is_refused_until_accepted() {
     }
     assert_eq!(names_in(&root), before);
     assert_eq!(names_in(&root.join("c")).len(), 2, "no session added to c");
+    // Reading that archive works; verify does not compare it with this machine's
+    // copies of the sessions it sent to its own archive (they would all differ).
+    let o = env.run(&["verify", "a"]);
+    assert!(o.status.success(), "verify: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "is archive {theirs}, but this machine sends to archive {mine} there: not comparing"
+        )),
+        "{}",
+        stderr(&o)
+    );
 
     // Accepted: this machine sends to that archive from now on, and refuses the first.
     env.ok(&["send", "--accept-archive", "c"]);

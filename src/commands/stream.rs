@@ -40,6 +40,9 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         && std::fs::metadata(target)
             .map(|m| m.is_file())
             .unwrap_or(true);
+    if is_file && crate::archive::is_read_only(target) {
+        bail!("the stream destination {path} is on a read-only filesystem (mount it read-write)");
+    }
     let tmp = target.with_file_name(format!(
         ".{}.partial",
         target

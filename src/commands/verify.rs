@@ -16,7 +16,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let sessions = vol.sessions()?;
     let id = pick_session(ctx, name, &sessions)?;
-    let local = mdir.is_dir().then_some(&local);
+    let local = (mdir.is_dir() && !another_archive(ctx, &archive)).then_some(&local);
     let size = vol.info(&id).map(|i| i.volsize).unwrap_or(0);
     let started = std::time::Instant::now();
     let bar = Progress::new(size, &format!("verify {name}"));
@@ -38,4 +38,30 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// Whether the archive is not the one this machine sends to at `destdir` (another
+/// disk): then its sessions are not the ones this machine kept copies of, and
+/// comparing with them would only report false damage.
+fn another_archive(ctx: &Ctx, archive: &Archive) -> bool {
+    let path = ctx.config.metadir.join("catalog.sqlite");
+    if !path.exists() {
+        return false;
+    }
+    match crate::archive::identity::known(&ctx.config) {
+        Ok(Some(known)) if archive.id.as_ref().is_some_and(|id| *id != known) => {
+            tracing::warn!(
+                "the archive at {} is archive {}, but this machine sends to archive {known} there: \
+                 not comparing it with this machine's copies of its sessions",
+                archive.root.display(),
+                archive.id.as_deref().unwrap_or_default()
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("{e}");
+            false
+        }
+    }
 }
