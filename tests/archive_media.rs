@@ -429,3 +429,58 @@ fn another_archive_at_destdir_is_refused_until_accepted() {
         "{line}"
     );
 }
+
+#[test]
+fn resync_reads_a_read_only_archive_and_refuses_another() {
+    let Some(images) = LoopFs::new("resync_read_only (images)", FsKind::Xfs, "") else {
+        return;
+    };
+    let Some(fs) = LoopFs::new("resync_read_only (archive)", FsKind::Ext4, "") else {
+        return;
+    };
+    let root = fs.path().join("sb");
+    let env = Env::reflink(&["v"], images.path());
+    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("destdir = {}", env.archive().display()),
+        &format!("destdir = {}", root.display()),
+    );
+    std::fs::write(&env.config, ini).unwrap();
+    let mut rng = Rng::new(13);
+    let v1 = rng.bytes(32 * CS);
+    env.write_at("v", 0, &v1);
+    env.send("v");
+    let mut v2 = v1.clone();
+    rng.fill(&mut v2[3 * CS..3 * CS + 7]);
+    rng.fill(&mut v2[20 * CS..22 * CS]);
+    env.write_at("v", 0, &v2);
+
+    fs.remount("ro");
+    let o = env.run(&["-v", "resync", "v"]);
+    assert!(o.status.success(), "resync: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("v: resynced with the archive;"),
+        "{}",
+        stderr(&o)
+    );
+    fs.remount("rw");
+    env.send("v");
+    let s = env.sessions("v");
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[1].changed, 3);
+    assert_same(&env.receive("v", None), &v2, "after resync");
+
+    // Another archive in its place (same path, another identity): refused.
+    let marker = root.join("sparsebak.archive");
+    let text = std::fs::read_to_string(&marker).unwrap();
+    let mine = archive_id(&root);
+    let theirs = "00000000-0000-4000-8000-000000000000";
+    std::fs::write(&marker, text.replace(&mine, theirs)).unwrap();
+    let line = fails_with_one_line(&env.run(&["resync", "v"]), "resync on another archive");
+    assert!(
+        line.contains(&format!(
+            "the archive at {} is archive {theirs}, but this machine sends to archive {mine} there",
+            root.display()
+        )),
+        "{line}"
+    );
+}

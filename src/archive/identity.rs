@@ -139,6 +139,23 @@ pub fn adopt(config: &Config, archive: &mut Archive, accept: bool) -> Result<()>
     Ok(())
 }
 
+/// Refuse an archive whose identity differs from the one this machine knows at
+/// `destdir`, without writing anything (for runs that read the archive to change
+/// this machine's state, such as `resync`).
+pub fn check_same(config: &Config, archive: &Archive) -> Result<()> {
+    if let (Some(found), Some(known)) = (&archive.id, known(config)?) {
+        if *found != known {
+            return Err(ArchiveError::Different {
+                path: archive.root.clone(),
+                known,
+                found: found.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Give the archive at `root`, whose marker has no identity, one. Runs that do this
 /// at the same time agree on one: the marker is locked, read again, and replaced
 /// only if it still has none.

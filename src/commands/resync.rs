@@ -19,6 +19,8 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     }
     let mut source = source::for_config(&ctx.config)?;
     let archive = Archive::open(&ctx.config)?;
+    // Tracking rebuilt against another disk's archive would be wrong for this one.
+    crate::archive::identity::check_same(&ctx.config, &archive)?;
     for name in &vols {
         let _meta = lock_meta(&ctx.config, name)?;
         // Resync only reads the archive; on a read-only one nobody can be sending.
