@@ -17,6 +17,7 @@ pub mod error;
 pub mod info;
 pub mod layout;
 pub mod manifest;
+pub mod output;
 pub mod restore;
 pub mod selector;
 pub mod stream;
