@@ -229,15 +229,18 @@ fn unaligned_volume_into_block_devices() {
     }
 }
 
-/// `--save-to=-` and `-o -`: the volume on standard output, byte for byte, and no file
-/// named `-`.
+/// `--save-to=-` and `-o -` (and `/dev/stdout`): the volume on standard output, byte
+/// for byte, and no file named `-`.
 #[test]
 fn standard_output_is_the_volume() {
     let (env, img, streams) = setup(2);
-    for w in RESTORERS {
-        let o = ok(writer(&env, &streams, w, Path::new("-")));
-        assert_same(&o.stdout, &img, &format!("{w:?} to stdout"));
-        assert!(!env.path().join("-").exists(), "{w:?} made a file named -");
+    // `/dev/stdout` on a pipe is a symlink to `/proc/self/fd/1`, which leads to no path.
+    for target in ["-", "/dev/stdout"] {
+        for w in RESTORERS {
+            let o = ok(writer(&env, &streams, w, Path::new(target)));
+            assert_same(&o.stdout, &img, &format!("{w:?} to {target}"));
+            assert!(!env.path().join("-").exists(), "{w:?} made a file named -");
+        }
     }
 }
 

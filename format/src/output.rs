@@ -108,16 +108,19 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
         r => r.map_err(io_at(given))?,
     };
     let path = if lmeta.file_type().is_symlink() {
-        match std::fs::canonicalize(given) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match (std::fs::canonicalize(given), std::fs::metadata(given)) {
+            (Ok(p), _) => p,
+            // A link with no path to name, that still opens: `/dev/stdout` on a pipe
+            // leads to `/proc/self/fd/1` and on to `pipe:[…]`.
+            (Err(_), Ok(_)) => given.to_path_buf(),
+            (Err(e), Err(_)) if e.kind() == std::io::ErrorKind::NotFound => {
                 let target = std::fs::read_link(given).map_err(io_at(given))?;
                 return Err(OutputError::Dangling {
                     path: given.into(),
                     target,
                 });
             }
-            Err(e) => return Err(io_at(given)(e)),
+            (Err(e), Err(_)) => return Err(io_at(given)(e)),
         }
     } else {
         given.to_path_buf()
