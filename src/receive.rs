@@ -4,7 +4,7 @@
 //! zeros included). What the path is, symlinks followed, is settled before anything is
 //! written ([`sparsebak_format::output`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, IsTerminal};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -50,9 +50,10 @@ pub struct DeviceTarget {
 }
 
 impl DeviceTarget {
-    /// Open the block device at `path` for writing.
+    /// Open the block device at `path` for writing (exclusively: a mounted device is
+    /// refused).
     pub fn open(path: &Path) -> Result<DeviceTarget> {
-        let file = OpenOptions::new().write(true).open(path).at(path)?;
+        let file = output::open_block_device(path).map_err(|e| Error::Msg(e.to_string()))?;
         let block = blockdev::logical_block_size(&file).at(path)?;
         Ok(DeviceTarget { file, block })
     }

@@ -458,3 +458,64 @@ fn archive_and_metadir_are_private_whatever_the_umask() {
         }
     }
 }
+
+/// Unmounts on drop (also when the test fails).
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A mounted block device is refused by every writer, and not a byte of it changes.
+#[test]
+fn mounted_block_device_is_refused() {
+    if !need_root("mounted_block_device_is_refused") {
+        return;
+    }
+    let (env, _img, streams) = setup(8);
+    let backing = env.path().join("fs.img");
+    std::fs::write(&backing, vec![0u8; 8 * MIB]).unwrap();
+    let Some(lo) = Loop::new("mounted_block_device_is_refused", &backing, 512) else {
+        return;
+    };
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(&lo.dev)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.ext4");
+    let mnt = env.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let st = Command::new("mount")
+        .args(["-o", "ro"])
+        .arg(&lo.dev)
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount");
+    let _m = Mount(mnt);
+    lo.flush();
+    let before = std::fs::read(&backing).unwrap();
+    for w in [
+        Writer::Receive,
+        Writer::FromStream,
+        Writer::Assemble,
+        Writer::SendStream,
+    ] {
+        let err = fails(writer(&env, &streams, w, &lo.dev));
+        assert!(
+            err.contains(&format!(
+                "{} is in use (mounted, or held by another program)",
+                lo.dev.display()
+            )),
+            "{w:?}: {err}"
+        );
+    }
+    lo.flush();
+    assert!(
+        std::fs::read(&backing).unwrap() == before,
+        "the mounted device changed"
+    );
+}

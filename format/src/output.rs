@@ -163,12 +163,33 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
     })
 }
 
-/// Open a FIFO, character or block device for writing (a FIFO waits for its reader).
+/// Open a FIFO, character or block device for writing (a FIFO waits for its reader;
+/// a block device is opened as [`open_block_device`] does).
 pub fn open_existing(out: &Output) -> Result<File, OutputError> {
+    if let OutputKind::BlockDevice { .. } = out.kind {
+        return open_block_device(&out.path);
+    }
     OpenOptions::new()
         .write(true)
         .open(&out.path)
         .map_err(io_at(&out.path))
+}
+
+/// Open a block device for writing, exclusively (`O_EXCL`): a device that is mounted,
+/// or held open exclusively by another program, is refused before anything is written.
+pub fn open_block_device(path: &Path) -> Result<File, OutputError> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => OutputError::Refused {
+                path: path.to_path_buf(),
+                what: "in use (mounted, or held by another program)",
+                hint: "unmount it or stop what holds it first",
+            },
+            _ => io_at(path)(e),
+        })
 }
 
 /// A regular file being built under a temporary name beside `dest` (the real file,
