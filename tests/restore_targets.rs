@@ -342,8 +342,8 @@ fn new_files_are_0600_whatever_the_umask() {
     }
 }
 
-/// Directories, sockets, character devices and dangling symlinks are refused before
-/// anything is written, naming the path; nothing changes.
+/// Directories, sockets, character devices, dangling symlinks and missing device nodes
+/// are refused before anything is written, naming the path; nothing changes.
 #[test]
 fn unusable_targets_are_refused_before_writing() {
     let (env, _img, streams) = setup(6);
@@ -355,8 +355,10 @@ fn unusable_targets_are_refused_before_writing() {
     let dangling = env.path().join("dangling");
     let nowhere = env.path().join("nowhere");
     std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
-    let cases: [(&Path, &str); 4] = [
+    let missing_dev = Path::new("/dev/sparsebak-test-no-such-device");
+    let cases: [(&Path, &str); 5] = [
         (&dir, "is a directory"),
+        (missing_dev, "is missing from /dev"),
         (&sock, "is a socket"),
         (Path::new("/dev/null"), "is a character device"),
         (&dangling, "which does not exist"),

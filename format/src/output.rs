@@ -99,11 +99,25 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
     }
     let lmeta = match std::fs::symlink_metadata(given) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A device node that is missing (an inactive logical volume, a detached
+            // disk) must not become a regular file in /dev, where nobody looks for one.
+            let parent = match given.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if std::fs::canonicalize(parent).is_ok_and(|p| p.starts_with("/dev")) {
+                return Err(OutputError::Refused {
+                    path: given.into(),
+                    what: "missing from /dev",
+                    hint: "is the device attached (the logical volume active)? \
+                           sparsebak makes no regular files under /dev",
+                });
+            }
             return Ok(Output {
                 given: given.into(),
                 path: given.into(),
                 kind: OutputKind::New,
-            })
+            });
         }
         r => r.map_err(io_at(given))?,
     };
@@ -319,6 +333,10 @@ mod tests {
         assert!(matches!(o.kind, OutputKind::Fifo) && o.is_sequential());
         let o = inspect(Path::new("/dev/null")).unwrap();
         assert!(matches!(o.kind, OutputKind::CharDevice));
+        let e = inspect(Path::new("/dev/sparsebak-no-such-device"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is missing from /dev"), "{e}");
         let _sock = std::os::unix::net::UnixListener::bind(p.join("sock")).unwrap();
         let e = inspect(&p.join("sock")).unwrap_err().to_string();
         assert!(e.contains("is a socket"), "{e}");
