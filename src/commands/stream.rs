@@ -80,7 +80,9 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
 
 pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     let Some(save_to) = &cli.save_to else {
-        bail!("receive --from-stream needs --save-to=PATH (a file or a block device)");
+        bail!(
+            "receive --from-stream needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)"
+        );
     };
     // The volume size is known only from the streams: a block device too small for it
     // is refused at the first stream's header, before anything is written.
