@@ -342,8 +342,9 @@ fn new_files_are_0600_whatever_the_umask() {
     }
 }
 
-/// Directories, sockets, character devices, dangling symlinks and missing device nodes
-/// are refused before anything is written, naming the path; nothing changes.
+/// Directories, sockets, character devices, dangling symlinks, missing device nodes and
+/// files with several hard links (only one name would get the volume) are refused
+/// before anything is written, naming the path; nothing changes.
 #[test]
 fn unusable_targets_are_refused_before_writing() {
     let (env, _img, streams) = setup(6);
@@ -356,8 +357,12 @@ fn unusable_targets_are_refused_before_writing() {
     let nowhere = env.path().join("nowhere");
     std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
     let missing_dev = Path::new("/dev/sparsebak-test-no-such-device");
-    let cases: [(&Path, &str); 5] = [
+    let linked = env.path().join("linked.img");
+    std::fs::write(&linked, b"old").unwrap();
+    std::fs::hard_link(&linked, env.path().join("other-name.img")).unwrap();
+    let cases: [(&Path, &str); 6] = [
         (&dir, "is a directory"),
+        (&linked, "has 2 hard links"),
         (missing_dev, "is missing from /dev"),
         (&sock, "is a socket"),
         (Path::new("/dev/null"), "is a character device"),
@@ -392,6 +397,9 @@ fn unusable_targets_are_refused_before_writing() {
         "the dangling symlink's target was created"
     );
     assert_eq!(std::fs::read_link(&dangling).unwrap(), nowhere);
+    assert!(!missing_dev.exists(), "a file was made in /dev");
+    assert_eq!(std::fs::read(&linked).unwrap(), b"old");
+    assert_eq!(std::fs::metadata(&linked).unwrap().nlink(), 2);
     assert!(std::fs::symlink_metadata(&sock)
         .map(|m| m.file_type().is_socket())
         .unwrap());
@@ -520,4 +528,41 @@ fn mounted_block_device_is_refused() {
         std::fs::read(&backing).unwrap() == before,
         "the mounted device changed"
     );
+}
+
+/// Run by a user who cannot give the restored file the owner of the file it replaces:
+/// refused before anything is written, the file unchanged.
+#[test]
+fn file_of_an_owner_the_user_cannot_give_is_refused() {
+    if !need_root("file_of_an_owner_the_user_cannot_give_is_refused") {
+        return;
+    }
+    let (env, _img, streams) = setup(9);
+    let st = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(env.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R");
+    let target = env.path().join("roots.img");
+    std::fs::write(&target, b"root's file").unwrap();
+    std::os::unix::fs::chown(&target, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for w in RESTORERS {
+        let mut c = writer(&env, &streams, w, &target);
+        c.uid(65534).gid(65534);
+        let err = fails(c);
+        assert!(
+            err.contains(&format!("{} belongs to uid 0 gid 0", target.display())),
+            "{w:?}: {err}"
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"root's file", "{w:?}");
+        let m = std::fs::metadata(&target).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (0, 0, 0o644),
+            "{w:?}"
+        );
+        no_partial_files(env.path(), &format!("{w:?}"));
+    }
 }

@@ -31,6 +31,22 @@ pub enum OutputError {
     },
     #[error("{path} is a symlink to {target}, which does not exist; refusing to write through it")]
     Dangling { path: PathBuf, target: PathBuf },
+    #[error(
+        "{path} has {links} hard links; the new file would replace this name only and the \
+         other links would keep the old content: remove them, or restore to a new path"
+    )]
+    HardLinked { path: PathBuf, links: u64 },
+    #[error(
+        "{path} belongs to uid {uid} gid {gid}, which the restored file cannot be given \
+         ({source}); run as root, or remove the file first"
+    )]
+    Owner {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
@@ -147,6 +163,12 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
         hint,
     };
     let kind = if ft.is_file() {
+        if meta.nlink() > 1 {
+            return Err(OutputError::HardLinked {
+                path: given.into(),
+                links: meta.nlink(),
+            });
+        }
         OutputKind::File { existing: meta }
     } else if ft.is_fifo() {
         OutputKind::Fifo
@@ -218,7 +240,8 @@ pub struct PartialFile {
 
 impl PartialFile {
     /// Create the temporary file for `out` (a [`OutputKind::File`] or
-    /// [`OutputKind::New`]), mode 0600.
+    /// [`OutputKind::New`]), mode 0600, owned as the file it replaces (a file that
+    /// cannot be given that owner is refused here, before anything is written).
     pub fn create(out: &Output) -> Result<PartialFile, OutputError> {
         let keep = match &out.kind {
             OutputKind::File { existing } => {
@@ -226,7 +249,18 @@ impl PartialFile {
             }
             _ => None,
         };
-        Self::create_at(&out.path, keep)
+        let p = Self::create_at(&out.path, keep)?;
+        if let Some((uid, gid, _)) = keep {
+            std::os::unix::fs::fchown(p.file(), Some(uid), Some(gid)).map_err(|source| {
+                OutputError::Owner {
+                    path: out.given.clone(),
+                    uid,
+                    gid,
+                    source,
+                }
+            })?;
+        }
+        Ok(p)
     }
 
     fn create_at(dest: &Path, keep: Option<(u32, u32, u32)>) -> Result<PartialFile, OutputError> {
@@ -268,13 +302,12 @@ impl PartialFile {
         &self.tmp
     }
 
-    /// Give the replaced file's owner, group and mode to the new one, fsync it, rename
-    /// it over the destination and fsync the folder.
+    /// Give the replaced file's mode to the new one (its owner was given at creation;
+    /// a chown clears set-user-ID bits, so the mode comes after), fsync it, rename it
+    /// over the destination and fsync the folder.
     pub fn commit(mut self) -> Result<(), OutputError> {
         let file = self.file.take().expect("commit runs once");
-        if let Some((uid, gid, mode)) = self.keep {
-            // Owner first: a chown clears set-user-ID bits that the chmod then restores.
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io_at(&self.tmp))?;
+        if let Some((_, _, mode)) = self.keep {
             file.set_permissions(std::fs::Permissions::from_mode(mode))
                 .map_err(io_at(&self.tmp))?;
         }
@@ -340,6 +373,15 @@ mod tests {
         let _sock = std::os::unix::net::UnixListener::bind(p.join("sock")).unwrap();
         let e = inspect(&p.join("sock")).unwrap_err().to_string();
         assert!(e.contains("is a socket"), "{e}");
+    }
+
+    #[test]
+    fn hard_linked_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), b"x").unwrap();
+        std::fs::hard_link(d.path().join("a"), d.path().join("b")).unwrap();
+        let e = inspect(&d.path().join("a")).unwrap_err().to_string();
+        assert!(e.contains("has 2 hard links"), "{e}");
     }
 
     #[test]
