@@ -15,6 +15,7 @@ command -v thin_delta >/dev/null || need_pkgs+=(thin-provisioning-tools)
 command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
 command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
 command -v losetup >/dev/null || need_pkgs+=(mount)
+command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v zstd >/dev/null || need_pkgs+=(zstd)
 if ((${#need_pkgs[@]})); then
     if [[ $(id -u) -eq 0 ]]; then

@@ -26,7 +26,8 @@ pub struct Cli {
     /// `3 days ago`, `yesterday`, ...; `A,B` is an inclusive range (prune, diff).
     #[arg(long = "session", global = true, value_name = "SEL[,SEL]")]
     pub session: Option<String>,
-    /// Where `receive` writes the volume: a file (created or replaced) or a block device.
+    /// Where `receive` writes the volume: a file (created 0600, or replaced keeping its
+    /// owner and mode; symlinks followed), a block device, a FIFO, or `-` for stdout.
     #[arg(long = "save-to", global = true, value_name = "PATH")]
     pub save_to: Option<PathBuf>,
     /// More output (repeat for debug logs); prints summaries even without a terminal.

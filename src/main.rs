@@ -6,6 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     sparsebak_format::alloc::tune_for_pipelines();
+    sparsebak::durable::private_umask();
     let cli = Cli::parse();
     sparsebak::progress::set_output(cli.quiet, cli.verbose);
     let level = match (cli.quiet, cli.verbose) {

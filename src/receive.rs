@@ -1,54 +1,72 @@
-//! Where a received volume goes: a regular file (written under a temporary name and
-//! renamed into place only when complete and checked) or an existing block device.
+//! Where a received volume goes: a regular file (written under a temporary name beside
+//! the real file and renamed into place only when complete and checked), an existing
+//! block device (written in place), or standard output and FIFOs (written in order,
+//! zeros included). What the path is, symlinks followed, is settled before anything is
+//! written ([`sparsebak_format::output`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
-use sparsebak_format::restore::{restore, RestoreError, RestoreStats, SparseFileTarget, Target};
+use sparsebak_format::output::{self, Output, OutputKind, PartialFile};
+use sparsebak_format::restore::{
+    restore, RestoreError, RestoreStats, SparseFileTarget, StreamTarget, Target,
+};
 use sparsebak_format::volume::VolumeArchive;
 
 use crate::blockdev;
-use crate::durable;
 use crate::error::{Error, IoAt, Result};
 
-/// What is at the `--save-to` path now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DestKind {
-    /// Nothing: a new file will be made.
-    New,
-    /// A regular file that will be replaced.
-    ExistingFile,
-    /// A block device that will be overwritten.
-    BlockDevice { size: u64 },
-}
-
-/// Look at `path` before receiving into it.
-pub fn inspect(path: &Path) -> Result<DestKind> {
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DestKind::New),
-        Err(e) => Err(e).at(path),
-        Ok(m) if m.is_file() => Ok(DestKind::ExistingFile),
-        Ok(_) => {
-            let f = File::open(path).at(path)?;
-            if blockdev::is_block_device(&f).at(path)? {
-                Ok(DestKind::BlockDevice {
-                    size: blockdev::device_size(&f).at(path)?,
-                })
-            } else {
-                Err(Error::Msg(format!(
-                    "{} is neither a regular file nor a block device",
-                    path.display()
-                )))
-            }
-        }
+/// Look at `path` (`-` is standard output) and refuse, before anything is written, what
+/// cannot take a volume of `volsize` bytes: character devices, sockets, directories,
+/// dangling symlinks, a block device smaller than the volume, a terminal.
+pub fn check_target(path: &Path, volsize: u64, volume: &str) -> Result<Output> {
+    let out = output::inspect(path).map_err(|e| Error::Msg(e.to_string()))?;
+    match out.kind {
+        OutputKind::CharDevice => Err(Error::Msg(format!(
+            "{} is a character device; give a file, a block device, a FIFO or - for standard output",
+            out.describe()
+        ))),
+        OutputKind::BlockDevice { size } if size < volsize => Err(Error::Msg(format!(
+            "{} is {size} bytes, smaller than volume {volume} ({volsize} bytes); refusing",
+            out.describe()
+        ))),
+        OutputKind::Stdout if std::io::stdout().is_terminal() => Err(Error::Msg(
+            "refusing to write a disk image to a terminal; redirect standard output".into(),
+        )),
+        _ => Ok(out),
     }
 }
 
-/// A block device: data written in place, every other range zeroed with BLKZEROOUT.
-struct DeviceTarget {
+/// A block device written in place. Zero ranges are aligned to the device's logical
+/// block size: the aligned part is zeroed by the kernel (`BLKZEROOUT`), the unaligned
+/// rest written as zeros, so a volume of any size restores.
+pub struct DeviceTarget {
     file: File,
+    /// Logical block size.
+    block: u64,
+}
+
+impl DeviceTarget {
+    /// Open the block device at `path` for writing (exclusively: a mounted device is
+    /// refused).
+    pub fn open(path: &Path) -> Result<DeviceTarget> {
+        let file = output::open_block_device(path).map_err(|e| Error::Msg(e.to_string()))?;
+        let block = blockdev::logical_block_size(&file).at(path)?;
+        Ok(DeviceTarget { file, block })
+    }
+
+    /// Size of the device in bytes.
+    pub fn size(&self) -> std::io::Result<u64> {
+        blockdev::device_size(&self.file)
+    }
+
+    /// Make `[off, off+len)` read back as zeros, at any offset and length.
+    pub fn zero_range(&self, off: u64, len: u64) -> std::io::Result<()> {
+        blockdev::zero_range(&self.file, self.block, off, len)
+    }
 }
 
 impl Target for DeviceTarget {
@@ -56,43 +74,54 @@ impl Target for DeviceTarget {
         self.file.write_all_at(data, off)
     }
     fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
-        blockdev::zero_out(&self.file, off, len)
+        self.zero_range(off, len)
     }
     fn finish(&mut self) -> std::io::Result<()> {
         self.file.sync_all()
     }
 }
 
-/// Rebuild `chain`'s last session into `path`. Every chunk's hash is checked; on any
-/// error a file destination is left untouched.
+/// Rebuild `chain`'s last session into `out` (from [`check_target`]). Every chunk's
+/// hash is checked; on any error a file destination is left untouched (a device, a
+/// FIFO or standard output holds what was written before the error).
 pub fn receive_to(
     vol: &VolumeArchive,
     chain: &[SessionInfo],
-    path: &Path,
+    out: &Output,
     progress: &mut dyn FnMut(u64),
 ) -> Result<RestoreStats> {
     let last = chain
         .last()
         .ok_or_else(|| Error::Msg(format!("volume {} has no sessions", vol.name)))?;
     let map_err = |e: RestoreError| Error::Msg(format!("receive {}: {e}", vol.name));
-    match inspect(path)? {
-        DestKind::BlockDevice { size } => {
-            if size < last.volsize {
-                return Err(Error::Msg(format!(
-                    "{} is {size} bytes, smaller than volume {} ({} bytes); refusing",
-                    path.display(),
-                    vol.name,
-                    last.volsize
-                )));
-            }
-            let file = OpenOptions::new().write(true).open(path).at(path)?;
-            let mut t = DeviceTarget { file };
+    let oe = |e: output::OutputError| Error::Msg(e.to_string());
+    match &out.kind {
+        OutputKind::BlockDevice { .. } => {
+            let mut t = DeviceTarget::open(&out.path)?;
             restore(vol, chain, &mut t, true, progress).map_err(map_err)
         }
-        DestKind::New | DestKind::ExistingFile => durable::replace_with(path, |tmp| {
-            let file = File::create(tmp).at(tmp)?;
-            let mut t = SparseFileTarget::new(file, last.volsize).at(tmp)?;
+        OutputKind::Stdout => {
+            let stdout = std::io::stdout();
+            let mut t = StreamTarget::new(BufWriter::with_capacity(1 << 20, stdout.lock()));
             restore(vol, chain, &mut t, true, progress).map_err(map_err)
-        }),
+        }
+        OutputKind::Fifo => {
+            let f = output::open_existing(out).map_err(oe)?;
+            let mut t = StreamTarget::new(BufWriter::with_capacity(1 << 20, f));
+            restore(vol, chain, &mut t, true, progress).map_err(map_err)
+        }
+        OutputKind::File { .. } | OutputKind::New => {
+            let partial = PartialFile::create(out).map_err(oe)?;
+            let tmp = partial.tmp_path().to_path_buf();
+            let file = partial.file().try_clone().at(&tmp)?;
+            let mut t = SparseFileTarget::new(file, last.volsize).at(&tmp)?;
+            let stats = restore(vol, chain, &mut t, true, progress).map_err(map_err)?;
+            partial.commit().map_err(oe)?;
+            Ok(stats)
+        }
+        OutputKind::CharDevice => Err(Error::Msg(format!(
+            "{} is a character device; refusing",
+            out.describe()
+        ))),
     }
 }

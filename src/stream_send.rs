@@ -10,22 +10,26 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
-use sparsebak_format::stream::{read_chain, ChainSummary, StreamHeader, StreamWriter, VolumeSink};
+use sparsebak_format::output::{self, Output, OutputKind, PartialFile};
+use sparsebak_format::restore::Target;
+use sparsebak_format::stream::{
+    read_chain, ChainSummary, FileSink, StreamHeader, StreamWriter, VolumeSink,
+};
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
 use crate::archive::create_private_dir;
 use crate::archive::local::LocalCopies;
-use crate::blockdev;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
+use crate::receive::DeviceTarget;
 use crate::send::{compare_and_store, lock_meta, ChunkSink};
 use crate::session_id;
 use crate::source::{stream_dir, Source, VolumeCtx};
@@ -238,18 +242,19 @@ pub fn send_stream(
     }
 }
 
-/// A block device as a stream sink: zero ranges and cuts are written with BLKZEROOUT.
+/// A block device as a stream sink: zero ranges and cuts are zeroed in place (aligned
+/// to the logical block size, see [`DeviceTarget`]).
 pub struct DeviceSink {
-    pub file: File,
+    dev: DeviceTarget,
     pub device_size: u64,
     size: u64,
 }
 
 impl DeviceSink {
-    pub fn new(file: File) -> std::io::Result<DeviceSink> {
-        let device_size = blockdev::device_size(&file)?;
+    pub fn new(dev: DeviceTarget) -> std::io::Result<DeviceSink> {
+        let device_size = dev.size()?;
         Ok(DeviceSink {
-            file,
+            dev,
             device_size,
             size: 0,
         })
@@ -267,21 +272,21 @@ impl VolumeSink for DeviceSink {
         // The volume starts all zero (the first call zeroes the device up to its size);
         // a grow brings zeros, never what the device held; a cut zeroes what it drops.
         if size > self.size {
-            blockdev::zero_out(&self.file, self.size, size - self.size)?;
+            self.dev.zero_range(self.size, size - self.size)?;
         } else if size < self.size {
-            blockdev::zero_out(&self.file, size, self.size - size)?;
+            self.dev.zero_range(size, self.size - size)?;
         }
         self.size = size;
         Ok(())
     }
     fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
-        std::os::unix::fs::FileExt::write_all_at(&self.file, data, off)
+        Target::write_at(&mut self.dev, off, data)
     }
     fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
-        blockdev::zero_out(&self.file, off, len)
+        self.dev.zero_range(off, len)
     }
     fn finish(&mut self) -> std::io::Result<()> {
-        self.file.sync_all()
+        Target::finish(&mut self.dev)
     }
 }
 
@@ -312,11 +317,15 @@ pub fn open_streams(paths: &[String]) -> Result<Box<dyn Read>> {
     Ok(input)
 }
 
-/// Rebuild the chain of streams in `input` into `path` (a file, written under a
-/// temporary name and renamed only when every check passed, or a block device).
+/// Rebuild the chain of streams in `input` into `out` (from [`check_stream_target`]):
+/// a file is written under a temporary name beside the real file and renamed only when
+/// every check passed; a block device is written in place. Standard output and FIFOs
+/// take the volume in order, so (later streams of a chain overwrite earlier ones) the
+/// chain is rebuilt in an unnamed sparse file in the temporary folder (`$TMPDIR`) first
+/// and copied out only once every check passed.
 pub fn receive_streams(
     input: Box<dyn Read>,
-    path: &Path,
+    out: &Output,
     volume: Option<&str>,
 ) -> Result<ChainSummary> {
     // Read and check the whole chain into `sink`; a wrong volume is refused before a
@@ -330,17 +339,40 @@ pub fn receive_streams(
         check_volume(&sum, volume)?;
         Ok(sum)
     };
-    match crate::receive::inspect(path)? {
-        crate::receive::DestKind::BlockDevice { .. } => {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .at(path)?;
-            rebuild(&mut DeviceSink::new(f).at(path)?)
+    let oe = |e: output::OutputError| Error::Msg(e.to_string());
+    match &out.kind {
+        OutputKind::BlockDevice { .. } => {
+            let dev = DeviceTarget::open(&out.path)?;
+            rebuild(&mut DeviceSink::new(dev).at(&out.path)?)
         }
-        _ => durable::replace_with(path, |tmp| {
-            let f = File::create(tmp).at(tmp)?;
-            rebuild(&mut sparsebak_format::stream::FileSink::new(f).at(tmp)?)
-        }),
+        OutputKind::File { .. } | OutputKind::New => {
+            let partial = PartialFile::create(out).map_err(oe)?;
+            let tmp = partial.tmp_path().to_path_buf();
+            let f = partial.file().try_clone().at(&tmp)?;
+            let sum = rebuild(&mut FileSink::new(f).at(&tmp)?)?;
+            partial.commit().map_err(oe)?;
+            Ok(sum)
+        }
+        OutputKind::Stdout | OutputKind::Fifo => {
+            let tmpdir = std::env::temp_dir();
+            let f = tempfile::tempfile_in(&tmpdir).at(&tmpdir)?;
+            let mut sink = FileSink::new(f).at(&tmpdir)?;
+            let sum = rebuild(&mut sink)?;
+            let mut f = sink.into_file();
+            f.rewind().at(&tmpdir)?;
+            let mut copy = |w: &mut dyn Write| -> std::io::Result<()> {
+                std::io::copy(&mut f, w)?;
+                w.flush()
+            };
+            match out.kind {
+                OutputKind::Stdout => copy(&mut std::io::stdout().lock()).at("standard output")?,
+                _ => copy(&mut output::open_existing(out).map_err(oe)?).at(&out.path)?,
+            }
+            Ok(sum)
+        }
+        OutputKind::CharDevice => Err(Error::Msg(format!(
+            "{} is a character device; refusing",
+            out.describe()
+        ))),
     }
 }

@@ -2,11 +2,13 @@
 //! alone: no configuration, no source-side metadata, no `sparsebak` binary. It shares
 //! the format code with sparsebak through the `sparsebak-format` crate.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use sparsebak_format::output::{self, OutputKind, PartialFile};
 use sparsebak_format::restore::{restore, SparseFileTarget, StreamTarget};
 use sparsebak_format::selector;
 use sparsebak_format::volume::VolumeArchive;
@@ -17,8 +19,8 @@ use sparsebak_format::volume::VolumeArchive;
     version,
     about = "Rebuild a raw disk image from a sparsebak archive volume folder",
     long_about = "Rebuild a raw disk image from a sparsebak archive volume folder \
-                  (ARCHIVE/VOLUME) alone. Writes a sparse file with -o, else the raw \
-                  image to standard output."
+                  (ARCHIVE/VOLUME) alone. Writes a sparse file, a block device or a \
+                  FIFO with -o, else the raw image to standard output."
 )]
 struct Args {
     /// Check every chunk's SHA-256 against its manifest; exit 1 on any mismatch.
@@ -28,7 +30,8 @@ struct Args {
     /// date-time (the newest session at or before it), `3 days ago`, ...
     #[arg(long = "session", default_value = "latest")]
     session: String,
-    /// Output file (created or replaced, sparse). Without it the image goes to stdout.
+    /// Output: a file (created 0600, or replaced keeping its owner and mode; sparse), a
+    /// block device, a FIFO, or `-`. Without it the image goes to stdout.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// The volume folder inside the archive.
@@ -55,33 +58,59 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("{}", args.volume_dir.display()))?;
     let chain = vol.chain(&id)?;
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
-    match &args.output {
-        Some(out) => {
-            let tmp = out.with_file_name(format!(
-                ".{}.assemble-partial",
-                out.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
-            ));
-            let file = std::fs::File::create(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let mut target = SparseFileTarget::new(file, size)?;
-            if let Err(e) = restore(&vol, &chain, &mut target, args.check, &mut |_| {}) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e).with_context(|| format!("session {id}"));
-            }
-            std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
+    let out = match &args.output {
+        Some(p) => output::inspect(p)?,
+        None => output::inspect(Path::new("-"))?,
+    };
+    let session = || format!("session {id}");
+    let sequential = |f: File| StreamTarget::new(BufWriter::with_capacity(1 << 20, f));
+    match out.kind {
+        OutputKind::File { .. } | OutputKind::New => {
+            let partial = PartialFile::create(&out)?;
+            let file = partial
+                .file()
+                .try_clone()
+                .with_context(|| partial.tmp_path().display().to_string())?;
+            let mut target = SparseFileTarget::new(file, size)
+                .with_context(|| partial.tmp_path().display().to_string())?;
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+            partial.commit()?;
         }
-        None => {
+        OutputKind::Stdout => {
             let stdout = std::io::stdout();
             if stdout.is_terminal() {
                 bail!("refusing to write a disk image to a terminal; use -o FILE or a pipe");
             }
             let mut target =
-                StreamTarget::new(std::io::BufWriter::with_capacity(1 << 20, stdout.lock()));
-            restore(&vol, &chain, &mut target, args.check, &mut |_| {})
-                .with_context(|| format!("session {id}"))?;
+                StreamTarget::new(BufWriter::with_capacity(1 << 20, stdout.lock()));
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
         }
+        OutputKind::Fifo => {
+            let mut target = sequential(output::open_existing(&out)?);
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+        }
+        // Written front to back, zeros included (this tool has no device ioctls): slower
+        // than `sparsebak receive` on a device, the same bytes.
+        OutputKind::BlockDevice { size: dev } => {
+            if dev < size {
+                bail!(
+                    "{} is {dev} bytes, smaller than the volume ({size} bytes); refusing",
+                    out.describe()
+                );
+            }
+            let mut target = sequential(output::open_existing(&out)?);
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+            target
+                .out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .with_context(|| out.describe())?;
+        }
+        OutputKind::CharDevice => bail!(
+            "{} is a character device; give a file, a block device, a FIFO or - for standard output",
+            out.describe()
+        ),
     }
     Ok(())
 }

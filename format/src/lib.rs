@@ -18,6 +18,7 @@ pub mod info;
 pub mod layout;
 pub mod manifest;
 pub mod marker;
+pub mod output;
 pub mod restore;
 pub mod selector;
 pub mod stream;

@@ -5,12 +5,13 @@ use anyhow::{bail, Context, Result};
 use super::{human, pick_session, Ctx};
 use crate::archive::Archive;
 use crate::progress::{self, Progress};
-use crate::receive::{inspect, receive_to, DestKind};
+use crate::receive::{check_target, receive_to};
+use sparsebak_format::output::OutputKind;
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let Some(path) = &ctx.save_to else {
-        bail!("receive needs --save-to=PATH (a file or a block device)");
+        bail!("receive needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)");
     };
     let archive = Archive::open(&ctx.config)?;
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
@@ -19,30 +20,31 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let id = pick_session(ctx, name, &sessions)?;
     let chain = vol.chain(&id)?;
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
-    let what = match inspect(path)? {
-        DestKind::New => None,
-        DestKind::ExistingFile => Some("file"),
-        DestKind::BlockDevice { .. } => Some("block device"),
+    let out = check_target(path, size, name)?;
+    let what = match out.kind {
+        OutputKind::File { .. } => Some("file"),
+        OutputKind::BlockDevice { .. } => Some("block device"),
+        _ => None,
     };
     if let Some(what) = what {
         if !ctx.confirm(&format!(
             "Overwrite {what} {} with volume {name} session {id}?",
-            path.display()
+            out.describe()
         ))? {
             bail!(
                 "{} exists; not overwriting it (confirm at the prompt, or pass -u)",
-                path.display()
+                out.describe()
             );
         }
     }
     let started = std::time::Instant::now();
     let bar = Progress::new(size, &format!("receive {name}"));
-    let stats = receive_to(&vol, &chain, path, &mut |p| bar.set(p))
-        .with_context(|| format!("receive {name} session {id} into {}", path.display()))?;
+    let stats = receive_to(&vol, &chain, &out, &mut |p| bar.set(p))
+        .with_context(|| format!("receive {name} session {id} into {}", out.describe()))?;
     bar.finish();
     progress::summary(&format!(
         "{name}: session {id} restored to {} size={} written={} time={:.1}s",
-        path.display(),
+        out.describe(),
         stats.volsize,
         human(stats.bytes_written),
         started.elapsed().as_secs_f64()

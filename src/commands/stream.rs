@@ -11,6 +11,7 @@ use crate::config::parse_size;
 use crate::progress;
 use crate::source;
 use crate::stream_send::{open_streams, receive_streams, send_stream, StreamOpts};
+use sparsebak_format::output::{self, OutputKind, PartialFile};
 
 fn split_paths(spec: &str) -> Vec<String> {
     spec.split(',').map(str::to_string).collect()
@@ -33,56 +34,39 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         chain: chain.to_string(),
         block_size,
     };
-    // A regular file is written under a temporary name and renamed when complete;
-    // stdout, pipes and tape devices are written directly.
-    let target = Path::new(path);
-    let is_file = path != "-"
-        && std::fs::metadata(target)
-            .map(|m| m.is_file())
-            .unwrap_or(true);
-    if is_file && crate::archive::is_read_only(target) {
-        bail!("the stream destination {path} is on a read-only filesystem (mount it read-write)");
+    // A regular file is written under a temporary name beside the real file (symlinks
+    // followed) and renamed when complete, keeping the owner, group and mode of a file
+    // it replaces; stdout, pipes, tape and block devices are written directly.
+    let target = output::inspect(Path::new(path))?;
+    if matches!(target.kind, OutputKind::File { .. } | OutputKind::New)
+        && crate::archive::is_read_only(&target.path)
+    {
+        bail!(
+            "the stream destination {} is on a read-only filesystem (mount it read-write)",
+            target.path.display()
+        );
     }
-    let tmp = target.with_file_name(format!(
-        ".{}.partial",
-        target
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let out: Box<dyn Write + Send> = if path == "-" {
-        Box::new(std::io::BufWriter::with_capacity(
+    let partial = match target.kind {
+        OutputKind::File { .. } | OutputKind::New => Some(PartialFile::create(&target)?),
+        _ => None,
+    };
+    let out: Box<dyn Write + Send> = match (&target.kind, &partial) {
+        (_, Some(p)) => Box::new(
+            p.file()
+                .try_clone()
+                .with_context(|| format!("{}", p.tmp_path().display()))?,
+        ),
+        (OutputKind::Stdout, _) => Box::new(std::io::BufWriter::with_capacity(
             1 << 20,
             std::io::stdout(),
-        ))
-    } else if is_file {
-        Box::new(
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-        )
-    } else {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(target)
-                .with_context(|| format!("opening {path}"))?,
-        )
+        )),
+        _ => Box::new(output::open_existing(&target)?),
     };
-    let res = send_stream(&ctx.config, name, source.as_mut(), out, &opts);
-    let (outcome, out) = match res {
-        Ok(r) => r,
-        Err(e) => {
-            if is_file {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            return Err(e).with_context(|| format!("send {name} to stream {path}"));
-        }
-    };
+    let (outcome, out) = send_stream(&ctx.config, name, source.as_mut(), out, &opts)
+        .with_context(|| format!("send {name} to stream {}", target.describe()))?;
     drop(out);
-    if is_file {
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-        std::fs::rename(&tmp, target).with_context(|| format!("renaming to {path}"))?;
+    if let Some(p) = partial {
+        p.commit()?;
     }
     let i = &outcome.info;
     progress::summary(&format!(
@@ -104,22 +88,31 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
 
 pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     let Some(save_to) = &cli.save_to else {
-        bail!("receive --from-stream needs --save-to=PATH (a file or a block device)");
+        bail!(
+            "receive --from-stream needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)"
+        );
     };
-    if save_to.exists() && !cli.unattended {
+    // The volume size is known only from the streams: a block device too small for it
+    // is refused at the first stream's header, before anything is written.
+    let out = crate::receive::check_target(save_to, 0, volume.unwrap_or(""))?;
+    if matches!(
+        out.kind,
+        OutputKind::File { .. } | OutputKind::BlockDevice { .. }
+    ) && !cli.unattended
+    {
         bail!(
             "{} exists; not overwriting it (pass -u to replace it)",
-            save_to.display()
+            out.describe()
         );
     }
     let input = open_streams(&split_paths(paths))?;
-    let sum = receive_streams(input, save_to, volume)
-        .with_context(|| format!("receive from stream into {}", save_to.display()))?;
+    let sum = receive_streams(input, &out, volume)
+        .with_context(|| format!("receive from stream into {}", out.describe()))?;
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",
         sum.last().info.session,
         sum.streams().len(),
-        save_to.display()
+        out.describe()
     ));
     Ok(())
 }
