@@ -2,7 +2,7 @@
 //! alone: no configuration, no source-side metadata, no `sparsebak` binary. It shares
 //! the format code with sparsebak through the `sparsebak-format` crate.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -38,8 +38,12 @@ struct Args {
 fn main() {
     sparsebak_format::alloc::tune_for_pipelines();
     if let Err(e) = run(Args::parse()) {
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("spbk-assemble: error: {}", msg.join(": "));
+        // Written without eprintln!, which panics when stderr is a closed pipe.
+        let _ = writeln!(
+            std::io::stderr(),
+            "spbk-assemble: error: {}",
+            sparsebak_format::error::one_line(e.as_ref())
+        );
         std::process::exit(1);
     }
 }
