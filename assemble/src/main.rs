@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use sparsebak_format::restore::{restore, SparseFileTarget, StreamTarget};
+use sparsebak_format::restore::{restore, RestoreError, SparseFileTarget, StreamTarget};
 use sparsebak_format::selector;
 use sparsebak_format::volume::VolumeArchive;
 
@@ -69,10 +69,20 @@ fn run(args: Args) -> Result<()> {
             ));
             let file = std::fs::File::create(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            let mut target = SparseFileTarget::new(file, size)?;
-            if let Err(e) = restore(&vol, &chain, &mut target, args.check, &mut |_| {}) {
+            let written = SparseFileTarget::new(file, size)
+                .map_err(RestoreError::Target)
+                .and_then(|mut target| restore(&vol, &chain, &mut target, args.check, &mut |_| {}));
+            if let Err(e) = written {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e).with_context(|| format!("session {id}"));
+                // A failure of the target is said with the file the user named; a
+                // damaged chunk names its own file.
+                return Err(match e {
+                    RestoreError::Target(io) => {
+                        anyhow::Error::new(io).context(format!("writing {}", out.display()))
+                    }
+                    e => anyhow::Error::new(e),
+                })
+                .with_context(|| format!("session {id}"));
             }
             std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
         }
