@@ -79,7 +79,11 @@ fn list_and_diff_into_a_closed_pipe_exit_0() {
     let (env, ids) = sessions(2);
     no_panic(&run_closed(&env, &["list"], true, false), 0, "list");
     let sel = format!("--session={},{}", ids[0], ids[1]);
-    no_panic(&run_closed(&env, &["diff", "v", &sel], true, false), 0, "diff");
+    no_panic(
+        &run_closed(&env, &["diff", "v", &sel], true, false),
+        0,
+        "diff",
+    );
     no_panic(
         &run_closed(&env, &["diff", "v", &sel, "--json"], true, false),
         0,
@@ -102,7 +106,12 @@ fn send_with_closed_outputs_completes_the_session() {
 #[test]
 fn an_error_into_a_closed_stderr_exits_1() {
     let (env, _) = sessions(1);
-    let o = run_closed(&env, &["receive", "v", "--save-to=/nonexistent/x.img"], false, true);
+    let o = run_closed(
+        &env,
+        &["receive", "v", "--save-to=/nonexistent/x.img"],
+        false,
+        true,
+    );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "", "nothing on stdout");
 }

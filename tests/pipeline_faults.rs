@@ -273,3 +273,65 @@ fn a_failed_create_says_its_cause_once_with_the_path() {
     );
     assert_eq!(err.lines().count(), 1, "one line:\n{err}");
 }
+
+#[test]
+fn send_stream_onto_a_full_filesystem_stops_and_records_nothing() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(9).bytes(VOLUME)).unwrap();
+    let Some(fs) = small_fs("send_stream_onto_a_full_filesystem") else {
+        return;
+    };
+    let target = fs.path().join("v.stream");
+    let out = sparsebak(
+        &env,
+        &["send", "v", &format!("--stream={}", target.display())],
+    );
+    fails_naming(&out, &target, "No space left on device");
+    assert_eq!(
+        entries(fs.path()),
+        Vec::<String>::new(),
+        "partial stream left"
+    );
+    // The chain was not extended: the next stream is a full one, restorable alone.
+    let next = env.path().join("v.stream");
+    env.ok(&["send", "v", &format!("--stream={}", next.display())]);
+    let back = env.path().join("back.img");
+    env.ok(&[
+        "receive",
+        &format!("--from-stream={}", next.display()),
+        &format!("--save-to={}", back.display()),
+    ]);
+    assert_same(
+        &std::fs::read(&back).unwrap(),
+        &env.read_image("v"),
+        "stream",
+    );
+}
+
+/// The send pipeline's reader also walks the archive's latest view: a manifest line
+/// damaged half-way fails it while the writer is busy storing.
+#[test]
+fn a_damaged_base_manifest_stops_send_and_diff() {
+    let env = archive();
+    let id = env.latest("v").id;
+    let manifest = env.vol_dir("v").join(format!("S_{id}")).join("manifest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    lines[400] = format!("not-a-hash {}", &lines[400][65..]);
+    std::fs::write(&manifest, lines.join("\n") + "\n").unwrap();
+    // Every chunk changes, so the writer stores chunks while the reader runs into the
+    // damaged line.
+    std::fs::write(env.image("v"), Rng::new(10).bytes(VOLUME)).unwrap();
+    let out = sparsebak(&env, &["send", "v"]);
+    let err = fails_naming(&out, &manifest, "bad manifest line");
+    assert!(err.contains(":401:"), "names the line:\n{err}");
+    assert_eq!(env.sessions("v").len(), 1, "no session made");
+    let staging: Vec<String> = entries(&env.vol_dir("v"))
+        .into_iter()
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    assert_eq!(staging, Vec::<String>::new(), "staging folder left");
+
+    let out = sparsebak(&env, &["diff", "v", &format!("--session={id}")]);
+    fails_naming(&out, &manifest, "bad manifest line");
+}

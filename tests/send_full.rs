@@ -60,8 +60,13 @@ fn send_fails(env: &Env) -> String {
 
 #[test]
 fn send_onto_a_full_filesystem_says_what_it_needed_and_keeps_nothing() {
-    let Some(fs) = LoopFs::sized("send_onto_a_full_filesystem", FsKind::Ext4, "", 64 * MIB, &[])
-    else {
+    let Some(fs) = LoopFs::sized(
+        "send_onto_a_full_filesystem",
+        FsKind::Ext4,
+        "",
+        64 * MIB,
+        &[],
+    ) else {
         return;
     };
     let dest = fs.path().join("archive");
@@ -81,7 +86,10 @@ fn send_onto_a_full_filesystem_says_what_it_needed_and_keeps_nothing() {
     std::fs::write(env.image("v"), &v2).unwrap();
 
     let err = send_fails(&env);
-    assert!(err.contains(&vol.display().to_string()), "names the archive:\n{err}");
+    assert!(
+        err.contains(&vol.display().to_string()),
+        "names the archive:\n{err}"
+    );
     assert!(
         err.contains("is full: this session needed more than"),
         "says what it needed:\n{err}"
@@ -94,7 +102,11 @@ fn send_onto_a_full_filesystem_says_what_it_needed_and_keeps_nothing() {
     assert_eq!(leftovers(&vol), Vec::<String>::new());
     assert_eq!(env.sessions("v").len(), 1);
     env.verify_ok("v", None);
-    assert_same(&env.receive("v", None), &v1, "session 1 after the failed send");
+    assert_same(
+        &env.receive("v", None),
+        &v1,
+        "session 1 after the failed send",
+    );
 
     // Once there is room, the next send completes.
     std::fs::remove_file(&filler).unwrap();
@@ -124,7 +136,10 @@ fn send_out_of_inodes_says_so_and_a_tar_session_fits() {
     std::fs::write(env.image("v"), &v1).unwrap();
 
     let err = send_fails(&env);
-    assert!(err.contains(&vol.display().to_string()), "names the archive:\n{err}");
+    assert!(
+        err.contains(&vol.display().to_string()),
+        "names the archive:\n{err}"
+    );
     assert!(
         err.contains("has no free inodes left") && err.contains("though bytes remain"),
         "says inodes ran out:\n{err}"
