@@ -17,6 +17,8 @@ pub struct Room {
 }
 
 /// The room on the filesystem holding `path` (or its nearest existing ancestor).
+// The statvfs field types differ between platforms (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
 pub fn room(path: &Path) -> Option<Room> {
     let mut p = path;
     loop {
