@@ -286,7 +286,12 @@ fn send_stream_onto_a_full_filesystem_stops_and_records_nothing() {
         &env,
         &["send", "v", &format!("--stream={}", target.display())],
     );
-    fails_naming(&out, &target, "No space left on device");
+    let err = fails_naming(&out, &target, "No space left on device");
+    assert!(
+        err.contains("is full: this session needed more than")
+            && err.contains("were free when it started"),
+        "says the room the stream needed:\n{err}"
+    );
     assert_eq!(
         entries(fs.path()),
         Vec::<String>::new(),

@@ -29,10 +29,6 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         bail!("--chain {chain:?}: use letters, digits and + _ . -");
     }
     let mut source = source::for_config(&ctx.config)?;
-    let opts = StreamOpts {
-        chain: chain.to_string(),
-        block_size,
-    };
     // A regular file is written under a temporary name and renamed when complete;
     // stdout, pipes and tape devices are written directly.
     let target = Path::new(path);
@@ -40,6 +36,11 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         && std::fs::metadata(target)
             .map(|m| m.is_file())
             .unwrap_or(true);
+    let opts = StreamOpts {
+        chain: chain.to_string(),
+        block_size,
+        dest: is_file.then(|| target.to_path_buf()),
+    };
     let tmp = target.with_file_name(format!(
         ".{}.partial",
         target
