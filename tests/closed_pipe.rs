@@ -135,3 +135,16 @@ fn assemble_into_a_closed_pipe_fails_without_panic() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.matches("Broken pipe").count(), 1, "{err}");
 }
+
+#[test]
+fn help_and_bad_usage_into_closed_pipes_keep_their_exit_codes() {
+    for (args, code) in [(&["--help"][..], 0), (&["--no-such-option"][..], 2)] {
+        let o = Command::new(bin())
+            .args(args)
+            .stdout(closed_pipe())
+            .stderr(closed_pipe())
+            .status()
+            .unwrap();
+        assert_eq!(o.code(), Some(code), "{args:?}");
+    }
+}
