@@ -20,6 +20,14 @@ pub enum Error {
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Msg(String),
+    /// A destination filled up: the error met, and what the session needed against
+    /// what was free (see `crate::space`).
+    #[error("{source}; {what}")]
+    Full {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -32,6 +32,7 @@ pub mod scan;
 pub mod send;
 pub mod session_id;
 pub mod source;
+pub mod space;
 pub mod stream_send;
 
 pub use error::{Error, Result};

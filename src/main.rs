@@ -24,11 +24,23 @@ fn main() -> ExitCode {
         .init();
     raise_fd_limit();
     match sparsebak::commands::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        // The work is done; output lines that could not be written (other than to a
+        // reader that went away) still make the command fail.
+        Ok(()) => match sparsebak::progress::stdout_failure() {
+            None => ExitCode::SUCCESS,
+            Some(e) => {
+                sparsebak::progress::err_line(&format!(
+                    "sparsebak: error: writing to standard output: {e}"
+                ));
+                ExitCode::FAILURE
+            }
+        },
         Err(e) => {
-            // One line: the context chain joined.
-            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("sparsebak: error: {}", msg.join(": "));
+            // One line: the context chain joined, each cause once.
+            sparsebak::progress::err_line(&format!(
+                "sparsebak: error: {}",
+                sparsebak_format::error::one_line(e.as_ref())
+            ));
             ExitCode::FAILURE
         }
     }

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use rayon::prelude::*;
@@ -139,7 +139,11 @@ impl Reader<'_> {
     }
 
     fn run(mut self, runs: impl Iterator<Item = ChunkRun>) {
-        if let Err(e) = self.walk(runs) {
+        // A panic must reach the hashing stage as an error: a reader that just
+        // vanished would look like the end of the volume.
+        let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.walk(runs)))
+            .unwrap_or_else(|_| Err(Error::Msg("reading the volume panicked".into())));
+        if let Err(e) = walked {
             let _ = self.tx.send(Err(e));
         }
     }
@@ -347,6 +351,9 @@ where
     let (tx_read, rx_read) = sync_channel::<Result<Batch>>(READ_QUEUE);
     let (tx_write, rx_write) = sync_channel::<Vec<Record>>(WRITE_QUEUE);
     let mut stats = Stats::default();
+    // Set when the hashing stage fails, so the writer stops at its next batch instead
+    // of storing what is still queued.
+    let failed = AtomicBool::new(false);
     let (main_res, writer_res) = std::thread::scope(|s| {
         let reader = Reader {
             file,
@@ -358,7 +365,8 @@ where
             bytes_read: &bytes_read,
         };
         s.spawn(move || reader.run(runs));
-        let writer = s.spawn(move || write_stage(rx_write, sink));
+        let failed = &failed;
+        let writer = s.spawn(move || write_stage(rx_write, sink, failed));
         let main_res = (|| -> Result<()> {
             // Where the hashing stage spent its time, for profiling (`-vv`).
             let mut waits = [std::time::Duration::ZERO; 3];
@@ -423,8 +431,12 @@ where
             );
             Ok(())
         })();
+        if main_res.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        // Every stage stops when a neighbour fails: dropping the sender ends the
+        // writer's loop, and dropping the receiver unblocks a reader waiting to send.
         drop(tx_write);
-        // Dropping the receiver unblocks a reader waiting to send.
         drop(rx_read);
         let writer_res = writer
             .join()
@@ -438,11 +450,14 @@ where
     Ok(stats)
 }
 
-fn write_stage<S>(rx: Receiver<Vec<Record>>, mut sink: S) -> Result<()>
+fn write_stage<S>(rx: Receiver<Vec<Record>>, mut sink: S, failed: &AtomicBool) -> Result<()>
 where
     S: FnMut(Record) -> Result<()>,
 {
     for recs in rx.iter() {
+        if failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         for r in recs {
             sink(r)?;
         }

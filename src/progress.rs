@@ -1,7 +1,8 @@
 //! Progress bars for long work, shown only when stderr is a terminal and not `-q`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -33,8 +34,87 @@ pub fn summaries() -> bool {
 /// Print a summary line (to stderr) when summaries are on.
 pub fn summary(line: &str) {
     if summaries() {
-        eprintln!("{line}");
+        err_line(line);
     }
+}
+
+/// Set once standard output failed; nothing more is written to it.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// The first failure to write standard output other than a reader that went away.
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Print one line of a command's output on standard output.
+///
+/// `println!` panics when stdout fails (a closed pipe: `sparsebak prune ... | head -1`),
+/// which would stop a prune half-way. Here a failure never stops the work: a reader
+/// that went away (EPIPE) is normal and silently ends the output; any other failure
+/// (a full disk under `> file`) is remembered and reported by [`stdout_failure`] when
+/// the command has finished. Returns whether standard output still takes lines.
+pub fn out(line: &str) -> bool {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => true,
+        Err(e) => {
+            stdout_failed(e);
+            false
+        }
+    }
+}
+
+/// Standard output as a writer with the rules of [`out`]: writes never fail; after a
+/// failure the rest is discarded (and a failure other than EPIPE is reported at the end).
+pub struct Stdout;
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !STDOUT_GONE.load(Ordering::Relaxed) {
+            let r = std::io::stdout().lock().write_all(buf);
+            if let Err(e) = r {
+                stdout_failed(e);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !STDOUT_GONE.load(Ordering::Relaxed) {
+            if let Err(e) = std::io::stdout().lock().flush() {
+                stdout_failed(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stdout_failed(e: std::io::Error) {
+    STDOUT_GONE.store(true, Ordering::Relaxed);
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        let mut first = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| e.to_string());
+    }
+}
+
+/// Why standard output could not be written, when it failed for another reason than
+/// its reader going away.
+pub fn stdout_failure() -> Option<String> {
+    STDOUT_ERROR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Print one line on standard error; a failure to write it is ignored (`eprintln!`
+/// would panic when stderr is a closed pipe).
+pub fn err_line(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A byte-counting progress bar with rate and ETA; a no-op when not interactive.

@@ -31,6 +31,7 @@ use crate::progress::Progress;
 use crate::scan::{self, ChunkRun};
 use crate::session_id;
 use crate::source::{Changes, SendView, Source, VolumeCtx};
+use crate::space;
 
 /// How long `send` and `monitor` wait for each other on one volume.
 pub const META_LOCK_WAIT: Duration = Duration::from_secs(120);
@@ -163,6 +164,11 @@ pub trait ChunkSink: Send {
     fn put_zero(&mut self, addr: u64) -> Result<()>;
     /// Manifest lines so far.
     fn changed(&self) -> u64;
+    /// The folder whose filesystem receives the chunks, when there is one: a full
+    /// filesystem is then reported with what the session needed.
+    fn dest_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 impl ChunkSink for SessionWriter {
@@ -174,6 +180,9 @@ impl ChunkSink for SessionWriter {
     }
     fn changed(&self) -> u64 {
         self.changed
+    }
+    fn dest_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.vol_dir().to_path_buf())
     }
 }
 
@@ -213,6 +222,12 @@ pub fn compare_and_store(
         }
     };
     let base = ViewCursor::open(base_vol, chain)?;
+    let dest = sink.dest_dir();
+    let room_before = dest.as_deref().and_then(space::room);
+    let mut done = space::Progress {
+        size,
+        ..Default::default()
+    };
     let mut added: i64 = 0;
     let progress = Progress::new(size, label);
     let input = pipeline::Input {
@@ -236,7 +251,15 @@ pub fn compare_and_store(
                 if !replaces {
                     added += 1;
                 }
-                sink.put_chunk(addr, hash, &payload)?;
+                sink.put_chunk(addr, hash, &payload)
+                    .map_err(|e| match &dest {
+                        Some(d) => {
+                            space::explain(e, d, room_before, space::Progress { pos: addr, ..done })
+                        }
+                        None => e,
+                    })?;
+                done.stored += payload.len() as u64;
+                done.chunks += 1;
                 if sink.changed() == 50 {
                     crate::failpoint::hit("send-mid-chunks");
                 }
@@ -283,6 +306,7 @@ fn write_session(
     let name = vol.name.as_str();
     let size = view.size;
     let id = session_id::next_id_now(latest);
+    let room_before = space::room(&vol.dir);
     let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
     let c = compare_and_store(
         config,
@@ -298,22 +322,30 @@ fn write_session(
     }
     crate::failpoint::hit("send-before-commit");
     let now = chrono::Local::now().timestamp();
-    let info = writer.commit(
-        |manifest_sha256, w| SessionInfo {
-            volume: name.to_string(),
-            session: id.clone(),
-            previous: latest.map(str::to_string),
-            time: now,
-            volsize: size,
-            chunksize: config.chunksize,
-            compression: config.compression.codec,
-            changed: w.changed,
-            chunks: c.chunks,
-            bytes_read: c.bytes_read,
-            bytes_stored: w.bytes_stored,
-            manifest_sha256,
-        },
-        |info| local.mark_pending(info),
-    )?;
+    let done = space::Progress {
+        stored: writer.bytes_stored,
+        chunks: writer.changed,
+        pos: size,
+        size,
+    };
+    let info = writer
+        .commit(
+            |manifest_sha256, w| SessionInfo {
+                volume: name.to_string(),
+                session: id.clone(),
+                previous: latest.map(str::to_string),
+                time: now,
+                volsize: size,
+                chunksize: config.chunksize,
+                compression: config.compression.codec,
+                changed: w.changed,
+                chunks: c.chunks,
+                bytes_read: c.bytes_read,
+                bytes_stored: w.bytes_stored,
+                manifest_sha256,
+            },
+            |info| local.mark_pending(info),
+        )
+        .map_err(|e| space::explain(e, &vol.dir, room_before, done))?;
     Ok((Some(info), c.bytes_read))
 }

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sparsebak_format::info::SessionInfo;
@@ -41,6 +41,9 @@ pub struct StreamOpts {
     pub chain: String,
     /// Record size in bytes (a multiple of 512).
     pub block_size: usize,
+    /// The file the stream goes to, when it is one (not stdout, a pipe or a tape): a
+    /// full filesystem is then reported with its path and the room the stream needed.
+    pub dest: Option<PathBuf>,
 }
 
 /// What a stream send did.
@@ -57,13 +60,26 @@ struct StreamChunks {
     mpath: PathBuf,
     changed: u64,
     bytes_stored: u64,
+    dest: Option<PathBuf>,
+}
+
+/// A stream error as a library error: a failed write to a stream file keeps its
+/// `io::Error` (and says the file), so a full disk is recognised.
+fn stream_error(e: sparsebak_format::stream::StreamError, dest: Option<&Path>) -> Error {
+    match (e, dest) {
+        (sparsebak_format::stream::StreamError::Write(source), Some(p)) => Error::Io {
+            path: p.to_path_buf(),
+            source,
+        },
+        (e, _) => Error::Msg(e.to_string()),
+    }
 }
 
 impl ChunkSink for StreamChunks {
     fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
         self.stream
             .put_chunk(addr, payload)
-            .map_err(|e| Error::Msg(e.to_string()))?;
+            .map_err(|e| stream_error(e, self.dest.as_deref()))?;
         self.bytes_stored += payload.len() as u64;
         self.changed += 1;
         self.manifest
@@ -81,6 +97,14 @@ impl ChunkSink for StreamChunks {
     }
     fn changed(&self) -> u64 {
         self.changed
+    }
+    fn dest_dir(&self) -> Option<PathBuf> {
+        let dir = self.dest.as_deref()?.parent()?;
+        Some(if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        })
     }
 }
 
@@ -165,6 +189,7 @@ pub fn send_stream(
             mpath: mpath.clone(),
             changed: 0,
             bytes_stored: 0,
+            dest: opts.dest.clone(),
         };
         let c = compare_and_store(
             config,
@@ -199,11 +224,17 @@ pub fn send_stream(
             bytes_stored,
             manifest_sha256,
         };
+        let file = opts.dest.as_deref();
         let (mut out, written) = stream
             .finish_from(&mut mfile, mlen, &info)
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        out.flush()
-            .map_err(|e| Error::Msg(format!("writing the stream: {e}")))?;
+            .map_err(|e| stream_error(e, file))?;
+        out.flush().map_err(|e| match file {
+            Some(p) => Error::Io {
+                path: p.to_path_buf(),
+                source: e,
+            },
+            None => Error::Msg(format!("writing the stream: {e}")),
+        })?;
         crate::failpoint::hit("stream-before-record");
         // The stream is out: remember it as this chain's new base.
         let sess = local.session_dir(&id);

@@ -3,13 +3,13 @@
 //! the format code with sparsebak through the `sparsebak-format` crate.
 
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sparsebak_format::output::{self, OutputKind, PartialFile};
-use sparsebak_format::restore::{restore, SparseFileTarget, StreamTarget};
+use sparsebak_format::restore::{restore, RestoreError, SparseFileTarget, StreamTarget};
 use sparsebak_format::selector;
 use sparsebak_format::volume::VolumeArchive;
 
@@ -41,9 +41,24 @@ struct Args {
 fn main() {
     sparsebak_format::alloc::tune_for_pipelines();
     if let Err(e) = run(Args::parse()) {
-        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("spbk-assemble: error: {}", msg.join(": "));
+        // Written without eprintln!, which panics when stderr is a closed pipe.
+        let _ = writeln!(
+            std::io::stderr(),
+            "spbk-assemble: error: {}",
+            sparsebak_format::error::one_line(e.as_ref())
+        );
         std::process::exit(1);
+    }
+}
+
+/// A failure of the target is said with the output the user named; a damaged chunk
+/// names its own file.
+fn target_error(e: RestoreError, out: &output::Output) -> anyhow::Error {
+    match e {
+        RestoreError::Target(io) => {
+            anyhow::Error::new(io).context(format!("writing {}", out.describe()))
+        }
+        e => anyhow::Error::new(e),
     }
 }
 
@@ -73,7 +88,9 @@ fn run(args: Args) -> Result<()> {
                 .with_context(|| partial.tmp_path().display().to_string())?;
             let mut target = SparseFileTarget::new(file, size)
                 .with_context(|| partial.tmp_path().display().to_string())?;
-            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {})
+                .map_err(|e| target_error(e, &out))
+                .with_context(session)?;
             partial.commit()?;
         }
         OutputKind::Stdout => {
@@ -83,11 +100,15 @@ fn run(args: Args) -> Result<()> {
             }
             let mut target =
                 StreamTarget::new(BufWriter::with_capacity(1 << 20, stdout.lock()));
-            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {})
+                .map_err(|e| target_error(e, &out))
+                .with_context(session)?;
         }
         OutputKind::Fifo => {
             let mut target = sequential(output::open_existing(&out)?);
-            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {})
+                .map_err(|e| target_error(e, &out))
+                .with_context(session)?;
         }
         // Written front to back, zeros included (this tool has no device ioctls): slower
         // than `sparsebak receive` on a device, the same bytes.
@@ -99,7 +120,9 @@ fn run(args: Args) -> Result<()> {
                 );
             }
             let mut target = sequential(output::open_existing(&out)?);
-            restore(&vol, &chain, &mut target, args.check, &mut |_| {}).with_context(session)?;
+            restore(&vol, &chain, &mut target, args.check, &mut |_| {})
+                .map_err(|e| target_error(e, &out))
+                .with_context(session)?;
             target
                 .out
                 .into_inner()

@@ -48,3 +48,49 @@ impl<T> IoContext<T> for std::io::Result<T> {
         })
     }
 }
+
+/// An error and its causes on one line, each cause said once.
+///
+/// The error types of sparsebak say their cause in their own message (`{path}: {source}`)
+/// and also expose it as `source()`, so that callers can still find, say, the
+/// `io::Error` of a full disk in the chain. Joining the chain naively would repeat the
+/// cause (`...: No space left on device (os error 28): No space left on device (os error
+/// 28)`); here a cause whose text the line already holds is left out.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(28); // ENOSPC on Linux
+        let e = FormatError::Io {
+            path: "/a/b".into(),
+            source: io,
+        };
+        let text = one_line(&e);
+        assert_eq!(text, "/a/b: No space left on device (os error 28)");
+        // A cause not yet in the message is still said.
+        #[derive(Debug, thiserror::Error)]
+        #[error("sending v")]
+        struct Outer(#[source] FormatError);
+        let o = Outer(e);
+        assert_eq!(
+            one_line(&o),
+            "sending v: /a/b: No space left on device (os error 28)"
+        );
+    }
+}

@@ -45,6 +45,17 @@ fn reader_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
+/// Where a chunk is stored, for messages: its file, or its tar session and member.
+fn chunk_place(vol: &VolumeArchive, info: &SessionInfo, addr: u64) -> String {
+    match vol.storage(&info.session) {
+        crate::volume::Storage::Folder => vol.chunk_path(&info.session, addr).display().to_string(),
+        crate::volume::Storage::Tar => format!(
+            "{} (member of chunk x{addr:016x})",
+            vol.tar_path(&info.session).display()
+        ),
+    }
+}
+
 fn read_batch(
     vol: &VolumeArchive,
     chain: &[SessionInfo],
@@ -56,16 +67,23 @@ fn read_batch(
             .into_par_iter()
             .map(|entry| {
                 let info = &chain[entry.session];
-                let data = vol.read_chunk(info, entry.addr).and_then(|d| {
-                    if check && chunk::hash(&d) != entry.hash {
-                        Err(format!(
-                            "SHA-256 mismatch in {}",
-                            vol.chunk_path(&info.session, entry.addr).display()
-                        ))
-                    } else {
-                        Ok(d)
-                    }
-                });
+                let data = vol
+                    .read_stored(&info.session, entry.addr)
+                    .and_then(|stored| {
+                        info.compression
+                            .decode(&stored, info.chunksize as usize)
+                            .map_err(|e| format!("{}: {e}", chunk_place(vol, info, entry.addr)))
+                    })
+                    .and_then(|d| {
+                        if check && chunk::hash(&d) != entry.hash {
+                            Err(format!(
+                                "SHA-256 mismatch in {}",
+                                chunk_place(vol, info, entry.addr)
+                            ))
+                        } else {
+                            Ok(d)
+                        }
+                    });
                 ReadChunk { entry, data }
             })
             .collect()
@@ -110,16 +128,31 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
                 if batch.is_empty() {
                     return;
                 }
-                if tx.send(Ok(read_batch(vol, chain, check, batch))).is_err() {
+                // A panic while reading must reach the consumer as an error: a
+                // producer that just vanished would look like the end of the view.
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    read_batch(vol, chain, check, batch)
+                }))
+                .map_err(|_| crate::FormatError::Other("reading chunks panicked".into()));
+                let failed = read.is_err();
+                if tx.send(read).is_err() || failed {
                     return;
                 }
             }
         });
-        for batch in rx.iter() {
-            // On an error, returning drops the receiver and the producer stops.
-            f(batch?)?;
-        }
-        Ok(())
+        // The receiver is moved in and dropped before the scope joins the producer:
+        // when `f` or a batch fails, a producer blocked in `send` then sees the
+        // channel closed and returns, instead of waiting for ever (the scope would
+        // never join, and the error would never be reported).
+        let rx = rx;
+        let res = (|| {
+            for batch in rx.iter() {
+                f(batch?)?;
+            }
+            Ok(())
+        })();
+        drop(rx);
+        res
     })
 }
 

@@ -114,6 +114,11 @@ impl SessionWriter {
         })
     }
 
+    /// The volume folder the session goes into.
+    pub fn vol_dir(&self) -> &std::path::Path {
+        &self.vol_dir
+    }
+
     /// Store a data chunk (already encoded).
     pub fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
         if let Some(t) = self.tar.as_mut() {

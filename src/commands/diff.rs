@@ -42,14 +42,14 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
             .iter()
             .map(|(s, l)| format!("{{\"start\":{s},\"length\":{l}}}"))
             .collect();
-        println!(
+        crate::progress::out(&format!(
             "{{\"volume\":\"{name}\",\"from\":\"{from}\",\"to\":\"{to}\",\"size_from\":{size_from},\"size_to\":{size_to},\"chunksize\":{cs},\"changed_chunks\":{},\"changed_bytes\":{},\"ranges\":[{}]}}",
             d.chunks,
             d.bytes(),
             ranges.join(",")
-        );
+        ));
     } else {
-        println!(
+        crate::progress::out(&format!(
             "{name}: {from} -> {to}: {} chunk(s) in {} range(s) differ, {}{}",
             d.chunks,
             d.ranges.len(),
@@ -59,9 +59,9 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
             } else {
                 String::new()
             }
-        );
+        ));
         for (s, l) in &d.ranges {
-            println!("  {s:#014x}..{:#014x} ({})", s + l, human(*l));
+            crate::progress::out(&format!("  {s:#014x}..{:#014x} ({})", s + l, human(*l)));
         }
     }
     Ok(())

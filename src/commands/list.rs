@@ -17,8 +17,8 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         ctx.config.select_volumes(names)?
     };
     let archive = Archive::open(&ctx.config)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // A reader that went away (`list | head -1`) is not an error.
+    let mut out = crate::progress::Stdout;
     for name in &vols {
         let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
         let vol = archive.volume(name);

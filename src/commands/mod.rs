@@ -42,8 +42,10 @@ impl Ctx {
         if !std::io::stdin().is_terminal() {
             return Ok(false);
         }
-        eprint!("{question} [y/N] ");
-        std::io::stderr().flush().ok();
+        // Not eprint!, which panics when stderr is a closed pipe.
+        let mut err = std::io::stderr();
+        let _ = write!(err, "{question} [y/N] ");
+        let _ = err.flush();
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
         Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))

@@ -61,7 +61,7 @@ fn select(ctx: &Ctx, opts: &Opts, name: &str, ids: &[String]) -> Result<Vec<Stri
         let plan = retention::plan_ids(ids, now, &schedule)?;
         for (id, p) in ids.iter().zip(&plan) {
             if opts.dry_run {
-                println!("{name} {id} {p}");
+                crate::progress::out(&format!("{name} {id} {p}"));
             }
             if !p.keep() {
                 out.push(id.clone());
@@ -113,7 +113,10 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
                 t
             }
             Err(e) if vols.len() > 1 => {
-                eprintln!("sparsebak: prune {name}: {e:#}");
+                crate::progress::err_line(&format!(
+                    "sparsebak: prune {name}: {}",
+                    sparsebak_format::error::one_line(e.as_ref())
+                ));
                 unmatched.push(e);
                 continue;
             }
@@ -121,14 +124,14 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         };
         if let Some(latest) = ids.last() {
             if targets.contains(latest) {
-                eprintln!(
+                crate::progress::err_line(&format!(
                     "sparsebak: prune {name}: {latest} is the latest session and is never removed"
-                );
+                ));
                 targets.retain(|t| t != latest);
             }
         }
         if targets.is_empty() {
-            println!("{name}: nothing to remove");
+            crate::progress::out(&format!("{name}: nothing to remove"));
             continue;
         }
         if !opts.dry_run
@@ -150,32 +153,32 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
             } else {
                 "removed"
             };
-            println!(
+            crate::progress::out(&format!(
                 "{name}: {verb} {t} (into {}: {} chunks kept by moving, {} deleted, {})",
                 plan.into,
                 plan.moved,
                 plan.deleted,
                 human(plan.freed_bytes)
-            );
+            ));
             freed += plan.freed_bytes;
             if opts.dry_run {
                 // Later folds depend on this one; a dry run describes each step alone.
                 continue;
             }
         }
-        println!(
+        crate::progress::out(&format!(
             "{name}: {} {}",
             if opts.dry_run { "would free" } else { "freed" },
             human(freed)
-        );
+        ));
         total += freed;
     }
     if vols.len() > 1 {
-        println!(
+        crate::progress::out(&format!(
             "total {}: {}",
             if opts.dry_run { "would free" } else { "freed" },
             human(total)
-        );
+        ));
     }
     if matched == 0 {
         if let Some(e) = unmatched.into_iter().next() {

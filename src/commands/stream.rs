@@ -30,10 +30,6 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         bail!("--chain {chain:?}: use letters, digits and + _ . -");
     }
     let mut source = source::for_config(&ctx.config)?;
-    let opts = StreamOpts {
-        chain: chain.to_string(),
-        block_size,
-    };
     // A regular file is written under a temporary name beside the real file (symlinks
     // followed) and renamed when complete, keeping the owner, group and mode of a file
     // it replaces; stdout, pipes, tape and block devices are written directly.
@@ -46,6 +42,12 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
             target.path.display()
         );
     }
+    let is_file = matches!(target.kind, OutputKind::File { .. } | OutputKind::New);
+    let opts = StreamOpts {
+        chain: chain.to_string(),
+        block_size,
+        dest: is_file.then(|| target.path.clone()),
+    };
     let partial = match target.kind {
         OutputKind::File { .. } | OutputKind::New => Some(PartialFile::create(&target)?),
         _ => None,

@@ -31,10 +31,10 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         }
     }
     if n == 0 {
-        println!(
+        crate::progress::out(&format!(
             "{name}: no tar sessions among the {} selected",
             targets.len()
-        );
+        ));
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     bar.finish();
     if !rep.problems.is_empty() {
         for p in &rep.problems {
-            eprintln!("sparsebak: verify {name} session {id}: {p}");
+            crate::progress::err_line(&format!("sparsebak: verify {name} session {id}: {p}"));
         }
         bail!(
             "verify {name} session {id}: FAILED with {} problem(s)",

@@ -147,6 +147,19 @@ impl LoopFs {
     /// Returns `None` when the test must be skipped (see the module documentation).
     /// Panics on unexpected failures once the prerequisites are there.
     pub fn new(test: &str, kind: FsKind, options: &str) -> Option<LoopFs> {
+        Self::sized(test, kind, options, IMAGE_SIZE, &[])
+    }
+
+    /// Like [`LoopFs::new`], on an image of `size` bytes and with `mkfs_extra` added to
+    /// the mkfs arguments (e.g. `["-N", "64"]` for an ext4 with few inodes): small
+    /// filesystems for the tests of a full destination.
+    pub fn sized(
+        test: &str,
+        kind: FsKind,
+        options: &str,
+        size: u64,
+        mkfs_extra: &[&str],
+    ) -> Option<LoopFs> {
         if !is_root() {
             return skip(test, "not running as root (loop devices and mount)");
         }
@@ -171,11 +184,14 @@ impl LoopFs {
         // From here on, `fs` cleans up whatever was set up if a step fails or panics.
         let image = fs.dir.path().join("fs.img");
         let f = std::fs::File::create(&image).expect("create image file");
-        f.set_len(IMAGE_SIZE).expect("size image file");
+        f.set_len(size).expect("size image file");
         drop(f);
         std::fs::create_dir(&fs.mnt).expect("mount point");
-        run(Command::new(kind.mkfs()).args(kind.mkfs_args()).arg(&image))
-            .unwrap_or_else(|e| panic!("{e}"));
+        run(Command::new(kind.mkfs())
+            .args(kind.mkfs_args())
+            .args(mkfs_extra)
+            .arg(&image))
+        .unwrap_or_else(|e| panic!("{e}"));
         match run(Command::new("losetup")
             .args(["--find", "--show"])
             .arg(&image))
