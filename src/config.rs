@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use sparsebak_format::chunk::Codec;
+use sparsebak_format::layout;
 
 use crate::error::{Error, Result};
 
@@ -85,14 +86,158 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Whether `name` is acceptable as a volume name: it becomes a folder name in the
-/// archive and metadir, and an LV name.
+/// archive and metadir, and an LV name (see [`layout::volume_name_problem`]).
 pub fn valid_volume_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 120
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+    layout::volume_name_problem(name).is_none()
+}
+
+/// Names LVM keeps for its own LVs (lvm(8), "VALID NAMES"): whole names, and parts no
+/// LV name may contain.
+const LVM_RESERVED_NAMES: &[&str] = &["snapshot", "pvmove"];
+const LVM_RESERVED_PARTS: &[&str] = &[
+    "_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta",
+    "_tdata", "_tmeta", "_vdata", "_vorigin",
+];
+
+/// Longest device-mapper name the kernel takes (DM_NAME_LEN less its NUL).
+const DM_NAME_MAX: usize = 127;
+
+/// Why `name` cannot be a volume of `source` (with volume group `vg` for LVM), or
+/// `None` when it can: the rules of every volume name, and for `source = lvm` LVM's
+/// own rules for the volume and its snapshots `<name>.tick`, `<name>.tock`.
+pub fn volume_name_problem(name: &str, source: SourceKind, vg: &str) -> Option<String> {
+    if let Some(why) = layout::volume_name_problem(name) {
+        return Some(why);
+    }
+    if source != SourceKind::Lvm {
+        return None;
+    }
+    if LVM_RESERVED_NAMES.contains(&name) {
+        return Some(format!("LVM reserves the LV name {name}"));
+    }
+    if let Some(part) = LVM_RESERVED_PARTS.iter().find(|p| name.contains(*p)) {
+        return Some(format!("LVM reserves LV names containing {part}"));
+    }
+    let dm = crate::source::lvm::dm_name(vg, &format!("{name}.tock"), None);
+    if dm.len() > DM_NAME_MAX {
+        return Some(format!(
+            "the device-mapper name of its snapshot, {dm}, would be {} bytes long; \
+             the kernel takes at most {DM_NAME_MAX}",
+            dm.len()
+        ));
+    }
+    None
+}
+
+/// One `KEY = VALUE` line of a section.
+struct Entry<'a> {
+    key: &'a str,
+    value: String,
+    line: usize,
+}
+
+/// One `[section]` of the file, with its entries in file order.
+struct Section<'a> {
+    name: &'a str,
+    line: usize,
+    entries: Vec<Entry<'a>>,
+}
+
+impl Section<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    }
+}
+
+/// `s` up to its comment, if any: a `;` or `#` that follows a space or a tab starts
+/// one (and, when `line_start`, one at the very start of `s`). A `#` or `;` right
+/// after other text is part of the value (`pass=a#b`, `dir=/x;y`).
+fn strip_comment(s: &str, line_start: bool) -> &str {
+    let mut prev_blank = line_start;
+    for (i, c) in s.char_indices() {
+        if (c == ';' || c == '#') && prev_blank {
+            return &s[..i];
+        }
+        prev_blank = c == ' ' || c == '\t';
+    }
+    s
+}
+
+/// Split the ini text into sections.
+///
+/// Syntax: `[section]` lines, `KEY = VALUE` lines, blank lines, and comments: a line
+/// whose first non-blank character is `;` or `#`, and the rest of a line from a `;` or
+/// `#` that follows a space or a tab. A value in double quotes is taken as written
+/// (for a value that must hold ` ;` or ` #`). A section or a key given twice is an
+/// error, as is anything else.
+fn parse_ini(text: &str) -> std::result::Result<Vec<Section<'_>>, String> {
+    let mut sections: Vec<Section> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with([';', '#']) {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix('[') {
+            let rest = strip_comment(rest, false).trim_end();
+            let name = rest
+                .strip_suffix(']')
+                .map(str::trim)
+                .filter(|n| !n.is_empty() && !n.contains([']', '[']))
+                .ok_or_else(|| format!("line {line}: expected [SECTION], found {l:?}"))?;
+            if let Some(first) = sections.iter().find(|s| s.name == name) {
+                return Err(format!(
+                    "section [{name}] given twice (lines {} and {line})",
+                    first.line
+                ));
+            }
+            sections.push(Section {
+                name,
+                line,
+                entries: Vec::new(),
+            });
+            continue;
+        }
+        let Some((key, rest)) = l.split_once('=') else {
+            return Err(format!(
+                "line {line}: expected KEY = VALUE or [SECTION], found {l:?}"
+            ));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("line {line}: no key before '='"));
+        }
+        let value = match rest.trim_start().strip_prefix('"') {
+            Some(quoted) => {
+                let (inside, after) = quoted
+                    .split_once('"')
+                    .ok_or_else(|| format!("line {line}: value of {key} has no closing '\"'"))?;
+                if !strip_comment(after, true).trim().is_empty() {
+                    return Err(format!(
+                        "line {line}: text after the closing '\"' of {key}'s value"
+                    ));
+                }
+                inside.to_string()
+            }
+            None => strip_comment(rest, false).trim().to_string(),
+        };
+        let Some(sec) = sections.last_mut() else {
+            return Err(format!(
+                "line {line}: {key} is outside any section; settings go inside [var] or [volumes]"
+            ));
+        };
+        if let Some(first) = sec.entries.iter().find(|e| e.key == key) {
+            return Err(format!(
+                "key {key:?} given twice in [{}] (lines {} and {line})",
+                sec.name, first.line
+            ));
+        }
+        sec.entries.push(Entry { key, value, line });
+    }
+    Ok(sections)
 }
 
 impl Config {
@@ -110,28 +255,33 @@ impl Config {
             path: path.to_path_buf(),
             reason,
         };
-        let ini = ini::Ini::load_from_str(text).map_err(|e| bad(format!("syntax: {e}")))?;
+        let sections = parse_ini(text).map_err(bad)?;
         let mut var = None;
         let mut vols = None;
-        for (sec, props) in ini.iter() {
-            match sec {
-                Some("var") => var = Some(props),
-                Some("volumes") => vols = Some(props),
-                None if props.is_empty() => {}
-                None => return Err(bad("settings must be inside [var] or [volumes]".into())),
-                Some(other) => return Err(bad(format!("unknown section [{other}]"))),
+        for sec in &sections {
+            match sec.name {
+                "var" => var = Some(sec),
+                "volumes" => vols = Some(sec),
+                other => {
+                    return Err(bad(format!(
+                        "line {}: unknown section [{other}] (known: [var], [volumes])",
+                        sec.line
+                    )))
+                }
             }
         }
         let var = var.ok_or_else(|| bad("no [var] section".into()))?;
-        for (k, _) in var.iter() {
-            if !VAR_KEYS.contains(&k) {
+        for e in &var.entries {
+            if !VAR_KEYS.contains(&e.key) {
                 return Err(bad(format!(
-                    "unknown key {k:?} in [var] (known: {})",
+                    "line {}: unknown key {:?} in [var] (known: {})",
+                    e.line,
+                    e.key,
                     VAR_KEYS.join(", ")
                 )));
             }
         }
-        let get = |k: &str| var.get(k).map(str::trim).filter(|v| !v.is_empty());
+        let get = |k: &str| var.get(k).filter(|v| !v.is_empty());
         let source = match get("source").unwrap_or("lvm") {
             "lvm" => SourceKind::Lvm,
             "reflink" => SourceKind::Reflink,
@@ -223,13 +373,18 @@ impl Config {
         if let Some(k) = &keep {
             crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
         }
+        let vgname = get("vgname").unwrap_or("qubes_dom0").to_string();
         let mut volumes = Vec::new();
         if let Some(vols) = vols {
-            for (name, v) in vols.iter() {
-                if !valid_volume_name(name) {
-                    return Err(bad(format!("volume name {name:?} is not allowed")));
+            for e in &vols.entries {
+                let (name, v) = (e.key, e.value.as_str());
+                if let Some(why) = volume_name_problem(name, source, &vgname) {
+                    return Err(bad(format!(
+                        "line {}: volume name {name:?} is not allowed: {why}",
+                        e.line
+                    )));
                 }
-                let enabled = match v.trim() {
+                let enabled = match v {
                     "enable" | "enabled" | "yes" | "on" | "true" => true,
                     "disable" | "disabled" | "no" | "off" | "false" => false,
                     other => {
@@ -238,9 +393,6 @@ impl Config {
                         )))
                     }
                 };
-                if volumes.iter().any(|(n, _)| n == name) {
-                    return Err(bad(format!("volume {name} listed twice")));
-                }
                 volumes.push((name.to_string(), enabled));
             }
         }
@@ -248,7 +400,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
             voldir,
-            vgname: get("vgname").unwrap_or("qubes_dom0").to_string(),
+            vgname,
             poolname: get("poolname").unwrap_or("pool00").to_string(),
             destmountpoint,
             destdir,
@@ -274,6 +426,11 @@ impl Config {
         }
         let mut out = Vec::new();
         for n in names {
+            if let Some(why) = volume_name_problem(n, self.source, &self.vgname) {
+                return Err(Error::Msg(format!(
+                    "volume name {n:?} is not allowed: {why}"
+                )));
+            }
             if !self.volumes.iter().any(|(v, _)| v == n) {
                 return Err(Error::Msg(format!(
                     "unknown volume {n:?}: not listed in [volumes] of {}",
@@ -358,6 +515,143 @@ mod tests {
             "[var]\ndestdir=/x\ndestvm=backup\n",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The ```ini block of the README's Configuration section.
+    fn readme_example() -> &'static str {
+        let readme = include_str!("../README.md");
+        let from = readme
+            .find("## Configuration")
+            .expect("README has a Configuration section");
+        let block = &readme[from..];
+        let start = block.find("```ini\n").expect("an ini block") + "```ini\n".len();
+        let len = block[start..].find("```").expect("the block ends");
+        &block[start..start + len]
+    }
+
+    #[test]
+    fn readme_example_parses() {
+        let text = readme_example();
+        assert!(text.contains(';'), "the example has inline comments");
+        let c = parse(text).unwrap();
+        assert_eq!(c.source, SourceKind::File);
+        assert_eq!(c.voldir, Some(PathBuf::from("/srv/images")));
+        assert_eq!(c.vgname, "qubes_dom0");
+        assert_eq!(c.poolname, "pool00");
+        assert_eq!(c.destmountpoint, None);
+        assert_eq!(c.destdir, PathBuf::from("/backup/sparsebak"));
+        assert_eq!(c.metadir, PathBuf::from("/var/lib/sparsebak"));
+        assert_eq!(c.chunksize, 64 * 1024);
+        assert_eq!(c.compression.level, 3);
+        assert_eq!(c.volumes, vec![("vm-work-private".to_string(), true)]);
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let c = parse(include_str!("../sparsebak.ini.example")).unwrap();
+        assert_eq!(c.source, SourceKind::Lvm);
+        assert_eq!(c.destdir, PathBuf::from("/backup/sparsebak"));
+        assert_eq!(
+            c.volumes,
+            vec![
+                ("vm-work-private".to_string(), true),
+                ("vm-untrusted-private".to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn inline_comments_are_stripped() {
+        let c = parse(
+            "; top comment\n# another\n[var] ; the main section\nsource = file\t# tab before\n\
+             voldir = /srv/img   ; the images\ndestdir = /backup/x   ; the archive\n\
+             destvm =   ; empty\nmetadir=/m #c\nkeep = daily:7 weekly:4 ; retention\n\
+             [volumes]   # list\nv1 = enable ; yes\nv2 = disable# not a comment\n",
+        );
+        // `disable#...` is not a comment: the value is wrong, and said so.
+        let err = c.unwrap_err().to_string();
+        assert!(err.contains("\"disable# not a comment\""), "{err}");
+        let c = parse(
+            "[var] ; the main section\nsource = file\t# tab before\n\
+             voldir = /srv/img   ; the images\ndestdir = /backup/x   ; the archive\n\
+             destvm =   ; empty\nmetadir=/m #c\nkeep = daily:7 weekly:4 ; retention\n\
+             [volumes]   # list\nv1 = enable ; yes\n",
+        )
+        .unwrap();
+        assert_eq!(c.destdir, PathBuf::from("/backup/x"));
+        assert_eq!(c.voldir, Some(PathBuf::from("/srv/img")));
+        assert_eq!(c.metadir, PathBuf::from("/m"));
+        assert_eq!(c.keep.as_deref(), Some("daily:7 weekly:4"));
+        assert_eq!(c.volumes, vec![("v1".to_string(), true)]);
+    }
+
+    #[test]
+    fn hash_and_semicolon_inside_values_are_kept() {
+        let c = parse(
+            "[var]\nsource=file\nvoldir=/srv/a#b;c\ndestdir = /backup/x#1;2 ; comment\n\
+             metadir = \"/var/lib/sb ;# quoted\"  ; comment\n",
+        )
+        .unwrap();
+        assert_eq!(c.voldir, Some(PathBuf::from("/srv/a#b;c")));
+        assert_eq!(c.destdir, PathBuf::from("/backup/x#1;2"));
+        assert_eq!(c.metadir, PathBuf::from("/var/lib/sb ;# quoted"));
+    }
+
+    #[test]
+    fn keys_and_sections_given_twice_are_errors() {
+        let err = parse("[var]\ndestdir = /a\nmetadir = /m\ndestdir = /b\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config t.ini: key \"destdir\" given twice in [var] (lines 2 and 4)"
+        );
+        let err = parse("[var]\ndestdir = /a\n[volumes]\nv = enable\nv = disable\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config t.ini: key \"v\" given twice in [volumes] (lines 4 and 5)"
+        );
+        let err = parse("[var]\ndestdir = /a\n[volumes]\na = enable\n[var]\nkeep = last:1\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config t.ini: section [var] given twice (lines 1 and 5)"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        for (text, want) in [
+            (
+                "destdir = /a\n[var]\n",
+                "line 1: destdir is outside any section",
+            ),
+            ("[var]\ndestdir /a\n", "line 2: expected KEY = VALUE"),
+            ("[var\ndestdir = /a\n", "line 1: expected [SECTION]"),
+            ("[var]\n = /a\n", "line 2: no key"),
+            (
+                "[var]\ndestdir = \"/a\n",
+                "line 2: value of destdir has no closing",
+            ),
+            (
+                "[var]\ndestdir = \"/a\" x\n",
+                "line 2: text after the closing",
+            ),
+            (
+                "[var]\ndestdir = /a\nbogus = 1\n",
+                "line 3: unknown key \"bogus\"",
+            ),
+            (
+                "[var]\ndestdir = /a\n[other]\n",
+                "line 3: unknown section [other]",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
         }
     }
 
