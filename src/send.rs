@@ -236,7 +236,12 @@ pub fn compare_and_store(
                 sink.put_zero(addr)
             }
         },
-    )?;
+    );
+    // A volume read live (source = file) that changed size while it was read would
+    // make a session that never existed; that is the cause even when the read failed
+    // on it (a truncated file).
+    crate::source::file::check_size_unchanged(view)?;
+    let stats = stats?;
     progress.finish();
     let prev = chain.last();
     let mut chunks = prev.map(|p| p.chunks as i64).unwrap_or(0) + added;
