@@ -276,7 +276,9 @@ fn write_session(
 ) -> Result<(Option<SessionInfo>, u64)> {
     let name = vol.name.as_str();
     let size = view.size;
-    let id = session_id::next_id_now(latest);
+    // The ID and `time` name the same moment, when the session was taken.
+    let taken = chrono::Local::now();
+    let id = session_id::next_id(taken.naive_local(), latest);
     let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
     let c = compare_and_store(
         config,
@@ -291,13 +293,12 @@ fn write_session(
         return Ok((None, c.bytes_read));
     }
     crate::failpoint::hit("send-before-commit");
-    let now = chrono::Local::now().timestamp();
     let info = writer.commit(
         |manifest_sha256, w| SessionInfo {
             volume: name.to_string(),
             session: id.clone(),
             previous: latest.map(str::to_string),
-            time: now,
+            time: taken.timestamp(),
             volsize: size,
             chunksize: config.chunksize,
             compression: config.compression.codec,
