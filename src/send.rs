@@ -276,9 +276,16 @@ fn write_session(
 ) -> Result<(Option<SessionInfo>, u64)> {
     let name = vol.name.as_str();
     let size = view.size;
-    // The ID and `time` name the same moment, when the session was taken.
+    // `time` is when the session was taken; when its ID had to move on past the
+    // latest one (several sends in a second), the moment the ID names, so IDs and times
+    // agree. (IDs moved on across a clock change name a moment in the past; then the
+    // clock's time stays.)
     let taken = chrono::Local::now();
     let id = session_id::next_id(taken.naive_local(), latest);
+    let time = crate::selector::SessionTime::from_id(&id, &chrono::Local)
+        .map_or(taken.timestamp(), |s| {
+            s.time.timestamp().max(taken.timestamp())
+        });
     let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
     let c = compare_and_store(
         config,
@@ -298,7 +305,7 @@ fn write_session(
             volume: name.to_string(),
             session: id.clone(),
             previous: latest.map(str::to_string),
-            time: taken.timestamp(),
+            time,
             volsize: size,
             chunksize: config.chunksize,
             compression: config.compression.codec,
