@@ -319,8 +319,8 @@ pub fn parse<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Result<Selector, Sele
 
 /// Parse a range `START,END` (see the [module documentation](self)).
 ///
-/// When both ends are known times (not `oldest`/`latest`), a start after the end is
-/// reported here already; otherwise by [`resolve_range`].
+/// When both ends are times, or both session IDs, a start after the end is reported
+/// here already; otherwise by [`resolve_range`].
 pub fn parse_range<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Result<Range, SelectorError> {
     let not_a_range = || SelectorError::NotARange {
         input: s.trim().to_string(),
@@ -345,13 +345,11 @@ pub fn parse_range<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Result<Range, S
         (Bound::Exact(a), Bound::Exact(b)) => a > b,
         _ => matches!((fixed_time(&start), fixed_time(&end)), (Some(a), Some(b)) if a > b),
     };
-    {
-        if after {
-            return Err(SelectorError::StartAfterEnd {
-                start: start.to_string(),
-                end: end.to_string(),
-            });
-        }
+    if after {
+        return Err(SelectorError::StartAfterEnd {
+            start: start.to_string(),
+            end: end.to_string(),
+        });
     }
     Ok(Range { start, end })
 }
