@@ -129,115 +129,104 @@ pub fn volume_name_problem(name: &str, source: SourceKind, vg: &str) -> Option<S
     None
 }
 
-/// One `KEY = VALUE` line of a section.
-struct Entry<'a> {
-    key: &'a str,
-    value: String,
-    line: usize,
-}
-
-/// One `[section]` of the file, with its entries in file order.
-struct Section<'a> {
-    name: &'a str,
-    line: usize,
-    entries: Vec<Entry<'a>>,
-}
-
-impl Section<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|e| e.key == key)
-            .map(|e| e.value.as_str())
+/// The value of a key as written, less a comment that fills it: rust-ini's
+/// `inline-comment` option strips a `;` or `#` that follows a space or a tab, but it
+/// skips the blanks after `=` first, so `destvm =   ; empty` reaches us as `; empty`.
+/// A `;` or `#` right after other text stays part of the value (`/srv/a#1`).
+fn value(raw: &str) -> &str {
+    if raw.starts_with([';', '#']) {
+        ""
+    } else {
+        raw
     }
 }
 
-/// `s` up to its comment, if any: a `;` or `#` that follows a space or a tab starts
-/// one (and, when `line_start`, one at the very start of `s`). A `#` or `;` right
-/// after other text is part of the value (`pass=a#b`, `dir=/x;y`).
-fn strip_comment(s: &str, line_start: bool) -> &str {
-    let mut prev_blank = line_start;
-    for (i, c) in s.char_indices() {
-        if (c == ';' || c == '#') && prev_blank {
-            return &s[..i];
+/// What rust-ini's syntax error means, with its line.
+fn syntax_error(e: &ini::ParseError) -> String {
+    if e.msg == "missing key" {
+        return format!("line {}: no key before '='", e.line);
+    }
+    let end = |what: &str| format!("{what} (the file ends at line {} looking for it)", e.line);
+    if e.msg.contains("found EOF") {
+        if e.msg.contains("'='") {
+            return end("a line is neither KEY = VALUE nor [SECTION]: no '='");
         }
-        prev_blank = c == ' ' || c == '\t';
+        if e.msg.contains("']'") {
+            return end("a [SECTION] has no closing ']'");
+        }
+        if e.msg.contains("'\"'") || e.msg.contains("'\\''") {
+            return end("a quoted value has no closing quote");
+        }
     }
-    s
+    format!("line {}, column {}: {}", e.line, e.col, e.msg)
 }
 
-/// Split the ini text into sections.
+/// The first line of `s`, for a message about text rust-ini read across lines.
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// Read the ini text with rust-ini and refuse what it lets through.
 ///
 /// Syntax: `[section]` lines, `KEY = VALUE` lines, blank lines, and comments: a line
-/// whose first non-blank character is `;` or `#`, and the rest of a line from a `;` or
-/// `#` that follows a space or a tab. A value in double quotes is taken as written
-/// (for a value that must hold ` ;` or ` #`). A section or a key given twice is an
+/// whose first character is `;` or `#`, and the rest of a line from a `;` or `#` that
+/// follows a space or a tab. A value in double (or single) quotes is taken as written
+/// (for a value that must hold ` ;` or ` #`); a value that starts with `;` or `#`,
+/// quoted or not, is a comment (see [`value`]). A section or a key given twice is an
 /// error, as is anything else.
-fn parse_ini(text: &str) -> std::result::Result<Vec<Section<'_>>, String> {
-    let mut sections: Vec<Section> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let l = raw.trim();
-        if l.is_empty() || l.starts_with([';', '#']) {
-            continue;
-        }
-        if let Some(rest) = l.strip_prefix('[') {
-            let rest = strip_comment(rest, false).trim_end();
-            let name = rest
-                .strip_suffix(']')
-                .map(str::trim)
-                .filter(|n| !n.is_empty() && !n.contains([']', '[']))
-                .ok_or_else(|| format!("line {line}: expected [SECTION], found {l:?}"))?;
-            if let Some(first) = sections.iter().find(|s| s.name == name) {
+///
+/// rust-ini reads a key up to the next `=` and a section name up to the next `]`, over
+/// line ends: a line without `=` (or an indented comment) becomes part of the next key,
+/// a `[` without `]` swallows the lines up to the next `]`; a value with an open quote
+/// runs to the next quote. Such names and values are refused here, by their first line.
+/// It keeps keys and sections given twice (a multimap), so those are found here too.
+fn parse_ini(text: &str) -> std::result::Result<ini::Ini, String> {
+    let opt = ini::ParseOption {
+        enabled_quote: true,
+        enabled_escape: false,
+        ..Default::default()
+    };
+    let ini = ini::Ini::load_from_str_opt(text, opt).map_err(|e| syntax_error(&e))?;
+    for (sec, props) in ini.iter() {
+        for (key, raw) in props.iter() {
+            if key.starts_with([';', '#']) {
                 return Err(format!(
-                    "section [{name}] given twice (lines {} and {line})",
-                    first.line
+                    "a comment must start its line, found {:?} indented",
+                    first_line(key)
                 ));
             }
-            sections.push(Section {
-                name,
-                line,
-                entries: Vec::new(),
-            });
-            continue;
-        }
-        let Some((key, rest)) = l.split_once('=') else {
-            return Err(format!(
-                "line {line}: expected KEY = VALUE or [SECTION], found {l:?}"
-            ));
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(format!("line {line}: no key before '='"));
-        }
-        let value = match rest.trim_start().strip_prefix('"') {
-            Some(quoted) => {
-                let (inside, after) = quoted
-                    .split_once('"')
-                    .ok_or_else(|| format!("line {line}: value of {key} has no closing '\"'"))?;
-                if !strip_comment(after, true).trim().is_empty() {
-                    return Err(format!(
-                        "line {line}: text after the closing '\"' of {key}'s value"
-                    ));
-                }
-                inside.to_string()
+            if key.contains('\n') {
+                return Err(format!(
+                    "expected KEY = VALUE or [SECTION], found {:?}",
+                    first_line(key)
+                ));
             }
-            None => strip_comment(rest, false).trim().to_string(),
+            if raw.contains('\n') {
+                return Err(format!("value of {key} has no closing quote"));
+            }
+        }
+        let Some(name) = sec else {
+            if let Some((key, _)) = props.iter().next() {
+                return Err(format!(
+                    "{key} is outside any section; settings go inside [var] or [volumes]"
+                ));
+            }
+            continue;
         };
-        let Some(sec) = sections.last_mut() else {
+        if name.contains(['\n', '[', ']']) {
             return Err(format!(
-                "line {line}: {key} is outside any section; settings go inside [var] or [volumes]"
-            ));
-        };
-        if let Some(first) = sec.entries.iter().find(|e| e.key == key) {
-            return Err(format!(
-                "key {key:?} given twice in [{}] (lines {} and {line})",
-                sec.name, first.line
+                "expected [SECTION], found {:?}",
+                format!("[{}", first_line(name))
             ));
         }
-        sec.entries.push(Entry { key, value, line });
+        if ini.section_all(sec).count() > 1 {
+            return Err(format!("section [{name}] given twice"));
+        }
+        if let Some((key, _)) = props.iter().find(|(k, _)| props.get_all(k).count() > 1) {
+            return Err(format!("key {key:?} given twice in [{name}]"));
+        }
     }
-    Ok(sections)
+    Ok(ini)
 }
 
 impl Config {
@@ -255,33 +244,31 @@ impl Config {
             path: path.to_path_buf(),
             reason,
         };
-        let sections = parse_ini(text).map_err(bad)?;
+        let ini = parse_ini(text).map_err(bad)?;
         let mut var = None;
         let mut vols = None;
-        for sec in &sections {
-            match sec.name {
-                "var" => var = Some(sec),
-                "volumes" => vols = Some(sec),
-                other => {
+        for (sec, props) in ini.iter() {
+            match sec {
+                None => {}
+                Some("var") => var = Some(props),
+                Some("volumes") => vols = Some(props),
+                Some(other) => {
                     return Err(bad(format!(
-                        "line {}: unknown section [{other}] (known: [var], [volumes])",
-                        sec.line
+                        "unknown section [{other}] (known: [var], [volumes])"
                     )))
                 }
             }
         }
         let var = var.ok_or_else(|| bad("no [var] section".into()))?;
-        for e in &var.entries {
-            if !VAR_KEYS.contains(&e.key) {
+        for (key, _) in var.iter() {
+            if !VAR_KEYS.contains(&key) {
                 return Err(bad(format!(
-                    "line {}: unknown key {:?} in [var] (known: {})",
-                    e.line,
-                    e.key,
+                    "unknown key {key:?} in [var] (known: {})",
                     VAR_KEYS.join(", ")
                 )));
             }
         }
-        let get = |k: &str| var.get(k).filter(|v| !v.is_empty());
+        let get = |k: &str| var.get(k).map(value).filter(|v| !v.is_empty());
         let source = match get("source").unwrap_or("lvm") {
             "lvm" => SourceKind::Lvm,
             "reflink" => SourceKind::Reflink,
@@ -376,13 +363,10 @@ impl Config {
         let vgname = get("vgname").unwrap_or("qubes_dom0").to_string();
         let mut volumes = Vec::new();
         if let Some(vols) = vols {
-            for e in &vols.entries {
-                let (name, v) = (e.key, e.value.as_str());
+            for (name, raw) in vols.iter() {
+                let v = value(raw);
                 if let Some(why) = volume_name_problem(name, source, &vgname) {
-                    return Err(bad(format!(
-                        "line {}: volume name {name:?} is not allowed: {why}",
-                        e.line
-                    )));
+                    return Err(bad(format!("volume name {name:?} is not allowed: {why}")));
                 }
                 let enabled = match v {
                     "enable" | "enabled" | "yes" | "on" | "true" => true,
@@ -590,68 +574,94 @@ mod tests {
     fn hash_and_semicolon_inside_values_are_kept() {
         let c = parse(
             "[var]\nsource=file\nvoldir=/srv/a#b;c\ndestdir = /backup/x#1;2 ; comment\n\
-             metadir = \"/var/lib/sb ;# quoted\"  ; comment\n",
+             metadir = \"/var/lib/sb ;# quoted\"  ; comment\npoolname = 'p ;# q'\t# c\n",
         )
         .unwrap();
         assert_eq!(c.voldir, Some(PathBuf::from("/srv/a#b;c")));
         assert_eq!(c.destdir, PathBuf::from("/backup/x#1;2"));
         assert_eq!(c.metadir, PathBuf::from("/var/lib/sb ;# quoted"));
+        assert_eq!(c.poolname, "p ;# q");
     }
 
     #[test]
     fn keys_and_sections_given_twice_are_errors() {
-        let err = parse("[var]\ndestdir = /a\nmetadir = /m\ndestdir = /b\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "config t.ini: key \"destdir\" given twice in [var] (lines 2 and 4)"
-        );
-        let err = parse("[var]\ndestdir = /a\n[volumes]\nv = enable\nv = disable\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "config t.ini: key \"v\" given twice in [volumes] (lines 4 and 5)"
-        );
-        let err = parse("[var]\ndestdir = /a\n[volumes]\na = enable\n[var]\nkeep = last:1\n")
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "config t.ini: section [var] given twice (lines 1 and 5)"
-        );
-    }
-
-    #[test]
-    fn syntax_errors_name_the_line() {
         for (text, want) in [
             (
-                "destdir = /a\n[var]\n",
-                "line 1: destdir is outside any section",
-            ),
-            ("[var]\ndestdir /a\n", "line 2: expected KEY = VALUE"),
-            ("[var\ndestdir = /a\n", "line 1: expected [SECTION]"),
-            ("[var]\n = /a\n", "line 2: no key"),
-            (
-                "[var]\ndestdir = \"/a\n",
-                "line 2: value of destdir has no closing",
+                "[var]\ndestdir = /a\nmetadir = /m\ndestdir = /b\n",
+                "key \"destdir\" given twice in [var]",
             ),
             (
-                "[var]\ndestdir = \"/a\" x\n",
-                "line 2: text after the closing",
+                "[var]\ndestdir = /a\n[volumes]\nv = enable\nv = disable\n",
+                "key \"v\" given twice in [volumes]",
             ),
             (
-                "[var]\ndestdir = /a\nbogus = 1\n",
-                "line 3: unknown key \"bogus\"",
+                "[var]\ndestdir = /a\n[volumes]\na = enable\n[var]\nkeep = last:1\n",
+                "section [var] given twice",
             ),
             (
-                "[var]\ndestdir = /a\n[other]\n",
-                "line 3: unknown section [other]",
+                "[var]\ndestdir = /a\n[volumes]\n[var]\n",
+                "section [var] given twice",
             ),
         ] {
             let err = parse(text).unwrap_err().to_string();
-            assert!(err.contains(want), "{text:?}: {err}");
+            assert_eq!(err, format!("config t.ini: {want}"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_explained() {
+        for (text, want) in [
+            (
+                "destdir = /a\n[var]\n",
+                "destdir is outside any section; settings go inside [var] or [volumes]",
+            ),
+            (
+                "[var]\ndestdir /a\n",
+                "a line is neither KEY = VALUE nor [SECTION]: no '=' \
+                 (the file ends at line 3 looking for it)",
+            ),
+            (
+                "[var]\ndestdir /a\nsource = file\n",
+                "expected KEY = VALUE or [SECTION], found \"destdir /a\"",
+            ),
+            (
+                "[var\ndestdir = /a\n",
+                "a [SECTION] has no closing ']' (the file ends at line 3 looking for it)",
+            ),
+            (
+                "[var\ndestdir = /a\n[volumes]\n",
+                "expected [SECTION], found \"[var\"",
+            ),
+            ("[var]\n = /a\n", "line 2: no key before '='"),
+            (
+                "[var]\ndestdir = \"/a\n",
+                "a quoted value has no closing quote (the file ends at line 3 looking for it)",
+            ),
+            (
+                "[var]\ndestdir = \"/a\nmetadir = \"/m\"\n",
+                "value of destdir has no closing quote",
+            ),
+            (
+                "[var]\n  ; indented\ndestdir = /a\n",
+                "a comment must start its line, found \"; indented\" indented",
+            ),
+            ("[var]\ndestdir =   ; none\n", "destdir is required"),
+            (
+                "[var]\ndestdir = /a\n[volumes]\nv =\n",
+                "volume v: \"\" is not enable or disable",
+            ),
+            (
+                "[var]\ndestdir = /a\nbogus = 1\n",
+                "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
+                 destvm, destmountpoint, destdir, metadir, chunksize, compression, keep, tarfile)",
+            ),
+            (
+                "[var]\ndestdir = /a\n[other]\n",
+                "unknown section [other] (known: [var], [volumes])",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert_eq!(err, format!("config t.ini: {want}"), "{text:?}");
         }
     }
 
