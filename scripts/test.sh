@@ -17,6 +17,7 @@ command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
 command -v losetup >/dev/null || need_pkgs+=(mount)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v zstd >/dev/null || need_pkgs+=(zstd)
+[[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
 if ((${#need_pkgs[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         log "installing ${need_pkgs[*]}"

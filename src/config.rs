@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use sparsebak_format::chunk::Codec;
+use sparsebak_format::layout;
 
 use crate::error::{Error, Result};
 
@@ -85,14 +86,147 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// Whether `name` is acceptable as a volume name: it becomes a folder name in the
-/// archive and metadir, and an LV name.
+/// archive and metadir, and an LV name (see [`layout::volume_name_problem`]).
 pub fn valid_volume_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 120
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+    layout::volume_name_problem(name).is_none()
+}
+
+/// Names LVM keeps for its own LVs (lvm(8), "VALID NAMES"): whole names, and parts no
+/// LV name may contain.
+const LVM_RESERVED_NAMES: &[&str] = &["snapshot", "pvmove"];
+const LVM_RESERVED_PARTS: &[&str] = &[
+    "_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta",
+    "_tdata", "_tmeta", "_vdata", "_vorigin",
+];
+
+/// Longest device-mapper name the kernel takes (DM_NAME_LEN less its NUL).
+const DM_NAME_MAX: usize = 127;
+
+/// Why `name` cannot be a volume of `source` (with volume group `vg` for LVM), or
+/// `None` when it can: the rules of every volume name, and for `source = lvm` LVM's
+/// own rules for the volume and its snapshots `<name>.tick`, `<name>.tock`.
+pub fn volume_name_problem(name: &str, source: SourceKind, vg: &str) -> Option<String> {
+    if let Some(why) = layout::volume_name_problem(name) {
+        return Some(why);
+    }
+    if source != SourceKind::Lvm {
+        return None;
+    }
+    if LVM_RESERVED_NAMES.contains(&name) {
+        return Some(format!("LVM reserves the LV name {name}"));
+    }
+    if let Some(part) = LVM_RESERVED_PARTS.iter().find(|p| name.contains(*p)) {
+        return Some(format!("LVM reserves LV names containing {part}"));
+    }
+    let dm = crate::source::lvm::dm_name(vg, &format!("{name}.tock"), None);
+    if dm.len() > DM_NAME_MAX {
+        return Some(format!(
+            "the device-mapper name of its snapshot, {dm}, would be {} bytes long; \
+             the kernel takes at most {DM_NAME_MAX}",
+            dm.len()
+        ));
+    }
+    None
+}
+
+/// The value of a key as written, less a comment that fills it: rust-ini's
+/// `inline-comment` option strips a `;` or `#` that follows a space or a tab, but it
+/// skips the blanks after `=` first, so `destvm =   ; empty` reaches us as `; empty`.
+/// A `;` or `#` right after other text stays part of the value (`/srv/a#1`).
+fn value(raw: &str) -> &str {
+    if raw.starts_with([';', '#']) {
+        ""
+    } else {
+        raw
+    }
+}
+
+/// What rust-ini's syntax error means, with its line.
+fn syntax_error(e: &ini::ParseError) -> String {
+    if e.msg == "missing key" {
+        return format!("line {}: no key before '='", e.line);
+    }
+    let end = |what: &str| format!("{what} (the file ends at line {} looking for it)", e.line);
+    if e.msg.contains("found EOF") {
+        if e.msg.contains("'='") {
+            return end("a line is neither KEY = VALUE nor [SECTION]: no '='");
+        }
+        if e.msg.contains("']'") {
+            return end("a [SECTION] has no closing ']'");
+        }
+        if e.msg.contains("'\"'") || e.msg.contains("'\\''") {
+            return end("a quoted value has no closing quote");
+        }
+    }
+    format!("line {}, column {}: {}", e.line, e.col, e.msg)
+}
+
+/// The first line of `s`, for a message about text rust-ini read across lines.
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// Read the ini text with rust-ini and refuse what it lets through.
+///
+/// Syntax: `[section]` lines, `KEY = VALUE` lines, blank lines, and comments: a line
+/// whose first character is `;` or `#`, and the rest of a line from a `;` or `#` that
+/// follows a space or a tab. A value in double (or single) quotes is taken as written
+/// (for a value that must hold ` ;` or ` #`); a value that starts with `;` or `#`,
+/// quoted or not, is a comment (see [`value`]). A section or a key given twice is an
+/// error, as is anything else.
+///
+/// rust-ini reads a key up to the next `=` and a section name up to the next `]`, over
+/// line ends: a line without `=` (or an indented comment) becomes part of the next key,
+/// a `[` without `]` swallows the lines up to the next `]`; a value with an open quote
+/// runs to the next quote. Such names and values are refused here, by their first line.
+/// It keeps keys and sections given twice (a multimap), so those are found here too.
+fn parse_ini(text: &str) -> std::result::Result<ini::Ini, String> {
+    let opt = ini::ParseOption {
+        enabled_quote: true,
+        enabled_escape: false,
+        ..Default::default()
+    };
+    let ini = ini::Ini::load_from_str_opt(text, opt).map_err(|e| syntax_error(&e))?;
+    for (sec, props) in ini.iter() {
+        for (key, raw) in props.iter() {
+            if key.starts_with([';', '#']) {
+                return Err(format!(
+                    "a comment must start its line, found {:?} indented",
+                    first_line(key)
+                ));
+            }
+            if key.contains('\n') {
+                return Err(format!(
+                    "expected KEY = VALUE or [SECTION], found {:?}",
+                    first_line(key)
+                ));
+            }
+            if raw.contains('\n') {
+                return Err(format!("value of {key} has no closing quote"));
+            }
+        }
+        let Some(name) = sec else {
+            if let Some((key, _)) = props.iter().next() {
+                return Err(format!(
+                    "{key} is outside any section; settings go inside [var] or [volumes]"
+                ));
+            }
+            continue;
+        };
+        if name.contains(['\n', '[', ']']) {
+            return Err(format!(
+                "expected [SECTION], found {:?}",
+                format!("[{}", first_line(name))
+            ));
+        }
+        if ini.section_all(sec).count() > 1 {
+            return Err(format!("section [{name}] given twice"));
+        }
+        if let Some((key, _)) = props.iter().find(|(k, _)| props.get_all(k).count() > 1) {
+            return Err(format!("key {key:?} given twice in [{name}]"));
+        }
+    }
+    Ok(ini)
 }
 
 impl Config {
@@ -110,28 +244,31 @@ impl Config {
             path: path.to_path_buf(),
             reason,
         };
-        let ini = ini::Ini::load_from_str(text).map_err(|e| bad(format!("syntax: {e}")))?;
+        let ini = parse_ini(text).map_err(bad)?;
         let mut var = None;
         let mut vols = None;
         for (sec, props) in ini.iter() {
             match sec {
+                None => {}
                 Some("var") => var = Some(props),
                 Some("volumes") => vols = Some(props),
-                None if props.is_empty() => {}
-                None => return Err(bad("settings must be inside [var] or [volumes]".into())),
-                Some(other) => return Err(bad(format!("unknown section [{other}]"))),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "unknown section [{other}] (known: [var], [volumes])"
+                    )))
+                }
             }
         }
         let var = var.ok_or_else(|| bad("no [var] section".into()))?;
-        for (k, _) in var.iter() {
-            if !VAR_KEYS.contains(&k) {
+        for (key, _) in var.iter() {
+            if !VAR_KEYS.contains(&key) {
                 return Err(bad(format!(
-                    "unknown key {k:?} in [var] (known: {})",
+                    "unknown key {key:?} in [var] (known: {})",
                     VAR_KEYS.join(", ")
                 )));
             }
         }
-        let get = |k: &str| var.get(k).map(str::trim).filter(|v| !v.is_empty());
+        let get = |k: &str| var.get(k).map(value).filter(|v| !v.is_empty());
         let source = match get("source").unwrap_or("lvm") {
             "lvm" => SourceKind::Lvm,
             "reflink" => SourceKind::Reflink,
@@ -223,13 +360,15 @@ impl Config {
         if let Some(k) = &keep {
             crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
         }
+        let vgname = get("vgname").unwrap_or("qubes_dom0").to_string();
         let mut volumes = Vec::new();
         if let Some(vols) = vols {
-            for (name, v) in vols.iter() {
-                if !valid_volume_name(name) {
-                    return Err(bad(format!("volume name {name:?} is not allowed")));
+            for (name, raw) in vols.iter() {
+                let v = value(raw);
+                if let Some(why) = volume_name_problem(name, source, &vgname) {
+                    return Err(bad(format!("volume name {name:?} is not allowed: {why}")));
                 }
-                let enabled = match v.trim() {
+                let enabled = match v {
                     "enable" | "enabled" | "yes" | "on" | "true" => true,
                     "disable" | "disabled" | "no" | "off" | "false" => false,
                     other => {
@@ -238,9 +377,6 @@ impl Config {
                         )))
                     }
                 };
-                if volumes.iter().any(|(n, _)| n == name) {
-                    return Err(bad(format!("volume {name} listed twice")));
-                }
                 volumes.push((name.to_string(), enabled));
             }
         }
@@ -248,7 +384,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
             voldir,
-            vgname: get("vgname").unwrap_or("qubes_dom0").to_string(),
+            vgname,
             poolname: get("poolname").unwrap_or("pool00").to_string(),
             destmountpoint,
             destdir,
@@ -274,6 +410,11 @@ impl Config {
         }
         let mut out = Vec::new();
         for n in names {
+            if let Some(why) = volume_name_problem(n, self.source, &self.vgname) {
+                return Err(Error::Msg(format!(
+                    "volume name {n:?} is not allowed: {why}"
+                )));
+            }
             if !self.volumes.iter().any(|(v, _)| v == n) {
                 return Err(Error::Msg(format!(
                     "unknown volume {n:?}: not listed in [volumes] of {}",
@@ -358,6 +499,169 @@ mod tests {
             "[var]\ndestdir=/x\ndestvm=backup\n",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The ```ini block of the README's Configuration section.
+    fn readme_example() -> &'static str {
+        let readme = include_str!("../README.md");
+        let from = readme
+            .find("## Configuration")
+            .expect("README has a Configuration section");
+        let block = &readme[from..];
+        let start = block.find("```ini\n").expect("an ini block") + "```ini\n".len();
+        let len = block[start..].find("```").expect("the block ends");
+        &block[start..start + len]
+    }
+
+    #[test]
+    fn readme_example_parses() {
+        let text = readme_example();
+        assert!(text.contains(';'), "the example has inline comments");
+        let c = parse(text).unwrap();
+        assert_eq!(c.source, SourceKind::File);
+        assert_eq!(c.voldir, Some(PathBuf::from("/srv/images")));
+        assert_eq!(c.vgname, "qubes_dom0");
+        assert_eq!(c.poolname, "pool00");
+        assert_eq!(c.destmountpoint, None);
+        assert_eq!(c.destdir, PathBuf::from("/backup/sparsebak"));
+        assert_eq!(c.metadir, PathBuf::from("/var/lib/sparsebak"));
+        assert_eq!(c.chunksize, 64 * 1024);
+        assert_eq!(c.compression.level, 3);
+        assert_eq!(c.volumes, vec![("vm-work-private".to_string(), true)]);
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let c = parse(include_str!("../sparsebak.ini.example")).unwrap();
+        assert_eq!(c.source, SourceKind::Lvm);
+        assert_eq!(c.destdir, PathBuf::from("/backup/sparsebak"));
+        assert_eq!(
+            c.volumes,
+            vec![
+                ("vm-work-private".to_string(), true),
+                ("vm-untrusted-private".to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn inline_comments_are_stripped() {
+        let c = parse(
+            "; top comment\n# another\n[var] ; the main section\nsource = file\t# tab before\n\
+             voldir = /srv/img   ; the images\ndestdir = /backup/x   ; the archive\n\
+             destvm =   ; empty\nmetadir=/m #c\nkeep = daily:7 weekly:4 ; retention\n\
+             [volumes]   # list\nv1 = enable ; yes\nv2 = disable# not a comment\n",
+        );
+        // `disable#...` is not a comment: the value is wrong, and said so.
+        let err = c.unwrap_err().to_string();
+        assert!(err.contains("\"disable# not a comment\""), "{err}");
+        let c = parse(
+            "[var] ; the main section\nsource = file\t# tab before\n\
+             voldir = /srv/img   ; the images\ndestdir = /backup/x   ; the archive\n\
+             destvm =   ; empty\nmetadir=/m #c\nkeep = daily:7 weekly:4 ; retention\n\
+             [volumes]   # list\nv1 = enable ; yes\n",
+        )
+        .unwrap();
+        assert_eq!(c.destdir, PathBuf::from("/backup/x"));
+        assert_eq!(c.voldir, Some(PathBuf::from("/srv/img")));
+        assert_eq!(c.metadir, PathBuf::from("/m"));
+        assert_eq!(c.keep.as_deref(), Some("daily:7 weekly:4"));
+        assert_eq!(c.volumes, vec![("v1".to_string(), true)]);
+    }
+
+    #[test]
+    fn hash_and_semicolon_inside_values_are_kept() {
+        let c = parse(
+            "[var]\nsource=file\nvoldir=/srv/a#b;c\ndestdir = /backup/x#1;2 ; comment\n\
+             metadir = \"/var/lib/sb ;# quoted\"  ; comment\npoolname = 'p ;# q'\t# c\n",
+        )
+        .unwrap();
+        assert_eq!(c.voldir, Some(PathBuf::from("/srv/a#b;c")));
+        assert_eq!(c.destdir, PathBuf::from("/backup/x#1;2"));
+        assert_eq!(c.metadir, PathBuf::from("/var/lib/sb ;# quoted"));
+        assert_eq!(c.poolname, "p ;# q");
+    }
+
+    #[test]
+    fn keys_and_sections_given_twice_are_errors() {
+        for (text, want) in [
+            (
+                "[var]\ndestdir = /a\nmetadir = /m\ndestdir = /b\n",
+                "key \"destdir\" given twice in [var]",
+            ),
+            (
+                "[var]\ndestdir = /a\n[volumes]\nv = enable\nv = disable\n",
+                "key \"v\" given twice in [volumes]",
+            ),
+            (
+                "[var]\ndestdir = /a\n[volumes]\na = enable\n[var]\nkeep = last:1\n",
+                "section [var] given twice",
+            ),
+            (
+                "[var]\ndestdir = /a\n[volumes]\n[var]\n",
+                "section [var] given twice",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert_eq!(err, format!("config t.ini: {want}"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_explained() {
+        for (text, want) in [
+            (
+                "destdir = /a\n[var]\n",
+                "destdir is outside any section; settings go inside [var] or [volumes]",
+            ),
+            (
+                "[var]\ndestdir /a\n",
+                "a line is neither KEY = VALUE nor [SECTION]: no '=' \
+                 (the file ends at line 3 looking for it)",
+            ),
+            (
+                "[var]\ndestdir /a\nsource = file\n",
+                "expected KEY = VALUE or [SECTION], found \"destdir /a\"",
+            ),
+            (
+                "[var\ndestdir = /a\n",
+                "a [SECTION] has no closing ']' (the file ends at line 3 looking for it)",
+            ),
+            (
+                "[var\ndestdir = /a\n[volumes]\n",
+                "expected [SECTION], found \"[var\"",
+            ),
+            ("[var]\n = /a\n", "line 2: no key before '='"),
+            (
+                "[var]\ndestdir = \"/a\n",
+                "a quoted value has no closing quote (the file ends at line 3 looking for it)",
+            ),
+            (
+                "[var]\ndestdir = \"/a\nmetadir = \"/m\"\n",
+                "value of destdir has no closing quote",
+            ),
+            (
+                "[var]\n  ; indented\ndestdir = /a\n",
+                "a comment must start its line, found \"; indented\" indented",
+            ),
+            ("[var]\ndestdir =   ; none\n", "destdir is required"),
+            (
+                "[var]\ndestdir = /a\n[volumes]\nv =\n",
+                "volume v: \"\" is not enable or disable",
+            ),
+            (
+                "[var]\ndestdir = /a\nbogus = 1\n",
+                "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
+                 destvm, destmountpoint, destdir, metadir, chunksize, compression, keep, tarfile)",
+            ),
+            (
+                "[var]\ndestdir = /a\n[other]\n",
+                "unknown section [other] (known: [var], [volumes])",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert_eq!(err, format!("config t.ini: {want}"), "{text:?}");
         }
     }
 

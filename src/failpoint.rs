@@ -1,6 +1,8 @@
 //! Crash points for tests: when `SPARSEBAK_FAILPOINT` names a point, the process kills
 //! itself with SIGKILL on reaching it, exactly as a power cut or `kill -9` would stop it
-//! there. The variable is read once; with it unset this costs one branch.
+//! there. `NAME:stop` stops the process there with SIGSTOP instead, so a test can
+//! change the world at that exact point and then let it go on with SIGCONT. The
+//! variable is read once; with it unset this costs one branch.
 
 use std::sync::OnceLock;
 
@@ -10,9 +12,12 @@ fn wanted() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Die here if this point is the one asked for.
+/// Die (or stop) here if this point is the one asked for.
 pub fn hit(name: &str) {
-    if wanted() == Some(name) {
+    let Some(w) = wanted() else { return };
+    if w == name {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    } else if w.strip_suffix(":stop") == Some(name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
     }
 }

@@ -7,15 +7,19 @@
 //! # Semantics
 //!
 //! Everything is decided relative to `now`, a parameter (nothing here reads the
-//! clock), with naive local times, so daylight-saving changes play no part.
+//! clock), with each session's absolute time (when it was taken) and `now`'s time
+//! zone for the calendar.
 //!
 //! - `hourly:N`, `daily:N`, `weekly:N`, `monthly:N`, `yearly:N` keep the newest
-//!   session of each of the last N calendar periods counted back from `now`, the
-//!   period containing `now` being the first: `hourly:24` covers the current clock
-//!   hour and the 23 before it, `daily:14` today and the 13 days before it. Weeks are
-//!   ISO weeks (Monday to Sunday, numbered by ISO year, so a week 53 is just another
-//!   week), months calendar months and years calendar years. A period without a
-//!   session keeps nothing; the rule does not reach further back to make up for it.
+//!   session of each of the last N periods counted back from `now`, the period
+//!   containing `now` being the first: `hourly:24` covers the current clock hour and
+//!   the 23 real hours before it (when the clocks go back, the repeated hour counts
+//!   twice, each pass a period of its own; when they jump, the skipped hour is no
+//!   period), `daily:14` today and the 13 local calendar days before it (23 or 25
+//!   hours long across a clock change). Weeks are ISO weeks (Monday to Sunday,
+//!   numbered by ISO year, so a week 53 is just another week), months calendar months
+//!   and years calendar years. A period without a session keeps nothing; the rule
+//!   does not reach further back to make up for it.
 //! - `last:N` keeps the newest N sessions.
 //! - A session is kept if any rule keeps it.
 //! - The newest session of all is always kept, whatever the schedule says.
@@ -29,9 +33,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{Datelike, NaiveDateTime, Timelike};
+use chrono::{DateTime, Datelike, FixedOffset, Offset, TimeZone, Timelike, Utc};
 
-use crate::selector::id_to_time;
+use crate::selector::SessionTime;
 
 /// A calendar period of a retention rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,11 +69,15 @@ impl Period {
     }
 
     /// A number for the period containing `t`; consecutive periods have
-    /// consecutive numbers.
-    fn ordinal(self, t: NaiveDateTime) -> i64 {
-        let day = i64::from(t.date().num_days_from_ce());
+    /// consecutive numbers. Hours are real hours (starting where the local clock
+    /// shows a full hour); the longer periods follow the local calendar.
+    fn ordinal<Tz: TimeZone>(self, t: &DateTime<Tz>) -> i64 {
+        let day = i64::from(t.date_naive().num_days_from_ce());
         match self {
-            Period::Hourly => day * 24 + i64::from(t.hour()),
+            Period::Hourly => {
+                let shift = i64::from(t.offset().fix().local_minus_utc()).rem_euclid(3600);
+                (t.timestamp() + shift).div_euclid(3600)
+            }
             Period::Daily => day,
             // Day 1 of the common era (0001-01-01) is a Monday, so this counts
             // Monday-to-Sunday weeks, the ISO weeks.
@@ -80,13 +88,26 @@ impl Period {
     }
 
     /// A readable name for the period containing `t`, e.g. `2026-11-20 14h`,
-    /// `2026-11-20`, `2026-W47`, `2026-11`, `2026`.
-    pub fn label(self, t: NaiveDateTime) -> String {
+    /// `2026-11-20`, `2026-W47`, `2026-11`, `2026`; an hour the clocks went back over
+    /// carries its UTC offset (`2026-10-25 02h +01:00`).
+    pub fn label<Tz: TimeZone>(self, t: &DateTime<Tz>) -> String {
         match self {
-            Period::Hourly => format!("{} {:02}h", t.date(), t.hour()),
-            Period::Daily => t.date().to_string(),
+            Period::Hourly => {
+                let local = t.naive_local();
+                let hour = format!("{} {:02}h", local.date(), local.hour());
+                let start = local
+                    .date()
+                    .and_hms_opt(local.hour(), 0, 0)
+                    .unwrap_or(local);
+                if crate::selector::local_instants(&t.timezone(), start).len() > 1 {
+                    format!("{hour} {}", t.offset().fix())
+                } else {
+                    hour
+                }
+            }
+            Period::Daily => t.date_naive().to_string(),
             Period::Weekly => {
-                let w = t.date().iso_week();
+                let w = t.date_naive().iso_week();
                 format!("{:04}-W{:02}", w.year(), w.week())
             }
             Period::Monthly => format!("{:04}-{:02}", t.year(), t.month()),
@@ -276,8 +297,8 @@ impl fmt::Display for KeepReason {
 /// The decision for one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanEntry {
-    /// The session's time.
-    pub time: NaiveDateTime,
+    /// The session's time, in the time zone of `now`.
+    pub time: DateTime<FixedOffset>,
     /// Every reason to keep it, in the order latest, after now, last, then the
     /// periods shortest first; empty when it is to be removed.
     pub reasons: Vec<KeepReason>,
@@ -307,22 +328,21 @@ impl fmt::Display for PlanEntry {
     }
 }
 
-/// A session name that is not a valid session ID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{id:?} is not a valid session ID (YYYYMMDD-HHMMSS)")]
-pub struct InvalidSessionId {
-    pub id: String,
-}
-
 /// Decide, for each session time, whether `schedule` keeps it and why (see the
 /// [module documentation](self)). The result is parallel to `sessions`, which
 /// may be in any order; of sessions with equal times (which real IDs never have)
 /// the later one in the slice counts as newer.
-pub fn plan(sessions: &[NaiveDateTime], now: NaiveDateTime, schedule: &Schedule) -> Vec<PlanEntry> {
-    let mut entries: Vec<PlanEntry> = sessions
+pub fn plan<Tz: TimeZone>(
+    sessions: &[DateTime<Utc>],
+    now: DateTime<Tz>,
+    schedule: &Schedule,
+) -> Vec<PlanEntry> {
+    let tz = now.timezone();
+    let local: Vec<DateTime<Tz>> = sessions.iter().map(|t| t.with_timezone(&tz)).collect();
+    let mut entries: Vec<PlanEntry> = local
         .iter()
-        .map(|&time| PlanEntry {
-            time,
+        .map(|time| PlanEntry {
+            time: time.fixed_offset(),
             reasons: Vec::new(),
         })
         .collect();
@@ -350,10 +370,10 @@ pub fn plan(sessions: &[NaiveDateTime], now: NaiveDateTime, schedule: &Schedule)
         if count == 0 {
             continue;
         }
-        let current = period.ordinal(now);
+        let current = period.ordinal(&now);
         let mut previous: Option<i64> = None;
         for &i in &past {
-            let ordinal = period.ordinal(sessions[i]);
+            let ordinal = period.ordinal(&local[i]);
             // Newest first, so `ordinal` only decreases: past the window, done.
             if current - ordinal >= count {
                 break;
@@ -362,7 +382,7 @@ pub fn plan(sessions: &[NaiveDateTime], now: NaiveDateTime, schedule: &Schedule)
                 previous = Some(ordinal);
                 entries[i].reasons.push(KeepReason::Period {
                     period,
-                    label: period.label(sessions[i]),
+                    label: period.label(&local[i]),
                 });
             }
         }
@@ -371,51 +391,38 @@ pub fn plan(sessions: &[NaiveDateTime], now: NaiveDateTime, schedule: &Schedule)
 }
 
 /// Whether each session is kept: [`plan`] without the reasons.
-pub fn keep(sessions: &[NaiveDateTime], now: NaiveDateTime, schedule: &Schedule) -> Vec<bool> {
+pub fn keep<Tz: TimeZone>(
+    sessions: &[DateTime<Utc>],
+    now: DateTime<Tz>,
+    schedule: &Schedule,
+) -> Vec<bool> {
     plan(sessions, now, schedule)
         .iter()
         .map(PlanEntry::keep)
         .collect()
 }
 
-/// [`plan`] for session IDs (`YYYYMMDD-HHMMSS`). Any invalid ID is an error,
-/// so that nothing is decided about a session whose time is unknown.
-pub fn plan_ids<S: AsRef<str>>(
-    ids: &[S],
-    now: NaiveDateTime,
+/// [`plan`] for sessions with IDs, by the time each was taken.
+pub fn plan_sessions<Tz: TimeZone>(
+    sessions: &[SessionTime],
+    now: DateTime<Tz>,
     schedule: &Schedule,
-) -> Result<Vec<PlanEntry>, InvalidSessionId> {
-    let times = ids
-        .iter()
-        .map(|id| {
-            id_to_time(id.as_ref()).ok_or_else(|| InvalidSessionId {
-                id: id.as_ref().to_string(),
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(plan(&times, now, schedule))
-}
-
-/// [`keep`] for session IDs; see [`plan_ids`].
-pub fn keep_ids<S: AsRef<str>>(
-    ids: &[S],
-    now: NaiveDateTime,
-    schedule: &Schedule,
-) -> Result<Vec<bool>, InvalidSessionId> {
-    Ok(plan_ids(ids, now, schedule)?
-        .iter()
-        .map(PlanEntry::keep)
-        .collect())
+) -> Vec<PlanEntry> {
+    let times: Vec<DateTime<Utc>> = sessions.iter().map(|s| s.time).collect();
+    plan(&times, now, schedule)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::selector::time_to_id;
-    use chrono::TimeDelta;
+    use chrono::{NaiveDateTime, TimeDelta};
 
-    fn t(s: &str) -> NaiveDateTime {
-        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").expect("test time")
+    /// A UTC time (the tests' time zone, unless they say otherwise).
+    fn t(s: &str) -> DateTime<Utc> {
+        Utc.from_utc_datetime(
+            &NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").expect("test time"),
+        )
     }
 
     fn sched(s: &str) -> Schedule {
@@ -423,18 +430,18 @@ mod tests {
     }
 
     /// The times kept, as session IDs, oldest first.
-    fn kept(sessions: &[NaiveDateTime], now: NaiveDateTime, schedule: &str) -> Vec<String> {
-        let mut out: Vec<NaiveDateTime> = sessions
+    fn kept(sessions: &[DateTime<Utc>], now: DateTime<Utc>, schedule: &str) -> Vec<String> {
+        let mut out: Vec<DateTime<Utc>> = sessions
             .iter()
             .zip(keep(sessions, now, &sched(schedule)))
             .filter(|&(_, k)| k)
             .map(|(&s, _)| s)
             .collect();
         out.sort();
-        out.into_iter().map(time_to_id).collect()
+        out.into_iter().map(|t| time_to_id(t.naive_utc())).collect()
     }
 
-    fn times(list: &[&str]) -> Vec<NaiveDateTime> {
+    fn times(list: &[&str]) -> Vec<DateTime<Utc>> {
         list.iter().map(|s| t(s)).collect()
     }
 
@@ -446,7 +453,7 @@ mod tests {
     }
 
     /// A session every hour on the hour from 2026-09-01 00:00 to 2026-11-30 23:00.
-    fn hourly_history() -> Vec<NaiveDateTime> {
+    fn hourly_history() -> Vec<DateTime<Utc>> {
         let start = t("2026-09-01 00:00");
         (0..(30 + 31 + 30) * 24)
             .map(|h| start + TimeDelta::hours(h))
@@ -623,7 +630,7 @@ mod tests {
         let now = t("2026-11-30 23:30");
         let s = sched("last:5 hourly:24 daily:14 weekly:8 monthly:12 yearly:5");
         let first = keep(&history, now, &s);
-        let survivors: Vec<NaiveDateTime> = history
+        let survivors: Vec<DateTime<Utc>> = history
             .iter()
             .zip(&first)
             .filter(|&(_, &k)| k)
@@ -897,27 +904,48 @@ mod tests {
     }
 
     #[test]
-    fn session_ids() {
-        let ids = ["20261120-140000", "20261121-090000", "20261122-090000"];
+    fn sessions_with_ids() {
+        let sessions: Vec<SessionTime> = [
+            ("20261120-140000", "2026-11-20 14:00"),
+            ("20261121-090000", "2026-11-21 09:00"),
+            ("20261122-090000", "2026-11-22 09:00"),
+        ]
+        .iter()
+        .map(|&(id, time)| SessionTime {
+            id: id.to_string(),
+            time: t(time),
+        })
+        .collect();
         let now = t("2026-11-22 12:00");
-        assert_eq!(
-            keep_ids(&ids, now, &sched("daily:2")),
-            Ok(vec![false, true, true])
-        );
-        let owned: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-        let p = plan_ids(&owned, now, &sched("daily:1")).expect("valid ids");
+        let p = plan_sessions(&sessions, now, &sched("daily:2"));
         assert_eq!(p[0].time, t("2026-11-20 14:00"));
-        assert!(!p[1].keep() && p[2].keep());
-        let err = keep_ids(&["20261120-140000", "2026-11-21"], now, &sched("daily:1")).unwrap_err();
+        let keep: Vec<bool> = p.iter().map(PlanEntry::keep).collect();
+        assert_eq!(keep, [false, true, true]);
+    }
+
+    #[test]
+    fn hours_start_where_the_local_clock_shows_them() {
+        // At +05:30 a clock hour starts at half past a UTC hour.
+        let india = FixedOffset::east_opt(5 * 3600 + 1800).expect("offset");
+        let history = times(&["2026-11-22 06:20", "2026-11-22 06:35"]); // 11:50, 12:05
+        let now = t("2026-11-22 06:40").with_timezone(&india); // 12:10
+        let p = plan(&history, now, &sched("hourly:1"));
+        assert_eq!(p[0].reasons, vec![]);
         assert_eq!(
-            err,
-            InvalidSessionId {
-                id: "2026-11-21".into()
-            }
+            p[1].reasons,
+            vec![KeepReason::Latest, period(Period::Hourly, "2026-11-22 12h")]
         );
+        let p = plan(&history, now, &sched("hourly:2"));
+        assert_eq!(p[0].reasons, vec![period(Period::Hourly, "2026-11-22 11h")]);
+        // Days follow the local calendar: 23:50 UTC is already tomorrow there.
+        let late = times(&["2026-11-21 18:20", "2026-11-21 18:40"]); // 23:50, 00:10
+        let now = t("2026-11-21 19:00").with_timezone(&india);
+        let p = plan(&late, now, &sched("daily:1"));
+        assert!(!p[0].keep());
+        assert_eq!(p[0].time.to_string(), "2026-11-21 23:50:00 +05:30");
         assert_eq!(
-            err.to_string(),
-            "\"2026-11-21\" is not a valid session ID (YYYYMMDD-HHMMSS)"
+            p[1].reasons,
+            vec![KeepReason::Latest, period(Period::Daily, "2026-11-22")]
         );
     }
 }

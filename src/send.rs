@@ -270,7 +270,12 @@ pub fn compare_and_store(
                 sink.put_zero(addr)
             }
         },
-    )?;
+    );
+    // A volume read live (source = file) that changed size while it was read would
+    // make a session that never existed; that is the cause even when the read failed
+    // on it (a truncated file).
+    crate::source::file::check_size_unchanged(view)?;
+    let stats = stats?;
     progress.finish();
     let prev = chain.last();
     let mut chunks = prev.map(|p| p.chunks as i64).unwrap_or(0) + added;
@@ -305,7 +310,16 @@ fn write_session(
 ) -> Result<(Option<SessionInfo>, u64)> {
     let name = vol.name.as_str();
     let size = view.size;
-    let id = session_id::next_id_now(latest);
+    // `time` is when the session was taken; when its ID had to move on past the
+    // latest one (several sends in a second), the moment the ID names, so IDs and times
+    // agree. (IDs moved on across a clock change name a moment in the past; then the
+    // clock's time stays.)
+    let taken = chrono::Local::now();
+    let id = session_id::next_id(taken.naive_local(), latest);
+    let time = crate::selector::SessionTime::from_id(&id, &chrono::Local)
+        .map_or(taken.timestamp(), |s| {
+            s.time.timestamp().max(taken.timestamp())
+        });
     let room_before = space::room(&vol.dir);
     let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
     let c = compare_and_store(
@@ -321,7 +335,6 @@ fn write_session(
         return Ok((None, c.bytes_read));
     }
     crate::failpoint::hit("send-before-commit");
-    let now = chrono::Local::now().timestamp();
     let done = space::Progress {
         stored: writer.bytes_stored,
         chunks: writer.changed,
@@ -334,7 +347,7 @@ fn write_session(
                 volume: name.to_string(),
                 session: id.clone(),
                 previous: latest.map(str::to_string),
-                time: now,
+                time,
                 volsize: size,
                 chunksize: config.chunksize,
                 compression: config.compression.codec,

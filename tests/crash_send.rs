@@ -23,12 +23,16 @@ fn killed_at(point: &str) {
     // The archive verifies as it is, and has the first session or the complete second.
     env.verify_ok("v", None);
     let sessions = env.sessions("v");
-    assert!(!std::fs::read_dir(env.vol_dir("v")).unwrap().any(|e| e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with("S_")
-        && sessions.is_empty()));
+    // Every `S_` entry of the volume folder is a session `list` shows, and each shown
+    // session is one folder: a killed send leaves no half-made or unlisted session.
+    assert_eq!(
+        s_entries(&env),
+        sessions
+            .iter()
+            .map(|s| format!("S_{}", s.id))
+            .collect::<Vec<_>>(),
+        "{point}: S_ entries of the volume folder"
+    );
     match point {
         "send-mid-chunks" | "send-before-commit" | "session-before-rename" => {
             assert_eq!(
@@ -51,6 +55,17 @@ fn killed_at(point: &str) {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!n.starts_with(".tmp"), "{point}: leftover {n}");
     }
+}
+
+/// Names of the volume folder's entries that start with `S_`, sorted.
+fn s_entries(env: &Env) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("S_"))
+        .collect();
+    names.sort();
+    names
 }
 
 #[test]

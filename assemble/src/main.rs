@@ -67,9 +67,17 @@ fn run(args: Args) -> Result<()> {
     let sessions = vol
         .sessions()
         .with_context(|| format!("reading {}", args.volume_dir.display()))?;
-    let now = chrono::Local::now().naive_local();
-    let sel = selector::parse(&args.session, now)?;
-    let id = selector::resolve(&sel, &sessions)
+    let now = chrono::Local::now();
+    let sel = selector::parse(&args.session, &now)?;
+    let timed = if sel.needs_times() {
+        selector::session_times(&vol, &sessions, &chrono::Local)
+    } else {
+        sessions
+            .iter()
+            .filter_map(|id| selector::SessionTime::from_id(id, &chrono::Local))
+            .collect()
+    };
+    let id = selector::resolve(&sel, &timed)
         .with_context(|| format!("{}", args.volume_dir.display()))?;
     let chain = vol.chain(&id)?;
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);

@@ -19,6 +19,81 @@ pub const MANIFEST_FILE: &str = "manifest";
 /// Lock file inside a volume folder.
 pub const LOCK_FILE: &str = ".lock";
 
+/// Longest volume name, in bytes. The longest names sparsebak makes from a volume
+/// name are `<volume>.tick.origin` (reflink snapshots, beside
+/// `.<volume>.tick.origin.sparsebak-partial` while it is written) and the LVM snapshot
+/// `<volume>.tock`, which LVM limits to 127 bytes; 120 leaves all of them within the
+/// limits of file names (255 bytes) and of LVM.
+pub const MAX_VOLUME_NAME: usize = 120;
+
+/// Why `name` cannot be a volume name, or `None` when it can.
+///
+/// A volume name becomes a folder in the archive and in the metadir, the file
+/// `voldir/<name>` and the LV `vgname/<name>`, and the prefix of the names of its
+/// snapshots (`<name>.tick`, `<name>.tock`). So it is 1 to [`MAX_VOLUME_NAME`] bytes of
+/// letters, digits and `+ _ . -`, and none of the names sparsebak uses for itself:
+/// names starting with `.` (`.lock`, `.tmp-*`, `.prune-journal`, `.sparsebak`, `.`,
+/// `..`) or `-` (read as an option), session entries (`S_*`), the archive marker
+/// (`sparsebak.*`), the metadir's catalog (`catalog.sqlite*`), and names ending in
+/// `.tick` or `.tock` (the snapshots of another volume).
+pub fn volume_name_problem(name: &str) -> Option<String> {
+    let why = |s: &str| Some(s.to_string());
+    if name.is_empty() {
+        return why("it is empty");
+    }
+    if name.contains('/') {
+        return why("it contains '/'");
+    }
+    if name.contains('\0') {
+        return why("it contains a NUL byte");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "+_.-".contains(c)))
+    {
+        return Some(format!(
+            "it contains {c:?}; only letters, digits and + _ . - are allowed"
+        ));
+    }
+    if name.len() > MAX_VOLUME_NAME {
+        return Some(format!(
+            "it is {} bytes long; at most {MAX_VOLUME_NAME} are allowed, so that the names \
+             made from it (`<name>.tick.origin`, the LVM snapshot `<name>.tock`) fit",
+            name.len()
+        ));
+    }
+    if name.starts_with('.') {
+        return why(
+            "it starts with '.': such names are sparsebak's own (.lock, .tmp-*, \
+             .prune-journal, .sparsebak) or the folder itself and its parent (., ..)",
+        );
+    }
+    if name.starts_with('-') {
+        return why("it starts with '-' and would be read as an option");
+    }
+    if name.starts_with(SESSION_PREFIX) {
+        return why("it starts with S_, the prefix of session folders and session tar files");
+    }
+    if name.starts_with("sparsebak.") {
+        return Some(format!(
+            "names starting with sparsebak. are kept for the archive's own files ({ARCHIVE_MARKER})"
+        ));
+    }
+    if name.starts_with(CATALOG_FILE) {
+        return Some(format!(
+            "the metadir holds the catalog {CATALOG_FILE} and its journal files \
+             ({CATALOG_FILE}-journal, -wal, -shm)"
+        ));
+    }
+    if name.ends_with(".tick") || name.ends_with(".tock") {
+        return why("names ending in .tick or .tock are the snapshots of another volume");
+    }
+    None
+}
+
+/// The SQLite catalog at the root of the metadir (the source side).
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+
 /// Chunk files are grouped in folders named by the top 36 bits of their address
 /// (9 hex digits), so a folder spans 256 MiB of the volume: 4096 chunks of 64 KiB at
 /// most, 64 of 4 MiB.
@@ -86,6 +161,48 @@ mod tests {
         assert_eq!(parse_chunk_name("x00001234567800"), None);
         assert_eq!(parse_chunk_name("x000012345678000G"), None);
         assert_eq!(parse_chunk_name("x0000123456780000.tmp"), None);
+    }
+
+    #[test]
+    fn volume_names() {
+        let long = "v".repeat(MAX_VOLUME_NAME);
+        for ok in [
+            "vm-work-private",
+            "a",
+            "A.b+c_d-e",
+            "lock",
+            "x.tick2",
+            long.as_str(),
+        ] {
+            assert_eq!(volume_name_problem(ok), None, "{ok}");
+        }
+        let too_long = "v".repeat(MAX_VOLUME_NAME + 1);
+        for (bad, why) in [
+            ("", "empty"),
+            ("a/b", "'/'"),
+            ("..", "starts with '.'"),
+            (".", "starts with '.'"),
+            ("a\0b", "NUL"),
+            ("a b", "' '"),
+            ("a;b", "';'"),
+            (".lock", ".lock"),
+            (".tmp-S_20261123-212200", ".tmp-*"),
+            (".prune-journal", ".prune-journal"),
+            (".sparsebak", ".sparsebak"),
+            ("-v", "option"),
+            ("S_20261123-212200", "session folders"),
+            ("S_x", "session folders"),
+            ("sparsebak.archive", "sparsebak.archive"),
+            ("sparsebak.id", "sparsebak.archive"),
+            ("catalog.sqlite", "catalog"),
+            ("catalog.sqlite-journal", "journal"),
+            ("vm.tick", "snapshots of another volume"),
+            ("vm.tock", "snapshots of another volume"),
+            (too_long.as_str(), "at most 120"),
+        ] {
+            let got = volume_name_problem(bad).unwrap_or_default();
+            assert!(got.contains(why), "{bad:?}: {got:?} lacks {why:?}");
+        }
     }
 
     #[test]

@@ -1,10 +1,16 @@
 //! Session selectors: the text a user gives to `--session` (one session) or to
 //! `prune` (a range of sessions), and how it is matched against a volume's sessions.
 //!
-//! Sessions are named by IDs of the form `YYYYMMDD-HHMMSS` in local time. IDs are
-//! unique and strictly increasing per volume, so their text order is their time
-//! order. Everything here is pure: the current time is always a parameter, never
-//! read from the clock, and nothing touches the file system.
+//! Sessions are named by IDs of the form `YYYYMMDD-HHMMSS` in local time, unique and
+//! strictly increasing per volume, so their text order is their order. Times are
+//! compared as absolute instants: each session's `time` (the instant it was taken, from
+//! its info file; see [`session_times`]) with instants computed from the current time
+//! in a time zone. So across a daylight-saving change, when local clock times repeat
+//! or are skipped (and IDs taken in the repeated hour are moved on to stay
+//! increasing), `1 hour ago` is 3600 seconds ago and picks the session taken before
+//! it. Calendar words (`today`, a date, `3 days ago`) are read in the local calendar
+//! of the time zone. Everything here is pure except [`session_times`]: the current
+//! time and the time zone are parameters, never read from the clock.
 //!
 //! # Forms
 //!
@@ -24,8 +30,15 @@
 //! | `N minutes\|hours\|days\|weeks\|months\|years ago` | the instant `now` minus that much |
 //!
 //! In the relative form the unit may be singular or plural, and `N` may be `a` or
-//! `an` (`a week ago`, `an hour ago`). Months and years are calendar months: one
-//! month before March 31 is the last day of February. A week is seven days.
+//! `an` (`a week ago`, `an hour ago`). Minutes and hours are exact durations. Days,
+//! weeks, months and years go back in the local calendar to the same clock time (a
+//! day across a daylight-saving change is 23 or 25 hours); months and years are
+//! calendar months: one month before March 31 is the last day of February. A week is
+//! seven days. A clock time the change skipped means the moment the clocks jumped.
+//!
+//! A local date and time that occurs twice (the clocks went back over it) names both
+//! occurrences: as a single selector its later one, as the start of a range its
+//! earlier one. One that never occurred (the clocks jumped over it) is an error.
 //!
 //! # Single selectors
 //!
@@ -48,7 +61,65 @@
 
 use std::fmt;
 
-use chrono::{Days, Months, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use chrono::{
+    DateTime, Days, FixedOffset, LocalResult, Months, NaiveDate, NaiveDateTime, NaiveTime,
+    TimeDelta, TimeZone, Utc,
+};
+
+use crate::volume::VolumeArchive;
+
+/// An instant, with the local offset it is shown in.
+pub type Instant = DateTime<FixedOffset>;
+
+/// A session as selectors see it: its ID and the instant it was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTime {
+    pub id: String,
+    pub time: DateTime<Utc>,
+}
+
+impl SessionTime {
+    /// A session timed by its ID alone, read as local time in `tz` (its earlier
+    /// occurrence if the clocks went back over it, the jump if they skipped it).
+    pub fn from_id<Tz: TimeZone>(id: &str, tz: &Tz) -> Option<SessionTime> {
+        let t = id_to_time(id)?;
+        Some(SessionTime {
+            id: id.to_string(),
+            time: at_or_after(tz, t, false)?.with_timezone(&Utc),
+        })
+    }
+}
+
+/// The sessions `ids` of `vol` with the instants they were taken: the `time` of each
+/// session's info file. A session whose info cannot be read is timed by its ID, read as
+/// local time in `tz`, with a warning. Entries that are not session IDs are left out.
+pub fn session_times<Tz: TimeZone>(
+    vol: &VolumeArchive,
+    ids: &[String],
+    tz: &Tz,
+) -> Vec<SessionTime> {
+    ids.iter()
+        .filter_map(|id| {
+            let from_info = vol.info(id).map_err(|e| e.to_string()).and_then(|info| {
+                DateTime::from_timestamp(info.time, 0)
+                    .ok_or_else(|| format!("time {} is out of range", info.time))
+            });
+            match from_info {
+                Ok(time) => Some(SessionTime {
+                    id: id.clone(),
+                    time,
+                }),
+                Err(e) => {
+                    tracing::warn!(
+                        "volume {}: session {id}: its time is taken from its ID ({e})",
+                        vol.name
+                    );
+                    SessionTime::from_id(id, tz)
+                }
+            }
+        })
+        .collect()
+}
 
 /// `chrono` format string of a session ID.
 pub const ID_FORMAT: &str = "%Y%m%d-%H%M%S";
@@ -89,6 +160,9 @@ pub enum SelectorError {
     /// A relative form reaching outside the supported calendar.
     #[error("{input:?} is too far in the past")]
     OutOfRange { input: String },
+    /// A local date and time the clocks skipped (a daylight-saving change).
+    #[error("{input:?} did not occur in the local time zone: the clocks skipped it")]
+    SkippedTime { input: String },
     /// An exact session ID that is not among the sessions.
     #[error("session {id} does not exist{}", span_hint(.oldest, .newest))]
     NoSuchSession {
@@ -101,7 +175,7 @@ pub enum SelectorError {
     NoSessions,
     /// Every session is newer than the instant the selector names.
     #[error("no session at or before {at}; the oldest session is {oldest}")]
-    NoneAtOrBefore { at: NaiveDateTime, oldest: String },
+    NoneAtOrBefore { at: Instant, oldest: String },
     /// A range whose start lies after its end.
     #[error("the range start ({start}) is after its end ({end})")]
     StartAfterEnd { start: String, end: String },
@@ -124,8 +198,15 @@ pub enum Selector {
     Latest,
     /// The oldest session.
     Oldest,
-    /// The newest session at or before this instant.
-    AtOrBefore(NaiveDateTime),
+    /// The newest session taken at or before this instant.
+    AtOrBefore(Instant),
+}
+
+impl Selector {
+    /// Whether resolving it needs the sessions' times (not only their IDs).
+    pub fn needs_times(&self) -> bool {
+        matches!(self, Selector::AtOrBefore(_))
+    }
 }
 
 impl fmt::Display for Selector {
@@ -149,7 +230,7 @@ pub enum Bound {
     /// The time of this session, which must exist.
     Exact(String),
     /// This instant.
-    Time(NaiveDateTime),
+    Time(Instant),
 }
 
 impl fmt::Display for Bound {
@@ -168,6 +249,13 @@ impl fmt::Display for Bound {
 pub struct Range {
     pub start: Bound,
     pub end: Bound,
+}
+
+impl Range {
+    /// Whether resolving it needs the sessions' times (not only their IDs).
+    pub fn needs_times(&self) -> bool {
+        matches!(self.start, Bound::Time(_)) || matches!(self.end, Bound::Time(_))
+    }
 }
 
 impl fmt::Display for Range {
@@ -210,12 +298,12 @@ enum Point {
     Latest,
     Oldest,
     /// The inclusive span `[first, last]`; an instant has `first == last`.
-    Span(NaiveDateTime, NaiveDateTime),
+    Span(Instant, Instant),
 }
 
 /// Parse a single-session selector (see the [module documentation](self)).
-/// `now` is the current local time, used by the relative forms.
-pub fn parse(s: &str, now: NaiveDateTime) -> Result<Selector, SelectorError> {
+/// `now` is the current time in the time zone that calendar words are read in.
+pub fn parse<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Result<Selector, SelectorError> {
     if s.contains(',') {
         return Err(SelectorError::UnexpectedRange {
             input: s.trim().to_string(),
@@ -231,9 +319,9 @@ pub fn parse(s: &str, now: NaiveDateTime) -> Result<Selector, SelectorError> {
 
 /// Parse a range `START,END` (see the [module documentation](self)).
 ///
-/// When both ends are known times (not `oldest`/`latest`), a start after the end is
-/// reported here already; otherwise by [`resolve_range`].
-pub fn parse_range(s: &str, now: NaiveDateTime) -> Result<Range, SelectorError> {
+/// When both ends are times, or both session IDs, a start after the end is reported
+/// here already; otherwise by [`resolve_range`].
+pub fn parse_range<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Result<Range, SelectorError> {
     let not_a_range = || SelectorError::NotARange {
         input: s.trim().to_string(),
     };
@@ -253,130 +341,239 @@ pub fn parse_range(s: &str, now: NaiveDateTime) -> Result<Range, SelectorError> 
         Point::Oldest => Bound::Oldest,
         Point::Span(_, last) => Bound::Time(last),
     };
-    if let (Some(ts), Some(te)) = (fixed_time(&start), fixed_time(&end)) {
-        if ts > te {
-            return Err(SelectorError::StartAfterEnd {
-                start: start.to_string(),
-                end: end.to_string(),
-            });
-        }
+    let after = match (&start, &end) {
+        (Bound::Exact(a), Bound::Exact(b)) => a > b,
+        _ => matches!((fixed_time(&start), fixed_time(&end)), (Some(a), Some(b)) if a > b),
+    };
+    if after {
+        return Err(SelectorError::StartAfterEnd {
+            start: start.to_string(),
+            end: end.to_string(),
+        });
     }
     Ok(Range { start, end })
 }
 
 /// The time of a bound that does not depend on the sessions.
-fn fixed_time(b: &Bound) -> Option<NaiveDateTime> {
+fn fixed_time(b: &Bound) -> Option<Instant> {
     match b {
-        Bound::Exact(id) => id_to_time(id),
         Bound::Time(t) => Some(*t),
-        Bound::Oldest | Bound::Latest => None,
+        Bound::Exact(_) | Bound::Oldest | Bound::Latest => None,
     }
 }
 
-/// Sessions with valid IDs, paired with their times, in the given order.
-fn timed(sessions: &[String]) -> Vec<(&String, NaiveDateTime)> {
+/// Sessions with valid IDs.
+fn valid(sessions: &[SessionTime]) -> Vec<&SessionTime> {
     sessions
         .iter()
-        .filter_map(|s| id_to_time(s).map(|t| (s, t)))
+        .filter(|s| id_to_time(&s.id).is_some())
         .collect()
 }
 
-fn oldest_of<'a>(timed: &[(&'a String, NaiveDateTime)]) -> Option<(&'a String, NaiveDateTime)> {
-    timed.iter().copied().min_by_key(|&(_, t)| t)
+fn oldest_of<'a>(valid: &[&'a SessionTime]) -> Option<&'a SessionTime> {
+    valid.iter().copied().min_by(|a, b| a.id.cmp(&b.id))
 }
 
-fn newest_of<'a>(timed: &[(&'a String, NaiveDateTime)]) -> Option<(&'a String, NaiveDateTime)> {
-    timed.iter().copied().max_by_key(|&(_, t)| t)
+fn newest_of<'a>(valid: &[&'a SessionTime]) -> Option<&'a SessionTime> {
+    valid.iter().copied().max_by(|a, b| a.id.cmp(&b.id))
 }
 
-fn no_such_session(id: &str, timed: &[(&String, NaiveDateTime)]) -> SelectorError {
+fn no_such_session(id: &str, valid: &[&SessionTime]) -> SelectorError {
     SelectorError::NoSuchSession {
         id: id.to_string(),
-        oldest: oldest_of(timed).map(|(s, _)| s.clone()),
-        newest: newest_of(timed).map(|(s, _)| s.clone()),
+        oldest: oldest_of(valid).map(|s| s.id.clone()),
+        newest: newest_of(valid).map(|s| s.id.clone()),
     }
 }
 
-/// Pick the session a selector names among `sessions` (normally sorted oldest
-/// first, but the order does not matter). Entries that are not valid session IDs
-/// are ignored.
+/// Pick the session a selector names among `sessions` (normally oldest first, but
+/// the order does not matter). Entries that are not valid session IDs are ignored.
+/// The newest and oldest are by ID; [`Selector::AtOrBefore`] takes, of the sessions
+/// whose `time` is at or before its instant, the newest.
 ///
 /// Errors: an exact ID that is not present ([`SelectorError::NoSuchSession`], naming
 /// the oldest and newest sessions), no sessions at all, or no session at or before
 /// the instant ([`SelectorError::NoneAtOrBefore`], naming the oldest session).
-pub fn resolve(sel: &Selector, sessions: &[String]) -> Result<String, SelectorError> {
-    let timed = timed(sessions);
+pub fn resolve(sel: &Selector, sessions: &[SessionTime]) -> Result<String, SelectorError> {
+    let valid = valid(sessions);
     match sel {
         Selector::Exact(id) => {
-            if timed.iter().any(|(s, _)| *s == id) {
+            if valid.iter().any(|s| s.id == *id) {
                 Ok(id.clone())
             } else {
-                Err(no_such_session(id, &timed))
+                Err(no_such_session(id, &valid))
             }
         }
-        Selector::Latest => newest_of(&timed)
-            .map(|(s, _)| s.clone())
+        Selector::Latest => newest_of(&valid)
+            .map(|s| s.id.clone())
             .ok_or(SelectorError::NoSessions),
-        Selector::Oldest => oldest_of(&timed)
-            .map(|(s, _)| s.clone())
+        Selector::Oldest => oldest_of(&valid)
+            .map(|s| s.id.clone())
             .ok_or(SelectorError::NoSessions),
         Selector::AtOrBefore(at) => {
-            let oldest = oldest_of(&timed).ok_or(SelectorError::NoSessions)?;
-            timed
-                .iter()
-                .filter(|&&(_, t)| t <= *at)
-                .max_by_key(|&&(_, t)| t)
-                .map(|(s, _)| (*s).clone())
+            let oldest = oldest_of(&valid).ok_or(SelectorError::NoSessions)?;
+            let taken: Vec<&SessionTime> =
+                valid.iter().copied().filter(|s| s.time <= *at).collect();
+            newest_of(&taken)
+                .map(|s| s.id.clone())
                 .ok_or_else(|| SelectorError::NoneAtOrBefore {
                     at: *at,
-                    oldest: oldest.0.clone(),
+                    oldest: oldest.id.clone(),
                 })
         }
     }
 }
 
+/// A range bound once the sessions are known: a session (compared by ID) or an
+/// instant (compared with the sessions' times).
+enum Resolved<'a> {
+    Session(&'a SessionTime),
+    Time(Instant),
+}
+
+impl Resolved<'_> {
+    fn text(&self, what: &str) -> String {
+        match self {
+            Resolved::Session(s) if what.is_empty() => s.id.clone(),
+            Resolved::Session(s) => format!("{what}, {}", s.id),
+            Resolved::Time(t) => t.to_string(),
+        }
+    }
+}
+
 /// The sessions inside a range, in the order given (oldest first when `sessions`
-/// is sorted). Entries that are not valid session IDs are ignored.
+/// is sorted). Entries that are not valid session IDs are ignored. A bound that names
+/// a session (an ID, `oldest`, `latest`) includes the sessions from or up to it by
+/// ID; a time bound, those taken at or after (before) it.
 ///
 /// An empty result is not an error (also when there are no sessions at all and a
 /// bound is `oldest` or `latest`). Errors: an exact-ID bound that does not exist, or
 /// a start after the end once `oldest`/`latest` are known.
-pub fn resolve_range(range: &Range, sessions: &[String]) -> Result<Vec<String>, SelectorError> {
-    let timed = timed(sessions);
-    let bound = |b: &Bound| -> Result<Option<(String, NaiveDateTime)>, SelectorError> {
+pub fn resolve_range(
+    range: &Range,
+    sessions: &[SessionTime],
+) -> Result<Vec<String>, SelectorError> {
+    let valid = valid(sessions);
+    let bound = |b: &Bound| -> Result<Option<(Resolved, &'static str)>, SelectorError> {
         Ok(match b {
             Bound::Exact(id) => {
-                let &(_, t) = timed
+                let s = valid
                     .iter()
-                    .find(|(s, _)| *s == id)
-                    .ok_or_else(|| no_such_session(id, &timed))?;
-                Some((id.clone(), t))
+                    .copied()
+                    .find(|s| s.id == *id)
+                    .ok_or_else(|| no_such_session(id, &valid))?;
+                Some((Resolved::Session(s), ""))
             }
-            Bound::Oldest => oldest_of(&timed).map(|(s, t)| (format!("oldest, {s}"), t)),
-            Bound::Latest => newest_of(&timed).map(|(s, t)| (format!("latest, {s}"), t)),
-            Bound::Time(t) => Some((t.to_string(), *t)),
+            Bound::Oldest => oldest_of(&valid).map(|s| (Resolved::Session(s), "oldest")),
+            Bound::Latest => newest_of(&valid).map(|s| (Resolved::Session(s), "latest")),
+            Bound::Time(t) => Some((Resolved::Time(*t), "")),
         })
     };
-    let (Some((start_txt, start)), Some((end_txt, end))) =
+    let (Some((start, start_what)), Some((end, end_what))) =
         (bound(&range.start)?, bound(&range.end)?)
     else {
         return Ok(Vec::new());
     };
-    if start > end {
+    let after = match (&start, &end) {
+        (Resolved::Session(a), Resolved::Session(b)) => a.id > b.id,
+        (Resolved::Session(a), Resolved::Time(t)) => a.time > *t,
+        (Resolved::Time(t), Resolved::Session(b)) => *t > b.time,
+        (Resolved::Time(a), Resolved::Time(b)) => a > b,
+    };
+    if after {
         return Err(SelectorError::StartAfterEnd {
-            start: start_txt,
-            end: end_txt,
+            start: start.text(start_what),
+            end: end.text(end_what),
         });
     }
-    Ok(timed
+    let inside = |s: &SessionTime| {
+        let from = match &start {
+            Resolved::Session(a) => s.id >= a.id,
+            Resolved::Time(t) => s.time >= *t,
+        };
+        let to = match &end {
+            Resolved::Session(b) => s.id <= b.id,
+            Resolved::Time(t) => s.time <= *t,
+        };
+        from && to
+    };
+    Ok(valid
         .into_iter()
-        .filter(|&(_, t)| start <= t && t <= end)
-        .map(|(s, _)| s.clone())
+        .filter(|s| inside(s))
+        .map(|s| s.id.clone())
         .collect())
 }
 
+/// The instants at which the local clock of `tz` shows `t`, earliest first: one, two
+/// (the clocks went back over `t`), or none (they skipped it). Each candidate the time
+/// zone gives is checked by converting it back, as chrono's `Local` reports the
+/// boundary of a change as ambiguous, and in no fixed order.
+pub fn local_instants<Tz: TimeZone>(tz: &Tz, t: NaiveDateTime) -> Vec<Instant> {
+    let candidates = match tz.from_local_datetime(&t) {
+        LocalResult::Single(d) => vec![d],
+        LocalResult::Ambiguous(a, b) => vec![a, b],
+        LocalResult::None => vec![],
+    };
+    let mut out: Vec<Instant> = candidates
+        .into_iter()
+        .filter(|d| tz.from_utc_datetime(&d.naive_utc()).naive_local() == t)
+        .map(|d| d.fixed_offset())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The instant of local time `t` in `tz`; `later` picks the second occurrence of a
+/// time the clocks went back over. `None` when the clocks skipped `t`.
+fn instant<Tz: TimeZone>(tz: &Tz, t: NaiveDateTime, later: bool) -> Option<Instant> {
+    let all = local_instants(tz, t);
+    if later {
+        all.last().copied()
+    } else {
+        all.first().copied()
+    }
+}
+
+/// The first instant at or after local time `t`: its instant, or when the clocks
+/// skipped `t`, the moment they jumped (the first local time after the gap). `None`
+/// only outside the calendar or past a gap longer than two days.
+fn at_or_after<Tz: TimeZone>(tz: &Tz, t: NaiveDateTime, later: bool) -> Option<Instant> {
+    if let Some(i) = instant(tz, t, later) {
+        return Some(i);
+    }
+    // Walk out of the gap by minutes, then back to its first second.
+    let mut end = t;
+    for _ in 0..2 * 24 * 60 {
+        end = end.checked_add_signed(TimeDelta::minutes(1))?;
+        if instant(tz, end, false).is_some() {
+            for _ in 0..60 {
+                let prev = end.checked_sub_signed(TimeDelta::seconds(1))?;
+                if instant(tz, prev, false).is_none() {
+                    break;
+                }
+                end = prev;
+            }
+            return instant(tz, end, false);
+        }
+    }
+    None
+}
+
+/// The span of local times `[first, next)` as instants: from the first instant of
+/// `first` (its earlier occurrence) to the second before the last occurrence of `next`.
+/// `None` when every time of it was skipped.
+fn local_span<Tz: TimeZone>(tz: &Tz, first: NaiveDateTime, next: NaiveDateTime) -> Option<Point> {
+    let a = at_or_after(tz, first, false)?;
+    let b = at_or_after(tz, next, true)? - TimeDelta::seconds(1);
+    (a <= b).then_some(Point::Span(a, b))
+}
+
 /// Parse one selector text into what it names.
-fn parse_point(s: &str, now: NaiveDateTime) -> Result<Point, SelectorError> {
+fn parse_point<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Result<Point, SelectorError> {
+    let tz = now.timezone();
+    let now_fixed = now.fixed_offset();
+    let today = now.date_naive();
     let norm = s
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -389,16 +586,19 @@ fn parse_point(s: &str, now: NaiveDateTime) -> Result<Point, SelectorError> {
         "" => return Err(SelectorError::Empty),
         "latest" | "newest" => return Ok(Point::Latest),
         "oldest" => return Ok(Point::Oldest),
-        "now" => return Ok(Point::Span(now, now)),
-        "today" => return Ok(day_span(now.date())),
+        "now" => return Ok(Point::Span(now_fixed, now_fixed)),
+        "today" => {
+            return day_span(&tz, today).ok_or_else(|| SelectorError::OutOfRange {
+                input: s.trim().to_string(),
+            })
+        }
         "yesterday" => {
-            let day = now
-                .date()
+            return today
                 .pred_opt()
+                .and_then(|day| day_span(&tz, day))
                 .ok_or_else(|| SelectorError::OutOfRange {
                     input: s.trim().to_string(),
-                })?;
-            return Ok(day_span(day));
+                });
         }
         _ => {}
     }
@@ -411,7 +611,10 @@ fn parse_point(s: &str, now: NaiveDateTime) -> Result<Point, SelectorError> {
         };
     }
     if let Some(p) = parse_date_time(&norm) {
-        return p.ok_or_else(|| SelectorError::InvalidDate {
+        let (first, next) = p.ok_or_else(|| SelectorError::InvalidDate {
+            input: s.trim().to_string(),
+        })?;
+        return local_span(&tz, first, next).ok_or_else(|| SelectorError::SkippedTime {
             input: s.trim().to_string(),
         });
     }
@@ -435,18 +638,20 @@ fn all_digits(s: &str, min: usize, max: usize) -> bool {
     (min..=max).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_digit())
 }
 
-fn day_span(day: NaiveDate) -> Point {
-    Point::Span(
+/// A whole local calendar day, as instants (23 or 25 hours long across a clock change).
+fn day_span<Tz: TimeZone>(tz: &Tz, day: NaiveDate) -> Option<Point> {
+    local_span(
+        tz,
         day.and_time(NaiveTime::MIN),
-        day.and_hms_opt(23, 59, 59)
-            .unwrap_or(day.and_time(NaiveTime::MIN)),
+        day.succ_opt()?.and_time(NaiveTime::MIN),
     )
 }
 
 /// `YYYY-MM-DD`, `YYYY-MM-DD HH:MM`, `YYYY-MM-DD HH:MM:SS` (or `t` instead of the
-/// space, the text being lower-cased). `None` when the shape does not match;
-/// `Some(None)` when it does but the values are not a real date or time.
-fn parse_date_time(s: &str) -> Option<Option<Point>> {
+/// space, the text being lower-cased), as the local times `[first, next)` it covers.
+/// `None` when the shape does not match; `Some(None)` when it does but the values are
+/// not a real date or time.
+fn parse_date_time(s: &str) -> Option<Option<(NaiveDateTime, NaiveDateTime)>> {
     let (date_txt, time_txt) = match s.split_once([' ', 't']) {
         Some((d, t)) => (d, Some(t)),
         None => (s, None),
@@ -477,26 +682,25 @@ fn parse_date_time(s: &str) -> Option<Option<Point>> {
     let Some(date) = date else {
         return Some(None);
     };
+    let span = |first: NaiveDateTime, len: TimeDelta| Some((first, first.checked_add_signed(len)?));
     let Some(tp) = time_parts else {
-        return Some(Some(day_span(date)));
+        return Some(span(date.and_time(NaiveTime::MIN), TimeDelta::days(1)));
     };
     let num = |p: &str| p.parse::<u32>().ok();
     let (h, min) = (num(tp[0])?, num(tp[1])?);
     Some(match tp.get(2) {
-        Some(sec) => NaiveTime::from_hms_opt(h, min, num(sec)?).map(|t| {
-            let at = date.and_time(t);
-            Point::Span(at, at)
-        }),
-        None => NaiveTime::from_hms_opt(h, min, 0).and_then(|first| {
-            let last = NaiveTime::from_hms_opt(h, min, 59)?;
-            Some(Point::Span(date.and_time(first), date.and_time(last)))
-        }),
+        Some(sec) => NaiveTime::from_hms_opt(h, min, num(sec)?)
+            .and_then(|t| span(date.and_time(t), TimeDelta::seconds(1))),
+        None => NaiveTime::from_hms_opt(h, min, 0)
+            .and_then(|t| span(date.and_time(t), TimeDelta::minutes(1))),
     })
 }
 
 /// `N unit ago`. `None` when the shape does not match; `Some(None)` when the
-/// result falls outside the calendar.
-fn parse_relative(s: &str, now: NaiveDateTime) -> Option<Option<NaiveDateTime>> {
+/// result falls outside the calendar. Minutes and hours are durations before `now`;
+/// days and longer go back in the local calendar to the same clock time (taken with
+/// the offset `now` has when it occurs twice; the jump when it was skipped).
+fn parse_relative<Tz: TimeZone>(s: &str, now: &DateTime<Tz>) -> Option<Option<Instant>> {
     let words: Vec<&str> = s.split(' ').collect();
     let [count, unit, "ago"] = words.as_slice() else {
         return None;
@@ -510,25 +714,36 @@ fn parse_relative(s: &str, now: NaiveDateTime) -> Option<Option<NaiveDateTime>> 
         _ => return None,
     };
     let unit = unit.strip_suffix('s').unwrap_or(unit);
+    let fixed = now.fixed_offset();
     let minutes = |per: u64| {
         n.checked_mul(per)
             .and_then(|m| i64::try_from(m).ok())
             .and_then(TimeDelta::try_minutes)
-            .and_then(|d| now.checked_sub_signed(d))
+            .and_then(|d| fixed.checked_sub_signed(d))
+    };
+    let local = now.naive_local();
+    let tz = now.timezone();
+    let calendar = |t: Option<NaiveDateTime>| {
+        let t = t?;
+        let same_offset = instant(&tz, t, true).filter(|i| i.offset() == fixed.offset());
+        same_offset.or_else(|| at_or_after(&tz, t, false))
     };
     let months = |per: u32| {
-        u32::try_from(n)
-            .ok()
-            .and_then(|n| n.checked_mul(per))
-            .and_then(|m| now.checked_sub_months(Months::new(m)))
+        calendar(
+            u32::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(per))
+                .and_then(|m| local.checked_sub_months(Months::new(m))),
+        )
     };
     Some(match unit {
         "minute" | "min" => minutes(1),
         "hour" => minutes(60),
-        "day" => now.checked_sub_days(Days::new(n)),
-        "week" => n
-            .checked_mul(7)
-            .and_then(|d| now.checked_sub_days(Days::new(d))),
+        "day" => calendar(local.checked_sub_days(Days::new(n))),
+        "week" => calendar(
+            n.checked_mul(7)
+                .and_then(|d| local.checked_sub_days(Days::new(d))),
+        ),
         "month" => months(1),
         "year" => months(12),
         _ => return None,
@@ -543,13 +758,30 @@ mod tests {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").expect("test time")
     }
 
+    /// The instant of a UTC time, as selectors hold instants.
+    fn u(s: &str) -> Instant {
+        Utc.from_utc_datetime(&t(s)).fixed_offset()
+    }
+
+    /// Sessions timed by their IDs, read as UTC.
+    fn timed(list: &[&str]) -> Vec<SessionTime> {
+        list.iter()
+            .map(|s| {
+                SessionTime::from_id(s, &Utc).unwrap_or(SessionTime {
+                    id: s.to_string(),
+                    time: DateTime::UNIX_EPOCH,
+                })
+            })
+            .collect()
+    }
+
     fn ids(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
     }
 
     /// A made-up history around late November 2026.
-    fn history() -> Vec<String> {
-        ids(&[
+    fn history() -> Vec<SessionTime> {
+        timed(&[
             "20261101-020000",
             "20261115-020000",
             "20261119-080000",
@@ -561,9 +793,9 @@ mod tests {
         ])
     }
 
-    /// "Now" for the tests: Sunday 2026-11-22 12:00:00.
-    fn now() -> NaiveDateTime {
-        t("2026-11-22 12:00:00")
+    /// "Now" for the tests: Sunday 2026-11-22 12:00:00 UTC.
+    fn now() -> DateTime<Utc> {
+        Utc.from_utc_datetime(&t("2026-11-22 12:00:00"))
     }
 
     /// Each `(text, time)`: `text` parses, at `now()`, to "the newest session at or
@@ -571,19 +803,19 @@ mod tests {
     fn assert_parse_at_or_before(cases: &[(&str, &str)]) {
         for &(text, at) in cases {
             assert_eq!(
-                parse(text, now()),
-                Ok(Selector::AtOrBefore(t(at))),
+                parse(text, &now()),
+                Ok(Selector::AtOrBefore(u(at))),
                 "{text:?}"
             );
         }
     }
 
     fn pick(text: &str) -> Result<String, SelectorError> {
-        resolve(&parse(text, now())?, &history())
+        resolve(&parse(text, &now())?, &history())
     }
 
     fn pick_range(text: &str) -> Result<Vec<String>, SelectorError> {
-        resolve_range(&parse_range(text, now())?, &history())
+        resolve_range(&parse_range(text, &now())?, &history())
     }
 
     #[test]
@@ -627,29 +859,32 @@ mod tests {
 
     #[test]
     fn parse_keywords() {
-        assert_eq!(parse("latest", now()), Ok(Selector::Latest));
-        assert_eq!(parse("  LATEST ", now()), Ok(Selector::Latest));
-        assert_eq!(parse("newest", now()), Ok(Selector::Latest));
-        assert_eq!(parse("oldest", now()), Ok(Selector::Oldest));
-        assert_eq!(parse("now", now()), Ok(Selector::AtOrBefore(now())));
+        assert_eq!(parse("latest", &now()), Ok(Selector::Latest));
+        assert_eq!(parse("  LATEST ", &now()), Ok(Selector::Latest));
+        assert_eq!(parse("newest", &now()), Ok(Selector::Latest));
+        assert_eq!(parse("oldest", &now()), Ok(Selector::Oldest));
         assert_eq!(
-            parse("today", now()),
-            Ok(Selector::AtOrBefore(t("2026-11-22 23:59:59")))
+            parse("now", &now()),
+            Ok(Selector::AtOrBefore(now().fixed_offset()))
         );
         assert_eq!(
-            parse("Yesterday", now()),
-            Ok(Selector::AtOrBefore(t("2026-11-21 23:59:59")))
+            parse("today", &now()),
+            Ok(Selector::AtOrBefore(u("2026-11-22 23:59:59")))
+        );
+        assert_eq!(
+            parse("Yesterday", &now()),
+            Ok(Selector::AtOrBefore(u("2026-11-21 23:59:59")))
         );
     }
 
     #[test]
     fn parse_exact_id() {
         assert_eq!(
-            parse("20261120-140012", now()),
+            parse("20261120-140012", &now()),
             Ok(Selector::Exact("20261120-140012".into()))
         );
         assert_eq!(
-            parse("20261131-140012", now()),
+            parse("20261131-140012", &now()),
             Err(SelectorError::InvalidId {
                 input: "20261131-140012".into()
             })
@@ -683,7 +918,7 @@ mod tests {
             "2026-11-20 14:00:60",
         ] {
             assert_eq!(
-                parse(text, now()),
+                parse(text, &now()),
                 Err(SelectorError::InvalidDate { input: text.into() }),
                 "{text:?}"
             );
@@ -712,15 +947,15 @@ mod tests {
 
     #[test]
     fn months_ago_clamps_to_month_end() {
-        let now = t("2026-03-31 08:00:00");
+        let now = Utc.from_utc_datetime(&t("2026-03-31 08:00:00"));
         assert_eq!(
-            parse("1 month ago", now),
-            Ok(Selector::AtOrBefore(t("2026-02-28 08:00:00")))
+            parse("1 month ago", &now),
+            Ok(Selector::AtOrBefore(u("2026-02-28 08:00:00")))
         );
-        let now = t("2024-03-31 08:00:00");
+        let now = Utc.from_utc_datetime(&t("2024-03-31 08:00:00"));
         assert_eq!(
-            parse("1 month ago", now),
-            Ok(Selector::AtOrBefore(t("2024-02-29 08:00:00")))
+            parse("1 month ago", &now),
+            Ok(Selector::AtOrBefore(u("2024-02-29 08:00:00")))
         );
     }
 
@@ -734,7 +969,7 @@ mod tests {
             "18446744073709551615 minutes ago",
         ] {
             assert_eq!(
-                parse(text, now()),
+                parse(text, &now()),
                 Err(SelectorError::OutOfRange { input: text.into() }),
                 "{text:?}"
             );
@@ -757,7 +992,7 @@ mod tests {
             "2026-11-20x14:00",
             "three days ago",
         ] {
-            let err = parse(text, now()).unwrap_err();
+            let err = parse(text, &now()).unwrap_err();
             assert_eq!(
                 err,
                 SelectorError::Unrecognized { input: text.into() },
@@ -767,9 +1002,9 @@ mod tests {
             assert!(msg.contains("YYYYMMDD-HHMMSS"), "{msg}");
             assert!(msg.contains("days|weeks|months"), "{msg}");
         }
-        assert_eq!(parse("   ", now()), Err(SelectorError::Empty));
+        assert_eq!(parse("   ", &now()), Err(SelectorError::Empty));
         assert!(matches!(
-            parse("oldest,latest", now()),
+            parse("oldest,latest", &now()),
             Err(SelectorError::UnexpectedRange { .. })
         ));
     }
@@ -848,13 +1083,13 @@ mod tests {
         assert_eq!(
             err,
             SelectorError::NoneAtOrBefore {
-                at: t("2026-09-22 12:00:00"),
+                at: u("2026-09-22 12:00:00"),
                 oldest: "20261101-020000".into()
             }
         );
         assert_eq!(
             err.to_string(),
-            "no session at or before 2026-09-22 12:00:00; the oldest session is 20261101-020000"
+            "no session at or before 2026-09-22 12:00:00 +00:00; the oldest session is 20261101-020000"
         );
         assert!(matches!(
             pick("2026-10-31"),
@@ -867,7 +1102,7 @@ mod tests {
         for sel in [
             Selector::Latest,
             Selector::Oldest,
-            Selector::AtOrBefore(now()),
+            Selector::AtOrBefore(now().fixed_offset()),
         ] {
             assert_eq!(resolve(&sel, &[]), Err(SelectorError::NoSessions));
         }
@@ -876,7 +1111,7 @@ mod tests {
             err.to_string(),
             "session 20261120-140012 does not exist (there are no sessions)"
         );
-        let one = ids(&["20261120-140012"]);
+        let one = timed(&["20261120-140012"]);
         let err = resolve(&Selector::Exact("20261120-140013".into()), &one).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -886,7 +1121,7 @@ mod tests {
 
     #[test]
     fn resolve_ignores_order_and_invalid_entries() {
-        let sessions = ids(&[
+        let sessions = timed(&[
             "20261120-180000",
             "junk",
             "20261101-020000",
@@ -900,46 +1135,49 @@ mod tests {
             resolve(&Selector::Oldest, &sessions).as_deref(),
             Ok("20261101-020000")
         );
-        let sel = parse("2026-11-19", now()).expect("parses");
+        let sel = parse("2026-11-19", &now()).expect("parses");
         assert_eq!(resolve(&sel, &sessions).as_deref(), Ok("20261119-230000"));
         assert_eq!(
-            resolve(&Selector::AtOrBefore(now()), &ids(&["junk"])),
+            resolve(
+                &Selector::AtOrBefore(now().fixed_offset()),
+                &timed(&["junk"])
+            ),
             Err(SelectorError::NoSessions)
         );
     }
 
     #[test]
     fn parse_range_roles() {
-        let r = parse_range("2026-11-19,2026-11-20", now()).expect("parses");
-        assert_eq!(r.start, Bound::Time(t("2026-11-19 00:00:00")));
-        assert_eq!(r.end, Bound::Time(t("2026-11-20 23:59:59")));
+        let r = parse_range("2026-11-19,2026-11-20", &now()).expect("parses");
+        assert_eq!(r.start, Bound::Time(u("2026-11-19 00:00:00")));
+        assert_eq!(r.end, Bound::Time(u("2026-11-20 23:59:59")));
 
-        let r = parse_range(" yesterday , today ", now()).expect("parses");
-        assert_eq!(r.start, Bound::Time(t("2026-11-21 00:00:00")));
-        assert_eq!(r.end, Bound::Time(t("2026-11-22 23:59:59")));
+        let r = parse_range(" yesterday , today ", &now()).expect("parses");
+        assert_eq!(r.start, Bound::Time(u("2026-11-21 00:00:00")));
+        assert_eq!(r.end, Bound::Time(u("2026-11-22 23:59:59")));
 
-        let r = parse_range("2026-11-20 14:00,2026-11-20T14:00", now()).expect("parses");
-        assert_eq!(r.start, Bound::Time(t("2026-11-20 14:00:00")));
-        assert_eq!(r.end, Bound::Time(t("2026-11-20 14:00:59")));
+        let r = parse_range("2026-11-20 14:00,2026-11-20T14:00", &now()).expect("parses");
+        assert_eq!(r.start, Bound::Time(u("2026-11-20 14:00:00")));
+        assert_eq!(r.end, Bound::Time(u("2026-11-20 14:00:59")));
 
-        let r = parse_range("3 days ago,1 day ago", now()).expect("parses");
-        assert_eq!(r.start, Bound::Time(t("2026-11-19 12:00:00")));
-        assert_eq!(r.end, Bound::Time(t("2026-11-21 12:00:00")));
+        let r = parse_range("3 days ago,1 day ago", &now()).expect("parses");
+        assert_eq!(r.start, Bound::Time(u("2026-11-19 12:00:00")));
+        assert_eq!(r.end, Bound::Time(u("2026-11-21 12:00:00")));
 
-        let r = parse_range("oldest,20261120-140012", now()).expect("parses");
+        let r = parse_range("oldest,20261120-140012", &now()).expect("parses");
         assert_eq!(r.start, Bound::Oldest);
         assert_eq!(r.end, Bound::Exact("20261120-140012".into()));
         assert_eq!(r.to_string(), "oldest,20261120-140012");
 
-        let r = parse_range("2 weeks ago,latest", now()).expect("parses");
-        assert_eq!(r.start, Bound::Time(t("2026-11-08 12:00:00")));
+        let r = parse_range("2 weeks ago,latest", &now()).expect("parses");
+        assert_eq!(r.start, Bound::Time(u("2026-11-08 12:00:00")));
         assert_eq!(r.end, Bound::Latest);
     }
 
     #[test]
     fn parse_range_errors() {
         for text in ["2026-11-20", "a,b,c", ",latest", "oldest,", " , "] {
-            let err = parse_range(text, now()).unwrap_err();
+            let err = parse_range(text, &now()).unwrap_err();
             assert!(
                 matches!(err, SelectorError::NotARange { .. }),
                 "{text:?}: {err:?}"
@@ -947,42 +1185,46 @@ mod tests {
             assert!(err.to_string().contains("START,END"), "{err}");
         }
         assert_eq!(
-            parse_range("oldest,soon", now()),
+            parse_range("oldest,soon", &now()),
             Err(SelectorError::Unrecognized {
                 input: "soon".into()
             })
         );
         assert_eq!(
-            parse_range("2026-11-21,2026-11-20", now()),
+            parse_range("2026-11-21,2026-11-20", &now()),
             Err(SelectorError::StartAfterEnd {
-                start: "2026-11-21 00:00:00".into(),
-                end: "2026-11-20 23:59:59".into(),
+                start: "2026-11-21 00:00:00 +00:00".into(),
+                end: "2026-11-20 23:59:59 +00:00".into(),
             })
         );
         assert!(matches!(
-            parse_range("today,yesterday", now()),
+            parse_range("today,yesterday", &now()),
             Err(SelectorError::StartAfterEnd { .. })
         ));
         assert!(matches!(
-            parse_range("20261121-000000,20261120-180000", now()),
+            parse_range("20261121-000000,20261120-180000", &now()),
             Err(SelectorError::StartAfterEnd { .. })
         ));
         assert!(matches!(
-            parse_range("1 day ago,2 days ago", now()),
+            parse_range("1 day ago,2 days ago", &now()),
             Err(SelectorError::StartAfterEnd { .. })
         ));
-        let msg = parse_range("today,yesterday", now())
+        let msg = parse_range("today,yesterday", &now())
             .unwrap_err()
             .to_string();
         assert_eq!(
             msg,
-            "the range start (2026-11-22 00:00:00) is after its end (2026-11-21 23:59:59)"
+            "the range start (2026-11-22 00:00:00 +00:00) is after its end \
+             (2026-11-21 23:59:59 +00:00)"
         );
     }
 
     #[test]
     fn resolve_ranges() {
-        assert_eq!(pick_range("oldest,latest"), Ok(history()));
+        assert_eq!(
+            pick_range("oldest,latest"),
+            Ok(history().into_iter().map(|s| s.id).collect())
+        );
         assert_eq!(
             pick_range("2026-11-19,2026-11-20"),
             Ok(ids(&[
@@ -1031,9 +1273,9 @@ mod tests {
         assert_eq!(pick_range("2026-11-02,2026-11-14"), Ok(vec![]));
         assert_eq!(pick_range("2020-01-01,2020-12-31"), Ok(vec![]));
         assert_eq!(pick_range("2026-11-22 09:01,2030-01-01"), Ok(vec![]));
-        let r = parse_range("oldest,latest", now()).expect("parses");
+        let r = parse_range("oldest,latest", &now()).expect("parses");
         assert_eq!(resolve_range(&r, &[]), Ok(vec![]));
-        let r = parse_range("latest,2020-01-01", now()).expect("parses");
+        let r = parse_range("latest,2020-01-01", &now()).expect("parses");
         assert_eq!(resolve_range(&r, &[]), Ok(vec![]));
     }
 
@@ -1044,7 +1286,7 @@ mod tests {
             err,
             SelectorError::StartAfterEnd {
                 start: "latest, 20261122-090000".into(),
-                end: "2026-11-20 23:59:59".into(),
+                end: "2026-11-20 23:59:59 +00:00".into(),
             }
         );
         assert!(matches!(
@@ -1056,9 +1298,9 @@ mod tests {
             Err(SelectorError::StartAfterEnd { .. })
         ));
         // A single session: latest and oldest coincide.
-        let r = parse_range("latest,oldest", now()).expect("parses");
+        let r = parse_range("latest,oldest", &now()).expect("parses");
         assert_eq!(
-            resolve_range(&r, &ids(&["20261120-140012"])),
+            resolve_range(&r, &timed(&["20261120-140012"])),
             Ok(ids(&["20261120-140012"]))
         );
     }
@@ -1077,5 +1319,199 @@ mod tests {
             pick_range("oldest,20261122-090001"),
             Err(SelectorError::NoSuchSession { .. })
         ));
+    }
+
+    /// Europe/Berlin in 2026: CET (+01:00), CEST (+02:00) from 2026-03-29 01:00 UTC to
+    /// 2026-10-25 01:00 UTC. Clocks jump from 02:00 to 03:00 in March and go back from
+    /// 03:00 to 02:00 in October.
+    #[derive(Debug, Clone, Copy)]
+    struct Berlin2026;
+
+    fn hours(h: i32) -> FixedOffset {
+        FixedOffset::east_opt(h * 3600).expect("offset")
+    }
+
+    impl TimeZone for Berlin2026 {
+        type Offset = FixedOffset;
+        fn from_offset(_: &FixedOffset) -> Self {
+            Berlin2026
+        }
+        fn offset_from_local_date(&self, local: &NaiveDate) -> LocalResult<FixedOffset> {
+            self.offset_from_local_datetime(&local.and_time(NaiveTime::MIN))
+        }
+        fn offset_from_local_datetime(&self, local: &NaiveDateTime) -> LocalResult<FixedOffset> {
+            // Earlier instant first: +02:00 before +01:00.
+            let fits: Vec<FixedOffset> = [hours(2), hours(1)]
+                .into_iter()
+                .filter(|o| {
+                    let utc = *local - TimeDelta::seconds(i64::from(o.local_minus_utc()));
+                    self.offset_from_utc_datetime(&utc) == *o
+                })
+                .collect();
+            match fits.as_slice() {
+                [] => LocalResult::None,
+                [a] => LocalResult::Single(*a),
+                [a, b, ..] => LocalResult::Ambiguous(*a, *b),
+            }
+        }
+        fn offset_from_utc_date(&self, utc: &NaiveDate) -> FixedOffset {
+            self.offset_from_utc_datetime(&utc.and_time(NaiveTime::MIN))
+        }
+        fn offset_from_utc_datetime(&self, utc: &NaiveDateTime) -> FixedOffset {
+            if (t("2026-03-29 01:00:00")..t("2026-10-25 01:00:00")).contains(utc) {
+                hours(2)
+            } else {
+                hours(1)
+            }
+        }
+    }
+
+    /// Sessions `(ID, UTC time)`.
+    fn at_utc(list: &[(&str, &str)]) -> Vec<SessionTime> {
+        list.iter()
+            .map(|&(id, time)| SessionTime {
+                id: id.to_string(),
+                time: Utc.from_utc_datetime(&t(time)),
+            })
+            .collect()
+    }
+
+    fn berlin(utc: &str) -> DateTime<Berlin2026> {
+        Utc.from_utc_datetime(&t(utc)).with_timezone(&Berlin2026)
+    }
+
+    /// Around the night the clocks go back: 02:00-03:00 happens twice, and the IDs of
+    /// sessions taken in the second pass are moved on to stay increasing.
+    fn autumn() -> Vec<SessionTime> {
+        at_utc(&[
+            ("20261025-015000", "2026-10-24 23:50:00"), // 01:50 CEST
+            ("20261025-022000", "2026-10-25 00:20:00"), // 02:20 CEST
+            ("20261025-024000", "2026-10-25 00:40:00"), // 02:40 CEST
+            ("20261025-024001", "2026-10-25 01:10:00"), // 02:10 CET, ID moved on
+            ("20261025-025000", "2026-10-25 01:50:00"), // 02:50 CET
+            ("20261025-030000", "2026-10-25 02:00:00"), // 03:00 CET
+        ])
+    }
+
+    #[test]
+    fn relative_times_across_the_clocks_going_back() {
+        // 03:05 CET.
+        let now = berlin("2026-10-25 02:05:00");
+        let pick = |text: &str| resolve(&parse(text, &now).expect(text), &autumn());
+        // 1 hour ago is 01:05 UTC (02:05 CET): the 02:40 CEST session, 25 minutes
+        // before it; the local clock alone would say 02:05 and pick 01:50.
+        assert_eq!(pick("1 hour ago").as_deref(), Ok("20261025-024000"));
+        assert_eq!(pick("an hour ago").as_deref(), Ok("20261025-024000"));
+        assert_eq!(pick("30 minutes ago").as_deref(), Ok("20261025-024001"));
+        assert_eq!(pick("2 hours ago").as_deref(), Ok("20261025-015000"));
+        assert_eq!(pick("now").as_deref(), Ok("20261025-030000"));
+        assert_eq!(
+            parse("1 hour ago", &now),
+            Ok(Selector::AtOrBefore(u("2026-10-25 01:05:00")))
+        );
+        // A clock time of the repeated hour names both passes: as one session, the
+        // last of the second pass.
+        assert_eq!(pick("2026-10-25 02:30").as_deref(), Ok("20261025-024001"));
+        let range = parse_range("2026-10-25 02:00,2026-10-25 02:59", &now).expect("range");
+        assert_eq!(
+            range.start,
+            Bound::Time(u("2026-10-25 00:00:00").with_timezone(&hours(2)))
+        );
+        assert_eq!(
+            range.end,
+            Bound::Time(u("2026-10-25 01:59:59").with_timezone(&hours(1)))
+        );
+        assert_eq!(
+            resolve_range(&range, &autumn()),
+            Ok(ids(&[
+                "20261025-022000",
+                "20261025-024000",
+                "20261025-024001",
+                "20261025-025000"
+            ]))
+        );
+        // The day of the change is 25 hours long.
+        let day = parse_range("today,today", &now).expect("range");
+        assert_eq!(day.start, Bound::Time(u("2026-10-24 22:00:00")));
+        assert_eq!(day.end, Bound::Time(u("2026-10-25 22:59:59")));
+        // A day before noon (CET) is noon (CEST) of the day before, 25 hours earlier.
+        let noon = berlin("2026-10-25 11:00:00");
+        assert_eq!(
+            parse("1 day ago", &noon),
+            Ok(Selector::AtOrBefore(u("2026-10-24 10:00:00")))
+        );
+    }
+
+    #[test]
+    fn relative_times_across_the_clocks_jumping_forward() {
+        let spring = at_utc(&[
+            ("20260329-003000", "2026-03-28 23:30:00"), // 00:30 CET
+            ("20260329-014000", "2026-03-29 00:40:00"), // 01:40 CET
+            ("20260329-031000", "2026-03-29 01:10:00"), // 03:10 CEST
+        ]);
+        // 03:30 CEST: an hour ago was 01:30 CET; 02:30 never happened.
+        let now = berlin("2026-03-29 01:30:00");
+        let pick = |text: &str, now: &DateTime<Berlin2026>| {
+            resolve(&parse(text, now).expect(text), &spring)
+        };
+        assert_eq!(pick("1 hour ago", &now).as_deref(), Ok("20260329-003000"));
+        assert_eq!(
+            pick("50 minutes ago", &now).as_deref(),
+            Ok("20260329-014000")
+        );
+        assert_eq!(
+            parse("2026-03-29 02:30", &now),
+            Err(SelectorError::SkippedTime {
+                input: "2026-03-29 02:30".into()
+            })
+        );
+        assert!(parse("2026-03-29 02:30:00", &now)
+            .unwrap_err()
+            .to_string()
+            .contains("the clocks skipped it"));
+        // A day before 02:30 CEST of the 30th is the jump, 03:00 CEST of the 29th.
+        let next_day = berlin("2026-03-30 00:30:00");
+        assert_eq!(
+            parse("1 day ago", &next_day),
+            Ok(Selector::AtOrBefore(u("2026-03-29 01:00:00")))
+        );
+        assert_eq!(
+            pick("1 day ago", &next_day).as_deref(),
+            Ok("20260329-014000")
+        );
+        // The day of the change is 23 hours long.
+        let day = parse_range("yesterday,yesterday", &next_day).expect("range");
+        assert_eq!(day.start, Bound::Time(u("2026-03-28 23:00:00")));
+        assert_eq!(day.end, Bound::Time(u("2026-03-29 21:59:59")));
+        assert_eq!(
+            resolve_range(&day, &spring),
+            Ok(ids(&[
+                "20260329-003000",
+                "20260329-014000",
+                "20260329-031000"
+            ]))
+        );
+    }
+
+    #[test]
+    fn session_bounds_compare_by_id_time_bounds_by_time() {
+        // `latest` is by ID even when a clock set back gave it an earlier time.
+        let odd = at_utc(&[
+            ("20261120-100000", "2026-11-20 10:00:00"),
+            ("20261120-110000", "2026-11-20 09:00:00"),
+        ]);
+        assert_eq!(
+            resolve(&Selector::Latest, &odd).as_deref(),
+            Ok("20261120-110000")
+        );
+        let r = parse_range("20261120-100000,20261120-110000", &now()).expect("range");
+        assert_eq!(
+            resolve_range(&r, &odd),
+            Ok(ids(&["20261120-100000", "20261120-110000"]))
+        );
+        let sel = parse("2026-11-20 09:30:00", &now()).expect("parses");
+        assert_eq!(resolve(&sel, &odd).as_deref(), Ok("20261120-110000"));
+        assert!(sel.needs_times() && r.start != Bound::Latest);
+        assert!(!Selector::Latest.needs_times() && !r.needs_times());
     }
 }

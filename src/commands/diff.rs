@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
     let vol = archive.volume(name);
     let ids = vol.sessions()?;
     let now = now();
-    let pick = |s: &str| resolve_session(s.trim(), now, name, &ids);
+    let pick = |s: &str| resolve_session(s.trim(), &now, &vol, &ids);
     let (from, to, d, size_from, size_to) = match spec.split_once(',') {
         Some((a, b)) => {
             let (a, b) = (pick(a)?, pick(b)?);

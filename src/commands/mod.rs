@@ -135,31 +135,64 @@ pub fn human(bytes: u64) -> String {
     indicatif::HumanBytes(bytes).to_string()
 }
 
-/// The current local time, as selectors see it (`SPARSEBAK_NOW=YYYYMMDD-HHMMSS`
-/// overrides it, so tests of relative selectors and schedules are repeatable).
-pub fn now() -> chrono::NaiveDateTime {
+/// The current time, as selectors and schedules see it, in the local time zone.
+/// `SPARSEBAK_NOW` overrides it, so tests of relative selectors and schedules are
+/// repeatable: `@SECONDS` since the epoch, or a local time `YYYYMMDD-HHMMSS`.
+pub fn now() -> chrono::DateTime<chrono::Local> {
+    use chrono::TimeZone;
     std::env::var("SPARSEBAK_NOW")
         .ok()
-        .and_then(|s| crate::selector::id_to_time(&s))
-        .unwrap_or_else(|| chrono::Local::now().naive_local())
+        .and_then(|s| match s.strip_prefix('@') {
+            Some(secs) => secs
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| chrono::Local.timestamp_opt(n, 0).single()),
+            None => crate::selector::SessionTime::from_id(&s, &chrono::Local)
+                .map(|t| t.time.with_timezone(&chrono::Local)),
+        })
+        .unwrap_or_else(chrono::Local::now)
+}
+
+/// The sessions `ids` of `vol` with the times they were taken, read from their info
+/// files only when `needed` (selectors that name no time do without).
+pub fn timed(
+    vol: &sparsebak_format::volume::VolumeArchive,
+    ids: &[String],
+    needed: bool,
+) -> Vec<crate::selector::SessionTime> {
+    if needed {
+        crate::selector::session_times(vol, ids, &chrono::Local)
+    } else {
+        ids.iter()
+            .filter_map(|id| crate::selector::SessionTime::from_id(id, &chrono::Local))
+            .collect()
+    }
 }
 
 /// The session `--session` names (a single one), or the latest of `sessions`.
-pub fn pick_session(ctx: &Ctx, volume: &str, sessions: &[String]) -> Result<String> {
+pub fn pick_session(
+    ctx: &Ctx,
+    vol: &sparsebak_format::volume::VolumeArchive,
+    sessions: &[String],
+) -> Result<String> {
     match &ctx.session {
-        None => crate::selector::resolve(&crate::selector::Selector::Latest, sessions)
-            .with_context(|| format!("volume {volume}")),
-        Some(s) => resolve_session(s, now(), volume, sessions),
+        None => crate::selector::resolve(
+            &crate::selector::Selector::Latest,
+            &timed(vol, sessions, false),
+        )
+        .with_context(|| format!("volume {}", vol.name)),
+        Some(s) => resolve_session(s, &now(), vol, sessions),
     }
 }
 
 /// The one session of `sessions` that the selector `spec` names at time `now`.
 pub fn resolve_session(
     spec: &str,
-    now: chrono::NaiveDateTime,
-    volume: &str,
+    now: &chrono::DateTime<chrono::Local>,
+    vol: &sparsebak_format::volume::VolumeArchive,
     sessions: &[String],
 ) -> Result<String> {
     let sel = crate::selector::parse(spec, now)?;
-    crate::selector::resolve(&sel, sessions).with_context(|| format!("volume {volume}"))
+    crate::selector::resolve(&sel, &timed(vol, sessions, sel.needs_times()))
+        .with_context(|| format!("volume {}", vol.name))
 }

@@ -3,13 +3,14 @@
 
 use anyhow::{bail, Context, Result};
 
-use super::{human, now, Ctx};
+use super::{human, now, timed, Ctx};
 use crate::archive::local::LocalCopies;
 use crate::archive::{meta_dir, prune, Archive};
 use crate::lock::Mode;
 use crate::retention::{self, Schedule};
 use crate::selector;
 use crate::send::lock_meta;
+use sparsebak_format::volume::VolumeArchive;
 
 /// Options of `prune`.
 pub struct Opts {
@@ -21,33 +22,38 @@ pub struct Opts {
 
 /// Which sessions of one volume the options name, oldest first, and a note for each
 /// that is kept despite being named.
-fn select(ctx: &Ctx, opts: &Opts, name: &str, ids: &[String]) -> Result<Vec<String>> {
+fn select(ctx: &Ctx, opts: &Opts, vol: &VolumeArchive, ids: &[String]) -> Result<Vec<String>> {
+    let name = vol.name.as_str();
     let now = now();
     let mut out: Vec<String> = Vec::new();
     if let Some(s) = &ctx.session {
         if s.contains(',') {
-            let r = selector::parse_range(s, now)?;
-            out.extend(selector::resolve_range(&r, ids).with_context(|| format!("volume {name}"))?);
+            let r = selector::parse_range(s, &now)?;
+            let sessions = timed(vol, ids, r.needs_times());
+            out.extend(
+                selector::resolve_range(&r, &sessions).with_context(|| format!("volume {name}"))?,
+            );
         } else {
-            let sel = selector::parse(s, now)?;
-            out.push(selector::resolve(&sel, ids).with_context(|| format!("volume {name}"))?);
+            let sel = selector::parse(s, &now)?;
+            let sessions = timed(vol, ids, sel.needs_times());
+            out.push(selector::resolve(&sel, &sessions).with_context(|| format!("volume {name}"))?);
         }
     }
     if let Some(b) = &opts.all_before {
-        let r = selector::parse_range(&format!("oldest,{b}"), now)?;
+        let r = selector::parse_range(&format!("oldest,{b}"), &now)?;
         let end = match &r.end {
             selector::Bound::Time(t) => *t,
             _ => bail!("--all-before takes a date or time, e.g. 2026-11-01"),
         };
         // "Before" a day means before its first second.
-        let start_of = selector::parse_range(&format!("{b},{b}"), now)?;
+        let start_of = selector::parse_range(&format!("{b},{b}"), &now)?;
         let cut = match start_of.start {
             selector::Bound::Time(t) => t,
             _ => end,
         };
-        for id in ids {
-            if selector::id_to_time(id).is_some_and(|t| t < cut) {
-                out.push(id.clone());
+        for s in timed(vol, ids, true) {
+            if s.time < cut {
+                out.push(s.id);
             }
         }
     }
@@ -58,13 +64,14 @@ fn select(ctx: &Ctx, opts: &Opts, name: &str, ids: &[String]) -> Result<Vec<Stri
             .or_else(|| ctx.config.keep.clone())
             .context("prune --auto needs a schedule: `keep = ...` in [var] or --keep=...")?;
         let schedule = Schedule::parse(&text).with_context(|| format!("schedule {text:?}"))?;
-        let plan = retention::plan_ids(ids, now, &schedule)?;
-        for (id, p) in ids.iter().zip(&plan) {
+        let sessions = timed(vol, ids, true);
+        let plan = retention::plan_sessions(&sessions, now, &schedule);
+        for (s, p) in sessions.iter().zip(&plan) {
             if opts.dry_run {
-                crate::progress::out(&format!("{name} {id} {p}"));
+                crate::progress::out(&format!("{name} {} {p}", s.id));
             }
             if !p.keep() {
-                out.push(id.clone());
+                out.push(s.id.clone());
             }
         }
     }
@@ -107,7 +114,7 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         let ids = vol.sessions()?;
         // A session named for several volumes may exist in only some of them: report
         // the others and go on; fail only if it matches in none.
-        let mut targets = match select(ctx, opts, name, &ids) {
+        let mut targets = match select(ctx, opts, &vol, &ids) {
             Ok(t) => {
                 matched += 1;
                 t

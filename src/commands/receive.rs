@@ -17,7 +17,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let vol = archive.volume(name);
     let sessions = vol.sessions()?;
-    let id = pick_session(ctx, name, &sessions)?;
+    let id = pick_session(ctx, &vol, &sessions)?;
     let chain = vol.chain(&id)?;
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
     let out = check_target(path, size, name)?;

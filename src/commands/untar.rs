@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 
-use super::{now, Ctx};
+use super::{now, timed, Ctx};
 use crate::archive::{tar, Archive};
 use crate::lock::Mode;
 use crate::selector;
@@ -19,9 +19,16 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let targets = match &ctx.session {
         None => ids.clone(),
         Some(s) if s.contains(',') => {
-            selector::resolve_range(&selector::parse_range(s, now())?, &ids)?
+            let r = selector::parse_range(s, &now())?;
+            selector::resolve_range(&r, &timed(&vol, &ids, r.needs_times()))?
         }
-        Some(s) => vec![selector::resolve(&selector::parse(s, now())?, &ids)?],
+        Some(s) => {
+            let sel = selector::parse(s, &now())?;
+            vec![selector::resolve(
+                &sel,
+                &timed(&vol, &ids, sel.needs_times()),
+            )?]
+        }
     };
     let mut n = 0;
     for id in &targets {

@@ -15,7 +15,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let local = LocalCopies::new(&mdir);
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let sessions = vol.sessions()?;
-    let id = pick_session(ctx, name, &sessions)?;
+    let id = pick_session(ctx, &vol, &sessions)?;
     let local = (mdir.is_dir() && !another_archive(ctx, &archive)).then_some(&local);
     let size = vol.info(&id).map(|i| i.volsize).unwrap_or(0);
     let started = std::time::Instant::now();

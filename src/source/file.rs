@@ -61,3 +61,20 @@ impl Source for FileSource {
         Ok((v.file, v.size))
     }
 }
+
+/// Fail when the file of `view` no longer has the size it had when the send began.
+/// `source = file` reads the volume live, so a volume that grows or shrinks during a
+/// send would give a session (or stream) that never existed; the send that calls this
+/// before committing stores nothing instead. (Snapshots cannot change size, so this
+/// holds for them trivially.)
+pub fn check_size_unchanged(view: &SendView) -> Result<()> {
+    let now = blockdev::size_of(&view.file).at(&view.label)?;
+    if now != view.size {
+        return Err(Error::Msg(format!(
+            "{} changed size during the send, from {} to {now} bytes; nothing was stored. \
+             Do not write to a source = file volume while it is sent, and send again",
+            view.label, view.size
+        )));
+    }
+    Ok(())
+}
