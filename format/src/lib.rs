@@ -16,6 +16,7 @@ pub mod chunk;
 pub mod error;
 pub mod info;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod restore;
 pub mod selector;
@@ -24,7 +25,7 @@ pub mod tarsession;
 pub mod view;
 pub mod volume;
 
-pub use error::{FormatError, Result};
+pub use error::{FormatError, IndexFault, Result};
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];

@@ -4,8 +4,8 @@
 //! leaves both forms of the same session; the folder wins and the next run removes the
 //! tar.
 
-use sparsebak_format::layout;
 use sparsebak_format::volume::{Storage, VolumeArchive};
+use sparsebak_format::{layout, limits};
 
 use crate::durable;
 use crate::error::{IoAt, Result};
@@ -25,9 +25,14 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
     }
     std::fs::create_dir_all(&staging).at(&staging)?;
     let t = vol.tar(id)?;
-    let mut manifest = Vec::new();
-    std::io::copy(&mut vol.manifest_bytes(id)?, &mut manifest).at(&staging)?;
-    std::fs::write(staging.join(layout::MANIFEST_FILE), &manifest).at(&staging)?;
+    // The info bounds every member the index names (chunk size and compression);
+    // the manifest is copied as it streams, never held whole.
+    let info = vol.info(id)?;
+    let max = limits::max_stored(info.compression, info.chunksize);
+    let mpath = staging.join(layout::MANIFEST_FILE);
+    let mut mfile = std::fs::File::create(&mpath).at(&mpath)?;
+    std::io::copy(&mut vol.manifest_bytes(id)?, &mut mfile).at(&mpath)?;
+    drop(mfile);
     std::fs::write(staging.join(layout::INFO_FILE), vol.info_bytes(id)?).at(&staging)?;
     let mut last_prefix = String::new();
     for i in 0..t.index.len() {
@@ -38,7 +43,7 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
             last_prefix = prefix;
         }
         let p = staging.join(layout::chunk_rel_path(addr));
-        std::fs::write(&p, t.read_at(off, len)?).at(&p)?;
+        std::fs::write(&p, t.read_at(off, len, max)?).at(&p)?;
     }
     drop(t);
     durable::syncfs(&staging).at(&staging)?;

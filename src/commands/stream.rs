@@ -111,7 +111,7 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     }
     let input = open_streams(&split_paths(paths))?;
     let sum = receive_streams(input, save_to, volume)
-        .with_context(|| format!("receive from stream into {}", save_to.display()))?;
+        .with_context(|| format!("receive from stream {paths} into {}", save_to.display()))?;
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",
         sum.last().info.session,
@@ -127,7 +127,7 @@ pub fn verify(volume: Option<&str>, paths: &str) -> Result<()> {
         std::io::BufReader::with_capacity(1 << 20, input),
         None,
     )
-    .context("verify stream")?;
+    .with_context(|| format!("verify stream {paths}"))?;
     crate::stream_send::check_volume(&sum, volume)?;
     progress::summary(&format!(
         "{} stream(s) verified: {} chunks, sessions {}",
