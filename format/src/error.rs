@@ -30,7 +30,7 @@ pub enum FormatError {
     #[error("volume {volume} has no sessions")]
     NoSessions { volume: String },
     /// A file larger than what it holds can ever be, refused before it is read.
-    #[error("{path}: a {what} of {len} bytes is impossible (at most {max})")]
+    #[error("{path}: {what} of {len} bytes is impossible (at most {max})")]
     TooLarge {
         path: PathBuf,
         what: &'static str,

@@ -80,7 +80,7 @@ fn check_session_files(
     problems: &mut Vec<String>,
 ) -> Result<()> {
     let id = &info.session;
-    match vol.manifest_sha256(id) {
+    match vol.session_manifest_sha256(info) {
         Ok(h) if h == info.manifest_sha256 => {}
         Ok(_) => problems.push(format!(
             "session {id}: manifest does not match the hash in its info (manifest altered)"
