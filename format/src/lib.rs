@@ -14,6 +14,7 @@
 pub mod alloc;
 pub mod chunk;
 pub mod error;
+pub mod fuzzing;
 pub mod info;
 pub mod layout;
 pub mod limits;
