@@ -4,6 +4,9 @@
 //! the archive changes.
 
 mod common;
+#[path = "common/loopfs.rs"]
+mod loopfs;
+
 use common::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -336,4 +339,55 @@ fn damaged_catalog_rows_are_refused_naming_the_catalog() {
         ],
     );
     assert!(!s2.exists());
+}
+
+/// The source side's delta map is a file on disk too: a chunk size or count no
+/// volume can have, or another chunk size than the volume's, is refused naming the
+/// map, and `resync` (which the message asks for) makes sends work again.
+#[test]
+fn damaged_delta_map_is_refused_naming_it() {
+    let Some(fs) = loopfs::LoopFs::new("damaged_delta_map", loopfs::FsKind::Xfs, "") else {
+        return;
+    };
+    let env = Env::reflink(&["v"], fs.path());
+    let mut rng = Rng::new(9);
+    std::fs::write(env.image("v"), rng.bytes(16 * CS)).unwrap();
+    env.send("v");
+    env.ok(&["monitor", "v"]);
+    let map = env.meta().join("v").join("deltamap");
+    let m = map.display().to_string();
+    let good = std::fs::read(&map).unwrap();
+    let patch = |at: u64, v: u64| {
+        let f = std::fs::OpenOptions::new().write(true).open(&map).unwrap();
+        f.write_all_at(&v.to_le_bytes(), at).unwrap();
+    };
+    let sessions = env.sessions("v").len();
+    for (at, v, said) in [
+        (
+            8,
+            1,
+            "chunk size 1 is not a power of two from 4096 to 67108864); run `sparsebak resync`",
+        ),
+        (
+            16,
+            u64::MAX,
+            "18446744073709551615 chunks of 65536 bytes are more than the largest volume",
+        ),
+        (16, 17, "17 chunks need 67 bytes, the file has 66"),
+        (8, 131072, "its chunk size is 131072, the volume's is 65536"),
+    ] {
+        std::fs::write(&map, &good).unwrap();
+        patch(at, v);
+        for cmd in ["monitor", "send"] {
+            let o = env.run(&[cmd, "v"]);
+            exits_1_saying(&o, cmd, &[&m, said]);
+        }
+    }
+    assert_eq!(env.sessions("v").len(), sessions);
+    env.ok(&["resync", "v"]);
+    std::fs::write(env.image("v"), rng.bytes(16 * CS)).unwrap();
+    env.send("v");
+    assert_eq!(env.sessions("v").len(), sessions + 1);
+    let latest = env.latest("v").id;
+    assert_eq!(env.receive("v", Some(&latest)), env.read_image("v"));
 }

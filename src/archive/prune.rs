@@ -103,8 +103,8 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     let ti = &chain[pos + 1];
     let prev = if pos > 0 { Some(&chain[..pos]) } else { None };
 
-    let mut s_it = Heads::new(vol.manifest(s)?)?;
-    let mut t_it = Heads::new(vol.manifest(t)?)?;
+    let mut s_it = Heads::new(vol.session_manifest(si)?)?;
+    let mut t_it = Heads::new(vol.session_manifest(ti)?)?;
     // The view before S, only where S's shrink cut it off and T grew back.
     let cut_lo = si.volsize;
     let cut_hi = ti.volsize;
