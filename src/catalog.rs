@@ -17,6 +17,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::Hash;
+use sparsebak_format::{layout, limits};
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -31,6 +32,12 @@ pub enum CatalogError {
     },
     #[error("catalog {path} has schema version {found}, newer than this sparsebak ({SCHEMA_VERSION}); upgrade sparsebak")]
     TooNew { path: String, found: i64 },
+    #[error("catalog {path}: the chain of volume {volume} is damaged: {reason}")]
+    Damaged {
+        path: String,
+        volume: String,
+        reason: String,
+    },
     #[error("volume {volume} on {dest}: session {session} builds on {previous:?}, but the chain ends at {base:?}")]
     BrokenChain {
         dest: String,
@@ -169,32 +176,83 @@ impl Catalog {
             .map_err(self.sql())
     }
 
-    /// The sessions of `volume` sent to `dest`, oldest first.
+    /// The sessions of `volume` sent to `dest`, oldest first. Every row is checked
+    /// (the catalog is a file on disk like any other): sequence numbers from 0 without
+    /// gaps, session IDs, each naming the one before it, a manifest hash, sizes that
+    /// can be.
     pub fn chain(&self, dest: DestId, volume: &str) -> Result<Vec<SentSession>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT session, previous, manifest_sha256, volsize, time, bytes FROM sessions
-                 WHERE dest = ?1 AND volume = ?2 ORDER BY seq",
+                "SELECT seq, session, previous, manifest_sha256, volsize, time, bytes
+                 FROM sessions WHERE dest = ?1 AND volume = ?2 ORDER BY seq",
             )
             .map_err(self.sql())?;
+        type Row = (i64, String, Option<String>, String, i64, i64, i64);
         let rows = st
             .query_map(params![dest.0, volume], |r| {
-                let h: String = r.get(2)?;
-                let mut manifest_sha256 = [0u8; 32];
-                let _ = hex::decode_to_slice(h, &mut manifest_sha256);
-                Ok(SentSession {
-                    session: r.get(0)?,
-                    previous: r.get(1)?,
-                    manifest_sha256,
-                    volsize: r.get::<_, i64>(3)? as u64,
-                    time: r.get(4)?,
-                    bytes: r.get::<_, i64>(5)? as u64,
-                })
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })
             .map_err(self.sql())?;
-        rows.collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(self.sql())
+        let mut chain: Vec<SentSession> = Vec::new();
+        for row in rows {
+            let (seq, session, previous, hash, volsize, time, bytes): Row =
+                row.map_err(self.sql())?;
+            let damaged = |reason: String| CatalogError::Damaged {
+                path: self.path.clone(),
+                volume: volume.to_string(),
+                reason,
+            };
+            if seq != chain.len() as i64 {
+                return Err(damaged(format!(
+                    "row seq={seq} where seq={} was due",
+                    chain.len()
+                )));
+            }
+            if !layout::is_session_id(&session) {
+                return Err(damaged(format!(
+                    "seq={seq}: session {session:?} is not a session ID"
+                )));
+            }
+            let expect = chain.last().map(|s| s.session.as_str());
+            if previous.as_deref() != expect {
+                return Err(damaged(format!(
+                    "seq={seq}: session {session} builds on {previous:?}, the row before is {expect:?}"
+                )));
+            }
+            let mut manifest_sha256 = [0u8; 32];
+            if hash.len() != 64
+                || hash.bytes().any(|b| b.is_ascii_uppercase())
+                || hex::decode_to_slice(&hash, &mut manifest_sha256).is_err()
+            {
+                return Err(damaged(format!(
+                    "seq={seq}: manifest_sha256 {hash:?} is not a SHA-256"
+                )));
+            }
+            let volsize = u64::try_from(volsize)
+                .ok()
+                .filter(|&v| v <= limits::MAX_VOLSIZE)
+                .ok_or_else(|| damaged(format!("seq={seq}: volsize {volsize} is impossible")))?;
+            let bytes = u64::try_from(bytes)
+                .map_err(|_| damaged(format!("seq={seq}: bytes {bytes} is negative")))?;
+            chain.push(SentSession {
+                session,
+                previous,
+                manifest_sha256,
+                volsize,
+                time,
+                bytes,
+            });
+        }
+        Ok(chain)
     }
 
     /// The last session of `volume` sent to `dest`.
@@ -401,5 +459,82 @@ mod tests {
             Catalog::open(&p),
             Err(CatalogError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn damaged_rows_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        let mut c = Catalog::open(&p).unwrap();
+        let s = c.destination("stream", "nightly").unwrap();
+        c.record_session(s, &info("20260101-000000", None), 10)
+            .unwrap();
+        c.record_session(s, &info("20260102-000000", Some("20260101-000000")), 5)
+            .unwrap();
+        let reason = |c: &Catalog| match c.chain(s, "v") {
+            Err(CatalogError::Damaged {
+                path,
+                volume,
+                reason,
+            }) => {
+                assert_eq!(path, p.display().to_string());
+                assert_eq!(volume, "v");
+                reason
+            }
+            other => panic!("{other:?}"),
+        };
+        let set = |c: &Catalog, sql: &str| {
+            c.conn.execute(sql, []).unwrap();
+        };
+        set(&c, "UPDATE sessions SET volsize = -1 WHERE seq = 1");
+        assert_eq!(reason(&c), "seq=1: volsize -1 is impossible");
+        set(
+            &c,
+            "UPDATE sessions SET volsize = 9223372036854775807 WHERE seq = 1",
+        );
+        assert_eq!(
+            reason(&c),
+            "seq=1: volsize 9223372036854775807 is impossible"
+        );
+        set(
+            &c,
+            "UPDATE sessions SET volsize = 100, bytes = -5 WHERE seq = 1",
+        );
+        assert_eq!(reason(&c), "seq=1: bytes -5 is negative");
+        set(
+            &c,
+            "UPDATE sessions SET bytes = 5, manifest_sha256 = 'zz' WHERE seq = 1",
+        );
+        assert_eq!(reason(&c), "seq=1: manifest_sha256 \"zz\" is not a SHA-256");
+        set(
+            &c,
+            "UPDATE sessions SET manifest_sha256 = (SELECT manifest_sha256 FROM sessions WHERE seq = 0) WHERE seq = 1",
+        );
+        assert_eq!(c.chain(s, "v").unwrap().len(), 2);
+        set(&c, "UPDATE sessions SET previous = NULL WHERE seq = 1");
+        assert_eq!(
+            reason(&c),
+            "seq=1: session 20260102-000000 builds on None, the row before is Some(\"20260101-000000\")"
+        );
+        set(
+            &c,
+            "UPDATE sessions SET previous = '20260101-000000', session = '../x' WHERE seq = 1",
+        );
+        assert_eq!(reason(&c), "seq=1: session \"../x\" is not a session ID");
+        set(
+            &c,
+            "UPDATE sessions SET session = '20260102-000000', seq = 5 WHERE seq = 1",
+        );
+        assert_eq!(reason(&c), "row seq=5 where seq=1 was due");
+        // The row's type itself can be wrong: an SQL error naming the catalog.
+        set(
+            &c,
+            "UPDATE sessions SET seq = 1, volsize = 'big' WHERE seq = 5",
+        );
+        let e = c.chain(s, "v").unwrap_err();
+        assert!(
+            matches!(&e, CatalogError::Sql { path, .. } if *path == p.display().to_string()),
+            "{e}"
+        );
     }
 }

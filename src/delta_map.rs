@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
+use sparsebak_format::limits;
 
 const MAGIC: &[u8; 8] = b"SPBKMAP1";
 const HEADER: usize = 64;
@@ -123,8 +124,23 @@ impl DeltaMap {
         }
         let chunksize = u64::from_le_bytes(mmap[8..16].try_into().unwrap_or_default());
         let nchunks = u64::from_le_bytes(mmap[16..24].try_into().unwrap_or_default());
-        if !chunksize.is_power_of_two() || len != Self::map_len(nchunks) {
-            return Err(bad("header does not match the file size"));
+        if !limits::chunksize_ok(chunksize) {
+            return Err(bad(&format!(
+                "chunk size {chunksize} is not a power of two from {} to {}",
+                limits::MIN_CHUNKSIZE,
+                limits::MAX_CHUNKSIZE
+            )));
+        }
+        if nchunks > limits::MAX_VOLSIZE / chunksize {
+            return Err(bad(&format!(
+                "{nchunks} chunks of {chunksize} bytes are more than the largest volume"
+            )));
+        }
+        if len != Self::map_len(nchunks) {
+            return Err(bad(&format!(
+                "{nchunks} chunks need {} bytes, the file has {len}",
+                Self::map_len(nchunks)
+            )));
         }
         Ok(DeltaMap {
             path: path.to_path_buf(),
@@ -133,6 +149,22 @@ impl DeltaMap {
             chunksize,
             nchunks,
         })
+    }
+
+    /// Open an existing map of `chunksize`-byte chunks; a map of another chunk size
+    /// (made under another config, or damaged) is refused.
+    pub fn open_for(path: &Path, chunksize: u64) -> Result<DeltaMap> {
+        let m = Self::open(path)?;
+        if m.chunksize != chunksize {
+            return Err(DeltaMapError::Bad {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "its chunk size is {}, the volume's is {chunksize}",
+                    m.chunksize
+                ),
+            });
+        }
+        Ok(m)
     }
 
     pub fn path(&self) -> &Path {
@@ -407,5 +439,65 @@ mod tests {
         let p = dir.path().join("deltamap");
         std::fs::write(&p, vec![1u8; 100]).unwrap();
         assert!(DeltaMap::open(&p).is_err());
+    }
+
+    fn header(chunksize: u64, nchunks: u64) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER];
+        h[..8].copy_from_slice(MAGIC);
+        h[8..16].copy_from_slice(&chunksize.to_le_bytes());
+        h[16..24].copy_from_slice(&nchunks.to_le_bytes());
+        h
+    }
+
+    fn bad_reason(p: &Path) -> String {
+        match DeltaMap::open(p) {
+            Err(DeltaMapError::Bad { path, reason }) => {
+                assert_eq!(path, p);
+                reason
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn header_numbers_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("deltamap");
+        std::fs::write(&p, header(1, 0)).unwrap();
+        assert_eq!(
+            bad_reason(&p),
+            "chunk size 1 is not a power of two from 4096 to 67108864"
+        );
+        std::fs::write(&p, header(1 << 40, 0)).unwrap();
+        assert!(bad_reason(&p).starts_with("chunk size 1099511627776 "));
+        // A count whose bitmap length would overflow, or that no volume can have.
+        std::fs::write(&p, header(65536, u64::MAX)).unwrap();
+        assert_eq!(
+            bad_reason(&p),
+            format!(
+                "{} chunks of 65536 bytes are more than the largest volume",
+                u64::MAX
+            )
+        );
+        // A count the file's length does not hold.
+        let mut b = header(65536, 1000);
+        b.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&p, &b).unwrap();
+        assert_eq!(
+            bad_reason(&p),
+            "1000 chunks need 189 bytes, the file has 164"
+        );
+        b.extend_from_slice(&[0u8; 25]);
+        std::fs::write(&p, &b).unwrap();
+        assert_eq!(DeltaMap::open(&p).unwrap().nchunks(), 1000);
+        // Another chunk size than the volume's.
+        match DeltaMap::open_for(&p, 131072) {
+            Err(DeltaMapError::Bad { reason, .. }) => {
+                assert_eq!(reason, "its chunk size is 65536, the volume's is 131072")
+            }
+            _ => panic!("accepted"),
+        }
+        assert!(DeltaMap::open_for(&p, 65536).is_ok());
     }
 }

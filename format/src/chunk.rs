@@ -106,4 +106,48 @@ mod tests {
         assert!(Codec::Zstd.decode(&z[..z.len() - 1], 4096).is_err());
         assert!(Codec::None.decode(&data[1..], 4096).is_err());
     }
+
+    /// A zstd frame whose header claims `content_size` bytes, holding one raw block
+    /// of `data`.
+    fn frame_claiming(content_size: u64, data: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd];
+        // Frame header descriptor: 8-byte content size, single segment.
+        f.push(0b1110_0000);
+        f.extend_from_slice(&content_size.to_le_bytes());
+        // Last block, raw, data.len() bytes.
+        let bh = 1u32 | ((data.len() as u32) << 3);
+        f.extend_from_slice(&bh.to_le_bytes()[..3]);
+        f.extend_from_slice(data);
+        f
+    }
+
+    #[test]
+    fn decode_never_trusts_the_frame_content_size() {
+        let data = vec![3u8; 4096];
+        // The hand-made frame is valid as it stands.
+        assert_eq!(
+            Codec::Zstd
+                .decode(&frame_claiming(4096, &data), 4096)
+                .unwrap(),
+            data
+        );
+        // A frame that claims 1 TiB fails at once, allocating one chunk at most.
+        let e = Codec::Zstd
+            .decode(&frame_claiming(1 << 40, &data), 4096)
+            .unwrap_err();
+        assert!(e.starts_with("zstd: "), "{e}");
+        // A small frame that really decodes to 256 MiB of zeros stops at the chunk
+        // size (the test would run out of time and memory otherwise).
+        let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        enc.include_contentsize(false).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let t = std::time::Instant::now();
+        assert!(Codec::Zstd.decode(&bomb, 65536).is_err());
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
 }

@@ -29,8 +29,57 @@ pub enum FormatError {
     NoSession { volume: String, session: String },
     #[error("volume {volume} has no sessions")]
     NoSessions { volume: String },
+    /// A file larger than what it holds can ever be, refused before it is read.
+    #[error("{path}: {what} of {len} bytes is impossible (at most {max})")]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+    #[error("{path}: the {what} is not UTF-8 text")]
+    NotText { path: PathBuf, what: &'static str },
+    /// A number read from a file is impossible: larger than the format allows, past
+    /// the end of a file or of the volume, or not a multiple of the chunk size.
+    #[error("{path}: {field} {value} is impossible: {why}")]
+    Bounds {
+        path: PathBuf,
+        field: String,
+        value: u64,
+        why: String,
+    },
+    #[error("{path}: bad tar index: {fault}")]
+    TarIndex { path: PathBuf, fault: IndexFault },
     #[error("{0}")]
     Other(String),
+}
+
+/// What is wrong with a tar session's member index (`S_<id>.tar.index`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexFault {
+    #[error("{len} bytes, shorter than its 64-byte header")]
+    TooShort { len: u64 },
+    #[error("bad magic")]
+    Magic,
+    #[error("reserved header bytes are not zero")]
+    Reserved,
+    #[error("{count} records cannot fill {len} bytes")]
+    Count { count: u64, len: u64 },
+    #[error("{member}: {len} bytes at offset {off} run past the end of the tar ({tar_len} bytes)")]
+    PastEnd {
+        member: String,
+        off: u64,
+        len: u64,
+        tar_len: u64,
+    },
+    #[error("{member}: offset {off} is not on a 512-byte tar block")]
+    Misaligned { member: String, off: u64 },
+    #[error("{member}: {len} bytes, more than it can be ({max})")]
+    TooLarge { member: String, len: u64, max: u64 },
+    #[error("{member}: address not after the previous record's")]
+    Order { member: String },
+    #[error("{member}: overlaps the member before it")]
+    Overlap { member: String },
 }
 
 pub type Result<T> = std::result::Result<T, FormatError>;

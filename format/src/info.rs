@@ -11,7 +11,8 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::chunk::Codec;
-use crate::error::{FormatError, IoContext, Result};
+use crate::error::{FormatError, Result};
+use crate::{layout, limits};
 use crate::{Hash, FORMAT_VERSION};
 
 /// What a session's `info` file says.
@@ -112,21 +113,62 @@ impl SessionInfo {
             p => Some(p.to_string()),
         };
         let chunksize = num("chunksize")?;
-        if !chunksize.is_power_of_two() || chunksize < 4096 {
-            return Err(bad(format!("bad chunksize {chunksize}")));
+        if !limits::chunksize_ok(chunksize) {
+            return Err(bad(format!(
+                "chunksize {chunksize} is not a power of two from {} to {}",
+                limits::MIN_CHUNKSIZE,
+                limits::MAX_CHUNKSIZE
+            )));
+        }
+        let session = get("session")?;
+        if !layout::is_session_id(session) {
+            return Err(bad(format!("session {session:?} is not a session ID")));
+        }
+        if let Some(p) = &previous {
+            if !layout::is_session_id(p) || p.as_str() >= session {
+                return Err(bad(format!(
+                    "previous {p:?} is not a session ID older than {session}"
+                )));
+            }
+        }
+        let out_of_bounds = |field: &str, value: u64, why: String| FormatError::Bounds {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            value,
+            why,
+        };
+        let volsize = num("volsize")?;
+        if volsize > limits::MAX_VOLSIZE {
+            return Err(out_of_bounds(
+                "volsize",
+                volsize,
+                format!("larger than the largest volume ({})", limits::MAX_VOLSIZE),
+            ));
+        }
+        let nchunks = volsize.div_ceil(chunksize);
+        let changed = num("changed")?;
+        let chunks = num("chunks")?;
+        for (field, value) in [("changed", changed), ("chunks", chunks)] {
+            if value > nchunks {
+                return Err(out_of_bounds(
+                    field,
+                    value,
+                    format!("more than the volume's {nchunks} chunks"),
+                ));
+            }
         }
         Ok(SessionInfo {
             volume: get("volume")?.to_string(),
-            session: get("session")?.to_string(),
+            session: session.to_string(),
             previous,
             time: get("time")?
                 .parse()
                 .map_err(|e| bad(format!("time: {e}")))?,
-            volsize: num("volsize")?,
+            volsize,
             chunksize,
             compression,
-            changed: num("changed")?,
-            chunks: num("chunks")?,
+            changed,
+            chunks,
             bytes_read: num("bytes_read")?,
             bytes_stored: num("bytes_stored")?,
             manifest_sha256,
@@ -134,7 +176,7 @@ impl SessionInfo {
     }
 
     pub fn read(path: &Path) -> Result<SessionInfo> {
-        let text = std::fs::read_to_string(path).at(path)?;
+        let text = limits::read_bounded_text(path, limits::MAX_INFO_BYTES, "info file")?;
         Self::parse(&text, path)
     }
 
@@ -174,5 +216,107 @@ mod tests {
         assert!(SessionInfo::parse(&altered, Path::new("i")).is_err());
         let truncated = &t[..t.len() - 3];
         assert!(SessionInfo::parse(truncated, Path::new("i")).is_err());
+    }
+
+    fn parse_err(i: &SessionInfo) -> FormatError {
+        SessionInfo::parse(&i.to_text(), Path::new("S_x/info")).unwrap_err()
+    }
+
+    fn bounds(i: &SessionInfo) -> (String, u64, String) {
+        match parse_err(i) {
+            FormatError::Bounds {
+                path,
+                field,
+                value,
+                why,
+            } => {
+                assert_eq!(path, Path::new("S_x/info"));
+                (field, value, why)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn reason(i: &SessionInfo) -> String {
+        match parse_err(i) {
+            FormatError::Info { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_are_checked_against_what_is_possible() {
+        let mut i = sample();
+        i.chunksize = 1 << 40;
+        assert_eq!(
+            reason(&i),
+            "chunksize 1099511627776 is not a power of two from 4096 to 67108864"
+        );
+        i.chunksize = 2048;
+        assert!(reason(&i).starts_with("chunksize 2048 "));
+        let mut i = sample();
+        i.volsize = u64::MAX;
+        assert_eq!(
+            bounds(&i),
+            (
+                "volsize".into(),
+                u64::MAX,
+                "larger than the largest volume (1152921504606846976)".into()
+            )
+        );
+        // 1 GiB in 64 KiB chunks is 16384 chunks.
+        let mut i = sample();
+        i.changed = 16385;
+        assert_eq!(
+            bounds(&i),
+            (
+                "changed".into(),
+                16385,
+                "more than the volume's 16384 chunks".into()
+            )
+        );
+        let mut i = sample();
+        i.chunks = u64::MAX;
+        assert_eq!(bounds(&i).0, "chunks");
+        let mut i = sample();
+        i.changed = 16384;
+        i.chunks = 16384;
+        assert!(SessionInfo::parse(&i.to_text(), Path::new("i")).is_ok());
+        // A number that does not fit at all.
+        let t = sample()
+            .to_text()
+            .replace("volsize=1073741824", "volsize=99999999999999999999");
+        let body = &t[..t.rfind("info_sha256=").unwrap()];
+        let t = format!("{body}info_sha256={}\n", hex::encode(Sha256::digest(body)));
+        assert!(matches!(
+            SessionInfo::parse(&t, Path::new("i")),
+            Err(FormatError::Info { reason, .. }) if reason.starts_with("volsize: ")
+        ));
+    }
+
+    #[test]
+    fn names_are_session_ids() {
+        let mut i = sample();
+        i.session = "../../etc".into();
+        assert_eq!(reason(&i), "session \"../../etc\" is not a session ID");
+        let mut i = sample();
+        i.previous = Some("20261123-212200".into());
+        assert_eq!(
+            reason(&i),
+            "previous \"20261123-212200\" is not a session ID older than 20261123-212200"
+        );
+        i.previous = Some("20261123-212159".into());
+        assert!(SessionInfo::parse(&i.to_text(), Path::new("i")).is_ok());
+    }
+
+    #[test]
+    fn read_refuses_a_huge_file_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("info");
+        std::fs::File::create(&p).unwrap().set_len(1 << 40).unwrap();
+        assert!(matches!(
+            SessionInfo::read(&p),
+            Err(FormatError::TooLarge { len, what: "info file", .. }) if len == 1 << 40
+        ));
     }
 }

@@ -14,8 +14,10 @@
 pub mod alloc;
 pub mod chunk;
 pub mod error;
+pub mod fuzzing;
 pub mod info;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod marker;
 pub mod output;
@@ -26,7 +28,7 @@ pub mod tarsession;
 pub mod view;
 pub mod volume;
 
-pub use error::{FormatError, Result};
+pub use error::{FormatError, IndexFault, Result};
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];

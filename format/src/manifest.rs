@@ -12,12 +12,14 @@
 //! the volume.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{FormatError, IoContext, Result};
+use crate::info::SessionInfo;
+use crate::limits::MAX_MANIFEST_LINE;
 use crate::Hash;
 
 /// One manifest line: the chunk at `addr` holds data with `hash`, or is all zero (`None`).
@@ -60,13 +62,23 @@ impl Entry {
     }
 }
 
-/// Streams the entries of a manifest, checking syntax and order.
+/// What a session's info says its manifest can hold.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    chunksize: u64,
+    volsize: u64,
+    lines: u64,
+}
+
+/// Streams the entries of a manifest, checking syntax and order. A line longer than
+/// any valid one is refused before it is read further, so memory stays one line.
 pub struct ManifestReader<R> {
     input: R,
     path: PathBuf,
     line_no: u64,
     last: Option<u64>,
-    buf: String,
+    buf: Vec<u8>,
+    bounds: Option<Bounds>,
 }
 
 impl ManifestReader<BufReader<File>> {
@@ -83,8 +95,21 @@ impl<R: BufRead> ManifestReader<R> {
             path: path.to_path_buf(),
             line_no: 0,
             last: None,
-            buf: String::new(),
+            buf: Vec::with_capacity(MAX_MANIFEST_LINE),
+            bounds: None,
         }
+    }
+
+    /// Also check each entry against the session `info` describes: its address a
+    /// multiple of the chunk size inside the volume, and no more lines than
+    /// `changed`.
+    pub fn within(mut self, info: &SessionInfo) -> Self {
+        self.bounds = Some(Bounds {
+            chunksize: info.chunksize.max(1),
+            volsize: info.volsize,
+            lines: info.changed,
+        });
+        self
     }
 
     fn bad(&self, reason: String) -> FormatError {
@@ -94,36 +119,92 @@ impl<R: BufRead> ManifestReader<R> {
             reason,
         }
     }
+
+    fn out_of_bounds(&self, field: &str, value: u64, why: String) -> FormatError {
+        FormatError::Bounds {
+            path: self.path.clone(),
+            field: format!("line {}: {field}", self.line_no),
+            value,
+            why,
+        }
+    }
+
+    fn check(&self, entry: &Entry) -> Result<()> {
+        if let Some(last) = self.last {
+            if entry.addr <= last {
+                return Err(self.bad(format!(
+                    "address x{:016x} not after x{last:016x}",
+                    entry.addr
+                )));
+            }
+        }
+        let Some(b) = self.bounds else {
+            return Ok(());
+        };
+        if self.line_no > b.lines {
+            return Err(self.out_of_bounds(
+                "line count",
+                self.line_no,
+                format!("the session's info says changed={}", b.lines),
+            ));
+        }
+        if entry.addr % b.chunksize != 0 {
+            return Err(self.out_of_bounds(
+                "address",
+                entry.addr,
+                format!("not a multiple of the chunk size {}", b.chunksize),
+            ));
+        }
+        if entry.addr >= b.volsize {
+            return Err(self.out_of_bounds(
+                "address",
+                entry.addr,
+                format!("past the volume size {}", b.volsize),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_entry(&mut self) -> Option<Result<Entry>> {
+        self.buf.clear();
+        let limit = MAX_MANIFEST_LINE as u64;
+        match (&mut self.input)
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)
+        {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(e).at(&self.path)),
+        }
+        self.line_no += 1;
+        let Some(line) = self.buf.strip_suffix(b"\n") else {
+            if self.buf.len() as u64 >= limit {
+                return Some(Err(
+                    self.bad(format!("longer than {MAX_MANIFEST_LINE} bytes"))
+                ));
+            }
+            return Some(Err(self.bad("last line has no newline (truncated?)".into())));
+        };
+        let Ok(line) = std::str::from_utf8(line) else {
+            return Some(Err(self.bad("not UTF-8 text".into())));
+        };
+        let entry = match Entry::parse(line) {
+            Ok(e) => e,
+            Err(reason) => return Some(Err(self.bad(reason))),
+        };
+        if let Err(e) = self.check(&entry) {
+            return Some(Err(e));
+        }
+        self.last = Some(entry.addr);
+        Some(Ok(entry))
+    }
 }
 
 impl<R: BufRead> Iterator for ManifestReader<R> {
     type Item = Result<Entry>;
 
     fn next(&mut self) -> Option<Result<Entry>> {
-        self.buf.clear();
-        match self.input.read_line(&mut self.buf) {
-            Ok(0) => return None,
-            Ok(_) => {}
-            Err(e) => return Some(Err(e).at(&self.path)),
-        }
-        self.line_no += 1;
-        let Some(line) = self.buf.strip_suffix('\n') else {
-            return Some(Err(self.bad("last line has no newline (truncated?)".into())));
-        };
-        let entry = match Entry::parse(line) {
-            Ok(e) => e,
-            Err(reason) => return Some(Err(self.bad(reason))),
-        };
-        if let Some(last) = self.last {
-            if entry.addr <= last {
-                return Some(Err(self.bad(format!(
-                    "address x{:016x} not after x{last:016x}",
-                    entry.addr
-                ))));
-            }
-        }
-        self.last = Some(entry.addr);
-        Some(Ok(entry))
+        self.next_entry()
     }
 }
 
@@ -243,5 +324,99 @@ mod tests {
         let (bytes, h) = w.finish().unwrap();
         let expect: Hash = Sha256::digest(&bytes).into();
         assert_eq!(h, expect);
+    }
+
+    fn info(volsize: u64, changed: u64) -> SessionInfo {
+        SessionInfo {
+            volume: "v".into(),
+            session: "20260101-000000".into(),
+            previous: None,
+            time: 0,
+            volsize,
+            chunksize: 65536,
+            compression: crate::chunk::Codec::Zstd,
+            changed,
+            chunks: changed,
+            bytes_read: 0,
+            bytes_stored: 0,
+            manifest_sha256: [0; 32],
+        }
+    }
+
+    fn first_error(text: &[u8], within: Option<&SessionInfo>) -> FormatError {
+        let mut r = ManifestReader::new(text, Path::new("m"));
+        if let Some(i) = within {
+            r = r.within(i);
+        }
+        r.find_map(|e| e.err()).expect("an error")
+    }
+
+    #[test]
+    fn a_line_longer_than_any_valid_one_is_refused_unread() {
+        // 64 MiB without a newline: refused after 128 bytes, and the reader's buffer
+        // never grows past one line.
+        let big = vec![b'a'; 64 << 20];
+        let mut r = ManifestReader::new(&big[..], Path::new("m"));
+        match r.next() {
+            Some(Err(FormatError::ManifestLine { path, line, reason })) => {
+                assert_eq!(path, Path::new("m"));
+                assert_eq!(line, 1);
+                assert_eq!(reason, "longer than 128 bytes");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            r.buf.capacity() <= 2 * MAX_MANIFEST_LINE,
+            "{}",
+            r.buf.capacity()
+        );
+        assert!(matches!(
+            first_error(b"0 x0000000000000000\n\xff\xfe x0000000000010000\n", None),
+            FormatError::ManifestLine { line: 2, ref reason, .. } if reason == "not UTF-8 text"
+        ));
+    }
+
+    #[test]
+    fn entries_are_checked_against_the_session() {
+        let i = info(4 * 65536 + 1, 3);
+        let ok = "0 x0000000000000000\n0 x0000000000040000\n";
+        let r = ManifestReader::new(ok.as_bytes(), Path::new("m")).within(&i);
+        assert_eq!(r.map(|e| e.unwrap().addr).collect::<Vec<_>>(), [0, 0x40000]);
+        let bounds = |e: FormatError| match e {
+            FormatError::Bounds {
+                field, value, why, ..
+            } => (field, value, why),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            bounds(first_error(b"0 x0000000000000100\n", Some(&i))),
+            (
+                "line 1: address".to_string(),
+                0x100,
+                "not a multiple of the chunk size 65536".to_string()
+            )
+        );
+        assert_eq!(
+            bounds(first_error(b"0 x0000000000050000\n", Some(&i))),
+            (
+                "line 1: address".to_string(),
+                0x50000,
+                "past the volume size 262145".to_string()
+            )
+        );
+        assert_eq!(
+            bounds(first_error(b"0 xffffffffffff0000\n", Some(&i))).1,
+            0xffff_ffff_ffff_0000
+        );
+        let four =
+            "0 x0000000000000000\n0 x0000000000010000\n0 x0000000000020000\n0 x0000000000030000\n";
+        assert_eq!(
+            bounds(first_error(four.as_bytes(), Some(&i))),
+            (
+                "line 4: line count".to_string(),
+                4,
+                "the session's info says changed=3".to_string()
+            )
+        );
     }
 }

@@ -67,23 +67,16 @@ fn read_batch(
             .into_par_iter()
             .map(|entry| {
                 let info = &chain[entry.session];
-                let data = vol
-                    .read_stored(&info.session, entry.addr)
-                    .and_then(|stored| {
-                        info.compression
-                            .decode(&stored, info.chunksize as usize)
-                            .map_err(|e| format!("{}: {e}", chunk_place(vol, info, entry.addr)))
-                    })
-                    .and_then(|d| {
-                        if check && chunk::hash(&d) != entry.hash {
-                            Err(format!(
-                                "SHA-256 mismatch in {}",
-                                chunk_place(vol, info, entry.addr)
-                            ))
-                        } else {
-                            Ok(d)
-                        }
-                    });
+                let data = vol.read_chunk(info, entry.addr).and_then(|d| {
+                    if check && chunk::hash(&d) != entry.hash {
+                        Err(format!(
+                            "SHA-256 mismatch in {}",
+                            chunk_place(vol, info, entry.addr)
+                        ))
+                    } else {
+                        Ok(d)
+                    }
+                });
                 ReadChunk { entry, data }
             })
             .collect()

@@ -30,6 +30,7 @@ use sha2::{Digest, Sha256};
 use crate::chunk::{self, Codec};
 use crate::info::SessionInfo;
 use crate::layout;
+use crate::limits;
 use crate::manifest::Entry;
 use crate::Hash;
 
@@ -256,8 +257,15 @@ impl StreamHeader {
         if !layout::is_session_id(&self.session) {
             return Err(format!("bad session ID {:?}", self.session));
         }
-        if !self.chunksize.is_power_of_two() || self.chunksize < 4096 {
+        if !limits::chunksize_ok(self.chunksize) {
             return Err(format!("bad chunksize {}", self.chunksize));
+        }
+        if self.volsize > limits::MAX_VOLSIZE {
+            return Err(format!(
+                "volsize {} is larger than the largest volume ({})",
+                self.volsize,
+                limits::MAX_VOLSIZE
+            ));
         }
         match (&self.base, &self.base_manifest_sha256) {
             (None, None) => {}
@@ -296,12 +304,7 @@ impl StreamHeader {
     /// Largest chunk member this session can hold: a raw chunk, or the worst-case zstd
     /// frame of one. Bounds what a reader allocates for a member.
     fn max_payload(&self) -> u64 {
-        match self.compression {
-            Codec::None => self.chunksize,
-            Codec::Zstd => {
-                zstd::zstd_safe::compress_bound(self.chunksize as usize) as u64 + TAR_BLOCK as u64
-            }
-        }
+        limits::max_stored(self.compression, self.chunksize)
     }
 
     /// Checks that `info` describes the session this header announces.
@@ -2052,6 +2055,51 @@ mod tests {
         assert!(
             matches!(&e, StreamError::ChunkSize { at, expected, found }
             if at.stream == 2 && *expected == CS && *found == 2 * CS),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn header_numbers_are_bounded() {
+        let h = StreamHeader {
+            volume: "vm-a".into(),
+            session: sid(1),
+            volsize: 1 << 20,
+            chunksize: 65536,
+            compression: Codec::Zstd,
+            time: 1_767_225_601,
+            base: None,
+            base_manifest_sha256: None,
+        };
+        let t = h.to_text();
+        assert_eq!(
+            StreamHeader::parse(&t.replace("chunksize=65536", "chunksize=1099511627776")),
+            Err("bad chunksize 1099511627776".into())
+        );
+        assert_eq!(
+            StreamHeader::parse(&t.replace("volsize=1048576", "volsize=18446744073709551615")),
+            Err(
+                "volsize 18446744073709551615 is larger than the largest volume \
+                 (1152921504606846976)"
+                    .into()
+            )
+        );
+        // A stream whose header announces 1 GiB chunks, then a chunk member of 1 GiB:
+        // refused at the header, before the member could make the reader allocate.
+        let text = t
+            .replace("chunksize=65536", "chunksize=1073741824")
+            .replace("volsize=1048576", "volsize=2147483648");
+        let mut s = Vec::new();
+        let hh = member_header(HEADER_MEMBER, text.len() as u64, h.mtime()).unwrap();
+        s.extend_from_slice(hh.as_bytes());
+        s.extend_from_slice(text.as_bytes());
+        s.resize(s.len() + padding(text.len() as u64), 0);
+        let ch = member_header(&h.chunk_member(0), 1 << 30, h.mtime()).unwrap();
+        s.extend_from_slice(ch.as_bytes());
+        let e = rebuild(&s).unwrap_err();
+        assert!(
+            matches!(&e, StreamError::NotAStream { reason, .. }
+                if reason == "header member: bad chunksize 1073741824"),
             "{e}"
         );
     }

@@ -25,11 +25,13 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::error::{FormatError, IoContext, Result};
+use crate::error::{FormatError, IndexFault, IoContext, Result};
+use crate::limits;
 
 pub const INDEX_MAGIC: &[u8; 8] = b"SPBKTIX1";
 const HEADER: usize = 64;
 const RECORD: usize = 24;
+const TAR_BLOCK: u64 = 512;
 
 fn le(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
@@ -54,7 +56,88 @@ pub fn ustar_header(name: &str, size: u64, mtime: u64) -> std::io::Result<tar::H
     Ok(h)
 }
 
-/// A memory-mapped member index.
+/// Check an index's bytes against the tar it indexes (`tar_len` bytes long): the
+/// header, the record count against the length, and every member it names (inside the
+/// tar, on a tar block, not overlapping the one before it, no larger than a member of
+/// its kind can be, chunk addresses strictly increasing). Returns the number of
+/// chunk records. Reading through a checked index never reads past the tar nor
+/// allocates more than one chunk member.
+pub fn check_index(b: &[u8], tar_len: u64) -> std::result::Result<usize, IndexFault> {
+    let len = b.len() as u64;
+    if b.len() < HEADER {
+        return Err(IndexFault::TooShort { len });
+    }
+    if &b[..8] != INDEX_MAGIC {
+        return Err(IndexFault::Magic);
+    }
+    if b[48..HEADER].iter().any(|&x| x != 0) {
+        return Err(IndexFault::Reserved);
+    }
+    let count = le(b, 8);
+    let body = (b.len() - HEADER) as u64;
+    if body % RECORD as u64 != 0 || body / RECORD as u64 != count {
+        return Err(IndexFault::Count { count, len });
+    }
+    let count = count as usize;
+    // Members follow each other in the tar: the chunks in address order, then the
+    // manifest, then the info; each content starts after its 512-byte header.
+    let mut prev_end = 0u64;
+    let mut member = |name: &dyn Fn() -> String,
+                      off: u64,
+                      mlen: u64,
+                      max: u64|
+     -> std::result::Result<(), IndexFault> {
+        if mlen > max {
+            return Err(IndexFault::TooLarge {
+                member: name(),
+                len: mlen,
+                max,
+            });
+        }
+        if off % TAR_BLOCK != 0 {
+            return Err(IndexFault::Misaligned {
+                member: name(),
+                off,
+            });
+        }
+        if off < prev_end.saturating_add(TAR_BLOCK) {
+            return Err(IndexFault::Overlap { member: name() });
+        }
+        let end = off.checked_add(mlen).filter(|&e| e <= tar_len);
+        let Some(end) = end else {
+            return Err(IndexFault::PastEnd {
+                member: name(),
+                off,
+                len: mlen,
+                tar_len,
+            });
+        };
+        prev_end = end;
+        Ok(())
+    };
+    let max_chunk = limits::max_stored_any();
+    let mut last_addr = None;
+    for i in 0..count {
+        let at = HEADER + i * RECORD;
+        let (addr, off, mlen) = (le(b, at), le(b, at + 8), le(b, at + 16));
+        let name = || format!("record {i} (chunk x{addr:016x})");
+        if last_addr.is_some_and(|l| addr <= l) {
+            return Err(IndexFault::Order { member: name() });
+        }
+        last_addr = Some(addr);
+        member(&name, off, mlen, max_chunk)?;
+    }
+    member(&|| "manifest member".into(), le(b, 16), le(b, 24), u64::MAX)?;
+    member(
+        &|| "info member".into(),
+        le(b, 32),
+        le(b, 40),
+        limits::MAX_INFO_BYTES,
+    )?;
+    Ok(count)
+}
+
+/// A memory-mapped member index, checked against its tar when opened.
 pub struct TarIndex {
     map: Mmap,
     count: usize,
@@ -62,22 +145,22 @@ pub struct TarIndex {
 }
 
 impl TarIndex {
-    pub fn open(path: &Path) -> Result<TarIndex> {
+    /// Open and check the index at `path` of a tar of `tar_len` bytes.
+    pub fn open(path: &Path, tar_len: u64) -> Result<TarIndex> {
         let f = File::open(path).at(path)?;
-        let len = f.metadata().at(path)?.len() as usize;
-        let bad = |r: &str| FormatError::Other(format!("{}: bad tar index ({r})", path.display()));
-        if len < HEADER {
-            return Err(bad("too short"));
+        let len = f.metadata().at(path)?.len();
+        let fault = |fault: IndexFault| FormatError::TarIndex {
+            path: path.to_path_buf(),
+            fault,
+        };
+        if len < HEADER as u64 {
+            return Err(fault(IndexFault::TooShort { len }));
         }
-        // SAFETY: index files are written once and never modified in place.
+        // SAFETY: index files are written once and never modified in place; a file
+        // changed under the map can give wrong numbers, which are all checked below
+        // and again on every read of the tar.
         let map = unsafe { Mmap::map(&f) }.at(path)?;
-        if &map[..8] != INDEX_MAGIC {
-            return Err(bad("bad magic"));
-        }
-        let count = le(&map, 8) as usize;
-        if HEADER + count * RECORD != len {
-            return Err(bad("length does not match its count"));
-        }
+        let count = check_index(&map, tar_len).map_err(fault)?;
         Ok(TarIndex {
             map,
             count,
@@ -93,7 +176,7 @@ impl TarIndex {
         self.count == 0
     }
 
-    /// Record `i`: (address, content offset, length).
+    /// Record `i` (`i < len()`): (address, content offset, length).
     pub fn record(&self, i: usize) -> (u64, u64, u64) {
         let at = HEADER + i * RECORD;
         (
@@ -191,22 +274,72 @@ pub struct TarSession {
     pub file: File,
     pub index: TarIndex,
     pub path: PathBuf,
+    /// The tar's length when it was opened, which every index entry was checked
+    /// against.
+    len: u64,
 }
 
 impl TarSession {
     pub fn open(tar: &Path, index: &Path) -> Result<TarSession> {
+        let file = File::open(tar).at(tar)?;
+        let len = file.metadata().at(tar)?.len();
         Ok(TarSession {
-            file: File::open(tar).at(tar)?,
-            index: TarIndex::open(index)?,
+            file,
+            index: TarIndex::open(index, len)?,
             path: tar.to_path_buf(),
+            len,
         })
     }
 
-    /// `len` bytes at `off` of the tar.
-    pub fn read_at(&self, off: u64, len: u64) -> Result<Vec<u8>> {
+    /// `len` bytes at `off` of the tar, a member of at most `max` bytes.
+    pub fn read_at(&self, off: u64, len: u64, max: u64) -> Result<Vec<u8>> {
+        let fault = |fault: IndexFault| FormatError::TarIndex {
+            path: self.index.path.clone(),
+            fault,
+        };
+        let member = || format!("member at offset {off}");
+        if len > max {
+            return Err(fault(IndexFault::TooLarge {
+                member: member(),
+                len,
+                max,
+            }));
+        }
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(fault(IndexFault::PastEnd {
+                member: member(),
+                off,
+                len,
+                tar_len: self.len,
+            }));
+        }
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, off).at(&self.path)?;
         Ok(buf)
+    }
+
+    /// The stored bytes of the chunk at `addr`, at most `max` of them.
+    pub fn read_chunk(&self, addr: u64, max: u64) -> Result<Vec<u8>> {
+        let (off, len) = self.index.lookup(addr).ok_or_else(|| {
+            FormatError::Other(format!(
+                "{}: no member for chunk x{addr:016x} in its index",
+                self.path.display()
+            ))
+        })?;
+        self.read_at(off, len, max).map_err(|e| match e {
+            FormatError::TarIndex {
+                path,
+                fault: IndexFault::TooLarge { len, max, .. },
+            } => FormatError::TarIndex {
+                path,
+                fault: IndexFault::TooLarge {
+                    member: format!("chunk x{addr:016x}"),
+                    len,
+                    max,
+                },
+            },
+            e => e,
+        })
     }
 
     /// A reader over the manifest member.
@@ -219,6 +352,229 @@ impl TarSession {
 
     pub fn info_bytes(&self) -> Result<Vec<u8>> {
         let (off, len) = self.index.info();
-        self.read_at(off, len)
+        self.read_at(off, len, limits::MAX_INFO_BYTES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index bytes naming `records` (address, offset, length), a manifest and an info.
+    fn index(records: &[(u64, u64, u64)], manifest: (u64, u64), info: (u64, u64)) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER];
+        b[..8].copy_from_slice(INDEX_MAGIC);
+        b[8..16].copy_from_slice(&(records.len() as u64).to_le_bytes());
+        for (at, v) in [
+            (16, manifest.0),
+            (24, manifest.1),
+            (32, info.0),
+            (40, info.1),
+        ] {
+            b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        for &(a, o, l) in records {
+            for v in [a, o, l] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    /// A valid layout: two chunks of 1000 and 700 bytes, a manifest, an info.
+    const TAR_LEN: u64 = 10240;
+    fn good() -> Vec<(u64, u64, u64)> {
+        vec![(0, 512, 1000), (65536, 2048, 700)]
+    }
+    const MANIFEST: (u64, u64) = (3584, 166);
+    const INFO: (u64, u64) = (4608, 400);
+
+    fn fault(b: &[u8]) -> IndexFault {
+        check_index(b, TAR_LEN).unwrap_err()
+    }
+
+    #[test]
+    fn a_valid_index_passes() {
+        assert_eq!(check_index(&index(&good(), MANIFEST, INFO), TAR_LEN), Ok(2));
+        assert_eq!(check_index(&index(&[], (512, 0), (1024, 9)), 2048), Ok(0));
+    }
+
+    #[test]
+    fn header_faults() {
+        assert_eq!(fault(&[0u8; 10]), IndexFault::TooShort { len: 10 });
+        let mut b = index(&good(), MANIFEST, INFO);
+        b[0] = b'X';
+        assert_eq!(fault(&b), IndexFault::Magic);
+        let mut b = index(&good(), MANIFEST, INFO);
+        b[50] = 1;
+        assert_eq!(fault(&b), IndexFault::Reserved);
+        // A count that would overflow `64 + 24 * count` on any machine.
+        let mut b = index(&good(), MANIFEST, INFO);
+        b[8..16].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
+        let len = b.len() as u64;
+        assert_eq!(
+            fault(&b),
+            IndexFault::Count {
+                count: u64::MAX / 3,
+                len
+            }
+        );
+        // A count past the records the file holds, and a torn last record.
+        let mut b = index(&good(), MANIFEST, INFO);
+        b[8..16].copy_from_slice(&3u64.to_le_bytes());
+        assert_eq!(fault(&b), IndexFault::Count { count: 3, len });
+        let mut b = index(&good(), MANIFEST, INFO);
+        b.pop();
+        assert_eq!(
+            fault(&b),
+            IndexFault::Count {
+                count: 2,
+                len: len - 1
+            }
+        );
+    }
+
+    #[test]
+    fn record_faults() {
+        let with = |i: usize, r: (u64, u64, u64)| {
+            let mut recs = good();
+            recs[i] = r;
+            fault(&index(&recs, MANIFEST, INFO))
+        };
+        let rec1 = |a: u64| format!("record 1 (chunk x{a:016x})");
+        // A chunk of 2^40 bytes: refused from the index alone.
+        assert_eq!(
+            with(1, (65536, 2048, 1 << 40)),
+            IndexFault::TooLarge {
+                member: rec1(65536),
+                len: 1 << 40,
+                max: limits::max_stored_any()
+            }
+        );
+        // Past the end of the tar, and an offset + length that overflows.
+        assert_eq!(
+            with(1, (65536, 9728, 700)),
+            IndexFault::PastEnd {
+                member: rec1(65536),
+                off: 9728,
+                len: 700,
+                tar_len: TAR_LEN
+            }
+        );
+        let off = u64::MAX - 511;
+        assert_eq!(
+            with(1, (65536, off, 700)),
+            IndexFault::PastEnd {
+                member: rec1(65536),
+                off,
+                len: 700,
+                tar_len: TAR_LEN
+            }
+        );
+        assert_eq!(
+            with(1, (65536, 2000, 700)),
+            IndexFault::Misaligned {
+                member: rec1(65536),
+                off: 2000
+            }
+        );
+        // Inside the member before it (or its header).
+        assert_eq!(
+            with(1, (65536, 1024, 700)),
+            IndexFault::Overlap {
+                member: rec1(65536)
+            }
+        );
+        assert_eq!(
+            with(0, (0, 0, 1000)),
+            IndexFault::Overlap {
+                member: "record 0 (chunk x0000000000000000)".into()
+            }
+        );
+        assert_eq!(
+            with(1, (0, 2048, 700)),
+            IndexFault::Order { member: rec1(0) }
+        );
+    }
+
+    #[test]
+    fn manifest_and_info_faults() {
+        let recs = good();
+        assert_eq!(
+            fault(&index(&recs, (3584, 1 << 40), INFO)),
+            IndexFault::PastEnd {
+                member: "manifest member".into(),
+                off: 3584,
+                len: 1 << 40,
+                tar_len: TAR_LEN
+            }
+        );
+        assert_eq!(
+            fault(&index(&recs, (1024, 166), INFO)),
+            IndexFault::Overlap {
+                member: "manifest member".into()
+            }
+        );
+        assert_eq!(
+            fault(&index(&recs, MANIFEST, (4608, 1 << 20))),
+            IndexFault::TooLarge {
+                member: "info member".into(),
+                len: 1 << 20,
+                max: limits::MAX_INFO_BYTES
+            }
+        );
+        assert_eq!(
+            fault(&index(&recs, MANIFEST, (TAR_LEN, 400))),
+            IndexFault::PastEnd {
+                member: "info member".into(),
+                off: TAR_LEN,
+                len: 400,
+                tar_len: TAR_LEN
+            }
+        );
+    }
+
+    #[test]
+    fn open_and_read_check_against_the_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("S_20260101-000000.tar");
+        let ix = dir.path().join("S_20260101-000000.tar.index");
+        std::fs::write(&tar, vec![7u8; TAR_LEN as usize]).unwrap();
+        std::fs::write(&ix, index(&good(), MANIFEST, INFO)).unwrap();
+        let t = TarSession::open(&tar, &ix).unwrap();
+        assert_eq!(t.read_chunk(65536, 700).unwrap(), vec![7u8; 700]);
+        // Larger than a chunk of this session can be: refused before reading.
+        match t.read_chunk(0, 999) {
+            Err(FormatError::TarIndex { path, fault }) => {
+                assert_eq!(path, ix);
+                assert_eq!(
+                    fault,
+                    IndexFault::TooLarge {
+                        member: "chunk x0000000000000000".into(),
+                        len: 1000,
+                        max: 999
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            t.read_at(9728, 1000, 4096),
+            Err(FormatError::TarIndex {
+                fault: IndexFault::PastEnd { .. },
+                ..
+            })
+        ));
+        // The same index against a shorter tar: the error names the index file.
+        std::fs::write(&tar, vec![7u8; 4096]).unwrap();
+        let e = TarSession::open(&tar, &ix).err().unwrap();
+        assert!(
+            matches!(
+                &e,
+                FormatError::TarIndex { path, fault: IndexFault::PastEnd { .. } } if *path == ix
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with(&ix.display().to_string()), "{e}");
     }
 }

@@ -54,7 +54,7 @@ impl ViewReader {
             names: chain.iter().map(|i| i.session.clone()).collect(),
         };
         for info in chain {
-            v.readers.push(vol.manifest(&info.session)?);
+            v.readers.push(vol.session_manifest(info)?);
         }
         for k in 0..chain.len() {
             v.refill(k)?;

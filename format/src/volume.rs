@@ -8,8 +8,12 @@ use std::sync::{Arc, Mutex};
 use crate::error::{FormatError, IoContext, Result};
 use crate::info::SessionInfo;
 use crate::layout;
+use crate::limits;
 use crate::manifest::ManifestReader;
 use crate::tarsession::TarSession;
+
+/// Bytes of the longest manifest line as written: a data line (64 + 1 + 17 + 1).
+const MAX_LINE_BYTES: u64 = 83;
 
 /// Check that `root` is a sparsebak archive this build can read.
 pub fn check_archive_root(root: &Path) -> Result<()> {
@@ -148,7 +152,9 @@ impl VolumeArchive {
     /// The bytes of session `id`'s info file.
     pub fn info_bytes(&self, id: &str) -> Result<Vec<u8>> {
         match self.storage(id) {
-            Storage::Folder => std::fs::read(self.info_path(id)).at(self.info_path(id)),
+            Storage::Folder => {
+                limits::read_bounded(&self.info_path(id), limits::MAX_INFO_BYTES, "info file")
+            }
             Storage::Tar => self.tar(id)?.info_bytes(),
         }
     }
@@ -167,11 +173,54 @@ impl VolumeArchive {
 
     /// Session `id`'s manifest, parsed as it streams.
     pub fn manifest(&self, id: &str) -> Result<ManifestReader<Box<dyn BufRead + Send>>> {
-        let label = match self.storage(id) {
+        Ok(ManifestReader::new(
+            self.manifest_bytes(id)?,
+            &self.manifest_label(id),
+        ))
+    }
+
+    /// The manifest of session `info`, checked against it as it streams: every address
+    /// a multiple of the chunk size inside the volume, no more lines than `changed`.
+    pub fn session_manifest(
+        &self,
+        info: &SessionInfo,
+    ) -> Result<ManifestReader<Box<dyn BufRead + Send>>> {
+        Ok(self.manifest(&info.session)?.within(info))
+    }
+
+    /// Where session `id`'s manifest is, for messages.
+    pub fn manifest_label(&self, id: &str) -> PathBuf {
+        match self.storage(id) {
             Storage::Folder => self.manifest_path(id),
             Storage::Tar => self.tar_path(id).join(layout::MANIFEST_FILE),
-        };
-        Ok(ManifestReader::new(self.manifest_bytes(id)?, &label))
+        }
+    }
+
+    /// Length in bytes of session `id`'s manifest.
+    pub fn manifest_len(&self, id: &str) -> Result<u64> {
+        match self.storage(id) {
+            Storage::Folder => {
+                let p = self.manifest_path(id);
+                Ok(std::fs::metadata(&p).at(&p)?.len())
+            }
+            Storage::Tar => Ok(self.tar(id)?.index.manifest().1),
+        }
+    }
+
+    /// SHA-256 of the manifest of session `info`, refused unread when it is longer
+    /// than `changed` lines can be.
+    pub fn session_manifest_sha256(&self, info: &SessionInfo) -> Result<crate::Hash> {
+        let max = info.changed.saturating_mul(MAX_LINE_BYTES);
+        let len = self.manifest_len(&info.session)?;
+        if len > max {
+            return Err(FormatError::TooLarge {
+                path: self.manifest_label(&info.session),
+                what: "manifest",
+                len,
+                max,
+            });
+        }
+        self.manifest_sha256(&info.session)
     }
 
     /// SHA-256 of session `id`'s manifest.
@@ -260,33 +309,124 @@ impl VolumeArchive {
         Ok(self.sessions()?.pop())
     }
 
-    /// Read and decode one chunk stored by session `info`.
+    /// Read and decode one chunk stored by session `info`. The error names the file.
     pub fn read_chunk(
         &self,
         info: &SessionInfo,
         addr: u64,
     ) -> std::result::Result<Vec<u8>, String> {
-        let stored = self.read_stored(&info.session, addr)?;
-        info.compression.decode(&stored, info.chunksize as usize)
+        let stored = self.read_stored(info, addr).map_err(|e| e.to_string())?;
+        info.compression
+            .decode(&stored, info.chunksize as usize)
+            .map_err(|e| format!("{}: {e}", self.chunk_location(&info.session, addr)))
     }
 
-    /// The stored (encoded) bytes of a chunk of session `id`.
-    pub fn read_stored(&self, id: &str, addr: u64) -> std::result::Result<Vec<u8>, String> {
+    /// Where the chunk at `addr` of session `id` is stored, for messages.
+    pub fn chunk_location(&self, id: &str, addr: u64) -> String {
         match self.storage(id) {
-            Storage::Folder => {
-                let path = self.chunk_path(id, addr);
-                std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
-            }
-            Storage::Tar => {
-                let t = self.tar(id).map_err(|e| e.to_string())?;
-                let (off, len) = t.index.lookup(addr).ok_or_else(|| {
-                    format!(
-                        "{}: no member for chunk x{addr:016x} in its index",
-                        self.tar_path(id).display()
-                    )
-                })?;
-                t.read_at(off, len).map_err(|e| e.to_string())
-            }
+            Storage::Folder => self.chunk_path(id, addr).display().to_string(),
+            Storage::Tar => format!(
+                "{} (member for chunk x{addr:016x})",
+                self.tar_path(id).display()
+            ),
         }
+    }
+
+    /// The stored (encoded) bytes of a chunk of session `info`: never more than a
+    /// chunk of its size and compression can take, whatever the file's size.
+    pub fn read_stored(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
+        let id = &info.session;
+        let max = limits::max_stored(info.compression, info.chunksize);
+        match self.storage(id) {
+            Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
+            Storage::Tar => self.tar(id)?.read_chunk(addr, max),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::Codec;
+
+    fn info(compression: Codec) -> SessionInfo {
+        SessionInfo {
+            volume: "v".into(),
+            session: "20260101-000000".into(),
+            previous: None,
+            time: 0,
+            volsize: 1 << 20,
+            chunksize: 65536,
+            compression,
+            changed: 1,
+            chunks: 1,
+            bytes_read: 0,
+            bytes_stored: 0,
+            manifest_sha256: [0; 32],
+        }
+    }
+
+    #[test]
+    fn a_huge_chunk_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = VolumeArchive::new(&dir.path().join("v"));
+        let i = info(Codec::Zstd);
+        let p = vol.chunk_path(&i.session, 0x10000);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::File::create(&p).unwrap().set_len(1 << 40).unwrap();
+        match vol.read_stored(&i, 0x10000) {
+            Err(FormatError::TooLarge {
+                path,
+                what,
+                len,
+                max,
+            }) => {
+                assert_eq!(path, p);
+                assert_eq!(what, "chunk file");
+                assert_eq!(len, 1 << 40);
+                assert_eq!(max, limits::max_stored(Codec::Zstd, 65536));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = vol.read_chunk(&i, 0x10000).unwrap_err();
+        assert!(e.starts_with(&p.display().to_string()), "{e}");
+        // Uncompressed: exactly one chunk, not a byte more.
+        let i = info(Codec::None);
+        std::fs::File::create(&p).unwrap().set_len(65537).unwrap();
+        assert!(matches!(
+            vol.read_stored(&i, 0x10000),
+            Err(FormatError::TooLarge {
+                len: 65537,
+                max: 65536,
+                ..
+            })
+        ));
+        // A chunk that does not decode names its file.
+        std::fs::write(&p, b"not zstd").unwrap();
+        let e = vol.read_chunk(&info(Codec::Zstd), 0x10000).unwrap_err();
+        assert!(e.starts_with(&format!("{}: zstd: ", p.display())), "{e}");
+    }
+
+    #[test]
+    fn a_huge_info_or_marker_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = VolumeArchive::new(&dir.path().join("v"));
+        let p = vol.info_path("20260101-000000");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::File::create(&p).unwrap().set_len(1 << 40).unwrap();
+        assert!(matches!(
+            vol.info("20260101-000000"),
+            Err(FormatError::TooLarge { path, what: "info file", .. }) if path == p
+        ));
+        let marker = dir.path().join(layout::ARCHIVE_MARKER);
+        std::fs::File::create(&marker)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let e = check_archive_root(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, FormatError::NotArchive { reason, .. } if reason.contains("marker file of 1099511627776 bytes is impossible")),
+            "{e}"
+        );
     }
 }

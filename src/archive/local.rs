@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use sparsebak_format::info::SessionInfo;
-use sparsebak_format::layout;
 use sparsebak_format::volume::VolumeArchive;
+use sparsebak_format::{layout, limits, FormatError};
 
 use crate::archive::create_private_dir;
 use crate::durable;
@@ -104,10 +104,14 @@ impl LocalCopies {
     /// the volume's source-side lock.
     pub fn catch_up(&self, vol: &VolumeArchive) -> Result<()> {
         let p = self.pending_path();
-        let pending = match std::fs::read_to_string(&p) {
+        let pending = match limits::read_bounded_text(&p, limits::MAX_INFO_BYTES, "info file") {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).at(&p),
+            Err(FormatError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
         };
         let info = SessionInfo::parse(&pending, &p)?;
         let id = &info.session;

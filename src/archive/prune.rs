@@ -28,10 +28,10 @@ use std::path::{Path, PathBuf};
 
 use sparsebak_format::chunk::Codec;
 use sparsebak_format::info::SessionInfo;
-use sparsebak_format::layout;
 use sparsebak_format::manifest::{Entry, ManifestReader, ManifestWriter};
 use sparsebak_format::view::ViewReader;
 use sparsebak_format::volume::VolumeArchive;
+use sparsebak_format::{layout, limits};
 
 use crate::archive::local::LocalCopies;
 use crate::durable;
@@ -103,8 +103,8 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     let ti = &chain[pos + 1];
     let prev = if pos > 0 { Some(&chain[..pos]) } else { None };
 
-    let mut s_it = Heads::new(vol.manifest(s)?)?;
-    let mut t_it = Heads::new(vol.manifest(t)?)?;
+    let mut s_it = Heads::new(vol.session_manifest(si)?)?;
+    let mut t_it = Heads::new(vol.session_manifest(ti)?)?;
     // The view before S, only where S's shrink cut it off and T grew back.
     let cut_lo = si.volsize;
     let cut_hi = ti.volsize;
@@ -294,7 +294,8 @@ fn apply(
     }
     let ipath = vol.info_path(t);
     let want = new_t.to_text();
-    if std::fs::read_to_string(&ipath).ok().as_deref() != Some(want.as_str()) {
+    let current = limits::read_bounded(&ipath, limits::MAX_INFO_BYTES, "info file").ok();
+    if current.as_deref() != Some(want.as_bytes()) {
         durable::write_atomic(&ipath, want.as_bytes()).at(&ipath)?;
     }
     durable::sync_dir(&vol.session_dir(t)).at(vol.session_dir(t))?;
@@ -323,7 +324,11 @@ fn apply(
 }
 
 fn recode(src: &Path, dst: &Path, from: &SessionInfo, to: &SessionInfo) -> Result<()> {
-    let stored = std::fs::read(src).at(src)?;
+    let stored = limits::read_bounded(
+        src,
+        limits::max_stored(from.compression, from.chunksize),
+        "chunk file",
+    )?;
     let data = from
         .compression
         .decode(&stored, from.chunksize as usize)
@@ -380,10 +385,16 @@ pub fn interrupted(vol: &VolumeArchive) -> bool {
 /// never reached its journal. Needs the volume's exclusive lock.
 pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
     let jp = journal_path(vol);
-    let text = match std::fs::read_to_string(&jp) {
+    // A journal is three short lines and an info file.
+    let max = limits::MAX_INFO_BYTES + 1024;
+    let text = match limits::read_bounded_text(&jp, max, "prune journal") {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return remove_trash(vol),
-        Err(e) => return Err(e).at(&jp),
+        Err(sparsebak_format::FormatError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return remove_trash(vol)
+        }
+        Err(e) => return Err(e.into()),
     };
     let bad = |r: &str| Error::Msg(format!("{}: damaged prune journal ({r})", jp.display()));
     let mut lines = text.splitn(4, '\n');

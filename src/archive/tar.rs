@@ -4,8 +4,8 @@
 //! leaves both forms of the same session; the folder wins and the next run removes the
 //! tar.
 
-use sparsebak_format::layout;
 use sparsebak_format::volume::{Storage, VolumeArchive};
+use sparsebak_format::{layout, limits};
 
 use crate::durable;
 use crate::error::{IoAt, Result};
@@ -17,28 +17,42 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
         remove_tar_files(vol, id)?;
         return Ok(false);
     }
+    // Open and check the tar, its index and its info before anything is created: a
+    // damaged session is refused with the archive as it was.
+    let t = vol.tar(id)?;
+    let info = vol.info(id)?;
+    // The info bounds every member the index names (chunk size and compression).
+    let max = limits::max_stored(info.compression, info.chunksize);
     let staging = vol
         .dir
         .join(format!(".tmp-untar-{}", layout::session_dir_name(id)));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).at(&staging)?;
     }
-    std::fs::create_dir_all(&staging).at(&staging)?;
-    let t = vol.tar(id)?;
-    let mut manifest = Vec::new();
-    std::io::copy(&mut vol.manifest_bytes(id)?, &mut manifest).at(&staging)?;
-    std::fs::write(staging.join(layout::MANIFEST_FILE), &manifest).at(&staging)?;
-    std::fs::write(staging.join(layout::INFO_FILE), vol.info_bytes(id)?).at(&staging)?;
-    let mut last_prefix = String::new();
-    for i in 0..t.index.len() {
-        let (addr, off, len) = t.index.record(i);
-        let prefix = layout::prefix_name(addr);
-        if prefix != last_prefix {
-            std::fs::create_dir_all(staging.join(&prefix)).at(&staging)?;
-            last_prefix = prefix;
+    let fill = || -> Result<()> {
+        std::fs::create_dir_all(&staging).at(&staging)?;
+        // The manifest is copied as it streams, never held whole.
+        let mpath = staging.join(layout::MANIFEST_FILE);
+        let mut mfile = std::fs::File::create(&mpath).at(&mpath)?;
+        std::io::copy(&mut vol.manifest_bytes(id)?, &mut mfile).at(&mpath)?;
+        drop(mfile);
+        std::fs::write(staging.join(layout::INFO_FILE), vol.info_bytes(id)?).at(&staging)?;
+        let mut last_prefix = String::new();
+        for i in 0..t.index.len() {
+            let (addr, off, len) = t.index.record(i);
+            let prefix = layout::prefix_name(addr);
+            if prefix != last_prefix {
+                std::fs::create_dir_all(staging.join(&prefix)).at(&staging)?;
+                last_prefix = prefix;
+            }
+            let p = staging.join(layout::chunk_rel_path(addr));
+            std::fs::write(&p, t.read_at(off, len, max)?).at(&p)?;
         }
-        let p = staging.join(layout::chunk_rel_path(addr));
-        std::fs::write(&p, t.read_at(off, len)?).at(&p)?;
+        Ok(())
+    };
+    if let Err(e) = fill() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
     }
     drop(t);
     durable::syncfs(&staging).at(&staging)?;

@@ -7,9 +7,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
-use sparsebak_format::layout;
 use sparsebak_format::restore::read_view;
 use sparsebak_format::volume::{Storage, VolumeArchive};
+use sparsebak_format::{layout, limits};
 
 use crate::archive::local::LocalCopies;
 use crate::error::{Error, IoAt, Result};
@@ -80,7 +80,7 @@ fn check_session_files(
     problems: &mut Vec<String>,
 ) -> Result<()> {
     let id = &info.session;
-    match vol.manifest_sha256(id) {
+    match vol.session_manifest_sha256(info) {
         Ok(h) if h == info.manifest_sha256 => {}
         Ok(_) => problems.push(format!(
             "session {id}: manifest does not match the hash in its info (manifest altered)"
@@ -88,7 +88,7 @@ fn check_session_files(
         Err(e) => problems.push(format!("session {id}: {e}")),
     }
     if let Some(local) = local {
-        match std::fs::read(local.info_path(id)) {
+        match limits::read_bounded(&local.info_path(id), limits::MAX_INFO_BYTES, "info file") {
             Ok(mine) => {
                 let theirs = vol.info_bytes(id).unwrap_or_default();
                 if mine != theirs {
@@ -97,10 +97,15 @@ fn check_session_files(
                     ));
                 }
             }
-            Err(_) => problems.push(format!(
-                "session {id}: this machine has no record of sending it ({} missing)",
-                local.info_path(id).display()
-            )),
+            Err(sparsebak_format::FormatError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                problems.push(format!(
+                    "session {id}: this machine has no record of sending it ({} missing)",
+                    local.info_path(id).display()
+                ))
+            }
+            Err(e) => problems.push(format!("session {id}: {e}")),
         }
     }
     // One walk of the manifest (sorted) for both storage forms; the stored members are

@@ -109,7 +109,7 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     }
     let input = open_streams(&split_paths(paths))?;
     let sum = receive_streams(input, &out, volume)
-        .with_context(|| format!("receive from stream into {}", out.describe()))?;
+        .with_context(|| format!("receive from stream {paths} into {}", out.describe()))?;
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",
         sum.last().info.session,
@@ -125,7 +125,7 @@ pub fn verify(volume: Option<&str>, paths: &str) -> Result<()> {
         std::io::BufReader::with_capacity(1 << 20, input),
         None,
     )
-    .context("verify stream")?;
+    .with_context(|| format!("verify stream {paths}"))?;
     crate::stream_send::check_volume(&sum, volume)?;
     progress::summary(&format!(
         "{} stream(s) verified: {} chunks, sessions {}",

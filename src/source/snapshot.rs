@@ -91,7 +91,7 @@ fn open_map(vol: &VolumeCtx) -> Result<DeltaMap> {
             vol.name
         )));
     }
-    Ok(DeltaMap::open(&p)?)
+    Ok(DeltaMap::open_for(&p, vol.config.chunksize)?)
 }
 
 /// Mark what a size change makes dirty: everything from the chunk holding the smaller
@@ -145,7 +145,7 @@ impl<L: SnapshotLayer> Tracked<L> {
                     crate::archive::create_private_dir(d)?;
                 }
                 let mut m = if p.exists() {
-                    DeltaMap::open(p)?
+                    DeltaMap::open_for(p, cs)?
                 } else {
                     DeltaMap::create(p, cs, size.div_ceil(cs))?
                 };
@@ -169,7 +169,7 @@ impl<L: SnapshotLayer> Tracked<L> {
                 );
             }
             for p in vol.all_maps() {
-                let mut m = DeltaMap::open(&p)?;
+                let mut m = DeltaMap::open_for(&p, cs)?;
                 mark_resize(&mut m, old, new)?;
                 m.or_from(&scratch);
                 if unknown {
