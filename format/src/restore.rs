@@ -45,17 +45,6 @@ fn reader_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-/// Where a chunk is stored, for messages: its file, or its tar session and member.
-fn chunk_place(vol: &VolumeArchive, info: &SessionInfo, addr: u64) -> String {
-    match vol.storage(&info.session) {
-        crate::volume::Storage::Folder => vol.chunk_path(&info.session, addr).display().to_string(),
-        crate::volume::Storage::Tar => format!(
-            "{} (member of chunk x{addr:016x})",
-            vol.tar_path(&info.session).display()
-        ),
-    }
-}
-
 fn read_batch(
     vol: &VolumeArchive,
     chain: &[SessionInfo],
@@ -71,7 +60,7 @@ fn read_batch(
                     if check && chunk::hash(&d) != entry.hash {
                         Err(format!(
                             "SHA-256 mismatch in {}",
-                            chunk_place(vol, info, entry.addr)
+                            vol.chunk_location(&info.session, entry.addr)
                         ))
                     } else {
                         Ok(d)
