@@ -172,6 +172,24 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     let ti = &chain[pos + 1];
     let prev = if pos > 0 { Some(&chain[..pos]) } else { None };
 
+    let mut fp = FoldPlan {
+        removed: s.to_string(),
+        into: t.clone(),
+        ..Default::default()
+    };
+    for info in [si, ti] {
+        let id = &info.session;
+        match vol.manifest_sha256(id) {
+            Ok(h) if h == info.manifest_sha256 => {}
+            Ok(_) => fp.note_missing(format!(
+                "the manifest of session {id}, which does not match the hash in its info"
+            )),
+            Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
+        }
+    }
+    if fp.missing_count > 0 {
+        return Ok((fp, ti.clone()));
+    }
     let mut s_it = Heads::new(vol.manifest(s)?)?;
     let mut t_it = Heads::new(vol.manifest(t)?)?;
     // The view before S, only where S's shrink cut it off and T grew back.
@@ -202,21 +220,6 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
         Box::new(BufWriter::new(File::create(&tmp).at(&tmp)?))
     };
     let mut mw = ManifestWriter::new(out);
-    let mut fp = FoldPlan {
-        removed: s.to_string(),
-        into: t.clone(),
-        ..Default::default()
-    };
-    for info in [si, ti] {
-        let id = &info.session;
-        match vol.manifest_sha256(id) {
-            Ok(h) if h == info.manifest_sha256 => {}
-            Ok(_) => fp.note_missing(format!(
-                "the manifest of session {id}, which does not match the hash in its info"
-            )),
-            Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
-        }
-    }
     loop {
         let next = [s_it.addr(), t_it.addr(), c_it.addr()]
             .into_iter()
