@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod prune;
+pub mod repair;
 pub mod tar;
 pub mod verify;
 pub mod writer;

@@ -563,13 +563,13 @@ pub fn interrupted(vol: &VolumeArchive) -> bool {
     journal_path(vol).exists()
 }
 
-/// Finish an interrupted prune of `vol` (roll forward), and clear leftovers of one that
-/// never reached its journal. Needs the volume's exclusive lock.
-pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
+/// The interrupted prune's journal, if there is one: the session it removes, and the
+/// new info of the session it folds into.
+fn read_journal(vol: &VolumeArchive) -> Result<Option<(String, SessionInfo)>> {
     let jp = journal_path(vol);
     let text = match std::fs::read_to_string(&jp) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return remove_trash(vol),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).at(&jp),
     };
     let bad = |r: &str| Error::Msg(format!("{}: damaged prune journal ({r})", jp.display()));
@@ -582,12 +582,29 @@ pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
         .and_then(|l| l.strip_prefix("remove="))
         .ok_or_else(|| bad("no remove= line"))?
         .to_string();
-    let _t = lines
+    let t = lines
         .next()
         .and_then(|l| l.strip_prefix("into="))
         .ok_or_else(|| bad("no into= line"))?;
     let info_text = lines.next().ok_or_else(|| bad("no info"))?;
     let new_t = SessionInfo::parse(info_text, &jp)?;
+    if new_t.session != t {
+        return Err(bad("into= and the info name different sessions"));
+    }
+    Ok(Some((s, new_t)))
+}
+
+/// The sessions an interrupted prune removes and folds into, if one was interrupted.
+pub fn journal_sessions(vol: &VolumeArchive) -> Result<Option<(String, String)>> {
+    Ok(read_journal(vol)?.map(|(s, t)| (s, t.session)))
+}
+
+/// Finish an interrupted prune of `vol` (roll forward), and clear leftovers of one that
+/// never reached its journal. Needs the volume's exclusive lock.
+pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
+    let Some((s, new_t)) = read_journal(vol)? else {
+        return remove_trash(vol);
+    };
     tracing::warn!(
         "volume {}: finishing the interrupted removal of session {s}",
         vol.name
