@@ -70,12 +70,17 @@ struct Meta {
     manifest_ok: bool,
 }
 
-/// Why a file of the archive is not what it should be.
-fn why(bytes: &std::result::Result<Vec<u8>, String>) -> String {
+/// Why a file of the archive is not what it should be, from what reading it gave.
+fn why(bytes: &std::result::Result<Vec<u8>, sparsebak_format::FormatError>) -> String {
     match bytes {
-        Err(e) => format!("unreadable: {e}"),
-        Ok(b) if b.is_empty() => "empty".into(),
-        Ok(_) => "damaged".into(),
+        Err(sparsebak_format::FormatError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            "it was missing".into()
+        }
+        Err(e) => format!("it could not be read: {e}"),
+        Ok(b) if b.is_empty() => "it was empty".into(),
+        Ok(_) => "it was damaged".into(),
     }
 }
 
@@ -88,7 +93,7 @@ fn check_meta(vol: &VolumeArchive, local: Option<&LocalCopies>, id: &str) -> Met
         manifest_fix: None,
         manifest_ok: false,
     };
-    let theirs = vol.info_bytes(id).map_err(|e| e.to_string());
+    let theirs = vol.info_bytes(id);
     let parse = |b: &[u8], p: &Path| {
         std::str::from_utf8(b)
             .ok()
@@ -108,7 +113,7 @@ fn check_meta(vol: &VolumeArchive, local: Option<&LocalCopies>, id: &str) -> Met
     match (mine, their_info) {
         (Some((b, i)), _) if theirs.as_ref().ok() == Some(&b) => m.info = Some(i),
         (Some((b, i)), Some(_)) => {
-            m.info_fix = Some((b, "differs from the copy this machine kept".into()));
+            m.info_fix = Some((b, "it differed from the copy this machine kept".into()));
             m.info = Some(i);
         }
         (Some((b, i)), None) => {
@@ -127,10 +132,10 @@ fn check_meta(vol: &VolumeArchive, local: Option<&LocalCopies>, id: &str) -> Met
         _ => {}
     }
     let reason = match vol.manifest_bytes(id) {
-        Err(e) => format!("unreadable: {e}"),
+        Err(e) => why(&Err(e)),
         Ok(mut r) => match r.fill_buf() {
-            Ok([]) => "empty".into(),
-            _ => "damaged (does not match the hash in its info)".into(),
+            Ok([]) => "it was empty".into(),
+            _ => "it was damaged: it does not match the hash in its info".into(),
         },
     };
     if let Some(l) = local {
@@ -155,8 +160,8 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
         let id = &m.id;
         if m.info.is_none() {
             rep.unrepaired.push(format!(
-                "session {id}: its info is missing or damaged ({}) and this machine has no good copy of it",
-                why(&vol.info_bytes(id).map_err(|e| e.to_string()))
+                "session {id}: its info is not usable ({}) and this machine has no good copy of it",
+                why(&vol.info_bytes(id))
             ));
             continue;
         }
@@ -173,7 +178,7 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
         }
         if let Some((bytes, reason)) = &m.info_fix {
             rep.done.push(format!(
-                "{would} {} from this machine's copy (it was {reason})",
+                "{would} {} from this machine's copy ({reason})",
                 vol.info_path(id).display()
             ));
             if !dry_run {
@@ -182,7 +187,7 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
         }
         if let Some((copy, reason)) = &m.manifest_fix {
             rep.done.push(format!(
-                "{would} {} from this machine's copy (it was {reason})",
+                "{would} {} from this machine's copy ({reason})",
                 vol.manifest_path(id).display()
             ));
             if !dry_run {
