@@ -424,3 +424,33 @@ fn reflink_chunks_come_from_the_tick_snapshot() {
     env.send("v");
     assert_eq!(env.latest("v").changed, 2);
 }
+
+/// Copies made before a prune this machine did not see (another metadir) are out of
+/// date, not a sign of damage: repair must not put the old session back.
+#[test]
+fn copies_older_than_a_prune_are_not_put_back() {
+    let env = Env::new(&["v"]);
+    let (versions, ids) = three_sessions(&env);
+    let old_meta = env.path().join("meta-before");
+    let cp = |from: &Path, to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        assert!(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success());
+    };
+    cp(&env.meta(), &old_meta);
+    env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
+    cp(&old_meta, &env.meta());
+    let before = tree(&env.archive());
+    let (code, out, err) = repair(&env, false);
+    assert_eq!((code, out.as_str()), (0, "v: nothing to repair\n"), "{err}");
+    assert!(err.contains("not using it"), "{err}");
+    assert_eq!(tree(&env.archive()), before);
+    for k in 1..3 {
+        assert_same(&env.receive("v", Some(&ids[k])), &versions[k], &ids[k]);
+    }
+}

@@ -85,7 +85,14 @@ fn why(bytes: &std::result::Result<Vec<u8>, sparsebak_format::FormatError>) -> S
 }
 
 /// Check session `id`'s info and manifest against the copies this machine kept.
-fn check_meta(vol: &VolumeArchive, local: Option<&LocalCopies>, id: &str) -> Meta {
+/// `prev` is the session before it in the archive: a copy that names another one as
+/// its previous is out of date (the archive was pruned elsewhere) and is not used.
+fn check_meta(
+    vol: &VolumeArchive,
+    local: Option<&LocalCopies>,
+    id: &str,
+    prev: Option<&str>,
+) -> Meta {
     let mut m = Meta {
         id: id.to_string(),
         info: None,
@@ -104,6 +111,15 @@ fn check_meta(vol: &VolumeArchive, local: Option<&LocalCopies>, id: &str) -> Met
         let p = l.info_path(id);
         let b = std::fs::read(&p).ok()?;
         let i = parse(&b, &p)?;
+        if i.previous.as_deref() != prev {
+            tracing::warn!(
+                "volume {}: the copy {} names session {:?} before it, the archive {prev:?}; not using it",
+                vol.name,
+                p.display(),
+                i.previous
+            );
+            return None;
+        }
         Some((b, i))
     });
     let their_info = theirs
@@ -515,8 +531,9 @@ pub fn repair(
             let ids = vol.sessions()?;
             let metas: Vec<Meta> = ids
                 .iter()
-                .filter(|id| folding.as_ref().is_none_or(|(_, t)| t != *id))
-                .map(|id| check_meta(&vol, local, id))
+                .enumerate()
+                .filter(|(_, id)| folding.as_ref().is_none_or(|(_, t)| t != *id))
+                .map(|(k, id)| check_meta(&vol, local, id, before(&ids, k)))
                 .collect();
             fix_meta(&vol, &metas, false, &mut Report::default())?;
             prune::recover(&vol, local)?;
@@ -525,8 +542,9 @@ pub fn repair(
     let ids = vol.sessions()?;
     let metas: Vec<Meta> = ids
         .iter()
-        .map(|id| {
-            let mut m = check_meta(&vol, local, id);
+        .enumerate()
+        .map(|(k, id)| {
+            let mut m = check_meta(&vol, local, id, before(&ids, k));
             if dry_run && folding.as_ref().is_some_and(|(_, t)| t == id) {
                 // Its copies are updated when the prune finishes.
                 m.info_fix = None;
@@ -640,14 +658,19 @@ pub fn meta_fixes(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Vec<Strin
         return Vec::new();
     };
     let mut out = Vec::new();
-    for id in ids {
-        let m = check_meta(vol, local, &id);
+    for (k, id) in ids.iter().enumerate() {
+        let m = check_meta(vol, local, id, before(&ids, k));
         if m.info_fix.is_some() {
-            out.push(vol.info_path(&id).display().to_string());
+            out.push(vol.info_path(id).display().to_string());
         }
         if m.manifest_fix.is_some() {
-            out.push(vol.manifest_path(&id).display().to_string());
+            out.push(vol.manifest_path(id).display().to_string());
         }
     }
     out
+}
+
+/// The session before the `k`th of `ids`.
+fn before(ids: &[String], k: usize) -> Option<&str> {
+    k.checked_sub(1).map(|p| ids[p].as_str())
 }
