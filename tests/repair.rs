@@ -454,3 +454,44 @@ fn copies_older_than_a_prune_are_not_put_back() {
         assert_same(&env.receive("v", Some(&ids[k])), &versions[k], &ids[k]);
     }
 }
+
+/// A send killed after publishing its session, before copying it: the only copy of the
+/// info is the pending record. With the archive's info emptied, every command stops
+/// and points at repair, which puts it back from that record.
+#[test]
+fn the_pending_record_of_a_killed_send_serves_as_the_copy() {
+    let env = Env::new(&["v"]);
+    let (mut versions, _) = three_sessions(&env);
+    env.write_at("v", 0, b"the fourth session");
+    let o = env.run_env(
+        &["send", "v"],
+        &[("SPARSEBAK_FAILPOINT", "send-after-commit")],
+    );
+    assert!(!o.status.success());
+    versions.push(env.read_image("v"));
+    let ids: Vec<String> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|n| n.strip_prefix("S_").map(str::to_string))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), 4);
+    let info = session_dir(&env, &ids[3]).join("info");
+    std::fs::write(&info, b"").unwrap();
+    let err = env.fails(&["list", "v"]);
+    assert!(err.contains("`sparsebak repair v` puts it back"), "{err}");
+    let (code, out, err) = repair(&env, false);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "v: put back {} from this machine's copy (it was empty)",
+            info.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(env.sessions("v").len(), 4);
+    all_whole(&env, &versions, &ids);
+    env.write_at("v", 0, b"the fifth session");
+    env.send("v");
+}

@@ -109,8 +109,18 @@ fn check_meta(
     };
     let mine = local.and_then(|l| {
         let p = l.info_path(id);
-        let b = std::fs::read(&p).ok()?;
-        let i = parse(&b, &p)?;
+        let (b, i) = match std::fs::read(&p).ok().and_then(|b| parse(&b, &p).map(|i| (b, i))) {
+            Some(c) => c,
+            // A send killed between publishing the session and copying it left the
+            // info in its pending record: good if the archive's manifest matches it.
+            None => l.pending_info().filter(|(_, i)| {
+                i.session == id
+                    && i.volume == vol.name
+                    && vol
+                        .manifest_sha256(id)
+                        .is_ok_and(|h| h == i.manifest_sha256)
+            })?,
+        };
         if i.previous.as_deref() != prev {
             tracing::warn!(
                 "volume {}: the copy {} names session {:?} before it, the archive {prev:?}; not using it",
