@@ -256,19 +256,29 @@ fn a_chunk_whose_data_changed_since_is_reported_with_the_views_it_breaks() {
     // unchanged: it is re-created in the same run.
     std::fs::remove_file(chunk_path(&env, &ids[0], 9)).unwrap();
     std::fs::remove_file(chunk_path(&env, &ids[0], 4)).unwrap();
+    // Chunk 3 of the oldest is only in its own view: session 1 rewrote it.
+    let c3 = chunk_path(&env, &ids[0], 3);
+    std::fs::write(&c3, b"garbage").unwrap();
     let (code, out, err) = repair(&env, false);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains(&format!(
+            "sparsebak: repair v: cannot repair chunk x0000000000030000 of session {}: damaged: ",
+            ids[0]
+        )) && err.contains(&format!("; the view of session {} lacks it\n", ids[0])),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
             "sparsebak: repair v: cannot repair chunk x0000000000090000 of session {}: missing, \
              and the volume no longer holds its data (changed since that session); \
-             the views of session(s) {}, {} lack it",
+             the views of sessions {} to {} lack it",
             ids[0], ids[0], ids[1]
         )),
         "{err}"
     );
     assert!(
-        err.contains("repair v: 1 problem(s) could not be repaired (1 file(s) were)"),
+        err.contains("repair v: 2 problem(s) could not be repaired (1 file(s) were)"),
         "{err}"
     );
     assert!(out.contains("re-created chunk x0000000000040000"), "{out}");

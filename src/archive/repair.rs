@@ -441,17 +441,18 @@ fn encode(config: &Config, info: &SessionInfo, data: Vec<u8>) -> std::io::Result
     }
 }
 
-/// For each address of `lost` (sorted, all stored by session `k`), the sessions from
-/// `k` on whose views take the chunk from `k`: until a later session records the
-/// address itself, or a shrink cuts it off.
+/// For each address of `lost` (sorted, all stored by session `k`), the last session
+/// whose view takes the chunk from `k`: the views of `k` up to it lack the chunk. A
+/// later session stops it by recording the address itself, or by a shrink that cuts
+/// it off (it never comes back), so the sessions form one run.
 fn broken_views(
     vol: &VolumeArchive,
     metas: &[Meta],
     manifests: &[Option<PathBuf>],
     k: usize,
     lost: &[u64],
-) -> Result<Vec<Vec<String>>> {
-    let mut views: Vec<Vec<String>> = vec![vec![metas[k].id.clone()]; lost.len()];
+) -> Result<Vec<usize>> {
+    let mut last = vec![k; lost.len()];
     let mut live: Vec<usize> = (0..lost.len()).collect();
     for m in k + 1..metas.len() {
         if live.is_empty() {
@@ -489,10 +490,10 @@ fn broken_views(
             live = keep;
         }
         for &i in &live {
-            views[i].push(metas[m].id.clone());
+            last[i] = m;
         }
     }
-    Ok(views)
+    Ok(last)
 }
 
 /// Repair volume `name` of `archive` (see the module documentation). With `dry_run`
@@ -637,11 +638,18 @@ pub fn repair(
         }
         let addrs: Vec<u64> = lost.iter().map(|(a, _)| *a).collect();
         let views = broken_views(&vol, &metas, &manifests, k, &addrs)?;
-        for ((addr, reason), views) in lost.into_iter().zip(views) {
+        for ((addr, reason), last) in lost.into_iter().zip(views) {
+            let views = if last == k {
+                format!("the view of session {} lacks it", m.id)
+            } else {
+                format!(
+                    "the views of sessions {} to {} lack it",
+                    m.id, metas[last].id
+                )
+            };
             rep.unrepaired.push(format!(
-                "chunk x{addr:016x} of session {}: {reason}; the views of session(s) {} lack it",
-                m.id,
-                views.join(", ")
+                "chunk x{addr:016x} of session {}: {reason}; {views}",
+                m.id
             ));
         }
     }
