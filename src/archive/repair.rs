@@ -200,7 +200,10 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
             continue;
         }
         if !dry_run {
-            to_folder(vol, id)?;
+            if let Err(e) = to_folder(vol, id) {
+                rep.unrepaired.push(e.to_string());
+                continue;
+            }
         }
         if let Some((bytes, reason)) = &m.info_fix {
             rep.done.push(format!(
@@ -236,8 +239,7 @@ fn to_folder(vol: &VolumeArchive, id: &str) -> Result<()> {
         );
         crate::archive::tar::untar_session(vol, id).map_err(|e| {
             Error::Msg(format!(
-                "volume {}: session {id} is a tar that could not be converted into a folder to repair it: {e}",
-                vol.name
+                "session {id} is a tar that could not be converted into a folder to repair it: {e}"
             ))
         })?;
     }
@@ -606,12 +608,17 @@ pub fn repair(
             match vols.find(b.addr, info.chunksize, &b.hash)? {
                 Some((data, from)) => {
                     let dst = vol.chunk_path(&m.id, b.addr);
+                    if !dry_run {
+                        if let Err(e) = to_folder(&vol, &m.id) {
+                            lost.push((b.addr, e.to_string()));
+                            continue;
+                        }
+                    }
                     rep.done.push(format!(
                         "{would} chunk x{:016x} of session {} from {from} (it was {})",
                         b.addr, m.id, b.reason
                     ));
                     if !dry_run {
-                        to_folder(&vol, &m.id)?;
                         let stored = encode(config, info, data).at(&dst)?;
                         install(&vol, &dst, |f| f.write_all(&stored))?;
                     }
