@@ -286,3 +286,32 @@ fn stored_is_exact_when_a_prune_re_encodes() {
     env.verify_ok("v", None);
     assert_same(&env.receive("v", None), &img, "latest");
 }
+
+#[test]
+fn a_prune_of_several_sessions_checks_them_all_before_the_first_fold() {
+    let env = Env::new(&["v"]);
+    let (_, ids) = three_sessions(&env);
+    // Chunk 3 of the middle session is in the latest view. Folding the oldest into it
+    // alone would work; removing both must be refused before the first fold.
+    let gone = chunk_path(&env, &ids[1], 3);
+    std::fs::remove_file(&gone).unwrap();
+    let before = tree(&env.archive());
+    let meta = tree(&env.meta());
+    let o = env.run_env(
+        &["prune", "v", "--auto", "--keep=last:1"],
+        &[("SPARSEBAK_NOW", "20991231-000000")],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot remove 2 session(s): they need")
+            && err.contains(&gone.display().to_string())
+            && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(tree(&env.archive()), before, "archive changed");
+    assert_eq!(tree(&env.meta()), meta, "metadir changed");
+    // Removing only the oldest does not need the lost file.
+    env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
+    assert_eq!(env.sessions("v").len(), 2);
+}

@@ -142,6 +142,15 @@ impl<I: Iterator<Item = sparsebak_format::Result<Entry>>> Heads<I> {
     fn addr(&self) -> Option<u64> {
         self.head.map(|e| e.addr)
     }
+    /// Whether the stream has a line for `addr` with `hash` (addresses ascending).
+    fn records(&mut self, addr: u64, hash: sparsebak_format::Hash) -> Result<bool> {
+        while self.addr().is_some_and(|a| a < addr) {
+            self.take()?;
+        }
+        Ok(self
+            .head
+            .is_some_and(|o| o.addr == addr && o.hash == Some(hash)))
+    }
     fn take(&mut self) -> Result<Option<Entry>> {
         let h = self.head.take();
         self.head = self.it.next().transpose()?;
@@ -287,6 +296,64 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     Ok((fp, new_t))
 }
 
+/// Check, before anything changes, that every session of `targets` can be removed:
+/// the chunk files of removed sessions that the next surviving session's view takes
+/// from them are all there, and the manifests involved match their infos. One walk of
+/// that view per run of removed sessions. Refuses naming what is missing.
+pub fn check_removal(vol: &VolumeArchive, targets: &[String]) -> Result<()> {
+    let ids = vol.sessions()?;
+    let removed: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
+    let mut fp = FoldPlan::default();
+    for (pos, t) in ids.iter().enumerate() {
+        if removed.contains(t.as_str()) || pos == 0 || !removed.contains(ids[pos - 1].as_str()) {
+            continue;
+        }
+        let chain = vol.chain(t)?;
+        let first = chain
+            .iter()
+            .rposition(|i| !removed.contains(i.session.as_str()) && i.session != *t)
+            .map_or(0, |p| p + 1);
+        for info in &chain[first..] {
+            let id = &info.session;
+            match vol.manifest_sha256(id) {
+                Ok(h) if h == info.manifest_sha256 => {}
+                Ok(_) => fp.note_missing(format!(
+                    "the manifest of session {id}, which does not match the hash in its info"
+                )),
+                Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
+            }
+        }
+        if fp.missing_count > 0 {
+            continue;
+        }
+        for e in ViewReader::open(vol, &chain)? {
+            let e = e?;
+            let sid = &chain[e.session].session;
+            if removed.contains(sid.as_str()) && !stored_exists(vol, sid, e.addr) {
+                fp.note_missing(stored_label(vol, sid, e.addr));
+            }
+        }
+    }
+    if fp.missing_count == 0 {
+        return Ok(());
+    }
+    let more = fp.missing_count - fp.missing.len() as u64;
+    Err(Error::Msg(format!(
+        "volume {}: cannot remove {} session(s): they need {}{}; nothing was changed \
+         (`sparsebak repair {}` re-creates chunk files from the volume where it still holds \
+         their data)",
+        vol.name,
+        targets.len(),
+        fp.missing.join(", "),
+        if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        },
+        vol.name
+    )))
+}
+
 /// Remove session `s` of `vol` by folding it into the next session. With `dry_run`
 /// nothing changes and the plan says what would happen. Needs the volume's exclusive
 /// lock (and the source-side lock when `local` is given).
@@ -394,13 +461,16 @@ fn move_chunks(
         .or_else(|| local.and_then(|l| SessionInfo::read(&l.info_path(s)).ok()))
         .map(|i| i.compression)
         .unwrap_or(new_t.compression);
-    let mut t_own = match vol.manifest(t) {
-        Ok(m) => Some(Heads::new(m)?),
+    let warn_t = |e: &dyn std::fmt::Display| {
+        tracing::warn!(
+            "volume {}: finishing the prune without session {t}'s old manifest ({e})",
+            vol.name
+        )
+    };
+    let mut t_own = match vol.manifest(t).map_err(Error::from).and_then(Heads::new) {
+        Ok(h) => Some(h),
         Err(e) => {
-            tracing::warn!(
-                "volume {}: finishing the prune without session {t}'s old manifest ({e})",
-                vol.name
-            );
+            warn_t(&e);
             None
         }
     };
@@ -411,13 +481,12 @@ fn move_chunks(
         let e = e?;
         let Some(hash) = e.hash else { continue };
         let dst = vol.chunk_path(t, e.addr);
-        let from_t = match t_own.as_mut() {
-            Some(h) => {
-                while h.addr().is_some_and(|a| a < e.addr) {
-                    h.take()?;
-                }
-                h.head
-                    .is_some_and(|o| o.addr == e.addr && o.hash == Some(hash))
+        let from_t = match t_own.as_mut().map(|h| h.records(e.addr, hash)) {
+            Some(Ok(b)) => b,
+            Some(Err(err)) => {
+                warn_t(&err);
+                t_own = None;
+                dst.exists()
             }
             None => dst.exists(),
         };

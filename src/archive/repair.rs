@@ -548,7 +548,7 @@ pub fn repair(
                 .filter(|(_, id)| folding.as_ref().is_none_or(|(_, t)| t != *id))
                 .map(|(k, id)| check_meta(&vol, local, id, before(&ids, k)))
                 .collect();
-            fix_meta(&vol, &metas, false, &mut Report::default())?;
+            fix_meta(&vol, &metas, false, &mut rep)?;
             prune::recover(&vol, local)?;
         }
     }
@@ -569,7 +569,9 @@ pub fn repair(
     fix_meta(&vol, &metas, dry_run, &mut rep)?;
     if !dry_run {
         if let Some(l) = local {
-            l.catch_up(&vol)?;
+            if let Err(e) = l.catch_up(&vol) {
+                rep.unrepaired.push(e.to_string());
+            }
         }
     }
     // Where each session's good manifest is now.
