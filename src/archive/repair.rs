@@ -46,6 +46,8 @@ use crate::source::{Source, VolumeCtx};
 const STAGING: &str = ".tmp-repair";
 /// Stored chunks read and hashed per parallel batch.
 const BATCH: usize = 64;
+/// The largest chunk size a config allows; a bigger one in an info is never read.
+const MAX_CHUNKSIZE: u64 = 4 << 20;
 
 /// What a repair did (or, dry, would do), and what it could not do.
 #[derive(Debug, Default)]
@@ -600,6 +602,13 @@ pub fn repair(
         let (Some(info), Some(manifest)) = (&m.info, &manifests[k]) else {
             continue;
         };
+        if info.chunksize > MAX_CHUNKSIZE {
+            rep.unrepaired.push(format!(
+                "session {}: its info names chunk size {}, more than sparsebak ever uses",
+                m.id, info.chunksize
+            ));
+            continue;
+        }
         let bad = bad_chunks(&vol, info, manifest, &progress, &mut read)?;
         if bad.is_empty() {
             continue;
