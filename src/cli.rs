@@ -132,6 +132,17 @@ pub enum Command {
         #[arg(long = "dry-run")]
         dry_run: bool,
     },
+    /// Repair a volume's archive: put back missing or damaged info and manifest files
+    /// from the copies this machine kept, and re-create missing or damaged chunk files
+    /// from the volume wherever it still holds the recorded data. Exits 1 naming what
+    /// could not be repaired.
+    Repair {
+        /// The volume to repair.
+        volume: String,
+        /// Only say what would be done (reads the live volume), change nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
     /// Remove a volume's archive, its source-side metadata and its snapshots.
     Delete {
         /// The volume to delete.

@@ -125,13 +125,26 @@ impl LocalCopies {
             }
             Ok(_) => {
                 return Err(crate::error::Error::Msg(format!(
-                "volume {}: session {id} in the archive is not the one this machine was sending",
-                vol.name
-            )))
+                    "volume {}: session {id} in the archive is not the one this machine was \
+                     sending (its info differs from {}); if only its info was damaged, \
+                     `sparsebak repair {}` puts it back",
+                    vol.name,
+                    p.display(),
+                    vol.name
+                )))
             }
             Err(_) => {}
         }
         self.clear_pending()
+    }
+
+    /// The info of the session an interrupted send was publishing, as recorded (the
+    /// only copy of it this machine has until [`LocalCopies::catch_up`] saves it).
+    pub fn pending_info(&self) -> Option<(Vec<u8>, SessionInfo)> {
+        let p = self.pending_path();
+        let bytes = std::fs::read(&p).ok()?;
+        let info = SessionInfo::parse(std::str::from_utf8(&bytes).ok()?, &p).ok()?;
+        Some((bytes, info))
     }
 
     /// Whether a send was interrupted around publishing a session.

@@ -5,6 +5,7 @@
 pub mod identity;
 pub mod local;
 pub mod prune;
+pub mod repair;
 pub mod tar;
 pub mod verify;
 pub mod writer;

@@ -9,13 +9,20 @@
 //! records nothing, T's new manifest gets a zero line.
 //!
 //! Crash safety, a journal and idempotent steps:
+//! 0. Everything the fold needs is checked first: S's and T's manifests match the hashes
+//!    in their infos, and every chunk file that must move from S is there. If anything
+//!    is missing the prune refuses, naming the files, and nothing has changed.
 //! 1. T's new manifest is written to `<vol>/.prune-<T>.manifest` and synced; nothing is
 //!    visible yet (a crash leaves a stray file that the next run removes).
 //! 2. The journal `<vol>/.prune-journal` is written atomically: S, T and T's new info.
 //!    From here on the prune is rolled forward by whichever run comes next.
-//! 3. Chunk files named by the new manifest that T lacks are moved from S (renamed, or
-//!    re-encoded when S and T use different codecs); one syncfs.
-//! 4. The new manifest replaces T's, T's info is written from the journal.
+//! 3. Chunk files the new manifest takes from S are moved into T (renamed, or re-encoded
+//!    when S and T use different codecs); one syncfs. A chunk file that went missing
+//!    (or cannot be decoded) since the check is logged and skipped: the prune still
+//!    finishes, T's view lacks just that chunk, `verify` reports it and `repair` can
+//!    re-create it. A journal never leaves a volume that cannot be read or sent.
+//! 4. The new manifest replaces T's, T's info is written from the journal with
+//!    `bytes_stored` set to the bytes of the chunk files T now holds.
 //! 5. S's folder is renamed to `.trash-…` and removed; the source-side copies follow.
 //! 6. The journal is removed.
 //!
@@ -30,7 +37,7 @@ use sparsebak_format::chunk::Codec;
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestReader, ManifestWriter};
 use sparsebak_format::view::ViewReader;
-use sparsebak_format::volume::VolumeArchive;
+use sparsebak_format::volume::{Storage, VolumeArchive};
 use sparsebak_format::{layout, limits};
 
 use crate::archive::local::LocalCopies;
@@ -58,6 +65,68 @@ pub struct FoldPlan {
     /// Chunk files deleted, and their bytes.
     pub deleted: u64,
     pub freed_bytes: u64,
+    /// What the fold needs and cannot find: chunk files to move that are missing
+    /// (the first few named, with paths), manifests that do not match their info.
+    pub missing: Vec<String>,
+    /// How many needed things are missing in all (`missing` names at most
+    /// [`NAMED_MAX`]).
+    pub missing_count: u64,
+}
+
+/// How many missing files a refusal names.
+const NAMED_MAX: usize = 10;
+
+impl FoldPlan {
+    fn note_missing(&mut self, what: String) {
+        self.missing_count += 1;
+        if self.missing.len() < NAMED_MAX {
+            self.missing.push(what);
+        }
+    }
+
+    /// An error naming what is missing, if anything is.
+    fn refuse_if_incomplete(&self, vol: &VolumeArchive) -> Result<()> {
+        if self.missing_count == 0 {
+            return Ok(());
+        }
+        let more = self.missing_count - self.missing.len() as u64;
+        let more = if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        };
+        Err(Error::Msg(format!(
+            "volume {}: cannot remove session {} into {}: it needs {}{more}; nothing was changed \
+             (`sparsebak repair {}` re-creates chunk files from the volume where it still \
+             holds their data)",
+            vol.name,
+            self.removed,
+            self.into,
+            self.missing.join(", "),
+            vol.name
+        )))
+    }
+}
+
+/// Whether session `id` holds a stored chunk at `addr` (a file, or a tar member).
+fn stored_exists(vol: &VolumeArchive, id: &str, addr: u64) -> bool {
+    match vol.storage(id) {
+        Storage::Folder => std::fs::symlink_metadata(vol.chunk_path(id, addr))
+            .map(|m| m.is_file())
+            .unwrap_or(false),
+        Storage::Tar => vol
+            .tar(id)
+            .map(|t| t.index.lookup(addr).is_some())
+            .unwrap_or(false),
+    }
+}
+
+/// Where a stored chunk of session `id` is, for messages.
+fn stored_label(vol: &VolumeArchive, id: &str, addr: u64) -> String {
+    match vol.storage(id) {
+        Storage::Folder => vol.chunk_path(id, addr).display().to_string(),
+        Storage::Tar => format!("chunk x{addr:016x} in {}", vol.tar_path(id).display()),
+    }
 }
 
 struct Heads<I: Iterator<Item = sparsebak_format::Result<Entry>>> {
@@ -72,6 +141,15 @@ impl<I: Iterator<Item = sparsebak_format::Result<Entry>>> Heads<I> {
     }
     fn addr(&self) -> Option<u64> {
         self.head.map(|e| e.addr)
+    }
+    /// Whether the stream has a line for `addr` with `hash` (addresses ascending).
+    fn records(&mut self, addr: u64, hash: sparsebak_format::Hash) -> Result<bool> {
+        while self.addr().is_some_and(|a| a < addr) {
+            self.take()?;
+        }
+        Ok(self
+            .head
+            .is_some_and(|o| o.addr == addr && o.hash == Some(hash)))
     }
     fn take(&mut self) -> Result<Option<Entry>> {
         let h = self.head.take();
@@ -103,6 +181,24 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     let ti = &chain[pos + 1];
     let prev = if pos > 0 { Some(&chain[..pos]) } else { None };
 
+    let mut fp = FoldPlan {
+        removed: s.to_string(),
+        into: t.clone(),
+        ..Default::default()
+    };
+    for info in [si, ti] {
+        let id = &info.session;
+        match vol.session_manifest_sha256(info) {
+            Ok(h) if h == info.manifest_sha256 => {}
+            Ok(_) => fp.note_missing(format!(
+                "the manifest of session {id}, which does not match the hash in its info"
+            )),
+            Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
+        }
+    }
+    if fp.missing_count > 0 {
+        return Ok((fp, ti.clone()));
+    }
     let mut s_it = Heads::new(vol.session_manifest(si)?)?;
     let mut t_it = Heads::new(vol.session_manifest(ti)?)?;
     // The view before S, only where S's shrink cut it off and T grew back.
@@ -133,11 +229,6 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
         Box::new(BufWriter::new(File::create(&tmp).at(&tmp)?))
     };
     let mut mw = ManifestWriter::new(out);
-    let mut fp = FoldPlan {
-        removed: s.to_string(),
-        into: t.clone(),
-        ..Default::default()
-    };
     loop {
         let next = [s_it.addr(), t_it.addr(), c_it.addr()]
             .into_iter()
@@ -179,6 +270,9 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
             (None, Some(se), _) => {
                 if se.hash.is_some() {
                     fp.moved += 1;
+                    if !stored_exists(vol, s, se.addr) {
+                        fp.note_missing(stored_label(vol, s, se.addr));
+                    }
                 }
                 Some(se)
             }
@@ -202,6 +296,64 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
     Ok((fp, new_t))
 }
 
+/// Check, before anything changes, that every session of `targets` can be removed:
+/// the chunk files of removed sessions that the next surviving session's view takes
+/// from them are all there, and the manifests involved match their infos. One walk of
+/// that view per run of removed sessions. Refuses naming what is missing.
+pub fn check_removal(vol: &VolumeArchive, targets: &[String]) -> Result<()> {
+    let ids = vol.sessions()?;
+    let removed: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
+    let mut fp = FoldPlan::default();
+    for (pos, t) in ids.iter().enumerate() {
+        if removed.contains(t.as_str()) || pos == 0 || !removed.contains(ids[pos - 1].as_str()) {
+            continue;
+        }
+        let chain = vol.chain(t)?;
+        let first = chain
+            .iter()
+            .rposition(|i| !removed.contains(i.session.as_str()) && i.session != *t)
+            .map_or(0, |p| p + 1);
+        for info in &chain[first..] {
+            let id = &info.session;
+            match vol.manifest_sha256(id) {
+                Ok(h) if h == info.manifest_sha256 => {}
+                Ok(_) => fp.note_missing(format!(
+                    "the manifest of session {id}, which does not match the hash in its info"
+                )),
+                Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
+            }
+        }
+        if fp.missing_count > 0 {
+            continue;
+        }
+        for e in ViewReader::open(vol, &chain)? {
+            let e = e?;
+            let sid = &chain[e.session].session;
+            if removed.contains(sid.as_str()) && !stored_exists(vol, sid, e.addr) {
+                fp.note_missing(stored_label(vol, sid, e.addr));
+            }
+        }
+    }
+    if fp.missing_count == 0 {
+        return Ok(());
+    }
+    let more = fp.missing_count - fp.missing.len() as u64;
+    Err(Error::Msg(format!(
+        "volume {}: cannot remove {} session(s): they need {}{}; nothing was changed \
+         (`sparsebak repair {}` re-creates chunk files from the volume where it still holds \
+         their data)",
+        vol.name,
+        targets.len(),
+        fp.missing.join(", "),
+        if more > 0 {
+            format!(" (and {more} more)")
+        } else {
+            String::new()
+        },
+        vol.name
+    )))
+}
+
 /// Remove session `s` of `vol` by folding it into the next session. With `dry_run`
 /// nothing changes and the plan says what would happen. Needs the volume's exclusive
 /// lock (and the source-side lock when `local` is given).
@@ -211,19 +363,22 @@ pub fn fold(
     s: &str,
     dry_run: bool,
 ) -> Result<FoldPlan> {
-    if !dry_run {
-        // Folding moves chunk files: both sessions must be folders.
-        let ids = vol.sessions()?;
-        if let Some(pos) = ids.iter().position(|x| x == s) {
-            for id in ids.iter().skip(pos).take(2) {
-                crate::archive::tar::untar_session(vol, id)?;
-            }
+    // Check everything the fold needs before anything changes: once the journal is
+    // written the prune can only go forward.
+    let (checked, _) = plan(vol, s, true)?;
+    checked.refuse_if_incomplete(vol)?;
+    if dry_run {
+        return Ok(checked);
+    }
+    // Folding moves chunk files: both sessions must be folders.
+    let ids = vol.sessions()?;
+    if let Some(pos) = ids.iter().position(|x| x == s) {
+        for id in ids.iter().skip(pos).take(2) {
+            crate::archive::tar::untar_session(vol, id)?;
         }
     }
-    let (mut fp, new_t) = plan(vol, s, dry_run)?;
-    if dry_run {
-        return Ok(fp);
-    }
+    let (mut fp, new_t) = plan(vol, s, false)?;
+    fp.refuse_if_incomplete(vol)?;
     let mut j = format!("{JOURNAL_MAGIC}\nremove={s}\ninto={}\n", fp.into);
     j.push_str(&new_t.to_text());
     let jp = journal_path(vol);
@@ -234,64 +389,28 @@ pub fn fold(
     Ok(fp)
 }
 
-/// Steps 3 to 6; idempotent.
+/// Steps 3 to 6; idempotent. `journal_t` is T's new info as the journal holds it;
+/// the installed one gets the real `bytes_stored`.
 fn apply(
     vol: &VolumeArchive,
     local: Option<&LocalCopies>,
     s: &str,
-    new_t: &SessionInfo,
+    journal_t: &SessionInfo,
 ) -> Result<(u64,)> {
-    let t = &new_t.session;
+    let t = &journal_t.session;
     let tmp = new_manifest_path(vol, t);
     let sdir = vol.session_dir(s);
-    if tmp.exists() {
-        let s_info = if sdir.exists() {
-            Some(vol.info(s)?)
-        } else {
-            None
-        };
-        let mut moved_bytes = 0u64;
-        let mut n = 0u64;
-        let mut last_prefix = String::new();
-        for e in ManifestReader::open(&tmp)? {
-            let e = e?;
-            if e.hash.is_none() {
-                continue;
-            }
-            let dst = vol.chunk_path(t, e.addr);
-            if dst.exists() {
-                continue;
-            }
-            let src = vol.chunk_path(s, e.addr);
-            let si = s_info.as_ref().ok_or_else(|| {
-                Error::Msg(format!(
-                    "volume {}: interrupted prune cannot find chunk x{:016x} (session {s} is gone)",
-                    vol.name, e.addr
-                ))
-            })?;
-            let prefix = layout::prefix_name(e.addr);
-            if prefix != last_prefix {
-                let d = vol.session_dir(t).join(&prefix);
-                std::fs::create_dir_all(&d).at(&d)?;
-                last_prefix = prefix;
-            }
-            if si.compression == new_t.compression {
-                std::fs::rename(&src, &dst).at(&src)?;
-            } else {
-                recode(&src, &dst, si, new_t)?;
-            }
-            moved_bytes += file_len(&dst);
-            n += 1;
-            if n == 1 {
-                crate::failpoint::hit("prune-mid-move");
-            }
-        }
+    let mut new_t = journal_t.clone();
+    new_t.bytes_stored = if tmp.exists() {
+        let held = move_chunks(vol, local, s, &tmp, journal_t)?;
         durable::syncfs(&vol.dir).at(&vol.dir)?;
         crate::failpoint::hit("prune-before-manifest");
         let mpath = vol.manifest_path(t);
         std::fs::rename(&tmp, &mpath).at(&mpath)?;
-        let _ = moved_bytes;
-    }
+        held
+    } else {
+        held_bytes(vol, t)?
+    };
     let ipath = vol.info_path(t);
     let want = new_t.to_text();
     let current = limits::read_bounded(&ipath, limits::MAX_INFO_BYTES, "info file").ok();
@@ -323,16 +442,154 @@ fn apply(
     Ok((freed,))
 }
 
-fn recode(src: &Path, dst: &Path, from: &SessionInfo, to: &SessionInfo) -> Result<()> {
-    let stored = limits::read_bounded(
-        src,
-        limits::max_stored(from.compression, from.chunksize),
-        "chunk file",
-    )?;
-    let data = from
-        .compression
-        .decode(&stored, from.chunksize as usize)
-        .map_err(|e| Error::Msg(format!("{}: {e}", src.display())))?;
+/// Step 3: move into T the chunk files that T's new manifest (`tmp`) takes from S.
+/// Which ones those are comes from T's manifest as it still is (T's own lines); a
+/// line T records is never filled from S, whatever T's folder holds. Returns the
+/// bytes of the chunk files T holds for the new manifest afterwards.
+fn move_chunks(
+    vol: &VolumeArchive,
+    local: Option<&LocalCopies>,
+    s: &str,
+    tmp: &Path,
+    new_t: &SessionInfo,
+) -> Result<u64> {
+    let t = &new_t.session;
+    // S's codec: its info, else the copy this machine kept; without either, the
+    // chunks are taken as they are (verify reports any that do not decode).
+    let s_codec = vol
+        .info(s)
+        .ok()
+        .or_else(|| local.and_then(|l| SessionInfo::read(&l.info_path(s)).ok()))
+        .map(|i| i.compression)
+        .unwrap_or(new_t.compression);
+    let warn_t = |e: &dyn std::fmt::Display| {
+        tracing::warn!(
+            "volume {}: finishing the prune without session {t}'s old manifest ({e})",
+            vol.name
+        )
+    };
+    let mut t_own = match vol.manifest(t).map_err(Error::from).and_then(Heads::new) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            warn_t(&e);
+            None
+        }
+    };
+    let mut held = 0u64;
+    let mut n = 0u64;
+    let mut last_prefix = String::new();
+    for e in ManifestReader::open(tmp)? {
+        let e = e?;
+        let Some(hash) = e.hash else { continue };
+        let dst = vol.chunk_path(t, e.addr);
+        let from_t = match t_own.as_mut().map(|h| h.records(e.addr, hash)) {
+            Some(Ok(b)) => b,
+            Some(Err(err)) => {
+                warn_t(&err);
+                t_own = None;
+                dst.exists()
+            }
+            None => dst.exists(),
+        };
+        if let Ok(m) = std::fs::symlink_metadata(&dst) {
+            held += m.len();
+            continue;
+        }
+        if from_t {
+            // T's own chunk file is gone: nothing in S may stand in for it.
+            lost(vol, t, e.addr, &dst.display().to_string());
+            continue;
+        }
+        let src = vol.chunk_path(s, e.addr);
+        let prefix = layout::prefix_name(e.addr);
+        if prefix != last_prefix {
+            let d = vol.session_dir(t).join(&prefix);
+            std::fs::create_dir_all(&d).at(&d)?;
+            last_prefix = prefix;
+        }
+        let moved = if s_codec == new_t.compression {
+            match std::fs::rename(&src, &dst) {
+                Ok(()) => true,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    lost(vol, t, e.addr, &src.display().to_string());
+                    false
+                }
+                Err(err) => return Err(err).at(&src),
+            }
+        } else {
+            recode(vol, &src, &dst, s_codec, new_t)?
+        };
+        if moved {
+            held += file_len(&dst);
+            n += 1;
+            if n == 1 {
+                crate::failpoint::hit("prune-mid-move");
+            }
+        }
+    }
+    Ok(held)
+}
+
+/// A chunk the new manifest needs is not there: say so and go on. T's view lacks it
+/// until `repair` re-creates it.
+fn lost(vol: &VolumeArchive, t: &str, addr: u64, what: &str) {
+    tracing::warn!(
+        "volume {}: chunk x{addr:016x} of session {t} is lost ({what}); its view lacks it \
+         until `sparsebak repair {}` re-creates it",
+        vol.name,
+        vol.name
+    );
+}
+
+/// Bytes of the chunk files session `t` holds for the lines of its manifest.
+fn held_bytes(vol: &VolumeArchive, t: &str) -> Result<u64> {
+    let mut held = 0u64;
+    for e in vol.manifest(t)? {
+        let e = e?;
+        if e.hash.is_some() {
+            held += file_len(&vol.chunk_path(t, e.addr));
+        }
+    }
+    Ok(held)
+}
+
+/// Re-encode the chunk `src` (in codec `from`) into `dst` in `to`'s codec. A chunk
+/// that is missing or does not decode is lost (logged, `false`); a failure to write
+/// is an error, so the next run tries again.
+fn recode(
+    vol: &VolumeArchive,
+    src: &Path,
+    dst: &Path,
+    from: Codec,
+    to: &SessionInfo,
+) -> Result<bool> {
+    let addr = layout::parse_chunk_name(
+        &dst.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
+    .unwrap_or(0);
+    let max = limits::max_stored(from, to.chunksize);
+    let stored = match limits::read_bounded(src, max, "chunk file") {
+        Ok(b) => b,
+        Err(sparsebak_format::FormatError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            lost(vol, &to.session, addr, &src.display().to_string());
+            return Ok(false);
+        }
+        Err(e) => {
+            lost(vol, &to.session, addr, &e.to_string());
+            return Ok(false);
+        }
+    };
+    let data = match from.decode(&stored, to.chunksize as usize) {
+        Ok(d) => d,
+        Err(e) => {
+            lost(vol, &to.session, addr, &format!("{}: {e}", src.display()));
+            return Ok(false);
+        }
+    };
     let out = match to.compression {
         Codec::None => data,
         Codec::Zstd => zstd::bulk::compress(&data, 3).at(src)?,
@@ -340,7 +597,8 @@ fn recode(src: &Path, dst: &Path, from: &SessionInfo, to: &SessionInfo) -> Resul
     let tmp = dst.with_extension("tmp");
     std::fs::write(&tmp, out).at(&tmp)?;
     std::fs::rename(&tmp, dst).at(dst)?;
-    std::fs::remove_file(src).at(src)
+    std::fs::remove_file(src).at(src)?;
+    Ok(true)
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -381,9 +639,9 @@ pub fn interrupted(vol: &VolumeArchive) -> bool {
     journal_path(vol).exists()
 }
 
-/// Finish an interrupted prune of `vol` (roll forward), and clear leftovers of one that
-/// never reached its journal. Needs the volume's exclusive lock.
-pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
+/// The interrupted prune's journal, if there is one: the session it removes, and the
+/// new info of the session it folds into.
+fn read_journal(vol: &VolumeArchive) -> Result<Option<(String, SessionInfo)>> {
     let jp = journal_path(vol);
     // A journal is three short lines and an info file.
     let max = limits::MAX_INFO_BYTES + 1024;
@@ -392,7 +650,7 @@ pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
         Err(sparsebak_format::FormatError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            return remove_trash(vol)
+            return Ok(None)
         }
         Err(e) => return Err(e.into()),
     };
@@ -406,12 +664,29 @@ pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
         .and_then(|l| l.strip_prefix("remove="))
         .ok_or_else(|| bad("no remove= line"))?
         .to_string();
-    let _t = lines
+    let t = lines
         .next()
         .and_then(|l| l.strip_prefix("into="))
         .ok_or_else(|| bad("no into= line"))?;
     let info_text = lines.next().ok_or_else(|| bad("no info"))?;
     let new_t = SessionInfo::parse(info_text, &jp)?;
+    if new_t.session != t {
+        return Err(bad("into= and the info name different sessions"));
+    }
+    Ok(Some((s, new_t)))
+}
+
+/// The sessions an interrupted prune removes and folds into, if one was interrupted.
+pub fn journal_sessions(vol: &VolumeArchive) -> Result<Option<(String, String)>> {
+    Ok(read_journal(vol)?.map(|(s, t)| (s, t.session)))
+}
+
+/// Finish an interrupted prune of `vol` (roll forward), and clear leftovers of one that
+/// never reached its journal. Needs the volume's exclusive lock.
+pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
+    let Some((s, new_t)) = read_journal(vol)? else {
+        return remove_trash(vol);
+    };
     tracing::warn!(
         "volume {}: finishing the interrupted removal of session {s}",
         vol.name

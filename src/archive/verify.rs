@@ -20,6 +20,12 @@ pub struct Report {
     pub problems: Vec<String>,
     pub chunks_checked: u64,
     pub bytes_checked: u64,
+    /// Chunk problems found: files missing from a session, chunks of the view that
+    /// could not be read or did not match (one file can count in both).
+    pub bad_chunks: u64,
+    /// What `sparsebak repair` can do about the problems found, when it can do
+    /// something.
+    pub hint: Option<String>,
 }
 
 /// Verify session `target` of `vol`. `local`: the source side's copies, when this
@@ -35,11 +41,13 @@ pub fn verify(
         Ok(c) => c,
         Err(e) => {
             rep.problems.push(format!("session chain: {e}"));
+            rep.hint = hint(vol, local, 0);
             return Ok(rep);
         }
     };
+    let mut missing_files = 0u64;
     for info in &chain {
-        check_session_files(vol, info, local, &mut rep.problems)?;
+        missing_files += check_session_files(vol, info, local, &mut rep.problems)?;
     }
     let mut view_chunks = 0u64;
     let r = read_view(vol, &chain, true, |batch| {
@@ -50,10 +58,13 @@ pub fn verify(
                     rep.chunks_checked += 1;
                     rep.bytes_checked += d.len() as u64;
                 }
-                Err(reason) => rep.problems.push(format!(
-                    "chunk x{:016x} (stored by session {}): {reason}",
-                    rc.entry.addr, chain[rc.entry.session].session
-                )),
+                Err(reason) => {
+                    rep.bad_chunks += 1;
+                    rep.problems.push(format!(
+                        "chunk x{:016x} (stored by session {}): {reason}",
+                        rc.entry.addr, chain[rc.entry.session].session
+                    ))
+                }
             }
             progress(rc.entry.addr);
         }
@@ -69,7 +80,40 @@ pub fn verify(
             ));
         }
     }
+    // A missing file of a session of the chain, in its view or not.
+    rep.bad_chunks += missing_files;
+    if !rep.problems.is_empty() {
+        rep.hint = hint(vol, local, rep.bad_chunks);
+    }
     Ok(rep)
+}
+
+/// What `repair` can do about what was found: put back info and manifest files from
+/// this machine's copies, and try to re-create `bad_chunks` chunk files from the
+/// volume.
+fn hint(vol: &VolumeArchive, local: Option<&LocalCopies>, bad_chunks: u64) -> Option<String> {
+    let meta = crate::archive::repair::meta_fixes(vol, local);
+    let mut can = Vec::new();
+    if !meta.is_empty() {
+        can.push(format!(
+            "put back {} info/manifest file(s) from this machine's copies",
+            meta.len()
+        ));
+    }
+    if bad_chunks > 0 {
+        can.push(
+            "re-create missing or damaged chunk files from the volume wherever it still \
+             holds their data"
+                .to_string(),
+        );
+    }
+    (!can.is_empty()).then(|| {
+        format!(
+            "`sparsebak repair {}` can {} (`--dry-run` first says what it would do)",
+            vol.name,
+            can.join(" and ")
+        )
+    })
 }
 
 /// Manifest hash, local copies, and the chunk files in one session's folder.
@@ -78,7 +122,7 @@ fn check_session_files(
     info: &SessionInfo,
     local: Option<&LocalCopies>,
     problems: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<u64> {
     let id = &info.session;
     match vol.session_manifest_sha256(info) {
         Ok(h) if h == info.manifest_sha256 => {}
@@ -118,16 +162,17 @@ fn check_session_files(
         (Ok(m), Ok(r)) => (m, r),
         (Err(e), _) | (_, Err(e)) => {
             problems.push(format!("session {id}: {e}"));
-            return Ok(());
+            return Ok(0);
         }
     };
     let mut lines = 0u64;
+    let mut missing = 0u64;
     for e in manifest {
         let e = match e {
             Ok(e) => e,
             Err(err) => {
                 problems.push(format!("session {id}: {err}"));
-                return Ok(());
+                return Ok(missing);
             }
         };
         lines += 1;
@@ -137,8 +182,8 @@ fn check_session_files(
                 e.addr
             ));
         }
-        if e.hash.is_some() {
-            members.expect(e.addr, problems);
+        if e.hash.is_some() && !members.expect(e.addr, problems) {
+            missing += 1;
         }
     }
     members.finish(problems);
@@ -148,14 +193,15 @@ fn check_session_files(
             info.changed
         ));
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// The stored chunks of one session, matched against its manifest's data lines in
 /// address order: each line must have its chunk, and nothing else may be stored.
 trait Members {
-    /// The manifest has a data line for `addr` (addresses increase).
-    fn expect(&mut self, addr: u64, problems: &mut Vec<String>);
+    /// The manifest has a data line for `addr` (addresses increase); whether the
+    /// chunk is stored.
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool;
     /// The manifest ended: report whatever is left over.
     fn finish(&mut self, problems: &mut Vec<String>);
 }
@@ -200,7 +246,7 @@ impl FolderMembers {
 }
 
 impl Members for FolderMembers {
-    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
         let prefix = layout::prefix_name(addr);
         if prefix != self.prefix {
             self.flush(problems);
@@ -209,13 +255,15 @@ impl Members for FolderMembers {
             self.prefix = prefix;
         }
         let name = layout::chunk_name(addr);
-        if !self.files.remove(&name) {
+        let found = self.files.remove(&name);
+        if !found {
             problems.push(format!(
                 "session {}: chunk x{addr:016x} missing ({})",
                 self.id,
                 self.sdir.join(&self.prefix).join(&name).display()
             ));
         }
+        found
     }
 
     fn finish(&mut self, problems: &mut Vec<String>) {
@@ -264,16 +312,18 @@ impl TarMembers {
 }
 
 impl Members for TarMembers {
-    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
         self.extra_until(Some(addr), problems);
         if self.next < self.tar.index.len() && self.tar.index.record(self.next).0 == addr {
             self.next += 1;
+            true
         } else {
             problems.push(format!(
                 "session {}: chunk x{addr:016x} missing from {}",
                 self.id,
                 self.tar_path.display()
             ));
+            false
         }
     }
 

@@ -7,6 +7,7 @@ pub mod list;
 pub mod monitor;
 pub mod prune;
 pub mod receive;
+pub mod repair;
 pub mod resync;
 pub mod send;
 pub mod stream;
@@ -119,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 dry_run: *dry_run,
             },
         ),
+        Command::Repair { volume, dry_run } => repair::run(&ctx, volume, *dry_run),
         Command::Delete { volume } => delete::run(&ctx, volume),
         Command::Untar { volume } => untar::run(&ctx, volume),
         Command::Diff { volume, json } => diff::run(&ctx, volume, *json),

@@ -151,6 +151,7 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         {
             bail!("not removing sessions of {name} (confirm at the prompt, or pass -u)");
         }
+        prune::check_removal(&vol, &targets).with_context(|| format!("prune {name}"))?;
         let mut freed = 0u64;
         for t in &targets {
             let plan = prune::fold(&vol, local, t, opts.dry_run)

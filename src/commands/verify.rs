@@ -26,6 +26,9 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         for p in &rep.problems {
             crate::progress::err_line(&format!("sparsebak: verify {name} session {id}: {p}"));
         }
+        if let Some(h) = &rep.hint {
+            eprintln!("sparsebak: verify {name}: hint: {h}");
+        }
         bail!(
             "verify {name} session {id}: FAILED with {} problem(s)",
             rep.problems.len()

@@ -127,6 +127,16 @@ pub trait Source {
     }
     /// The volume as it is now, for `diff` against a session: the file and its size.
     fn open_live(&mut self, vol: &VolumeCtx) -> Result<(File, u64)>;
+    /// The reference snapshot (tick) opened for reading, where the source keeps one:
+    /// the volume as it was at the last send or monitor (`repair` reads chunks back
+    /// from it). Nothing is taken or rotated; [`Source::close_reference`] releases it.
+    fn open_reference(&mut self, _vol: &VolumeCtx) -> Result<Option<(File, u64)>> {
+        Ok(None)
+    }
+    /// Done reading what [`Source::open_reference`] gave.
+    fn close_reference(&mut self, _vol: &VolumeCtx) -> Result<()> {
+        Ok(())
+    }
     /// Remove everything this source keeps for the volume (snapshots); `delete`.
     fn forget(&mut self, _vol: &VolumeCtx) -> Result<()> {
         Ok(())

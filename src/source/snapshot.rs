@@ -309,6 +309,19 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
         self.layer.open_volume(vol.name)
     }
 
+    fn open_reference(&mut self, vol: &VolumeCtx) -> Result<Option<(File, u64)>> {
+        let name = vol.name;
+        if !self.layer.exists(name, Snap::Tick)? {
+            return Ok(None);
+        }
+        let size = self.layer.size(name, Snap::Tick)?;
+        Ok(Some((self.layer.open(name, Snap::Tick)?, size)))
+    }
+
+    fn close_reference(&mut self, vol: &VolumeCtx) -> Result<()> {
+        self.layer.close(vol.name, Snap::Tick)
+    }
+
     fn forget(&mut self, vol: &VolumeCtx) -> Result<()> {
         self.layer.recover(vol.name)?;
         self.layer.remove(vol.name, Snap::Tock)?;

@@ -104,6 +104,21 @@ save_session
 step "verify"
 sb verify "$VOL"
 
+step "repair: a lost chunk file comes back from the tick snapshot"
+id=$("$SB" -c "$CFG" list "$VOL" | tail -1 | cut -d' ' -f1)
+chunk=/mnt/archive/sparsebak/$VOL/S_$id/x000000000/x0000000000280000
+[ -f "$chunk" ] || fail "no chunk file $chunk"
+rm "$chunk"
+wr_chunks 40 1                        # the live LV changes there since the send
+if "$SB" -c "$CFG" verify "$VOL" 2>/tmp/err; then fail "verify should see the lost chunk"; fi
+grep -q "sparsebak repair $VOL" /tmp/err || fail "verify gives no repair hint"
+sb repair "$VOL" | tee /tmp/out
+grep -q "re-created chunk x0000000000280000 of session $id from $VOL's tick snapshot" /tmp/out ||
+    fail "chunk not re-created from the tick snapshot"
+sb verify "$VOL"
+# The live LV as it was at that session again, so later steps count as before.
+dd if="$KEEP/$id" of="$DEV" bs=$CS skip=40 seek=40 count=1 conv=notrunc,fsync status=none
+
 step "receive every session into a file and into a thin LV"
 lvcreate -q -V 64M -T "$VG/$POOL" -n restore
 for f in "$KEEP"/*; do
