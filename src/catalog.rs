@@ -70,6 +70,24 @@ pub struct Catalog {
     path: String,
 }
 
+/// Switch `conn` to WAL mode. Changing the journal mode needs a lock that SQLite does
+/// not wait for through the busy timeout: two runs creating the catalog at the same
+/// moment would see "database is locked" at once. Retry for up to 30 s instead.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Catalog {
     /// Open (creating or migrating) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Catalog> {
@@ -84,8 +102,7 @@ impl Catalog {
         // locked".
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
+        set_wal(&conn).map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -267,7 +284,13 @@ impl Catalog {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sql)?;
+        // Immediate: a read transaction that later writes cannot wait for another
+        // writer in WAL mode (SQLITE_BUSY at once, whatever the busy timeout), so
+        // take the write lock first.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
         let last: Option<(i64, String)> = tx
             .query_row(
                 "SELECT seq, session FROM sessions WHERE dest = ?1 AND volume = ?2
