@@ -12,6 +12,7 @@ use sparsebak_format::volume::VolumeArchive;
 use crate::blockdev;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
+use crate::zeroing::Zeroing;
 
 /// What is at the `--save-to` path now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +28,15 @@ pub enum DestKind {
 /// Look at `path` before receiving into it.
 pub fn inspect(path: &Path) -> Result<DestKind> {
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DestKind::New),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::devpath::refuse_regular_file(path)?;
+            Ok(DestKind::New)
+        }
         Err(e) => Err(e).at(path),
-        Ok(m) if m.is_file() => Ok(DestKind::ExistingFile),
+        Ok(m) if m.is_file() => {
+            crate::devpath::refuse_regular_file(path)?;
+            Ok(DestKind::ExistingFile)
+        }
         Ok(_) => {
             let f = File::open(path).at(path)?;
             if blockdev::is_block_device(&f).at(path)? {
@@ -46,9 +53,11 @@ pub fn inspect(path: &Path) -> Result<DestKind> {
     }
 }
 
-/// A block device: data written in place, every other range zeroed with BLKZEROOUT.
+/// A block device: data written in place, every other range zeroed the way the device
+/// is best zeroed (unmapped on a thin LV, see [`Zeroing`]).
 struct DeviceTarget {
     file: File,
+    zeroing: Zeroing,
 }
 
 impl Target for DeviceTarget {
@@ -56,7 +65,7 @@ impl Target for DeviceTarget {
         self.file.write_all_at(data, off)
     }
     fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
-        blockdev::zero_out(&self.file, off, len)
+        self.zeroing.zero(&self.file, off, len)
     }
     fn finish(&mut self) -> std::io::Result<()> {
         self.file.sync_all()
@@ -85,8 +94,14 @@ pub fn receive_to(
                     last.volsize
                 )));
             }
-            let file = OpenOptions::new().write(true).open(path).at(path)?;
-            let mut t = DeviceTarget { file };
+            // Read too: zeroing on a thin LV reads what partial blocks hold.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .at(path)?;
+            let zeroing = Zeroing::for_device(&file);
+            let mut t = DeviceTarget { file, zeroing };
             restore(vol, chain, &mut t, true, progress).map_err(map_err)
         }
         DestKind::New | DestKind::ExistingFile => durable::replace_with(path, |tmp| {
@@ -95,4 +110,25 @@ pub fn receive_to(
             restore(vol, chain, &mut t, true, progress).map_err(map_err)
         }),
     }
+}
+
+/// `--zero-tail`: make a block device read as zeros past `volsize` (a restore leaves
+/// what lies there as it was), the way the device is best zeroed. Returns the bytes
+/// zeroed; a regular file (as long as the volume) has no tail.
+pub fn zero_tail(path: &Path, volsize: u64) -> Result<u64> {
+    let file = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(path)
+        .at(path)?;
+    if !blockdev::is_block_device(&file).at(path)? {
+        return Ok(0);
+    }
+    let size = blockdev::device_size(&file).at(path)?;
+    let tail = size.saturating_sub(volsize);
+    Zeroing::for_device(&file)
+        .zero(&file, volsize, tail)
+        .at(path)?;
+    file.sync_all().at(path)?;
+    Ok(tail)
 }

@@ -29,6 +29,7 @@ use crate::error::{Error, IoAt, Result};
 use crate::send::{compare_and_store, lock_meta, ChunkSink};
 use crate::session_id;
 use crate::source::{stream_dir, Source, VolumeCtx};
+use crate::zeroing::Zeroing;
 
 /// Options of `send --stream`.
 #[derive(Debug, Clone)]
@@ -238,20 +239,24 @@ pub fn send_stream(
     }
 }
 
-/// A block device as a stream sink: zero ranges and cuts are written with BLKZEROOUT.
+/// A block device as a stream sink: zero ranges and cuts are zeroed the way the device
+/// is best zeroed (unmapped on a thin LV, see [`Zeroing`]).
 pub struct DeviceSink {
     pub file: File,
     pub device_size: u64,
     size: u64,
+    zeroing: Zeroing,
 }
 
 impl DeviceSink {
     pub fn new(file: File) -> std::io::Result<DeviceSink> {
         let device_size = blockdev::device_size(&file)?;
+        let zeroing = Zeroing::for_device(&file);
         Ok(DeviceSink {
             file,
             device_size,
             size: 0,
+            zeroing,
         })
     }
 }
@@ -267,9 +272,9 @@ impl VolumeSink for DeviceSink {
         // The volume starts all zero (the first call zeroes the device up to its size);
         // a grow brings zeros, never what the device held; a cut zeroes what it drops.
         if size > self.size {
-            blockdev::zero_out(&self.file, self.size, size - self.size)?;
+            self.zeroing.zero(&self.file, self.size, size - self.size)?;
         } else if size < self.size {
-            blockdev::zero_out(&self.file, size, self.size - size)?;
+            self.zeroing.zero(&self.file, size, self.size - size)?;
         }
         self.size = size;
         Ok(())
@@ -278,7 +283,7 @@ impl VolumeSink for DeviceSink {
         std::os::unix::fs::FileExt::write_all_at(&self.file, data, off)
     }
     fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
-        blockdev::zero_out(&self.file, off, len)
+        self.zeroing.zero(&self.file, off, len)
     }
     fn finish(&mut self) -> std::io::Result<()> {
         self.file.sync_all()
@@ -332,7 +337,9 @@ pub fn receive_streams(
     };
     match crate::receive::inspect(path)? {
         crate::receive::DestKind::BlockDevice { .. } => {
+            // Read too: zeroing on a thin LV reads what partial blocks hold.
             let f = std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .open(path)
                 .at(path)?;

@@ -57,6 +57,7 @@ fn run(args: Args) -> Result<()> {
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
     match &args.output {
         Some(out) => {
+            refuse_dev(out)?;
             let tmp = out.with_file_name(format!(
                 ".{}.assemble-partial",
                 out.file_name()
@@ -82,6 +83,24 @@ fn run(args: Args) -> Result<()> {
             restore(&vol, &chain, &mut target, args.check, &mut |_| {})
                 .with_context(|| format!("session {id}"))?;
         }
+    }
+    Ok(())
+}
+
+/// `-o` writes an image file under a temporary name and renames it into place: under
+/// /dev that would put a file in devtmpfs (RAM), or rename one over a device node.
+fn refuse_dev(out: &std::path::Path) -> Result<()> {
+    let abs = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    let parent = abs.parent().unwrap_or(&abs);
+    let real = parent
+        .canonicalize()
+        .unwrap_or_else(|_| parent.to_path_buf());
+    if real.starts_with("/dev") || abs.starts_with("/dev") {
+        bail!(
+            "{}: -o writes an image file, and none is created under /dev; to write a device, \
+             send the image to stdout (`spbk-assemble VOLUME > DEVICE`)",
+            out.display()
+        );
     }
     Ok(())
 }

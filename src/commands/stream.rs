@@ -40,6 +40,9 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         && std::fs::metadata(target)
             .map(|m| m.is_file())
             .unwrap_or(true);
+    if is_file {
+        crate::devpath::refuse_regular_file(target)?;
+    }
     let tmp = target.with_file_name(format!(
         ".{}.partial",
         target
@@ -99,10 +102,15 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
     Ok(())
 }
 
-pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
+pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) -> Result<()> {
     let Some(save_to) = &cli.save_to else {
         bail!("receive --from-stream needs --save-to=PATH (a file or a block device)");
     };
+    // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.
+    let activated = crate::devpath::activate_named_lv(save_to)?;
+    let save_to = &activated
+        .as_ref()
+        .map_or(save_to.clone(), |a| a.device.clone());
     if save_to.exists() && !cli.unattended {
         bail!(
             "{} exists; not overwriting it (pass -u to replace it)",
@@ -112,6 +120,10 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     let input = open_streams(&split_paths(paths))?;
     let sum = receive_streams(input, save_to, volume)
         .with_context(|| format!("receive from stream into {}", save_to.display()))?;
+    if zero_tail {
+        crate::receive::zero_tail(save_to, sum.last().info.volsize)
+            .with_context(|| format!("zeroing {} past the volume's end", save_to.display()))?;
+    }
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",
         sum.last().info.session,
