@@ -23,10 +23,9 @@ use crate::blockdev;
 pub enum Zeroing {
     /// `BLKZEROOUT` every range.
     ZeroOut,
-    /// Discard whole blocks of this many bytes (aligned to the device start), at most
-    /// `piece` bytes (a multiple of `block`) per call; zero only what does not read as
-    /// zeros in the partial blocks at the edges.
-    Unmap { block: u64, piece: u64 },
+    /// Discard whole blocks of this many bytes (aligned to the device start); zero
+    /// only what does not read as zeros in the partial blocks at the edges.
+    Unmap { block: u64 },
 }
 
 /// Ranges read back before zeroing them are read in pieces of this size.
@@ -37,17 +36,9 @@ impl Zeroing {
     /// pool passes discards, else [`Zeroing::ZeroOut`].
     pub fn for_device(f: &File) -> Zeroing {
         match thin_block_size(f) {
-            Some((block, max_discard)) => {
-                // Whole blocks per call, and no more than the device takes in one
-                // request: a request the kernel splits elsewhere than on a block
-                // boundary leaves the blocks at the split mapped.
-                let piece = (max_discard / block).clamp(1, 256) * block;
-                tracing::debug!(
-                    block,
-                    piece,
-                    "thin device: unmapping zero ranges by pool block"
-                );
-                Zeroing::Unmap { block, piece }
+            Some(block) => {
+                tracing::debug!(block, "thin device: unmapping zero ranges by pool block");
+                Zeroing::Unmap { block }
             }
             None => Zeroing::ZeroOut,
         }
@@ -59,33 +50,37 @@ impl Zeroing {
         if len == 0 {
             return Ok(());
         }
-        let Zeroing::Unmap { block, piece } = *self else {
+        let Zeroing::Unmap { block } = *self else {
             return blockdev::zero_out(f, off, len);
         };
         let end = off + len;
         let first = off.div_ceil(block) * block;
         let last = end / block * block;
         if first >= last {
-            return zero_where_needed(f, off, len);
+            return zero_where_needed(f, off, len, READ_PIECE);
         }
-        zero_where_needed(f, off, first - off)?;
-        let mut pos = first;
-        while pos < last {
-            let n = piece.min(last - pos);
-            blockdev::discard(f, pos, n)?;
-            pos += n;
+        zero_where_needed(f, off, first - off, READ_PIECE)?;
+        // One request for every whole block: the kernel splits it where the device
+        // needs, on granularity boundaries.
+        blockdev::discard(f, first, last - first)?;
+        if !block.is_power_of_two() {
+            // Except where it rounds with power-of-two arithmetic (`round_up` in the
+            // discard path of recent kernels): with a pool block like 192 KiB a request
+            // can then be cut off a block boundary, and dm-thin leaves a block it got
+            // only part of mapped. Check each block; zero the ones that kept data.
+            zero_where_needed(f, first, last - first, block)?;
         }
-        zero_where_needed(f, last, end - last)
+        zero_where_needed(f, last, end - last, READ_PIECE)
     }
 }
 
-/// Zero `[off, off+len)` only in the pieces that do not read as zeros already, so
-/// blocks a thin device never provisioned stay unprovisioned.
-fn zero_where_needed(f: &File, off: u64, len: u64) -> std::io::Result<()> {
-    let mut buf = vec![0u8; READ_PIECE.min(len) as usize];
+/// Zero `[off, off+len)` only in the pieces of `unit` bytes that do not read as zeros
+/// already, so blocks a thin device never provisioned stay unprovisioned.
+fn zero_where_needed(f: &File, off: u64, len: u64, unit: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; unit.min(len) as usize];
     let mut pos = off;
     while pos < off + len {
-        let n = READ_PIECE.min(off + len - pos);
+        let n = unit.min(off + len - pos);
         let piece = &mut buf[..n as usize];
         f.read_exact_at(piece, pos)?;
         if piece.iter().any(|&b| b != 0) {
@@ -96,9 +91,8 @@ fn zero_where_needed(f: &File, off: u64, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// For a dm-thin device whose discards unmap: its pool's block size in bytes, and the
-/// most bytes it takes in one discard.
-fn thin_block_size(f: &File) -> Option<(u64, u64)> {
+/// For a dm-thin device whose discards unmap: its pool's block size in bytes.
+fn thin_block_size(f: &File) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     if !blockdev::is_block_device(f).ok()? {
         return None;
@@ -131,7 +125,7 @@ fn thin_block_size(f: &File) -> Option<(u64, u64)> {
         return None;
     }
     let sectors: u64 = p.get(5)?.parse().ok()?;
-    (sectors > 0).then_some((sectors * 512, max_discard))
+    (sectors > 0).then_some(sectors * 512)
 }
 
 /// `dmsetup table ARGS`, or `None` if it cannot say.
