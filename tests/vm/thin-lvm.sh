@@ -7,7 +7,7 @@
 # guest test passed.
 #
 #   tests/vm/thin-lvm.sh [path/to/sparsebak]
-#   SPARSEBAK_VM_TIMEOUT=900   overall limit in seconds
+#   SPARSEBAK_VM_TIMEOUT=1800  overall limit in seconds (both scenarios on a busy machine)
 #   SPARSEBAK_VM_SCENARIOS="main field"   which guest scenarios to run, in order
 set -euo pipefail
 
@@ -81,7 +81,7 @@ if grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && [[ -w /dev/kvm ]]; then
     accel=(-accel kvm -cpu host)
 fi
 log "booting (${accel[1]})"
-timeout_s=${SPARSEBAK_VM_TIMEOUT:-900}
+timeout_s=${SPARSEBAK_VM_TIMEOUT:-1800}
 qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
     -machine q35 "${accel[@]}" -smp 2 -m 2048 \
     -kernel "$guest/vmlinux" -initrd "$guest/initrd.cpio" \
