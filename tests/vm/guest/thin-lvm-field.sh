@@ -275,5 +275,36 @@ sbb receive "$B" --save-to=/tmp/b.img
 cmp /tmp/b.img "$(dev "$B")" || fail "restore of the re-created volume differs"
 echo "ok: re-created volume sent and restored"
 
+step "7. lvm refuses a snapshot (pool over its threshold): the reason comes first"
+lvcreate -q -L 32M --chunksize 64k -T "$VG/small-pool"
+lvcreate -q -V 32M -T "$VG/small-pool" -n vm-c-private
+cat > /tmp/fc.ini <<INI
+[var]
+source = lvm
+vgname = $VG
+poolname = small-pool
+destdir = /mnt/fc/sparsebak
+metadir = /tmp/fc/meta
+chunksize = 64K
+compression = zstd:1
+[volumes]
+vm-c-private = enable
+INI
+mkdir -p /mnt/fc
+dd if=/dev/urandom of=/dev/mapper/$VG-vm--c--private bs=1M count=4 conv=fsync status=none
+"$SB" -c /tmp/fc.ini -u send
+dd if=/dev/urandom of=/dev/mapper/$VG-vm--c--private bs=1M seek=4 count=18 conv=fsync status=none
+lvs "$VG/small-pool"
+cp /etc/lvm/lvm.conf /tmp/lvm.conf.orig
+printf 'activation {\n    thin_pool_autoextend_threshold = 50\n}\n' >> /etc/lvm/lvm.conf
+if "$SB" -c /tmp/fc.ini -u monitor 2>/tmp/err; then cp /tmp/lvm.conf.orig /etc/lvm/lvm.conf; fail "monitor should be refused"; fi
+cp /tmp/lvm.conf.orig /etc/lvm/lvm.conf
+cat /tmp/err
+grep -q "^sparsebak: error: monitor vm-c-private: lvcreate: .*threshold.* (\`lvm lvcreate" /tmp/err ||
+    fail "the reason does not come first"
+echo "ok: lvm's reason before its argv"
+lvs "$VG" | grep -q "vm-c-private.tock" && fail "tock left after the refusal"
+lvremove -q -f "$VG/small-pool"
+
 echo
 echo "THIN-LVM FIELD TEST PASSED"
