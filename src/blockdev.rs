@@ -88,6 +88,21 @@ pub fn zero_out(f: &File, off: u64, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+// BLKDISCARD is `_IO(0x12, 119)`, taking a pointer to two u64 like BLKZEROOUT.
+nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+
+/// Discard `[off, off+len)` of a block device (`BLKDISCARD`). What a discarded range
+/// reads back as depends on the device; see `zeroing` for where it is zeros.
+pub fn discard(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let range = [off, len];
+    // SAFETY: BLKDISCARD reads two u64 (start, length) from the pointer.
+    unsafe { blkdiscard(f.as_raw_fd(), &range) }.map_err(std::io::Error::from)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::split_aligned;

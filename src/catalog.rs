@@ -359,6 +359,15 @@ impl Catalog {
             .map_err(self.sql())
     }
 
+    /// Forget `volume`'s chains on every destination (`rename`: the next stream of the
+    /// new name is full).
+    pub fn forget_volume(&self, volume: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM sessions WHERE volume = ?1", params![volume])
+            .map(drop)
+            .map_err(self.sql())
+    }
+
     /// Forget `volume`'s chain on `dest` (the next stream there is full).
     pub fn forget(&self, dest: DestId, volume: &str) -> Result<()> {
         self.conn

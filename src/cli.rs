@@ -91,6 +91,10 @@ pub enum Command {
         /// PATH,PATH,...), with no archive, metadir or config.
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
         from_stream: Option<String>,
+        /// On a block device larger than the volume, also zero what lies past the
+        /// volume's end (by default it is left as it was).
+        #[arg(long = "zero-tail")]
+        zero_tail: bool,
     },
     /// Re-read and re-hash every chunk of a session's view (latest by default) and check
     /// the archive's files and metadata; exits 1 naming every problem found.
@@ -147,6 +151,15 @@ pub enum Command {
     Delete {
         /// The volume to delete.
         volume: String,
+    },
+    /// Carry a renamed volume's history over to its new name: moves its archive
+    /// folder, its source-side state and its snapshots, so the next send of NEW is
+    /// incremental. Rename the volume itself (lvrename, mv) and the config entry too.
+    Rename {
+        /// The volume's old name.
+        old: String,
+        /// Its new name.
+        new: String,
     },
     /// Convert tar sessions of a volume (all, or --session=SEL[,SEL]) into folder
     /// sessions, in place and atomically.

@@ -63,6 +63,25 @@ pub fn lock(path: &Path, mode: Mode, wait: Duration, what: &str) -> Result<LockG
     }
 }
 
+/// Take the lock on `path` at once if it is free; otherwise call `waiting` (to say
+/// why this run pauses) and wait for it like [`lock`].
+pub fn lock_announced(
+    path: &Path,
+    mode: Mode,
+    wait: Duration,
+    what: &str,
+    waiting: impl FnOnce(),
+) -> Result<LockGuard> {
+    match lock(path, mode, Duration::ZERO, what) {
+        Ok(g) => Ok(g),
+        Err(Error::Msg(_)) => {
+            waiting();
+            lock(path, mode, wait, what)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +96,24 @@ mod tests {
         drop(a);
         let _s1 = lock(&p, Mode::Shared, Duration::ZERO, "v").unwrap();
         let _s2 = lock(&p, Mode::Shared, Duration::ZERO, "v").unwrap();
+    }
+
+    #[test]
+    fn announced_only_when_busy() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l");
+        let mut said = 0;
+        let a = lock_announced(&p, Mode::Exclusive, Duration::ZERO, "v", || said += 1).unwrap();
+        assert_eq!(said, 0);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(a);
+        });
+        let _b = lock_announced(&p, Mode::Exclusive, Duration::from_secs(5), "v", || {
+            said += 1
+        })
+        .unwrap();
+        assert_eq!(said, 1);
+        t.join().unwrap();
     }
 }

@@ -18,6 +18,7 @@ use sparsebak_format::volume::VolumeArchive;
 
 use crate::blockdev;
 use crate::error::{Error, IoAt, Result};
+use crate::zeroing::Zeroing;
 
 /// Look at `path` (`-` is standard output) and refuse, before anything is written, what
 /// cannot take a volume of `volsize` bytes: character devices, sockets, directories,
@@ -40,22 +41,22 @@ pub fn check_target(path: &Path, volsize: u64, volume: &str) -> Result<Output> {
     }
 }
 
-/// A block device written in place. Zero ranges are aligned to the device's logical
-/// block size: the aligned part is zeroed by the kernel (`BLKZEROOUT`), the unaligned
-/// rest written as zeros, so a volume of any size restores.
+/// A block device written in place. Zero ranges are made to read as zeros the way the
+/// device is best zeroed ([`Zeroing`]: unmapped by pool block on a thin LV, else
+/// `BLKZEROOUT`), aligned to the device's logical block size with the unaligned rest
+/// written as zeros, so a volume of any size restores.
 pub struct DeviceTarget {
     file: File,
-    /// Logical block size.
-    block: u64,
+    zeroing: Zeroing,
 }
 
 impl DeviceTarget {
-    /// Open the block device at `path` for writing (exclusively: a mounted device is
-    /// refused).
+    /// Open the block device at `path` for reading and writing (zeroing on a thin LV
+    /// reads what partial blocks hold), exclusively: a mounted device is refused.
     pub fn open(path: &Path) -> Result<DeviceTarget> {
         let file = output::open_block_device(path).map_err(|e| Error::Msg(e.to_string()))?;
-        let block = blockdev::logical_block_size(&file).at(path)?;
-        Ok(DeviceTarget { file, block })
+        let zeroing = Zeroing::for_device(&file).at(path)?;
+        Ok(DeviceTarget { file, zeroing })
     }
 
     /// Size of the device in bytes.
@@ -65,7 +66,7 @@ impl DeviceTarget {
 
     /// Make `[off, off+len)` read back as zeros, at any offset and length.
     pub fn zero_range(&self, off: u64, len: u64) -> std::io::Result<()> {
-        blockdev::zero_range(&self.file, self.block, off, len)
+        self.zeroing.zero(&self.file, off, len)
     }
 }
 
@@ -124,4 +125,19 @@ pub fn receive_to(
             out.describe()
         ))),
     }
+}
+
+/// `--zero-tail`: make a block device read as zeros past `volsize` (a restore leaves
+/// what lies there as it was), the way the device is best zeroed. Returns the bytes
+/// zeroed; a regular file (as long as the volume) has no tail.
+pub fn zero_tail(path: &Path, volsize: u64) -> Result<u64> {
+    let meta = std::fs::metadata(path).at(path)?;
+    if !std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type()) {
+        return Ok(0);
+    }
+    let dev = DeviceTarget::open(path)?;
+    let tail = dev.size().at(path)?.saturating_sub(volsize);
+    dev.zero_range(volsize, tail).at(path)?;
+    dev.file.sync_all().at(path)?;
+    Ok(tail)
 }

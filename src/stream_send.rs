@@ -273,8 +273,8 @@ pub fn send_stream(
     }
 }
 
-/// A block device as a stream sink: zero ranges and cuts are zeroed in place (aligned
-/// to the logical block size, see [`DeviceTarget`]).
+/// A block device as a stream sink: zero ranges and cuts are zeroed in place the way the
+/// device is best zeroed (see [`DeviceTarget`]).
 pub struct DeviceSink {
     dev: DeviceTarget,
     pub device_size: u64,

@@ -155,3 +155,111 @@ fn receive_streams_into_block_device() {
     let got = std::fs::read(&backing).unwrap();
     assert_same(&got[..img.len()], &img, "stream chain on a device");
 }
+
+/// The thin-LV way of zeroing, on a loop device (whose discards punch holes and read
+/// back zeros): whole 192 KiB blocks are discarded, the partial edges zeroed only where
+/// they are not zero already, and nothing outside the range changes.
+#[test]
+fn unmap_zeroing_discards_whole_blocks_and_zeroes_edges() {
+    if !need_root("unmap_zeroing_discards_whole_blocks_and_zeroes_edges") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("dev.img");
+    let block: u64 = 192 * 1024;
+    std::fs::write(&backing, vec![0xAAu8; 4 << 20]).unwrap();
+    let Some(lo) = loop_or_skip("unmap_zeroing", &backing) else {
+        return;
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lo.dev)
+        .unwrap();
+    // From 100 KiB (inside block 0) to 1660 KiB (inside block 8): blocks 1..8 whole.
+    let (off, len) = (100 * 1024u64, 1560 * 1024u64);
+    let z = sparsebak::zeroing::Zeroing::Unmap {
+        block,
+        logical: 512,
+    };
+    z.zero(&f, off, len).unwrap();
+    f.sync_all().unwrap();
+    let got = std::fs::read(&backing).unwrap();
+    let (s, e) = (off as usize, (off + len) as usize);
+    assert!(got[..s].iter().all(|&b| b == 0xAA), "before the range");
+    assert!(got[s..e].iter().all(|&b| b == 0), "the range reads zeros");
+    assert!(got[e..].iter().all(|&b| b == 0xAA), "after the range");
+    // The seven whole blocks are a hole in the backing file (the guest test checks
+    // that dm-thin unmaps them rather than writing zeros).
+    assert_eq!(
+        next_data(&backing, block),
+        8 * block,
+        "blocks 1..8 unmapped"
+    );
+    // Zeroing a range that already reads as zeros writes nothing: the hole stays.
+    z.zero(&f, block, 3 * block + 4096).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(next_data(&backing, block), 8 * block, "still unmapped");
+    // A loop device is no thin LV: restores into it keep BLKZEROOUT.
+    assert!(matches!(
+        sparsebak::zeroing::Zeroing::for_device(&f).unwrap(),
+        sparsebak::zeroing::Zeroing::ZeroOut { .. }
+    ));
+}
+
+/// A device larger than the volume keeps what lies past the volume's end, unless
+/// `--zero-tail` is given (archive and stream receive alike).
+#[test]
+fn receive_zero_tail() {
+    if !need_root("receive_zero_tail") {
+        return;
+    }
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(8);
+    let mut img = vec![0u8; 20 * CS + 4096];
+    rng.fill(&mut img[..5 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let stream = env.path().join("s.tar");
+    env.ok(&["send", "v", &format!("--stream={}", stream.display())]);
+    let backing = env.path().join("dev.img");
+    let garbage = rng.bytes(40 * CS);
+    for from_stream in [false, true] {
+        std::fs::write(&backing, &garbage).unwrap();
+        let Some(lo) = loop_or_skip("receive_zero_tail", &backing) else {
+            return;
+        };
+        let save = format!("--save-to={}", lo.dev.display());
+        let fs = format!("--from-stream={}", stream.display());
+        let mut args = vec!["receive", "v", &save];
+        if from_stream {
+            args.push(&fs);
+        }
+        env.ok(&args);
+        let got = std::fs::read(&backing).unwrap();
+        assert_same(&got[..img.len()], &img, "volume");
+        assert_same(
+            &got[img.len()..],
+            &garbage[img.len()..],
+            "tail left as it was",
+        );
+        args.push("--zero-tail");
+        env.ok(&args);
+        let got = std::fs::read(&backing).unwrap();
+        assert_same(&got[..img.len()], &img, "volume");
+        assert!(
+            got[img.len()..].iter().all(|&b| b == 0),
+            "tail zeroed ({from_stream})"
+        );
+    }
+}
+
+/// The first offset at or after `from` that holds data in `path` (SEEK_DATA).
+fn next_data(path: &Path, from: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: lseek on an open descriptor.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), from as libc::off_t, libc::SEEK_DATA) };
+    assert!(r >= 0, "SEEK_DATA: {}", std::io::Error::last_os_error());
+    r as u64
+}

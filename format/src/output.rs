@@ -169,6 +169,13 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
                 links: meta.nlink(),
             });
         }
+        if path.starts_with("/dev") {
+            // devtmpfs lives in RAM; a regular file there is nobody's disk.
+            return Err(refuse(
+                "a regular file under /dev",
+                "name a device; sparsebak makes and replaces no regular files under /dev",
+            ));
+        }
         OutputKind::File { existing: meta }
     } else if ft.is_fifo() {
         OutputKind::Fifo
@@ -211,10 +218,11 @@ pub fn open_existing(out: &Output) -> Result<File, OutputError> {
         .map_err(io_at(&out.path))
 }
 
-/// Open a block device for writing, exclusively (`O_EXCL`): a device that is mounted,
+/// Open a block device for reading and writing, exclusively (`O_EXCL`): a device that is mounted,
 /// or held open exclusively by another program, is refused before anything is written.
 pub fn open_block_device(path: &Path) -> Result<File, OutputError> {
     OpenOptions::new()
+        .read(true)
         .write(true)
         .custom_flags(libc::O_EXCL)
         .open(path)

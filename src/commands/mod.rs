@@ -7,6 +7,7 @@ pub mod list;
 pub mod monitor;
 pub mod prune;
 pub mod receive;
+pub mod rename;
 pub mod repair;
 pub mod resync;
 pub mod send;
@@ -67,7 +68,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Receive {
             volume,
             from_stream: Some(paths),
-        } => return stream::receive(&cli, volume.as_deref(), paths),
+            zero_tail,
+        } => return stream::receive(&cli, volume.as_deref(), paths, *zero_tail),
         Command::Verify {
             volume,
             from_stream: Some(paths),
@@ -100,7 +102,9 @@ pub fn run(cli: Cli) -> Result<()> {
             ..
         } => send::run(&ctx, volumes, *tarfile, *accept_archive),
         Command::Monitor { volumes } => monitor::run(&ctx, volumes),
-        Command::Receive { volume, .. } => receive::run(&ctx, &need_volume(volume)?),
+        Command::Receive {
+            volume, zero_tail, ..
+        } => receive::run(&ctx, &need_volume(volume)?, *zero_tail),
         Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume)?),
         Command::List { volumes } => list::run(&ctx, volumes),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
@@ -122,6 +126,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Repair { volume, dry_run } => repair::run(&ctx, volume, *dry_run),
         Command::Delete { volume } => delete::run(&ctx, volume),
+        Command::Rename { old, new } => rename::run(&ctx, old, new),
         Command::Untar { volume } => untar::run(&ctx, volume),
         Command::Diff { volume, json } => diff::run(&ctx, volume, *json),
     }

@@ -8,7 +8,7 @@ use crate::progress::{self, Progress};
 use crate::receive::{check_target, receive_to};
 use sparsebak_format::output::OutputKind;
 
-pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
+pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let Some(path) = &ctx.save_to else {
         bail!("receive needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)");
@@ -19,6 +19,11 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let sessions = vol.sessions()?;
     let id = pick_session(ctx, &vol, &sessions)?;
     let chain = vol.chain(&id)?;
+    // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.
+    let activated = crate::devpath::activate_named_lv(path)?;
+    let path = activated
+        .as_ref()
+        .map_or(path.as_path(), |a| a.device.as_path());
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
     let out = check_target(path, size, name)?;
     let what = match out.kind {
@@ -42,6 +47,10 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let stats = receive_to(&vol, &chain, &out, &mut |p| bar.set(p))
         .with_context(|| format!("receive {name} session {id} into {}", out.describe()))?;
     bar.finish();
+    if zero_tail {
+        crate::receive::zero_tail(path, size)
+            .with_context(|| format!("zeroing {} past the volume's end", path.display()))?;
+    }
     progress::summary(&format!(
         "{name}: session {id} restored to {} size={} written={} time={:.1}s",
         out.describe(),

@@ -88,12 +88,17 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
     Ok(())
 }
 
-pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
+pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) -> Result<()> {
     let Some(save_to) = &cli.save_to else {
         bail!(
             "receive --from-stream needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)"
         );
     };
+    // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.
+    let activated = crate::devpath::activate_named_lv(save_to)?;
+    let save_to = &activated
+        .as_ref()
+        .map_or(save_to.clone(), |a| a.device.clone());
     // The volume size is known only from the streams: a block device too small for it
     // is refused at the first stream's header, before anything is written.
     let out = crate::receive::check_target(save_to, 0, volume.unwrap_or(""))?;
@@ -110,6 +115,10 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str) -> Result<()> {
     let input = open_streams(&split_paths(paths))?;
     let sum = receive_streams(input, &out, volume)
         .with_context(|| format!("receive from stream {paths} into {}", out.describe()))?;
+    if zero_tail {
+        crate::receive::zero_tail(&out.path, sum.last().info.volsize)
+            .with_context(|| format!("zeroing {} past the volume's end", out.describe()))?;
+    }
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",
         sum.last().info.session,

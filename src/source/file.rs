@@ -29,8 +29,12 @@ impl Source for FileSource {
             .ok_or_else(|| Error::Msg("source = file needs voldir".into()))?;
         let path = dir.join(vol.name);
         let file = File::open(&path).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound => super::renamed_hint(vol.name),
+                _ => String::new(),
+            };
             Error::Msg(format!(
-                "volume {}: cannot open {}: {e}",
+                "volume {}: cannot open {}: {e}{hint}",
                 vol.name,
                 path.display()
             ))

@@ -122,7 +122,9 @@ pub enum LvmError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{argv}` failed ({status}){}", stderr_suffix(.stderr))]
+    /// Said reason first: lvm's argv (with its `--config` settings) is long, and what
+    /// the tool printed is what the user needs to read.
+    #[error("{}", failed_message(.argv, .status, .stderr))]
     Failed {
         argv: Argv,
         status: ExitStatus,
@@ -150,15 +152,40 @@ pub enum LvmError {
     #[error("thin pool {pool} has failed (device-mapper status {status:?}); it needs repair")]
     PoolFailed { pool: String, status: String },
     #[error(
-        "thin pool {pool} already holds a metadata snapshot (root block {root}), reserved \
-         by another tool or an interrupted run; release it with `dmsetup message {dm_name} \
-         0 release_metadata_snap` once nothing uses it"
+        "thin pool {pool} holds a metadata snapshot (root block {root}) that sparsebak did \
+         not reserve: another tool (thin_ls, another backup tool) is probably using it, or a \
+         run of another sparsebak configuration was killed before a reboot (that \
+         configuration's next run releases it). Only when you are sure nothing uses it: \
+         `dmsetup message {dm_name} 0 release_metadata_snap`"
     )]
     MetadataSnapHeld {
         pool: String,
         dm_name: String,
         root: u64,
     },
+}
+
+/// `<tool>: <what it printed> (`argv` failed, status)`, or only the argv and status
+/// when it printed nothing.
+fn failed_message(argv: &Argv, status: &ExitStatus, stderr: &str) -> String {
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if said.is_empty() {
+        return format!("`{argv}` failed ({status})");
+    }
+    let program = Path::new(argv.program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // `lvm lvcreate ...` is named by its subcommand.
+    let tool = match argv.args().first() {
+        Some(sub) if program == "lvm" => sub.to_string_lossy().into_owned(),
+        _ => program,
+    };
+    format!("{tool}: {} (`{argv}` failed, {status})", said.join("; "))
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -720,15 +747,22 @@ impl Lvm {
         Ok(())
     }
 
-    /// Release `pool`'s metadata snapshot. Idempotent: returns `Ok(false)` when none was
-    /// held, including when it disappeared between the check and the message.
-    pub fn release_metadata_snap(&self, pool: &LvRef) -> Result<bool> {
-        if self.metadata_snap_held(pool)?.is_none() {
-            return Ok(false);
+    /// Release `pool`'s metadata snapshot if the one held is `root` (ours). Returns
+    /// `Ok(false)` when none is held, or another one: the pool holds one metadata snapshot
+    /// at a time, and one with another root was reserved by someone else, so it is left
+    /// alone. Idempotent, including when it disappears between the check and the message.
+    pub fn release_metadata_snap(&self, pool: &LvRef, root: u64) -> Result<bool> {
+        match self.metadata_snap_held(pool)? {
+            Some(held) if held == root => {}
+            Some(other) => {
+                tracing::debug!(%pool, root, other, "the held metadata snapshot is not ours");
+                return Ok(false);
+            }
+            None => return Ok(false),
         }
         match self.run(&self.pool_message_argv(pool, "release_metadata_snap")) {
             Ok(_) => {
-                tracing::debug!(%pool, "released metadata snapshot");
+                tracing::debug!(%pool, root, "released metadata snapshot");
                 Ok(true)
             }
             Err(e @ LvmError::Failed { .. }) => match self.metadata_snap_held(pool) {
@@ -737,6 +771,12 @@ impl Lvm {
             },
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the pool's `thin-pool` device (`<vg>-<pool>-tpool`) is active, from
+    /// sysfs (no tool output to interpret): an inactive pool takes no messages.
+    pub fn pool_is_active(&self, pool: &LvRef) -> bool {
+        dm_device_exists(&pool.tpool_dm_name())
     }
 
     fn thin_delta_argv(&self, metadata: &Path, snap1: u64, snap2: u64, verbose: bool) -> Argv {
@@ -861,48 +901,71 @@ fn drained(out: &mut impl BufRead) -> bool {
     }
 }
 
-/// A held metadata snapshot of a thin pool, released when dropped.
+/// Whether a device-mapper device called `name` exists (`/sys/block/dm-*/dm/name`).
+pub fn dm_device_exists(name: &str) -> bool {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim_end() == name)
+    })
+}
+
+/// A metadata snapshot of a thin pool that this process reserved, released when
+/// dropped.
 ///
 /// Hold it only while `thin_delta -m` runs: while held, the pool keeps the snapshot's
-/// metadata blocks allocated. Release errors on drop are logged, not raised; call
-/// [`MetadataSnapGuard::release`] to see them.
+/// metadata blocks allocated. It is identified by its root block (the seventh field
+/// of the pool's status), and released only while the pool still holds that root, so
+/// a reservation someone else made is never released. Release errors on drop are
+/// logged, not raised; call [`MetadataSnapGuard::release`] to see them.
 #[derive(Debug)]
 pub struct MetadataSnapGuard {
     lvm: Lvm,
     pool: LvRef,
+    root: u64,
     held: bool,
 }
 
 impl MetadataSnapGuard {
     /// Reserve a metadata snapshot of `pool`.
     ///
-    /// If one is already held, a metadata snapshot from some earlier moment would be
-    /// diffed, so it is never silently reused: with `replace_held` it is released and a
-    /// fresh one reserved (right when the caller knows the old one is its own, left by
-    /// an interrupted run under the same lock); otherwise this fails with
-    /// [`LvmError::MetadataSnapHeld`], since another tool may be using it.
-    pub fn reserve(lvm: &Lvm, pool: &LvRef, replace_held: bool) -> Result<MetadataSnapGuard> {
+    /// If one is already held it is someone else's (the caller has already released
+    /// what its own interrupted runs left), and a metadata snapshot from some earlier
+    /// moment must not be diffed: this fails with [`LvmError::MetadataSnapHeld`] and
+    /// leaves it alone.
+    pub fn reserve(lvm: &Lvm, pool: &LvRef) -> Result<MetadataSnapGuard> {
         if let Some(root) = lvm.metadata_snap_held(pool)? {
-            if !replace_held {
-                return Err(LvmError::MetadataSnapHeld {
-                    pool: pool.to_string(),
-                    dm_name: pool.tpool_dm_name(),
-                    root,
-                });
-            }
-            tracing::warn!(%pool, root, "releasing a metadata snapshot left held");
-            lvm.release_metadata_snap(pool)?;
+            return Err(LvmError::MetadataSnapHeld {
+                pool: pool.to_string(),
+                dm_name: pool.tpool_dm_name(),
+                root,
+            });
         }
         lvm.reserve_metadata_snap(pool)?;
+        let argv = lvm.pool_status_argv(pool);
+        let root = lvm
+            .metadata_snap_held(pool)?
+            .ok_or_else(|| LvmError::BadOutput {
+                argv,
+                reason: "no metadata snapshot held right after reserving one".into(),
+                output: String::new(),
+            })?;
         Ok(MetadataSnapGuard {
             lvm: lvm.clone(),
             pool: pool.clone(),
+            root,
             held: true,
         })
     }
 
     pub fn pool(&self) -> &LvRef {
         &self.pool
+    }
+
+    /// The root block of this reservation, as `dmsetup status` shows it.
+    pub fn root(&self) -> u64 {
+        self.root
     }
 
     /// The pool's metadata device, for `thin_delta -m`.
@@ -913,7 +976,9 @@ impl MetadataSnapGuard {
     /// Release now, reporting failure.
     pub fn release(mut self) -> Result<()> {
         self.held = false;
-        self.lvm.release_metadata_snap(&self.pool).map(drop)
+        self.lvm
+            .release_metadata_snap(&self.pool, self.root)
+            .map(drop)
     }
 }
 
@@ -921,7 +986,7 @@ impl Drop for MetadataSnapGuard {
     fn drop(&mut self) {
         if self.held {
             self.held = false;
-            if let Err(e) = self.lvm.release_metadata_snap(&self.pool) {
+            if let Err(e) = self.lvm.release_metadata_snap(&self.pool, self.root) {
                 tracing::warn!(pool = %self.pool, error = %e, "could not release the metadata snapshot");
             }
         }
@@ -1236,8 +1301,20 @@ mod tests {
         assert!(stderr.contains("not found"));
         assert_eq!(
             e.to_string(),
-            "`sh -c 'echo '\\''  Volume group \"nope\" not found'\\'' >&2; exit 5'` failed \
-             (exit status: 5): Volume group \"nope\" not found"
+            "sh: Volume group \"nope\" not found (`sh -c 'echo '\\''  Volume group \"nope\" \
+             not found'\\'' >&2; exit 5'` failed, exit status: 5)"
+        );
+        // lvm is named by its subcommand, and every line it printed is kept.
+        let e = LvmError::Failed {
+            argv: Argv::new("lvm").arg("lvcreate").arg("--config").arg("x"),
+            status: e_status(5),
+            stderr: "  WARNING: Sum of all thin volume sizes exceeds pool.\n  Cannot create new thin volume, free metadata space in thin pool vg/pool reached threshold.\n".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "lvcreate: WARNING: Sum of all thin volume sizes exceeds pool.; Cannot create new \
+             thin volume, free metadata space in thin pool vg/pool reached threshold. \
+             (`lvm lvcreate --config x` failed, exit status: 5)"
         );
 
         let e = l
@@ -1247,6 +1324,11 @@ mod tests {
         assert!(e
             .to_string()
             .starts_with("cannot run `/nonexistent/dmsetup status`: "));
+    }
+
+    fn e_status(code: i32) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        ExitStatus::from_raw(code << 8)
     }
 
     /// A stand-in tool: a shell script in a temporary directory.
@@ -1401,35 +1483,48 @@ esac"#,
 
         assert_eq!(l.metadata_snap_held(&pool).unwrap(), None);
         // Release with nothing held: a no-op, no message sent.
-        assert!(!l.release_metadata_snap(&pool).unwrap());
+        assert!(!l.release_metadata_snap(&pool, 42).unwrap());
         {
-            let g = MetadataSnapGuard::reserve(&l, &pool, false).unwrap();
+            let g = MetadataSnapGuard::reserve(&l, &pool).unwrap();
             assert_eq!(held(), "42");
+            assert_eq!(g.root(), 42);
             assert_eq!(g.metadata_device(), Path::new("/dev/mapper/vg-pool_tmeta"));
-            // A second reservation is refused with a helpful message.
-            let e = MetadataSnapGuard::reserve(&l, &pool, false).unwrap_err();
+            // A second reservation is refused, naming the reason before the command.
+            let e = MetadataSnapGuard::reserve(&l, &pool)
+                .unwrap_err()
+                .to_string();
             assert!(
-                e.to_string()
-                    .contains("dmsetup message vg-pool-tpool 0 release_metadata_snap"),
+                e.contains("(root block 42) that sparsebak did not reserve"),
+                "{e}"
+            );
+            assert!(
+                e.find("is probably using it")
+                    < e.find("dmsetup message vg-pool-tpool 0 release_metadata_snap"),
                 "{e}"
             );
             assert_eq!(held(), "42");
         }
         assert_eq!(held(), "-", "dropping the guard releases");
 
-        // Replacing a stale reservation; explicit release; releasing twice is fine.
+        // Someone else's reservation: refused, and a release for another root leaves it.
         std::fs::write(&state, "7").unwrap();
-        assert!(MetadataSnapGuard::reserve(&l, &pool, false).is_err());
-        let g = MetadataSnapGuard::reserve(&l, &pool, true).unwrap();
-        assert_eq!(held(), "42");
+        assert!(MetadataSnapGuard::reserve(&l, &pool).is_err());
+        assert!(!l.release_metadata_snap(&pool, 42).unwrap());
+        assert_eq!(held(), "7");
+        std::fs::write(&state, "-").unwrap();
+
+        // Explicit release; releasing twice is fine.
+        let g = MetadataSnapGuard::reserve(&l, &pool).unwrap();
         g.release().unwrap();
         assert_eq!(held(), "-");
-        assert!(!l.release_metadata_snap(&pool).unwrap());
+        assert!(!l.release_metadata_snap(&pool, 42).unwrap());
 
-        // Someone else releases under our feet: the guard's drop does not complain.
-        let g = MetadataSnapGuard::reserve(&l, &pool, false).unwrap();
-        std::fs::write(&state, "-").unwrap();
+        // Someone else releases ours and reserves their own under our feet: the guard's
+        // drop leaves theirs alone and does not complain.
+        let g = MetadataSnapGuard::reserve(&l, &pool).unwrap();
+        std::fs::write(&state, "9").unwrap();
         drop(g);
+        assert_eq!(held(), "9");
 
         let messages = std::fs::read_to_string(dir.path().join("log")).unwrap();
         assert_eq!(
@@ -1437,7 +1532,7 @@ esac"#,
                 .lines()
                 .filter(|l| l.contains("release_metadata_snap"))
                 .count(),
-            3,
+            2,
             "{messages}"
         );
 

@@ -81,6 +81,15 @@ pub fn stream_dir(meta_dir: &std::path::Path, chain: &str) -> PathBuf {
     meta_dir.join("streams").join(chain)
 }
 
+/// Appended to a "volume not found" error: a renamed volume keeps its history only
+/// through `rename`.
+pub fn renamed_hint(vol: &str) -> String {
+    format!(
+        "; if it was renamed, `sparsebak rename {vol} NEW-NAME` carries its history over \
+         to the new name"
+    )
+}
+
 /// Which chunks a send must look at.
 pub enum Changes {
     /// Any chunk may have changed: read every data chunk (holes skipped) and compare its
@@ -139,6 +148,11 @@ pub trait Source {
     }
     /// Remove everything this source keeps for the volume (snapshots); `delete`.
     fn forget(&mut self, _vol: &VolumeCtx) -> Result<()> {
+        Ok(())
+    }
+    /// Move what this source keeps for volume `old` (snapshots) to the name `new`;
+    /// `rename`. Steps already done are skipped.
+    fn rename(&mut self, _old: &str, _new: &str) -> Result<()> {
         Ok(())
     }
     /// Rebuild change tracking by comparing the volume with `archive`'s latest session.

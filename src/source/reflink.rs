@@ -71,10 +71,43 @@ impl Reflink {
 }
 
 impl SnapshotLayer for Reflink {
+    fn rename_snapshots(&mut self, old: &str, new: &str) -> Result<()> {
+        self.remove(old, Snap::Tock)?;
+        let pairs = [
+            (self.snap(old, Snap::Tick), self.snap(new, Snap::Tick)),
+            (self.origin(old, Snap::Tick), self.origin(new, Snap::Tick)),
+        ];
+        for (from, to) in &pairs {
+            if from.exists() && to.exists() {
+                return Err(Error::Msg(format!(
+                    "both {} and {} exist; remove the one that is not wanted",
+                    from.display(),
+                    to.display()
+                )));
+            }
+        }
+        // The sidecar first: a tick without its origin file is taken as lost (the next
+        // send compares by hash), never as another image's tick.
+        for (from, to) in pairs.iter().rev() {
+            if from.exists() {
+                std::fs::rename(from, to).at(from)?;
+            }
+        }
+        if self.snap_dir().is_dir() {
+            durable::sync_dir(&self.snap_dir()).at(self.snap_dir())?;
+        }
+        Ok(())
+    }
+
     fn check_volume(&mut self, vol: &str) -> Result<()> {
         let p = self.image(vol);
-        let m = std::fs::metadata(&p)
-            .map_err(|e| Error::Msg(format!("volume {vol}: {}: {e}", p.display())))?;
+        let m = std::fs::metadata(&p).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::NotFound => super::renamed_hint(vol),
+                _ => String::new(),
+            };
+            Error::Msg(format!("volume {vol}: {}: {e}{hint}", p.display()))
+        })?;
         if !m.is_file() {
             return Err(Error::Msg(format!(
                 "volume {vol}: {} is not a regular file (source = reflink takes image files)",

@@ -65,6 +65,9 @@ pub trait SnapshotLayer {
     fn recover(&mut self, vol: &str) -> Result<()>;
     /// The live volume, for reading (`diff`).
     fn open_volume(&mut self, vol: &str) -> Result<(File, u64)>;
+    /// Move the snapshots of volume `old` to the name `new` (`rename`); done steps are
+    /// skipped, so an interrupted rename can be run again.
+    fn rename_snapshots(&mut self, old: &str, new: &str) -> Result<()>;
     /// Whether a tick lost after sends is an error (the user runs `resync`) rather
     /// than a fallback to hashing at the next send.
     fn lost_tick_is_error(&self) -> bool {
@@ -326,6 +329,10 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
         self.layer.recover(vol.name)?;
         self.layer.remove(vol.name, Snap::Tock)?;
         self.layer.remove(vol.name, Snap::Tick)
+    }
+
+    fn rename(&mut self, old: &str, new: &str) -> Result<()> {
+        self.layer.rename_snapshots(old, new)
     }
 
     fn abort_send(&mut self, vol: &VolumeCtx, view: SendView) -> Result<()> {

@@ -621,6 +621,10 @@ pub struct DeltaSummary {
     /// Changed pool blocks that lie wholly past the end of the map (the thin device is
     /// larger than the map covers). They could not be marked; see [`mark_map`].
     pub blocks_past_end: u64,
+    /// Of those, blocks the second device maps (`different`, `right_only`): data past
+    /// the map's end that would be missed. Blocks only the first maps (`left_only`)
+    /// are what a volume that shrank, or was re-created smaller, no longer has.
+    pub mapped_past_end: u64,
 }
 
 impl DeltaSummary {
@@ -682,12 +686,15 @@ pub fn mark_map<R: BufRead>(input: R, map: &mut DeltaMap) -> Result<DeltaSummary
         if range.end() > first_outside {
             let outside = range.end() - range.begin.max(first_outside);
             summary.blocks_past_end = summary.blocks_past_end.saturating_add(outside);
+            if range.kind != DeltaKind::LeftOnly {
+                summary.mapped_past_end = summary.mapped_past_end.saturating_add(outside);
+            }
         }
     })?;
     summary.header = header;
-    if summary.blocks_past_end > 0 {
+    if summary.mapped_past_end > 0 {
         tracing::warn!(
-            blocks = summary.blocks_past_end,
+            blocks = summary.mapped_past_end,
             map_bytes,
             "thin_delta reports changed blocks past the end of the delta map"
         );
@@ -1151,7 +1158,22 @@ mod tests {
         let xml = doc(512, r#"<right_only begin="2" length="3"/>"#);
         let s = mark_map(xml.as_bytes(), &mut m).unwrap();
         assert_eq!(m.runs().collect::<Vec<_>>(), vec![(8, 10)]);
-        assert_eq!(s.blocks_past_end, 2);
+        assert_eq!((s.blocks_past_end, s.mapped_past_end), (2, 2));
+    }
+
+    #[test]
+    fn a_smaller_volume_leaves_only_left_only_blocks_past_the_end() {
+        // The tick of a 1 MiB volume against the tock of one re-created at 640 KiB:
+        // what the old one had past the new end is left_only, expected, and not data
+        // that would be missed.
+        let (_d, mut m) = map(65536, 10);
+        let xml = doc(
+            512,
+            r#"<different begin="0" length="1"/><left_only begin="1" length="3"/>"#,
+        );
+        let s = mark_map(xml.as_bytes(), &mut m).unwrap();
+        assert_eq!(m.runs().collect::<Vec<_>>(), vec![(0, 10)]);
+        assert_eq!((s.blocks_past_end, s.mapped_past_end), (1, 0));
     }
 
     #[test]

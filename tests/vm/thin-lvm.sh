@@ -7,7 +7,8 @@
 # guest test passed.
 #
 #   tests/vm/thin-lvm.sh [path/to/sparsebak]
-#   SPARSEBAK_VM_TIMEOUT=900   overall limit in seconds
+#   SPARSEBAK_VM_TIMEOUT=1800  overall limit in seconds (both scenarios on a busy machine)
+#   SPARSEBAK_VM_SCENARIOS="main field"   which guest scenarios to run, in order
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -59,15 +60,28 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$run/share"
 cp "$bin" "$run/share/sparsebak"
-install -m 0755 "$here/guest/thin-lvm-test.sh" "$run/share/test.sh"
-truncate -s 4G "$run/scratch.img"
+# The guest runs the scenarios named in $SPARSEBAK_VM_SCENARIOS (default: both), each
+# on its own scratch disk: main is guest/thin-lvm-test.sh, NAME guest/thin-lvm-NAME.sh.
+scenarios=${SPARSEBAK_VM_SCENARIOS:-main field}
+for s in $scenarios; do
+    src=$here/guest/thin-lvm-$s.sh
+    [[ $s == main ]] && src=$here/guest/thin-lvm-test.sh
+    install -m 0755 "$src" "$run/share/$s.sh"
+done
+{
+    echo '#!/bin/sh'
+    echo 'set -e'
+    for s in $scenarios; do echo "/share/$s.sh"; done
+} > "$run/share/test.sh"
+chmod 0755 "$run/share/test.sh"
+truncate -s 4G "$run/scratch.img" "$run/scratch2.img"
 
 accel=(-accel tcg,thread=multi -cpu max)
 if grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && [[ -w /dev/kvm ]]; then
     accel=(-accel kvm -cpu host)
 fi
 log "booting (${accel[1]})"
-timeout_s=${SPARSEBAK_VM_TIMEOUT:-900}
+timeout_s=${SPARSEBAK_VM_TIMEOUT:-1800}
 qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
     -machine q35 "${accel[@]}" -smp 2 -m 2048 \
     -kernel "$guest/vmlinux" -initrd "$guest/initrd.cpio" \
@@ -75,6 +89,8 @@ qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
     -serial stdio \
     -drive "file=$run/scratch.img,format=raw,if=none,id=d,cache=unsafe" \
     -device virtio-blk-pci,drive=d \
+    -drive "file=$run/scratch2.img,format=raw,if=none,id=d2,cache=unsafe" \
+    -device virtio-blk-pci,drive=d2 \
     -virtfs "local,path=$run/share,mount_tag=share,security_model=none" </dev/null &
 qpid=$!
 deadline=$(( $(date +%s) + timeout_s ))
