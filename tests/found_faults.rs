@@ -326,3 +326,77 @@ fn fault_send_with_no_inode_left_is_not_explained() {
     assert!(err.contains("No space left"), "{err}");
     assert!(err.contains("inode"), "{err}");
 }
+
+/// Fault: `send --stream=-` with standard output a terminal writes the binary stream
+/// to the terminal (and records it in the chain), where `receive --save-to=-`
+/// refuses a terminal.
+#[test]
+fn fault_stream_send_writes_binary_to_a_terminal() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(10).bytes(MIB)).unwrap();
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors we then own; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut child = Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["-u", "send", "--stream=-", "v"])
+        .stdout(std::process::Stdio::from(slave))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(master);
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        // Ends with EIO once the child has exited and closed the terminal.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("send --stream=- onto a terminal did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let got = reader.join().unwrap();
+    let needle = b"sparsebak-stream/header";
+    let wrote = got.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        !wrote,
+        "the stream went to the terminal ({} bytes)",
+        got.len()
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("terminal"), "{err}");
+}
