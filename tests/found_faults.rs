@@ -450,3 +450,44 @@ fn fault_assemble_after_interrupted_prune_blames_a_missing_chunk() {
         assert!(err.contains("prune"), "{err}");
     }
 }
+
+/// Fault: `send --stream=PATH` overwrites an existing file, or a block device holding
+/// data, without asking and without `-u`, where `receive --save-to` refuses both
+/// ("exists; not overwriting it"), and the README says stream files are handled "as
+/// for receive".
+#[test]
+fn fault_stream_send_overwrites_without_asking() {
+    if !need_root("fault_stream_send_overwrites") {
+        return;
+    }
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(12).bytes(MIB)).unwrap();
+    let file = env.path().join("precious");
+    std::fs::write(&file, b"keep me").unwrap();
+    let backing = env.path().join("dev.img");
+    let data = Rng::new(13).bytes(4 * MIB);
+    std::fs::write(&backing, &data).unwrap();
+    let Some(lo) = Loop::new("fault_stream_send_overwrites", &backing, 512) else {
+        return;
+    };
+    for target in [file.clone(), lo.dev.clone()] {
+        let o = Command::new(bin())
+            .arg("-c")
+            .arg(&env.config)
+            .args(["send", "v", &format!("--stream={}", target.display())])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{}: {}",
+            target.display(),
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("not overwriting"), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    lo.flush();
+    assert_eq!(std::fs::read(&backing).unwrap(), data);
+}
