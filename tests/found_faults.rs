@@ -491,3 +491,55 @@ fn fault_stream_send_overwrites_without_asking() {
     lo.flush();
     assert_eq!(std::fs::read(&backing).unwrap(), data);
 }
+
+/// Fault: with an archive at destdir that the metadir does not know, two `send
+/// --stream` runs of two volumes at the same time (one catalog) fail with "catalog ...: database is locked"; the failed run
+/// has already kept its session copy, so the next sends of that volume fail with
+/// "S_<id>: Directory not empty", and later the chain is declared damaged ("start a
+/// new chain with --chain").
+#[test]
+fn fault_concurrent_stream_sends_break_the_chain() {
+    let env = Env::new(&["a", "b"]);
+    let mut rng = Rng::new(14);
+    std::fs::write(env.image("a"), rng.bytes(6 * MIB)).unwrap();
+    std::fs::write(env.image("b"), rng.bytes(5 * MIB)).unwrap();
+    let out = env.path().join("streams");
+    std::fs::create_dir(&out).unwrap();
+    let stream = |vol: &str, n: u32| format!("--stream={}/{vol}{n}", out.display());
+    // An archive this metadir does not know yet (a new metadir, a reinstalled
+    // machine): every stream send then writes the catalog.
+    env.send("a");
+    std::fs::remove_dir_all(env.meta()).unwrap();
+    env.ok(&["send", "a", &stream("a", 0)]);
+    env.ok(&["send", "b", &stream("b", 0)]);
+    for round in 1..=6u32 {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // The volumes grow a little between sends (as `echo >> image` does).
+        for vol in ["a", "b"] {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(env.image(vol))
+                .unwrap();
+            f.write_all(&rng.bytes(2)).unwrap();
+        }
+        let spawn = |vol: &str| {
+            Command::new(bin())
+                .arg("-c")
+                .arg(&env.config)
+                .args(["-u", "send", vol, &stream(vol, round)])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (ca, cb) = (spawn("a"), spawn("b"));
+        for (vol, c) in [("a", ca), ("b", cb)] {
+            let o = c.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "round {round}, volume {vol}: {}",
+                stderr(&o)
+            );
+        }
+    }
+}
