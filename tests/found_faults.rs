@@ -543,3 +543,13 @@ fn fault_concurrent_stream_sends_break_the_chain() {
         }
     }
 }
+
+/// Fault: `verify` without a volume answers with an example of another command:
+/// "name the volume (e.g. `sparsebak receive --save-to=PATH VOLUME`)".
+#[test]
+fn fault_verify_without_volume_shows_a_receive_example() {
+    let (env, _) = sent(MIB, 15);
+    let err = stderr(&env.run(&["verify"]));
+    assert!(err.contains("sparsebak verify"), "{err}");
+    assert!(!err.contains("receive"), "{err}");
+}
