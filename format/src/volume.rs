@@ -223,8 +223,9 @@ impl VolumeArchive {
         self.manifest_sha256(&info.session)
     }
 
-    /// SHA-256 of session `id`'s manifest.
-    pub fn manifest_sha256(&self, id: &str) -> Result<crate::Hash> {
+    /// SHA-256 of session `id`'s manifest, however long it is: only behind the bound
+    /// of [`Self::session_manifest_sha256`].
+    fn manifest_sha256(&self, id: &str) -> Result<crate::Hash> {
         use sha2::Digest;
         let mut r = self.manifest_bytes(id)?;
         let mut h = sha2::Sha256::new();

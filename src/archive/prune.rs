@@ -315,7 +315,7 @@ pub fn check_removal(vol: &VolumeArchive, targets: &[String]) -> Result<()> {
             .map_or(0, |p| p + 1);
         for info in &chain[first..] {
             let id = &info.session;
-            match vol.manifest_sha256(id) {
+            match vol.session_manifest_sha256(info) {
                 Ok(h) if h == info.manifest_sha256 => {}
                 Ok(_) => fp.note_missing(format!(
                     "the manifest of session {id}, which does not match the hash in its info"

@@ -200,7 +200,7 @@ lvchange -q -an "$VG/vm-x-private"
 for p in /dev/$VG/no-such-lv /dev/novg/x /dev/x.img; do
     if "$SB" -c /tmp/fa.ini -u receive "$A" --save-to=$p 2>/tmp/err; then fail "$p should be refused"; fi
     cat /tmp/err
-    grep -q "creates no files under /dev" /tmp/err || fail "unclear error for $p"
+    grep -q "no regular files under /dev" /tmp/err || fail "unclear error for $p"
 done
 [ -z "$(find /dev -type f)" ] || { find /dev -type f; fail "a file was created under /dev"; }
 echo "ok: paths under /dev that are no device are refused"
