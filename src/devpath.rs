@@ -6,41 +6,14 @@
 //! volumes) has no node; [`activate_named_lv`] activates it for the restore and puts it
 //! back as it was afterwards.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::source::lvm::{LvRef, Lvm};
 
-/// `path` made absolute (against the working directory) with `.` and `..` resolved
-/// lexically, then its existing parent resolved through symlinks.
-fn resolved(path: &Path) -> PathBuf {
-    let abs = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(path)
-    };
-    let mut out = PathBuf::from("/");
-    for c in abs.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    match (out.parent(), out.file_name()) {
-        (Some(parent), Some(name)) => match parent.canonicalize() {
-            Ok(p) => p.join(name),
-            Err(_) => out,
-        },
-        _ => out,
-    }
-}
-
 /// Whether `path` is in `/dev`.
 pub fn is_under_dev(path: &Path) -> bool {
-    resolved(path).starts_with("/dev")
+    sparsebak_format::output::resolved(path).starts_with("/dev")
 }
 
 /// An LV activated for a restore; deactivated again when dropped.
@@ -68,7 +41,7 @@ pub fn activate_named_lv(path: &Path) -> Result<Option<ActivatedLv>> {
     if path.symlink_metadata().is_ok() {
         return Ok(None);
     }
-    let full = resolved(path);
+    let full = sparsebak_format::output::resolved(path);
     let Ok(rest) = full.strip_prefix("/dev") else {
         return Ok(None);
     };

@@ -104,6 +104,42 @@ impl Output {
     }
 }
 
+/// `path` made absolute (against the working directory) with `.` and `..` resolved
+/// lexically, then its deepest existing ancestor resolved through symlinks: where a
+/// path that does not exist yet would be created.
+pub fn resolved(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut lexical = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::Normal(n) => lexical.push(n),
+            _ => {}
+        }
+    }
+    let mut existing = lexical.as_path();
+    let mut rest = Vec::new();
+    while let Some(parent) = existing.parent() {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        if let Some(name) = existing.file_name() {
+            rest.push(name.to_os_string());
+        }
+        existing = parent;
+    }
+    lexical
+}
+
 /// Look at `given` (`-` is standard output) without writing anything.
 pub fn inspect(given: &Path) -> Result<Output, OutputError> {
     if given == Path::new("-") {
@@ -117,11 +153,7 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // A device node that is missing (an inactive logical volume, a detached
             // disk) must not become a regular file in /dev, where nobody looks for one.
-            let parent = match given.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            if std::fs::canonicalize(parent).is_ok_and(|p| p.starts_with("/dev")) {
+            if resolved(given).starts_with("/dev") {
                 return Err(OutputError::Refused {
                     path: given.into(),
                     what: "missing from /dev",
@@ -378,6 +410,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("is missing from /dev"), "{e}");
+        // A folder under /dev that does not exist either, and /dev reached through `..`.
+        for p in [
+            "/dev/sparsebak-no-such-vg/lv",
+            "/tmp/../dev/sparsebak-no-such-device",
+        ] {
+            let e = inspect(Path::new(p)).unwrap_err().to_string();
+            assert!(e.contains("is missing from /dev"), "{p}: {e}");
+        }
         let _sock = std::os::unix::net::UnixListener::bind(p.join("sock")).unwrap();
         let e = inspect(&p.join("sock")).unwrap_err().to_string();
         assert!(e.contains("is a socket"), "{e}");
