@@ -23,6 +23,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     raise_fd_limit();
+    // A run stopped by SIGINT/SIGTERM leaves no partial output file behind.
+    if let Err(e) = sparsebak_format::output::remove_partials_on_signals() {
+        tracing::warn!("cannot install the signal handlers: {e}");
+    }
     match sparsebak::commands::run(cli) {
         // The work is done; output lines that could not be written (other than to a
         // reader that went away) still make the command fail.

@@ -9,7 +9,7 @@
 //! alternate nights stays incremental for each.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, Write};
+use std::io::{BufWriter, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,7 @@ pub fn send_stream(
     name: &str,
     source: &mut dyn Source,
     out: Box<dyn Write + Send>,
+    partial: Option<PartialFile>,
     opts: &StreamOpts,
 ) -> Result<(StreamOutcome, Box<dyn Write + Send>)> {
     let started = Instant::now();
@@ -131,6 +132,7 @@ pub fn send_stream(
     let base = catalog
         .base(dest, name)
         .map_err(|e| Error::Msg(e.to_string()))?;
+    settle_copies(&local, base.as_ref().map(|b| b.session.as_str()))?;
     let copies = VolumeArchive::new(&local.dir);
     let chain = match &base {
         Some(b) => {
@@ -235,6 +237,13 @@ pub fn send_stream(
             },
             None => Error::Msg(format!("writing the stream: {e}")),
         })?;
+        // A stream file gets its name before the catalog records the stream: a run
+        // stopped in between leaves a finished stream the chain does not build on
+        // (the next stream is based on the one before), never a chain that builds on
+        // a stream nobody has.
+        if let Some(p) = partial {
+            p.commit().map_err(|e| Error::Msg(e.to_string()))?;
+        }
         crate::failpoint::hit("stream-before-record");
         // The stream is out: remember it as this chain's new base.
         let sess = local.session_dir(&id);
@@ -247,11 +256,17 @@ pub fn send_stream(
         std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
         std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
         durable::syncfs(&tmp).at(&tmp)?;
+        // The copy becomes a session of the chain only once the catalog records it: a
+        // run that fails here leaves no copy the catalog does not know, and a run
+        // stopped between the two steps leaves `.tmp-S_<id>`, which the next run puts
+        // in place (the catalog names it) or removes (it does not).
+        if let Err(e) = catalog.record_session(dest, &info, written) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::Msg(e.to_string()));
+        }
+        crate::failpoint::hit("stream-after-record");
         std::fs::rename(&tmp, &sess).at(&sess)?;
         durable::sync_dir(&local.dir).at(&local.dir)?;
-        catalog
-            .record_session(dest, &info, written)
-            .map_err(|e| Error::Msg(e.to_string()))?;
         Ok((
             StreamOutcome {
                 info,
@@ -271,6 +286,52 @@ pub fn send_stream(
             Err(e)
         }
     }
+}
+
+/// Make the session copies of a stream chain agree with its catalog base `base` before
+/// a send: a copy of the base left under its temporary name (a run stopped between
+/// recording and renaming it) is put in place; copies newer than the base, or any copy
+/// when the chain is new, are leftovers of runs the catalog never recorded, and are
+/// removed, temporary ones included.
+fn settle_copies(local: &LocalCopies, base: Option<&str>) -> Result<()> {
+    let entries = match std::fs::read_dir(&local.dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        r => r.at(&local.dir)?,
+    };
+    let mut changed = false;
+    for entry in entries {
+        let entry = entry.at(&local.dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let (id, tmp) = match name.strip_prefix(".tmp-S_") {
+            Some(id) => (id, true),
+            None => match name.strip_prefix("S_") {
+                Some(id) => (id, false),
+                None => continue,
+            },
+        };
+        let path = entry.path();
+        if tmp && Some(id) == base {
+            let sess = local.session_dir(id);
+            if !sess.exists() {
+                tracing::info!("putting in place the copy of session {id} a stopped run left");
+                std::fs::rename(&path, &sess).at(&sess)?;
+                changed = true;
+                continue;
+            }
+        }
+        if tmp || base.is_none_or(|b| id > b) {
+            tracing::info!(
+                "removing {}, left by a stream send the catalog never recorded",
+                path.display()
+            );
+            std::fs::remove_dir_all(&path).at(&path)?;
+            changed = true;
+        }
+    }
+    if changed {
+        durable::sync_dir(&local.dir).at(&local.dir)?;
+    }
+    Ok(())
 }
 
 /// A block device as a stream sink: zero ranges and cuts are zeroed in place the way the
@@ -334,18 +395,89 @@ pub fn check_volume(sum: &ChainSummary, volume: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// Open the streams `paths` (`-` = stdin) as one concatenated input.
-pub fn open_streams(paths: &[String]) -> Result<Box<dyn Read>> {
-    let mut input: Box<dyn Read> = Box::new(std::io::empty());
-    for p in paths {
-        let r: Box<dyn Read> = if p == "-" {
-            Box::new(std::io::stdin())
-        } else {
-            Box::new(File::open(p).at(p)?)
-        };
-        input = Box::new(input.chain(r));
+/// The stream files read one after the other as one input, remembering where in that
+/// input each file starts, so an error found at an offset of the input names its file.
+pub struct StreamInputs {
+    files: Vec<Box<dyn Read>>,
+    idx: usize,
+    pos: u64,
+    starts: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+/// Names the stream file an error of [`StreamInputs`] was found in.
+#[derive(Clone)]
+pub struct InputMap {
+    names: Vec<String>,
+    starts: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl Read for StreamInputs {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some(f) = self.files.get_mut(self.idx) {
+            let n = f.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            self.idx += 1;
+            if self.idx < self.files.len() {
+                if let Ok(mut s) = self.starts.lock() {
+                    s.push(self.pos);
+                }
+            }
+        }
+        Ok(0)
     }
-    Ok(input)
+}
+
+impl InputMap {
+    /// The error said with the file (and, among several, the byte of that file) where
+    /// it was found.
+    pub fn locate(&self, e: sparsebak_format::stream::StreamError) -> Error {
+        let Some(at) = e.at() else {
+            return Error::Msg(format!("{}: {e}", self.names.join(",")));
+        };
+        let starts = self.starts.lock().map(|s| s.clone()).unwrap_or_default();
+        let i = starts.iter().rposition(|s| *s <= at.offset).unwrap_or(0);
+        let name = self.names.get(i).map_or("?", String::as_str);
+        if self.names.len() == 1 {
+            Error::Msg(format!("{name}: {e}"))
+        } else {
+            let local = at.offset - starts.get(i).copied().unwrap_or(0);
+            Error::Msg(format!("{name} (byte {local} of this file): {e}"))
+        }
+    }
+}
+
+/// Open the streams `paths` (`-` = stdin) as one concatenated input. Standard input on
+/// a terminal is refused: a stream is binary and nobody types one.
+pub fn open_streams(paths: &[String]) -> Result<(StreamInputs, InputMap)> {
+    let mut files: Vec<Box<dyn Read>> = Vec::new();
+    let mut names = Vec::new();
+    for p in paths {
+        if p == "-" {
+            if std::io::stdin().is_terminal() {
+                return Err(Error::Msg(
+                    "refusing to read a stream from a terminal; redirect standard input".into(),
+                ));
+            }
+            files.push(Box::new(std::io::stdin()));
+            names.push("standard input".to_string());
+        } else {
+            files.push(Box::new(File::open(p).at(p)?));
+            names.push(p.clone());
+        }
+    }
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(vec![0]));
+    Ok((
+        StreamInputs {
+            files,
+            idx: 0,
+            pos: 0,
+            starts: starts.clone(),
+        },
+        InputMap { names, starts },
+    ))
 }
 
 /// Rebuild the chain of streams in `input` into `out` (from [`check_stream_target`]):
@@ -355,18 +487,22 @@ pub fn open_streams(paths: &[String]) -> Result<Box<dyn Read>> {
 /// chain is rebuilt in an unnamed sparse file in the temporary folder (`$TMPDIR`) first
 /// and copied out only once every check passed.
 pub fn receive_streams(
-    input: Box<dyn Read>,
+    (input, map): (StreamInputs, InputMap),
     out: &Output,
     volume: Option<&str>,
 ) -> Result<ChainSummary> {
     // Read and check the whole chain into `sink`; a wrong volume is refused before a
-    // file result is renamed into place.
-    let rebuild = |sink: &mut dyn VolumeSink| -> Result<ChainSummary> {
+    // file result is renamed into place. A failed write names where the volume was
+    // going (`sink_at`), not the stream.
+    let rebuild = |sink: &mut dyn VolumeSink, sink_at: &dyn Fn(std::io::Error) -> Error| {
         let sum = read_chain(
             std::io::BufReader::with_capacity(1 << 20, input),
             Some(sink),
         )
-        .map_err(|e| Error::Msg(e.to_string()))?;
+        .map_err(|e| match e {
+            sparsebak_format::stream::StreamError::Sink { source, .. } => sink_at(source),
+            e => map.locate(e),
+        })?;
         check_volume(&sum, volume)?;
         Ok(sum)
     };
@@ -374,23 +510,39 @@ pub fn receive_streams(
     match &out.kind {
         OutputKind::BlockDevice { .. } => {
             let dev = DeviceTarget::open(&out.path)?;
-            rebuild(&mut DeviceSink::new(dev).at(&out.path)?)
+            let dev_at = |source| Error::Io {
+                path: out.path.clone(),
+                source,
+            };
+            rebuild(&mut DeviceSink::new(dev).at(&out.path)?, &dev_at)
         }
         OutputKind::File { .. } | OutputKind::New => {
             let partial = PartialFile::create(out).map_err(oe)?;
             let tmp = partial.tmp_path().to_path_buf();
             let f = partial.file().try_clone().at(&tmp)?;
-            let sum = rebuild(&mut FileSink::new(f).at(&tmp)?)?;
+            let tmp_at = |source| Error::Io {
+                path: tmp.clone(),
+                source,
+            };
+            let sum = rebuild(&mut FileSink::new(f).at(&tmp)?, &tmp_at)?;
             partial.commit().map_err(oe)?;
             Ok(sum)
         }
         OutputKind::Stdout | OutputKind::Fifo => {
             let tmpdir = std::env::temp_dir();
-            let f = tempfile::tempfile_in(&tmpdir).at(&tmpdir)?;
-            let mut sink = FileSink::new(f).at(&tmpdir)?;
-            let sum = rebuild(&mut sink)?;
+            // The volume is spooled there: a full or missing folder is said as such,
+            // not taken for the output filling up.
+            let spool_at = |e: std::io::Error| {
+                Error::Msg(format!(
+                    "spooling the volume in the temporary folder {} (set TMPDIR to a folder with room for the whole volume): {e}",
+                    tmpdir.display()
+                ))
+            };
+            let f = tempfile::tempfile_in(&tmpdir).map_err(spool_at)?;
+            let mut sink = FileSink::new(f).map_err(spool_at)?;
+            let sum = rebuild(&mut sink, &spool_at)?;
             let mut f = sink.into_file();
-            f.rewind().at(&tmpdir)?;
+            f.rewind().map_err(spool_at)?;
             let mut copy = |w: &mut dyn Write| -> std::io::Result<()> {
                 std::io::copy(&mut f, w)?;
                 w.flush()

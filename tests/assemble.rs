@@ -50,7 +50,7 @@ fn assemble_equals_receive_for_every_session() {
         let want = env.receive("v", Some(&s.id));
         let out = env.path().join("asm.img");
         let o = Command::new(assemble_bin())
-            .args(["-c", &format!("--session={}", s.id), "-o"])
+            .args(["-c", "-f", &format!("--session={}", s.id), "-o"])
             .arg(&out)
             .arg(&copy)
             .output()

@@ -2,7 +2,9 @@
 //! logical blocks with a volume size that is a multiple of neither, standard output,
 //! FIFOs with a reader, symlinks to files and devices, files owned by someone else,
 //! and the kinds that must be refused before anything is written. Also: the archive,
-//! the metadir and every file sparsebak creates are private whatever the umask.
+//! the metadir and every file sparsebak creates are private whatever the umask. What an
+//! existing target holds is replaced only with consent, no writer writes to a
+//! terminal, and a writer stopped by SIGINT/SIGTERM leaves no partial file.
 //!
 //! Each target is written by all four writers: `receive`, `receive --from-stream`,
 //! `spbk-assemble -o` and (for files and FIFOs) `send --stream`.
@@ -67,7 +69,7 @@ fn sparsebak(env: &Env, args: &[&str]) -> Command {
 
 fn assemble(env: &Env, out: &str) -> Command {
     let mut c = Command::new(assemble_bin());
-    c.arg("-o").arg(out).arg(env.vol_dir("v"));
+    c.arg("-f").arg("-o").arg(out).arg(env.vol_dir("v"));
     c.current_dir(env.path());
     c
 }
@@ -564,5 +566,322 @@ fn file_of_an_owner_the_user_cannot_give_is_refused() {
             "{w:?}"
         );
         no_partial_files(env.path(), &format!("{w:?}"));
+    }
+}
+
+/// The writer `w` into `target` without consent: no `-u` (and stdin not a terminal),
+/// no `--force` for spbk-assemble.
+fn without_consent(env: &Env, streams: &[PathBuf; 2], w: Writer, target: &Path) -> Command {
+    let save = format!("--save-to={}", target.display());
+    let plain = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.arg("-c").arg(&env.config).args(args);
+        c.env_remove("SPARSEBAK_FAILPOINT").current_dir(env.path());
+        c
+    };
+    match w {
+        Writer::Receive => plain(&["receive", "v", &save]),
+        Writer::FromStream => plain(&["receive", &streams_arg(streams), &save]),
+        Writer::Assemble => {
+            let mut c = Command::new(assemble_bin());
+            c.arg("-o").arg(target).arg(env.vol_dir("v"));
+            c
+        }
+        Writer::SendStream => plain(&[
+            "send",
+            "v",
+            "--chain=consent",
+            &format!("--stream={}", target.display()),
+        ]),
+    }
+}
+
+/// A file holding data and a loop device holding data are kept by every writer
+/// without consent ("not overwriting"), byte for byte; with consent (`-u`, or
+/// `--force` for spbk-assemble) they are replaced.
+#[test]
+fn existing_targets_are_replaced_only_with_consent() {
+    if !need_root("existing_targets_are_replaced_only_with_consent") {
+        return;
+    }
+    let (env, img, streams) = setup(31);
+    let file = env.path().join("precious");
+    let backing = env.path().join("dev.img");
+    let data = Rng::new(13).bytes(8 * MIB);
+    std::fs::write(&backing, &data).unwrap();
+    let Some(lo) = Loop::new("existing_targets_are_replaced", &backing, 512) else {
+        return;
+    };
+    let all = [
+        Writer::Receive,
+        Writer::FromStream,
+        Writer::Assemble,
+        Writer::SendStream,
+    ];
+    for w in all {
+        std::fs::write(&file, b"keep me").unwrap();
+        for target in [&file, &lo.dev] {
+            let err = fails(without_consent(&env, &streams, w, target));
+            assert!(
+                err.contains(&format!("{} exists; not overwriting it", target.display())),
+                "{w:?} into {}: {err}",
+                target.display()
+            );
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me", "{w:?}");
+        lo.flush();
+        assert!(
+            std::fs::read(&backing).unwrap() == data,
+            "{w:?}: device written"
+        );
+        no_partial_files(env.path(), &format!("{w:?}"));
+
+        // With consent, replaced.
+        ok(writer(&env, &streams, w, &file));
+        let got = std::fs::read(&file).unwrap();
+        let got = if w == Writer::SendStream {
+            stream_volume(&env, &got)
+        } else {
+            got
+        };
+        assert!(got == img, "{w:?}: replaced file differs");
+
+        // Even an empty file is asked about, as receive does.
+        std::fs::write(&file, b"").unwrap();
+        let err = fails(without_consent(&env, &streams, w, &file));
+        assert!(err.contains("not overwriting"), "{w:?}: {err}");
+        std::fs::remove_file(&file).unwrap();
+    }
+}
+
+/// Open a pseudo-terminal: (master, slave).
+fn pty() -> (std::fs::File, std::os::fd::OwnedFd) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors we then own; the other arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    (std::fs::File::from(master), slave)
+}
+
+/// `send --stream=-` with standard output a terminal is refused before anything is
+/// written to it or recorded in the chain; `receive --from-stream=-` with standard
+/// input a terminal is refused rather than waiting for a stream nobody types.
+#[test]
+fn streams_are_neither_written_to_nor_read_from_a_terminal() {
+    use std::io::Read;
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(10).bytes(MIB)).unwrap();
+    let (mut master, slave) = pty();
+    let child = Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["-u", "send", "--stream=-", "v"])
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        // Ends with EIO once the child has exited and closed the terminal.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let got = reader.join().unwrap();
+    assert_eq!(got.len(), 0, "the stream went to the terminal");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refusing to write a stream to a terminal"),
+        "{err}"
+    );
+    // Nothing recorded: the first stream to a file is a full one.
+    assert!(
+        !env.meta().join("v/streams/default/sessions").exists()
+            || std::fs::read_dir(env.meta().join("v/streams/default/sessions"))
+                .unwrap()
+                .count()
+                == 0
+    );
+
+    let (_master, slave) = pty();
+    let o = Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["-u", "receive", "--from-stream=-", "--save-to=-"])
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refusing to read a stream from a terminal"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+}
+
+/// Wait until `child` is stopped (state T) or until `ready` holds, at most 120 s.
+fn wait_until(child: &std::process::Child, ready: &dyn Fn(char) -> bool) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let start = std::time::Instant::now();
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = s.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        assert!(
+            state.is_some() && state != Some('Z'),
+            "the writer ended too early"
+        );
+        if ready(state.unwrap_or('?')) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn partial_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect()
+}
+
+/// A writer stopped by SIGTERM or SIGINT in the middle of its output removes its
+/// partial file and exits with 128 + the signal (143, 130): `send --stream` stopped
+/// mid-send, `receive --from-stream` waiting on a FIFO, `receive` and spbk-assemble
+/// waiting on a chunk file that is a FIFO.
+#[test]
+fn a_writer_stopped_by_a_signal_leaves_no_partial_file() {
+    // More than 50 chunks of data, so that a send reaches `send-mid-chunks`.
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(41).bytes(8 * MIB)).unwrap();
+    env.send("v");
+    let s0 = env.path().join("s0.tar");
+    env.ok(&["send", "v", &format!("--stream={}", s0.display())]);
+    let out_dir = env.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.join("x.img");
+    let signal = |child: std::process::Child, sig: i32, code: i32, what: &str| {
+        // SAFETY: signals to our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(partial_files(&out_dir), Vec::<String>::new(), "{what}");
+        assert!(!target.exists(), "{what}");
+    };
+
+    // send --stream, stopped mid-send (a full stream of more than 50 chunks).
+    let mut c = Command::new(bin());
+    c.arg("-c").arg(&env.config).args([
+        "-u",
+        "send",
+        "v",
+        "--chain=signalled",
+        &format!("--stream={}", target.display()),
+    ]);
+    let child = c
+        .env("SPARSEBAK_FAILPOINT", "send-mid-chunks:stop")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(&child, &|s| s == 'T');
+    assert_eq!(
+        partial_files(&out_dir).len(),
+        1,
+        "no partial file while sending"
+    );
+    signal(child, libc::SIGTERM, 143, "send --stream");
+
+    // receive --from-stream from a FIFO that gives half a stream, then nothing.
+    let fifo = env.path().join("fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let child = sparsebak(
+        &env,
+        &[
+            "receive",
+            &format!("--from-stream={}", fifo.display()),
+            &format!("--save-to={}", target.display()),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let half = std::fs::read(&s0).unwrap();
+    let feeder = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            let _ = f.write_all(&half[..half.len() / 2]);
+            f
+        })
+    };
+    wait_until(&child, &|_| partial_files(&out_dir).len() == 1);
+    let held = feeder.join().unwrap();
+    signal(child, libc::SIGINT, 130, "receive --from-stream");
+    drop(held);
+
+    // receive and spbk-assemble, blocked opening a chunk file that is a FIFO.
+    let sess = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("S_"))
+        .unwrap();
+    let mut chunks = Vec::new();
+    walk(&sess, &mut chunks);
+    let chunk = chunks
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            p.is_file() && n != "info" && n != "manifest"
+        })
+        .max()
+        .unwrap();
+    std::fs::remove_file(&chunk).unwrap();
+    let st = Command::new("mkfifo").arg(&chunk).status().unwrap();
+    assert!(st.success());
+    let save = format!("--save-to={}", target.display());
+    for (what, mut c) in [
+        ("receive", sparsebak(&env, &["receive", "v", &save])),
+        (
+            "spbk-assemble",
+            assemble(&env, &target.display().to_string()),
+        ),
+    ] {
+        let child = c.stderr(Stdio::piped()).spawn().unwrap();
+        wait_until(&child, &|_| partial_files(&out_dir).len() == 1);
+        // Give it time to reach the FIFO chunk.
+        std::thread::sleep(Duration::from_millis(300));
+        signal(child, libc::SIGTERM, 143, what);
     }
 }

@@ -1,9 +1,15 @@
 //! Self-contained streams: a chain restored through a pipe with no config, GNU tar
 //! reads them, every kind of damage is refused with no result left behind, record
 //! sizes are exact, and archive and stream destinations stay incremental side by side.
+//! A stream send that fails or is stopped never leaves its chain broken; errors name
+//! the stream file or the spool folder they are about.
 
 mod common;
+#[path = "common/loopfs.rs"]
+mod loopfs;
+
 use common::*;
+use loopfs::{FsKind, LoopFs};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -288,4 +294,274 @@ fn record_size_is_exact() {
     std::fs::write(env.image("v"), [1u8; 10]).unwrap();
     let err = env.fails(&["send", "v", "--stream=/dev/null", "--block-size=1000"]);
     assert!(err.contains("512"), "{err}");
+}
+
+const MIB: usize = 1 << 20;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The session copies (and temporary copies) the source keeps for stream chain
+/// `default` of volume `vol`.
+fn stream_copies(env: &Env, vol: &str) -> (PathBuf, Vec<String>) {
+    let dir = env.meta().join(vol).join("streams/default/sessions");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    (dir, names)
+}
+
+/// Restore the chain of stream files `streams` and require the volume `want`.
+fn restores_to(env: &Env, streams: &[PathBuf], want: &[u8]) {
+    let list: Vec<String> = streams.iter().map(|p| p.display().to_string()).collect();
+    let out = env.path().join("restored.img");
+    let _ = std::fs::remove_file(&out);
+    env.ok(&[
+        "receive",
+        &format!("--from-stream={}", list.join(",")),
+        &format!("--save-to={}", out.display()),
+    ]);
+    assert!(
+        std::fs::read(&out).unwrap() == want,
+        "restored volume differs"
+    );
+    std::fs::remove_file(&out).unwrap();
+}
+
+/// Two volumes sent as streams at the same time, round after round, with an archive
+/// the metadir did not know (every send then writes the one catalog): every send
+/// succeeds and each chain restores to each volume's last content.
+#[test]
+fn concurrent_stream_sends_keep_both_chains_whole() {
+    let env = Env::new(&["a", "b"]);
+    let mut rng = Rng::new(14);
+    std::fs::write(env.image("a"), rng.bytes(6 * MIB)).unwrap();
+    std::fs::write(env.image("b"), rng.bytes(5 * MIB)).unwrap();
+    let out = env.path().join("streams");
+    std::fs::create_dir(&out).unwrap();
+    let file = |vol: &str, n: u32| out.join(format!("{vol}{n}"));
+    // An archive this metadir does not know yet (a new metadir, a reinstalled
+    // machine): every stream send then writes the catalog.
+    env.send("a");
+    std::fs::remove_dir_all(env.meta()).unwrap();
+    for vol in ["a", "b"] {
+        env.ok(&["send", vol, &format!("--stream={}", file(vol, 0).display())]);
+    }
+    let rounds = 8u32;
+    for round in 1..=rounds {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // The volumes grow a little between sends (as `echo >> image` does).
+        for vol in ["a", "b"] {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(env.image(vol))
+                .unwrap();
+            f.write_all(&rng.bytes(2)).unwrap();
+        }
+        let spawn = |vol: &str| {
+            Command::new(bin())
+                .arg("-c")
+                .arg(&env.config)
+                .args(["-u", "send", vol])
+                .arg(format!("--stream={}", file(vol, round).display()))
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (ca, cb) = (spawn("a"), spawn("b"));
+        for (vol, c) in [("a", ca), ("b", cb)] {
+            let o = c.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "round {round}, volume {vol}: {}",
+                stderr(&o)
+            );
+        }
+    }
+    for vol in ["a", "b"] {
+        let files: Vec<PathBuf> = (0..=rounds).map(|n| file(vol, n)).collect();
+        restores_to(&env, &files, &std::fs::read(env.image(vol)).unwrap());
+        assert_eq!(
+            stream_copies(&env, vol).1.len(),
+            rounds as usize + 1,
+            "{vol}"
+        );
+    }
+}
+
+/// A stream send killed after the catalog recorded its stream but before its session
+/// copy got its name: the next send puts the copy in place and the chain goes on.
+#[test]
+fn stream_send_killed_after_recording_continues_the_chain() {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(21);
+    let mut img = rng.bytes(2 * MIB);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let s: Vec<PathBuf> = (0..3).map(|n| env.path().join(format!("s{n}"))).collect();
+    env.ok(&["send", "v", &format!("--stream={}", s[0].display())]);
+    img[100..200].fill(7);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let o = env.run_env(
+        &["send", "v", &format!("--stream={}", s[1].display())],
+        &[("SPARSEBAK_FAILPOINT", "stream-after-record")],
+    );
+    assert_eq!(o.status.code(), None, "killed: {}", stderr(&o));
+    let (_, names) = stream_copies(&env, "v");
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with(".tmp-S_"), "{names:?}");
+    img[MIB..MIB + 10].fill(9);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.ok(&["send", "v", &format!("--stream={}", s[2].display())]);
+    let (_, names) = stream_copies(&env, "v");
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("S_")), "{names:?}");
+    restores_to(&env, &s, &img);
+}
+
+/// Session copies the catalog never recorded (a send that failed after keeping its
+/// copy, or was stopped before naming it) are removed by the next send, which builds
+/// on the recorded chain.
+#[test]
+fn unrecorded_session_copies_are_removed_by_the_next_send() {
+    let env = Env::new(&["v"]);
+    let mut img = Rng::new(22).bytes(2 * MIB);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let s: Vec<PathBuf> = (0..2).map(|n| env.path().join(format!("s{n}"))).collect();
+    env.ok(&["send", "v", &format!("--stream={}", s[0].display())]);
+    let (dir, names) = stream_copies(&env, "v");
+    assert_eq!(names.len(), 1, "{names:?}");
+    // A newer copy based on the recorded one, as a failed send used to keep, and a
+    // temporary copy of another run.
+    let later = dir.join("S_29991231-235959");
+    std::fs::create_dir(&later).unwrap();
+    for f in ["info", "manifest"] {
+        std::fs::copy(dir.join(&names[0]).join(f), later.join(f)).unwrap();
+    }
+    let info = std::fs::read_to_string(later.join("info")).unwrap();
+    let id = names[0].trim_start_matches("S_");
+    let info = info.replace(&format!("session={id}"), "session=29991231-235959");
+    assert!(info.contains("session=29991231-235959"), "{info}");
+    std::fs::write(later.join("info"), info).unwrap();
+    std::fs::create_dir(dir.join(".tmp-S_20000101-000000")).unwrap();
+    img[5..9].fill(1);
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["send", "v", &format!("--stream={}", s[1].display())]);
+    let (_, after) = stream_copies(&env, "v");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0], names[0]);
+    assert!(after[1].starts_with("S_") && after[1] != "S_29991231-235959");
+    restores_to(&env, &s, &img);
+}
+
+/// Errors found in a stream name the file they were found in (among several, with
+/// the byte of that file), for `receive` and `verify --from-stream`; standard input
+/// on a terminal is refused.
+#[test]
+fn stream_errors_name_the_file() {
+    let env = Env::new(&["v"]);
+    let mut img = Rng::new(4).bytes(3 * MIB);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let s0 = env.path().join("full.stream");
+    env.ok(&["send", "v", &format!("--stream={}", s0.display())]);
+    img[0] ^= 1;
+    std::fs::write(env.image("v"), &img).unwrap();
+    let s1 = env.path().join("incr.stream");
+    env.ok(&["send", "v", &format!("--stream={}", s1.display())]);
+    let cut_of = |s: &Path, name: &str| {
+        let bytes = std::fs::read(s).unwrap();
+        let cut = env.path().join(name);
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        cut
+    };
+
+    // One file, cut short.
+    let cut = cut_of(&s0, "cut0.stream");
+    let from = format!("--from-stream={}", cut.display());
+    let target = env.path().join("r.img");
+    let save = format!("--save-to={}", target.display());
+    let err = env.fails(&["receive", &from, &save]);
+    assert!(
+        err.contains(&format!("{}: stream 1", cut.display())),
+        "{err}"
+    );
+    assert!(err.contains("truncated"), "{err}");
+    assert!(!target.exists());
+    let err = env.fails(&["verify", &from]);
+    assert!(
+        err.contains(&format!("{}: stream 1", cut.display())),
+        "{err}"
+    );
+
+    // The second of two files: named, with the byte of that file.
+    let cut = cut_of(&s1, "cut1.stream");
+    let two = format!("--from-stream={},{}", s0.display(), cut.display());
+    let err = env.fails(&["verify", &two]);
+    assert!(
+        err.contains(&format!("{} (byte ", cut.display())) && err.contains("stream 2"),
+        "{err}"
+    );
+    assert!(!err.contains(&s0.display().to_string()), "{err}");
+    let err = env.fails(&["receive", &two, &save]);
+    assert!(err.contains(&format!("{} (byte ", cut.display())), "{err}");
+
+    // A directory given as a stream.
+    let dir = env.path().join("adir");
+    std::fs::create_dir(&dir).unwrap();
+    let err = env.fails(&["verify", &format!("--from-stream={}", dir.display())]);
+    assert!(
+        err.contains(&format!(
+            "{}: stream 1 at byte 0: reading: Is a directory",
+            dir.display()
+        )),
+        "{err}"
+    );
+}
+
+/// `receive --from-stream --save-to=-` rebuilds the volume in the temporary folder
+/// first; when that folder fills up, the error names it (not standard output).
+#[test]
+fn full_spool_folder_is_named() {
+    let Some(fs) = LoopFs::sized(
+        "full_spool_folder_is_named",
+        FsKind::Ext4,
+        "",
+        16 << 20,
+        &[],
+    ) else {
+        return;
+    };
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(5).bytes(24 * MIB)).unwrap();
+    let s = env.path().join("full.stream");
+    env.ok(&["send", "v", &format!("--stream={}", s.display())]);
+    let o = env.run_env(
+        &[
+            "receive",
+            &format!("--from-stream={}", s.display()),
+            "--save-to=-",
+        ],
+        &[("TMPDIR", fs.path().to_str().unwrap())],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty(), "wrote to stdout");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "spooling the volume in the temporary folder {}",
+            fs.path().display()
+        )) && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No space left").count(), 1, "{err}");
+    assert_eq!(
+        std::fs::read_dir(fs.path())
+            .unwrap()
+            .filter(|e| { e.as_ref().unwrap().file_name() != "lost+found" })
+            .count(),
+        0
+    );
 }

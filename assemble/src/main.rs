@@ -34,12 +34,17 @@ struct Args {
     /// block device, a FIFO, or `-`. Without it the image goes to stdout.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
+    /// Replace an existing file or block device given with -o (refused without it).
+    #[arg(short = 'f', long = "force")]
+    force: bool,
     /// The volume folder inside the archive.
     volume_dir: PathBuf,
 }
 
 fn main() {
     sparsebak_format::alloc::tune_for_pipelines();
+    // Stopped by SIGINT/SIGTERM, it leaves no partial output file behind.
+    let _ = sparsebak_format::output::remove_partials_on_signals();
     if let Err(e) = run(Args::parse()) {
         // Written without eprintln!, which panics when stderr is a closed pipe.
         let _ = writeln!(
@@ -85,6 +90,16 @@ fn run(args: Args) -> Result<()> {
         Some(p) => output::inspect(p)?,
         None => output::inspect(Path::new("-"))?,
     };
+    let exists = matches!(
+        out.kind,
+        OutputKind::File { .. } | OutputKind::BlockDevice { .. }
+    );
+    if exists && !args.force {
+        bail!(
+            "{} exists; not overwriting it (pass --force to replace it)",
+            out.describe()
+        );
+    }
     let session = || format!("session {id}");
     let sequential = |f: File| StreamTarget::new(BufWriter::with_capacity(1 << 20, f));
     match out.kind {

@@ -268,6 +268,76 @@ pub fn open_block_device(path: &Path) -> Result<File, OutputError> {
         })
 }
 
+/// The temporary files of [`PartialFile`]s not yet committed or dropped, for
+/// [`remove_partials_on_signals`].
+static PARTIALS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The write end of the pipe the signal handler writes the signal number into.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; `b` lives for the call.
+    unsafe {
+        libc::write(fd, (&b as *const u8).cast(), 1);
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, remove the temporary files of the outputs being
+/// built (nothing half-written is left beside the target) and exit with 128 + the
+/// signal's number (130 for SIGINT, 143 for SIGTERM). The handler only writes the
+/// signal's number to a pipe; a thread reads it and does the work.
+pub fn remove_partials_on_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fds[0] was just opened and is owned here only.
+    let mut rd = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 1];
+            if rd.read_exact(&mut b).is_ok() {
+                let paths = match PARTIALS.lock() {
+                    Ok(p) => p.clone(),
+                    Err(p) => p.into_inner().clone(),
+                };
+                for p in paths {
+                    let _ = std::fs::remove_file(&p);
+                }
+                std::process::exit(128 + i32::from(b[0]));
+            }
+        })?;
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls write(2), which is async-signal-safe.
+        unsafe { sigaction(sig, &act) }.map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}
+
+fn register_partial(p: &Path) {
+    if let Ok(mut v) = PARTIALS.lock() {
+        v.push(p.to_path_buf());
+    }
+}
+
+fn unregister_partial(p: &Path) {
+    if let Ok(mut v) = PARTIALS.lock() {
+        v.retain(|x| x != p);
+    }
+}
+
 /// A regular file being built under a temporary name beside `dest` (the real file,
 /// symlinks resolved). Dropped without [`PartialFile::commit`], the temporary file is
 /// removed and `dest` is untouched.
@@ -314,22 +384,31 @@ impl PartialFile {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&tmp)(e)),
             _ => {}
         }
-        let file = OpenOptions::new()
+        register_partial(&tmp);
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io_at(&tmp))?;
-        // The umask may have taken bits from 0600, never added any; make it exact.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io_at(&tmp))?;
-        Ok(PartialFile {
+        {
+            Ok(f) => f,
+            Err(e) => {
+                unregister_partial(&tmp);
+                return Err(io_at(&tmp)(e));
+            }
+        };
+        let p = PartialFile {
             tmp,
             dest: dest.to_path_buf(),
             keep,
             file: Some(file),
-        })
+        };
+        // The umask may have taken bits from 0600, never added any; make it exact.
+        p.file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io_at(&p.tmp))?;
+        Ok(p)
     }
 
     /// The temporary file.
@@ -354,6 +433,7 @@ impl PartialFile {
         file.sync_all().map_err(io_at(&self.tmp))?;
         drop(file);
         std::fs::rename(&self.tmp, &self.dest).map_err(io_at(&self.dest))?;
+        unregister_partial(&self.tmp);
         let dir = match self.dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -370,6 +450,7 @@ impl Drop for PartialFile {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.tmp);
+            unregister_partial(&self.tmp);
         }
     }
 }

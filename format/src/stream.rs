@@ -141,6 +141,29 @@ pub enum StreamError {
     Empty,
 }
 
+impl StreamError {
+    /// Where in the input the error was found, when it was found reading one.
+    pub fn at(&self) -> Option<&StreamAt> {
+        use StreamError::*;
+        match self {
+            Read { at, .. }
+            | Truncated { at, .. }
+            | NotAStream { at, .. }
+            | Damaged { at, .. }
+            | TrailerMismatch { at }
+            | Chunk { at, .. }
+            | ManifestHash { at }
+            | ChunksVsManifest { at, .. }
+            | ForeignVolume { at, .. }
+            | ChunkSize { at, .. }
+            | NotFull { at, .. }
+            | BrokenChain { at, .. }
+            | Sink { at, .. } => Some(at),
+            BlockSize(_) | Header(_) | Misuse(_) | Write(_) | Empty => None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Header member
 

@@ -1,6 +1,6 @@
 //! `send --stream`, `receive --from-stream`, `verify --from-stream`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -42,6 +42,17 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
             target.path.display()
         );
     }
+    match &target.kind {
+        OutputKind::Stdout if std::io::stdout().is_terminal() => bail!(
+            "refusing to write a stream to a terminal; redirect standard output (`--stream=- > FILE` or `| ...`)"
+        ),
+        // What is there would be lost: ask, as `receive` does.
+        OutputKind::File { .. } => overwrite_or_refuse(ctx, "file", &target, name)?,
+        OutputKind::BlockDevice { .. } => {
+            overwrite_or_refuse(ctx, "block device", &target, name)?
+        }
+        _ => {}
+    }
     let is_file = matches!(target.kind, OutputKind::File { .. } | OutputKind::New);
     let opts = StreamOpts {
         chain: chain.to_string(),
@@ -64,12 +75,9 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         )),
         _ => Box::new(output::open_existing(&target)?),
     };
-    let (outcome, out) = send_stream(&ctx.config, name, source.as_mut(), out, &opts)
+    let (outcome, out) = send_stream(&ctx.config, name, source.as_mut(), out, partial, &opts)
         .with_context(|| format!("send {name} to stream {}", target.describe()))?;
     drop(out);
-    if let Some(p) = partial {
-        p.commit()?;
-    }
     let i = &outcome.info;
     progress::summary(&format!(
         "{name}: session {} {} stream ({}) written={} read={} changed={} time={:.1}s",
@@ -85,6 +93,21 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         i.changed,
         outcome.elapsed.as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Ask before a stream replaces what `target` holds; `-u` answers yes, no terminal
+/// answers no.
+fn overwrite_or_refuse(ctx: &Ctx, what: &str, target: &output::Output, name: &str) -> Result<()> {
+    if !ctx.confirm(&format!(
+        "Overwrite {what} {} with a stream of volume {name}?",
+        target.describe()
+    ))? {
+        bail!(
+            "{} exists; not overwriting it (confirm at the prompt, or pass -u)",
+            target.describe()
+        );
+    }
     Ok(())
 }
 
@@ -114,7 +137,7 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
     }
     let input = open_streams(&split_paths(paths))?;
     let sum = receive_streams(input, &out, volume)
-        .with_context(|| format!("receive from stream {paths} into {}", out.describe()))?;
+        .with_context(|| format!("receive from streams into {}", out.describe()))?;
     if zero_tail {
         crate::receive::zero_tail(&out.path, sum.last().info.volsize)
             .with_context(|| format!("zeroing {} past the volume's end", out.describe()))?;
@@ -129,12 +152,13 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
 }
 
 pub fn verify(volume: Option<&str>, paths: &str) -> Result<()> {
-    let input = open_streams(&split_paths(paths))?;
+    let (input, map) = open_streams(&split_paths(paths))?;
     let sum = sparsebak_format::stream::read_chain(
         std::io::BufReader::with_capacity(1 << 20, input),
         None,
     )
-    .with_context(|| format!("verify stream {paths}"))?;
+    .map_err(|e| map.locate(e))
+    .context("verify")?;
     crate::stream_send::check_volume(&sum, volume)?;
     progress::summary(&format!(
         "{} stream(s) verified: {} chunks, sessions {}",
