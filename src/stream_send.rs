@@ -243,11 +243,25 @@ pub fn send_stream(
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp).at(&tmp)?;
-        std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
-        std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
-        durable::syncfs(&tmp).at(&tmp)?;
-        std::fs::rename(&tmp, &sess).at(&sess)?;
+        let kept = (|| -> Result<()> {
+            std::fs::create_dir_all(&tmp).at(&tmp)?;
+            std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
+            std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
+            durable::syncfs(&tmp).at(&tmp)?;
+            std::fs::rename(&tmp, &sess).at(&sess)
+        })();
+        if let Err(e) = kept {
+            // Said before the staging folder goes (a full metadir), then nothing of
+            // the copy is left behind.
+            let e = crate::space::explain_write(
+                e,
+                &local.dir,
+                "free some files",
+                "the stream is not recorded in its chain",
+            );
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         durable::sync_dir(&local.dir).at(&local.dir)?;
         catalog
             .record_session(dest, &info, written)
