@@ -321,7 +321,13 @@ fn write_session(
             s.time.timestamp().max(taken.timestamp())
         });
     let room_before = space::room(&vol.dir);
-    let mut writer = SessionWriter::create_as(vol, &id, as_tar)?;
+    let started = space::Progress {
+        size,
+        ..Default::default()
+    };
+    // Any step may meet a full filesystem, creating the staging folder included.
+    let mut writer = SessionWriter::create_as(vol, &id, as_tar)
+        .map_err(|e| space::explain(e, &vol.dir, room_before, started))?;
     let c = compare_and_store(
         config,
         vol,
@@ -329,7 +335,15 @@ fn write_session(
         view,
         &mut writer,
         &format!("send {name}"),
-    )?;
+    )
+    .map_err(|e| {
+        let done = space::Progress {
+            stored: writer.bytes_stored,
+            chunks: writer.changed,
+            ..started
+        };
+        space::explain(e, &vol.dir, room_before, done)
+    })?;
     if writer.changed == 0 && chain.last().is_some_and(|p| p.volsize == size) {
         drop(writer);
         return Ok((None, c.bytes_read));

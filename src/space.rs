@@ -39,6 +39,11 @@ pub fn room(path: &Path) -> Option<Room> {
 /// The path of the first `io::Error` in `e`'s chain that says the filesystem is full
 /// (ENOSPC, or EDQUOT: a quota), when the chain names one.
 pub fn full_at(e: &Error) -> Option<Option<PathBuf>> {
+    full_in_chain(e)
+}
+
+/// [`full_at`] for any error chain (an `anyhow` chain at the edges included).
+pub fn full_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<Option<PathBuf>> {
     let mut path = None;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
@@ -59,6 +64,65 @@ pub fn full_at(e: &Error) -> Option<Option<PathBuf>> {
     }
     None
 }
+
+/// Whether the filesystem of `at` has not a single inode left for this writer (a
+/// filesystem with a fixed count whose `f_favail` is 0), measured now.
+fn out_of_inodes(now: Option<Room>) -> bool {
+    now.is_some_and(|r| r.inodes > 0 && r.inodes_free == 0)
+}
+
+/// "the filesystem of DIR has no free inodes left (N files in all, X free), though
+/// bytes remain", when the inodes of the filesystem holding `at` ran out.
+fn inodes_sentence(dir: &Path, now: Option<Room>) -> String {
+    format!(
+        "the filesystem of {} has no free inodes left ({} files in all{}), though bytes remain",
+        dir.display(),
+        now.map_or(0, |r| r.inodes),
+        now.map_or(String::new(), |r| format!(", {} free", human(r.bytes_free))),
+    )
+}
+
+/// Why the filesystem of `dir` is full, when the error chain `e` says it is: whether
+/// inodes or bytes ran out (measured now, so before anything is cleaned up), with
+/// `inode_hint` (what to do) after the first. `None` for other errors. Every writer
+/// explains a full filesystem through here or [`explain`].
+pub fn why_full(
+    e: &(dyn std::error::Error + 'static),
+    dir: &Path,
+    inode_hint: &str,
+) -> Option<String> {
+    let at = full_in_chain(e)?;
+    let now = room(at.as_deref().unwrap_or(dir));
+    Some(if out_of_inodes(now) {
+        format!("{}: {inode_hint}", inodes_sentence(dir, now))
+    } else {
+        format!(
+            "the filesystem of {} is full ({} free)",
+            dir.display(),
+            now.map_or_else(|| "an unknown amount".to_string(), |r| human(r.bytes_free))
+        )
+    })
+}
+
+/// When `e` says the filesystem of `dir` is full, the same error saying whether bytes
+/// or inodes ran out, then `outcome` (what became of the work). For writers that are
+/// not sessions (untar, prune, repair, copies of sessions); see [`explain`] for them.
+pub fn explain_write(e: Error, dir: &Path, inode_hint: &str, outcome: &str) -> Error {
+    if matches!(e, Error::Full { .. }) {
+        return e;
+    }
+    match why_full(&e, dir, inode_hint) {
+        Some(why) => Error::Full {
+            what: format!("{why}; {outcome}"),
+            source: Box::new(e),
+        },
+        None => e,
+    }
+}
+
+/// What to do when a send ran out of inodes.
+pub const SESSION_INODE_HINT: &str = "free some files, or use a larger chunksize or a tar \
+     session (`send --tarfile`), which need fewer";
 
 /// What a session had done when its destination filled up.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,19 +146,18 @@ fn human(b: u64) -> String {
 /// inodes rather than bytes ran out (measured now, before the partial session is
 /// removed). Other errors come back unchanged.
 pub fn explain(e: Error, dir: &Path, before: Option<Room>, done: Progress) -> Error {
+    if matches!(e, Error::Full { .. }) {
+        return e;
+    }
     let Some(at) = full_at(&e) else {
         return e;
     };
     let fs_of = at.as_deref().unwrap_or(dir);
     let now = room(fs_of);
-    let what = if now.is_some_and(|r| r.inodes > 0 && r.inodes_free == 0) {
+    let what = if out_of_inodes(now) {
         format!(
-            "the filesystem of {} has no free inodes left ({} files in all{}), though bytes \
-             remain: this session had created {} chunk files; free some files, or use a \
-             larger chunksize or a tar session (`send --tarfile`), which need fewer",
-            dir.display(),
-            now.map_or(0, |r| r.inodes),
-            now.map_or(String::new(), |r| format!(", {} free", human(r.bytes_free))),
+            "{}: this session had created {} chunk files; {SESSION_INODE_HINT}",
+            inodes_sentence(dir, now),
             done.chunks
         )
     } else {
@@ -120,5 +183,23 @@ pub fn explain(e: Error, dir: &Path, before: Option<Room>, done: Progress) -> Er
     Error::Full {
         what: format!("{what}; nothing of the session was kept"),
         source: Box::new(e),
+    }
+}
+
+/// [`explain_write`] at the edges, for an `anyhow` error (a command's own steps, such
+/// as creating its output file). An error already explained comes back unchanged.
+pub fn explain_any(e: anyhow::Error, dir: &Path, inode_hint: &str, outcome: &str) -> anyhow::Error {
+    if e.chain()
+        .any(|c| matches!(c.downcast_ref::<Error>(), Some(Error::Full { .. })))
+    {
+        return e;
+    }
+    match why_full(e.as_ref(), dir, inode_hint) {
+        Some(why) => Error::Full {
+            what: format!("{why}; {outcome}"),
+            source: Box::new(Error::Msg(sparsebak_format::error::one_line(e.as_ref()))),
+        }
+        .into(),
+        None => e,
     }
 }

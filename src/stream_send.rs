@@ -252,10 +252,24 @@ pub fn send_stream(
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }
-        std::fs::create_dir_all(&tmp).at(&tmp)?;
-        std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
-        std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
-        durable::syncfs(&tmp).at(&tmp)?;
+        let kept = (|| -> Result<()> {
+            std::fs::create_dir_all(&tmp).at(&tmp)?;
+            std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
+            std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
+            durable::syncfs(&tmp).at(&tmp)
+        })();
+        if let Err(e) = kept {
+            // Said before the staging folder goes (a full metadir), then nothing of
+            // the copy is left behind.
+            let e = crate::space::explain_write(
+                e,
+                &local.dir,
+                "free some files",
+                "the stream is not recorded in its chain",
+            );
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         // The copy becomes a session of the chain only once the catalog records it: a
         // run that fails here leaves no copy the catalog does not know, and a run
         // stopped between the two steps leaves `.tmp-S_<id>`, which the next run puts

@@ -103,3 +103,58 @@ fn check_catches_a_flipped_byte() {
     );
     assert!(!out.exists(), "no partial output left");
 }
+
+/// After an interrupted prune, `spbk-assemble` (which only reads) says the volume has
+/// an unfinished prune and how to finish it, rather than blaming a chunk the prune
+/// moved; once a sparsebak run finished it, the session assembles whole.
+#[test]
+fn assemble_after_an_interrupted_prune_says_to_finish_it() {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(11);
+    let mut v = rng.bytes(8 * CS);
+    for i in 0..3 {
+        rng.fill(&mut v[i * CS..i * CS + 10]);
+        env.write_at("v", 0, &v);
+        env.send("v");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 3);
+    let o = env.run_env(
+        &["prune", "v", &format!("--session={}", ids[0])],
+        &[("SPARSEBAK_FAILPOINT", "prune-mid-move")],
+    );
+    assert!(!o.status.success(), "the prune should have been killed");
+    assert!(env.vol_dir("v").join(".prune-journal").exists());
+    let out = env.path().join("a.img");
+    let assemble = || {
+        Command::new(assemble_bin())
+            .arg("-c")
+            .arg("-o")
+            .arg(&out)
+            .arg(env.vol_dir("v"))
+            .output()
+            .unwrap()
+    };
+    let o = assemble();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("the volume has an interrupted prune"), "{err}");
+    assert!(err.contains("`sparsebak list v`"), "{err}");
+    assert!(
+        !err.contains("No such file"),
+        "no missing chunk is blamed:\n{err}"
+    );
+    assert!(!out.exists(), "nothing is written");
+    // Nothing was changed by the reader: the journal is still there to be finished.
+    assert!(env.vol_dir("v").join(".prune-journal").exists());
+
+    env.ok(&["list", "v"]);
+    let o = assemble();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &v,
+        "assembled after the prune was finished",
+    );
+}

@@ -4,12 +4,9 @@
 mod common;
 #[path = "common/loopdev.rs"]
 mod loopdev;
-#[path = "common/loopfs.rs"]
-mod loopfs;
 
 use common::*;
 use loopdev::{need_root, Loop};
-use loopfs::{FsKind, LoopFs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -188,141 +185,6 @@ fn run_with(ini: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-/// Fault: `untar` that runs out of inodes leaves its `.tmp-untar-S_*` folder behind,
-/// holding every inode; sends of other volumes then fail until a send of that same
-/// volume happens to clean it up. Its error does not say that inodes ran out.
-#[test]
-fn fault_failed_untar_leaves_the_archive_full() {
-    let Some(fs) = LoopFs::sized(
-        "fault_untar_full",
-        FsKind::Ext4,
-        "",
-        64 << 20,
-        &["-N", "64"],
-    ) else {
-        return;
-    };
-    let d = TestDir::new();
-    let p = d.path();
-    std::fs::create_dir_all(p.join("img")).unwrap();
-    let mut rng = Rng::new(8);
-    std::fs::write(p.join("img/big"), rng.bytes(24 * MIB)).unwrap();
-    std::fs::write(p.join("img/small"), rng.bytes(MIB)).unwrap();
-    let ini = p.join("c.ini");
-    let archive = fs.path().join("sb");
-    std::fs::write(
-        &ini,
-        format!(
-            "[var]\nsource = file\nvoldir = {}\ndestdir = {}\nmetadir = {}\n[volumes]\nbig = enable\nsmall = enable\n",
-            p.join("img").display(),
-            archive.display(),
-            p.join("meta").display()
-        ),
-    )
-    .unwrap();
-    assert!(run_with(&ini, &["send", "--tarfile", "big"])
-        .status
-        .success());
-    let o = run_with(&ini, &["-u", "untar", "big"]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "untar of 384 chunks into ~180 inodes"
-    );
-    let err = stderr(&o);
-    assert!(err.contains("inode"), "{err}");
-    let left: Vec<String> = std::fs::read_dir(archive.join("big"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".tmp"))
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
-    let o = run_with(&ini, &["send", "small"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-}
-
-/// Fault: a send into an archive whose filesystem has no free inode at all fails at
-/// its first folder with a bare "No space left on device": no word of inodes, though
-/// the README promises it.
-#[test]
-fn fault_send_with_no_inode_left_is_not_explained() {
-    let Some(fs) = LoopFs::sized("fault_no_inode", FsKind::Ext4, "", 32 << 20, &["-N", "64"])
-    else {
-        return;
-    };
-    let env = Env::new(&["v"]);
-    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
-        &format!("destdir = {}", env.archive().display()),
-        &format!("destdir = {}", fs.path().join("sb").display()),
-    );
-    std::fs::write(&env.config, ini).unwrap();
-    std::fs::write(env.image("v"), Rng::new(9).bytes(MIB)).unwrap();
-    env.send("v");
-    let filler = fs.path().join("filler");
-    std::fs::create_dir(&filler).unwrap();
-    for i in 0.. {
-        if std::fs::File::create(filler.join(format!("f{i}"))).is_err() {
-            break;
-        }
-    }
-    env.write_at("v", 0, &[7u8; 100]);
-    let o = env.run(&["send", "v"]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
-    assert!(err.contains("No space left"), "{err}");
-    assert!(err.contains("inode"), "{err}");
-}
-
-fn assemble_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "spbk-assemble"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin().with_file_name("spbk-assemble")
-}
-
-/// Fault: after a prune was interrupted (power cut), `spbk-assemble` of the latest
-/// session fails with a bare "chunk ...: No such file or directory" on a chunk the
-/// journal moved; it says nothing of the interrupted prune or how to finish it,
-/// though `sparsebak list` would finish it and the session is whole.
-#[test]
-fn fault_assemble_after_interrupted_prune_blames_a_missing_chunk() {
-    let env = Env::new(&["v"]);
-    let mut rng = Rng::new(11);
-    let mut v = rng.bytes(8 * 65536);
-    for i in 0..3 {
-        rng.fill(&mut v[i * 65536..i * 65536 + 10]);
-        env.write_at("v", 0, &v);
-        env.send("v");
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-    }
-    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
-    assert_eq!(ids.len(), 3);
-    let o = env.run_env(
-        &["prune", "v", &format!("--session={}", ids[0])],
-        &[("SPARSEBAK_FAILPOINT", "prune-mid-move")],
-    );
-    assert!(!o.status.success(), "the prune should have been killed");
-    let out = env.path().join("a.img");
-    let o = Command::new(assemble_bin())
-        .arg("-c")
-        .arg("-o")
-        .arg(&out)
-        .arg(env.vol_dir("v"))
-        .output()
-        .unwrap();
-    if o.status.success() {
-        assert_eq!(std::fs::read(&out).unwrap(), v, "assembled image");
-    } else {
-        let err = stderr(&o);
-        assert!(err.contains("prune"), "{err}");
-    }
 }
 
 /// Fault: `verify` without a volume answers with an example of another command:

@@ -3,7 +3,11 @@
 //! and untar work across them, damage is caught.
 
 mod common;
+#[path = "common/loopfs.rs"]
+mod loopfs;
 use common::*;
+use loopfs::{FsKind, LoopFs};
+use std::path::Path;
 use std::process::Command;
 
 const CS: usize = 65536;
@@ -163,5 +167,124 @@ fn killed_tar_send_leaves_no_session() {
     for e in std::fs::read_dir(env.vol_dir("v")).unwrap() {
         let n = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!n.starts_with(".tmp"), "leftover {n}");
+    }
+}
+
+/// Names in a volume folder that a run leaves only while it works (staging folders).
+fn staging_left(vol: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(vol)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".tmp"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// An untar that runs out of inodes says so, keeps the tar session as it was and
+/// leaves no staging folder to hold the inodes: another volume's send then works.
+#[test]
+fn untar_out_of_inodes_says_so_and_leaves_the_archive_usable() {
+    // 64 inodes: far fewer than the 384 chunk files a folder of `big` needs.
+    let Some(fs) = LoopFs::sized(
+        "untar_out_of_inodes",
+        FsKind::Ext4,
+        "",
+        64 << 20,
+        &["-N", "64"],
+    ) else {
+        return;
+    };
+    let env = Env::new(&["big", "small"]);
+    let dest = fs.path().join("sb");
+    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("destdir = {}", env.archive().display()),
+        &format!("destdir = {}", dest.display()),
+    );
+    std::fs::write(&env.config, ini).unwrap();
+    let mut rng = Rng::new(8);
+    let big = rng.bytes(24 << 20);
+    std::fs::write(env.image("big"), &big).unwrap();
+    std::fs::write(env.image("small"), rng.bytes(1 << 20)).unwrap();
+    env.ok(&["send", "--tarfile", "big"]);
+
+    let o = env.run(&["untar", "big"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has no free inodes left")
+            && err.contains(&dest.join("big").display().to_string()),
+        "says inodes ran out, and where:\n{err}"
+    );
+    assert!(err.contains("kept as a tar"), "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+    assert_eq!(staging_left(&dest.join("big")), Vec::<String>::new());
+    env.verify_ok("big", None);
+    assert_same(
+        &env.receive("big", None),
+        &big,
+        "the tar session after a failed untar",
+    );
+
+    env.ok(&["send", "small"]);
+    env.verify_ok("small", None);
+}
+
+/// Staging folders of a run that died (any command's: a send's session, an untar, a
+/// repair) are removed by the next command of any volume that writes to the archive,
+/// while those of a volume whose lock a live run holds are left alone.
+#[test]
+fn staging_of_a_dead_run_is_removed_by_any_volumes_next_writer() {
+    let env = Env::new(&["a", "b", "c"]);
+    let mut rng = Rng::new(21);
+    for v in ["a", "b", "c"] {
+        std::fs::write(env.image(v), rng.bytes(1 << 20)).unwrap();
+        env.send(v);
+    }
+    let plant = |vol: &str| {
+        for name in [
+            ".tmp-S_20200101-000000",
+            ".tmp-untar-S_20200101-000001",
+            ".tmp-repair",
+        ] {
+            let d = env.vol_dir(vol).join(name).join("x000000000");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("x0000000000000000"), b"chunk").unwrap();
+        }
+    };
+    plant("a");
+    plant("c");
+    // A live run holds c's lock: its staging is its own.
+    let lock = std::fs::File::open(env.vol_dir("c").join(".lock")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor owned here.
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) },
+        0
+    );
+
+    env.write_at("b", 0, &[9u8; 4096]);
+    env.ok(&["send", "b"]);
+    assert_eq!(staging_left(&env.vol_dir("a")), Vec::<String>::new());
+    assert_eq!(
+        staging_left(&env.vol_dir("c")),
+        vec![
+            ".tmp-S_20200101-000000",
+            ".tmp-repair",
+            ".tmp-untar-S_20200101-000001"
+        ]
+    );
+    drop(lock);
+
+    // Every writing command sweeps, not only send.
+    plant("a");
+    env.ok(&["untar", "b"]);
+    assert_eq!(staging_left(&env.vol_dir("a")), Vec::<String>::new());
+    assert_eq!(staging_left(&env.vol_dir("c")), Vec::<String>::new());
+    plant("a");
+    env.ok(&["repair", "b"]);
+    assert_eq!(staging_left(&env.vol_dir("a")), Vec::<String>::new());
+    for v in ["a", "b", "c"] {
+        env.verify_ok(v, None);
     }
 }

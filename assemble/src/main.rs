@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use sparsebak_format::layout;
 use sparsebak_format::output::{self, OutputKind, PartialFile};
 use sparsebak_format::restore::{restore, RestoreError, SparseFileTarget, StreamTarget};
 use sparsebak_format::selector;
@@ -72,6 +73,24 @@ fn run(args: Args) -> Result<()> {
     let sessions = vol
         .sessions()
         .with_context(|| format!("reading {}", args.volume_dir.display()))?;
+    // An unfinished prune may have moved chunk files from the session it removes into
+    // the next one: the manifests no longer say where they are. Only a sparsebak run
+    // (which writes) finishes it; this tool only reads.
+    let journal = args.volume_dir.join(layout::PRUNE_JOURNAL);
+    if journal.exists() {
+        let name = args
+            .volume_dir
+            .file_name()
+            .map_or_else(|| "VOLUME".into(), |n| n.to_string_lossy().into_owned());
+        bail!(
+            "{}: the volume has an interrupted prune ({} exists): chunk files may be half \
+             moved between two sessions, so nothing is assembled; run any sparsebak command \
+             on the archive's machine (e.g. `sparsebak list {name}`) to finish it, or finish \
+             it by hand as the format description says (Prune journal)",
+            args.volume_dir.display(),
+            journal.display()
+        );
+    }
     let now = chrono::Local::now();
     let sel = selector::parse(&args.session, &now)?;
     let timed = if sel.needs_times() {

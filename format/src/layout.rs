@@ -18,6 +18,8 @@ pub const INFO_FILE: &str = "info";
 pub const MANIFEST_FILE: &str = "manifest";
 /// Lock file inside a volume folder.
 pub const LOCK_FILE: &str = ".lock";
+/// Journal of an unfinished prune inside a volume folder (see the format description).
+pub const PRUNE_JOURNAL: &str = ".prune-journal";
 
 /// Longest volume name, in bytes. The longest names sparsebak makes from a volume
 /// name are `<volume>.tick.origin` (reflink snapshots, beside

@@ -94,6 +94,7 @@ impl Archive {
         let mut a = Self::open(config)?;
         a.require_writable(action)?;
         identity::adopt(config, &mut a, false)?;
+        sweep_dead_runs(&a);
         Ok(a)
     }
 
@@ -122,6 +123,7 @@ impl Archive {
         let mut a = Self::open(config)?;
         a.require_writable("send")?;
         identity::adopt(config, &mut a, accept)?;
+        sweep_dead_runs(&a);
         Ok(a)
     }
 
@@ -192,7 +194,8 @@ pub fn lock_for_reading(
     archive.lock_volume(name, Mode::Shared)
 }
 
-/// Remove session folders an interrupted send left behind (never part of a view).
+/// Remove the staging folders (`.tmp-*`) interrupted runs left in a volume (never
+/// part of a view). Needs the volume's exclusive lock.
 pub fn remove_staging(vol: &VolumeArchive) -> Result<()> {
     let rd = match std::fs::read_dir(&vol.dir) {
         Ok(rd) => rd,
@@ -208,6 +211,62 @@ pub fn remove_staging(vol: &VolumeArchive) -> Result<()> {
         }
     }
     tar::tidy(vol)
+}
+
+/// Whether `name`, an entry of a volume folder, is what an unfinished run leaves
+/// behind: a staging folder (`.tmp-*`: a send's session, an untar, a repair), the
+/// trash or the new manifest of a prune.
+fn is_leftover(name: &str) -> bool {
+    name.starts_with(".tmp-")
+        || name.starts_with(".trash-")
+        || (name.starts_with(".prune-") && name.ends_with(".manifest"))
+}
+
+/// Remove, in every volume of the archive, what runs that died left behind (see
+/// [`is_leftover`]): on media short of space or inodes a dead run's staging folder
+/// would otherwise make every other volume's writes fail. A volume whose lock is held
+/// belongs to a live run and is left alone; an interrupted prune (its journal) is
+/// left to [`settle`]. Called at the start of every command that writes to the
+/// archive; never fails the command (what cannot be removed is said, and tried again
+/// next time).
+pub fn sweep_dead_runs(archive: &Archive) {
+    if archive.read_only {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(&archive.root) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !ent.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let vol = archive.volume(&name);
+        let Ok(entries) = std::fs::read_dir(&vol.dir) else {
+            continue;
+        };
+        let any = entries
+            .flatten()
+            .any(|e| is_leftover(&e.file_name().to_string_lossy()));
+        if !any {
+            continue;
+        }
+        let lock_path = vol.dir.join(layout::LOCK_FILE);
+        let Ok(_lock) = lock::lock(&lock_path, Mode::Exclusive, Duration::ZERO, &name) else {
+            tracing::debug!("volume {name} is in use: its staging folders are a live run's");
+            continue;
+        };
+        let swept = remove_staging(&vol).and_then(|()| {
+            if prune::interrupted(&vol) {
+                Ok(())
+            } else {
+                prune::remove_trash(&vol)
+            }
+        });
+        if let Err(e) = swept {
+            tracing::warn!("volume {name}: removing what an interrupted run left: {e}");
+        }
+    }
 }
 
 /// Finish what interrupted runs left on a volume (a prune's journal, a send's pending

@@ -44,7 +44,7 @@ use crate::archive::local::LocalCopies;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
 
-const JOURNAL: &str = ".prune-journal";
+const JOURNAL: &str = layout::PRUNE_JOURNAL;
 const JOURNAL_MAGIC: &str = "sparsebak-prune 1";
 
 fn journal_path(vol: &VolumeArchive) -> PathBuf {
@@ -377,12 +377,27 @@ pub fn fold(
             crate::archive::tar::untar_session(vol, id)?;
         }
     }
-    let (mut fp, new_t) = plan(vol, s, false)?;
-    fp.refuse_if_incomplete(vol)?;
-    let mut j = format!("{JOURNAL_MAGIC}\nremove={s}\ninto={}\n", fp.into);
-    j.push_str(&new_t.to_text());
     let jp = journal_path(vol);
-    durable::write_atomic(&jp, j.as_bytes()).at(&jp)?;
+    let journaled = plan(vol, s, false).and_then(|(fp, new_t)| {
+        fp.refuse_if_incomplete(vol)?;
+        let mut j = format!("{JOURNAL_MAGIC}\nremove={s}\ninto={}\n", fp.into);
+        j.push_str(&new_t.to_text());
+        durable::write_atomic(&jp, j.as_bytes()).at(&jp)?;
+        Ok((fp, new_t))
+    });
+    let (mut fp, new_t) = match journaled {
+        Ok(p) => p,
+        Err(e) => {
+            // Before the journal nothing changed: the new manifest goes, said after
+            // a full filesystem is explained (while it still counts).
+            let e =
+                crate::space::explain_write(e, &vol.dir, "free some files", "nothing was changed");
+            if !jp.exists() {
+                let _ = remove_trash(vol);
+            }
+            return Err(e);
+        }
+    };
     crate::failpoint::hit("prune-after-journal");
     let stored = apply(vol, local, s, &new_t)?;
     fp.freed_bytes = fp.freed_bytes.max(stored.0);
@@ -615,7 +630,7 @@ fn dir_size(p: &Path) -> u64 {
     n
 }
 
-fn remove_trash(vol: &VolumeArchive) -> Result<()> {
+pub(crate) fn remove_trash(vol: &VolumeArchive) -> Result<()> {
     let Ok(rd) = std::fs::read_dir(&vol.dir) else {
         return Ok(());
     };

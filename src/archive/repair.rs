@@ -248,9 +248,41 @@ fn to_folder(vol: &VolumeArchive, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes the staging folder when a repair ends early (an error): nothing of it may
+/// stay behind to fill the archive.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                "{}: removing the staging folder of a failed repair: {e} (the next run that \
+                 writes to the archive removes it)",
+                self.0.display()
+            ),
+            _ => {}
+        }
+    }
+}
+
 /// Write `dst` durably: built in the staging folder, fsynced, renamed into place, its
 /// folder (created if missing) fsynced.
 fn install(
+    vol: &VolumeArchive,
+    dst: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
+    install_in_staging(vol, dst, fill).map_err(|e| {
+        crate::space::explain_write(
+            e,
+            &vol.dir,
+            "free some files",
+            &format!("{} was not repaired", dst.display()),
+        )
+    })
+}
+
+fn install_in_staging(
     vol: &VolumeArchive,
     dst: &Path,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
@@ -533,6 +565,7 @@ pub fn repair(
     // A prune under way is finished first: the manifest of the session it folds into
     // is new in the archive and not yet in the copies.
     let folding = prune::journal_sessions(&vol)?;
+    let mut staging_guard: Option<RemoveOnDrop> = None;
     if dry_run {
         if let Some((s, t)) = &folding {
             rep.done.push(format!(
@@ -541,6 +574,7 @@ pub fn repair(
         }
     } else {
         remove_staging(&vol)?;
+        staging_guard = Some(RemoveOnDrop(vol.dir.join(STAGING)));
         if folding.is_some() && prune::recover(&vol, local).is_err() {
             // The roll-forward may need an info or manifest that only the copies have.
             let ids = vol.sessions()?;
@@ -677,6 +711,7 @@ pub fn repair(
     }
     if !dry_run {
         let staging = vol.dir.join(STAGING);
+        staging_guard.take();
         if staging.exists() {
             std::fs::remove_dir_all(&staging).at(&staging)?;
         }

@@ -29,6 +29,7 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging).at(&staging)?;
     }
+    let t_len = t.index.len();
     let fill = || -> Result<()> {
         std::fs::create_dir_all(&staging).at(&staging)?;
         // The manifest is copied as it streams, never held whole.
@@ -50,15 +51,37 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
         }
         Ok(())
     };
-    if let Err(e) = fill() {
-        let _ = std::fs::remove_dir_all(&staging);
+    let fin = vol.session_dir(id);
+    let done = fill().and_then(|()| {
+        durable::syncfs(&staging).at(&staging)?;
+        crate::failpoint::hit("untar-before-rename");
+        std::fs::rename(&staging, &fin).at(&fin)
+    });
+    drop(t);
+    if let Err(e) = done {
+        // Said before the staging folder goes, while its inodes still count as used;
+        // then nothing of the conversion is left to fill the archive.
+        let e = crate::space::explain_write(
+            e,
+            &vol.dir,
+            &format!(
+                "a folder session needs a file per chunk ({} here) where the tar is one; \
+                 free some files, or keep the session a tar",
+                t_len
+            ),
+            "the session was kept as a tar, as it was",
+        );
+        if let Err(e2) = std::fs::remove_dir_all(&staging) {
+            if e2.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "{}: removing the staging folder of a failed untar: {e2} (the next run \
+                     that writes to the archive removes it)",
+                    staging.display()
+                );
+            }
+        }
         return Err(e);
     }
-    drop(t);
-    durable::syncfs(&staging).at(&staging)?;
-    crate::failpoint::hit("untar-before-rename");
-    let fin = vol.session_dir(id);
-    std::fs::rename(&staging, &fin).at(&fin)?;
     durable::sync_dir(&vol.dir).at(&vol.dir)?;
     remove_tar_files(vol, id)?;
     Ok(true)

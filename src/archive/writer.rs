@@ -67,17 +67,21 @@ impl TarOut {
 impl SessionWriter {
     /// Start session `id` of `vol` in a staging folder, stored as one tar file when
     /// `as_tar`.
+    /// A full filesystem is explained (see [`crate::space`]) before the staging folder
+    /// is removed, so that the inodes it held still count as used.
     pub fn create_as(vol: &VolumeArchive, id: &str, as_tar: bool) -> Result<SessionWriter> {
-        let mut w = Self::create(vol, id)?;
+        let room = crate::space::room(&vol.dir);
+        let explain = |e| crate::space::explain(e, &vol.dir, room, Default::default());
+        let mut w = Self::create(vol, id).map_err(explain)?;
         if as_tar {
             let tar_tmp = w.staging.join("session.tar");
             let index_tmp = w.staging.join("session.tar.index");
-            let f = File::create(&tar_tmp).at(&tar_tmp)?;
+            let f = File::create(&tar_tmp).at(&tar_tmp).map_err(explain)?;
             let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
             builder.mode(tar::HeaderMode::Deterministic);
             w.tar = Some(TarOut {
                 builder,
-                index: Some(TarIndexWriter::create(&index_tmp)?),
+                index: Some(TarIndexWriter::create(&index_tmp).map_err(|e| explain(e.into()))?),
                 pos: 0,
                 mtime: chrono::Utc::now().timestamp().max(0) as u64,
                 tar_tmp,
@@ -94,8 +98,26 @@ impl SessionWriter {
         let staging = vol.dir.join(format!("{}{id}", layout::STAGING_PREFIX));
         std::fs::create_dir_all(&staging).at(&staging)?;
         let mpath = staging.join(layout::MANIFEST_FILE);
-        let mf = File::create(&mpath).at(&mpath)?;
-        let flusher = durable::Flusher::new(&staging, FLUSH_EVERY).at(&staging)?;
+        let opened = File::create(&mpath).at(&mpath).and_then(|mf| {
+            let flusher = durable::Flusher::new(&staging, FLUSH_EVERY).at(&staging)?;
+            Ok((mf, flusher))
+        });
+        let (mf, flusher) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing of the session may stay behind (on a filesystem out of
+                // inodes the empty folder would hold one); said before the folder
+                // goes, while its inode still counts.
+                let e = crate::space::explain(
+                    e,
+                    &vol.dir,
+                    crate::space::room(&vol.dir),
+                    Default::default(),
+                );
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
         Ok(SessionWriter {
             id: id.to_string(),
             final_dir: vol.session_dir(id),

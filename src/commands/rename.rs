@@ -8,6 +8,7 @@ use crate::source;
 
 pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
     let archive = Archive::open(&ctx.config)?;
+    crate::archive::sweep_dead_runs(&archive);
     let mut src = source::for_config(&ctx.config)?;
     let done = crate::rename::rename(&ctx.config, &archive, src.as_mut(), old, new)
         .with_context(|| format!("rename {old} to {new}"))?;

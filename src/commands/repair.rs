@@ -9,6 +9,9 @@ use crate::source;
 pub fn run(ctx: &Ctx, name: &str, dry_run: bool) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open(&ctx.config)?;
+    if !dry_run {
+        crate::archive::sweep_dead_runs(&archive);
+    }
     let mut source = source::for_config(&ctx.config)?;
     let rep = repair::repair(&ctx.config, &archive, name, source.as_mut(), dry_run)
         .with_context(|| format!("repair {name}"))?;

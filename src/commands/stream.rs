@@ -59,8 +59,25 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         block_size,
         dest: is_file.then(|| target.path.clone()),
     };
+    // A full filesystem is said as for a session in the archive, whatever step met it
+    // (creating the file included).
+    let dir = target
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let full = |e: anyhow::Error| {
+        if is_file {
+            crate::space::explain_any(e, &dir, "free some files", "nothing of the stream was kept")
+        } else {
+            e
+        }
+    };
     let partial = match target.kind {
-        OutputKind::File { .. } | OutputKind::New => Some(PartialFile::create(&target)?),
+        OutputKind::File { .. } | OutputKind::New => {
+            Some(PartialFile::create(&target).map_err(|e| full(e.into()))?)
+        }
         _ => None,
     };
     let out: Box<dyn Write + Send> = match (&target.kind, &partial) {
@@ -76,7 +93,8 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         _ => Box::new(output::open_existing(&target)?),
     };
     let (outcome, out) = send_stream(&ctx.config, name, source.as_mut(), out, partial, &opts)
-        .with_context(|| format!("send {name} to stream {}", target.describe()))?;
+        .with_context(|| format!("send {name} to stream {}", target.describe()))
+        .map_err(full)?;
     drop(out);
     let i = &outcome.info;
     progress::summary(&format!(
