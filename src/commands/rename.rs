@@ -7,6 +7,7 @@ use crate::archive::Archive;
 use crate::source;
 
 pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
+    ctx.config.check_destination(true)?;
     let archive = Archive::open(&ctx.config)?;
     let mut src = source::for_config(&ctx.config)?;
     let done = crate::rename::rename(&ctx.config, &archive, src.as_mut(), old, new)

@@ -8,6 +8,7 @@ use crate::source;
 
 pub fn run(ctx: &Ctx, name: &str, dry_run: bool) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
+    ctx.config.check_destination(!dry_run)?;
     let archive = Archive::open(&ctx.config)?;
     let mut source = source::for_config(&ctx.config)?;
     let rep = repair::repair(&ctx.config, &archive, name, source.as_mut(), dry_run)
