@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     bar.finish();
     if zero_tail {
         crate::receive::zero_tail(path, size)
-            .with_context(|| format!("zeroing {} past the volume's end", path.display()))?;
+            .context("--zero-tail: zeroing past the volume's end")?;
     }
     progress::summary(&format!(
         "{name}: session {id} restored to {} size={} written={} time={:.1}s",

@@ -130,7 +130,7 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
         .with_context(|| format!("receive from stream {paths} into {}", out.describe()))?;
     if zero_tail {
         crate::receive::zero_tail(&out.path, sum.last().info.volsize)
-            .with_context(|| format!("zeroing {} past the volume's end", out.describe()))?;
+            .context("--zero-tail: zeroing past the volume's end")?;
     }
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",
