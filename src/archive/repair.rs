@@ -119,7 +119,7 @@ fn check_meta(
                 i.session == id
                     && i.volume == vol.name
                     && vol
-                        .manifest_sha256(id)
+                        .session_manifest_sha256(i)
                         .is_ok_and(|h| h == i.manifest_sha256)
             })?,
         };
@@ -152,7 +152,8 @@ fn check_meta(
         (None, None) => return m,
     }
     let Some(info) = &m.info else { return m };
-    match vol.manifest_sha256(id) {
+    // Bounded by the info's line count: a huge manifest is damaged, not read.
+    match vol.session_manifest_sha256(info) {
         Ok(h) if h == info.manifest_sha256 => {
             m.manifest_ok = true;
             return m;
