@@ -429,13 +429,51 @@ impl Config {
     }
 
     /// Check the destination is reachable: a configured mount point must be mounted.
-    pub fn check_destination(&self) -> Result<()> {
+    /// `writing`: the command would write the archive (else it only reads it), which
+    /// the message says.
+    pub fn check_destination(&self, writing: bool) -> Result<()> {
         if let Some(mp) = &self.destmountpoint {
             if !is_mount_point(mp) {
-                return Err(Error::Msg(format!(
-                    "destmountpoint {} is not a mounted filesystem; refusing to write the archive under it",
-                    mp.display()
-                )));
+                return Err(Error::Msg(if writing {
+                    format!(
+                        "destmountpoint {} is not a mounted filesystem; refusing to write the archive under it",
+                        mp.display()
+                    )
+                } else {
+                    format!(
+                        "destmountpoint {} is not a mounted filesystem: the archive's disk is not mounted there, so there is no archive to read",
+                        mp.display()
+                    )
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Check the metadata folder can be a folder: neither it nor a folder above it may
+    /// be a file (else every command that keeps state fails with a bare "File exists"
+    /// or "Not a directory"). A metadir that does not exist yet is made when needed.
+    pub fn check_metadir(&self) -> Result<()> {
+        for p in self.metadir.ancestors() {
+            match std::fs::metadata(p) {
+                Ok(m) if m.is_dir() => return Ok(()),
+                Ok(_) => {
+                    let why = if p == self.metadir {
+                        "is a file, not a folder".to_string()
+                    } else {
+                        format!("cannot be made: {} is a file, not a folder", p.display())
+                    };
+                    return Err(Error::Config {
+                        path: self.path.clone(),
+                        reason: format!(
+                            "metadir {} {why}; point metadir at a folder, or move the file away",
+                            self.metadir.display()
+                        ),
+                    });
+                }
+                Err(_) => continue,
             }
         }
         Ok(())

@@ -9,6 +9,8 @@ pub enum Error {
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
     #[error(transparent)]
+    Restore(#[from] sparsebak_format::restore::RestoreError),
+    #[error(transparent)]
     DeltaMap(#[from] crate::delta_map::DeltaMapError),
     #[error("{path}: {source}")]
     Io {

@@ -11,9 +11,7 @@ use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::output::{self, Output, OutputKind, PartialFile};
-use sparsebak_format::restore::{
-    restore, RestoreError, RestoreStats, SparseFileTarget, StreamTarget, Target,
-};
+use sparsebak_format::restore::{restore, RestoreStats, SparseFileTarget, StreamTarget, Target};
 use sparsebak_format::volume::VolumeArchive;
 
 use crate::blockdev;
@@ -39,6 +37,15 @@ pub fn check_target(path: &Path, volsize: u64, volume: &str) -> Result<Output> {
         )),
         _ => Ok(out),
     }
+}
+
+/// Refuse a file target inside the archive `archive` or this machine's metadata folder
+/// `metadir` (a restore there would replace or add files of them), before anything is
+/// written.
+pub fn refuse_in_archive(out: &Output, archive: &Path, metadir: &Path) -> Result<()> {
+    let refused = |e: output::OutputError| Error::Msg(e.to_string());
+    output::refuse_inside(out, archive, "the archive").map_err(refused)?;
+    output::refuse_inside(out, metadir, "the metadata folder (metadir)").map_err(refused)
 }
 
 /// A block device written in place. Zero ranges are made to read as zeros the way the
@@ -94,7 +101,8 @@ pub fn receive_to(
     let last = chain
         .last()
         .ok_or_else(|| Error::Msg(format!("volume {} has no sessions", vol.name)))?;
-    let map_err = |e: RestoreError| Error::Msg(format!("receive {}: {e}", vol.name));
+    // The caller says which volume, session and target: the error says what failed.
+    let map_err = Error::Restore;
     let oe = |e: output::OutputError| Error::Msg(e.to_string());
     match &out.kind {
         OutputKind::BlockDevice { .. } => {

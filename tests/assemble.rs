@@ -158,3 +158,43 @@ fn assemble_after_an_interrupted_prune_says_to_finish_it() {
         "assembled after the prune was finished",
     );
 }
+
+/// A path that is not a volume folder is said as such, not as "there are no
+/// sessions": one that does not exist, a file, and an archive's root folder.
+#[test]
+fn assemble_says_what_a_wrong_path_is() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(19).bytes(CS)).unwrap();
+    env.send("v");
+    let nowhere = env.path().join("no-such-folder");
+    let file = env.image("v");
+    let out = env.path().join("asm.img");
+    for (dir, why) in [
+        (
+            &nowhere,
+            "does not exist; give a volume folder of an archive",
+        ),
+        (&file, "is not a folder; give a volume folder of an archive"),
+        (
+            &env.archive(),
+            "is an archive's root folder; give one of its volume folders",
+        ),
+    ] {
+        let o = Command::new(assemble_bin())
+            .arg("-o")
+            .arg(&out)
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("{} {why}", dir.display())),
+            "{}: {err}",
+            dir.display()
+        );
+        assert!(!err.contains("no sessions"), "{err}");
+        assert!(!out.exists());
+    }
+    assert!(!nowhere.exists());
+}

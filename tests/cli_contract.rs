@@ -186,3 +186,124 @@ fn lock_keeps_two_runs_apart() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(start.elapsed().as_millis() >= 500);
 }
+
+/// stderr of `sparsebak -c CONFIG -u ARGS`, which must fail with exit 1.
+fn error_of(config: &std::path::Path, args: &[&str]) -> String {
+    let o = Command::new(bin())
+        .arg("-c")
+        .arg(config)
+        .arg("-u")
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    err
+}
+
+/// With `destmountpoint` not mounted, the commands that only read the archive say its
+/// disk is not mounted, not that they refuse to write; those that write say so.
+#[test]
+fn unmounted_destmountpoint_is_said_as_readers_and_writers_see_it() {
+    let d = TestDir::new();
+    let mp = d.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    std::fs::write(d.path().join("v"), [1u8; 10]).unwrap();
+    let p = d.path().join("c.ini");
+    std::fs::write(
+        &p,
+        format!(
+            "[var]\nsource=file\nvoldir={0}\ndestmountpoint={1}\ndestdir=sb\nmetadir={0}/meta\n[volumes]\nv=enable\n",
+            d.path().display(),
+            mp.display()
+        ),
+    )
+    .unwrap();
+    let save = format!("--save-to={}", d.path().join("out.img").display());
+    let readers: [&[&str]; 6] = [
+        &["list"],
+        &["verify", "v"],
+        &["receive", "v", &save],
+        &["diff", "v", "--session=latest"],
+        &["prune", "v", "--keep=1", "--dry-run"],
+        &["repair", "v", "--dry-run"],
+    ];
+    for args in readers {
+        let err = error_of(&p, args);
+        assert!(
+            err.contains(&format!(
+                "destmountpoint {} is not a mounted filesystem: the archive's disk is not mounted there",
+                mp.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("write"), "{args:?}: {err}");
+    }
+    let writers: [&[&str]; 6] = [
+        &["send", "v"],
+        &["prune", "v", "--keep=1"],
+        &["delete", "v"],
+        &["untar", "v"],
+        &["repair", "v"],
+        &["rename", "v", "w"],
+    ];
+    for args in writers {
+        let err = error_of(&p, args);
+        assert!(
+            err.contains("is not a mounted filesystem; refusing to write the archive under it"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!d.path().join("out.img").exists());
+    assert!(!mp.join("sb").exists());
+}
+
+/// A metadir that is a file (or under a file) is said as such by every command, not
+/// as a bare "File exists" or "Not a directory"; the file is left alone.
+#[test]
+fn a_metadir_that_is_a_file_is_said_as_such() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), [1u8; 10]).unwrap();
+    env.send("v");
+    let file = env.path().join("metafile");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let meta = env.meta().display().to_string();
+    let save = format!("--save-to={}", env.path().join("out.img").display());
+    let stream = format!("--stream={}", env.path().join("s.tar").display());
+    for (metadir, why) in [
+        (file.clone(), "is a file, not a folder".to_string()),
+        (
+            file.join("sub"),
+            format!("cannot be made: {} is a file, not a folder", file.display()),
+        ),
+    ] {
+        std::fs::write(
+            &env.config,
+            ini.replace(&meta, &metadir.display().to_string()),
+        )
+        .unwrap();
+        let commands: [&[&str]; 9] = [
+            &["send", "v"],
+            &["send", "v", &stream],
+            &["list"],
+            &["verify", "v"],
+            &["receive", "v", &save],
+            &["resync", "v"],
+            &["prune", "v", "--keep=1"],
+            &["delete", "v"],
+            &["monitor", "v"],
+        ];
+        for args in commands {
+            let err = env.fails(args);
+            assert!(
+                err.contains(&format!("metadir {} {why}", metadir.display())),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("os error"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+    assert!(!env.path().join("out.img").exists());
+    assert!(!env.path().join("s.tar").exists());
+}

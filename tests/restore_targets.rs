@@ -885,3 +885,162 @@ fn a_writer_stopped_by_a_signal_leaves_no_partial_file() {
         signal(child, libc::SIGTERM, 143, what);
     }
 }
+
+/// The regular files under `dir` with their content, lock files left out (readers
+/// create those).
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    walk(dir, &mut all);
+    let mut out: Vec<(PathBuf, Vec<u8>)> = all
+        .into_iter()
+        .filter(|(p, m)| m.is_file() && !p.ends_with(".lock"))
+        .map(|(p, _)| {
+            let data = std::fs::read(&p).unwrap();
+            (p, data)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A file target inside the archive (a session's manifest, the archive's marker, a new
+/// file in a volume folder; given directly, through a symlink or through `..`) or
+/// inside the metadir, and a stream being read, are refused by every writer before
+/// anything is written: the archive is byte-identical after, verifies, and restores.
+#[test]
+fn targets_inside_the_archive_or_the_metadir_are_refused() {
+    let (env, img, streams) = setup(9);
+    let arch = env.archive();
+    let sdir = env.vol_dir("v").join(format!("S_{}", env.latest("v").id));
+    let link = env.path().join("to-manifest");
+    std::os::unix::fs::symlink(sdir.join("manifest"), &link).unwrap();
+    let dotdot = env.vol_dir("v").join("../v/new.img");
+    let in_arch = "is inside the archive";
+    let in_meta = "is inside the metadata folder (metadir)";
+    let cases: [(PathBuf, &str); 7] = [
+        (sdir.join("manifest"), in_arch),
+        (arch.join("sparsebak.archive"), in_arch),
+        (env.vol_dir("v").join("new.img"), in_arch),
+        (link.clone(), in_arch),
+        (dotdot, in_arch),
+        (env.meta().join("new.img"), in_meta),
+        (env.meta().join("v").join("new.img"), in_meta),
+    ];
+    let before = contents(&arch);
+    let meta_before: Vec<PathBuf> = contents(&env.meta()).into_iter().map(|c| c.0).collect();
+    let sessions = env.sessions("v").len();
+    for (target, why) in &cases {
+        for w in [
+            Writer::Receive,
+            Writer::FromStream,
+            Writer::Assemble,
+            Writer::SendStream,
+        ] {
+            if w == Writer::Assemble && *why == in_meta {
+                continue; // spbk-assemble knows no metadir
+            }
+            let err = fails(writer(&env, &streams, w, target));
+            let what = format!("{w:?} into {}", target.display());
+            assert!(err.contains(why), "{what}: {err}");
+            assert!(err.contains(&target.display().to_string()), "{what}: {err}");
+        }
+    }
+    // A restore from streams onto one of the streams it reads.
+    let err = fails(writer(&env, &streams, Writer::FromStream, &streams[1]));
+    assert!(err.contains("is one of the streams being read"), "{err}");
+    let stream_before = std::fs::read(&streams[0]).unwrap();
+    let err = fails(writer(&env, &streams, Writer::FromStream, &streams[0]));
+    assert!(err.contains("is one of the streams being read"), "{err}");
+    assert!(std::fs::read(&streams[0]).unwrap() == stream_before);
+
+    assert!(contents(&arch) == before, "the archive changed");
+    let meta_after: Vec<PathBuf> = contents(&env.meta()).into_iter().map(|c| c.0).collect();
+    assert_eq!(meta_after, meta_before, "files appeared in the metadir");
+    assert_eq!(env.sessions("v").len(), sessions);
+    no_partial_files(&sdir, "refused targets");
+    no_partial_files(&env.vol_dir("v"), "refused targets");
+    env.verify_ok("v", None);
+    assert_same(&env.receive("v", None), &img, "after the refusals");
+
+    // Another path to the archive's folder (a bind mount) is the same folder.
+    if need_root("targets_inside_the_archive_or_the_metadir_are_refused") {
+        let bind = env.path().join("bind");
+        std::fs::create_dir(&bind).unwrap();
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(&arch)
+            .arg(&bind)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --bind");
+        let _m = Mount(bind.clone());
+        let target = bind.join("v").join("new.img");
+        for w in [Writer::Receive, Writer::FromStream, Writer::SendStream] {
+            let err = fails(writer(&env, &streams, w, &target));
+            assert!(err.contains(in_arch), "{w:?} through a bind mount: {err}");
+        }
+        assert!(!env.vol_dir("v").join("new.img").exists());
+    }
+}
+
+/// A block device set read-only (`blockdev --setro`, `losetup -r`) is refused by every
+/// writer as read-only, before anything is written.
+#[test]
+fn read_only_block_devices_are_refused_as_such() {
+    if !need_root("read_only_block_devices_are_refused_as_such") {
+        return;
+    }
+    let (env, _img, streams) = setup(10);
+    let backing = env.path().join("dev.img");
+    std::fs::write(&backing, vec![0xEEu8; 8 * MIB]).unwrap();
+    // The read-only flag outlives a loop device's detach: cleared on drop.
+    struct SetRw(PathBuf);
+    impl Drop for SetRw {
+        fn drop(&mut self) {
+            let _ = Command::new("blockdev")
+                .arg("--setrw")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let Some(lo) = Loop::new("read_only_block_devices_are_refused_as_such", &backing, 512) else {
+        return;
+    };
+    let _rw = SetRw(lo.dev.clone());
+    let st = Command::new("blockdev")
+        .arg("--setro")
+        .arg(&lo.dev)
+        .status()
+        .unwrap();
+    assert!(st.success(), "blockdev --setro");
+    let o = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "losetup --read-only");
+    let ro = Loop {
+        dev: String::from_utf8_lossy(&o.stdout).trim().into(),
+    };
+    let _rw2 = SetRw(ro.dev.clone());
+    for dev in [&lo.dev, &ro.dev] {
+        for w in [
+            Writer::Receive,
+            Writer::FromStream,
+            Writer::Assemble,
+            Writer::SendStream,
+        ] {
+            let err = fails(writer(&env, &streams, w, dev));
+            assert!(
+                err.contains(&format!("{} is a read-only block device", dev.display())),
+                "{w:?} into {}: {err}",
+                dev.display()
+            );
+        }
+    }
+    lo.flush();
+    assert!(
+        std::fs::read(&backing).unwrap() == vec![0xEEu8; 8 * MIB],
+        "the read-only device changed"
+    );
+}

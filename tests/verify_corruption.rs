@@ -144,3 +144,127 @@ fn truncated_chunk_and_garbage_chunk() {
     std::fs::write(chunk(&env, &s2, 3), b"not zstd at all").unwrap();
     verify_fails(&env, None, &["x00000000000c0000", "x0000000000030000"]);
 }
+
+/// stderr of a run that must fail with exit 1.
+fn failed(o: std::process::Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stderr).unwrap()
+}
+
+/// The problem lines of a verify's stderr (not its hint nor its last line).
+fn problem_lines(err: &str) -> Vec<&str> {
+    err.lines()
+        .filter(|l| l.starts_with("sparsebak: verify v: ") && !l.contains(": hint: "))
+        .collect()
+}
+
+/// Each damaged file is one problem, said once: a missing chunk file (which the walk of
+/// its session's folder and the read of the view both meet) and two altered ones give
+/// exactly three problems, each naming its file once and no session twice; an altered
+/// manifest is one problem; receive says its context once.
+#[test]
+fn each_damage_is_one_problem_said_once() {
+    let (env, s1, s2) = setup();
+    let missing = chunk(&env, &s1, 7);
+    std::fs::remove_file(&missing).unwrap();
+    let mut flipped = Vec::new();
+    for (id, i) in [(&s1, 9), (&s2, 3)] {
+        let p = chunk(&env, id, i);
+        let mut d = std::fs::read(&p).unwrap();
+        d[5] ^= 1;
+        std::fs::write(&p, d).unwrap();
+        flipped.push(p);
+    }
+    let err = failed(env.run(&["verify", "v"]));
+    let lines = problem_lines(&err);
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(err.contains("FAILED with 3 problem(s)"), "{err}");
+    for p in [&missing, &flipped[0], &flipped[1]] {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        let session = p.parent().unwrap().parent().unwrap();
+        let id = &session.file_name().unwrap().to_string_lossy()[2..];
+        assert_eq!(
+            err.matches(&*p.to_string_lossy()).count(),
+            1,
+            "{} said once: {err}",
+            p.display()
+        );
+        let line = lines.iter().find(|l| l.contains(&name)).unwrap();
+        assert_eq!(line.matches(&name).count(), 1, "{line}");
+        assert_eq!(line.matches(id).count(), 1, "{line}");
+    }
+    assert!(
+        err.contains(&format!("{} is missing", missing.display())),
+        "{err}"
+    );
+    for line in err.lines() {
+        for id in [&s1, &s2] {
+            assert!(line.matches(id.as_str()).count() <= 1, "{id} twice: {line}");
+        }
+    }
+    // receive: the volume, the session and the target once, then the cause.
+    let out = env.path().join("out.img");
+    let err = failed(env.run(&["receive", "v", &format!("--save-to={}", out.display())]));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.matches("receive v").count(), 1, "{err}");
+    assert_eq!(err.matches(&*out.to_string_lossy()).count(), 1, "{err}");
+    assert!(!out.exists());
+
+    // An altered manifest (one hash changed; then bytes added) is one problem.
+    let (env, _, s2) = setup();
+    let manifest = env.vol_dir("v").join(format!("S_{s2}")).join("manifest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let altered = format!(
+        "{}{}",
+        if text.starts_with('0') { "1" } else { "0" },
+        &text[1..]
+    );
+    std::fs::write(&manifest, altered).unwrap();
+    let err = failed(env.run(&["verify", "v"]));
+    assert_eq!(problem_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("manifest altered"), "{err}");
+    assert!(err.contains("FAILED with 1 problem(s)"), "{err}");
+    std::fs::write(&manifest, format!("{text}garbage\n")).unwrap();
+    let err = failed(env.run(&["verify", "v"]));
+    assert_eq!(problem_lines(&err).len(), 1, "{err}");
+    assert_eq!(
+        err.matches(&*manifest.to_string_lossy()).count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("FAILED with 1 problem(s)"), "{err}");
+}
+
+/// A full standard output is named once ("into standard output: No space left"), by
+/// receive from the archive and from streams.
+#[test]
+fn a_full_standard_output_is_named_once() {
+    let (env, _, _) = setup();
+    let stream = env.path().join("s.tar");
+    env.ok(&["send", "v", &format!("--stream={}", stream.display())]);
+    let from = format!("--from-stream={}", stream.display());
+    for args in [
+        &["receive", "v", "--save-to=-"][..],
+        &["receive", &from, "--save-to=-"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&env.config)
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = failed(o);
+        assert!(err.contains("No space left on device"), "{args:?}: {err}");
+        assert_eq!(err.matches("standard output").count(), 1, "{args:?}: {err}");
+    }
+}

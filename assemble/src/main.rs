@@ -68,7 +68,46 @@ fn target_error(e: RestoreError, out: &output::Output) -> anyhow::Error {
     }
 }
 
+/// The volume folder must be a folder; a path that is not there, or is no folder, is
+/// said as such (not as a volume with no sessions). The archive's root, given for a
+/// volume's folder, is said too.
+fn check_volume_dir(dir: &Path) -> Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "{} does not exist; give a volume folder of an archive (ARCHIVE/VOLUME)",
+                dir.display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| dir.display().to_string()),
+        Ok(m) if !m.is_dir() => bail!(
+            "{} is not a folder; give a volume folder of an archive (ARCHIVE/VOLUME)",
+            dir.display()
+        ),
+        Ok(_) if dir.join(layout::ARCHIVE_MARKER).exists() => bail!(
+            "{} is an archive's root folder; give one of its volume folders (ARCHIVE/VOLUME)",
+            dir.display()
+        ),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Refuse a file output inside the archive the volume folder belongs to (its parent,
+/// when that holds the archive's marker), or else inside the volume folder itself.
+fn refuse_in_archive(out: &output::Output, volume_dir: &Path) -> Result<()> {
+    let parent = std::fs::canonicalize(volume_dir)
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf))
+        .filter(|p| p.join(layout::ARCHIVE_MARKER).is_file());
+    match parent {
+        Some(root) => output::refuse_inside(out, &root, "the archive")?,
+        None => output::refuse_inside(out, volume_dir, "the volume folder")?,
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> Result<()> {
+    check_volume_dir(&args.volume_dir)?;
     let vol = VolumeArchive::new(&args.volume_dir);
     let sessions = vol
         .sessions()
@@ -109,6 +148,7 @@ fn run(args: Args) -> Result<()> {
         Some(p) => output::inspect(p)?,
         None => output::inspect(Path::new("-"))?,
     };
+    refuse_in_archive(&out, &args.volume_dir)?;
     let exists = matches!(
         out.kind,
         OutputKind::File { .. } | OutputKind::BlockDevice { .. }

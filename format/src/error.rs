@@ -104,7 +104,9 @@ impl<T> IoContext<T> for std::io::Result<T> {
 /// and also expose it as `source()`, so that callers can still find, say, the
 /// `io::Error` of a full disk in the chain. Joining the chain naively would repeat the
 /// cause (`...: No space left on device (os error 28): No space left on device (os error
-/// 28)`); here a cause whose text the line already holds is left out.
+/// 28)`); here a cause whose text the line already holds is left out. A context that
+/// names what its cause names first (`... into standard output` and `standard output:
+/// Broken pipe`) says it once: the cause's leading name is dropped.
 pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     let mut line = err.to_string();
     let mut cause = err.source();
@@ -112,11 +114,28 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
         let text = c.to_string();
         if !text.is_empty() && !line.contains(&text) {
             line.push_str(": ");
-            line.push_str(&text);
+            line.push_str(strip_said(&line, &text));
         }
         cause = c.source();
     }
     line
+}
+
+/// `text` without its leading `NAME: ` parts that `line` already ends with (as whole
+/// words): `strip_said("into /a/b", "/a/b: gone")` is `gone`.
+fn strip_said<'a>(line: &str, text: &'a str) -> &'a str {
+    let line = line.strip_suffix(": ").unwrap_or(line);
+    let mut best = text;
+    for (i, _) in text.match_indices(": ") {
+        let name = &text[..i];
+        let whole = line
+            .strip_suffix(name)
+            .is_some_and(|before| before.is_empty() || before.ends_with(' '));
+        if name.len() >= 3 && whole {
+            best = &text[i + 2..];
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -141,5 +160,20 @@ mod tests {
             one_line(&o),
             "sending v: /a/b: No space left on device (os error 28)"
         );
+        // A name the context ends with is not said again by its cause.
+        #[derive(Debug, thiserror::Error)]
+        #[error("receive v into /a/b")]
+        struct Into(#[source] FormatError);
+        let e = FormatError::Io {
+            path: "/a/b".into(),
+            source: std::io::Error::from_raw_os_error(32),
+        };
+        assert_eq!(
+            one_line(&Into(e)),
+            "receive v into /a/b: Broken pipe (os error 32)"
+        );
+        // Only whole names: `into x/a/b` does not end with the name `/a/b`.
+        assert_eq!(strip_said("into x/a/b", "/a/b: gone"), "/a/b: gone");
+        assert_eq!(strip_said("into /a/b", "/a/b: gone"), "gone");
     }
 }

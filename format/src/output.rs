@@ -37,6 +37,15 @@ pub enum OutputError {
     )]
     HardLinked { path: PathBuf, links: u64 },
     #[error(
+        "{path} is inside {what} {dir}; writing there would damage it: choose a path \
+         outside it"
+    )]
+    Inside {
+        path: PathBuf,
+        what: String,
+        dir: PathBuf,
+    },
+    #[error(
         "{path} belongs to uid {uid} gid {gid}, which the restored file cannot be given \
          ({source}); run as root, or remove the file first"
     )]
@@ -217,6 +226,9 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
         // The size of a block device is where its end is; needs no ioctl.
         let mut f = File::open(&path).map_err(io_at(&path))?;
         let size = f.seek(SeekFrom::End(0)).map_err(io_at(&path))?;
+        if is_read_only_device(&f).map_err(io_at(&path))? {
+            return Err(read_only_device(given));
+        }
         OutputKind::BlockDevice { size }
     } else if ft.is_dir() {
         return Err(refuse("a directory", "give the path of a file inside it"));
@@ -238,6 +250,81 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
     })
 }
 
+/// Refuse a file output (new or replaced) that would be written inside `dir` (`what`
+/// names it: an archive, a metadata folder), before anything is written: a restore or
+/// a stream written there would replace or add files of it. The folder the file goes
+/// to (symlinks resolved) and each folder above it are compared with `dir` by device
+/// and inode, so another path to the same folder (a bind mount, `..`) is caught too. A
+/// `dir` that does not exist holds nothing to damage.
+pub fn refuse_inside(out: &Output, dir: &Path, what: &str) -> Result<(), OutputError> {
+    if !matches!(out.kind, OutputKind::File { .. } | OutputKind::New) {
+        return Ok(());
+    }
+    let Ok(d) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let key = (d.dev(), d.ino());
+    let parent = match out.path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // A folder that does not exist cannot be written into; that error comes later.
+    let Ok(parent) = std::fs::canonicalize(parent) else {
+        return Ok(());
+    };
+    let inside = parent
+        .ancestors()
+        .any(|a| std::fs::metadata(a).is_ok_and(|m| (m.dev(), m.ino()) == key));
+    if inside {
+        return Err(OutputError::Inside {
+            path: out.given.clone(),
+            what: what.to_string(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a file output that is the input `input` itself (by device and inode): it
+/// would be replaced by what is made of it.
+pub fn refuse_same_file(out: &Output, input: &Path) -> Result<(), OutputError> {
+    let OutputKind::File { existing } = &out.kind else {
+        return Ok(());
+    };
+    match std::fs::metadata(input) {
+        Ok(m) if (m.dev(), m.ino()) == (existing.dev(), existing.ino()) => {
+            Err(OutputError::Refused {
+                path: out.given.clone(),
+                what: "one of the streams being read",
+                hint: "write the volume to another path",
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+// BLKROGET is `_IO(0x12, 94)` and writes an int (from <linux/fs.h>).
+nix::ioctl_read_bad!(blkroget, nix::request_code_none!(0x12, 94), libc::c_int);
+
+/// Whether the block device `f` is set read-only (`blockdev --setro`, `losetup -r`, a
+/// write-protected disk): writes to it would fail with "Operation not permitted".
+pub fn is_read_only_device(f: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET writes one int to the pointer we pass.
+    unsafe { blkroget(f.as_raw_fd(), &mut ro) }.map_err(std::io::Error::from)?;
+    Ok(ro != 0)
+}
+
+fn read_only_device(path: &Path) -> OutputError {
+    OutputError::Refused {
+        path: path.to_path_buf(),
+        what: "a read-only block device",
+        hint:
+            "nothing was written; make it writable first (`blockdev --setrw`), or write elsewhere",
+    }
+}
+
 /// Open a FIFO, character or block device for writing (a FIFO waits for its reader;
 /// a block device is opened as [`open_block_device`] does).
 pub fn open_existing(out: &Output) -> Result<File, OutputError> {
@@ -251,9 +338,10 @@ pub fn open_existing(out: &Output) -> Result<File, OutputError> {
 }
 
 /// Open a block device for reading and writing, exclusively (`O_EXCL`): a device that is mounted,
-/// or held open exclusively by another program, is refused before anything is written.
+/// or held open exclusively by another program, or set read-only, is refused before anything
+/// is written.
 pub fn open_block_device(path: &Path) -> Result<File, OutputError> {
-    OpenOptions::new()
+    let f = OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_EXCL)
@@ -264,8 +352,14 @@ pub fn open_block_device(path: &Path) -> Result<File, OutputError> {
                 what: "in use (mounted, or held by another program)",
                 hint: "unmount it or stop what holds it first",
             },
+            Some(libc::EROFS) => read_only_device(path),
             _ => io_at(path)(e),
-        })
+        })?;
+    // A device set read-only opens for writing, and refuses each write.
+    if is_read_only_device(&f).map_err(io_at(path))? {
+        return Err(read_only_device(path));
+    }
+    Ok(f)
 }
 
 /// The temporary files of [`PartialFile`]s not yet committed or dropped, for
@@ -502,6 +596,37 @@ mod tests {
         let _sock = std::os::unix::net::UnixListener::bind(p.join("sock")).unwrap();
         let e = inspect(&p.join("sock")).unwrap_err().to_string();
         assert!(e.contains("is a socket"), "{e}");
+    }
+
+    #[test]
+    fn outputs_inside_a_folder_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let arch = d.path().join("arch");
+        std::fs::create_dir_all(arch.join("v/S_1")).unwrap();
+        std::fs::write(arch.join("v/S_1/manifest"), b"m").unwrap();
+        for inside in [
+            arch.join("v/S_1/manifest"),
+            arch.join("new.img"),
+            d.path().join("arch/v/../v/S_1/x.img"),
+        ] {
+            let e = refuse_inside(&inspect(&inside).unwrap(), &arch, "the archive")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("is inside the archive"), "{e}");
+        }
+        // Through a symlink to a file in it.
+        symlink(arch.join("v/S_1/manifest"), d.path().join("link")).unwrap();
+        let o = inspect(&d.path().join("link")).unwrap();
+        assert!(refuse_inside(&o, &arch, "the archive").is_err());
+        // Beside it, and a folder whose name only starts like it, are fine.
+        std::fs::create_dir(d.path().join("arch2")).unwrap();
+        for outside in [d.path().join("out.img"), d.path().join("arch2/out.img")] {
+            refuse_inside(&inspect(&outside).unwrap(), &arch, "the archive").unwrap();
+        }
+        // The input itself.
+        let o = inspect(&arch.join("v/S_1/manifest")).unwrap();
+        assert!(refuse_same_file(&o, &d.path().join("link")).is_err());
+        refuse_same_file(&o, &d.path().join("out.img")).unwrap();
     }
 
     #[test]

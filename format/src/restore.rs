@@ -227,10 +227,20 @@ pub struct RestoreStats {
 pub enum RestoreError {
     #[error(transparent)]
     Format(#[from] crate::FormatError),
-    #[error("chunk {addr:#018x}: {reason}")]
+    /// `reason` names the chunk's file (or tar member) when it can; the chunk is
+    /// said before it only when it does not.
+    #[error("{}", chunk_reason(*addr, reason))]
     Chunk { addr: u64, reason: String },
     #[error("writing the target: {0}")]
     Target(#[source] std::io::Error),
+}
+
+fn chunk_reason(addr: u64, reason: &str) -> String {
+    if reason.contains(&crate::layout::chunk_name(addr)) {
+        reason.to_string()
+    } else {
+        format!("chunk {addr:#018x}: {reason}")
+    }
 }
 
 /// Rebuild the view of `chain`'s last session into `target`, checking every chunk's

@@ -67,7 +67,7 @@ pub fn is_read_only(path: &Path) -> bool {
 impl Archive {
     /// Open the configured archive, which must exist, for reading.
     pub fn open(config: &Config) -> Result<Archive> {
-        config.check_destination()?;
+        config.check_destination(false)?;
         let root = config.destdir.clone();
         let Some(marker) = read_marker(&root)? else {
             check_archive_root(&root)?;
@@ -91,6 +91,7 @@ impl Archive {
     /// what for in errors): it must be writable and be the archive this machine
     /// sends to (see [`identity`]).
     pub fn open_writable(config: &Config, action: &str) -> Result<Archive> {
+        config.check_destination(true)?;
         let mut a = Self::open(config)?;
         a.require_writable(action)?;
         identity::adopt(config, &mut a, false)?;
@@ -103,7 +104,7 @@ impl Archive {
     /// probably not mounted). `accept` takes whatever archive is found, or a new one,
     /// as this machine's archive from now on.
     pub fn open_or_create(config: &Config, accept: bool) -> Result<Archive> {
-        config.check_destination()?;
+        config.check_destination(true)?;
         let root = config.destdir.clone();
         if read_marker(&root)?.is_none() {
             match identity::refuse_if_known(config, accept) {
@@ -311,6 +312,12 @@ pub fn meta_dir(config: &Config, name: &str) -> PathBuf {
 /// Create a folder readable only by its owner (metadata can reveal volume layout).
 pub fn create_private_dir(p: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    if p.exists() && !p.is_dir() {
+        return Err(Error::Msg(format!(
+            "{} exists and is not a folder; move it away",
+            p.display()
+        )));
+    }
     if !p.is_dir() {
         std::fs::DirBuilder::new()
             .recursive(true)

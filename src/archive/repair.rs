@@ -152,6 +152,7 @@ fn check_meta(
         (None, None) => return m,
     }
     let Some(info) = &m.info else { return m };
+    // Bounded by the info's line count: a huge manifest is damaged, not read.
     match vol.session_manifest_sha256(info) {
         Ok(h) if h == info.manifest_sha256 => {
             m.manifest_ok = true;

@@ -21,7 +21,7 @@ pub struct Report {
     pub chunks_checked: u64,
     pub bytes_checked: u64,
     /// Chunk problems found: files missing from a session, chunks of the view that
-    /// could not be read or did not match (one file can count in both).
+    /// could not be read or did not match (a missing file counts once).
     pub bad_chunks: u64,
     /// What `sparsebak repair` can do about the problems found, when it can do
     /// something.
@@ -46,8 +46,12 @@ pub fn verify(
         }
     };
     let mut missing_files = 0u64;
+    // Per session of the chain: its manifest is damaged (reported once).
+    let mut bad_manifest = Vec::with_capacity(chain.len());
     for info in &chain {
-        missing_files += check_session_files(vol, info, local, &mut rep.problems)?;
+        let walk = check_session_files(vol, info, local, &mut rep.problems)?;
+        missing_files += walk.missing;
+        bad_manifest.push(walk.bad_manifest);
     }
     let mut view_chunks = 0u64;
     let r = read_view(vol, &chain, true, |batch| {
@@ -59,11 +63,14 @@ pub fn verify(
                     rep.bytes_checked += d.len() as u64;
                 }
                 Err(reason) => {
-                    rep.bad_chunks += 1;
-                    rep.problems.push(format!(
-                        "chunk x{:016x} (stored by session {}): {reason}",
-                        rc.entry.addr, chain[rc.entry.session].session
-                    ))
+                    let id = &chain[rc.entry.session].session;
+                    // A missing file was reported by the walk of its session's folder,
+                    // and a hash read from a damaged manifest proves nothing: one
+                    // damaged file is one problem.
+                    if !bad_manifest[rc.entry.session] && stored(vol, id, rc.entry.addr) {
+                        rep.bad_chunks += 1;
+                        rep.problems.push(chunk_problem(id, rc.entry.addr, reason));
+                    }
                 }
             }
             progress(rc.entry.addr);
@@ -71,7 +78,10 @@ pub fn verify(
         Ok::<(), Error>(())
     });
     if let Err(e) = r {
-        rep.problems.push(format!("reading the view: {e}"));
+        // A damaged manifest was reported once already, by the walk of its session.
+        if !bad_manifest.contains(&true) {
+            rep.problems.push(format!("reading the view: {e}"));
+        }
     } else if let Some(last) = chain.last() {
         if last.chunks != view_chunks {
             rep.problems.push(format!(
@@ -86,6 +96,39 @@ pub fn verify(
         rep.hint = hint(vol, local, rep.bad_chunks);
     }
     Ok(rep)
+}
+
+/// Whether the chunk at `addr` of session `id` is stored (its file, or its tar member,
+/// exists). A session whose tar cannot be opened was reported as a whole.
+fn stored(vol: &VolumeArchive, id: &str, addr: u64) -> bool {
+    match vol.storage(id) {
+        Storage::Folder => !matches!(
+            std::fs::symlink_metadata(vol.chunk_path(id, addr)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        ),
+        Storage::Tar => vol.tar(id).is_ok_and(|t| t.index.lookup(addr).is_some()),
+    }
+}
+
+/// A chunk that could not be read or did not match: the reason names the chunk's
+/// file (and so its session) when it can; else they are said before it.
+fn chunk_problem(id: &str, addr: u64, reason: String) -> String {
+    if reason.contains(&layout::chunk_name(addr)) {
+        reason
+    } else {
+        format!("chunk x{addr:016x} of session {id}: {reason}")
+    }
+}
+
+/// A problem of session `id`: `e` is said after the session's name unless it already
+/// names the session's folder or tar.
+fn of_session(id: &str, e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    if e.contains(&layout::session_dir_name(id)) {
+        e
+    } else {
+        format!("session {id}: {e}")
+    }
 }
 
 /// What `repair` can do about what was found: put back info and manifest files from
@@ -116,20 +159,32 @@ fn hint(vol: &VolumeArchive, local: Option<&LocalCopies>, bad_chunks: u64) -> Op
     })
 }
 
+/// What the walk of one session's files found.
+struct Walk {
+    /// Chunk files (or tar members) of its manifest that are missing.
+    missing: u64,
+    /// Its manifest is damaged (reported once; nothing read from it is reported again).
+    bad_manifest: bool,
+}
+
 /// Manifest hash, local copies, and the chunk files in one session's folder.
 fn check_session_files(
     vol: &VolumeArchive,
     info: &SessionInfo,
     local: Option<&LocalCopies>,
     problems: &mut Vec<String>,
-) -> Result<u64> {
+) -> Result<Walk> {
     let id = &info.session;
+    let mut walk = Walk {
+        missing: 0,
+        bad_manifest: true,
+    };
     match vol.session_manifest_sha256(info) {
-        Ok(h) if h == info.manifest_sha256 => {}
+        Ok(h) if h == info.manifest_sha256 => walk.bad_manifest = false,
         Ok(_) => problems.push(format!(
             "session {id}: manifest does not match the hash in its info (manifest altered)"
         )),
-        Err(e) => problems.push(format!("session {id}: {e}")),
+        Err(e) => problems.push(of_session(id, e)),
     }
     if let Some(local) = local {
         match limits::read_bounded(&local.info_path(id), limits::MAX_INFO_BYTES, "info file") {
@@ -149,7 +204,7 @@ fn check_session_files(
                     local.info_path(id).display()
                 ))
             }
-            Err(e) => problems.push(format!("session {id}: {e}")),
+            Err(e) => problems.push(of_session(id, e)),
         }
     }
     // One walk of the manifest (sorted) for both storage forms; the stored members are
@@ -161,18 +216,22 @@ fn check_session_files(
     let (mut members, manifest) = match (members, vol.manifest(id).map_err(Error::from)) {
         (Ok(m), Ok(r)) => (m, r),
         (Err(e), _) | (_, Err(e)) => {
-            problems.push(format!("session {id}: {e}"));
-            return Ok(0);
+            if !walk.bad_manifest {
+                problems.push(of_session(id, e));
+            }
+            return Ok(walk);
         }
     };
     let mut lines = 0u64;
-    let mut missing = 0u64;
     for e in manifest {
         let e = match e {
             Ok(e) => e,
             Err(err) => {
-                problems.push(format!("session {id}: {err}"));
-                return Ok(missing);
+                if !walk.bad_manifest {
+                    problems.push(of_session(id, err));
+                }
+                walk.bad_manifest = true;
+                return Ok(walk);
             }
         };
         lines += 1;
@@ -183,7 +242,7 @@ fn check_session_files(
             ));
         }
         if e.hash.is_some() && !members.expect(e.addr, problems) {
-            missing += 1;
+            walk.missing += 1;
         }
     }
     members.finish(problems);
@@ -193,7 +252,7 @@ fn check_session_files(
             info.changed
         ));
     }
-    Ok(missing)
+    Ok(walk)
 }
 
 /// The stored chunks of one session, matched against its manifest's data lines in
@@ -258,8 +317,7 @@ impl Members for FolderMembers {
         let found = self.files.remove(&name);
         if !found {
             problems.push(format!(
-                "session {}: chunk x{addr:016x} missing ({})",
-                self.id,
+                "chunk file {} is missing",
                 self.sdir.join(&self.prefix).join(&name).display()
             ));
         }
@@ -319,8 +377,7 @@ impl Members for TarMembers {
             true
         } else {
             problems.push(format!(
-                "session {}: chunk x{addr:016x} missing from {}",
-                self.id,
+                "chunk x{addr:016x} is missing from {}",
                 self.tar_path.display()
             ));
             false

@@ -78,6 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let path = config_path(&cli);
     let config = Config::load(&path).with_context(|| "loading the configuration".to_string())?;
+    config.check_metadir()?;
     let ctx = Ctx {
         config,
         unattended: cli.unattended,

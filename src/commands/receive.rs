@@ -26,6 +26,7 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         .map_or(path.as_path(), |a| a.device.as_path());
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
     let out = check_target(path, size, name)?;
+    crate::receive::refuse_in_archive(&out, &archive.root, &ctx.config.metadir)?;
     let what = match out.kind {
         OutputKind::File { .. } => Some("file"),
         OutputKind::BlockDevice { .. } => Some("block device"),
@@ -49,7 +50,7 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     bar.finish();
     if zero_tail {
         crate::receive::zero_tail(path, size)
-            .with_context(|| format!("zeroing {} past the volume's end", path.display()))?;
+            .context("--zero-tail: zeroing past the volume's end")?;
     }
     progress::summary(&format!(
         "{name}: session {id} restored to {} size={} written={} time={:.1}s",

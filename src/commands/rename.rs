@@ -7,6 +7,7 @@ use crate::archive::Archive;
 use crate::source;
 
 pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
+    ctx.config.check_destination(true)?;
     let archive = Archive::open(&ctx.config)?;
     crate::archive::sweep_dead_runs(&archive);
     let mut src = source::for_config(&ctx.config)?;

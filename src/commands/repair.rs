@@ -8,6 +8,7 @@ use crate::source;
 
 pub fn run(ctx: &Ctx, name: &str, dry_run: bool) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
+    ctx.config.check_destination(!dry_run)?;
     let archive = Archive::open(&ctx.config)?;
     if !dry_run {
         crate::archive::sweep_dead_runs(&archive);

@@ -34,6 +34,7 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
     // followed) and renamed when complete, keeping the owner, group and mode of a file
     // it replaces; stdout, pipes, tape and block devices are written directly.
     let target = output::inspect(Path::new(path))?;
+    crate::receive::refuse_in_archive(&target, &ctx.config.destdir, &ctx.config.metadir)?;
     if matches!(target.kind, OutputKind::File { .. } | OutputKind::New)
         && crate::archive::is_read_only(&target.path)
     {
@@ -143,6 +144,18 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
     // The volume size is known only from the streams: a block device too small for it
     // is refused at the first stream's header, before anything is written.
     let out = crate::receive::check_target(save_to, 0, volume.unwrap_or(""))?;
+    for p in split_paths(paths).iter().filter(|p| *p != "-") {
+        output::refuse_same_file(&out, Path::new(p))?;
+    }
+    // No configuration is needed here; when there is one, its archive and metadata
+    // folder are not written into either.
+    let config_path = super::config_path(cli);
+    if config_path.exists() {
+        match crate::config::Config::load(&config_path) {
+            Ok(c) => crate::receive::refuse_in_archive(&out, &c.destdir, &c.metadir)?,
+            Err(e) => tracing::debug!("{e}: not checking the target against its archive"),
+        }
+    }
     if matches!(
         out.kind,
         OutputKind::File { .. } | OutputKind::BlockDevice { .. }
@@ -158,7 +171,7 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
         .with_context(|| format!("receive from streams into {}", out.describe()))?;
     if zero_tail {
         crate::receive::zero_tail(&out.path, sum.last().info.volsize)
-            .with_context(|| format!("zeroing {} past the volume's end", out.describe()))?;
+            .context("--zero-tail: zeroing past the volume's end")?;
     }
     progress::summary(&format!(
         "restored session {} from {} stream(s) into {}",

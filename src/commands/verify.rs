@@ -23,11 +23,13 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let rep = verify::verify(&vol, &id, local, &mut |p| bar.set(p))?;
     bar.finish();
     if !rep.problems.is_empty() {
+        // Each problem names its session (or the file, which does) once; the last
+        // line names the session verified.
         for p in &rep.problems {
-            crate::progress::err_line(&format!("sparsebak: verify {name} session {id}: {p}"));
+            crate::progress::err_line(&format!("sparsebak: verify {name}: {p}"));
         }
         if let Some(h) = &rep.hint {
-            eprintln!("sparsebak: verify {name}: hint: {h}");
+            crate::progress::err_line(&format!("sparsebak: verify {name}: hint: {h}"));
         }
         bail!(
             "verify {name} session {id}: FAILED with {} problem(s)",
