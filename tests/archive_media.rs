@@ -49,18 +49,6 @@ fn names_in(dir: &Path) -> Vec<String> {
     v
 }
 
-fn assemble_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "spbk-assemble"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin().with_file_name("spbk-assemble")
-}
-
 fn archive_id(root: &Path) -> String {
     let m = std::fs::read_to_string(root.join("sparsebak.archive")).unwrap();
     let id = m

@@ -3,24 +3,9 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::process::Command;
 
 const CS: usize = 65536;
-
-fn assemble_bin() -> PathBuf {
-    // The workspace member's binary sits next to sparsebak's; build it (a no-op when
-    // it is up to date) so the test never runs a stale one.
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "spbk-assemble"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin().with_file_name("spbk-assemble")
-}
 
 #[test]
 fn assemble_equals_receive_for_every_session() {

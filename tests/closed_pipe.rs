@@ -119,12 +119,7 @@ fn an_error_into_a_closed_stderr_exits_1() {
 #[test]
 fn assemble_into_a_closed_pipe_fails_without_panic() {
     let (env, _) = sessions(1);
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "spbk-assemble"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let o = Command::new(bin().with_file_name("spbk-assemble"))
+    let o = Command::new(assemble_bin())
         .arg(env.vol_dir("v"))
         .stdout(closed_pipe())
         .stderr(Stdio::piped())

@@ -51,12 +51,7 @@ fn no_file_is_created_under_dev() {
     gone(&PathBuf::from("/dev").join(format!(".{name}.partial")));
 
     // spbk-assemble -o.
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "spbk-assemble"])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let out = Command::new(bin().with_file_name("spbk-assemble"))
+    let out = Command::new(assemble_bin())
         .arg("-o")
         .arg(&target)
         .arg(env.vol_dir("v"))

@@ -9,23 +9,11 @@ mod loopfs;
 
 use common::*;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 const CS: usize = 65536;
 const TIB: u64 = 1 << 40;
-
-fn assemble_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "spbk-assemble"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin().with_file_name("spbk-assemble")
-}
 
 /// Everything a run printed.
 fn text(o: &Output) -> String {

@@ -24,18 +24,6 @@ const VOLUME: usize = 40 << 20;
 /// Long enough for the debug build on a loaded machine, far shorter than a hang.
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn assemble_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "spbk-assemble"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin().with_file_name("spbk-assemble")
-}
-
 /// Run `cmd` to its end, or kill it and fail the test after `LIMIT`.
 fn run_limited(mut cmd: Command) -> Output {
     cmd.stdin(Stdio::null())

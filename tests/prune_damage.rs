@@ -185,13 +185,8 @@ fn a_chunk_lost_after_the_journal_leaves_a_usable_volume() {
     let err = env.fails(&["verify", "v"]);
     assert!(err.contains("x0000000000090000 is missing"), "{err}");
     assert!(err.contains("FAILED with 1 problem(s)"), "{err}");
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "spbk-assemble"])
-        .status()
-        .unwrap();
-    assert!(st.success());
     let out = env.path().join("asm.img");
-    let o = Command::new(bin().with_file_name("spbk-assemble"))
+    let o = Command::new(assemble_bin())
         .args(["-c", "-o"])
         .arg(&out)
         .arg(env.vol_dir("v"))

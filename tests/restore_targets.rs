@@ -25,18 +25,6 @@ const MIB: usize = 1 << 20;
 /// 4 MiB + 12345 bytes: a multiple of neither 512 nor 4096.
 const VOLSIZE: usize = 4 * MIB + 12345;
 
-fn assemble_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "spbk-assemble"])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    });
-    bin().with_file_name("spbk-assemble")
-}
-
 /// A volume of [`VOLSIZE`] bytes whose last MiB is zero, sent once, and two streams of
 /// it: `s1` (full, of an older content) and `s2` (incremental, to the volume's content).
 fn setup(seed: u64) -> (Env, Vec<u8>, [PathBuf; 2]) {

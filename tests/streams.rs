@@ -173,13 +173,8 @@ fn gnu_tar_reads_streams_and_the_extracted_session_restores() {
         .unwrap();
     assert!(o.status.success());
     std::fs::remove_dir_all(dir.join("sparsebak-stream")).unwrap();
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "spbk-assemble"])
-        .status()
-        .unwrap();
-    assert!(st.success());
     let out = env.path().join("asm.img");
-    let o = Command::new(bin().with_file_name("spbk-assemble"))
+    let o = Command::new(assemble_bin())
         .args(["-c", "-o"])
         .arg(&out)
         .arg(&dir)

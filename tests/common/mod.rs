@@ -10,6 +10,21 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sparsebak"))
 }
 
+/// The `spbk-assemble` binary. It is another workspace member's, so `cargo test` of
+/// this package does not build it: build it once per test binary (a no-op when it is
+/// up to date) so a test never runs a stale one. It sits next to sparsebak's.
+pub fn assemble_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let st = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "spbk-assemble"])
+            .status()
+            .expect("running cargo build -p spbk-assemble");
+        assert!(st.success(), "cargo build -p spbk-assemble failed");
+    });
+    bin().with_file_name("spbk-assemble")
+}
+
 /// A small deterministic PRNG (xorshift64*), so failures reproduce.
 pub struct Rng(u64);
 
