@@ -52,24 +52,6 @@ fn fault_receive_into_the_archive_destroys_it() {
     env.verify_ok("v", None);
 }
 
-/// Fault: bad usage (a required option missing, an option of another command, a
-/// selector that cannot be understood) exits 1 or 0, though 2 is documented for it.
-#[test]
-fn fault_bad_usage_does_not_exit_2() {
-    let (env, _) = sent(MIB, 2);
-    for args in [
-        &["receive", "v"][..],
-        &["prune", "v"],
-        &["diff", "v"],
-        &["send", "--save-to=x", "v"],
-        &["list", "--session=bogus"],
-        &["send", "--session=bogus", "v"],
-    ] {
-        let o = env.run(args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-    }
-}
-
 /// Fault: a receive error says its context twice ("receive v session ... into T:
 /// receive v: chunk ..."), and verify counts one missing chunk file as two problems
 /// and says "session ID" twice on one line.
@@ -191,17 +173,6 @@ fn fault_read_only_device_is_not_refused_as_such() {
     let o = env.run(&["receive", "v", &format!("--save-to={}", lo.dev.display())]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
-}
-
-/// Fault: `-v` log lines carry ANSI colour escapes into files and cron mail when
-/// stderr is not a terminal.
-#[test]
-fn fault_log_lines_have_colour_escapes_off_a_terminal() {
-    let env = Env::new(&["v"]);
-    std::fs::write(env.image("v"), Rng::new(7).bytes(MIB)).unwrap();
-    let o = env.run(&["-v", "send", "v"]);
-    assert!(o.status.success());
-    assert!(!o.stderr.contains(&0x1b), "{:?}", stderr(&o));
 }
 
 /// Fault: with `destmountpoint` not mounted, commands that only read (list, verify,
@@ -542,14 +513,4 @@ fn fault_concurrent_stream_sends_break_the_chain() {
             );
         }
     }
-}
-
-/// Fault: `verify` without a volume answers with an example of another command:
-/// "name the volume (e.g. `sparsebak receive --save-to=PATH VOLUME`)".
-#[test]
-fn fault_verify_without_volume_shows_a_receive_example() {
-    let (env, _) = sent(MIB, 15);
-    let err = stderr(&env.run(&["verify"]));
-    assert!(err.contains("sparsebak verify"), "{err}");
-    assert!(!err.contains("receive"), "{err}");
 }

@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::{human, Ctx};
-use crate::cli::Cli;
 use crate::config::parse_size;
 use crate::progress;
 use crate::source;
@@ -88,24 +87,23 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
     Ok(())
 }
 
-pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) -> Result<()> {
-    let Some(save_to) = &cli.save_to else {
-        bail!(
-            "receive --from-stream needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)"
-        );
-    };
+pub fn receive(
+    save_to: &Path,
+    unattended: bool,
+    volume: Option<&str>,
+    paths: &str,
+    zero_tail: bool,
+) -> Result<()> {
     // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.
     let activated = crate::devpath::activate_named_lv(save_to)?;
-    let save_to = &activated
-        .as_ref()
-        .map_or(save_to.clone(), |a| a.device.clone());
+    let save_to = activated.as_ref().map_or(save_to, |a| a.device.as_path());
     // The volume size is known only from the streams: a block device too small for it
     // is refused at the first stream's header, before anything is written.
     let out = crate::receive::check_target(save_to, 0, volume.unwrap_or(""))?;
     if matches!(
         out.kind,
         OutputKind::File { .. } | OutputKind::BlockDevice { .. }
-    ) && !cli.unattended
+    ) && !unattended
     {
         bail!(
             "{} exists; not overwriting it (pass -u to replace it)",
