@@ -13,6 +13,7 @@ use clap::{ArgAction, ArgGroup, CommandFactory, Parser, Subcommand};
 #[command(name = "sparsebak", version, about, long_about = None,
     after_help = "Config: -c PATH, else $SPARSEBAK_CONFIG, else /etc/sparsebak/sparsebak.ini.\n\
                   Sessions are named YYYYMMDD-HHMMSS (local time).\n\
+                  Options of a command go after it: see `sparsebak COMMAND --help`.\n\
                   Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage.")]
 pub struct Cli {
     /// Configuration file.
