@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, ArgGroup, CommandFactory, Parser, Subcommand};
 
 /// Fast, incremental, volume-level backups of Linux disk volumes.
 ///
@@ -13,6 +13,7 @@ use clap::{ArgAction, Parser, Subcommand};
 #[command(name = "sparsebak", version, about, long_about = None,
     after_help = "Config: -c PATH, else $SPARSEBAK_CONFIG, else /etc/sparsebak/sparsebak.ini.\n\
                   Sessions are named YYYYMMDD-HHMMSS (local time).\n\
+                  Options of a command go after it: see `sparsebak COMMAND --help`.\n\
                   Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage.")]
 pub struct Cli {
     /// Configuration file.
@@ -21,15 +22,6 @@ pub struct Cli {
     /// Never prompt: answer yes to overwrite questions (for scripts and cron).
     #[arg(short = 'u', long = "unattended", global = true)]
     pub unattended: bool,
-    /// Session to use: an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
-    /// (`2026-11-20`, `2026-11-20 14:00`: the newest session at or before it), or
-    /// `3 days ago`, `yesterday`, ...; `A,B` is an inclusive range (prune, diff).
-    #[arg(long = "session", global = true, value_name = "SEL[,SEL]")]
-    pub session: Option<String>,
-    /// Where `receive` writes the volume: a file (created 0600, or replaced keeping its
-    /// owner and mode; symlinks followed), a block device, a FIFO, or `-` for stdout.
-    #[arg(long = "save-to", global = true, value_name = "PATH")]
-    pub save_to: Option<PathBuf>,
     /// More output (repeat for debug logs); prints summaries even without a terminal.
     #[arg(short = 'v', long = "verbose", global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -38,6 +30,37 @@ pub struct Cli {
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// What the option declarations cannot say: bad usage found here is reported as
+    /// clap reports its own (exit 2, with the command's usage).
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if let Command::Send {
+            volumes,
+            stream: Some(_),
+            ..
+        } = &self.command
+        {
+            if volumes.len() > 1 {
+                return Err(usage_error(
+                    "send",
+                    "send --stream writes one volume; name only one",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A usage error of subcommand `name`, shown with its usage.
+fn usage_error(name: &str, msg: &str) -> clap::Error {
+    let mut cli = Cli::command();
+    cli.build();
+    match cli.find_subcommand_mut(name) {
+        Some(sub) => sub.error(clap::error::ErrorKind::ArgumentConflict, msg),
+        None => cli.error(clap::error::ErrorKind::ArgumentConflict, msg),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,7 +88,8 @@ pub enum Command {
             long = "block-size",
             value_name = "SIZE",
             default_value = "64K",
-            requires = "stream"
+            requires = "stream",
+            value_parser = block_size_arg
         )]
         block_size: String,
         /// Name of the stream chain: each chain is incremental on its own.
@@ -73,7 +97,8 @@ pub enum Command {
             long,
             value_name = "NAME",
             default_value = "default",
-            requires = "stream"
+            requires = "stream",
+            value_parser = chain_arg
         )]
         chain: String,
     },
@@ -86,7 +111,17 @@ pub enum Command {
     /// Rebuild a volume as it was at a session (latest by default) into --save-to.
     Receive {
         /// The volume to restore (with --from-stream: optional, checked if given).
+        #[arg(required_unless_present = "from_stream")]
         volume: Option<String>,
+        /// Where the volume goes: a file (created 0600, or replaced keeping its owner
+        /// and mode; symlinks followed), a block device, a FIFO, or `-` for stdout.
+        #[arg(long = "save-to", value_name = "PATH")]
+        save_to: PathBuf,
+        /// The session to restore (default: the latest).
+        /// A selector is an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
+        /// (the newest session at or before it), or `3 days ago`, `yesterday`, ...
+        #[arg(long, value_name = "SEL", value_parser = one_session_arg, conflicts_with = "from_stream")]
+        session: Option<String>,
         /// Rebuild from a full stream and its incrementals, in order (`-` = stdin, or
         /// PATH,PATH,...), with no archive, metadir or config.
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
@@ -100,7 +135,13 @@ pub enum Command {
     /// the archive's files and metadata; exits 1 naming every problem found.
     Verify {
         /// The volume to verify (with --from-stream: optional, checked if given).
+        #[arg(required_unless_present = "from_stream")]
         volume: Option<String>,
+        /// The session whose view is checked (default: the latest).
+        /// A selector is an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
+        /// (the newest session at or before it), or `3 days ago`, `yesterday`, ...
+        #[arg(long, value_name = "SEL", value_parser = one_session_arg, conflicts_with = "from_stream")]
+        session: Option<String>,
         /// Check a chain of streams (`-` = stdin, or PATH,PATH,...) without writing.
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
         from_stream: Option<String>,
@@ -120,17 +161,26 @@ pub enum Command {
     /// newer session. Give --session=SEL or a range SEL,SEL, --all-before=DATE, or
     /// --auto (the config's `keep` schedule, or --keep). The latest session is never
     /// removed.
+    #[command(group(ArgGroup::new("selection").required(true).multiple(true)
+        .args(["session", "auto", "keep", "all_before"])))]
     Prune {
         /// Volumes to prune (default: every enabled volume).
         volumes: Vec<String>,
+        /// The session to remove, or the inclusive range SEL,SEL.
+        /// A selector is an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
+        /// (the newest session at or before it), or `3 days ago`, `yesterday`, ...
+        #[arg(long, value_name = "SEL[,SEL]", value_parser = sessions_arg)]
+        session: Option<String>,
         /// Apply the retention schedule (`keep` in the config, or --keep).
         #[arg(long)]
         auto: bool,
-        /// Retention schedule, e.g. "hourly:24 daily:14 weekly:8 monthly:12 yearly:5".
-        #[arg(long, value_name = "SCHEDULE")]
+        /// Retention schedule, e.g. "hourly:24 daily:14 weekly:8 monthly:12 yearly:5"
+        /// (implies --auto).
+        #[arg(long, value_name = "SCHEDULE", value_parser = schedule_arg)]
         keep: Option<String>,
-        /// Remove every session taken before this date or selector.
-        #[arg(long = "all-before", value_name = "SEL")]
+        /// Remove every session taken before this date or time (`2026-11-01`,
+        /// `3 months ago`).
+        #[arg(long = "all-before", value_name = "DATE", value_parser = all_before_arg)]
         all_before: Option<String>,
         /// Only print what would be removed and the bytes it would free.
         #[arg(long = "dry-run")]
@@ -166,14 +216,79 @@ pub enum Command {
     Untar {
         /// The volume.
         volume: String,
+        /// The session to convert, or the inclusive range SEL,SEL (default: every
+        /// session).
+        /// A selector is an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
+        /// (the newest session at or before it), or `3 days ago`, `yesterday`, ...
+        #[arg(long, value_name = "SEL[,SEL]", value_parser = sessions_arg)]
+        session: Option<String>,
     },
     /// Show the byte ranges that differ between two sessions (--session=A,B), or
     /// between a session and the live volume (--session=A).
     Diff {
         /// The volume to compare.
         volume: String,
+        /// Two sessions A,B, or one session A to compare with the live volume.
+        ///
+        /// A selector is an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or date-time
+        /// (the newest session at or before it), or `3 days ago`, `yesterday`, ...
+        #[arg(long, value_name = "A[,B]", value_parser = sessions_arg)]
+        session: String,
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
     },
+}
+
+// Option values are checked while the command line is parsed, so a value that cannot
+// be understood is bad usage (exit 2, with the command's usage) before anything is
+// opened. Each parser returns the text unchanged; the commands read it again.
+
+/// `--session` where one session is meant.
+fn one_session_arg(s: &str) -> Result<String, String> {
+    crate::selector::parse(s, &crate::commands::now()).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// `--session` where one session or an inclusive range `A,B` is meant.
+fn sessions_arg(s: &str) -> Result<String, String> {
+    let now = crate::commands::now();
+    if s.contains(',') {
+        crate::selector::parse_range(s, &now).map_err(|e| e.to_string())?;
+    } else {
+        crate::selector::parse(s, &now).map_err(|e| e.to_string())?;
+    }
+    Ok(s.to_string())
+}
+
+/// `--all-before`: a date or a time, not a session ID or `latest`.
+fn all_before_arg(s: &str) -> Result<String, String> {
+    match crate::selector::parse(s, &crate::commands::now()) {
+        Ok(crate::selector::Selector::AtOrBefore(_)) => Ok(s.to_string()),
+        Ok(_) => Err("takes a date or time, e.g. 2026-11-01 or \"3 months ago\"".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--keep`: a retention schedule.
+fn schedule_arg(s: &str) -> Result<String, String> {
+    crate::retention::Schedule::parse(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// `--block-size`: a multiple of 512 bytes up to 64M.
+fn block_size_arg(s: &str) -> Result<String, String> {
+    match crate::config::parse_size(s) {
+        Some(b) if b > 0 && b % 512 == 0 && b <= 64 << 20 => Ok(s.to_string()),
+        _ => Err("a multiple of 512 bytes up to 64M, e.g. 64K".into()),
+    }
+}
+
+/// `--chain`: a name made of letters, digits and `+ _ . -`.
+fn chain_arg(s: &str) -> Result<String, String> {
+    if crate::config::valid_volume_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err("use letters, digits and + _ . -".into())
+    }
 }

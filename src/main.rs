@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -8,6 +9,9 @@ fn main() -> ExitCode {
     sparsebak_format::alloc::tune_for_pipelines();
     sparsebak::durable::private_umask();
     let cli = Cli::parse();
+    if let Err(e) = cli.check() {
+        e.exit();
+    }
     sparsebak::progress::set_output(cli.quiet, cli.verbose);
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
@@ -21,6 +25,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .with_target(false)
+        // Colour only for a person at a terminal, never into files, pipes or cron mail.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     raise_fd_limit();
     // A run stopped by SIGINT/SIGTERM leaves no partial output file behind.

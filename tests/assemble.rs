@@ -183,3 +183,29 @@ fn assemble_says_what_a_wrong_path_is() {
     }
     assert!(!nowhere.exists());
 }
+
+/// Bad usage of `spbk-assemble` (a selector that cannot be understood, an option it
+/// does not take, no volume folder) exits 2 before anything is read or written.
+#[test]
+fn bad_usage_exits_2_before_anything_is_written() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(4).bytes(2 * CS)).unwrap();
+    env.send("v");
+    let out = env.path().join("out.img");
+    let vol = env.vol_dir("v").display().to_string();
+    let o_out = out.display().to_string();
+    for (args, want) in [
+        (
+            vec!["--session=bogus", "-o", &o_out, &vol],
+            "cannot understand session selector \"bogus\"",
+        ),
+        (vec!["--save-to=x", &vol], "unexpected argument '--save-to'"),
+        (vec!["-o", &o_out], "<VOLUME_DIR>"),
+    ] {
+        let o = Command::new(assemble_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+}

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -306,4 +307,224 @@ fn a_metadir_that_is_a_file_is_said_as_such() {
     assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
     assert!(!env.path().join("out.img").exists());
     assert!(!env.path().join("s.tar").exists());
+}
+
+/// Volume `v` of 1 MiB, sent once.
+fn sent_once(seed: u64) -> Env {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(seed).bytes(1 << 20)).unwrap();
+    env.send("v");
+    env
+}
+
+/// Every kind of bad usage, in every command, exits 2 with clap's one error, before
+/// the configuration or the archive is looked at: a required option or volume missing,
+/// an option the command does not take (also where another command takes it, or before
+/// the command), and a value that cannot be understood.
+#[test]
+fn bad_usage_in_every_command_exits_2_before_anything_is_done() {
+    let env = sent_once(2);
+    let before = env.sessions("v");
+    let out = env.path().join("out.img");
+    let save = format!("--save-to={}", out.display());
+    let stream = format!("--stream={}", env.path().join("s.tar").display());
+    let cases: &[(&[&str], &str)] = &[
+        // Required options and volumes.
+        (&["receive", "v"], "--save-to <PATH>"),
+        (&["receive", &save], "<VOLUME>"),
+        (&["verify"], "<VOLUME>"),
+        (&["prune", "v"], "--session"),
+        (&["diff", "v"], "--session"),
+        (&["diff", "--session=latest"], "<VOLUME>"),
+        (&["untar"], "<VOLUME>"),
+        (&["repair"], "<VOLUME>"),
+        (&["delete"], "<VOLUME>"),
+        (&["rename", "v"], "<NEW>"),
+        // Options of other commands, or of none.
+        (&["send", "--save-to=x", "v"], "--save-to"),
+        (&["send", "--session=latest", "v"], "--session"),
+        (&["list", "--session=bogus"], "--session"),
+        (&["monitor", "--session=bogus"], "--session"),
+        (&["resync", "--session=latest"], "--session"),
+        (&["verify", "v", &save], "--save-to"),
+        (&["repair", "v", "--session=latest"], "--session"),
+        (&["delete", "v", "--session=latest"], "--session"),
+        (&["rename", "v", "w", "--session=latest"], "--session"),
+        (&["untar", "v", &save], "--save-to"),
+        (&["diff", "v", "--session=latest", "--dry-run"], "--dry-run"),
+        (&["list", "--json"], "--json"),
+        (&["send", "v", "--zero-tail"], "--zero-tail"),
+        (&["send", "v", "--block-size=64K"], "--stream"),
+        (&["--session=latest", "receive", "v", &save], "--session"),
+        (&["--save-to=x", "receive", "v"], "--save-to"),
+        // A session given where the streams decide.
+        (
+            &["receive", "--from-stream=x", "--session=latest", &save],
+            "cannot be used with",
+        ),
+        (
+            &["verify", "--from-stream=x", "--session=latest"],
+            "cannot be used with",
+        ),
+        // Values that cannot be understood.
+        (
+            &["receive", "v", &save, "--session=bogus"],
+            "cannot understand session selector \"bogus\"",
+        ),
+        (&["verify", "v", "--session=2026-13-01"], "not a valid date"),
+        (
+            &["verify", "v", "--session=latest,oldest"],
+            "a single session is expected",
+        ),
+        (
+            &["prune", "v", "--session=bogus"],
+            "cannot understand session selector",
+        ),
+        (
+            &["prune", "v", "--session=a,b,c"],
+            "cannot understand session range",
+        ),
+        (
+            &["prune", "v", "--all-before=latest"],
+            "takes a date or time",
+        ),
+        (&["prune", "v", "--keep=hourly"], "--keep"),
+        (
+            &["untar", "v", "--session=bogus"],
+            "cannot understand session selector",
+        ),
+        (
+            &["diff", "v", "--session=bogus,latest"],
+            "cannot understand session selector",
+        ),
+        (
+            &["send", "v", &stream, "--block-size=1000"],
+            "a multiple of 512 bytes",
+        ),
+        (
+            &["send", "v", &stream, "--chain=a/b"],
+            "use letters, digits",
+        ),
+        (
+            &["send", "v", "v", &stream],
+            "send --stream writes one volume",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = env.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?} lacks {want:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    // Nothing was done: no session added or removed, no file written.
+    assert_eq!(env.sessions("v"), before);
+    assert!(!out.exists() && !env.path().join("s.tar").exists() && !Path::new("x").exists());
+    // Bad usage is found before the configuration is read.
+    let o = Command::new(bin())
+        .args(["-c", "/nonexistent/sparsebak.ini", "prune", "v"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A missing volume is asked for with the usage of the command that was given, never an
+/// example of another command.
+#[test]
+fn a_missing_volume_is_asked_for_with_the_commands_own_usage() {
+    let env = sent_once(15);
+    for (args, usage) in [
+        (&["verify"][..], "Usage: sparsebak verify "),
+        (&["receive", "--save-to=x"], "Usage: sparsebak receive "),
+        (&["diff", "--session=latest"], "Usage: sparsebak diff "),
+        (&["untar"], "Usage: sparsebak untar "),
+    ] {
+        let o = env.run(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(usage), "{args:?}: {err}");
+        let others = ["send", "receive", "verify", "prune", "diff", "untar"];
+        for other in others.iter().filter(|c| **c != args[0]) {
+            assert!(
+                !err.contains(&format!("sparsebak {other}")),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // With several enabled volumes, `send --stream` names its own usage too.
+    let two = Env::new(&["a", "b"]);
+    let err = two.fails(&["send", "--stream=x"]);
+    assert!(
+        err.contains("`sparsebak send --stream=PATH VOLUME`"),
+        "{err}"
+    );
+}
+
+/// Each command's `--help` lists the options it takes and no other (besides the
+/// global -c, -u, -v, -q).
+#[test]
+fn each_help_lists_only_the_options_of_its_command() {
+    let takes: &[(&str, &[&str])] = &[
+        (
+            "--session",
+            &["receive", "verify", "prune", "untar", "diff"],
+        ),
+        ("--save-to", &["receive"]),
+        ("--from-stream", &["receive", "verify"]),
+        ("--zero-tail", &["receive"]),
+        ("--stream", &["send"]),
+        ("--tarfile", &["send"]),
+        ("--accept-archive", &["send"]),
+        ("--block-size", &["send"]),
+        ("--chain", &["send"]),
+        ("--auto", &["prune"]),
+        ("--keep", &["prune"]),
+        ("--all-before", &["prune"]),
+        ("--dry-run", &["prune", "repair"]),
+        ("--json", &["diff"]),
+        ("--config", ALL),
+        ("--unattended", ALL),
+        ("--verbose", ALL),
+        ("--quiet", ALL),
+    ];
+    for cmd in ALL {
+        let o = Command::new(bin()).args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success(), "{cmd} --help");
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(help.contains(&format!("Usage: sparsebak {cmd}")), "{help}");
+        for (opt, cmds) in takes {
+            // `--stream` is also the start of `--from-stream`: match whole words.
+            let listed = help
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+                .any(|w| w.trim_end_matches('.') == *opt);
+            assert_eq!(
+                listed,
+                cmds.contains(cmd),
+                "{cmd} --help and {opt}:\n{help}"
+            );
+        }
+    }
+}
+
+const ALL: &[&str] = &[
+    "send", "monitor", "receive", "verify", "list", "resync", "prune", "repair", "delete",
+    "rename", "untar", "diff",
+];
+
+/// Log lines (`-v`) carry no colour escapes into files, pipes and cron mail.
+#[test]
+fn log_lines_have_no_colour_off_a_terminal() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), Rng::new(7).bytes(1 << 20)).unwrap();
+    let o = env.run(&["-v", "send", "v"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(" INFO created archive "), "{err}");
+    assert!(!o.stderr.contains(&0x1b), "{err:?}");
 }

@@ -355,7 +355,7 @@ fn unusable_targets_are_refused_before_writing() {
         (&linked, "has 2 hard links"),
         (missing_dev, "is missing from /dev"),
         (&sock, "is a socket"),
-        (Path::new("/dev/null"), "is a character device"),
+        (Path::new("/dev/tty"), "is a character device"),
         (&dangling, "which does not exist"),
     ];
     let sessions = env.sessions("v").len();
@@ -366,7 +366,7 @@ fn unusable_targets_are_refused_before_writing() {
             assert!(err.contains(why), "{what}: {err}");
             assert!(err.contains(&target.display().to_string()), "{what}: {err}");
         }
-        if target != Path::new("/dev/null") {
+        if target != Path::new("/dev/tty") {
             // A tape is a character device: send --stream takes those.
             let err = fails(writer(&env, &streams, Writer::SendStream, target));
             assert!(
@@ -395,6 +395,104 @@ fn unusable_targets_are_refused_before_writing() {
         .unwrap());
     no_partial_files(env.path(), "refused targets");
     assert_eq!(env.sessions("v").len(), sessions);
+}
+
+/// `/dev/null` keeps nothing: named, through a symlink, or as standard output (also
+/// standard output closed, which the runtime turns into `/dev/null` before `main`),
+/// every writer refuses it with the same reason, exit 1, before anything is done: no
+/// restore seems to succeed, and no stream that was thrown away joins a chain. The
+/// other memory devices (`/dev/zero`) are refused as not storage.
+#[test]
+fn places_that_keep_nothing_are_refused() {
+    let (env, _img, streams) = setup(8);
+    let link = env.path().join("null-link");
+    std::os::unix::fs::symlink("/dev/null", &link).unwrap();
+    let link_why = format!("{} is /dev/null, which keeps nothing", link.display());
+    let stdout_why = "standard output is /dev/null (or was closed), which keeps nothing";
+    let sessions = env.sessions("v");
+    let all = [
+        Writer::Receive,
+        Writer::FromStream,
+        Writer::Assemble,
+        Writer::SendStream,
+    ];
+    for w in all {
+        for (target, why) in [
+            (
+                Path::new("/dev/null"),
+                "/dev/null keeps nothing written to it; refusing",
+            ),
+            (&link, &link_why),
+            (
+                Path::new("/dev/zero"),
+                "/dev/zero is a memory device (character device 1:5), not storage",
+            ),
+        ] {
+            let err = fails(writer(&env, &streams, w, target));
+            assert!(err.contains(why), "{w:?} into {}: {err}", target.display());
+        }
+        for closed in [false, true] {
+            let mut c = writer(&env, &streams, w, Path::new("-"));
+            c.stdin(Stdio::null()).stdout(Stdio::null());
+            if closed {
+                // SAFETY: close is async-signal-safe and touches no memory.
+                unsafe {
+                    c.pre_exec(|| {
+                        libc::close(1);
+                        Ok(())
+                    });
+                }
+            }
+            let o = c.output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            let what = format!("{w:?} to standard output (closed: {closed})");
+            assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+            assert!(err.contains(stdout_why), "{what}: {err}");
+        }
+    }
+    assert_eq!(env.sessions("v"), sessions, "no session was made");
+    // A stream thrown away does not join its chain: after refused sends on the default
+    // chain, its next stream still follows `s2`, and the three restore.
+    std::fs::write(env.image("v"), Rng::new(80).bytes(VOLSIZE)).unwrap();
+    let s3 = env.path().join("s3.tar");
+    for closed in [false, true] {
+        let mut c = sparsebak(&env, &["send", "v", "--stream=-"]);
+        c.stdin(Stdio::null()).stdout(Stdio::null());
+        if closed {
+            // SAFETY: close is async-signal-safe and touches no memory.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::close(1);
+                    Ok(())
+                });
+            }
+        }
+        assert_eq!(c.output().unwrap().status.code(), Some(1));
+    }
+    fails(sparsebak(&env, &["send", "v", "--stream=/dev/null"]));
+    let o = ok(sparsebak(
+        &env,
+        &["-v", "send", "v", &format!("--stream={}", s3.display())],
+    ));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("incremental stream (default)"), "{err}");
+    let back = env.path().join("back.img");
+    let from = format!(
+        "--from-stream={},{},{}",
+        streams[0].display(),
+        streams[1].display(),
+        s3.display()
+    );
+    ok(sparsebak(
+        &env,
+        &["receive", &from, &format!("--save-to={}", back.display())],
+    ));
+    assert_same(
+        &std::fs::read(&back).unwrap(),
+        &std::fs::read(env.image("v")).unwrap(),
+        "s1,s2,s3",
+    );
+    no_partial_files(env.path(), "refused targets");
 }
 
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {

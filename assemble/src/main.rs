@@ -29,7 +29,7 @@ struct Args {
     check: bool,
     /// Session to assemble: an ID (YYYYMMDD-HHMMSS), `latest`, `oldest`, a date or
     /// date-time (the newest session at or before it), `3 days ago`, ...
-    #[arg(long = "session", default_value = "latest")]
+    #[arg(long = "session", default_value = "latest", value_parser = session_arg)]
     session: String,
     /// Output: a file (created 0600, or replaced keeping its owner and mode; sparse), a
     /// block device, a FIFO, or `-`. Without it the image goes to stdout.
@@ -40,6 +40,13 @@ struct Args {
     force: bool,
     /// The volume folder inside the archive.
     volume_dir: PathBuf,
+}
+
+/// A selector that cannot be understood is bad usage (exit 2), found before anything
+/// is read.
+fn session_arg(s: &str) -> Result<String, String> {
+    selector::parse(s, &chrono::Local::now()).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 fn main() {

@@ -36,6 +36,16 @@ pub enum OutputError {
          other links would keep the old content: remove them, or restore to a new path"
     )]
     HardLinked { path: PathBuf, links: u64 },
+    /// A memory device (`/dev/null`, `/dev/zero`, `/dev/mem`, ...), named or as
+    /// standard output: what is written there is lost (or worse), so a restore or a
+    /// stream (which a chain would then build on) would seem to succeed. Standard output
+    /// that was closed reads as `/dev/null` here: the runtime opens it there before
+    /// `main`.
+    #[error(
+        "{what}; refusing: give a file, a block device, a FIFO or a pipe \
+         (`sparsebak verify` checks a session without writing it)"
+    )]
+    NotStorage { what: String },
     #[error(
         "{path} is inside {what} {dir}; writing there would damage it: choose a path \
          outside it"
@@ -152,6 +162,9 @@ pub fn resolved(path: &Path) -> PathBuf {
 /// Look at `given` (`-` is standard output) without writing anything.
 pub fn inspect(given: &Path) -> Result<Output, OutputError> {
     if given == Path::new("-") {
+        if let Some(what) = stdout_memory_device() {
+            return Err(OutputError::NotStorage { what });
+        }
         return Ok(Output {
             given: given.into(),
             path: given.into(),
@@ -221,6 +234,9 @@ pub fn inspect(given: &Path) -> Result<Output, OutputError> {
     } else if ft.is_fifo() {
         OutputKind::Fifo
     } else if ft.is_char_device() {
+        if let Some(what) = memory_device(&meta, &given.display().to_string(), false) {
+            return Err(OutputError::NotStorage { what });
+        }
         OutputKind::CharDevice
     } else if ft.is_block_device() {
         // The size of a block device is where its end is; needs no ioctl.
@@ -323,6 +339,47 @@ fn read_only_device(path: &Path) -> OutputError {
         hint:
             "nothing was written; make it writable first (`blockdev --setrw`), or write elsewhere",
     }
+}
+
+/// Linux's character major number of the memory devices: `/dev/null` (1:3),
+/// `/dev/zero` (1:5), `/dev/full`, `/dev/mem`, `/dev/random`, ...
+const MEMORY_MAJOR: u32 = 1;
+const NULL_MINOR: u32 = 3;
+
+/// Why `meta` (of `name`; `stdout` when it is standard output) is no place for data:
+/// `None` unless it is one of the memory devices.
+fn memory_device(meta: &Metadata, name: &str, stdout: bool) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_char_device() || libc::major(meta.rdev()) != MEMORY_MAJOR {
+        return None;
+    }
+    let minor = libc::minor(meta.rdev());
+    Some(match (minor, stdout) {
+        (NULL_MINOR, true) => {
+            format!("{name} is /dev/null (or was closed), which keeps nothing written to it")
+        }
+        (NULL_MINOR, false) if name == "/dev/null" => {
+            "/dev/null keeps nothing written to it".to_string()
+        }
+        (NULL_MINOR, false) => format!("{name} is /dev/null, which keeps nothing written to it"),
+        _ => format!(
+            "{name} is a memory device (character device {MEMORY_MAJOR}:{minor}), not storage"
+        ),
+    })
+}
+
+/// Why standard output is no place for data (see [`memory_device`]): `None` unless it
+/// is `/dev/null` (given so, or closed when the program started: the runtime then
+/// opens `/dev/null` in its place) or another memory device.
+pub fn stdout_memory_device() -> Option<String> {
+    use std::os::fd::AsFd;
+    let meta = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(File::from)
+        .and_then(|f| f.metadata())
+        .ok()?;
+    memory_device(&meta, "standard output", true)
 }
 
 /// Open a FIFO, character or block device for writing (a FIFO waits for its reader;
@@ -558,10 +615,16 @@ mod tests {
     fn kinds_of_paths() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
-        assert!(matches!(
-            inspect(Path::new("-")).unwrap().kind,
-            OutputKind::Stdout
-        ));
+        // The harness's own standard output decides which answer is right.
+        match inspect(Path::new("-")) {
+            Ok(o) => {
+                assert!(matches!(o.kind, OutputKind::Stdout) && stdout_memory_device().is_none())
+            }
+            Err(e) => assert!(
+                matches!(e, OutputError::NotStorage { .. }) && stdout_memory_device().is_some(),
+                "{e}"
+            ),
+        }
         assert!(matches!(
             inspect(&p.join("new")).unwrap().kind,
             OutputKind::New
@@ -579,8 +642,24 @@ mod tests {
         nix::unistd::mkfifo(&p.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
         let o = inspect(&p.join("fifo")).unwrap();
         assert!(matches!(o.kind, OutputKind::Fifo) && o.is_sequential());
-        let o = inspect(Path::new("/dev/null")).unwrap();
+        let o = inspect(Path::new("/dev/tty")).unwrap();
         assert!(matches!(o.kind, OutputKind::CharDevice));
+        // The memory devices keep nothing: refused, directly and through a symlink.
+        let e = inspect(Path::new("/dev/null")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/dev/null keeps nothing written to it; refusing"),
+            "{e}"
+        );
+        let null = p.join("null");
+        symlink("/dev/null", &null).unwrap();
+        let e = inspect(&null).unwrap_err().to_string();
+        let want = format!("{} is /dev/null, which keeps nothing", null.display());
+        assert!(e.starts_with(&want), "{e}");
+        let e = inspect(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/dev/zero is a memory device (character device 1:5), not storage"),
+            "{e}"
+        );
         let e = inspect(Path::new("/dev/sparsebak-no-such-device"))
             .unwrap_err()
             .to_string();

@@ -18,7 +18,7 @@ pub mod verify;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command};
 use crate::config::Config;
@@ -67,27 +67,46 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Receive {
             volume,
+            save_to,
             from_stream: Some(paths),
             zero_tail,
-        } => return stream::receive(&cli, volume.as_deref(), paths, *zero_tail),
+            ..
+        } => {
+            return stream::receive(
+                save_to,
+                cli.unattended,
+                &config_path(&cli),
+                volume.as_deref(),
+                paths,
+                *zero_tail,
+            )
+        }
         Command::Verify {
             volume,
             from_stream: Some(paths),
+            ..
         } => return stream::verify(volume.as_deref(), paths),
         _ => {}
     }
     let path = config_path(&cli);
     let config = Config::load(&path).with_context(|| "loading the configuration".to_string())?;
     config.check_metadir()?;
+    let (session, save_to) = match &cli.command {
+        Command::Receive {
+            session, save_to, ..
+        } => (session.clone(), Some(save_to.clone())),
+        Command::Verify { session, .. }
+        | Command::Prune { session, .. }
+        | Command::Untar { session, .. } => (session.clone(), None),
+        Command::Diff { session, .. } => (Some(session.clone()), None),
+        _ => (None, None),
+    };
     let ctx = Ctx {
         config,
         unattended: cli.unattended,
-        session: cli.session.clone(),
-        save_to: cli.save_to.clone(),
+        session,
+        save_to,
     };
-    if ctx.save_to.is_some() && !matches!(cli.command, Command::Receive { .. }) {
-        bail!("--save-to is only for receive");
-    }
     match &cli.command {
         Command::Send {
             volumes,
@@ -105,8 +124,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Monitor { volumes } => monitor::run(&ctx, volumes),
         Command::Receive {
             volume, zero_tail, ..
-        } => receive::run(&ctx, &need_volume(volume)?, *zero_tail),
-        Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume)?),
+        } => receive::run(
+            &ctx,
+            &need_volume(volume, "receive --save-to=PATH VOLUME")?,
+            *zero_tail,
+        ),
+        Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume, "verify VOLUME")?),
         Command::List { volumes } => list::run(&ctx, volumes),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
         Command::Prune {
@@ -115,6 +138,7 @@ pub fn run(cli: Cli) -> Result<()> {
             keep,
             all_before,
             dry_run,
+            ..
         } => prune::run(
             &ctx,
             volumes,
@@ -128,14 +152,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Repair { volume, dry_run } => repair::run(&ctx, volume, *dry_run),
         Command::Delete { volume } => delete::run(&ctx, volume),
         Command::Rename { old, new } => rename::run(&ctx, old, new),
-        Command::Untar { volume } => untar::run(&ctx, volume),
-        Command::Diff { volume, json } => diff::run(&ctx, volume, *json),
+        Command::Untar { volume, .. } => untar::run(&ctx, volume),
+        Command::Diff { volume, json, .. } => diff::run(&ctx, volume, *json),
     }
 }
 
-fn need_volume(v: &Option<String>) -> Result<String> {
+/// The volume a command names (the command line requires one; this says which usage
+/// should have been followed if it is missing all the same).
+fn need_volume(v: &Option<String>, usage: &str) -> Result<String> {
     v.clone()
-        .context("name the volume (e.g. `sparsebak receive --save-to=PATH VOLUME`)")
+        .with_context(|| format!("name the volume: `sparsebak {usage}`"))
 }
 
 /// Human-readable byte count.

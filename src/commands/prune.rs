@@ -1,4 +1,4 @@
-//! `sparsebak prune [--session=SEL[,SEL] | --all-before=SEL | --auto [--keep=...]]
+//! `sparsebak prune [--session=SEL[,SEL] | --all-before=DATE | --auto [--keep=...]]
 //! [--dry-run] [volume ...]`
 
 use anyhow::{bail, Context, Result};
@@ -83,7 +83,7 @@ fn select(ctx: &Ctx, opts: &Opts, vol: &VolumeArchive, ids: &[String]) -> Result
 pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
     let vols = ctx.config.select_volumes(names)?;
     if ctx.session.is_none() && opts.all_before.is_none() && !opts.auto && opts.keep.is_none() {
-        bail!("prune needs --session=SEL[,SEL], --all-before=SEL or --auto");
+        bail!("prune needs --session=SEL[,SEL], --all-before=DATE or --auto");
     }
     // A dry run only reads, so it works on a read-only archive too.
     let archive = if opts.dry_run {

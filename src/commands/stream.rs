@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::{human, Ctx};
-use crate::cli::Cli;
 use crate::config::parse_size;
 use crate::progress;
 use crate::source;
@@ -130,17 +129,19 @@ fn overwrite_or_refuse(ctx: &Ctx, what: &str, target: &output::Output, name: &st
     Ok(())
 }
 
-pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) -> Result<()> {
-    let Some(save_to) = &cli.save_to else {
-        bail!(
-            "receive --from-stream needs --save-to=PATH (a file, a block device, a FIFO or - for stdout)"
-        );
-    };
+/// `receive --from-stream`: `config_path` is the configuration the command line names
+/// (it need not exist; when it does, its archive and metadir are not written into).
+pub fn receive(
+    save_to: &Path,
+    unattended: bool,
+    config_path: &Path,
+    volume: Option<&str>,
+    paths: &str,
+    zero_tail: bool,
+) -> Result<()> {
     // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.
     let activated = crate::devpath::activate_named_lv(save_to)?;
-    let save_to = &activated
-        .as_ref()
-        .map_or(save_to.clone(), |a| a.device.clone());
+    let save_to = activated.as_ref().map_or(save_to, |a| a.device.as_path());
     // The volume size is known only from the streams: a block device too small for it
     // is refused at the first stream's header, before anything is written.
     let out = crate::receive::check_target(save_to, 0, volume.unwrap_or(""))?;
@@ -149,9 +150,8 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
     }
     // No configuration is needed here; when there is one, its archive and metadata
     // folder are not written into either.
-    let config_path = super::config_path(cli);
     if config_path.exists() {
-        match crate::config::Config::load(&config_path) {
+        match crate::config::Config::load(config_path) {
             Ok(c) => crate::receive::refuse_in_archive(&out, &c.destdir, &c.metadir)?,
             Err(e) => tracing::debug!("{e}: not checking the target against its archive"),
         }
@@ -159,7 +159,7 @@ pub fn receive(cli: &Cli, volume: Option<&str>, paths: &str, zero_tail: bool) ->
     if matches!(
         out.kind,
         OutputKind::File { .. } | OutputKind::BlockDevice { .. }
-    ) && !cli.unattended
+    ) && !unattended
     {
         bail!(
             "{} exists; not overwriting it (pass -u to replace it)",
