@@ -84,6 +84,19 @@ impl FoldPlan {
         }
     }
 
+    /// Note the manifest of session `info` as missing unless it is there and matches
+    /// the hash its info records.
+    fn check_manifest(&mut self, vol: &VolumeArchive, info: &SessionInfo) {
+        let id = &info.session;
+        match vol.session_manifest_sha256(info) {
+            Ok(h) if h == info.manifest_sha256 => {}
+            Ok(_) => self.note_missing(format!(
+                "the manifest of session {id}, which does not match the hash in its info"
+            )),
+            Err(e) => self.note_missing(format!("the manifest of session {id} ({e})")),
+        }
+    }
+
     /// An error naming what is missing, if anything is.
     fn refuse_if_incomplete(&self, vol: &VolumeArchive) -> Result<()> {
         if self.missing_count == 0 {
@@ -187,14 +200,7 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
         ..Default::default()
     };
     for info in [si, ti] {
-        let id = &info.session;
-        match vol.session_manifest_sha256(info) {
-            Ok(h) if h == info.manifest_sha256 => {}
-            Ok(_) => fp.note_missing(format!(
-                "the manifest of session {id}, which does not match the hash in its info"
-            )),
-            Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
-        }
+        fp.check_manifest(vol, info);
     }
     if fp.missing_count > 0 {
         return Ok((fp, ti.clone()));
@@ -314,14 +320,7 @@ pub fn check_removal(vol: &VolumeArchive, targets: &[String]) -> Result<()> {
             .rposition(|i| !removed.contains(i.session.as_str()) && i.session != *t)
             .map_or(0, |p| p + 1);
         for info in &chain[first..] {
-            let id = &info.session;
-            match vol.session_manifest_sha256(info) {
-                Ok(h) if h == info.manifest_sha256 => {}
-                Ok(_) => fp.note_missing(format!(
-                    "the manifest of session {id}, which does not match the hash in its info"
-                )),
-                Err(e) => fp.note_missing(format!("the manifest of session {id} ({e})")),
-            }
+            fp.check_manifest(vol, info);
         }
         if fp.missing_count > 0 {
             continue;
