@@ -226,7 +226,7 @@ fn unmounted_destmountpoint_is_said_as_readers_and_writers_see_it() {
         &["verify", "v"],
         &["receive", "v", &save],
         &["diff", "v", "--session=latest"],
-        &["prune", "v", "--keep=1", "--dry-run"],
+        &["prune", "v", "--auto", "--keep=last:1", "--dry-run"],
         &["repair", "v", "--dry-run"],
     ];
     for args in readers {
@@ -242,7 +242,7 @@ fn unmounted_destmountpoint_is_said_as_readers_and_writers_see_it() {
     }
     let writers: [&[&str]; 6] = [
         &["send", "v"],
-        &["prune", "v", "--keep=1"],
+        &["prune", "v", "--auto", "--keep=last:1"],
         &["delete", "v"],
         &["untar", "v"],
         &["repair", "v"],
@@ -291,7 +291,7 @@ fn a_metadir_that_is_a_file_is_said_as_such() {
             &["verify", "v"],
             &["receive", "v", &save],
             &["resync", "v"],
-            &["prune", "v", "--keep=1"],
+            &["prune", "v", "--auto", "--keep=last:1"],
             &["delete", "v"],
             &["monitor", "v"],
         ];
