@@ -47,27 +47,6 @@ fn chunk_path(env: &Env, id: &str, idx: u64) -> PathBuf {
         .join(format!("x{addr:016x}"))
 }
 
-/// Three sessions: 20 random chunks, then chunk 3 rewritten, then chunk 9 rewritten.
-fn three_sessions(env: &Env) -> (Vec<Vec<u8>>, Vec<String>) {
-    let mut rng = Rng::new(66);
-    let mut img = rng.bytes(20 * CS);
-    let mut versions = Vec::new();
-    for k in 0..3 {
-        if k == 1 {
-            rng.fill(&mut img[3 * CS..4 * CS]);
-        }
-        if k == 2 {
-            rng.fill(&mut img[9 * CS..10 * CS]);
-        }
-        std::fs::write(env.image("v"), &img).unwrap();
-        env.send("v");
-        versions.push(img.clone());
-    }
-    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
-    assert_eq!(ids.len(), 3);
-    (versions, ids)
-}
-
 /// `stored=` of each `list` line, by session.
 fn stored(env: &Env) -> BTreeMap<String, u64> {
     let out = env.ok(&["list", "v"]);
@@ -101,7 +80,7 @@ fn folder_bytes(dir: &Path) -> u64 {
 #[test]
 fn prune_refuses_before_its_journal_when_a_needed_chunk_is_missing() {
     let env = Env::new(&["v"]);
-    let (_, ids) = three_sessions(&env);
+    let (_, ids) = three_sessions(&env, 66);
     // Chunk 7 of the oldest session is still part of every later view.
     let gone = chunk_path(&env, &ids[0], 7);
     std::fs::remove_file(&gone).unwrap();
@@ -137,7 +116,7 @@ fn prune_refuses_before_its_journal_when_a_needed_chunk_is_missing() {
 #[test]
 fn prune_refuses_when_a_manifest_is_damaged() {
     let env = Env::new(&["v"]);
-    let (_, ids) = three_sessions(&env);
+    let (_, ids) = three_sessions(&env, 66);
     let m = env
         .vol_dir("v")
         .join(format!("S_{}", ids[1]))
@@ -157,7 +136,7 @@ fn prune_refuses_when_a_manifest_is_damaged() {
 #[test]
 fn a_chunk_lost_after_the_journal_leaves_a_usable_volume() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 66);
     let o = env.run_env(
         &["prune", "v", &format!("--session={}", ids[0])],
         &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],
@@ -225,7 +204,7 @@ fn a_chunk_lost_after_the_journal_leaves_a_usable_volume() {
 #[test]
 fn stored_is_what_each_session_holds_after_a_prune() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 66);
     let before = stored(&env);
     env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
     let after = stored(&env);
@@ -285,7 +264,7 @@ fn stored_is_exact_when_a_prune_re_encodes() {
 #[test]
 fn a_prune_of_several_sessions_checks_them_all_before_the_first_fold() {
     let env = Env::new(&["v"]);
-    let (_, ids) = three_sessions(&env);
+    let (_, ids) = three_sessions(&env, 66);
     // Chunk 3 of the middle session is in the latest view. Folding the oldest into it
     // alone would work; removing both must be refused before the first fold.
     let gone = chunk_path(&env, &ids[1], 3);

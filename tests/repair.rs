@@ -58,27 +58,6 @@ fn copy_path(env: &Env, id: &str, file: &str) -> PathBuf {
         .join(file)
 }
 
-/// Three sessions: 20 random chunks, then chunk 3 rewritten, then chunk 9 rewritten.
-fn three_sessions(env: &Env) -> (Vec<Vec<u8>>, Vec<String>) {
-    let mut rng = Rng::new(77);
-    let mut img = rng.bytes(20 * CS);
-    let mut versions = Vec::new();
-    for k in 0..3 {
-        if k == 1 {
-            rng.fill(&mut img[3 * CS..4 * CS]);
-        }
-        if k == 2 {
-            rng.fill(&mut img[9 * CS..10 * CS]);
-        }
-        std::fs::write(env.image("v"), &img).unwrap();
-        env.send("v");
-        versions.push(img.clone());
-    }
-    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
-    assert_eq!(ids.len(), 3);
-    (versions, ids)
-}
-
 /// Every session verifies and restores byte-identical.
 fn all_whole(env: &Env, versions: &[Vec<u8>], ids: &[String]) {
     for (k, id) in ids.iter().enumerate() {
@@ -104,7 +83,7 @@ fn repair(env: &Env, dry: bool) -> (i32, String, String) {
 #[test]
 fn an_emptied_info_blocks_send_until_repair_puts_it_back() {
     let env = Env::new(&["v"]);
-    let (mut versions, mut ids) = three_sessions(&env);
+    let (mut versions, mut ids) = three_sessions(&env, 77);
     let info = session_dir(&env, &ids[2]).join("info");
     let good = std::fs::read(&info).unwrap();
     std::fs::write(&info, b"").unwrap();
@@ -143,7 +122,7 @@ fn an_emptied_info_blocks_send_until_repair_puts_it_back() {
 #[test]
 fn damaged_and_missing_manifests_and_an_altered_info_are_put_back() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 77);
     // A missing manifest, a truncated one, and an info rewritten consistently (its
     // checksum recomputed) that only the copy can tell.
     std::fs::remove_file(session_dir(&env, &ids[0]).join("manifest")).unwrap();
@@ -204,7 +183,7 @@ fn damaged_and_missing_manifests_and_an_altered_info_are_put_back() {
 #[test]
 fn missing_and_corrupted_chunks_are_re_created_from_the_volume() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 77);
     // A deleted chunk of the oldest session (in every view), and a corrupted one of
     // the latest; the volume still holds both.
     let gone = chunk_path(&env, &ids[0], 5);
@@ -250,7 +229,7 @@ fn missing_and_corrupted_chunks_are_re_created_from_the_volume() {
 #[test]
 fn a_chunk_whose_data_changed_since_is_reported_with_the_views_it_breaks() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 77);
     // Chunk 9 of the oldest session is in the views of sessions 0 and 1; the volume
     // has new data there since session 2. Chunk 4 of the oldest is in every view and
     // unchanged: it is re-created in the same run.
@@ -297,7 +276,7 @@ fn a_chunk_whose_data_changed_since_is_reported_with_the_views_it_breaks() {
 #[test]
 fn dry_run_says_what_it_would_do_and_changes_nothing() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 77);
     let info = session_dir(&env, &ids[2]).join("info");
     std::fs::write(&info, b"").unwrap();
     std::fs::remove_file(chunk_path(&env, &ids[0], 5)).unwrap();
@@ -340,7 +319,7 @@ fn dry_run_says_what_it_would_do_and_changes_nothing() {
 #[test]
 fn a_chunk_lost_by_a_prune_roll_forward_is_re_created() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 77);
     let o = env.run_env(
         &["prune", "v", &format!("--session={}", ids[0])],
         &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],
@@ -440,7 +419,7 @@ fn reflink_chunks_come_from_the_tick_snapshot() {
 #[test]
 fn copies_older_than_a_prune_are_not_put_back() {
     let env = Env::new(&["v"]);
-    let (versions, ids) = three_sessions(&env);
+    let (versions, ids) = three_sessions(&env, 77);
     let old_meta = env.path().join("meta-before");
     let cp = |from: &Path, to: &Path| {
         let _ = std::fs::remove_dir_all(to);
@@ -471,7 +450,7 @@ fn copies_older_than_a_prune_are_not_put_back() {
 #[test]
 fn the_pending_record_of_a_killed_send_serves_as_the_copy() {
     let env = Env::new(&["v"]);
-    let (mut versions, _) = three_sessions(&env);
+    let (mut versions, _) = three_sessions(&env, 77);
     env.write_at("v", 0, b"the fourth session");
     let o = env.run_env(
         &["send", "v"],

@@ -360,3 +360,27 @@ pub fn check_sessions(env: &Env, versions: &[Vec<u8>], kept: &[usize], what: &st
         );
     }
 }
+
+/// Volume `v` sent three times (64 KiB chunks): 20 random chunks from `seed`, then
+/// chunk 3 rewritten, then chunk 9 rewritten. Returns each session's image and the
+/// session IDs, oldest first.
+pub fn three_sessions(env: &Env, seed: u64) -> (Vec<Vec<u8>>, Vec<String>) {
+    const CS: usize = 65536;
+    let mut rng = Rng::new(seed);
+    let mut img = rng.bytes(20 * CS);
+    let mut versions = Vec::new();
+    for k in 0..3 {
+        if k == 1 {
+            rng.fill(&mut img[3 * CS..4 * CS]);
+        }
+        if k == 2 {
+            rng.fill(&mut img[9 * CS..10 * CS]);
+        }
+        std::fs::write(env.image("v"), &img).unwrap();
+        env.send("v");
+        versions.push(img.clone());
+    }
+    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 3);
+    (versions, ids)
+}
