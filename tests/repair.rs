@@ -9,35 +9,9 @@ mod loopfs;
 
 use common::*;
 use loopfs::{FsKind, LoopFs};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 const CS: usize = 65536;
-
-/// Every entry under `root`: relative path -> (mode, size, SHA-256 of the content).
-fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, u64, String)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let content = if m.is_dir() {
-                stack.push(p.clone());
-                String::new()
-            } else {
-                hex::encode(sparsebak_format::chunk::hash(&std::fs::read(&p).unwrap()))
-            };
-            let size = if m.is_dir() { 0 } else { m.len() };
-            out.insert(
-                p.strip_prefix(root).unwrap().to_path_buf(),
-                (m.mode(), size, content),
-            );
-        }
-    }
-    out
-}
 
 fn session_dir(env: &Env, id: &str) -> PathBuf {
     env.vol_dir("v").join(format!("S_{id}"))

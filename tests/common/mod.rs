@@ -384,3 +384,31 @@ pub fn three_sessions(env: &Env, seed: u64) -> (Vec<Vec<u8>>, Vec<String>) {
     assert_eq!(ids.len(), 3);
     (versions, ids)
 }
+
+/// Every entry under `root`: relative path -> (mode, size, SHA-256 of the content or
+/// the link target), to show that a command changed nothing.
+pub fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let content = if m.is_dir() {
+                stack.push(p.clone());
+                String::new()
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().display().to_string()
+            } else {
+                hex::encode(sparsebak_format::chunk::hash(&std::fs::read(&p).unwrap()))
+            };
+            let size = if m.is_dir() { 0 } else { m.len() };
+            out.insert(
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                (m.mode(), size, content),
+            );
+        }
+    }
+    out
+}
