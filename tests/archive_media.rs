@@ -40,15 +40,6 @@ fn fails_with_one_line(o: &Output, what: &str) -> String {
     err.trim_end().to_string()
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn archive_id(root: &Path) -> String {
     let m = std::fs::read_to_string(root.join("sparsebak.archive")).unwrap();
     let id = m

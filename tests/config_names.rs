@@ -8,19 +8,8 @@ mod loopfs;
 
 use common::*;
 use loopfs::{FsKind, LoopFs};
-use std::path::Path;
 
 const CS: usize = 65536;
-
-/// Folders and files directly in `dir`, sorted.
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn inline_comments_do_not_reach_the_values() {

@@ -412,3 +412,13 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u64, Strin
     }
     out
 }
+
+/// Folders and files directly in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
