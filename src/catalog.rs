@@ -1,4 +1,4 @@
-//! The source side's catalog (`<metadir>/catalog.sqlite`): the destinations a volume is
+//! The source side's catalog (`<metadir>/catalog.sqlite`, see [`crate::metadir`]): the destinations a volume is
 //! sent to besides the archive (stream chains now, tapes later) and, per destination
 //! and volume, the chain of sessions sent there, so each destination stays incremental
 //! on its own.

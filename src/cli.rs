@@ -28,6 +28,11 @@ pub struct Cli {
     /// Only errors: no progress bars, no summaries (for cron).
     #[arg(short = 'q', long = "quiet", global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// The destination (archive) a command works on: `default` (the destination keys
+    /// of [var]) unless given, or a [dest:NAME] section of the config. `send
+    /// --dest=all` sends to every destination that is present.
+    #[arg(long = "dest", global = true, value_name = "NAME", value_parser = dest_arg)]
+    pub dest: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -49,12 +54,89 @@ impl Cli {
                 ));
             }
         }
+        if let Some(dest) = &self.dest {
+            let name = self.command.name();
+            let archive = self.command.reaches_archive();
+            if !archive {
+                return Err(usage_error(
+                    name,
+                    match &self.command {
+                        Command::Monitor { .. } => {
+                            "monitor marks the delta map of every destination; --dest does not apply"
+                        }
+                        Command::Send { .. } => {
+                            "send --stream writes a stream, not to a destination; --dest does not apply"
+                        }
+                        _ => "--from-stream reads streams, not a destination; --dest does not apply",
+                    },
+                ));
+            }
+            if dest == crate::config::ALL_DESTS {
+                if name != "send" {
+                    return Err(usage_error(
+                        name,
+                        &format!("--dest=all is for send only; {name} works on one destination"),
+                    ));
+                }
+                if let Command::Send {
+                    accept_archive: true,
+                    ..
+                } = &self.command
+                {
+                    return Err(usage_error(
+                        name,
+                        "--accept-archive takes one destination's archive: give --dest=NAME, not all",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
 
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Send { .. } => "send",
+            Command::Monitor { .. } => "monitor",
+            Command::Receive { .. } => "receive",
+            Command::Verify { .. } => "verify",
+            Command::List { .. } => "list",
+            Command::Resync { .. } => "resync",
+            Command::Prune { .. } => "prune",
+            Command::Repair { .. } => "repair",
+            Command::Delete { .. } => "delete",
+            Command::Rename { .. } => "rename",
+            Command::Untar { .. } => "untar",
+            Command::Diff { .. } => "diff",
+        }
+    }
+
+    /// Whether the command works on a destination's archive (and so on the
+    /// destination `--dest` names): all but `monitor` and the stream commands.
+    pub fn reaches_archive(&self) -> bool {
+        !matches!(
+            self,
+            Command::Monitor { .. }
+                | Command::Send {
+                    stream: Some(_),
+                    ..
+                }
+                | Command::Receive {
+                    from_stream: Some(_),
+                    ..
+                }
+                | Command::Verify {
+                    from_stream: Some(_),
+                    ..
+                }
+        )
+    }
+}
+
 /// A usage error of subcommand `name`, shown with its usage.
-fn usage_error(name: &str, msg: &str) -> clap::Error {
+pub fn usage_error(name: &str, msg: &str) -> clap::Error {
     let mut cli = Cli::command();
     cli.build();
     match cli.find_subcommand_mut(name) {
@@ -290,5 +372,14 @@ fn chain_arg(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err("use letters, digits and + _ . -".into())
+    }
+}
+
+/// `--dest`: a destination name (letters, digits and `+ _ . -`), or `all`.
+fn dest_arg(s: &str) -> Result<String, String> {
+    if s == crate::config::ALL_DESTS || crate::config::dest_name_problem(s).is_none() {
+        Ok(s.to_string())
+    } else {
+        Err("a destination name (letters, digits and + _ . -), or all".into())
     }
 }

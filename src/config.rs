@@ -55,6 +55,56 @@ pub struct Config {
     pub keep: Option<String>,
     /// Volumes in file order, with whether they are enabled.
     pub volumes: Vec<(String, bool)>,
+    /// The far side for a remote destination (`destvm`), as written.
+    pub destvm: Option<String>,
+    /// The far side's command (`destcmd`), as written.
+    pub destcmd: Option<String>,
+    /// Extra arguments for the ssh client (`sshopts`), as written.
+    pub sshopts: Option<String>,
+    /// The destination the destination fields above (`destvm`, `destmountpoint`,
+    /// `destdir`, `tarfile`, `destcmd`, `sshopts`) are those of: see
+    /// [`Config::for_dest`].
+    pub dest: String,
+    /// Every configured destination: `default` (the destination keys of `[var]`)
+    /// first when there is one, then the `[dest:NAME]` sections in file order.
+    pub dests: Vec<DestConfig>,
+}
+
+/// One destination: the destination keys of `[var]` (named `default`) or of a
+/// `[dest:NAME]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestConfig {
+    pub name: String,
+    pub destvm: Option<String>,
+    pub destmountpoint: Option<PathBuf>,
+    /// The archive's folder (under `destmountpoint` when one is set).
+    pub destdir: PathBuf,
+    pub tarfile: bool,
+    pub destcmd: Option<String>,
+    pub sshopts: Option<String>,
+}
+
+/// The keys that describe a destination, in `[var]` or in `[dest:NAME]`.
+pub const DEST_KEYS: &[&str] = &[
+    "destvm",
+    "destmountpoint",
+    "destdir",
+    "tarfile",
+    "destcmd",
+    "sshopts",
+];
+
+/// The value of `--dest` that means every configured destination (`send` only); no
+/// destination may be named so.
+pub const ALL_DESTS: &str = "all";
+
+/// Why `name` cannot name a destination, or `None` when it can: the rules of volume
+/// names (it becomes a folder name in the metadir), and not `all`.
+pub fn dest_name_problem(name: &str) -> Option<String> {
+    if name == ALL_DESTS {
+        return Some("`all` stands for every destination in --dest=all".into());
+    }
+    layout::volume_name_problem(name)
 }
 
 const VAR_KEYS: &[&str] = &[
@@ -70,6 +120,8 @@ const VAR_KEYS: &[&str] = &[
     "compression",
     "keep",
     "tarfile",
+    "destcmd",
+    "sshopts",
 ];
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
@@ -229,6 +281,50 @@ fn parse_ini(text: &str) -> std::result::Result<ini::Ini, String> {
     Ok(ini)
 }
 
+/// One destination's keys, read through `get`; `at` prefixes messages (`[dest:NAME]: `).
+fn parse_dest<'a>(
+    name: &str,
+    get: &dyn Fn(&str) -> Option<&'a str>,
+    at: &str,
+) -> std::result::Result<DestConfig, String> {
+    if let Some(vm) = get("destvm") {
+        return Err(format!(
+            "{at}destvm = {vm:?}: remote destinations are not supported yet; leave it empty"
+        ));
+    }
+    let destmountpoint = get("destmountpoint").map(PathBuf::from);
+    let destdir = PathBuf::from(get("destdir").ok_or_else(|| format!("{at}destdir is required"))?);
+    let destdir = match &destmountpoint {
+        Some(mp) => {
+            if !mp.is_absolute() {
+                return Err(format!("{at}destmountpoint must be absolute"));
+            }
+            mp.join(destdir.strip_prefix("/").unwrap_or(&destdir))
+        }
+        None if destdir.is_absolute() => destdir,
+        None => {
+            return Err(format!(
+                "{at}destdir {} must be absolute when destmountpoint is empty",
+                destdir.display()
+            ))
+        }
+    };
+    let tarfile = match get("tarfile").unwrap_or("off") {
+        "on" | "yes" | "true" | "enable" => true,
+        "off" | "no" | "false" | "disable" => false,
+        other => return Err(format!("{at}tarfile = {other:?}: expected on or off")),
+    };
+    Ok(DestConfig {
+        name: name.to_string(),
+        destvm: None,
+        destmountpoint,
+        destdir,
+        tarfile,
+        destcmd: get("destcmd").map(str::to_string),
+        sshopts: get("sshopts").map(str::to_string),
+    })
+}
+
 impl Config {
     /// Read and check the config file at `path`.
     pub fn load(path: &Path) -> Result<Config> {
@@ -247,14 +343,32 @@ impl Config {
         let ini = parse_ini(text).map_err(bad)?;
         let mut var = None;
         let mut vols = None;
+        let mut dest_sections = Vec::new();
         for (sec, props) in ini.iter() {
             match sec {
                 None => {}
                 Some("var") => var = Some(props),
                 Some("volumes") => vols = Some(props),
+                Some(other) if other.starts_with("dest:") => {
+                    let name = &other["dest:".len()..];
+                    if let Some(why) = dest_name_problem(name) {
+                        return Err(bad(format!(
+                            "[{other}]: destination name {name:?} is not allowed: {why}"
+                        )));
+                    }
+                    for (key, _) in props.iter() {
+                        if !DEST_KEYS.contains(&key) {
+                            return Err(bad(format!(
+                                "unknown key {key:?} in [{other}] (known: {})",
+                                DEST_KEYS.join(", ")
+                            )));
+                        }
+                    }
+                    dest_sections.push((name.to_string(), props));
+                }
                 Some(other) => {
                     return Err(bad(format!(
-                        "unknown section [{other}] (known: [var], [volumes])"
+                        "unknown section [{other}] (known: [var], [volumes], [dest:NAME])"
                     )))
                 }
             }
@@ -289,29 +403,22 @@ impl Config {
                 _ => {}
             }
         }
-        if let Some(vm) = get("destvm") {
-            return Err(bad(format!(
-                "destvm = {vm:?}: remote destinations are not supported yet; leave it empty"
-            )));
+        let mut dests = Vec::new();
+        let var_has_dest = DEST_KEYS.iter().any(|k| get(k).is_some());
+        if var_has_dest || dest_sections.is_empty() {
+            dests.push(parse_dest(crate::metadir::DEFAULT_DEST, &get, "").map_err(bad)?);
         }
-        let destmountpoint = get("destmountpoint").map(PathBuf::from);
-        let destdir =
-            PathBuf::from(get("destdir").ok_or_else(|| bad("destdir is required".into()))?);
-        let destdir = match &destmountpoint {
-            Some(mp) => {
-                if !mp.is_absolute() {
-                    return Err(bad("destmountpoint must be absolute".into()));
-                }
-                mp.join(destdir.strip_prefix("/").unwrap_or(&destdir))
-            }
-            None if destdir.is_absolute() => destdir,
-            None => {
+        for (name, props) in &dest_sections {
+            if dests.iter().any(|d: &DestConfig| d.name == *name) {
                 return Err(bad(format!(
-                    "destdir {} must be absolute when destmountpoint is empty",
-                    destdir.display()
-                )))
+                    "destination {name} given twice: by the destination keys of [var] \
+                     and by [dest:{name}]"
+                )));
             }
-        };
+            let get = |k: &str| props.get(k).map(value).filter(|v| !v.is_empty());
+            dests.push(parse_dest(name, &get, &format!("[dest:{name}]: ")).map_err(bad)?);
+        }
+        let first = dests[0].clone();
         let metadir = PathBuf::from(get("metadir").unwrap_or("/var/lib/sparsebak"));
         if !metadir.is_absolute() {
             return Err(bad("metadir must be absolute".into()));
@@ -351,11 +458,6 @@ impl Config {
                 }
             }
         };
-        let tarfile = match get("tarfile").unwrap_or("off") {
-            "on" | "yes" | "true" | "enable" => true,
-            "off" | "no" | "false" | "disable" => false,
-            other => return Err(bad(format!("tarfile = {other:?}: expected on or off"))),
-        };
         let keep = get("keep").map(str::to_string);
         if let Some(k) = &keep {
             crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
@@ -380,21 +482,63 @@ impl Config {
                 volumes.push((name.to_string(), enabled));
             }
         }
-        Ok(Config {
+        let mut config = Config {
             path: path.to_path_buf(),
             source,
             voldir,
             vgname,
             poolname: get("poolname").unwrap_or("pool00").to_string(),
-            destmountpoint,
-            destdir,
+            destmountpoint: None,
+            destdir: PathBuf::new(),
             metadir,
             chunksize,
             compression,
             keep,
-            tarfile,
+            tarfile: false,
             volumes,
-        })
+            destvm: None,
+            destcmd: None,
+            sshopts: None,
+            dest: String::new(),
+            dests,
+        };
+        config.choose(&first);
+        Ok(config)
+    }
+
+    /// Set the destination fields to those of `d`.
+    fn choose(&mut self, d: &DestConfig) {
+        self.dest = d.name.clone();
+        self.destvm = d.destvm.clone();
+        self.destmountpoint = d.destmountpoint.clone();
+        self.destdir = d.destdir.clone();
+        self.tarfile = d.tarfile;
+        self.destcmd = d.destcmd.clone();
+        self.sshopts = d.sshopts.clone();
+    }
+
+    /// The names of the configured destinations, in order.
+    pub fn dest_names(&self) -> Vec<&str> {
+        self.dests.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    /// This configuration for destination `name`: its destination fields are that
+    /// destination's, so code that reads `destdir` and the rest works on it.
+    pub fn for_dest(&self, name: &str) -> Result<Config> {
+        let d = self
+            .dests
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Error::Config {
+                path: self.path.clone(),
+                reason: format!(
+                    "no destination named {name:?} (configured: {})",
+                    self.dest_names().join(", ")
+                ),
+            })?;
+        let mut c = self.clone();
+        c.choose(d);
+        Ok(c)
     }
 
     /// The volumes a command works on: the named ones (each must be configured), or all
@@ -426,6 +570,19 @@ impl Config {
             }
         }
         Ok(out)
+    }
+
+    /// Why the chosen destination is not present now, or `None` when it may be: its
+    /// disk is not mounted (`destmountpoint` is not a mount point). For `send
+    /// --dest=all`, which skips such destinations.
+    pub fn absent_reason(&self) -> Option<String> {
+        let mp = self.destmountpoint.as_ref()?;
+        (!is_mount_point(mp)).then(|| {
+            format!(
+                "disk not mounted (destmountpoint {} is not a mounted filesystem)",
+                mp.display()
+            )
+        })
     }
 
     /// Check the destination is reachable: a configured mount point must be mounted.
@@ -691,15 +848,110 @@ mod tests {
             (
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
-                 destvm, destmountpoint, destdir, metadir, chunksize, compression, keep, tarfile)",
+                 destvm, destmountpoint, destdir, metadir, chunksize, compression, keep, tarfile, \
+                 destcmd, sshopts)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",
-                "unknown section [other] (known: [var], [volumes])",
+                "unknown section [other] (known: [var], [volumes], [dest:NAME])",
             ),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert_eq!(err, format!("config t.ini: {want}"), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        let c = parse(
+            "[var]\ndestdir = /a\nmetadir = /m\n[dest:usb1]\ndestmountpoint = /mnt/u1\n\
+             destdir = sb\ntarfile = on\n[volumes]\nv = enable\n\
+             [dest:far]\ndestdir = /srv/sb\ndestcmd = /opt/sparsebak\nsshopts = -F /etc/x\n",
+        )
+        .unwrap();
+        assert_eq!(c.dest_names(), vec!["default", "usb1", "far"]);
+        assert_eq!(c.dest, "default");
+        assert_eq!(c.destdir, PathBuf::from("/a"));
+        assert!(!c.tarfile);
+        let u = c.for_dest("usb1").unwrap();
+        assert_eq!(u.dest, "usb1");
+        assert_eq!(u.destdir, PathBuf::from("/mnt/u1/sb"));
+        assert_eq!(u.destmountpoint, Some(PathBuf::from("/mnt/u1")));
+        assert!(u.tarfile);
+        assert_eq!(u.metadir, PathBuf::from("/m"));
+        assert_eq!(u.volumes, c.volumes);
+        let f = c.for_dest("far").unwrap();
+        assert_eq!(f.destcmd.as_deref(), Some("/opt/sparsebak"));
+        assert_eq!(f.sshopts.as_deref(), Some("-F /etc/x"));
+        assert_eq!(f.destmountpoint, None);
+        assert_eq!(
+            c.for_dest("nope").unwrap_err().to_string(),
+            "config t.ini: no destination named \"nope\" (configured: default, usb1, far)"
+        );
+        // Only [dest:NAME] sections: no default destination; the first one fills the
+        // destination fields until one is chosen.
+        let c =
+            parse("[var]\nmetadir = /m\n[dest:b]\ndestdir = /b\n[dest:a]\ndestdir = /a\n").unwrap();
+        assert_eq!(c.dest_names(), vec!["b", "a"]);
+        assert!(c.for_dest("default").is_err());
+        // [dest:default] stands for the destination keys of [var].
+        let c = parse("[var]\nmetadir = /m\n[dest:default]\ndestdir = /d\n").unwrap();
+        assert_eq!(c.dest, "default");
+        assert_eq!(c.destdir, PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn destination_errors() {
+        for (text, want) in [
+            (
+                "[var]\ndestdir = /a\n[dest:default]\ndestdir = /b\n",
+                "destination default given twice: by the destination keys of [var] and by \
+                 [dest:default]",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:u]\ndestdir = /b\n[dest:u]\ndestdir = /c\n",
+                "section [dest:u] given twice",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:u]\ndestdir = /b\nmetadir = /m\n",
+                "unknown key \"metadir\" in [dest:u] (known: destvm, destmountpoint, destdir, \
+                 tarfile, destcmd, sshopts)",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:../u]\ndestdir = /b\n",
+                "[dest:../u]: destination name \"../u\" is not allowed: ",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:all]\ndestdir = /b\n",
+                "[dest:all]: destination name \"all\" is not allowed: `all` stands for every \
+                 destination in --dest=all",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:]\ndestdir = /b\n",
+                "[dest:]: destination name \"\" is not allowed: ",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:u]\ndestmountpoint = /mnt/u\n",
+                "[dest:u]: destdir is required",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:u]\ndestdir = rel\n",
+                "[dest:u]: destdir rel must be absolute when destmountpoint is empty",
+            ),
+            (
+                "[var]\ndestdir = /a\n[dest:u]\ndestdir = /b\ntarfile = maybe\n",
+                "[dest:u]: tarfile = \"maybe\": expected on or off",
+            ),
+            (
+                "[var]\ntarfile = on\n[dest:u]\ndestdir = /b\n",
+                "destdir is required",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("config t.ini: {want}")),
+                "{text:?}: {err}"
+            );
         }
     }
 

@@ -3,7 +3,9 @@
 //! session. `monitor` ORs changes in; `send` reads only marked chunks and clears the map
 //! once its session is committed.
 //!
-//! On disk (`<metadir>/<volume>/deltamap`), memory-mapped:
+//! On disk (one per destination and stream chain: `<metadir>/<volume>/deltamap`,
+//! `.../dest/<NAME>/deltamap`, `.../streams/<chain>/deltamap`; see
+//! [`crate::metadir`]), memory-mapped:
 //!
 //! ```text
 //! offset size

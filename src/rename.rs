@@ -117,7 +117,7 @@ pub fn rename(
         ..Default::default()
     };
     // Stream chains: their records and maps go (the next stream of NEW is full).
-    let streams = mnew.join("streams");
+    let streams = crate::metadir::streams_dir_in(&mnew);
     if streams.is_dir() {
         done.stream_chains_dropped = std::fs::read_dir(&streams).at(&streams)?.count() as u64;
         std::fs::remove_dir_all(&streams).at(&streams)?;
@@ -134,7 +134,7 @@ fn lock_meta(config: &Config, n: &str) -> Result<LockGuard> {
     let dir = meta_dir(config, n);
     crate::archive::create_private_dir(&dir)?;
     lock::lock(
-        &dir.join("lock"),
+        &crate::metadir::lock_path(config, n),
         Mode::Exclusive,
         crate::send::META_LOCK_WAIT,
         &format!("volume {n} on this machine"),
@@ -142,7 +142,7 @@ fn lock_meta(config: &Config, n: &str) -> Result<LockGuard> {
 }
 
 fn forget_stream_chains(config: &Config, volume: &str) -> Result<()> {
-    let path = config.metadir.join("catalog.sqlite");
+    let path = crate::metadir::catalog(config);
     if !path.exists() {
         return Ok(());
     }

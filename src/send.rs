@@ -46,12 +46,12 @@ pub struct SendOutcome {
     pub elapsed: Duration,
 }
 
-/// Lock a volume's source-side state (`<metadir>/<volume>/lock`).
+/// Lock a volume's source-side state (`<metadir>/<volume>/lock`, every destination's).
 pub fn lock_meta(config: &Config, name: &str) -> Result<lock::LockGuard> {
     let dir = meta_dir(config, name);
     create_private_dir(&dir)?;
     lock::lock(
-        &dir.join("lock"),
+        &crate::metadir::lock_path(config, name),
         Mode::Exclusive,
         META_LOCK_WAIT,
         &format!("volume {name} on this machine"),
@@ -77,8 +77,7 @@ pub fn send_volume(
     let started = Instant::now();
     let _meta_lock = lock_meta(config, name)?;
     let vol = archive.volume(name);
-    let mdir = meta_dir(config, name);
-    let local = LocalCopies::new(&mdir);
+    let local = LocalCopies::for_dest(config, name);
     if !vol.exists() {
         // Refused below too, but before the volume's folder is made: a refused send
         // leaves nothing behind.

@@ -124,8 +124,8 @@ pub fn send_stream(
     let sdir = stream_dir(&ctx.meta_dir, &opts.chain);
     create_private_dir(&sdir)?;
     let local = LocalCopies::new(&sdir);
-    let mut catalog = Catalog::open(&config.metadir.join("catalog.sqlite"))
-        .map_err(|e| Error::Msg(e.to_string()))?;
+    let mut catalog =
+        Catalog::open(&crate::metadir::catalog(config)).map_err(|e| Error::Msg(e.to_string()))?;
     let dest = catalog
         .destination("stream", &opts.chain)
         .map_err(|e| Error::Msg(e.to_string()))?;

@@ -1,6 +1,7 @@
 //! Archive identity: every archive gets a random UUID in its root marker when it is
-//! created, and the source side remembers, per `destdir`, the identity of the archive
-//! it sends to there (`archives` in the catalog). Before a run writes anything it
+//! created, and the source side remembers, per destination (by `destdir` for the
+//! destination `default`, by name for the others: see [`key`]), the identity of the
+//! archive it sends to there (`archives` in the catalog). Before a run writes anything it
 //! checks the two against each other, so an unmounted archive disk (an empty mount
 //! point, or a folder on the root filesystem) or another disk mounted in its place is
 //! refused instead of silently receiving a new archive.
@@ -19,7 +20,7 @@ use sparsebak_format::layout;
 use sparsebak_format::marker::{read_marker, ArchiveMarker};
 
 use crate::archive::local::LocalCopies;
-use crate::archive::{create_private_dir, meta_dir, Archive, ArchiveError, LOCK_WAIT};
+use crate::archive::{create_private_dir, Archive, ArchiveError, LOCK_WAIT};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::durable;
@@ -55,24 +56,34 @@ pub fn new_id() -> Result<String> {
     ))
 }
 
-/// The key under which the catalog remembers the archive at `destdir`.
-fn key(destdir: &Path) -> String {
-    destdir
-        .components()
-        .collect::<PathBuf>()
-        .display()
-        .to_string()
+/// The key under which the catalog remembers the archive of the destination `config`
+/// was chosen for: for `default`, its `destdir` (as before several destinations
+/// existed); for a named one, `dest:NAME`. Named destinations are keyed by name, not
+/// path, because rotating disks are usually mounted at the same mount point: each
+/// disk is then known as its own destination's archive, and the other disk mounted
+/// there in its place is refused.
+pub fn key(config: &Config) -> String {
+    if config.dest == crate::metadir::DEFAULT_DEST {
+        config
+            .destdir
+            .components()
+            .collect::<PathBuf>()
+            .display()
+            .to_string()
+    } else {
+        format!("dest:{}", config.dest)
+    }
 }
 
 fn catalog(config: &Config) -> Result<Catalog> {
     create_private_dir(&config.metadir)?;
-    Catalog::open(&config.metadir.join("catalog.sqlite")).map_err(|e| Error::Msg(e.to_string()))
+    Catalog::open(&crate::metadir::catalog(config)).map_err(|e| Error::Msg(e.to_string()))
 }
 
 /// What this machine knows about the archive at `destdir`.
 pub fn known(config: &Config) -> Result<Option<String>> {
     catalog(config)?
-        .archive_id(&key(&config.destdir))
+        .archive_id(&key(config))
         .map_err(|e| Error::Msg(e.to_string()))
 }
 
@@ -89,7 +100,7 @@ pub fn refuse_if_known(config: &Config, accept: bool) -> Result<()> {
     }
     let mut sent = Vec::new();
     for (name, _) in &config.volumes {
-        let local = LocalCopies::new(&meta_dir(config, name));
+        let local = LocalCopies::for_dest(config, name);
         if local.dir.is_dir() && !local.ids()?.is_empty() {
             sent.push(name.clone());
         }
@@ -110,7 +121,7 @@ pub fn refuse_if_known(config: &Config, accept: bool) -> Result<()> {
 /// The archive must be writable.
 pub fn adopt(config: &Config, archive: &mut Archive, accept: bool) -> Result<()> {
     let cat = catalog(config)?;
-    let k = key(&archive.root);
+    let k = key(config);
     let known = cat.archive_id(&k).map_err(|e| Error::Msg(e.to_string()))?;
     let id = match &archive.id {
         Some(id) => id.clone(),

@@ -1,5 +1,6 @@
 //! Copies of each session's `info` and `manifest` kept on the source side
-//! (`<metadir>/<volume>/sessions/S_<id>/`), so `verify` can tell when the archive was
+//! (`<metadir>/<volume>/sessions/S_<id>/`, or under `dest/<NAME>/` for a named
+//! destination: see [`crate::metadir`]), so `verify` can tell when the archive was
 //! altered, and so the source knows what it sent even when the destination is away.
 
 use std::path::{Path, PathBuf};
@@ -9,8 +10,10 @@ use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::{layout, limits, FormatError};
 
 use crate::archive::create_private_dir;
+use crate::config::Config;
 use crate::durable;
 use crate::error::{IoAt, Result};
+use crate::metadir;
 
 /// The source-side copies for one volume.
 #[derive(Debug, Clone)]
@@ -19,9 +22,17 @@ pub struct LocalCopies {
 }
 
 impl LocalCopies {
-    pub fn new(meta_dir: &Path) -> LocalCopies {
+    /// The copies kept in a destination's (or a stream chain's) state folder.
+    pub fn new(dest_dir: &Path) -> LocalCopies {
         LocalCopies {
-            dir: meta_dir.join("sessions"),
+            dir: metadir::copies_dir_in(dest_dir),
+        }
+    }
+
+    /// The copies of volume `name` for the destination `config` was chosen for.
+    pub fn for_dest(config: &Config, name: &str) -> LocalCopies {
+        LocalCopies {
+            dir: metadir::copies_dir(config, name),
         }
     }
 
@@ -76,7 +87,7 @@ impl LocalCopies {
     }
 
     fn pending_path(&self) -> PathBuf {
-        self.dir.join("pending")
+        metadir::pending_path(&self.dir)
     }
 
     /// Record, durably, that session `info` is about to be published. If the send dies

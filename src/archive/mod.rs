@@ -35,6 +35,10 @@ pub enum ArchiveError {
     Missing { path: PathBuf, known: String },
     #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `sparsebak send --accept-archive`)")]
     MissingSent { path: PathBuf, volumes: String },
+    /// The destination cannot be reached now (a remote host not answering): `send
+    /// --dest=all` skips it rather than failing.
+    #[error("destination {dest} is not reachable: {reason}")]
+    Unreachable { dest: String, reason: String },
     #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `sparsebak send --accept-archive`)")]
     Different {
         path: PathBuf,
@@ -274,8 +278,7 @@ pub fn sweep_dead_runs(archive: &Archive) {
 /// session) before a command reads it. Cheap when there is nothing to do: two stats.
 pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
     let vol = archive.volume(name);
-    let mdir = meta_dir(config, name);
-    let local = local::LocalCopies::new(&mdir);
+    let local = local::LocalCopies::for_dest(config, name);
     if !prune::interrupted(&vol) && !local.has_pending() {
         return Ok(());
     }
@@ -296,7 +299,9 @@ pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
     }
     let _meta = crate::send::lock_meta(config, name)?;
     let _lock = archive.lock_volume(name, Mode::Exclusive)?;
-    let local = mdir.is_dir().then_some(&local);
+    let local = crate::metadir::dest_dir(config, name)
+        .is_dir()
+        .then_some(&local);
     prune::recover(&vol, local)?;
     if let Some(l) = local {
         l.catch_up(&vol)?;
@@ -304,9 +309,10 @@ pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// `<metadir>/<volume>`.
+/// `<metadir>/<volume>`: every destination's state of the volume (see
+/// [`crate::metadir`]).
 pub fn meta_dir(config: &Config, name: &str) -> PathBuf {
-    config.metadir.join(name)
+    crate::metadir::volume_dir(config, name)
 }
 
 /// Create a folder readable only by its owner (metadata can reveal volume layout).

@@ -34,7 +34,7 @@ use sparsebak_format::volume::{Storage, VolumeArchive};
 use sparsebak_format::Hash;
 
 use crate::archive::local::LocalCopies;
-use crate::archive::{meta_dir, prune, remove_staging, Archive};
+use crate::archive::{prune, remove_staging, Archive};
 use crate::config::Config;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
@@ -550,8 +550,7 @@ pub fn repair(
             archive.root.display()
         )));
     }
-    let mdir = meta_dir(config, name);
-    let local_copies = LocalCopies::new(&mdir);
+    let local_copies = LocalCopies::for_dest(config, name);
     let local = local_copies.dir.is_dir().then_some(&local_copies);
     // The source side's lock also keeps `monitor` from moving the snapshot we read.
     let _meta_lock = crate::send::lock_meta(config, name)?;

@@ -13,7 +13,14 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open_writable(&ctx.config, "delete")?;
     let vol = archive.volume(name);
-    let mdir = meta_dir(&ctx.config, name);
+    // The volume's whole state and its snapshots go only when no other destination
+    // tracks it; else only this destination's state (its map and copies) goes.
+    let others = other_dests_tracking(&ctx.config, name);
+    let mdir = if others.is_empty() {
+        meta_dir(&ctx.config, name)
+    } else {
+        crate::metadir::dest_dir(&ctx.config, name)
+    };
     let n = vol.sessions()?.len();
     if !ctx.confirm(&format!(
         "Delete volume {name}: {n} session(s) in {}, its metadata in {} and its snapshots?",
@@ -24,10 +31,17 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     }
     let _meta = lock_meta(&ctx.config, name)?;
     let _lock = archive.lock_volume(name, Mode::Exclusive)?;
-    let mut src = source::for_config(&ctx.config)?;
-    let vctx = VolumeCtx::new(&ctx.config, name);
-    src.forget(&vctx)
-        .with_context(|| format!("removing the snapshots of {name}"))?;
+    if others.is_empty() {
+        let mut src = source::for_config(&ctx.config)?;
+        let vctx = VolumeCtx::new(&ctx.config, name);
+        src.forget(&vctx)
+            .with_context(|| format!("removing the snapshots of {name}"))?;
+    } else {
+        tracing::info!(
+            "{name}: keeping its snapshots and the state of destination(s) {}",
+            others.join(", ")
+        );
+    }
     if vol.dir.exists() {
         // Rename first: the volume disappears from the archive in one step, then the
         // files go.
@@ -36,9 +50,40 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         durable::sync_dir(&archive.root)?;
         std::fs::remove_dir_all(&trash).with_context(|| format!("{}", trash.display()))?;
     }
-    if mdir.exists() {
-        std::fs::remove_dir_all(&mdir).with_context(|| format!("{}", mdir.display()))?;
+    if others.is_empty() {
+        if mdir.exists() {
+            std::fs::remove_dir_all(&mdir).with_context(|| format!("{}", mdir.display()))?;
+        }
+    } else {
+        let map = crate::metadir::delta_map(&ctx.config, name);
+        let copies = crate::metadir::copies_dir(&ctx.config, name);
+        if copies.exists() {
+            std::fs::remove_dir_all(&copies).with_context(|| format!("{}", copies.display()))?;
+        }
+        if map.exists() {
+            std::fs::remove_file(&map).with_context(|| format!("{}", map.display()))?;
+        }
+        if ctx.config.dest != crate::metadir::DEFAULT_DEST && mdir.exists() {
+            std::fs::remove_dir_all(&mdir).with_context(|| format!("{}", mdir.display()))?;
+        }
     }
     crate::progress::summary(&format!("{name}: deleted ({n} sessions)"));
     Ok(())
+}
+
+/// The other destinations (not the one `config` was chosen for) that hold state of
+/// volume `name`: a delta map or session copies.
+fn other_dests_tracking(config: &crate::config::Config, name: &str) -> Vec<String> {
+    let vdir = meta_dir(config, name);
+    config
+        .dest_names()
+        .into_iter()
+        .filter(|d| *d != config.dest)
+        .filter(|d| {
+            let dir = crate::metadir::dest_dir_in(&vdir, d);
+            crate::metadir::delta_map_in(&dir).exists()
+                || crate::metadir::copies_dir_in(&dir).exists()
+        })
+        .map(str::to_string)
+        .collect()
 }

@@ -32,6 +32,9 @@ pub struct Ctx {
     pub unattended: bool,
     pub session: Option<String>,
     pub save_to: Option<PathBuf>,
+    /// `send --dest=all`: `config` is then the whole configuration, not one
+    /// destination's.
+    pub all_dests: bool,
 }
 
 impl Ctx {
@@ -91,6 +94,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let path = config_path(&cli);
     let config = Config::load(&path).with_context(|| "loading the configuration".to_string())?;
     config.check_metadir()?;
+    let all_dests = cli.dest.as_deref() == Some(crate::config::ALL_DESTS);
+    let config = choose_dest(&cli, config, all_dests, &path);
     let (session, save_to) = match &cli.command {
         Command::Receive {
             session, save_to, ..
@@ -106,6 +111,7 @@ pub fn run(cli: Cli) -> Result<()> {
         unattended: cli.unattended,
         session,
         save_to,
+        all_dests,
     };
     match &cli.command {
         Command::Send {
@@ -154,6 +160,36 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rename { old, new } => rename::run(&ctx, old, new),
         Command::Untar { volume, .. } => untar::run(&ctx, volume),
         Command::Diff { volume, json, .. } => diff::run(&ctx, volume, *json),
+    }
+}
+
+/// The configuration for the destination `--dest` names (`default` when not given),
+/// for the commands that reach an archive: one place, so every command body keeps
+/// reading `config.destdir` and the rest. An unknown name is bad usage (exit 2),
+/// naming the configured destinations.
+fn choose_dest(cli: &Cli, config: Config, all_dests: bool, path: &std::path::Path) -> Config {
+    if all_dests || !cli.command.reaches_archive() {
+        return config;
+    }
+    let name = cli.dest.as_deref().unwrap_or(crate::metadir::DEFAULT_DEST);
+    match config.for_dest(name) {
+        Ok(c) => c,
+        Err(_) => {
+            let hint = if cli.dest.is_none() {
+                "; name one with --dest=NAME"
+            } else {
+                ""
+            };
+            crate::cli::usage_error(
+                cli.command.name(),
+                &format!(
+                    "no destination named {name:?} in {} (configured: {}){hint}",
+                    path.display(),
+                    config.dest_names().join(", ")
+                ),
+            )
+            .exit()
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{human, now, timed, Ctx};
 use crate::archive::local::LocalCopies;
-use crate::archive::{meta_dir, prune, Archive};
+use crate::archive::{prune, Archive};
 use crate::lock::Mode;
 use crate::retention::{self, Schedule};
 use crate::selector;
@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
             (Some(meta), archive.lock_volume(name, Mode::Exclusive)?)
         };
         let vol = archive.volume(name);
-        let mdir = meta_dir(&ctx.config, name);
+        let mdir = crate::metadir::dest_dir(&ctx.config, name);
         let local = LocalCopies::new(&mdir);
         let local = mdir.is_dir().then_some(&local);
         if !archive.read_only {

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 
 use super::{human, Ctx};
-use crate::archive::Archive;
+use crate::archive::{Archive, ArchiveError};
+use crate::config::Config;
 use crate::progress;
 use crate::send::send_volume;
 use crate::source;
@@ -13,15 +14,42 @@ pub fn run(ctx: &Ctx, names: &[String], tarfile: bool, accept_archive: bool) -> 
     if vols.is_empty() {
         anyhow::bail!("no volumes enabled in {}", ctx.config.path.display());
     }
-    let mut source = source::for_config(&ctx.config)?;
-    let archive = Archive::open_or_create(&ctx.config, accept_archive)?;
-    for name in &vols {
-        let as_tar = tarfile || ctx.config.tarfile;
-        let out = send_volume(&ctx.config, &archive, name, source.as_mut(), as_tar)
-            .with_context(|| format!("send {name}"))?;
+    if ctx.all_dests {
+        return send_all(ctx, &vols, tarfile);
+    }
+    let labelled = ctx.config.dest != crate::metadir::DEFAULT_DEST;
+    send_to(&ctx.config, &vols, tarfile, accept_archive, labelled)
+}
+
+/// Send `vols` to the destination `config` was chosen for. `labelled`: summary lines
+/// name the destination.
+fn send_to(
+    config: &Config,
+    vols: &[String],
+    tarfile: bool,
+    accept_archive: bool,
+    labelled: bool,
+) -> Result<()> {
+    let mut source = source::for_config(config)?;
+    let archive = Archive::open_or_create(config, accept_archive)?;
+    for name in vols {
+        let as_tar = tarfile || config.tarfile;
+        let out =
+            send_volume(config, &archive, name, source.as_mut(), as_tar).with_context(|| {
+                if labelled {
+                    format!("send {name} to destination {}", config.dest)
+                } else {
+                    format!("send {name}")
+                }
+            })?;
+        let who = if labelled {
+            format!("{name} to {}", config.dest)
+        } else {
+            name.clone()
+        };
         match &out.session {
             Some(s) => progress::summary(&format!(
-                "{name}: session {} {} read={} stored={} changed={} time={:.1}s",
+                "{who}: session {} {} read={} stored={} changed={} time={:.1}s",
                 s.session,
                 if s.previous.is_none() {
                     "full"
@@ -34,11 +62,82 @@ pub fn run(ctx: &Ctx, names: &[String], tarfile: bool, accept_archive: bool) -> 
                 out.elapsed.as_secs_f64()
             )),
             None => progress::summary(&format!(
-                "{name}: no changes, no new session read={} time={:.1}s",
+                "{who}: no changes, no new session read={} time={:.1}s",
                 human(out.bytes_read),
                 out.elapsed.as_secs_f64()
             )),
         }
     }
+    Ok(())
+}
+
+/// Whether `e` says the destination cannot be reached now (rather than that it
+/// failed).
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::error::Error>(),
+            Some(crate::error::Error::Archive(
+                ArchiveError::Unreachable { .. }
+            ))
+        ) || matches!(
+            c.downcast_ref::<ArchiveError>(),
+            Some(ArchiveError::Unreachable { .. })
+        )
+    })
+}
+
+/// `send --dest=all`: send to every configured destination that is present, in
+/// order; a destination whose disk is not mounted, or that cannot be reached, is
+/// skipped and named. Succeeds when every present destination succeeded; fails when
+/// one of them failed, or when none is present (nothing was backed up).
+fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
+    let mut sent = Vec::new();
+    let mut skipped = Vec::new();
+    let mut failed = Vec::new();
+    for d in &ctx.config.dests {
+        let config = ctx.config.for_dest(&d.name)?;
+        let why = match config.absent_reason() {
+            Some(why) => why,
+            None => match send_to(&config, vols, tarfile, false, true) {
+                Ok(()) => {
+                    sent.push(d.name.clone());
+                    continue;
+                }
+                Err(e) if unreachable(&e) => sparsebak_format::error::one_line(e.as_ref()),
+                Err(e) => {
+                    progress::err_line(&format!(
+                        "sparsebak: error: destination {}: {}",
+                        d.name,
+                        sparsebak_format::error::one_line(e.as_ref())
+                    ));
+                    failed.push(d.name.clone());
+                    continue;
+                }
+            },
+        };
+        progress::err_line(&format!("sparsebak: destination {} skipped: {why}", d.name));
+        skipped.push(d.name.clone());
+    }
+    let skipped_note = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; skipped (not present): {}", skipped.join(", "))
+    };
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "send --dest=all: failed on {} of {} present destination(s): {}{skipped_note}",
+            failed.len(),
+            failed.len() + sent.len(),
+            failed.join(", ")
+        );
+    }
+    if sent.is_empty() {
+        anyhow::bail!("send --dest=all: no destination is present, nothing was sent{skipped_note}");
+    }
+    progress::summary(&format!(
+        "send --dest=all: sent to {}{skipped_note}",
+        sent.join(", ")
+    ));
     Ok(())
 }

@@ -4,14 +4,14 @@ use anyhow::{bail, Result};
 
 use super::{human, pick_session, Ctx};
 use crate::archive::local::LocalCopies;
-use crate::archive::{meta_dir, verify, Archive};
+use crate::archive::{verify, Archive};
 use crate::progress::{self, Progress};
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open(&ctx.config)?;
     let vol = archive.volume(name);
-    let mdir = meta_dir(&ctx.config, name);
+    let mdir = crate::metadir::dest_dir(&ctx.config, name);
     let local = LocalCopies::new(&mdir);
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let sessions = vol.sessions()?;
@@ -49,7 +49,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
 /// disk): then its sessions are not the ones this machine kept copies of, and
 /// comparing with them would only report false damage.
 fn another_archive(ctx: &Ctx, archive: &Archive) -> bool {
-    let path = ctx.config.metadir.join("catalog.sqlite");
+    let path = crate::metadir::catalog(&ctx.config);
     if !path.exists() {
         return false;
     }

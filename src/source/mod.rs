@@ -29,15 +29,16 @@ pub struct VolumeCtx<'a> {
     /// `<metadir>/<volume>`: the source side's state for this volume.
     pub meta_dir: PathBuf,
     /// The delta map of the destination this operation serves: `meta_dir/deltamap`
-    /// for the archive, `meta_dir/streams/<chain>/deltamap` for a stream chain.
+    /// for the archive destination `default`, `meta_dir/dest/<NAME>/deltamap` for
+    /// another, `meta_dir/streams/<chain>/deltamap` for a stream chain.
     pub dest_map: PathBuf,
 }
 
 impl<'a> VolumeCtx<'a> {
-    /// The volume, for the archive destination.
+    /// The volume, for the archive destination `config` was chosen for.
     pub fn new(config: &'a Config, name: &'a str) -> VolumeCtx<'a> {
-        let meta_dir = crate::archive::meta_dir(config, name);
-        let dest_map = meta_dir.join("deltamap");
+        let meta_dir = crate::metadir::volume_dir(config, name);
+        let dest_map = crate::metadir::delta_map(config, name);
         VolumeCtx {
             config,
             name,
@@ -49,26 +50,13 @@ impl<'a> VolumeCtx<'a> {
     /// The volume, for stream chain `chain`.
     pub fn for_stream(config: &'a Config, name: &'a str, chain: &str) -> VolumeCtx<'a> {
         let mut v = Self::new(config, name);
-        v.dest_map = stream_dir(&v.meta_dir, chain).join("deltamap");
+        v.dest_map = crate::metadir::delta_map_in(&stream_dir(&v.meta_dir, chain));
         v
     }
 
-    /// Every delta map this volume has: the archive's and one per stream chain.
+    /// Every delta map this volume has: each destination's and each stream chain's.
     pub fn all_maps(&self) -> Vec<PathBuf> {
-        let mut v = Vec::new();
-        let main = self.meta_dir.join("deltamap");
-        if main.exists() {
-            v.push(main);
-        }
-        if let Ok(rd) = std::fs::read_dir(self.meta_dir.join("streams")) {
-            let mut more: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path().join("deltamap"))
-                .filter(|p| p.exists())
-                .collect();
-            more.sort();
-            v.extend(more);
-        }
+        let mut v = crate::metadir::all_maps_in(&self.meta_dir);
         if !v.contains(&self.dest_map) && self.dest_map.exists() {
             v.push(self.dest_map.clone());
         }
@@ -78,7 +66,7 @@ impl<'a> VolumeCtx<'a> {
 
 /// `<metadir>/<volume>/streams/<chain>`: a stream chain's state.
 pub fn stream_dir(meta_dir: &std::path::Path, chain: &str) -> PathBuf {
-    meta_dir.join("streams").join(chain)
+    crate::metadir::stream_dir_in(meta_dir, chain)
 }
 
 /// Appended to a "volume not found" error: a renamed volume keeps its history only

@@ -119,7 +119,8 @@ impl<L: SnapshotLayer> Tracked<L> {
         self.layer.recover(name)?;
         let have_tick = self.layer.exists(name, Snap::Tick)?;
         let cs = vol.config.chunksize;
-        let tracked_before = vol.meta_dir.join("sessions").exists() || !vol.all_maps().is_empty();
+        let tracked_before =
+            crate::metadir::any_copies_in(&vol.meta_dir) || !vol.all_maps().is_empty();
         if !have_tick && tracked_before && self.layer.lost_tick_is_error() {
             return Err(Error::Msg(format!(
                 "volume {name}: its tick snapshot is missing, so what changed since the last \
@@ -205,14 +206,15 @@ impl<L: SnapshotLayer> Tracked<L> {
 
 impl<L: SnapshotLayer> Source for Tracked<L> {
     fn monitor(&mut self, vol: &VolumeCtx) -> Result<MonitorOutcome> {
-        let sent = vol.meta_dir.join("sessions").exists();
+        let sent = crate::metadir::any_copies_in(&vol.meta_dir);
         if !sent && !map_path(vol).exists() && !self.layer.exists(vol.name, Snap::Tick)? {
             return Ok(MonitorOutcome {
                 marked: 0,
                 note: "not sent yet; nothing to monitor".into(),
             });
         }
-        // A volume sent only to stream chains has no archive map: monitor for theirs.
+        // A volume not sent to this destination (only to others, or to stream chains)
+        // has no map here: monitor for theirs (the step marks every map anyway).
         let others = vol.all_maps();
         let stream_only = VolumeCtx {
             config: vol.config,
@@ -251,6 +253,9 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
             }
             let size = self.layer.size(name, Snap::Tick)?;
             crate::archive::create_private_dir(&vol.meta_dir)?;
+            if let Some(d) = map_path(vol).parent() {
+                crate::archive::create_private_dir(d)?;
+            }
             let map = DeltaMap::create(
                 &map_path(vol),
                 vol.config.chunksize,
@@ -353,12 +358,50 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
         };
         let chain = archive.chain(latest)?;
         // Compare the volume as it is now (a fresh tick) with the archive's latest view.
-        self.layer.remove(name, Snap::Tick)?;
-        self.layer.take(name, Snap::Tick)?;
+        // Other destinations and stream chains keep what changed for them: with a tick,
+        // a monitor step carries the changes up to now into their maps and moves the
+        // tick (this destination's map, rebuilt here, is left out of it: it may be the
+        // damaged one); without one, they compare every chunk at their next send.
+        let mine = map_path(vol);
+        let others: Vec<_> = vol.all_maps().into_iter().filter(|p| *p != mine).collect();
+        let stepped = match others.first() {
+            Some(first) if self.layer.exists(name, Snap::Tick)? => {
+                if mine.exists() {
+                    std::fs::remove_file(&mine).map_err(|e| Error::Io {
+                        path: mine.clone(),
+                        source: e,
+                    })?;
+                }
+                let theirs = VolumeCtx {
+                    config: vol.config,
+                    name,
+                    meta_dir: vol.meta_dir.clone(),
+                    dest_map: first.clone(),
+                };
+                self.step(&theirs)?;
+                true
+            }
+            _ => {
+                for p in &others {
+                    let mut m = DeltaMap::open_for(p, vol.config.chunksize)?;
+                    m.set_needs_scan(true);
+                    m.flush()?;
+                }
+                false
+            }
+        };
+        if !stepped {
+            self.layer.remove(name, Snap::Tick)?;
+            self.layer.take(name, Snap::Tick)?;
+        }
         let size = self.layer.size(name, Snap::Tick)?;
         let cs = vol.config.chunksize;
-        crate::archive::create_private_dir(&vol.meta_dir)?;
-        let tmp = vol.meta_dir.join("deltamap.resync");
+        let map_dir = mine
+            .parent()
+            .map(|d| d.to_path_buf())
+            .unwrap_or_else(|| vol.meta_dir.clone());
+        crate::archive::create_private_dir(&map_dir)?;
+        let tmp = crate::metadir::delta_map_resync(&mine);
         let mut map = DeltaMap::create(&tmp, cs, size.div_ceil(cs))?;
         let file = self.layer.open(name, Snap::Tick)?;
         let base_size = chain.last().map(|i| i.volsize).unwrap_or(0);
@@ -401,8 +444,8 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
             path: map_path(vol),
             source: e,
         })?;
-        crate::durable::sync_dir(&vol.meta_dir).map_err(|e| Error::Io {
-            path: vol.meta_dir.clone(),
+        crate::durable::sync_dir(&map_dir).map_err(|e| Error::Io {
+            path: map_dir.clone(),
             source: e,
         })?;
         Ok(marked)
