@@ -10,6 +10,11 @@
 //! their records are dropped, and the next stream of NEW is full. The volume itself and
 //! the configuration are the user's to rename. Each step is skipped when already done,
 //! so an interrupted rename is finished by running it again.
+//!
+//! With several destinations, the source-side state of all of them moves at once (it
+//! lives under `metadir/OLD`), so the command moves the volume's folder in the archive
+//! of every destination holding its history, and refuses, before it changes anything,
+//! when one of them is not present.
 
 use crate::archive::{meta_dir, Archive};
 use crate::config::{valid_volume_name, Config};
@@ -126,6 +131,54 @@ pub fn rename(
     done.archive = old_arch && move_dir(&aold, &anew, ".lock")?;
     drop(locks);
     Ok(done)
+}
+
+/// The other destinations (not the one `config` was chosen for) that hold history of
+/// volume `old` (or of `new`, when an interrupted rename moved the source-side state
+/// already): a delta map or session copies. `rename` moves their archive folders too.
+pub fn other_destinations(config: &Config, old: &str, new: &str) -> Vec<String> {
+    let dirs = [meta_dir(config, old), meta_dir(config, new)];
+    config
+        .dest_names()
+        .into_iter()
+        .filter(|d| *d != config.dest)
+        .filter(|d| {
+            dirs.iter().any(|v| {
+                let dir = crate::metadir::dest_dir_in(v, d);
+                crate::metadir::delta_map_in(&dir).exists()
+                    || crate::metadir::copies_dir_in(&dir).exists()
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether volume `new`'s folder in `archive` is free to receive `old`'s: missing, or
+/// holding only a lock file.
+pub fn archive_folder_free(archive: &Archive, new: &str) -> Result<bool> {
+    only_lock(&archive.root.join(new), ".lock")
+}
+
+/// Move the folder of volume `old` in `archive` to `new` (another destination's
+/// archive, once [`rename`] moved the rest). Returns whether it moved anything.
+pub fn rename_archive_folder(archive: &Archive, old: &str, new: &str) -> Result<bool> {
+    let (aold, anew) = (archive.root.join(old), archive.root.join(new));
+    if !aold.exists() {
+        return Ok(false);
+    }
+    if !only_lock(&anew, ".lock")? {
+        return Err(Error::Msg(format!(
+            "volume {new} already has a folder in the archive at {}; `sparsebak delete {new}` \
+             there first if it is not wanted",
+            archive.root.display()
+        )));
+    }
+    let mut locks = Vec::new();
+    locks.extend(archive.lock_volume(old, Mode::Exclusive)?);
+    locks.extend(archive.lock_volume(new, Mode::Exclusive)?);
+    let moved = move_dir(&aold, &anew, ".lock")?;
+    drop(locks);
+    Ok(moved)
 }
 
 /// The source-side lock of volume `n` (its folder is created if missing; the rename

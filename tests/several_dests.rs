@@ -210,7 +210,8 @@ fn rotating_disks_each_get_their_own_incrementals() {
     let err = env.fails(&["send", "--dest=usbB", "v"]);
     assert!(
         err.contains(&format!("the archive at {} is archive ", a_root.display()))
-            && err.contains("is another disk mounted?"),
+            && err.contains("is another disk mounted?")
+            && err.contains("`sparsebak send --dest=usbB --accept-archive`"),
         "{err}"
     );
     set_config(&env, &ini);
@@ -485,4 +486,55 @@ fn resync_and_delete_of_one_destination_leave_the_other_alone() {
         &env.read_image("v"),
         "default after",
     );
+}
+
+/// `rename` moves the volume's folder in every destination holding its history, and
+/// refuses, changing nothing, while one of them is away.
+#[test]
+fn rename_follows_every_destination() {
+    let Some(mut usb) = LoopFs::new("rename_dests", FsKind::Ext4, "") else {
+        return;
+    };
+    let env = Env::new(&["old"]);
+    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
+        "[volumes]\n",
+        &format!(
+            "[dest:usb]\ndestmountpoint = {}\ndestdir = sb\n[volumes]\n",
+            usb.path().display()
+        ),
+    );
+    set_config(&env, &ini);
+    let mut rng = Rng::new(3);
+    env.write_at("old", 0, &rng.bytes(5 * CS));
+    env.ok(&["send", "--dest=all"]);
+    std::fs::rename(env.image("old"), env.image("new")).unwrap();
+    usb.unmount();
+    let err = env.fails(&["rename", "old", "new"]);
+    assert!(
+        err.contains(
+            "volume old also has history on destination usb, which is not present: disk not \
+             mounted"
+        ) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(env.vol_dir("old").is_dir() && env.meta().join("old").is_dir());
+    usb.mount();
+    env.ok(&["rename", "old", "new"]);
+    let usb_root = usb.path().join("sb");
+    assert!(!usb_root.join("old").exists() && usb_root.join("new").is_dir());
+    assert!(!env.vol_dir("old").exists() && env.vol_dir("new").is_dir());
+    assert!(env.meta().join("new/dest/usb/sessions").is_dir());
+    let ini = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("old = enable", "new = enable");
+    set_config(&env, &ini);
+    env.write_at("new", CS as u64, &rng.bytes(7));
+    let now = env.read_image("new");
+    env.ok(&["send", "--dest=all"]);
+    for d in ["default", "usb"] {
+        let s = sessions_at(&env, d, "new");
+        assert_eq!(s.len(), 2, "{d}: the history came along");
+        assert_eq!(s[1].changed, 1, "{d}");
+        assert_same(&receive_at(&env, d, "new", &s[1].id), &now, d);
+    }
 }

@@ -80,6 +80,16 @@ fn catalog(config: &Config) -> Result<Catalog> {
     Catalog::open(&crate::metadir::catalog(config)).map_err(|e| Error::Msg(e.to_string()))
 }
 
+/// The command that takes the archive found at the chosen destination (or a new one)
+/// as its archive from now on.
+fn accept_command(config: &Config) -> String {
+    if config.dest == crate::metadir::DEFAULT_DEST {
+        "sparsebak send --accept-archive".into()
+    } else {
+        format!("sparsebak send --dest={} --accept-archive", config.dest)
+    }
+}
+
 /// What this machine knows about the archive at `destdir`.
 pub fn known(config: &Config) -> Result<Option<String>> {
     catalog(config)?
@@ -96,7 +106,12 @@ pub fn refuse_if_known(config: &Config, accept: bool) -> Result<()> {
     }
     let path = config.destdir.clone();
     if let Some(known) = known(config)? {
-        return Err(ArchiveError::Missing { path, known }.into());
+        return Err(ArchiveError::Missing {
+            path,
+            known,
+            accept: accept_command(config),
+        }
+        .into());
     }
     let mut sent = Vec::new();
     for (name, _) in &config.volumes {
@@ -109,6 +124,7 @@ pub fn refuse_if_known(config: &Config, accept: bool) -> Result<()> {
         return Err(ArchiveError::MissingSent {
             path,
             volumes: sent.join(", "),
+            accept: accept_command(config),
         }
         .into());
     }
@@ -133,6 +149,7 @@ pub fn adopt(config: &Config, archive: &mut Archive, accept: bool) -> Result<()>
                 path: archive.root.clone(),
                 known: known.clone(),
                 found: id,
+                accept: accept_command(config),
             }
             .into())
         }
@@ -160,6 +177,7 @@ pub fn check_same(config: &Config, archive: &Archive) -> Result<()> {
                 path: archive.root.clone(),
                 known,
                 found: found.clone(),
+                accept: accept_command(config),
             }
             .into());
         }

@@ -31,19 +31,29 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 pub enum ArchiveError {
     #[error("the archive at {path} is on a read-only filesystem; {action} needs to write to it (mount it read-write)")]
     ReadOnly { path: PathBuf, action: String },
-    #[error("no archive at {path}, but this machine sends to archive {known} there: is its disk mounted? Nothing was written (if that archive is gone for good, `sparsebak send --accept-archive` starts a new one there)")]
-    Missing { path: PathBuf, known: String },
-    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `sparsebak send --accept-archive`)")]
-    MissingSent { path: PathBuf, volumes: String },
+    #[error("no archive at {path}, but this machine sends to archive {known} there: is its disk mounted? Nothing was written (if that archive is gone for good, `{accept}` starts a new one there)")]
+    Missing {
+        path: PathBuf,
+        known: String,
+        /// The command that accepts: `sparsebak send [--dest=NAME] --accept-archive`.
+        accept: String,
+    },
+    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `{accept}`)")]
+    MissingSent {
+        path: PathBuf,
+        volumes: String,
+        accept: String,
+    },
     /// The destination cannot be reached now (a remote host not answering): `send
     /// --dest=all` skips it rather than failing.
     #[error("destination {dest} is not reachable: {reason}")]
     Unreachable { dest: String, reason: String },
-    #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `sparsebak send --accept-archive`)")]
+    #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `{accept}`)")]
     Different {
         path: PathBuf,
         known: String,
         found: String,
+        accept: String,
     },
 }
 

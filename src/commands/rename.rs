@@ -10,9 +10,41 @@ pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
     ctx.config.check_destination(true)?;
     let archive = Archive::open(&ctx.config)?;
     crate::archive::sweep_dead_runs(&archive);
+    // Every other destination with the volume's history must be there: its state on
+    // this machine moves with the rest, so its archive folder must move too.
+    let mut others = Vec::new();
+    for d in crate::rename::other_destinations(&ctx.config, old, new) {
+        let c = ctx.config.for_dest(&d)?;
+        if let Some(why) = c.absent_reason() {
+            anyhow::bail!(
+                "rename {old} to {new}: volume {old} also has history on destination {d}, \
+                 which is not present: {why}; make it present and run rename again (its \
+                 archive folder must move too); nothing was changed"
+            );
+        }
+        let a =
+            Archive::open(&c).with_context(|| format!("rename {old} to {new}: destination {d}"))?;
+        a.require_writable("rename")?;
+        if a.root.join(old).exists() && !crate::rename::archive_folder_free(&a, new)? {
+            anyhow::bail!(
+                "rename {old} to {new}: volume {new} already has a folder in the archive of \
+                 destination {d} ({}); nothing was changed",
+                a.root.join(new).display()
+            );
+        }
+        others.push((d, a));
+    }
     let mut src = source::for_config(&ctx.config)?;
     let done = crate::rename::rename(&ctx.config, &archive, src.as_mut(), old, new)
         .with_context(|| format!("rename {old} to {new}"))?;
+    for (d, a) in &others {
+        crate::archive::sweep_dead_runs(a);
+        if crate::rename::rename_archive_folder(a, old, new)
+            .with_context(|| format!("rename {old} to {new} on destination {d}"))?
+        {
+            tracing::info!("{old}: its folder in the archive of destination {d} moved to {new}");
+        }
+    }
     if done.stream_chains_dropped > 0 {
         tracing::warn!(
             "{new}: {} stream chain(s) of {old} dropped; the next stream of {new} is full",
