@@ -39,6 +39,16 @@ pub fn check_target(path: &Path, volsize: u64, volume: &str) -> Result<Output> {
     }
 }
 
+/// Refuse a file target inside the archive of any destination of `config` or inside its
+/// metadata folder (see [`refuse_in_archive`]).
+pub fn refuse_in_archives(out: &Output, config: &crate::config::Config) -> Result<()> {
+    for d in &config.dests {
+        let refused = |e: output::OutputError| Error::Msg(e.to_string());
+        output::refuse_inside(out, &d.destdir, "the archive").map_err(refused)?;
+    }
+    refuse_in_archive(out, &config.destdir, &config.metadir)
+}
+
 /// Refuse a file target inside the archive `archive` or this machine's metadata folder
 /// `metadir` (a restore there would replace or add files of them), before anything is
 /// written.

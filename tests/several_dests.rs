@@ -382,6 +382,14 @@ fn dest_usage_errors() {
     env.ok(&["send", "--dest=default", "v"]);
     assert_eq!(env.sessions("v").len(), 1);
     assert!(!env.path().join("usb").exists());
+    // A restore or a stream into another destination's archive is refused too.
+    env.ok(&["send", "--dest=usb", "v"]);
+    let inside = env.path().join("usb/v/restored.img");
+    let err = env.fails(&["receive", "v", &format!("--save-to={}", inside.display())]);
+    assert!(err.contains("is inside the archive"), "{err}");
+    let err = env.fails(&["send", "v", &format!("--stream={}", inside.display())]);
+    assert!(err.contains("is inside the archive"), "{err}");
+    assert!(!inside.exists());
 }
 
 #[test]

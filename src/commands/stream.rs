@@ -33,7 +33,7 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
     // followed) and renamed when complete, keeping the owner, group and mode of a file
     // it replaces; stdout, pipes, tape and block devices are written directly.
     let target = output::inspect(Path::new(path))?;
-    crate::receive::refuse_in_archive(&target, &ctx.config.destdir, &ctx.config.metadir)?;
+    crate::receive::refuse_in_archives(&target, &ctx.config)?;
     if matches!(target.kind, OutputKind::File { .. } | OutputKind::New)
         && crate::archive::is_read_only(&target.path)
     {
@@ -152,7 +152,7 @@ pub fn receive(
     // folder are not written into either.
     if config_path.exists() {
         match crate::config::Config::load(config_path) {
-            Ok(c) => crate::receive::refuse_in_archive(&out, &c.destdir, &c.metadir)?,
+            Ok(c) => crate::receive::refuse_in_archives(&out, &c)?,
             Err(e) => tracing::debug!("{e}: not checking the target against its archive"),
         }
     }
