@@ -1,10 +1,12 @@
-//! The source side's catalog (`<metadir>/catalog.sqlite`, see [`crate::metadir`]): the destinations a volume is
-//! sent to besides the archive (stream chains now, tapes later) and, per destination
-//! and volume, the chain of sessions sent there, so each destination stays incremental
-//! on its own.
+//! The source side's catalog (`<metadir>/catalog.sqlite`, see [`crate::metadir`]): the
+//! destinations a volume is sent to besides the archives (stream chains now, tapes
+//! later) and, per destination and volume, the chain of sessions sent there, so each
+//! destination stays incremental on its own.
 //!
 //! It also remembers the identity of the archive this machine sends to at each
-//! `destdir` (table `archives`), so a send refuses to write where that archive is
+//! configured destination (table `archives`, keyed by `destdir` for the destination
+//! `default` and by `dest:NAME` for the others: see
+//! [`crate::archive::identity::key`]), so a send refuses to write where that archive is
 //! missing (its disk not mounted) or where another archive is found.
 //!
 //! The schema is versioned in `meta.schema_version`; migrations run in one
