@@ -190,6 +190,31 @@ fn rotating_disks_each_get_their_own_incrementals() {
         assert_same(&receive_at(&env, d, "v", &s.last().unwrap().id), &last, d);
     }
 
+    // Pruning one disk leaves the other alone, and keeps this machine's copies of that
+    // disk's sessions in step with it (verify compares them).
+    let a = sessions_at(&env, "usbA", "v");
+    assert_eq!(a.len(), 5);
+    let s = format!("--session={}", a[1].id);
+    env.ok(&["prune", "--dest=usbA", "v", &s]);
+    let a2 = sessions_at(&env, "usbA", "v");
+    assert_eq!(
+        a2.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        [&a[0].id, &a[2].id, &a[3].id, &a[4].id]
+    );
+    let folded = format!("--session={}", a[2].id);
+    env.ok(&["verify", "--dest=usbA", "v", &folded]);
+    assert_same(
+        &receive_at(&env, "usbA", "v", &a[2].id),
+        &versions[2],
+        "usbA folded",
+    );
+    assert_eq!(
+        names_in(&env.meta().join("v/dest/usbA/sessions")),
+        a2.iter().map(|s| format!("S_{}", s.id)).collect::<Vec<_>>()
+    );
+    assert_eq!(sessions_at(&env, "usbB", "v").len(), 3);
+    assert_eq!(names_in(&env.meta().join("v/dest/usbB/sessions")).len(), 3);
+
     // Disk A mounted where B belongs is refused for B: each disk is known by its
     // destination's name, not by where it is mounted.
     let a_root = usb_a.path().join("sb");
