@@ -141,3 +141,27 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_destinations_are_told_from_failing_ones() {
+        let far = crate::error::Error::from(ArchiveError::Unreachable {
+            dest: "far".into(),
+            reason: "ssh: connect to host far port 22: Connection refused".into(),
+        });
+        assert!(unreachable(
+            &anyhow::Error::from(far).context("send v to destination far")
+        ));
+        let ro = crate::error::Error::from(ArchiveError::ReadOnly {
+            path: "/mnt/u/sb".into(),
+            action: "send".into(),
+        });
+        assert!(!unreachable(&anyhow::Error::from(ro).context("send v")));
+        assert!(!unreachable(&anyhow::anyhow!(
+            "destination far is not reachable"
+        )));
+    }
+}
