@@ -195,14 +195,15 @@ pub struct Compared {
 }
 
 /// Compare the volume `view` with the base view of `chain` (sessions whose manifests
-/// `base_vol` holds; empty for a full send) and hand every differing chunk, encoded,
-/// to `sink`, in address order. Shared by archive sessions and streams.
+/// `base_vol` holds; empty for a full send) and hand every differing chunk, encoded as
+/// `mode` says, to `sink`, in address order. Shared by archive sessions and streams.
 pub fn compare_and_store(
     config: &Config,
     base_vol: &VolumeArchive,
     chain: &[SessionInfo],
     view: &SendView,
     sink: &mut dyn ChunkSink,
+    mode: PipeMode,
     label: &str,
 ) -> Result<Compared> {
     let size = view.size;
@@ -239,7 +240,7 @@ pub fn compare_and_store(
         input,
         runs,
         base,
-        PipeMode::Store(config.compression),
+        mode,
         |pos| progress.set(pos),
         |rec| match rec {
             Record::Data {
@@ -334,6 +335,7 @@ fn write_session(
         chain,
         view,
         &mut writer,
+        PipeMode::store(config.compression, name, &id),
         &format!("send {name}"),
     )
     .map_err(|e| {

@@ -199,6 +199,7 @@ pub fn send_stream(
             &chain,
             &view,
             &mut sink,
+            crate::pipeline::Mode::store(config.compression, name, &id),
             &format!("stream {name}"),
         )?;
         let StreamChunks {

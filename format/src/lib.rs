@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod chunk;
+pub mod codec;
 pub mod error;
 pub mod fuzzing;
 pub mod info;

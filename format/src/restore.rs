@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
-use crate::chunk;
+use crate::codec;
 use crate::info::SessionInfo;
 use crate::view::{ViewEntry, ViewReader};
 use crate::volume::VolumeArchive;
@@ -51,13 +51,16 @@ fn read_batch(
     check: bool,
     batch: Vec<ViewEntry>,
 ) -> Vec<ReadChunk> {
+    // One codec per session of the chain, looked up once per batch.
+    let codecs: Vec<_> = chain.iter().map(codec::for_info).collect();
     let work = || {
         batch
             .into_par_iter()
             .map(|entry| {
                 let info = &chain[entry.session];
-                let data = vol.read_chunk(info, entry.addr).and_then(|d| {
-                    if check && chunk::hash(&d) != entry.hash {
+                let codec = &*codecs[entry.session];
+                let data = vol.read_chunk_with(codec, info, entry.addr).and_then(|d| {
+                    if check && codec.identify(&d) != entry.hash {
                         Err(format!(
                             "SHA-256 mismatch in {}",
                             vol.chunk_location(&info.session, entry.addr)

@@ -316,10 +316,23 @@ impl VolumeArchive {
         info: &SessionInfo,
         addr: u64,
     ) -> std::result::Result<Vec<u8>, String> {
-        let stored = self.read_stored(info, addr).map_err(|e| e.to_string())?;
-        info.compression
-            .decode(&stored, info.chunksize as usize)
-            .map_err(|e| format!("{}: {e}", self.chunk_location(&info.session, addr)))
+        self.read_chunk_with(&*crate::codec::for_info(info), info, addr)
+    }
+
+    /// Read the chunk at `addr` stored by session `info` and decode it with `codec`.
+    /// The error names the file.
+    pub fn read_chunk_with(
+        &self,
+        codec: &dyn crate::codec::ChunkCodec,
+        info: &SessionInfo,
+        addr: u64,
+    ) -> std::result::Result<Vec<u8>, String> {
+        let stored = self
+            .read_stored_with(codec, info, addr)
+            .map_err(|e| e.to_string())?;
+        codec
+            .decode(&crate::codec::ChunkContext::of(info, addr), &stored)
+            .map_err(|e| format!("{}: {}", self.chunk_location(&info.session, addr), e.reason))
     }
 
     /// Where the chunk at `addr` of session `id` is stored, for messages.
@@ -336,8 +349,18 @@ impl VolumeArchive {
     /// The stored (encoded) bytes of a chunk of session `info`: never more than a
     /// chunk of its size and compression can take, whatever the file's size.
     pub fn read_stored(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
+        self.read_stored_with(&*crate::codec::for_info(info), info, addr)
+    }
+
+    /// [`Self::read_stored`], bounded by what `codec` can store in one chunk.
+    pub fn read_stored_with(
+        &self,
+        codec: &dyn crate::codec::ChunkCodec,
+        info: &SessionInfo,
+        addr: u64,
+    ) -> Result<Vec<u8>> {
         let id = &info.session;
-        let max = limits::max_stored(info.compression, info.chunksize);
+        let max = codec.max_stored(info.chunksize);
         match self.storage(id) {
             Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
             Storage::Tar => self.tar(id)?.read_chunk(addr, max),

@@ -34,6 +34,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use sparsebak_format::chunk::Codec;
+use sparsebak_format::codec::{self, ChunkContext};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestReader, ManifestWriter};
 use sparsebak_format::view::ViewReader;
@@ -521,7 +522,9 @@ fn move_chunks(
             std::fs::create_dir_all(&d).at(&d)?;
             last_prefix = prefix;
         }
-        let moved = if s_codec == new_t.compression {
+        // Stored bytes move unchanged when both sessions use the same codec and it
+        // does not bind them to their session; otherwise they are re-encoded.
+        let moved = if s_codec == new_t.compression && codec::for_info(new_t).portable() {
             match std::fs::rename(&src, &dst) {
                 Ok(()) => true,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -531,7 +534,7 @@ fn move_chunks(
                 Err(err) => return Err(err).at(&src),
             }
         } else {
-            recode(vol, &src, &dst, s_codec, new_t)?
+            recode(vol, s, e.addr, &src, &dst, s_codec, new_t)?
         };
         if moved {
             held += file_len(&dst);
@@ -567,23 +570,20 @@ fn held_bytes(vol: &VolumeArchive, t: &str) -> Result<u64> {
     Ok(held)
 }
 
-/// Re-encode the chunk `src` (in codec `from`) into `dst` in `to`'s codec. A chunk
-/// that is missing or does not decode is lost (logged, `false`); a failure to write
-/// is an error, so the next run tries again.
+/// Re-encode the chunk at `addr` that session `s` stored in `src` (in codec `from`)
+/// into `dst` in `to`'s codec. A chunk that is missing or does not decode is lost
+/// (logged, `false`); a failure to write is an error, so the next run tries again.
 fn recode(
     vol: &VolumeArchive,
+    s: &str,
+    addr: u64,
     src: &Path,
     dst: &Path,
     from: Codec,
     to: &SessionInfo,
 ) -> Result<bool> {
-    let addr = layout::parse_chunk_name(
-        &dst.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    )
-    .unwrap_or(0);
-    let max = limits::max_stored(from, to.chunksize);
+    let (from_codec, to_codec) = (codec::for_compression(from), codec::for_info(to));
+    let max = from_codec.max_stored(to.chunksize);
     let stored = match limits::read_bounded(src, max, "chunk file") {
         Ok(b) => b,
         Err(sparsebak_format::FormatError::Io { source, .. })
@@ -597,17 +597,27 @@ fn recode(
             return Ok(false);
         }
     };
-    let data = match from.decode(&stored, to.chunksize as usize) {
+    let from_ctx = ChunkContext {
+        volume: &to.volume,
+        session: s,
+        addr,
+        chunksize: to.chunksize,
+    };
+    let data = match from_codec.decode(&from_ctx, &stored) {
         Ok(d) => d,
         Err(e) => {
-            lost(vol, &to.session, addr, &format!("{}: {e}", src.display()));
+            lost(
+                vol,
+                &to.session,
+                addr,
+                &format!("{}: {}", src.display(), e.reason),
+            );
             return Ok(false);
         }
     };
-    let out = match to.compression {
-        Codec::None => data,
-        Codec::Zstd => zstd::bulk::compress(&data, 3).at(src)?,
-    };
+    let out = to_codec
+        .encode(&ChunkContext::of(to, addr), &data)
+        .map_err(|e| Error::Msg(format!("{}: {}", dst.display(), e.reason)))?;
     let tmp = dst.with_extension("tmp");
     std::fs::write(&tmp, out).at(&tmp)?;
     std::fs::rename(&tmp, dst).at(dst)?;

@@ -27,7 +27,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use sparsebak_format::chunk::{self, Codec};
+use sparsebak_format::chunk::Codec;
+use sparsebak_format::codec::{self, ChunkCodec, ChunkContext, CodecError};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{file_sha256, ManifestReader};
 use sparsebak_format::volume::{Storage, VolumeArchive};
@@ -360,9 +361,15 @@ impl Volumes {
         v
     }
 
-    /// The volume's chunk at `addr` with SHA-256 `hash`, from the first reader that
-    /// has it, and that reader's label.
-    fn find(&self, addr: u64, chunksize: u64, hash: &Hash) -> Result<Option<(Vec<u8>, &str)>> {
+    /// The volume's chunk at `addr` that `codec` identifies as `hash`, from the first
+    /// reader that has it, and that reader's label.
+    fn find(
+        &self,
+        codec: &dyn ChunkCodec,
+        addr: u64,
+        chunksize: u64,
+        hash: &Hash,
+    ) -> Result<Option<(Vec<u8>, &str)>> {
         for r in &self.readers {
             if addr >= r.size {
                 continue;
@@ -372,7 +379,7 @@ impl Volumes {
             r.file
                 .read_exact_at(&mut buf[..len], addr)
                 .map_err(|e| Error::Msg(format!("{}: reading at {addr}: {e}", r.label)))?;
-            if chunk::hash(&buf) == *hash {
+            if codec.identify(&buf) == *hash {
                 return Ok(Some((buf, &r.label)));
             }
         }
@@ -406,6 +413,8 @@ fn bad_chunks(
     done: &mut u64,
 ) -> Result<Vec<Bad>> {
     let mut bad = Vec::new();
+    let codec = codec::for_info(info);
+    let codec = &*codec;
     let mut reader = open_manifest(vol, &info.session, manifest)?;
     loop {
         let mut batch = Vec::with_capacity(BATCH);
@@ -426,15 +435,15 @@ fn bad_chunks(
             .map(|(addr, hash)| {
                 let missing = vol.storage(&info.session) == Storage::Folder
                     && std::fs::symlink_metadata(vol.chunk_path(&info.session, addr)).is_err();
-                let stored = vol.read_stored(info, addr);
+                let stored = vol.read_stored_with(codec, info, addr);
                 let len = stored.as_ref().map(|s| s.len() as u64).unwrap_or(0);
                 let reason = match stored {
                     _ if missing => Some("missing".to_string()),
                     Err(e) => Some(format!("unreadable: {e}")),
-                    Ok(s) => match info.compression.decode(&s, info.chunksize as usize) {
-                        Ok(d) if chunk::hash(&d) == hash => None,
+                    Ok(s) => match codec.decode(&ChunkContext::of(info, addr), &s) {
+                        Ok(d) if codec.identify(&d) == hash => None,
                         Ok(_) => Some("damaged: its SHA-256 does not match the manifest".into()),
-                        Err(e) => Some(format!("damaged: {e}")),
+                        Err(e) => Some(format!("damaged: {}", e.reason)),
                     },
                 };
                 (len, reason.map(|reason| Bad { addr, hash, reason }))
@@ -463,19 +472,20 @@ fn open_manifest(
     }
 }
 
-/// The stored chunk of `info` for `data`, encoded in the session's codec.
-fn encode(config: &Config, info: &SessionInfo, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    match info.compression {
-        Codec::None => Ok(data),
-        Codec::Zstd => {
-            let level = if config.compression.codec == Codec::Zstd {
-                config.compression.level
-            } else {
-                3
-            };
-            zstd::bulk::compress(&data, level)
-        }
-    }
+/// The stored chunk at `addr` of `info` for `data`, encoded in the session's codec (at
+/// the configured zstd level when the configuration compresses with zstd).
+fn encode(
+    config: &Config,
+    info: &SessionInfo,
+    addr: u64,
+    data: &[u8],
+) -> std::result::Result<Vec<u8>, CodecError> {
+    let level = if config.compression.codec == Codec::Zstd {
+        config.compression.level
+    } else {
+        codec::DEFAULT_LEVEL
+    };
+    codec::for_writing(info.compression, level).encode(&ChunkContext::of(info, addr), data)
 }
 
 /// For each address of `lost` (sorted, all stored by session `k`), the last session
@@ -651,7 +661,7 @@ pub fn repair(
         let vols = volumes.get_or_insert_with(|| Volumes::open(config, name, source));
         let mut lost: Vec<(u64, String)> = Vec::new();
         for b in bad {
-            match vols.find(b.addr, info.chunksize, &b.hash)? {
+            match vols.find(&*codec::for_info(info), b.addr, info.chunksize, &b.hash)? {
                 Some((data, from)) => {
                     let dst = vol.chunk_path(&m.id, b.addr);
                     if !dry_run {
@@ -665,7 +675,9 @@ pub fn repair(
                         b.addr, m.id, b.reason
                     ));
                     if !dry_run {
-                        let stored = encode(config, info, data).at(&dst)?;
+                        let stored = encode(config, info, b.addr, &data).map_err(|e| {
+                            Error::Msg(format!("{}: encoding: {}", dst.display(), e.reason))
+                        })?;
                         install(&vol, &dst, |f| f.write_all(&stored))?;
                     }
                 }

@@ -375,7 +375,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
                 },
                 runs.into_iter(),
                 base,
-                Mode::Compare,
+                Mode::compare(chain.last()),
                 |p| progress.set(p),
                 |rec| {
                     let addr = match rec {
