@@ -27,6 +27,8 @@ pub mod selector;
 pub mod store;
 pub mod stream;
 pub mod tarsession;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod view;
 pub mod volume;
 
