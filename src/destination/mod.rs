@@ -19,6 +19,9 @@
 //! The source-side state (`<metadir>`: delta maps, copies of sessions, the pending
 //! record, the catalog, the source lock) never goes through a destination.
 
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
+
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::marker::ArchiveMarker;
 use sparsebak_format::volume::VolumeArchive;
