@@ -59,6 +59,8 @@ struct FaultState {
     torn: BTreeMap<Object, usize>,
     /// Objects that are gone when read (though still listed).
     vanished: BTreeSet<Object>,
+    /// Objects whose every read and write fails with EIO (a bad sector).
+    bad: BTreeSet<Object>,
     /// Faults that fired, in order, as text.
     fired: Vec<String>,
 }
@@ -115,6 +117,12 @@ impl Faults {
         self
     }
 
+    /// Every read or write of `obj` fails with EIO, whenever it comes.
+    pub fn eio_on(self, obj: Object) -> Faults {
+        self.state().bad.insert(obj);
+        self
+    }
+
     /// `obj` is gone when read (a listing still names its session).
     pub fn vanish(self, obj: Object) -> Faults {
         self.state().vanished.insert(obj);
@@ -157,6 +165,11 @@ impl Faults {
     /// the object is torn.
     pub fn read(&self, obj: &Object, mut bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
         let mut s = self.state();
+        if s.bad.contains(obj) {
+            s.fired
+                .push(format!("EIO reading {}", obj.rel_path().display()));
+            return Err(os_error(libc::EIO));
+        }
         if s.vanished.contains(obj) {
             s.fired
                 .push(format!("{} vanished", obj.rel_path().display()));
@@ -176,6 +189,11 @@ impl Faults {
     /// them (a prefix when the object is torn).
     pub fn write<'b>(&self, obj: &Object, bytes: &'b [u8]) -> std::io::Result<&'b [u8]> {
         let mut s = self.state();
+        if s.bad.contains(obj) {
+            s.fired
+                .push(format!("EIO writing {}", obj.rel_path().display()));
+            return Err(os_error(libc::EIO));
+        }
         let keep = s
             .torn
             .get(obj)
