@@ -185,7 +185,7 @@ impl FolderStore {
     /// The stored bytes of one chunk (see [`VolumeStore::read_stored`]).
     pub fn read_one(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
         let id = &info.session;
-        let max = limits::max_stored(info.compression, info.chunksize);
+        let max = crate::codec::for_info(info).max_stored(info.chunksize);
         match self.storage(id) {
             Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
             Storage::Tar => self.tar(id)?.read_chunk(addr, max),

@@ -1,28 +1,27 @@
 //! Send, receive, verify and prune meeting a destination that fails on purpose: each
 //! fault gives one clean error naming the object, and leaves nothing half-visible.
 
-use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use sparsebak_format::codec::{self, ChunkContext};
 use sparsebak_format::info::SessionInfo;
+use sparsebak_format::layout;
 use sparsebak_format::manifest::ManifestReader;
 use sparsebak_format::store::VolumeStore;
 use sparsebak_format::testing::{Faults, MemoryStore, Object};
 use sparsebak_format::volume::VolumeArchive;
-use sparsebak_format::{layout, Hash};
 
 use super::MemorySink;
 use crate::config::Config;
-use crate::destination::{NewSession, SessionSink};
+use crate::destination::SessionSink;
 use crate::error::Result;
-use crate::pipeline::Mode;
-use crate::send::{compare_and_store, ChunkSink};
-use crate::source::{Changes, SendView};
+use crate::send::{take_session, SessionTarget};
+use crate::source::file::FileSource;
+use crate::source::VolumeCtx;
 
 const CS: u64 = 65536;
 const VOL: &str = "vm-a";
-const ID: &str = "20260101-000000";
 
 /// A volume of `n` chunks, every one data (no two alike).
 fn image(n: u64) -> Vec<u8> {
@@ -31,82 +30,84 @@ fn image(n: u64) -> Vec<u8> {
         .collect()
 }
 
-fn config(compression: &str) -> Config {
+/// A config reading volumes (`source = file`) from `voldir`.
+fn config(voldir: &Path, compression: &str) -> Config {
     let text = format!(
-        "[var]\nsource = file\nvoldir = /nonexistent\ndestdir = /nonexistent\n\
-         metadir = /nonexistent\nchunksize = 64K\ncompression = {compression}\n"
+        "[var]\nsource = file\nvoldir = {}\ndestdir = /nonexistent\n\
+         metadir = /nonexistent\nchunksize = 64K\ncompression = {compression}\n",
+        voldir.display()
     );
     Config::parse(&text, Path::new("t.ini")).expect("test config")
 }
 
-/// The pipeline's sink is today's `ChunkSink`: hand its records to a session sink.
-struct Via<'a>(&'a mut dyn SessionSink);
+/// Sessions go into a memory store; what the source side would record is noted.
+struct MemoryTarget {
+    store: MemoryStore,
+    faults: Faults,
+    /// The session begun.
+    id: Option<String>,
+    /// The sessions recorded as pending, and as committed, by the source side.
+    pending: Vec<String>,
+    committed: Vec<String>,
+}
 
-impl ChunkSink for Via<'_> {
-    fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
-        self.0.put_chunk(addr, hash, payload)
+impl SessionTarget for MemoryTarget {
+    fn begin(&mut self, id: &str, _time: i64, _volsize: u64) -> Result<Box<dyn SessionSink>> {
+        self.id = Some(id.to_string());
+        Ok(Box::new(MemorySink::new(
+            &self.store,
+            id,
+            self.faults.clone(),
+        )))
     }
-    fn put_zero(&mut self, addr: u64) -> Result<()> {
-        self.0.put_zero(addr)
+    fn keep_unchanged(&self) -> bool {
+        false
     }
-    fn changed(&self) -> u64 {
-        self.0.changed()
+    fn before_commit(&mut self, info: &SessionInfo) -> Result<()> {
+        self.pending.push(info.session.clone());
+        Ok(())
+    }
+    fn after_commit(&mut self, info: &SessionInfo) -> Result<()> {
+        self.committed.push(info.session.clone());
+        Ok(())
     }
 }
 
-/// Send `data` as the first session of `store` the way `send` writes one: compare and
-/// store through the pipeline, prepare, commit; on any failure abort.
-fn send_first(
+/// Send `data` as volume `vm-a` into `store` through send's one path
+/// (`take_session`: the file source, the pipeline, the sink's prepare and commit),
+/// incremental on the store's latest session. Returns the outcome and the target.
+fn send(
     store: &MemoryStore,
     faults: &Faults,
     compression: &str,
     data: &[u8],
-) -> Result<SessionInfo> {
-    let config = config(compression);
+) -> (Result<Option<SessionInfo>>, MemoryTarget) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let img = dir.path().join("image");
-    std::fs::File::create(&img)
-        .and_then(|mut f| f.write_all(data))
-        .expect("image");
-    let view = SendView {
-        file: std::fs::File::open(&img).expect("image"),
-        size: data.len() as u64,
-        changes: Changes::Scan,
-        label: img.display().to_string(),
+    std::fs::write(dir.path().join(VOL), data).expect("image");
+    let config = config(dir.path(), compression);
+    let base = VolumeArchive::from_store(VOL, Arc::new(store.clone()));
+    let chain = match store.sessions().expect("sessions").last() {
+        Some(l) => base.chain(l).expect("chain"),
+        None => Vec::new(),
     };
-    // A first send reads no base view.
-    let base = VolumeArchive::new(&dir.path().join(VOL));
-    let mut sink: Box<dyn SessionSink> = Box::new(MemorySink::new(store, ID, faults.clone()));
-    let res = (|| {
-        let c = compare_and_store(
-            &config,
-            &base,
-            &[],
-            &view,
-            &mut Via(&mut *sink),
-            Mode::store(config.compression, VOL, ID),
-            "send vm-a",
-        )?;
-        sink.prepare(NewSession {
-            volume: VOL.into(),
-            session: ID.into(),
-            previous: None,
-            time: 1_767_225_600,
-            volsize: view.size,
-            chunksize: CS,
-            compression: config.compression.codec,
-            chunks: c.chunks,
-            bytes_read: c.bytes_read,
-        })?;
-        Ok(())
-    })();
-    match res {
-        Ok(()) => sink.commit(),
-        Err(e) => {
-            sink.abort()?;
-            Err(e)
-        }
-    }
+    let mut target = MemoryTarget {
+        store: store.clone(),
+        faults: faults.clone(),
+        id: None,
+        pending: Vec::new(),
+        committed: Vec::new(),
+    };
+    let r = take_session(
+        &config,
+        &VolumeCtx::new(&config, VOL),
+        &mut FileSource,
+        &base,
+        &chain,
+        &mut target,
+        "send vm-a",
+    )
+    .map(|(s, _)| s);
+    (r, target)
 }
 
 /// Where a chunk of the memory store is, as errors name it.
@@ -122,28 +123,53 @@ fn os(code: i32) -> String {
     std::io::Error::from_raw_os_error(code).to_string()
 }
 
-#[test]
-fn a_send_into_memory_stores_what_a_folder_would() {
-    let data = image(6);
-    let store = MemoryStore::new(VOL);
-    let info = send_first(&store, &Faults::new(), "zstd:3", &data).unwrap();
-    assert_eq!(store.sessions().unwrap(), vec![ID.to_string()]);
-    assert_eq!((info.changed, info.chunks), (6, 6));
-    // Every stored chunk decodes to the volume's bytes and has the manifest's id.
-    let s = store.session(ID).unwrap();
-    let codec = codec::for_info(&info);
+/// The chunks of session `id` of `store` decode to `data` and have the manifest's ids.
+fn assert_holds(store: &MemoryStore, info: &SessionInfo, data: &[u8], expect: u64) {
+    let s = store.session(&info.session).expect("session");
+    let codec = codec::for_info(info);
     let mut n = 0;
     for e in ManifestReader::new(&s.manifest[..], Path::new("m")) {
         let e = e.unwrap();
+        let Some(h) = e.hash else { continue };
         let d = codec
-            .decode(&ChunkContext::of(&info, e.addr), &s.chunks[&e.addr])
+            .decode(&ChunkContext::of(info, e.addr), &s.chunks[&e.addr])
             .unwrap();
         assert_eq!(&d[..], &data[e.addr as usize..(e.addr + CS) as usize]);
-        assert_eq!(Some(codec.identify(&d)), e.hash);
+        assert_eq!(codec.identify(&d), h);
         n += 1;
     }
-    assert_eq!(n, 6);
+    assert_eq!(n, expect);
     assert_eq!(s.info, info.to_text().into_bytes());
+}
+
+#[test]
+fn a_send_into_memory_stores_what_a_folder_would() {
+    let store = MemoryStore::new(VOL);
+    let v1 = image(6);
+    let (r, t) = send(&store, &Faults::new(), "zstd:3", &v1);
+    let i1 = r.unwrap().unwrap();
+    assert_eq!(store.sessions().unwrap(), vec![i1.session.clone()]);
+    assert_eq!((i1.changed, i1.chunks), (6, 6));
+    assert_eq!(
+        (t.pending, t.committed),
+        (vec![i1.session.clone()], vec![i1.session.clone()])
+    );
+    assert_holds(&store, &i1, &v1, 6);
+    // An incremental: two chunks rewritten, one zeroed.
+    let mut v2 = v1.clone();
+    v2[CS as usize + 3] ^= 0xff;
+    v2[4 * CS as usize + 3] ^= 0xff;
+    v2[2 * CS as usize..3 * CS as usize].fill(0);
+    let (r, _) = send(&store, &Faults::new(), "zstd:3", &v2);
+    let i2 = r.unwrap().unwrap();
+    assert_eq!(i2.previous.as_deref(), Some(i1.session.as_str()));
+    assert_eq!((i2.changed, i2.chunks), (3, 5));
+    assert_holds(&store, &i2, &v2, 2);
+    // Nothing changed: no session.
+    let (r, t) = send(&store, &Faults::new(), "zstd:3", &v2);
+    assert!(r.unwrap().is_none());
+    assert_eq!(store.sessions().unwrap().len(), 2);
+    assert!(t.pending.is_empty());
 }
 
 #[test]
@@ -151,16 +177,18 @@ fn a_send_that_runs_out_of_space_commits_nothing() {
     // Uncompressed chunks: the fourth one does not fit.
     let store = MemoryStore::new(VOL);
     let faults = Faults::new().enospc_after(3 * CS + 100);
-    let e = send_first(&store, &faults, "none", &image(6)).unwrap_err();
+    let (r, t) = send(&store, &faults, "none", &image(6));
+    let id = t.id.clone().unwrap();
     assert_eq!(
-        e.to_string(),
-        format!("{}: {}", chunk_at(ID, 3 * CS), os(libc::ENOSPC))
+        r.unwrap_err().to_string(),
+        format!("{}: {}", chunk_at(&id, 3 * CS), os(libc::ENOSPC))
     );
     assert_eq!(store.sessions().unwrap(), Vec::<String>::new());
+    assert!(t.pending.is_empty() && t.committed.is_empty());
     assert_eq!(
         faults.fired(),
         vec![format!(
-            "ENOSPC writing S_{ID}/{} after {} bytes",
+            "ENOSPC writing S_{id}/{} after {} bytes",
             layout::chunk_rel_path(3 * CS).display(),
             3 * CS
         )]
@@ -169,22 +197,29 @@ fn a_send_that_runs_out_of_space_commits_nothing() {
 
 #[test]
 fn a_send_meeting_an_io_error_commits_nothing() {
-    // Calls: one per chunk put, then prepare and commit. EIO at the fifth chunk, and
-    // at the commit.
-    for (at, obj) in [
-        (5, chunk_at(ID, 4 * CS)),
-        (8, format!("mem:{VOL}/S_{ID}/info")),
-    ] {
+    // Calls: one per chunk put, then prepare and commit. EIO at the fifth chunk, at
+    // the prepare (the manifest) and at the commit (the info).
+    for (at, pending) in [(5, false), (7, false), (8, true)] {
         let store = MemoryStore::new(VOL);
         let faults = Faults::new().eio_at_call(at);
-        let e = send_first(&store, &faults, "zstd:3", &image(6)).unwrap_err();
+        let (r, t) = send(&store, &faults, "zstd:3", &image(6));
+        let id = t.id.clone().unwrap();
+        let obj = match at {
+            5 => chunk_at(&id, 4 * CS),
+            7 => format!("mem:{VOL}/S_{id}/manifest"),
+            _ => format!("mem:{VOL}/S_{id}/info"),
+        };
         assert_eq!(
-            e.to_string(),
+            r.unwrap_err().to_string(),
             format!("{obj}: {}", os(libc::EIO)),
             "call {at}"
         );
         assert_eq!(store.sessions().unwrap(), Vec::<String>::new(), "call {at}");
         assert_eq!(faults.calls(), at, "nothing was tried after the failure");
+        // The pending record exists only once the session was durable (then the next
+        // run finds no session and clears it).
+        assert_eq!(t.pending.len(), usize::from(pending), "call {at}");
+        assert!(t.committed.is_empty());
     }
 }
 
@@ -193,9 +228,17 @@ fn a_torn_write_is_caught_by_reading_back() {
     // The write "succeeded" (a crash or a lying disk kept a prefix): the session
     // commits, and only reading it back shows the damage.
     let store = MemoryStore::new(VOL);
-    let faults = Faults::new().tear(Object::Chunk(ID.into(), 2 * CS), 100);
-    let info = send_first(&store, &faults, "zstd:3", &image(6)).unwrap();
-    let s = store.session(ID).unwrap();
+    // Session IDs come from the clock: tear the third chunk of whichever it is.
+    let id = crate::session_id::next_id(chrono::Local::now().naive_local(), None);
+    let faults = Faults::new().tear(Object::Chunk(id.clone(), 2 * CS), 100);
+    let (r, t) = send(&store, &faults, "zstd:3", &image(6));
+    if t.id.as_deref() != Some(id.as_str()) {
+        // The clock moved on to the next second between the two: the fault missed.
+        assert!(faults.fired().is_empty());
+        return a_torn_write_is_caught_by_reading_back();
+    }
+    let info = r.unwrap().unwrap();
+    let s = store.session(&id).unwrap();
     assert_eq!(s.chunks[&(2 * CS)].len(), 100);
     let e = codec::for_info(&info)
         .decode(&ChunkContext::of(&info, 2 * CS), &s.chunks[&(2 * CS)])
