@@ -742,3 +742,197 @@ mod tests {
         assert_eq!(w.written(), 10);
     }
 }
+
+/// Receive (restore, read_view) and the read side of every command, reading a volume
+/// through a store that fails on purpose.
+#[cfg(test)]
+mod receive_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::restore::{restore, RestoreError, Target};
+    use crate::volume::VolumeArchive;
+
+    const VOL: &str = "vm-a";
+    const CS: u64 = 4096;
+
+    /// Four sessions of a 24-chunk volume: data, some chunks rewritten, a chunk
+    /// zeroed, a shrink.
+    fn versions() -> Vec<Vec<u8>> {
+        let n = 24 * CS as usize;
+        let v1: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8 | 1).collect();
+        let mut v2 = v1.clone();
+        for c in [2usize, 3, 17] {
+            v2[c * CS as usize + 9] ^= 0x55;
+        }
+        let mut v3 = v2.clone();
+        v3[5 * CS as usize..6 * CS as usize].fill(0);
+        v3[20 * CS as usize] = 0;
+        let mut v4 = v3.clone();
+        v4.truncate(22 * CS as usize - 100);
+        v4[CS as usize] ^= 0xff;
+        vec![v1, v2, v3, v4]
+    }
+
+    /// A volume in memory, as a plain byte vector.
+    #[derive(Default)]
+    struct Bytes(Vec<u8>);
+
+    impl Target for Bytes {
+        fn write_at(&mut self, off: u64, data: &[u8]) -> std::io::Result<()> {
+            let end = off as usize + data.len();
+            if self.0.len() < end {
+                self.0.resize(end, 0);
+            }
+            self.0[off as usize..end].copy_from_slice(data);
+            Ok(())
+        }
+        fn zero(&mut self, off: u64, len: u64) -> std::io::Result<()> {
+            let end = (off + len) as usize;
+            if self.0.len() < end {
+                self.0.resize(end, 0);
+            }
+            self.0[off as usize..end].fill(0);
+            Ok(())
+        }
+        fn finish(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn over(store: &MemoryStore, faults: Faults) -> VolumeArchive {
+        VolumeArchive::from_store(VOL, Arc::new(FaultyStore::new(store.clone(), faults)))
+    }
+
+    fn receive(vol: &VolumeArchive, id: &str) -> std::result::Result<Vec<u8>, String> {
+        let chain = vol.chain(id).map_err(|e| e.to_string())?;
+        let mut out = Bytes::default();
+        restore(vol, &chain, &mut out, true, &mut |_| {})
+            .map_err(|e: RestoreError| e.to_string())?;
+        Ok(out.0)
+    }
+
+    fn chunk_at(id: &str, addr: u64) -> String {
+        format!(
+            "mem:{VOL}/{}/{}",
+            layout::session_dir_name(id),
+            layout::chunk_rel_path(addr).display()
+        )
+    }
+
+    #[test]
+    fn every_session_restores_byte_identical_from_memory() {
+        for codec in [Codec::Zstd, Codec::None] {
+            let vs = versions();
+            let (store, infos) = MemoryStore::from_versions(VOL, CS, codec, &vs).unwrap();
+            let faults = Faults::new();
+            let vol = over(&store, faults.clone());
+            for (v, info) in vs.iter().zip(&infos) {
+                assert_eq!(
+                    &receive(&vol, &info.session).unwrap(),
+                    v,
+                    "{}",
+                    info.session
+                );
+            }
+            assert!(faults.fired().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_fails_to_read_fails_the_restore_naming_it() {
+        let vs = versions();
+        let (store, infos) = MemoryStore::from_versions(VOL, CS, Codec::Zstd, &vs).unwrap();
+        let (s2, last) = (&infos[1].session, &infos[3].session);
+        // Chunk 17 of session 2 is still in session 4's view.
+        let obj = Object::Chunk(s2.clone(), 17 * CS);
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        for (faults, want) in [
+            (
+                Faults::new().eio_on(obj.clone()),
+                format!("{}: {eio}", chunk_at(s2, 17 * CS)),
+            ),
+            (
+                Faults::new().vanish(obj.clone()),
+                format!("{}: {enoent}", chunk_at(s2, 17 * CS)),
+            ),
+        ] {
+            let e = receive(&over(&store, faults.clone()), last).unwrap_err();
+            assert_eq!(e, want);
+            assert_eq!(faults.fired().len(), 1, "{:?}", faults.fired());
+        }
+        // A torn chunk does not decode: the error names its file and the cause.
+        let faults = Faults::new().tear(obj, 20);
+        let e = receive(&over(&store, faults), last).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}: zstd: ", chunk_at(s2, 17 * CS))),
+            "{e}"
+        );
+        // Chunk 17 is not in session 1's view of session 2's data: session 1 restores.
+        assert_eq!(
+            receive(
+                &over(
+                    &store,
+                    Faults::new().eio_on(Object::Chunk(s2.clone(), 17 * CS))
+                ),
+                &infos[0].session
+            )
+            .unwrap(),
+            vs[0]
+        );
+    }
+
+    #[test]
+    fn a_manifest_or_info_that_vanished_fails_the_restore_naming_it() {
+        let vs = versions();
+        let (store, infos) = MemoryStore::from_versions(VOL, CS, Codec::Zstd, &vs).unwrap();
+        let last = &infos[3].session;
+        let s3 = &infos[2].session;
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let e = receive(
+            &over(&store, Faults::new().vanish(Object::Manifest(s3.clone()))),
+            last,
+        )
+        .unwrap_err();
+        assert_eq!(e, format!("mem:{VOL}/S_{s3}/manifest: {enoent}"));
+        let e = receive(
+            &over(&store, Faults::new().vanish(Object::Info(s3.clone()))),
+            last,
+        )
+        .unwrap_err();
+        assert_eq!(e, format!("mem:{VOL}/S_{s3}/info: {enoent}"));
+        // A torn manifest is cut mid-line: the line and the file are named.
+        let e = receive(
+            &over(
+                &store,
+                Faults::new().tear(Object::Manifest(s3.clone()), 100),
+            ),
+            last,
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(&format!("mem:{VOL}/S_{s3}/manifest:2: ")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_io_error_at_any_call_fails_the_restore_cleanly() {
+        let vs = versions();
+        let (store, infos) = MemoryStore::from_versions(VOL, CS, Codec::Zstd, &vs).unwrap();
+        let last = &infos[3].session;
+        let clean = Faults::new();
+        assert_eq!(receive(&over(&store, clean.clone()), last).unwrap(), vs[3]);
+        let calls = clean.calls();
+        assert!(calls > 20, "{calls}");
+        let eio = std::io::Error::from_raw_os_error(libc::EIO).to_string();
+        for n in 1..=calls {
+            let faults = Faults::new().eio_at_call(n);
+            let e = receive(&over(&store, faults.clone()), last).unwrap_err();
+            assert!(e.starts_with(&format!("mem:{VOL}")), "call {n}: {e}");
+            assert!(e.ends_with(&eio), "call {n}: {e}");
+            assert_eq!(faults.fired().len(), 1, "call {n}");
+        }
+    }
+}
