@@ -246,3 +246,135 @@ fn a_torn_write_is_caught_by_reading_back() {
     assert!(e.reason.starts_with("zstd: "), "{e}");
     assert_eq!(e.addr, 2 * CS);
 }
+
+/// Four sessions of a 24-chunk volume of 4 KiB chunks: all data; chunks 2, 3 and 17
+/// rewritten; chunk 5 zeroed and chunk 20 rewritten; a shrink to 22 chunks and chunk 1
+/// rewritten. The last view: 21 chunks, chunk 1 from session 4, 2, 3 and 17 from
+/// session 2, 20 from session 3, the rest from session 1.
+fn history() -> (MemoryStore, Vec<SessionInfo>, Vec<Vec<u8>>) {
+    let cs = 4096usize;
+    let v1: Vec<u8> = (0..24 * cs).map(|i| (i * 7 % 251) as u8 | 1).collect();
+    let mut v2 = v1.clone();
+    for c in [2usize, 3, 17] {
+        v2[c * cs + 9] ^= 0x55;
+    }
+    let mut v3 = v2.clone();
+    v3[5 * cs..6 * cs].fill(0);
+    v3[20 * cs] = 0;
+    let mut v4 = v3.clone();
+    v4.truncate(22 * cs - 100);
+    v4[cs] ^= 0xff;
+    let vs = vec![v1, v2, v3, v4];
+    let (store, infos) =
+        MemoryStore::from_versions(VOL, cs as u64, sparsebak_format::chunk::Codec::Zstd, &vs)
+            .expect("history");
+    (store, infos, vs)
+}
+
+fn verify_mem(store: &MemoryStore, faults: &Faults, id: &str) -> crate::archive::verify::Report {
+    let vol = VolumeArchive::from_store(
+        VOL,
+        Arc::new(sparsebak_format::testing::FaultyStore::new(
+            store.clone(),
+            faults.clone(),
+        )),
+    );
+    crate::archive::verify::verify(&vol, id, None, &mut |_| {}).expect("verify runs")
+}
+
+/// Chunk `n` (of 4 KiB) of session `id`, as errors name it.
+fn chunk4k(id: &str, n: u64) -> String {
+    chunk_at(id, n * 4096)
+}
+
+#[test]
+fn verify_of_a_sound_memory_archive_finds_nothing() {
+    let (store, infos, _) = history();
+    for i in &infos {
+        let rep = verify_mem(&store, &Faults::new(), &i.session);
+        assert_eq!(rep.problems, Vec::<String>::new(), "{}", i.session);
+        assert_eq!(rep.bad_chunks, 0);
+        assert_eq!(rep.chunks_checked, i.chunks);
+    }
+    assert_eq!(infos[3].chunks, 21);
+}
+
+#[test]
+fn verify_counts_each_chunk_that_fails_once() {
+    let (store, infos, _) = history();
+    let id = |k: usize| infos[k].session.clone();
+    let faults = Faults::new()
+        .tear(Object::Chunk(id(0), 0), 30)
+        .eio_on(Object::Chunk(id(1), 17 * 4096))
+        .vanish(Object::Chunk(id(2), 20 * 4096))
+        // Not in the last view (rewritten by session 4): not read, not counted.
+        .eio_on(Object::Chunk(id(0), 4096));
+    let rep = verify_mem(&store, &faults, &id(3));
+    assert_eq!(rep.bad_chunks, 3, "{:?}", rep.problems);
+    assert_eq!(rep.chunks_checked, 21 - 3);
+    assert_eq!(rep.problems.len(), 3, "{:?}", rep.problems);
+    assert!(
+        rep.problems[0].starts_with(&format!("{}: zstd: ", chunk4k(&id(0), 0))),
+        "{:?}",
+        rep.problems
+    );
+    assert_eq!(
+        rep.problems[1..],
+        [
+            format!("{}: {}", chunk4k(&id(1), 17), os(libc::EIO)),
+            format!("{}: {}", chunk4k(&id(2), 20), os(libc::ENOENT)),
+        ]
+    );
+    // Session 1's view does not take chunk 17 or 20 from sessions 2 and 3: only the
+    // torn chunk and chunk 1 fail there.
+    let rep = verify_mem(&store, &faults, &id(0));
+    assert_eq!(rep.bad_chunks, 2, "{:?}", rep.problems);
+    assert_eq!(rep.chunks_checked, 22);
+    assert_eq!(
+        rep.problems[1],
+        format!("{}: {}", chunk4k(&id(0), 1), os(libc::EIO))
+    );
+}
+
+#[test]
+fn verify_names_a_manifest_that_vanished_or_was_torn() {
+    let (store, infos, _) = history();
+    let s2 = infos[1].session.clone();
+    let last = infos[3].session.clone();
+    let rep = verify_mem(
+        &store,
+        &Faults::new().vanish(Object::Manifest(s2.clone())),
+        &last,
+    );
+    assert_eq!(
+        rep.problems,
+        vec![format!("mem:{VOL}/S_{s2}/manifest: {}", os(libc::ENOENT))]
+    );
+    // Its chunks are not blamed: one damaged file is one problem.
+    assert_eq!(rep.bad_chunks, 0);
+    let rep = verify_mem(
+        &store,
+        &Faults::new().tear(Object::Manifest(s2.clone()), 100),
+        &last,
+    );
+    assert_eq!(
+        rep.problems,
+        vec![format!(
+            "session {s2}: manifest does not match the hash in its info (manifest altered)"
+        )]
+    );
+    assert_eq!(rep.bad_chunks, 0);
+    // An info that vanished breaks the chain: said once, with the file.
+    let rep = verify_mem(
+        &store,
+        &Faults::new().vanish(Object::Info(s2.clone())),
+        &last,
+    );
+    assert_eq!(
+        rep.problems,
+        vec![format!(
+            "session chain: mem:{VOL}/S_{s2}/info: {}",
+            os(libc::ENOENT)
+        )]
+    );
+}
