@@ -65,6 +65,18 @@ impl LocalVol {
         }
     }
 
+    /// The volume folder `dir`, read through `store` (a store over the same folder
+    /// that fails on purpose, in tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn with_store(
+        dir: &Path,
+        store: Arc<dyn sparsebak_format::store::VolumeStore>,
+    ) -> LocalVol {
+        let mut v = LocalVol::new(dir);
+        v.vol = VolumeArchive::from_store(&v.vol.name, store);
+        v
+    }
+
     /// The reader's view of the volume.
     pub fn archive(&self) -> &VolumeArchive {
         &self.vol

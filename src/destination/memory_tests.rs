@@ -1,7 +1,7 @@
 //! Send, receive, verify and prune meeting a destination that fails on purpose: each
 //! fault gives one clean error naming the object, and leaves nothing half-visible.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sparsebak_format::codec::{self, ChunkContext};
@@ -377,4 +377,116 @@ fn verify_names_a_manifest_that_vanished_or_was_torn() {
             os(libc::ENOENT)
         )]
     );
+}
+
+/// Write the sessions of `store` as a folder archive's volume folder `dir` (the files
+/// `send` writes: info, manifest, chunk files in their prefix folders).
+fn write_folder(store: &MemoryStore, dir: &Path) {
+    for id in store.sessions().expect("sessions") {
+        let s = store.session(&id).expect("session");
+        let sdir = layout::session_dir(dir, &id);
+        std::fs::create_dir_all(&sdir).expect("session folder");
+        std::fs::write(sdir.join(layout::INFO_FILE), &s.info).expect("info");
+        std::fs::write(sdir.join(layout::MANIFEST_FILE), &s.manifest).expect("manifest");
+        for (addr, bytes) in &s.chunks {
+            let p = sdir.join(layout::chunk_rel_path(*addr));
+            std::fs::create_dir_all(p.parent().expect("prefix")).expect("prefix folder");
+            std::fs::write(p, bytes).expect("chunk");
+        }
+    }
+}
+
+/// Every file under `dir` and its bytes.
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("listing") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).expect("file"));
+            }
+        }
+    }
+    out
+}
+
+/// Volume folder `dir`, read through a store over it that fails as `faults` plans.
+fn faulty_local(dir: &Path, faults: &Faults) -> crate::destination::local::LocalVol {
+    let fs = sparsebak_format::store::FolderStore::new(dir);
+    crate::destination::local::LocalVol::with_store(
+        dir,
+        Arc::new(sparsebak_format::testing::FaultyStore::new(
+            fs,
+            faults.clone(),
+        )),
+    )
+}
+
+#[test]
+fn prune_refuses_what_its_checks_cannot_read_and_changes_nothing() {
+    use crate::destination::local::prune::{check_removal, fold};
+    let (store, infos, _) = history();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vd = tmp.path().join(VOL);
+    write_folder(&store, &vd);
+    let before = tree(&vd);
+    let (s2, s3) = (infos[1].session.clone(), infos[2].session.clone());
+    let enoent = os(libc::ENOENT);
+    let repair = "nothing was changed (`sparsebak repair vm-a` re-creates chunk files from \
+                  the volume where it still holds their data)";
+
+    // Sound: session 2 can go into session 3.
+    let clean = Faults::new();
+    check_removal(&faulty_local(&vd, &clean), std::slice::from_ref(&s2)).unwrap();
+    let plan = fold(&faulty_local(&vd, &clean), None, &s2, true).unwrap();
+    assert_eq!(
+        (plan.removed.as_str(), plan.into.as_str()),
+        (s2.as_str(), s3.as_str())
+    );
+    // Chunks 2, 3 and 17 of session 2 are still in session 3's view.
+    assert_eq!((plan.moved, plan.missing_count), (3, 0));
+
+    // The removed session's manifest vanished after the listing.
+    let f = Faults::new().vanish(Object::Manifest(s2.clone()));
+    let e = check_removal(&faulty_local(&vd, &f), std::slice::from_ref(&s2)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "volume {VOL}: cannot remove 1 session(s): they need the manifest of session {s2} \
+             ({}: {enoent}); {repair}",
+            vd.join(format!("S_{s2}/manifest")).display()
+        )
+    );
+    // The next session's manifest reads back torn: the fold is refused before its
+    // journal.
+    let f = Faults::new().tear(Object::Manifest(s3.clone()), 100);
+    let e = fold(&faulty_local(&vd, &f), None, &s2, false).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "volume {VOL}: cannot remove session {s2} into {s3}: it needs the manifest of \
+             session {s3}, which does not match the hash in its info; {repair}"
+        )
+    );
+    assert_eq!(tree(&vd), before);
+
+    // An I/O error at any call of the checks (a dry run reads all a fold reads before
+    // its journal) fails them with the error, naming what was read.
+    let counted = Faults::new();
+    fold(&faulty_local(&vd, &counted), None, &s2, true).unwrap();
+    let n = counted.calls();
+    assert!(n > 5, "{n}");
+    for k in 1..=n {
+        let f = Faults::new().eio_at_call(k);
+        let r = fold(&faulty_local(&vd, &f), None, &s2, true);
+        let e = r.expect_err(&format!("call {k} of {n} failed: {:?}", f.fired()));
+        let e = e.to_string();
+        assert!(e.contains(&os(libc::EIO)), "call {k}: {e}");
+        assert!(e.contains(&vd.display().to_string()), "call {k}: {e}");
+        assert_eq!(f.fired().len(), 1, "call {k}");
+    }
+    assert_eq!(tree(&vd), before);
 }
