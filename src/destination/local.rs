@@ -7,6 +7,8 @@
 //! [`tar`]; the rest (locks, leftovers of dead runs, deleting and renaming volumes,
 //! the files `repair` puts back) is here.
 
+pub mod check;
+pub mod marker;
 pub mod prune;
 pub mod tar;
 pub mod writer;
@@ -25,7 +27,8 @@ use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
 use super::{
-    DestLock, Destination, FoldPlan, Mode, NewSession, SessionFile, SessionKind, SessionSink,
+    DestLock, Destination, FoldPlan, Mode, NewSession, SessionCheck, SessionFile, SessionKind,
+    SessionSink,
 };
 use crate::archive::ArchiveError;
 use crate::durable;
@@ -198,11 +201,11 @@ impl Destination for LocalDestination {
     }
 
     fn create(&self) -> Result<()> {
-        crate::archive::identity::create(&self.root)
+        marker::create(&self.root)
     }
 
     fn add_identity(&self) -> Result<String> {
-        crate::archive::identity::add_id(&self.root)
+        marker::add_id(&self.root)
     }
 
     fn volumes(&self) -> Result<Vec<String>> {
@@ -360,6 +363,15 @@ impl Destination for LocalDestination {
 
     fn end_fold(&self, name: &str) -> Result<()> {
         prune::end(&self.local_volume(name))
+    }
+
+    fn check_stored(
+        &self,
+        name: &str,
+        info: &SessionInfo,
+        bad_manifest: bool,
+    ) -> Result<SessionCheck> {
+        check::check_stored(&self.local_volume(name), info, bad_manifest)
     }
 
     fn untar(&self, name: &str, id: &str) -> Result<bool> {
