@@ -27,10 +27,9 @@ use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
 use super::{
-    DestLock, Destination, FoldPlan, Mode, NewSession, SessionCheck, SessionFile, SessionKind,
-    SessionSink,
+    ArchiveError, DestLock, Destination, FoldPlan, Mode, NewSession, SessionCheck, SessionFile,
+    SessionKind, SessionSink,
 };
-use crate::archive::ArchiveError;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
 use crate::lock;
@@ -99,15 +98,6 @@ impl LocalVol {
     }
 }
 
-/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
-/// does) is on a filesystem mounted read-only.
-pub fn is_read_only(path: &Path) -> bool {
-    use nix::sys::statvfs::{statvfs, FsFlags};
-    path.ancestors()
-        .find_map(|p| statvfs(p).ok())
-        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
-}
-
 /// An archive root folder on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalDestination {
@@ -118,7 +108,7 @@ pub struct LocalDestination {
 impl LocalDestination {
     /// The archive folder `root` (which need not hold an archive yet).
     pub fn new(root: &Path) -> LocalDestination {
-        let read_only = is_read_only(root);
+        let read_only = durable::is_read_only(root);
         if read_only {
             tracing::debug!(
                 "archive {} is on a read-only filesystem: reading without locks",

@@ -19,6 +19,8 @@
 //! The source-side state (`<metadir>`: delta maps, copies of sessions, the pending
 //! record, the catalog, the source lock) never goes through a destination.
 
+use std::path::PathBuf;
+
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::marker::ArchiveMarker;
 use sparsebak_format::volume::VolumeArchive;
@@ -30,6 +32,24 @@ pub use crate::lock::Mode;
 pub mod local;
 
 pub use local::LocalDestination;
+
+/// Why a run may not use the archive at `destdir`. Nothing was written when one of
+/// these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the archive at {path} is on a read-only filesystem; {action} needs to write to it (mount it read-write)")]
+    ReadOnly { path: PathBuf, action: String },
+    #[error("no archive at {path}, but this machine sends to archive {known} there: is its disk mounted? Nothing was written (if that archive is gone for good, `sparsebak send --accept-archive` starts a new one there)")]
+    Missing { path: PathBuf, known: String },
+    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `sparsebak send --accept-archive`)")]
+    MissingSent { path: PathBuf, volumes: String },
+    #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `sparsebak send --accept-archive`)")]
+    Different {
+        path: PathBuf,
+        known: String,
+        found: String,
+    },
+}
 
 /// How a new session is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
