@@ -249,6 +249,14 @@ impl MemoryStore {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The same sessions as volume `name` (a renamed volume).
+    pub fn renamed(&self, name: &str) -> MemoryStore {
+        MemoryStore {
+            name: name.to_string(),
+            sessions: self.sessions.clone(),
+        }
+    }
+
     /// The volume's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -7,6 +7,8 @@
 //! [`tar`]; the rest (locks, leftovers of dead runs, deleting and renaming volumes,
 //! the files `repair` puts back) is here.
 
+pub mod check;
+pub mod marker;
 pub mod prune;
 pub mod tar;
 pub mod writer;
@@ -25,9 +27,9 @@ use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
 use super::{
-    DestLock, Destination, FoldPlan, Mode, NewSession, SessionFile, SessionKind, SessionSink,
+    ArchiveError, DestLock, Destination, FoldPlan, Mode, NewSession, SessionCheck, SessionFile,
+    SessionKind, SessionSink,
 };
-use crate::archive::ArchiveError;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
 use crate::lock;
@@ -108,15 +110,6 @@ impl LocalVol {
     }
 }
 
-/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
-/// does) is on a filesystem mounted read-only.
-pub fn is_read_only(path: &Path) -> bool {
-    use nix::sys::statvfs::{statvfs, FsFlags};
-    path.ancestors()
-        .find_map(|p| statvfs(p).ok())
-        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
-}
-
 /// An archive root folder on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalDestination {
@@ -127,7 +120,7 @@ pub struct LocalDestination {
 impl LocalDestination {
     /// The archive folder `root` (which need not hold an archive yet).
     pub fn new(root: &Path) -> LocalDestination {
-        let read_only = is_read_only(root);
+        let read_only = durable::is_read_only(root);
         if read_only {
             tracing::debug!(
                 "archive {} is on a read-only filesystem: reading without locks",
@@ -210,11 +203,11 @@ impl Destination for LocalDestination {
     }
 
     fn create(&self) -> Result<()> {
-        crate::archive::identity::create(&self.root)
+        marker::create(&self.root)
     }
 
     fn add_identity(&self) -> Result<String> {
-        crate::archive::identity::add_id(&self.root)
+        marker::add_id(&self.root)
     }
 
     fn volumes(&self) -> Result<Vec<String>> {
@@ -372,6 +365,15 @@ impl Destination for LocalDestination {
 
     fn end_fold(&self, name: &str) -> Result<()> {
         prune::end(&self.local_volume(name))
+    }
+
+    fn check_stored(
+        &self,
+        name: &str,
+        info: &SessionInfo,
+        bad_manifest: bool,
+    ) -> Result<SessionCheck> {
+        check::check_stored(&self.local_volume(name), info, bad_manifest)
     }
 
     fn untar(&self, name: &str, id: &str) -> Result<bool> {

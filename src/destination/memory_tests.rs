@@ -272,14 +272,9 @@ fn history() -> (MemoryStore, Vec<SessionInfo>, Vec<Vec<u8>>) {
 }
 
 fn verify_mem(store: &MemoryStore, faults: &Faults, id: &str) -> crate::archive::verify::Report {
-    let vol = VolumeArchive::from_store(
-        VOL,
-        Arc::new(sparsebak_format::testing::FaultyStore::new(
-            store.clone(),
-            faults.clone(),
-        )),
-    );
-    crate::archive::verify::verify(&vol, id, None, &mut |_| {}).expect("verify runs")
+    let dest = super::MemoryDestination::new(faults.clone());
+    dest.stores().insert(store.clone());
+    crate::archive::verify::verify(&dest, VOL, id, None, &mut |_| {}).expect("verify runs")
 }
 
 /// Chunk `n` (of 4 KiB) of session `id`, as errors name it.
@@ -489,4 +484,29 @@ fn prune_refuses_what_its_checks_cannot_read_and_changes_nothing() {
         assert_eq!(f.fired().len(), 1, "call {k}");
     }
     assert_eq!(tree(&vd), before);
+}
+
+#[test]
+fn verify_counts_a_chunk_the_store_lost_once() {
+    let (store, infos, _) = history();
+    let s2 = infos[1].session.clone();
+    assert!(store.edit(&s2, |s| {
+        s.chunks.remove(&(17 * 4096));
+        s.chunks.insert(23 * 4096, vec![1, 2, 3]);
+    }));
+    let rep = verify_mem(&store, &Faults::new(), &infos[3].session);
+    // Missing from the listing and unreadable in the view: one bad chunk, said once;
+    // the extra chunk is a problem but no bad chunk.
+    assert_eq!(rep.bad_chunks, 1, "{:?}", rep.problems);
+    assert_eq!(
+        rep.problems,
+        vec![
+            format!("chunk file {} is missing", chunk4k(&s2, 17)),
+            format!(
+                "session {s2}: extra chunk x{:016x} not in its manifest",
+                23 * 4096
+            ),
+        ]
+    );
+    assert_eq!(rep.chunks_checked, 20);
 }
