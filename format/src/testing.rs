@@ -61,6 +61,8 @@ struct FaultState {
     vanished: BTreeSet<Object>,
     /// Objects whose every read and write fails with EIO (a bad sector).
     bad: BTreeSet<Object>,
+    /// Calls (by name) that always fail with EIO.
+    bad_calls: BTreeSet<String>,
     /// Faults that fired, in order, as text.
     fired: Vec<String>,
 }
@@ -117,6 +119,13 @@ impl Faults {
         self
     }
 
+    /// Every call named `what` (`"info"`, `"manifest"`, `"chunk"`, `"commit"`, ...)
+    /// fails with EIO, whenever it comes.
+    pub fn eio_on_call(self, what: &str) -> Faults {
+        self.state().bad_calls.insert(what.to_string());
+        self
+    }
+
     /// Every read or write of `obj` fails with EIO, whenever it comes.
     pub fn eio_on(self, obj: Object) -> Faults {
         self.state().bad.insert(obj);
@@ -149,11 +158,12 @@ impl Faults {
         let mut s = self.state();
         s.calls += 1;
         let n = s.calls;
-        let hit = match s.eio_at {
-            Some(at) if s.sticky => n >= at,
-            Some(at) => n == at,
-            None => false,
-        };
+        let hit = s.bad_calls.contains(what)
+            || match s.eio_at {
+                Some(at) if s.sticky => n >= at,
+                Some(at) => n == at,
+                None => false,
+            };
         if hit {
             s.fired.push(format!("EIO at call {n} ({what})"));
             return Err(os_error(libc::EIO));

@@ -133,7 +133,13 @@ impl LocalCopies {
                     vol.name
                 )))
             }
-            Err(_) => {}
+            // Not there: the send died before publishing it.
+            Err(FormatError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            // Whether it is there is unknown (an I/O error, an info that cannot be
+            // read): the record stays for a run that can tell, or the session, once
+            // readable, would never get its copies.
+            Err(e) => return Err(e.into()),
         }
         self.clear_pending()
     }

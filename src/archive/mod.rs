@@ -124,6 +124,21 @@ impl Archive {
         Ok(a)
     }
 
+    /// The archive `dest` holds (an archive in memory, in tests), for messages at
+    /// `root`.
+    #[cfg(test)]
+    pub(crate) fn with_destination(dest: Arc<dyn Destination>, root: PathBuf) -> Result<Archive> {
+        let marker = dest
+            .marker()?
+            .ok_or_else(|| Error::Msg(format!("{}: no archive there", dest.label())))?;
+        Ok(Archive {
+            read_only: dest.read_only(),
+            id: marker.id,
+            dest,
+            root,
+        })
+    }
+
     /// Fail with [`ArchiveError::ReadOnly`] when the archive is read-only.
     pub fn require_writable(&self, action: &str) -> Result<()> {
         if self.read_only {

@@ -256,6 +256,14 @@ impl MemoryDestination {
         }
     }
 
+    /// The same archive (volumes, marker, locks), failing as `faults` says instead.
+    pub fn with_faults(&self, faults: Faults) -> MemoryDestination {
+        MemoryDestination {
+            faults,
+            ..self.clone()
+        }
+    }
+
     /// The volumes it holds.
     pub fn stores(&self) -> &MemoryVolumes {
         &self.volumes

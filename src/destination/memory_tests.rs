@@ -510,3 +510,159 @@ fn verify_counts_a_chunk_the_store_lost_once() {
     );
     assert_eq!(rep.chunks_checked, 20);
 }
+
+/// A machine that sends to an archive in memory: its config (volumes read from a
+/// folder, a metadir of its own), the folder, and the archive.
+struct Machine {
+    dir: tempfile::TempDir,
+    config: Config,
+    dest: super::MemoryDestination,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["vols", "meta"] {
+            std::fs::create_dir(dir.path().join(d)).expect("folder");
+        }
+        let text = format!(
+            "[var]\nsource = file\nvoldir = {0}/vols\ndestdir = {0}/archive\nmetadir = {0}/meta\n\
+             chunksize = 64K\ncompression = zstd:3\n[volumes]\n{VOL} = enable\n",
+            dir.path().display()
+        );
+        let config = Config::parse(&text, Path::new("t.ini")).expect("config");
+        Machine {
+            dir,
+            config,
+            dest: super::MemoryDestination::new(Faults::new()),
+        }
+    }
+
+    /// `sparsebak send vm-a` of `data`, the archive failing as `faults` says.
+    fn send(&self, data: &[u8], faults: &Faults) -> Result<crate::send::SendOutcome> {
+        std::fs::write(self.dir.path().join("vols").join(VOL), data).expect("image");
+        let archive = crate::archive::Archive::with_destination(
+            Arc::new(self.dest.with_faults(faults.clone())),
+            self.config.destdir.clone(),
+        )?;
+        crate::send::send_volume(&self.config, &archive, VOL, &mut FileSource, false)
+    }
+
+    /// The sessions this machine has copies of.
+    fn copies(&self) -> Vec<String> {
+        crate::archive::local::LocalCopies::new(&crate::metadir::meta_dir(&self.config, VOL))
+            .ids()
+            .expect("copies")
+    }
+
+    fn pending(&self) -> bool {
+        crate::metadir::meta_dir(&self.config, VOL)
+            .join("sessions")
+            .join("pending")
+            .exists()
+    }
+
+    fn sessions(&self) -> Vec<String> {
+        self.dest.stores().store(VOL).sessions().expect("sessions")
+    }
+
+    /// Session `id` restored from the archive.
+    fn restore(&self, id: &str) -> Vec<u8> {
+        let vol = crate::destination::Destination::volume(&self.dest, VOL);
+        let chain = vol.chain(id).expect("chain");
+        let out = self.dir.path().join("restored");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&out)
+            .expect("target");
+        let size = chain.last().expect("last").volsize;
+        let mut t = sparsebak_format::restore::SparseFileTarget::new(f, size).expect("target");
+        sparsebak_format::restore::restore(&vol, &chain, &mut t, true, &mut |_| {})
+            .expect("restore");
+        std::fs::read(&out).expect("restored")
+    }
+}
+
+#[test]
+fn send_into_an_archive_in_memory_round_trips() {
+    let m = Machine::new();
+    let v1 = image(6);
+    let s1 = m.send(&v1, &Faults::new()).unwrap().session.unwrap();
+    let mut v2 = v1.clone();
+    v2[3 * CS as usize + 7] ^= 0x0f;
+    v2.truncate(5 * CS as usize + 10);
+    let s2 = m.send(&v2, &Faults::new()).unwrap().session.unwrap();
+    assert_eq!(s2.previous.as_deref(), Some(s1.session.as_str()));
+    assert_eq!((s2.changed, s2.chunks, s2.volsize), (2, 6, 5 * CS + 10));
+    assert_eq!(m.sessions(), vec![s1.session.clone(), s2.session.clone()]);
+    assert_eq!(m.copies(), m.sessions());
+    assert!(!m.pending());
+    assert_eq!(m.restore(&s1.session), v1);
+    assert_eq!(m.restore(&s2.session), v2);
+}
+
+#[test]
+fn a_send_whose_commit_fails_leaves_nothing_and_the_next_one_completes() {
+    let m = Machine::new();
+    let v1 = image(6);
+    let e = m
+        .send(&v1, &Faults::new().eio_on_call("commit"))
+        .unwrap_err();
+    let e = e.to_string();
+    assert!(e.starts_with(&format!("mem:{VOL}/S_")), "{e}");
+    assert!(e.ends_with(&format!("/info: {}", os(libc::EIO))), "{e}");
+    assert_eq!(m.sessions(), Vec::<String>::new());
+    // The pending record was written before the commit; the next send finds no such
+    // session and drops it.
+    assert!(m.pending());
+    let s1 = m.send(&v1, &Faults::new()).unwrap().session.unwrap();
+    assert_eq!(m.sessions(), vec![s1.session.clone()]);
+    assert_eq!(m.copies(), m.sessions());
+    assert!(!m.pending());
+    assert_eq!(m.restore(&s1.session), v1);
+}
+
+#[test]
+fn a_send_out_of_space_leaves_nothing_and_the_next_one_completes() {
+    let m = Machine::new();
+    let v1 = image(6);
+    // The six chunks compress to about 1600 bytes.
+    let faults = Faults::new().enospc_after(1000);
+    let e = m.send(&v1, &faults).unwrap_err().to_string();
+    assert!(e.ends_with(&os(libc::ENOSPC)), "{e}");
+    assert!(e.starts_with(&format!("mem:{VOL}/S_")), "{e}");
+    assert_eq!(faults.fired().len(), 1, "{:?}", faults.fired());
+    assert_eq!(m.sessions(), Vec::<String>::new());
+    assert!(!m.pending());
+    assert!(m.copies().is_empty());
+    let s1 = m.send(&v1, &Faults::new()).unwrap().session.unwrap();
+    assert_eq!(m.restore(&s1.session), v1);
+}
+
+#[test]
+fn an_unreadable_info_keeps_the_pending_record_until_it_can_be_read() {
+    // The commit succeeds, but the source cannot read the new session back to take its
+    // copies: the send fails, the session exists, the pending record stays.
+    let m = Machine::new();
+    let v1 = image(6);
+    let unreadable = Faults::new().eio_on_call("info");
+    let e = m.send(&v1, &unreadable).unwrap_err().to_string();
+    assert!(e.ends_with(&format!("/info: {}", os(libc::EIO))), "{e}");
+    let s1 = m.sessions();
+    assert_eq!(s1.len(), 1);
+    assert!(m.pending());
+    assert!(m.copies().is_empty());
+    // Still unreadable: the next send cannot tell whether the session exists, so it
+    // stops there, keeping the record (dropping it would lose the session's copies).
+    let e = m.send(&v1, &unreadable).unwrap_err().to_string();
+    assert_eq!(e, format!("mem:{VOL}/S_{}/info: {}", s1[0], os(libc::EIO)));
+    assert!(m.pending());
+    // Readable again: the copies are taken, and nothing changed since.
+    let out = m.send(&v1, &Faults::new()).unwrap();
+    assert!(out.session.is_none());
+    assert_eq!(m.copies(), s1);
+    assert!(!m.pending());
+}
