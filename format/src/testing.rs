@@ -119,8 +119,11 @@ impl Faults {
         self
     }
 
-    /// Every call named `what` (`"info"`, `"manifest"`, `"chunk"`, `"commit"`, ...)
-    /// fails with EIO, whenever it comes.
+    /// Every call named `what` fails with EIO, whenever it comes. The reads of a
+    /// [`FaultyStore`] are `sessions`, `info`, `manifest`, `manifest length` and
+    /// `chunk` (one per address of a batch); the sinks and destinations of the main
+    /// crate's tests add `put chunk`, `put zero`, `prepare`, `commit`, `delete session`
+    /// and `put session file`.
     pub fn eio_on_call(self, what: &str) -> Faults {
         self.state().bad_calls.insert(what.to_string());
         self
