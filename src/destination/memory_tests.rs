@@ -666,3 +666,41 @@ fn an_unreadable_info_keeps_the_pending_record_until_it_can_be_read() {
     assert_eq!(m.copies(), s1);
     assert!(!m.pending());
 }
+
+#[test]
+fn a_receive_that_fails_leaves_the_target_file_untouched() {
+    let (store, infos, vs) = history();
+    let last = &infos[3];
+    let s2 = infos[1].session.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join("old.img");
+    std::fs::write(&old, b"what was there before").expect("old target");
+    let new = dir.path().join("new.img");
+    let faults = Faults::new().eio_on(Object::Chunk(s2.clone(), 17 * 4096));
+    let vol = VolumeArchive::from_store(
+        VOL,
+        Arc::new(sparsebak_format::testing::FaultyStore::new(
+            store.clone(),
+            faults.clone(),
+        )),
+    );
+    let chain = vol.chain(&last.session).expect("chain");
+    for target in [&old, &new] {
+        let out = crate::receive::check_target(target, last.volsize, VOL).expect("target");
+        let e = crate::receive::receive_to(&vol, &chain, &out, &mut |_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: {}", chunk4k(&s2, 17), os(libc::EIO))
+        );
+    }
+    // The old file is as it was, no new one appeared, and no partial file is left.
+    assert_eq!(
+        tree(dir.path()).into_iter().collect::<Vec<_>>(),
+        vec![(old.clone(), b"what was there before".to_vec())]
+    );
+    // Without the fault the same receive replaces it with the session's volume.
+    let vol = VolumeArchive::from_store(VOL, Arc::new(store));
+    let out = crate::receive::check_target(&old, last.volsize, VOL).expect("target");
+    crate::receive::receive_to(&vol, &chain, &out, &mut |_| {}).expect("receive");
+    assert_eq!(std::fs::read(&old).expect("restored"), vs[3]);
+}
