@@ -497,6 +497,27 @@ impl VolumeStore for MemoryStore {
     }
 }
 
+/// The volume's bytes at four sends, for tests: 24 chunks of 4 KiB, all data; then
+/// chunks 2, 3 and 17 rewritten; then chunk 5 zeroed and chunk 20 rewritten; then a
+/// shrink to 22 chunks (the last one partial) and chunk 1 rewritten. The view of the
+/// last session has 21 chunks: 1 from session 4, 2, 3 and 17 from session 2, 20 from
+/// session 3, the rest from session 1.
+pub fn history_versions() -> Vec<Vec<u8>> {
+    let cs = 4096usize;
+    let v1: Vec<u8> = (0..24 * cs).map(|i| (i * 7 % 251) as u8 | 1).collect();
+    let mut v2 = v1.clone();
+    for c in [2usize, 3, 17] {
+        v2[c * cs + 9] ^= 0x55;
+    }
+    let mut v3 = v2.clone();
+    v3[5 * cs..6 * cs].fill(0);
+    v3[20 * cs] = 0;
+    let mut v4 = v3.clone();
+    v4.truncate(22 * cs - 100);
+    v4[cs] ^= 0xff;
+    vec![v1, v2, v3, v4]
+}
+
 /// Any store, failing as `faults` plans: every method call counts as one call (every
 /// address of a batch as one), vanished objects are not found, torn ones come back cut.
 #[derive(Debug, Clone)]
@@ -777,22 +798,8 @@ mod receive_tests {
     const VOL: &str = "vm-a";
     const CS: u64 = 4096;
 
-    /// Four sessions of a 24-chunk volume: data, some chunks rewritten, a chunk
-    /// zeroed, a shrink.
     fn versions() -> Vec<Vec<u8>> {
-        let n = 24 * CS as usize;
-        let v1: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8 | 1).collect();
-        let mut v2 = v1.clone();
-        for c in [2usize, 3, 17] {
-            v2[c * CS as usize + 9] ^= 0x55;
-        }
-        let mut v3 = v2.clone();
-        v3[5 * CS as usize..6 * CS as usize].fill(0);
-        v3[20 * CS as usize] = 0;
-        let mut v4 = v3.clone();
-        v4.truncate(22 * CS as usize - 100);
-        v4[CS as usize] ^= 0xff;
-        vec![v1, v2, v3, v4]
+        history_versions()
     }
 
     /// A volume in memory, as a plain byte vector.

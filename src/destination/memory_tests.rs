@@ -247,26 +247,11 @@ fn a_torn_write_is_caught_by_reading_back() {
     assert_eq!(e.addr, 2 * CS);
 }
 
-/// Four sessions of a 24-chunk volume of 4 KiB chunks: all data; chunks 2, 3 and 17
-/// rewritten; chunk 5 zeroed and chunk 20 rewritten; a shrink to 22 chunks and chunk 1
-/// rewritten. The last view: 21 chunks, chunk 1 from session 4, 2, 3 and 17 from
-/// session 2, 20 from session 3, the rest from session 1.
+/// The four sessions of [`sparsebak_format::testing::history_versions`] in memory.
 fn history() -> (MemoryStore, Vec<SessionInfo>, Vec<Vec<u8>>) {
-    let cs = 4096usize;
-    let v1: Vec<u8> = (0..24 * cs).map(|i| (i * 7 % 251) as u8 | 1).collect();
-    let mut v2 = v1.clone();
-    for c in [2usize, 3, 17] {
-        v2[c * cs + 9] ^= 0x55;
-    }
-    let mut v3 = v2.clone();
-    v3[5 * cs..6 * cs].fill(0);
-    v3[20 * cs] = 0;
-    let mut v4 = v3.clone();
-    v4.truncate(22 * cs - 100);
-    v4[cs] ^= 0xff;
-    let vs = vec![v1, v2, v3, v4];
+    let vs = sparsebak_format::testing::history_versions();
     let (store, infos) =
-        MemoryStore::from_versions(VOL, cs as u64, sparsebak_format::chunk::Codec::Zstd, &vs)
+        MemoryStore::from_versions(VOL, 4096, sparsebak_format::chunk::Codec::Zstd, &vs)
             .expect("history");
     (store, infos, vs)
 }
