@@ -689,3 +689,55 @@ fn a_receive_that_fails_leaves_the_target_file_untouched() {
     crate::receive::receive_to(&vol, &chain, &out, &mut |_| {}).expect("receive");
     assert_eq!(std::fs::read(&old).expect("restored"), vs[3]);
 }
+
+#[test]
+fn repair_puts_back_a_damaged_chunk_through_the_destination() {
+    let m = Machine::new();
+    let v1 = image(6);
+    let s1 = m.send(&v1, &Faults::new()).unwrap().session.unwrap();
+    let id = s1.session.clone();
+    // A torn chunk file: its first 50 bytes only.
+    assert!(m.dest.stores().store(VOL).edit(&id, |s| s
+        .chunks
+        .get_mut(&(3 * CS))
+        .expect("chunk")
+        .truncate(50)));
+    let archive = |faults: &Faults| {
+        crate::archive::Archive::with_destination(
+            Arc::new(m.dest.with_faults(faults.clone())),
+            m.config.destdir.clone(),
+        )
+        .expect("archive")
+    };
+    let repair = |faults: &Faults| {
+        crate::archive::repair::repair(&m.config, &archive(faults), VOL, &mut FileSource, false)
+    };
+    // Writing it back fails: said with the chunk, nothing else changes.
+    let e = repair(&Faults::new().eio_on_call("put session file")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{}: {}", chunk_at(&id, 3 * CS), os(libc::EIO))
+    );
+    let rep = verify_mem(&m.dest.stores().store(VOL), &Faults::new(), &id);
+    assert_eq!(rep.bad_chunks, 1, "{:?}", rep.problems);
+    // It works: the chunk comes back from the volume, and the session verifies.
+    let rep = repair(&Faults::new()).unwrap();
+    assert_eq!(rep.unrepaired, Vec::<String>::new());
+    assert_eq!(rep.done.len(), 1, "{:?}", rep.done);
+    assert!(
+        rep.done[0].starts_with(&format!(
+            "re-created chunk x{:016x} of session {id} from ",
+            3 * CS
+        )),
+        "{:?}",
+        rep.done
+    );
+    let rep = verify_mem(&m.dest.stores().store(VOL), &Faults::new(), &id);
+    assert_eq!(
+        (rep.bad_chunks, rep.chunks_checked),
+        (0, 6),
+        "{:?}",
+        rep.problems
+    );
+    assert_eq!(m.restore(&id), v1);
+}
