@@ -741,3 +741,42 @@ fn repair_puts_back_a_damaged_chunk_through_the_destination() {
     );
     assert_eq!(m.restore(&id), v1);
 }
+
+#[test]
+fn an_io_error_at_any_call_of_an_incremental_send_is_recovered_by_the_next() {
+    let v1 = image(8);
+    let mut v2 = v1.clone();
+    for c in [1usize, 4, 6] {
+        v2[c * CS as usize + 11] ^= 0x3c;
+    }
+    v2[2 * CS as usize..3 * CS as usize].fill(0);
+    // How many calls a clean incremental send makes.
+    let counted = Faults::new();
+    let m = Machine::new();
+    m.send(&v1, &Faults::new()).unwrap();
+    m.send(&v2, &counted).unwrap();
+    let n = counted.calls();
+    assert!(n > 10, "{n}");
+    for k in 1..=n {
+        let m = Machine::new();
+        let s1 = m.send(&v1, &Faults::new()).unwrap().session.unwrap();
+        let faults = Faults::new().eio_at_call(k);
+        let r = m.send(&v2, &faults);
+        assert_eq!(faults.fired().len(), 1, "call {k}");
+        let e = r.expect_err(&format!("call {k}: {:?}", faults.fired()));
+        assert!(e.to_string().contains(&os(libc::EIO)), "call {k}: {e}");
+        // The archive has the first session, or the second whole.
+        let ids = m.sessions();
+        assert!(ids.len() == 1 || ids.len() == 2, "call {k}: {ids:?}");
+        assert_eq!(m.restore(&s1.session), v1, "call {k}");
+        // The next send completes the work.
+        m.send(&v2, &Faults::new()).unwrap();
+        let ids = m.sessions();
+        assert_eq!(ids.len(), 2, "call {k}");
+        assert_eq!(m.copies(), ids, "call {k}");
+        assert!(!m.pending(), "call {k}");
+        assert_eq!(m.restore(&ids[1]), v2, "call {k}");
+        let rep = verify_mem(&m.dest.stores().store(VOL), &Faults::new(), &ids[1]);
+        assert_eq!(rep.problems, Vec::<String>::new(), "call {k}");
+    }
+}
