@@ -780,3 +780,30 @@ fn an_io_error_at_any_call_of_an_incremental_send_is_recovered_by_the_next() {
         assert_eq!(rep.problems, Vec::<String>::new(), "call {k}");
     }
 }
+
+#[test]
+fn an_io_error_at_any_call_of_verify_is_a_problem_it_reports() {
+    let (store, infos, _) = history();
+    let last = &infos[3].session;
+    let counted = Faults::new();
+    assert!(verify_mem(&store, &counted, last).problems.is_empty());
+    let n = counted.calls();
+    assert!(n > 20, "{n}");
+    for k in 1..=n {
+        let faults = Faults::new().eio_at_call(k);
+        let dest = super::MemoryDestination::new(faults.clone());
+        dest.stores().insert(store.clone());
+        let rep = crate::archive::verify::verify(&dest, VOL, last, None, &mut |_| {});
+        assert_eq!(faults.fired().len(), 1, "call {k}");
+        match rep {
+            Err(e) => assert!(e.to_string().contains(&os(libc::EIO)), "call {k}: {e}"),
+            Ok(rep) => {
+                assert!(
+                    rep.problems.iter().any(|p| p.contains(&os(libc::EIO))),
+                    "call {k}: a failed read went unreported: {:?}",
+                    rep.problems
+                );
+            }
+        }
+    }
+}
