@@ -807,3 +807,37 @@ fn an_io_error_at_any_call_of_verify_is_a_problem_it_reports() {
         }
     }
 }
+
+#[test]
+fn an_io_error_at_any_call_of_diff_fails_it() {
+    let (store, infos, _) = history();
+    let (a, b) = (&infos[0].session, &infos[3].session);
+    let clean = Faults::new();
+    let vol = |f: &Faults| {
+        VolumeArchive::from_store(
+            VOL,
+            Arc::new(sparsebak_format::testing::FaultyStore::new(
+                store.clone(),
+                f.clone(),
+            )),
+        )
+    };
+    let want = crate::diff::sessions(&vol(&clean), a, b).unwrap();
+    let n = clean.calls();
+    assert!(n > 5, "{n}");
+    for k in 1..=n {
+        let faults = Faults::new().eio_at_call(k);
+        let r = crate::diff::sessions(&vol(&faults), a, b);
+        assert_eq!(faults.fired().len(), 1, "call {k}");
+        let e = r.expect_err(&format!("call {k}: a diff over a failed read"));
+        assert!(e.to_string().contains(&os(libc::EIO)), "call {k}: {e}");
+    }
+    // What differs: chunks 1-3, 5 (zeroed), 17, 20, 21 (its tail cut inside the chunk)
+    // and 22-23 (cut off).
+    let k = 4096;
+    assert_eq!(
+        want.ranges,
+        vec![(k, 3 * k), (5 * k, k), (17 * k, k), (20 * k, 4 * k)]
+    );
+    assert_eq!(want.chunks, 9);
+}
