@@ -841,3 +841,100 @@ fn an_io_error_at_any_call_of_diff_fails_it() {
     );
     assert_eq!(want.chunks, 9);
 }
+
+/// Session `id` of the volume folder `dir` restored.
+fn restore_folder(dir: &Path, id: &str) -> Vec<u8> {
+    let vol = VolumeArchive::new(dir);
+    let chain = vol.chain(id).expect("chain");
+    let size = chain.last().expect("last").volsize;
+    let mut out = Vec::new();
+    sparsebak_format::restore::read_view(&vol, &chain, true, |batch| {
+        for rc in batch {
+            let d = rc.data.map_err(crate::error::Error::Msg)?;
+            let a = rc.entry.addr as usize;
+            let len = (size as usize - a).min(d.len());
+            if out.len() < a + len {
+                out.resize(a + len, 0);
+            }
+            out[a..a + len].copy_from_slice(&d[..len]);
+        }
+        Ok::<(), crate::error::Error>(())
+    })
+    .expect("read the view");
+    out.resize(size as usize, 0);
+    out
+}
+
+/// The history as a volume folder `dir` whose session 2 stores its chunks raw
+/// (`compression=none`) and the others compressed: folding session 2 into 3 re-encodes.
+fn write_mixed_folder(dir: &Path) {
+    let (zstd, _, vs) = history();
+    write_folder(&zstd, dir);
+    let (raw, infos) =
+        MemoryStore::from_versions(VOL, 4096, sparsebak_format::chunk::Codec::None, &vs)
+            .expect("history");
+    let s2 = &infos[1].session;
+    std::fs::remove_dir_all(layout::session_dir(dir, s2)).expect("session 2");
+    let one = MemoryStore::new(VOL);
+    one.insert(s2, raw.session(s2).expect("session 2"));
+    write_folder(&one, dir);
+}
+
+#[test]
+fn a_fold_meeting_an_io_error_at_any_read_is_finished_by_recovery() {
+    use crate::destination::local::prune::{end, fold, recover};
+    let (_, infos, vs) = history();
+    let (s2, s3) = (infos[1].session.clone(), infos[2].session.clone());
+    let counted = Faults::new();
+    {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let vd = tmp.path().join(VOL);
+        write_mixed_folder(&vd);
+        fold(&faulty_local(&vd, &counted), None, &s2, false).unwrap();
+    }
+    let n = counted.calls();
+    assert!(n > 10, "{n}");
+    for k in 1..=n {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let vd = tmp.path().join(VOL);
+        write_mixed_folder(&vd);
+        let faults = Faults::new().eio_at_call(k);
+        let r = fold(&faulty_local(&vd, &faults), None, &s2, false);
+        assert_eq!(faults.fired().len(), 1, "call {k}");
+        if let Err(e) = &r {
+            assert!(e.to_string().contains(&os(libc::EIO)), "call {k}: {e}");
+        }
+        // The next run rolls forward whatever the journal holds.
+        let clean = crate::destination::local::LocalVol::new(&vd);
+        let recovered = recover(&clean, None).unwrap();
+        end(&clean).unwrap();
+        let ids = VolumeArchive::new(&vd).sessions().unwrap();
+        if r.is_ok() || recovered.is_some() {
+            assert_eq!(
+                ids,
+                vec![
+                    infos[0].session.clone(),
+                    s3.clone(),
+                    infos[3].session.clone()
+                ],
+                "call {k}"
+            );
+        } else {
+            // Refused before its journal: nothing changed, the fold can run again.
+            assert_eq!(ids.len(), 4, "call {k}");
+            fold(&clean, None, &s2, false).unwrap();
+            end(&clean).unwrap();
+        }
+        // Every surviving session restores its version.
+        for (v, i) in vs.iter().zip(&infos) {
+            if i.session != s2 {
+                assert_eq!(
+                    &restore_folder(&vd, &i.session),
+                    v,
+                    "call {k}: {}",
+                    i.session
+                );
+            }
+        }
+    }
+}

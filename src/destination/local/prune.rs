@@ -455,13 +455,18 @@ fn move_chunks(
 ) -> Result<u64> {
     let t = &new_t.session;
     // S's codec: its info, else the copy this machine kept; without either, the
-    // chunks are taken as they are (verify reports any that do not decode).
-    let s_codec = vol
-        .info(s)
-        .ok()
-        .or_else(|| removed_info.filter(|i| i.session == s).cloned())
-        .map(|i| i.compression)
-        .unwrap_or(new_t.compression);
+    // chunks are taken as they are (verify reports any that do not decode). But an
+    // info that failed to read says nothing about it: then stop, and the next run
+    // goes on from here.
+    let s_info = match vol.info(s).map_err(Error::from) {
+        Ok(i) => Some(i),
+        Err(e) => match removed_info.filter(|i| i.session == s) {
+            Some(copy) => Some(copy.clone()),
+            None if read_failed(&e) => return Err(e),
+            None => None,
+        },
+    };
+    let s_codec = s_info.map(|i| i.compression).unwrap_or(new_t.compression);
     let warn_t = |e: &dyn std::fmt::Display| {
         tracing::warn!(
             "volume {}: finishing the prune without session {t}'s old manifest ({e})",
@@ -470,6 +475,7 @@ fn move_chunks(
     };
     let mut t_own = match vol.manifest(t).map_err(Error::from).and_then(Heads::new) {
         Ok(h) => Some(h),
+        Err(e) if read_failed(&e) => return Err(e),
         Err(e) => {
             warn_t(&e);
             None
@@ -484,6 +490,7 @@ fn move_chunks(
         let dst = vol.chunk_path(t, e.addr);
         let from_t = match t_own.as_mut().map(|h| h.records(e.addr, hash)) {
             Some(Ok(b)) => b,
+            Some(Err(err)) if read_failed(&err) => return Err(err),
             Some(Err(err)) => {
                 warn_t(&err);
                 t_own = None;
@@ -530,6 +537,17 @@ fn move_chunks(
         }
     }
     Ok(held)
+}
+
+/// Whether `e` is a read that failed without saying anything about what is stored (an
+/// I/O error other than "not found"). After its journal a prune stops at one, rather
+/// than guess; the journal stays and the next run goes on from there.
+fn read_failed(e: &Error) -> bool {
+    match e {
+        Error::Format(sparsebak_format::FormatError::Io { source, .. })
+        | Error::Io { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 /// A chunk the new manifest needs is not there: say so and go on. T's view lacks it
