@@ -938,3 +938,64 @@ fn a_fold_meeting_an_io_error_at_any_read_is_finished_by_recovery() {
         }
     }
 }
+
+#[test]
+fn an_io_error_at_any_call_of_repair_never_makes_things_worse() {
+    let v1 = image(6);
+    let setup = || {
+        let m = Machine::new();
+        let id = m
+            .send(&v1, &Faults::new())
+            .unwrap()
+            .session
+            .unwrap()
+            .session;
+        assert!(m.dest.stores().store(VOL).edit(&id, |s| s
+            .chunks
+            .get_mut(&(3 * CS))
+            .expect("chunk")
+            .truncate(50)));
+        (m, id)
+    };
+    let repair = |m: &Machine, faults: &Faults| {
+        let archive = crate::archive::Archive::with_destination(
+            Arc::new(m.dest.with_faults(faults.clone())),
+            m.config.destdir.clone(),
+        )
+        .expect("archive");
+        crate::archive::repair::repair(&m.config, &archive, VOL, &mut FileSource, false)
+    };
+    let counted = Faults::new();
+    let (m, _) = setup();
+    repair(&m, &counted).unwrap();
+    let n = counted.calls();
+    assert!(n > 5, "{n}");
+    for k in 1..=n {
+        let (m, id) = setup();
+        let faults = Faults::new().eio_at_call(k);
+        let r = repair(&m, &faults);
+        assert_eq!(faults.fired().len(), 1, "call {k}");
+        // Whatever it said, the session has at most the one bad chunk it had...
+        let rep = verify_mem(&m.dest.stores().store(VOL), &Faults::new(), &id);
+        assert!(rep.bad_chunks <= 1, "call {k}: {:?}", rep.problems);
+        match r {
+            // ...and a repair that says it is done left none.
+            Ok(rep_r) if rep_r.unrepaired.is_empty() => {
+                assert_eq!(
+                    rep.bad_chunks, 0,
+                    "call {k}: {:?} {:?}",
+                    rep_r, rep.problems
+                )
+            }
+            Ok(rep_r) => assert!(
+                rep_r.unrepaired.iter().any(|u| u.contains(&os(libc::EIO))),
+                "call {k}: {rep_r:?}"
+            ),
+            Err(e) => assert!(e.to_string().contains(&os(libc::EIO)), "call {k}: {e}"),
+        }
+        // The next repair finishes the work.
+        let done = repair(&m, &Faults::new()).unwrap();
+        assert!(done.unrepaired.is_empty(), "call {k}: {done:?}");
+        assert_eq!(m.restore(&id), v1, "call {k}");
+    }
+}
