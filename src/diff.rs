@@ -116,7 +116,7 @@ pub fn live(vol: &VolumeArchive, a: &str, file: &std::fs::File, size: u64) -> Re
         },
         runs.into_iter(),
         base,
-        Mode::Compare,
+        Mode::compare(chain.last()),
         |_| {},
         |rec| {
             let addr = match rec {

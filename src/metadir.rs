@@ -18,8 +18,11 @@
 //! destination's delta map.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::Config;
+use crate::error::{Error, IoAt, Result};
+use crate::lock::{self, LockGuard, Mode};
 
 /// The name of the destination given by the destination keys of `[var]`, and the one
 /// commands use when `--dest` is not given.
@@ -136,6 +139,45 @@ pub fn any_copies_in(volume_dir: &Path) -> bool {
     }
     std::fs::read_dir(volume_dir.join(DESTS))
         .is_ok_and(|rd| rd.flatten().any(|e| copies_dir_in(&e.path()).exists()))
+}
+
+/// How long `send` and `monitor` wait for each other on one volume.
+pub const META_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// `<metadir>/<volume>` (the same as [`volume_dir`]).
+pub fn meta_dir(config: &Config, name: &str) -> PathBuf {
+    volume_dir(config, name)
+}
+
+/// Lock a volume's source-side state ([`lock_path`]; the folder is created if
+/// missing).
+pub fn lock_meta(config: &Config, name: &str) -> Result<LockGuard> {
+    create_private_dir(&volume_dir(config, name))?;
+    lock::lock(
+        &lock_path(config, name),
+        Mode::Exclusive,
+        META_LOCK_WAIT,
+        &format!("volume {name} on this machine"),
+    )
+}
+
+/// Create a folder readable only by its owner (metadata can reveal volume layout).
+pub fn create_private_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if p.exists() && !p.is_dir() {
+        return Err(Error::Msg(format!(
+            "{} exists and is not a folder; move it away",
+            p.display()
+        )));
+    }
+    if !p.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .at(p)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 //! few tens of MiB
 //! whatever the volume size.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -24,7 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 use rayon::prelude::*;
+use std::sync::Arc;
+
 use sparsebak_format::chunk::{self, Codec};
+use sparsebak_format::codec::{self, ChunkCodec, ChunkContext, CodecError};
+use sparsebak_format::info::SessionInfo;
 use sparsebak_format::view::ViewCursor;
 use sparsebak_format::Hash;
 
@@ -66,13 +69,42 @@ pub enum Record {
     Zero { addr: u64 },
 }
 
-/// What the pipeline does with differing chunks.
-#[derive(Debug, Clone, Copy)]
+/// What the pipeline does with differing chunks. Either way chunks are identified by
+/// the codec of the archive they are compared with.
+#[derive(Debug, Clone)]
 pub enum Mode {
-    /// Encode them for storing.
-    Store(Compression),
+    /// Encode them for storing as chunks of session `session` of volume `volume`.
+    Store {
+        codec: Arc<dyn ChunkCodec>,
+        volume: Arc<str>,
+        session: Arc<str>,
+    },
     /// Only find them (resync, diff).
-    Compare,
+    Compare { codec: Arc<dyn ChunkCodec> },
+}
+
+impl Mode {
+    /// Store chunks of session `session` of `volume`, encoded as `compression` says.
+    pub fn store(compression: Compression, volume: &str, session: &str) -> Mode {
+        Mode::Store {
+            codec: codec::for_writing(compression.codec, compression.level),
+            volume: volume.into(),
+            session: session.into(),
+        }
+    }
+
+    /// Only compare with an archive whose latest session is `latest` (`None`: empty).
+    pub fn compare(latest: Option<&SessionInfo>) -> Mode {
+        Mode::Compare {
+            codec: latest.map_or_else(|| codec::for_compression(Codec::Zstd), codec::for_info),
+        }
+    }
+
+    fn codec(&self) -> &dyn ChunkCodec {
+        match self {
+            Mode::Store { codec, .. } | Mode::Compare { codec } => &**codec,
+        }
+    }
 }
 
 /// Counters of one pipeline run.
@@ -90,23 +122,6 @@ enum Batch {
         base: Vec<Option<Hash>>,
     },
     Holes(Vec<u64>),
-}
-
-thread_local! {
-    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-}
-
-fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    ZSTD.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.as_ref().map(|(l, _)| *l) != Some(level) {
-            *c = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        match c.as_mut() {
-            Some((_, comp)) => comp.compress(data),
-            None => Err(std::io::Error::other("zstd compressor missing")),
-        }
-    })
 }
 
 /// Read `[off, off+buf.len())` of `f`, leaving zeros past its end.
@@ -267,6 +282,7 @@ fn spawn_process(b: Batch, cs: u64, mode: Mode) -> Receiver<Processed> {
 }
 
 fn process(batch: Batch, cs: u64, mode: Mode) -> Processed {
+    let codec = mode.codec();
     match batch {
         Batch::Holes(addrs) => Ok((
             addrs
@@ -277,7 +293,7 @@ fn process(batch: Batch, cs: u64, mode: Mode) -> Processed {
         )),
         Batch::Data { first, buf, base } => {
             let n = base.len() as u64;
-            let out: Vec<std::io::Result<Option<Record>>> = buf
+            let out: Vec<std::result::Result<Option<Record>, CodecError>> = buf
                 .par_chunks(cs as usize)
                 .zip(base.par_iter())
                 .enumerate()
@@ -286,16 +302,23 @@ fn process(batch: Batch, cs: u64, mode: Mode) -> Processed {
                     if chunk::is_zero(data) {
                         return Ok(had.map(|_| Record::Zero { addr }));
                     }
-                    let hash = chunk::hash(data);
+                    let hash = codec.identify(data);
                     if *had == Some(hash) {
                         return Ok(None);
                     }
-                    let payload = match mode {
-                        Mode::Compare => Vec::new(),
-                        Mode::Store(c) => match c.codec {
-                            Codec::None => data.to_vec(),
-                            Codec::Zstd => compress(data, c.level)?,
-                        },
+                    let payload = match &mode {
+                        Mode::Compare { .. } => Vec::new(),
+                        Mode::Store {
+                            volume, session, ..
+                        } => codec.encode(
+                            &ChunkContext {
+                                volume,
+                                session,
+                                addr,
+                                chunksize: cs,
+                            },
+                            data,
+                        )?,
                     };
                     Ok(Some(Record::Data {
                         addr,
@@ -307,7 +330,7 @@ fn process(batch: Batch, cs: u64, mode: Mode) -> Processed {
                 .collect();
             let mut recs = Vec::new();
             for r in out {
-                if let Some(r) = r.map_err(|e| Error::Msg(format!("compressing: {e}")))? {
+                if let Some(r) = r.map_err(|e| Error::Msg(format!("encoding {e}")))? {
                     recs.push(r);
                 }
             }
@@ -400,7 +423,7 @@ where
                 };
                 if let Some(b) = next {
                     lap(0);
-                    in_flight.push_back(spawn_process(b?, chunksize, mode));
+                    in_flight.push_back(spawn_process(b?, chunksize, mode.clone()));
                     continue;
                 }
                 let Some(done) = in_flight.pop_front() else {

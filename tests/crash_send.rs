@@ -123,3 +123,54 @@ fn killed_at_random_moments() {
         );
     }
 }
+
+/// A send killed after its commit leaves the record of the session it published.
+/// While that session's info cannot be read, the next run cannot tell whether the
+/// session exists: it stops, naming the file, and keeps the record (dropping it would
+/// leave the session without this machine's copies for good). Once the info reads
+/// again, the copies are taken.
+#[test]
+fn the_pending_record_stays_while_the_published_info_cannot_be_read() {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(7);
+    let mut img = rng.bytes(40 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    rng.fill(&mut img[..10 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let o = env.run_env(
+        &["send", "v"],
+        &[("SPARSEBAK_FAILPOINT", "send-after-commit")],
+    );
+    assert!(!o.status.success(), "the send should have been killed");
+    // Listing the folder, not the sessions: listing them would take the copies.
+    let entries = s_entries(&env);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let id = entries[1].trim_start_matches("S_").to_string();
+    let pending = env.meta().join("v/sessions/pending");
+    let copy = env.meta().join(format!("v/sessions/S_{id}/info"));
+    assert!(pending.exists() && !copy.exists());
+
+    // The info becomes unreadable (a folder stands in its place).
+    let info = env.vol_dir("v").join(format!("S_{id}/info"));
+    let saved = std::fs::read(&info).unwrap();
+    std::fs::remove_file(&info).unwrap();
+    std::fs::create_dir(&info).unwrap();
+    let err = env.fails(&["send", "v"]);
+    assert!(
+        err.contains(&format!("{}: Is a directory (os error 21)", info.display())),
+        "{err}"
+    );
+    assert!(pending.exists(), "the record must stay");
+    assert!(!copy.exists());
+
+    // Readable again: the next send takes the copies and has nothing new to store.
+    std::fs::remove_dir(&info).unwrap();
+    std::fs::write(&info, &saved).unwrap();
+    env.send("v");
+    assert!(!pending.exists());
+    assert_eq!(std::fs::read(&copy).unwrap(), saved);
+    assert_eq!(s_entries(&env), entries);
+    env.verify_ok("v", None);
+    assert_same(&env.receive("v", None), &img, "after the catch-up");
+}

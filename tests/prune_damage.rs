@@ -261,3 +261,57 @@ fn a_prune_of_several_sessions_checks_them_all_before_the_first_fold() {
     env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
     assert_eq!(env.sessions("v").len(), 2);
 }
+
+#[test]
+fn a_prune_that_cannot_read_the_removed_info_after_its_journal_stops_until_it_can() {
+    // The removed session stored its chunks raw, the next one with zstd: finishing the
+    // fold needs the removed session's codec. Its info cannot be read and this
+    // machine's copy of it is gone: the prune must not guess (moving raw chunks into
+    // a zstd session would break its view), it stops and keeps its journal.
+    let env = Env::with_settings(&["v"], "compression = none");
+    let mut rng = Rng::new(9);
+    let mut img = vec![0u8; 12 * CS];
+    for c in img.chunks_mut(CS) {
+        rng.fill(&mut c[..CS / 2]);
+    }
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replace("compression = none", "compression = zstd:3"),
+    )
+    .unwrap();
+    rng.fill(&mut img[..CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    let o = env.run_env(
+        &["prune", "v", &format!("--session={}", ids[0])],
+        &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],
+    );
+    assert!(!o.status.success(), "the prune should have been killed");
+    let journal = env.vol_dir("v").join(".prune-journal");
+    assert!(journal.exists());
+    // This machine's copy of the removed session goes, and its info in the archive
+    // cannot be read (a folder stands in its place).
+    std::fs::remove_dir_all(env.meta().join(format!("v/sessions/S_{}", ids[0]))).unwrap();
+    let info = env.vol_dir("v").join(format!("S_{}/info", ids[0]));
+    let saved = std::fs::read(&info).unwrap();
+    std::fs::remove_file(&info).unwrap();
+    std::fs::create_dir(&info).unwrap();
+    let err = env.fails(&["list", "v"]);
+    assert!(
+        err.contains(&format!("{}: Is a directory (os error 21)", info.display())),
+        "{err}"
+    );
+    assert!(journal.exists(), "the journal must stay");
+    // Readable again: the next run finishes the fold, re-encoding what it moves.
+    std::fs::remove_dir(&info).unwrap();
+    std::fs::write(&info, &saved).unwrap();
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, ids[1..].to_vec());
+    assert!(!journal.exists());
+    env.verify_ok("v", None);
+    assert_same(&env.receive("v", None), &img, "latest");
+}

@@ -3,7 +3,8 @@
 //! A chunk is `chunksize` bytes of the volume (the last one zero-padded). Its file holds
 //! either the raw bytes (`compression=none`) or one zstd frame of them
 //! (`compression=zstd`); the session info names which. Its identity is the SHA-256 of the
-//! uncompressed bytes, as written in the manifest.
+//! uncompressed bytes, as written in the manifest. The codecs themselves live behind
+//! the seam of [`crate::codec`].
 
 use sha2::{Digest, Sha256};
 
@@ -32,41 +33,10 @@ impl Codec {
         }
     }
 
-    /// Decode a chunk file's bytes into exactly `chunksize` bytes.
+    /// Decode a chunk file's bytes into exactly `chunksize` bytes: the plain codec of
+    /// [`crate::codec`] without a context (the error is the reason alone).
     pub fn decode(&self, stored: &[u8], chunksize: usize) -> Result<Vec<u8>, String> {
-        let data = match self {
-            Codec::None => stored.to_vec(),
-            Codec::Zstd => {
-                // A frame never decodes to more than one chunk: bound the output so a
-                // corrupt or hostile frame cannot make us allocate without limit. One
-                // decompression context per thread, reused.
-                thread_local! {
-                    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-                        const { std::cell::RefCell::new(None) };
-                }
-                DCTX.with(|d| -> Result<Vec<u8>, String> {
-                    let mut d = d.borrow_mut();
-                    if d.is_none() {
-                        *d = Some(
-                            zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?,
-                        );
-                    }
-                    match d.as_mut() {
-                        Some(dc) => dc
-                            .decompress(stored, chunksize)
-                            .map_err(|e| format!("zstd: {e}")),
-                        None => Err("zstd: no decompression context".into()),
-                    }
-                })?
-            }
-        };
-        if data.len() != chunksize {
-            return Err(format!(
-                "decodes to {} bytes, expected {chunksize}",
-                data.len()
-            ));
-        }
-        Ok(data)
+        crate::codec::decode_plain(*self, stored, chunksize)
     }
 }
 

@@ -174,11 +174,19 @@ pub fn decode_chunk_bytes(data: &[u8]) -> std::result::Result<Vec<u8>, String> {
     } else {
         Codec::None
     };
-    let chunksize = (limits::MIN_CHUNKSIZE << ((sel >> 1) & 7)) as usize;
-    if stored.len() as u64 > limits::max_stored(codec, chunksize as u64) {
+    let chunksize = limits::MIN_CHUNKSIZE << ((sel >> 1) & 7);
+    if stored.len() as u64 > limits::max_stored(codec, chunksize) {
         return Err("larger than a stored chunk can be".into());
     }
-    codec.decode(stored, chunksize)
+    let ctx = crate::codec::ChunkContext {
+        volume: "fuzz",
+        session: "20260101-000000",
+        addr: 0,
+        chunksize,
+    };
+    crate::codec::for_compression(codec)
+        .decode(&ctx, stored)
+        .map_err(|e| e.reason)
 }
 
 /// A session selector as `--session` takes it, resolved against a few sessions.

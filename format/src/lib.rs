@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod chunk;
+pub mod codec;
 pub mod error;
 pub mod fuzzing;
 pub mod info;
@@ -23,8 +24,11 @@ pub mod marker;
 pub mod output;
 pub mod restore;
 pub mod selector;
+pub mod store;
 pub mod stream;
 pub mod tarsession;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod view;
 pub mod volume;
 

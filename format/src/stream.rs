@@ -24,10 +24,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::chunk::{self, Codec};
+use crate::chunk::Codec;
+use crate::codec::{self, ChunkCodec, ChunkContext};
 use crate::info::SessionInfo;
 use crate::layout;
 use crate::limits;
@@ -1062,6 +1064,8 @@ impl<R: Read> Input<R> {
 struct Current {
     at: StreamAt,
     header: StreamHeader,
+    /// The codec of the header's compression: decodes and identifies the chunks.
+    codec: Arc<dyn ChunkCodec>,
     trailer: TrailerHash,
     phase: Phase,
     last_chunk: Option<u64>,
@@ -1193,6 +1197,7 @@ impl<'a> ChainReader<'a> {
 
         let mut cur = Current {
             at: at.clone(),
+            codec: codec::for_compression(header.compression),
             header,
             trailer: TrailerHash::new(),
             phase: Phase::Chunks,
@@ -1354,7 +1359,7 @@ impl<'a> ChainReader<'a> {
                 "not a chunk address of the volume".into(),
             ));
         }
-        if size > cur.header.max_payload() {
+        if size > cur.codec.max_stored(cur.header.chunksize) {
             return Err(chunk_err(
                 &cur.at,
                 format!("member of {size} bytes is too large"),
@@ -1364,14 +1369,19 @@ impl<'a> ChainReader<'a> {
         payload.resize(size as usize, 0);
         self.read_content(input, &mut payload, &cur.at)?;
         cur.trailer.content(&payload);
+        let ctx = ChunkContext {
+            volume: &cur.header.volume,
+            session: &cur.header.session,
+            addr,
+            chunksize: cs,
+        };
         let data = cur
-            .header
-            .compression
-            .decode(&payload, cs as usize)
-            .map_err(|r| chunk_err(&cur.at, r));
+            .codec
+            .decode(&ctx, &payload)
+            .map_err(|e| chunk_err(&cur.at, e.reason));
         self.buf = payload;
         let data = data?;
-        cur.chunk_pairs.push(addr, &chunk::hash(&data));
+        cur.chunk_pairs.push(addr, &cur.codec.identify(&data));
         let len = (cur.header.volsize - addr).min(cs) as usize;
         self.sink_op(&cur.at, |s| s.write_at(addr, &data[..len]))
     }
@@ -1672,6 +1682,7 @@ fn parse_chunk_member(header: &StreamHeader, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk;
     use crate::manifest::ManifestWriter;
     use std::process::Command;
 

@@ -9,11 +9,10 @@ use sparsebak_format::info::SessionInfo;
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::{layout, limits, FormatError};
 
-use crate::archive::create_private_dir;
 use crate::config::Config;
 use crate::durable;
 use crate::error::{IoAt, Result};
-use crate::metadir;
+use crate::metadir::{self, create_private_dir};
 
 /// The source-side copies for one volume.
 #[derive(Debug, Clone)]
@@ -144,7 +143,13 @@ impl LocalCopies {
                     vol.name
                 )))
             }
-            Err(_) => {}
+            // Not there: the send died before publishing it.
+            Err(FormatError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            // Whether it is there is unknown (an I/O error, an info that cannot be
+            // read): the record stays for a run that can tell, or the session, once
+            // readable, would never get its copies.
+            Err(e) => return Err(e.into()),
         }
         self.clear_pending()
     }

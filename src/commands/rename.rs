@@ -9,7 +9,7 @@ use crate::source;
 pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
     ctx.config.check_destination(true)?;
     let archive = Archive::open(&ctx.config)?;
-    crate::archive::sweep_dead_runs(&archive);
+    archive.sweep_dead_runs();
     // Every other destination with the volume's history must be there: its state on
     // this machine moves with the rest, so its archive folder must move too.
     let mut others = Vec::new();
@@ -25,11 +25,11 @@ pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
         let a =
             Archive::open(&c).with_context(|| format!("rename {old} to {new}: destination {d}"))?;
         a.require_writable("rename")?;
-        if a.root.join(old).exists() && !crate::rename::archive_folder_free(&a, new)? {
+        if a.volume(old).exists() && !a.volume_is_free(new)? {
             anyhow::bail!(
                 "rename {old} to {new}: volume {new} already has a folder in the archive of \
                  destination {d} ({}); nothing was changed",
-                a.root.join(new).display()
+                a.volume(new).label()
             );
         }
         others.push((d, a));
@@ -38,7 +38,7 @@ pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
     let done = crate::rename::rename(&ctx.config, &archive, src.as_mut(), old, new)
         .with_context(|| format!("rename {old} to {new}"))?;
     for (d, a) in &others {
-        crate::archive::sweep_dead_runs(a);
+        a.sweep_dead_runs();
         if crate::rename::rename_archive_folder(a, old, new)
             .with_context(|| format!("rename {old} to {new} on destination {d}"))?
         {

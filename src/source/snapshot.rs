@@ -146,7 +146,7 @@ impl<L: SnapshotLayer> Tracked<L> {
             }
             for p in &paths {
                 if let Some(d) = p.parent() {
-                    crate::archive::create_private_dir(d)?;
+                    crate::metadir::create_private_dir(d)?;
                 }
                 let mut m = if p.exists() {
                     DeltaMap::open_for(p, cs)?
@@ -193,7 +193,7 @@ impl<L: SnapshotLayer> Tracked<L> {
             // This destination has no map yet (lost, or a new stream chain): its next
             // send compares every chunk by hash.
             if let Some(d) = map_path(vol).parent() {
-                crate::archive::create_private_dir(d)?;
+                crate::metadir::create_private_dir(d)?;
             }
             let size = self.layer.size(name, Snap::Tick)?;
             let mut m = DeltaMap::create(&map_path(vol), cs, size.div_ceil(cs))?;
@@ -252,9 +252,9 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
                 self.layer.take(name, Snap::Tick)?;
             }
             let size = self.layer.size(name, Snap::Tick)?;
-            crate::archive::create_private_dir(&vol.meta_dir)?;
+            crate::metadir::create_private_dir(&vol.meta_dir)?;
             if let Some(d) = map_path(vol).parent() {
-                crate::archive::create_private_dir(d)?;
+                crate::metadir::create_private_dir(d)?;
             }
             let map = DeltaMap::create(
                 &map_path(vol),
@@ -400,7 +400,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
             .parent()
             .map(|d| d.to_path_buf())
             .unwrap_or_else(|| vol.meta_dir.clone());
-        crate::archive::create_private_dir(&map_dir)?;
+        crate::metadir::create_private_dir(&map_dir)?;
         let tmp = crate::metadir::delta_map_resync(&mine);
         let mut map = DeltaMap::create(&tmp, cs, size.div_ceil(cs))?;
         let file = self.layer.open(name, Snap::Tick)?;
@@ -418,7 +418,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
                 },
                 runs.into_iter(),
                 base,
-                Mode::Compare,
+                Mode::compare(chain.last()),
                 |p| progress.set(p),
                 |rec| {
                     let addr = match rec {
