@@ -146,6 +146,12 @@ pub enum Command {
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
         from_stream: Option<String>,
     },
+    /// Serve the archive at ROOT (or a folder inside it) on standard input and output
+    /// to a sparsebak on another machine (run by ssh or qvm-run; needs no config).
+    Serve {
+        /// The folder the client may use: its `destdir` must be ROOT or inside it.
+        root: PathBuf,
+    },
     /// List the sessions of the configured volumes, or the named ones, oldest first.
     List {
         /// Volumes to list (default: every configured volume).

@@ -46,6 +46,9 @@ pub struct Config {
     pub poolname: String,
     pub destmountpoint: Option<PathBuf>,
     pub destdir: PathBuf,
+    /// Where the archive is when it is not on this machine (`destvm`, with `destcmd`
+    /// and `sshopts`); `destdir` and `destmountpoint` are then paths over there.
+    pub remote: Option<crate::remote::RemoteSpec>,
     pub metadir: PathBuf,
     pub chunksize: u64,
     pub compression: Compression,
@@ -65,6 +68,8 @@ const VAR_KEYS: &[&str] = &[
     "destvm",
     "destmountpoint",
     "destdir",
+    "destcmd",
+    "sshopts",
     "metadir",
     "chunksize",
     "compression",
@@ -289,11 +294,16 @@ impl Config {
                 _ => {}
             }
         }
-        if let Some(vm) = get("destvm") {
-            return Err(bad(format!(
-                "destvm = {vm:?}: remote destinations are not supported yet; leave it empty"
-            )));
-        }
+        let remote = match get("destvm") {
+            None => None,
+            Some(vm) => Some(crate::remote::RemoteSpec {
+                transport: crate::remote::parse_destvm(vm).map_err(bad)?,
+                destcmd: get("destcmd").unwrap_or("sparsebak").to_string(),
+                sshopts: get("sshopts")
+                    .map(|o| o.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default(),
+            }),
+        };
         let destmountpoint = get("destmountpoint").map(PathBuf::from);
         let destdir =
             PathBuf::from(get("destdir").ok_or_else(|| bad("destdir is required".into()))?);
@@ -388,6 +398,7 @@ impl Config {
             poolname: get("poolname").unwrap_or("pool00").to_string(),
             destmountpoint,
             destdir,
+            remote,
             metadir,
             chunksize,
             compression,

@@ -28,6 +28,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod progress;
 pub mod receive;
+pub mod remote;
 pub mod rename;
 pub mod retention;
 pub mod scan;
