@@ -19,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod delta_map;
+pub mod destination;
 pub mod devpath;
 pub mod diff;
 pub mod durable;

@@ -23,6 +23,7 @@ pub mod marker;
 pub mod output;
 pub mod restore;
 pub mod selector;
+pub mod store;
 pub mod stream;
 pub mod tarsession;
 pub mod view;

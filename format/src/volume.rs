@@ -47,12 +47,7 @@ impl std::fmt::Debug for VolumeArchive {
     }
 }
 
-/// How a session is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    Folder,
-    Tar,
-}
+pub use crate::store::Storage;
 
 impl VolumeArchive {
     pub fn new(dir: &Path) -> VolumeArchive {

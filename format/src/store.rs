@@ -1,0 +1,306 @@
+//! The read side of the destination seam: where the sessions of one volume are read
+//! from, whatever holds them.
+//!
+//! [`VolumeStore`] is what every reader of an archive (restore, verify, diff, resync,
+//! the base view of a send, `spbk-assemble`) needs of one volume: its sessions, their
+//! info and manifest bytes, and the stored bytes of chunks. [`FolderStore`] is the
+//! volume folder of a local archive (sessions as folders or tar files); a remote
+//! archive implements the same trait by asking the machine that holds the files.
+//! [`crate::volume::VolumeArchive`], the type readers use, is a façade over one.
+//!
+//! Every method returns plain data (byte vectors, IDs, strings), so that an
+//! implementation can fetch it over a link; and every length it returns is bounded
+//! (see [`crate::limits`]) before anything is allocated for it, whichever the
+//! implementation: a store is never trusted.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::error::{FormatError, IoContext, Result};
+use crate::info::SessionInfo;
+use crate::layout;
+use crate::limits;
+use crate::tarsession::TarSession;
+
+/// How a session is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// A folder `S_<id>` holding `info`, `manifest` and one file per chunk.
+    Folder,
+    /// One tar file `S_<id>.tar` with its member index `S_<id>.tar.index`.
+    Tar,
+}
+
+/// The read side of ONE volume in an archive.
+///
+/// Session IDs are `YYYYMMDD-HHMMSS` strings ([`layout::is_session_id`]). Errors name
+/// the thing that failed (a path for a folder, `ssh://host/path/vol/...` for a remote
+/// store), once.
+pub trait VolumeStore: Send + Sync + Debug {
+    /// Where the volume is, for messages: a folder's path, or a URL-like
+    /// `ssh://host/path/vol` for a remote store.
+    fn label(&self) -> String;
+
+    /// Whether the volume exists in the archive at all (a volume with no folder has
+    /// no sessions).
+    fn exists(&self) -> bool;
+
+    /// Committed session IDs, oldest first. Staging folders and the like are not
+    /// sessions. A volume that does not exist has none.
+    fn sessions(&self) -> Result<Vec<String>>;
+
+    /// How session `id` is stored (a folder wins over a tar left by a conversion).
+    fn storage(&self, id: &str) -> Storage;
+
+    /// The bytes of session `id`'s info file, at most [`limits::MAX_INFO_BYTES`].
+    fn info_bytes(&self, id: &str) -> Result<Vec<u8>>;
+
+    /// A reader of session `id`'s manifest bytes (streamed: a manifest can be many
+    /// MiB). Callers bound what they read with [`VolumeStore::manifest_len`] and the
+    /// session's `changed` count.
+    fn manifest_bytes(&self, id: &str) -> Result<Box<dyn BufRead + Send>>;
+
+    /// Length in bytes of session `id`'s manifest.
+    fn manifest_len(&self, id: &str) -> Result<u64>;
+
+    /// The stored (encoded) bytes of the chunks at `addrs` (byte offsets in the
+    /// volume) of session `info`, one result per address, in the order asked. A
+    /// batch: a remote store sends every request of it before reading a reply, never
+    /// one round trip per chunk. No result is longer than a chunk of the session's
+    /// size and compression can be stored in ([`limits::max_stored`]); a longer one is
+    /// refused unread ([`FormatError::TooLarge`]).
+    fn read_stored(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>>;
+
+    /// Where the chunk at `addr` of session `id` is stored, for messages (a chunk
+    /// file's path; a tar file and the member).
+    fn chunk_location(&self, id: &str, addr: u64) -> String;
+
+    /// Where session `id`'s manifest is, for messages.
+    fn manifest_label(&self, id: &str) -> PathBuf;
+
+    /// Where session `id`'s info is, for messages.
+    fn info_label(&self, id: &str) -> PathBuf;
+
+    /// Forget what was cached about sessions (after they were converted between
+    /// forms or removed). Nothing to do for a store that caches nothing.
+    fn forget_cached(&self) {}
+
+    /// The local folder, when the store is one (code that must touch its files:
+    /// only the local destination's maintenance).
+    fn as_folder(&self) -> Option<&FolderStore> {
+        None
+    }
+}
+
+/// A volume's folder in a local archive: sessions as folders or tar files.
+#[derive(Clone)]
+pub struct FolderStore {
+    dir: PathBuf,
+    /// Tar sessions opened so far (file and mapped index), shared by clones.
+    tars: Arc<Mutex<HashMap<String, Arc<TarSession>>>>,
+}
+
+impl Debug for FolderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FolderStore")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl FolderStore {
+    /// The volume folder `dir` (which need not exist yet).
+    pub fn new(dir: &Path) -> FolderStore {
+        FolderStore {
+            dir: dir.to_path_buf(),
+            tars: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The volume folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `S_<id>`.
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        layout::session_dir(&self.dir, id)
+    }
+
+    /// `S_<id>.tar`.
+    pub fn tar_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{}{id}{}",
+            layout::SESSION_PREFIX,
+            layout::TAR_SUFFIX
+        ))
+    }
+
+    /// `S_<id>.tar.index`.
+    pub fn tar_index_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{}{id}{}",
+            layout::SESSION_PREFIX,
+            layout::TAR_INDEX_SUFFIX
+        ))
+    }
+
+    /// `S_<id>/info`.
+    pub fn info_path(&self, id: &str) -> PathBuf {
+        self.session_dir(id).join(layout::INFO_FILE)
+    }
+
+    /// `S_<id>/manifest`.
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
+        self.session_dir(id).join(layout::MANIFEST_FILE)
+    }
+
+    /// The chunk file of `addr` in session folder `id`.
+    pub fn chunk_path(&self, id: &str, addr: u64) -> PathBuf {
+        self.session_dir(id).join(layout::chunk_rel_path(addr))
+    }
+
+    /// The open tar session `id`.
+    pub fn tar(&self, id: &str) -> Result<Arc<TarSession>> {
+        let mut cache = self
+            .tars
+            .lock()
+            .map_err(|_| FormatError::Other("tar cache poisoned".into()))?;
+        if let Some(t) = cache.get(id) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(TarSession::open(
+            &self.tar_path(id),
+            &self.tar_index_path(id),
+        )?);
+        cache.insert(id.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// The stored bytes of one chunk (see [`VolumeStore::read_stored`]).
+    pub fn read_one(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
+        let id = &info.session;
+        let max = limits::max_stored(info.compression, info.chunksize);
+        match self.storage(id) {
+            Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
+            Storage::Tar => self.tar(id)?.read_chunk(addr, max),
+        }
+    }
+}
+
+impl VolumeStore for FolderStore {
+    fn label(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    fn sessions(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(e).at(&self.dir),
+        };
+        for ent in rd {
+            let ent = ent.at(&self.dir)?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(rest) = name.strip_prefix(layout::SESSION_PREFIX) {
+                let id = rest.strip_suffix(layout::TAR_SUFFIX).unwrap_or(rest);
+                if layout::is_session_id(id) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        ids.sort();
+        // A session being converted between forms can briefly exist in both.
+        ids.dedup();
+        Ok(ids)
+    }
+
+    fn storage(&self, id: &str) -> Storage {
+        if self.session_dir(id).is_dir() {
+            Storage::Folder
+        } else {
+            Storage::Tar
+        }
+    }
+
+    fn info_bytes(&self, id: &str) -> Result<Vec<u8>> {
+        match self.storage(id) {
+            Storage::Folder => {
+                limits::read_bounded(&self.info_path(id), limits::MAX_INFO_BYTES, "info file")
+            }
+            Storage::Tar => self.tar(id)?.info_bytes(),
+        }
+    }
+
+    fn manifest_bytes(&self, id: &str) -> Result<Box<dyn BufRead + Send>> {
+        match self.storage(id) {
+            Storage::Folder => {
+                let p = self.manifest_path(id);
+                let f = std::fs::File::open(&p).at(&p)?;
+                Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
+            }
+            Storage::Tar => self.tar(id)?.manifest_reader(),
+        }
+    }
+
+    fn manifest_len(&self, id: &str) -> Result<u64> {
+        match self.storage(id) {
+            Storage::Folder => {
+                let p = self.manifest_path(id);
+                Ok(std::fs::metadata(&p).at(&p)?.len())
+            }
+            Storage::Tar => Ok(self.tar(id)?.index.manifest().1),
+        }
+    }
+
+    fn read_stored(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>> {
+        // Reads run on the caller's pool (the readers of `restore::read_view`), so
+        // that on a cold cache several are in flight at once.
+        addrs
+            .par_iter()
+            .map(|&addr| self.read_one(info, addr))
+            .collect()
+    }
+
+    fn chunk_location(&self, id: &str, addr: u64) -> String {
+        match self.storage(id) {
+            Storage::Folder => self.chunk_path(id, addr).display().to_string(),
+            Storage::Tar => format!(
+                "{} (member for chunk x{addr:016x})",
+                self.tar_path(id).display()
+            ),
+        }
+    }
+
+    fn manifest_label(&self, id: &str) -> PathBuf {
+        match self.storage(id) {
+            Storage::Folder => self.manifest_path(id),
+            Storage::Tar => self.tar_path(id).join(layout::MANIFEST_FILE),
+        }
+    }
+
+    fn info_label(&self, id: &str) -> PathBuf {
+        self.info_path(id)
+    }
+
+    fn forget_cached(&self) {
+        if let Ok(mut c) = self.tars.lock() {
+            c.clear();
+        }
+    }
+
+    fn as_folder(&self) -> Option<&FolderStore> {
+        Some(self)
+    }
+}

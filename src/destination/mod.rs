@@ -1,0 +1,273 @@
+//! The write and maintenance side of the destination seam: one archive root, wherever
+//! it lives.
+//!
+//! A [`Destination`] is what every command needs of an archive beyond reading it: its
+//! identity, the per-volume lock, writing a new session through a [`SessionSink`], and
+//! the maintenance that must run on the machine that holds the files, because only
+//! there is it atomic (the commit, the prune's fold and journal, untar, recovery of
+//! interrupted runs, deleting and renaming volumes, the writes of `repair`). Reading a
+//! volume goes through [`Destination::volume`], a
+//! [`VolumeArchive`](sparsebak_format::volume::VolumeArchive) over the read side
+//! ([`sparsebak_format::store::VolumeStore`]).
+//!
+//! Implementations: `local::LocalDestination` (an archive folder on this machine: the
+//! only code that touches an archive's files), and a remote destination that maps
+//! each method to one request to a `LocalDestination` run on the far side. So every
+//! argument and result is plain data (names, IDs, plans, byte vectors): no closure,
+//! and no path of the far side that the caller would then open.
+//!
+//! The source-side state (`<metadir>`: delta maps, copies of sessions, the pending
+//! record, the catalog, the source lock) never goes through a destination.
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::marker::ArchiveMarker;
+use sparsebak_format::volume::VolumeArchive;
+use sparsebak_format::Hash;
+
+use crate::error::Result;
+pub use crate::lock::Mode;
+
+/// How a new session is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A folder `S_<id>` with one file per chunk.
+    Folder,
+    /// One tar file `S_<id>.tar` (and its member index).
+    Tar,
+}
+
+/// A held lock on a volume of a destination: released when dropped. For a remote
+/// destination the far side holds the lock until this is dropped or the link goes.
+pub struct DestLock {
+    _held: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for DestLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DestLock")
+    }
+}
+
+impl DestLock {
+    /// A lock held for as long as `guard` lives.
+    pub fn new(guard: impl std::any::Any + Send + Sync) -> DestLock {
+        DestLock {
+            _held: Box::new(guard),
+        }
+    }
+}
+
+/// What a new session's info says that the sink cannot know itself. The sink adds
+/// what it counted (`changed`, `bytes_stored`) and the manifest's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub volume: String,
+    pub session: String,
+    pub previous: Option<String>,
+    /// When the session was taken: seconds since the epoch.
+    pub time: i64,
+    /// Bytes.
+    pub volsize: u64,
+    /// Bytes.
+    pub chunksize: u64,
+    pub compression: sparsebak_format::chunk::Codec,
+    /// Non-zero chunks in the new session's view.
+    pub chunks: u64,
+    /// Bytes read from the volume.
+    pub bytes_read: u64,
+}
+
+impl NewSession {
+    /// The complete info, with what the sink counted.
+    pub fn info(self, changed: u64, bytes_stored: u64, manifest_sha256: Hash) -> SessionInfo {
+        SessionInfo {
+            volume: self.volume,
+            session: self.session,
+            previous: self.previous,
+            time: self.time,
+            volsize: self.volsize,
+            chunksize: self.chunksize,
+            compression: self.compression,
+            changed,
+            chunks: self.chunks,
+            bytes_read: self.bytes_read,
+            bytes_stored,
+            manifest_sha256,
+        }
+    }
+}
+
+/// Where the chunks of a new session go, in address order: an archive session
+/// (folder or tar, local or remote) or a stream.
+///
+/// Life: `put_chunk`/`put_zero` for every changed chunk, then [`SessionSink::prepare`]
+/// (everything durable, the session not yet visible), then [`SessionSink::commit`]
+/// (it appears whole, in one step). Between the two the caller records on the source
+/// side that the session is about to exist (the pending record), so a crash between
+/// commit and the source's copies is caught up by the next run. Dropping or
+/// [`SessionSink::abort`]ing a sink before `commit` leaves nothing visible.
+///
+/// A full filesystem is reported by the sink itself, with what the session needed
+/// (see `crate::space`), since only the machine holding the files can measure it.
+pub trait SessionSink: Send {
+    /// Store a data chunk: `addr` its byte offset in the volume (a multiple of the
+    /// chunk size), `hash` the SHA-256 of its plain bytes, `payload` its encoded
+    /// bytes (at most what [`sparsebak_format::limits::max_stored`] allows).
+    fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()>;
+    /// Record that the chunk at `addr` became all zero.
+    fn put_zero(&mut self, addr: u64) -> Result<()>;
+    /// Manifest lines so far.
+    fn changed(&self) -> u64;
+    /// Bytes of encoded chunk data stored so far.
+    fn bytes_stored(&self) -> u64;
+    /// Finish the manifest and write the info `fields` make with what the sink
+    /// counted; make everything durable. The session is not visible yet. Returns its
+    /// info exactly as stored.
+    fn prepare(&mut self, fields: NewSession) -> Result<SessionInfo>;
+    /// Make the prepared session visible, in one atomic step. Fails if
+    /// [`SessionSink::prepare`] did not run.
+    fn commit(self: Box<Self>) -> Result<SessionInfo>;
+    /// Give the session up: nothing of it stays visible, its staging goes.
+    fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// What folding one session into its successor did (or, dry, would do): prune.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FoldPlan {
+    /// The session removed.
+    pub removed: String,
+    /// The session it folds into.
+    pub into: String,
+    /// Chunk files that move from the removed session into its successor.
+    pub moved: u64,
+    /// Chunk files deleted.
+    pub deleted: u64,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// What the fold needs and cannot find (the first few named).
+    pub missing: Vec<String>,
+    /// How many needed things are missing in all.
+    pub missing_count: u64,
+}
+
+/// A file of a session that `repair` can put back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionFile {
+    Info,
+    Manifest,
+    /// The chunk at this byte offset of the volume.
+    Chunk(u64),
+}
+
+/// One archive root, wherever it lives (see the module documentation).
+///
+/// Volume names are the config's names (checked by the config: no `/`, no leading
+/// `.`); session IDs are `YYYYMMDD-HHMMSS`. Errors name the destination and what
+/// failed there, once. Methods that change a volume need its exclusive lock
+/// ([`Destination::lock_volume`]) held by the caller.
+pub trait Destination: Send + Sync {
+    /// The destination, for messages: a folder's path, or `ssh://host/path`.
+    fn label(&self) -> String;
+
+    /// Whether the archive can only be read (a read-only mount): then readers take
+    /// no locks and every change is refused.
+    fn read_only(&self) -> bool;
+
+    /// The archive's root marker, `None` when there is no archive there.
+    fn marker(&self) -> Result<Option<ArchiveMarker>>;
+
+    /// Create an empty archive with a new identity (safe against runs doing the same
+    /// at once: one marker wins, and every run reads it). Refuses a folder that holds
+    /// other things.
+    fn create(&self) -> Result<()>;
+
+    /// Give an archive whose marker has no identity (made before identities) one;
+    /// returns the identity the marker has afterwards.
+    fn add_identity(&self) -> Result<String>;
+
+    /// The volumes the archive holds (folder names), sorted.
+    fn volumes(&self) -> Result<Vec<String>>;
+
+    /// The read side of volume `name` (which need not exist).
+    fn volume(&self, name: &str) -> VolumeArchive;
+
+    /// Lock volume `name` (its folder is created for an exclusive lock). On a
+    /// read-only archive a shared lock is not taken (`None`: nobody can write) and
+    /// an exclusive one is refused. Waits at most a minute for another run.
+    fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>>;
+
+    /// Start writing session `id` of volume `name`, stored as `kind`, incremental on
+    /// session `base` (`None`: a full session). `volsize` (bytes) is the volume's
+    /// size, used to report a full filesystem. Needs the exclusive lock.
+    fn begin_session(
+        &self,
+        name: &str,
+        id: &str,
+        kind: SessionKind,
+        base: Option<&str>,
+        volsize: u64,
+    ) -> Result<Box<dyn SessionSink>>;
+
+    /// Remove what interrupted runs left in volume `name` (staging folders, a tar
+    /// session's leftovers). Needs the exclusive lock.
+    fn remove_staging(&self, name: &str) -> Result<()>;
+
+    /// Remove, in every volume whose lock is free, what runs that died left behind.
+    /// Never fails (what cannot be removed is logged, and tried again next time).
+    fn sweep_dead_runs(&self);
+
+    /// The interrupted prune of volume `name`, if there is one: (the session it
+    /// removes, the session it folds into).
+    fn interrupted_prune(&self, name: &str) -> Result<Option<(String, String)>>;
+
+    /// Roll an interrupted prune of volume `name` forward (clear leftovers of one
+    /// that never reached its journal). `removed_info` is the info of the session
+    /// being removed as the source side kept it (used when the archive's is gone).
+    /// Returns (removed, into) when a prune was finished; its journal stays until
+    /// [`Destination::end_fold`], so that the source side updates its copies first.
+    fn recover(
+        &self,
+        name: &str,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<Option<(String, String)>>;
+
+    /// Check that sessions `targets` of volume `name` can be removed (their
+    /// manifests, and the chunks their successors' views take from them): refuses,
+    /// naming what is missing, with nothing changed.
+    fn check_removal(&self, name: &str, targets: &[String]) -> Result<()>;
+
+    /// Remove session `remove` of volume `name` by folding it into the next session
+    /// (prune). With `dry_run` nothing changes and the plan says what would. The
+    /// journal stays until [`Destination::end_fold`].
+    fn fold(
+        &self,
+        name: &str,
+        remove: &str,
+        dry_run: bool,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<FoldPlan>;
+
+    /// Remove the journal of a fold once the source side has updated its copies.
+    fn end_fold(&self, name: &str) -> Result<()>;
+
+    /// Convert tar session `id` of volume `name` into a folder; `false` when it was
+    /// one already.
+    fn untar(&self, name: &str, id: &str) -> Result<bool>;
+
+    /// Remove sessions `ids` of volume `name` outright (no fold: later sessions that
+    /// build on them lose what they took from them).
+    fn delete_sessions(&self, name: &str, ids: &[String]) -> Result<()>;
+
+    /// Remove volume `name` and every session of it, in one visible step; `false`
+    /// when it was not there.
+    fn delete_volume(&self, name: &str) -> Result<bool>;
+
+    /// Rename volume `old` to `new`; `false` when `old` was not there (moved already).
+    fn rename_volume(&self, old: &str, new: &str) -> Result<bool>;
+
+    /// Put back one file of session `id` of volume `name` (repair): written under a
+    /// temporary name, made durable, renamed into place. A tar session is converted
+    /// into a folder first.
+    fn put_session_file(&self, name: &str, id: &str, file: SessionFile, bytes: &[u8])
+        -> Result<()>;
+}
