@@ -48,12 +48,8 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
 fn run_remote(ctx: &Ctx, spec: &crate::remote::RemoteSpec, vols: &[String]) -> Result<()> {
     use sparsebak_format::info::SessionInfo;
     let c = &ctx.config;
-    let mut conn = crate::remote::Connection::open(
-        spec,
-        &c.destdir,
-        c.destmountpoint.as_deref(),
-        false,
-    )?;
+    let mut conn =
+        crate::remote::Connection::open(spec, &c.destdir, c.destmountpoint.as_deref(), false)?;
     let mut out = crate::progress::Stdout;
     for name in vols {
         conn.lock(name, false)?;

@@ -6,7 +6,10 @@ use anyhow::{bail, Result};
 
 pub fn run(root: &Path) -> Result<()> {
     if !root.is_absolute() {
-        bail!("serve {}: the folder must be an absolute path", root.display());
+        bail!(
+            "serve {}: the folder must be an absolute path",
+            root.display()
+        );
     }
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();

@@ -104,7 +104,9 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("label", &self.label).finish()
+        f.debug_struct("Connection")
+            .field("label", &self.label)
+            .finish()
     }
 }
 
@@ -184,12 +186,16 @@ impl Connection {
             .and_then(|_| self.w.flush().map_err(WireError::Io));
         let theirs = match proto::read_frame(&mut self.r) {
             Ok(f) if f.kind == kind::HELLO => f,
-            Ok(_) => return Err(self.link("the far side does not speak sparsebak's protocol".into())),
+            Ok(_) => {
+                return Err(self.link("the far side does not speak sparsebak's protocol".into()))
+            }
             Err(e) => return Err(self.startup_failure(e)),
         };
         let (protocol, program) = match Hello::decode_versions(&theirs.payload) {
             Ok(v) => v,
-            Err(_) => return Err(self.link("the far side does not speak sparsebak's protocol".into())),
+            Err(_) => {
+                return Err(self.link("the far side does not speak sparsebak's protocol".into()))
+            }
         };
         if protocol != proto::PROTOCOL_VERSION {
             return Err(RemoteError::Refused {
@@ -363,7 +369,14 @@ impl Connection {
     }
 
     pub fn manifest_len(&mut self, vol: &str, id: &str) -> Result<u64, RemoteError> {
-        let p = self.call(Enc::new().u8(req::MANIFEST_LEN).str(vol).str(id).0.as_slice())?;
+        let p = self.call(
+            Enc::new()
+                .u8(req::MANIFEST_LEN)
+                .str(vol)
+                .str(id)
+                .0
+                .as_slice(),
+        )?;
         self.decode(&p, |d| d.u64())
     }
 
@@ -385,7 +398,9 @@ impl Connection {
         )?;
         let b = self.decode(&p, |d| Ok(d.bytes()?.to_vec()))?;
         if b.len() > proto::MANIFEST_PIECE as usize {
-            return Err(self.malformed(WireError::Malformed("a manifest piece above the limit".into())));
+            return Err(self.malformed(WireError::Malformed(
+                "a manifest piece above the limit".into(),
+            )));
         }
         Ok(b)
     }
@@ -421,8 +436,21 @@ impl Connection {
         Ok(out)
     }
 
-    pub fn chunk_location(&mut self, vol: &str, id: &str, addr: u64) -> Result<String, RemoteError> {
-        let p = self.call(Enc::new().u8(req::CHUNK_LOCATION).str(vol).str(id).u64(addr).0.as_slice())?;
+    pub fn chunk_location(
+        &mut self,
+        vol: &str,
+        id: &str,
+        addr: u64,
+    ) -> Result<String, RemoteError> {
+        let p = self.call(
+            Enc::new()
+                .u8(req::CHUNK_LOCATION)
+                .str(vol)
+                .str(id)
+                .u64(addr)
+                .0
+                .as_slice(),
+        )?;
         self.decode(&p, |d| d.str())
     }
 
@@ -433,7 +461,14 @@ impl Connection {
     }
 
     pub fn lock(&mut self, vol: &str, exclusive: bool) -> Result<(), RemoteError> {
-        let p = self.call(Enc::new().u8(req::LOCK).str(vol).bool(exclusive).0.as_slice())?;
+        let p = self.call(
+            Enc::new()
+                .u8(req::LOCK)
+                .str(vol)
+                .bool(exclusive)
+                .0
+                .as_slice(),
+        )?;
         self.decode(&p, |_| Ok(()))
     }
 

@@ -9,7 +9,9 @@
 pub mod client;
 pub mod proto;
 pub mod serve;
+pub mod store;
 pub mod transport;
 
 pub use client::{Connection, RemoteError};
+pub use store::RemoteStore;
 pub use transport::{parse_destvm, RemoteSpec, Transport};

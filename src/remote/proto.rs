@@ -87,7 +87,11 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     while got < 4 {
         match r.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Err(WireError::Closed),
-            Ok(0) => return Err(WireError::Malformed("the connection closed inside a frame".into())),
+            Ok(0) => {
+                return Err(WireError::Malformed(
+                    "the connection closed inside a frame".into(),
+                ))
+            }
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -219,7 +223,11 @@ impl<'a> Dec<'a> {
             .map_err(|_| WireError::Malformed("a string that is not UTF-8".into()))
     }
     pub fn opt_str(&mut self) -> Result<Option<String>, WireError> {
-        Ok(if self.bool()? { Some(self.str()?) } else { None })
+        Ok(if self.bool()? {
+            Some(self.str()?)
+        } else {
+            None
+        })
     }
     /// A count of items each at least `min` bytes long, checked against what is left.
     fn count(&mut self, min: usize) -> Result<usize, WireError> {
@@ -289,7 +297,9 @@ impl Hello {
         let protocol = d.u32()?;
         let program = d.str()?;
         if program.len() > 64 {
-            return Err(WireError::Malformed("a program version of over 64 bytes".into()));
+            return Err(WireError::Malformed(
+                "a program version of over 64 bytes".into(),
+            ));
         }
         Ok((protocol, program))
     }
@@ -327,12 +337,30 @@ mod tests {
         write_frame(&mut buf, kind::OK, b"abc").unwrap();
         write_frame(&mut buf, kind::ERR, b"").unwrap();
         let mut r = &buf[..];
-        assert_eq!(read_frame(&mut r).unwrap(), Frame { kind: kind::OK, payload: b"abc".to_vec() });
-        assert_eq!(read_frame(&mut r).unwrap(), Frame { kind: kind::ERR, payload: vec![] });
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Frame {
+                kind: kind::OK,
+                payload: b"abc".to_vec()
+            }
+        );
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Frame {
+                kind: kind::ERR,
+                payload: vec![]
+            }
+        );
         assert!(matches!(read_frame(&mut r), Err(WireError::Closed)));
         // A length above the limit is refused before anything is allocated.
         let mut r: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1];
-        assert!(matches!(read_frame(&mut r), Err(WireError::TooLong { len: 0xffff_ffff, .. })));
+        assert!(matches!(
+            read_frame(&mut r),
+            Err(WireError::TooLong {
+                len: 0xffff_ffff,
+                ..
+            })
+        ));
         let mut r: &[u8] = &[0, 0, 0, 0];
         assert!(matches!(read_frame(&mut r), Err(WireError::Empty)));
         // A frame cut short.
@@ -344,10 +372,21 @@ mod tests {
     fn counts_and_lengths_in_a_payload_are_checked_against_what_is_left() {
         let mut e = Enc::new();
         e.u32(1_000_000_000);
-        assert!(Dec::new(&e.0).strs().unwrap_err().to_string().contains("count of 1000000000"));
-        assert!(Dec::new(&e.0).bytes().unwrap_err().to_string().contains("needs 1000000000 bytes"));
+        assert!(Dec::new(&e.0)
+            .strs()
+            .unwrap_err()
+            .to_string()
+            .contains("count of 1000000000"));
+        assert!(Dec::new(&e.0)
+            .bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("needs 1000000000 bytes"));
         let mut e = Enc::new();
-        e.strs(&["a", "bc"]).u64s(&[1, 2, 3]).opt_str(None).opt_str(Some("x"));
+        e.strs(&["a", "bc"])
+            .u64s(&[1, 2, 3])
+            .opt_str(None)
+            .opt_str(Some("x"));
         let mut d = Dec::new(&e.0);
         assert_eq!(d.strs().unwrap(), vec!["a", "bc"]);
         assert_eq!(d.u64s().unwrap(), vec![1, 2, 3]);
@@ -369,7 +408,10 @@ mod tests {
         assert_eq!(Hello::decode(&bytes).unwrap(), h);
         let mut future = bytes[..8 + 4 + 4 + 5].to_vec();
         future.extend_from_slice(b"fields of a later version");
-        assert_eq!(Hello::decode_versions(&future).unwrap(), (7, "9.9.9".into()));
+        assert_eq!(
+            Hello::decode_versions(&future).unwrap(),
+            (7, "9.9.9".into())
+        );
         assert!(Hello::decode_versions(b"SSH-2.0-OpenSSH").is_err());
         assert_eq!(
             mismatch((1, "0.1.0"), (7, "9.9.9")),

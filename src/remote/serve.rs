@@ -65,7 +65,11 @@ impl Server {
         if let Some(i) = self.infos.get(&key) {
             return Ok(i.clone());
         }
-        let i = self.archive.volume(vol).info(id).map_err(|e| e.to_string())?;
+        let i = self
+            .archive
+            .volume(vol)
+            .info(id)
+            .map_err(|e| e.to_string())?;
         if self.infos.len() > 4096 {
             self.infos.clear();
         }
@@ -85,7 +89,9 @@ impl Server {
         let vol_id = |d: &mut Dec| -> Result<Result<(String, String), String>, WireError> {
             let v = d.str()?;
             let id = d.str()?;
-            Ok(check_volume(&v).and_then(|_| check_session(&id)).map(|_| (v, id)))
+            Ok(check_volume(&v)
+                .and_then(|_| check_session(&id))
+                .map(|_| (v, id)))
         };
         macro_rules! tri {
             ($x:expr) => {
@@ -103,7 +109,8 @@ impl Server {
                 let rd = tri!(std::fs::read_dir(&self.archive.root)
                     .map_err(|e| format!("{}: {e}", self.archive.root.display())));
                 for ent in rd {
-                    let ent = tri!(ent.map_err(|e| format!("{}: {e}", self.archive.root.display())));
+                    let ent =
+                        tri!(ent.map_err(|e| format!("{}: {e}", self.archive.root.display())));
                     if let Some(n) = ent.file_name().to_str() {
                         if layout::volume_name_problem(n).is_none()
                             && ent.file_type().is_ok_and(|t| t.is_dir())
@@ -178,14 +185,22 @@ impl Server {
             }
             req::ARCHIVE => {
                 d.end()?;
-                e.opt_str(self.archive.id.as_deref()).bool(self.archive.read_only);
+                e.opt_str(self.archive.id.as_deref())
+                    .bool(self.archive.read_only);
             }
             req::LOCK => {
                 let v = tri!(vol(&mut d)?);
                 let exclusive = d.bool()?;
                 d.end()?;
-                let mode = if exclusive { Mode::Exclusive } else { Mode::Shared };
-                let g = tri!(self.archive.lock_volume(&v, mode).map_err(|e| e.to_string()));
+                let mode = if exclusive {
+                    Mode::Exclusive
+                } else {
+                    Mode::Shared
+                };
+                let g = tri!(self
+                    .archive
+                    .lock_volume(&v, mode)
+                    .map_err(|e| e.to_string()));
                 self.locks.insert(v, g);
             }
             req::UNLOCK => {
@@ -208,7 +223,8 @@ fn read_piece(
     let path = vol.manifest_path(id);
     match vol.storage(id) {
         Storage::Folder => {
-            let mut f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut f =
+                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             f.seek(SeekFrom::Start(offset))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let mut buf = Vec::with_capacity(len);
@@ -280,7 +296,11 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
     out.flush().map_err(WireError::Io)?;
     let f = proto::read_frame(&mut input)?;
     if f.kind != kind::HELLO {
-        return Err(WireError::Malformed(format!("the first frame is of kind {}, not a hello", f.kind)).into());
+        return Err(WireError::Malformed(format!(
+            "the first frame is of kind {}, not a hello",
+            f.kind
+        ))
+        .into());
     }
     let (protocol, program) = Hello::decode_versions(&f.payload)?;
     let refuse = |out: &mut BufWriter<_>, m: String| -> ServeError {
@@ -317,7 +337,11 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
             Err(e) => return Err(e.into()),
         };
         if f.kind != kind::REQUEST {
-            return Err(WireError::Malformed(format!("a frame of kind {} where a request belongs", f.kind)).into());
+            return Err(WireError::Malformed(format!(
+                "a frame of kind {} where a request belongs",
+                f.kind
+            ))
+            .into());
         }
         match server.handle(&f.payload, &mut out)? {
             None => {}
@@ -342,7 +366,10 @@ mod tests {
         assert!(!within(r, Path::new("/backup/../etc")));
         assert!(!within(r, Path::new("/backupx")));
         assert!(!within(r, Path::new("backup")));
-        assert!(within(r, Path::new("/backup/./a")), "the same folder as /backup/a");
+        assert!(
+            within(r, Path::new("/backup/./a")),
+            "the same folder as /backup/a"
+        );
         assert!(check_volume("../x").is_err());
         assert!(check_volume(".lock").is_err());
         assert!(check_session("../../etc").is_err());
@@ -360,9 +387,17 @@ mod tests {
         let mut input = Vec::new();
         proto::write_frame(&mut input, kind::HELLO, &h.encode()).unwrap();
         let mut output = Vec::new();
-        let err = serve(Path::new("/"), &input[..], &mut output).unwrap_err().to_string();
+        let err = serve(Path::new("/"), &input[..], &mut output)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sparsebak 9.9.9 (protocol 99)"), "{err}");
-        assert!(err.contains(&format!("sparsebak {} (protocol 1)", proto::PROGRAM_VERSION)), "{err}");
+        assert!(
+            err.contains(&format!(
+                "sparsebak {} (protocol 1)",
+                proto::PROGRAM_VERSION
+            )),
+            "{err}"
+        );
         let mut r = &output[..];
         let hello = proto::read_frame(&mut r).unwrap();
         assert_eq!(Hello::decode(&hello.payload).unwrap().protocol, 1);

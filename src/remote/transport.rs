@@ -81,7 +81,9 @@ fn parse_ssh(s: &str) -> Result<SshHost, String> {
     };
     if let Some(u) = user {
         if !name_ok(u, "") {
-            return Err(format!("user {u:?} is not a user name (letters, digits, . _ -)"));
+            return Err(format!(
+                "user {u:?} is not a user name (letters, digits, . _ -)"
+            ));
         }
     }
     let (host, port) = if let Some(r) = rest.strip_prefix('[') {
@@ -138,7 +140,9 @@ fn parse_vm(vm: &str) -> Result<String, String> {
 pub fn parse_destvm(s: &str) -> Result<Transport, String> {
     let what = |e: String| format!("destvm = {s}: {e}");
     if let Some(r) = s.strip_prefix("ssh://") {
-        return parse_ssh(r.trim_end_matches('/')).map(Transport::Ssh).map_err(what);
+        return parse_ssh(r.trim_end_matches('/'))
+            .map(Transport::Ssh)
+            .map_err(what);
     }
     if let Some(r) = s.strip_prefix("qubes-ssh://") {
         let (vm, host) = r
@@ -173,7 +177,11 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 fn shell_join(words: &[String]) -> String {
-    words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn ssh_argv(ssh: &SshHost, sshopts: &[String], far: &str) -> Vec<String> {
@@ -182,7 +190,11 @@ fn ssh_argv(ssh: &SshHost, sshopts: &[String], far: &str) -> Vec<String> {
     // After sshopts: OpenSSH takes the first value given for an option, so the
     // user's options win. No password prompt can stall a backup; no escape character
     // may eat a byte of the stream; no terminal.
-    for o in ["BatchMode=yes", "ConnectTimeout=30", "ServerAliveInterval=30"] {
+    for o in [
+        "BatchMode=yes",
+        "ConnectTimeout=30",
+        "ServerAliveInterval=30",
+    ] {
         a.push("-o".into());
         a.push(o.into());
     }
@@ -217,7 +229,13 @@ impl RemoteSpec {
         match &self.transport {
             Transport::Ssh(h) => ssh_argv(h, &self.sshopts, &far),
             Transport::Qubes { vm } => {
-                vec!["qvm-run".into(), "--pass-io".into(), vm.clone(), "--".into(), far]
+                vec![
+                    "qvm-run".into(),
+                    "--pass-io".into(),
+                    vm.clone(),
+                    "--".into(),
+                    far,
+                ]
             }
             Transport::QubesSsh { vm, ssh } => vec![
                 "qvm-run".into(),
@@ -269,10 +287,15 @@ mod tests {
             "ssh://[::1]:22"
         );
         assert_eq!(
-            parse_destvm("qubes-ssh://sys-backup/u@h").unwrap().to_string(),
+            parse_destvm("qubes-ssh://sys-backup/u@h")
+                .unwrap()
+                .to_string(),
             "qubes-ssh://sys-backup/u@h"
         );
-        assert_eq!(parse_destvm("qubes://backup").unwrap().to_string(), "qubes://backup");
+        assert_eq!(
+            parse_destvm("qubes://backup").unwrap().to_string(),
+            "qubes://backup"
+        );
         for bad in [
             "backup",
             "ssh://",
@@ -287,10 +310,7 @@ mod tests {
         ] {
             assert!(parse_destvm(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            parse_destvm("backup").unwrap_err().lines().count(),
-            1
-        );
+        assert_eq!(parse_destvm("backup").unwrap_err().lines().count(), 1);
     }
 
     #[test]
@@ -299,14 +319,34 @@ mod tests {
         assert_eq!(
             s.argv(Path::new("/backup/it's here")),
             [
-                "ssh", "-F", "/etc/x cfg", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
-                "-o", "ServerAliveInterval=30", "-T", "-e", "none", "-p", "2222", "--",
-                "bk@h", r"sparsebak serve -- '/backup/it'\''s here'"
+                "ssh",
+                "-F",
+                "/etc/x cfg",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=30",
+                "-o",
+                "ServerAliveInterval=30",
+                "-T",
+                "-e",
+                "none",
+                "-p",
+                "2222",
+                "--",
+                "bk@h",
+                r"sparsebak serve -- '/backup/it'\''s here'"
             ]
         );
         assert_eq!(
             spec("qubes://backup").argv(Path::new("/b")),
-            ["qvm-run", "--pass-io", "backup", "--", "sparsebak serve -- /b"]
+            [
+                "qvm-run",
+                "--pass-io",
+                "backup",
+                "--",
+                "sparsebak serve -- /b"
+            ]
         );
         let q = spec("qubes-ssh://netvm/h").argv(Path::new("/b c"));
         assert_eq!(&q[..4], ["qvm-run", "--pass-io", "netvm", "--"]);

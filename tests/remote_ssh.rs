@@ -1,0 +1,342 @@
+//! Remote archives over a real OpenSSH server on 127.0.0.1 (`common/sshd.rs`): what
+//! the far side sends back is byte for byte what the archive holds, and each way of
+//! failing to reach it is one clear line.
+
+mod common;
+use common::*;
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use sparsebak::format::store::{FolderStore, VolumeStore};
+use sparsebak::remote::{parse_destvm, Connection, RemoteSpec, RemoteStore};
+use sshd::*;
+
+const CS: usize = 65536;
+
+/// A volume with a folder session, an incremental and a tar session.
+fn archive_of_three(env: &Env) -> Vec<u8> {
+    let mut rng = Rng::new(41);
+    let mut img = rng.bytes(40 * CS);
+    img[5 * CS..9 * CS].fill(0);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    rng.fill(&mut img[20 * CS..23 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    img[2 * CS + 3] ^= 0x55;
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["send", "--tarfile", "v"]);
+    img
+}
+
+fn spec(sshd: &Sshd, destcmd: &str) -> RemoteSpec {
+    RemoteSpec {
+        transport: parse_destvm(&sshd.destvm()).unwrap(),
+        destcmd: destcmd.into(),
+        sshopts: sshd
+            .sshopts()
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    }
+}
+
+#[test]
+fn list_over_ssh_says_what_list_says_here() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    archive_of_three(&env);
+    let local = env.ok(&["list"]);
+    let remote_cfg = add_to_var(&env.config, &remote_lines(&sshd.destvm(), &sshd.sshopts()));
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&remote_cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), local);
+    assert_eq!(local.lines().count(), 4, "{local}");
+}
+
+#[test]
+fn every_read_of_a_remote_volume_is_byte_identical() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    archive_of_three(&env);
+    let conn = Connection::open(
+        &spec(&sshd, bin().to_str().unwrap()),
+        &env.archive(),
+        None,
+        false,
+    )
+    .unwrap();
+    assert_eq!(conn.far_version(), env!("CARGO_PKG_VERSION"));
+    let conn = Arc::new(Mutex::new(conn));
+    let remote = RemoteStore::new(conn.clone(), "v");
+    let local = FolderStore::new(&env.vol_dir("v"));
+    assert!(remote.exists());
+    assert!(!RemoteStore::new(conn.clone(), "nosuch").exists());
+    assert_eq!(
+        remote.label(),
+        format!("{}{}/v", sshd.destvm(), env.archive().display())
+    );
+    let ids = local.sessions().unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(remote.sessions().unwrap(), ids);
+    let mut chunks = 0;
+    for id in &ids {
+        assert_eq!(remote.storage(id), local.storage(id), "{id}");
+        assert_eq!(
+            remote.info_bytes(id).unwrap(),
+            local.info_bytes(id).unwrap()
+        );
+        assert_eq!(
+            remote.manifest_len(id).unwrap(),
+            local.manifest_len(id).unwrap()
+        );
+        let mut a = Vec::new();
+        remote
+            .manifest_bytes(id)
+            .unwrap()
+            .read_to_end(&mut a)
+            .unwrap();
+        let mut b = Vec::new();
+        local
+            .manifest_bytes(id)
+            .unwrap()
+            .read_to_end(&mut b)
+            .unwrap();
+        assert_eq!(a, b, "manifest of {id}");
+        let info_text = String::from_utf8(local.info_bytes(id).unwrap()).unwrap();
+        let info =
+            sparsebak::format::info::SessionInfo::parse(&info_text, std::path::Path::new("info"))
+                .unwrap();
+        // Every data line's chunk, in one batch, plus an address that has none.
+        let addrs: Vec<u64> = String::from_utf8(b)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("0 "))
+            .map(|l| {
+                u64::from_str_radix(
+                    l.split_whitespace().nth(1).unwrap().trim_start_matches('x'),
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(!addrs.is_empty());
+        let r = remote.read_stored(&info, &addrs);
+        let l = local.read_stored(&info, &addrs);
+        assert_eq!(r.len(), addrs.len());
+        for ((a, r), l) in addrs.iter().zip(r).zip(l) {
+            assert_eq!(r.unwrap(), l.unwrap(), "chunk {a:#x} of {id}");
+            chunks += 1;
+        }
+        let missing = remote.read_stored(&info, &[39 * CS as u64 + (1 << 30)]);
+        assert!(missing[0].is_err());
+    }
+    assert_eq!(chunks, 36 + 3 + 1);
+    drop(remote);
+    Arc::try_unwrap(conn)
+        .unwrap()
+        .into_inner()
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+fn remote_env(
+    env: &Env,
+    destvm: &str,
+    destcmd: &str,
+    sshopts: &str,
+    destdir: Option<&str>,
+) -> std::path::PathBuf {
+    let lines = format!("destvm = {destvm}\ndestcmd = {destcmd}\nsshopts = {sshopts}\n");
+    let cfg = env.config.clone();
+    if let Some(d) = destdir {
+        let ini = std::fs::read_to_string(&cfg).unwrap();
+        let ini = ini.replace(
+            &format!("destdir = {}", env.archive().display()),
+            &format!("destdir = {d}"),
+        );
+        let p = env.path().join("other.ini");
+        std::fs::write(&p, ini).unwrap();
+        return add_to_var(&p, &lines);
+    }
+    add_to_var(&cfg, &lines)
+}
+
+fn list_fails(cfg: &std::path::Path) -> String {
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    e
+}
+
+#[test]
+fn each_way_of_not_reaching_the_archive_is_one_clear_line() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), vec![1u8; 4 * CS]).unwrap();
+    env.send("v");
+    let me = bin().display().to_string();
+    let opts = sshd.sshopts();
+
+    // Nobody listens on the port.
+    let port = free_port();
+    let e = list_fails(&remote_env(
+        &env,
+        &format!("ssh://root@127.0.0.1:{port}"),
+        &me,
+        &opts,
+        None,
+    ));
+    assert!(e.contains(&format!("destination ssh://root@127.0.0.1:{port}{}: cannot reach it: ssh: connect to host 127.0.0.1 port {port}: Connection refused", env.archive().display())), "{e}");
+
+    // The far side has no such command.
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        "/nonexistent/sparsebak",
+        &opts,
+        None,
+    ));
+    assert!(
+        e.contains("the far side has no command \"/nonexistent/sparsebak\" (destcmd)"),
+        "{e}"
+    );
+    assert!(e.contains("No such file or directory"), "{e}");
+
+    // destdir is not there.
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        &me,
+        &opts,
+        Some("/nonexistent/archive"),
+    ));
+    assert!(
+        e.contains(&format!(
+            "destination {}/nonexistent/archive: destdir /nonexistent/archive: no such folder",
+            sshd.destvm()
+        )),
+        "{e}"
+    );
+
+    // destdir is a folder without an archive.
+    let empty = env.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        &me,
+        &opts,
+        Some(empty.to_str().unwrap()),
+    ));
+    assert!(
+        e.contains(&format!("{}: no archive", empty.display())),
+        "{e}"
+    );
+
+    // destmountpoint is checked over there.
+    let mp = env.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let cfg = remote_env(&env, &sshd.destvm(), &me, &opts, None);
+    let ini = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("destdir = {}", env.archive().display()),
+        &format!("destmountpoint = {}\ndestdir = x", mp.display()),
+    );
+    std::fs::write(&cfg, ini).unwrap();
+    let e = list_fails(&cfg);
+    assert!(e.contains(&format!("destmountpoint {} is not a mounted filesystem: the archive's disk is not mounted there", mp.display())), "{e}");
+
+    // A far side of another version: a stand-in that answers with a hello of
+    // protocol 99 from sparsebak 9.9.9.
+    let mut hello = Vec::new();
+    hello.extend_from_slice(b"SPBKWIRE");
+    hello.extend_from_slice(&99u32.to_le_bytes());
+    hello.extend_from_slice(&5u32.to_le_bytes());
+    hello.extend_from_slice(b"9.9.9");
+    hello.extend_from_slice(&0u32.to_le_bytes());
+    hello.extend_from_slice(&[0, 0]);
+    let mut frame = ((hello.len() + 1) as u32).to_le_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(&hello);
+    std::fs::write(env.path().join("hello99"), &frame).unwrap();
+    let fake = env.path().join("future-sparsebak");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncat '{}'\nexec cat >/dev/null\n",
+            env.path().join("hello99").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        fake.to_str().unwrap(),
+        &opts,
+        None,
+    ));
+    assert!(e.contains(&format!("protocol version mismatch: this side is sparsebak {} (protocol 1), the far side is sparsebak 9.9.9 (protocol 99)", env!("CARGO_PKG_VERSION"))), "{e}");
+}
+
+#[test]
+fn a_forced_command_confines_the_key_to_its_folder() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), vec![3u8; 4 * CS]).unwrap();
+    env.send("v");
+    // The authorized_keys line the README gives, with the archive's folder.
+    let sshd = Sshd::start_with(&format!(
+        "command=\"{} serve {}\",restrict ",
+        bin().display(),
+        env.archive().display()
+    ));
+    let me = bin().display().to_string();
+    let local = env.ok(&["list"]);
+    // The client's command line is ignored; its hello names the folder.
+    let cfg = remote_env(&env, &sshd.destvm(), "whatever", &sshd.sshopts(), None);
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), local);
+    // Another folder is refused by the far side.
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        &me,
+        &sshd.sshopts(),
+        Some("/etc"),
+    ));
+    assert!(
+        e.contains(&format!(
+            "destdir /etc is outside {}, the folder this server serves",
+            env.archive().display()
+        )),
+        "{e}"
+    );
+}
