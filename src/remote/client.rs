@@ -302,10 +302,50 @@ impl Connection {
         Ok(a)
     }
 
-    /// Send a request and wait for its answer (answers to requests sent before it
-    /// must have been read).
+    /// Read the answers of every request in flight; the first error among them.
+    pub fn drain(&mut self) -> Result<Option<String>, RemoteError> {
+        let mut first = None;
+        while !self.in_flight.is_empty() {
+            if let Err(m) = self.finish_one()? {
+                first.get_or_insert(m);
+            }
+        }
+        Ok(first)
+    }
+
+    /// Read answers until the window has room again; the first error among them.
+    pub fn make_room(&mut self) -> Result<(), RemoteError> {
+        while self.window_full() {
+            if let Err(message) = self.finish_one()? {
+                return Err(RemoteError::Failed {
+                    label: self.label.clone(),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a request and wait for its answer. Requests still in flight are answered
+    /// first, and the first of them that failed is the error (this one is not sent).
     pub fn call(&mut self, payload: &[u8]) -> Result<Vec<u8>, RemoteError> {
-        debug_assert!(self.in_flight.is_empty());
+        if let Some(message) = self.drain()? {
+            return Err(RemoteError::Failed {
+                label: self.label.clone(),
+                message,
+            });
+        }
+        self.call_now(payload)
+    }
+
+    /// [`Self::call`], whatever became of the requests in flight (giving a session
+    /// up, releasing a lock).
+    pub fn call_anyway(&mut self, payload: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        self.drain()?;
+        self.call_now(payload)
+    }
+
+    fn call_now(&mut self, payload: &[u8]) -> Result<Vec<u8>, RemoteError> {
         self.send(payload)?;
         match self.finish_one()? {
             Ok(p) => Ok(p),
@@ -414,7 +454,12 @@ impl Connection {
         addrs: &[u64],
         max: u64,
     ) -> Result<Vec<Result<Vec<u8>, String>>, RemoteError> {
-        debug_assert!(self.in_flight.is_empty());
+        if let Some(message) = self.drain()? {
+            return Err(RemoteError::Failed {
+                label: self.label.clone(),
+                message,
+            });
+        }
         let mut e = Enc::new();
         e.u8(req::READ_STORED).str(vol).str(id).u64s(addrs);
         self.send(&e.0)?;
@@ -460,7 +505,9 @@ impl Connection {
         self.decode(&p, |d| d.u8())
     }
 
-    pub fn lock(&mut self, vol: &str, exclusive: bool) -> Result<(), RemoteError> {
+    /// Take volume `vol`'s lock on the far side; `false` when none was needed (a
+    /// read-only archive and a shared lock).
+    pub fn lock(&mut self, vol: &str, exclusive: bool) -> Result<bool, RemoteError> {
         let p = self.call(
             Enc::new()
                 .u8(req::LOCK)
@@ -469,11 +516,11 @@ impl Connection {
                 .0
                 .as_slice(),
         )?;
-        self.decode(&p, |_| Ok(()))
+        self.decode(&p, |d| d.bool())
     }
 
     pub fn unlock(&mut self, vol: &str) -> Result<(), RemoteError> {
-        let p = self.call(Enc::new().u8(req::UNLOCK).str(vol).0.as_slice())?;
+        let p = self.call_anyway(Enc::new().u8(req::UNLOCK).str(vol).0.as_slice())?;
         self.decode(&p, |_| Ok(()))
     }
 

@@ -7,11 +7,15 @@
 //! - [`client`]: the near side.
 
 pub mod client;
+pub mod destination;
+mod interim;
 pub mod proto;
 pub mod serve;
 pub mod store;
 pub mod transport;
+pub mod wire;
 
 pub use client::{Connection, RemoteError};
+pub use destination::RemoteDestination;
 pub use store::RemoteStore;
 pub use transport::{parse_destvm, RemoteSpec, Transport};

@@ -455,3 +455,48 @@ pub mod req {
 
 /// Largest piece of a manifest one request reads.
 pub const MANIFEST_PIECE: u32 = 1 << 20;
+
+/// Request codes of the destination's write and maintenance side (see
+/// docs/FORMAT.md, "Remote protocol", for each one's fields).
+pub mod dreq {
+    pub const MARKER: u8 = 32;
+    pub const CREATE: u8 = 33;
+    pub const ADD_IDENTITY: u8 = 34;
+    pub const BEGIN_SESSION: u8 = 35;
+    pub const PUT_CHUNK: u8 = 36;
+    pub const PUT_ZERO: u8 = 37;
+    pub const PREPARE: u8 = 38;
+    pub const COMMIT: u8 = 39;
+    pub const ABORT: u8 = 40;
+    pub const REMOVE_STAGING: u8 = 41;
+    pub const SWEEP_DEAD_RUNS: u8 = 42;
+    pub const INTERRUPTED_PRUNE: u8 = 43;
+    pub const RECOVER: u8 = 44;
+    pub const CHECK_REMOVAL: u8 = 45;
+    pub const FOLD: u8 = 46;
+    pub const END_FOLD: u8 = 47;
+    pub const UNTAR: u8 = 48;
+    pub const DELETE_SESSIONS: u8 = 49;
+    pub const DELETE_VOLUME: u8 = 50;
+    pub const RENAME_VOLUME: u8 = 51;
+    pub const PUT_SESSION_FILE: u8 = 52;
+}
+
+impl Enc {
+    pub fn hash(&mut self, h: &[u8; 32]) -> &mut Self {
+        self.0.extend_from_slice(h);
+        self
+    }
+}
+
+impl<'a> Dec<'a> {
+    pub fn hash(&mut self) -> Result<[u8; 32], WireError> {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(self.take(32, "a hash")?);
+        Ok(h)
+    }
+    /// Whatever is left, for a payload that ends in raw bytes.
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}

@@ -5,17 +5,16 @@
 //! names) before it is joined to the folder, so no request reaches outside it.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
-use sparsebak_format::marker::read_marker;
 use sparsebak_format::volume::Storage;
 
-use super::proto::{self, kind, req, Dec, Enc, Hello, WireError};
-use crate::archive::{self, Archive};
-use crate::lock::{LockGuard, Mode};
+use super::proto::{self, dreq, kind, req, Dec, Enc, Hello, WireError};
+use super::wire;
+use crate::destination::{DestLock, Destination, SessionSink};
 
 /// Why the server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +51,13 @@ fn check_session(id: &str) -> Result<(), String> {
 }
 
 struct Server {
-    archive: Archive,
-    locks: HashMap<String, Option<LockGuard>>,
+    dest: Box<dyn Destination>,
+    locks: HashMap<String, Option<DestLock>>,
     infos: HashMap<(String, String), SessionInfo>,
+    /// The session being written, if any (one at a time per connection).
+    sink: Option<Box<dyn SessionSink>>,
+    /// The manifest being read in pieces: (volume, id, offset reached, reader).
+    manifest: Option<(String, String, u64, Box<dyn BufRead + Send>)>,
 }
 
 type Answer = Result<Vec<u8>, String>;
@@ -65,16 +68,43 @@ impl Server {
         if let Some(i) = self.infos.get(&key) {
             return Ok(i.clone());
         }
-        let i = self
-            .archive
-            .volume(vol)
-            .info(id)
-            .map_err(|e| e.to_string())?;
+        let i = self.dest.volume(vol).info(id).map_err(|e| e.to_string())?;
         if self.infos.len() > 4096 {
             self.infos.clear();
         }
         self.infos.insert(key, i.clone());
         Ok(i)
+    }
+
+    /// Up to `len` bytes of a manifest from `offset`. Pieces are asked in order, so
+    /// the reader of the last one goes on where it stopped.
+    fn manifest_piece(&mut self, vol: &str, id: &str, offset: u64, len: usize) -> Answer {
+        let reuse =
+            matches!(&self.manifest, Some((v, i, o, _)) if v == vol && i == id && *o <= offset);
+        if !reuse {
+            let r = self
+                .dest
+                .volume(vol)
+                .manifest_bytes(id)
+                .map_err(|e| e.to_string())?;
+            self.manifest = Some((vol.to_string(), id.to_string(), 0, r));
+        }
+        let label = self.dest.volume(vol).manifest_label(id);
+        let Some((_, _, at, r)) = self.manifest.as_mut() else {
+            return Err("no manifest open".into());
+        };
+        let io = |e: std::io::Error| format!("{}: {e}", label.display());
+        std::io::copy(&mut r.take(offset - *at), &mut std::io::sink()).map_err(io)?;
+        let mut buf = Vec::with_capacity(len.min(64 << 10));
+        r.take(len as u64).read_to_end(&mut buf).map_err(io)?;
+        *at = offset + buf.len() as u64;
+        Ok(buf)
+    }
+
+    fn sink(&mut self) -> Result<&mut Box<dyn SessionSink>, String> {
+        self.sink
+            .as_mut()
+            .ok_or_else(|| "no session is being written".to_string())
     }
 
     /// Answer one request; READ_STORED writes its own answers (one per address).
@@ -97,69 +127,52 @@ impl Server {
             ($x:expr) => {
                 match $x {
                     Ok(v) => v,
-                    Err(m) => return Ok(Some(Err(m))),
+                    Err(m) => return Ok(Some(Err(m.to_string()))),
                 }
             };
         }
-        let s = |e: sparsebak_format::FormatError| e.to_string();
+        let label = PathBuf::from(self.dest.label());
         match code {
             req::VOLUMES => {
                 d.end()?;
-                let mut names = Vec::new();
-                let rd = tri!(std::fs::read_dir(&self.archive.root)
-                    .map_err(|e| format!("{}: {e}", self.archive.root.display())));
-                for ent in rd {
-                    let ent =
-                        tri!(ent.map_err(|e| format!("{}: {e}", self.archive.root.display())));
-                    if let Some(n) = ent.file_name().to_str() {
-                        if layout::volume_name_problem(n).is_none()
-                            && ent.file_type().is_ok_and(|t| t.is_dir())
-                        {
-                            names.push(n.to_string());
-                        }
-                    }
-                }
-                names.sort();
-                e.strs(&names);
+                e.strs(&tri!(self.dest.volumes()));
             }
             req::EXISTS => {
                 let v = tri!(vol(&mut d)?);
                 d.end()?;
-                e.bool(self.archive.volume(&v).exists());
+                e.bool(self.dest.volume(&v).exists());
             }
             req::SESSIONS => {
                 let v = tri!(vol(&mut d)?);
                 d.end()?;
-                e.strs(&tri!(self.archive.volume(&v).sessions().map_err(s)));
+                e.strs(&tri!(self.dest.volume(&v).sessions()));
             }
             req::INFO => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
-                e.bytes(&tri!(self.archive.volume(&v).info_bytes(&id).map_err(s)));
+                e.bytes(&tri!(self.dest.volume(&v).info_bytes(&id)));
             }
             req::MANIFEST_LEN => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
-                e.u64(tri!(self.archive.volume(&v).manifest_len(&id).map_err(s)));
+                e.u64(tri!(self.dest.volume(&v).manifest_len(&id)));
             }
             req::MANIFEST_READ => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 let offset = d.u64()?;
                 let len = d.u32()?.min(proto::MANIFEST_PIECE) as usize;
                 d.end()?;
-                let vol = self.archive.volume(&v);
-                let piece = tri!(read_piece(&vol, &id, offset, len));
-                e.bytes(&piece);
+                e.bytes(&tri!(self.manifest_piece(&v, &id, offset, len)));
             }
             req::READ_STORED => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 let addrs = d.u64s()?;
                 d.end()?;
                 let info = self.info(&v, &id);
-                let vol = self.archive.volume(&v);
+                let vol = self.dest.volume(&v);
                 for addr in addrs {
                     let r = match &info {
-                        Ok(i) => vol.read_stored(i, addr).map_err(s),
+                        Ok(i) => vol.read_stored(i, addr).map_err(|e| e.to_string()),
                         Err(m) => Err(m.clone()),
                     };
                     match r {
@@ -172,7 +185,7 @@ impl Server {
             req::STORAGE => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
-                e.u8(match self.archive.volume(&v).storage(&id) {
+                e.u8(match self.dest.volume(&v).storage(&id) {
                     Storage::Folder => 0,
                     Storage::Tar => 1,
                 });
@@ -181,26 +194,27 @@ impl Server {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 let addr = d.u64()?;
                 d.end()?;
-                e.str(&self.archive.volume(&v).chunk_location(&id, addr));
+                e.str(&self.dest.volume(&v).chunk_location(&id, addr));
             }
-            req::ARCHIVE => {
+            req::ARCHIVE | dreq::MARKER => {
                 d.end()?;
-                e.opt_str(self.archive.id.as_deref())
-                    .bool(self.archive.read_only);
+                let m = tri!(self.dest.marker());
+                if code == dreq::MARKER {
+                    match m {
+                        None => e.u8(0),
+                        Some(m) => e.u8(1).u32(m.format).opt_str(m.id.as_deref()),
+                    };
+                } else {
+                    e.opt_str(m.and_then(|m| m.id).as_deref())
+                        .bool(self.dest.read_only());
+                }
             }
             req::LOCK => {
                 let v = tri!(vol(&mut d)?);
-                let exclusive = d.bool()?;
+                let mode = wire::get_mode(&mut d)?;
                 d.end()?;
-                let mode = if exclusive {
-                    Mode::Exclusive
-                } else {
-                    Mode::Shared
-                };
-                let g = tri!(self
-                    .archive
-                    .lock_volume(&v, mode)
-                    .map_err(|e| e.to_string()));
+                let g = tri!(self.dest.lock_volume(&v, mode));
+                e.bool(g.is_some());
                 self.locks.insert(v, g);
             }
             req::UNLOCK => {
@@ -208,47 +222,163 @@ impl Server {
                 d.end()?;
                 self.locks.remove(&v);
             }
+            dreq::CREATE => {
+                d.end()?;
+                tri!(self.dest.create());
+            }
+            dreq::ADD_IDENTITY => {
+                d.end()?;
+                e.str(&tri!(self.dest.add_identity()));
+            }
+            dreq::BEGIN_SESSION => {
+                let (v, id) = tri!(vol_id(&mut d)?);
+                let k = wire::get_kind(&mut d)?;
+                let base = d.opt_str()?;
+                let volsize = d.u64()?;
+                d.end()?;
+                if let Some(b) = &base {
+                    tri!(check_session(b));
+                }
+                if let Some(old) = self.sink.take() {
+                    tri!(old.abort());
+                }
+                self.sink = Some(tri!(self.dest.begin_session(
+                    &v,
+                    &id,
+                    k,
+                    base.as_deref(),
+                    volsize
+                )));
+            }
+            dreq::PUT_CHUNK => {
+                let addr = d.u64()?;
+                let hash = d.hash()?;
+                let payload = d.rest();
+                tri!(tri!(self.sink()).put_chunk(addr, hash, payload));
+            }
+            dreq::PUT_ZERO => {
+                let addr = d.u64()?;
+                d.end()?;
+                tri!(tri!(self.sink()).put_zero(addr));
+            }
+            dreq::PREPARE => {
+                let n = wire::get_new_session(&mut d)?;
+                d.end()?;
+                let info = tri!(tri!(self.sink()).prepare(n));
+                wire::put_info(&mut e, &info);
+            }
+            dreq::COMMIT => {
+                d.end()?;
+                let sink = tri!(self.sink.take().ok_or("no session is being written"));
+                let info = tri!(sink.commit());
+                wire::put_info(&mut e, &info);
+            }
+            dreq::ABORT => {
+                d.end()?;
+                if let Some(s) = self.sink.take() {
+                    tri!(s.abort());
+                }
+            }
+            dreq::REMOVE_STAGING => {
+                let v = tri!(vol(&mut d)?);
+                d.end()?;
+                tri!(self.dest.remove_staging(&v));
+            }
+            dreq::SWEEP_DEAD_RUNS => {
+                d.end()?;
+                self.dest.sweep_dead_runs();
+            }
+            dreq::INTERRUPTED_PRUNE => {
+                let v = tri!(vol(&mut d)?);
+                d.end()?;
+                wire::put_opt_pair(&mut e, tri!(self.dest.interrupted_prune(&v)).as_ref());
+            }
+            dreq::RECOVER => {
+                let v = tri!(vol(&mut d)?);
+                let info = wire::get_opt_info(&mut d, &label)?;
+                d.end()?;
+                wire::put_opt_pair(&mut e, tri!(self.dest.recover(&v, info.as_ref())).as_ref());
+            }
+            dreq::CHECK_REMOVAL => {
+                let v = tri!(vol(&mut d)?);
+                let ids = d.strs()?;
+                d.end()?;
+                for id in &ids {
+                    tri!(check_session(id));
+                }
+                tri!(self.dest.check_removal(&v, &ids));
+            }
+            dreq::FOLD => {
+                let (v, id) = tri!(vol_id(&mut d)?);
+                let dry = d.bool()?;
+                let info = wire::get_opt_info(&mut d, &label)?;
+                d.end()?;
+                let plan = tri!(self.dest.fold(&v, &id, dry, info.as_ref()));
+                wire::put_plan(&mut e, &plan);
+            }
+            dreq::END_FOLD => {
+                let v = tri!(vol(&mut d)?);
+                d.end()?;
+                tri!(self.dest.end_fold(&v));
+            }
+            dreq::UNTAR => {
+                let (v, id) = tri!(vol_id(&mut d)?);
+                d.end()?;
+                e.bool(tri!(self.dest.untar(&v, &id)));
+            }
+            dreq::DELETE_SESSIONS => {
+                let v = tri!(vol(&mut d)?);
+                let ids = d.strs()?;
+                d.end()?;
+                for id in &ids {
+                    tri!(check_session(id));
+                }
+                tri!(self.dest.delete_sessions(&v, &ids));
+            }
+            dreq::DELETE_VOLUME => {
+                let v = tri!(vol(&mut d)?);
+                d.end()?;
+                e.bool(tri!(self.dest.delete_volume(&v)));
+            }
+            dreq::RENAME_VOLUME => {
+                let old = tri!(vol(&mut d)?);
+                let new = tri!(vol(&mut d)?);
+                d.end()?;
+                e.bool(tri!(self.dest.rename_volume(&old, &new)));
+            }
+            dreq::PUT_SESSION_FILE => {
+                let (v, id) = tri!(vol_id(&mut d)?);
+                let f = wire::get_file(&mut d)?;
+                let bytes = d.bytes()?;
+                d.end()?;
+                tri!(self.dest.put_session_file(&v, &id, f, bytes));
+            }
             other => return Ok(Some(Err(format!("unknown request {other}")))),
         }
         Ok(Some(Ok(e.0)))
     }
 }
 
-fn read_piece(
-    vol: &sparsebak_format::volume::VolumeArchive,
-    id: &str,
-    offset: u64,
-    len: usize,
-) -> Result<Vec<u8>, String> {
-    let path = vol.manifest_path(id);
-    match vol.storage(id) {
-        Storage::Folder => {
-            let mut f =
-                std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            f.seek(SeekFrom::Start(offset))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut buf = Vec::with_capacity(len);
-            f.take(len as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(buf)
-        }
-        Storage::Tar => {
-            // A tar session's manifest is a member: read it through the format crate.
-            let mut r = vol.manifest_bytes(id).map_err(|e| e.to_string())?;
-            std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
-                .map_err(|e| format!("{}: {e}", vol.manifest_label(id).display()))?;
-            let mut buf = Vec::with_capacity(len);
-            r.take(len as u64)
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("{}: {e}", vol.manifest_label(id).display()))?;
-            Ok(buf)
+impl Drop for Server {
+    /// The client went away (or the link broke) in the middle of a session: nothing
+    /// of it may become visible, and its staging goes.
+    fn drop(&mut self) {
+        if let Some(s) = self.sink.take() {
+            tracing::warn!("the client went away while writing a session: it is given up");
+            if let Err(e) = s.abort() {
+                tracing::warn!("giving the session up: {e}");
+            }
         }
     }
 }
 
+/// The archive folder `dir` on this machine.
+fn far_destination(dir: &Path) -> Box<dyn Destination> {
+    Box::new(super::interim::ArchiveDestination::new(dir))
+}
+
 /// Check the client's hello and open the archive it names.
-fn accept(root: &Path, h: &Hello) -> Result<Archive, String> {
+fn accept(root: &Path, h: &Hello) -> Result<Box<dyn Destination>, String> {
     let dir = PathBuf::from(&h.destdir);
     if !within(root, &dir) {
         return Err(format!(
@@ -266,19 +396,14 @@ fn accept(root: &Path, h: &Hello) -> Result<Archive, String> {
             });
         }
     }
-    let marker = read_marker(&dir).map_err(|e| e.to_string())?;
-    let Some(marker) = marker else {
+    let dest = far_destination(&dir);
+    if !h.writing && dest.marker().map_err(|e| e.to_string())?.is_none() {
         if !dir.is_dir() {
             return Err(format!("destdir {}: no such folder", dir.display()));
         }
         return Err(format!("{}: no archive", dir.display()));
-    };
-    let read_only = archive::is_read_only(&dir);
-    Ok(Archive {
-        root: dir,
-        id: marker.id,
-        read_only,
-    })
+    }
+    Ok(dest)
 }
 
 /// Serve one client on `input`/`output` until it closes the connection.
@@ -316,15 +441,17 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         return Err(refuse(&mut out, m));
     }
     let hello = Hello::decode(&f.payload)?;
-    let archive = match accept(root, &hello) {
+    let dest = match accept(root, &hello) {
         Ok(a) => a,
         Err(m) => return Err(refuse(&mut out, m)),
     };
     proto::write_frame(&mut out, kind::OK, &[])?;
     let mut server = Server {
-        archive,
+        dest,
         locks: HashMap::new(),
         infos: HashMap::new(),
+        sink: None,
+        manifest: None,
     };
     loop {
         // Answers go out when no request is waiting: many in flight cost one flush.
@@ -350,7 +477,7 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         }
     }
     out.flush().map_err(WireError::Io)?;
-    let _ = input.fill_buf();
+    drop(server);
     Ok(())
 }
 

@@ -1,0 +1,321 @@
+//! [`RemoteDestination`]: the destination seam over the protocol, one request per
+//! method, mapped by `sparsebak serve` to the same method of the archive folder's
+//! local destination over there; and [`RemoteSink`], whose chunk writes are
+//! streamed without waiting for their answers (a bounded window).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::marker::ArchiveMarker;
+use sparsebak_format::Hash;
+
+use super::client::{Connection, RemoteError};
+use super::proto::{dreq, Dec, Enc, WireError};
+use super::store::RemoteStore;
+use super::transport::RemoteSpec;
+use super::wire;
+use crate::destination::{
+    DestLock, FoldPlan, Mode, NewSession, SessionFile, SessionKind, SessionSink,
+};
+use crate::error::{Error, Result};
+
+/// An archive on another machine, reached through `sparsebak serve` there.
+#[derive(Debug, Clone)]
+pub struct RemoteDestination {
+    conn: Arc<Mutex<Connection>>,
+    label: String,
+    read_only: bool,
+}
+
+fn poisoned(label: &str) -> Error {
+    Error::Msg(format!(
+        "destination {label}: the connection's lock is poisoned"
+    ))
+}
+
+impl RemoteDestination {
+    /// Reach the archive `destdir` (under `destmountpoint`, both paths of the far
+    /// side) through `spec`. `writing` says whether the run will change it.
+    pub fn open(
+        spec: &RemoteSpec,
+        destdir: &Path,
+        destmountpoint: Option<&Path>,
+        writing: bool,
+    ) -> Result<RemoteDestination> {
+        let mut conn = Connection::open(spec, destdir, destmountpoint, writing)?;
+        let (_, read_only) = conn.archive().unwrap_or((None, false));
+        Ok(RemoteDestination {
+            label: conn.label().to_string(),
+            conn: Arc::new(Mutex::new(conn)),
+            read_only,
+        })
+    }
+
+    /// The connection (for the read side's stores, and tests).
+    pub fn connection(&self) -> Arc<Mutex<Connection>> {
+        self.conn.clone()
+    }
+
+    fn call<T>(
+        &self,
+        payload: &Enc,
+        f: impl FnOnce(&mut Dec) -> std::result::Result<T, WireError>,
+    ) -> Result<T> {
+        let mut c = self.conn.lock().map_err(|_| poisoned(&self.label))?;
+        let p = c.call(&payload.0)?;
+        Ok(c.decode(&p, f)?)
+    }
+
+    pub fn label(&self) -> String {
+        self.label.clone()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn marker(&self) -> Result<Option<ArchiveMarker>> {
+        self.call(Enc::new().u8(dreq::MARKER), |d| {
+            Ok(if d.bool()? {
+                Some(ArchiveMarker {
+                    format: d.u32()?,
+                    id: d.opt_str()?,
+                })
+            } else {
+                None
+            })
+        })
+    }
+
+    pub fn create(&self) -> Result<()> {
+        self.call(Enc::new().u8(dreq::CREATE), |_| Ok(()))
+    }
+
+    pub fn add_identity(&self) -> Result<String> {
+        self.call(Enc::new().u8(dreq::ADD_IDENTITY), |d| d.str())
+    }
+
+    pub fn volumes(&self) -> Result<Vec<String>> {
+        self.call(Enc::new().u8(super::proto::req::VOLUMES), |d| d.strs())
+    }
+
+    /// The read side of volume `name`.
+    pub fn store(&self, name: &str) -> RemoteStore {
+        RemoteStore::new(self.conn.clone(), name)
+    }
+
+    pub fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
+        let held = {
+            let mut c = self.conn.lock().map_err(|_| poisoned(&self.label))?;
+            c.lock(name, mode == Mode::Exclusive)?
+        };
+        Ok(held.then(|| {
+            DestLock::new(RemoteLock {
+                conn: self.conn.clone(),
+                volume: name.to_string(),
+            })
+        }))
+    }
+
+    pub fn begin_session(
+        &self,
+        name: &str,
+        id: &str,
+        kind: SessionKind,
+        base: Option<&str>,
+        volsize: u64,
+    ) -> Result<Box<dyn SessionSink>> {
+        let mut e = Enc::new();
+        e.u8(dreq::BEGIN_SESSION).str(name).str(id);
+        wire::put_kind(&mut e, kind);
+        e.opt_str(base).u64(volsize);
+        self.call(&e, |_| Ok(()))?;
+        Ok(Box::new(RemoteSink {
+            conn: self.conn.clone(),
+            label: self.label.clone(),
+            changed: 0,
+            bytes_stored: 0,
+        }))
+    }
+
+    pub fn remove_staging(&self, name: &str) -> Result<()> {
+        self.call(Enc::new().u8(dreq::REMOVE_STAGING).str(name), |_| Ok(()))
+    }
+
+    pub fn sweep_dead_runs(&self) {
+        if let Err(e) = self.call(Enc::new().u8(dreq::SWEEP_DEAD_RUNS), |_| Ok(())) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    pub fn interrupted_prune(&self, name: &str) -> Result<Option<(String, String)>> {
+        self.call(
+            Enc::new().u8(dreq::INTERRUPTED_PRUNE).str(name),
+            wire::get_opt_pair,
+        )
+    }
+
+    pub fn recover(
+        &self,
+        name: &str,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<Option<(String, String)>> {
+        let mut e = Enc::new();
+        e.u8(dreq::RECOVER).str(name);
+        wire::put_opt_info(&mut e, removed_info);
+        self.call(&e, wire::get_opt_pair)
+    }
+
+    pub fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
+        self.call(
+            Enc::new().u8(dreq::CHECK_REMOVAL).str(name).strs(targets),
+            |_| Ok(()),
+        )
+    }
+
+    pub fn fold(
+        &self,
+        name: &str,
+        remove: &str,
+        dry_run: bool,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<FoldPlan> {
+        let mut e = Enc::new();
+        e.u8(dreq::FOLD).str(name).str(remove).bool(dry_run);
+        wire::put_opt_info(&mut e, removed_info);
+        self.call(&e, wire::get_plan)
+    }
+
+    pub fn end_fold(&self, name: &str) -> Result<()> {
+        self.call(Enc::new().u8(dreq::END_FOLD).str(name), |_| Ok(()))
+    }
+
+    pub fn untar(&self, name: &str, id: &str) -> Result<bool> {
+        self.call(Enc::new().u8(dreq::UNTAR).str(name).str(id), |d| d.bool())
+    }
+
+    pub fn delete_sessions(&self, name: &str, ids: &[String]) -> Result<()> {
+        self.call(
+            Enc::new().u8(dreq::DELETE_SESSIONS).str(name).strs(ids),
+            |_| Ok(()),
+        )
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<bool> {
+        self.call(Enc::new().u8(dreq::DELETE_VOLUME).str(name), |d| d.bool())
+    }
+
+    pub fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
+        self.call(Enc::new().u8(dreq::RENAME_VOLUME).str(old).str(new), |d| {
+            d.bool()
+        })
+    }
+
+    pub fn put_session_file(
+        &self,
+        name: &str,
+        id: &str,
+        file: SessionFile,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let mut e = Enc::new();
+        e.u8(dreq::PUT_SESSION_FILE).str(name).str(id);
+        wire::put_file(&mut e, file);
+        e.bytes(bytes);
+        self.call(&e, |_| Ok(()))
+    }
+}
+
+/// A volume lock held by the far side until this is dropped (or the link goes).
+struct RemoteLock {
+    conn: Arc<Mutex<Connection>>,
+    volume: String,
+}
+
+impl Drop for RemoteLock {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.conn.lock() {
+            if let Err(e) = c.unlock(&self.volume) {
+                tracing::debug!("releasing the lock of {}: {e}", self.volume);
+            }
+        }
+    }
+}
+
+/// A session being written on the far side. Chunk writes go out without waiting;
+/// their answers are read when the window is full and before anything that needs an
+/// answer, and the first failure is the error.
+pub struct RemoteSink {
+    conn: Arc<Mutex<Connection>>,
+    label: String,
+    changed: u64,
+    bytes_stored: u64,
+}
+
+impl RemoteSink {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> std::result::Result<T, RemoteError>,
+    ) -> Result<T> {
+        let mut c = self.conn.lock().map_err(|_| poisoned(&self.label))?;
+        Ok(f(&mut c)?)
+    }
+
+    fn info_answer(&self, payload: &Enc) -> Result<SessionInfo> {
+        let label = PathBuf::from(&self.label);
+        self.with(|c| {
+            let p = c.call(&payload.0)?;
+            c.decode(&p, |d| wire::get_info(d, &label))
+        })
+    }
+}
+
+impl SessionSink for RemoteSink {
+    fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
+        let mut e = Enc(Vec::with_capacity(payload.len() + 48));
+        e.u8(dreq::PUT_CHUNK).u64(addr).hash(&hash);
+        e.0.extend_from_slice(payload);
+        self.with(|c| {
+            c.send(&e.0)?;
+            c.make_room()
+        })?;
+        self.changed += 1;
+        self.bytes_stored += payload.len() as u64;
+        Ok(())
+    }
+
+    fn put_zero(&mut self, addr: u64) -> Result<()> {
+        let mut e = Enc::new();
+        e.u8(dreq::PUT_ZERO).u64(addr);
+        self.with(|c| {
+            c.send(&e.0)?;
+            c.make_room()
+        })?;
+        self.changed += 1;
+        Ok(())
+    }
+
+    fn changed(&self) -> u64 {
+        self.changed
+    }
+
+    fn bytes_stored(&self) -> u64 {
+        self.bytes_stored
+    }
+
+    fn prepare(&mut self, fields: NewSession) -> Result<SessionInfo> {
+        let mut e = Enc::new();
+        e.u8(dreq::PREPARE);
+        wire::put_new_session(&mut e, &fields);
+        self.info_answer(&e)
+    }
+
+    fn commit(self: Box<Self>) -> Result<SessionInfo> {
+        self.info_answer(Enc::new().u8(dreq::COMMIT))
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        self.with(|c| c.call_anyway(&[dreq::ABORT]).map(|_| ()))
+    }
+}
