@@ -564,6 +564,23 @@ mod tests {
     }
 
     #[test]
+    fn remote_destination_keys() {
+        let c =
+            parse("[var]\ndestdir=/b\ndestvm = ssh://bk@h:2222\nsshopts = -F /x  -i /k\n").unwrap();
+        let r = c.remote.unwrap();
+        assert_eq!(r.transport.to_string(), "ssh://bk@h:2222");
+        assert_eq!(r.destcmd, "sparsebak");
+        assert_eq!(r.sshopts, ["-F", "/x", "-i", "/k"]);
+        let c = parse("[var]\ndestdir=/b\ndestvm = qubes://bk\ndestcmd = /opt/sb\n").unwrap();
+        assert_eq!(c.remote.unwrap().destcmd, "/opt/sb");
+        assert!(parse("[var]\ndestdir=/b\n").unwrap().remote.is_none());
+        let e = parse("[var]\ndestdir=/b\ndestvm = ftp://h\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("destvm = ftp://h: not a destination"), "{e}");
+    }
+
+    #[test]
     fn readme_example_parses() {
         let text = readme_example();
         assert!(text.contains(';'), "the example has inline comments");
@@ -702,7 +719,8 @@ mod tests {
             (
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
-                 destvm, destmountpoint, destdir, metadir, chunksize, compression, keep, tarfile)",
+                 destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
+                 keep, tarfile)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",
