@@ -79,3 +79,101 @@ fn list_through_a_vm_to_an_ssh_host() {
         "{log}"
     );
 }
+
+/// A far side that speaks the protocol's hello and then lies: `answers` are the
+/// frames it sends after accepting the hello.
+fn lying_far_side(dir: &std::path::Path, answers: &[u8]) -> std::path::PathBuf {
+    let mut out = Vec::new();
+    let mut hello = b"SPBKWIRE".to_vec();
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    let v = env!("CARGO_PKG_VERSION");
+    hello.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    hello.extend_from_slice(v.as_bytes());
+    hello.extend_from_slice(&0u32.to_le_bytes());
+    hello.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&((hello.len() + 1) as u32).to_le_bytes());
+    out.push(1);
+    out.extend_from_slice(&hello);
+    out.extend_from_slice(&[1, 0, 0, 0, 3]); // the hello is accepted
+    out.extend_from_slice(answers);
+    let frames = dir.join("frames");
+    std::fs::write(&frames, out).unwrap();
+    let script = dir.join("liar");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat '{}'\nexec cat >/dev/null\n",
+            frames.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn liar_spec(script: &std::path::Path) -> sparsebak::remote::RemoteSpec {
+    sparsebak::remote::RemoteSpec {
+        transport: sparsebak::remote::parse_destvm("qubes://liar-vm").unwrap(),
+        destcmd: script.display().to_string(),
+        sshopts: vec![],
+    }
+}
+
+#[test]
+fn nothing_the_far_side_sends_is_trusted() {
+    let dir = TestDir::new();
+    let bin_dir = qvm_run_stand_in(dir.path(), "liar-vm");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    std::env::set_var("PATH", path);
+    let archive = std::path::Path::new("/backup");
+
+    // A chunk longer than a chunk of the session can be stored in.
+    let mut answer = (5001u32).to_le_bytes().to_vec();
+    answer.push(3);
+    answer.extend_from_slice(&[7u8; 5000]);
+    let liar = lying_far_side(dir.path(), &answer);
+    let mut c =
+        sparsebak::remote::Connection::open(&liar_spec(&liar), archive, None, false).unwrap();
+    let e = c
+        .read_stored("v", "20260101-000000", &[0], 4096)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "destination qubes://liar-vm/backup: the far side answered with a malformed frame: \
+         a chunk of 5000 bytes, above the 4096 a chunk of this session can take"
+    );
+    drop(c);
+
+    // A frame length above the limit is refused before anything is allocated.
+    let liar = lying_far_side(dir.path(), &[0xff, 0xff, 0xff, 0xff, 3]);
+    let mut c =
+        sparsebak::remote::Connection::open(&liar_spec(&liar), archive, None, false).unwrap();
+    let e = c.sessions("v").unwrap_err().to_string();
+    assert!(
+        e.starts_with(
+            "destination qubes://liar-vm/backup: the connection failed: a frame of 4294967295 bytes, above the limit of "
+        ),
+        "{e}"
+    );
+    drop(c);
+
+    // A count larger than its frame can hold.
+    let mut answer = 5u32.to_le_bytes().to_vec();
+    answer.push(3);
+    answer.extend_from_slice(&u32::MAX.to_le_bytes());
+    let liar = lying_far_side(dir.path(), &answer);
+    let mut c =
+        sparsebak::remote::Connection::open(&liar_spec(&liar), archive, None, false).unwrap();
+    let e = c.sessions("v").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "destination qubes://liar-vm/backup: the far side answered with a malformed frame: \
+         a count of 4294967295 items, more than the 0 bytes left can hold"
+    );
+}

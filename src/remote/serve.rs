@@ -532,4 +532,104 @@ mod tests {
         assert_eq!(fatal.kind, kind::FATAL);
         assert_eq!(String::from_utf8(fatal.payload).unwrap(), err);
     }
+
+    fn run(
+        root: &Path,
+        destdir: &str,
+        requests: &[Vec<u8>],
+    ) -> (Vec<proto::Frame>, Result<(), ServeError>) {
+        let h = Hello {
+            protocol: proto::PROTOCOL_VERSION,
+            program: proto::PROGRAM_VERSION.into(),
+            destdir: destdir.into(),
+            destmountpoint: None,
+            writing: false,
+        };
+        let mut input = Vec::new();
+        proto::write_frame(&mut input, kind::HELLO, &h.encode()).unwrap();
+        for r in requests {
+            proto::write_frame(&mut input, kind::REQUEST, r).unwrap();
+        }
+        let mut output = Vec::new();
+        let res = serve(root, &input[..], &mut output);
+        let mut frames = Vec::new();
+        let mut r = &output[..];
+        while let Ok(f) = proto::read_frame(&mut r) {
+            frames.push(f);
+        }
+        (frames, res)
+    }
+
+    #[test]
+    fn no_request_reaches_outside_the_archive() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("backup");
+        std::fs::create_dir_all(root.join("v")).unwrap();
+        std::fs::write(
+            root.join(layout::ARCHIVE_MARKER),
+            sparsebak_format::marker::ArchiveMarker::new("0b7e1c52-9f6a-4c1e-8d2b-3a4f5e6d7c8b")
+                .to_text(),
+        )
+        .unwrap();
+        std::fs::write(t.path().join("secret"), "x").unwrap();
+        let d = root.display().to_string();
+        let reqs = vec![
+            Enc::new().u8(req::SESSIONS).str("..").0.clone(),
+            Enc::new()
+                .u8(req::INFO)
+                .str("v")
+                .str("../../secret")
+                .0
+                .clone(),
+            Enc::new()
+                .u8(req::MANIFEST_READ)
+                .str("v/../..")
+                .str("20260101-000000")
+                .u64(0)
+                .u32(9)
+                .0
+                .clone(),
+            Enc::new().u8(dreq::DELETE_VOLUME).str("/etc").0.clone(),
+            Enc::new().u8(req::VOLUMES).0.clone(),
+            Enc::new().u8(99).0.clone(),
+        ];
+        let (frames, res) = run(&root, &d, &reqs);
+        res.unwrap();
+        let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                kind::HELLO,
+                kind::OK,
+                kind::ERR,
+                kind::ERR,
+                kind::ERR,
+                kind::ERR,
+                kind::OK,
+                kind::ERR
+            ]
+        );
+        let text = |i: usize| String::from_utf8(frames[i].payload.clone()).unwrap();
+        assert!(
+            text(2).starts_with("\"..\" is not a volume name: it starts with '.'"),
+            "{}",
+            text(2)
+        );
+        assert_eq!(text(3), "\"../../secret\" is not a session ID");
+        assert_eq!(text(4), "\"v/../..\" is not a volume name: it contains '/'");
+        assert_eq!(text(5), "\"/etc\" is not a volume name: it contains '/'");
+        let mut dec = Dec::new(&frames[6].payload);
+        assert_eq!(dec.strs().unwrap(), vec!["v"]);
+        assert_eq!(text(7), "unknown request 99");
+
+        // A folder outside the served one is refused at the hello.
+        let outside = t.path().display().to_string();
+        let (frames, res) = run(&root, &outside, &[]);
+        let m = format!("destdir {outside} is outside {d}, the folder this server serves");
+        assert_eq!(res.unwrap_err().to_string(), m);
+        assert_eq!(frames[1].kind, kind::FATAL);
+        assert_eq!(String::from_utf8(frames[1].payload.clone()).unwrap(), m);
+        let (_, res) = run(&root, &format!("{d}/../x"), &[]);
+        assert!(res.unwrap_err().to_string().contains("is outside"));
+    }
 }
