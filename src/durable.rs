@@ -162,6 +162,43 @@ pub fn replace_with<T>(
     }
 }
 
+/// Whether `dir` holds nothing but the lock file `lock` (or does not exist).
+pub fn only_lock(dir: &Path, lock: &str) -> crate::error::Result<bool> {
+    use crate::error::IoAt;
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e.at(dir)?;
+                if e.file_name() != lock {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).at(dir),
+    }
+}
+
+/// Move folder `from` to `to` durably, where `to` may be an empty folder (left by a
+/// lock file `lock`, removed first); nothing to do when `from` is gone.
+pub fn move_dir(from: &Path, to: &Path, lock: &str) -> crate::error::Result<bool> {
+    use crate::error::IoAt;
+    if !from.exists() {
+        return Ok(false);
+    }
+    if to.exists() {
+        let l = to.join(lock);
+        if l.exists() {
+            std::fs::remove_file(&l).at(&l)?;
+        }
+    }
+    // rename(2) replaces an empty folder.
+    std::fs::rename(from, to).at(from)?;
+    sync_parent(to).at(to)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

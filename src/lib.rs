@@ -26,6 +26,7 @@ pub mod durable;
 pub mod error;
 pub mod failpoint;
 pub mod lock;
+pub mod metadir;
 pub mod pipeline;
 pub mod progress;
 pub mod receive;

@@ -11,11 +11,12 @@
 //! the configuration are the user's to rename. Each step is skipped when already done,
 //! so an interrupted rename is finished by running it again.
 
-use crate::archive::{meta_dir, Archive};
+use crate::archive::Archive;
 use crate::config::{valid_volume_name, Config};
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
-use crate::lock::{self, LockGuard, Mode};
+use crate::lock::Mode;
+use crate::metadir::{lock_meta, meta_dir};
 use crate::source::Source;
 
 /// What `rename` did, for the summary.
@@ -24,41 +25,6 @@ pub struct Renamed {
     pub archive: bool,
     pub metadir: bool,
     pub stream_chains_dropped: u64,
-}
-
-/// Whether `dir` holds nothing but the lock file `lock` (or does not exist).
-fn only_lock(dir: &std::path::Path, lock: &str) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => {
-            for e in rd {
-                let e = e.at(dir)?;
-                if e.file_name() != lock {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e).at(dir),
-    }
-}
-
-/// Move `from` to `to` where `to` may be an empty folder (left by a lock); nothing to do
-/// when `from` is gone.
-fn move_dir(from: &std::path::Path, to: &std::path::Path, lock: &str) -> Result<bool> {
-    if !from.exists() {
-        return Ok(false);
-    }
-    if to.exists() {
-        let l = to.join(lock);
-        if l.exists() {
-            std::fs::remove_file(&l).at(&l)?;
-        }
-    }
-    // rename(2) replaces an empty folder.
-    std::fs::rename(from, to).at(from)?;
-    durable::sync_parent(to).at(to)?;
-    Ok(true)
 }
 
 /// Rename volume `old` to `new` in the source, the metadir and the archive.
@@ -80,11 +46,11 @@ pub fn rename(
         )));
     }
     let (mold, mnew) = (meta_dir(config, old), meta_dir(config, new));
-    let (aold, anew) = (archive.root.join(old), archive.root.join(new));
+    let (aold, anew) = (archive.volume(old), archive.volume(new));
     // New's state would be replaced: refuse unless there is none (a folder holding only
     // a lock file is what a lock left).
-    let new_meta_free = only_lock(&mnew, "lock")?;
-    let new_arch_free = only_lock(&anew, ".lock")?;
+    let new_meta_free = durable::only_lock(&mnew, "lock")?;
+    let new_arch_free = archive.volume_is_free(new)?;
     let old_meta = mold.exists();
     let old_arch = aold.exists();
     if (old_meta && !new_meta_free) || (old_arch && !new_arch_free) {
@@ -92,28 +58,29 @@ pub fn rename(
             "volume {new} already has sparsebak state ({} or {}); `sparsebak delete {new}` \
              first if it is not wanted",
             mnew.display(),
-            anew.display()
+            anew.label()
         )));
     }
     if !old_meta && !old_arch && new_meta_free && new_arch_free {
         return Err(Error::Msg(format!(
             "volume {old} has no sparsebak state here ({} and {} do not exist)",
             mold.display(),
-            aold.display()
+            aold.label()
         )));
     }
     let mut locks = Vec::new();
+    let mut dest_locks = Vec::new();
     if old_meta {
         locks.push(lock_meta(config, old)?);
         locks.push(lock_meta(config, new)?);
     }
     if old_arch {
-        locks.extend(archive.lock_volume(old, Mode::Exclusive)?);
-        locks.extend(archive.lock_volume(new, Mode::Exclusive)?);
+        dest_locks.extend(archive.lock_volume(old, Mode::Exclusive)?);
+        dest_locks.extend(archive.lock_volume(new, Mode::Exclusive)?);
     }
     source.rename(old, new)?;
     let mut done = Renamed {
-        metadir: old_meta && move_dir(&mold, &mnew, "lock")?,
+        metadir: old_meta && durable::move_dir(&mold, &mnew, "lock")?,
         ..Default::default()
     };
     // Stream chains: their records and maps go (the next stream of NEW is full).
@@ -123,22 +90,10 @@ pub fn rename(
         std::fs::remove_dir_all(&streams).at(&streams)?;
     }
     forget_stream_chains(config, old)?;
-    done.archive = old_arch && move_dir(&aold, &anew, ".lock")?;
+    done.archive = old_arch && archive.rename_volume(old, new)?;
+    drop(dest_locks);
     drop(locks);
     Ok(done)
-}
-
-/// The source-side lock of volume `n` (its folder is created if missing; the rename
-/// replaces it).
-fn lock_meta(config: &Config, n: &str) -> Result<LockGuard> {
-    let dir = meta_dir(config, n);
-    crate::archive::create_private_dir(&dir)?;
-    lock::lock(
-        &dir.join("lock"),
-        Mode::Exclusive,
-        crate::send::META_LOCK_WAIT,
-        &format!("volume {n} on this machine"),
-    )
 }
 
 fn forget_stream_chains(config: &Config, volume: &str) -> Result<()> {

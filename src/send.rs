@@ -21,20 +21,18 @@ use sparsebak_format::view::{ViewCursor, ViewReader};
 use sparsebak_format::volume::VolumeArchive;
 
 use crate::archive::local::LocalCopies;
-use crate::archive::writer::SessionWriter;
-use crate::archive::{create_private_dir, meta_dir, remove_staging, Archive};
+use crate::archive::{lost_session, prepare, Archive, Use};
 use crate::config::Config;
+use crate::destination::{NewSession, SessionKind, SessionSink};
 use crate::error::{Error, Result};
-use crate::lock::{self, Mode};
+use crate::metadir::meta_dir;
 use crate::pipeline::{self, Mode as PipeMode, Record};
 use crate::progress::Progress;
 use crate::scan::{self, ChunkRun};
 use crate::session_id;
 use crate::source::{Changes, SendView, Source, VolumeCtx};
-use crate::space;
 
-/// How long `send` and `monitor` wait for each other on one volume.
-pub const META_LOCK_WAIT: Duration = Duration::from_secs(120);
+pub use crate::metadir::{lock_meta, META_LOCK_WAIT};
 
 /// What a send of one volume did.
 #[derive(Debug)]
@@ -46,24 +44,145 @@ pub struct SendOutcome {
     pub elapsed: Duration,
 }
 
-/// Lock a volume's source-side state (`<metadir>/<volume>/lock`).
-pub fn lock_meta(config: &Config, name: &str) -> Result<lock::LockGuard> {
-    let dir = meta_dir(config, name);
-    create_private_dir(&dir)?;
-    lock::lock(
-        &dir.join("lock"),
-        Mode::Exclusive,
-        META_LOCK_WAIT,
-        &format!("volume {name} on this machine"),
-    )
+/// Where a new session goes: what differs between sending into an archive and
+/// writing a stream. The rest (the source's snapshot, comparing with the base view,
+/// the order of the durable steps) is [`take_session`], the one path of both.
+pub trait SessionTarget {
+    /// Start session `id` (taken at `time`, seconds since the epoch) of a volume of
+    /// `volsize` bytes: the sink its chunks go to.
+    fn begin(&mut self, id: &str, time: i64, volsize: u64) -> Result<Box<dyn SessionSink>>;
+    /// Whether a session is written when nothing changed (a stream is; an archive
+    /// gets no new session).
+    fn keep_unchanged(&self) -> bool;
+    /// Runs once the session is durable and before it appears: the source side
+    /// records that it is about to exist.
+    fn before_commit(&mut self, info: &SessionInfo) -> Result<()>;
+    /// Runs once the session exists: the source side takes its copies.
+    fn after_commit(&mut self, info: &SessionInfo) -> Result<()>;
 }
 
-fn lost_session(name: &str, mine: &str, archive: &Archive) -> Error {
-    Error::Msg(format!(
-        "volume {name}: this machine sent session {mine}, which the archive at {} no longer has; \
-         refusing to build on it (restore the archive, or `sparsebak delete {name}` to start over)",
-        archive.root.display()
-    ))
+/// Take a session of volume `ctx` from `source` into `target`, incremental on the
+/// view of `chain` (sessions whose manifests `base_vol` holds; empty for a full
+/// session): the source's consistent view, the pipeline comparing it with the base
+/// view, the sink's prepare, `before_commit`, commit, `after_commit`, and the source
+/// told how it ended. Returns the new session (`None` when nothing changed and the
+/// target keeps no unchanged session) and the bytes read.
+pub fn take_session(
+    config: &Config,
+    ctx: &VolumeCtx,
+    source: &mut dyn Source,
+    base_vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    target: &mut dyn SessionTarget,
+    label: &str,
+) -> Result<(Option<SessionInfo>, u64)> {
+    let view = source.begin_send(ctx, chain.last())?;
+    let written = write_session(config, ctx.name, base_vol, chain, &view, target, label);
+    let (session, bytes_read) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            if let Err(e2) = source.abort_send(ctx, view) {
+                tracing::warn!(
+                    "volume {}: releasing the snapshot after a failed send: {e2}",
+                    ctx.name
+                );
+            }
+            return Err(e);
+        }
+    };
+    match &session {
+        Some(info) => {
+            let id = info.session.clone();
+            target.after_commit(info)?;
+            source.end_send(ctx, view, &id)?;
+        }
+        None => {
+            if let Some(l) = chain.last() {
+                source.end_send(ctx, view, &l.session)?;
+            }
+        }
+    }
+    Ok((session, bytes_read))
+}
+
+/// Compare, store, commit. Returns the new session (`None` when nothing changed) and
+/// the bytes read.
+fn write_session(
+    config: &Config,
+    name: &str,
+    base_vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    view: &SendView,
+    target: &mut dyn SessionTarget,
+    label: &str,
+) -> Result<(Option<SessionInfo>, u64)> {
+    let size = view.size;
+    let latest = chain.last().map(|i| i.session.as_str());
+    // `time` is when the session was taken; when its ID had to move on past the
+    // latest one (several sends in a second), the moment the ID names, so IDs and times
+    // agree. (IDs moved on across a clock change name a moment in the past; then the
+    // clock's time stays.)
+    let taken = chrono::Local::now();
+    let id = session_id::next_id(taken.naive_local(), latest);
+    let time = crate::selector::SessionTime::from_id(&id, &chrono::Local)
+        .map_or(taken.timestamp(), |s| {
+            s.time.timestamp().max(taken.timestamp())
+        });
+    let mut sink = target.begin(&id, time, size)?;
+    let c = compare_and_store(config, base_vol, chain, view, sink.as_mut(), label)?;
+    if sink.changed() == 0
+        && chain.last().is_some_and(|p| p.volsize == size)
+        && !target.keep_unchanged()
+    {
+        sink.abort()?;
+        return Ok((None, c.bytes_read));
+    }
+    crate::failpoint::hit("send-before-commit");
+    let info = sink.prepare(NewSession {
+        volume: name.to_string(),
+        session: id.clone(),
+        previous: latest.map(str::to_string),
+        time,
+        volsize: size,
+        chunksize: config.chunksize,
+        compression: config.compression.codec,
+        chunks: c.chunks,
+        bytes_read: c.bytes_read,
+    })?;
+    target.before_commit(&info)?;
+    let info = sink.commit()?;
+    Ok((Some(info), c.bytes_read))
+}
+
+/// A session of the archive: its sink is the destination's, the source side keeps
+/// the pending record and the copies.
+struct ArchiveTarget<'a> {
+    archive: &'a Archive,
+    name: &'a str,
+    kind: SessionKind,
+    base: Option<String>,
+    local: &'a LocalCopies,
+}
+
+impl SessionTarget for ArchiveTarget<'_> {
+    fn begin(&mut self, id: &str, _time: i64, volsize: u64) -> Result<Box<dyn SessionSink>> {
+        self.archive
+            .begin_session(self.name, id, self.kind, self.base.as_deref(), volsize)
+    }
+    fn keep_unchanged(&self) -> bool {
+        false
+    }
+    fn before_commit(&mut self, info: &SessionInfo) -> Result<()> {
+        self.local.mark_pending(info)
+    }
+    fn after_commit(&mut self, info: &SessionInfo) -> Result<()> {
+        crate::failpoint::hit("send-after-commit");
+        self.local
+            .save(&self.archive.volume(self.name), &info.session)?;
+        self.local.clear_pending()?;
+        crate::failpoint::hit("send-after-local-copy");
+        Ok(())
+    }
 }
 
 /// Send volume `name` into `archive`.
@@ -75,21 +194,9 @@ pub fn send_volume(
     as_tar: bool,
 ) -> Result<SendOutcome> {
     let started = Instant::now();
-    let _meta_lock = lock_meta(config, name)?;
+    let _held = prepare(config, archive, name, Use::Send)?;
     let vol = archive.volume(name);
-    let mdir = meta_dir(config, name);
-    let local = LocalCopies::new(&mdir);
-    if !vol.exists() {
-        // Refused below too, but before the volume's folder is made: a refused send
-        // leaves nothing behind.
-        if let Some(mine) = local.ids()?.last() {
-            return Err(lost_session(name, mine, archive));
-        }
-    }
-    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
-    remove_staging(&vol)?;
-    crate::archive::prune::recover(&vol, Some(&local))?;
-    local.catch_up(&vol)?;
+    let local = LocalCopies::new(&meta_dir(config, name));
     let sessions = vol.sessions()?;
     let latest = sessions.last().cloned();
     if let Some(mine) = local.ids()?.last() {
@@ -111,79 +218,32 @@ pub fn send_volume(
         }
     }
     let ctx = VolumeCtx::new(config, name);
-    let view = source.begin_send(&ctx, chain.last())?;
-    let written = write_session(
+    let mut target = ArchiveTarget {
+        archive,
+        name,
+        kind: if as_tar {
+            SessionKind::Tar
+        } else {
+            SessionKind::Folder
+        },
+        base: latest,
+        local: &local,
+    };
+    let (session, bytes_read) = take_session(
         config,
+        &ctx,
+        source,
         &vol,
         &chain,
-        latest.as_deref(),
-        &view,
-        &local,
-        as_tar,
-    );
-    let (session, bytes_read) = match written {
-        Ok(w) => w,
-        Err(e) => {
-            if let Err(e2) = source.abort_send(&ctx, view) {
-                tracing::warn!("volume {name}: releasing the snapshot after a failed send: {e2}");
-            }
-            return Err(e);
-        }
-    };
-    let Some(info) = session else {
-        if let Some(l) = &latest {
-            source.end_send(&ctx, view, l)?;
-        }
-        return Ok(SendOutcome {
-            volume: name.to_string(),
-            session: None,
-            bytes_read,
-            elapsed: started.elapsed(),
-        });
-    };
-    let id = info.session.clone();
-    crate::failpoint::hit("send-after-commit");
-    local.save(&vol, &id)?;
-    local.clear_pending()?;
-    crate::failpoint::hit("send-after-local-copy");
-    source.end_send(&ctx, view, &id)?;
+        &mut target,
+        &format!("send {name}"),
+    )?;
     Ok(SendOutcome {
         volume: name.to_string(),
-        session: Some(info),
+        session,
         bytes_read,
         elapsed: started.elapsed(),
     })
-}
-
-/// Where the chunks of a new session go: an archive session (folder or tar) or a
-/// stream.
-pub trait ChunkSink: Send {
-    /// Store a data chunk (already encoded).
-    fn put_chunk(&mut self, addr: u64, hash: sparsebak_format::Hash, payload: &[u8]) -> Result<()>;
-    /// Record that the chunk at `addr` became all zero.
-    fn put_zero(&mut self, addr: u64) -> Result<()>;
-    /// Manifest lines so far.
-    fn changed(&self) -> u64;
-    /// The folder whose filesystem receives the chunks, when there is one: a full
-    /// filesystem is then reported with what the session needed.
-    fn dest_dir(&self) -> Option<std::path::PathBuf> {
-        None
-    }
-}
-
-impl ChunkSink for SessionWriter {
-    fn put_chunk(&mut self, addr: u64, hash: sparsebak_format::Hash, payload: &[u8]) -> Result<()> {
-        SessionWriter::put_chunk(self, addr, hash, payload)
-    }
-    fn put_zero(&mut self, addr: u64) -> Result<()> {
-        SessionWriter::put_zero(self, addr)
-    }
-    fn changed(&self) -> u64 {
-        self.changed
-    }
-    fn dest_dir(&self) -> Option<std::path::PathBuf> {
-        Some(self.vol_dir().to_path_buf())
-    }
 }
 
 /// What comparing a volume with a base view found.
@@ -196,13 +256,13 @@ pub struct Compared {
 
 /// Compare the volume `view` with the base view of `chain` (sessions whose manifests
 /// `base_vol` holds; empty for a full send) and hand every differing chunk, encoded,
-/// to `sink`, in address order. Shared by archive sessions and streams.
+/// to `sink`, in address order. A sink reports a full filesystem itself.
 pub fn compare_and_store(
     config: &Config,
     base_vol: &VolumeArchive,
     chain: &[SessionInfo],
     view: &SendView,
-    sink: &mut dyn ChunkSink,
+    sink: &mut dyn SessionSink,
     label: &str,
 ) -> Result<Compared> {
     let size = view.size;
@@ -222,12 +282,6 @@ pub fn compare_and_store(
         }
     };
     let base = ViewCursor::open(base_vol, chain)?;
-    let dest = sink.dest_dir();
-    let room_before = dest.as_deref().and_then(space::room);
-    let mut done = space::Progress {
-        size,
-        ..Default::default()
-    };
     let mut added: i64 = 0;
     let progress = Progress::new(size, label);
     let input = pipeline::Input {
@@ -251,15 +305,7 @@ pub fn compare_and_store(
                 if !replaces {
                     added += 1;
                 }
-                sink.put_chunk(addr, hash, &payload)
-                    .map_err(|e| match &dest {
-                        Some(d) => {
-                            space::explain(e, d, room_before, space::Progress { pos: addr, ..done })
-                        }
-                        None => e,
-                    })?;
-                done.stored += payload.len() as u64;
-                done.chunks += 1;
+                sink.put_chunk(addr, hash, &payload)?;
                 if sink.changed() == 50 {
                     crate::failpoint::hit("send-mid-chunks");
                 }
@@ -295,84 +341,4 @@ pub fn compare_and_store(
         bytes_read: stats.bytes_read,
         chunks: chunks.max(0) as u64,
     })
-}
-
-/// Steps 3 and 4: compare, store, commit. Returns the new session (`None` when
-/// nothing changed) and the bytes read.
-fn write_session(
-    config: &Config,
-    vol: &VolumeArchive,
-    chain: &[SessionInfo],
-    latest: Option<&str>,
-    view: &SendView,
-    local: &LocalCopies,
-    as_tar: bool,
-) -> Result<(Option<SessionInfo>, u64)> {
-    let name = vol.name.as_str();
-    let size = view.size;
-    // `time` is when the session was taken; when its ID had to move on past the
-    // latest one (several sends in a second), the moment the ID names, so IDs and times
-    // agree. (IDs moved on across a clock change name a moment in the past; then the
-    // clock's time stays.)
-    let taken = chrono::Local::now();
-    let id = session_id::next_id(taken.naive_local(), latest);
-    let time = crate::selector::SessionTime::from_id(&id, &chrono::Local)
-        .map_or(taken.timestamp(), |s| {
-            s.time.timestamp().max(taken.timestamp())
-        });
-    let room_before = space::room(&vol.dir);
-    let started = space::Progress {
-        size,
-        ..Default::default()
-    };
-    // Any step may meet a full filesystem, creating the staging folder included.
-    let mut writer = SessionWriter::create_as(vol, &id, as_tar)
-        .map_err(|e| space::explain(e, &vol.dir, room_before, started))?;
-    let c = compare_and_store(
-        config,
-        vol,
-        chain,
-        view,
-        &mut writer,
-        &format!("send {name}"),
-    )
-    .map_err(|e| {
-        let done = space::Progress {
-            stored: writer.bytes_stored,
-            chunks: writer.changed,
-            ..started
-        };
-        space::explain(e, &vol.dir, room_before, done)
-    })?;
-    if writer.changed == 0 && chain.last().is_some_and(|p| p.volsize == size) {
-        drop(writer);
-        return Ok((None, c.bytes_read));
-    }
-    crate::failpoint::hit("send-before-commit");
-    let done = space::Progress {
-        stored: writer.bytes_stored,
-        chunks: writer.changed,
-        pos: size,
-        size,
-    };
-    let info = writer
-        .commit(
-            |manifest_sha256, w| SessionInfo {
-                volume: name.to_string(),
-                session: id.clone(),
-                previous: latest.map(str::to_string),
-                time,
-                volsize: size,
-                chunksize: config.chunksize,
-                compression: config.compression.codec,
-                changed: w.changed,
-                chunks: c.chunks,
-                bytes_read: c.bytes_read,
-                bytes_stored: w.bytes_stored,
-                manifest_sha256,
-            },
-            |info| local.mark_pending(info),
-        )
-        .map_err(|e| space::explain(e, &vol.dir, room_before, done))?;
-    Ok((Some(info), c.bytes_read))
 }

@@ -23,15 +23,16 @@ use sparsebak_format::stream::{
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
-use crate::archive::create_private_dir;
 use crate::archive::local::LocalCopies;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::destination::{NewSession, SessionSink};
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
+use crate::metadir::create_private_dir;
+use crate::metadir::lock_meta;
 use crate::receive::DeviceTarget;
-use crate::send::{compare_and_store, lock_meta, ChunkSink};
-use crate::session_id;
+use crate::send::{take_session, SessionTarget};
 use crate::source::{stream_dir, Source, VolumeCtx};
 
 /// Options of `send --stream`.
@@ -54,13 +55,35 @@ pub struct StreamOutcome {
     pub elapsed: Duration,
 }
 
+/// The sink of a stream session: chunks go into the stream, manifest lines into a
+/// partial manifest in the chain's folder (the copy the next stream is compared with).
+/// `prepare` finishes the stream, names its file and stages the copy; `commit`
+/// records the stream in the catalog and then puts the copy in place.
 struct StreamChunks {
-    stream: StreamWriter<Box<dyn Write + Send>>,
-    manifest: ManifestWriter<BufWriter<File>>,
+    /// `None` once the stream is finished.
+    stream: Option<StreamWriter<Box<dyn Write + Send>>>,
+    /// `None` once the manifest is finished.
+    manifest: Option<ManifestWriter<BufWriter<File>>>,
     mpath: PathBuf,
     changed: u64,
     bytes_stored: u64,
+    /// Chunks stored.
+    chunks: u64,
+    /// The stream's file, when it is one.
     dest: Option<PathBuf>,
+    /// The folder of the stream's file, its room when the stream started, the
+    /// volume's size: a full filesystem is reported with what the stream needed.
+    dest_dir: Option<PathBuf>,
+    room_before: Option<crate::space::Room>,
+    volsize: u64,
+    partial: Option<PartialFile>,
+    local: LocalCopies,
+    catalog: Catalog,
+    dest_id: crate::catalog::DestId,
+    /// After `prepare`: the info, the staged copy, the stream's bytes.
+    prepared: Option<(SessionInfo, PathBuf, u64)>,
+    /// The stream's bytes, for the caller once committed.
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A stream error as a library error: a failed write to a stream file keeps its
@@ -75,36 +98,247 @@ fn stream_error(e: sparsebak_format::stream::StreamError, dest: Option<&Path>) -
     }
 }
 
-impl ChunkSink for StreamChunks {
-    fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
+impl StreamChunks {
+    fn explain(&self, e: Error, pos: u64) -> Error {
+        match &self.dest_dir {
+            Some(d) => crate::space::explain(
+                e,
+                d,
+                self.room_before,
+                crate::space::Progress {
+                    stored: self.bytes_stored,
+                    chunks: self.chunks,
+                    pos,
+                    size: self.volsize,
+                },
+            ),
+            None => e,
+        }
+    }
+
+    fn stream(&mut self) -> Result<&mut StreamWriter<Box<dyn Write + Send>>> {
         self.stream
-            .put_chunk(addr, payload)
-            .map_err(|e| stream_error(e, self.dest.as_deref()))?;
-        self.bytes_stored += payload.len() as u64;
-        self.changed += 1;
+            .as_mut()
+            .ok_or_else(|| Error::Msg("the stream is already finished".into()))
+    }
+
+    fn manifest(&mut self) -> Result<&mut ManifestWriter<BufWriter<File>>> {
         self.manifest
+            .as_mut()
+            .ok_or_else(|| Error::Msg("the stream's manifest is already finished".into()))
+    }
+}
+
+impl SessionSink for StreamChunks {
+    fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
+        let dest = self.dest.clone();
+        let put = self
+            .stream()?
+            .put_chunk(addr, payload)
+            .map_err(|e| stream_error(e, dest.as_deref()));
+        if let Err(e) = put {
+            return Err(self.explain(e, addr));
+        }
+        self.bytes_stored += payload.len() as u64;
+        self.chunks += 1;
+        self.changed += 1;
+        let mpath = self.mpath.clone();
+        self.manifest()?
             .push(&Entry {
                 addr,
                 hash: Some(hash),
             })
-            .at(&self.mpath)
+            .at(&mpath)
     }
+
     fn put_zero(&mut self, addr: u64) -> Result<()> {
         self.changed += 1;
-        self.manifest
+        let mpath = self.mpath.clone();
+        self.manifest()?
             .push(&Entry { addr, hash: None })
-            .at(&self.mpath)
+            .at(&mpath)
     }
+
     fn changed(&self) -> u64 {
         self.changed
     }
-    fn dest_dir(&self) -> Option<PathBuf> {
-        let dir = self.dest.as_deref()?.parent()?;
-        Some(if dir.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            dir.to_path_buf()
-        })
+
+    fn bytes_stored(&self) -> u64 {
+        self.bytes_stored
+    }
+
+    fn prepare(&mut self, fields: NewSession) -> Result<SessionInfo> {
+        let mpath = self.mpath.clone();
+        let manifest = self
+            .manifest
+            .take()
+            .ok_or_else(|| Error::Msg("the stream's manifest is already finished".into()))?;
+        let (bw, manifest_sha256) = manifest.finish().at(&mpath)?;
+        let mut mfile = bw.into_inner().map_err(|e| e.into_error()).at(&mpath)?;
+        let mlen = mfile.stream_position().at(&mpath)?;
+        mfile.rewind().at(&mpath)?;
+        let info = fields.info(self.changed, self.bytes_stored, manifest_sha256);
+        let file = self.dest.clone();
+        let stream = self
+            .stream
+            .take()
+            .ok_or_else(|| Error::Msg("the stream is already finished".into()))?;
+        let (mut out, written) = stream
+            .finish_from(&mut mfile, mlen, &info)
+            .map_err(|e| stream_error(e, file.as_deref()))?;
+        out.flush().map_err(|e| match &file {
+            Some(p) => Error::Io {
+                path: p.to_path_buf(),
+                source: e,
+            },
+            None => Error::Msg(format!("writing the stream: {e}")),
+        })?;
+        drop(out);
+        // A stream file gets its name before the catalog records the stream: a run
+        // stopped in between leaves a finished stream the chain does not build on
+        // (the next stream is based on the one before), never a chain that builds on
+        // a stream nobody has.
+        if let Some(p) = self.partial.take() {
+            p.commit().map_err(|e| Error::Msg(e.to_string()))?;
+        }
+        crate::failpoint::hit("stream-before-record");
+        // The stream is out: stage the copy that makes it this chain's new base.
+        let local = &self.local;
+        let id = &info.session;
+        create_private_dir(&local.dir)?;
+        let tmp = local.dir.join(format!(".tmp-S_{id}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).at(&tmp)?;
+        }
+        let kept = (|| -> Result<()> {
+            std::fs::create_dir_all(&tmp).at(&tmp)?;
+            std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
+            std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
+            durable::syncfs(&tmp).at(&tmp)
+        })();
+        if let Err(e) = kept {
+            // Said before the staging folder goes (a full metadir), then nothing of
+            // the copy is left behind.
+            let e = crate::space::explain_write(
+                e,
+                &local.dir,
+                "free some files",
+                "the stream is not recorded in its chain",
+            );
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        self.prepared = Some((info.clone(), tmp, written));
+        Ok(info)
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<SessionInfo> {
+        let (info, tmp, written) = self
+            .prepared
+            .take()
+            .ok_or_else(|| Error::Msg("stream committed before it was finished".into()))?;
+        // The copy becomes a session of the chain only once the catalog records it: a
+        // run that fails here leaves no copy the catalog does not know, and a run
+        // stopped between the two steps leaves `.tmp-S_<id>`, which the next run puts
+        // in place (the catalog names it) or removes (it does not).
+        if let Err(e) = self.catalog.record_session(self.dest_id, &info, written) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::Msg(e.to_string()));
+        }
+        crate::failpoint::hit("stream-after-record");
+        let sess = self.local.session_dir(&info.session);
+        std::fs::rename(&tmp, &sess).at(&sess)?;
+        durable::sync_dir(&self.local.dir).at(&self.local.dir)?;
+        self.written
+            .store(written, std::sync::atomic::Ordering::Relaxed);
+        Ok(info)
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+/// Where a stream session goes: the one output, the chain's copies and catalog.
+struct StreamTarget<'a> {
+    config: &'a Config,
+    name: &'a str,
+    base: Option<&'a SessionInfo>,
+    out: Option<Box<dyn Write + Send>>,
+    partial: Option<PartialFile>,
+    opts: &'a StreamOpts,
+    sdir: PathBuf,
+    catalog: Option<Catalog>,
+    dest_id: crate::catalog::DestId,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SessionTarget for StreamTarget<'_> {
+    fn begin(&mut self, id: &str, time: i64, volsize: u64) -> Result<Box<dyn SessionSink>> {
+        let header = StreamHeader {
+            volume: self.name.to_string(),
+            session: id.to_string(),
+            volsize,
+            chunksize: self.config.chunksize,
+            compression: self.config.compression.codec,
+            time,
+            base: self.base.map(|i| i.session.clone()),
+            base_manifest_sha256: self.base.map(|i| i.manifest_sha256),
+        };
+        let out = self
+            .out
+            .take()
+            .ok_or_else(|| Error::Msg("one stream per output".into()))?;
+        let stream = StreamWriter::with_block_size(out, header, self.opts.block_size)
+            .map_err(|e| Error::Msg(e.to_string()))?;
+        let mpath = self.sdir.join(".manifest.partial");
+        let mf = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&mpath)
+            .at(&mpath)?;
+        let dest_dir = self.opts.dest.as_deref().and_then(|p| {
+            let dir = p.parent()?;
+            Some(if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.to_path_buf()
+            })
+        });
+        let catalog = self
+            .catalog
+            .take()
+            .ok_or_else(|| Error::Msg("one stream per catalog".into()))?;
+        Ok(Box::new(StreamChunks {
+            stream: Some(stream),
+            manifest: Some(ManifestWriter::new(BufWriter::new(mf))),
+            mpath,
+            changed: 0,
+            bytes_stored: 0,
+            chunks: 0,
+            dest: self.opts.dest.clone(),
+            room_before: dest_dir.as_deref().and_then(crate::space::room),
+            dest_dir,
+            volsize,
+            partial: self.partial.take(),
+            local: LocalCopies::new(&self.sdir),
+            catalog,
+            dest_id: self.dest_id,
+            prepared: None,
+            written: self.written.clone(),
+        }))
+    }
+    fn keep_unchanged(&self) -> bool {
+        true
+    }
+    fn before_commit(&mut self, _info: &SessionInfo) -> Result<()> {
+        Ok(())
+    }
+    fn after_commit(&mut self, _info: &SessionInfo) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -117,14 +351,14 @@ pub fn send_stream(
     out: Box<dyn Write + Send>,
     partial: Option<PartialFile>,
     opts: &StreamOpts,
-) -> Result<(StreamOutcome, Box<dyn Write + Send>)> {
+) -> Result<StreamOutcome> {
     let started = Instant::now();
     let _meta_lock = lock_meta(config, name)?;
     let ctx = VolumeCtx::for_stream(config, name, &opts.chain);
     let sdir = stream_dir(&ctx.meta_dir, &opts.chain);
     create_private_dir(&sdir)?;
     let local = LocalCopies::new(&sdir);
-    let mut catalog = Catalog::open(&config.metadir.join("catalog.sqlite"))
+    let catalog = Catalog::open(&config.metadir.join("catalog.sqlite"))
         .map_err(|e| Error::Msg(e.to_string()))?;
     let dest = catalog
         .destination("stream", &opts.chain)
@@ -161,145 +395,34 @@ pub fn send_stream(
             )));
         }
     }
-    let view = source.begin_send(&ctx, chain.last())?;
-    let result = (|| -> Result<(StreamOutcome, Box<dyn Write + Send>)> {
-        let id = session_id::next_id_now(chain.last().map(|i| i.session.as_str()));
-        let time = chrono::Local::now().timestamp();
-        let header = StreamHeader {
-            volume: name.to_string(),
-            session: id.clone(),
-            volsize: view.size,
-            chunksize: config.chunksize,
-            compression: config.compression.codec,
-            time,
-            base: chain.last().map(|i| i.session.clone()),
-            base_manifest_sha256: chain.last().map(|i| i.manifest_sha256),
-        };
-        let stream = StreamWriter::with_block_size(out, header.clone(), opts.block_size)
-            .map_err(|e| Error::Msg(e.to_string()))?;
-        let mpath = sdir.join(".manifest.partial");
-        let mf = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&mpath)
-            .at(&mpath)?;
-        let mut sink = StreamChunks {
-            stream,
-            manifest: ManifestWriter::new(BufWriter::new(mf)),
-            mpath: mpath.clone(),
-            changed: 0,
-            bytes_stored: 0,
-            dest: opts.dest.clone(),
-        };
-        let c = compare_and_store(
-            config,
-            &copies,
-            &chain,
-            &view,
-            &mut sink,
-            &format!("stream {name}"),
-        )?;
-        let StreamChunks {
-            stream,
-            manifest,
-            changed,
-            bytes_stored,
-            ..
-        } = sink;
-        let (bw, manifest_sha256) = manifest.finish().at(&mpath)?;
-        let mut mfile = bw.into_inner().map_err(|e| e.into_error()).at(&mpath)?;
-        let mlen = mfile.stream_position().at(&mpath)?;
-        mfile.rewind().at(&mpath)?;
-        let info = SessionInfo {
-            volume: name.to_string(),
-            session: id.clone(),
-            previous: header.base.clone(),
-            time,
-            volsize: view.size,
-            chunksize: config.chunksize,
-            compression: config.compression.codec,
-            changed,
-            chunks: c.chunks,
-            bytes_read: c.bytes_read,
-            bytes_stored,
-            manifest_sha256,
-        };
-        let file = opts.dest.as_deref();
-        let (mut out, written) = stream
-            .finish_from(&mut mfile, mlen, &info)
-            .map_err(|e| stream_error(e, file))?;
-        out.flush().map_err(|e| match file {
-            Some(p) => Error::Io {
-                path: p.to_path_buf(),
-                source: e,
-            },
-            None => Error::Msg(format!("writing the stream: {e}")),
-        })?;
-        // A stream file gets its name before the catalog records the stream: a run
-        // stopped in between leaves a finished stream the chain does not build on
-        // (the next stream is based on the one before), never a chain that builds on
-        // a stream nobody has.
-        if let Some(p) = partial {
-            p.commit().map_err(|e| Error::Msg(e.to_string()))?;
-        }
-        crate::failpoint::hit("stream-before-record");
-        // The stream is out: remember it as this chain's new base.
-        let sess = local.session_dir(&id);
-        create_private_dir(&local.dir)?;
-        let tmp = local.dir.join(format!(".tmp-S_{id}"));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).at(&tmp)?;
-        }
-        let kept = (|| -> Result<()> {
-            std::fs::create_dir_all(&tmp).at(&tmp)?;
-            std::fs::write(tmp.join("info"), info.to_text()).at(&tmp)?;
-            std::fs::rename(&mpath, tmp.join("manifest")).at(&tmp)?;
-            durable::syncfs(&tmp).at(&tmp)
-        })();
-        if let Err(e) = kept {
-            // Said before the staging folder goes (a full metadir), then nothing of
-            // the copy is left behind.
-            let e = crate::space::explain_write(
-                e,
-                &local.dir,
-                "free some files",
-                "the stream is not recorded in its chain",
-            );
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        // The copy becomes a session of the chain only once the catalog records it: a
-        // run that fails here leaves no copy the catalog does not know, and a run
-        // stopped between the two steps leaves `.tmp-S_<id>`, which the next run puts
-        // in place (the catalog names it) or removes (it does not).
-        if let Err(e) = catalog.record_session(dest, &info, written) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(Error::Msg(e.to_string()));
-        }
-        crate::failpoint::hit("stream-after-record");
-        std::fs::rename(&tmp, &sess).at(&sess)?;
-        durable::sync_dir(&local.dir).at(&local.dir)?;
-        Ok((
-            StreamOutcome {
-                info,
-                bytes_written: written,
-                elapsed: started.elapsed(),
-            },
-            out,
-        ))
-    })();
-    match result {
-        Ok((outcome, out)) => {
-            source.end_send(&ctx, view, &outcome.info.session)?;
-            Ok((outcome, out))
-        }
-        Err(e) => {
-            let _ = source.abort_send(&ctx, view);
-            Err(e)
-        }
-    }
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut target = StreamTarget {
+        config,
+        name,
+        base: chain.last(),
+        out: Some(out),
+        partial,
+        opts,
+        sdir,
+        catalog: Some(catalog),
+        dest_id: dest,
+        written: written.clone(),
+    };
+    let (info, _) = take_session(
+        config,
+        &ctx,
+        source,
+        &copies,
+        &chain,
+        &mut target,
+        &format!("stream {name}"),
+    )?;
+    let info = info.ok_or_else(|| Error::Msg(format!("volume {name}: no stream was written")))?;
+    Ok(StreamOutcome {
+        info,
+        bytes_written: written.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Make the session copies of a stream chain agree with its catalog base `base` before

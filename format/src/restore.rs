@@ -52,11 +52,42 @@ fn read_batch(
     batch: Vec<ViewEntry>,
 ) -> Vec<ReadChunk> {
     let work = || {
+        // One batched read per session the batch takes chunks from (a remote store
+        // sends all of a batch's requests before reading a reply), then decoding and
+        // hashing in parallel.
+        let mut stored: Vec<Option<crate::Result<Vec<u8>>>> = Vec::new();
+        stored.resize_with(batch.len(), || None);
+        let mut sessions: Vec<usize> = batch.iter().map(|e| e.session).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        for s in sessions {
+            let (idx, addrs): (Vec<usize>, Vec<u64>) = batch
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.session == s)
+                .map(|(i, e)| (i, e.addr))
+                .unzip();
+            for (i, r) in idx
+                .into_iter()
+                .zip(vol.read_stored_batch(&chain[s], &addrs))
+            {
+                stored[i] = Some(r);
+            }
+        }
         batch
             .into_par_iter()
-            .map(|entry| {
+            .zip(stored.into_par_iter())
+            .map(|(entry, stored)| {
                 let info = &chain[entry.session];
-                let data = vol.read_chunk(info, entry.addr).and_then(|d| {
+                let data = match stored {
+                    Some(Ok(b)) => vol.decode(info, entry.addr, &b),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err(format!(
+                        "{}: not read",
+                        vol.chunk_location(&info.session, entry.addr)
+                    )),
+                };
+                let data = data.and_then(|d| {
                     if check && chunk::hash(&d) != entry.hash {
                         Err(format!(
                             "SHA-256 mismatch in {}",

@@ -1,16 +1,15 @@
-//! Reading one volume's folder in an archive: its sessions, their info and chunks.
+//! Reading one volume of an archive: its sessions, their info and chunks, from
+//! whatever store holds them (see [`crate::store`]).
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::{FormatError, IoContext, Result};
 use crate::info::SessionInfo;
 use crate::layout;
-use crate::limits;
 use crate::manifest::ManifestReader;
-use crate::tarsession::TarSession;
+pub use crate::store::{FolderStore, Storage, VolumeStore};
 
 /// Bytes of the longest manifest line as written: a data line (64 + 1 + 17 + 1).
 const MAX_LINE_BYTES: u64 = 83;
@@ -29,141 +28,85 @@ pub fn check_archive_root(root: &Path) -> Result<()> {
     }
 }
 
-/// A volume's folder in an archive.
+/// One volume of an archive, as every reader sees it: a façade over the store that
+/// holds it ([`VolumeStore`]), which adds what is the same for every store (parsing and
+/// checking infos and manifests, chains of sessions, decoding chunks).
 #[derive(Clone)]
 pub struct VolumeArchive {
     pub name: String,
-    pub dir: PathBuf,
-    /// Tar sessions opened so far (file and mapped index), shared by clones.
-    tars: Arc<Mutex<HashMap<String, Arc<TarSession>>>>,
+    store: Arc<dyn VolumeStore>,
 }
 
 impl std::fmt::Debug for VolumeArchive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VolumeArchive")
             .field("name", &self.name)
-            .field("dir", &self.dir)
+            .field("store", &self.store)
             .finish()
     }
 }
 
-pub use crate::store::Storage;
-
 impl VolumeArchive {
+    /// The volume folder `dir` of a local archive; the volume's name is the folder's.
     pub fn new(dir: &Path) -> VolumeArchive {
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        VolumeArchive::from_store(&name, Arc::new(FolderStore::new(dir)))
+    }
+
+    /// Volume `name` held by `store`.
+    pub fn from_store(name: &str, store: Arc<dyn VolumeStore>) -> VolumeArchive {
         VolumeArchive {
-            name,
-            dir: dir.to_path_buf(),
-            tars: Arc::new(Mutex::new(HashMap::new())),
+            name: name.to_string(),
+            store,
         }
     }
 
+    /// The store the volume is read from.
+    pub fn store(&self) -> &Arc<dyn VolumeStore> {
+        &self.store
+    }
+
+    /// The local folder, when the volume is one (for the code that must touch its
+    /// files).
+    pub fn folder(&self) -> Option<&FolderStore> {
+        self.store.as_folder()
+    }
+
+    /// Where the volume is, for messages.
+    pub fn label(&self) -> String {
+        self.store.label()
+    }
+
     pub fn exists(&self) -> bool {
-        self.dir.is_dir()
+        self.store.exists()
     }
 
     /// Committed session IDs, oldest first. Staging folders are not sessions.
     pub fn sessions(&self) -> Result<Vec<String>> {
-        let mut ids = Vec::new();
-        let rd = match std::fs::read_dir(&self.dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
-            Err(e) => return Err(e).at(&self.dir),
-        };
-        for ent in rd {
-            let ent = ent.at(&self.dir)?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(rest) = name.strip_prefix(layout::SESSION_PREFIX) {
-                let id = rest.strip_suffix(layout::TAR_SUFFIX).unwrap_or(rest);
-                if layout::is_session_id(id) {
-                    ids.push(id.to_string());
-                }
-            }
-        }
-        ids.sort();
-        // A session being converted between forms can briefly exist in both.
-        ids.dedup();
-        Ok(ids)
-    }
-
-    pub fn session_dir(&self, id: &str) -> PathBuf {
-        layout::session_dir(&self.dir, id)
-    }
-
-    pub fn tar_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!(
-            "{}{id}{}",
-            layout::SESSION_PREFIX,
-            layout::TAR_SUFFIX
-        ))
-    }
-
-    pub fn tar_index_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!(
-            "{}{id}{}",
-            layout::SESSION_PREFIX,
-            layout::TAR_INDEX_SUFFIX
-        ))
+        self.store.sessions()
     }
 
     /// How session `id` is stored (a folder wins over a tar left by a conversion).
     pub fn storage(&self, id: &str) -> Storage {
-        if self.session_dir(id).is_dir() {
-            Storage::Folder
-        } else {
-            Storage::Tar
-        }
-    }
-
-    /// The open tar session `id`.
-    pub fn tar(&self, id: &str) -> Result<Arc<TarSession>> {
-        let mut cache = self
-            .tars
-            .lock()
-            .map_err(|_| FormatError::Other("tar cache poisoned".into()))?;
-        if let Some(t) = cache.get(id) {
-            return Ok(t.clone());
-        }
-        let t = Arc::new(TarSession::open(
-            &self.tar_path(id),
-            &self.tar_index_path(id),
-        )?);
-        cache.insert(id.to_string(), t.clone());
-        Ok(t)
+        self.store.storage(id)
     }
 
     /// Forget opened tar sessions (after they were converted or removed).
     pub fn forget_tars(&self) {
-        if let Ok(mut c) = self.tars.lock() {
-            c.clear();
-        }
+        self.store.forget_cached()
     }
 
     /// The bytes of session `id`'s info file.
     pub fn info_bytes(&self, id: &str) -> Result<Vec<u8>> {
-        match self.storage(id) {
-            Storage::Folder => {
-                limits::read_bounded(&self.info_path(id), limits::MAX_INFO_BYTES, "info file")
-            }
-            Storage::Tar => self.tar(id)?.info_bytes(),
-        }
+        self.store.info_bytes(id)
     }
 
     /// A reader of session `id`'s manifest bytes.
     pub fn manifest_bytes(&self, id: &str) -> Result<Box<dyn BufRead + Send>> {
-        match self.storage(id) {
-            Storage::Folder => {
-                let p = self.manifest_path(id);
-                let f = std::fs::File::open(&p).at(&p)?;
-                Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
-            }
-            Storage::Tar => self.tar(id)?.manifest_reader(),
-        }
+        self.store.manifest_bytes(id)
     }
 
     /// Session `id`'s manifest, parsed as it streams.
@@ -185,21 +128,17 @@ impl VolumeArchive {
 
     /// Where session `id`'s manifest is, for messages.
     pub fn manifest_label(&self, id: &str) -> PathBuf {
-        match self.storage(id) {
-            Storage::Folder => self.manifest_path(id),
-            Storage::Tar => self.tar_path(id).join(layout::MANIFEST_FILE),
-        }
+        self.store.manifest_label(id)
+    }
+
+    /// Where session `id`'s info is, for messages.
+    pub fn info_label(&self, id: &str) -> PathBuf {
+        self.store.info_label(id)
     }
 
     /// Length in bytes of session `id`'s manifest.
     pub fn manifest_len(&self, id: &str) -> Result<u64> {
-        match self.storage(id) {
-            Storage::Folder => {
-                let p = self.manifest_path(id);
-                Ok(std::fs::metadata(&p).at(&p)?.len())
-            }
-            Storage::Tar => Ok(self.tar(id)?.index.manifest().1),
-        }
+        self.store.manifest_len(id)
     }
 
     /// SHA-256 of the manifest of session `info`, refused unread when it is longer
@@ -226,7 +165,7 @@ impl VolumeArchive {
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = r.read(&mut buf).at(self.dir.clone())?;
+            let n = r.read(&mut buf).at(self.manifest_label(id))?;
             if n == 0 {
                 break;
             }
@@ -235,25 +174,13 @@ impl VolumeArchive {
         Ok(h.finalize().into())
     }
 
-    pub fn info_path(&self, id: &str) -> PathBuf {
-        self.session_dir(id).join(layout::INFO_FILE)
-    }
-
-    pub fn manifest_path(&self, id: &str) -> PathBuf {
-        self.session_dir(id).join(layout::MANIFEST_FILE)
-    }
-
-    pub fn chunk_path(&self, id: &str, addr: u64) -> PathBuf {
-        self.session_dir(id).join(layout::chunk_rel_path(addr))
-    }
-
     pub fn info(&self, id: &str) -> Result<SessionInfo> {
         let bytes = self.info_bytes(id)?;
         let text = String::from_utf8(bytes).map_err(|_| FormatError::Info {
-            path: self.info_path(id),
+            path: self.info_label(id),
             reason: "not UTF-8".into(),
         })?;
-        SessionInfo::parse(&text, &self.info_path(id))
+        SessionInfo::parse(&text, &self.info_label(id))
     }
 
     /// The infos of every session up to and including `target`, oldest first, checked
@@ -270,7 +197,7 @@ impl VolumeArchive {
         let mut chain: Vec<SessionInfo> = Vec::with_capacity(end + 1);
         for id in &ids[..=end] {
             let info = self.info(id)?;
-            let path = self.info_path(id);
+            let path = self.info_label(id);
             if info.session != *id {
                 return Err(FormatError::Info {
                     path,
@@ -312,31 +239,53 @@ impl VolumeArchive {
         addr: u64,
     ) -> std::result::Result<Vec<u8>, String> {
         let stored = self.read_stored(info, addr).map_err(|e| e.to_string())?;
+        self.decode(info, addr, &stored)
+    }
+
+    /// Decode the stored bytes of the chunk at `addr` of session `info`. The error
+    /// names where the chunk is stored.
+    pub fn decode(
+        &self,
+        info: &SessionInfo,
+        addr: u64,
+        stored: &[u8],
+    ) -> std::result::Result<Vec<u8>, String> {
         info.compression
-            .decode(&stored, info.chunksize as usize)
+            .decode(stored, info.chunksize as usize)
             .map_err(|e| format!("{}: {e}", self.chunk_location(&info.session, addr)))
     }
 
     /// Where the chunk at `addr` of session `id` is stored, for messages.
     pub fn chunk_location(&self, id: &str, addr: u64) -> String {
-        match self.storage(id) {
-            Storage::Folder => self.chunk_path(id, addr).display().to_string(),
-            Storage::Tar => format!(
-                "{} (member for chunk x{addr:016x})",
-                self.tar_path(id).display()
-            ),
-        }
+        self.store.chunk_location(id, addr)
     }
 
     /// The stored (encoded) bytes of a chunk of session `info`: never more than a
     /// chunk of its size and compression can take, whatever the file's size.
     pub fn read_stored(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
-        let id = &info.session;
-        let max = limits::max_stored(info.compression, info.chunksize);
-        match self.storage(id) {
-            Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
-            Storage::Tar => self.tar(id)?.read_chunk(addr, max),
+        self.read_stored_batch(info, &[addr])
+            .pop()
+            .unwrap_or_else(|| Err(FormatError::Other("the store returned no chunk".into())))
+    }
+
+    /// The stored bytes of the chunks at `addrs` of session `info`, one result per
+    /// address in order (see [`VolumeStore::read_stored`]). A store that answers with
+    /// the wrong number of results is an error for every chunk.
+    pub fn read_stored_batch(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>> {
+        let got = self.store.read_stored(info, addrs);
+        if got.len() == addrs.len() {
+            return got;
         }
+        let why = format!(
+            "{}: {} chunks asked, {} returned",
+            self.label(),
+            addrs.len(),
+            got.len()
+        );
+        addrs
+            .iter()
+            .map(|_| Err(FormatError::Other(why.clone())))
+            .collect()
     }
 }
 
@@ -344,6 +293,7 @@ impl VolumeArchive {
 mod tests {
     use super::*;
     use crate::chunk::Codec;
+    use crate::limits;
 
     fn info(compression: Codec) -> SessionInfo {
         SessionInfo {
@@ -367,7 +317,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vol = VolumeArchive::new(&dir.path().join("v"));
         let i = info(Codec::Zstd);
-        let p = vol.chunk_path(&i.session, 0x10000);
+        let p = vol.folder().unwrap().chunk_path(&i.session, 0x10000);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::File::create(&p).unwrap().set_len(1 << 40).unwrap();
         match vol.read_stored(&i, 0x10000) {
@@ -407,7 +357,7 @@ mod tests {
     fn a_huge_info_or_marker_is_refused_unread() {
         let dir = tempfile::tempdir().unwrap();
         let vol = VolumeArchive::new(&dir.path().join("v"));
-        let p = vol.info_path("20260101-000000");
+        let p = vol.folder().unwrap().info_path("20260101-000000");
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::File::create(&p).unwrap().set_len(1 << 40).unwrap();
         assert!(matches!(

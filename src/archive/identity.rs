@@ -110,11 +110,11 @@ pub fn refuse_if_known(config: &Config, accept: bool) -> Result<()> {
 /// The archive must be writable.
 pub fn adopt(config: &Config, archive: &mut Archive, accept: bool) -> Result<()> {
     let cat = catalog(config)?;
-    let k = key(&archive.root);
+    let k = key(&config.destdir);
     let known = cat.archive_id(&k).map_err(|e| Error::Msg(e.to_string()))?;
     let id = match &archive.id {
         Some(id) => id.clone(),
-        None => add_id(&archive.root)?,
+        None => archive.add_identity()?,
     };
     match &known {
         Some(known) if *known != id && !accept => {
@@ -159,7 +159,7 @@ pub fn check_same(config: &Config, archive: &Archive) -> Result<()> {
 /// Give the archive at `root`, whose marker has no identity, one. Runs that do this
 /// at the same time agree on one: the marker is locked, read again, and replaced
 /// only if it still has none.
-fn add_id(root: &Path) -> Result<String> {
+pub fn add_id(root: &Path) -> Result<String> {
     let marker = root.join(layout::ARCHIVE_MARKER);
     let _lock = lock::lock(&marker, Mode::Exclusive, LOCK_WAIT, "the archive's marker")?;
     let mut m = read_marker(root)?.ok_or_else(|| missing_marker(root))?;

@@ -8,9 +8,9 @@ use sparsebak_format::info::SessionInfo;
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::{layout, limits, FormatError};
 
-use crate::archive::create_private_dir;
 use crate::durable;
 use crate::error::{IoAt, Result};
+use crate::metadir::create_private_dir;
 
 /// The source-side copies for one volume.
 #[derive(Debug, Clone)]

@@ -1,29 +1,31 @@
-//! The archive on the destination: opening or creating it, the per-volume lock,
-//! writing sessions ([`writer`]), checking them ([`verify`]), and the copies of each
-//! session's info and manifest that the source side keeps ([`local`]).
+//! The archive as the source side sees it: the destination this machine sends to
+//! (opened, created, checked to be the one it knows: [`identity`]), the preamble every
+//! command that uses a volume runs first ([`prepare`]), checking sessions
+//! ([`verify`]), repairing them from the source ([`repair`]), and the copies of each
+//! session's info and manifest that the source side keeps ([`local`]). What touches
+//! the archive's files is behind [`crate::destination::Destination`].
 
 pub mod identity;
 pub mod local;
-pub mod prune;
 pub mod repair;
-pub mod tar;
 pub mod verify;
-pub mod writer;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
 
+use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
-use sparsebak_format::marker::read_marker;
-use sparsebak_format::volume::{check_archive_root, VolumeArchive};
+use sparsebak_format::FormatError;
 
 use crate::config::Config;
-use crate::durable;
-use crate::error::{Error, IoAt, Result};
-use crate::lock::{self, LockGuard, Mode};
+use crate::destination::{self, DestLock, Destination};
+use crate::error::{Error, Result};
+use crate::lock::{LockGuard, Mode};
+use crate::metadir::{lock_meta, meta_dir};
+use local::LocalCopies;
 
-/// How long a command waits for another run to release a volume.
-pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+pub use crate::destination::local::{is_read_only, LOCK_WAIT};
+pub use crate::metadir::create_private_dir;
 
 /// Why a run may not use the archive at `destdir`. Nothing was written when one of
 /// these is returned.
@@ -43,9 +45,12 @@ pub enum ArchiveError {
     },
 }
 
-/// An archive root folder.
-#[derive(Debug, Clone)]
+/// The destination this machine sends to, opened: the destination itself (every
+/// method of [`Destination`] through `Deref`) and what was found out opening it.
+#[derive(Clone)]
 pub struct Archive {
+    dest: Arc<dyn Destination>,
+    /// Where the archive is, for messages (`destdir`).
     pub root: PathBuf,
     /// Its identity (`None` for an archive made before identities, until a run that
     /// writes to it gives it one).
@@ -55,32 +60,42 @@ pub struct Archive {
     pub read_only: bool,
 }
 
-/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
-/// does) is on a filesystem mounted read-only.
-pub fn is_read_only(path: &Path) -> bool {
-    use nix::sys::statvfs::{statvfs, FsFlags};
-    path.ancestors()
-        .find_map(|p| statvfs(p).ok())
-        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive")
+            .field("dest", &self.dest.label())
+            .field("id", &self.id)
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Archive {
+    type Target = dyn Destination;
+    fn deref(&self) -> &(dyn Destination + 'static) {
+        self.dest.as_ref()
+    }
 }
 
 impl Archive {
     /// Open the configured archive, which must exist, for reading.
     pub fn open(config: &Config) -> Result<Archive> {
         config.check_destination(false)?;
+        let dest: Arc<dyn Destination> = Arc::from(destination::open(config)?);
         let root = config.destdir.clone();
-        let Some(marker) = read_marker(&root)? else {
-            check_archive_root(&root)?;
-            return Err(Error::Msg(format!("{}: no archive", root.display())));
+        let Some(marker) = dest.marker()? else {
+            return Err(FormatError::NotArchive {
+                path: root,
+                reason: format!(
+                    "no {} in it; is the archive's disk mounted?",
+                    layout::ARCHIVE_MARKER
+                ),
+            }
+            .into());
         };
-        let read_only = is_read_only(&root);
-        if read_only {
-            tracing::debug!(
-                "archive {} is on a read-only filesystem: reading without locks",
-                root.display()
-            );
-        }
+        let read_only = dest.read_only();
         Ok(Archive {
+            dest,
             root,
             id: marker.id,
             read_only,
@@ -95,7 +110,7 @@ impl Archive {
         let mut a = Self::open(config)?;
         a.require_writable(action)?;
         identity::adopt(config, &mut a, false)?;
-        sweep_dead_runs(&a);
+        a.sweep_dead_runs();
         Ok(a)
     }
 
@@ -105,26 +120,26 @@ impl Archive {
     /// as this machine's archive from now on.
     pub fn open_or_create(config: &Config, accept: bool) -> Result<Archive> {
         config.check_destination(true)?;
-        let root = config.destdir.clone();
-        if read_marker(&root)?.is_none() {
+        let dest = destination::open(config)?;
+        if dest.marker()?.is_none() {
             match identity::refuse_if_known(config, accept) {
                 // Unless another run has just created it (and recorded it).
-                Err(e) if read_marker(&root)?.is_none() => return Err(e),
+                Err(e) if dest.marker()?.is_none() => return Err(e),
                 Err(_) => {}
-                Ok(()) if is_read_only(&root) => {
+                Ok(()) if dest.read_only() => {
                     return Err(ArchiveError::ReadOnly {
-                        path: root,
+                        path: config.destdir.clone(),
                         action: "send".into(),
                     }
                     .into())
                 }
-                Ok(()) => identity::create(&root)?,
+                Ok(()) => dest.create()?,
             }
         }
         let mut a = Self::open(config)?;
         a.require_writable("send")?;
         identity::adopt(config, &mut a, accept)?;
-        sweep_dead_runs(&a);
+        a.sweep_dead_runs();
         Ok(a)
     }
 
@@ -139,49 +154,84 @@ impl Archive {
         }
         Ok(())
     }
+}
 
-    pub fn volume(&self, name: &str) -> VolumeArchive {
-        VolumeArchive::new(&self.root.join(name))
-    }
+/// What a command does with a volume, for [`prepare`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Read it: finish what interrupted runs left ([`settle`]), then hold its shared
+    /// lock (none on a read-only archive).
+    Read,
+    /// Change it: the source-side lock, the archive's exclusive lock, leftovers of
+    /// interrupted runs removed, an interrupted prune rolled forward, a session an
+    /// interrupted send published recorded on the source side.
+    Write,
+    /// [`Use::Write`] for a new session: also refuse a volume whose sessions this
+    /// machine sent and the archive no longer has, before anything is created.
+    Send,
+    /// Only the two locks (the archive's in this mode), nothing finished: for
+    /// commands that must work on a volume that cannot be recovered (delete, repair).
+    Lock(Mode),
+}
 
-    /// Lock a volume's folder (created if needed for exclusive use). On a read-only
-    /// archive a shared lock is not taken (nobody can write the archive), and an
-    /// exclusive one is refused.
-    pub fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<LockGuard>> {
-        let dir = self.root.join(name);
-        let read_only = |action: String| {
-            Error::from(ArchiveError::ReadOnly {
-                path: self.root.clone(),
-                action,
+/// The locks [`prepare`] took, held until dropped.
+#[derive(Debug)]
+pub struct Held {
+    /// The source-side lock (`<metadir>/<volume>/lock`), when taken.
+    pub meta: Option<LockGuard>,
+    /// The archive's lock on the volume, when taken.
+    pub dest: Option<DestLock>,
+}
+
+/// The preamble of every command that uses volume `name` of `archive`: lock the
+/// source side, lock the archive, recover what interrupted runs left (see [`Use`]).
+pub fn prepare(config: &Config, archive: &Archive, name: &str, how: Use) -> Result<Held> {
+    match how {
+        Use::Read => {
+            settle(config, archive, name)?;
+            Ok(Held {
+                meta: None,
+                dest: archive.lock_volume(name, Mode::Shared)?,
             })
-        };
-        let is_erofs = |e: &Error| matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS));
-        if mode == Mode::Exclusive && self.read_only {
-            return Err(read_only(format!("changing volume {name}")));
         }
-        if !dir.is_dir() {
-            if mode == Mode::Shared {
-                return Ok(None);
-            }
-            let made = std::fs::create_dir_all(&dir)
-                .at(&dir)
-                .and_then(|()| durable::sync_parent(&dir).at(&dir));
-            match made {
-                Err(e) if is_erofs(&e) => return Err(read_only(format!("changing volume {name}"))),
-                r => r?,
-            }
+        Use::Lock(mode) => {
+            let meta = lock_meta(config, name)?;
+            Ok(Held {
+                meta: Some(meta),
+                dest: archive.lock_volume(name, mode)?,
+            })
         }
-        let what = format!("volume {name} in the archive");
-        match lock::lock(&dir.join(layout::LOCK_FILE), mode, LOCK_WAIT, &what) {
-            Ok(g) => Ok(Some(g)),
-            Err(e) if is_erofs(&e) && mode == Mode::Shared => {
-                tracing::debug!("{e}: reading volume {name} without a lock");
-                Ok(None)
+        Use::Write | Use::Send => {
+            let meta = lock_meta(config, name)?;
+            let mdir = meta_dir(config, name);
+            let local = LocalCopies::new(&mdir);
+            if how == Use::Send && !archive.volume(name).exists() {
+                // Refused again once locked, but before the volume's folder is made:
+                // a refused send leaves nothing behind.
+                if let Some(mine) = local.ids()?.last() {
+                    return Err(lost_session(name, mine, archive));
+                }
             }
-            Err(e) if is_erofs(&e) => Err(read_only(format!("changing volume {name}"))),
-            Err(e) => Err(e),
+            let dest = archive.lock_volume(name, Mode::Exclusive)?;
+            archive.remove_staging(name)?;
+            recover(archive, name, Some(&local))?;
+            local.catch_up(&archive.volume(name))?;
+            Ok(Held {
+                meta: Some(meta),
+                dest,
+            })
         }
     }
+}
+
+/// The error of a volume whose session `mine`, sent by this machine, the archive no
+/// longer has.
+pub fn lost_session(name: &str, mine: &str, archive: &Archive) -> Error {
+    Error::Msg(format!(
+        "volume {name}: this machine sent session {mine}, which the archive at {} no longer has; \
+         refusing to build on it (restore the archive, or `sparsebak delete {name}` to start over)",
+        archive.root.display()
+    ))
 }
 
 /// Open volume `name` for reading: finish what interrupted runs left on it
@@ -190,140 +240,75 @@ pub fn lock_for_reading(
     config: &Config,
     archive: &Archive,
     name: &str,
-) -> Result<Option<LockGuard>> {
-    settle(config, archive, name)?;
-    archive.lock_volume(name, Mode::Shared)
+) -> Result<Option<DestLock>> {
+    Ok(prepare(config, archive, name, Use::Read)?.dest)
 }
 
-/// Remove the staging folders (`.tmp-*`) interrupted runs left in a volume (never
-/// part of a view). Needs the volume's exclusive lock.
-pub fn remove_staging(vol: &VolumeArchive) -> Result<()> {
-    let rd = match std::fs::read_dir(&vol.dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(&vol.dir),
+/// Roll an interrupted prune of volume `name` forward on the archive, with the
+/// source side's copies following (`local`, when it has any: the removed session's
+/// copies go, the one it folded into is copied again), and only then the prune's
+/// journal removed. Clears leftovers of a prune that never reached its journal.
+/// Needs both locks.
+pub fn recover(archive: &Archive, name: &str, local: Option<&LocalCopies>) -> Result<()> {
+    let hint = match (archive.interrupted_prune(name)?, local) {
+        (Some((s, _)), Some(l)) => SessionInfo::read(&l.info_path(&s)).ok(),
+        _ => None,
     };
-    for ent in rd {
-        let ent = ent.at(&vol.dir)?;
-        if ent.file_name().to_string_lossy().starts_with(".tmp-") {
-            let p = ent.path();
-            tracing::warn!("removing {} left by an interrupted run", p.display());
-            std::fs::remove_dir_all(&p).at(&p)?;
-        }
-    }
-    tar::tidy(vol)
-}
-
-/// Whether `name`, an entry of a volume folder, is what an unfinished run leaves
-/// behind: a staging folder (`.tmp-*`: a send's session, an untar, a repair), the
-/// trash or the new manifest of a prune.
-fn is_leftover(name: &str) -> bool {
-    name.starts_with(".tmp-")
-        || name.starts_with(".trash-")
-        || (name.starts_with(".prune-") && name.ends_with(".manifest"))
-}
-
-/// Remove, in every volume of the archive, what runs that died left behind (see
-/// [`is_leftover`]): on media short of space or inodes a dead run's staging folder
-/// would otherwise make every other volume's writes fail. A volume whose lock is held
-/// belongs to a live run and is left alone; an interrupted prune (its journal) is
-/// left to [`settle`]. Called at the start of every command that writes to the
-/// archive; never fails the command (what cannot be removed is said, and tried again
-/// next time).
-pub fn sweep_dead_runs(archive: &Archive) {
-    if archive.read_only {
-        return;
-    }
-    let Ok(rd) = std::fs::read_dir(&archive.root) else {
-        return;
-    };
-    for ent in rd.flatten() {
-        let name = ent.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !ent.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let vol = archive.volume(&name);
-        let Ok(entries) = std::fs::read_dir(&vol.dir) else {
-            continue;
-        };
-        let any = entries
-            .flatten()
-            .any(|e| is_leftover(&e.file_name().to_string_lossy()));
-        if !any {
-            continue;
-        }
-        let lock_path = vol.dir.join(layout::LOCK_FILE);
-        let Ok(_lock) = lock::lock(&lock_path, Mode::Exclusive, Duration::ZERO, &name) else {
-            tracing::debug!("volume {name} is in use: its staging folders are a live run's");
-            continue;
-        };
-        let swept = remove_staging(&vol).and_then(|()| {
-            if prune::interrupted(&vol) {
-                Ok(())
-            } else {
-                prune::remove_trash(&vol)
-            }
-        });
-        if let Err(e) = swept {
-            tracing::warn!("volume {name}: removing what an interrupted run left: {e}");
-        }
-    }
-}
-
-/// Finish what interrupted runs left on a volume (a prune's journal, a send's pending
-/// session) before a command reads it. Cheap when there is nothing to do: two stats.
-pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
-    let vol = archive.volume(name);
-    let mdir = meta_dir(config, name);
-    let local = local::LocalCopies::new(&mdir);
-    if !prune::interrupted(&vol) && !local.has_pending() {
-        return Ok(());
-    }
-    if archive.read_only {
-        // Nobody can write the archive: what is left to finish on it must wait for
-        // writable media; what is left on this machine's side can be done now.
-        if prune::interrupted(&vol) {
-            return Err(Error::Msg(format!(
-                "volume {name}: an interrupted prune in {} must be finished before the volume can be read, \
-                 and the archive at {} is on a read-only filesystem; mount it read-write and run \
-                 `sparsebak list {name}` to finish it",
-                vol.dir.display(),
-                archive.root.display()
-            )));
-        }
-        let _meta = crate::send::lock_meta(config, name)?;
-        return local.catch_up(&vol);
-    }
-    let _meta = crate::send::lock_meta(config, name)?;
-    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
-    let local = mdir.is_dir().then_some(&local);
-    prune::recover(&vol, local)?;
-    if let Some(l) = local {
-        l.catch_up(&vol)?;
+    if let Some((s, t)) = archive.recover(name, hint.as_ref())? {
+        copies_follow_fold(archive, name, local, &s, &t)?;
+        archive.end_fold(name)?;
     }
     Ok(())
 }
 
-/// `<metadir>/<volume>`.
-pub fn meta_dir(config: &Config, name: &str) -> PathBuf {
-    config.metadir.join(name)
+/// After session `s` was folded into `t`: the source side's copies follow.
+pub fn copies_follow_fold(
+    archive: &Archive,
+    name: &str,
+    local: Option<&LocalCopies>,
+    s: &str,
+    t: &str,
+) -> Result<()> {
+    if let Some(l) = local {
+        if l.dir.exists() {
+            l.save(&archive.volume(name), t)?;
+            l.remove(s)?;
+        }
+    }
+    Ok(())
 }
 
-/// Create a folder readable only by its owner (metadata can reveal volume layout).
-pub fn create_private_dir(p: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if p.exists() && !p.is_dir() {
-        return Err(Error::Msg(format!(
-            "{} exists and is not a folder; move it away",
-            p.display()
-        )));
+/// Finish what interrupted runs left on a volume (a prune's journal, a send's pending
+/// session) before a command reads it. Cheap when there is nothing to do.
+pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
+    let mdir = meta_dir(config, name);
+    let local = LocalCopies::new(&mdir);
+    let pruning = archive.interrupted_prune(name)?.is_some();
+    if !pruning && !local.has_pending() {
+        return Ok(());
     }
-    if !p.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(p)
-            .at(p)?;
+    let vol = archive.volume(name);
+    if archive.read_only {
+        // Nobody can write the archive: what is left to finish on it must wait for
+        // writable media; what is left on this machine's side can be done now.
+        if pruning {
+            return Err(Error::Msg(format!(
+                "volume {name}: an interrupted prune in {} must be finished before the volume can be read, \
+                 and the archive at {} is on a read-only filesystem; mount it read-write and run \
+                 `sparsebak list {name}` to finish it",
+                vol.label(),
+                archive.root.display()
+            )));
+        }
+        let _meta = lock_meta(config, name)?;
+        return local.catch_up(&vol);
+    }
+    let _meta = lock_meta(config, name)?;
+    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    let local = mdir.is_dir().then_some(&local);
+    recover(archive, name, local)?;
+    if let Some(l) = local {
+        l.catch_up(&vol)?;
     }
     Ok(())
 }

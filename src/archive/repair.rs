@@ -22,7 +22,7 @@
 //! A dry run reads the same, and changes nothing.
 
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -34,16 +34,15 @@ use sparsebak_format::volume::{Storage, VolumeArchive};
 use sparsebak_format::Hash;
 
 use crate::archive::local::LocalCopies;
-use crate::archive::{meta_dir, prune, remove_staging, Archive};
+use crate::archive::{prepare, Archive, Use};
 use crate::config::Config;
-use crate::durable;
+use crate::destination::SessionFile;
 use crate::error::{Error, IoAt, Result};
 use crate::lock::Mode;
+use crate::metadir::meta_dir;
 use crate::progress::Progress;
 use crate::source::{Source, VolumeCtx};
 
-/// The staging folder of a repair, inside the volume's folder.
-const STAGING: &str = ".tmp-repair";
 /// Stored chunks read and hashed per parallel batch.
 const BATCH: usize = 64;
 /// The largest chunk size a config allows; a bigger one in an info is never read.
@@ -137,7 +136,7 @@ fn check_meta(
     let their_info = theirs
         .as_ref()
         .ok()
-        .and_then(|b| parse(b, &vol.info_path(id)));
+        .and_then(|b| parse(b, &vol.info_label(id)));
     match (mine, their_info) {
         (Some((b, i)), _) if theirs.as_ref().ok() == Some(&b) => m.info = Some(i),
         (Some((b, i)), Some(_)) => {
@@ -179,7 +178,13 @@ fn check_meta(
 }
 
 /// Describe, and unless `dry_run` apply, the info and manifest fixes of `metas`.
-fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report) -> Result<()> {
+fn fix_meta(
+    archive: &Archive,
+    vol: &VolumeArchive,
+    metas: &[Meta],
+    dry_run: bool,
+    rep: &mut Report,
+) -> Result<()> {
     let would = if dry_run {
         "would put back"
     } else {
@@ -203,7 +208,7 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
             continue;
         }
         if !dry_run {
-            if let Err(e) = to_folder(vol, id) {
+            if let Err(e) = to_folder(archive, vol, id) {
                 rep.unrepaired.push(e.to_string());
                 continue;
             }
@@ -211,22 +216,20 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
         if let Some((bytes, reason)) = &m.info_fix {
             rep.done.push(format!(
                 "{would} {} from this machine's copy ({reason})",
-                vol.info_path(id).display()
+                file_label(vol, id, SessionFile::Info)
             ));
             if !dry_run {
-                install(vol, &vol.info_path(id), |f| f.write_all(bytes))?;
+                archive.put_session_file(&vol.name, id, SessionFile::Info, bytes)?;
             }
         }
         if let Some((copy, reason)) = &m.manifest_fix {
             rep.done.push(format!(
                 "{would} {} from this machine's copy ({reason})",
-                vol.manifest_path(id).display()
+                file_label(vol, id, SessionFile::Manifest)
             ));
             if !dry_run {
-                let mut src = File::open(copy).at(copy)?;
-                install(vol, &vol.manifest_path(id), |f| {
-                    std::io::copy(&mut src, f).map(|_| ())
-                })?;
+                let bytes = std::fs::read(copy).at(copy)?;
+                archive.put_session_file(&vol.name, id, SessionFile::Manifest, &bytes)?;
             }
         }
     }
@@ -234,81 +237,48 @@ fn fix_meta(vol: &VolumeArchive, metas: &[Meta], dry_run: bool, rep: &mut Report
 }
 
 /// Make session `id` a folder (a tar cannot be patched in place).
-fn to_folder(vol: &VolumeArchive, id: &str) -> Result<()> {
+fn to_folder(archive: &Archive, vol: &VolumeArchive, id: &str) -> Result<()> {
     if vol.storage(id) == Storage::Tar {
         tracing::info!(
             "volume {}: converting tar session {id} to a folder",
             vol.name
         );
-        crate::archive::tar::untar_session(vol, id).map_err(|e| {
+        archive.untar(&vol.name, id).map_err(|e| {
             Error::Msg(format!(
                 "session {id} is a tar that could not be converted into a folder to repair it: {e}"
             ))
         })?;
+        vol.forget_tars();
     }
     Ok(())
 }
 
-/// Removes the staging folder when a repair ends early (an error): nothing of it may
-/// stay behind to fill the archive.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        match std::fs::remove_dir_all(&self.0) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
-                "{}: removing the staging folder of a failed repair: {e} (the next run that \
-                 writes to the archive removes it)",
-                self.0.display()
-            ),
-            _ => {}
-        }
+/// The file of session `id` that `file` names, as a folder session holds it, for
+/// messages (a tar session becomes a folder before anything is put back).
+fn file_label(vol: &VolumeArchive, id: &str, file: SessionFile) -> String {
+    let rel = match file {
+        SessionFile::Info => PathBuf::from(sparsebak_format::layout::INFO_FILE),
+        SessionFile::Manifest => PathBuf::from(sparsebak_format::layout::MANIFEST_FILE),
+        SessionFile::Chunk(addr) => sparsebak_format::layout::chunk_rel_path(addr),
+    };
+    match vol.folder() {
+        Some(f) => f.session_dir(id).join(rel).display().to_string(),
+        None => format!(
+            "{}/{}/{}",
+            vol.label(),
+            sparsebak_format::layout::session_dir_name(id),
+            rel.display()
+        ),
     }
 }
 
-/// Write `dst` durably: built in the staging folder, fsynced, renamed into place, its
-/// folder (created if missing) fsynced.
-fn install(
-    vol: &VolumeArchive,
-    dst: &Path,
-    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> Result<()> {
-    install_in_staging(vol, dst, fill).map_err(|e| {
-        crate::space::explain_write(
-            e,
-            &vol.dir,
-            "free some files",
-            &format!("{} was not repaired", dst.display()),
-        )
-    })
-}
-
-fn install_in_staging(
-    vol: &VolumeArchive,
-    dst: &Path,
-    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> Result<()> {
-    let staging = vol.dir.join(STAGING);
-    std::fs::create_dir_all(&staging).at(&staging)?;
-    let name = dst
-        .strip_prefix(&vol.dir)
-        .unwrap_or(dst)
-        .to_string_lossy()
-        .replace('/', "_");
-    let tmp = staging.join(name);
-    {
-        let mut f = File::create(&tmp).at(&tmp)?;
-        fill(&mut f).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
-    if let Some(parent) = dst.parent() {
-        if !parent.is_dir() {
-            std::fs::create_dir_all(parent).at(parent)?;
-            durable::sync_parent(parent).at(parent)?;
-        }
-    }
-    std::fs::rename(&tmp, dst).at(dst)?;
-    durable::sync_parent(dst).at(dst)
+/// Where a session's good manifest is.
+#[derive(Debug, Clone)]
+enum ManifestAt {
+    /// In the archive.
+    Archive,
+    /// Only in this machine's copy (a dry run that would put it back).
+    Copy(PathBuf),
 }
 
 /// One way to read the volume.
@@ -401,7 +371,7 @@ struct Bad {
 fn bad_chunks(
     vol: &VolumeArchive,
     info: &SessionInfo,
-    manifest: &Path,
+    manifest: &ManifestAt,
     progress: &Progress,
     done: &mut u64,
 ) -> Result<Vec<Bad>> {
@@ -421,15 +391,19 @@ fn bad_chunks(
         if batch.is_empty() {
             return Ok(bad);
         }
+        let addrs: Vec<u64> = batch.iter().map(|(a, _)| *a).collect();
+        let stored = vol.read_stored_batch(info, &addrs);
         let checked: Vec<(u64, Option<Bad>)> = batch
             .into_par_iter()
-            .map(|(addr, hash)| {
-                let missing = vol.storage(&info.session) == Storage::Folder
-                    && std::fs::symlink_metadata(vol.chunk_path(&info.session, addr)).is_err();
-                let stored = vol.read_stored(info, addr);
+            .zip(stored.into_par_iter())
+            .map(|((addr, hash), stored)| {
                 let len = stored.as_ref().map(|s| s.len() as u64).unwrap_or(0);
                 let reason = match stored {
-                    _ if missing => Some("missing".to_string()),
+                    Err(sparsebak_format::FormatError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        Some("missing".to_string())
+                    }
                     Err(e) => Some(format!("unreadable: {e}")),
                     Ok(s) => match info.compression.decode(&s, info.chunksize as usize) {
                         Ok(d) if chunk::hash(&d) == hash => None,
@@ -448,18 +422,19 @@ fn bad_chunks(
     }
 }
 
-/// Session `id`'s manifest: the archive's (`manifest` is its path) or the copy.
+/// Session `id`'s manifest: the archive's or the copy.
 fn open_manifest(
     vol: &VolumeArchive,
     id: &str,
-    manifest: &Path,
+    manifest: &ManifestAt,
 ) -> Result<ManifestReader<Box<dyn BufRead + Send>>> {
-    if manifest == vol.manifest_path(id) {
-        Ok(vol.manifest(id)?)
-    } else {
-        let f = File::open(manifest).at(manifest)?;
-        let r: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::new(f));
-        Ok(ManifestReader::new(r, manifest))
+    match manifest {
+        ManifestAt::Archive => Ok(vol.manifest(id)?),
+        ManifestAt::Copy(p) => {
+            let f = File::open(p).at(p)?;
+            let r: Box<dyn BufRead + Send> = Box::new(std::io::BufReader::new(f));
+            Ok(ManifestReader::new(r, p))
+        }
     }
 }
 
@@ -485,7 +460,7 @@ fn encode(config: &Config, info: &SessionInfo, data: Vec<u8>) -> std::io::Result
 fn broken_views(
     vol: &VolumeArchive,
     metas: &[Meta],
-    manifests: &[Option<PathBuf>],
+    manifests: &[Option<ManifestAt>],
     k: usize,
     lost: &[u64],
 ) -> Result<Vec<usize>> {
@@ -554,19 +529,16 @@ pub fn repair(
     let local_copies = LocalCopies::new(&mdir);
     let local = local_copies.dir.is_dir().then_some(&local_copies);
     // The source side's lock also keeps `monitor` from moving the snapshot we read.
-    let _meta_lock = crate::send::lock_meta(config, name)?;
-    let _lock = archive.lock_volume(
-        name,
-        if dry_run {
-            Mode::Shared
-        } else {
-            Mode::Exclusive
-        },
-    )?;
+    // Nothing is recovered first: that may need what only the repair puts back.
+    let mode = if dry_run {
+        Mode::Shared
+    } else {
+        Mode::Exclusive
+    };
+    let _held = prepare(config, archive, name, Use::Lock(mode))?;
     // A prune under way is finished first: the manifest of the session it folds into
     // is new in the archive and not yet in the copies.
-    let folding = prune::journal_sessions(&vol)?;
-    let mut staging_guard: Option<RemoveOnDrop> = None;
+    let folding = archive.interrupted_prune(name)?;
     if dry_run {
         if let Some((s, t)) = &folding {
             rep.done.push(format!(
@@ -574,9 +546,8 @@ pub fn repair(
             ));
         }
     } else {
-        remove_staging(&vol)?;
-        staging_guard = Some(RemoveOnDrop(vol.dir.join(STAGING)));
-        if folding.is_some() && prune::recover(&vol, local).is_err() {
+        archive.remove_staging(name)?;
+        if folding.is_some() && crate::archive::recover(archive, name, local).is_err() {
             // The roll-forward may need an info or manifest that only the copies have.
             let ids = vol.sessions()?;
             let metas: Vec<Meta> = ids
@@ -585,8 +556,8 @@ pub fn repair(
                 .filter(|(_, id)| folding.as_ref().is_none_or(|(_, t)| t != *id))
                 .map(|(k, id)| check_meta(&vol, local, id, before(&ids, k)))
                 .collect();
-            fix_meta(&vol, &metas, false, &mut rep)?;
-            prune::recover(&vol, local)?;
+            fix_meta(archive, &vol, &metas, false, &mut rep)?;
+            crate::archive::recover(archive, name, local)?;
         }
     }
     let ids = vol.sessions()?;
@@ -603,7 +574,7 @@ pub fn repair(
             m
         })
         .collect();
-    fix_meta(&vol, &metas, dry_run, &mut rep)?;
+    fix_meta(archive, &vol, &metas, dry_run, &mut rep)?;
     if !dry_run {
         if let Some(l) = local {
             if let Err(e) = l.catch_up(&vol) {
@@ -612,11 +583,11 @@ pub fn repair(
         }
     }
     // Where each session's good manifest is now.
-    let manifests: Vec<Option<PathBuf>> = metas
+    let manifests: Vec<Option<ManifestAt>> = metas
         .iter()
         .map(|m| match (&m.info, m.manifest_ok, &m.manifest_fix) {
-            (Some(_), true, Some((copy, _))) if dry_run => Some(copy.clone()),
-            (Some(_), true, _) => Some(vol.manifest_path(&m.id)),
+            (Some(_), true, Some((copy, _))) if dry_run => Some(ManifestAt::Copy(copy.clone())),
+            (Some(_), true, _) => Some(ManifestAt::Archive),
             _ => None,
         })
         .collect();
@@ -653,9 +624,9 @@ pub fn repair(
         for b in bad {
             match vols.find(b.addr, info.chunksize, &b.hash)? {
                 Some((data, from)) => {
-                    let dst = vol.chunk_path(&m.id, b.addr);
+                    let dst = file_label(&vol, &m.id, SessionFile::Chunk(b.addr));
                     if !dry_run {
-                        if let Err(e) = to_folder(&vol, &m.id) {
+                        if let Err(e) = to_folder(archive, &vol, &m.id) {
                             lost.push((b.addr, e.to_string()));
                             continue;
                         }
@@ -666,7 +637,12 @@ pub fn repair(
                     ));
                     if !dry_run {
                         let stored = encode(config, info, data).at(&dst)?;
-                        install(&vol, &dst, |f| f.write_all(&stored))?;
+                        archive.put_session_file(
+                            name,
+                            &m.id,
+                            SessionFile::Chunk(b.addr),
+                            &stored,
+                        )?;
                     }
                 }
                 None if vols.readers.is_empty() => lost.push((
@@ -710,16 +686,7 @@ pub fn repair(
     if let Some(v) = volumes {
         v.close(config, name, source)?;
     }
-    if !dry_run {
-        let staging = vol.dir.join(STAGING);
-        staging_guard.take();
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging).at(&staging)?;
-        }
-        if !rep.done.is_empty() {
-            durable::syncfs(&vol.dir).at(&vol.dir)?;
-        }
-    }
+    // Every file put back was made durable as it was written.
     Ok(rep)
 }
 
@@ -733,10 +700,10 @@ pub fn meta_fixes(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Vec<Strin
     for (k, id) in ids.iter().enumerate() {
         let m = check_meta(vol, local, id, before(&ids, k));
         if m.info_fix.is_some() {
-            out.push(vol.info_path(id).display().to_string());
+            out.push(file_label(vol, id, SessionFile::Info));
         }
         if m.manifest_fix.is_some() {
-            out.push(vol.manifest_path(id).display().to_string());
+            out.push(file_label(vol, id, SessionFile::Manifest));
         }
     }
     out

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::restore::read_view;
+use sparsebak_format::store::FolderStore;
 use sparsebak_format::volume::{Storage, VolumeArchive};
 use sparsebak_format::{layout, limits};
 
@@ -100,13 +101,18 @@ pub fn verify(
 
 /// Whether the chunk at `addr` of session `id` is stored (its file, or its tar member,
 /// exists). A session whose tar cannot be opened was reported as a whole.
+/// (A store that is not a local folder cannot be asked: its chunk is taken as stored,
+/// and a missing one is reported as unreadable.)
 fn stored(vol: &VolumeArchive, id: &str, addr: u64) -> bool {
+    let Some(f) = vol.folder() else {
+        return true;
+    };
     match vol.storage(id) {
         Storage::Folder => !matches!(
-            std::fs::symlink_metadata(vol.chunk_path(id, addr)),
+            std::fs::symlink_metadata(f.chunk_path(id, addr)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound
         ),
-        Storage::Tar => vol.tar(id).is_ok_and(|t| t.index.lookup(addr).is_some()),
+        Storage::Tar => f.tar(id).is_ok_and(|t| t.index.lookup(addr).is_some()),
     }
 }
 
@@ -209,9 +215,14 @@ fn check_session_files(
     }
     // One walk of the manifest (sorted) for both storage forms; the stored members are
     // matched against it as it goes, in bounded memory.
-    let members: Result<Box<dyn Members>> = match vol.storage(id) {
-        Storage::Folder => FolderMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
-        Storage::Tar => TarMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
+    let members: Result<Box<dyn Members>> = match (vol.folder(), vol.storage(id)) {
+        (Some(f), Storage::Folder) => {
+            FolderMembers::open(f, id).map(|m| Box::new(m) as Box<dyn Members>)
+        }
+        (Some(f), Storage::Tar) => TarMembers::open(f, id).map(|m| Box::new(m) as Box<dyn Members>),
+        // The files of a store that is not a local folder are not listed here; its
+        // missing chunks are found reading the view.
+        (None, _) => Ok(Box::new(Unlisted)),
     };
     let (mut members, manifest) = match (members, vol.manifest(id).map_err(Error::from)) {
         (Ok(m), Ok(r)) => (m, r),
@@ -265,6 +276,17 @@ trait Members {
     fn finish(&mut self, problems: &mut Vec<String>);
 }
 
+/// The members of a session whose files cannot be listed here: every chunk counts as
+/// stored.
+struct Unlisted;
+
+impl Members for Unlisted {
+    fn expect(&mut self, _addr: u64, _problems: &mut Vec<String>) -> bool {
+        true
+    }
+    fn finish(&mut self, _problems: &mut Vec<String>) {}
+}
+
 /// A folder session: read one prefix folder at a time (memory is one folder listing).
 struct FolderMembers {
     id: String,
@@ -276,7 +298,7 @@ struct FolderMembers {
 }
 
 impl FolderMembers {
-    fn open(vol: &VolumeArchive, id: &str) -> Result<FolderMembers> {
+    fn open(vol: &FolderStore, id: &str) -> Result<FolderMembers> {
         let sdir = vol.session_dir(id);
         let mut top: BTreeSet<String> = std::fs::read_dir(&sdir)
             .at(&sdir)?
@@ -344,7 +366,7 @@ struct TarMembers {
 }
 
 impl TarMembers {
-    fn open(vol: &VolumeArchive, id: &str) -> Result<TarMembers> {
+    fn open(vol: &FolderStore, id: &str) -> Result<TarMembers> {
         Ok(TarMembers {
             id: id.to_string(),
             tar: vol.tar(id)?,

@@ -5,11 +5,11 @@ use anyhow::{bail, Context, Result};
 
 use super::{human, now, timed, Ctx};
 use crate::archive::local::LocalCopies;
-use crate::archive::{meta_dir, prune, Archive};
-use crate::lock::Mode;
+use crate::archive::{copies_follow_fold, prepare, Archive, Use};
+use crate::metadir::meta_dir;
 use crate::retention::{self, Schedule};
 use crate::selector;
-use crate::send::lock_meta;
+use sparsebak_format::info::SessionInfo;
 use sparsebak_format::volume::VolumeArchive;
 
 /// Options of `prune`.
@@ -95,22 +95,22 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
     let mut matched = 0;
     let mut unmatched: Vec<anyhow::Error> = Vec::new();
     for name in &vols {
-        let (_meta, _lock) = if archive.read_only {
-            (
-                None,
-                crate::archive::lock_for_reading(&ctx.config, &archive, name)?,
-            )
-        } else {
-            let meta = lock_meta(&ctx.config, name)?;
-            (Some(meta), archive.lock_volume(name, Mode::Exclusive)?)
-        };
+        // A dry run on a read-only archive only reads; anything else changes the
+        // volume (an interrupted prune is finished first).
+        let _held = prepare(
+            &ctx.config,
+            &archive,
+            name,
+            if archive.read_only {
+                Use::Read
+            } else {
+                Use::Write
+            },
+        )?;
         let vol = archive.volume(name);
         let mdir = meta_dir(&ctx.config, name);
         let local = LocalCopies::new(&mdir);
         let local = mdir.is_dir().then_some(&local);
-        if !archive.read_only {
-            prune::recover(&vol, local)?;
-        }
         let ids = vol.sessions()?;
         // A session named for several volumes may exist in only some of them: report
         // the others and go on; fail only if it matches in none.
@@ -151,10 +151,21 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         {
             bail!("not removing sessions of {name} (confirm at the prompt, or pass -u)");
         }
-        prune::check_removal(&vol, &targets).with_context(|| format!("prune {name}"))?;
+        archive
+            .check_removal(name, &targets)
+            .with_context(|| format!("prune {name}"))?;
         let mut freed = 0u64;
         for t in &targets {
-            let plan = prune::fold(&vol, local, t, opts.dry_run)
+            let hint = local.and_then(|l| SessionInfo::read(&l.info_path(t)).ok());
+            let plan = archive
+                .fold(name, t, opts.dry_run, hint.as_ref())
+                .and_then(|plan| {
+                    if !opts.dry_run {
+                        copies_follow_fold(&archive, name, local, t, &plan.into)?;
+                        archive.end_fold(name)?;
+                    }
+                    Ok(plan)
+                })
                 .with_context(|| format!("prune {name} session {t}"))?;
             let verb = if opts.dry_run {
                 "would remove"

@@ -9,7 +9,7 @@ use crate::source;
 pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
     ctx.config.check_destination(true)?;
     let archive = Archive::open(&ctx.config)?;
-    crate::archive::sweep_dead_runs(&archive);
+    archive.sweep_dead_runs();
     let mut src = source::for_config(&ctx.config)?;
     let done = crate::rename::rename(&ctx.config, &archive, src.as_mut(), old, new)
         .with_context(|| format!("rename {old} to {new}"))?;

@@ -11,7 +11,7 @@ pub fn run(ctx: &Ctx, name: &str, dry_run: bool) -> Result<()> {
     ctx.config.check_destination(!dry_run)?;
     let archive = Archive::open(&ctx.config)?;
     if !dry_run {
-        crate::archive::sweep_dead_runs(&archive);
+        archive.sweep_dead_runs();
     }
     let mut source = source::for_config(&ctx.config)?;
     let rep = repair::repair(&ctx.config, &archive, name, source.as_mut(), dry_run)

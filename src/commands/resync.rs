@@ -3,10 +3,9 @@
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::archive::{remove_staging, Archive};
+use crate::archive::{prepare, Archive, Use};
 use crate::config::SourceKind;
 use crate::lock::Mode;
-use crate::send::lock_meta;
 use crate::source::{self, VolumeCtx};
 
 pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
@@ -22,17 +21,16 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     // Tracking rebuilt against another disk's archive would be wrong for this one.
     crate::archive::identity::check_same(&ctx.config, &archive)?;
     for name in &vols {
-        let _meta = lock_meta(&ctx.config, name)?;
         // Resync only reads the archive; on a read-only one nobody can be sending.
         let mode = if archive.read_only {
             Mode::Shared
         } else {
             Mode::Exclusive
         };
-        let _lock = archive.lock_volume(name, mode)?;
+        let _held = prepare(&ctx.config, &archive, name, Use::Lock(mode))?;
         let vol = archive.volume(name);
         if !archive.read_only {
-            remove_staging(&vol)?;
+            archive.remove_staging(name)?;
         }
         let vctx = VolumeCtx::new(&ctx.config, name);
         let marked = source

@@ -92,10 +92,9 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         )),
         _ => Box::new(output::open_existing(&target)?),
     };
-    let (outcome, out) = send_stream(&ctx.config, name, source.as_mut(), out, partial, &opts)
+    let outcome = send_stream(&ctx.config, name, source.as_mut(), out, partial, &opts)
         .with_context(|| format!("send {name} to stream {}", target.describe()))
         .map_err(full)?;
-    drop(out);
     let i = &outcome.info;
     progress::summary(&format!(
         "{name}: session {} {} stream ({}) written={} read={} changed={} time={:.1}s",

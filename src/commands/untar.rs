@@ -3,17 +3,13 @@
 use anyhow::{Context, Result};
 
 use super::{now, timed, Ctx};
-use crate::archive::{tar, Archive};
-use crate::lock::Mode;
+use crate::archive::{prepare, Archive, Use};
 use crate::selector;
-use crate::send::lock_meta;
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open_writable(&ctx.config, "untar")?;
-    crate::archive::settle(&ctx.config, &archive, name)?;
-    let _meta = lock_meta(&ctx.config, name)?;
-    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    let _held = prepare(&ctx.config, &archive, name, Use::Write)?;
     let vol = archive.volume(name);
     let ids = vol.sessions()?;
     let targets = match &ctx.session {
@@ -32,7 +28,10 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     };
     let mut n = 0;
     for id in &targets {
-        if tar::untar_session(&vol, id).with_context(|| format!("untar {name} session {id}"))? {
+        if archive
+            .untar(name, id)
+            .with_context(|| format!("untar {name} session {id}"))?
+        {
             n += 1;
             crate::progress::summary(&format!("{name}: session {id} is now a folder"));
         }

@@ -4,7 +4,8 @@ use anyhow::{bail, Result};
 
 use super::{human, pick_session, Ctx};
 use crate::archive::local::LocalCopies;
-use crate::archive::{meta_dir, verify, Archive};
+use crate::archive::{verify, Archive};
+use crate::metadir::meta_dir;
 use crate::progress::{self, Progress};
 
 pub fn run(ctx: &Ctx, name: &str) -> Result<()> {

@@ -27,6 +27,10 @@ use sparsebak_format::Hash;
 use crate::error::Result;
 pub use crate::lock::Mode;
 
+pub mod local;
+
+pub use local::LocalDestination;
+
 /// How a new session is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionKind {
@@ -173,6 +177,12 @@ pub trait Destination: Send + Sync {
     /// no locks and every change is refused.
     fn read_only(&self) -> bool;
 
+    /// The archive's folder when it is on this machine (`None` for a remote one): a
+    /// restore refuses to write into it.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// The archive's root marker, `None` when there is no archive there.
     fn marker(&self) -> Result<Option<ArchiveMarker>>;
 
@@ -262,7 +272,12 @@ pub trait Destination: Send + Sync {
     /// when it was not there.
     fn delete_volume(&self, name: &str) -> Result<bool>;
 
-    /// Rename volume `old` to `new`; `false` when `old` was not there (moved already).
+    /// Whether volume `name` holds nothing (no folder, or one with only its lock
+    /// file): a rename may then take the name.
+    fn volume_is_free(&self, name: &str) -> Result<bool>;
+
+    /// Rename volume `old` to `new` (which must be free, see
+    /// [`Destination::volume_is_free`]); `false` when `old` was not there (moved already).
     fn rename_volume(&self, old: &str, new: &str) -> Result<bool>;
 
     /// Put back one file of session `id` of volume `name` (repair): written under a
@@ -270,4 +285,10 @@ pub trait Destination: Send + Sync {
     /// into a folder first.
     fn put_session_file(&self, name: &str, id: &str, file: SessionFile, bytes: &[u8])
         -> Result<()>;
+}
+
+/// The destination `config` names: today the archive folder `destdir` on this
+/// machine. Every command reaches the archive through the destination this returns.
+pub fn open(config: &crate::config::Config) -> Result<Box<dyn Destination>> {
+    Ok(Box::new(LocalDestination::new(&config.destdir)))
 }

@@ -36,7 +36,7 @@ pub struct VolumeCtx<'a> {
 impl<'a> VolumeCtx<'a> {
     /// The volume, for the archive destination.
     pub fn new(config: &'a Config, name: &'a str) -> VolumeCtx<'a> {
-        let meta_dir = crate::archive::meta_dir(config, name);
+        let meta_dir = crate::metadir::meta_dir(config, name);
         let dest_map = meta_dir.join("deltamap");
         VolumeCtx {
             config,

@@ -114,7 +114,7 @@ impl SnapshotLayer for Reflink {
                 p.display()
             )));
         }
-        crate::archive::create_private_dir(&self.snap_dir())
+        crate::metadir::create_private_dir(&self.snap_dir())
     }
 
     fn exists(&mut self, vol: &str, snap: Snap) -> Result<bool> {

@@ -145,7 +145,7 @@ impl<L: SnapshotLayer> Tracked<L> {
             }
             for p in &paths {
                 if let Some(d) = p.parent() {
-                    crate::archive::create_private_dir(d)?;
+                    crate::metadir::create_private_dir(d)?;
                 }
                 let mut m = if p.exists() {
                     DeltaMap::open_for(p, cs)?
@@ -192,7 +192,7 @@ impl<L: SnapshotLayer> Tracked<L> {
             // This destination has no map yet (lost, or a new stream chain): its next
             // send compares every chunk by hash.
             if let Some(d) = map_path(vol).parent() {
-                crate::archive::create_private_dir(d)?;
+                crate::metadir::create_private_dir(d)?;
             }
             let size = self.layer.size(name, Snap::Tick)?;
             let mut m = DeltaMap::create(&map_path(vol), cs, size.div_ceil(cs))?;
@@ -250,7 +250,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
                 self.layer.take(name, Snap::Tick)?;
             }
             let size = self.layer.size(name, Snap::Tick)?;
-            crate::archive::create_private_dir(&vol.meta_dir)?;
+            crate::metadir::create_private_dir(&vol.meta_dir)?;
             let map = DeltaMap::create(
                 &map_path(vol),
                 vol.config.chunksize,
@@ -357,7 +357,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
         self.layer.take(name, Snap::Tick)?;
         let size = self.layer.size(name, Snap::Tick)?;
         let cs = vol.config.chunksize;
-        crate::archive::create_private_dir(&vol.meta_dir)?;
+        crate::metadir::create_private_dir(&vol.meta_dir)?;
         let tmp = vol.meta_dir.join("deltamap.resync");
         let mut map = DeltaMap::create(&tmp, cs, size.div_ceil(cs))?;
         let file = self.layer.open(name, Snap::Tick)?;

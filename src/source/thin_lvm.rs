@@ -257,7 +257,7 @@ impl ThinLvm {
         // one that survives a reboot.
         let run = self.run_marker();
         durable::write_atomic(&run, text.as_bytes()).at(&run)?;
-        crate::archive::create_private_dir(&self.metadir)?;
+        crate::metadir::create_private_dir(&self.metadir)?;
         let meta = self.meta_marker();
         durable::write_atomic(&meta, text.as_bytes()).at(&meta)
     }

@@ -14,9 +14,11 @@ use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
 use sparsebak_format::tarsession::{ustar_header, TarIndexWriter};
-use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
+use crate::destination::NewSession;
+
+use super::LocalVol;
 use crate::durable;
 use crate::error::{IoAt, Result};
 
@@ -32,6 +34,8 @@ pub struct SessionWriter {
     pub changed: u64,
     pub bytes_stored: u64,
     flusher: durable::Flusher,
+    /// The info, once [`SessionWriter::prepare`] made the session durable.
+    prepared: Option<SessionInfo>,
     committed: bool,
 }
 
@@ -41,7 +45,8 @@ const FLUSH_EVERY: u64 = 64 << 20;
 
 /// A tar session being written.
 struct TarOut {
-    builder: tar::Builder<BufWriter<File>>,
+    /// `None` once the tar is finished.
+    builder: Option<tar::Builder<BufWriter<File>>>,
     index: Option<TarIndexWriter>,
     /// Bytes written to the tar so far (ustar: a 512-byte header per member, content
     /// padded to 512).
@@ -57,7 +62,11 @@ impl TarOut {
     /// Append a member; returns the offset of its content.
     fn append(&mut self, name: &str, data: &[u8]) -> std::io::Result<u64> {
         let h = ustar_header(name, data.len() as u64, self.mtime)?;
-        self.builder.append(&h, data)?;
+        let b = self
+            .builder
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("tar session already finished"))?;
+        b.append(&h, data)?;
         let off = self.pos + 512;
         self.pos = off + (data.len() as u64).div_ceil(512) * 512;
         Ok(off)
@@ -69,9 +78,9 @@ impl SessionWriter {
     /// `as_tar`.
     /// A full filesystem is explained (see [`crate::space`]) before the staging folder
     /// is removed, so that the inodes it held still count as used.
-    pub fn create_as(vol: &VolumeArchive, id: &str, as_tar: bool) -> Result<SessionWriter> {
-        let room = crate::space::room(&vol.dir);
-        let explain = |e| crate::space::explain(e, &vol.dir, room, Default::default());
+    pub fn create_as(vol: &LocalVol, id: &str, as_tar: bool) -> Result<SessionWriter> {
+        let room = crate::space::room(vol.dir());
+        let explain = |e| crate::space::explain(e, vol.dir(), room, Default::default());
         let mut w = Self::create(vol, id).map_err(explain)?;
         if as_tar {
             let tar_tmp = w.staging.join("session.tar");
@@ -80,7 +89,7 @@ impl SessionWriter {
             let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
             builder.mode(tar::HeaderMode::Deterministic);
             w.tar = Some(TarOut {
-                builder,
+                builder: Some(builder),
                 index: Some(TarIndexWriter::create(&index_tmp).map_err(|e| explain(e.into()))?),
                 pos: 0,
                 mtime: chrono::Utc::now().timestamp().max(0) as u64,
@@ -94,8 +103,8 @@ impl SessionWriter {
     }
 
     /// Start session `id` of `vol` in a staging folder.
-    pub fn create(vol: &VolumeArchive, id: &str) -> Result<SessionWriter> {
-        let staging = vol.dir.join(format!("{}{id}", layout::STAGING_PREFIX));
+    pub fn create(vol: &LocalVol, id: &str) -> Result<SessionWriter> {
+        let staging = vol.dir().join(format!("{}{id}", layout::STAGING_PREFIX));
         std::fs::create_dir_all(&staging).at(&staging)?;
         let mpath = staging.join(layout::MANIFEST_FILE);
         let opened = File::create(&mpath).at(&mpath).and_then(|mf| {
@@ -110,8 +119,8 @@ impl SessionWriter {
                 // goes, while its inode still counts.
                 let e = crate::space::explain(
                     e,
-                    &vol.dir,
-                    crate::space::room(&vol.dir),
+                    vol.dir(),
+                    crate::space::room(vol.dir()),
                     Default::default(),
                 );
                 let _ = std::fs::remove_dir_all(&staging);
@@ -121,7 +130,7 @@ impl SessionWriter {
         Ok(SessionWriter {
             id: id.to_string(),
             final_dir: vol.session_dir(id),
-            vol_dir: vol.dir.clone(),
+            vol_dir: vol.dir().to_path_buf(),
             staging,
             manifest: Some(ManifestWriter::new(BufWriter::with_capacity(
                 256 * 1024,
@@ -132,6 +141,7 @@ impl SessionWriter {
             changed: 0,
             bytes_stored: 0,
             flusher,
+            prepared: None,
             committed: false,
         })
     }
@@ -193,16 +203,11 @@ impl SessionWriter {
         Ok(())
     }
 
-    /// Finish the manifest, write the info file that `make_info` builds from the
-    /// manifest's hash, make everything durable, and publish the session.
-    ///
-    /// `before_publish` runs once the session is durable but before it appears: the
-    /// source side records there that this session is about to exist.
-    pub fn commit(
-        mut self,
-        make_info: impl FnOnce(Hash, &SessionWriter) -> SessionInfo,
-        before_publish: impl FnOnce(&SessionInfo) -> Result<()>,
-    ) -> Result<SessionInfo> {
+    /// Finish the manifest, write the info file that `fields` make with what was
+    /// counted, and make everything durable. The session is not visible yet:
+    /// [`SessionWriter::publish`] does that, once the source side has recorded that
+    /// it is about to exist.
+    pub fn prepare(&mut self, fields: NewSession) -> Result<SessionInfo> {
         let mpath = self.staging.join(layout::MANIFEST_FILE);
         let mw = self
             .manifest
@@ -211,8 +216,8 @@ impl SessionWriter {
         let (bw, hash) = mw.finish().at(&mpath)?;
         bw.into_inner().map_err(|e| e.into_error()).at(&mpath)?;
         self.flusher.finish().at(&self.staging)?;
-        let info = make_info(hash, &self);
-        if let Some(mut t) = self.tar.take() {
+        let info = fields.info(self.changed, self.bytes_stored, hash);
+        if let Some(t) = self.tar.as_mut() {
             let sdir = layout::session_dir_name(&self.id);
             let manifest = std::fs::read(&mpath).at(&mpath)?;
             let moff = t
@@ -222,14 +227,34 @@ impl SessionWriter {
             let ioff = t
                 .append(&format!("{sdir}/{}", layout::INFO_FILE), text.as_bytes())
                 .at(&t.tar_tmp)?;
-            let bw = t.builder.into_inner().at(&t.tar_tmp)?;
+            let builder = t
+                .builder
+                .take()
+                .ok_or_else(|| crate::error::Error::Msg("tar session already finished".into()))?;
+            let bw = builder.into_inner().at(&t.tar_tmp)?;
             let f = bw.into_inner().map_err(|e| e.into_error()).at(&t.tar_tmp)?;
             f.sync_all().at(&t.tar_tmp)?;
             if let Some(ix) = t.index.take() {
                 ix.finish((moff, manifest.len() as u64), (ioff, text.len() as u64))?;
             }
-            before_publish(&info)?;
-            crate::failpoint::hit("session-before-rename");
+        } else {
+            let ipath = self.staging.join(layout::INFO_FILE);
+            std::fs::write(&ipath, info.to_text()).at(&ipath)?;
+            // One syncfs covers every chunk file and folder, the manifest and the
+            // info; only then may the session appear under its final name.
+            durable::syncfs(&self.staging).at(&self.staging)?;
+        }
+        self.prepared = Some(info.clone());
+        Ok(info)
+    }
+
+    /// Publish the prepared session: it appears under its final name in one step.
+    pub fn publish(mut self) -> Result<SessionInfo> {
+        let info = self.prepared.take().ok_or_else(|| {
+            crate::error::Error::Msg("session committed before it was prepared".into())
+        })?;
+        crate::failpoint::hit("session-before-rename");
+        if let Some(t) = self.tar.take() {
             std::fs::rename(&t.index_tmp, &t.index_final).at(&t.index_final)?;
             std::fs::rename(&t.tar_tmp, &t.tar_final).at(&t.tar_final)?;
             durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
@@ -237,13 +262,6 @@ impl SessionWriter {
             let _ = std::fs::remove_dir_all(&self.staging);
             return Ok(info);
         }
-        let ipath = self.staging.join(layout::INFO_FILE);
-        std::fs::write(&ipath, info.to_text()).at(&ipath)?;
-        // One syncfs covers every chunk file and folder, the manifest and the info;
-        // only then may the session appear under its final name.
-        durable::syncfs(&self.staging).at(&self.staging)?;
-        before_publish(&info)?;
-        crate::failpoint::hit("session-before-rename");
         std::fs::rename(&self.staging, &self.final_dir).at(&self.final_dir)?;
         durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
         self.committed = true;

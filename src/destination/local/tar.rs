@@ -4,7 +4,9 @@
 //! leaves both forms of the same session; the folder wins and the next run removes the
 //! tar.
 
-use sparsebak_format::volume::{Storage, VolumeArchive};
+use sparsebak_format::volume::Storage;
+
+use super::LocalVol;
 use sparsebak_format::{layout, limits};
 
 use crate::durable;
@@ -12,7 +14,7 @@ use crate::error::{IoAt, Result};
 
 /// Convert session `id` of `vol` to a folder, if it is a tar. Needs the volume's
 /// exclusive lock. Returns whether anything was converted.
-pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
+pub fn untar_session(vol: &LocalVol, id: &str) -> Result<bool> {
     if vol.storage(id) == Storage::Folder {
         remove_tar_files(vol, id)?;
         return Ok(false);
@@ -24,7 +26,7 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
     // The info bounds every member the index names (chunk size and compression).
     let max = limits::max_stored(info.compression, info.chunksize);
     let staging = vol
-        .dir
+        .dir()
         .join(format!(".tmp-untar-{}", layout::session_dir_name(id)));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).at(&staging)?;
@@ -63,7 +65,7 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
         // then nothing of the conversion is left to fill the archive.
         let e = crate::space::explain_write(
             e,
-            &vol.dir,
+            vol.dir(),
             &format!(
                 "a folder session needs a file per chunk ({} here) where the tar is one; \
                  free some files, or keep the session a tar",
@@ -82,13 +84,13 @@ pub fn untar_session(vol: &VolumeArchive, id: &str) -> Result<bool> {
         }
         return Err(e);
     }
-    durable::sync_dir(&vol.dir).at(&vol.dir)?;
+    durable::sync_dir(vol.dir()).at(vol.dir())?;
     remove_tar_files(vol, id)?;
     Ok(true)
 }
 
 /// Remove the tar and index of session `id` (after it became a folder).
-fn remove_tar_files(vol: &VolumeArchive, id: &str) -> Result<()> {
+fn remove_tar_files(vol: &LocalVol, id: &str) -> Result<()> {
     vol.forget_tars();
     let mut removed = false;
     for p in [vol.tar_path(id), vol.tar_index_path(id)] {
@@ -99,15 +101,15 @@ fn remove_tar_files(vol: &VolumeArchive, id: &str) -> Result<()> {
         }
     }
     if removed {
-        durable::sync_dir(&vol.dir).at(&vol.dir)?;
+        durable::sync_dir(vol.dir()).at(vol.dir())?;
     }
     Ok(())
 }
 
 /// Tidy leftovers of interrupted conversions and sends: a tar beside a folder of the
 /// same session, an index without its tar.
-pub fn tidy(vol: &VolumeArchive) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(&vol.dir) else {
+pub fn tidy(vol: &LocalVol) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(vol.dir()) else {
         return Ok(());
     };
     for e in rd.flatten() {

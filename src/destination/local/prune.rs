@@ -37,40 +37,24 @@ use sparsebak_format::chunk::Codec;
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestReader, ManifestWriter};
 use sparsebak_format::view::ViewReader;
-use sparsebak_format::volume::{Storage, VolumeArchive};
+use sparsebak_format::volume::Storage;
+
+use super::LocalVol;
 use sparsebak_format::{layout, limits};
 
-use crate::archive::local::LocalCopies;
+pub use crate::destination::FoldPlan;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
 
 const JOURNAL: &str = layout::PRUNE_JOURNAL;
 const JOURNAL_MAGIC: &str = "sparsebak-prune 1";
 
-fn journal_path(vol: &VolumeArchive) -> PathBuf {
-    vol.dir.join(JOURNAL)
+fn journal_path(vol: &LocalVol) -> PathBuf {
+    vol.dir().join(JOURNAL)
 }
 
-fn new_manifest_path(vol: &VolumeArchive, t: &str) -> PathBuf {
-    vol.dir.join(format!(".prune-{t}.manifest"))
-}
-
-/// What folding one session did (or would do).
-#[derive(Debug, Default, Clone)]
-pub struct FoldPlan {
-    pub removed: String,
-    pub into: String,
-    /// Chunk files that move from the removed session into its successor.
-    pub moved: u64,
-    /// Chunk files deleted, and their bytes.
-    pub deleted: u64,
-    pub freed_bytes: u64,
-    /// What the fold needs and cannot find: chunk files to move that are missing
-    /// (the first few named, with paths), manifests that do not match their info.
-    pub missing: Vec<String>,
-    /// How many needed things are missing in all (`missing` names at most
-    /// [`NAMED_MAX`]).
-    pub missing_count: u64,
+fn new_manifest_path(vol: &LocalVol, t: &str) -> PathBuf {
+    vol.dir().join(format!(".prune-{t}.manifest"))
 }
 
 /// How many missing files a refusal names.
@@ -86,7 +70,7 @@ impl FoldPlan {
 
     /// Note the manifest of session `info` as missing unless it is there and matches
     /// the hash its info records.
-    fn check_manifest(&mut self, vol: &VolumeArchive, info: &SessionInfo) {
+    fn check_manifest(&mut self, vol: &LocalVol, info: &SessionInfo) {
         let id = &info.session;
         match vol.session_manifest_sha256(info) {
             Ok(h) if h == info.manifest_sha256 => {}
@@ -98,7 +82,7 @@ impl FoldPlan {
     }
 
     /// An error naming what is missing, if anything is.
-    fn refuse_if_incomplete(&self, vol: &VolumeArchive) -> Result<()> {
+    fn refuse_if_incomplete(&self, vol: &LocalVol) -> Result<()> {
         if self.missing_count == 0 {
             return Ok(());
         }
@@ -122,7 +106,7 @@ impl FoldPlan {
 }
 
 /// Whether session `id` holds a stored chunk at `addr` (a file, or a tar member).
-fn stored_exists(vol: &VolumeArchive, id: &str, addr: u64) -> bool {
+fn stored_exists(vol: &LocalVol, id: &str, addr: u64) -> bool {
     match vol.storage(id) {
         Storage::Folder => std::fs::symlink_metadata(vol.chunk_path(id, addr))
             .map(|m| m.is_file())
@@ -135,7 +119,7 @@ fn stored_exists(vol: &VolumeArchive, id: &str, addr: u64) -> bool {
 }
 
 /// Where a stored chunk of session `id` is, for messages.
-fn stored_label(vol: &VolumeArchive, id: &str, addr: u64) -> String {
+fn stored_label(vol: &LocalVol, id: &str, addr: u64) -> String {
     match vol.storage(id) {
         Storage::Folder => vol.chunk_path(id, addr).display().to_string(),
         Storage::Tar => format!("chunk x{addr:016x} in {}", vol.tar_path(id).display()),
@@ -177,7 +161,7 @@ fn file_len(p: &Path) -> u64 {
 
 /// Plan folding session `s` into its successor: write T's new manifest to its
 /// temporary name (unless `dry_run`) and return T's new info with the plan.
-fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, SessionInfo)> {
+fn plan(vol: &LocalVol, s: &str, dry_run: bool) -> Result<(FoldPlan, SessionInfo)> {
     let ids = vol.sessions()?;
     let pos = ids
         .iter()
@@ -306,7 +290,7 @@ fn plan(vol: &VolumeArchive, s: &str, dry_run: bool) -> Result<(FoldPlan, Sessio
 /// the chunk files of removed sessions that the next surviving session's view takes
 /// from them are all there, and the manifests involved match their infos. One walk of
 /// that view per run of removed sessions. Refuses naming what is missing.
-pub fn check_removal(vol: &VolumeArchive, targets: &[String]) -> Result<()> {
+pub fn check_removal(vol: &LocalVol, targets: &[String]) -> Result<()> {
     let ids = vol.sessions()?;
     let removed: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
     let mut fp = FoldPlan::default();
@@ -357,8 +341,8 @@ pub fn check_removal(vol: &VolumeArchive, targets: &[String]) -> Result<()> {
 /// nothing changes and the plan says what would happen. Needs the volume's exclusive
 /// lock (and the source-side lock when `local` is given).
 pub fn fold(
-    vol: &VolumeArchive,
-    local: Option<&LocalCopies>,
+    vol: &LocalVol,
+    removed_info: Option<&SessionInfo>,
     s: &str,
     dry_run: bool,
 ) -> Result<FoldPlan> {
@@ -373,7 +357,7 @@ pub fn fold(
     let ids = vol.sessions()?;
     if let Some(pos) = ids.iter().position(|x| x == s) {
         for id in ids.iter().skip(pos).take(2) {
-            crate::archive::tar::untar_session(vol, id)?;
+            super::tar::untar_session(vol, id)?;
         }
     }
     let jp = journal_path(vol);
@@ -390,7 +374,7 @@ pub fn fold(
             // Before the journal nothing changed: the new manifest goes, said after
             // a full filesystem is explained (while it still counts).
             let e =
-                crate::space::explain_write(e, &vol.dir, "free some files", "nothing was changed");
+                crate::space::explain_write(e, vol.dir(), "free some files", "nothing was changed");
             if !jp.exists() {
                 let _ = remove_trash(vol);
             }
@@ -398,7 +382,7 @@ pub fn fold(
         }
     };
     crate::failpoint::hit("prune-after-journal");
-    let stored = apply(vol, local, s, &new_t)?;
+    let stored = apply(vol, removed_info, s, &new_t)?;
     fp.freed_bytes = fp.freed_bytes.max(stored.0);
     Ok(fp)
 }
@@ -406,8 +390,8 @@ pub fn fold(
 /// Steps 3 to 6; idempotent. `journal_t` is T's new info as the journal holds it;
 /// the installed one gets the real `bytes_stored`.
 fn apply(
-    vol: &VolumeArchive,
-    local: Option<&LocalCopies>,
+    vol: &LocalVol,
+    removed_info: Option<&SessionInfo>,
     s: &str,
     journal_t: &SessionInfo,
 ) -> Result<(u64,)> {
@@ -416,8 +400,8 @@ fn apply(
     let sdir = vol.session_dir(s);
     let mut new_t = journal_t.clone();
     new_t.bytes_stored = if tmp.exists() {
-        let held = move_chunks(vol, local, s, &tmp, journal_t)?;
-        durable::syncfs(&vol.dir).at(&vol.dir)?;
+        let held = move_chunks(vol, removed_info, s, &tmp, journal_t)?;
+        durable::syncfs(vol.dir()).at(vol.dir())?;
         crate::failpoint::hit("prune-before-manifest");
         let mpath = vol.manifest_path(t);
         std::fs::rename(&tmp, &mpath).at(&mpath)?;
@@ -435,25 +419,26 @@ fn apply(
     crate::failpoint::hit("prune-before-remove");
     let mut freed = 0u64;
     if sdir.exists() {
-        let trash = vol.dir.join(format!(".trash-S_{s}"));
+        let trash = vol.dir().join(format!(".trash-S_{s}"));
         std::fs::rename(&sdir, &trash).at(&sdir)?;
-        durable::sync_dir(&vol.dir).at(&vol.dir)?;
+        durable::sync_dir(vol.dir()).at(vol.dir())?;
         freed = dir_size(&trash);
         std::fs::remove_dir_all(&trash).at(&trash)?;
     }
     remove_trash(vol)?;
-    if let Some(l) = local {
-        if l.dir.exists() {
-            l.save(vol, t)?;
-            l.remove(s)?;
-        }
-    }
+    // Step 5's source-side half (the copies follow) runs next, on the source; then
+    // [`end`] removes the journal (step 6).
+    Ok((freed,))
+}
+
+/// Step 6: remove the journal of a fold whose steps are done.
+pub fn end(vol: &LocalVol) -> Result<()> {
     let jp = journal_path(vol);
     if jp.exists() {
         std::fs::remove_file(&jp).at(&jp)?;
-        durable::sync_dir(&vol.dir).at(&vol.dir)?;
+        durable::sync_dir(vol.dir()).at(vol.dir())?;
     }
-    Ok((freed,))
+    Ok(())
 }
 
 /// Step 3: move into T the chunk files that T's new manifest (`tmp`) takes from S.
@@ -461,8 +446,8 @@ fn apply(
 /// line T records is never filled from S, whatever T's folder holds. Returns the
 /// bytes of the chunk files T holds for the new manifest afterwards.
 fn move_chunks(
-    vol: &VolumeArchive,
-    local: Option<&LocalCopies>,
+    vol: &LocalVol,
+    removed_info: Option<&SessionInfo>,
     s: &str,
     tmp: &Path,
     new_t: &SessionInfo,
@@ -473,7 +458,7 @@ fn move_chunks(
     let s_codec = vol
         .info(s)
         .ok()
-        .or_else(|| local.and_then(|l| SessionInfo::read(&l.info_path(s)).ok()))
+        .or_else(|| removed_info.filter(|i| i.session == s).cloned())
         .map(|i| i.compression)
         .unwrap_or(new_t.compression);
     let warn_t = |e: &dyn std::fmt::Display| {
@@ -546,7 +531,7 @@ fn move_chunks(
 
 /// A chunk the new manifest needs is not there: say so and go on. T's view lacks it
 /// until `repair` re-creates it.
-fn lost(vol: &VolumeArchive, t: &str, addr: u64, what: &str) {
+fn lost(vol: &LocalVol, t: &str, addr: u64, what: &str) {
     tracing::warn!(
         "volume {}: chunk x{addr:016x} of session {t} is lost ({what}); its view lacks it \
          until `sparsebak repair {}` re-creates it",
@@ -556,7 +541,7 @@ fn lost(vol: &VolumeArchive, t: &str, addr: u64, what: &str) {
 }
 
 /// Bytes of the chunk files session `t` holds for the lines of its manifest.
-fn held_bytes(vol: &VolumeArchive, t: &str) -> Result<u64> {
+fn held_bytes(vol: &LocalVol, t: &str) -> Result<u64> {
     let mut held = 0u64;
     for e in vol.manifest(t)? {
         let e = e?;
@@ -570,13 +555,7 @@ fn held_bytes(vol: &VolumeArchive, t: &str) -> Result<u64> {
 /// Re-encode the chunk `src` (in codec `from`) into `dst` in `to`'s codec. A chunk
 /// that is missing or does not decode is lost (logged, `false`); a failure to write
 /// is an error, so the next run tries again.
-fn recode(
-    vol: &VolumeArchive,
-    src: &Path,
-    dst: &Path,
-    from: Codec,
-    to: &SessionInfo,
-) -> Result<bool> {
+fn recode(vol: &LocalVol, src: &Path, dst: &Path, from: Codec, to: &SessionInfo) -> Result<bool> {
     let addr = layout::parse_chunk_name(
         &dst.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -629,8 +608,8 @@ fn dir_size(p: &Path) -> u64 {
     n
 }
 
-pub(crate) fn remove_trash(vol: &VolumeArchive) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(&vol.dir) else {
+pub(crate) fn remove_trash(vol: &LocalVol) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(vol.dir()) else {
         return Ok(());
     };
     for e in rd.flatten() {
@@ -649,13 +628,13 @@ pub(crate) fn remove_trash(vol: &VolumeArchive) -> Result<()> {
 }
 
 /// Whether a prune of `vol` was interrupted.
-pub fn interrupted(vol: &VolumeArchive) -> bool {
+pub fn interrupted(vol: &LocalVol) -> bool {
     journal_path(vol).exists()
 }
 
 /// The interrupted prune's journal, if there is one: the session it removes, and the
 /// new info of the session it folds into.
-fn read_journal(vol: &VolumeArchive) -> Result<Option<(String, SessionInfo)>> {
+fn read_journal(vol: &LocalVol) -> Result<Option<(String, SessionInfo)>> {
     let jp = journal_path(vol);
     // A journal is three short lines and an info file.
     let max = limits::MAX_INFO_BYTES + 1024;
@@ -691,20 +670,25 @@ fn read_journal(vol: &VolumeArchive) -> Result<Option<(String, SessionInfo)>> {
 }
 
 /// The sessions an interrupted prune removes and folds into, if one was interrupted.
-pub fn journal_sessions(vol: &VolumeArchive) -> Result<Option<(String, String)>> {
+pub fn journal_sessions(vol: &LocalVol) -> Result<Option<(String, String)>> {
     Ok(read_journal(vol)?.map(|(s, t)| (s, t.session)))
 }
 
 /// Finish an interrupted prune of `vol` (roll forward), and clear leftovers of one that
-/// never reached its journal. Needs the volume's exclusive lock.
-pub fn recover(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Result<()> {
+/// never reached its journal. Needs the volume's exclusive lock. Returns the sessions
+/// the prune removed and folded into; its journal stays until [`end`].
+pub fn recover(
+    vol: &LocalVol,
+    removed_info: Option<&SessionInfo>,
+) -> Result<Option<(String, String)>> {
     let Some((s, new_t)) = read_journal(vol)? else {
-        return remove_trash(vol);
+        remove_trash(vol)?;
+        return Ok(None);
     };
     tracing::warn!(
         "volume {}: finishing the interrupted removal of session {s}",
         vol.name
     );
-    apply(vol, local, &s, &new_t)?;
-    Ok(())
+    apply(vol, removed_info, &s, &new_t)?;
+    Ok(Some((s, new_t.session)))
 }

@@ -1,0 +1,575 @@
+//! An archive folder on this machine: the one implementation of [`Destination`] that
+//! touches an archive's files (with the read side's
+//! [`FolderStore`](sparsebak_format::store::FolderStore)). `sparsebak serve` runs one
+//! on the far side of a remote destination.
+//!
+//! Sessions are written by [`writer`], folded by [`prune`], converted from tar by
+//! [`tar`]; the rest (locks, leftovers of dead runs, deleting and renaming volumes,
+//! the files `repair` puts back) is here.
+
+pub mod prune;
+pub mod tar;
+pub mod writer;
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::layout;
+use sparsebak_format::marker::{read_marker, ArchiveMarker};
+use sparsebak_format::store::{FolderStore, Storage};
+use sparsebak_format::tarsession::TarSession;
+use sparsebak_format::volume::VolumeArchive;
+use sparsebak_format::Hash;
+
+use super::{
+    DestLock, Destination, FoldPlan, Mode, NewSession, SessionFile, SessionKind, SessionSink,
+};
+use crate::archive::ArchiveError;
+use crate::durable;
+use crate::error::{Error, IoAt, Result};
+use crate::lock;
+use crate::space;
+
+/// How long a command waits for another run to release a volume.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A volume of a local archive: what readers see ([`VolumeArchive`], through
+/// `Deref`) and the paths of its files.
+#[derive(Debug, Clone)]
+pub struct LocalVol {
+    vol: VolumeArchive,
+    fs: FolderStore,
+}
+
+impl Deref for LocalVol {
+    type Target = VolumeArchive;
+    fn deref(&self) -> &VolumeArchive {
+        &self.vol
+    }
+}
+
+impl LocalVol {
+    /// The volume folder `dir` (which need not exist).
+    pub fn new(dir: &Path) -> LocalVol {
+        let fs = FolderStore::new(dir);
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        LocalVol {
+            vol: VolumeArchive::from_store(&name, Arc::new(fs.clone())),
+            fs,
+        }
+    }
+
+    /// The reader's view of the volume.
+    pub fn archive(&self) -> &VolumeArchive {
+        &self.vol
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.fs.dir()
+    }
+    pub fn session_dir(&self, id: &str) -> PathBuf {
+        self.fs.session_dir(id)
+    }
+    pub fn tar_path(&self, id: &str) -> PathBuf {
+        self.fs.tar_path(id)
+    }
+    pub fn tar_index_path(&self, id: &str) -> PathBuf {
+        self.fs.tar_index_path(id)
+    }
+    pub fn info_path(&self, id: &str) -> PathBuf {
+        self.fs.info_path(id)
+    }
+    pub fn manifest_path(&self, id: &str) -> PathBuf {
+        self.fs.manifest_path(id)
+    }
+    pub fn chunk_path(&self, id: &str, addr: u64) -> PathBuf {
+        self.fs.chunk_path(id, addr)
+    }
+    pub fn tar(&self, id: &str) -> sparsebak_format::Result<Arc<TarSession>> {
+        self.fs.tar(id)
+    }
+}
+
+/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
+/// does) is on a filesystem mounted read-only.
+pub fn is_read_only(path: &Path) -> bool {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    path.ancestors()
+        .find_map(|p| statvfs(p).ok())
+        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
+}
+
+/// An archive root folder on this machine.
+#[derive(Debug, Clone)]
+pub struct LocalDestination {
+    root: PathBuf,
+    read_only: bool,
+}
+
+impl LocalDestination {
+    /// The archive folder `root` (which need not hold an archive yet).
+    pub fn new(root: &Path) -> LocalDestination {
+        let read_only = is_read_only(root);
+        if read_only {
+            tracing::debug!(
+                "archive {} is on a read-only filesystem: reading without locks",
+                root.display()
+            );
+        }
+        LocalDestination {
+            root: root.to_path_buf(),
+            read_only,
+        }
+    }
+
+    /// The archive's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Volume `name` with the paths of its files.
+    pub fn local_volume(&self, name: &str) -> LocalVol {
+        LocalVol::new(&self.root.join(name))
+    }
+
+    fn refuse_read_only(&self, action: String) -> Error {
+        Error::from(ArchiveError::ReadOnly {
+            path: self.root.clone(),
+            action,
+        })
+    }
+}
+
+/// Whether `e` is the error of a read-only filesystem.
+fn is_erofs(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EROFS))
+}
+
+/// Remove the staging folders (`.tmp-*`) interrupted runs left in a volume (never
+/// part of a view). Needs the volume's exclusive lock.
+pub fn remove_staging(vol: &LocalVol) -> Result<()> {
+    let dir = vol.dir();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(dir),
+    };
+    for ent in rd {
+        let ent = ent.at(dir)?;
+        if ent.file_name().to_string_lossy().starts_with(".tmp-") {
+            let p = ent.path();
+            tracing::warn!("removing {} left by an interrupted run", p.display());
+            std::fs::remove_dir_all(&p).at(&p)?;
+        }
+    }
+    tar::tidy(vol)
+}
+
+/// Whether `name`, an entry of a volume folder, is what an unfinished run leaves
+/// behind: a staging folder (`.tmp-*`: a send's session, an untar, a repair), the
+/// trash or the new manifest of a prune.
+fn is_leftover(name: &str) -> bool {
+    name.starts_with(".tmp-")
+        || name.starts_with(".trash-")
+        || (name.starts_with(".prune-") && name.ends_with(".manifest"))
+}
+
+impl Destination for LocalDestination {
+    fn label(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn marker(&self) -> Result<Option<ArchiveMarker>> {
+        Ok(read_marker(&self.root)?)
+    }
+
+    fn create(&self) -> Result<()> {
+        crate::archive::identity::create(&self.root)
+    }
+
+    fn add_identity(&self) -> Result<String> {
+        crate::archive::identity::add_id(&self.root)
+    }
+
+    fn volumes(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).at(&self.root),
+        };
+        for ent in rd {
+            let ent = ent.at(&self.root)?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && ent.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn volume(&self, name: &str) -> VolumeArchive {
+        VolumeArchive::new(&self.root.join(name))
+    }
+
+    fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
+        let dir = self.root.join(name);
+        if mode == Mode::Exclusive && self.read_only {
+            return Err(self.refuse_read_only(format!("changing volume {name}")));
+        }
+        if !dir.is_dir() {
+            if mode == Mode::Shared {
+                return Ok(None);
+            }
+            let made = std::fs::create_dir_all(&dir)
+                .at(&dir)
+                .and_then(|()| durable::sync_parent(&dir).at(&dir));
+            match made {
+                Err(e) if is_erofs(&e) => {
+                    return Err(self.refuse_read_only(format!("changing volume {name}")))
+                }
+                r => r?,
+            }
+        }
+        let what = format!("volume {name} in the archive");
+        match lock::lock(&dir.join(layout::LOCK_FILE), mode, LOCK_WAIT, &what) {
+            Ok(g) => Ok(Some(DestLock::new(g))),
+            Err(e) if is_erofs(&e) && mode == Mode::Shared => {
+                tracing::debug!("{e}: reading volume {name} without a lock");
+                Ok(None)
+            }
+            Err(e) if is_erofs(&e) => Err(self.refuse_read_only(format!("changing volume {name}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn begin_session(
+        &self,
+        name: &str,
+        id: &str,
+        kind: SessionKind,
+        _base: Option<&str>,
+        volsize: u64,
+    ) -> Result<Box<dyn SessionSink>> {
+        let vol = self.local_volume(name);
+        let room_before = space::room(vol.dir());
+        let progress = space::Progress {
+            size: volsize,
+            ..Default::default()
+        };
+        // Any step may meet a full filesystem, creating the staging folder included.
+        let writer = writer::SessionWriter::create_as(&vol, id, kind == SessionKind::Tar)
+            .map_err(|e| space::explain(e, vol.dir(), room_before, progress))?;
+        Ok(Box::new(LocalSink {
+            dir: vol.dir().to_path_buf(),
+            writer,
+            room_before,
+            progress,
+            files: 0,
+        }))
+    }
+
+    fn remove_staging(&self, name: &str) -> Result<()> {
+        remove_staging(&self.local_volume(name))
+    }
+
+    fn sweep_dead_runs(&self) {
+        if self.read_only {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !ent.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let vol = self.local_volume(&name);
+            let Ok(entries) = std::fs::read_dir(vol.dir()) else {
+                continue;
+            };
+            let any = entries
+                .flatten()
+                .any(|e| is_leftover(&e.file_name().to_string_lossy()));
+            if !any {
+                continue;
+            }
+            let lock_path = vol.dir().join(layout::LOCK_FILE);
+            let Ok(_lock) = lock::lock(&lock_path, Mode::Exclusive, Duration::ZERO, &name) else {
+                tracing::debug!("volume {name} is in use: its staging folders are a live run's");
+                continue;
+            };
+            let swept = remove_staging(&vol).and_then(|()| {
+                if prune::interrupted(&vol) {
+                    Ok(())
+                } else {
+                    prune::remove_trash(&vol)
+                }
+            });
+            if let Err(e) = swept {
+                tracing::warn!("volume {name}: removing what an interrupted run left: {e}");
+            }
+        }
+    }
+
+    fn interrupted_prune(&self, name: &str) -> Result<Option<(String, String)>> {
+        let vol = self.local_volume(name);
+        if !prune::interrupted(&vol) {
+            return Ok(None);
+        }
+        prune::journal_sessions(&vol)
+    }
+
+    fn recover(
+        &self,
+        name: &str,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<Option<(String, String)>> {
+        prune::recover(&self.local_volume(name), removed_info)
+    }
+
+    fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
+        prune::check_removal(&self.local_volume(name), targets)
+    }
+
+    fn fold(
+        &self,
+        name: &str,
+        remove: &str,
+        dry_run: bool,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<FoldPlan> {
+        prune::fold(&self.local_volume(name), removed_info, remove, dry_run)
+    }
+
+    fn end_fold(&self, name: &str) -> Result<()> {
+        prune::end(&self.local_volume(name))
+    }
+
+    fn untar(&self, name: &str, id: &str) -> Result<bool> {
+        tar::untar_session(&self.local_volume(name), id)
+    }
+
+    fn delete_sessions(&self, name: &str, ids: &[String]) -> Result<()> {
+        let vol = self.local_volume(name);
+        for id in ids {
+            if vol.storage(id) == Storage::Tar {
+                for p in [vol.tar_path(id), vol.tar_index_path(id)] {
+                    match std::fs::remove_file(&p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).at(&p),
+                    }
+                }
+                vol.forget_tars();
+                continue;
+            }
+            let sdir = vol.session_dir(id);
+            if !sdir.exists() {
+                continue;
+            }
+            // Out of the view in one step, then the files go.
+            let trash = vol
+                .dir()
+                .join(format!(".trash-{}", layout::session_dir_name(id)));
+            std::fs::rename(&sdir, &trash).at(&sdir)?;
+            durable::sync_dir(vol.dir()).at(vol.dir())?;
+            std::fs::remove_dir_all(&trash).at(&trash)?;
+        }
+        durable::sync_dir(vol.dir()).at(vol.dir())
+    }
+
+    fn delete_volume(&self, name: &str) -> Result<bool> {
+        let dir = self.root.join(name);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        // Rename first: the volume disappears from the archive in one step, then the
+        // files go.
+        let trash = self.root.join(format!(".trash-{name}"));
+        std::fs::rename(&dir, &trash).at(&dir)?;
+        durable::sync_dir(&self.root).at(&self.root)?;
+        std::fs::remove_dir_all(&trash).at(&trash)?;
+        Ok(true)
+    }
+
+    fn volume_is_free(&self, name: &str) -> Result<bool> {
+        durable::only_lock(&self.root.join(name), layout::LOCK_FILE)
+    }
+
+    fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
+        durable::move_dir(
+            &self.root.join(old),
+            &self.root.join(new),
+            layout::LOCK_FILE,
+        )
+    }
+
+    fn put_session_file(
+        &self,
+        name: &str,
+        id: &str,
+        file: SessionFile,
+        bytes: &[u8],
+    ) -> Result<()> {
+        let vol = self.local_volume(name);
+        let dst = match file {
+            SessionFile::Info => vol.info_path(id),
+            SessionFile::Manifest => vol.manifest_path(id),
+            SessionFile::Chunk(addr) => vol.chunk_path(id, addr),
+        };
+        install(&vol, &dst, bytes)
+    }
+}
+
+/// The staging folder of a repair, inside the volume's folder.
+pub const REPAIR_STAGING: &str = ".tmp-repair";
+
+/// Write `dst` durably: built in the repair's staging folder, fsynced, renamed into
+/// place, its folder (created if missing) fsynced. A full filesystem is explained.
+/// Nothing of the staging folder stays behind, whether the file was put in place or
+/// not (a run that dies in between leaves it to the next writer's sweep).
+fn install(vol: &LocalVol, dst: &Path, bytes: &[u8]) -> Result<()> {
+    let staging = vol.dir().join(REPAIR_STAGING);
+    let done = install_in_staging(vol, dst, bytes).map_err(|e| {
+        space::explain_write(
+            e,
+            vol.dir(),
+            "free some files",
+            &format!("{} was not repaired", dst.display()),
+        )
+    });
+    match std::fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+            "{}: removing the staging folder of a repair: {e} (the next run that writes to \
+             the archive removes it)",
+            staging.display()
+        ),
+        _ => {}
+    }
+    done
+}
+
+fn install_in_staging(vol: &LocalVol, dst: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let staging = vol.dir().join(REPAIR_STAGING);
+    std::fs::create_dir_all(&staging).at(&staging)?;
+    let name = dst
+        .strip_prefix(vol.dir())
+        .unwrap_or(dst)
+        .to_string_lossy()
+        .replace('/', "_");
+    let tmp = staging.join(name);
+    {
+        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
+        f.write_all(bytes).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+    }
+    if let Some(parent) = dst.parent() {
+        if !parent.is_dir() {
+            std::fs::create_dir_all(parent).at(parent)?;
+            durable::sync_parent(parent).at(parent)?;
+        }
+    }
+    std::fs::rename(&tmp, dst).at(dst)?;
+    durable::sync_parent(dst).at(dst)
+}
+
+/// A session being written into a local archive: a [`writer::SessionWriter`] whose
+/// errors explain a full filesystem with what the session had stored.
+struct LocalSink {
+    dir: PathBuf,
+    writer: writer::SessionWriter,
+    room_before: Option<space::Room>,
+    progress: space::Progress,
+    /// Chunk files written.
+    files: u64,
+}
+
+impl LocalSink {
+    /// `e`, explained when the filesystem is full: `chunks` files written, `pos`
+    /// the volume offset reached.
+    fn explain(&self, e: Error, chunks: u64, pos: u64) -> Error {
+        let done = space::Progress {
+            stored: self.writer.bytes_stored,
+            chunks,
+            pos,
+            ..self.progress
+        };
+        space::explain(e, &self.dir, self.room_before, done)
+    }
+}
+
+impl SessionSink for LocalSink {
+    fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
+        self.writer
+            .put_chunk(addr, hash, payload)
+            .map_err(|e| self.explain(e, self.files, addr))?;
+        self.files += 1;
+        Ok(())
+    }
+
+    fn put_zero(&mut self, addr: u64) -> Result<()> {
+        self.writer
+            .put_zero(addr)
+            .map_err(|e| self.explain(e, self.writer.changed, 0))
+    }
+
+    fn changed(&self) -> u64 {
+        self.writer.changed
+    }
+
+    fn bytes_stored(&self) -> u64 {
+        self.writer.bytes_stored
+    }
+
+    fn prepare(&mut self, fields: NewSession) -> Result<SessionInfo> {
+        let size = self.progress.size;
+        self.writer
+            .prepare(fields)
+            .map_err(|e| self.explain(e, self.writer.changed, size))
+    }
+
+    fn commit(self: Box<Self>) -> Result<SessionInfo> {
+        let size = self.progress.size;
+        let LocalSink {
+            dir,
+            writer,
+            room_before,
+            progress,
+            ..
+        } = *self;
+        let (stored, chunks) = (writer.bytes_stored, writer.changed);
+        writer.publish().map_err(|e| {
+            let done = space::Progress {
+                stored,
+                chunks,
+                pos: size,
+                ..progress
+            };
+            space::explain(e, &dir, room_before, done)
+        })
+    }
+
+    fn abort(self: Box<Self>) -> Result<()> {
+        // Dropping the writer removes its staging folder.
+        drop(self);
+        Ok(())
+    }
+}
