@@ -443,6 +443,10 @@ impl Config {
     /// `writing`: the command would write the archive (else it only reads it), which
     /// the message says.
     pub fn check_destination(&self, writing: bool) -> Result<()> {
+        if self.remote.is_some() {
+            // destmountpoint is a path over there: the far side checks it.
+            return Ok(());
+        }
         if let Some(mp) = &self.destmountpoint {
             if !is_mount_point(mp) {
                 return Err(Error::Msg(if writing {

@@ -340,26 +340,3 @@ fn a_forced_command_confines_the_key_to_its_folder() {
         "{e}"
     );
 }
-
-#[test]
-fn a_command_that_cannot_reach_a_remote_archive_yet_refuses_it() {
-    let env = Env::new(&["v"]);
-    std::fs::write(env.image("v"), vec![1u8; 4 * CS]).unwrap();
-    let cfg = add_to_var(&env.config, &remote_lines("ssh://h", ""));
-    let o = std::process::Command::new(bin())
-        .arg("-c")
-        .arg(&cfg)
-        .args(["send", "v"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let e = String::from_utf8(o.stderr).unwrap();
-    assert!(
-        e.contains("destvm = ssh://h: this command cannot use a remote archive yet (only list can); nothing was done"),
-        "{e}"
-    );
-    assert!(
-        !env.archive().exists(),
-        "nothing written where destdir would be here"
-    );
-}

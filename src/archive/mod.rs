@@ -120,7 +120,7 @@ impl Archive {
     /// as this machine's archive from now on.
     pub fn open_or_create(config: &Config, accept: bool) -> Result<Archive> {
         config.check_destination(true)?;
-        let dest = destination::open(config)?;
+        let dest = destination::open_for(config, true)?;
         if dest.marker()?.is_none() {
             match identity::refuse_if_known(config, accept) {
                 // Unless another run has just created it (and recorded it).

@@ -93,17 +93,6 @@ pub fn run(cli: Cli) -> Result<()> {
     let path = config_path(&cli);
     let config = Config::load(&path).with_context(|| "loading the configuration".to_string())?;
     config.check_metadir()?;
-    if let Some(remote) = &config.remote {
-        // The commands reach a remote archive through the destination seam; those
-        // that do not yet must not take destdir for a folder on this machine.
-        if !matches!(cli.command, Command::List { .. }) {
-            anyhow::bail!(
-                "destvm = {}: this command cannot use a remote archive yet (only list can); \
-                 nothing was done",
-                remote.transport
-            );
-        }
-    }
     let (session, save_to) = match &cli.command {
         Command::Receive {
             session, save_to, ..

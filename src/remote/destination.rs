@@ -212,6 +212,10 @@ impl RemoteDestination {
         })
     }
 
+    pub fn volume_is_free(&self, name: &str) -> Result<bool> {
+        self.call(Enc::new().u8(dreq::VOLUME_IS_FREE).str(name), |d| d.bool())
+    }
+
     pub fn put_session_file(
         &self,
         name: &str,
@@ -317,5 +321,97 @@ impl SessionSink for RemoteSink {
 
     fn abort(self: Box<Self>) -> Result<()> {
         self.with(|c| c.call_anyway(&[dreq::ABORT]).map(|_| ()))
+    }
+}
+
+impl crate::destination::Destination for RemoteDestination {
+    fn label(&self) -> String {
+        RemoteDestination::label(self)
+    }
+    fn read_only(&self) -> bool {
+        RemoteDestination::read_only(self)
+    }
+    fn marker(&self) -> Result<Option<ArchiveMarker>> {
+        RemoteDestination::marker(self)
+    }
+    fn create(&self) -> Result<()> {
+        RemoteDestination::create(self)
+    }
+    fn add_identity(&self) -> Result<String> {
+        RemoteDestination::add_identity(self)
+    }
+    fn volumes(&self) -> Result<Vec<String>> {
+        RemoteDestination::volumes(self)
+    }
+    fn volume(&self, name: &str) -> sparsebak_format::volume::VolumeArchive {
+        sparsebak_format::volume::VolumeArchive::from_store(name, Arc::new(self.store(name)))
+    }
+    fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
+        RemoteDestination::lock_volume(self, name, mode)
+    }
+    fn begin_session(
+        &self,
+        name: &str,
+        id: &str,
+        kind: SessionKind,
+        base: Option<&str>,
+        volsize: u64,
+    ) -> Result<Box<dyn SessionSink>> {
+        RemoteDestination::begin_session(self, name, id, kind, base, volsize)
+    }
+    fn remove_staging(&self, name: &str) -> Result<()> {
+        RemoteDestination::remove_staging(self, name)
+    }
+    fn sweep_dead_runs(&self) {
+        RemoteDestination::sweep_dead_runs(self)
+    }
+    fn interrupted_prune(&self, name: &str) -> Result<Option<(String, String)>> {
+        RemoteDestination::interrupted_prune(self, name)
+    }
+    fn recover(
+        &self,
+        name: &str,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<Option<(String, String)>> {
+        RemoteDestination::recover(self, name, removed_info)
+    }
+    fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
+        RemoteDestination::check_removal(self, name, targets)
+    }
+    fn fold(
+        &self,
+        name: &str,
+        remove: &str,
+        dry_run: bool,
+        removed_info: Option<&SessionInfo>,
+    ) -> Result<FoldPlan> {
+        RemoteDestination::fold(self, name, remove, dry_run, removed_info)
+    }
+    fn end_fold(&self, name: &str) -> Result<()> {
+        RemoteDestination::end_fold(self, name)
+    }
+    fn untar(&self, name: &str, id: &str) -> Result<bool> {
+        RemoteDestination::untar(self, name, id)
+    }
+    fn delete_sessions(&self, name: &str, ids: &[String]) -> Result<()> {
+        RemoteDestination::delete_sessions(self, name, ids)
+    }
+    fn delete_volume(&self, name: &str) -> Result<bool> {
+        RemoteDestination::delete_volume(self, name)
+    }
+    fn volume_is_free(&self, name: &str) -> Result<bool> {
+        RemoteDestination::volume_is_free(self, name)
+    }
+    fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
+        RemoteDestination::rename_volume(self, old, new)
+    }
+    fn put_session_file(
+        &self,
+        name: &str,
+        id: &str,
+        file: SessionFile,
+        bytes: &[u8],
+    ) -> Result<()> {
+        RemoteDestination::put_session_file(self, name, id, file, bytes)
     }
 }

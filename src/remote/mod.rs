@@ -8,7 +8,6 @@
 
 pub mod client;
 pub mod destination;
-mod interim;
 pub mod proto;
 pub mod serve;
 pub mod store;

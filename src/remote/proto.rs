@@ -480,6 +480,7 @@ pub mod dreq {
     pub const DELETE_VOLUME: u8 = 50;
     pub const RENAME_VOLUME: u8 = 51;
     pub const PUT_SESSION_FILE: u8 = 52;
+    pub const VOLUME_IS_FREE: u8 = 53;
 }
 
 impl Enc {

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
-use sparsebak_format::volume::Storage;
+use sparsebak_format::volume::{Storage, VolumeArchive};
 
 use super::proto::{self, dreq, kind, req, Dec, Enc, Hello, WireError};
 use super::wire;
@@ -58,17 +58,39 @@ struct Server {
     sink: Option<Box<dyn SessionSink>>,
     /// The manifest being read in pieces: (volume, id, offset reached, reader).
     manifest: Option<(String, String, u64, Box<dyn BufRead + Send>)>,
+    /// Volumes opened so far (a tar session's file and index stay open between
+    /// batches of reads). Forgotten, with the infos, after any change.
+    vols: HashMap<String, VolumeArchive>,
 }
 
 type Answer = Result<Vec<u8>, String>;
 
 impl Server {
+    fn vol(&mut self, name: &str) -> VolumeArchive {
+        if let Some(v) = self.vols.get(name) {
+            return v.clone();
+        }
+        let v = self.dest.volume(name);
+        if self.vols.len() > 256 {
+            self.vols.clear();
+        }
+        self.vols.insert(name.to_string(), v.clone());
+        v
+    }
+
+    /// After a request that may change sessions: nothing cached is trusted.
+    fn forget(&mut self) {
+        self.vols.clear();
+        self.infos.clear();
+        self.manifest = None;
+    }
+
     fn info(&mut self, vol: &str, id: &str) -> Result<SessionInfo, String> {
         let key = (vol.to_string(), id.to_string());
         if let Some(i) = self.infos.get(&key) {
             return Ok(i.clone());
         }
-        let i = self.dest.volume(vol).info(id).map_err(|e| e.to_string())?;
+        let i = self.vol(vol).info(id).map_err(|e| e.to_string())?;
         if self.infos.len() > 4096 {
             self.infos.clear();
         }
@@ -83,13 +105,12 @@ impl Server {
             matches!(&self.manifest, Some((v, i, o, _)) if v == vol && i == id && *o <= offset);
         if !reuse {
             let r = self
-                .dest
-                .volume(vol)
+                .vol(vol)
                 .manifest_bytes(id)
                 .map_err(|e| e.to_string())?;
             self.manifest = Some((vol.to_string(), id.to_string(), 0, r));
         }
-        let label = self.dest.volume(vol).manifest_label(id);
+        let label = self.vol(vol).manifest_label(id);
         let Some((_, _, at, r)) = self.manifest.as_mut() else {
             return Err("no manifest open".into());
         };
@@ -109,6 +130,31 @@ impl Server {
 
     /// Answer one request; READ_STORED writes its own answers (one per address).
     fn handle(&mut self, p: &[u8], out: &mut impl Write) -> Result<Option<Answer>, WireError> {
+        let changes = !matches!(
+            p.first().copied(),
+            Some(
+                req::VOLUMES
+                    | req::EXISTS
+                    | req::SESSIONS
+                    | req::INFO
+                    | req::MANIFEST_LEN
+                    | req::MANIFEST_READ
+                    | req::READ_STORED
+                    | req::STORAGE
+                    | req::CHUNK_LOCATION
+                    | req::ARCHIVE
+                    | dreq::MARKER
+                    | dreq::PUT_CHUNK
+                    | dreq::PUT_ZERO
+            )
+        );
+        if changes {
+            self.forget();
+        }
+        self.dispatch(p, out)
+    }
+
+    fn dispatch(&mut self, p: &[u8], out: &mut impl Write) -> Result<Option<Answer>, WireError> {
         let mut d = Dec::new(p);
         let code = d.u8()?;
         let mut e = Enc::new();
@@ -140,22 +186,22 @@ impl Server {
             req::EXISTS => {
                 let v = tri!(vol(&mut d)?);
                 d.end()?;
-                e.bool(self.dest.volume(&v).exists());
+                e.bool(self.vol(&v).exists());
             }
             req::SESSIONS => {
                 let v = tri!(vol(&mut d)?);
                 d.end()?;
-                e.strs(&tri!(self.dest.volume(&v).sessions()));
+                e.strs(&tri!(self.vol(&v).sessions()));
             }
             req::INFO => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
-                e.bytes(&tri!(self.dest.volume(&v).info_bytes(&id)));
+                e.bytes(&tri!(self.vol(&v).info_bytes(&id)));
             }
             req::MANIFEST_LEN => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
-                e.u64(tri!(self.dest.volume(&v).manifest_len(&id)));
+                e.u64(tri!(self.vol(&v).manifest_len(&id)));
             }
             req::MANIFEST_READ => {
                 let (v, id) = tri!(vol_id(&mut d)?);
@@ -169,15 +215,22 @@ impl Server {
                 let addrs = d.u64s()?;
                 d.end()?;
                 let info = self.info(&v, &id);
-                let vol = self.dest.volume(&v);
-                for addr in addrs {
-                    let r = match &info {
-                        Ok(i) => vol.read_stored(i, addr).map_err(|e| e.to_string()),
-                        Err(m) => Err(m.clone()),
-                    };
-                    match r {
-                        Ok(b) => proto::write_frame(out, kind::OK, &b)?,
-                        Err(m) => proto::write_frame(out, kind::ERR, m.as_bytes())?,
+                let vol = self.vol(&v);
+                match &info {
+                    Ok(i) => {
+                        for r in vol.read_stored_batch(i, &addrs) {
+                            match r {
+                                Ok(b) => proto::write_frame(out, kind::OK, &b)?,
+                                Err(e) => {
+                                    proto::write_frame(out, kind::ERR, e.to_string().as_bytes())?
+                                }
+                            }
+                        }
+                    }
+                    Err(m) => {
+                        for _ in &addrs {
+                            proto::write_frame(out, kind::ERR, m.as_bytes())?;
+                        }
                     }
                 }
                 return Ok(None);
@@ -185,7 +238,7 @@ impl Server {
             req::STORAGE => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
-                e.u8(match self.dest.volume(&v).storage(&id) {
+                e.u8(match self.vol(&v).storage(&id) {
                     Storage::Folder => 0,
                     Storage::Tar => 1,
                 });
@@ -194,7 +247,7 @@ impl Server {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 let addr = d.u64()?;
                 d.end()?;
-                e.str(&self.dest.volume(&v).chunk_location(&id, addr));
+                e.str(&self.vol(&v).chunk_location(&id, addr));
             }
             req::ARCHIVE | dreq::MARKER => {
                 d.end()?;
@@ -346,6 +399,11 @@ impl Server {
                 d.end()?;
                 e.bool(tri!(self.dest.rename_volume(&old, &new)));
             }
+            dreq::VOLUME_IS_FREE => {
+                let v = tri!(vol(&mut d)?);
+                d.end()?;
+                e.bool(tri!(self.dest.volume_is_free(&v)));
+            }
             dreq::PUT_SESSION_FILE => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 let f = wire::get_file(&mut d)?;
@@ -374,7 +432,7 @@ impl Drop for Server {
 
 /// The archive folder `dir` on this machine.
 fn far_destination(dir: &Path) -> Box<dyn Destination> {
-    Box::new(super::interim::ArchiveDestination::new(dir))
+    Box::new(crate::destination::LocalDestination::new(dir))
 }
 
 /// Check the client's hello and open the archive it names.
@@ -396,11 +454,11 @@ fn accept(root: &Path, h: &Hello) -> Result<Box<dyn Destination>, String> {
             });
         }
     }
+    if !dir.is_dir() && !h.writing {
+        return Err(format!("destdir {}: no such folder", dir.display()));
+    }
     let dest = far_destination(&dir);
     if !h.writing && dest.marker().map_err(|e| e.to_string())?.is_none() {
-        if !dir.is_dir() {
-            return Err(format!("destdir {}: no such folder", dir.display()));
-        }
         return Err(format!("{}: no archive", dir.display()));
     }
     Ok(dest)
@@ -452,6 +510,7 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         infos: HashMap::new(),
         sink: None,
         manifest: None,
+        vols: HashMap::new(),
     };
     loop {
         // Answers go out when no request is waiting: many in flight cost one flush.
