@@ -340,3 +340,144 @@ fn a_forced_command_confines_the_key_to_its_folder() {
         "{e}"
     );
 }
+
+/// An env whose archive is reached over ssh: its config names `destvm`, `destcmd` and
+/// `sshopts`; destdir is the same folder, so the test can look at the files.
+fn over_ssh(sshd: &Sshd, volumes: &[&str], extra: &str) -> Env {
+    let env = Env::with_settings(volumes, extra);
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replacen(
+            "[var]\n",
+            &format!("[var]\n{}", remote_lines(&sshd.destvm(), &sshd.sshopts())),
+            1,
+        ),
+    )
+    .unwrap();
+    env
+}
+
+fn chunk_file(env: &Env, id: &str, addr: u64) -> std::path::PathBuf {
+    env.vol_dir("v")
+        .join(format!("S_{id}"))
+        .join(sparsebak::format::layout::chunk_rel_path(addr))
+}
+
+fn all_whole(env: &Env, versions: &[Vec<u8>], ids: &[String]) {
+    for (k, id) in ids.iter().enumerate() {
+        env.verify_ok("v", Some(id));
+        assert_same(&env.receive("v", Some(id)), &versions[k], id);
+    }
+}
+
+#[test]
+fn send_receive_verify_diff_and_untar_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(9);
+    let mut img = rng.bytes(24 * CS);
+    img[4 * CS..8 * CS].fill(0);
+    let mut versions = Vec::new();
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    versions.push(img.clone());
+    rng.fill(&mut img[10 * CS..12 * CS]);
+    img[20 * CS..21 * CS].fill(0);
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["send", "--tarfile", "v"]);
+    versions.push(img.clone());
+    img[2 * CS] ^= 1;
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.send("v");
+    versions.push(img.clone());
+
+    let s = env.sessions("v");
+    let ids: Vec<String> = s.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(
+        s.iter().map(|s| s.changed).collect::<Vec<_>>(),
+        [20, 3, 1],
+        "changed chunks of the full send, the tar session and the last one"
+    );
+    assert!(env.vol_dir("v").join(format!("S_{}.tar", ids[1])).is_file());
+    assert!(env.vol_dir("v").join(format!("S_{}", ids[2])).is_dir());
+    all_whole(&env, &versions, &ids);
+
+    // diff between sessions (manifests read over the link) and against the volume.
+    let d = env.diff_sessions("v", &ids[0], &ids[2], true);
+    assert!(d.contains("655360") && d.contains("131072"), "{d}");
+    let live = env.ok(&["diff", "v", &format!("--session={}", ids[2])]);
+    assert_eq!(
+        live.trim(),
+        format!(
+            "v: {} -> live: 0 chunk(s) in 0 range(s) differ, 0 B",
+            ids[2]
+        ),
+        "the volume is what the last session holds"
+    );
+
+    // untar converts the tar session over there; it restores the same.
+    env.ok(&["untar", "v", &format!("--session={}", ids[1])]);
+    assert!(!env.vol_dir("v").join(format!("S_{}.tar", ids[1])).exists());
+    assert!(env.vol_dir("v").join(format!("S_{}", ids[1])).is_dir());
+    all_whole(&env, &versions, &ids);
+
+    // A damaged chunk is found by verify over the link, naming its file over there.
+    let bad = chunk_file(&env, &ids[0], 0);
+    let mut b = std::fs::read(&bad).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&bad, &b).unwrap();
+    let err = env.fails(&["verify", "v", &format!("--session={}", ids[0])]);
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+}
+
+#[test]
+fn prune_and_prune_auto_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "keep = last:1");
+    let (versions, ids) = three_sessions(&env, 21);
+    env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, ids[1..]);
+    all_whole(&env, &versions[1..], &ids[1..]);
+    assert!(!env.vol_dir("v").join(format!("S_{}", ids[0])).exists());
+    env.ok(&["prune", "--auto", "v"]);
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, ids[2..]);
+    all_whole(&env, &versions[2..], &ids[2..]);
+    assert!(!env.vol_dir("v").join(".prune-journal").exists());
+}
+
+#[test]
+fn repair_and_delete_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v", "w"], "");
+    let (versions, ids) = three_sessions(&env, 33);
+    let gone = chunk_file(&env, &ids[0], 5 * CS as u64);
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::write(env.vol_dir("v").join(format!("S_{}/info", ids[1])), "").unwrap();
+    let err = env.fails(&["verify", "v"]);
+    assert!(err.contains("sparsebak repair v"), "{err}");
+    let out = env.ok(&["repair", "v"]);
+    assert!(
+        out.contains(&format!(
+            "v: re-created chunk x0000000000050000 of session {} from volume v (it was missing)",
+            ids[0]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("v: repaired 2 file(s)"), "{out}");
+    assert!(gone.is_file());
+    all_whole(&env, &versions, &ids);
+
+    std::fs::write(env.image("w"), Rng::new(3).bytes(3 * CS)).unwrap();
+    env.send("w");
+    env.ok(&["delete", "v"]);
+    assert!(!env.vol_dir("v").exists());
+    let out = env.ok(&["list", "w"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(env.receive("w", None), Rng::new(3).bytes(3 * CS));
+}

@@ -33,6 +33,27 @@ pub enum RemoteError {
     Refused { label: String, message: String },
     #[error("destination {label}: {message}")]
     Failed { label: String, message: String },
+    /// The far side says a file is not there (`path`, a path over there).
+    #[error("destination {label}: {message}")]
+    Missing {
+        label: String,
+        path: String,
+        message: String,
+    },
+}
+
+/// A failure the far side reported for one request: its line, and the file that is
+/// not there when that is the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FarError {
+    pub message: String,
+    pub missing: Option<String>,
+}
+
+impl std::fmt::Display for FarError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// The last lines the far side (or ssh, or qvm-run) wrote on its standard error.
@@ -280,21 +301,31 @@ impl Connection {
     }
 
     /// Read one answer frame (flushing what is buffered first): `Ok(payload)` or the
-    /// far side's error line.
-    pub fn answer(&mut self) -> Result<Result<Vec<u8>, String>, RemoteError> {
+    /// far side's failure.
+    pub fn answer(&mut self) -> Result<Result<Vec<u8>, FarError>, RemoteError> {
         if self.r.buffer().is_empty() {
             self.w.flush().map_err(|e| self.broken(WireError::Io(e)))?;
         }
         let f = proto::read_frame(&mut self.r).map_err(|e| self.broken(e))?;
         match f.kind {
             kind::OK => Ok(Ok(f.payload)),
-            kind::ERR => Ok(Err(text(&f.payload))),
+            kind::ERR => Ok(Err(FarError {
+                message: text(&f.payload),
+                missing: None,
+            })),
+            kind::MISSING => {
+                let (path, message) = self.decode(&f.payload, |d| Ok((d.str()?, d.str()?)))?;
+                Ok(Err(FarError {
+                    message: text(message.as_bytes()),
+                    missing: Some(text(path.as_bytes())),
+                }))
+            }
             k => Err(self.link(format!("an answer of kind {k}"))),
         }
     }
 
     /// One answer to the oldest request in flight.
-    fn finish_one(&mut self) -> Result<Result<Vec<u8>, String>, RemoteError> {
+    fn finish_one(&mut self) -> Result<Result<Vec<u8>, FarError>, RemoteError> {
         let a = self.answer()?;
         if let Some(n) = self.in_flight.pop_front() {
             self.in_flight_bytes -= n;
@@ -302,25 +333,37 @@ impl Connection {
         Ok(a)
     }
 
-    /// Read the answers of every request in flight; the first error among them.
-    pub fn drain(&mut self) -> Result<Option<String>, RemoteError> {
+    /// The error for a failure the far side reported.
+    fn far(&self, e: FarError) -> RemoteError {
+        match e.missing {
+            Some(path) => RemoteError::Missing {
+                label: self.label.clone(),
+                path,
+                message: e.message,
+            },
+            None => RemoteError::Failed {
+                label: self.label.clone(),
+                message: e.message,
+            },
+        }
+    }
+
+    /// Read the answers of every request in flight; the first failure among them.
+    pub fn drain(&mut self) -> Result<Option<FarError>, RemoteError> {
         let mut first = None;
         while !self.in_flight.is_empty() {
-            if let Err(m) = self.finish_one()? {
-                first.get_or_insert(m);
+            if let Err(e) = self.finish_one()? {
+                first.get_or_insert(e);
             }
         }
         Ok(first)
     }
 
-    /// Read answers until the window has room again; the first error among them.
+    /// Read answers until the window has room again; the first failure among them.
     pub fn make_room(&mut self) -> Result<(), RemoteError> {
         while self.window_full() {
-            if let Err(message) = self.finish_one()? {
-                return Err(RemoteError::Failed {
-                    label: self.label.clone(),
-                    message,
-                });
+            if let Err(e) = self.finish_one()? {
+                return Err(self.far(e));
             }
         }
         Ok(())
@@ -329,11 +372,8 @@ impl Connection {
     /// Send a request and wait for its answer. Requests still in flight are answered
     /// first, and the first of them that failed is the error (this one is not sent).
     pub fn call(&mut self, payload: &[u8]) -> Result<Vec<u8>, RemoteError> {
-        if let Some(message) = self.drain()? {
-            return Err(RemoteError::Failed {
-                label: self.label.clone(),
-                message,
-            });
+        if let Some(e) = self.drain()? {
+            return Err(self.far(e));
         }
         self.call_now(payload)
     }
@@ -349,10 +389,7 @@ impl Connection {
         self.send(payload)?;
         match self.finish_one()? {
             Ok(p) => Ok(p),
-            Err(message) => Err(RemoteError::Failed {
-                label: self.label.clone(),
-                message,
-            }),
+            Err(e) => Err(self.far(e)),
         }
     }
 
@@ -453,12 +490,9 @@ impl Connection {
         id: &str,
         addrs: &[u64],
         max: u64,
-    ) -> Result<Vec<Result<Vec<u8>, String>>, RemoteError> {
-        if let Some(message) = self.drain()? {
-            return Err(RemoteError::Failed {
-                label: self.label.clone(),
-                message,
-            });
+    ) -> Result<Vec<Result<Vec<u8>, FarError>>, RemoteError> {
+        if let Some(e) = self.drain()? {
+            return Err(self.far(e));
         }
         let mut e = Enc::new();
         e.u8(req::READ_STORED).str(vol).str(id).u64s(addrs);

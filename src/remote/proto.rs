@@ -41,6 +41,9 @@ pub mod kind {
     /// The hello was refused (version mismatch, folder outside the served root):
     /// one line of text, then the server closes the connection.
     pub const FATAL: u8 = 5;
+    /// A failed answer whose cause is that a file is not there: `str` the file,
+    /// `str` the line (so the client can tell "missing" from "damaged").
+    pub const MISSING: u8 = 6;
 }
 
 /// Why a frame or payload could not be read.

@@ -63,7 +63,82 @@ struct Server {
     vols: HashMap<String, VolumeArchive>,
 }
 
-type Answer = Result<Vec<u8>, String>;
+type Answer = Result<Vec<u8>, Fault>;
+
+/// Why a request failed, as the client is told.
+#[derive(Debug)]
+enum Fault {
+    /// One line.
+    Text(String),
+    /// A file that is not there (`path`), and the line.
+    Missing { path: String, message: String },
+}
+
+impl Fault {
+    fn write(&self, out: &mut impl Write) -> Result<(), WireError> {
+        match self {
+            Fault::Text(m) => proto::write_frame(out, kind::ERR, m.as_bytes()),
+            Fault::Missing { path, message } => {
+                proto::write_frame(out, kind::MISSING, &Enc::new().str(path).str(message).0)
+            }
+        }
+    }
+}
+
+trait ToFault {
+    fn fault(self) -> Fault;
+}
+
+impl ToFault for Fault {
+    fn fault(self) -> Fault {
+        self
+    }
+}
+
+impl ToFault for String {
+    fn fault(self) -> Fault {
+        Fault::Text(self)
+    }
+}
+
+impl ToFault for &str {
+    fn fault(self) -> Fault {
+        Fault::Text(self.to_string())
+    }
+}
+
+impl ToFault for sparsebak_format::FormatError {
+    fn fault(self) -> Fault {
+        match &self {
+            sparsebak_format::FormatError::Io { path, source }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Fault::Missing {
+                    path: path.display().to_string(),
+                    message: self.to_string(),
+                }
+            }
+            _ => Fault::Text(self.to_string()),
+        }
+    }
+}
+
+impl ToFault for crate::error::Error {
+    fn fault(self) -> Fault {
+        match self {
+            crate::error::Error::Format(e) => e.fault(),
+            crate::error::Error::Io { path, source }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Fault::Missing {
+                    path: path.display().to_string(),
+                    message: format!("{}: {source}", path.display()),
+                }
+            }
+            e => Fault::Text(e.to_string()),
+        }
+    }
+}
 
 impl Server {
     fn vol(&mut self, name: &str) -> VolumeArchive {
@@ -104,17 +179,14 @@ impl Server {
         let reuse =
             matches!(&self.manifest, Some((v, i, o, _)) if v == vol && i == id && *o <= offset);
         if !reuse {
-            let r = self
-                .vol(vol)
-                .manifest_bytes(id)
-                .map_err(|e| e.to_string())?;
+            let r = self.vol(vol).manifest_bytes(id).map_err(ToFault::fault)?;
             self.manifest = Some((vol.to_string(), id.to_string(), 0, r));
         }
         let label = self.vol(vol).manifest_label(id);
         let Some((_, _, at, r)) = self.manifest.as_mut() else {
-            return Err("no manifest open".into());
+            return Err(Fault::Text("no manifest open".into()));
         };
-        let io = |e: std::io::Error| format!("{}: {e}", label.display());
+        let io = |e: std::io::Error| Fault::Text(format!("{}: {e}", label.display()));
         std::io::copy(&mut r.take(offset - *at), &mut std::io::sink()).map_err(io)?;
         let mut buf = Vec::with_capacity(len.min(64 << 10));
         r.take(len as u64).read_to_end(&mut buf).map_err(io)?;
@@ -173,7 +245,7 @@ impl Server {
             ($x:expr) => {
                 match $x {
                     Ok(v) => v,
-                    Err(m) => return Ok(Some(Err(m.to_string()))),
+                    Err(m) => return Ok(Some(Err(ToFault::fault(m)))),
                 }
             };
         }
@@ -221,9 +293,7 @@ impl Server {
                         for r in vol.read_stored_batch(i, &addrs) {
                             match r {
                                 Ok(b) => proto::write_frame(out, kind::OK, &b)?,
-                                Err(e) => {
-                                    proto::write_frame(out, kind::ERR, e.to_string().as_bytes())?
-                                }
+                                Err(e) => e.fault().write(out)?,
                             }
                         }
                     }
@@ -411,7 +481,7 @@ impl Server {
                 d.end()?;
                 tri!(self.dest.put_session_file(&v, &id, f, bytes));
             }
-            other => return Ok(Some(Err(format!("unknown request {other}")))),
+            other => return Ok(Some(Err(Fault::Text(format!("unknown request {other}"))))),
         }
         Ok(Some(Ok(e.0)))
     }
@@ -532,7 +602,7 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         match server.handle(&f.payload, &mut out)? {
             None => {}
             Some(Ok(p)) => proto::write_frame(&mut out, kind::OK, &p)?,
-            Some(Err(m)) => proto::write_frame(&mut out, kind::ERR, m.as_bytes())?,
+            Some(Err(f)) => f.write(&mut out)?,
         }
     }
     out.flush().map_err(WireError::Io)?;

@@ -33,6 +33,33 @@ fn other(e: impl std::fmt::Display) -> FormatError {
     FormatError::Other(e.to_string())
 }
 
+/// A file the far side says is not there, as a local reader says it: the readers
+/// (verify, repair) tell "missing" from "damaged" by the error's kind.
+fn missing(path: &str, message: &str) -> FormatError {
+    let reason = message
+        .strip_prefix(path)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(message);
+    FormatError::Io {
+        path: PathBuf::from(path),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, reason.to_string()),
+    }
+}
+
+fn from_far(e: super::client::FarError) -> FormatError {
+    match &e.missing {
+        Some(p) => missing(p, &e.message),
+        None => FormatError::Other(e.message),
+    }
+}
+
+fn from_remote(e: RemoteError) -> FormatError {
+    match &e {
+        RemoteError::Missing { path, message, .. } => missing(path, message),
+        _ => other(e),
+    }
+}
+
 impl RemoteStore {
     pub fn new(conn: Arc<Mutex<Connection>>, volume: &str) -> RemoteStore {
         let label = match conn.lock() {
@@ -54,7 +81,7 @@ impl RemoteStore {
             .conn
             .lock()
             .map_err(|_| other(format!("{}: the connection's lock is poisoned", self.label)))?;
-        f(&mut c).map_err(other)
+        f(&mut c).map_err(from_remote)
     }
 }
 
@@ -107,7 +134,7 @@ impl VolumeStore for RemoteStore {
         let mut out = Vec::with_capacity(addrs.len());
         for batch in addrs.chunks(READ_BATCH) {
             match self.with(|c| c.read_stored(&self.volume, &info.session, batch, max)) {
-                Ok(rs) => out.extend(rs.into_iter().map(|r| r.map_err(FormatError::Other))),
+                Ok(rs) => out.extend(rs.into_iter().map(|r| r.map_err(from_far))),
                 Err(e) => {
                     let m = e.to_string();
                     out.extend(batch.iter().map(|_| Err(FormatError::Other(m.clone()))));
