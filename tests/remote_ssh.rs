@@ -481,3 +481,121 @@ fn repair_and_delete_over_ssh() {
     assert_eq!(out.lines().count(), 2, "{out}");
     assert_eq!(env.receive("w", None), Rng::new(3).bytes(3 * CS));
 }
+
+/// The pid of the `ssh` child of process `parent`, once it is there.
+fn ssh_child(parent: u32) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for ent in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let comm = &stat[stat.find('(').unwrap() + 1..close];
+            let ppid: u32 = stat[close + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if ppid == parent && comm == "ssh" {
+                return pid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ssh child of {parent}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Chunk files in the staging folders of volume `v` (what the far side has written).
+fn staged_chunks(env: &Env) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(env.vol_dir("v")) else {
+        return 0;
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".tmp-S_") {
+            continue;
+        }
+        for sub in std::fs::read_dir(ent.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if sub.path().is_dir() {
+                n += std::fs::read_dir(sub.path())
+                    .map(|r| r.count())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(77);
+    let first = rng.bytes(8 * CS);
+    std::fs::write(env.image("v"), &first).unwrap();
+    env.send("v");
+    let img = rng.bytes(48 << 20);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["send", "v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Cut the link once the far side has written some chunks of the new session.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staged_chunks(&env) < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send wrote nothing over there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let ssh = ssh_child(child.id());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ssh as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8(o.stderr).unwrap();
+    let label = format!("{}{}", sshd.destvm(), env.archive().display());
+    assert!(
+        err.contains(&format!(
+            "destination {label}: the connection was lost (ssh ended: signal: 9 (SIGKILL))"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // The archive still verifies and holds only the first session.
+    assert_eq!(env.sessions("v").len(), 1);
+    env.verify_ok("v", None);
+    // The next send completes and restores byte-identical.
+    env.send("v");
+    assert_eq!(env.sessions("v").len(), 2);
+    env.verify_ok("v", None);
+    assert_same(&env.receive("v", None), &img, "after the dropped link");
+}

@@ -112,6 +112,8 @@ const MAX_IN_FLIGHT_BYTES: usize = 32 << 20;
 pub struct Connection {
     label: String,
     destcmd: String,
+    /// The transport's program (ssh, qvm-run), for messages.
+    program: String,
     child: Option<Child>,
     w: BufWriter<Box<dyn Write + Send>>,
     r: BufReader<Box<dyn Read + Send>>,
@@ -161,6 +163,7 @@ impl Connection {
         let mut c = Connection {
             label,
             destcmd: spec.destcmd.clone(),
+            program: spec.argv(destdir)[0].clone(),
             child: Some(child),
             w: BufWriter::with_capacity(256 << 10, Box::new(stdin)),
             r: BufReader::with_capacity(256 << 10, Box::new(stdout)),
@@ -278,10 +281,24 @@ impl Connection {
 
     /// The link broke in the middle of the run.
     fn broken(&mut self, e: WireError) -> RemoteError {
-        let what = match e {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+        let mut what = match &e {
             WireError::Closed => "the connection was lost".to_string(),
+            WireError::Io(io)
+                if matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof) =>
+            {
+                "the connection was lost".to_string()
+            }
             e => format!("the connection failed: {e}"),
         };
+        // How the transport ended, when it has.
+        if let Some(st) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            what = format!("{what} ({} ended: {st})", self.program);
+        }
         self.link(what)
     }
 
