@@ -545,6 +545,28 @@ fn staged_chunks(env: &Env) -> usize {
 fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
     let sshd = Sshd::start();
     let env = over_ssh(&sshd, &["v"], "");
+    // The far side's log, for when this test fails.
+    let far = env.path().join("far-sparsebak");
+    std::fs::write(
+        &far,
+        format!(
+            "#!/bin/sh\nSPARSEBAK_LOG=debug exec '{}' \"$@\" 2>>'{}'\n",
+            bin().display(),
+            env.path().join("far.log").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&far, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replace(
+            &format!("destcmd = {}", bin().display()),
+            &format!("destcmd = {}", far.display()),
+        ),
+    )
+    .unwrap();
     let mut rng = Rng::new(77);
     let first = rng.bytes(8 * CS);
     std::fs::write(env.image("v"), &first).unwrap();
@@ -593,9 +615,47 @@ fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
     // The archive still verifies and holds only the first session.
     assert_eq!(env.sessions("v").len(), 1);
     env.verify_ok("v", None);
-    // The next send completes and restores byte-identical.
-    env.send("v");
-    assert_eq!(env.sessions("v").len(), 2);
+    // What the far side had stored is kept, durable, for the next send.
+    let kept: Vec<_> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".resume-S_"))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let kept_chunks: usize = std::fs::read_dir(&kept[0])
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| std::fs::read_dir(e.path()).unwrap().count())
+        .sum();
+    assert!(kept_chunks >= 40, "{kept_chunks}");
+    // The next send completes, takes over every kept chunk instead of sending it,
+    // says so, and restores byte-identical.
+    let o = env.run(&["-v", "send", "v"]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "v: resumed {kept_chunks} chunk(s), {} byte(s) stored, that an interrupted send had left at {label}; they were not sent again",
+            kept_chunks * (CS + 0)
+        )) || err.contains(&format!("v: resumed {kept_chunks} chunk(s), ")),
+        "{err}"
+    );
+    assert!(
+        !kept[0].exists(),
+        "the kept folder goes once the session is committed"
+    );
+    let s = env.sessions("v");
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[1].changed, (48 << 20) / CS as u64);
     env.verify_ok("v", None);
     assert_same(&env.receive("v", None), &img, "after the dropped link");
+    let left: Vec<String> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -8,6 +8,7 @@
 //! the files `repair` puts back) is here.
 
 pub mod prune;
+pub mod resume;
 pub mod tar;
 pub mod writer;
 

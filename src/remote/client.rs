@@ -291,13 +291,20 @@ impl Connection {
             }
             e => format!("the connection failed: {e}"),
         };
-        // How the transport ended, when it has.
-        if let Some(st) = self
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-        {
-            what = format!("{what} ({} ended: {st})", self.program);
+        // How the transport ended: it closes its pipes as it dies, a moment before it
+        // can be waited for; when the link broke, it ends soon in any case.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while let Some(c) = self.child.as_mut() {
+            match c.try_wait() {
+                Ok(Some(st)) => {
+                    what = format!("{what} ({} ended: {st})", self.program);
+                    break;
+                }
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                _ => break,
+            }
         }
         self.link(what)
     }

@@ -130,12 +130,17 @@ impl RemoteDestination {
         e.u8(dreq::BEGIN_SESSION).str(name).str(id);
         wire::put_kind(&mut e, kind);
         e.opt_str(base).u64(volsize);
-        self.call(&e, |_| Ok(()))?;
+        let resumable = self.call(&e, |d| d.bool())?;
         Ok(Box::new(RemoteSink {
             conn: self.conn.clone(),
             label: self.label.clone(),
+            volume: name.to_string(),
             changed: 0,
             bytes_stored: 0,
+            offers: std::collections::VecDeque::new(),
+            more_offers: resumable,
+            resumed: 0,
+            resumed_bytes: 0,
         }))
     }
 
@@ -253,11 +258,59 @@ impl Drop for RemoteLock {
 pub struct RemoteSink {
     conn: Arc<Mutex<Connection>>,
     label: String,
+    volume: String,
     changed: u64,
     bytes_stored: u64,
+    /// Chunks the far side kept from an interrupted send on the same base, offered
+    /// in address order a page at a time: (address, hash).
+    offers: std::collections::VecDeque<(u64, Hash)>,
+    /// Whether the far side may offer more after the last page.
+    more_offers: bool,
+    /// Chunks taken over instead of sent, and their stored bytes.
+    resumed: u64,
+    resumed_bytes: u64,
 }
 
 impl RemoteSink {
+    /// Whether the far side kept the chunk at `addr` with this hash: the offers are
+    /// read a page at a time, as the session's addresses pass them.
+    fn offered(&mut self, addr: u64, hash: &Hash) -> Result<bool> {
+        while self.offers.front().is_some_and(|&(a, _)| a < addr) {
+            self.offers.pop_front();
+        }
+        if self.offers.is_empty() && self.more_offers {
+            let mut e = Enc::new();
+            e.u8(dreq::RESUME_OFFERS)
+                .u64(addr)
+                .u32(super::proto::MAX_OFFERS);
+            let (page, more) = self.with(|c| {
+                let p = c.call(&e.0)?;
+                c.decode(&p, |d| {
+                    let n = d.u32()?;
+                    if n > super::proto::MAX_OFFERS {
+                        return Err(WireError::Malformed(format!("{n} offers in one answer")));
+                    }
+                    let mut page = Vec::with_capacity(n as usize);
+                    for _ in 0..n {
+                        page.push((d.u64()?, d.hash()?));
+                    }
+                    Ok((page, d.bool()?))
+                })
+            })?;
+            // In address order, from `addr` on, or the far side is not trusted.
+            if page.windows(2).any(|w| w[0].0 >= w[1].0) || page.first().is_some_and(|p| p.0 < addr)
+            {
+                return Err(Error::Msg(format!(
+                    "destination {}: the far side offered kept chunks out of order",
+                    self.label
+                )));
+            }
+            self.more_offers = more && !page.is_empty();
+            self.offers.extend(page);
+        }
+        Ok(self.offers.front() == Some(&(addr, *hash)))
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> std::result::Result<T, RemoteError>,
@@ -277,6 +330,22 @@ impl RemoteSink {
 
 impl SessionSink for RemoteSink {
     fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
+        if self.offered(addr, &hash)? {
+            // The far side has this chunk from an interrupted send: it takes it over
+            // (checking it again) instead of receiving it.
+            self.offers.pop_front();
+            let mut e = Enc::new();
+            e.u8(dreq::ADOPT).u64(addr).hash(&hash);
+            self.with(|c| {
+                c.send(&e.0)?;
+                c.make_room()
+            })?;
+            self.changed += 1;
+            self.bytes_stored += payload.len() as u64;
+            self.resumed += 1;
+            self.resumed_bytes += payload.len() as u64;
+            return Ok(());
+        }
         let mut e = Enc(Vec::with_capacity(payload.len() + 48));
         e.u8(dreq::PUT_CHUNK).u64(addr).hash(&hash);
         e.0.extend_from_slice(payload);
@@ -316,7 +385,16 @@ impl SessionSink for RemoteSink {
     }
 
     fn commit(self: Box<Self>) -> Result<SessionInfo> {
-        self.info_answer(Enc::new().u8(dreq::COMMIT))
+        let info = self.info_answer(Enc::new().u8(dreq::COMMIT))?;
+        if self.resumed > 0 {
+            let line = format!(
+                "{}: resumed {} chunk(s), {} byte(s) stored, that an interrupted send had left at {}; they were not sent again",
+                self.volume, self.resumed, self.resumed_bytes, self.label
+            );
+            tracing::info!("{line}");
+            crate::progress::summary(&line);
+        }
+        Ok(info)
     }
 
     fn abort(self: Box<Self>) -> Result<()> {

@@ -456,6 +456,9 @@ pub mod req {
     pub const UNLOCK: u8 = 12;
 }
 
+/// Most chunks one RESUME_OFFERS answer names.
+pub const MAX_OFFERS: u32 = 4096;
+
 /// Largest piece of a manifest one request reads.
 pub const MANIFEST_PIECE: u32 = 1 << 20;
 
@@ -484,6 +487,8 @@ pub mod dreq {
     pub const RENAME_VOLUME: u8 = 51;
     pub const PUT_SESSION_FILE: u8 = 52;
     pub const VOLUME_IS_FREE: u8 = 53;
+    pub const RESUME_OFFERS: u8 = 54;
+    pub const ADOPT: u8 = 55;
 }
 
 impl Enc {

@@ -14,7 +14,8 @@ use sparsebak_format::volume::{Storage, VolumeArchive};
 
 use super::proto::{self, dreq, kind, req, Dec, Enc, Hello, WireError};
 use super::wire;
-use crate::destination::{DestLock, Destination, SessionSink};
+use crate::destination::local::resume::{Journal, Kept};
+use crate::destination::{DestLock, Destination, SessionKind, SessionSink};
 
 /// Why the server stopped.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,12 @@ struct Server {
     /// Volumes opened so far (a tar session's file and index stay open between
     /// batches of reads). Forgotten, with the infos, after any change.
     vols: HashMap<String, VolumeArchive>,
+    /// The archive's folder.
+    root: PathBuf,
+    /// The journal of the folder session being written (see `resume`).
+    journal: Option<Journal>,
+    /// What a dropped link left of a session on the same base, offered to this one.
+    kept: Option<Kept>,
 }
 
 type Answer = Result<Vec<u8>, Fault>;
@@ -218,6 +225,8 @@ impl Server {
                     | dreq::MARKER
                     | dreq::PUT_CHUNK
                     | dreq::PUT_ZERO
+                    | dreq::ADOPT
+                    | dreq::RESUME_OFFERS
             )
         );
         if changes {
@@ -362,6 +371,7 @@ impl Server {
                 if let Some(b) = &base {
                     tri!(check_session(b));
                 }
+                self.end_session();
                 if let Some(old) = self.sink.take() {
                     tri!(old.abort());
                 }
@@ -372,12 +382,52 @@ impl Server {
                     base.as_deref(),
                     volsize
                 )));
+                // A folder session can be resumed by the next one if the link drops.
+                if k == SessionKind::Folder {
+                    let vol_dir = self.root.join(&v);
+                    self.journal = Some(tri!(Journal::create(&vol_dir, &id, base.as_deref())));
+                    self.kept = tri!(Kept::find(&vol_dir, base.as_deref()));
+                }
+                e.bool(self.kept.is_some());
+            }
+            dreq::RESUME_OFFERS => {
+                let from = d.u64()?;
+                let max = d.u32()?.min(proto::MAX_OFFERS) as usize;
+                d.end()?;
+                let (offers, more) = match self.kept.as_mut() {
+                    Some(k) => k.offer(from, max),
+                    None => (Vec::new(), false),
+                };
+                e.u32(offers.len() as u32);
+                for (a, h) in &offers {
+                    e.u64(*a).hash(h);
+                }
+                e.bool(more);
+            }
+            dreq::ADOPT => {
+                let addr = d.u64()?;
+                let hash = d.hash()?;
+                d.end()?;
+                let bytes = tri!(self
+                    .kept
+                    .as_mut()
+                    .and_then(|k| k.take(addr, &hash))
+                    .ok_or_else(|| format!(
+                        "the chunk x{addr:016x} kept from an interrupted send changed since it was offered; send again"
+                    )));
+                tri!(tri!(self.sink()).put_chunk(addr, hash, &bytes));
+                if let Some(j) = self.journal.as_mut() {
+                    tri!(j.record(addr, &hash));
+                }
             }
             dreq::PUT_CHUNK => {
                 let addr = d.u64()?;
                 let hash = d.hash()?;
                 let payload = d.rest();
                 tri!(tri!(self.sink()).put_chunk(addr, hash, payload));
+                if let Some(j) = self.journal.as_mut() {
+                    tri!(j.record(addr, &hash));
+                }
             }
             dreq::PUT_ZERO => {
                 let addr = d.u64()?;
@@ -394,10 +444,15 @@ impl Server {
                 d.end()?;
                 let sink = tri!(self.sink.take().ok_or("no session is being written"));
                 let info = tri!(sink.commit());
+                if let Some(k) = self.kept.take() {
+                    k.remove();
+                }
+                self.end_session();
                 wire::put_info(&mut e, &info);
             }
             dreq::ABORT => {
                 d.end()?;
+                self.end_session();
                 if let Some(s) = self.sink.take() {
                     tri!(s.abort());
                 }
@@ -487,14 +542,42 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The session is over (or another begins): its journal and what it was offered
+    /// are not needed any more.
+    fn end_session(&mut self) {
+        if let Some(j) = self.journal.take() {
+            j.discard();
+        }
+        self.kept = None;
+    }
+}
+
 impl Drop for Server {
     /// The client went away (or the link broke) in the middle of a session: nothing
-    /// of it may become visible, and its staging goes.
+    /// of it becomes visible. A folder session's chunks are kept, durable, for the
+    /// next send on the same base to take over (see `resume`); else its staging goes.
     fn drop(&mut self) {
-        if let Some(s) = self.sink.take() {
-            tracing::warn!("the client went away while writing a session: it is given up");
-            if let Err(e) = s.abort() {
-                tracing::warn!("giving the session up: {e}");
+        let Some(s) = self.sink.take() else {
+            return;
+        };
+        // What this session took over from an earlier kept folder is in its own now.
+        if let Some(k) = self.kept.take() {
+            k.remove();
+        }
+        match self.journal.take() {
+            Some(j) => {
+                tracing::warn!("the client went away while writing a session: its chunks are kept");
+                if let Err(e) = j.keep() {
+                    tracing::warn!("keeping the session's chunks: {e}");
+                }
+                drop(s);
+            }
+            None => {
+                tracing::warn!("the client went away while writing a session: it is given up");
+                if let Err(e) = s.abort() {
+                    tracing::warn!("giving the session up: {e}");
+                }
             }
         }
     }
@@ -581,6 +664,9 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         sink: None,
         manifest: None,
         vols: HashMap::new(),
+        root: PathBuf::from(&hello.destdir),
+        journal: None,
+        kept: None,
     };
     loop {
         // Answers go out when no request is waiting: many in flight cost one flush.
