@@ -177,3 +177,57 @@ fn nothing_the_far_side_sends_is_trusted() {
          a count of 4294967295 items, more than the 0 bytes left can hold"
     );
 }
+
+#[test]
+fn send_and_receive_through_qvm_run() {
+    let env = Env::new(&["v"]);
+    let bin_dir = qvm_run_stand_in(env.path(), "backup-vm");
+    // The env's own config now names the VM: every helper goes through qvm-run.
+    let cfg = add_to_var(&env.config, &remote_lines("qubes://backup-vm", ""));
+    std::fs::rename(&cfg, &env.config).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&env.config)
+            .arg("-u")
+            .args(args)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let mut rng = Rng::new(12);
+    let mut img = rng.bytes(16 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    run(&["send", "v"]);
+    rng.fill(&mut img[5 * CS..6 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&["send", "v"]);
+    let list = run(&["list", "v"]);
+    let changed: Vec<u64> = list
+        .lines()
+        .skip(1)
+        .map(|l| parse_list_line(l).changed)
+        .collect();
+    assert_eq!(changed, [16, 1], "{list}");
+    run(&["verify", "v"]);
+    let out = env.path().join("restored");
+    run(&["receive", "v", &format!("--save-to={}", out.display())]);
+    assert_same(&std::fs::read(&out).unwrap(), &img, "through qvm-run");
+    let log = std::fs::read_to_string(env.path().join("qvm-run.log")).unwrap();
+    assert!(log.lines().count() >= 5, "{log}");
+    assert!(log
+        .lines()
+        .all(|l| l == format!("{} serve -- {}", bin().display(), env.archive().display())));
+}
