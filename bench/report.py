@@ -41,7 +41,12 @@ def row(op, label, key, ref):
     t = times[key]
     if not t:
         return f"| {op} | {label} | – | – | – | – | – |"
-    ratio = "1.00" if key == ref else f"{med(key) / med(ref):.2f}"
+    if key == ref:
+        ratio = "1.00"
+    elif times[ref]:
+        ratio = f"{med(key) / med(ref):.2f}"
+    else:
+        ratio = "–"
     return (
         f"| {op} | {label} | {fmt_s(med(key))} | {fmt_s(min(t))}–{fmt_s(max(t))} "
         f"| {cpu_s(key)} | {max(rss[key]) / 1024:.0f} | {ratio} |"

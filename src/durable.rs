@@ -162,6 +162,15 @@ pub fn replace_with<T>(
     }
 }
 
+/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
+/// does) is on a filesystem mounted read-only.
+pub fn is_read_only(path: &Path) -> bool {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    path.ancestors()
+        .find_map(|p| statvfs(p).ok())
+        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
+}
+
 /// Whether `dir` holds nothing but the lock file `lock` (or does not exist).
 pub fn only_lock(dir: &Path, lock: &str) -> crate::error::Result<bool> {
     use crate::error::IoAt;

@@ -7,7 +7,7 @@ pub enum Error {
     #[error(transparent)]
     Format(#[from] sparsebak_format::FormatError),
     #[error(transparent)]
-    Archive(#[from] crate::archive::ArchiveError),
+    Archive(#[from] crate::destination::ArchiveError),
     #[error(transparent)]
     Restore(#[from] sparsebak_format::restore::RestoreError),
     #[error(transparent)]

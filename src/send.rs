@@ -32,8 +32,6 @@ use crate::scan::{self, ChunkRun};
 use crate::session_id;
 use crate::source::{Changes, SendView, Source, VolumeCtx};
 
-pub use crate::metadir::{lock_meta, META_LOCK_WAIT};
-
 /// What a send of one volume did.
 #[derive(Debug)]
 pub struct SendOutcome {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::error::{FormatError, IoContext, Result};
 use crate::info::SessionInfo;
 use crate::layout;
+use crate::limits;
 use crate::manifest::ManifestReader;
 pub use crate::store::{FolderStore, Storage, VolumeStore};
 
@@ -101,7 +102,17 @@ impl VolumeArchive {
 
     /// The bytes of session `id`'s info file.
     pub fn info_bytes(&self, id: &str) -> Result<Vec<u8>> {
-        self.store.info_bytes(id)
+        let b = self.store.info_bytes(id)?;
+        // Whichever the store, what it gives is checked against the format's bounds.
+        if b.len() as u64 > limits::MAX_INFO_BYTES {
+            return Err(FormatError::TooLarge {
+                path: self.info_label(id),
+                what: "info file",
+                len: b.len() as u64,
+                max: limits::MAX_INFO_BYTES,
+            });
+        }
+        Ok(b)
     }
 
     /// A reader of session `id`'s manifest bytes.
@@ -274,7 +285,21 @@ impl VolumeArchive {
     pub fn read_stored_batch(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>> {
         let got = self.store.read_stored(info, addrs);
         if got.len() == addrs.len() {
-            return got;
+            // Whichever the store, no chunk is longer than its session can store.
+            let max = limits::max_stored(info.compression, info.chunksize);
+            return got
+                .into_iter()
+                .zip(addrs)
+                .map(|(r, &addr)| match r {
+                    Ok(b) if b.len() as u64 > max => Err(FormatError::TooLarge {
+                        path: PathBuf::from(self.chunk_location(&info.session, addr)),
+                        what: "chunk file",
+                        len: b.len() as u64,
+                        max,
+                    }),
+                    r => r,
+                })
+                .collect();
         }
         let why = format!(
             "{}: {} chunks asked, {} returned",
@@ -293,7 +318,6 @@ impl VolumeArchive {
 mod tests {
     use super::*;
     use crate::chunk::Codec;
-    use crate::limits;
 
     fn info(compression: Codec) -> SessionInfo {
         SessionInfo {
@@ -372,6 +396,83 @@ mod tests {
         let e = check_archive_root(dir.path()).unwrap_err();
         assert!(
             matches!(&e, FormatError::NotArchive { reason, .. } if reason.contains("longer than 4096 bytes")),
+            "{e}"
+        );
+    }
+
+    /// A store that answers with too many bytes or too few chunks.
+    #[derive(Debug)]
+    struct Liar {
+        chunks: usize,
+        len: usize,
+    }
+
+    impl VolumeStore for Liar {
+        fn label(&self) -> String {
+            "liar://v".into()
+        }
+        fn exists(&self) -> bool {
+            true
+        }
+        fn sessions(&self) -> Result<Vec<String>> {
+            Ok(vec!["20260101-000000".into()])
+        }
+        fn storage(&self, _id: &str) -> Storage {
+            Storage::Folder
+        }
+        fn info_bytes(&self, _id: &str) -> Result<Vec<u8>> {
+            Ok(vec![b'x'; self.len])
+        }
+        fn manifest_bytes(&self, _id: &str) -> Result<Box<dyn BufRead + Send>> {
+            Ok(Box::new(std::io::Cursor::new(Vec::new())))
+        }
+        fn manifest_len(&self, _id: &str) -> Result<u64> {
+            Ok(0)
+        }
+        fn read_stored(&self, _info: &SessionInfo, _addrs: &[u64]) -> Vec<Result<Vec<u8>>> {
+            (0..self.chunks).map(|_| Ok(vec![0; self.len])).collect()
+        }
+        fn chunk_location(&self, id: &str, addr: u64) -> String {
+            format!("liar://v/{id}/{addr:x}")
+        }
+        fn manifest_label(&self, id: &str) -> PathBuf {
+            PathBuf::from(format!("liar://v/{id}/manifest"))
+        }
+        fn info_label(&self, id: &str) -> PathBuf {
+            PathBuf::from(format!("liar://v/{id}/info"))
+        }
+    }
+
+    #[test]
+    fn what_any_store_returns_is_bounded_by_the_facade() {
+        let i = info(Codec::None);
+        let liar = |chunks, len| VolumeArchive::from_store("v", Arc::new(Liar { chunks, len }));
+        // A chunk longer than the session can store.
+        let got = liar(1, 65537).read_stored_batch(&i, &[0]);
+        assert!(
+            matches!(&got[..], [Err(FormatError::TooLarge { path, what: "chunk file", len: 65537, max: 65536 })]
+                if path == Path::new("liar://v/20260101-000000/0")),
+            "{got:?}"
+        );
+        assert_eq!(liar(1, 65536).read_stored(&i, 0).unwrap().len(), 65536);
+        // Fewer (or more) results than chunks asked: every one is an error.
+        let got = liar(1, 10).read_stored_batch(&i, &[0, 65536]);
+        assert_eq!(got.len(), 2);
+        for r in got {
+            let e = r.unwrap_err().to_string();
+            assert_eq!(e, "liar://v: 2 chunks asked, 1 returned");
+        }
+        assert!(liar(3, 10)
+            .read_stored_batch(&i, &[0, 65536])
+            .iter()
+            .all(|r| r.is_err()));
+        // An info longer than any info.
+        let too_long = limits::MAX_INFO_BYTES as usize + 1;
+        let e = liar(0, too_long).info("20260101-000000").unwrap_err();
+        assert!(
+            matches!(&e, FormatError::TooLarge { path, what: "info file", len, max }
+                if *len == too_long as u64 && *max == limits::MAX_INFO_BYTES
+                    && path == Path::new("liar://v/20260101-000000/info")),
             "{e}"
         );
     }

@@ -24,26 +24,7 @@ use crate::lock::{LockGuard, Mode};
 use crate::metadir::{lock_meta, meta_dir};
 use local::LocalCopies;
 
-pub use crate::destination::local::{is_read_only, LOCK_WAIT};
-pub use crate::metadir::create_private_dir;
-
-/// Why a run may not use the archive at `destdir`. Nothing was written when one of
-/// these is returned.
-#[derive(Debug, thiserror::Error)]
-pub enum ArchiveError {
-    #[error("the archive at {path} is on a read-only filesystem; {action} needs to write to it (mount it read-write)")]
-    ReadOnly { path: PathBuf, action: String },
-    #[error("no archive at {path}, but this machine sends to archive {known} there: is its disk mounted? Nothing was written (if that archive is gone for good, `sparsebak send --accept-archive` starts a new one there)")]
-    Missing { path: PathBuf, known: String },
-    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `sparsebak send --accept-archive`)")]
-    MissingSent { path: PathBuf, volumes: String },
-    #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `sparsebak send --accept-archive`)")]
-    Different {
-        path: PathBuf,
-        known: String,
-        found: String,
-    },
-}
+pub use crate::destination::ArchiveError;
 
 /// The destination this machine sends to, opened: the destination itself (every
 /// method of [`Destination`] through `Deref`) and what was found out opening it.

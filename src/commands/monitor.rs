@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::send::lock_meta;
+use crate::metadir::lock_meta;
 use crate::source::{self, VolumeCtx};
 
 pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {

@@ -35,7 +35,7 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
     let target = output::inspect(Path::new(path))?;
     crate::receive::refuse_in_archive(&target, &ctx.config.destdir, &ctx.config.metadir)?;
     if matches!(target.kind, OutputKind::File { .. } | OutputKind::New)
-        && crate::archive::is_read_only(&target.path)
+        && crate::durable::is_read_only(&target.path)
     {
         bail!(
             "the stream destination {} is on a read-only filesystem (mount it read-write)",

@@ -21,7 +21,7 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let size = vol.info(&id).map(|i| i.volsize).unwrap_or(0);
     let started = std::time::Instant::now();
     let bar = Progress::new(size, &format!("verify {name}"));
-    let rep = verify::verify(&vol, &id, local, &mut |p| bar.set(p))?;
+    let rep = verify::verify(&*archive, name, &id, local, &mut |p| bar.set(p))?;
     bar.finish();
     if !rep.problems.is_empty() {
         // Each problem names its session (or the file, which does) once; the last

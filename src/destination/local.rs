@@ -7,6 +7,8 @@
 //! [`tar`]; the rest (locks, leftovers of dead runs, deleting and renaming volumes,
 //! the files `repair` puts back) is here.
 
+pub mod check;
+pub mod marker;
 pub mod prune;
 pub mod resume;
 pub mod tar;
@@ -26,9 +28,9 @@ use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
 
 use super::{
-    DestLock, Destination, FoldPlan, Mode, NewSession, SessionFile, SessionKind, SessionSink,
+    ArchiveError, DestLock, Destination, FoldPlan, Mode, NewSession, SessionCheck, SessionFile,
+    SessionKind, SessionSink,
 };
-use crate::archive::ArchiveError;
 use crate::durable;
 use crate::error::{Error, IoAt, Result};
 use crate::lock;
@@ -97,15 +99,6 @@ impl LocalVol {
     }
 }
 
-/// Whether `path` (or, if it does not exist yet, the nearest folder above it that
-/// does) is on a filesystem mounted read-only.
-pub fn is_read_only(path: &Path) -> bool {
-    use nix::sys::statvfs::{statvfs, FsFlags};
-    path.ancestors()
-        .find_map(|p| statvfs(p).ok())
-        .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
-}
-
 /// An archive root folder on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalDestination {
@@ -116,7 +109,7 @@ pub struct LocalDestination {
 impl LocalDestination {
     /// The archive folder `root` (which need not hold an archive yet).
     pub fn new(root: &Path) -> LocalDestination {
-        let read_only = is_read_only(root);
+        let read_only = durable::is_read_only(root);
         if read_only {
             tracing::debug!(
                 "archive {} is on a read-only filesystem: reading without locks",
@@ -199,11 +192,11 @@ impl Destination for LocalDestination {
     }
 
     fn create(&self) -> Result<()> {
-        crate::archive::identity::create(&self.root)
+        marker::create(&self.root)
     }
 
     fn add_identity(&self) -> Result<String> {
-        crate::archive::identity::add_id(&self.root)
+        marker::add_id(&self.root)
     }
 
     fn volumes(&self) -> Result<Vec<String>> {
@@ -361,6 +354,15 @@ impl Destination for LocalDestination {
 
     fn end_fold(&self, name: &str) -> Result<()> {
         prune::end(&self.local_volume(name))
+    }
+
+    fn check_stored(
+        &self,
+        name: &str,
+        info: &SessionInfo,
+        bad_manifest: bool,
+    ) -> Result<SessionCheck> {
+        check::check_stored(&self.local_volume(name), info, bad_manifest)
     }
 
     fn untar(&self, name: &str, id: &str) -> Result<bool> {
@@ -572,5 +574,173 @@ impl SessionSink for LocalSink {
         // Dropping the writer removes its staging folder.
         drop(self);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sparsebak_format::chunk::{self, Codec};
+
+    const CS: u64 = 65536;
+
+    fn fields(id: &str, previous: Option<&str>) -> NewSession {
+        NewSession {
+            volume: "v".into(),
+            session: id.into(),
+            previous: previous.map(str::to_string),
+            time: 0,
+            volsize: 4 * CS,
+            chunksize: CS,
+            compression: Codec::None,
+            chunks: 2,
+            bytes_read: 4 * CS,
+        }
+    }
+
+    /// A session of volume `v` with data chunks at `addrs` (each filled with its
+    /// index + 1), committed.
+    fn send(d: &LocalDestination, id: &str, prev: Option<&str>, addrs: &[u64], kind: SessionKind) {
+        let mut s = d.begin_session("v", id, kind, prev, 4 * CS).unwrap();
+        for (i, a) in addrs.iter().enumerate() {
+            let data = vec![i as u8 + 1; CS as usize];
+            s.put_chunk(*a, chunk::hash(&data), &data).unwrap();
+        }
+        let info = s.prepare(fields(id, prev)).unwrap();
+        assert_eq!(info.changed, addrs.len() as u64);
+        assert_eq!(info.bytes_stored, addrs.len() as u64 * CS);
+        // Durable but not visible until committed.
+        assert!(!d.volume("v").sessions().unwrap().contains(&id.to_string()));
+        assert_eq!(s.commit().unwrap(), info);
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn sessions_commit_whole_or_leave_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let d = LocalDestination::new(t.path());
+        d.create().unwrap();
+        assert!(d.marker().unwrap().unwrap().id.is_some());
+        let _l = d.lock_volume("v", Mode::Exclusive).unwrap().unwrap();
+        send(
+            &d,
+            "20260101-000000",
+            None,
+            &[0, 2 * CS],
+            SessionKind::Folder,
+        );
+        send(
+            &d,
+            "20260102-000000",
+            Some("20260101-000000"),
+            &[CS],
+            SessionKind::Tar,
+        );
+        let vol = d.volume("v");
+        assert_eq!(
+            vol.sessions().unwrap(),
+            ["20260101-000000", "20260102-000000"]
+        );
+        let chain = vol.chain("20260102-000000").unwrap();
+        // The batched read returns one result per address, in order, across forms.
+        let got = vol.read_stored_batch(&chain[0], &[2 * CS, 0]);
+        assert_eq!(got[0].as_ref().unwrap()[0], 2);
+        assert_eq!(got[1].as_ref().unwrap()[0], 1);
+        assert_eq!(vol.read_stored(&chain[1], CS).unwrap()[0], 1);
+        // An aborted session and a dropped one leave nothing in the volume's folder.
+        let before = entries(&t.path().join("v"));
+        let mut s = d
+            .begin_session("v", "20260103-000000", SessionKind::Folder, None, 4 * CS)
+            .unwrap();
+        s.put_zero(0).unwrap();
+        s.abort().unwrap();
+        let s = d
+            .begin_session("v", "20260103-000000", SessionKind::Tar, None, 4 * CS)
+            .unwrap();
+        drop(s);
+        assert_eq!(entries(&t.path().join("v")), before);
+        assert_eq!(d.volumes().unwrap(), ["v"]);
+    }
+
+    #[test]
+    fn check_stored_names_missing_and_extra_chunks() {
+        let t = tempfile::tempdir().unwrap();
+        let d = LocalDestination::new(t.path());
+        d.create().unwrap();
+        send(
+            &d,
+            "20260101-000000",
+            None,
+            &[0, CS, 3 * CS],
+            SessionKind::Folder,
+        );
+        let lv = d.local_volume("v");
+        let info = d.volume("v").info("20260101-000000").unwrap();
+        assert_eq!(
+            d.check_stored("v", &info, false).unwrap(),
+            SessionCheck::default()
+        );
+        std::fs::remove_file(lv.chunk_path("20260101-000000", CS)).unwrap();
+        let extra = lv.chunk_path("20260101-000000", 2 * CS);
+        std::fs::write(&extra, b"x").unwrap();
+        let c = d.check_stored("v", &info, false).unwrap();
+        assert_eq!(c.missing, [CS]);
+        assert!(!c.unlisted && !c.bad_manifest);
+        assert_eq!(c.problems.len(), 2, "{:?}", c.problems);
+        assert!(c.problems[0].contains("is missing"), "{:?}", c.problems);
+        assert!(c.problems[1].contains("extra file"), "{:?}", c.problems);
+    }
+
+    #[test]
+    fn delete_rename_and_put_back() {
+        let t = tempfile::tempdir().unwrap();
+        let d = LocalDestination::new(t.path());
+        d.create().unwrap();
+        send(&d, "20260101-000000", None, &[0], SessionKind::Folder);
+        send(
+            &d,
+            "20260102-000000",
+            Some("20260101-000000"),
+            &[CS],
+            SessionKind::Tar,
+        );
+        send(
+            &d,
+            "20260103-000000",
+            Some("20260102-000000"),
+            &[0],
+            SessionKind::Folder,
+        );
+        let ids = |n: &str| d.volume(n).sessions().unwrap();
+        d.delete_sessions("v", &["20260101-000000".into(), "20260102-000000".into()])
+            .unwrap();
+        assert_eq!(ids("v"), ["20260103-000000"]);
+        assert_eq!(entries(&t.path().join("v")), ["S_20260103-000000"]);
+        // Put back a chunk file: durable, in place, no staging left.
+        let data = vec![9u8; CS as usize];
+        d.put_session_file("v", "20260103-000000", SessionFile::Chunk(0), &data)
+            .unwrap();
+        let info = d.volume("v").info("20260103-000000").unwrap();
+        assert_eq!(d.volume("v").read_stored(&info, 0).unwrap(), data);
+        assert!(!t.path().join("v").join(REPAIR_STAGING).exists());
+        // Rename: only into a free name.
+        std::fs::create_dir(t.path().join("w")).unwrap();
+        std::fs::write(t.path().join("w/.lock"), b"").unwrap();
+        assert!(d.volume_is_free("w").unwrap());
+        assert!(!d.volume_is_free("v").unwrap());
+        assert!(d.rename_volume("v", "w").unwrap());
+        assert!(!d.rename_volume("v", "w").unwrap());
+        assert_eq!(ids("w"), ["20260103-000000"]);
+        assert!(d.delete_volume("w").unwrap());
+        assert!(!d.delete_volume("w").unwrap());
+        assert_eq!(entries(t.path()), ["sparsebak.archive"]);
     }
 }

@@ -19,6 +19,8 @@
 //! The source-side state (`<metadir>`: delta maps, copies of sessions, the pending
 //! record, the catalog, the source lock) never goes through a destination.
 
+use std::path::PathBuf;
+
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::marker::ArchiveMarker;
 use sparsebak_format::volume::VolumeArchive;
@@ -30,6 +32,24 @@ pub use crate::lock::Mode;
 pub mod local;
 
 pub use local::LocalDestination;
+
+/// Why a run may not use the archive at `destdir`. Nothing was written when one of
+/// these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the archive at {path} is on a read-only filesystem; {action} needs to write to it (mount it read-write)")]
+    ReadOnly { path: PathBuf, action: String },
+    #[error("no archive at {path}, but this machine sends to archive {known} there: is its disk mounted? Nothing was written (if that archive is gone for good, `sparsebak send --accept-archive` starts a new one there)")]
+    Missing { path: PathBuf, known: String },
+    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `sparsebak send --accept-archive`)")]
+    MissingSent { path: PathBuf, volumes: String },
+    #[error("the archive at {path} is archive {found}, but this machine sends to archive {known} there: is another disk mounted? Nothing was written (to send to archive {found} from now on, `sparsebak send --accept-archive`)")]
+    Different {
+        path: PathBuf,
+        known: String,
+        found: String,
+    },
+}
 
 /// How a new session is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +174,34 @@ pub struct FoldPlan {
     pub missing_count: u64,
 }
 
+/// What checking the stored chunks of one session against its manifest found
+/// (`verify`): [`Destination::check_stored`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SessionCheck {
+    /// Each problem found, one line (missing and extra files, manifest lines that
+    /// are not chunks of the volume, a line count that differs from the info's).
+    pub problems: Vec<String>,
+    /// Addresses of the manifest's data lines whose chunk is not stored, ascending.
+    pub missing: Vec<u64>,
+    /// The manifest turned out damaged (or was known to be): nothing read from it is
+    /// reported again.
+    pub bad_manifest: bool,
+    /// The stored chunks could not be listed (said in `problems`): none counts as
+    /// stored.
+    pub unlisted: bool,
+}
+
+/// A problem of session `id`: `e` is said after the session's name unless it already
+/// names the session's folder or tar.
+pub fn session_problem(id: &str, e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    if e.contains(&sparsebak_format::layout::session_dir_name(id)) {
+        e
+    } else {
+        format!("session {id}: {e}")
+    }
+}
+
 /// A file of a session that `repair` can put back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionFile {
@@ -259,6 +307,15 @@ pub trait Destination: Send + Sync {
 
     /// Remove the journal of a fold once the source side has updated its copies.
     fn end_fold(&self, name: &str) -> Result<()>;
+
+    /// Check the stored chunks of session `info` of volume `name` against its
+    /// manifest (verify). `bad_manifest`: the caller found the manifest damaged.
+    fn check_stored(
+        &self,
+        name: &str,
+        info: &SessionInfo,
+        bad_manifest: bool,
+    ) -> Result<SessionCheck>;
 
     /// Convert tar session `id` of volume `name` into a folder; `false` when it was
     /// one already.

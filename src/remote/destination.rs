@@ -16,7 +16,7 @@ use super::store::RemoteStore;
 use super::transport::RemoteSpec;
 use super::wire;
 use crate::destination::{
-    DestLock, FoldPlan, Mode, NewSession, SessionFile, SessionKind, SessionSink,
+    DestLock, FoldPlan, Mode, NewSession, SessionCheck, SessionFile, SessionKind, SessionSink,
 };
 use crate::error::{Error, Result};
 
@@ -194,6 +194,26 @@ impl RemoteDestination {
 
     pub fn end_fold(&self, name: &str) -> Result<()> {
         self.call(Enc::new().u8(dreq::END_FOLD).str(name), |_| Ok(()))
+    }
+
+    pub fn check_stored(
+        &self,
+        name: &str,
+        info: &SessionInfo,
+        bad_manifest: bool,
+    ) -> Result<SessionCheck> {
+        let mut e = Enc::new();
+        e.u8(dreq::CHECK_STORED).str(name);
+        wire::put_info(&mut e, info);
+        e.bool(bad_manifest);
+        self.call(&e, |d| {
+            Ok(SessionCheck {
+                problems: d.strs()?,
+                missing: d.u64s()?,
+                bad_manifest: d.bool()?,
+                unlisted: d.bool()?,
+            })
+        })
     }
 
     pub fn untar(&self, name: &str, id: &str) -> Result<bool> {
@@ -467,6 +487,14 @@ impl crate::destination::Destination for RemoteDestination {
     }
     fn end_fold(&self, name: &str) -> Result<()> {
         RemoteDestination::end_fold(self, name)
+    }
+    fn check_stored(
+        &self,
+        name: &str,
+        info: &SessionInfo,
+        bad_manifest: bool,
+    ) -> Result<SessionCheck> {
+        RemoteDestination::check_stored(self, name, info, bad_manifest)
     }
     fn untar(&self, name: &str, id: &str) -> Result<bool> {
         RemoteDestination::untar(self, name, id)

@@ -489,6 +489,7 @@ pub mod dreq {
     pub const VOLUME_IS_FREE: u8 = 53;
     pub const RESUME_OFFERS: u8 = 54;
     pub const ADOPT: u8 = 55;
+    pub const CHECK_STORED: u8 = 56;
 }
 
 impl Enc {

@@ -499,6 +499,18 @@ impl Server {
                 d.end()?;
                 tri!(self.dest.end_fold(&v));
             }
+            dreq::CHECK_STORED => {
+                let v = tri!(vol(&mut d)?);
+                let info = wire::get_info(&mut d, &label)?;
+                let bad_manifest = d.bool()?;
+                d.end()?;
+                tri!(check_session(&info.session));
+                let c = tri!(self.dest.check_stored(&v, &info, bad_manifest));
+                e.strs(&c.problems)
+                    .u64s(&c.missing)
+                    .bool(c.bad_manifest)
+                    .bool(c.unlisted);
+            }
             dreq::UNTAR => {
                 let (v, id) = tri!(vol_id(&mut d)?);
                 d.end()?;
@@ -687,6 +699,12 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         }
         match server.handle(&f.payload, &mut out)? {
             None => {}
+            Some(Ok(p)) if p.len() + 1 > proto::max_frame() => Fault::Text(format!(
+                "an answer of {} bytes, above the protocol's limit of {}",
+                p.len(),
+                proto::max_frame()
+            ))
+            .write(&mut out)?,
             Some(Ok(p)) => proto::write_frame(&mut out, kind::OK, &p)?,
             Some(Err(f)) => f.write(&mut out)?,
         }

@@ -1,0 +1,239 @@
+//! Checking the stored chunks of a session against its manifest, where the files are
+//! (`verify`): each data line must have its chunk file (or tar member), and nothing
+//! else may be stored. One walk of the manifest (sorted) for both storage forms, in
+//! bounded memory.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::layout;
+use sparsebak_format::volume::Storage;
+
+use super::LocalVol;
+use crate::destination::{session_problem, SessionCheck};
+use crate::error::{Error, IoAt, Result};
+
+/// Check the stored chunks of session `info` of `vol` (see the module documentation).
+/// `bad_manifest`: the manifest is known to be damaged (then what reading it gives is
+/// not reported again).
+pub fn check_stored(
+    vol: &LocalVol,
+    info: &SessionInfo,
+    bad_manifest: bool,
+) -> Result<SessionCheck> {
+    let mut walk = SessionCheck {
+        bad_manifest,
+        ..Default::default()
+    };
+    let mut problems = Vec::new();
+    let r = walk_members(vol, info, &mut walk, &mut problems);
+    walk.problems = problems;
+    r.map(|()| walk)
+}
+
+fn walk_members(
+    vol: &LocalVol,
+    info: &SessionInfo,
+    walk: &mut SessionCheck,
+    problems: &mut Vec<String>,
+) -> Result<()> {
+    let id = &info.session;
+    // One walk of the manifest (sorted) for both storage forms; the stored members are
+    // matched against it as it goes, in bounded memory.
+    let members: Result<Box<dyn Members>> = match vol.storage(id) {
+        Storage::Folder => FolderMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
+        Storage::Tar => TarMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
+    };
+    let (mut members, manifest) = match (members, vol.manifest(id).map_err(Error::from)) {
+        (Ok(m), Ok(r)) => (m, r),
+        (Err(e), _) => {
+            if !walk.bad_manifest {
+                problems.push(session_problem(id, e));
+            }
+            walk.unlisted = true;
+            return Ok(());
+        }
+        (_, Err(e)) => {
+            if !walk.bad_manifest {
+                problems.push(session_problem(id, e));
+            }
+            return Ok(());
+        }
+    };
+    let mut lines = 0u64;
+    for e in manifest {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                if !walk.bad_manifest {
+                    problems.push(session_problem(id, err));
+                }
+                walk.bad_manifest = true;
+                return Ok(());
+            }
+        };
+        lines += 1;
+        if e.addr % info.chunksize != 0 || e.addr >= info.volsize {
+            problems.push(format!(
+                "session {id}: manifest address x{:016x} is not a chunk of this volume",
+                e.addr
+            ));
+        }
+        if e.hash.is_some() && !members.expect(e.addr, problems) {
+            walk.missing.push(e.addr);
+        }
+    }
+    members.finish(problems);
+    if lines != info.changed {
+        problems.push(format!(
+            "session {id}: info says changed={}, manifest has {lines} lines",
+            info.changed
+        ));
+    }
+    Ok(())
+}
+
+/// The stored chunks of one session, matched against its manifest's data lines in
+/// address order: each line must have its chunk, and nothing else may be stored.
+trait Members {
+    /// The manifest has a data line for `addr` (addresses increase); whether the
+    /// chunk is stored.
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool;
+    /// The manifest ended: report whatever is left over.
+    fn finish(&mut self, problems: &mut Vec<String>);
+}
+
+/// A folder session: read one prefix folder at a time (memory is one folder listing).
+struct FolderMembers {
+    id: String,
+    sdir: std::path::PathBuf,
+    /// Top-level entries not yet accounted for.
+    top: BTreeSet<String>,
+    prefix: String,
+    files: BTreeSet<String>,
+}
+
+impl FolderMembers {
+    fn open(vol: &LocalVol, id: &str) -> Result<FolderMembers> {
+        let sdir = vol.session_dir(id);
+        let mut top: BTreeSet<String> = std::fs::read_dir(&sdir)
+            .at(&sdir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        top.remove(layout::INFO_FILE);
+        top.remove(layout::MANIFEST_FILE);
+        Ok(FolderMembers {
+            id: id.to_string(),
+            sdir,
+            top,
+            prefix: String::new(),
+            files: BTreeSet::new(),
+        })
+    }
+
+    fn flush(&mut self, problems: &mut Vec<String>) {
+        for f in std::mem::take(&mut self.files) {
+            problems.push(format!(
+                "session {}: extra file {}/{f} not in its manifest",
+                self.id, self.prefix
+            ));
+        }
+    }
+}
+
+impl Members for FolderMembers {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
+        let prefix = layout::prefix_name(addr);
+        if prefix != self.prefix {
+            self.flush(problems);
+            self.files = list_dir(&self.sdir.join(&prefix));
+            self.top.remove(&prefix);
+            self.prefix = prefix;
+        }
+        let name = layout::chunk_name(addr);
+        let found = self.files.remove(&name);
+        if !found {
+            problems.push(format!(
+                "chunk file {} is missing",
+                self.sdir.join(&self.prefix).join(&name).display()
+            ));
+        }
+        found
+    }
+
+    fn finish(&mut self, problems: &mut Vec<String>) {
+        self.flush(problems);
+        for extra in std::mem::take(&mut self.top) {
+            problems.push(format!(
+                "session {}: extra entry {extra} in its folder",
+                self.id
+            ));
+        }
+    }
+}
+
+/// A tar session: walk its member index (sorted by address) alongside the manifest.
+struct TarMembers {
+    id: String,
+    tar: std::sync::Arc<sparsebak_format::tarsession::TarSession>,
+    tar_path: std::path::PathBuf,
+    next: usize,
+}
+
+impl TarMembers {
+    fn open(vol: &LocalVol, id: &str) -> Result<TarMembers> {
+        Ok(TarMembers {
+            id: id.to_string(),
+            tar: vol.tar(id)?,
+            tar_path: vol.tar_path(id),
+            next: 0,
+        })
+    }
+
+    /// Report index records before `upto` (all of them with `None`) as extra.
+    fn extra_until(&mut self, upto: Option<u64>, problems: &mut Vec<String>) {
+        while self.next < self.tar.index.len() {
+            let (a, _, _) = self.tar.index.record(self.next);
+            if upto.is_some_and(|u| a >= u) {
+                break;
+            }
+            problems.push(format!(
+                "session {}: extra member for chunk x{a:016x} not in its manifest",
+                self.id
+            ));
+            self.next += 1;
+        }
+    }
+}
+
+impl Members for TarMembers {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
+        self.extra_until(Some(addr), problems);
+        if self.next < self.tar.index.len() && self.tar.index.record(self.next).0 == addr {
+            self.next += 1;
+            true
+        } else {
+            problems.push(format!(
+                "chunk x{addr:016x} is missing from {}",
+                self.tar_path.display()
+            ));
+            false
+        }
+    }
+
+    fn finish(&mut self, problems: &mut Vec<String>) {
+        self.extra_until(None, problems);
+    }
+}
+
+fn list_dir(p: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(p) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
