@@ -3,9 +3,10 @@
 //! Order of events, each step durable before the next:
 //! 1. lock the volume (source side and archive), clear leftovers of interrupted runs;
 //! 2. the source gives a consistent view (snapshot) and the candidate chunks;
-//! 3. the pipeline compares candidates with the archive's latest view and writes the
-//!    differing chunks and the manifest into a staging folder;
-//! 4. the session is committed (syncfs, rename): from here it exists;
+//! 3. the pipeline compares candidates with the archive's latest view and hands the
+//!    differing chunks to the destination's session sink (a staging folder);
+//! 4. the sink makes the session durable, the source side records it as pending, and
+//!    the sink commits it (rename): from here it exists;
 //! 5. its info and manifest are copied to the source side;
 //! 6. the source forgets the changes it stored (delta map cleared).
 //!
@@ -13,6 +14,8 @@
 //! between 4 and 6 is caught up by the next run (the copies are taken then; the map
 //! still marks chunks that are now identical to the archive, which costs a re-read
 //! but stores nothing).
+//!
+//! `send --stream` takes the same path ([`take_session`]) with a stream sink.
 
 use std::time::{Duration, Instant};
 
