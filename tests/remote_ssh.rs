@@ -545,28 +545,6 @@ fn staged_chunks(env: &Env) -> usize {
 fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
     let sshd = Sshd::start();
     let env = over_ssh(&sshd, &["v"], "");
-    // The far side's log, for when this test fails.
-    let far = env.path().join("far-sparsebak");
-    std::fs::write(
-        &far,
-        format!(
-            "#!/bin/sh\nSPARSEBAK_LOG=debug exec '{}' \"$@\" 2>>'{}'\n",
-            bin().display(),
-            env.path().join("far.log").display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&far, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ini = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        ini.replace(
-            &format!("destcmd = {}", bin().display()),
-            &format!("destcmd = {}", far.display()),
-        ),
-    )
-    .unwrap();
     let mut rng = Rng::new(77);
     let first = rng.bytes(8 * CS);
     std::fs::write(env.image("v"), &first).unwrap();

@@ -577,17 +577,23 @@ impl Drop for Server {
         if let Some(k) = self.kept.take() {
             k.remove();
         }
+        // The work first, the words after: with the link gone, standard error may be
+        // gone too, and writing to it may be the last thing this process does.
         match self.journal.take() {
             Some(j) => {
-                tracing::warn!("the client went away while writing a session: its chunks are kept");
-                if let Err(e) = j.keep() {
-                    tracing::warn!("keeping the session's chunks: {e}");
-                }
+                let kept = j.keep();
                 drop(s);
+                match kept {
+                    Ok(()) => tracing::warn!(
+                        "the client went away while writing a session: its chunks are kept"
+                    ),
+                    Err(e) => tracing::warn!("keeping the chunks of a session given up: {e}"),
+                }
             }
             None => {
+                let r = s.abort();
                 tracing::warn!("the client went away while writing a session: it is given up");
-                if let Err(e) = s.abort() {
+                if let Err(e) = r {
                     tracing::warn!("giving the session up: {e}");
                 }
             }

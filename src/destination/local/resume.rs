@@ -3,7 +3,8 @@
 //! takes them over instead of having them sent again.
 //!
 //! While a session is written for a remote client, every chunk put is journaled in
-//! `<volume>/.tmp-resume-<id>` (swept with the staging folders if the server dies):
+//! `<volume>/.tmp-resume-<id>/journal` (swept with the staging folders if the server
+//! dies):
 //! a line `base=<id|->`, then one line per chunk, `<addr hex> <hash hex>`, the hash
 //! of the chunk's data as the client gave it. When the link drops, the server makes
 //! the staging folder durable (syncfs) and renames it to `.resume-S_<id>`, with the
@@ -31,8 +32,14 @@ const JOURNAL: &str = "journal";
 /// Longest journal line accepted (a chunk line is at most 82 bytes).
 const MAX_LINE: u64 = 256;
 
-fn journal_path(vol_dir: &Path, id: &str) -> PathBuf {
+/// The folder of the journal of a session being written: a staging folder
+/// (`.tmp-*`), so the sweep of a dead run's leftovers removes it.
+fn journal_dir(vol_dir: &Path, id: &str) -> PathBuf {
     vol_dir.join(format!(".tmp-resume-{id}"))
+}
+
+fn journal_path(vol_dir: &Path, id: &str) -> PathBuf {
+    journal_dir(vol_dir, id).join(JOURNAL)
 }
 
 fn hex32(s: &str) -> Option<Hash> {
@@ -50,6 +57,8 @@ pub struct Journal {
 impl Journal {
     /// Start the journal of session `id` of the volume in `vol_dir`, on `base`.
     pub fn create(vol_dir: &Path, id: &str, base: Option<&str>) -> Result<Journal> {
+        let dir = journal_dir(vol_dir, id);
+        std::fs::create_dir_all(&dir).at(&dir)?;
         let path = journal_path(vol_dir, id);
         let mut w = BufWriter::new(File::create(&path).at(&path)?);
         writeln!(w, "base={}", base.unwrap_or("-")).at(&path)?;
@@ -67,9 +76,9 @@ impl Journal {
 
     /// The session ended (committed or given up): the journal goes.
     pub fn discard(self) {
-        let p = journal_path(&self.vol_dir, &self.id);
+        let dir = journal_dir(&self.vol_dir, &self.id);
         drop(self.w);
-        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// The writer went away: keep the staging folder and the journal under the
@@ -86,8 +95,9 @@ impl Journal {
         durable::syncfs(&staging).at(&staging)?;
         std::fs::rename(&staging, &kept).at(&kept)?;
         std::fs::rename(&jpath, kept.join(JOURNAL)).at(&kept)?;
+        let jdir = journal_dir(&self.vol_dir, &self.id);
+        std::fs::remove_dir(&jdir).at(&jdir)?;
         durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
-        tracing::info!("kept {} for the next send to resume", kept.display());
         Ok(())
     }
 }
