@@ -640,3 +640,81 @@ fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The pid of the `sparsebak serve` process serving `archive`, once it is there.
+fn far_server(archive: &std::path::Path) -> u32 {
+    let want = format!("serve\0--\0{}\0", archive.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for ent in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&want) {
+                return pid;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no far server");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_far_side_killed_mid_send_leaves_nothing_the_next_send_trips_on() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(78);
+    std::fs::write(env.image("v"), rng.bytes(4 * CS)).unwrap();
+    env.send("v");
+    let img = rng.bytes(32 << 20);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["send", "v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staged_chunks(&env) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send wrote nothing over there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let far = far_server(&env.archive());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(far as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    let label = format!("{}{}", sshd.destvm(), env.archive().display());
+    assert!(
+        err.contains(&format!("destination {label}: the connection was lost")),
+        "{err}"
+    );
+    // A crashed far side keeps nothing: its staging and journal are swept by the
+    // next writer, which completes.
+    env.send("v");
+    env.verify_ok("v", None);
+    assert_same(
+        &env.receive("v", None),
+        &img,
+        "after the far side was killed",
+    );
+    let left: Vec<String> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
