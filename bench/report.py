@@ -41,7 +41,12 @@ def row(op, label, key, ref):
     t = times[key]
     if not t:
         return f"| {op} | {label} | – | – | – | – | – |"
-    ratio = "1.00" if key == ref else f"{med(key) / med(ref):.2f}"
+    if key == ref:
+        ratio = "1.00"
+    elif times[ref]:
+        ratio = f"{med(key) / med(ref):.2f}"
+    else:
+        ratio = "–"
     return (
         f"| {op} | {label} | {fmt_s(med(key))} | {fmt_s(min(t))}–{fmt_s(max(t))} "
         f"| {cpu_s(key)} | {max(rss[key]) / 1024:.0f} | {ratio} |"
@@ -64,6 +69,7 @@ peers_1g = [
             ("(extra) sparsebak `send` (first), `compression = none`", "sbk_none.full"),
             ("(extra) sparsebak `send` (first), `tarfile = on`", "sbk_tar.full"),
             ("(extra) sparsebak `send` (first), `chunksize = 4M`", "sbk_c4m.full"),
+            ("(extra) sparsebak `send` (first) over ssh to 127.0.0.1", "sbk_ssh.full"),
             ("borg fixed,65536 `create`", "borg_fixed.full"),
             ("(extra) borg fixed,65536 `create --compression zstd,3`", "borg_fixed_zstd3.full"),
             ("borg default chunker `create`", "borg_default.full"),
@@ -77,6 +83,7 @@ peers_1g = [
         "sbk.inc",
         [
             ("**sparsebak** `send`", "sbk.inc"),
+            ("(extra) sparsebak `send` over ssh to 127.0.0.1", "sbk_ssh.inc"),
             ("borg fixed,65536 `create`", "borg_fixed.inc"),
             ("borg default chunker `create`", "borg_default.inc"),
             ("restic `backup`", "restic.inc"),
@@ -89,6 +96,7 @@ peers_1g = [
             ("**sparsebak** `receive`", "sbk.receive"),
             ("(extra) sparsebak `receive`, sessions stored as tar (`tarfile = on`)", "sbk_tar.receive"),
             ("(extra) sparsebak `receive`, `chunksize = 4M`", "sbk_c4m.receive"),
+            ("(extra) sparsebak `receive` over ssh from 127.0.0.1", "sbk_ssh.receive"),
             ("borg fixed,65536 `extract --sparse`", "borg_fixed.extract"),
             ("borg default chunker `extract --sparse`", "borg_default.extract"),
             ("restic `restore`", "restic.restore"),
@@ -206,6 +214,17 @@ r = ratio("borg_fixed.check", "sbk.verify")
 target("verify ≥ 5x faster than borg check --verify-data (fixed-64K)", f"{r:.2f}x", r >= 5)
 peak = max((max(v), k) for k, v in rss.items() if k.startswith("sbk"))
 target("peak RSS of every sparsebak command < 128 MiB", f"{peak[0] / 1024:.0f} MiB ({peak[1]})", peak[0] < 128 * 1024)
+for key, limit, what in [
+    ("full", 1.3, "full send over ssh to 127.0.0.1 within 1.3x of the local send"),
+    ("inc", 2.0, "incremental (1 %) over ssh within 2x of the local one"),
+    ("receive", 1.3, "receive over ssh within 1.3x of the local receive"),
+]:
+    r = ratio(f"sbk_ssh.{key}", f"sbk.{key}")
+    target(what, f"{r:.2f}x the time", r <= limit)
+far = [(max(v), k[4:]) for k, v in rss.items() if k.startswith("far:")]
+if far:
+    peak = max(far)
+    target("peak RSS of the far side (`sparsebak serve`) < 128 MiB", f"{peak[0] / 1024:.0f} MiB ({peak[1]})", peak[0] < 128 * 1024)
 m = m_or_nan("sbk1t.monitor_idle")
 target("monitor of 1 TiB, nothing changed, < 0.2 s", f"{m:.3f} s", m < 0.2)
 

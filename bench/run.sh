@@ -11,6 +11,8 @@
 #                          BENCH_FS_SIZE) and the mount point; removed at the end
 #   BENCH_FS_SIZE=24G      size of the XFS filesystem
 #   KEEP=1                 keep the backing file and the raw timings after the run
+#   BENCH_PARTS=all        or "ssh": only the rows over ssh to 127.0.0.1 (a check of
+#                          that part; with BENCH_GIB=N the image is N MiB, not 1 GiB)
 #
 # Writes bench/RESULTS.md and prints the same table. See bench/README.md.
 set -euo pipefail
@@ -21,8 +23,10 @@ REPS=${REPS:-5}
 WORK=${BENCH_DIR:-/var/tmp/sparsebak-bench}
 FS_SIZE=${BENCH_FS_SIZE:-24G}
 KEEP=${KEEP:-0}
+PARTS=${BENCH_PARTS:-all}
 
 GIB=1073741824
+if [ -n "${BENCH_GIB:-}" ]; then GIB=$((BENCH_GIB << 20)); fi
 TIB=1099511627776
 SEED_DATA=42
 CHANGE_PCT=1
@@ -40,6 +44,8 @@ command -v borg >/dev/null || need+=(borgbackup)
 command -v restic >/dev/null || need+=(restic)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 [ -x /usr/bin/time ] || need+=(time)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
@@ -56,10 +62,12 @@ SB=$root/target/release/sparsebak
 MNT=$WORK/mnt
 BACKING=$WORK/xfs.img
 RAW=$WORK/raw
+SSHD_PID=
 cleanup() {
     local rc=$?
     set +e
     cd /
+    if [ -n "$SSHD_PID" ]; then kill "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null; fi
     if mountpoint -q "$MNT"; then
         umount "$MNT" || umount -l "$MNT"
     fi
@@ -94,8 +102,10 @@ mkdir -p "$DATA" "$VOLS" "$OUT"
 
 log "generating the 1 GiB mixed image (seed $SEED_DATA)"
 python3 "$here/gen.py" image "$DATA/img1g" "$GIB" "$SEED_DATA"
-log "generating the 1 TiB sparse image (the 1 GiB image in 256 pieces of 4 MiB)"
-python3 "$here/gen.py" sparse "$DATA/img1t" "$TIB" "$DATA/img1g" 256
+if [ "$PARTS" = all ]; then
+    log "generating the 1 TiB sparse image (the 1 GiB image in 256 pieces of 4 MiB)"
+    python3 "$here/gen.py" sparse "$DATA/img1t" "$TIB" "$DATA/img1g" 256
+fi
 
 CONF=$MNT/sparsebak.ini
 cat >"$CONF" <<INI
@@ -130,6 +140,47 @@ CONF_Z2=$(variant z2 compression zstd:2)
 CONF_NONE=$(variant none compression none)
 CONF_TAR=$(variant tar tarfile on)
 CONF_C4M=$(variant c4m chunksize 4M)
+
+# The rows over ssh: an sshd of its own on 127.0.0.1 (host and user keys made here,
+# root's key allowed only for this run), the far side's sparsebak wrapped in
+# /usr/bin/time so its peak RSS is recorded too (key far:<row>).
+SSHD_DIR=$RAW/ssh
+rm -rf "$SSHD_DIR"
+mkdir -p "$SSHD_DIR" /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/host"
+ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/key"
+cp "$SSHD_DIR/key.pub" "$SSHD_DIR/authorized_keys"
+SSH_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$SSHD_DIR/sshd_config" <<CFG
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $SSHD_DIR/host
+PidFile $SSHD_DIR/sshd.pid
+AuthorizedKeysFile $SSHD_DIR/authorized_keys
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+LogLevel ERROR
+CFG
+echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1-2 "$SSHD_DIR/host.pub")" >"$SSHD_DIR/known_hosts"
+/usr/sbin/sshd -D -e -f "$SSHD_DIR/sshd_config" 2>"$SSHD_DIR/sshd.log" &
+SSHD_PID=$!
+for _ in $(seq 100); do
+    if (echo >"/dev/tcp/127.0.0.1/$SSH_PORT") 2>/dev/null; then break; fi
+    sleep 0.1
+done
+FAR_TIME=$RAW/far-time.txt
+cat >"$SSHD_DIR/far-sparsebak" <<SH
+#!/bin/sh
+exec /usr/bin/time -v -o "$FAR_TIME" "$SB" "\$@"
+SH
+chmod 755 "$SSHD_DIR/far-sparsebak"
+CONF_SSH=$MNT/sparsebak-ssh.ini
+sed -e "s|^voldir = .*|voldir = $MNT/vols-ssh|" -e "s|$SBK/|$SBK/ssh-|" -e '/^img1t/d' \
+    -e "s|^destvm =.*|destvm = ssh://root@127.0.0.1:$SSH_PORT\ndestcmd = $SSHD_DIR/far-sparsebak\nsshopts = -i $SSHD_DIR/key -o UserKnownHostsFile=$SSHD_DIR/known_hosts -o IdentitiesOnly=yes|" \
+    "$CONF" >"$CONF_SSH"
 
 export BORG_BASE_DIR=$PEERS/borg-home
 export BORG_PASSPHRASE=''
@@ -192,10 +243,43 @@ same_as_volume() {
 
 size_of() { du -sb "$1" | cut -f1; }
 
+# measure_far KEY CMD...: measure, then record the far side's peak RSS as far:KEY.
+measure_far() {
+    rm -f "$FAR_TIME"
+    measure "$@"
+    local rss
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$FAR_TIME")
+    [ -n "$rss" ] || die "$1: the far side left no timing in $FAR_TIME"
+    printf 'far:%s\t%s\t0\t%s\t0\n' "$1" "$rep" "$rss" >>"$RESULTS"
+    log "  far side of $1: peak RSS ${rss} KiB"
+}
+
+# The rows over ssh to 127.0.0.1: full send, incremental after the same 1 % change
+# as the local rows, receive (byte-compared).
+ssh_rows() {
+    rm -rf "$MNT/vols-ssh" "$SBK"/ssh-*
+    mkdir -p "$MNT/vols-ssh"
+    cp --reflink=always "$DATA/img1g" "$MNT/vols-ssh/img1g"
+    measure_far sbk_ssh.full "$SB" -c "$CONF_SSH" send img1g
+    n=$(python3 "$here/gen.py" change "$MNT/vols-ssh/img1g" "$seed_a" "$CHANGE_PCT")
+    log "  changed $n chunks of 64 KiB in vols-ssh/img1g"
+    measure_far sbk_ssh.inc "$SB" -c "$CONF_SSH" send img1g
+    measure_far sbk_ssh.receive "$SB" -c "$CONF_SSH" receive --save-to="$OUT/img1g" -u img1g
+    if [ "$rep" = 1 ]; then
+        cmp "$OUT/img1g" "$MNT/vols-ssh/img1g" || die "receive over ssh differs from the image"
+    fi
+    rm -f "$OUT/img1g"
+    rm -rf "$MNT/vols-ssh" "$SBK"/ssh-*
+}
+
 for rep in $(seq 1 "$REPS"); do
     seed_a=$((1000 + rep))
     seed_b=$((2000 + rep))
     log "=== repetition $rep of $REPS"
+    if [ "$PARTS" = ssh ]; then
+        ssh_rows
+        continue
+    fi
 
     # -------------------------------------------------- baselines
     reset_image img1g
@@ -268,6 +352,9 @@ for rep in $(seq 1 "$REPS"); do
         rm -rf "$SBK" "$MNT/vols-$v"
     done
 
+    # -------------------------------------------------- sparsebak over ssh
+    ssh_rows
+
     # -------------------------------------------------- borg, fixed 64 KiB and default
     for kind in fixed default; do
         if [ "$kind" = fixed ]; then
@@ -325,11 +412,15 @@ meta=$RAW/meta.txt
     echo "elapsed=$(($(date +%s) - started))"
     echo "load=$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     echo "sparsebak=$(sb --version)"
+    echo "openssh=$(ssh -V 2>&1)"
     echo "borg=$(borg --version)"
     echo "restic=$(restic version | cut -d' ' -f1-2)"
     echo "openssl=$(openssl version | cut -d' ' -f1-2)"
     echo "xfs=$(mkfs.xfs -V | sed 's/.*version //')"
 } >"$meta"
-python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" >"$here/RESULTS.md"
-cat "$here/RESULTS.md"
-log "done in $(($(date +%s) - started)) s; table in bench/RESULTS.md"
+# A partial run (BENCH_PARTS) does not replace the results of a whole one.
+report=$here/RESULTS.md
+if [ "$PARTS" != all ]; then report=$WORK/RESULTS-$PARTS.md; fi
+python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" >"$report"
+cat "$report"
+log "done in $(($(date +%s) - started)) s; table in $report"

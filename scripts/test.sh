@@ -17,6 +17,8 @@ command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
 command -v losetup >/dev/null || need_pkgs+=(mount)
 command -v mkfs.ext4 >/dev/null || need_pkgs+=(e2fsprogs)
 command -v zstd >/dev/null || need_pkgs+=(zstd)
+[[ -x /usr/sbin/sshd ]] || need_pkgs+=(openssh-server)
+command -v ssh >/dev/null || need_pkgs+=(openssh-client)
 [[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
 if ((${#need_pkgs[@]})); then
     if [[ $(id -u) -eq 0 ]]; then

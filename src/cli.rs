@@ -67,6 +67,9 @@ impl Cli {
                         Command::Send { .. } => {
                             "send --stream writes a stream, not to a destination; --dest does not apply"
                         }
+                        Command::Serve { .. } => {
+                            "serve is the far side of a destination and reads no config; --dest does not apply"
+                        }
                         _ => "--from-stream reads streams, not a destination; --dest does not apply",
                     },
                 ));
@@ -110,6 +113,7 @@ impl Command {
             Command::Rename { .. } => "rename",
             Command::Untar { .. } => "untar",
             Command::Diff { .. } => "diff",
+            Command::Serve { .. } => "serve",
         }
     }
 
@@ -119,6 +123,7 @@ impl Command {
         !matches!(
             self,
             Command::Monitor { .. }
+                | Command::Serve { .. }
                 | Command::Send {
                     stream: Some(_),
                     ..
@@ -227,6 +232,12 @@ pub enum Command {
         /// Check a chain of streams (`-` = stdin, or PATH,PATH,...) without writing.
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
         from_stream: Option<String>,
+    },
+    /// Serve the archive at ROOT (or a folder inside it) on standard input and output
+    /// to a sparsebak on another machine (run by ssh or qvm-run; needs no config).
+    Serve {
+        /// The folder the client may use: its `destdir` must be ROOT or inside it.
+        root: PathBuf,
     },
     /// List the sessions of the configured volumes, or the named ones, oldest first.
     List {

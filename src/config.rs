@@ -46,6 +46,9 @@ pub struct Config {
     pub poolname: String,
     pub destmountpoint: Option<PathBuf>,
     pub destdir: PathBuf,
+    /// Where the archive is when it is not on this machine (`destvm`, with `destcmd`
+    /// and `sshopts`); `destdir` and `destmountpoint` are then paths over there.
+    pub remote: Option<crate::remote::RemoteSpec>,
     pub metadir: PathBuf,
     pub chunksize: u64,
     pub compression: Compression,
@@ -82,17 +85,12 @@ pub struct DestConfig {
     pub tarfile: bool,
     pub destcmd: Option<String>,
     pub sshopts: Option<String>,
+    /// The far side, when `destvm` names one (parsed from the three keys above).
+    pub remote: Option<crate::remote::RemoteSpec>,
 }
 
 /// The keys that describe a destination, in `[var]` or in `[dest:NAME]`.
-pub const DEST_KEYS: &[&str] = &[
-    "destvm",
-    "destmountpoint",
-    "destdir",
-    "tarfile",
-    "destcmd",
-    "sshopts",
-];
+pub const DEST_KEYS: &[&str] = &["destvm", "destmountpoint", "destdir", "tarfile"];
 
 /// The value of `--dest` that means every configured destination (`send` only); no
 /// destination may be named so.
@@ -115,6 +113,8 @@ const VAR_KEYS: &[&str] = &[
     "destvm",
     "destmountpoint",
     "destdir",
+    "destcmd",
+    "sshopts",
     "metadir",
     "chunksize",
     "compression",
@@ -287,11 +287,16 @@ fn parse_dest<'a>(
     get: &dyn Fn(&str) -> Option<&'a str>,
     at: &str,
 ) -> std::result::Result<DestConfig, String> {
-    if let Some(vm) = get("destvm") {
-        return Err(format!(
-            "{at}destvm = {vm:?}: remote destinations are not supported yet; leave it empty"
-        ));
-    }
+    let remote = match get("destvm") {
+        None => None,
+        Some(vm) => Some(crate::remote::RemoteSpec {
+            transport: crate::remote::parse_destvm(vm).map_err(|e| format!("{at}{e}"))?,
+            destcmd: get("destcmd").unwrap_or("sparsebak").to_string(),
+            sshopts: get("sshopts")
+                .map(|o| o.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+        }),
+    };
     let destmountpoint = get("destmountpoint").map(PathBuf::from);
     let destdir = PathBuf::from(get("destdir").ok_or_else(|| format!("{at}destdir is required"))?);
     let destdir = match &destmountpoint {
@@ -316,12 +321,13 @@ fn parse_dest<'a>(
     };
     Ok(DestConfig {
         name: name.to_string(),
-        destvm: None,
+        destvm: get("destvm").map(str::to_string),
         destmountpoint,
         destdir,
         tarfile,
         destcmd: get("destcmd").map(str::to_string),
         sshopts: get("sshopts").map(str::to_string),
+        remote,
     })
 }
 
@@ -490,6 +496,7 @@ impl Config {
             poolname: get("poolname").unwrap_or("pool00").to_string(),
             destmountpoint: None,
             destdir: PathBuf::new(),
+            remote: None,
             metadir,
             chunksize,
             compression,
@@ -515,6 +522,7 @@ impl Config {
         self.tarfile = d.tarfile;
         self.destcmd = d.destcmd.clone();
         self.sshopts = d.sshopts.clone();
+        self.remote = d.remote.clone();
     }
 
     /// The names of the configured destinations, in order.
@@ -589,6 +597,10 @@ impl Config {
     /// `writing`: the command would write the archive (else it only reads it), which
     /// the message says.
     pub fn check_destination(&self, writing: bool) -> Result<()> {
+        if self.remote.is_some() {
+            // destmountpoint is a path over there: the far side checks it.
+            return Ok(());
+        }
         if let Some(mp) = &self.destmountpoint {
             if !is_mount_point(mp) {
                 return Err(Error::Msg(if writing {
@@ -707,6 +719,23 @@ mod tests {
         let start = block.find("```ini\n").expect("an ini block") + "```ini\n".len();
         let len = block[start..].find("```").expect("the block ends");
         &block[start..start + len]
+    }
+
+    #[test]
+    fn remote_destination_keys() {
+        let c =
+            parse("[var]\ndestdir=/b\ndestvm = ssh://bk@h:2222\nsshopts = -F /x  -i /k\n").unwrap();
+        let r = c.remote.unwrap();
+        assert_eq!(r.transport.to_string(), "ssh://bk@h:2222");
+        assert_eq!(r.destcmd, "sparsebak");
+        assert_eq!(r.sshopts, ["-F", "/x", "-i", "/k"]);
+        let c = parse("[var]\ndestdir=/b\ndestvm = qubes://bk\ndestcmd = /opt/sb\n").unwrap();
+        assert_eq!(c.remote.unwrap().destcmd, "/opt/sb");
+        assert!(parse("[var]\ndestdir=/b\n").unwrap().remote.is_none());
+        let e = parse("[var]\ndestdir=/b\ndestvm = ftp://h\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("destvm = ftp://h: not a destination"), "{e}");
     }
 
     #[test]
@@ -848,8 +877,8 @@ mod tests {
             (
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
-                 destvm, destmountpoint, destdir, metadir, chunksize, compression, keep, tarfile, \
-                 destcmd, sshopts)",
+                 destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
+                 keep, tarfile)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",

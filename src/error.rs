@@ -22,6 +22,9 @@ pub enum Error {
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Msg(String),
+    /// A remote destination could not be reached, refused, or failed over there.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     /// A destination filled up: the error met, and what the session needed against
     /// what was free (see `crate::space`).
     #[error("{source}; {what}")]

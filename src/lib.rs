@@ -30,6 +30,7 @@ pub mod metadir;
 pub mod pipeline;
 pub mod progress;
 pub mod receive;
+pub mod remote;
 pub mod rename;
 pub mod retention;
 pub mod scan;

@@ -62,7 +62,11 @@ impl Archive {
     /// Open the configured archive, which must exist, for reading.
     pub fn open(config: &Config) -> Result<Archive> {
         config.check_destination(false)?;
-        let dest: Arc<dyn Destination> = Arc::from(destination::open(config)?);
+        Self::opened(config, Arc::from(destination::open(config)?))
+    }
+
+    /// The archive `dest` opened for `config`: it must exist.
+    fn opened(config: &Config, dest: Arc<dyn Destination>) -> Result<Archive> {
         let root = config.destdir.clone();
         let Some(marker) = dest.marker()? else {
             return Err(FormatError::NotArchive {
@@ -101,7 +105,7 @@ impl Archive {
     /// as this machine's archive from now on.
     pub fn open_or_create(config: &Config, accept: bool) -> Result<Archive> {
         config.check_destination(true)?;
-        let dest = destination::open(config)?;
+        let dest: Arc<dyn Destination> = Arc::from(destination::open_for(config, true)?);
         if dest.marker()?.is_none() {
             match identity::refuse_if_known(config, accept) {
                 // Unless another run has just created it (and recorded it).
@@ -117,7 +121,8 @@ impl Archive {
                 Ok(()) => dest.create()?,
             }
         }
-        let mut a = Self::open(config)?;
+        // The same destination (for a remote archive, the same connection).
+        let mut a = Self::opened(config, dest)?;
         a.require_writable("send")?;
         identity::adopt(config, &mut a, accept)?;
         a.sweep_dead_runs();

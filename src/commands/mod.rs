@@ -11,6 +11,7 @@ pub mod rename;
 pub mod repair;
 pub mod resync;
 pub mod send;
+pub mod serve;
 pub mod stream;
 pub mod untar;
 pub mod verify;
@@ -89,6 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
             from_stream: Some(paths),
             ..
         } => return stream::verify(volume.as_deref(), paths),
+        Command::Serve { root } => return serve::run(root),
         _ => {}
     }
     let path = config_path(&cli);
@@ -137,6 +139,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume, "verify VOLUME")?),
         Command::List { volumes } => list::run(&ctx, volumes),
+        Command::Serve { .. } => unreachable!("served before the config is loaded"),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
         Command::Prune {
             volumes,

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod marker;
 pub mod prune;
+pub mod resume;
 pub mod tar;
 pub mod writer;
 

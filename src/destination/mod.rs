@@ -360,8 +360,23 @@ pub trait Destination: Send + Sync {
         -> Result<()>;
 }
 
-/// The destination `config` names: today the archive folder `destdir` on this
-/// machine. Every command reaches the archive through the destination this returns.
+/// The destination `config` names: the archive folder `destdir` on this machine, or
+/// on the machine `destvm` names (reached through `sparsebak serve` there). Every
+/// command reaches the archive through the destination this returns.
 pub fn open(config: &crate::config::Config) -> Result<Box<dyn Destination>> {
-    Ok(Box::new(LocalDestination::new(&config.destdir)))
+    open_for(config, false)
+}
+
+/// [`open`], saying whether the run will write: a remote archive's far side then
+/// accepts a `destdir` that holds no archive yet (the run creates it).
+pub fn open_for(config: &crate::config::Config, writing: bool) -> Result<Box<dyn Destination>> {
+    match &config.remote {
+        None => Ok(Box::new(LocalDestination::new(&config.destdir))),
+        Some(spec) => Ok(Box::new(crate::remote::RemoteDestination::open(
+            spec,
+            &config.destdir,
+            config.destmountpoint.as_deref(),
+            writing,
+        )?)),
+    }
 }

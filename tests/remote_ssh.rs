@@ -1,0 +1,720 @@
+//! Remote archives over a real OpenSSH server on 127.0.0.1 (`common/sshd.rs`): what
+//! the far side sends back is byte for byte what the archive holds, and each way of
+//! failing to reach it is one clear line.
+
+mod common;
+use common::*;
+#[path = "common/sshd.rs"]
+mod sshd;
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use sparsebak::format::store::{FolderStore, VolumeStore};
+use sparsebak::remote::{parse_destvm, Connection, RemoteSpec, RemoteStore};
+use sshd::*;
+
+const CS: usize = 65536;
+
+/// A volume with a folder session, an incremental and a tar session.
+fn archive_of_three(env: &Env) -> Vec<u8> {
+    let mut rng = Rng::new(41);
+    let mut img = rng.bytes(40 * CS);
+    img[5 * CS..9 * CS].fill(0);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    rng.fill(&mut img[20 * CS..23 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    img[2 * CS + 3] ^= 0x55;
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["send", "--tarfile", "v"]);
+    img
+}
+
+fn spec(sshd: &Sshd, destcmd: &str) -> RemoteSpec {
+    RemoteSpec {
+        transport: parse_destvm(&sshd.destvm()).unwrap(),
+        destcmd: destcmd.into(),
+        sshopts: sshd
+            .sshopts()
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    }
+}
+
+#[test]
+fn list_over_ssh_says_what_list_says_here() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    archive_of_three(&env);
+    let local = env.ok(&["list"]);
+    let remote_cfg = add_to_var(&env.config, &remote_lines(&sshd.destvm(), &sshd.sshopts()));
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&remote_cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), local);
+    assert_eq!(local.lines().count(), 4, "{local}");
+}
+
+#[test]
+fn every_read_of_a_remote_volume_is_byte_identical() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    archive_of_three(&env);
+    let conn = Connection::open(
+        &spec(&sshd, bin().to_str().unwrap()),
+        &env.archive(),
+        None,
+        false,
+    )
+    .unwrap();
+    assert_eq!(conn.far_version(), env!("CARGO_PKG_VERSION"));
+    let conn = Arc::new(Mutex::new(conn));
+    let remote = RemoteStore::new(conn.clone(), "v");
+    let local = FolderStore::new(&env.vol_dir("v"));
+    assert!(remote.exists());
+    assert!(!RemoteStore::new(conn.clone(), "nosuch").exists());
+    assert_eq!(
+        remote.label(),
+        format!("{}{}/v", sshd.destvm(), env.archive().display())
+    );
+    let ids = local.sessions().unwrap();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(remote.sessions().unwrap(), ids);
+    let mut chunks = 0;
+    for id in &ids {
+        assert_eq!(remote.storage(id), local.storage(id), "{id}");
+        assert_eq!(
+            remote.info_bytes(id).unwrap(),
+            local.info_bytes(id).unwrap()
+        );
+        assert_eq!(
+            remote.manifest_len(id).unwrap(),
+            local.manifest_len(id).unwrap()
+        );
+        let mut a = Vec::new();
+        remote
+            .manifest_bytes(id)
+            .unwrap()
+            .read_to_end(&mut a)
+            .unwrap();
+        let mut b = Vec::new();
+        local
+            .manifest_bytes(id)
+            .unwrap()
+            .read_to_end(&mut b)
+            .unwrap();
+        assert_eq!(a, b, "manifest of {id}");
+        let info_text = String::from_utf8(local.info_bytes(id).unwrap()).unwrap();
+        let info =
+            sparsebak::format::info::SessionInfo::parse(&info_text, std::path::Path::new("info"))
+                .unwrap();
+        // Every data line's chunk, in one batch, plus an address that has none.
+        let addrs: Vec<u64> = String::from_utf8(b)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("0 "))
+            .map(|l| {
+                u64::from_str_radix(
+                    l.split_whitespace().nth(1).unwrap().trim_start_matches('x'),
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert!(!addrs.is_empty());
+        let r = remote.read_stored(&info, &addrs);
+        let l = local.read_stored(&info, &addrs);
+        assert_eq!(r.len(), addrs.len());
+        for ((a, r), l) in addrs.iter().zip(r).zip(l) {
+            assert_eq!(r.unwrap(), l.unwrap(), "chunk {a:#x} of {id}");
+            chunks += 1;
+        }
+        let missing = remote.read_stored(&info, &[39 * CS as u64 + (1 << 30)]);
+        assert!(missing[0].is_err());
+    }
+    assert_eq!(chunks, 36 + 3 + 1);
+    drop(remote);
+    Arc::try_unwrap(conn)
+        .unwrap()
+        .into_inner()
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+fn remote_env(
+    env: &Env,
+    destvm: &str,
+    destcmd: &str,
+    sshopts: &str,
+    destdir: Option<&str>,
+) -> std::path::PathBuf {
+    let lines = format!("destvm = {destvm}\ndestcmd = {destcmd}\nsshopts = {sshopts}\n");
+    let cfg = env.config.clone();
+    if let Some(d) = destdir {
+        let ini = std::fs::read_to_string(&cfg).unwrap();
+        let ini = ini.replace(
+            &format!("destdir = {}", env.archive().display()),
+            &format!("destdir = {d}"),
+        );
+        let p = env.path().join("other.ini");
+        std::fs::write(&p, ini).unwrap();
+        return add_to_var(&p, &lines);
+    }
+    add_to_var(&cfg, &lines)
+}
+
+fn list_fails(cfg: &std::path::Path) -> String {
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e = String::from_utf8(o.stderr).unwrap();
+    assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+    e
+}
+
+#[test]
+fn each_way_of_not_reaching_the_archive_is_one_clear_line() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), vec![1u8; 4 * CS]).unwrap();
+    env.send("v");
+    let me = bin().display().to_string();
+    let opts = sshd.sshopts();
+
+    // Nobody listens on the port.
+    let port = free_port();
+    let e = list_fails(&remote_env(
+        &env,
+        &format!("ssh://root@127.0.0.1:{port}"),
+        &me,
+        &opts,
+        None,
+    ));
+    assert!(e.contains(&format!("destination ssh://root@127.0.0.1:{port}{}: cannot reach it: ssh: connect to host 127.0.0.1 port {port}: Connection refused", env.archive().display())), "{e}");
+
+    // The far side has no such command.
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        "/nonexistent/sparsebak",
+        &opts,
+        None,
+    ));
+    assert!(
+        e.contains("the far side has no command \"/nonexistent/sparsebak\" (destcmd)"),
+        "{e}"
+    );
+    assert!(e.contains("No such file or directory"), "{e}");
+
+    // destdir is not there.
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        &me,
+        &opts,
+        Some("/nonexistent/archive"),
+    ));
+    assert!(
+        e.contains(&format!(
+            "destination {}/nonexistent/archive: destdir /nonexistent/archive: no such folder",
+            sshd.destvm()
+        )),
+        "{e}"
+    );
+
+    // destdir is a folder without an archive.
+    let empty = env.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        &me,
+        &opts,
+        Some(empty.to_str().unwrap()),
+    ));
+    assert!(
+        e.contains(&format!("{}: no archive", empty.display())),
+        "{e}"
+    );
+
+    // destmountpoint is checked over there.
+    let mp = env.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let cfg = remote_env(&env, &sshd.destvm(), &me, &opts, None);
+    let ini = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("destdir = {}", env.archive().display()),
+        &format!("destmountpoint = {}\ndestdir = x", mp.display()),
+    );
+    std::fs::write(&cfg, ini).unwrap();
+    let e = list_fails(&cfg);
+    assert!(e.contains(&format!("destmountpoint {} is not a mounted filesystem: the archive's disk is not mounted there", mp.display())), "{e}");
+
+    // A far side of another version: a stand-in that answers with a hello of
+    // protocol 99 from sparsebak 9.9.9.
+    let mut hello = Vec::new();
+    hello.extend_from_slice(b"SPBKWIRE");
+    hello.extend_from_slice(&99u32.to_le_bytes());
+    hello.extend_from_slice(&5u32.to_le_bytes());
+    hello.extend_from_slice(b"9.9.9");
+    hello.extend_from_slice(&0u32.to_le_bytes());
+    hello.extend_from_slice(&[0, 0]);
+    let mut frame = ((hello.len() + 1) as u32).to_le_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(&hello);
+    std::fs::write(env.path().join("hello99"), &frame).unwrap();
+    let fake = env.path().join("future-sparsebak");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncat '{}'\nexec cat >/dev/null\n",
+            env.path().join("hello99").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        fake.to_str().unwrap(),
+        &opts,
+        None,
+    ));
+    assert!(e.contains(&format!("protocol version mismatch: this side is sparsebak {} (protocol 1), the far side is sparsebak 9.9.9 (protocol 99)", env!("CARGO_PKG_VERSION"))), "{e}");
+}
+
+#[test]
+fn a_forced_command_confines_the_key_to_its_folder() {
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), vec![3u8; 4 * CS]).unwrap();
+    env.send("v");
+    // The authorized_keys line the README gives, with the archive's folder.
+    let sshd = Sshd::start_with(&format!(
+        "command=\"{} serve {}\",restrict ",
+        bin().display(),
+        env.archive().display()
+    ));
+    let me = bin().display().to_string();
+    let local = env.ok(&["list"]);
+    // The client's command line is ignored; its hello names the folder.
+    let cfg = remote_env(&env, &sshd.destvm(), "whatever", &sshd.sshopts(), None);
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&cfg)
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), local);
+    // Another folder is refused by the far side.
+    let e = list_fails(&remote_env(
+        &env,
+        &sshd.destvm(),
+        &me,
+        &sshd.sshopts(),
+        Some("/etc"),
+    ));
+    assert!(
+        e.contains(&format!(
+            "destdir /etc is outside {}, the folder this server serves",
+            env.archive().display()
+        )),
+        "{e}"
+    );
+}
+
+/// An env whose archive is reached over ssh: its config names `destvm`, `destcmd` and
+/// `sshopts`; destdir is the same folder, so the test can look at the files.
+fn over_ssh(sshd: &Sshd, volumes: &[&str], extra: &str) -> Env {
+    let env = Env::with_settings(volumes, extra);
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replacen(
+            "[var]\n",
+            &format!("[var]\n{}", remote_lines(&sshd.destvm(), &sshd.sshopts())),
+            1,
+        ),
+    )
+    .unwrap();
+    env
+}
+
+fn chunk_file(env: &Env, id: &str, addr: u64) -> std::path::PathBuf {
+    env.vol_dir("v")
+        .join(format!("S_{id}"))
+        .join(sparsebak::format::layout::chunk_rel_path(addr))
+}
+
+fn all_whole(env: &Env, versions: &[Vec<u8>], ids: &[String]) {
+    for (k, id) in ids.iter().enumerate() {
+        env.verify_ok("v", Some(id));
+        assert_same(&env.receive("v", Some(id)), &versions[k], id);
+    }
+}
+
+#[test]
+fn send_receive_verify_diff_and_untar_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(9);
+    let mut img = rng.bytes(24 * CS);
+    img[4 * CS..8 * CS].fill(0);
+    let mut versions = Vec::new();
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    versions.push(img.clone());
+    rng.fill(&mut img[10 * CS..12 * CS]);
+    img[20 * CS..21 * CS].fill(0);
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.ok(&["send", "--tarfile", "v"]);
+    versions.push(img.clone());
+    img[2 * CS] ^= 1;
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.send("v");
+    versions.push(img.clone());
+
+    let s = env.sessions("v");
+    let ids: Vec<String> = s.iter().map(|s| s.id.clone()).collect();
+    assert_eq!(
+        s.iter().map(|s| s.changed).collect::<Vec<_>>(),
+        [20, 3, 1],
+        "changed chunks of the full send, the tar session and the last one"
+    );
+    assert!(env.vol_dir("v").join(format!("S_{}.tar", ids[1])).is_file());
+    assert!(env.vol_dir("v").join(format!("S_{}", ids[2])).is_dir());
+    all_whole(&env, &versions, &ids);
+
+    // diff between sessions (manifests read over the link) and against the volume.
+    let d = env.diff_sessions("v", &ids[0], &ids[2], true);
+    assert!(d.contains("655360") && d.contains("131072"), "{d}");
+    let live = env.ok(&["diff", "v", &format!("--session={}", ids[2])]);
+    assert_eq!(
+        live.trim(),
+        format!(
+            "v: {} -> live: 0 chunk(s) in 0 range(s) differ, 0 B",
+            ids[2]
+        ),
+        "the volume is what the last session holds"
+    );
+
+    // untar converts the tar session over there; it restores the same.
+    env.ok(&["untar", "v", &format!("--session={}", ids[1])]);
+    assert!(!env.vol_dir("v").join(format!("S_{}.tar", ids[1])).exists());
+    assert!(env.vol_dir("v").join(format!("S_{}", ids[1])).is_dir());
+    all_whole(&env, &versions, &ids);
+
+    // A damaged chunk is found by verify over the link, naming its file over there.
+    let bad = chunk_file(&env, &ids[0], 0);
+    let mut b = std::fs::read(&bad).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&bad, &b).unwrap();
+    let err = env.fails(&["verify", "v", &format!("--session={}", ids[0])]);
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+}
+
+#[test]
+fn prune_and_prune_auto_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "keep = last:1");
+    let (versions, ids) = three_sessions(&env, 21);
+    env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, ids[1..]);
+    all_whole(&env, &versions[1..], &ids[1..]);
+    assert!(!env.vol_dir("v").join(format!("S_{}", ids[0])).exists());
+    env.ok(&["prune", "--auto", "v"]);
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, ids[2..]);
+    all_whole(&env, &versions[2..], &ids[2..]);
+    assert!(!env.vol_dir("v").join(".prune-journal").exists());
+}
+
+#[test]
+fn repair_and_delete_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v", "w"], "");
+    let (versions, ids) = three_sessions(&env, 33);
+    let gone = chunk_file(&env, &ids[0], 5 * CS as u64);
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::write(env.vol_dir("v").join(format!("S_{}/info", ids[1])), "").unwrap();
+    let err = env.fails(&["verify", "v"]);
+    assert!(err.contains("sparsebak repair v"), "{err}");
+    let out = env.ok(&["repair", "v"]);
+    assert!(
+        out.contains(&format!(
+            "v: re-created chunk x0000000000050000 of session {} from volume v (it was missing)",
+            ids[0]
+        )),
+        "{out}"
+    );
+    assert!(out.contains("v: repaired 2 file(s)"), "{out}");
+    assert!(gone.is_file());
+    all_whole(&env, &versions, &ids);
+
+    std::fs::write(env.image("w"), Rng::new(3).bytes(3 * CS)).unwrap();
+    env.send("w");
+    env.ok(&["delete", "v"]);
+    assert!(!env.vol_dir("v").exists());
+    let out = env.ok(&["list", "w"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert_eq!(env.receive("w", None), Rng::new(3).bytes(3 * CS));
+}
+
+/// The pid of the `ssh` child of process `parent`, once it is there.
+fn ssh_child(parent: u32) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for ent in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let comm = &stat[stat.find('(').unwrap() + 1..close];
+            let ppid: u32 = stat[close + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            if ppid == parent && comm == "ssh" {
+                return pid;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ssh child of {parent}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Chunk files in the staging folders of volume `v` (what the far side has written).
+fn staged_chunks(env: &Env) -> usize {
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir(env.vol_dir("v")) else {
+        return 0;
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".tmp-S_") {
+            continue;
+        }
+        for sub in std::fs::read_dir(ent.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if sub.path().is_dir() {
+                n += std::fs::read_dir(sub.path())
+                    .map(|r| r.count())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(77);
+    let first = rng.bytes(8 * CS);
+    std::fs::write(env.image("v"), &first).unwrap();
+    env.send("v");
+    let img = rng.bytes(48 << 20);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["send", "v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Cut the link once the far side has written some chunks of the new session.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staged_chunks(&env) < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send wrote nothing over there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let ssh = ssh_child(child.id());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(ssh as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err = String::from_utf8(o.stderr).unwrap();
+    let label = format!("{}{}", sshd.destvm(), env.archive().display());
+    assert!(
+        err.contains(&format!(
+            "destination {label}: the connection was lost (ssh ended: signal: 9 (SIGKILL))"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // The archive still verifies and holds only the first session.
+    assert_eq!(env.sessions("v").len(), 1);
+    env.verify_ok("v", None);
+    // What the far side had stored is kept, durable, for the next send.
+    let kept: Vec<_> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".resume-S_"))
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let mut kept_chunks = 0usize;
+    let mut kept_bytes = 0u64;
+    for sub in std::fs::read_dir(&kept[0]).unwrap().flatten() {
+        if sub.path().is_dir() {
+            for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+                kept_chunks += 1;
+                kept_bytes += f.metadata().unwrap().len();
+            }
+        }
+    }
+    assert!(kept_chunks >= 40, "{kept_chunks}");
+    // The next send completes, takes over every kept chunk instead of sending it,
+    // says so, and restores byte-identical.
+    let o = env.run(&["-v", "send", "v"]);
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "v: resumed {kept_chunks} chunk(s), {kept_bytes} byte(s) stored, that an interrupted send had left at {label}; they were not sent again"
+        )),
+        "{err}"
+    );
+    assert!(
+        !kept[0].exists(),
+        "the kept folder goes once the session is committed"
+    );
+    let s = env.sessions("v");
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[1].changed, (48 << 20) / CS as u64);
+    env.verify_ok("v", None);
+    assert_same(&env.receive("v", None), &img, "after the dropped link");
+    let left: Vec<String> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The pid of the `sparsebak serve` process serving `archive`, once it is there.
+fn far_server(archive: &std::path::Path) -> u32 {
+    let want = format!("serve\0--\0{}\0", archive.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        for ent in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&want) {
+                return pid;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no far server");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_far_side_killed_mid_send_leaves_nothing_the_next_send_trips_on() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(78);
+    std::fs::write(env.image("v"), rng.bytes(4 * CS)).unwrap();
+    env.send("v");
+    let img = rng.bytes(32 << 20);
+    std::fs::write(env.image("v"), &img).unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["send", "v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staged_chunks(&env) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send wrote nothing over there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let far = far_server(&env.archive());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(far as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    let label = format!("{}{}", sshd.destvm(), env.archive().display());
+    assert!(
+        err.contains(&format!("destination {label}: the connection was lost")),
+        "{err}"
+    );
+    // A crashed far side keeps nothing: its staging and journal are swept by the
+    // next writer, which completes.
+    env.send("v");
+    env.verify_ok("v", None);
+    assert_same(
+        &env.receive("v", None),
+        &img,
+        "after the far side was killed",
+    );
+    let left: Vec<String> = std::fs::read_dir(env.vol_dir("v"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
