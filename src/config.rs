@@ -90,7 +90,14 @@ pub struct DestConfig {
 }
 
 /// The keys that describe a destination, in `[var]` or in `[dest:NAME]`.
-pub const DEST_KEYS: &[&str] = &["destvm", "destmountpoint", "destdir", "tarfile"];
+pub const DEST_KEYS: &[&str] = &[
+    "destvm",
+    "destmountpoint",
+    "destdir",
+    "tarfile",
+    "destcmd",
+    "sshopts",
+];
 
 /// The value of `--dest` that means every configured destination (`send` only); no
 /// destination may be named so.
@@ -120,8 +127,6 @@ const VAR_KEYS: &[&str] = &[
     "compression",
     "keep",
     "tarfile",
-    "destcmd",
-    "sshopts",
 ];
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
@@ -736,6 +741,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("destvm = ftp://h: not a destination"), "{e}");
+        // A [dest:NAME] section has its own far side; choosing it sets the config's.
+        let c = parse(
+            "[var]\ndestdir=/b\n[dest:far]\ndestvm = ssh://h\ndestdir = /f\n\
+             destcmd = /opt/sb\nsshopts = -p 2\n",
+        )
+        .unwrap();
+        assert!(c.remote.is_none());
+        let far = c.for_dest("far").unwrap();
+        let r = far.remote.unwrap();
+        assert_eq!(r.transport.to_string(), "ssh://h");
+        assert_eq!(
+            (r.destcmd.as_str(), r.sshopts),
+            ("/opt/sb", vec!["-p".to_string(), "2".into()])
+        );
+        assert!(c.for_dest("default").unwrap().remote.is_none());
     }
 
     #[test]

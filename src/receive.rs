@@ -39,23 +39,20 @@ pub fn check_target(path: &Path, volsize: u64, volume: &str) -> Result<Output> {
     }
 }
 
-/// Refuse a file target inside the archive of any destination of `config` or inside its
-/// metadata folder (see [`refuse_in_archive`]).
+/// Refuse a file target inside the archive of any local destination of `config` or
+/// inside its metadata folder (`metadir`): a restore there would replace or add files
+/// of them. Checked before anything is written.
 pub fn refuse_in_archives(out: &Output, config: &crate::config::Config) -> Result<()> {
-    for d in &config.dests {
-        let refused = |e: output::OutputError| Error::Msg(e.to_string());
+    let refused = |e: output::OutputError| Error::Msg(e.to_string());
+    // A far side's folder is not on this machine: a path of the same name here is
+    // something else.
+    for d in config.dests.iter().filter(|d| d.remote.is_none()) {
         output::refuse_inside(out, &d.destdir, "the archive").map_err(refused)?;
     }
-    refuse_in_archive(out, &config.destdir, &config.metadir)
-}
-
-/// Refuse a file target inside the archive `archive` or this machine's metadata folder
-/// `metadir` (a restore there would replace or add files of them), before anything is
-/// written.
-pub fn refuse_in_archive(out: &Output, archive: &Path, metadir: &Path) -> Result<()> {
-    let refused = |e: output::OutputError| Error::Msg(e.to_string());
-    output::refuse_inside(out, archive, "the archive").map_err(refused)?;
-    output::refuse_inside(out, metadir, "the metadata folder (metadir)").map_err(refused)
+    if config.remote.is_none() {
+        output::refuse_inside(out, &config.destdir, "the archive").map_err(refused)?;
+    }
+    output::refuse_inside(out, &config.metadir, "the metadata folder (metadir)").map_err(refused)
 }
 
 /// A block device written in place. Zero ranges are made to read as zeros the way the

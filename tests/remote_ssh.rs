@@ -718,3 +718,71 @@ fn a_far_side_killed_mid_send_leaves_nothing_the_next_send_trips_on() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `send --dest=all` with a far side among the destinations: a host that does not
+/// answer is skipped and named (the run succeeds when the present ones did), a host
+/// that answers but fails is a failure, and a working one gets its own session.
+#[test]
+fn dest_all_skips_a_host_that_does_not_answer_and_fails_one_that_does() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), vec![3u8; 4 * CS]).unwrap();
+    let far_dir = env.path().join("far-archive");
+    std::fs::create_dir(&far_dir).unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let with = |far: &str, destcmd: &str| {
+        let p = env.path().join("dests.ini");
+        std::fs::write(
+            &p,
+            format!(
+                "{ini}\n[dest:far]\ndestvm = {far}\ndestdir = {}\ndestcmd = {destcmd}\nsshopts = {}\n",
+                far_dir.display(),
+                sshd.sshopts()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let send_all = |cfg: &std::path::Path| {
+        std::process::Command::new(bin())
+            .arg("-c")
+            .arg(cfg)
+            .args(["send", "--dest=all"])
+            .output()
+            .unwrap()
+    };
+    let me = bin().display().to_string();
+
+    // Nobody listens where the far host should be: skipped, named, exit 0.
+    let port = free_port();
+    let o = send_all(&with(&format!("ssh://root@127.0.0.1:{port}"), &me));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(e.contains("destination far skipped: "), "{e}");
+    assert!(e.contains("Connection refused"), "{e}");
+    let sessions = |dir: &std::path::Path| -> Vec<String> {
+        names_in(dir)
+            .into_iter()
+            .filter(|n| n.starts_with("S_"))
+            .collect()
+    };
+    assert_eq!(sessions(&env.archive().join("v")).len(), 1, "{e}");
+    assert!(!far_dir.join("v").exists(), "{e}");
+
+    // The host answers but the far side cannot run: a failure, exit 1, while the
+    // local destination still got its (unchanged, so no new) session.
+    let o = send_all(&with(&sshd.destvm(), "/nonexistent/sparsebak"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("send --dest=all: failed on 1 of 2 present destination(s): far"),
+        "{e}"
+    );
+
+    // Both present and working: the far archive gets its own full session.
+    let o = send_all(&with(&sshd.destvm(), &me));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert_eq!(sessions(&far_dir.join("v")).len(), 1, "{e}");
+    assert_eq!(sessions(&env.archive().join("v")).len(), 1, "{e}");
+}

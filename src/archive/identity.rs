@@ -20,18 +20,24 @@ use crate::metadir::create_private_dir;
 
 /// The key under which the catalog remembers the archive of the destination `config`
 /// was chosen for: for `default`, its `destdir` (as before several destinations
-/// existed); for a named one, `dest:NAME`. Named destinations are keyed by name, not
+/// existed; on a far side, prefixed with its `destvm`); for a named one, `dest:NAME`. Named destinations are keyed by name, not
 /// path, because rotating disks are usually mounted at the same mount point: each
 /// disk is then known as its own destination's archive, and the other disk mounted
 /// there in its place is refused.
 pub fn key(config: &Config) -> String {
     if config.dest == crate::metadir::DEFAULT_DEST {
-        config
+        let path = config
             .destdir
             .components()
             .collect::<PathBuf>()
             .display()
-            .to_string()
+            .to_string();
+        // A far side's folder is known with its host: the same path on two hosts is
+        // two archives.
+        match &config.remote {
+            Some(r) => format!("{}{path}", r.transport),
+            None => path,
+        }
     } else {
         format!("dest:{}", config.dest)
     }

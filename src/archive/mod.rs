@@ -31,7 +31,8 @@ pub use crate::destination::ArchiveError;
 #[derive(Clone)]
 pub struct Archive {
     dest: Arc<dyn Destination>,
-    /// Where the archive is, for messages (`destdir`).
+    /// Where the archive is, for messages: `destdir`, or for a far side its label
+    /// (`ssh://host/destdir`). Never opened on this machine.
     pub root: PathBuf,
     /// Its identity (`None` for an archive made before identities, until a run that
     /// writes to it gives it one).
@@ -67,7 +68,11 @@ impl Archive {
 
     /// The archive `dest` opened for `config`: it must exist.
     fn opened(config: &Config, dest: Arc<dyn Destination>) -> Result<Archive> {
-        let root = config.destdir.clone();
+        // A far side's folder is named with its host in every message.
+        let root = match config.remote {
+            Some(_) => PathBuf::from(dest.label()),
+            None => config.destdir.clone(),
+        };
         let Some(marker) = dest.marker()? else {
             return Err(FormatError::NotArchive {
                 path: root,

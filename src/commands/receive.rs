@@ -26,9 +26,6 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         .map_or(path.as_path(), |a| a.device.as_path());
     let size = chain.last().map(|i| i.volsize).unwrap_or(0);
     let out = check_target(path, size, name)?;
-    if let Some(root) = archive.local_root() {
-        crate::receive::refuse_in_archive(&out, root, &ctx.config.metadir)?;
-    }
     crate::receive::refuse_in_archives(&out, &ctx.config)?;
     let what = match out.kind {
         OutputKind::File { .. } => Some("file"),

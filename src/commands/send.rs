@@ -83,6 +83,14 @@ fn unreachable(e: &anyhow::Error) -> bool {
         ) || matches!(
             c.downcast_ref::<ArchiveError>(),
             Some(ArchiveError::Unreachable { .. })
+        ) || matches!(
+            c.downcast_ref::<crate::error::Error>(),
+            Some(crate::error::Error::Remote(
+                crate::remote::RemoteError::Unreachable { .. }
+            ))
+        ) || matches!(
+            c.downcast_ref::<crate::remote::RemoteError>(),
+            Some(crate::remote::RemoteError::Unreachable { .. })
         )
     })
 }

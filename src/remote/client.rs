@@ -29,6 +29,11 @@ pub enum RemoteError {
     },
     #[error("destination {label}: {message}")]
     Link { label: String, message: String },
+    /// The transport could not reach the far host at all (no route, refused, timed
+    /// out, unknown name): `send --dest=all` skips such a destination instead of
+    /// failing.
+    #[error("destination {label}: {message}")]
+    Unreachable { label: String, message: String },
     #[error("destination {label}: {message}")]
     Refused { label: String, message: String },
     #[error("destination {label}: {message}")]
@@ -40,6 +45,23 @@ pub enum RemoteError {
         path: String,
         message: String,
     },
+}
+
+/// Whether OpenSSH's last line `l` says the host did not answer (as opposed to
+/// answering and refusing: a wrong key or user is a failure to fix, not an absent
+/// host).
+fn not_answering(l: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "Connection refused",
+        "Connection timed out",
+        "No route to host",
+        "Network is unreachable",
+        "Host is down",
+        "Could not resolve hostname",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+    ];
+    WORDS.iter().any(|w| l.contains(w))
 }
 
 /// A failure the far side reported for one request: its line, and the file that is
@@ -258,6 +280,12 @@ impl Connection {
                 "the far side has no command {:?} (destcmd): {l}",
                 self.destcmd
             ),
+            (Some(255), Some(l)) if not_answering(&l) => {
+                return RemoteError::Unreachable {
+                    label: self.label.clone(),
+                    message: format!("cannot reach it: {l}"),
+                }
+            }
             (Some(255), Some(l)) => format!("cannot reach it: {l}"),
             (_, Some(l)) => format!("the far side stopped: {l}"),
             (_, None) => format!("the far side stopped ({e})"),
@@ -677,5 +705,28 @@ impl BufRead for RemoteManifest {
     }
     fn consume(&mut self, n: usize) {
         self.pos = (self.pos + n).min(self.buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_that_does_not_answer_is_told_from_one_that_refuses() {
+        for l in [
+            "ssh: connect to host 127.0.0.1 port 1: Connection refused",
+            "ssh: connect to host 10.9.9.9 port 22: Connection timed out",
+            "ssh: connect to host h port 22: No route to host",
+            "ssh: Could not resolve hostname nohost: Name or service not known",
+        ] {
+            assert!(not_answering(l), "{l}");
+        }
+        for l in [
+            "bk@127.0.0.1: Permission denied (publickey).",
+            "Host key verification failed.",
+        ] {
+            assert!(!not_answering(l), "{l}");
+        }
     }
 }
