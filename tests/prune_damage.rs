@@ -198,15 +198,15 @@ fn stored_is_what_each_session_holds_after_a_prune() {
     assert_same(&env.receive("v", Some(&ids[1])), &versions[1], "folded");
 }
 
-#[test]
-fn stored_is_exact_when_a_prune_re_encodes() {
-    // The removed session stored its chunks raw, the next one with zstd: the fold
-    // re-encodes what it moves, and stored= counts the re-encoded files.
+/// A volume of 12 chunks, each half random and half zeros (compressible, so sizes
+/// really change with the codec): a first session stored raw (`compression = none`),
+/// then one chunk changed and a second session stored with zstd:3. Returns the two
+/// session IDs and the volume's latest content.
+fn raw_then_zstd(seed: u64) -> (Env, Vec<String>, Vec<u8>) {
     let env = Env::with_settings(&["v"], "compression = none");
-    let mut rng = Rng::new(5);
+    let mut rng = Rng::new(seed);
     let mut img = vec![0u8; 12 * CS];
     for c in img.chunks_mut(CS) {
-        // Half random, half zeros: compressible, so the sizes really change.
         rng.fill(&mut c[..CS / 2]);
     }
     std::fs::write(env.image("v"), &img).unwrap();
@@ -221,6 +221,14 @@ fn stored_is_exact_when_a_prune_re_encodes() {
     std::fs::write(env.image("v"), &img).unwrap();
     env.send("v");
     let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    (env, ids, img)
+}
+
+#[test]
+fn stored_is_exact_when_a_prune_re_encodes() {
+    // The removed session stored its chunks raw, the next one with zstd: the fold
+    // re-encodes what it moves, and stored= counts the re-encoded files.
+    let (env, ids, img) = raw_then_zstd(5);
     env.ok(&["prune", "v", &format!("--session={}", ids[0])]);
     let dir = env.vol_dir("v").join(format!("S_{}", ids[1]));
     let n = stored(&env)[&ids[1]];
@@ -268,24 +276,7 @@ fn a_prune_that_cannot_read_the_removed_info_after_its_journal_stops_until_it_ca
     // fold needs the removed session's codec. Its info cannot be read and this
     // machine's copy of it is gone: the prune must not guess (moving raw chunks into
     // a zstd session would break its view), it stops and keeps its journal.
-    let env = Env::with_settings(&["v"], "compression = none");
-    let mut rng = Rng::new(9);
-    let mut img = vec![0u8; 12 * CS];
-    for c in img.chunks_mut(CS) {
-        rng.fill(&mut c[..CS / 2]);
-    }
-    std::fs::write(env.image("v"), &img).unwrap();
-    env.send("v");
-    let ini = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        ini.replace("compression = none", "compression = zstd:3"),
-    )
-    .unwrap();
-    rng.fill(&mut img[..CS]);
-    std::fs::write(env.image("v"), &img).unwrap();
-    env.send("v");
-    let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    let (env, ids, img) = raw_then_zstd(9);
     let o = env.run_env(
         &["prune", "v", &format!("--session={}", ids[0])],
         &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],

@@ -541,6 +541,28 @@ fn staged_chunks(env: &Env) -> usize {
     n
 }
 
+/// Start `send v` in the background and return once the far side has staged at least
+/// `n` chunks of the new session.
+fn send_until_staged(env: &Env, n: usize) -> std::process::Child {
+    let child = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .args(["send", "v"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while staged_chunks(env) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send wrote nothing over there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child
+}
+
 #[test]
 fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
     let sshd = Sshd::start();
@@ -551,23 +573,8 @@ fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
     env.send("v");
     let img = rng.bytes(48 << 20);
     std::fs::write(env.image("v"), &img).unwrap();
-    let child = std::process::Command::new(bin())
-        .arg("-c")
-        .arg(&env.config)
-        .args(["send", "v"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Cut the link once the far side has written some chunks of the new session.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while staged_chunks(&env) < 40 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the send wrote nothing over there"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let child = send_until_staged(&env, 40);
     let ssh = ssh_child(child.id());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(ssh as i32),
@@ -671,22 +678,7 @@ fn a_far_side_killed_mid_send_leaves_nothing_the_next_send_trips_on() {
     env.send("v");
     let img = rng.bytes(32 << 20);
     std::fs::write(env.image("v"), &img).unwrap();
-    let child = std::process::Command::new(bin())
-        .arg("-c")
-        .arg(&env.config)
-        .args(["send", "v"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while staged_chunks(&env) < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the send wrote nothing over there"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let child = send_until_staged(&env, 20);
     let far = far_server(&env.archive());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(far as i32),
