@@ -52,6 +52,20 @@ pub fn is_zero(data: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
+/// A small zstd frame that decodes to 256 MiB of zeros (no content size in its
+/// header): decoders must stop at the chunk size.
+#[cfg(test)]
+pub(crate) fn zstd_bomb() -> Vec<u8> {
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).expect("an encoder in memory");
+    enc.include_contentsize(false)
+        .expect("a setting of an encoder in memory");
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut enc, &zeros).expect("writing to memory");
+    }
+    enc.finish().expect("writing to memory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,13 +122,7 @@ mod tests {
         assert!(e.starts_with("zstd: "), "{e}");
         // A small frame that really decodes to 256 MiB of zeros stops at the chunk
         // size (the test would run out of time and memory otherwise).
-        let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
-        enc.include_contentsize(false).unwrap();
-        let zeros = vec![0u8; 1 << 20];
-        for _ in 0..256 {
-            std::io::Write::write_all(&mut enc, &zeros).unwrap();
-        }
-        let bomb = enc.finish().unwrap();
+        let bomb = zstd_bomb();
         assert!(bomb.len() < 1 << 20, "{}", bomb.len());
         let t = std::time::Instant::now();
         assert!(Codec::Zstd.decode(&bomb, 65536).is_err());

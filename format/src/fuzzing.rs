@@ -268,8 +268,9 @@ impl Kind {
     }
 }
 
-/// A small volume's versions: data, a zero chunk, a last partial chunk.
-fn versions() -> Vec<Vec<u8>> {
+/// A small volume's versions (chunks of 4 KiB): data, a zero chunk, a last partial
+/// chunk.
+pub(crate) fn versions() -> Vec<Vec<u8>> {
     let cs = 4096usize;
     let mut v1 = vec![0u8; 5 * cs + 100];
     for (i, b) in v1.iter_mut().enumerate().take(3 * cs) {

@@ -642,19 +642,7 @@ mod tests {
     use super::*;
     use crate::manifest::ManifestReader;
 
-    fn versions() -> Vec<Vec<u8>> {
-        let cs = 4096usize;
-        let mut v1 = vec![0u8; 5 * cs + 100];
-        for (i, b) in v1.iter_mut().enumerate().take(3 * cs) {
-            *b = (i * 7 % 251) as u8;
-        }
-        v1[5 * cs + 50] = 1;
-        let mut v2 = v1.clone();
-        v2[..cs].fill(0);
-        v2[cs + 5] ^= 0xff;
-        v2.resize(4 * cs + 10, 0);
-        vec![v1, v2]
-    }
+    use crate::fuzzing::versions;
 
     fn parse(store: &dyn VolumeStore, id: &str) -> Result<SessionInfo> {
         let b = store.info_bytes(id)?;
