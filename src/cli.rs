@@ -235,6 +235,10 @@ pub enum Command {
     },
     /// Serve the archive at ROOT (or a folder inside it) on standard input and output
     /// to a sparsebak on another machine (run by ssh or qvm-run; needs no config).
+    ///
+    /// Of the global options only -v/-q apply (logs go to standard error); -c, -u and
+    /// --dest belong to the side that runs the commands. For ssh, force it in
+    /// authorized_keys: command="sparsebak serve /backup",restrict ssh-ed25519 ...
     Serve {
         /// The folder the client may use: its `destdir` must be ROOT or inside it.
         root: PathBuf,

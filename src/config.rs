@@ -530,6 +530,16 @@ impl Config {
         self.remote = d.remote.clone();
     }
 
+    /// Where the chosen destination's archive is, for messages: `destdir`, or for a far
+    /// side `destvm` and `destdir` together (`ssh://host/backup`), so that a message
+    /// never sends the user looking for a far side's folder on this machine.
+    pub fn dest_location(&self) -> PathBuf {
+        match &self.remote {
+            Some(r) => PathBuf::from(r.label(&self.destdir)),
+            None => self.destdir.clone(),
+        }
+    }
+
     /// The names of the configured destinations, in order.
     pub fn dest_names(&self) -> Vec<&str> {
         self.dests.iter().map(|d| d.name.as_str()).collect()

@@ -130,29 +130,49 @@ fn write_session(
         });
     let mut sink = target.begin(&id, time, size)?;
     let mode = PipeMode::store(config.compression, name, &id);
-    let c = compare_and_store(config, base_vol, chain, view, sink.as_mut(), mode, label)?;
-    if sink.changed() == 0
-        && chain.last().is_some_and(|p| p.volsize == size)
-        && !target.keep_unchanged()
-    {
-        sink.abort()?;
-        return Ok((None, c.bytes_read));
-    }
-    crate::failpoint::hit("send-before-commit");
-    let info = sink.prepare(NewSession {
-        volume: name.to_string(),
-        session: id.clone(),
-        previous: latest.map(str::to_string),
-        time,
-        volsize: size,
-        chunksize: config.chunksize,
-        compression: config.compression.codec,
-        chunks: c.chunks,
-        bytes_read: c.bytes_read,
-    })?;
-    target.before_commit(&info)?;
+    // Everything up to the commit: on any failure the destination is told to give the
+    // session up (a far side keeps the chunks of a session only when its link
+    // dropped, for the next send to take over; a full disk must not stay full). Over
+    // a dead link that fails too, which is what keeps them. A write's failure may
+    // only show at `prepare`: a far side's answers to chunks come later.
+    let staged = (|| -> Result<(Option<SessionInfo>, u64)> {
+        let c = compare_and_store(config, base_vol, chain, view, sink.as_mut(), mode, label)?;
+        if sink.changed() == 0
+            && chain.last().is_some_and(|p| p.volsize == size)
+            && !target.keep_unchanged()
+        {
+            return Ok((None, c.bytes_read));
+        }
+        crate::failpoint::hit("send-before-commit");
+        let info = sink.prepare(NewSession {
+            volume: name.to_string(),
+            session: id.clone(),
+            previous: latest.map(str::to_string),
+            time,
+            volsize: size,
+            chunksize: config.chunksize,
+            compression: config.compression.codec,
+            chunks: c.chunks,
+            bytes_read: c.bytes_read,
+        })?;
+        target.before_commit(&info)?;
+        Ok((Some(info), c.bytes_read))
+    })();
+    let bytes_read = match staged {
+        Ok((Some(_), bytes_read)) => bytes_read,
+        Ok((None, bytes_read)) => {
+            sink.abort()?;
+            return Ok((None, bytes_read));
+        }
+        Err(e) => {
+            if let Err(e2) = sink.abort() {
+                tracing::debug!("volume {name}: giving up the session after a failure: {e2}");
+            }
+            return Err(e);
+        }
+    };
     let info = sink.commit()?;
-    Ok((Some(info), c.bytes_read))
+    Ok((Some(info), bytes_read))
 }
 
 /// A session of the archive: its sink is the destination's, the source side keeps

@@ -4,12 +4,15 @@
 
 mod common;
 use common::*;
+#[path = "common/loopfs.rs"]
+mod loopfs;
 #[path = "common/sshd.rs"]
 mod sshd;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
+use loopfs::{FsKind, LoopFs};
 use sparsebak::format::store::{FolderStore, VolumeStore};
 use sparsebak::remote::{parse_destvm, Connection, RemoteSpec, RemoteStore};
 use sshd::*;
@@ -777,4 +780,129 @@ fn dest_all_skips_a_host_that_does_not_answer_and_fails_one_that_does() {
     assert_eq!(o.status.code(), Some(0), "{e}");
     assert_eq!(sessions(&far_dir.join("v")).len(), 1, "{e}");
     assert_eq!(sessions(&env.archive().join("v")).len(), 1, "{e}");
+}
+
+/// A far side that does not speak the protocol (a login banner, garbage, silence) ends
+/// the command in seconds with one line saying what came, never a hang: a nightly job
+/// must not wait for ever on a misconfigured host.
+#[test]
+fn a_far_side_that_does_not_speak_the_protocol_never_holds_the_run() {
+    let sshd = Sshd::start();
+    let env = Env::new(&["v"]);
+    std::fs::write(env.image("v"), vec![1u8; 4 * CS]).unwrap();
+    env.send("v");
+    let opts = sshd.sshopts();
+    let script = |name: &str, body: &str| {
+        let p = env.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p.display().to_string()
+    };
+    let list = |destcmd: &str, timeout: &str| {
+        let cfg = remote_env(&env, &sshd.destvm(), destcmd, &opts, None);
+        let t = std::time::Instant::now();
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .args(["list", "v"])
+            .env("SPARSEBAK_REMOTE_TIMEOUT", timeout)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let e = String::from_utf8(o.stderr).unwrap();
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "one line: {e}");
+        (e, t.elapsed())
+    };
+    let me = bin().display().to_string();
+
+    // A banner before the real program (a wrapper, a login script).
+    let banner = script(
+        "banner.sh",
+        &format!("echo 'Welcome to backup host'; exec {me} \"$@\""),
+    );
+    let (e, took) = list(&banner, "60");
+    assert!(
+        e.contains(
+            "the far side does not speak sparsebak's protocol; it sent \"Welcome to backup host\""
+        ),
+        "{e}"
+    );
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}: {e}");
+
+    // Bytes that are not text, from a far side that goes on reading its input.
+    let garbage = script(
+        "garbage.sh",
+        "head -c 100000 /dev/urandom | tr -d '\\000-\\037'; head -c 5000 /dev/urandom; exec cat >/dev/null",
+    );
+    let (e, took) = list(&garbage, "60");
+    assert!(
+        e.contains("the far side does not speak sparsebak's protocol"),
+        "{e}"
+    );
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}: {e}");
+
+    // Silence: nothing ever comes back.
+    let silent = script("silent.sh", "exec sleep 600");
+    let (e, took) = list(&silent, "2");
+    assert!(
+        e.contains("the far side did not answer within 2 s (its greeting never came)"),
+        "{e}"
+    );
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}: {e}");
+    assert!(took >= std::time::Duration::from_secs(2), "{took:?}: {e}");
+}
+
+/// A send that fails because the far side's disk is full gives its session up over
+/// there: nothing is kept for a resume (only a dropped link keeps chunks), so the
+/// disk is not left full and the next send has the room it had before.
+#[test]
+fn a_full_far_disk_keeps_nothing_for_a_resume() {
+    let Some(fs) = LoopFs::sized(
+        "a_full_far_disk_keeps_nothing_for_a_resume",
+        FsKind::Ext4,
+        "",
+        16 << 20,
+        &[],
+    ) else {
+        return;
+    };
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut rng = Rng::new(79);
+    std::fs::write(env.image("v"), rng.bytes(4 * CS)).unwrap();
+    env.send("v");
+    // The archive moves onto a small filesystem (the config names it through a link).
+    let small = fs.path().join("archive");
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(env.archive())
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    std::fs::remove_dir_all(env.archive()).unwrap();
+    std::os::unix::fs::symlink(&small, env.archive()).unwrap();
+    let free_before = free_bytes(fs.path());
+    std::fs::write(env.image("v"), rng.bytes(32 << 20)).unwrap();
+    let o = env.run(&["send", "v"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("No space left on device"), "{e}");
+    let left: Vec<String> = names_in(&small.join("v"))
+        .into_iter()
+        .filter(|n| n.starts_with('.') && n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "{left:?}: {e}");
+    let free_after = free_bytes(fs.path());
+    assert!(
+        free_after + (256 << 10) >= free_before,
+        "{free_after} < {free_before}"
+    );
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `p`.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
 }

@@ -72,7 +72,7 @@ pub fn refuse_if_known(config: &Config, accept: bool) -> Result<()> {
     if accept {
         return Ok(());
     }
-    let path = config.destdir.clone();
+    let path = config.dest_location();
     if let Some(known) = known(config)? {
         return Err(ArchiveError::Missing {
             path,

@@ -69,10 +69,7 @@ impl Archive {
     /// The archive `dest` opened for `config`: it must exist.
     fn opened(config: &Config, dest: Arc<dyn Destination>) -> Result<Archive> {
         // A far side's folder is named with its host in every message.
-        let root = match config.remote {
-            Some(_) => PathBuf::from(dest.label()),
-            None => config.destdir.clone(),
-        };
+        let root = config.dest_location();
         let Some(marker) = dest.marker()? else {
             return Err(FormatError::NotArchive {
                 path: root,
@@ -118,7 +115,7 @@ impl Archive {
                 Err(_) => {}
                 Ok(()) if dest.read_only() => {
                     return Err(ArchiveError::ReadOnly {
-                        path: config.destdir.clone(),
+                        path: config.dest_location(),
                         action: "send".into(),
                     }
                     .into())

@@ -11,7 +11,9 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sparsebak_format::limits::MAX_INFO_BYTES;
 
@@ -126,6 +128,64 @@ impl Stderr {
     }
 }
 
+/// How long the far side has to send its hello once the transport started (ssh's own
+/// `ConnectTimeout` is 30 s of it): `SPARSEBAK_REMOTE_TIMEOUT` (seconds) overrides it.
+fn hello_timeout() -> Duration {
+    std::env::var("SPARSEBAK_REMOTE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(60), Duration::from_secs)
+}
+
+/// How long a transport that failed at the start has to end by itself.
+const STARTUP_GRACE: Duration = Duration::from_secs(2);
+/// How long the far side has to end once its input closed at the end of a run.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A reader that keeps the first bytes it passes on, to show what a far side that
+/// does not speak the protocol sent instead.
+struct Recording<'a, R> {
+    inner: &'a mut R,
+    seen: Vec<u8>,
+}
+
+/// How much of what a far side sent instead of the protocol is kept to be shown.
+const EXCERPT_BYTES: usize = 80;
+
+impl<'a, R: Read> Recording<'a, R> {
+    fn new(inner: &'a mut R) -> Self {
+        Recording {
+            inner,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for Recording<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = EXCERPT_BYTES.saturating_sub(self.seen.len());
+        self.seen.extend_from_slice(&buf[..n.min(room)]);
+        Ok(n)
+    }
+}
+
+/// The first line of `b`, quoted, when it looks like text (a banner, a shell's
+/// message), else a count of its bytes; empty when `b` is.
+fn excerpt(b: &[u8]) -> String {
+    let line = b.split(|&c| c == b'\n').next().unwrap_or(b);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let printable = |c: &u8| (0x20..0x7f).contains(c) || *c == b'\t';
+    if !line.is_empty() && line.iter().all(printable) {
+        format!("{:?}", String::from_utf8_lossy(line))
+    } else if b.is_empty() {
+        String::new()
+    } else {
+        format!("{} byte(s) that are not text", b.len())
+    }
+}
+
 /// How many requests, and how many bytes of them, may wait for their answers.
 const MAX_IN_FLIGHT: usize = 1024;
 const MAX_IN_FLIGHT_BYTES: usize = 32 << 20;
@@ -145,6 +205,8 @@ pub struct Connection {
     in_flight: VecDeque<usize>,
     in_flight_bytes: usize,
     far_version: String,
+    /// Set by the hello's watchdog when it had to end a far side that never answered.
+    timed_out: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -194,9 +256,12 @@ impl Connection {
             in_flight: VecDeque::new(),
             in_flight_bytes: 0,
             far_version: String::new(),
+            timed_out: Arc::new(AtomicBool::new(false)),
         };
-        c.hello(destdir, destmountpoint, writing)?;
-        Ok(c)
+        let watchdog = c.watch_hello();
+        let r = c.hello(destdir, destmountpoint, writing);
+        drop(watchdog);
+        r.map(|()| c)
     }
 
     pub fn label(&self) -> &str {
@@ -230,18 +295,22 @@ impl Connection {
         // fail (it closed) or the read see something else.
         let sent = proto::write_frame(&mut self.w, kind::HELLO, &mine.encode())
             .and_then(|_| self.w.flush().map_err(WireError::Io));
-        let theirs = match proto::read_frame(&mut self.r) {
+        let mut seen = Recording::new(&mut self.r);
+        let first = proto::read_frame(&mut seen);
+        let mut seen = seen.seen;
+        // What else already came with the first bytes, for the excerpt.
+        let more = self.r.buffer();
+        seen.extend_from_slice(&more[..more.len().min(EXCERPT_BYTES)]);
+        let theirs = match first {
             Ok(f) if f.kind == kind::HELLO => f,
-            Ok(_) => {
-                return Err(self.link("the far side does not speak sparsebak's protocol".into()))
-            }
-            Err(e) => return Err(self.startup_failure(e)),
+            Ok(_) => return Err(self.not_the_protocol(&seen)),
+            Err(WireError::Closed) => return Err(self.startup_failure(WireError::Closed)),
+            Err(e) if self.timed_out.load(Ordering::SeqCst) => return Err(self.startup_failure(e)),
+            Err(_) => return Err(self.not_the_protocol(&seen)),
         };
         let (protocol, program) = match Hello::decode_versions(&theirs.payload) {
             Ok(v) => v,
-            Err(_) => {
-                return Err(self.link("the far side does not speak sparsebak's protocol".into()))
-            }
+            Err(_) => return Err(self.not_the_protocol(&seen)),
         };
         if protocol != proto::PROTOCOL_VERSION {
             return Err(RemoteError::Refused {
@@ -267,13 +336,62 @@ impl Connection {
         }
     }
 
+    /// Start the hello's watchdog: unless dropped within [`hello_timeout`], it kills
+    /// the transport (its pid stays ours until we wait for it), which ends the read
+    /// the hello is blocked in.
+    fn watch_hello(&self) -> Option<std::sync::mpsc::Sender<()>> {
+        let pid = self.child.as_ref()?.id();
+        let flag = self.timed_out.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let limit = hello_timeout();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                flag.store(true, Ordering::SeqCst);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        });
+        Some(tx)
+    }
+
+    /// The far side's first bytes are not a hello: end it and say what it sent (a
+    /// login banner, a shell's message, a program that is not sparsebak).
+    fn not_the_protocol(&mut self, seen: &[u8]) -> RemoteError {
+        let _ = self.end_child(STARTUP_GRACE);
+        let shown = excerpt(seen);
+        let message = if shown.is_empty() {
+            "the far side does not speak sparsebak's protocol".to_string()
+        } else {
+            format!("the far side does not speak sparsebak's protocol; it sent {shown}")
+        };
+        match self.stderr.last() {
+            Some(l) => RemoteError::Link {
+                label: self.label.clone(),
+                message: format!("{message} ({l})"),
+            },
+            None => RemoteError::Link {
+                label: self.label.clone(),
+                message,
+            },
+        }
+    }
+
     /// The link ended before the hellos were through: say why in the far side's or
     /// the transport's own words.
     fn startup_failure(&mut self, e: WireError) -> RemoteError {
-        let status = self.child.as_mut().and_then(|c| c.wait().ok());
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
+        if self.timed_out.load(Ordering::SeqCst) {
+            let _ = self.end_child(STARTUP_GRACE);
+            return RemoteError::Link {
+                label: self.label.clone(),
+                message: format!(
+                    "the far side did not answer within {} s (its greeting never came)",
+                    hello_timeout().as_secs()
+                ),
+            };
         }
+        let status = self.end_child(STARTUP_GRACE).ok();
         let last = self.stderr.last();
         let message = match (status.and_then(|s| s.code()), last) {
             (Some(127), Some(l)) => format!(
@@ -617,22 +735,52 @@ impl Connection {
     }
 
     fn shutdown(&mut self) -> Result<(), RemoteError> {
+        if self.child.is_none() {
+            return Ok(());
+        }
+        match self.end_child(SHUTDOWN_GRACE) {
+            Ok(st) if st.success() => Ok(()),
+            Ok(st) => Err(self.link(format!("the far side ended with {st}"))),
+            Err(e) => Err(RemoteError::Link {
+                label: self.label.clone(),
+                message: format!("waiting for the transport: {e}"),
+            }),
+        }
+    }
+
+    /// Close the far side's input, give the transport `grace` to end by itself, then
+    /// kill it; wait for it and for its error output. Never waits longer than `grace`
+    /// plus a kill: a far side that reads nothing or never ends (a login script, a
+    /// hung host) cannot hold the run.
+    fn end_child(&mut self, grace: Duration) -> std::io::Result<std::process::ExitStatus> {
         // Dropping the writer closes the far side's input.
         let w = std::mem::replace(&mut self.w, BufWriter::new(Box::new(std::io::sink())));
         drop(w);
-        if let Some(mut c) = self.child.take() {
-            let st = c.wait().map_err(|e| RemoteError::Link {
-                label: self.label.clone(),
-                message: format!("waiting for the transport: {e}"),
-            })?;
-            if let Some(t) = self.stderr_thread.take() {
-                let _ = t.join();
+        let Some(mut c) = self.child.take() else {
+            return Err(std::io::Error::other(
+                "the transport was already waited for",
+            ));
+        };
+        let deadline = Instant::now() + grace;
+        let st = loop {
+            match c.try_wait()? {
+                Some(st) => break st,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                None => {
+                    tracing::debug!(
+                        "destination {}: ending {} (no end after {grace:?})",
+                        self.label,
+                        self.program
+                    );
+                    let _ = c.kill();
+                    break c.wait()?;
+                }
             }
-            if !st.success() {
-                return Err(self.link(format!("the far side ended with {st}")));
-            }
+        };
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
         }
-        Ok(())
+        Ok(st)
     }
 }
 

@@ -411,7 +411,6 @@ impl SessionSink for RemoteSink {
                 "{}: resumed {} chunk(s), {} byte(s) stored, that an interrupted send had left at {}; they were not sent again",
                 self.volume, self.resumed, self.resumed_bytes, self.label
             );
-            tracing::info!("{line}");
             crate::progress::summary(&line);
         }
         Ok(info)

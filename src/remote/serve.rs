@@ -36,6 +36,26 @@ fn within(root: &Path, dir: &Path) -> bool {
         && dir.starts_with(root)
 }
 
+/// Whether `dir` resolves, symbolic links followed, to `root` or below it: a link
+/// inside the served folder must not lead the client out of it. Either may not exist
+/// yet (a first send makes them): then the nearest folder above that does is
+/// resolved, and the rest of the path taken as written (it has no `..`).
+fn resolves_within(root: &Path, dir: &Path) -> bool {
+    match (resolved(root), resolved(dir)) {
+        (Some(root), Some(dir)) => dir.starts_with(root),
+        _ => false,
+    }
+}
+
+/// `p` with its longest existing prefix resolved (symbolic links followed).
+fn resolved(p: &Path) -> Option<PathBuf> {
+    p.ancestors().find_map(|a| {
+        let real = a.canonicalize().ok()?;
+        let rest = p.strip_prefix(a).ok()?;
+        Some(real.join(rest))
+    })
+}
+
 fn check_volume(name: &str) -> Result<(), String> {
     match layout::volume_name_problem(name) {
         None => Ok(()),
@@ -616,6 +636,13 @@ fn accept(root: &Path, h: &Hello) -> Result<Box<dyn Destination>, String> {
             root.display()
         ));
     }
+    if !resolves_within(root, &dir) {
+        return Err(format!(
+            "destdir {} leads outside {}, the folder this server serves (through a symbolic link)",
+            dir.display(),
+            root.display()
+        ));
+    }
     if let Some(mp) = &h.destmountpoint {
         if !crate::config::is_mount_point(Path::new(mp)) {
             return Err(if h.writing {
@@ -739,6 +766,38 @@ mod tests {
         assert!(check_volume("../x").is_err());
         assert!(check_volume(".lock").is_err());
         assert!(check_session("../../etc").is_err());
+    }
+
+    #[test]
+    fn a_symbolic_link_in_the_root_does_not_lead_out_of_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("backup");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("lnk")).unwrap();
+        std::os::unix::fs::symlink(root.join("sub"), root.join("inner")).unwrap();
+        assert!(resolves_within(&root, &root));
+        assert!(resolves_within(&root, &root.join("sub")));
+        assert!(resolves_within(&root, &root.join("inner")));
+        assert!(resolves_within(&root, &root.join("new/not/yet")));
+        assert!(!resolves_within(&root, &root.join("lnk")));
+        assert!(!resolves_within(&root, &root.join("lnk/new")));
+        // A root that does not exist yet (a first send makes it).
+        assert!(resolves_within(&root.join("new"), &root.join("new/a")));
+        // The whole hello is refused, naming the link's way out.
+        let h = Hello {
+            protocol: proto::PROTOCOL_VERSION,
+            program: proto::PROGRAM_VERSION.into(),
+            destdir: root.join("lnk").display().to_string(),
+            destmountpoint: None,
+            writing: true,
+        };
+        let e = accept(&root, &h).err().unwrap();
+        assert!(e.contains("leads outside"), "{e}");
+        assert!(!outside
+            .join(sparsebak_format::layout::ARCHIVE_MARKER)
+            .exists());
     }
 
     #[test]

@@ -214,13 +214,23 @@ fn ssh_argv(ssh: &SshHost, sshopts: &[String], far: &str) -> Vec<String> {
 
 impl RemoteSpec {
     /// The far side's command line, quoted for its shell: `destcmd serve DESTDIR`.
+    /// `destcmd` is split on blanks, like `sshopts` (`sudo -n sparsebak`), and each
+    /// word quoted on its own.
     pub fn far_command(&self, destdir: &Path) -> String {
-        shell_join(&[
-            self.destcmd.clone(),
+        let mut words: Vec<String> = self
+            .destcmd
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if words.is_empty() {
+            words.push("sparsebak".into());
+        }
+        words.extend([
             "serve".into(),
             "--".into(),
             destdir.to_string_lossy().into_owned(),
-        ])
+        ]);
+        shell_join(&words)
     }
 
     /// The argv that reaches the far side's `sparsebak serve` for `destdir`.
@@ -311,6 +321,23 @@ mod tests {
             assert!(parse_destvm(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_destvm("backup").unwrap_err().lines().count(), 1);
+    }
+
+    #[test]
+    fn destcmd_is_split_on_blanks_and_each_word_quoted() {
+        let mut s = spec("ssh://h");
+        s.destcmd = "sudo -n  /opt/sparse bak".into();
+        assert_eq!(
+            s.far_command(Path::new("/b")),
+            "sudo -n /opt/sparse bak serve -- /b"
+        );
+        s.destcmd = "/opt/my sb".replace(' ', "\t");
+        assert_eq!(
+            s.far_command(Path::new("/b c")),
+            "/opt/my sb serve -- '/b c'"
+        );
+        s.destcmd = "  ".into();
+        assert_eq!(s.far_command(Path::new("/b")), "sparsebak serve -- /b");
     }
 
     #[test]
