@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
+use sparsebak_format::restore;
 use sparsebak_format::volume::{Storage, VolumeArchive};
 
 use super::proto::{self, dreq, kind, req, Dec, Enc, Hello, WireError};
@@ -28,6 +29,10 @@ pub enum ServeError {
 
 /// Whether `dir` is `root` or below it, by its components alone (an absolute path
 /// without `.` or `..`).
+/// Chunks of a READ_STORED request read together (in parallel) before their answers
+/// are written.
+const SERVE_READ_GROUP: usize = 32;
+
 fn within(root: &Path, dir: &Path) -> bool {
     dir.is_absolute()
         && dir
@@ -319,10 +324,17 @@ impl Server {
                 let vol = self.vol(&v);
                 match &info {
                     Ok(i) => {
-                        for r in vol.read_stored_batch(i, &addrs) {
-                            match r {
-                                Ok(b) => proto::write_frame(out, kind::OK, &b)?,
-                                Err(e) => e.fault().write(out)?,
+                        // Read in groups on the reader threads (several reads in
+                        // flight on a cold cache), each group's answers written
+                        // before the next is read: the first bytes leave early and
+                        // no more than a group is held here.
+                        for group in addrs.chunks(SERVE_READ_GROUP) {
+                            let got = restore::with_readers(|| vol.read_stored_batch(i, group));
+                            for r in got {
+                                match r {
+                                    Ok(b) => proto::write_frame(out, kind::OK, &b)?,
+                                    Err(e) => e.fault().write(out)?,
+                                }
                             }
                         }
                     }
