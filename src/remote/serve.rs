@@ -27,12 +27,14 @@ pub enum ServeError {
     Wire(#[from] WireError),
 }
 
+/// Chunks of a READ_STORED request read together (in parallel) before their answers
+/// are written: at most this many, and at most `SERVE_READ_BYTES` of chunk size (a
+/// single chunk when chunks are larger), so what is held here stays bounded by bytes.
+const SERVE_READ_GROUP: usize = 32;
+const SERVE_READ_BYTES: u64 = 8 << 20;
+
 /// Whether `dir` is `root` or below it, by its components alone (an absolute path
 /// without `.` or `..`).
-/// Chunks of a READ_STORED request read together (in parallel) before their answers
-/// are written.
-const SERVE_READ_GROUP: usize = 32;
-
 fn within(root: &Path, dir: &Path) -> bool {
     dir.is_absolute()
         && dir
@@ -328,7 +330,9 @@ impl Server {
                         // flight on a cold cache), each group's answers written
                         // before the next is read: the first bytes leave early and
                         // no more than a group is held here.
-                        for group in addrs.chunks(SERVE_READ_GROUP) {
+                        let group_len = ((SERVE_READ_BYTES / i.chunksize.max(1)) as usize)
+                            .clamp(1, SERVE_READ_GROUP);
+                        for group in addrs.chunks(group_len) {
                             let got = restore::with_readers(|| vol.read_stored_batch(i, group));
                             for r in got {
                                 match r {
