@@ -15,13 +15,16 @@ use crate::volume::VolumeArchive;
 /// Bytes of chunks read and decoded together. A batch holds `BATCH_BYTES / chunksize`
 /// chunks, but at most `BATCH_MAX` (small chunks) and at least `BATCH_MIN` (large
 /// chunks, so that several reader threads still work side by side); at most
-/// `QUEUE + 2` batches exist at once. Memory is bounded by bytes, not by a count of
+/// `QUEUE + FETCHED + 3` batches exist at once (one being read, `FETCHED` read and
+/// waiting, one being decoded, `QUEUE` decoded and waiting, one with the consumer). Memory is bounded by bytes, not by a count of
 /// chunks: 128 chunks of 4 MiB per batch made a receive hold 800 MiB.
 const BATCH_BYTES: u64 = 8 << 20;
 const BATCH_MAX: usize = 128;
 const BATCH_MIN: usize = 2;
 /// Decoded batches waiting for the consumer.
 const QUEUE: usize = 2;
+/// Batches read (not decoded yet) waiting for the decoder.
+const FETCHED: usize = 1;
 /// Threads that read and decode chunk files: more than the cores, so that on a cold
 /// cache several reads are in flight while others decode.
 const READERS: usize = 8;
@@ -45,18 +48,33 @@ fn reader_pool() -> Option<&'static rayon::ThreadPool> {
     .as_ref()
 }
 
-fn read_batch(
-    vol: &VolumeArchive,
-    chain: &[SessionInfo],
-    check: bool,
+/// One batch of a view with the stored bytes of its chunks, as the store returned
+/// them (not decoded yet).
+struct Fetched {
     batch: Vec<ViewEntry>,
-) -> Vec<ReadChunk> {
-    // One codec per session of the chain, looked up once per batch.
-    let codecs: Vec<_> = chain.iter().map(codec::for_info).collect();
-    let work = || {
+    stored: Vec<Option<crate::Result<Vec<u8>>>>,
+}
+
+/// Run `f` on the pool of reader threads (or here when it could not be made).
+fn on_readers<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match reader_pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+/// Run `f` on the pool of reader threads that `read_view` uses: more threads than
+/// cores, so that a [`crate::store::VolumeStore::read_stored`] of a local store has
+/// several reads in flight on a cold cache (the far side of a remote archive reads
+/// its batches here too).
+pub fn with_readers<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    on_readers(f)
+}
+
+fn fetch_batch(vol: &VolumeArchive, chain: &[SessionInfo], batch: Vec<ViewEntry>) -> Fetched {
+    on_readers(|| {
         // One batched read per session the batch takes chunks from (a remote store
-        // sends all of a batch's requests before reading a reply), then decoding and
-        // hashing in parallel.
+        // sends all of a batch's requests before reading a reply).
         let mut stored: Vec<Option<crate::Result<Vec<u8>>>> = Vec::new();
         stored.resize_with(batch.len(), || None);
         let mut sessions: Vec<usize> = batch.iter().map(|e| e.session).collect();
@@ -76,6 +94,20 @@ fn read_batch(
                 stored[i] = Some(r);
             }
         }
+        Fetched { batch, stored }
+    })
+}
+
+fn decode_batch(
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    check: bool,
+    fetched: Fetched,
+) -> Vec<ReadChunk> {
+    // One codec per session of the chain, looked up once per batch.
+    let codecs: Vec<_> = chain.iter().map(codec::for_info).collect();
+    let Fetched { batch, stored } = fetched;
+    on_readers(|| {
         batch
             .into_par_iter()
             .zip(stored.into_par_iter())
@@ -103,11 +135,7 @@ fn read_batch(
                 ReadChunk { entry, data }
             })
             .collect()
-    };
-    match reader_pool() {
-        Some(pool) => pool.install(work),
-        None => work(),
-    }
+    })
 }
 
 /// Read every non-zero chunk of the view of `chain`'s last session, in address order.
@@ -124,6 +152,12 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
     let view = ViewReader::open(vol, chain)?;
     let chunksize = chain.iter().map(|i| i.chunksize).max().unwrap_or(1).max(1);
     let batch_len = ((BATCH_BYTES / chunksize) as usize).clamp(BATCH_MIN, BATCH_MAX);
+    // Two stages before the consumer: a fetcher walks the view and reads the stored
+    // bytes of one batch while a decoder decodes (and hashes) the previous one, so
+    // that a store's reads (over a link, the far side's reading and the transfer)
+    // overlap with decoding instead of waiting for it.
+    let (ftx, frx) =
+        std::sync::mpsc::sync_channel::<std::result::Result<Fetched, crate::FormatError>>(FETCHED);
     let (tx, rx) = std::sync::mpsc::sync_channel::<
         std::result::Result<Vec<ReadChunk>, crate::FormatError>,
     >(QUEUE);
@@ -136,7 +170,7 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
                     match e {
                         Ok(e) => batch.push(e),
                         Err(err) => {
-                            let _ = tx.send(Err(err));
+                            let _ = ftx.send(Err(err));
                             return;
                         }
                     }
@@ -147,9 +181,24 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
                 // A panic while reading must reach the consumer as an error: a
                 // producer that just vanished would look like the end of the view.
                 let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    read_batch(vol, chain, check, batch)
+                    fetch_batch(vol, chain, batch)
                 }))
                 .map_err(|_| crate::FormatError::Other("reading chunks panicked".into()));
+                let failed = read.is_err();
+                if ftx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        s.spawn(move || {
+            // Ends when the fetcher does (its sender dropped) or the consumer does.
+            for fetched in frx.iter() {
+                let read = fetched.and_then(|f| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        decode_batch(vol, chain, check, f)
+                    }))
+                    .map_err(|_| crate::FormatError::Other("decoding chunks panicked".into()))
+                });
                 let failed = read.is_err();
                 if tx.send(read).is_err() || failed {
                     return;

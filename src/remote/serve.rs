@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
+use sparsebak_format::restore;
 use sparsebak_format::volume::{Storage, VolumeArchive};
 
 use super::proto::{self, dreq, kind, req, Dec, Enc, Hello, WireError};
@@ -25,6 +26,12 @@ pub enum ServeError {
     #[error("the client's frames: {0}")]
     Wire(#[from] WireError),
 }
+
+/// Chunks of a READ_STORED request read together (in parallel) before their answers
+/// are written: at most this many, and at most `SERVE_READ_BYTES` of chunk size (a
+/// single chunk when chunks are larger), so what is held here stays bounded by bytes.
+const SERVE_READ_GROUP: usize = 32;
+const SERVE_READ_BYTES: u64 = 8 << 20;
 
 /// Whether `dir` is `root` or below it, by its components alone (an absolute path
 /// without `.` or `..`).
@@ -319,10 +326,19 @@ impl Server {
                 let vol = self.vol(&v);
                 match &info {
                     Ok(i) => {
-                        for r in vol.read_stored_batch(i, &addrs) {
-                            match r {
-                                Ok(b) => proto::write_frame(out, kind::OK, &b)?,
-                                Err(e) => e.fault().write(out)?,
+                        // Read in groups on the reader threads (several reads in
+                        // flight on a cold cache), each group's answers written
+                        // before the next is read: the first bytes leave early and
+                        // no more than a group is held here.
+                        let group_len = ((SERVE_READ_BYTES / i.chunksize.max(1)) as usize)
+                            .clamp(1, SERVE_READ_GROUP);
+                        for group in addrs.chunks(group_len) {
+                            let got = restore::with_readers(|| vol.read_stored_batch(i, group));
+                            for r in got {
+                                match r {
+                                    Ok(b) => proto::write_frame(out, kind::OK, &b)?,
+                                    Err(e) => e.fault().write(out)?,
+                                }
                             }
                         }
                     }
