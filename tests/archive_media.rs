@@ -313,7 +313,7 @@ fn unmounted_archive_disk_is_refused_and_nothing_is_created() {
     let line = fails_with_one_line(&env.run(&["send", "new"]), "send without a record");
     assert!(
         line.contains(&format!(
-            "no archive at {}, but this machine has sent a to an archive there: is its disk mounted?",
+            "no archive at {}, but this machine has sent a to this destination: is its disk mounted (or did destdir change)?",
             root.display()
         )),
         "{line}"

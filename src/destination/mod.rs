@@ -48,7 +48,7 @@ pub enum ArchiveError {
         /// The command that accepts: `sparsebak send [--dest=NAME] --accept-archive`.
         accept: String,
     },
-    #[error("no archive at {path}, but this machine has sent {volumes} to an archive there: is its disk mounted? Nothing was written (to start a new archive there, `{accept}`)")]
+    #[error("no archive at {path}, but this machine has sent {volumes} to this destination: is its disk mounted (or did destdir change)? Nothing was written (to start a new archive there, `{accept}`)")]
     MissingSent {
         path: PathBuf,
         volumes: String,
