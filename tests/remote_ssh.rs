@@ -485,37 +485,42 @@ fn repair_and_delete_over_ssh() {
     assert_eq!(env.receive("w", None), Rng::new(3).bytes(3 * CS));
 }
 
-/// The pid of the `ssh` child of process `parent`, once it is there.
-fn ssh_child(parent: u32) -> u32 {
+/// The first process for which `is_it(pid)` holds, waiting up to 30 s for it to
+/// appear; `what` names it in the failure.
+fn wait_for_process(what: &str, is_it: impl Fn(u32) -> bool) -> u32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         for ent in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...
-            let Some(close) = stat.rfind(')') else {
-                continue;
-            };
-            let comm = &stat[stat.find('(').unwrap() + 1..close];
-            let ppid: u32 = stat[close + 2..]
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            if ppid == parent && comm == "ssh" {
+            if is_it(pid) {
                 return pid;
             }
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no ssh child of {parent}"
-        );
+        assert!(std::time::Instant::now() < deadline, "no {what}");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// The pid of the `ssh` child of process `parent`, once it is there.
+fn ssh_child(parent: u32) -> u32 {
+    wait_for_process(&format!("ssh child of {parent}"), |pid| {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            return false;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid: u32 = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        ppid == parent && comm == "ssh"
+    })
 }
 
 /// Chunk files in the staging folders of volume `v` (what the far side has written).
@@ -654,22 +659,10 @@ fn a_dropped_link_fails_the_send_and_the_next_one_completes() {
 /// The pid of the `sparsebak serve` process serving `archive`, once it is there.
 fn far_server(archive: &std::path::Path) -> u32 {
     let want = format!("serve\0--\0{}\0", archive.display());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        for ent in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = ent.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            if String::from_utf8_lossy(&cmd).contains(&want) {
-                return pid;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no far server");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for_process("far server", |pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&want))
+    })
 }
 
 #[test]
