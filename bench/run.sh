@@ -18,6 +18,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/sshd.sh
+. "$here/sshd.sh"
 root=$(dirname "$here")
 REPS=${REPS:-5}
 WORK=${BENCH_DIR:-/var/tmp/sparsebak-bench}
@@ -146,31 +148,7 @@ CONF_C4M=$(variant c4m chunksize 4M)
 # /usr/bin/time so its peak RSS is recorded too (key far:<row>).
 SSHD_DIR=$RAW/ssh
 rm -rf "$SSHD_DIR"
-mkdir -p "$SSHD_DIR" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/host"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/key"
-cp "$SSHD_DIR/key.pub" "$SSHD_DIR/authorized_keys"
-SSH_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$SSHD_DIR/sshd_config" <<CFG
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $SSHD_DIR/host
-PidFile $SSHD_DIR/sshd.pid
-AuthorizedKeysFile $SSHD_DIR/authorized_keys
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-LogLevel ERROR
-CFG
-echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1-2 "$SSHD_DIR/host.pub")" >"$SSHD_DIR/known_hosts"
-/usr/sbin/sshd -D -e -f "$SSHD_DIR/sshd_config" 2>"$SSHD_DIR/sshd.log" &
-SSHD_PID=$!
-for _ in $(seq 100); do
-    if (echo >"/dev/tcp/127.0.0.1/$SSH_PORT") 2>/dev/null; then break; fi
-    sleep 0.1
-done
+start_sshd "$SSHD_DIR"
 FAR_TIME=$RAW/far-time.txt
 cat >"$SSHD_DIR/far-sparsebak" <<SH
 #!/bin/sh

@@ -13,6 +13,8 @@
 # SSHOPTS_EXTRA (more ssh options for the ssh rows, e.g. "-o Ciphers=chacha20-poly1305@openssh.com").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/sshd.sh
+. "$here/sshd.sh"
 REPS=${REPS:-3}
 MIB=${MIB:-256}
 WORK=${BENCH_DIR:-/var/tmp/sparsebak-sshcmp}
@@ -40,31 +42,8 @@ mount -o loop "$BACKING" "$MNT"
 python3 "$here/gen.py" image "$MNT/img" $((MIB << 20)) 42
 
 S=$WORK/ssh
-mkdir -p "$S" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$S/host"
-ssh-keygen -q -t ed25519 -N '' -f "$S/key"
-cp "$S/key.pub" "$S/authorized_keys"
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$S/sshd_config" <<CFG
-Port $PORT
-ListenAddress 127.0.0.1
-HostKey $S/host
-PidFile $S/sshd.pid
-AuthorizedKeysFile $S/authorized_keys
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-LogLevel ERROR
-CFG
-echo "[127.0.0.1]:$PORT $(cut -d' ' -f1-2 "$S/host.pub")" >"$S/known_hosts"
-/usr/sbin/sshd -D -e -f "$S/sshd_config" 2>"$S/sshd.log" &
-SSHD_PID=$!
-for _ in $(seq 100); do
-    if (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
-    sleep 0.1
-done
+start_sshd "$S"
+PORT=$SSH_PORT
 
 # conf NAME BIN [remote]: a config of its own (voldir, archive, metadir) for one row set.
 conf() {
