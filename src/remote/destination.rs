@@ -67,192 +67,9 @@ impl RemoteDestination {
         Ok(c.decode(&p, f)?)
     }
 
-    pub fn label(&self) -> String {
-        self.label.clone()
-    }
-
-    pub fn read_only(&self) -> bool {
-        self.read_only
-    }
-
-    pub fn marker(&self) -> Result<Option<ArchiveMarker>> {
-        self.call(Enc::new().u8(dreq::MARKER), |d| {
-            Ok(if d.bool()? {
-                Some(ArchiveMarker {
-                    format: d.u32()?,
-                    id: d.opt_str()?,
-                })
-            } else {
-                None
-            })
-        })
-    }
-
-    pub fn create(&self) -> Result<()> {
-        self.call(Enc::new().u8(dreq::CREATE), |_| Ok(()))
-    }
-
-    pub fn add_identity(&self) -> Result<String> {
-        self.call(Enc::new().u8(dreq::ADD_IDENTITY), |d| d.str())
-    }
-
-    pub fn volumes(&self) -> Result<Vec<String>> {
-        self.call(Enc::new().u8(super::proto::req::VOLUMES), |d| d.strs())
-    }
-
     /// The read side of volume `name`.
     pub fn store(&self, name: &str) -> RemoteStore {
         RemoteStore::new(self.conn.clone(), name)
-    }
-
-    pub fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
-        let held = {
-            let mut c = self.conn.lock().map_err(|_| poisoned(&self.label))?;
-            c.lock(name, mode == Mode::Exclusive)?
-        };
-        Ok(held.then(|| {
-            DestLock::new(RemoteLock {
-                conn: self.conn.clone(),
-                volume: name.to_string(),
-            })
-        }))
-    }
-
-    pub fn begin_session(
-        &self,
-        name: &str,
-        id: &str,
-        kind: SessionKind,
-        base: Option<&str>,
-        volsize: u64,
-    ) -> Result<Box<dyn SessionSink>> {
-        let mut e = Enc::new();
-        e.u8(dreq::BEGIN_SESSION).str(name).str(id);
-        wire::put_kind(&mut e, kind);
-        e.opt_str(base).u64(volsize);
-        let resumable = self.call(&e, |d| d.bool())?;
-        Ok(Box::new(RemoteSink {
-            conn: self.conn.clone(),
-            label: self.label.clone(),
-            volume: name.to_string(),
-            changed: 0,
-            bytes_stored: 0,
-            offers: std::collections::VecDeque::new(),
-            more_offers: resumable,
-            resumed: 0,
-            resumed_bytes: 0,
-        }))
-    }
-
-    pub fn remove_staging(&self, name: &str) -> Result<()> {
-        self.call(Enc::new().u8(dreq::REMOVE_STAGING).str(name), |_| Ok(()))
-    }
-
-    pub fn sweep_dead_runs(&self) {
-        if let Err(e) = self.call(Enc::new().u8(dreq::SWEEP_DEAD_RUNS), |_| Ok(())) {
-            tracing::warn!("{e}");
-        }
-    }
-
-    pub fn interrupted_prune(&self, name: &str) -> Result<Option<(String, String)>> {
-        self.call(
-            Enc::new().u8(dreq::INTERRUPTED_PRUNE).str(name),
-            wire::get_opt_pair,
-        )
-    }
-
-    pub fn recover(
-        &self,
-        name: &str,
-        removed_info: Option<&SessionInfo>,
-    ) -> Result<Option<(String, String)>> {
-        let mut e = Enc::new();
-        e.u8(dreq::RECOVER).str(name);
-        wire::put_opt_info(&mut e, removed_info);
-        self.call(&e, wire::get_opt_pair)
-    }
-
-    pub fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
-        self.call(
-            Enc::new().u8(dreq::CHECK_REMOVAL).str(name).strs(targets),
-            |_| Ok(()),
-        )
-    }
-
-    pub fn fold(
-        &self,
-        name: &str,
-        remove: &str,
-        dry_run: bool,
-        removed_info: Option<&SessionInfo>,
-    ) -> Result<FoldPlan> {
-        let mut e = Enc::new();
-        e.u8(dreq::FOLD).str(name).str(remove).bool(dry_run);
-        wire::put_opt_info(&mut e, removed_info);
-        self.call(&e, wire::get_plan)
-    }
-
-    pub fn end_fold(&self, name: &str) -> Result<()> {
-        self.call(Enc::new().u8(dreq::END_FOLD).str(name), |_| Ok(()))
-    }
-
-    pub fn check_stored(
-        &self,
-        name: &str,
-        info: &SessionInfo,
-        bad_manifest: bool,
-    ) -> Result<SessionCheck> {
-        let mut e = Enc::new();
-        e.u8(dreq::CHECK_STORED).str(name);
-        wire::put_info(&mut e, info);
-        e.bool(bad_manifest);
-        self.call(&e, |d| {
-            Ok(SessionCheck {
-                problems: d.strs()?,
-                missing: d.u64s()?,
-                bad_manifest: d.bool()?,
-                unlisted: d.bool()?,
-            })
-        })
-    }
-
-    pub fn untar(&self, name: &str, id: &str) -> Result<bool> {
-        self.call(Enc::new().u8(dreq::UNTAR).str(name).str(id), |d| d.bool())
-    }
-
-    pub fn delete_sessions(&self, name: &str, ids: &[String]) -> Result<()> {
-        self.call(
-            Enc::new().u8(dreq::DELETE_SESSIONS).str(name).strs(ids),
-            |_| Ok(()),
-        )
-    }
-
-    pub fn delete_volume(&self, name: &str) -> Result<bool> {
-        self.call(Enc::new().u8(dreq::DELETE_VOLUME).str(name), |d| d.bool())
-    }
-
-    pub fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
-        self.call(Enc::new().u8(dreq::RENAME_VOLUME).str(old).str(new), |d| {
-            d.bool()
-        })
-    }
-
-    pub fn volume_is_free(&self, name: &str) -> Result<bool> {
-        self.call(Enc::new().u8(dreq::VOLUME_IS_FREE).str(name), |d| d.bool())
-    }
-
-    pub fn put_session_file(
-        &self,
-        name: &str,
-        id: &str,
-        file: SessionFile,
-        bytes: &[u8],
-    ) -> Result<()> {
-        let mut e = Enc::new();
-        e.u8(dreq::PUT_SESSION_FILE).str(name).str(id);
-        wire::put_file(&mut e, file);
-        e.bytes(bytes);
-        self.call(&e, |_| Ok(()))
     }
 }
 
@@ -423,29 +240,55 @@ impl SessionSink for RemoteSink {
 
 impl crate::destination::Destination for RemoteDestination {
     fn label(&self) -> String {
-        RemoteDestination::label(self)
+        self.label.clone()
     }
+
     fn read_only(&self) -> bool {
-        RemoteDestination::read_only(self)
+        self.read_only
     }
+
     fn marker(&self) -> Result<Option<ArchiveMarker>> {
-        RemoteDestination::marker(self)
+        self.call(Enc::new().u8(dreq::MARKER), |d| {
+            Ok(if d.bool()? {
+                Some(ArchiveMarker {
+                    format: d.u32()?,
+                    id: d.opt_str()?,
+                })
+            } else {
+                None
+            })
+        })
     }
+
     fn create(&self) -> Result<()> {
-        RemoteDestination::create(self)
+        self.call(Enc::new().u8(dreq::CREATE), |_| Ok(()))
     }
+
     fn add_identity(&self) -> Result<String> {
-        RemoteDestination::add_identity(self)
+        self.call(Enc::new().u8(dreq::ADD_IDENTITY), |d| d.str())
     }
+
     fn volumes(&self) -> Result<Vec<String>> {
-        RemoteDestination::volumes(self)
+        self.call(Enc::new().u8(super::proto::req::VOLUMES), |d| d.strs())
     }
+
     fn volume(&self, name: &str) -> sparsebak_format::volume::VolumeArchive {
         sparsebak_format::volume::VolumeArchive::from_store(name, Arc::new(self.store(name)))
     }
+
     fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
-        RemoteDestination::lock_volume(self, name, mode)
+        let held = {
+            let mut c = self.conn.lock().map_err(|_| poisoned(&self.label))?;
+            c.lock(name, mode == Mode::Exclusive)?
+        };
+        Ok(held.then(|| {
+            DestLock::new(RemoteLock {
+                conn: self.conn.clone(),
+                volume: name.to_string(),
+            })
+        }))
     }
+
     fn begin_session(
         &self,
         name: &str,
@@ -454,27 +297,59 @@ impl crate::destination::Destination for RemoteDestination {
         base: Option<&str>,
         volsize: u64,
     ) -> Result<Box<dyn SessionSink>> {
-        RemoteDestination::begin_session(self, name, id, kind, base, volsize)
+        let mut e = Enc::new();
+        e.u8(dreq::BEGIN_SESSION).str(name).str(id);
+        wire::put_kind(&mut e, kind);
+        e.opt_str(base).u64(volsize);
+        let resumable = self.call(&e, |d| d.bool())?;
+        Ok(Box::new(RemoteSink {
+            conn: self.conn.clone(),
+            label: self.label.clone(),
+            volume: name.to_string(),
+            changed: 0,
+            bytes_stored: 0,
+            offers: std::collections::VecDeque::new(),
+            more_offers: resumable,
+            resumed: 0,
+            resumed_bytes: 0,
+        }))
     }
+
     fn remove_staging(&self, name: &str) -> Result<()> {
-        RemoteDestination::remove_staging(self, name)
+        self.call(Enc::new().u8(dreq::REMOVE_STAGING).str(name), |_| Ok(()))
     }
+
     fn sweep_dead_runs(&self) {
-        RemoteDestination::sweep_dead_runs(self)
+        if let Err(e) = self.call(Enc::new().u8(dreq::SWEEP_DEAD_RUNS), |_| Ok(())) {
+            tracing::warn!("{e}");
+        }
     }
+
     fn interrupted_prune(&self, name: &str) -> Result<Option<(String, String)>> {
-        RemoteDestination::interrupted_prune(self, name)
+        self.call(
+            Enc::new().u8(dreq::INTERRUPTED_PRUNE).str(name),
+            wire::get_opt_pair,
+        )
     }
+
     fn recover(
         &self,
         name: &str,
         removed_info: Option<&SessionInfo>,
     ) -> Result<Option<(String, String)>> {
-        RemoteDestination::recover(self, name, removed_info)
+        let mut e = Enc::new();
+        e.u8(dreq::RECOVER).str(name);
+        wire::put_opt_info(&mut e, removed_info);
+        self.call(&e, wire::get_opt_pair)
     }
+
     fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
-        RemoteDestination::check_removal(self, name, targets)
+        self.call(
+            Enc::new().u8(dreq::CHECK_REMOVAL).str(name).strs(targets),
+            |_| Ok(()),
+        )
     }
+
     fn fold(
         &self,
         name: &str,
@@ -482,34 +357,61 @@ impl crate::destination::Destination for RemoteDestination {
         dry_run: bool,
         removed_info: Option<&SessionInfo>,
     ) -> Result<FoldPlan> {
-        RemoteDestination::fold(self, name, remove, dry_run, removed_info)
+        let mut e = Enc::new();
+        e.u8(dreq::FOLD).str(name).str(remove).bool(dry_run);
+        wire::put_opt_info(&mut e, removed_info);
+        self.call(&e, wire::get_plan)
     }
+
     fn end_fold(&self, name: &str) -> Result<()> {
-        RemoteDestination::end_fold(self, name)
+        self.call(Enc::new().u8(dreq::END_FOLD).str(name), |_| Ok(()))
     }
+
     fn check_stored(
         &self,
         name: &str,
         info: &SessionInfo,
         bad_manifest: bool,
     ) -> Result<SessionCheck> {
-        RemoteDestination::check_stored(self, name, info, bad_manifest)
+        let mut e = Enc::new();
+        e.u8(dreq::CHECK_STORED).str(name);
+        wire::put_info(&mut e, info);
+        e.bool(bad_manifest);
+        self.call(&e, |d| {
+            Ok(SessionCheck {
+                problems: d.strs()?,
+                missing: d.u64s()?,
+                bad_manifest: d.bool()?,
+                unlisted: d.bool()?,
+            })
+        })
     }
+
     fn untar(&self, name: &str, id: &str) -> Result<bool> {
-        RemoteDestination::untar(self, name, id)
+        self.call(Enc::new().u8(dreq::UNTAR).str(name).str(id), |d| d.bool())
     }
+
     fn delete_sessions(&self, name: &str, ids: &[String]) -> Result<()> {
-        RemoteDestination::delete_sessions(self, name, ids)
+        self.call(
+            Enc::new().u8(dreq::DELETE_SESSIONS).str(name).strs(ids),
+            |_| Ok(()),
+        )
     }
+
     fn delete_volume(&self, name: &str) -> Result<bool> {
-        RemoteDestination::delete_volume(self, name)
+        self.call(Enc::new().u8(dreq::DELETE_VOLUME).str(name), |d| d.bool())
     }
+
     fn volume_is_free(&self, name: &str) -> Result<bool> {
-        RemoteDestination::volume_is_free(self, name)
+        self.call(Enc::new().u8(dreq::VOLUME_IS_FREE).str(name), |d| d.bool())
     }
+
     fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
-        RemoteDestination::rename_volume(self, old, new)
+        self.call(Enc::new().u8(dreq::RENAME_VOLUME).str(old).str(new), |d| {
+            d.bool()
+        })
     }
+
     fn put_session_file(
         &self,
         name: &str,
@@ -517,6 +419,10 @@ impl crate::destination::Destination for RemoteDestination {
         file: SessionFile,
         bytes: &[u8],
     ) -> Result<()> {
-        RemoteDestination::put_session_file(self, name, id, file, bytes)
+        let mut e = Enc::new();
+        e.u8(dreq::PUT_SESSION_FILE).str(name).str(id);
+        wire::put_file(&mut e, file);
+        e.bytes(bytes);
+        self.call(&e, |_| Ok(()))
     }
 }
