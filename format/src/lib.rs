@@ -14,6 +14,7 @@
 pub mod alloc;
 pub mod chunk;
 pub mod codec;
+pub mod crypto;
 pub mod error;
 pub mod fuzzing;
 pub mod info;
