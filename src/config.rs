@@ -64,6 +64,12 @@ pub struct Config {
     pub destcmd: Option<String>,
     /// Extra arguments for the ssh client (`sshopts`), as written.
     pub sshopts: Option<String>,
+    /// The chosen destination's `encrypt` (see [`DestConfig::encrypt`]).
+    pub encrypt: Option<bool>,
+    /// The chosen destination's `passfile`.
+    pub passfile: Option<PathBuf>,
+    /// The chosen destination's `passcmd`.
+    pub passcmd: Option<String>,
     /// The destination the destination fields above (`destvm`, `destmountpoint`,
     /// `destdir`, `tarfile`, `destcmd`, `sshopts`) are those of: see
     /// [`Config::for_dest`].
@@ -85,6 +91,12 @@ pub struct DestConfig {
     pub tarfile: bool,
     pub destcmd: Option<String>,
     pub sshopts: Option<String>,
+    /// `encrypt = on|off` as written (`None`: follow the archive; on for a new one).
+    pub encrypt: Option<bool>,
+    /// `passfile`: a file holding the archive's passphrase.
+    pub passfile: Option<PathBuf>,
+    /// `passcmd`: a command (split on blanks, run without a shell) printing it.
+    pub passcmd: Option<String>,
     /// The far side, when `destvm` names one (parsed from the three keys above).
     pub remote: Option<crate::remote::RemoteSpec>,
 }
@@ -97,6 +109,9 @@ pub const DEST_KEYS: &[&str] = &[
     "tarfile",
     "destcmd",
     "sshopts",
+    "encrypt",
+    "passfile",
+    "passcmd",
 ];
 
 /// The value of `--dest` that means every configured destination (`send` only); no
@@ -324,6 +339,22 @@ fn parse_dest<'a>(
         "off" | "no" | "false" | "disable" => false,
         other => return Err(format!("{at}tarfile = {other:?}: expected on or off")),
     };
+    let encrypt = match get("encrypt") {
+        None => None,
+        Some("on" | "yes" | "true" | "enable") => Some(true),
+        Some("off" | "no" | "false" | "disable") => Some(false),
+        Some(other) => return Err(format!("{at}encrypt = {other:?}: expected on or off")),
+    };
+    let passfile = get("passfile").map(PathBuf::from);
+    if let Some(p) = &passfile {
+        if !p.is_absolute() {
+            return Err(format!("{at}passfile {} must be absolute", p.display()));
+        }
+    }
+    let passcmd = get("passcmd").map(str::to_string);
+    if passcmd.as_deref().is_some_and(|c| c.split_whitespace().next().is_none()) {
+        return Err(format!("{at}passcmd is empty"));
+    }
     Ok(DestConfig {
         name: name.to_string(),
         destvm: get("destvm").map(str::to_string),
@@ -332,6 +363,9 @@ fn parse_dest<'a>(
         tarfile,
         destcmd: get("destcmd").map(str::to_string),
         sshopts: get("sshopts").map(str::to_string),
+        encrypt,
+        passfile,
+        passcmd,
         remote,
     })
 }
@@ -511,6 +545,9 @@ impl Config {
             destvm: None,
             destcmd: None,
             sshopts: None,
+            encrypt: None,
+            passfile: None,
+            passcmd: None,
             dest: String::new(),
             dests,
         };
@@ -527,6 +564,9 @@ impl Config {
         self.tarfile = d.tarfile;
         self.destcmd = d.destcmd.clone();
         self.sshopts = d.sshopts.clone();
+        self.encrypt = d.encrypt;
+        self.passfile = d.passfile.clone();
+        self.passcmd = d.passcmd.clone();
         self.remote = d.remote.clone();
     }
 

@@ -27,6 +27,7 @@ pub mod error;
 pub mod failpoint;
 pub mod lock;
 pub mod metadir;
+pub mod passphrase;
 pub mod pipeline;
 pub mod progress;
 pub mod receive;
