@@ -142,6 +142,9 @@ const VAR_KEYS: &[&str] = &[
     "compression",
     "keep",
     "tarfile",
+    "encrypt",
+    "passfile",
+    "passcmd",
 ];
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
@@ -352,7 +355,10 @@ fn parse_dest<'a>(
         }
     }
     let passcmd = get("passcmd").map(str::to_string);
-    if passcmd.as_deref().is_some_and(|c| c.split_whitespace().next().is_none()) {
+    if passcmd
+        .as_deref()
+        .is_some_and(|c| c.split_whitespace().next().is_none())
+    {
         return Err(format!("{at}passcmd is empty"));
     }
     Ok(DestConfig {
@@ -948,7 +954,7 @@ mod tests {
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
                  destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
-                 keep, tarfile)",
+                 keep, tarfile, encrypt, passfile, passcmd)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",
@@ -1014,7 +1020,7 @@ mod tests {
             (
                 "[var]\ndestdir = /a\n[dest:u]\ndestdir = /b\nmetadir = /m\n",
                 "unknown key \"metadir\" in [dest:u] (known: destvm, destmountpoint, destdir, \
-                 tarfile, destcmd, sshopts)",
+                 tarfile, destcmd, sshopts, encrypt, passfile, passcmd)",
             ),
             (
                 "[var]\ndestdir = /a\n[dest:../u]\ndestdir = /b\n",
