@@ -30,6 +30,10 @@ use sha2::{Digest, Sha256};
 
 use crate::chunk::Codec;
 use crate::codec::{self, ChunkCodec, ChunkContext};
+use crate::crypto::envelope::{overhead, plain_len};
+use crate::crypto::{
+    ArchiveKeys, CryptoError, KeyFile, OpenReader, Passphrase, Place, SealWriter, AEAD_NAME,
+};
 use crate::info::SessionInfo;
 use crate::layout;
 use crate::limits;
@@ -46,6 +50,19 @@ pub const HEADER_MEMBER: &str = "sparsebak-stream/header";
 pub const TRAILER_MEMBER: &str = "sparsebak-stream/trailer";
 /// Value of the header's `format` key.
 pub const STREAM_FORMAT: &str = "sparsebak-stream 1";
+/// Value of the `format` key of an encrypted stream (its plain first member and its
+/// sealed header).
+pub const STREAM_FORMAT_2: &str = "sparsebak-stream 2";
+/// Encrypted streams: the member holding the chain's key file (wrapped; no secret).
+pub const KEY_MEMBER: &str = "sparsebak-stream/key";
+/// Encrypted streams: the sealed header.
+pub const SEALED_HEADER_MEMBER: &str = "sparsebak-stream/session";
+/// Encrypted streams: the sealed manifest.
+pub const SEALED_MANIFEST_MEMBER: &str = "sparsebak-stream/manifest";
+/// Encrypted streams: the sealed info.
+pub const SEALED_INFO_MEMBER: &str = "sparsebak-stream/info";
+/// Encrypted streams: chunk members are this followed by the chunk's name token.
+pub const SEALED_CHUNK_PREFIX: &str = "sparsebak-stream/c/";
 
 /// Largest header, info or trailer member a reader accepts: they are a few hundred
 /// bytes, and a bound keeps a hostile size field from making us allocate.
@@ -141,6 +158,18 @@ pub enum StreamError {
     },
     #[error("the input holds no stream")]
     Empty,
+    #[error(
+        "{at}: foreign stream: it is of stream chain {found}, the streams before it are of chain {expected}"
+    )]
+    ForeignChain {
+        at: StreamAt,
+        expected: String,
+        found: String,
+    },
+    #[error("{at}: wrong passphrase: it does not unlock the key of stream chain {chain}")]
+    WrongPassphrase { at: StreamAt, chain: String },
+    #[error("{at}: the stream is encrypted: {reason}")]
+    Locked { at: StreamAt, reason: String },
 }
 
 impl StreamError {
@@ -160,6 +189,9 @@ impl StreamError {
             | ChunkSize { at, .. }
             | NotFull { at, .. }
             | BrokenChain { at, .. }
+            | ForeignChain { at, .. }
+            | WrongPassphrase { at, .. }
+            | Locked { at, .. }
             | Sink { at, .. } => Some(at),
             BlockSize(_) | Header(_) | Misuse(_) | Write(_) | Empty => None,
         }
@@ -183,6 +215,9 @@ pub struct StreamHeader {
     pub base: Option<String>,
     /// `manifest_sha256` of `base`; set exactly when `base` is.
     pub base_manifest_sha256: Option<Hash>,
+    /// The stream chain's id, for an encrypted stream (format 2): the id its key file
+    /// names and its keys are derived for. `None` for a plain stream (format 1).
+    pub volume_id: Option<String>,
 }
 
 impl StreamHeader {
@@ -198,14 +233,19 @@ impl StreamHeader {
             time: info.time,
             base: info.previous.clone(),
             base_manifest_sha256,
+            volume_id: None,
         }
     }
 
     /// The member's bytes.
     pub fn to_text(&self) -> String {
         let opt_hash = |h: &Option<Hash>| h.map(hex::encode).unwrap_or_default();
+        let (format, id) = match &self.volume_id {
+            Some(id) => (STREAM_FORMAT_2, format!("volume_id={id}\n")),
+            None => (STREAM_FORMAT, String::new()),
+        };
         format!(
-            "format={STREAM_FORMAT}\nvolume={}\nsession={}\nvolsize={}\nchunksize={}\n\
+            "format={format}\nvolume={}\n{id}session={}\nvolsize={}\nchunksize={}\n\
              compression={}\ntime={}\nbase={}\nbase_manifest_sha256={}\n",
             self.volume,
             self.session,
@@ -218,8 +258,9 @@ impl StreamHeader {
         )
     }
 
-    /// Parse and check the member's bytes. Unknown keys are ignored (a later version
-    /// may add some); a different `format` is refused.
+    /// Parse and check the member's bytes (a plain header, or the opened sealed header
+    /// of an encrypted stream, which names the chain's `volume_id`). Unknown keys are
+    /// ignored (a later version may add some); a different `format` is refused.
     pub fn parse(text: &str) -> Result<StreamHeader, String> {
         if !text.ends_with('\n') {
             return Err("last line has no newline".into());
@@ -238,11 +279,22 @@ impl StreamHeader {
             get(k)?.parse::<u64>().map_err(|e| format!("{k}: {e}"))
         };
         let format = get("format")?;
-        if format != STREAM_FORMAT {
-            return Err(format!(
-                "format {format:?} is not supported (this build reads {STREAM_FORMAT:?})"
-            ));
-        }
+        let volume_id = match format {
+            STREAM_FORMAT => None,
+            STREAM_FORMAT_2 => {
+                let id = get("volume_id")?;
+                if !is_chain_id(id) {
+                    return Err(format!("bad volume_id {id:?}"));
+                }
+                Some(id.to_string())
+            }
+            _ => {
+                return Err(format!(
+                    "format {format:?} is not supported (this build reads {STREAM_FORMAT:?} \
+                     and {STREAM_FORMAT_2:?})"
+                ))
+            }
+        };
         let compression = get("compression")?;
         let compression = Codec::from_name(compression)
             .ok_or_else(|| format!("unknown compression {compression:?}"))?;
@@ -263,6 +315,7 @@ impl StreamHeader {
             time: get("time")?.parse().map_err(|e| format!("time: {e}"))?,
             base,
             base_manifest_sha256,
+            volume_id,
         };
         header.check()?;
         Ok(header)
@@ -304,13 +357,45 @@ impl StreamHeader {
             }
             _ => return Err("base and base_manifest_sha256 must be both set or both empty".into()),
         }
+        if let Some(id) = &self.volume_id {
+            if !is_chain_id(id) {
+                return Err(format!("bad volume_id {id:?}"));
+            }
+        }
         Ok(())
     }
 
+    /// Whether this is the header of an encrypted stream (format 2).
+    pub fn encrypted(&self) -> bool {
+        self.volume_id.is_some()
+    }
+
     /// The tar mtime of every member: the session time (0 for a time before 1970,
-    /// which tar cannot express; the header keeps the real value).
+    /// which tar cannot express; the header keeps the real value). 0 in an encrypted
+    /// stream, whose plain bytes must not tell when it was taken.
     fn mtime(&self) -> u64 {
+        if self.encrypted() {
+            return 0;
+        }
         u64::try_from(self.time).unwrap_or(0)
+    }
+
+    /// The manifest member's name.
+    fn manifest_member(&self) -> String {
+        if self.encrypted() {
+            SEALED_MANIFEST_MEMBER.to_string()
+        } else {
+            self.session_member(layout::MANIFEST_FILE)
+        }
+    }
+
+    /// The info member's name.
+    fn info_member(&self) -> String {
+        if self.encrypted() {
+            SEALED_INFO_MEMBER.to_string()
+        } else {
+            self.session_member(layout::INFO_FILE)
+        }
     }
 
     fn chunk_member(&self, addr: u64) -> String {
@@ -327,9 +412,14 @@ impl StreamHeader {
     }
 
     /// Largest chunk member this session can hold: a raw chunk, or the worst-case zstd
-    /// frame of one. Bounds what a reader allocates for a member.
+    /// frame of one (sealed, in an encrypted stream). Bounds what a reader allocates
+    /// for a member.
     fn max_payload(&self) -> u64 {
-        limits::max_stored(self.compression, self.chunksize)
+        if self.encrypted() {
+            limits::max_sealed(self.compression, self.chunksize)
+        } else {
+            limits::max_stored(self.compression, self.chunksize)
+        }
     }
 
     /// Checks that `info` describes the session this header announces.
@@ -372,6 +462,12 @@ impl StreamHeader {
 #[allow(clippy::manual_is_multiple_of)]
 fn multiple_of(x: u64, m: u64) -> bool {
     x % m == 0
+}
+
+/// A stream chain's id: what [`crate::crypto::random_uuid`] makes, or any id a key
+/// file accepts (letters, digits and `-`, at most 64).
+fn is_chain_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
 }
 
 fn parse_hash(h: &str) -> Option<Hash> {
@@ -667,6 +763,68 @@ pub struct StreamWriter<W: Write> {
     /// Addresses of the chunks put, to check the manifest's data lines at the end.
     addrs: Sha256,
     chunks: u64,
+    /// The chain's keys, for an encrypted stream.
+    crypt: Option<StreamCrypt>,
+}
+
+/// What an encrypted stream is written with: the chain's keys and its key file (which
+/// every stream of the chain carries, so each one is self-contained).
+#[derive(Debug, Clone)]
+pub struct StreamCrypt {
+    pub keys: Arc<ArchiveKeys>,
+    pub key_file: KeyFile,
+}
+
+/// The plain first member of an encrypted stream.
+fn opening_text() -> String {
+    format!("format={STREAM_FORMAT_2}\nencryption={AEAD_NAME}\n")
+}
+
+/// The trailer's content, sealed when the stream is encrypted.
+fn sealed_or_plain(
+    crypt: Option<&StreamCrypt>,
+    place: Place<'_>,
+    text: &[u8],
+) -> Result<Vec<u8>, StreamError> {
+    match crypt {
+        Some(c) => c
+            .keys
+            .seal(&place, text)
+            .map_err(|e| StreamError::Misuse(e.to_string())),
+        None => Ok(text.to_vec()),
+    }
+}
+
+/// A member's content as it is written: plain, or sealed on the way.
+enum Body<'k, 'a, W: Write> {
+    Plain(Hashed<'a, W>),
+    Sealed(SealWriter<'k, Hashed<'a, W>>),
+}
+
+impl<W: Write> Body<'_, '_, W> {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Body::Plain(w) => w.write_all(data),
+            Body::Sealed(w) => w.write_all(data),
+        }
+    }
+}
+
+/// Writes to a record writer and hashes what it writes into the trailer.
+struct Hashed<'a, W: Write> {
+    out: &'a mut RecordWriter<W>,
+    trailer: &'a mut TrailerHash,
+}
+
+impl<W: Write> Write for Hashed<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(data)?;
+        self.trailer.content(&data[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<W: Write> StreamWriter<W> {
@@ -681,7 +839,40 @@ impl<W: Write> StreamWriter<W> {
         header: StreamHeader,
         block_size: usize,
     ) -> Result<Self, StreamError> {
+        Self::start(out, header, block_size, None)
+    }
+
+    /// Start an encrypted stream (format 2) of the chain `crypt` holds the keys of:
+    /// the header's `volume_id` must be that chain's id. Chunks are then put as the
+    /// chain's [`crate::codec::Sealed`] codec encodes them.
+    pub fn encrypted(
+        out: W,
+        header: StreamHeader,
+        block_size: usize,
+        crypt: StreamCrypt,
+    ) -> Result<Self, StreamError> {
+        let id = crypt.keys.archive();
+        if header.volume_id.as_deref() != Some(id) || crypt.key_file.archive != id {
+            return Err(StreamError::Misuse(format!(
+                "the header's volume_id {:?}, the keys' chain {id} and the key file's {} differ",
+                header.volume_id, crypt.key_file.archive
+            )));
+        }
+        Self::start(out, header, block_size, Some(crypt))
+    }
+
+    fn start(
+        out: W,
+        header: StreamHeader,
+        block_size: usize,
+        crypt: Option<StreamCrypt>,
+    ) -> Result<Self, StreamError> {
         header.check().map_err(StreamError::Header)?;
+        if header.encrypted() != crypt.is_some() {
+            return Err(StreamError::Misuse(
+                "an encrypted stream needs keys, a plain one none".into(),
+            ));
+        }
         let out = RecordWriter::new(out, block_size)?;
         let mut w = StreamWriter {
             out,
@@ -690,9 +881,21 @@ impl<W: Write> StreamWriter<W> {
             last_addr: None,
             addrs: Sha256::new(),
             chunks: 0,
+            crypt,
         };
         let text = w.header.to_text();
-        w.member(HEADER_MEMBER, text.as_bytes())?;
+        match w.crypt.clone() {
+            None => w.member(HEADER_MEMBER, text.as_bytes())?,
+            Some(c) => {
+                w.member(HEADER_MEMBER, opening_text().as_bytes())?;
+                w.member(KEY_MEMBER, c.key_file.render().as_bytes())?;
+                let place = Place::StreamHead {
+                    volume_id: c.keys.archive(),
+                };
+                let sealed = sealed_or_plain(Some(&c), place, text.as_bytes())?;
+                w.member(SEALED_HEADER_MEMBER, &sealed)?;
+            }
+        }
         Ok(w)
     }
 
@@ -717,9 +920,12 @@ impl<W: Write> StreamWriter<W> {
                 "chunk address x{addr:016x} is not a chunk of the volume"
             )));
         }
+        let raw = match self.crypt {
+            Some(_) => self.header.chunksize + overhead(self.header.chunksize),
+            None => self.header.chunksize,
+        };
         if payload.len() as u64 > self.header.max_payload()
-            || (self.header.compression == Codec::None
-                && payload.len() as u64 != self.header.chunksize)
+            || (self.header.compression == Codec::None && payload.len() as u64 != raw)
         {
             return Err(StreamError::Misuse(format!(
                 "chunk x{addr:016x}: {} bytes cannot be a {} chunk of {} bytes",
@@ -731,7 +937,13 @@ impl<W: Write> StreamWriter<W> {
         self.last_addr = Some(addr);
         self.addrs.update(addr.to_le_bytes());
         self.chunks += 1;
-        let name = self.header.chunk_member(addr);
+        let name = match &self.crypt {
+            Some(c) => format!(
+                "{SEALED_CHUNK_PREFIX}{}",
+                c.keys.chunk_token(&self.header.session, addr)
+            ),
+            None => self.header.chunk_member(addr),
+        };
         self.member(&name, payload)
     }
 
@@ -755,8 +967,32 @@ impl<W: Write> StreamWriter<W> {
     ) -> Result<(W, u64), StreamError> {
         self.header.agrees_with(info).map_err(StreamError::Misuse)?;
         let mtime = self.header.mtime();
-        let name = self.header.session_member(layout::MANIFEST_FILE);
-        self.member_header(&name, len, mtime)?;
+        let name = self.header.manifest_member();
+        let stored_len = match self.crypt {
+            Some(_) => len + overhead(len),
+            None => len,
+        };
+        self.member_header(&name, stored_len, mtime)?;
+        let crypt = self.crypt.clone();
+        let session = self.header.session.clone();
+        let hashed = Hashed {
+            out: &mut self.out,
+            trailer: &mut self.trailer,
+        };
+        let mut body = match &crypt {
+            Some(c) => Body::Sealed(
+                SealWriter::new(
+                    &c.keys,
+                    Place::Manifest {
+                        volume_id: c.keys.archive(),
+                        session: &session,
+                    },
+                    hashed,
+                )
+                .map_err(|e| StreamError::Misuse(e.to_string()))?,
+            ),
+            None => Body::Plain(hashed),
+        };
 
         let mut sha = Sha256::new();
         let mut split = LineSplitter::default();
@@ -780,8 +1016,7 @@ impl<W: Write> StreamWriter<W> {
             };
             let piece = &buf[..n];
             sha.update(piece);
-            self.trailer.content(piece);
-            self.out.write_all(piece).map_err(StreamError::Write)?;
+            body.write_all(piece).map_err(StreamError::Write)?;
             left -= n as u64;
             split.feed(
                 piece,
@@ -803,7 +1038,10 @@ impl<W: Write> StreamWriter<W> {
                 || StreamError::Misuse("manifest is not text".into()),
             )?;
         }
-        self.pad(len)?;
+        if let Body::Sealed(w) = body {
+            w.finish().map_err(StreamError::Write)?;
+        }
+        self.pad(stored_len)?;
         if !split.is_clean() {
             return Err(StreamError::Misuse(
                 "manifest's last line has no newline".into(),
@@ -830,15 +1068,20 @@ impl<W: Write> StreamWriter<W> {
         }
 
         let info_text = info.to_text();
-        let name = self.header.session_member(layout::INFO_FILE);
-        self.member(&name, info_text.as_bytes())?;
+        let name = self.header.info_member();
+        let place = Place::Info { session: &session };
+        let info_bytes = sealed_or_plain(crypt.as_ref(), place, info_text.as_bytes())?;
+        self.member(&name, &info_bytes)?;
 
         let hash = std::mem::replace(&mut self.trailer, TrailerHash::new()).finish();
-        let text = trailer_text(&hash);
+        let volume_id = self.header.volume_id.clone().unwrap_or_default();
+        let place = Place::StreamTrailer {
+            volume_id: &volume_id,
+            session: &session,
+        };
+        let text = sealed_or_plain(crypt.as_ref(), place, trailer_text(&hash).as_bytes())?;
         self.member_header(TRAILER_MEMBER, text.len() as u64, mtime)?;
-        self.out
-            .write_all(text.as_bytes())
-            .map_err(StreamError::Write)?;
+        self.out.write_all(&text).map_err(StreamError::Write)?;
         self.pad(text.len() as u64)?;
         // End of archive: two zero blocks; the record writer pads past them.
         self.out
@@ -1013,15 +1256,43 @@ pub struct ChainReader<'a> {
     sink: Option<&'a mut dyn VolumeSink>,
     streams: Vec<StreamSummary>,
     buf: Vec<u8>,
+    /// Gives the passphrase of an encrypted chain; asked once, when the first key
+    /// member is read.
+    unlock: Option<Unlock<'a>>,
+    passphrase: Option<Passphrase>,
+    /// The key of the chain being read, once its first encrypted stream was.
+    chain_key: Option<ChainKey>,
+}
+
+/// Where a reader gets the passphrase of an encrypted chain: a line saying why not
+/// when there is none.
+pub type Unlock<'a> = Box<dyn FnMut() -> Result<Passphrase, String> + 'a>;
+
+/// An encrypted chain's key: the key member it came from, the chain's id, the keys.
+struct ChainKey {
+    text: Vec<u8>,
+    id: String,
+    keys: Arc<ArchiveKeys>,
 }
 
 /// Read every stream of `input` (one or more concatenated) as one chain from a full
 /// stream on; with `sink`, rebuild the volume into it (and `finish` it on success).
+/// Encrypted streams are refused: see [`read_chain_with`].
 pub fn read_chain<R: Read>(
     input: R,
     sink: Option<&mut dyn VolumeSink>,
 ) -> Result<ChainSummary, StreamError> {
+    read_chain_with(input, sink, None)
+}
+
+/// As [`read_chain`], with `unlock` to ask for the passphrase of an encrypted chain.
+pub fn read_chain_with<'a, R: Read>(
+    input: R,
+    sink: Option<&'a mut dyn VolumeSink>,
+    unlock: Option<Unlock<'a>>,
+) -> Result<ChainSummary, StreamError> {
     let mut r = ChainReader::new(sink);
+    r.unlock = unlock;
     r.read(input)?;
     r.finish()
 }
@@ -1064,8 +1335,11 @@ impl<R: Read> Input<R> {
 struct Current {
     at: StreamAt,
     header: StreamHeader,
-    /// The codec of the header's compression: decodes and identifies the chunks.
+    /// The codec of the header's compression (sealed under the chain's keys in an
+    /// encrypted stream): decodes and identifies the chunks.
     codec: Arc<dyn ChunkCodec>,
+    /// The chain's keys, for an encrypted stream.
+    keys: Option<Arc<ArchiveKeys>>,
     trailer: TrailerHash,
     phase: Phase,
     last_chunk: Option<u64>,
@@ -1084,7 +1358,16 @@ impl<'a> ChainReader<'a> {
             sink,
             streams: Vec::new(),
             buf: Vec::new(),
+            unlock: None,
+            passphrase: None,
+            chain_key: None,
         }
+    }
+
+    /// Ask `unlock` for the passphrase when the chain is encrypted.
+    pub fn with_unlock(mut self, unlock: Unlock<'a>) -> Self {
+        self.unlock = Some(unlock);
+        self
     }
 
     /// Streams read so far, oldest first.
@@ -1187,19 +1470,59 @@ impl<'a> ChainReader<'a> {
             .filter(|&s| s <= MAX_SMALL_MEMBER)
             .ok_or_else(|| not_stream(&at, "header member of unreasonable size".into()))?;
         let text = self.read_small(input, size, &at)?;
-        let header = std::str::from_utf8(&text)
-            .map_err(|_| "not text".to_string())
-            .and_then(StreamHeader::parse)
-            .map_err(|r| not_stream(&at, format!("header member: {r}")))?;
+        let mut trailer = TrailerHash::new();
+        trailer.member(HEADER_MEMBER, size);
+        trailer.content(&text);
+        let encrypted = opening_format(&text) == Some(STREAM_FORMAT_2);
+        if let Some(prev) = self.streams.last() {
+            if prev.header.encrypted() != encrypted {
+                return Err(StreamError::BrokenChain {
+                    at,
+                    reason: if encrypted {
+                        "it is encrypted, the streams before it are not".into()
+                    } else {
+                        "it is not encrypted, the streams before it are".into()
+                    },
+                });
+            }
+        }
+        let (header, keys) = if encrypted {
+            check_canonical(first, HEADER_MEMBER, size, 0, &at)?;
+            let (h, k) = self.open_encrypted(input, &text, &mut trailer, &at)?;
+            (h, Some(k))
+        } else {
+            let header = std::str::from_utf8(&text)
+                .map_err(|_| "not text".to_string())
+                .and_then(StreamHeader::parse)
+                .map_err(|r| not_stream(&at, format!("header member: {r}")))?;
+            if header.encrypted() {
+                return Err(not_stream(
+                    &at,
+                    "header member: a plain header of format 2".into(),
+                ));
+            }
+            (header, None)
+        };
         at.session = Some(header.session.clone());
-        check_canonical(first, HEADER_MEMBER, size, header.mtime(), &at)?;
+        if !encrypted {
+            check_canonical(first, HEADER_MEMBER, size, header.mtime(), &at)?;
+        }
         self.check_link(&header, &at)?;
 
+        let codec: Arc<dyn ChunkCodec> = match (&keys, &header.volume_id) {
+            (Some(k), Some(id)) => Arc::new(codec::Sealed::new(
+                k.clone(),
+                id,
+                codec::Plain::new(header.compression, codec::DEFAULT_LEVEL),
+            )),
+            _ => codec::for_compression(header.compression),
+        };
         let mut cur = Current {
             at: at.clone(),
-            codec: codec::for_compression(header.compression),
+            codec,
+            keys,
             header,
-            trailer: TrailerHash::new(),
+            trailer,
             phase: Phase::Chunks,
             last_chunk: None,
             chunk_pairs: PairDigest::new(),
@@ -1210,42 +1533,29 @@ impl<'a> ChainReader<'a> {
             info: None,
             start,
         };
-        cur.trailer.member(HEADER_MEMBER, size);
-        cur.trailer.content(&text);
         let volsize = cur.header.volsize;
         self.sink_op(&cur.at, |s| s.set_size(volsize))?;
 
-        let mut block = [0u8; TAR_BLOCK];
         loop {
             cur.at.offset = input.offset;
-            let got = input.fill(&mut block).map_err(|source| StreamError::Read {
-                at: cur.at.clone(),
-                source,
-            })?;
-            if got < TAR_BLOCK {
-                return Err(StreamError::Truncated {
-                    at: cur.at.clone(),
-                    detail: "input ends before the trailer".into(),
-                });
-            }
-            if !checksum_ok(&block) {
-                return Err(damaged(
-                    &cur.at,
-                    "a member header is damaged (bad checksum)",
-                ));
-            }
-            let h = tar::Header::from_byte_slice(&block);
-            let name = String::from_utf8(h.path_bytes().into_owned())
-                .map_err(|_| damaged(&cur.at, "member name is not UTF-8"))?;
-            let size = h
-                .size()
-                .map_err(|_| damaged(&cur.at, "member size unreadable"))?;
+            let (block, name, size) = self.next_member(input, &cur.at)?;
             check_canonical(&block, &name, size, cur.header.mtime(), &cur.at)?;
             if name == TRAILER_MEMBER {
                 if cur.phase != Phase::Trailer {
                     return Err(damaged(&cur.at, "trailer before the manifest and info"));
                 }
-                let text = self.read_small(input, size, &cur.at)?;
+                let stored = self.read_small(input, size, &cur.at)?;
+                let text = match &cur.keys {
+                    Some(k) => {
+                        let place = Place::StreamTrailer {
+                            volume_id: k.archive(),
+                            session: &cur.header.session,
+                        };
+                        k.open(&place, &stored)
+                            .map_err(|e| damaged(&cur.at, &e.to_string()))?
+                    }
+                    None => stored,
+                };
                 let want =
                     trailer_text(&std::mem::replace(&mut cur.trailer, TrailerHash::new()).finish());
                 if text != want.as_bytes() {
@@ -1254,17 +1564,27 @@ impl<'a> ChainReader<'a> {
                 return self.end_of_archive(input, cur);
             }
             cur.trailer.member(&name, size);
-            if name == cur.header.session_member(layout::INFO_FILE) {
+            if name == cur.header.info_member() {
                 if cur.phase != Phase::Info {
                     return Err(damaged(&cur.at, "info member out of place"));
                 }
-                let text = self.read_small(input, size, &cur.at)?;
-                cur.trailer.content(&text);
+                let stored = self.read_small(input, size, &cur.at)?;
+                cur.trailer.content(&stored);
+                let text = match &cur.keys {
+                    Some(k) => {
+                        let place = Place::Info {
+                            session: &cur.header.session,
+                        };
+                        k.open(&place, &stored)
+                            .map_err(|e| damaged(&cur.at, &e.to_string()))?
+                    }
+                    None => stored,
+                };
                 self.check_info(&mut cur, &text)?;
                 cur.phase = Phase::Trailer;
                 continue;
             }
-            if name == cur.header.session_member(layout::MANIFEST_FILE) {
+            if name == cur.header.manifest_member() {
                 if cur.phase != Phase::Chunks {
                     return Err(damaged(&cur.at, "second manifest member"));
                 }
@@ -1272,7 +1592,13 @@ impl<'a> ChainReader<'a> {
                 cur.phase = Phase::Info;
                 continue;
             }
-            let Some(addr) = parse_chunk_member(&cur.header, &name) else {
+            let addr = match &cur.keys {
+                Some(k) => name
+                    .strip_prefix(SEALED_CHUNK_PREFIX)
+                    .and_then(|t| k.addr_of_chunk_token(&cur.header.session, t)),
+                None => parse_chunk_member(&cur.header, &name),
+            };
+            let Some(addr) = addr else {
                 return Err(damaged(&cur.at, &format!("unexpected member {name:?}")));
             };
             if cur.phase != Phase::Chunks {
@@ -1280,6 +1606,162 @@ impl<'a> ChainReader<'a> {
             }
             self.read_chunk(input, &mut cur, addr, size)?;
         }
+    }
+
+    /// The next member's header block: its name and size (not yet checked against the
+    /// canonical header).
+    fn next_member<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        at: &StreamAt,
+    ) -> Result<([u8; TAR_BLOCK], String, u64), StreamError> {
+        let mut block = [0u8; TAR_BLOCK];
+        let got = input.fill(&mut block).map_err(|source| StreamError::Read {
+            at: at.clone(),
+            source,
+        })?;
+        if got < TAR_BLOCK {
+            return Err(StreamError::Truncated {
+                at: at.clone(),
+                detail: "input ends before the trailer".into(),
+            });
+        }
+        if !checksum_ok(&block) {
+            return Err(damaged(at, "a member header is damaged (bad checksum)"));
+        }
+        let h = tar::Header::from_byte_slice(&block);
+        let name = String::from_utf8(h.path_bytes().into_owned())
+            .map_err(|_| damaged(at, "member name is not UTF-8"))?;
+        let size = h
+            .size()
+            .map_err(|_| damaged(at, "member size unreadable"))?;
+        Ok((block, name, size))
+    }
+
+    /// After the plain first member `opening` of an encrypted stream: its key member
+    /// (the chain's key, unlocked with the passphrase once per chain) and its sealed
+    /// header.
+    fn open_encrypted<R: Read>(
+        &mut self,
+        input: &mut Input<R>,
+        opening: &[u8],
+        trailer: &mut TrailerHash,
+        at: &StreamAt,
+    ) -> Result<(StreamHeader, Arc<ArchiveKeys>), StreamError> {
+        let not_stream = |reason: String| StreamError::NotAStream {
+            at: at.clone(),
+            reason,
+        };
+        let enc = std::str::from_utf8(opening)
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("encryption=")));
+        match enc {
+            Some(AEAD_NAME) => {}
+            Some(other) => {
+                return Err(not_stream(format!(
+                    "encryption {other:?} is not supported (this build reads {AEAD_NAME})"
+                )))
+            }
+            None => return Err(not_stream("a format 2 header without encryption".into())),
+        }
+        let mut at = at.clone();
+        let mut member = |me: &mut Self,
+                          input: &mut Input<R>,
+                          at: &mut StreamAt,
+                          want: &str|
+         -> Result<Vec<u8>, StreamError> {
+            at.offset = input.offset;
+            let (block, name, size) = me.next_member(input, at)?;
+            if name != want {
+                return Err(damaged(
+                    at,
+                    &format!("member {name:?} where {want} belongs"),
+                ));
+            }
+            check_canonical(&block, want, size, 0, at)?;
+            let content = me.read_small(input, size, at)?;
+            trailer.member(want, size);
+            trailer.content(&content);
+            Ok(content)
+        };
+        let key_text = member(self, input, &mut at, KEY_MEMBER)?;
+        let key_file =
+            KeyFile::parse(&key_text).map_err(|e| damaged(&at, &format!("key member: {e}")))?;
+        let keys = self.chain_keys(&key_file, &key_text, &at)?;
+        let sealed = member(self, input, &mut at, SEALED_HEADER_MEMBER)?;
+        let place = Place::StreamHead {
+            volume_id: keys.archive(),
+        };
+        let text = keys
+            .open(&place, &sealed)
+            .map_err(|e| damaged(&at, &e.to_string()))?;
+        let header = std::str::from_utf8(&text)
+            .map_err(|_| "not text".to_string())
+            .and_then(StreamHeader::parse)
+            .map_err(|r| damaged(&at, &format!("sealed header: {r}")))?;
+        if header.volume_id.as_deref() != Some(keys.archive()) {
+            return Err(damaged(
+                &at,
+                &format!(
+                    "the sealed header names chain {:?}, its key chain {}",
+                    header.volume_id,
+                    keys.archive()
+                ),
+            ));
+        }
+        Ok((header, keys))
+    }
+
+    /// The keys of the chain whose key file a stream carries: the chain's first
+    /// stream sets them (asking for the passphrase), each later one must carry the key
+    /// of the same chain.
+    fn chain_keys(
+        &mut self,
+        key_file: &KeyFile,
+        text: &[u8],
+        at: &StreamAt,
+    ) -> Result<Arc<ArchiveKeys>, StreamError> {
+        if let Some(ck) = &self.chain_key {
+            if key_file.archive != ck.id {
+                return Err(StreamError::ForeignChain {
+                    at: at.clone(),
+                    expected: ck.id.clone(),
+                    found: key_file.archive.clone(),
+                });
+            }
+            if ck.text == text {
+                return Ok(ck.keys.clone());
+            }
+        }
+        let pass = match &self.passphrase {
+            Some(p) => p.clone(),
+            None => {
+                let unlock = self.unlock.as_mut().ok_or_else(|| StreamError::Locked {
+                    at: at.clone(),
+                    reason: "no passphrase source was given".into(),
+                })?;
+                let p = unlock().map_err(|reason| StreamError::Locked {
+                    at: at.clone(),
+                    reason,
+                })?;
+                self.passphrase = Some(p.clone());
+                p
+            }
+        };
+        let master = key_file.unwrap_key(&pass).map_err(|e| match e {
+            CryptoError::WrongPassphrase => StreamError::WrongPassphrase {
+                at: at.clone(),
+                chain: key_file.archive.clone(),
+            },
+            e => damaged(at, &format!("key member: {e}")),
+        })?;
+        let keys = Arc::new(ArchiveKeys::derive(&master, &key_file.archive));
+        self.chain_key = Some(ChainKey {
+            text: text.to_vec(),
+            id: key_file.archive.clone(),
+            keys: keys.clone(),
+        });
+        Ok(keys)
     }
 
     /// The chain rules, checked as soon as a stream's header is known, before it
@@ -1398,16 +1880,57 @@ impl<'a> ChainReader<'a> {
         let mut split = LineSplitter::default();
         let mut last: Option<u64> = None;
         let mut piece = vec![0u8; COPY_PIECE];
-        let mut left = size;
         let at = cur.at.clone();
         let cs = cur.header.chunksize;
         let volsize = cur.header.volsize;
+        // The content as it is stored (hashed for the trailer), and opened when sealed.
+        let plain_size = match &cur.keys {
+            Some(_) => plain_len(size).ok_or_else(|| {
+                damaged(&at, "the sealed manifest has a length no sealed object has")
+            })?,
+            None => size,
+        };
+        let body = MemberBody {
+            input: &mut *input,
+            left: size,
+            trailer: &mut cur.trailer,
+        };
+        let mut content: Box<dyn Read + '_> = match &cur.keys {
+            Some(k) => Box::new(OpenReader::new(
+                k,
+                Place::Manifest {
+                    volume_id: k.archive(),
+                    session: &cur.header.session,
+                },
+                body,
+            )),
+            None => Box::new(body),
+        };
+        let mut left = plain_size;
         while left > 0 {
-            let n = left.min(piece.len() as u64) as usize;
-            self.read_exact(input, &mut piece[..n], &at)?;
+            let want = left.min(piece.len() as u64) as usize;
+            let n = match content.read(&mut piece[..want]) {
+                Ok(0) => return Err(damaged(&at, "the manifest ends early")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(StreamError::Truncated {
+                        at: at.clone(),
+                        detail: "input ends inside a member".into(),
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(damaged(&at, &e.to_string()))
+                }
+                Err(source) => {
+                    return Err(StreamError::Read {
+                        at: at.clone(),
+                        source,
+                    })
+                }
+            };
             left -= n as u64;
             sha.update(&piece[..n]);
-            cur.trailer.content(&piece[..n]);
             let sink = &mut self.sink;
             let (lines, zeros, pairs) = (
                 &mut cur.manifest_lines,
@@ -1456,6 +1979,22 @@ impl<'a> ChainReader<'a> {
                 || damaged(&at, "manifest is not text"),
             )?;
         }
+        if cur.keys.is_some() {
+            // The last segment's tag: it says the sealed manifest ends here.
+            let mut end = [0u8; 1];
+            match content.read(&mut end) {
+                Ok(0) => {}
+                Ok(_) => return Err(damaged(&at, "the manifest is longer than its member")),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(StreamError::Truncated {
+                        at: at.clone(),
+                        detail: "input ends inside a member".into(),
+                    })
+                }
+                Err(e) => return Err(damaged(&at, &e.to_string())),
+            }
+        }
+        drop(content);
         if !split.is_clean() {
             return Err(damaged(&at, "manifest's last line has no newline"));
         }
@@ -1470,7 +2009,7 @@ impl<'a> ChainReader<'a> {
     fn check_info(&mut self, cur: &mut Current, text: &[u8]) -> Result<(), StreamError> {
         let at = &cur.at;
         let text = std::str::from_utf8(text).map_err(|_| damaged(at, "info is not text"))?;
-        let name = cur.header.session_member(layout::INFO_FILE);
+        let name = cur.header.info_member();
         let info = SessionInfo::parse(text, std::path::Path::new(&name))
             .map_err(|e| damaged(at, &e.to_string()))?;
         cur.header.agrees_with(&info).map_err(|r| damaged(at, &r))?;
@@ -1486,6 +2025,11 @@ impl<'a> ChainReader<'a> {
                 ),
             ));
         }
+        let what = if cur.header.encrypted() {
+            "keyed identity"
+        } else {
+            "SHA-256"
+        };
         let chunks = std::mem::replace(&mut cur.chunk_pairs, PairDigest::new());
         let lines = std::mem::replace(&mut cur.manifest_pairs, PairDigest::new());
         match chunks.compare(lines) {
@@ -1494,13 +2038,13 @@ impl<'a> ChainReader<'a> {
                 return Err(StreamError::Chunk {
                     at: at.clone(),
                     addr,
-                    reason: "SHA-256 differs from its manifest line".into(),
+                    reason: format!("{what} differs from its manifest line"),
                 })
             }
             Err(PairMismatch::Content(None)) => {
                 return Err(StreamError::ChunksVsManifest {
                     at: at.clone(),
-                    reason: "several chunks' SHA-256 differ from their manifest lines".into(),
+                    reason: format!("several chunks' {what} differ from their manifest lines"),
                 })
             }
             Err(PairMismatch::Addresses { members, lines }) => {
@@ -1625,6 +2169,41 @@ impl<'a> ChainReader<'a> {
     }
 }
 
+/// The `format` of a stream's first member, if it has one.
+fn opening_format(text: &[u8]) -> Option<&str> {
+    std::str::from_utf8(text)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("format="))
+}
+
+/// A member's stored content, read from the input exactly, hashed for the trailer on
+/// the way. Ends early only with an error of kind `UnexpectedEof`.
+struct MemberBody<'i, R> {
+    input: &'i mut Input<R>,
+    left: u64,
+    trailer: &'i mut TrailerHash,
+}
+
+impl<R: Read> Read for MemberBody<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.input.fill(&mut buf[..n])?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "input ends inside a member",
+            ));
+        }
+        self.trailer.content(&buf[..got]);
+        self.left -= got as u64;
+        Ok(got)
+    }
+}
+
 fn damaged(at: &StreamAt, reason: &str) -> StreamError {
     StreamError::Damaged {
         at: at.clone(),
@@ -1705,6 +2284,23 @@ mod tests {
     /// Turn successive versions of a volume into streams: stream i records what
     /// differs between the view of version i-1 and version i, as a send would.
     fn make_streams(vol: &str, versions: &[Vec<u8>], codec: Codec, block: usize) -> Vec<Vec<u8>> {
+        make_streams_with(vol, versions, codec, block, None)
+    }
+
+    fn make_streams_with(
+        vol: &str,
+        versions: &[Vec<u8>],
+        codec: Codec,
+        block: usize,
+        crypt: Option<&StreamCrypt>,
+    ) -> Vec<Vec<u8>> {
+        let sealed = crypt.map(|c| {
+            codec::Sealed::new(
+                c.keys.clone(),
+                c.keys.archive(),
+                codec::Plain::new(codec, 3),
+            )
+        });
         let mut out = Vec::new();
         let mut prev: Option<(&Vec<u8>, SessionInfo)> = None;
         for (i, v) in versions.iter().enumerate() {
@@ -1724,12 +2320,22 @@ mod tests {
                 if !changed {
                     continue;
                 }
-                let hash = (!zero).then(|| chunk::hash(&cur));
+                let hash = (!zero).then(|| match &sealed {
+                    Some(c) => c.identify(&cur),
+                    None => chunk::hash(&cur),
+                });
                 mw.push(&Entry { addr, hash }).unwrap();
                 if !zero {
-                    let enc = match codec {
-                        Codec::None => cur.clone(),
-                        Codec::Zstd => zstd::bulk::compress(&cur, 3).unwrap(),
+                    let ctx = ChunkContext {
+                        volume: vol,
+                        session: &sid(i + 1),
+                        addr,
+                        chunksize: CS,
+                    };
+                    let enc = match (&sealed, codec) {
+                        (Some(c), _) => c.encode(&ctx, &cur).unwrap(),
+                        (None, Codec::None) => cur.clone(),
+                        (None, Codec::Zstd) => zstd::bulk::compress(&cur, 3).unwrap(),
                     };
                     stored += enc.len() as u64;
                     payloads.push((addr, enc));
@@ -1751,9 +2357,15 @@ mod tests {
                 bytes_stored: stored,
                 manifest_sha256: msha,
             };
-            let header =
+            let mut header =
                 StreamHeader::for_session(&info, prev.as_ref().map(|(_, p)| p.manifest_sha256));
-            let mut w = StreamWriter::with_block_size(Vec::new(), header, block).unwrap();
+            let mut w = match crypt {
+                Some(c) => {
+                    header.volume_id = Some(c.keys.archive().to_string());
+                    StreamWriter::encrypted(Vec::new(), header, block, c.clone()).unwrap()
+                }
+                None => StreamWriter::with_block_size(Vec::new(), header, block).unwrap(),
+            };
             for (addr, p) in &payloads {
                 w.put_chunk(*addr, p).unwrap();
             }
@@ -2005,6 +2617,201 @@ mod tests {
         }
     }
 
+    // -----------------------------------------------------------------------------
+    // Encrypted streams (format 2)
+
+    const FAST: crate::crypto::KdfParams = crate::crypto::KdfParams {
+        m_kib: 8192,
+        t: 1,
+        p: 1,
+    };
+
+    fn chain_crypt(id: &str, pass: &str) -> StreamCrypt {
+        let master = crate::crypto::MasterKey::generate().unwrap();
+        let key_file = KeyFile::wrap(id, &master, &Passphrase::new(pass.into()), FAST).unwrap();
+        StreamCrypt {
+            keys: Arc::new(ArchiveKeys::derive(&master, id)),
+            key_file,
+        }
+    }
+
+    fn rebuild_with(
+        input: &[u8],
+        pass: &str,
+        asked: &std::cell::Cell<u32>,
+    ) -> Result<(ChainSummary, Vec<u8>), StreamError> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut sink = FileSink::new(f.reopen().unwrap()).unwrap();
+        let unlock: Unlock<'_> = Box::new(|| {
+            asked.set(asked.get() + 1);
+            Ok(Passphrase::new(pass.to_string()))
+        });
+        let sum = read_chain_with(input, Some(&mut sink), Some(unlock))?;
+        Ok((sum, std::fs::read(f.path()).unwrap()))
+    }
+
+    /// The tar members of one stream: (name, offset of its header block, size).
+    fn members(stream: &[u8]) -> Vec<(String, usize, usize)> {
+        let mut v = Vec::new();
+        let mut off = 0;
+        while off + TAR_BLOCK <= stream.len() {
+            let block: &[u8; TAR_BLOCK] = stream[off..off + TAR_BLOCK].try_into().unwrap();
+            if block.iter().all(|&b| b == 0) {
+                break;
+            }
+            let h = tar::Header::from_byte_slice(block);
+            let name = String::from_utf8(h.path_bytes().into_owned()).unwrap();
+            let size = h.size().unwrap() as usize;
+            v.push((name, off, size));
+            off += TAR_BLOCK + size + padding(size as u64);
+        }
+        v
+    }
+
+    #[test]
+    fn encrypted_chains_rebuild_every_version_and_ask_once() {
+        let vs = versions();
+        for codec in [Codec::None, Codec::Zstd] {
+            let c = chain_crypt("5f1c2a9e-0000-4000-8000-000000000001", "pw");
+            let streams = make_streams_with("vm-a", &vs, codec, 4096, Some(&c));
+            for n in 1..=streams.len() {
+                let parts: Vec<&Vec<u8>> = streams[..n].iter().collect();
+                let asked = std::cell::Cell::new(0);
+                let (sum, got) = rebuild_with(&cat(&parts), "pw", &asked).unwrap();
+                assert_eq!(asked.get(), 1, "the passphrase is asked once per chain");
+                assert_eq!(got, vs[n - 1], "{codec:?}: chain of {n}");
+                assert_eq!(sum.last().info.session, sid(n));
+                assert_eq!(
+                    sum.last().header.volume_id.as_deref(),
+                    Some(c.keys.archive())
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn encrypted_streams_hide_names_times_and_hashes() {
+        let vs = versions();
+        let c = chain_crypt("5f1c2a9e-0000-4000-8000-000000000002", "pw");
+        let streams = make_streams_with("secret-volume", &vs, Codec::Zstd, 4096, Some(&c));
+        let plain = make_streams("secret-volume", &vs, Codec::Zstd, 4096);
+        let found = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        // The plain stream shows them (so the search below can find them at all).
+        assert!(found(&plain[0], b"secret-volume"));
+        assert!(found(&plain[0], sid(1).as_bytes()));
+        for (i, s) in streams.iter().enumerate() {
+            assert!(!found(s, b"secret-volume"), "stream {i}");
+            assert!(!found(s, sid(i + 1).as_bytes()), "stream {i}");
+            assert!(!found(s, b"x0000000000001000"), "stream {i}");
+            let chunk = padded(&vs[i], 0);
+            let sha = chunk::hash(&chunk);
+            assert!(!found(s, &sha));
+            assert!(!found(s, hex::encode(sha).as_bytes()));
+            assert!(!found(s, &chunk[..64]), "stream {i}: plain chunk bytes");
+            let names: Vec<String> = members(s).into_iter().map(|m| m.0).collect();
+            assert_eq!(
+                names[..3],
+                [HEADER_MEMBER, KEY_MEMBER, SEALED_HEADER_MEMBER]
+            );
+            let n = names.len();
+            assert_eq!(
+                names[n - 3..],
+                [SEALED_MANIFEST_MEMBER, SEALED_INFO_MEMBER, TRAILER_MEMBER]
+            );
+            for name in &names[3..n - 3] {
+                let tok = name.strip_prefix(SEALED_CHUNK_PREFIX).unwrap();
+                assert!(crate::crypto::keys::looks_like_token(tok), "{name}");
+            }
+            // Every member's tar time is 0: the session time does not show.
+            for (_, off, _) in members(s) {
+                let block: &[u8; TAR_BLOCK] = s[off..off + TAR_BLOCK].try_into().unwrap();
+                assert_eq!(tar::Header::from_byte_slice(block).mtime().unwrap(), 0);
+            }
+        }
+        // The first member says what the stream is, in plain.
+        let (_, off, size) = members(&streams[0])[0].clone();
+        assert_eq!(
+            &streams[0][off + TAR_BLOCK..off + TAR_BLOCK + size],
+            b"format=sparsebak-stream 2\nencryption=xchacha20poly1305\n"
+        );
+    }
+
+    #[test]
+    fn encrypted_streams_refuse_wrong_keys_other_chains_and_damage() {
+        let vs = small_versions();
+        let c = chain_crypt("5f1c2a9e-0000-4000-8000-000000000003", "pw");
+        let streams = make_streams_with("vm-a", &vs, Codec::Zstd, 512, Some(&c));
+        let asked = std::cell::Cell::new(0);
+        match rebuild_with(&streams[0], "wrong", &asked) {
+            Err(StreamError::WrongPassphrase { chain, .. }) => {
+                assert_eq!(chain, c.keys.archive())
+            }
+            other => panic!("{other:?}"),
+        }
+        // No passphrase source at all.
+        match rebuild(&streams[0]) {
+            Err(StreamError::Locked { reason, .. }) => assert!(reason.contains("passphrase")),
+            other => panic!("{other:?}"),
+        }
+        // A stream of another chain (same volume, same sessions) is refused naming both.
+        let other = chain_crypt("5f1c2a9e-0000-4000-8000-000000000004", "pw");
+        let foreign = make_streams_with("vm-a", &vs, Codec::Zstd, 512, Some(&other));
+        match rebuild_with(&cat(&[&streams[0], &foreign[1]]), "pw", &asked) {
+            Err(StreamError::ForeignChain {
+                at,
+                expected,
+                found,
+            }) => {
+                assert_eq!(at.stream, 2);
+                assert_eq!(expected, c.keys.archive());
+                assert_eq!(found, other.keys.archive());
+            }
+            other => panic!("{other:?}"),
+        }
+        // Plain and encrypted streams do not mix in one chain.
+        let plain = make_streams("vm-a", &vs, Codec::Zstd, 512);
+        let e = rebuild_with(&cat(&[&streams[0], &plain[1]]), "pw", &asked).unwrap_err();
+        assert!(matches!(e, StreamError::BrokenChain { .. }), "{e:?}");
+        // Any flipped byte fails.
+        let all = cat(&[&streams[0], &streams[1]]);
+        for off in probe_offsets(all.len()) {
+            let mut bad = all.clone();
+            bad[off] ^= 0x20;
+            assert!(
+                rebuild_with(&bad, "pw", &asked).is_err(),
+                "flip at {off} accepted"
+            );
+        }
+        // Two chunk members swapped (names with their contents): the order is wrong.
+        let raw = make_streams_with("vm-a", &vs, Codec::None, 512, Some(&c));
+        let s = &raw[0];
+        let m = members(s);
+        let chunks: Vec<&(String, usize, usize)> = m
+            .iter()
+            .filter(|x| x.0.starts_with(SEALED_CHUNK_PREFIX))
+            .collect();
+        let (a, b) = (chunks[0], chunks[1]);
+        assert_eq!(a.2, b.2, "same-size members");
+        let len = TAR_BLOCK + a.2 + padding(a.2 as u64);
+        let mut swapped = s.clone();
+        swapped[a.1..a.1 + len].copy_from_slice(&s[b.1..b.1 + len]);
+        swapped[b.1..b.1 + len].copy_from_slice(&s[a.1..a.1 + len]);
+        let e = rebuild_with(&swapped, "pw", &asked).unwrap_err();
+        assert!(e.to_string().contains("out of address order"), "{e}");
+        // Contents swapped, names kept: each is sealed for its own address.
+        let mut swapped = s.clone();
+        let (ca, cb) = (a.1 + TAR_BLOCK, b.1 + TAR_BLOCK);
+        swapped[ca..ca + a.2].copy_from_slice(&s[cb..cb + b.2]);
+        swapped[cb..cb + b.2].copy_from_slice(&s[ca..ca + a.2]);
+        let e = rebuild_with(&swapped, "pw", &asked).unwrap_err();
+        assert!(e.to_string().contains("authentication"), "{e}");
+        // Truncated anywhere: never a wrong volume.
+        for cut in probe_offsets(streams[0].len()) {
+            let r = rebuild_with(&streams[0][..cut], "pw", &asked);
+            assert!(r.is_err(), "cut at {cut}");
+        }
+    }
+
     #[test]
     fn flipped_chunk_byte_names_the_chunk() {
         let vs = small_versions();
@@ -2104,6 +2911,7 @@ mod tests {
             time: 1_767_225_601,
             base: None,
             base_manifest_sha256: None,
+            volume_id: None,
         };
         let t = h.to_text();
         assert_eq!(
@@ -2220,6 +3028,7 @@ mod tests {
             time: 1_767_225_601,
             base: Some(sid(1)),
             base_manifest_sha256: Some([0xab; 32]),
+            volume_id: None,
         };
         let t = h.to_text();
         assert!(t.starts_with("format=sparsebak-stream 1\nvolume=vm-a\n"));
@@ -2235,7 +3044,17 @@ mod tests {
             ..h
         };
         assert!(full.to_text().contains("\nbase=\nbase_manifest_sha256=\n"));
-        assert_eq!(StreamHeader::parse(&full.to_text()).unwrap(), full);
+        assert_eq!(StreamHeader::parse(&full.to_text()).unwrap(), full); // Format 2 (the sealed header of an encrypted stream) names the chain.
+        let enc = StreamHeader {
+            volume_id: Some("5f1c2a9e-0000-4000-8000-000000000009".into()),
+            ..full.clone()
+        };
+        let t2 = enc.to_text();
+        assert!(t2.starts_with(
+            "format=sparsebak-stream 2\nvolume=vm-a\nvolume_id=5f1c2a9e-0000-4000-8000-000000000009\n"
+        ));
+        assert_eq!(StreamHeader::parse(&t2).unwrap(), enc);
+        assert!(StreamHeader::parse(&t2.replace("volume_id=5f1c", "volume_id=5f/c")).is_err());
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum Place<'a> {
         volume_id: &'a str,
         session: &'a str,
     },
+    /// The sealed header of a stream of chain `volume_id`: read before its session is
+    /// known (the session is inside; the trailer binds the two).
+    StreamHead { volume_id: &'a str },
 }
 
 impl Place<'_> {
@@ -78,6 +81,7 @@ impl Place<'_> {
             Place::StreamTrailer { volume_id, session } => {
                 ("stream-trailer", vec![s(volume_id), s(session)])
             }
+            Place::StreamHead { volume_id } => ("stream-head", vec![s(volume_id)]),
         }
     }
 
@@ -91,6 +95,7 @@ impl Place<'_> {
             Place::PruneJournal { .. } => "prune journal".into(),
             Place::StreamHeader { session } => format!("stream header of session {session}"),
             Place::StreamTrailer { session, .. } => format!("stream trailer of session {session}"),
+            Place::StreamHead { .. } => "stream header".into(),
         }
     }
 
