@@ -370,7 +370,11 @@ impl Server {
                 if code == dreq::MARKER {
                     match m {
                         None => e.u8(0),
-                        Some(m) => e.u8(1).u32(m.format).opt_str(m.id.as_deref()),
+                        Some(m) => e
+                            .u8(1)
+                            .u32(m.format)
+                            .opt_str(m.id.as_deref())
+                            .opt_str(m.encryption.as_deref()),
                     };
                 } else {
                     e.opt_str(m.and_then(|m| m.id).as_deref())
