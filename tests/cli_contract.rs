@@ -151,7 +151,10 @@ fn changing_chunk_size_of_a_volume_is_refused() {
     let ini = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
-        ini.replace("[var]\nencrypt = off\n", "[var]\nencrypt = off\nchunksize = 128K\n"),
+        ini.replace(
+            "[var]\nencrypt = off\n",
+            "[var]\nencrypt = off\nchunksize = 128K\n",
+        ),
     )
     .unwrap();
     std::fs::write(env.image("v"), [2u8; 10]).unwrap();

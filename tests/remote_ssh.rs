@@ -353,7 +353,10 @@ fn over_ssh(sshd: &Sshd, volumes: &[&str], extra: &str) -> Env {
         &env.config,
         ini.replacen(
             "[var]\nencrypt = off\n",
-            &format!("[var]\nencrypt = off\n{}", remote_lines(&sshd.destvm(), &sshd.sshopts())),
+            &format!(
+                "[var]\nencrypt = off\n{}",
+                remote_lines(&sshd.destvm(), &sshd.sshopts())
+            ),
             1,
         ),
     )

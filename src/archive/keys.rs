@@ -28,12 +28,8 @@ pub fn unlock(
             crypto::KEY_FILE
         ))
     })?;
-    let kf = KeyFile::parse(&bytes).map_err(|e| {
-        Error::Msg(format!(
-            "{}: {e}",
-            root.join(crypto::KEY_FILE).display()
-        ))
-    })?;
+    let kf = KeyFile::parse(&bytes)
+        .map_err(|e| Error::Msg(format!("{}: {e}", root.join(crypto::KEY_FILE).display())))?;
     if kf.archive != id {
         return Err(Error::Msg(format!(
             "{}: the key file is archive {}'s, but this archive is {id}",

@@ -446,6 +446,12 @@ impl Destination for LocalDestination {
     }
 
     fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
+        if self.keys.get().is_some() {
+            return Err(Error::Msg(format!(
+                "{}: prune of an encrypted archive is not supported yet: its sessions stay",
+                self.root.display()
+            )));
+        }
         prune::check_removal(&self.local_volume(name), targets)
     }
 
@@ -456,6 +462,12 @@ impl Destination for LocalDestination {
         dry_run: bool,
         removed_info: Option<&SessionInfo>,
     ) -> Result<FoldPlan> {
+        if self.keys.get().is_some() {
+            return Err(Error::Msg(format!(
+                "{}: prune of an encrypted archive is not supported yet: its sessions stay",
+                self.root.display()
+            )));
+        }
         prune::fold(&self.local_volume(name), removed_info, remove, dry_run)
     }
 

@@ -150,9 +150,11 @@ impl SessionWriter {
 
     /// Start session `id` of `vol` in a staging folder.
     pub fn create(vol: &LocalVol, id: &str) -> Result<SessionWriter> {
-        let staging = vol
-            .dir()
-            .join(format!("{}{}", layout::STAGING_PREFIX, vol.store().session_name(id)));
+        let staging = vol.dir().join(format!(
+            "{}{}",
+            layout::STAGING_PREFIX,
+            vol.store().session_name(id)
+        ));
         std::fs::create_dir_all(&staging).at(&staging)?;
         let mpath = staging.join(layout::MANIFEST_FILE);
         let opened = File::create(&mpath).at(&mpath).and_then(|mf| {
