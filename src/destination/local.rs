@@ -8,6 +8,7 @@
 //! the files `repair` puts back) is here.
 
 pub mod check;
+mod keyfile;
 pub mod marker;
 pub mod prune;
 pub mod resume;
@@ -561,6 +562,14 @@ impl Destination for LocalDestination {
         // Info and manifest come as their plain text (the source side's copies).
         let bytes = vol.seal_session_file(id, file, bytes)?;
         install(&vol, &dst, &bytes)
+    }
+
+    fn key_file(&self) -> Result<Option<Vec<u8>>> {
+        keyfile::read(&self.root)
+    }
+
+    fn put_key_file(&self, bytes: &[u8]) -> Result<()> {
+        keyfile::write(self, bytes)
     }
 }
 

@@ -391,6 +391,27 @@ pub trait Destination: Send + Sync {
     /// into a folder first.
     fn put_session_file(&self, name: &str, id: &str, file: SessionFile, bytes: &[u8])
         -> Result<()>;
+
+    /// The bytes of the archive's key file (`sparsebak.key` at its root: the master
+    /// key wrapped under the passphrase, no secret), at most
+    /// [`sparsebak_format::crypto::keyfile::MAX_KEY_FILE`]; `None` when there is none.
+    fn key_file(&self) -> Result<Option<Vec<u8>>> {
+        Err(crate::error::Error::Msg(format!(
+            "{}: reading the key file is not supported by this destination",
+            self.label()
+        )))
+    }
+
+    /// Put `bytes` (a key file, checked) in place as the archive's key file,
+    /// atomically and durably (temporary name, fsync, rename, fsync of the folder);
+    /// nothing else of the archive changes.
+    fn put_key_file(&self, bytes: &[u8]) -> Result<()> {
+        let _ = bytes;
+        Err(crate::error::Error::Msg(format!(
+            "{}: writing the key file is not supported by this destination",
+            self.label()
+        )))
+    }
 }
 
 /// The destination `config` names: the archive folder `destdir` on this machine, or

@@ -490,6 +490,11 @@ pub mod dreq {
     pub const RESUME_OFFERS: u8 = 54;
     pub const ADOPT: u8 = 55;
     pub const CHECK_STORED: u8 = 56;
+    /// `()` → `bool` present, then `bytes` the key file (at most
+    /// `crypto::keyfile::MAX_KEY_FILE`) if present.
+    pub const KEY_FILE: u8 = 57;
+    /// `(bytes)` → `()`: put the key file in place (checked, atomically).
+    pub const PUT_KEY_FILE: u8 = 58;
 }
 
 impl Enc {
