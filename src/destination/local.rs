@@ -309,22 +309,6 @@ impl Destination for LocalDestination {
         marker::create_sealed(&self.root, id, key_file)
     }
 
-    fn key_file(&self) -> Result<Option<Vec<u8>>> {
-        let p = self.root.join(sparsebak_format::crypto::KEY_FILE);
-        match sparsebak_format::limits::read_bounded(
-            &p,
-            sparsebak_format::crypto::keyfile::MAX_KEY_FILE as u64,
-            "key file",
-        ) {
-            Ok(b) => Ok(Some(b)),
-            Err(sparsebak_format::FormatError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
 
     fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
         let dir = self.vol_dir(name);

@@ -280,13 +280,6 @@ pub trait Destination: Send + Sync {
         )))
     }
 
-    /// The bytes of the archive's key file (`sparsebak.key`), `None` when it has none.
-    fn key_file(&self) -> Result<Option<Vec<u8>>> {
-        Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet",
-            self.label()
-        )))
-    }
 
     /// Give an archive whose marker has no identity (made before identities) one;
     /// returns the identity the marker has afterwards.
