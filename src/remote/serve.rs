@@ -858,8 +858,9 @@ mod tests {
         assert!(err.contains("sparsebak 9.9.9 (protocol 99)"), "{err}");
         assert!(
             err.contains(&format!(
-                "sparsebak {} (protocol 1)",
-                proto::PROGRAM_VERSION
+                "sparsebak {} (protocol {})",
+                proto::PROGRAM_VERSION,
+                proto::PROTOCOL_VERSION
             )),
             "{err}"
         );
