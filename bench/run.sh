@@ -112,6 +112,7 @@ fi
 CONF=$MNT/sparsebak.ini
 cat >"$CONF" <<INI
 [var]
+encrypt = off
 source = reflink
 voldir = $VOLS
 destvm =

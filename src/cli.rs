@@ -114,6 +114,7 @@ impl Command {
             Command::Untar { .. } => "untar",
             Command::Diff { .. } => "diff",
             Command::Serve { .. } => "serve",
+            Command::Key { .. } => "key",
         }
     }
 
@@ -334,6 +335,46 @@ pub enum Command {
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
+    },
+    /// The key of an encrypted archive: change its passphrase, print it (to keep a
+    /// copy, on paper too), or put it back.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+/// What `sparsebak key` does.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Change the passphrase: the master key is wrapped again under the new one
+    /// (only the key file `sparsebak.key` is rewritten). The current passphrase comes
+    /// from the usual sources; the new one from --new-passfile, else it is asked
+    /// twice at the terminal.
+    Passwd {
+        /// Read the new passphrase from the first line of PATH (a file only its
+        /// owner can read).
+        #[arg(long = "new-passfile", value_name = "PATH")]
+        new_passfile: Option<PathBuf>,
+    },
+    /// Print the archive's key file (the master key wrapped under the passphrase):
+    /// keep a copy apart from the archive; without it, and the passphrase, nothing
+    /// in the archive can be read.
+    Export {
+        /// Print it as short numbered lines, each with its own checksum, to write
+        /// down or print and type back with `key import`.
+        #[arg(long)]
+        paper: bool,
+    },
+    /// Put a key file back (as `key export` printed it, or its paper form), from
+    /// FILE or standard input. It must belong to this archive and open with the
+    /// passphrase.
+    Import {
+        /// The exported key (default: standard input).
+        file: Option<PathBuf>,
+        /// Replace a different key file the archive has.
+        #[arg(long)]
+        force: bool,
     },
 }
 

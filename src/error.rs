@@ -22,6 +22,9 @@ pub enum Error {
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Msg(String),
+    /// No passphrase could be had (see `crate::passphrase`).
+    #[error(transparent)]
+    Passphrase(#[from] crate::passphrase::PassError),
     /// A remote destination could not be reached, refused, or failed over there.
     #[error(transparent)]
     Remote(#[from] crate::remote::RemoteError),

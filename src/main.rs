@@ -6,6 +6,8 @@ use sparsebak::cli::Cli;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before any thread or child process exists: no child ever inherits it.
+    sparsebak::passphrase::take_from_env();
     sparsebak_format::alloc::tune_for_pipelines();
     sparsebak::durable::private_umask();
     let cli = Cli::parse();

@@ -319,6 +319,39 @@ pub fn for_info(info: &SessionInfo) -> Arc<dyn ChunkCodec> {
     for_compression(info.compression)
 }
 
+/// The codec of session `info` in an archive whose keys are `keys` (`None`: not
+/// encrypted). A session of an encrypted archive is sealed for its info's
+/// `volume_id`; one without (which an authenticated info never is) gets the id `-`,
+/// which opens nothing.
+pub fn for_session(keys: Option<&Arc<ArchiveKeys>>, info: &SessionInfo) -> Arc<dyn ChunkCodec> {
+    match keys {
+        None => for_info(info),
+        Some(k) => Arc::new(Sealed::new(
+            k.clone(),
+            info.volume_id.as_deref().unwrap_or("-"),
+            Plain::new(info.compression, DEFAULT_LEVEL),
+        )),
+    }
+}
+
+/// The codec a session of volume `volume_id` is written with in an archive whose
+/// keys are `keys`: `codec` at `level`, sealed when there are keys.
+pub fn for_writing_in(
+    keys: Option<&Arc<ArchiveKeys>>,
+    volume_id: Option<&str>,
+    codec: Codec,
+    level: i32,
+) -> Arc<dyn ChunkCodec> {
+    match keys {
+        None => for_writing(codec, level),
+        Some(k) => Arc::new(Sealed::new(
+            k.clone(),
+            volume_id.unwrap_or("-"),
+            Plain::new(codec, level),
+        )),
+    }
+}
+
 /// The codec a session is written with: `codec` at `level`.
 pub fn for_writing(codec: Codec, level: i32) -> Arc<dyn ChunkCodec> {
     if level == DEFAULT_LEVEL || codec == Codec::None {

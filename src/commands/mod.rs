@@ -3,6 +3,7 @@
 
 pub mod delete;
 pub mod diff;
+pub mod key;
 pub mod list;
 pub mod monitor;
 pub mod prune;
@@ -163,6 +164,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rename { old, new } => rename::run(&ctx, old, new),
         Command::Untar { volume, .. } => untar::run(&ctx, volume),
         Command::Diff { volume, json, .. } => diff::run(&ctx, volume, *json),
+        Command::Key { action } => key::run(&ctx, action),
     }
 }
 

@@ -115,6 +115,8 @@ pub struct NewSession {
     pub chunks: u64,
     /// Bytes read from the volume.
     pub bytes_read: u64,
+    /// The volume's id in an encrypted archive (see `SessionInfo::volume_id`).
+    pub volume_id: Option<String>,
 }
 
 impl NewSession {
@@ -133,6 +135,7 @@ impl NewSession {
             bytes_read: self.bytes_read,
             bytes_stored,
             manifest_sha256,
+            volume_id: self.volume_id,
         }
     }
 }
@@ -255,6 +258,28 @@ pub trait Destination: Send + Sync {
     /// other things.
     fn create(&self) -> Result<()>;
 
+    /// Create an empty encrypted archive (format 2) with identity `id`, whose key
+    /// file (the master key wrapped under the passphrase, bound to `id`) is
+    /// `key_file`: the key file is in place before the marker that makes the folder
+    /// an archive.
+    fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
+        let _ = (id, key_file);
+        Err(crate::error::Error::Msg(format!(
+            "{}: encrypted archives on this destination are not supported yet (set encrypt = off for it)",
+            self.label()
+        )))
+    }
+
+    /// Give the destination the keys of its encrypted archive (unlocked by the
+    /// caller): from now on names are mapped and objects sealed and opened with them.
+    fn set_keys(&self, keys: std::sync::Arc<sparsebak_format::crypto::ArchiveKeys>) -> Result<()> {
+        let _ = keys;
+        Err(crate::error::Error::Msg(format!(
+            "{}: encrypted archives on this destination are not supported yet",
+            self.label()
+        )))
+    }
+
     /// Give an archive whose marker has no identity (made before identities) one;
     /// returns the identity the marker has afterwards.
     fn add_identity(&self) -> Result<String>;
@@ -358,6 +383,27 @@ pub trait Destination: Send + Sync {
     /// into a folder first.
     fn put_session_file(&self, name: &str, id: &str, file: SessionFile, bytes: &[u8])
         -> Result<()>;
+
+    /// The bytes of the archive's key file (`sparsebak.key` at its root: the master
+    /// key wrapped under the passphrase, no secret), at most
+    /// [`sparsebak_format::crypto::keyfile::MAX_KEY_FILE`]; `None` when there is none.
+    fn key_file(&self) -> Result<Option<Vec<u8>>> {
+        Err(crate::error::Error::Msg(format!(
+            "{}: reading the key file is not supported by this destination",
+            self.label()
+        )))
+    }
+
+    /// Put `bytes` (a key file, checked) in place as the archive's key file,
+    /// atomically and durably (temporary name, fsync, rename, fsync of the folder);
+    /// nothing else of the archive changes.
+    fn put_key_file(&self, bytes: &[u8]) -> Result<()> {
+        let _ = bytes;
+        Err(crate::error::Error::Msg(format!(
+            "{}: writing the key file is not supported by this destination",
+            self.label()
+        )))
+    }
 }
 
 /// The destination `config` names: the archive folder `destdir` on this machine, or

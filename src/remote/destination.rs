@@ -253,6 +253,7 @@ impl crate::destination::Destination for RemoteDestination {
                 Some(ArchiveMarker {
                     format: d.u32()?,
                     id: d.opt_str()?,
+                    encryption: d.opt_str()?,
                 })
             } else {
                 None
@@ -424,5 +425,26 @@ impl crate::destination::Destination for RemoteDestination {
         wire::put_file(&mut e, file);
         e.bytes(bytes);
         self.call(&e, |_| Ok(()))
+    }
+
+    fn key_file(&self) -> Result<Option<Vec<u8>>> {
+        use sparsebak_format::crypto::keyfile::MAX_KEY_FILE;
+        self.call(Enc::new().u8(dreq::KEY_FILE), |d| {
+            if !d.bool()? {
+                return Ok(None);
+            }
+            let b = d.bytes()?;
+            if b.len() > MAX_KEY_FILE {
+                return Err(WireError::Malformed(format!(
+                    "a key file of {} bytes, above the limit of {MAX_KEY_FILE}",
+                    b.len()
+                )));
+            }
+            Ok(Some(b.to_vec()))
+        })
+    }
+
+    fn put_key_file(&self, bytes: &[u8]) -> Result<()> {
+        self.call(Enc::new().u8(dreq::PUT_KEY_FILE).bytes(bytes), |_| Ok(()))
     }
 }

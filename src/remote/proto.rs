@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 /// The magic at the start of both hellos.
 pub const MAGIC: &[u8; 8] = b"SPBKWIRE";
 /// The version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The program's version, sent in the hello so that a mismatch can name it.
 pub const PROGRAM_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -490,6 +490,11 @@ pub mod dreq {
     pub const RESUME_OFFERS: u8 = 54;
     pub const ADOPT: u8 = 55;
     pub const CHECK_STORED: u8 = 56;
+    /// `()` → `bool` present, then `bytes` the key file (at most
+    /// `crypto::keyfile::MAX_KEY_FILE`) if present.
+    pub const KEY_FILE: u8 = 57;
+    /// `(bytes)` → `()`: put the key file in place (checked, atomically).
+    pub const PUT_KEY_FILE: u8 = 58;
 }
 
 impl Enc {

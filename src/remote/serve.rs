@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
+use sparsebak_format::crypto::keyfile::MAX_KEY_FILE;
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::restore;
@@ -254,6 +255,7 @@ impl Server {
                     | dreq::PUT_ZERO
                     | dreq::ADOPT
                     | dreq::RESUME_OFFERS
+                    | dreq::KEY_FILE
             )
         );
         if changes {
@@ -370,7 +372,11 @@ impl Server {
                 if code == dreq::MARKER {
                     match m {
                         None => e.u8(0),
-                        Some(m) => e.u8(1).u32(m.format).opt_str(m.id.as_deref()),
+                        Some(m) => e
+                            .u8(1)
+                            .u32(m.format)
+                            .opt_str(m.id.as_deref())
+                            .opt_str(m.encryption.as_deref()),
                     };
                 } else {
                     e.opt_str(m.and_then(|m| m.id).as_deref())
@@ -583,6 +589,24 @@ impl Server {
                 let bytes = d.bytes()?;
                 d.end()?;
                 tri!(self.dest.put_session_file(&v, &id, f, bytes));
+            }
+            dreq::KEY_FILE => {
+                d.end()?;
+                match tri!(self.dest.key_file()) {
+                    None => e.bool(false),
+                    Some(b) => e.bool(true).bytes(&b),
+                };
+            }
+            dreq::PUT_KEY_FILE => {
+                let bytes = d.bytes()?;
+                d.end()?;
+                if bytes.len() > MAX_KEY_FILE {
+                    return Ok(Some(Err(Fault::Text(format!(
+                        "a key file of {} bytes, above the limit of {MAX_KEY_FILE}",
+                        bytes.len()
+                    )))));
+                }
+                tri!(self.dest.put_key_file(bytes));
             }
             other => return Ok(Some(Err(Fault::Text(format!("unknown request {other}"))))),
         }
@@ -834,8 +858,9 @@ mod tests {
         assert!(err.contains("sparsebak 9.9.9 (protocol 99)"), "{err}");
         assert!(
             err.contains(&format!(
-                "sparsebak {} (protocol 1)",
-                proto::PROGRAM_VERSION
+                "sparsebak {} (protocol {})",
+                proto::PROGRAM_VERSION,
+                proto::PROTOCOL_VERSION
             )),
             "{err}"
         );
@@ -945,5 +970,89 @@ mod tests {
         assert_eq!(String::from_utf8(frames[1].payload.clone()).unwrap(), m);
         let (_, res) = run(&root, &format!("{d}/../x"), &[]);
         assert!(res.unwrap_err().to_string().contains("is outside"));
+    }
+
+    #[test]
+    fn the_key_file_is_read_and_replaced_whole_and_only_a_key_file() {
+        use sparsebak_format::crypto::{KdfParams, KeyFile, MasterKey, Passphrase, KEY_FILE};
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("backup");
+        std::fs::create_dir_all(&root).unwrap();
+        let id = "0b7e1c52-9f6a-4c1e-8d2b-3a4f5e6d7c8b";
+        std::fs::write(
+            root.join(layout::ARCHIVE_MARKER),
+            sparsebak_format::marker::ArchiveMarker::new(id).to_text(),
+        )
+        .unwrap();
+        let key = KeyFile::wrap(
+            id,
+            &MasterKey::from_bytes([1; 32]),
+            &Passphrase::new("p".into()),
+            KdfParams {
+                m_kib: 8192,
+                t: 1,
+                p: 1,
+            },
+        )
+        .unwrap()
+        .render();
+        let reqs = vec![
+            Enc::new().u8(dreq::KEY_FILE).0.clone(),
+            Enc::new()
+                .u8(dreq::PUT_KEY_FILE)
+                .bytes(b"not a key")
+                .0
+                .clone(),
+            Enc::new()
+                .u8(dreq::PUT_KEY_FILE)
+                .bytes(&vec![b'x'; MAX_KEY_FILE + 1])
+                .0
+                .clone(),
+            Enc::new()
+                .u8(dreq::PUT_KEY_FILE)
+                .bytes(key.as_bytes())
+                .0
+                .clone(),
+            Enc::new().u8(dreq::KEY_FILE).0.clone(),
+        ];
+        let (frames, res) = run(&root, &root.display().to_string(), &reqs);
+        res.unwrap();
+        let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                kind::HELLO,
+                kind::OK,
+                kind::OK,
+                kind::ERR,
+                kind::ERR,
+                kind::OK,
+                kind::OK
+            ]
+        );
+        let text = |i: usize| String::from_utf8(frames[i].payload.clone()).unwrap();
+        assert_eq!(frames[2].payload, [0], "no key file yet");
+        let path = root.join(KEY_FILE);
+        assert_eq!(
+            text(3),
+            format!(
+                "{}: refusing to install what is not a key file (key file: does not start with \
+                 `sparsebak-key 1` (not a key file, or a newer one))",
+                path.display()
+            )
+        );
+        assert_eq!(text(4), "a key file of 4097 bytes, above the limit of 4096");
+        let mut d = Dec::new(&frames[6].payload);
+        assert!(d.bool().unwrap());
+        assert_eq!(d.bytes().unwrap(), key.as_bytes());
+        d.end().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), key);
+        // Nothing but the marker and the key file: no temporary file stays.
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [layout::ARCHIVE_MARKER, KEY_FILE]);
     }
 }
