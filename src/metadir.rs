@@ -10,6 +10,7 @@
 //! <metadir>/<volume>/dest/<NAME>/deltamap       destination NAME: its delta map
 //! <metadir>/<volume>/dest/<NAME>/sessions/...   destination NAME: its copies, its pending
 //! <metadir>/<volume>/streams/<chain>/     a stream chain: its delta map and copies
+//! <metadir>/<volume>/streams/<chain>/sparsebak.key   an encrypted chain's key file
 //! ```
 //!
 //! The destination named `default` keeps the paths older versions used, so a metadir
@@ -93,6 +94,12 @@ pub fn pending_path(copies_dir: &Path) -> PathBuf {
 /// state folder.
 pub fn stream_dir_in(volume_dir: &Path, chain: &str) -> PathBuf {
     volume_dir.join(STREAMS).join(chain)
+}
+
+/// The key file of an encrypted stream chain, given its state folder
+/// ([`stream_dir_in`]): `sparsebak.key`, the master key wrapped under the passphrase.
+pub fn stream_key_in(stream_dir: &Path) -> PathBuf {
+    stream_dir.join(sparsebak_format::crypto::KEY_FILE)
 }
 
 /// `<metadir>/<volume>/streams`.

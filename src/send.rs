@@ -64,6 +64,11 @@ pub trait SessionTarget {
     fn keys(&self) -> Option<std::sync::Arc<sparsebak_format::crypto::ArchiveKeys>> {
         None
     }
+    /// The volume id of an encrypted target's first session, when the target names
+    /// it (a stream chain: its id); else a new one is made.
+    fn volume_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Take a session of volume `ctx` from `source` into `target`, incremental on the
@@ -138,7 +143,11 @@ fn write_session(
     let keys = target.keys().or_else(|| base_vol.keys());
     let volume_id = match &keys {
         None => None,
-        Some(_) => match chain.last().and_then(|i| i.volume_id.clone()) {
+        Some(_) => match chain
+            .last()
+            .and_then(|i| i.volume_id.clone())
+            .or_else(|| target.volume_id())
+        {
             Some(v) => Some(v),
             None => Some(
                 sparsebak_format::crypto::random_uuid().map_err(|e| Error::Msg(e.to_string()))?,

@@ -7,6 +7,11 @@
 //! and its own delta map, and records the chain in the SQLite catalog
 //! (`<metadir>/catalog.sqlite`). So sending to the archive and to streams on
 //! alternate nights stays incremental for each.
+//!
+//! A chain is encrypted (streams of format 2) unless the config says `encrypt = off`
+//! when it starts: its first stream makes the chain's master key and id and keeps the
+//! key file (wrapped under the passphrase) in the chain's folder; every stream of the
+//! chain carries that key file, so each stays self-contained.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Read, Seek, Write};
@@ -17,8 +22,10 @@ use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
 use sparsebak_format::output::{self, Output, OutputKind, PartialFile};
 use sparsebak_format::restore::Target;
+use sparsebak_format::crypto::{self, ArchiveKeys, KdfParams, KeyFile, MasterKey};
 use sparsebak_format::stream::{
-    read_chain, ChainSummary, FileSink, StreamHeader, StreamWriter, VolumeSink,
+    read_chain_with, ChainSummary, FileSink, StreamCrypt, StreamHeader, StreamWriter, Unlock,
+    VolumeSink,
 };
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
@@ -31,6 +38,7 @@ use crate::durable;
 use crate::error::{Error, IoAt, Result};
 use crate::metadir::create_private_dir;
 use crate::metadir::lock_meta;
+use crate::passphrase::{self, Purpose, Sources};
 use crate::receive::DeviceTarget;
 use crate::send::{take_session, SessionTarget};
 use crate::source::{stream_dir, Source, VolumeCtx};
@@ -272,6 +280,21 @@ struct StreamTarget<'a> {
     catalog: Option<Catalog>,
     dest_id: crate::catalog::DestId,
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The chain's keys, when it is encrypted.
+    crypt: Option<StreamCrypt>,
+}
+
+impl StreamTarget<'_> {
+    /// The volume id chunks are sealed for: the one the chain's sessions carry, or
+    /// for its first the chain's id.
+    fn chain_volume_id(&self) -> Option<String> {
+        let c = self.crypt.as_ref()?;
+        Some(
+            self.base
+                .and_then(|b| b.volume_id.clone())
+                .unwrap_or_else(|| c.keys.archive().to_string()),
+        )
+    }
 }
 
 impl SessionTarget for StreamTarget<'_> {
@@ -285,13 +308,17 @@ impl SessionTarget for StreamTarget<'_> {
             time,
             base: self.base.map(|i| i.session.clone()),
             base_manifest_sha256: self.base.map(|i| i.manifest_sha256),
+            volume_id: self.chain_volume_id(),
         };
         let out = self
             .out
             .take()
             .ok_or_else(|| Error::Msg("one stream per output".into()))?;
-        let stream = StreamWriter::with_block_size(out, header, self.opts.block_size)
-            .map_err(|e| Error::Msg(e.to_string()))?;
+        let stream = match &self.crypt {
+            Some(c) => StreamWriter::encrypted(out, header, self.opts.block_size, c.clone()),
+            None => StreamWriter::with_block_size(out, header, self.opts.block_size),
+        }
+        .map_err(|e| Error::Msg(e.to_string()))?;
         let mpath = self.sdir.join(".manifest.partial");
         let mf = std::fs::OpenOptions::new()
             .read(true)
@@ -339,6 +366,12 @@ impl SessionTarget for StreamTarget<'_> {
     }
     fn after_commit(&mut self, _info: &SessionInfo) -> Result<()> {
         Ok(())
+    }
+    fn keys(&self) -> Option<std::sync::Arc<ArchiveKeys>> {
+        self.crypt.as_ref().map(|c| c.keys.clone())
+    }
+    fn volume_id(&self) -> Option<String> {
+        self.chain_volume_id()
     }
 }
 
@@ -395,6 +428,7 @@ pub fn send_stream(
             )));
         }
     }
+    let crypt = chain_crypt(config, name, &opts.chain, &sdir, chain.last())?;
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut target = StreamTarget {
         config,
@@ -407,6 +441,7 @@ pub fn send_stream(
         catalog: Some(catalog),
         dest_id: dest,
         written: written.clone(),
+        crypt,
     };
     let (info, _) = take_session(
         config,
@@ -423,6 +458,80 @@ pub fn send_stream(
         bytes_written: written.load(std::sync::atomic::Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
+}
+
+/// The keys of stream chain `chain` of volume `name` (state folder `sdir`, last
+/// stream `last`), `None` when it is not encrypted. A new chain is encrypted unless
+/// the config says `encrypt = off`: a master key and a chain id are made and the key
+/// file (wrapped under the passphrase) is written in `sdir`. A chain keeps the mode it
+/// started with; `encrypt` set to the other one is an error.
+fn chain_crypt(
+    config: &Config,
+    name: &str,
+    chain: &str,
+    sdir: &Path,
+    last: Option<&SessionInfo>,
+) -> Result<Option<StreamCrypt>> {
+    let path = crate::metadir::stream_key_in(sdir);
+    let sources = Sources {
+        what: format!("stream chain {chain:?} of volume {name}"),
+        ..Sources::of(config)
+    };
+    let Some(last) = last else {
+        // A new chain: a key file left by a first stream that was never recorded
+        // belongs to no stream anyone keeps.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
+            _ => {}
+        }
+        if config.encrypt == Some(false) {
+            return Ok(None);
+        }
+        let pass = passphrase::obtain_from(&sources, Purpose::Create)?;
+        let fail = |e: crypto::CryptoError| Error::Msg(format!("{}: {e}", path.display()));
+        let master = MasterKey::generate().map_err(fail)?;
+        let id = crypto::random_uuid().map_err(fail)?;
+        let key_file = KeyFile::wrap(&id, &master, &pass, KdfParams::DEFAULT).map_err(fail)?;
+        durable::write_atomic(&path, key_file.render().as_bytes()).at(&path)?;
+        let keys = std::sync::Arc::new(ArchiveKeys::derive(&master, &id));
+        return Ok(Some(StreamCrypt { keys, key_file }));
+    };
+    let encrypted = last.volume_id.is_some();
+    match (config.encrypt, encrypted) {
+        (Some(true), false) => {
+            return Err(Error::Msg(format!(
+                "volume {name}, stream chain {chain:?}: the chain is not encrypted (it was                  started with encrypt = off) but the config says encrypt = on; start a new                  chain with --chain, or set encrypt = off"
+            )))
+        }
+        (Some(false), true) => {
+            return Err(Error::Msg(format!(
+                "volume {name}, stream chain {chain:?}: the chain is encrypted but the config                  says encrypt = off; start a new chain with --chain, or leave encrypt unset"
+            )))
+        }
+        (_, false) => return Ok(None),
+        (_, true) => {}
+    }
+    let bytes = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::Msg(format!(
+                "volume {name}, stream chain {chain:?} is encrypted but its key file {} is                  missing; start a new chain with --chain",
+                path.display()
+            )))
+        }
+        r => r.at(&path)?,
+    };
+    let key_file =
+        KeyFile::parse(&bytes).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+    let pass = passphrase::obtain_from(&sources, Purpose::Unlock)?;
+    let master = key_file.unwrap_key(&pass).map_err(|e| match e {
+        crypto::CryptoError::WrongPassphrase => Error::Msg(format!(
+            "wrong passphrase: it does not unlock the key of stream chain {chain:?} of              volume {name} ({})",
+            path.display()
+        )),
+        e => Error::Msg(format!("{}: {e}", path.display())),
+    })?;
+    let keys = std::sync::Arc::new(ArchiveKeys::derive(&master, &key_file.archive));
+    Ok(Some(StreamCrypt { keys, key_file }))
 }
 
 /// Make the session copies of a stream chain agree with its catalog base `base` before
@@ -517,6 +626,26 @@ impl VolumeSink for DeviceSink {
     fn finish(&mut self) -> std::io::Result<()> {
         Target::finish(&mut self.dev)
     }
+}
+
+/// Where `receive --from-stream` and `verify --from-stream` get the passphrase of an
+/// encrypted chain (asked only when a stream is encrypted): the sources of `config`
+/// when there is one, else `SPARSEBAK_PASSPHRASE` or the terminal.
+pub fn stream_unlock(config: Option<Config>) -> Unlock<'static> {
+    Box::new(move || {
+        let what = "the stream chain".to_string();
+        let sources = match &config {
+            Some(c) => Sources {
+                what,
+                ..Sources::of(c)
+            },
+            None => Sources {
+                what,
+                ..Sources::default()
+            },
+        };
+        passphrase::obtain_from(&sources, Purpose::Unlock).map_err(|e| e.to_string())
+    })
 }
 
 /// Refuse a chain of another volume than the one named.
@@ -627,14 +756,16 @@ pub fn receive_streams(
     (input, map): (StreamInputs, InputMap),
     out: &Output,
     volume: Option<&str>,
+    unlock: Unlock<'_>,
 ) -> Result<ChainSummary> {
     // Read and check the whole chain into `sink`; a wrong volume is refused before a
     // file result is renamed into place. A failed write names where the volume was
     // going (`sink_at`), not the stream.
     let rebuild = |sink: &mut dyn VolumeSink, sink_at: &dyn Fn(std::io::Error) -> Error| {
-        let sum = read_chain(
+        let sum = read_chain_with(
             std::io::BufReader::with_capacity(1 << 20, input),
             Some(sink),
+            Some(unlock),
         )
         .map_err(|e| match e {
             sparsebak_format::stream::StreamError::Sink { source, .. } => sink_at(source),

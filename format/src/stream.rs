@@ -168,7 +168,7 @@ pub enum StreamError {
     },
     #[error("{at}: wrong passphrase: it does not unlock the key of stream chain {chain}")]
     WrongPassphrase { at: StreamAt, chain: String },
-    #[error("{at}: the stream is encrypted: {reason}")]
+    #[error("{at}: {reason}")]
     Locked { at: StreamAt, reason: String },
 }
 
@@ -445,6 +445,9 @@ impl StreamHeader {
         }
         if info.compression != self.compression {
             diffs.push("compression");
+        }
+        if info.volume_id != self.volume_id {
+            diffs.push("volume_id");
         }
         if diffs.is_empty() {
             Ok(())
@@ -796,12 +799,12 @@ fn sealed_or_plain(
 }
 
 /// A member's content as it is written: plain, or sealed on the way.
-enum Body<'k, 'a, W: Write> {
+enum Body<'a, W: Write> {
     Plain(Hashed<'a, W>),
-    Sealed(SealWriter<'k, Hashed<'a, W>>),
+    Sealed(SealWriter<Hashed<'a, W>>),
 }
 
-impl<W: Write> Body<'_, '_, W> {
+impl<W: Write> Body<'_, W> {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             Body::Plain(w) => w.write_all(data),
@@ -983,10 +986,7 @@ impl<W: Write> StreamWriter<W> {
             Some(c) => Body::Sealed(
                 SealWriter::new(
                     &c.keys,
-                    Place::Manifest {
-                        volume_id: c.keys.archive(),
-                        session: &session,
-                    },
+                    Place::Manifest { session: &session },
                     hashed,
                 )
                 .map_err(|e| StreamError::Misuse(e.to_string()))?,
@@ -1899,7 +1899,6 @@ impl<'a> ChainReader<'a> {
             Some(k) => Box::new(OpenReader::new(
                 k,
                 Place::Manifest {
-                    volume_id: k.archive(),
                     session: &cur.header.session,
                 },
                 body,

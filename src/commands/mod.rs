@@ -90,7 +90,7 @@ pub fn run(cli: Cli) -> Result<()> {
             volume,
             from_stream: Some(paths),
             ..
-        } => return stream::verify(volume.as_deref(), paths),
+        } => return stream::verify(&config_path(&cli), volume.as_deref(), paths),
         Command::Serve { root } => return serve::run(root),
         _ => {}
     }

@@ -9,7 +9,7 @@ use super::{human, Ctx};
 use crate::config::parse_size;
 use crate::progress;
 use crate::source;
-use crate::stream_send::{open_streams, receive_streams, send_stream, StreamOpts};
+use crate::stream_send::{open_streams, receive_streams, send_stream, stream_unlock, StreamOpts};
 use sparsebak_format::output::{self, OutputKind, PartialFile};
 
 fn split_paths(spec: &str) -> Vec<String> {
@@ -148,12 +148,11 @@ pub fn receive(
         output::refuse_same_file(&out, Path::new(p))?;
     }
     // No configuration is needed here; when there is one, its archive and metadata
-    // folder are not written into either.
-    if config_path.exists() {
-        match crate::config::Config::load(config_path) {
-            Ok(c) => crate::receive::refuse_in_archives(&out, &c)?,
-            Err(e) => tracing::debug!("{e}: not checking the target against its archive"),
-        }
+    // folder are not written into either, and it says where an encrypted chain's
+    // passphrase comes from.
+    let config = optional_config(config_path);
+    if let Some(c) = &config {
+        crate::receive::refuse_in_archives(&out, c)?;
     }
     if matches!(
         out.kind,
@@ -166,7 +165,7 @@ pub fn receive(
         );
     }
     let input = open_streams(&split_paths(paths))?;
-    let sum = receive_streams(input, &out, volume)
+    let sum = receive_streams(input, &out, volume, stream_unlock(config))
         .with_context(|| format!("receive from streams into {}", out.describe()))?;
     if zero_tail {
         crate::receive::zero_tail(&out.path, sum.last().info.volsize)
@@ -181,11 +180,29 @@ pub fn receive(
     Ok(())
 }
 
-pub fn verify(volume: Option<&str>, paths: &str) -> Result<()> {
+/// The configuration at `path` when there is one that loads (the stream-reading
+/// commands need none).
+fn optional_config(path: &Path) -> Option<crate::config::Config> {
+    if !path.exists() {
+        return None;
+    }
+    match crate::config::Config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::debug!("{e}: reading the streams without a configuration");
+            None
+        }
+    }
+}
+
+/// `verify --from-stream`: `config_path` as for [`receive`] (it need not exist; when
+/// it does, it says where an encrypted chain's passphrase comes from).
+pub fn verify(config_path: &Path, volume: Option<&str>, paths: &str) -> Result<()> {
     let (input, map) = open_streams(&split_paths(paths))?;
-    let sum = sparsebak_format::stream::read_chain(
+    let sum = sparsebak_format::stream::read_chain_with(
         std::io::BufReader::with_capacity(1 << 20, input),
         None,
+        Some(stream_unlock(optional_config(config_path))),
     )
     .map_err(|e| map.locate(e))
     .context("verify")?;
