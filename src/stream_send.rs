@@ -18,11 +18,11 @@ use std::io::{BufWriter, IsTerminal, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use sparsebak_format::crypto::{self, ArchiveKeys, KdfParams, KeyFile, MasterKey};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
 use sparsebak_format::output::{self, Output, OutputKind, PartialFile};
 use sparsebak_format::restore::Target;
-use sparsebak_format::crypto::{self, ArchiveKeys, KdfParams, KeyFile, MasterKey};
 use sparsebak_format::stream::{
     read_chain_with, ChainSummary, FileSink, StreamCrypt, StreamHeader, StreamWriter, Unlock,
     VolumeSink,
