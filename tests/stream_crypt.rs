@@ -5,6 +5,8 @@
 //! chains keep the mode they started with, and a stream of another chain is refused.
 
 mod common;
+#[path = "common/loopdev.rs"]
+mod loopdev;
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -405,4 +407,48 @@ fn chains_keep_their_mode_and_streams_of_another_chain_are_refused() {
     let o = receive_pipe(&[&a[0], &plain[1]], &out, PASS);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("not encrypted"), "{}", stderr(&o));
+}
+
+/// A wrong passphrase leaves a block device target as it was (nothing is written
+/// before the key is unwrapped); the right one rebuilds the chain on it.
+#[test]
+fn wrong_passphrase_leaves_a_block_device_untouched() {
+    if !loopdev::need_root("wrong_passphrase_leaves_a_block_device_untouched") {
+        return;
+    }
+    let env = env_with("");
+    let (versions, streams) = chain_of_three(&env, "default");
+    let backing = env.path().join("dev.img");
+    let garbage = Rng::new(99).bytes(32 * CS);
+    std::fs::write(&backing, &garbage).unwrap();
+    let Some(lo) = loopdev::Loop::new("wrong_passphrase_block_device", &backing, 512) else {
+        return;
+    };
+    let list = streams
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let receive = |pass: &str| {
+        bare(Some(pass))
+            .args(["-u", "receive", &format!("--from-stream={list}")])
+            .arg(format!("--save-to={}", lo.dev.display()))
+            .output()
+            .unwrap()
+    };
+    let o = receive("not the passphrase");
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(e.contains("wrong passphrase"), "{e}");
+    lo.flush();
+    assert!(
+        std::fs::read(&backing).unwrap() == garbage,
+        "the device was written"
+    );
+    let o = receive(PASS);
+    assert!(o.status.success(), "{}", stderr(&o));
+    lo.flush();
+    let got = std::fs::read(&backing).unwrap();
+    assert_same(&got[..versions[2].len()], &versions[2], "chain on a device");
 }
