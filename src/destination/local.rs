@@ -309,7 +309,6 @@ impl Destination for LocalDestination {
         marker::create_sealed(&self.root, id, key_file)
     }
 
-
     fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
         let dir = self.vol_dir(name);
         if mode == Mode::Exclusive && self.read_only {
@@ -431,12 +430,6 @@ impl Destination for LocalDestination {
     }
 
     fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
-        if self.keys.get().is_some() {
-            return Err(Error::Msg(format!(
-                "{}: prune of an encrypted archive is not supported yet: its sessions stay",
-                self.root.display()
-            )));
-        }
         prune::check_removal(&self.local_volume(name), targets)
     }
 
@@ -447,12 +440,6 @@ impl Destination for LocalDestination {
         dry_run: bool,
         removed_info: Option<&SessionInfo>,
     ) -> Result<FoldPlan> {
-        if self.keys.get().is_some() {
-            return Err(Error::Msg(format!(
-                "{}: prune of an encrypted archive is not supported yet: its sessions stay",
-                self.root.display()
-            )));
-        }
         prune::fold(&self.local_volume(name), removed_info, remove, dry_run)
     }
 

@@ -280,7 +280,6 @@ pub trait Destination: Send + Sync {
         )))
     }
 
-
     /// Give an archive whose marker has no identity (made before identities) one;
     /// returns the identity the marker has afterwards.
     fn add_identity(&self) -> Result<String>;

@@ -50,8 +50,9 @@ pub enum Place<'a> {
         volume_id: &'a str,
         session: &'a str,
     },
-    /// A volume's prune journal.
-    PruneJournal { volume_id: &'a str },
+    /// The prune journal of the volume named `volume` (no journal outlives a run
+    /// that renames the volume: every run finishes one first).
+    PruneJournal { volume: &'a str },
     /// A stream's header (a stream chain's id stands for the archive's).
     StreamHeader { session: &'a str },
     /// A stream's trailer.
@@ -71,7 +72,7 @@ impl Place<'_> {
             Place::Info { session } => ("info", vec![s(session)]),
             Place::Manifest { session } => ("manifest", vec![s(session)]),
             Place::TarIndex { volume_id, session } => ("tar-index", vec![s(volume_id), s(session)]),
-            Place::PruneJournal { volume_id } => ("prune-journal", vec![s(volume_id)]),
+            Place::PruneJournal { volume } => ("prune-journal", vec![s(volume)]),
             Place::StreamHeader { session } => ("stream-header", vec![s(session)]),
             Place::StreamTrailer { volume_id, session } => {
                 ("stream-trailer", vec![s(volume_id), s(session)])
