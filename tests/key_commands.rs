@@ -519,3 +519,93 @@ fn over_the_remote_protocol_and_no_child_sees_the_passphrase() {
     assert!(!seen.contains("SPARSEBAK_PASSPHRASE"), "{seen}");
     assert!(!seen.contains("words"), "{seen}");
 }
+
+/// Run the binary with `env`'s config at a terminal (`script` gives it one), typing
+/// each line of `typed` there after the next prompt shows.
+fn at_terminal(env: &Env, args: &str, typed: &str) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let cmd = format!("{} -c {} {args}", bin().display(), env.config.display());
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env_remove("SPARSEBAK_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut input = child.stdin.take().unwrap();
+    for (i, line) in typed.split('\n').enumerate() {
+        // Each answer once its prompt is there, as a person types.
+        let t0 = std::time::Instant::now();
+        while seen.lock().unwrap().matches("assphrase").count() <= i {
+            assert!(
+                t0.elapsed().as_secs() < 30,
+                "no prompt {i}: {}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        input.write_all(format!("{line}\r").as_bytes()).unwrap();
+        input.flush().unwrap();
+    }
+    // The end of input: a prompt still waiting gets an end of file, not a hang.
+    drop(input);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    (status.code(), out)
+}
+
+#[test]
+fn at_a_terminal_the_passphrase_is_asked_and_a_new_one_twice() {
+    let env = Env::new(&["v"]);
+    encrypted_archive(&env, ID, "old words");
+    let before = std::fs::read(env.archive().join(KEY_FILE)).unwrap();
+    let what = format!("the archive at {}", env.archive().display());
+    // An empty one is refused.
+    let (code, out) = at_terminal(&env, "key passwd", "");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("an empty passphrase is refused; nothing was changed"),
+        "{out}"
+    );
+    // Two different new passphrases: refused, nothing changed.
+    let (code, out) = at_terminal(&env, "key passwd", "old words\nnew words\nnew wordz");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("Passphrase of {what}: ")), "{out}");
+    assert!(
+        out.contains(&format!("New passphrase of {what}: ")),
+        "{out}"
+    );
+    assert!(out.contains("The same passphrase again: "), "{out}");
+    assert!(
+        out.contains("the two passphrases typed differ; nothing was changed"),
+        "{out}"
+    );
+    assert!(!out.contains("words"), "nothing typed is echoed: {out}");
+    assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), before);
+    // The same twice: changed.
+    let (code, out) = at_terminal(&env, "key passwd", "old words\nnew words\nnew words");
+    assert_eq!(code, Some(0), "{out}");
+    let kf = installed(&env);
+    kf.unwrap_key(&pass("new words")).unwrap();
+    assert!(kf.unwrap_key(&pass("old words")).is_err());
+}
