@@ -4,6 +4,8 @@
 
 mod common;
 use common::*;
+#[path = "common/loopfs.rs"]
+mod loopfs;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -34,7 +36,10 @@ fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 /// An encrypted archive at `env.archive()`, made by hand: its marker, its key file
 /// (master key `[7; 32]` under `passphrase`) and a volume folder with a file in it.
 fn encrypted_archive(env: &Env, id: &str, passphrase: &str) {
-    let root = env.archive();
+    encrypted_archive_at(&env.archive(), id, passphrase)
+}
+
+fn encrypted_archive_at(root: &Path, id: &str, passphrase: &str) {
     std::fs::create_dir_all(root.join("vAAAA")).unwrap();
     std::fs::write(
         root.join("sparsebak.archive"),
@@ -608,4 +613,56 @@ fn at_a_terminal_the_passphrase_is_asked_and_a_new_one_twice() {
     let kf = installed(&env);
     kf.unwrap_key(&pass("new words")).unwrap();
     assert!(kf.unwrap_key(&pass("old words")).is_err());
+}
+
+#[test]
+fn a_read_only_archive_keeps_its_key_and_still_exports_it() {
+    let Some(fs) = loopfs::LoopFs::new("key_read_only", loopfs::FsKind::Ext4, "") else {
+        return;
+    };
+    let env = Env::new(&["v"]);
+    let root = fs.path().join("archive");
+    encrypted_archive_at(&root, ID, "words");
+    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("destdir = {}", env.archive().display()),
+        &format!("destdir = {}", root.display()),
+    );
+    std::fs::write(&env.config, ini).unwrap();
+    with_var(&env, "passcmd = /bin/echo words\n");
+    let plain = ok(&run_in(&env, &["key", "export"], &[], b""));
+    let saved = secret_file(env.path(), "saved.key", &plain, 0o600);
+    let new_file = secret_file(env.path(), "new.pass", "new\n", 0o600);
+    fs.remount("ro");
+    for (args, action) in [
+        (
+            vec![
+                "key".to_string(),
+                "passwd".into(),
+                format!("--new-passfile={}", new_file.display()),
+            ],
+            "key passwd",
+        ),
+        (
+            vec![
+                "key".to_string(),
+                "import".into(),
+                "--force".into(),
+                saved.display().to_string(),
+            ],
+            "key import",
+        ),
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = fails(&run_in(&env, &a, &[], b""));
+        assert!(
+            e.contains(&format!(
+                "the archive at {} is on a read-only filesystem; {action} needs to write to it (mount it read-write)",
+                root.display()
+            )),
+            "{e}"
+        );
+    }
+    assert_eq!(ok(&run_in(&env, &["key", "export"], &[], b"")), plain);
+    fs.remount("rw");
+    assert_eq!(std::fs::read_to_string(root.join(KEY_FILE)).unwrap(), plain);
 }
