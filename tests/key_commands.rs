@@ -666,3 +666,31 @@ fn a_read_only_archive_keeps_its_key_and_still_exports_it() {
     fs.remount("rw");
     assert_eq!(std::fs::read_to_string(root.join(KEY_FILE)).unwrap(), plain);
 }
+
+#[test]
+fn key_usage_errors_exit_2_before_anything_is_read() {
+    let env = Env::new(&["v"]);
+    encrypted_archive(&env, ID, "words");
+    let before = std::fs::read(env.archive().join(KEY_FILE)).unwrap();
+    for args in [
+        &["key"][..],
+        &["key", "rotate"][..],
+        &["key", "export", "--new-passfile=/x"][..],
+        &["key", "passwd", "--paper"][..],
+        &["key", "import", "a", "b"][..],
+    ] {
+        let o = run_in(&env, args, &[], b"");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Usage: sparsebak key"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = run_in(&env, &["key", "--help"], &[], b"");
+    let help = String::from_utf8(o.stdout).unwrap();
+    for sub in ["passwd", "export", "import"] {
+        assert!(help.contains(sub), "{help}");
+    }
+    assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), before);
+}
