@@ -51,6 +51,7 @@ conf() {
     mkdir -p "$MNT/$1/vols"
     {
         echo "[var]"
+        echo "encrypt = off"
         echo "source = reflink"
         echo "voldir = $MNT/$1/vols"
         if [ "${3:-}" = remote ]; then

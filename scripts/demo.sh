@@ -18,8 +18,11 @@ sb=$root/target/release/sparsebak
 
 rm -rf "$work"
 mkdir -p "$work/images"
+# The archive is encrypted (the default); its passphrase is in a file only root reads.
+( umask 077; echo "demo passphrase $(date +%s)" > "$work/passphrase" )
 cat > "$work/sparsebak.ini" <<INI
 [var]
+passfile = $work/passphrase
 source = file
 voldir = $work/images
 destdir = $work/archive

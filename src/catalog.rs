@@ -401,6 +401,7 @@ mod tests {
             bytes_read: 1,
             bytes_stored: 1,
             manifest_sha256: [3; 32],
+            volume_id: None,
         }
     }
 

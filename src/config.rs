@@ -114,6 +114,10 @@ pub const DEST_KEYS: &[&str] = &[
     "passcmd",
 ];
 
+/// The destination keys about encryption: in [var] they are also every
+/// [dest:NAME]'s default.
+const CRYPT_KEYS: &[&str] = &["encrypt", "passfile", "passcmd"];
+
 /// The value of `--dest` that means every configured destination (`send` only); no
 /// destination may be named so.
 pub const ALL_DESTS: &str = "all";
@@ -455,7 +459,12 @@ impl Config {
             }
         }
         let mut dests = Vec::new();
-        let var_has_dest = DEST_KEYS.iter().any(|k| get(k).is_some());
+        // `encrypt`, `passfile` and `passcmd` in [var] are also the defaults of every
+        // [dest:NAME]; they alone do not make [var] a destination.
+        let var_has_dest = DEST_KEYS
+            .iter()
+            .filter(|k| !CRYPT_KEYS.contains(k))
+            .any(|k| get(k).is_some());
         if var_has_dest || dest_sections.is_empty() {
             dests.push(parse_dest(crate::metadir::DEFAULT_DEST, &get, "").map_err(bad)?);
         }
@@ -466,7 +475,13 @@ impl Config {
                      and by [dest:{name}]"
                 )));
             }
-            let get = |k: &str| props.get(k).map(value).filter(|v| !v.is_empty());
+            let get = |k: &str| {
+                props
+                    .get(k)
+                    .map(value)
+                    .filter(|v| !v.is_empty())
+                    .or_else(|| CRYPT_KEYS.contains(&k).then(|| get(k)).flatten())
+            };
             dests.push(parse_dest(name, &get, &format!("[dest:{name}]: ")).map_err(bad)?);
         }
         let first = dests[0].clone();

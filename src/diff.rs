@@ -116,7 +116,7 @@ pub fn live(vol: &VolumeArchive, a: &str, file: &std::fs::File, size: u64) -> Re
         },
         runs.into_iter(),
         base,
-        Mode::compare(chain.last()),
+        Mode::compare(vol, chain.last()),
         |_| {},
         |rec| {
             let addr = match rec {

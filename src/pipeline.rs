@@ -93,10 +93,14 @@ impl Mode {
         }
     }
 
-    /// Only compare with an archive whose latest session is `latest` (`None`: empty).
-    pub fn compare(latest: Option<&SessionInfo>) -> Mode {
+    /// Only compare with volume `vol` of an archive, whose latest session is `latest`
+    /// (`None`: empty).
+    pub fn compare(
+        vol: &sparsebak_format::volume::VolumeArchive,
+        latest: Option<&SessionInfo>,
+    ) -> Mode {
         Mode::Compare {
-            codec: latest.map_or_else(|| codec::for_compression(Codec::Zstd), codec::for_info),
+            codec: latest.map_or_else(|| codec::for_compression(Codec::Zstd), |i| vol.codec(i)),
         }
     }
 

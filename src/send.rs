@@ -59,6 +59,11 @@ pub trait SessionTarget {
     fn before_commit(&mut self, info: &SessionInfo) -> Result<()>;
     /// Runs once the session exists: the source side takes its copies.
     fn after_commit(&mut self, info: &SessionInfo) -> Result<()>;
+    /// The keys chunks are sealed with, when the target is encrypted and its base
+    /// volume does not say so itself (a stream, whose base is the source's copies).
+    fn keys(&self) -> Option<std::sync::Arc<sparsebak_format::crypto::ArchiveKeys>> {
+        None
+    }
 }
 
 /// Take a session of volume `ctx` from `source` into `target`, incremental on the
@@ -128,8 +133,29 @@ fn write_session(
         .map_or(taken.timestamp(), |s| {
             s.time.timestamp().max(taken.timestamp())
         });
+    // An encrypted target seals chunks for the volume's id: the one its sessions
+    // carry, or a new one for its first.
+    let keys = target.keys().or_else(|| base_vol.keys());
+    let volume_id = match &keys {
+        None => None,
+        Some(_) => match chain.last().and_then(|i| i.volume_id.clone()) {
+            Some(v) => Some(v),
+            None => Some(
+                sparsebak_format::crypto::random_uuid().map_err(|e| Error::Msg(e.to_string()))?,
+            ),
+        },
+    };
     let mut sink = target.begin(&id, time, size)?;
-    let mode = PipeMode::store(config.compression, name, &id);
+    let mode = PipeMode::Store {
+        codec: sparsebak_format::codec::for_writing_in(
+            keys.as_ref(),
+            volume_id.as_deref(),
+            config.compression.codec,
+            config.compression.level,
+        ),
+        volume: name.into(),
+        session: id.as_str().into(),
+    };
     // Everything up to the commit: on any failure the destination is told to give the
     // session up (a far side keeps the chunks of a session only when its link
     // dropped, for the next send to take over; a full disk must not stay full). Over
@@ -154,6 +180,7 @@ fn write_session(
             compression: config.compression.codec,
             chunks: c.chunks,
             bytes_read: c.bytes_read,
+            volume_id: volume_id.clone(),
         })?;
         target.before_commit(&info)?;
         Ok((Some(info), c.bytes_read))

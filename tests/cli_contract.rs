@@ -52,21 +52,21 @@ fn fails_with(config: &std::path::Path, args: &[&str], want: &str) {
 fn bad_configs_are_clear_errors() {
     for (ini, want) in [
         (
-            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\nbogus=1\n",
+            "[var]\nencrypt = off\ndestdir=/x\nsource=file\nvoldir=/y\nbogus=1\n",
             "unknown key \"bogus\"",
         ),
         (
-            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\nchunksize=3K\n",
+            "[var]\nencrypt = off\ndestdir=/x\nsource=file\nvoldir=/y\nchunksize=3K\n",
             "chunksize",
         ),
-        ("[var]\ndestdir=/x\nsource=zfs\n", "source"),
+        ("[var]\nencrypt = off\ndestdir=/x\nsource=zfs\n", "source"),
         (
-            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\ncompression=gzip\n",
+            "[var]\nencrypt = off\ndestdir=/x\nsource=file\nvoldir=/y\ncompression=gzip\n",
             "compression",
         ),
-        ("[var]\nsource=file\nvoldir=/y\n", "destdir"),
+        ("[var]\nencrypt = off\nsource=file\nvoldir=/y\n", "destdir"),
         (
-            "[var]\ndestdir=/x\nsource=file\nvoldir=/y\n[volumes]\nv=perhaps\n",
+            "[var]\nencrypt = off\ndestdir=/x\nsource=file\nvoldir=/y\n[volumes]\nv=perhaps\n",
             "enable",
         ),
     ] {
@@ -122,7 +122,7 @@ fn destmountpoint_must_be_mounted() {
     let mp = d.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
     let ini = format!(
-        "[var]\nsource=file\nvoldir={0}\ndestmountpoint={1}\ndestdir=sb\nmetadir={0}/meta\n[volumes]\nv=enable\n",
+        "[var]\nencrypt = off\nsource=file\nvoldir={0}\ndestmountpoint={1}\ndestdir=sb\nmetadir={0}/meta\n[volumes]\nv=enable\n",
         d.path().display(),
         mp.display()
     );
@@ -151,7 +151,10 @@ fn changing_chunk_size_of_a_volume_is_refused() {
     let ini = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
-        ini.replace("[var]\n", "[var]\nchunksize = 128K\n"),
+        ini.replace(
+            "[var]\nencrypt = off\n",
+            "[var]\nencrypt = off\nchunksize = 128K\n",
+        ),
     )
     .unwrap();
     std::fs::write(env.image("v"), [2u8; 10]).unwrap();
@@ -214,7 +217,7 @@ fn unmounted_destmountpoint_is_said_as_readers_and_writers_see_it() {
     std::fs::write(
         &p,
         format!(
-            "[var]\nsource=file\nvoldir={0}\ndestmountpoint={1}\ndestdir=sb\nmetadir={0}/meta\n[volumes]\nv=enable\n",
+            "[var]\nencrypt = off\nsource=file\nvoldir={0}\ndestmountpoint={1}\ndestdir=sb\nmetadir={0}/meta\n[volumes]\nv=enable\n",
             d.path().display(),
             mp.display()
         ),

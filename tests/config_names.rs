@@ -18,7 +18,7 @@ fn inline_comments_do_not_reach_the_values() {
     std::fs::create_dir(p.join("img")).unwrap();
     std::fs::write(p.join("img/v"), Rng::new(1).bytes(3 * CS)).unwrap();
     let ini = format!(
-        "; sparsebak test config\n[var]   ; settings\nsource = file       ; plain files\n\
+        "; sparsebak test config\n[var]   ; settings\nencrypt = off\nsource = file       ; plain files\n\
          voldir = {0}/img\t# the images\ndestdir = {0}/archive   ; the archive\n\
          destvm =                   ; must be empty\nmetadir = {0}/meta ; source side\n\
          chunksize = 64K ; fixed\ncompression = zstd:3 ; level\n[volumes] # the list\n\
@@ -70,29 +70,36 @@ fn readme_example_is_accepted() {
             .arg("-c")
             .arg(&config)
             .args(args)
+            .env("SPARSEBAK_PASSPHRASE", "readme words")
             .output()
             .unwrap()
     };
     let o = run(&["-u", "send"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(p.join("archive/vm-work-private").is_dir());
+    // Encrypted (the default): the volume's folder does not show its name.
+    assert!(!p.join("archive/vm-work-private").exists());
+    assert!(p.join("archive/sparsebak.key").is_file());
     let o = run(&["list"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("vm-work-private"),
+        "list names the volume"
+    );
 }
 
 #[test]
 fn keys_and_sections_given_twice_are_refused() {
     for (ini, want) in [
         (
-            "[var]\nsource=file\nvoldir={img}\ndestdir={arch}\nmetadir={meta}\ndestdir={arch}2\n[volumes]\nv=enable\n",
+            "[var]\nencrypt = off\nsource=file\nvoldir={img}\ndestdir={arch}\nmetadir={meta}\ndestdir={arch}2\n[volumes]\nv=enable\n",
             "key \"destdir\" given twice in [var]",
         ),
         (
-            "[var]\nsource=file\nvoldir={img}\ndestdir={arch}\nmetadir={meta}\n[volumes]\nv=enable\nv=disable\n",
+            "[var]\nencrypt = off\nsource=file\nvoldir={img}\ndestdir={arch}\nmetadir={meta}\n[volumes]\nv=enable\nv=disable\n",
             "key \"v\" given twice in [volumes]",
         ),
         (
-            "[var]\nsource=file\nvoldir={img}\ndestdir={arch}\n[volumes]\nv=enable\n[var]\nmetadir={meta}\n",
+            "[var]\nencrypt = off\nsource=file\nvoldir={img}\ndestdir={arch}\n[volumes]\nv=enable\n[var]\nencrypt = off\nmetadir={meta}\n",
             "section [var] given twice",
         ),
     ] {
@@ -201,7 +208,7 @@ fn lvm_names_follow_lvm_rules() {
         std::fs::write(
             &config,
             format!(
-                "[var]\nsource = lvm\nvgname = {vg}\ndestdir = {0}/archive\nmetadir = {0}/meta\n[volumes]\n{name} = enable\n",
+                "[var]\nencrypt = off\nsource = lvm\nvgname = {vg}\ndestdir = {0}/archive\nmetadir = {0}/meta\n[volumes]\n{name} = enable\n",
                 d.path().display()
             ),
         )

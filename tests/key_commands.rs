@@ -49,6 +49,9 @@ fn encrypted_archive_at(root: &Path, id: &str, passphrase: &str) {
     std::fs::write(root.join("vAAAA").join("some-file"), b"sealed bytes").unwrap();
     let kf = KeyFile::wrap(id, &MasterKey::from_bytes([7; 32]), &pass(passphrase), FAST).unwrap();
     std::fs::write(root.join(KEY_FILE), kf.render()).unwrap();
+    // The shared config keeps other tests' archives plain; this one is encrypted.
+    let c = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, c.replace("encrypt = off\n", "")).unwrap();
 }
 
 /// The identity a master key gives `data`: equal for equal master keys.

@@ -352,8 +352,11 @@ fn over_ssh(sshd: &Sshd, volumes: &[&str], extra: &str) -> Env {
     std::fs::write(
         &env.config,
         ini.replacen(
-            "[var]\n",
-            &format!("[var]\n{}", remote_lines(&sshd.destvm(), &sshd.sshopts())),
+            "[var]\nencrypt = off\n",
+            &format!(
+                "[var]\nencrypt = off\n{}",
+                remote_lines(&sshd.destvm(), &sshd.sshopts())
+            ),
             1,
         ),
     )

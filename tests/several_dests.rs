@@ -75,7 +75,7 @@ fn rotating_disks_each_get_their_own_incrementals() {
     set_config(
         &env,
         &format!(
-            "[var]\nsource = reflink\nvoldir = {}\nmetadir = {}\n\
+            "[var]\nencrypt = off\nsource = reflink\nvoldir = {}\nmetadir = {}\n\
              [dest:usbA]\ndestmountpoint = {}\ndestdir = sb\n\
              [dest:usbB]\ndestmountpoint = {}\ndestdir = sb\n\
              [volumes]\nv = enable\n",
@@ -327,7 +327,7 @@ fn dest_all_fails_when_a_present_destination_fails() {
 
     // No destination present at all: nothing backed up, exit 1.
     let only_gone = format!(
-        "[var]\nsource = file\nvoldir = {}\nmetadir = {}\n\
+        "[var]\nencrypt = off\nsource = file\nvoldir = {}\nmetadir = {}\n\
          [dest:gone]\ndestmountpoint = {}\ndestdir = sb\n[volumes]\nv = enable\n",
         env.voldir.display(),
         env.meta().display(),

@@ -18,6 +18,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, OnceLock};
 
 use crate::chunk::{self, Codec};
+use crate::crypto::{ArchiveKeys, Place};
 use crate::info::SessionInfo;
 use crate::limits;
 use crate::Hash;
@@ -220,6 +221,86 @@ impl ChunkCodec for Plain {
     }
 }
 
+/// The codec of encrypted archives and streams (format 2): [`Plain`]'s encoding, then
+/// sealed ([`crate::crypto::envelope`]) for [`Place::Chunk`] of the volume's id and the
+/// chunk's address; identified by HMAC-SHA256 under the archive's identity key, never
+/// by a plain hash of the content.
+///
+/// The session is not in the associated data: a prune moves chunk files between
+/// sessions unchanged (the codec is [`ChunkCodec::portable`]). A chunk put in the place
+/// of another session's chunk at the same address decrypts, and is then refused by the
+/// identity the session's manifest (sealed, bound to its session) records: every reader
+/// checks a chunk's identity after decoding it.
+#[derive(Clone)]
+pub struct Sealed {
+    keys: Arc<ArchiveKeys>,
+    volume_id: String,
+    plain: Plain,
+}
+
+impl Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("volume_id", &self.volume_id)
+            .field("plain", &self.plain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealed {
+    /// Chunks of volume `volume_id` under `keys`, encoded as `plain` before sealing.
+    pub fn new(keys: Arc<ArchiveKeys>, volume_id: &str, plain: Plain) -> Sealed {
+        Sealed {
+            keys,
+            volume_id: volume_id.to_string(),
+            plain,
+        }
+    }
+
+    fn place(&self, addr: u64) -> Place<'_> {
+        Place::Chunk {
+            volume_id: &self.volume_id,
+            addr,
+        }
+    }
+}
+
+impl ChunkCodec for Sealed {
+    fn name(&self) -> &'static str {
+        self.plain.name()
+    }
+
+    fn identify(&self, data: &[u8]) -> Hash {
+        self.keys.chunk_id(data)
+    }
+
+    fn max_stored(&self, chunksize: u64) -> u64 {
+        limits::max_sealed(self.plain.codec, chunksize)
+    }
+
+    fn encode(&self, ctx: &ChunkContext<'_>, data: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let inner = self.plain.encode(ctx, data)?;
+        self.keys
+            .seal(&self.place(ctx.addr), &inner)
+            .map_err(|e| ctx.fail(e.to_string()))
+    }
+
+    fn decode(&self, ctx: &ChunkContext<'_>, stored: &[u8]) -> Result<Vec<u8>, CodecError> {
+        let max = self.max_stored(ctx.chunksize);
+        if stored.len() as u64 > max {
+            return Err(ctx.fail(format!(
+                "{} stored bytes, more than a chunk can take ({max})",
+                stored.len()
+            )));
+        }
+        let inner = self
+            .keys
+            .open(&self.place(ctx.addr), stored)
+            .map_err(|e| ctx.fail(e.to_string()))?;
+        self.plain.decode(ctx, &inner)
+    }
+}
+
 /// The codec chunks of compression `codec` are read with (and re-encoded into, at the
 /// default level).
 pub fn for_compression(codec: Codec) -> Arc<dyn ChunkCodec> {
@@ -236,6 +317,39 @@ pub fn for_compression(codec: Codec) -> Arc<dyn ChunkCodec> {
 /// The codec the chunks of session `info` are stored with.
 pub fn for_info(info: &SessionInfo) -> Arc<dyn ChunkCodec> {
     for_compression(info.compression)
+}
+
+/// The codec of session `info` in an archive whose keys are `keys` (`None`: not
+/// encrypted). A session of an encrypted archive is sealed for its info's
+/// `volume_id`; one without (which an authenticated info never is) gets the id `-`,
+/// which opens nothing.
+pub fn for_session(keys: Option<&Arc<ArchiveKeys>>, info: &SessionInfo) -> Arc<dyn ChunkCodec> {
+    match keys {
+        None => for_info(info),
+        Some(k) => Arc::new(Sealed::new(
+            k.clone(),
+            info.volume_id.as_deref().unwrap_or("-"),
+            Plain::new(info.compression, DEFAULT_LEVEL),
+        )),
+    }
+}
+
+/// The codec a session of volume `volume_id` is written with in an archive whose
+/// keys are `keys`: `codec` at `level`, sealed when there are keys.
+pub fn for_writing_in(
+    keys: Option<&Arc<ArchiveKeys>>,
+    volume_id: Option<&str>,
+    codec: Codec,
+    level: i32,
+) -> Arc<dyn ChunkCodec> {
+    match keys {
+        None => for_writing(codec, level),
+        Some(k) => Arc::new(Sealed::new(
+            k.clone(),
+            volume_id.unwrap_or("-"),
+            Plain::new(codec, level),
+        )),
+    }
 }
 
 /// The codec a session is written with: `codec` at `level`.
@@ -363,5 +477,33 @@ mod tests {
             .decode(&ctx(4096), &big)
             .unwrap_err();
         assert!(e.reason.contains("more than a chunk can take"), "{e}");
+    }
+
+    #[test]
+    fn sealed_chunks_round_trip_and_are_bound_to_volume_and_address() {
+        let keys = Arc::new(ArchiveKeys::for_tests("arch"));
+        let c = Sealed::new(keys.clone(), "vol-1", Plain::new(Codec::Zstd, 3));
+        let data: Vec<u8> = (0..65536u32).map(|i| (i % 7) as u8).collect();
+        let cx = ctx(65536);
+        let stored = c.encode(&cx, &data).unwrap();
+        assert!(stored.len() as u64 <= c.max_stored(65536));
+        assert_eq!(c.decode(&cx, &stored).unwrap(), data);
+        // Portable across sessions (prune moves files unchanged) ...
+        let other_session = ChunkContext {
+            session: "20270101-000000",
+            ..cx
+        };
+        assert_eq!(c.decode(&other_session, &stored).unwrap(), data);
+        // ... but not across addresses or volumes.
+        let other_addr = ChunkContext { addr: 0, ..cx };
+        assert!(c.decode(&other_addr, &stored).is_err());
+        let w = Sealed::new(keys, "vol-2", Plain::new(Codec::Zstd, 3));
+        assert!(w
+            .decode(&cx, &stored)
+            .unwrap_err()
+            .reason
+            .contains("authentication"));
+        // Keyed identity, not SHA-256.
+        assert_ne!(c.identify(&data), chunk::hash(&data));
     }
 }

@@ -66,6 +66,7 @@ pub fn manifest_session() -> SessionInfo {
         bytes_read: 0,
         bytes_stored: 0,
         manifest_sha256: [0; 32],
+        volume_id: None,
     }
 }
 
@@ -354,6 +355,7 @@ fn sessions(codec: Codec) -> Result<Vec<Made>> {
             bytes_read: v.len() as u64,
             bytes_stored: chunks.iter().map(|c| c.1.len() as u64).sum(),
             manifest_sha256: hash,
+            volume_id: None,
         };
         out.push(Made {
             info,

@@ -37,14 +37,40 @@ pub struct SessionInfo {
     /// Bytes of chunk files stored by this session.
     pub bytes_stored: u64,
     pub manifest_sha256: Hash,
+    /// The volume's identity in an encrypted archive or stream (format 2): a random
+    /// UUID given with its first session and kept by every later one (a rename keeps
+    /// it). Chunks are sealed for it. `None` in format 1.
+    pub volume_id: Option<String>,
+}
+
+/// The info format of encrypted archives: format 1 plus `volume_id`.
+pub const SEALED_FORMAT: u32 = 2;
+
+/// Whether `id` can be a volume id (what [`crate::crypto::random_uuid`] makes, or any
+/// 1 to 64 lower-case hex digits and dashes).
+pub fn volume_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b'-')
 }
 
 impl SessionInfo {
     /// The file's bytes, ending with the `info_sha256` line.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "format={FORMAT_VERSION}");
-        let _ = writeln!(s, "volume={}", self.volume);
+        match &self.volume_id {
+            None => {
+                let _ = writeln!(s, "format={FORMAT_VERSION}");
+                let _ = writeln!(s, "volume={}", self.volume);
+            }
+            Some(id) => {
+                let _ = writeln!(s, "format={SEALED_FORMAT}");
+                let _ = writeln!(s, "volume={}", self.volume);
+                let _ = writeln!(s, "volume_id={id}");
+            }
+        }
         let _ = writeln!(s, "session={}", self.session);
         let _ = writeln!(s, "previous={}", self.previous.as_deref().unwrap_or(""));
         let _ = writeln!(s, "time={}", self.time);
@@ -98,11 +124,19 @@ impl SessionInfo {
             get(k)?.parse::<u64>().map_err(|e| bad(format!("{k}: {e}")))
         };
         let format = get("format")?;
-        if format != FORMAT_VERSION.to_string() {
+        let volume_id = if format == FORMAT_VERSION.to_string() {
+            None
+        } else if format == SEALED_FORMAT.to_string() {
+            let id = get("volume_id")?;
+            if !volume_id_ok(id) {
+                return Err(bad(format!("volume_id {id:?} is not a volume id")));
+            }
+            Some(id.to_string())
+        } else {
             return Err(bad(format!(
-                "format {format} is not supported (this build reads {FORMAT_VERSION})"
+                "format {format} is not supported (this build reads {FORMAT_VERSION} and {SEALED_FORMAT})"
             )));
-        }
+        };
         let compression = Codec::from_name(get("compression")?)
             .ok_or_else(|| bad("unknown compression".into()))?;
         let mut manifest_sha256 = [0u8; 32];
@@ -172,6 +206,7 @@ impl SessionInfo {
             bytes_read: num("bytes_read")?,
             bytes_stored: num("bytes_stored")?,
             manifest_sha256,
+            volume_id,
         })
     }
 
@@ -204,6 +239,7 @@ mod tests {
             bytes_read: 1 << 20,
             bytes_stored: 1000,
             manifest_sha256: [7; 32],
+            volume_id: None,
         }
     }
 

@@ -44,10 +44,17 @@ pub fn max_stored(codec: Codec, chunksize: u64) -> u64 {
     }
 }
 
-/// Largest stored chunk of any session: what a tar index record may name before the
-/// session's chunk size is known.
+/// Largest stored chunk of `chunksize` bytes in an encrypted archive or stream: the
+/// largest plain one, sealed ([`crate::crypto::envelope::overhead`]).
+pub fn max_sealed(codec: Codec, chunksize: u64) -> u64 {
+    let plain = max_stored(codec, chunksize);
+    plain + crate::crypto::envelope::overhead(plain)
+}
+
+/// Largest stored chunk of any session, sealed or not: what a tar index record or a
+/// protocol frame may hold before the session's chunk size is known.
 pub fn max_stored_any() -> u64 {
-    max_stored(Codec::Zstd, MAX_CHUNKSIZE)
+    max_sealed(Codec::Zstd, MAX_CHUNKSIZE)
 }
 
 /// Read the whole of `path`, a `what` that is never larger than `max` bytes: a larger
@@ -99,7 +106,7 @@ mod tests {
         assert!(max_stored(Codec::Zstd, 65536) > 65536);
         assert!(max_stored(Codec::Zstd, 65536) < 65536 + 4096);
         // Never more than the largest chunk size allows, whatever it is asked.
-        assert_eq!(max_stored(Codec::Zstd, 1 << 40), max_stored_any());
+        assert_eq!(max_sealed(Codec::Zstd, 1 << 40), max_stored_any());
     }
 
     #[test]

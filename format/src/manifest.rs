@@ -340,6 +340,7 @@ mod tests {
             bytes_read: 0,
             bytes_stored: 0,
             manifest_sha256: [0; 32],
+            volume_id: None,
         }
     }
 

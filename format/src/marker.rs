@@ -29,7 +29,12 @@ pub struct ArchiveMarker {
     pub format: u32,
     /// The archive's identity, when it has one.
     pub id: Option<String>,
+    /// The AEAD of an encrypted archive (format 2): `xchacha20poly1305`.
+    pub encryption: Option<String>,
 }
+
+/// The format of encrypted archives.
+pub const SEALED_FORMAT: u32 = 2;
 
 /// Whether `s` is an archive identity: a UUID in its lower-case 8-4-4-4-12 hex form.
 pub fn is_archive_id(s: &str) -> bool {
@@ -47,7 +52,22 @@ impl ArchiveMarker {
         ArchiveMarker {
             format: FORMAT_VERSION,
             id: Some(id.to_string()),
+            encryption: None,
         }
+    }
+
+    /// The marker of a new encrypted archive (format 2) with identity `id`.
+    pub fn sealed(id: &str) -> ArchiveMarker {
+        ArchiveMarker {
+            format: SEALED_FORMAT,
+            id: Some(id.to_string()),
+            encryption: Some(crate::crypto::AEAD_NAME.to_string()),
+        }
+    }
+
+    /// Whether the archive is encrypted.
+    pub fn is_sealed(&self) -> bool {
+        self.format == SEALED_FORMAT
     }
 
     /// The marker's bytes.
@@ -55,6 +75,9 @@ impl ArchiveMarker {
         let mut s = format!("{MAGIC}\nformat={}\n", self.format);
         if let Some(id) = &self.id {
             s.push_str(&format!("id={id}\n"));
+        }
+        if let Some(e) = &self.encryption {
+            s.push_str(&format!("encryption={e}\n"));
         }
         s
     }
@@ -71,6 +94,7 @@ impl ArchiveMarker {
         }
         let mut format = None;
         let mut id = None;
+        let mut encryption = None;
         for line in lines {
             let Some((k, v)) = line.split_once('=') else {
                 return Err(bad(format!("bad line {line:?}")));
@@ -78,6 +102,7 @@ impl ArchiveMarker {
             let slot = match k {
                 "format" => &mut format,
                 "id" => &mut id,
+                "encryption" => &mut encryption,
                 _ => continue,
             };
             if slot.replace(v).is_some() {
@@ -85,19 +110,40 @@ impl ArchiveMarker {
             }
         }
         let format = format.ok_or_else(|| bad("no format line".into()))?;
-        if format != FORMAT_VERSION.to_string() {
+        let format = if format == FORMAT_VERSION.to_string() {
+            FORMAT_VERSION
+        } else if format == SEALED_FORMAT.to_string() {
+            SEALED_FORMAT
+        } else {
             return Err(bad(format!(
-                "format {format:?} is not supported (this build reads {FORMAT_VERSION})"
+                "format {format:?} is not supported (this build reads {FORMAT_VERSION} and {SEALED_FORMAT})"
             )));
-        }
+        };
         if let Some(id) = id {
             if !is_archive_id(id) {
                 return Err(bad(format!("bad id {id:?}")));
             }
         }
+        if format == SEALED_FORMAT {
+            if id.is_none() {
+                return Err(bad("an encrypted archive's marker has no id".into()));
+            }
+            if encryption != Some(crate::crypto::AEAD_NAME) {
+                return Err(bad(format!(
+                    "encryption {:?} is not supported (this build knows {})",
+                    encryption.unwrap_or(""),
+                    crate::crypto::AEAD_NAME
+                )));
+            }
+        }
         Ok(ArchiveMarker {
-            format: FORMAT_VERSION,
+            format,
             id: id.map(str::to_string),
+            encryption: if format == SEALED_FORMAT {
+                encryption.map(str::to_string)
+            } else {
+                None
+            },
         })
     }
 }

@@ -7,7 +7,6 @@ use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
-use crate::codec;
 use crate::info::SessionInfo;
 use crate::view::{ViewEntry, ViewReader};
 use crate::volume::VolumeArchive;
@@ -105,7 +104,7 @@ fn decode_batch(
     fetched: Fetched,
 ) -> Vec<ReadChunk> {
     // One codec per session of the chain, looked up once per batch.
-    let codecs: Vec<_> = chain.iter().map(codec::for_info).collect();
+    let codecs: Vec<_> = chain.iter().map(|i| vol.codec(i)).collect();
     let Fetched { batch, stored } = fetched;
     on_readers(|| {
         batch

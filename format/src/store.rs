@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use crate::codec::ChunkCodec;
+use crate::crypto::{envelope, ArchiveKeys, OpenReader, Place};
 use crate::error::{FormatError, IoContext, Result};
 use crate::info::SessionInfo;
 use crate::layout;
@@ -90,6 +92,17 @@ pub trait VolumeStore: Send + Sync + Debug {
     /// forms or removed). Nothing to do for a store that caches nothing.
     fn forget_cached(&self) {}
 
+    /// The codec the chunks of session `info` are stored with (of an encrypted
+    /// archive: sealed under its keys).
+    fn codec(&self, info: &SessionInfo) -> Arc<dyn ChunkCodec> {
+        crate::codec::for_info(info)
+    }
+
+    /// The archive's keys, when it is encrypted and the store holds them.
+    fn keys(&self) -> Option<Arc<ArchiveKeys>> {
+        None
+    }
+
     /// The local folder, when the store is one (code that must touch its files:
     /// only the local destination's maintenance).
     fn as_folder(&self) -> Option<&FolderStore> {
@@ -98,11 +111,19 @@ pub trait VolumeStore: Send + Sync + Debug {
 }
 
 /// A volume's folder in a local archive: sessions as folders or tar files.
+///
+/// In an encrypted archive (format 2, [`FolderStore::sealed`]) the names of session
+/// folders and chunk files are name tokens of the archive's key, and info and manifest
+/// are sealed: this store gives their plaintext, opened and authenticated, and the
+/// chunks' stored (sealed) bytes, which the session's codec ([`VolumeStore::codec`])
+/// opens.
 #[derive(Clone)]
 pub struct FolderStore {
     dir: PathBuf,
     /// Tar sessions opened so far (file and mapped index), shared by clones.
     tars: Arc<Mutex<HashMap<String, Arc<TarSession>>>>,
+    /// The archive's keys when it is encrypted.
+    keys: Option<Arc<ArchiveKeys>>,
 }
 
 impl Debug for FolderStore {
@@ -119,6 +140,64 @@ impl FolderStore {
         FolderStore {
             dir: dir.to_path_buf(),
             tars: Arc::new(Mutex::new(HashMap::new())),
+            keys: None,
+        }
+    }
+
+    /// The volume folder `dir` of an encrypted archive whose keys are `keys`.
+    pub fn sealed(dir: &Path, keys: Arc<ArchiveKeys>) -> FolderStore {
+        FolderStore {
+            keys: Some(keys),
+            ..FolderStore::new(dir)
+        }
+    }
+
+    /// The archive's keys, when it is encrypted.
+    pub fn keys(&self) -> Option<&Arc<ArchiveKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// What stands for session `id` in file names: the ID itself, or its token.
+    pub fn session_name(&self, id: &str) -> String {
+        match &self.keys {
+            None => id.to_string(),
+            Some(k) => k.session_token(id),
+        }
+    }
+
+    /// The session ID a name (after `S_`, without `.tar`) stands for, if any.
+    pub fn session_of_name(&self, name: &str) -> Option<String> {
+        match &self.keys {
+            None => layout::is_session_id(name).then(|| name.to_string()),
+            Some(k) => {
+                if !crate::crypto::keys::looks_like_token(name) {
+                    return None;
+                }
+                k.session_of_token(name)
+                    .filter(|id| layout::is_session_id(id))
+            }
+        }
+    }
+
+    /// The chunk file of `addr` relative to session `id`'s folder.
+    pub fn chunk_rel_path(&self, id: &str, addr: u64) -> PathBuf {
+        match &self.keys {
+            None => layout::chunk_rel_path(addr),
+            Some(k) => k.chunk_rel_path(id, addr),
+        }
+    }
+
+    /// The address a chunk file `prefix/name` of session `id` stands for, if any.
+    pub fn addr_of_chunk(&self, id: &str, prefix: &str, name: &str) -> Option<u64> {
+        match &self.keys {
+            None => {
+                let addr = u64::from_str_radix(name.strip_prefix('x')?, 16).ok()?;
+                (name.len() == 17 && layout::prefix_name(addr) == prefix).then_some(addr)
+            }
+            Some(k) => {
+                let addr = k.addr_of_chunk_token(id, name)?;
+                name.starts_with(prefix).then_some(addr)
+            }
         }
     }
 
@@ -127,16 +206,21 @@ impl FolderStore {
         &self.dir
     }
 
-    /// `S_<id>`.
+    /// `S_<id>` (`S_<token>` when encrypted).
     pub fn session_dir(&self, id: &str) -> PathBuf {
-        layout::session_dir(&self.dir, id)
+        self.dir.join(format!(
+            "{}{}",
+            layout::SESSION_PREFIX,
+            self.session_name(id)
+        ))
     }
 
     /// `S_<id>.tar`.
     pub fn tar_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!(
-            "{}{id}{}",
+            "{}{}{}",
             layout::SESSION_PREFIX,
+            self.session_name(id),
             layout::TAR_SUFFIX
         ))
     }
@@ -144,8 +228,9 @@ impl FolderStore {
     /// `S_<id>.tar.index`.
     pub fn tar_index_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!(
-            "{}{id}{}",
+            "{}{}{}",
             layout::SESSION_PREFIX,
+            self.session_name(id),
             layout::TAR_INDEX_SUFFIX
         ))
     }
@@ -162,7 +247,7 @@ impl FolderStore {
 
     /// The chunk file of `addr` in session folder `id`.
     pub fn chunk_path(&self, id: &str, addr: u64) -> PathBuf {
-        self.session_dir(id).join(layout::chunk_rel_path(addr))
+        self.session_dir(id).join(self.chunk_rel_path(id, addr))
     }
 
     /// The open tar session `id`.
@@ -185,7 +270,7 @@ impl FolderStore {
     /// The stored bytes of one chunk (see [`VolumeStore::read_stored`]).
     pub fn read_one(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
         let id = &info.session;
-        let max = crate::codec::for_info(info).max_stored(info.chunksize);
+        let max = self.codec(info).max_stored(info.chunksize);
         match self.storage(id) {
             Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
             Storage::Tar => self.tar(id)?.read_chunk(addr, max),
@@ -214,9 +299,9 @@ impl VolumeStore for FolderStore {
             let name = ent.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(rest) = name.strip_prefix(layout::SESSION_PREFIX) {
-                let id = rest.strip_suffix(layout::TAR_SUFFIX).unwrap_or(rest);
-                if layout::is_session_id(id) {
-                    ids.push(id.to_string());
+                let tok = rest.strip_suffix(layout::TAR_SUFFIX).unwrap_or(rest);
+                if let Some(id) = self.session_of_name(tok) {
+                    ids.push(id);
                 }
             }
         }
@@ -235,6 +320,17 @@ impl VolumeStore for FolderStore {
     }
 
     fn info_bytes(&self, id: &str) -> Result<Vec<u8>> {
+        if let Some(k) = &self.keys {
+            let path = self.info_path(id);
+            let max = limits::MAX_INFO_BYTES + envelope::overhead(limits::MAX_INFO_BYTES);
+            let sealed = limits::read_bounded(&path, max, "info file")?;
+            return k
+                .open(&Place::Info { session: id }, &sealed)
+                .map_err(|e| FormatError::Info {
+                    path,
+                    reason: e.to_string(),
+                });
+        }
         match self.storage(id) {
             Storage::Folder => {
                 limits::read_bounded(&self.info_path(id), limits::MAX_INFO_BYTES, "info file")
@@ -244,6 +340,15 @@ impl VolumeStore for FolderStore {
     }
 
     fn manifest_bytes(&self, id: &str) -> Result<Box<dyn BufRead + Send>> {
+        if let Some(k) = &self.keys {
+            let p = self.manifest_path(id);
+            let f = std::fs::File::open(&p).at(&p)?;
+            let place = Place::Manifest { session: id };
+            return Ok(Box::new(BufReader::with_capacity(
+                64 * 1024,
+                OpenReader::new(k, place, f),
+            )));
+        }
         match self.storage(id) {
             Storage::Folder => {
                 let p = self.manifest_path(id);
@@ -255,6 +360,14 @@ impl VolumeStore for FolderStore {
     }
 
     fn manifest_len(&self, id: &str) -> Result<u64> {
+        if self.keys.is_some() {
+            let p = self.manifest_path(id);
+            let len = std::fs::metadata(&p).at(&p)?.len();
+            return envelope::plain_len(len).ok_or_else(|| FormatError::Info {
+                path: p,
+                reason: format!("{len} bytes is no sealed manifest's length (cut or altered)"),
+            });
+        }
         match self.storage(id) {
             Storage::Folder => {
                 let p = self.manifest_path(id);
@@ -262,6 +375,14 @@ impl VolumeStore for FolderStore {
             }
             Storage::Tar => Ok(self.tar(id)?.index.manifest().1),
         }
+    }
+
+    fn codec(&self, info: &SessionInfo) -> Arc<dyn ChunkCodec> {
+        crate::codec::for_session(self.keys.as_ref(), info)
+    }
+
+    fn keys(&self) -> Option<Arc<ArchiveKeys>> {
+        self.keys.clone()
     }
 
     fn read_stored(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>> {

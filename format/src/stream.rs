@@ -1750,6 +1750,7 @@ mod tests {
                 bytes_read: volsize,
                 bytes_stored: stored,
                 manifest_sha256: msha,
+                volume_id: None,
             };
             let header =
                 StreamHeader::for_session(&info, prev.as_ref().map(|(_, p)| p.manifest_sha256));

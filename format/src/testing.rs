@@ -375,6 +375,7 @@ impl MemoryStore {
                 bytes_read: v.len() as u64,
                 bytes_stored: chunks.values().map(|c: &Vec<u8>| c.len() as u64).sum(),
                 manifest_sha256,
+                volume_id: None,
             };
             store.insert(
                 &id,

@@ -191,7 +191,38 @@ impl VolumeArchive {
             path: self.info_label(id),
             reason: "not UTF-8".into(),
         })?;
-        SessionInfo::parse(&text, &self.info_label(id))
+        let info = SessionInfo::parse(&text, &self.info_label(id))?;
+        // An encrypted archive's infos are format 2 (they name the volume's id): a
+        // plain one in it was not written by the archive. (A plain store may hold
+        // format 2 infos: the source side's copies of an encrypted archive's sessions.)
+        if self.store.keys().is_some() && info.volume_id.is_none() {
+            return Err(FormatError::Info {
+                path: self.info_label(id),
+                reason: "is a plain (format 1) info in an encrypted archive".into(),
+            });
+        }
+        Ok(info)
+    }
+
+    /// The archive's keys, when it is encrypted.
+    pub fn keys(&self) -> Option<Arc<crate::crypto::ArchiveKeys>> {
+        self.store.keys()
+    }
+
+    /// The codec the chunks of session `info` are stored with.
+    pub fn codec(&self, info: &SessionInfo) -> Arc<dyn crate::codec::ChunkCodec> {
+        self.store.codec(info)
+    }
+
+    /// The codec a new session of this volume is written with: `codec` at `level`,
+    /// sealed for `volume_id` when the archive is encrypted.
+    pub fn writing_codec(
+        &self,
+        volume_id: Option<&str>,
+        codec: crate::chunk::Codec,
+        level: i32,
+    ) -> Arc<dyn crate::codec::ChunkCodec> {
+        crate::codec::for_writing_in(self.keys().as_ref(), volume_id, codec, level)
     }
 
     /// The infos of every session up to and including `target`, oldest first, checked
@@ -232,6 +263,16 @@ impl VolumeArchive {
                         reason: "chunk size differs from the volume's first session".into(),
                     });
                 }
+                if first.volume_id != info.volume_id {
+                    return Err(FormatError::Info {
+                        path,
+                        reason: format!(
+                            "belongs to another volume (volume_id {} where the volume's first session says {})",
+                            info.volume_id.as_deref().unwrap_or("-"),
+                            first.volume_id.as_deref().unwrap_or("-")
+                        ),
+                    });
+                }
             }
             chain.push(info);
         }
@@ -261,7 +302,7 @@ impl VolumeArchive {
         addr: u64,
         stored: &[u8],
     ) -> std::result::Result<Vec<u8>, String> {
-        self.decode_with(&*crate::codec::for_info(info), info, addr, stored)
+        self.decode_with(&*self.codec(info), info, addr, stored)
     }
 
     /// [`Self::decode`] with `codec`, the session's, looked up once by a caller that
@@ -298,7 +339,7 @@ impl VolumeArchive {
         let got = self.store.read_stored(info, addrs);
         if got.len() == addrs.len() {
             // Whichever the store, no chunk is longer than its session can store.
-            let max = limits::max_stored(info.compression, info.chunksize);
+            let max = self.codec(info).max_stored(info.chunksize);
             return got
                 .into_iter()
                 .zip(addrs)
@@ -345,6 +386,7 @@ mod tests {
             bytes_read: 0,
             bytes_stored: 0,
             manifest_sha256: [0; 32],
+            volume_id: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! the archive's files is behind [`crate::destination::Destination`].
 
 pub mod identity;
+pub mod keys;
 pub mod local;
 pub mod repair;
 pub mod verify;
@@ -68,6 +69,24 @@ impl Archive {
 
     /// The archive `dest` opened for `config`: it must exist.
     fn opened(config: &Config, dest: Arc<dyn Destination>) -> Result<Archive> {
+        Self::opened_with(config, dest, None, true)
+    }
+
+    /// Open the configured archive, which must exist, without unlocking an encrypted
+    /// one: for the commands that handle its key file itself (`key`).
+    pub fn open_locked(config: &Config) -> Result<Archive> {
+        config.check_destination(false)?;
+        Self::opened_with(config, Arc::from(destination::open(config)?), None, false)
+    }
+
+    /// [`Archive::opened`]; `keys`: the keys of an encrypted archive this run has
+    /// just created (else an encrypted archive is unlocked with the passphrase).
+    fn opened_with(
+        config: &Config,
+        dest: Arc<dyn Destination>,
+        keys: Option<Arc<sparsebak_format::crypto::ArchiveKeys>>,
+        unlock: bool,
+    ) -> Result<Archive> {
         // A far side's folder is named with its host in every message.
         let root = config.dest_location();
         let Some(marker) = dest.marker()? else {
@@ -80,6 +99,31 @@ impl Archive {
             }
             .into());
         };
+        match (marker.is_sealed(), config.encrypt) {
+            (true, Some(false)) => {
+                return Err(Error::Msg(format!(
+                    "the archive at {} is encrypted, but the config says encrypt = off for it \
+                     (an archive keeps the mode it was created with)",
+                    root.display()
+                )))
+            }
+            (false, Some(true)) => {
+                return Err(Error::Msg(format!(
+                    "the archive at {} is not encrypted (format 1), but the config says \
+                     encrypt = on for it (an archive keeps the mode it was created with; \
+                     send to a new destdir to start an encrypted one)",
+                    root.display()
+                )))
+            }
+            _ => {}
+        }
+        if marker.is_sealed() && unlock {
+            let keys = match keys {
+                Some(k) => k,
+                None => Arc::new(keys::unlock(config, dest.as_ref(), &marker, &root)?),
+            };
+            dest.set_keys(keys)?;
+        }
         let read_only = dest.read_only();
         Ok(Archive {
             dest,
@@ -108,6 +152,7 @@ impl Archive {
     pub fn open_or_create(config: &Config, accept: bool) -> Result<Archive> {
         config.check_destination(true)?;
         let dest: Arc<dyn Destination> = Arc::from(destination::open_for(config, true)?);
+        let mut created = None;
         if dest.marker()?.is_none() {
             match identity::refuse_if_known(config, accept) {
                 // Unless another run has just created it (and recorded it).
@@ -120,11 +165,12 @@ impl Archive {
                     }
                     .into())
                 }
-                Ok(()) => dest.create()?,
+                Ok(()) if config.encrypt == Some(false) => dest.create()?,
+                Ok(()) => created = Some(keys::create(config, dest.as_ref())?),
             }
         }
         // The same destination (for a remote archive, the same connection).
-        let mut a = Self::opened(config, dest)?;
+        let mut a = Self::opened_with(config, dest, created.map(Arc::new), true)?;
         a.require_writable("send")?;
         identity::adopt(config, &mut a, accept)?;
         a.sweep_dead_runs();

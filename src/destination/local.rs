@@ -17,8 +17,10 @@ pub mod writer;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use sparsebak_format::crypto::{ArchiveKeys, Place};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
@@ -56,17 +58,50 @@ impl Deref for LocalVol {
 }
 
 impl LocalVol {
-    /// The volume folder `dir` (which need not exist).
+    /// The volume folder `dir` (which need not exist) of a plain archive.
     pub fn new(dir: &Path) -> LocalVol {
-        let fs = FolderStore::new(dir);
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        LocalVol::at(dir, &name, None)
+    }
+
+    /// Volume `name` in folder `dir`, of an archive encrypted with `keys` (`None`:
+    /// plain).
+    pub fn at(dir: &Path, name: &str, keys: Option<Arc<ArchiveKeys>>) -> LocalVol {
+        let fs = match keys {
+            None => FolderStore::new(dir),
+            Some(k) => FolderStore::sealed(dir, k),
+        };
         LocalVol {
-            vol: VolumeArchive::from_store(&name, Arc::new(fs.clone())),
+            vol: VolumeArchive::from_store(name, Arc::new(fs.clone())),
             fs,
         }
+    }
+
+    /// The archive's keys, when it is encrypted.
+    pub fn keys(&self) -> Option<&Arc<ArchiveKeys>> {
+        self.fs.keys()
+    }
+
+    /// The folder store (how names map to files).
+    pub fn store(&self) -> &FolderStore {
+        &self.fs
+    }
+
+    /// `bytes`, the plain text of session `id`'s info or manifest, as stored: sealed
+    /// for its place in an encrypted archive.
+    pub fn seal_session_file(&self, id: &str, file: SessionFile, bytes: &[u8]) -> Result<Vec<u8>> {
+        let Some(k) = self.keys() else {
+            return Ok(bytes.to_vec());
+        };
+        let place = match file {
+            SessionFile::Info => Place::Info { session: id },
+            SessionFile::Manifest => Place::Manifest { session: id },
+            SessionFile::Chunk(_) => return Ok(bytes.to_vec()),
+        };
+        k.seal(&place, bytes).map_err(|e| Error::Msg(e.to_string()))
     }
 
     /// The volume folder `dir`, read through `store` (a store over the same folder
@@ -117,6 +152,8 @@ impl LocalVol {
 pub struct LocalDestination {
     root: PathBuf,
     read_only: bool,
+    /// The keys of an encrypted archive, once unlocked ([`Destination::set_keys`]).
+    keys: Arc<OnceLock<Arc<ArchiveKeys>>>,
 }
 
 impl LocalDestination {
@@ -132,6 +169,30 @@ impl LocalDestination {
         LocalDestination {
             root: root.to_path_buf(),
             read_only,
+            keys: Arc::default(),
+        }
+    }
+
+    fn keys(&self) -> Option<Arc<ArchiveKeys>> {
+        self.keys.get().cloned()
+    }
+
+    /// The folder of volume `name`: its name, or in an encrypted archive its token.
+    fn vol_dir(&self, name: &str) -> PathBuf {
+        match self.keys.get() {
+            None => self.root.join(name),
+            Some(k) => self.root.join(k.volume_dir(name)),
+        }
+    }
+
+    /// The volume a folder of the root stands for (`None`: not a volume's).
+    fn vol_of_dir(&self, dir: &str) -> Option<String> {
+        if dir.starts_with('.') {
+            return None;
+        }
+        match self.keys.get() {
+            None => Some(dir.to_string()),
+            Some(k) => k.volume_of_dir(dir),
         }
     }
 
@@ -142,7 +203,7 @@ impl LocalDestination {
 
     /// Volume `name` with the paths of its files.
     pub fn local_volume(&self, name: &str) -> LocalVol {
-        LocalVol::new(&self.root.join(name))
+        LocalVol::at(&self.vol_dir(name), name, self.keys())
     }
 
     fn refuse_read_only(&self, action: String) -> Error {
@@ -221,8 +282,11 @@ impl Destination for LocalDestination {
         };
         for ent in rd {
             let ent = ent.at(&self.root)?;
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && ent.file_type().is_ok_and(|t| t.is_dir()) {
+            let dir = ent.file_name().to_string_lossy().into_owned();
+            if !ent.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if let Some(name) = self.vol_of_dir(&dir) {
                 out.push(name);
             }
         }
@@ -231,11 +295,22 @@ impl Destination for LocalDestination {
     }
 
     fn volume(&self, name: &str) -> VolumeArchive {
-        VolumeArchive::new(&self.root.join(name))
+        self.local_volume(name).archive().clone()
+    }
+
+    fn set_keys(&self, keys: Arc<ArchiveKeys>) -> Result<()> {
+        if self.keys.set(keys).is_err() {
+            tracing::debug!("{}: keys were set already", self.root.display());
+        }
+        Ok(())
+    }
+
+    fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
+        marker::create_sealed(&self.root, id, key_file)
     }
 
     fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
-        let dir = self.root.join(name);
+        let dir = self.vol_dir(name);
         if mode == Mode::Exclusive && self.read_only {
             return Err(self.refuse_read_only(format!("changing volume {name}")));
         }
@@ -303,10 +378,13 @@ impl Destination for LocalDestination {
             return;
         };
         for ent in rd.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !ent.file_type().is_ok_and(|t| t.is_dir()) {
+            let dir = ent.file_name().to_string_lossy().into_owned();
+            if !ent.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
+            let Some(name) = self.vol_of_dir(&dir) else {
+                continue;
+            };
             let vol = self.local_volume(&name);
             let Ok(entries) = std::fs::read_dir(vol.dir()) else {
                 continue;
@@ -401,9 +479,11 @@ impl Destination for LocalDestination {
                 continue;
             }
             // Out of the view in one step, then the files go.
-            let trash = vol
-                .dir()
-                .join(format!(".trash-{}", layout::session_dir_name(id)));
+            let trash = vol.dir().join(format!(
+                ".trash-{}{}",
+                layout::SESSION_PREFIX,
+                vol.store().session_name(id)
+            ));
             std::fs::rename(&sdir, &trash).at(&sdir)?;
             durable::sync_dir(vol.dir()).at(vol.dir())?;
             std::fs::remove_dir_all(&trash).at(&trash)?;
@@ -412,13 +492,17 @@ impl Destination for LocalDestination {
     }
 
     fn delete_volume(&self, name: &str) -> Result<bool> {
-        let dir = self.root.join(name);
+        let dir = self.vol_dir(name);
         if !dir.exists() {
             return Ok(false);
         }
         // Rename first: the volume disappears from the archive in one step, then the
         // files go.
-        let trash = self.root.join(format!(".trash-{name}"));
+        let folder = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let trash = self.root.join(format!(".trash-{folder}"));
         std::fs::rename(&dir, &trash).at(&dir)?;
         durable::sync_dir(&self.root).at(&self.root)?;
         std::fs::remove_dir_all(&trash).at(&trash)?;
@@ -426,15 +510,11 @@ impl Destination for LocalDestination {
     }
 
     fn volume_is_free(&self, name: &str) -> Result<bool> {
-        durable::only_lock(&self.root.join(name), layout::LOCK_FILE)
+        durable::only_lock(&self.vol_dir(name), layout::LOCK_FILE)
     }
 
     fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
-        durable::move_dir(
-            &self.root.join(old),
-            &self.root.join(new),
-            layout::LOCK_FILE,
-        )
+        durable::move_dir(&self.vol_dir(old), &self.vol_dir(new), layout::LOCK_FILE)
     }
 
     fn put_session_file(
@@ -450,7 +530,9 @@ impl Destination for LocalDestination {
             SessionFile::Manifest => vol.manifest_path(id),
             SessionFile::Chunk(addr) => vol.chunk_path(id, addr),
         };
-        install(&vol, &dst, bytes)
+        // Info and manifest come as their plain text (the source side's copies).
+        let bytes = vol.seal_session_file(id, file, bytes)?;
+        install(&vol, &dst, &bytes)
     }
 
     fn key_file(&self) -> Result<Option<Vec<u8>>> {
@@ -616,6 +698,7 @@ mod tests {
             compression: Codec::None,
             chunks: 2,
             bytes_read: 4 * CS,
+            volume_id: None,
         }
     }
 

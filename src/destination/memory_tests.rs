@@ -511,7 +511,7 @@ impl Machine {
             std::fs::create_dir(dir.path().join(d)).expect("folder");
         }
         let text = format!(
-            "[var]\nsource = file\nvoldir = {0}/vols\ndestdir = {0}/archive\nmetadir = {0}/meta\n\
+            "[var]\nencrypt = off\nsource = file\nvoldir = {0}/vols\ndestdir = {0}/archive\nmetadir = {0}/meta\n\
              chunksize = 64K\ncompression = zstd:3\n[volumes]\n{VOL} = enable\n",
             dir.path().display()
         );

@@ -115,6 +115,8 @@ pub struct NewSession {
     pub chunks: u64,
     /// Bytes read from the volume.
     pub bytes_read: u64,
+    /// The volume's id in an encrypted archive (see `SessionInfo::volume_id`).
+    pub volume_id: Option<String>,
 }
 
 impl NewSession {
@@ -133,6 +135,7 @@ impl NewSession {
             bytes_read: self.bytes_read,
             bytes_stored,
             manifest_sha256,
+            volume_id: self.volume_id,
         }
     }
 }
@@ -254,6 +257,28 @@ pub trait Destination: Send + Sync {
     /// at once: one marker wins, and every run reads it). Refuses a folder that holds
     /// other things.
     fn create(&self) -> Result<()>;
+
+    /// Create an empty encrypted archive (format 2) with identity `id`, whose key
+    /// file (the master key wrapped under the passphrase, bound to `id`) is
+    /// `key_file`: the key file is in place before the marker that makes the folder
+    /// an archive.
+    fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
+        let _ = (id, key_file);
+        Err(crate::error::Error::Msg(format!(
+            "{}: encrypted archives on this destination are not supported yet (set encrypt = off for it)",
+            self.label()
+        )))
+    }
+
+    /// Give the destination the keys of its encrypted archive (unlocked by the
+    /// caller): from now on names are mapped and objects sealed and opened with them.
+    fn set_keys(&self, keys: std::sync::Arc<sparsebak_format::crypto::ArchiveKeys>) -> Result<()> {
+        let _ = keys;
+        Err(crate::error::Error::Msg(format!(
+            "{}: encrypted archives on this destination are not supported yet",
+            self.label()
+        )))
+    }
 
     /// Give an archive whose marker has no identity (made before identities) one;
     /// returns the identity the marker has afterwards.

@@ -253,6 +253,7 @@ impl crate::destination::Destination for RemoteDestination {
                 Some(ArchiveMarker {
                     format: d.u32()?,
                     id: d.opt_str()?,
+                    encryption: d.opt_str()?,
                 })
             } else {
                 None

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 /// The magic at the start of both hellos.
 pub const MAGIC: &[u8; 8] = b"SPBKWIRE";
 /// The version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The program's version, sent in the hello so that a mismatch can name it.
 pub const PROGRAM_VERSION: &str = env!("CARGO_PKG_VERSION");
 

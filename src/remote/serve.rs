@@ -372,7 +372,11 @@ impl Server {
                 if code == dreq::MARKER {
                     match m {
                         None => e.u8(0),
-                        Some(m) => e.u8(1).u32(m.format).opt_str(m.id.as_deref()),
+                        Some(m) => e
+                            .u8(1)
+                            .u32(m.format)
+                            .opt_str(m.id.as_deref())
+                            .opt_str(m.encryption.as_deref()),
                     };
                 } else {
                     e.opt_str(m.and_then(|m| m.id).as_deref())
@@ -854,14 +858,18 @@ mod tests {
         assert!(err.contains("sparsebak 9.9.9 (protocol 99)"), "{err}");
         assert!(
             err.contains(&format!(
-                "sparsebak {} (protocol 1)",
-                proto::PROGRAM_VERSION
+                "sparsebak {} (protocol {})",
+                proto::PROGRAM_VERSION,
+                proto::PROTOCOL_VERSION
             )),
             "{err}"
         );
         let mut r = &output[..];
         let hello = proto::read_frame(&mut r).unwrap();
-        assert_eq!(Hello::decode(&hello.payload).unwrap().protocol, 1);
+        assert_eq!(
+            Hello::decode(&hello.payload).unwrap().protocol,
+            proto::PROTOCOL_VERSION
+        );
         let fatal = proto::read_frame(&mut r).unwrap();
         assert_eq!(fatal.kind, kind::FATAL);
         assert_eq!(String::from_utf8(fatal.payload).unwrap(), err);

@@ -69,7 +69,9 @@ pub fn put_new_session(e: &mut Enc, n: &NewSession) {
         .u64(n.volsize)
         .u64(n.chunksize);
     put_codec(e, n.compression);
-    e.u64(n.chunks).u64(n.bytes_read);
+    e.u64(n.chunks)
+        .u64(n.bytes_read)
+        .opt_str(n.volume_id.as_deref());
 }
 
 pub fn get_new_session(d: &mut Dec) -> Result<NewSession, WireError> {
@@ -83,6 +85,7 @@ pub fn get_new_session(d: &mut Dec) -> Result<NewSession, WireError> {
         compression: get_codec(d)?,
         chunks: d.u64()?,
         bytes_read: d.u64()?,
+        volume_id: d.opt_str()?,
     })
 }
 
@@ -187,6 +190,7 @@ mod tests {
             compression: Codec::Zstd,
             chunks: 7,
             bytes_read: 99,
+            volume_id: Some("0f8b8d3e-5c1a-4a7e-9b2d-3c4d5e6f7a8b".into()),
         };
         let p = FoldPlan {
             removed: "a".into(),

@@ -418,7 +418,7 @@ impl<L: SnapshotLayer> Source for Tracked<L> {
                 },
                 runs.into_iter(),
                 base,
-                Mode::compare(chain.last()),
+                Mode::compare(archive, chain.last()),
                 |p| progress.set(p),
                 |rec| {
                     let addr = match rec {

@@ -118,7 +118,7 @@ impl Env {
         let p = dir.path();
         std::fs::create_dir_all(p.join("img")).unwrap();
         let mut ini = format!(
-            "[var]\nsource = file\nvoldir = {}\ndestdir = {}\nmetadir = {}\n{extra}\n[volumes]\n",
+            "[var]\nencrypt = off\nsource = file\nvoldir = {}\ndestdir = {}\nmetadir = {}\n{extra}\n[volumes]\n",
             p.join("img").display(),
             p.join("archive").display(),
             p.join("meta").display()

@@ -151,7 +151,15 @@ pub fn remote_lines(destvm: &str, sshopts: &str) -> String {
 pub fn add_to_var(config: &Path, lines: &str) -> PathBuf {
     let ini = std::fs::read_to_string(config).unwrap();
     let out = config.with_file_name("remote.ini");
-    std::fs::write(&out, ini.replacen("[var]\n", &format!("[var]\n{lines}"), 1)).unwrap();
+    std::fs::write(
+        &out,
+        ini.replacen(
+            "[var]\nencrypt = off\n",
+            &format!("[var]\nencrypt = off\n{lines}"),
+            1,
+        ),
+    )
+    .unwrap();
     out
 }
 

@@ -42,18 +42,17 @@ pub enum Place<'a> {
     Chunk { volume_id: &'a str, addr: u64 },
     /// A session's info (it names its volume's id inside).
     Info { session: &'a str },
-    /// A session's manifest.
-    Manifest {
-        volume_id: &'a str,
-        session: &'a str,
-    },
+    /// A session's manifest (its info, which names the volume's id, holds the
+    /// manifest's SHA-256).
+    Manifest { session: &'a str },
     /// A tar session's member index.
     TarIndex {
         volume_id: &'a str,
         session: &'a str,
     },
-    /// A volume's prune journal.
-    PruneJournal { volume_id: &'a str },
+    /// The prune journal of the volume named `volume` (no journal outlives a run
+    /// that renames the volume: every run finishes one first).
+    PruneJournal { volume: &'a str },
     /// A stream's header (a stream chain's id stands for the archive's).
     StreamHeader { session: &'a str },
     /// A stream's trailer.
@@ -71,9 +70,9 @@ impl Place<'_> {
                 ("chunk", vec![s(volume_id), s(&format!("{addr:016x}"))])
             }
             Place::Info { session } => ("info", vec![s(session)]),
-            Place::Manifest { volume_id, session } => ("manifest", vec![s(volume_id), s(session)]),
+            Place::Manifest { session } => ("manifest", vec![s(session)]),
             Place::TarIndex { volume_id, session } => ("tar-index", vec![s(volume_id), s(session)]),
-            Place::PruneJournal { volume_id } => ("prune-journal", vec![s(volume_id)]),
+            Place::PruneJournal { volume } => ("prune-journal", vec![s(volume)]),
             Place::StreamHeader { session } => ("stream-header", vec![s(session)]),
             Place::StreamTrailer { volume_id, session } => {
                 ("stream-trailer", vec![s(volume_id), s(session)])
@@ -158,18 +157,17 @@ impl ArchiveKeys {
 
 /// Seals what is written to it, segment by segment, into `inner`; [`SealWriter::finish`]
 /// writes the last segment (dropping it unfinished leaves an object that fails to open).
-pub struct SealWriter<'k, W: Write> {
+pub struct SealWriter<W: Write> {
     stream: StreamBE32<XChaCha20Poly1305>,
     ad: Vec<u8>,
     buf: Vec<u8>,
     position: u32,
     inner: W,
-    _keys: std::marker::PhantomData<&'k ArchiveKeys>,
 }
 
-impl<'k, W: Write> SealWriter<'k, W> {
+impl<W: Write> SealWriter<W> {
     /// Start an object for `place`: writes the nonce prefix.
-    pub fn new(keys: &'k ArchiveKeys, place: Place<'_>, mut inner: W) -> Result<Self, CryptoError> {
+    pub fn new(keys: &ArchiveKeys, place: Place<'_>, mut inner: W) -> Result<Self, CryptoError> {
         let prefix: [u8; PREFIX] = random_bytes()?;
         inner.write_all(&prefix).map_err(|e| CryptoError::Auth {
             what: e.to_string(),
@@ -180,7 +178,6 @@ impl<'k, W: Write> SealWriter<'k, W> {
             buf: Vec::with_capacity(SEGMENT + TAG),
             position: 0,
             inner,
-            _keys: std::marker::PhantomData,
         })
     }
 
@@ -205,7 +202,7 @@ impl<'k, W: Write> SealWriter<'k, W> {
     }
 }
 
-impl<W: Write> Write for SealWriter<'_, W> {
+impl<W: Write> Write for SealWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = SEGMENT - self.buf.len();
         let n = room.min(data.len());
@@ -339,7 +336,6 @@ mod tests {
     fn round_trip_at_segment_edges() {
         let k = keys();
         let p = Place::Manifest {
-            volume_id: "v",
             session: "20260101-000000",
         };
         for len in [
@@ -395,13 +391,7 @@ mod tests {
                 addr: 65536
             }
         ));
-        assert!(fails(
-            &sealed,
-            &Place::Manifest {
-                volume_id: "v",
-                session: "x"
-            }
-        ));
+        assert!(fails(&sealed, &Place::Manifest { session: "x" }));
         assert!(ArchiveKeys::for_tests("other").open(&p, &sealed).is_err());
         // Two sealings of the same bytes differ (random nonces).
         assert_ne!(k.seal(&p, &plain).unwrap(), sealed);

@@ -42,6 +42,9 @@ fn walk_members(
     // One walk of the manifest (sorted) for both storage forms; the stored members are
     // matched against it as it goes, in bounded memory.
     let members: Result<Box<dyn Members>> = match vol.storage(id) {
+        Storage::Folder if vol.keys().is_some() => {
+            SealedMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>)
+        }
         Storage::Folder => FolderMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
         Storage::Tar => TarMembers::open(vol, id).map(|m| Box::new(m) as Box<dyn Members>),
     };
@@ -166,6 +169,80 @@ impl Members for FolderMembers {
     fn finish(&mut self, problems: &mut Vec<String>) {
         self.flush(problems);
         for extra in std::mem::take(&mut self.top) {
+            problems.push(format!(
+                "session {}: extra entry {extra} in its folder",
+                self.id
+            ));
+        }
+    }
+}
+
+/// A folder session of an encrypted archive: chunk files are named by tokens, spread
+/// over prefix folders in no address order. Each manifest line's file is looked up
+/// by its name; the files are counted once, so memory stays one count whatever the
+/// session's size.
+struct SealedMembers {
+    id: String,
+    store: sparsebak_format::store::FolderStore,
+    /// Chunk files found in the prefix folders.
+    listed: u64,
+    /// Manifest lines whose file was found.
+    found: u64,
+    /// Entries of the session folder that are neither a prefix folder nor its files.
+    extra: Vec<String>,
+}
+
+impl SealedMembers {
+    fn open(vol: &LocalVol, id: &str) -> Result<SealedMembers> {
+        let sdir = vol.session_dir(id);
+        let mut listed = 0;
+        let mut extra = Vec::new();
+        for e in std::fs::read_dir(&sdir).at(&sdir)? {
+            let e = e.at(&sdir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == layout::INFO_FILE || name == layout::MANIFEST_FILE {
+                continue;
+            }
+            if name.len() == 2 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                listed += std::fs::read_dir(e.path()).at(e.path())?.count() as u64;
+            } else {
+                extra.push(name);
+            }
+        }
+        Ok(SealedMembers {
+            id: id.to_string(),
+            store: vol.store().clone(),
+            listed,
+            found: 0,
+            extra,
+        })
+    }
+}
+
+impl Members for SealedMembers {
+    fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
+        let p = self.store.chunk_path(&self.id, addr);
+        let found = p.is_file();
+        if found {
+            self.found += 1;
+        } else {
+            problems.push(format!(
+                "chunk file {} (chunk x{addr:016x}) is missing",
+                p.display()
+            ));
+        }
+        found
+    }
+
+    fn finish(&mut self, problems: &mut Vec<String>) {
+        if self.listed > self.found {
+            problems.push(format!(
+                "session {}: {} extra chunk file(s) not in its manifest",
+                self.id,
+                self.listed - self.found
+            ));
+        }
+        for extra in std::mem::take(&mut self.extra) {
             problems.push(format!(
                 "session {}: extra entry {extra} in its folder",
                 self.id

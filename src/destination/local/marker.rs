@@ -81,9 +81,14 @@ fn missing_marker(root: &Path) -> Error {
 
 /// Write marker `m` under a temporary name private to this run, durably.
 fn write_temp(root: &Path, m: &ArchiveMarker) -> Result<PathBuf> {
+    write_temp_bytes(root, layout::ARCHIVE_MARKER, m.to_text().as_bytes())
+}
+
+/// Write `bytes`, to become the root's file `name`, under a temporary name private
+/// to this run, durably.
+fn write_temp_bytes(root: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = root.join(format!(
-        ".{}.{}-{}.tmp",
-        layout::ARCHIVE_MARKER,
+        ".{name}.{}-{}.tmp",
         std::process::id(),
         &new_id()?[..8]
     ));
@@ -92,7 +97,7 @@ fn write_temp(root: &Path, m: &ArchiveMarker) -> Result<PathBuf> {
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        f.write_all(m.to_text().as_bytes())?;
+        f.write_all(bytes)?;
         f.sync_all()
     };
     if let Err(e) = write() {
@@ -105,6 +110,17 @@ fn write_temp(root: &Path, m: &ArchiveMarker) -> Result<PathBuf> {
 /// Create an empty archive at `root` (the folder may exist, empty but for hidden
 /// entries). If another run creates it at the same moment, theirs is kept.
 pub fn create(root: &Path) -> Result<()> {
+    create_with(root, None, None)
+}
+
+/// Create an empty encrypted archive with identity `id` at `root`: the key file
+/// `key_file` first, then the marker (see [`create`]). A run that loses the race to
+/// create it keeps the other run's key file and marker.
+pub fn create_sealed(root: &Path, id: &str, key_file: &[u8]) -> Result<()> {
+    create_with(root, Some(id), Some(key_file))
+}
+
+fn create_with(root: &Path, sealed_id: Option<&str>, key_file: Option<&[u8]>) -> Result<()> {
     std::fs::create_dir_all(root).at(root)?;
     let marker = root.join(layout::ARCHIVE_MARKER);
     let foreign = std::fs::read_dir(root)
@@ -118,8 +134,26 @@ pub fn create(root: &Path) -> Result<()> {
             root.display()
         )));
     }
-    let id = new_id()?;
-    let tmp = write_temp(root, &ArchiveMarker::new(&id))?;
+    let (id, m) = match sealed_id {
+        None => {
+            let id = new_id()?;
+            let m = ArchiveMarker::new(&id);
+            (id, m)
+        }
+        Some(id) => (id.to_string(), ArchiveMarker::sealed(id)),
+    };
+    if let Some(kf) = key_file {
+        let key = root.join(sparsebak_format::crypto::KEY_FILE);
+        let tmp = write_temp_bytes(root, sparsebak_format::crypto::KEY_FILE, kf)?;
+        let published = publish(&tmp, &key);
+        let _ = std::fs::remove_file(&tmp);
+        if !published.at(&key)? {
+            tracing::debug!("archive {}: another run created it first", root.display());
+            return Ok(());
+        }
+        durable::sync_dir(root).at(root)?;
+    }
+    let tmp = write_temp(root, &m)?;
     let published = publish(&tmp, &marker);
     let _ = std::fs::remove_file(&tmp);
     if published.at(&marker)? {

@@ -34,7 +34,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use sparsebak_format::chunk::Codec;
-use sparsebak_format::codec::{self, ChunkContext};
+use sparsebak_format::codec::ChunkContext;
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::manifest::{Entry, ManifestReader, ManifestWriter};
 use sparsebak_format::view::ViewReader;
@@ -55,7 +55,96 @@ fn journal_path(vol: &LocalVol) -> PathBuf {
 }
 
 fn new_manifest_path(vol: &LocalVol, t: &str) -> PathBuf {
-    vol.dir().join(format!(".prune-{t}.manifest"))
+    vol.dir()
+        .join(format!(".prune-{}.manifest", vol.store().session_name(t)))
+}
+
+/// What a journal or a new manifest is sealed for, in an encrypted archive.
+fn journal_place(vol: &LocalVol) -> sparsebak_format::crypto::Place<'_> {
+    sparsebak_format::crypto::Place::PruneJournal { volume: &vol.name }
+}
+
+/// A writer of session `t`'s new manifest at `path`: the file, sealed for T's
+/// manifest in an encrypted archive.
+fn manifest_file_writer(vol: &LocalVol, t: &str, path: &Path) -> Result<Box<dyn Finish>> {
+    let bw = BufWriter::new(File::create(path).at(path)?);
+    Ok(match vol.keys() {
+        None => Box::new(bw),
+        Some(k) => Box::new(SealedOut(Some(
+            sparsebak_format::crypto::SealWriter::new(
+                k,
+                sparsebak_format::crypto::Place::Manifest { session: t },
+                bw,
+            )
+            .map_err(|e| Error::Msg(e.to_string()))?,
+        ))),
+    })
+}
+
+/// A sealing writer that writes its last segment when dropped (after the manifest
+/// writer's last line); the file is synced by its path afterwards.
+struct SealedOut(Option<sparsebak_format::crypto::SealWriter<BufWriter<File>>>);
+
+impl Write for SealedOut {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self.0.as_mut() {
+            Some(w) => w.write(b),
+            None => Err(std::io::Error::other("manifest already finished")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A writer that is finished explicitly, so that its last write's failure is seen.
+trait Finish: Write {
+    fn done(self: Box<Self>) -> std::io::Result<()>;
+}
+
+impl Finish for SealedOut {
+    fn done(mut self: Box<Self>) -> std::io::Result<()> {
+        match self.0.take() {
+            Some(w) => w.finish()?.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Finish for BufWriter<File> {
+    fn done(mut self: Box<Self>) -> std::io::Result<()> {
+        self.flush()
+    }
+}
+
+impl Finish for std::io::Sink {
+    fn done(self: Box<Self>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The lines of session `t`'s manifest file at `path` (opened for its place in an
+/// encrypted archive).
+fn manifest_file_reader(
+    vol: &LocalVol,
+    t: &str,
+    path: &Path,
+) -> Result<ManifestReader<Box<dyn std::io::BufRead + Send>>> {
+    let f = File::open(path).at(path)?;
+    let r: Box<dyn std::io::BufRead + Send> = match vol.keys() {
+        None => Box::new(std::io::BufReader::new(f)),
+        Some(k) => Box::new(std::io::BufReader::new(
+            sparsebak_format::crypto::OpenReader::new(
+                k,
+                sparsebak_format::crypto::Place::Manifest { session: t },
+                f,
+            ),
+        )),
+    };
+    Ok(ManifestReader::new(r, path))
 }
 
 /// How many missing files a refusal names.
@@ -214,10 +303,10 @@ fn plan(vol: &LocalVol, s: &str, dry_run: bool) -> Result<(FoldPlan, SessionInfo
     let mut c_it = Heads::new(cut)?;
 
     let tmp = new_manifest_path(vol, t);
-    let out: Box<dyn Write> = if dry_run {
+    let out: Box<dyn Finish> = if dry_run {
         Box::new(std::io::sink())
     } else {
-        Box::new(BufWriter::new(File::create(&tmp).at(&tmp)?))
+        manifest_file_writer(vol, t, &tmp)?
     };
     let mut mw = ManifestWriter::new(out);
     loop {
@@ -275,7 +364,7 @@ fn plan(vol: &LocalVol, s: &str, dry_run: bool) -> Result<(FoldPlan, SessionInfo
     }
     let lines = mw.count();
     let (w, hash) = mw.finish().at(&tmp)?;
-    drop(w);
+    w.done().at(&tmp)?;
     if !dry_run {
         let f = File::open(&tmp).at(&tmp)?;
         f.sync_all().at(&tmp)?;
@@ -366,7 +455,13 @@ pub fn fold(
         fp.refuse_if_incomplete(vol)?;
         let mut j = format!("{JOURNAL_MAGIC}\nremove={s}\ninto={}\n", fp.into);
         j.push_str(&new_t.to_text());
-        durable::write_atomic(&jp, j.as_bytes()).at(&jp)?;
+        let bytes = match vol.keys() {
+            None => j.into_bytes(),
+            Some(k) => k
+                .seal(&journal_place(vol), j.as_bytes())
+                .map_err(|e| Error::Msg(e.to_string()))?,
+        };
+        durable::write_atomic(&jp, &bytes).at(&jp)?;
         Ok((fp, new_t))
     });
     let (mut fp, new_t) = match journaled {
@@ -412,15 +507,19 @@ fn apply(
     };
     let ipath = vol.info_path(t);
     let want = new_t.to_text();
-    let current = limits::read_bounded(&ipath, limits::MAX_INFO_BYTES, "info file").ok();
+    let current = vol.info_bytes(t).ok();
     if current.as_deref() != Some(want.as_bytes()) {
-        durable::write_atomic(&ipath, want.as_bytes()).at(&ipath)?;
+        let bytes =
+            vol.seal_session_file(t, crate::destination::SessionFile::Info, want.as_bytes())?;
+        durable::write_atomic(&ipath, &bytes).at(&ipath)?;
     }
     durable::sync_dir(&vol.session_dir(t)).at(vol.session_dir(t))?;
     crate::failpoint::hit("prune-before-remove");
     let mut freed = 0u64;
     if sdir.exists() {
-        let trash = vol.dir().join(format!(".trash-S_{s}"));
+        let trash = vol
+            .dir()
+            .join(format!(".trash-S_{}", vol.store().session_name(s)));
         std::fs::rename(&sdir, &trash).at(&sdir)?;
         durable::sync_dir(vol.dir()).at(vol.dir())?;
         freed = dir_size(&trash);
@@ -483,8 +582,8 @@ fn move_chunks(
     };
     let mut held = 0u64;
     let mut n = 0u64;
-    let mut last_prefix = String::new();
-    for e in ManifestReader::open(tmp)? {
+    let mut made = std::collections::HashSet::new();
+    for e in manifest_file_reader(vol, t, tmp)? {
         let e = e?;
         let Some(hash) = e.hash else { continue };
         let dst = vol.chunk_path(t, e.addr);
@@ -508,15 +607,14 @@ fn move_chunks(
             continue;
         }
         let src = vol.chunk_path(s, e.addr);
-        let prefix = layout::prefix_name(e.addr);
-        if prefix != last_prefix {
-            let d = vol.session_dir(t).join(&prefix);
-            std::fs::create_dir_all(&d).at(&d)?;
-            last_prefix = prefix;
+        if let Some(d) = dst.parent() {
+            if made.insert(d.to_path_buf()) {
+                std::fs::create_dir_all(d).at(d)?;
+            }
         }
         // Stored bytes move unchanged when both sessions use the same codec and it
         // does not bind them to their session; otherwise they are re-encoded.
-        let moved = if s_codec == new_t.compression && codec::for_info(new_t).portable() {
+        let moved = if s_codec == new_t.compression && vol.codec(new_t).portable() {
             match std::fs::rename(&src, &dst) {
                 Ok(()) => true,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -585,7 +683,10 @@ fn recode(
     from: Codec,
     to: &SessionInfo,
 ) -> Result<bool> {
-    let (from_codec, to_codec) = (codec::for_compression(from), codec::for_info(to));
+    // S's codec: T's (the same volume, the same keys) with S's compression.
+    let mut from_info = to.clone();
+    from_info.compression = from;
+    let (from_codec, to_codec) = (vol.codec(&from_info), vol.codec(to));
     let max = from_codec.max_stored(to.chunksize);
     let stored = match limits::read_bounded(src, max, "chunk file") {
         Ok(b) => b,
@@ -672,7 +773,18 @@ fn read_journal(vol: &LocalVol) -> Result<Option<(String, SessionInfo)>> {
     let jp = journal_path(vol);
     // A journal is three short lines and an info file.
     let max = limits::MAX_INFO_BYTES + 1024;
-    let text = match limits::read_bounded_text(&jp, max, "prune journal") {
+    let max = max + sparsebak_format::crypto::envelope::overhead(max);
+    let read = limits::read_bounded(&jp, max, "prune journal").and_then(|b| match vol.keys() {
+        None => Ok(b),
+        Some(k) => k
+            .open(&journal_place(vol), &b)
+            .map_err(|e| sparsebak_format::FormatError::Other(format!("{}: {e}", jp.display()))),
+    });
+    let text = match read.and_then(|b| {
+        String::from_utf8(b).map_err(|_| {
+            sparsebak_format::FormatError::Other(format!("{}: not UTF-8", jp.display()))
+        })
+    }) {
         Ok(t) => t,
         Err(sparsebak_format::FormatError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>

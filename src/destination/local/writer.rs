@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
+use sparsebak_format::crypto::{ArchiveKeys, Place, SealWriter};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
@@ -22,14 +23,52 @@ use super::LocalVol;
 use crate::durable;
 use crate::error::{IoAt, Result};
 
+/// Where the manifest's lines go: the file, or (encrypted archive) the file through
+/// the sealing of [`Place::Manifest`].
+enum ManifestOut {
+    Plain(BufWriter<File>),
+    Sealed(SealWriter<BufWriter<File>>),
+}
+
+impl Write for ManifestOut {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ManifestOut::Plain(w) => w.write(b),
+            ManifestOut::Sealed(w) => w.write(b),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ManifestOut::Plain(w) => w.flush(),
+            ManifestOut::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+impl ManifestOut {
+    /// Write what is buffered (and the last sealed segment): the file.
+    fn finish(self) -> std::io::Result<File> {
+        let bw = match self {
+            ManifestOut::Plain(w) => w,
+            ManifestOut::Sealed(w) => w.finish()?,
+        };
+        bw.into_inner().map_err(|e| e.into_error())
+    }
+}
+
 /// A session being written.
 pub struct SessionWriter {
     pub id: String,
     staging: PathBuf,
     final_dir: PathBuf,
     vol_dir: PathBuf,
-    manifest: Option<ManifestWriter<BufWriter<File>>>,
-    last_prefix: String,
+    manifest: Option<ManifestWriter<ManifestOut>>,
+    /// The archive's keys when it is encrypted: the info is sealed too.
+    keys: Option<std::sync::Arc<ArchiveKeys>>,
+    /// How the session's chunk files are named in its folder.
+    store: sparsebak_format::store::FolderStore,
+    /// Prefix folders made so far.
+    made: std::collections::HashSet<String>,
     tar: Option<TarOut>,
     pub changed: u64,
     pub bytes_stored: u64,
@@ -81,6 +120,13 @@ impl SessionWriter {
     pub fn create_as(vol: &LocalVol, id: &str, as_tar: bool) -> Result<SessionWriter> {
         let room = crate::space::room(vol.dir());
         let explain = |e| crate::space::explain(e, vol.dir(), room, Default::default());
+        if as_tar && vol.keys().is_some() {
+            return Err(crate::error::Error::Msg(format!(
+                "{}: sessions of an encrypted archive are stored as folders; tarfile = on is \
+                 not supported with encryption yet",
+                vol.dir().display()
+            )));
+        }
         let mut w = Self::create(vol, id).map_err(explain)?;
         if as_tar {
             let tar_tmp = w.staging.join("session.tar");
@@ -104,7 +150,11 @@ impl SessionWriter {
 
     /// Start session `id` of `vol` in a staging folder.
     pub fn create(vol: &LocalVol, id: &str) -> Result<SessionWriter> {
-        let staging = vol.dir().join(format!("{}{id}", layout::STAGING_PREFIX));
+        let staging = vol.dir().join(format!(
+            "{}{}",
+            layout::STAGING_PREFIX,
+            vol.store().session_name(id)
+        ));
         std::fs::create_dir_all(&staging).at(&staging)?;
         let mpath = staging.join(layout::MANIFEST_FILE);
         let opened = File::create(&mpath).at(&mpath).and_then(|mf| {
@@ -127,16 +177,24 @@ impl SessionWriter {
                 return Err(e);
             }
         };
+        let keys = vol.keys().cloned();
+        let bw = BufWriter::with_capacity(256 * 1024, mf);
+        let out = match &keys {
+            None => ManifestOut::Plain(bw),
+            Some(k) => ManifestOut::Sealed(
+                SealWriter::new(k, Place::Manifest { session: id }, bw)
+                    .map_err(|e| crate::error::Error::Msg(e.to_string()))?,
+            ),
+        };
         Ok(SessionWriter {
             id: id.to_string(),
             final_dir: vol.session_dir(id),
             vol_dir: vol.dir().to_path_buf(),
             staging,
-            manifest: Some(ManifestWriter::new(BufWriter::with_capacity(
-                256 * 1024,
-                mf,
-            ))),
-            last_prefix: String::new(),
+            manifest: Some(ManifestWriter::new(out)),
+            keys,
+            store: vol.store().clone(),
+            made: Default::default(),
             tar: None,
             changed: 0,
             bytes_stored: 0,
@@ -170,13 +228,17 @@ impl SessionWriter {
                 hash: Some(hash),
             });
         }
-        let prefix = layout::prefix_name(addr);
-        if prefix != self.last_prefix {
+        let rel = self.store.chunk_rel_path(&self.id, addr);
+        let prefix = rel
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !self.made.contains(&prefix) {
             let d = self.staging.join(&prefix);
             std::fs::create_dir_all(&d).at(&d)?;
-            self.last_prefix = prefix;
+            self.made.insert(prefix);
         }
-        let p = self.staging.join(layout::chunk_rel_path(addr));
+        let p = self.staging.join(rel);
         let mut f = File::create(&p).at(&p)?;
         f.write_all(payload).at(&p)?;
         self.flusher.wrote(payload.len() as u64);
@@ -213,8 +275,8 @@ impl SessionWriter {
             .manifest
             .take()
             .ok_or_else(|| crate::error::Error::Msg("session already committed".into()))?;
-        let (bw, hash) = mw.finish().at(&mpath)?;
-        bw.into_inner().map_err(|e| e.into_error()).at(&mpath)?;
+        let (out, hash) = mw.finish().at(&mpath)?;
+        out.finish().at(&mpath)?;
         self.flusher.finish().at(&self.staging)?;
         let info = fields.info(self.changed, self.bytes_stored, hash);
         if let Some(t) = self.tar.as_mut() {
@@ -239,7 +301,14 @@ impl SessionWriter {
             }
         } else {
             let ipath = self.staging.join(layout::INFO_FILE);
-            std::fs::write(&ipath, info.to_text()).at(&ipath)?;
+            let text = info.to_text().into_bytes();
+            let bytes = match &self.keys {
+                None => text,
+                Some(k) => k
+                    .seal(&Place::Info { session: &self.id }, &text)
+                    .map_err(|e| crate::error::Error::Msg(e.to_string()))?,
+            };
+            std::fs::write(&ipath, bytes).at(&ipath)?;
             // One syncfs covers every chunk file and folder, the manifest and the
             // info; only then may the session appear under its final name.
             durable::syncfs(&self.staging).at(&self.staging)?;
