@@ -36,10 +36,11 @@ fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 /// An encrypted archive at `env.archive()`, made by hand: its marker, its key file
 /// (master key `[7; 32]` under `passphrase`) and a volume folder with a file in it.
 fn encrypted_archive(env: &Env, id: &str, passphrase: &str) {
-    encrypted_archive_at(&env.archive(), id, passphrase)
+    encrypted_archive_at(env, &env.archive(), id, passphrase)
 }
 
-fn encrypted_archive_at(root: &Path, id: &str, passphrase: &str) {
+/// [`encrypted_archive`] at `root`, for `env`'s config.
+fn encrypted_archive_at(env: &Env, root: &Path, id: &str, passphrase: &str) {
     std::fs::create_dir_all(root.join("vAAAA")).unwrap();
     std::fs::write(
         root.join("sparsebak.archive"),
@@ -625,7 +626,7 @@ fn a_read_only_archive_keeps_its_key_and_still_exports_it() {
     };
     let env = Env::new(&["v"]);
     let root = fs.path().join("archive");
-    encrypted_archive_at(&root, ID, "words");
+    encrypted_archive_at(&env, &root, ID, "words");
     let ini = std::fs::read_to_string(&env.config).unwrap().replace(
         &format!("destdir = {}", env.archive().display()),
         &format!("destdir = {}", root.display()),
