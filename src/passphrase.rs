@@ -323,7 +323,11 @@ fn prompt(what: &str, twice: bool) -> std::result::Result<Passphrase, PassError>
     } else {
         format!("Passphrase{of}: ")
     })?;
-    let first = nonempty(first, "the terminal")?;
+    if first.is_empty() {
+        return Err(PassError::NoSource(
+            "an empty passphrase is refused; nothing was changed".into(),
+        ));
+    }
     if twice && ask("The same passphrase again: ")? != first {
         return Err(PassError::Mismatch);
     }
