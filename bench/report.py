@@ -69,6 +69,7 @@ peers_1g = [
             ("(extra) sparsebak `send` (first), `compression = none`", "sbk_none.full"),
             ("(extra) sparsebak `send` (first), `tarfile = on`", "sbk_tar.full"),
             ("(extra) sparsebak `send` (first), `chunksize = 4M`", "sbk_c4m.full"),
+            ("(extra) sparsebak `send` (first), encrypted", "sbk_enc.full"),
             ("(extra) sparsebak `send` (first) over ssh to 127.0.0.1", "sbk_ssh.full"),
             ("borg fixed,65536 `create`", "borg_fixed.full"),
             ("(extra) borg fixed,65536 `create --compression zstd,3`", "borg_fixed_zstd3.full"),
@@ -96,6 +97,7 @@ peers_1g = [
             ("**sparsebak** `receive`", "sbk.receive"),
             ("(extra) sparsebak `receive`, sessions stored as tar (`tarfile = on`)", "sbk_tar.receive"),
             ("(extra) sparsebak `receive`, `chunksize = 4M`", "sbk_c4m.receive"),
+            ("(extra) sparsebak `receive`, encrypted", "sbk_enc.receive"),
             ("(extra) sparsebak `receive` over ssh from 127.0.0.1", "sbk_ssh.receive"),
             ("borg fixed,65536 `extract --sparse`", "borg_fixed.extract"),
             ("borg default chunker `extract --sparse`", "borg_default.extract"),
@@ -109,6 +111,7 @@ peers_1g = [
             ("**sparsebak** `verify`", "sbk.verify"),
             ("(extra) sparsebak `verify`, sessions stored as tar (`tarfile = on`)", "sbk_tar.verify"),
             ("(extra) sparsebak `verify`, `chunksize = 4M`", "sbk_c4m.verify"),
+            ("(extra) sparsebak `verify`, encrypted", "sbk_enc.verify"),
             ("borg fixed,65536 `check --verify-data`", "borg_fixed.check"),
             ("borg default chunker `check --verify-data`", "borg_default.check"),
             ("restic `check --read-data`", "restic.check"),
@@ -220,6 +223,13 @@ for key, limit, what in [
     ("receive", 1.3, "receive over ssh within 1.3x of the local receive"),
 ]:
     r = ratio(f"sbk_ssh.{key}", f"sbk.{key}")
+    target(what, f"{r:.2f}x the time", r <= limit)
+for key, limit, what in [
+    ("full", 1.10, "encrypted full send within 1.10x of the plain one"),
+    ("receive", 1.15, "encrypted receive within 1.15x of the plain one"),
+    ("verify", 1.15, "encrypted verify within 1.15x of the plain one"),
+]:
+    r = ratio(f"sbk_enc.{key}", f"sbk.{key}")
     target(what, f"{r:.2f}x the time", r <= limit)
 far = [(max(v), k[4:]) for k, v in rss.items() if k.startswith("far:")]
 if far:

@@ -143,6 +143,10 @@ CONF_Z2=$(variant z2 compression zstd:2)
 CONF_NONE=$(variant none compression none)
 CONF_TAR=$(variant tar tarfile on)
 CONF_C4M=$(variant c4m chunksize 4M)
+# Encrypted (format 2): the passphrase in a file only root reads.
+(umask 077; echo "bench passphrase" >"$MNT/passphrase")
+CONF_ENC=$(variant enc encrypt on)
+sed -i "s|^encrypt = on|encrypt = on\npassfile = $MNT/passphrase|" "$CONF_ENC"
 
 # The rows over ssh: an sshd of its own on 127.0.0.1 (host and user keys made here,
 # root's key allowed only for this run), the far side's sparsebak wrapped in
@@ -309,7 +313,7 @@ for rep in $(seq 1 "$REPS"); do
     # Each variant: a full send. Sessions stored as one tar file each, and 4 MiB
     # chunks (the largest; for peak memory), go on as for the folder sessions above:
     # 1 % change, incremental, then receive and verify.
-    for v in z1 z2 none tar c4m; do
+    for v in z1 z2 none tar c4m enc; do
         conf=CONF_${v^^}
         rm -rf "$MNT/vols-$v"
         mkdir -p "$MNT/vols-$v"

@@ -209,3 +209,86 @@ fn bad_usage_exits_2_before_anything_is_written() {
         assert!(!out.exists(), "{args:?} wrote {}", out.display());
     }
 }
+
+#[test]
+fn an_encrypted_archive_is_assembled_by_volume_name_with_its_passphrase() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new(&["v"]);
+    let pass = env.path().join("pass");
+    std::fs::write(&pass, "assemble words\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = std::fs::read_to_string(&env.config).unwrap().replace(
+        "encrypt = off\n",
+        &format!("passfile = {}\n", pass.display()),
+    );
+    std::fs::write(&env.config, c).unwrap();
+    let mut rng = Rng::new(31);
+    let mut img = vec![0u8; 20 * CS + 7];
+    rng.fill(&mut img[..9 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    rng.fill(&mut img[15 * CS..17 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let want = env.receive("v", None);
+    assert_same(&want, &img, "receive of the encrypted archive");
+    // The whole archive somewhere else: no config, no metadir.
+    let copy = env.path().join("elsewhere");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(env.archive())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        !copy.join("v").exists(),
+        "the folder does not show the name"
+    );
+    let out = env.path().join("asm.img");
+    let o = Command::new(assemble_bin())
+        .arg("-c")
+        .arg(format!("--passfile={}", pass.display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(copy.join("v"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &want,
+        "assemble of the latest session",
+    );
+    // A wrong passphrase: one line, and no output file.
+    let out2 = env.path().join("asm2.img");
+    let o = Command::new(assemble_bin())
+        .env("SPARSEBAK_PASSPHRASE", "not these words")
+        .arg("-o")
+        .arg(&out2)
+        .arg(copy.join("v"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "spbk-assemble: error: wrong passphrase for the encrypted archive at {}; nothing was written",
+            copy.display()
+        )
+    );
+    assert!(!out2.exists());
+    // No passphrase at all, no terminal: the options are named.
+    let o = Command::new(assemble_bin())
+        .env_remove("SPARSEBAK_PASSPHRASE")
+        .stdin(std::process::Stdio::null())
+        .arg("-o")
+        .arg(&out2)
+        .arg(copy.join("v"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("give --passfile=PATH"), "{err}");
+    assert!(!out2.exists());
+}

@@ -70,14 +70,21 @@ fn readme_example_is_accepted() {
             .arg("-c")
             .arg(&config)
             .args(args)
+            .env("SPARSEBAK_PASSPHRASE", "readme words")
             .output()
             .unwrap()
     };
     let o = run(&["-u", "send"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(p.join("archive/vm-work-private").is_dir());
+    // Encrypted (the default): the volume's folder does not show its name.
+    assert!(!p.join("archive/vm-work-private").exists());
+    assert!(p.join("archive/sparsebak.key").is_file());
     let o = run(&["list"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("vm-work-private"),
+        "list names the volume"
+    );
 }
 
 #[test]

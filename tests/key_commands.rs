@@ -4,6 +4,8 @@
 
 mod common;
 use common::*;
+#[path = "common/loopfs.rs"]
+mod loopfs;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -34,7 +36,11 @@ fn secret_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 /// An encrypted archive at `env.archive()`, made by hand: its marker, its key file
 /// (master key `[7; 32]` under `passphrase`) and a volume folder with a file in it.
 fn encrypted_archive(env: &Env, id: &str, passphrase: &str) {
-    let root = env.archive();
+    encrypted_archive_at(env, &env.archive(), id, passphrase)
+}
+
+/// [`encrypted_archive`] at `root`, for `env`'s config.
+fn encrypted_archive_at(env: &Env, root: &Path, id: &str, passphrase: &str) {
     std::fs::create_dir_all(root.join("vAAAA")).unwrap();
     std::fs::write(
         root.join("sparsebak.archive"),
@@ -44,6 +50,9 @@ fn encrypted_archive(env: &Env, id: &str, passphrase: &str) {
     std::fs::write(root.join("vAAAA").join("some-file"), b"sealed bytes").unwrap();
     let kf = KeyFile::wrap(id, &MasterKey::from_bytes([7; 32]), &pass(passphrase), FAST).unwrap();
     std::fs::write(root.join(KEY_FILE), kf.render()).unwrap();
+    // The shared config keeps other tests' archives plain; this one is encrypted.
+    let c = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, c.replace("encrypt = off\n", "")).unwrap();
 }
 
 /// The identity a master key gives `data`: equal for equal master keys.
@@ -518,4 +527,174 @@ fn over_the_remote_protocol_and_no_child_sees_the_passphrase() {
     assert_eq!(seen.matches("--- qvm-run").count(), 4, "{seen}");
     assert!(!seen.contains("SPARSEBAK_PASSPHRASE"), "{seen}");
     assert!(!seen.contains("words"), "{seen}");
+}
+
+/// Run the binary with `env`'s config at a terminal (`script` gives it one), typing
+/// each line of `typed` there after the next prompt shows.
+fn at_terminal(env: &Env, args: &str, typed: &str) -> (Option<i32>, String) {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let cmd = format!("{} -c {} {args}", bin().display(), env.config.display());
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env_remove("SPARSEBAK_PASSPHRASE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut input = child.stdin.take().unwrap();
+    for (i, line) in typed.split('\n').enumerate() {
+        // Each answer once its prompt is there, as a person types.
+        let t0 = std::time::Instant::now();
+        while seen.lock().unwrap().matches("assphrase").count() <= i {
+            assert!(
+                t0.elapsed().as_secs() < 30,
+                "no prompt {i}: {}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        input.write_all(format!("{line}\r").as_bytes()).unwrap();
+        input.flush().unwrap();
+    }
+    // The end of input: a prompt still waiting gets an end of file, not a hang.
+    drop(input);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let out = seen.lock().unwrap().clone();
+    (status.code(), out)
+}
+
+#[test]
+fn at_a_terminal_the_passphrase_is_asked_and_a_new_one_twice() {
+    let env = Env::new(&["v"]);
+    encrypted_archive(&env, ID, "old words");
+    let before = std::fs::read(env.archive().join(KEY_FILE)).unwrap();
+    let what = format!("the archive at {}", env.archive().display());
+    // An empty one is refused.
+    let (code, out) = at_terminal(&env, "key passwd", "");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("an empty passphrase is refused; nothing was changed"),
+        "{out}"
+    );
+    // Two different new passphrases: refused, nothing changed.
+    let (code, out) = at_terminal(&env, "key passwd", "old words\nnew words\nnew wordz");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(&format!("Passphrase of {what}: ")), "{out}");
+    assert!(
+        out.contains(&format!("New passphrase of {what}: ")),
+        "{out}"
+    );
+    assert!(out.contains("The same passphrase again: "), "{out}");
+    assert!(
+        out.contains("the two passphrases typed differ; nothing was changed"),
+        "{out}"
+    );
+    assert!(!out.contains("words"), "nothing typed is echoed: {out}");
+    assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), before);
+    // The same twice: changed.
+    let (code, out) = at_terminal(&env, "key passwd", "old words\nnew words\nnew words");
+    assert_eq!(code, Some(0), "{out}");
+    let kf = installed(&env);
+    kf.unwrap_key(&pass("new words")).unwrap();
+    assert!(kf.unwrap_key(&pass("old words")).is_err());
+}
+
+#[test]
+fn a_read_only_archive_keeps_its_key_and_still_exports_it() {
+    let Some(fs) = loopfs::LoopFs::new("key_read_only", loopfs::FsKind::Ext4, "") else {
+        return;
+    };
+    let env = Env::new(&["v"]);
+    let root = fs.path().join("archive");
+    encrypted_archive_at(&env, &root, ID, "words");
+    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
+        &format!("destdir = {}", env.archive().display()),
+        &format!("destdir = {}", root.display()),
+    );
+    std::fs::write(&env.config, ini).unwrap();
+    with_var(&env, "passcmd = /bin/echo words\n");
+    let plain = ok(&run_in(&env, &["key", "export"], &[], b""));
+    let saved = secret_file(env.path(), "saved.key", &plain, 0o600);
+    let new_file = secret_file(env.path(), "new.pass", "new\n", 0o600);
+    fs.remount("ro");
+    for (args, action) in [
+        (
+            vec![
+                "key".to_string(),
+                "passwd".into(),
+                format!("--new-passfile={}", new_file.display()),
+            ],
+            "key passwd",
+        ),
+        (
+            vec![
+                "key".to_string(),
+                "import".into(),
+                "--force".into(),
+                saved.display().to_string(),
+            ],
+            "key import",
+        ),
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = fails(&run_in(&env, &a, &[], b""));
+        assert!(
+            e.contains(&format!(
+                "the archive at {} is on a read-only filesystem; {action} needs to write to it (mount it read-write)",
+                root.display()
+            )),
+            "{e}"
+        );
+    }
+    assert_eq!(ok(&run_in(&env, &["key", "export"], &[], b"")), plain);
+    fs.remount("rw");
+    assert_eq!(std::fs::read_to_string(root.join(KEY_FILE)).unwrap(), plain);
+}
+
+#[test]
+fn key_usage_errors_exit_2_before_anything_is_read() {
+    let env = Env::new(&["v"]);
+    encrypted_archive(&env, ID, "words");
+    let before = std::fs::read(env.archive().join(KEY_FILE)).unwrap();
+    for args in [
+        &["key"][..],
+        &["key", "rotate"][..],
+        &["key", "export", "--new-passfile=/x"][..],
+        &["key", "passwd", "--paper"][..],
+        &["key", "import", "a", "b"][..],
+    ] {
+        let o = run_in(&env, args, &[], b"");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Usage: sparsebak key"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let o = run_in(&env, &["key", "--help"], &[], b"");
+    let help = String::from_utf8(o.stdout).unwrap();
+    for sub in ["passwd", "export", "import"] {
+        assert!(help.contains(sub), "{help}");
+    }
+    assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), before);
 }

@@ -137,16 +137,48 @@ fn auto_with_schedule() {
     assert!(err.contains("keep"), "{err}");
 }
 
-/// `kill -9` at each step of a prune: the archive is whole for the next command.
+/// Make `env`'s archive (not sent to yet) an encrypted one, its passphrase in a
+/// private file.
+fn encrypted(env: &Env) {
+    use std::os::unix::fs::PermissionsExt;
+    let pass = env.path().join("pass");
+    std::fs::write(&pass, "prune words\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = std::fs::read_to_string(&env.config).unwrap().replace(
+        "encrypt = off\n",
+        &format!("passfile = {}\n", pass.display()),
+    );
+    std::fs::write(&env.config, c).unwrap();
+}
+
+/// The one volume folder of `env`'s archive, whatever its name.
+fn the_volume_folder(env: &Env) -> std::path::PathBuf {
+    let dirs: Vec<_> = std::fs::read_dir(env.archive())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// `kill -9` at each step of a prune: the archive is whole for the next command;
+/// plain and encrypted (whose journal and new manifest are sealed).
 #[test]
 fn killed_during_prune() {
-    for point in [
+    for (point, sealed) in [
         "prune-after-journal",
         "prune-mid-move",
         "prune-before-manifest",
         "prune-before-remove",
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|p| [(p, false), (p, true)])
+    {
         let env = Env::new(&["v"]);
+        if sealed {
+            encrypted(&env);
+        }
         let versions = history(&env);
         let id = ids(&env);
         let o = env.run_env(
@@ -160,7 +192,7 @@ fn killed_during_prune() {
         // verify finishes the prune first, then everything checks out.
         env.verify_ok("v", None);
         check_sessions(&env, &versions, &[0, 2, 3, 4, 5, 6], point);
-        for e in std::fs::read_dir(env.vol_dir("v")).unwrap() {
+        for e in std::fs::read_dir(the_volume_folder(&env)).unwrap() {
             let n = e.unwrap().file_name().to_string_lossy().into_owned();
             assert!(
                 !n.starts_with(".prune") && !n.starts_with(".trash"),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sparsebak_format::layout;
+use sparsebak_format::marker::{read_marker, ArchiveMarker};
 use sparsebak_format::output::{self, OutputKind, PartialFile};
 use sparsebak_format::restore::{restore, RestoreError, SparseFileTarget, StreamTarget};
 use sparsebak_format::selector;
@@ -38,7 +39,16 @@ struct Args {
     /// Replace an existing file or block device given with -o (refused without it).
     #[arg(short = 'f', long = "force")]
     force: bool,
-    /// The volume folder inside the archive.
+    /// An encrypted archive's passphrase: the first line of this file (only its
+    /// owner may read it). Else `--passcmd`, SPARSEBAK_PASSPHRASE, or a prompt.
+    #[arg(long = "passfile", value_name = "PATH")]
+    passfile: Option<PathBuf>,
+    /// An encrypted archive's passphrase: the first line this command prints (split
+    /// on blanks, run without a shell).
+    #[arg(long = "passcmd", value_name = "COMMAND")]
+    passcmd: Option<String>,
+    /// The volume folder inside the archive (ARCHIVE/VOLUME). In an encrypted archive
+    /// VOLUME is the volume's name (its folder's name is a token).
     volume_dir: PathBuf,
 }
 
@@ -50,6 +60,8 @@ fn session_arg(s: &str) -> Result<String, String> {
 }
 
 fn main() {
+    // Out of the environment before anything else runs (no child ever sees it).
+    sparsebak_format::passphrase::take_from_env();
     sparsebak_format::alloc::tune_for_pipelines();
     // Stopped by SIGINT/SIGTERM, it leaves no partial output file behind.
     let _ = sparsebak_format::output::remove_partials_on_signals();
@@ -113,16 +125,97 @@ fn refuse_in_archive(out: &output::Output, volume_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The encrypted archive `volume_dir` is in, if it is in one: (its root, its marker).
+fn encrypted_parent(volume_dir: &Path) -> Result<Option<(PathBuf, ArchiveMarker)>> {
+    let Some(root) = volume_dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    match read_marker(root)? {
+        Some(m) if m.is_sealed() => Ok(Some((root.to_path_buf(), m))),
+        _ => Ok(None),
+    }
+}
+
+/// Volume `volume_dir` of the encrypted archive at `root`: its key file unwrapped
+/// with the passphrase, the folder of the volume it names.
+fn open_encrypted(args: &Args, root: &Path, marker: &ArchiveMarker) -> Result<VolumeArchive> {
+    use sparsebak_format::crypto::{ArchiveKeys, KeyFile, KEY_FILE};
+    use sparsebak_format::passphrase::{self, Purpose, Sources};
+    let id = marker.id.clone().unwrap_or_default();
+    let key_path = root.join(KEY_FILE);
+    let bytes = sparsebak_format::limits::read_bounded(
+        &key_path,
+        sparsebak_format::crypto::keyfile::MAX_KEY_FILE as u64,
+        "key file",
+    )
+    .with_context(|| {
+        format!(
+            "the archive at {} is encrypted; its key file is needed (`sparsebak key import` \
+             puts back a copy)",
+            root.display()
+        )
+    })?;
+    let kf = KeyFile::parse(&bytes).with_context(|| key_path.display().to_string())?;
+    if kf.archive != id {
+        bail!(
+            "{}: the key file is archive {}'s, but this archive is {id}",
+            key_path.display(),
+            kf.archive
+        );
+    }
+    let sources = Sources {
+        passfile: args.passfile.clone(),
+        passcmd: args.passcmd.clone(),
+        what: format!("the archive at {}", root.display()),
+        how: "give --passfile=PATH (a file only its owner can read) or --passcmd=COMMAND".into(),
+    };
+    let pass = passphrase::obtain_from(&sources, Purpose::Unlock)?;
+    let master = kf.unwrap_key(&pass).map_err(|_| {
+        anyhow::anyhow!(
+            "wrong passphrase for the encrypted archive at {}; nothing was written",
+            root.display()
+        )
+    })?;
+    let keys = std::sync::Arc::new(ArchiveKeys::derive(&master, &id));
+    let given = args
+        .volume_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The volume's name, or (copied from a listing) its folder's token.
+    let name = keys.volume_of_dir(&given).unwrap_or(given);
+    let dir = root.join(keys.volume_dir(&name));
+    if !dir.is_dir() {
+        bail!(
+            "the encrypted archive at {} has no volume {name:?}",
+            root.display()
+        );
+    }
+    Ok(VolumeArchive::from_store(
+        &name,
+        std::sync::Arc::new(sparsebak_format::store::FolderStore::sealed(&dir, keys)),
+    ))
+}
+
 fn run(args: Args) -> Result<()> {
-    check_volume_dir(&args.volume_dir)?;
-    let vol = VolumeArchive::new(&args.volume_dir);
+    let vol = match encrypted_parent(&args.volume_dir)? {
+        Some((root, marker)) => open_encrypted(&args, &root, &marker)?,
+        None => {
+            check_volume_dir(&args.volume_dir)?;
+            VolumeArchive::new(&args.volume_dir)
+        }
+    };
+    let volume_dir = vol
+        .folder()
+        .map(|f| f.dir().to_path_buf())
+        .unwrap_or_else(|| args.volume_dir.clone());
     let sessions = vol
         .sessions()
         .with_context(|| format!("reading {}", args.volume_dir.display()))?;
     // An unfinished prune may have moved chunk files from the session it removes into
     // the next one: the manifests no longer say where they are. Only a sparsebak run
     // (which writes) finishes it; this tool only reads.
-    let journal = args.volume_dir.join(layout::PRUNE_JOURNAL);
+    let journal = volume_dir.join(layout::PRUNE_JOURNAL);
     if journal.exists() {
         let name = args
             .volume_dir
@@ -155,7 +248,7 @@ fn run(args: Args) -> Result<()> {
         Some(p) => output::inspect(p)?,
         None => output::inspect(Path::new("-"))?,
     };
-    refuse_in_archive(&out, &args.volume_dir)?;
+    refuse_in_archive(&out, &volume_dir)?;
     let exists = matches!(
         out.kind,
         OutputKind::File { .. } | OutputKind::BlockDevice { .. }

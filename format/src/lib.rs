@@ -23,6 +23,7 @@ pub mod limits;
 pub mod manifest;
 pub mod marker;
 pub mod output;
+pub mod passphrase;
 pub mod restore;
 pub mod selector;
 pub mod store;

@@ -206,7 +206,12 @@ mod tests {
             ("", "does not start"),
             ("sparsebak-archiv\nformat=1\n", "does not start"),
             ("sparsebak-archive\n", "no format line"),
-            ("sparsebak-archive\nformat=2\n", "not supported"),
+            ("sparsebak-archive\nformat=3\n", "not supported"),
+            ("sparsebak-archive\nformat=2\n", "has no id"),
+            (
+                "sparsebak-archive\nformat=2\nid=0f8b8d3e-5c1a-4a7e-9b2d-3c4d5e6f7a8b\nencryption=rot13\n",
+                "encryption \"rot13\" is not supported",
+            ),
             ("sparsebak-archive\nformat=1\nformat=1\n", "twice"),
             ("sparsebak-archive\nformat=1\nid=xyz\n", "bad id"),
             (

@@ -69,7 +69,14 @@ impl Archive {
 
     /// The archive `dest` opened for `config`: it must exist.
     fn opened(config: &Config, dest: Arc<dyn Destination>) -> Result<Archive> {
-        Self::opened_with(config, dest, None)
+        Self::opened_with(config, dest, None, true)
+    }
+
+    /// Open the configured archive, which must exist, without unlocking an encrypted
+    /// one: for the commands that handle its key file itself (`key`).
+    pub fn open_locked(config: &Config) -> Result<Archive> {
+        config.check_destination(false)?;
+        Self::opened_with(config, Arc::from(destination::open(config)?), None, false)
     }
 
     /// [`Archive::opened`]; `keys`: the keys of an encrypted archive this run has
@@ -78,6 +85,7 @@ impl Archive {
         config: &Config,
         dest: Arc<dyn Destination>,
         keys: Option<Arc<sparsebak_format::crypto::ArchiveKeys>>,
+        unlock: bool,
     ) -> Result<Archive> {
         // A far side's folder is named with its host in every message.
         let root = config.dest_location();
@@ -109,7 +117,7 @@ impl Archive {
             }
             _ => {}
         }
-        if marker.is_sealed() {
+        if marker.is_sealed() && unlock {
             let keys = match keys {
                 Some(k) => k,
                 None => Arc::new(keys::unlock(config, dest.as_ref(), &marker, &root)?),
@@ -162,7 +170,7 @@ impl Archive {
             }
         }
         // The same destination (for a remote archive, the same connection).
-        let mut a = Self::opened_with(config, dest, created.map(Arc::new))?;
+        let mut a = Self::opened_with(config, dest, created.map(Arc::new), true)?;
         a.require_writable("send")?;
         identity::adopt(config, &mut a, accept)?;
         a.sweep_dead_runs();

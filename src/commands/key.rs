@@ -31,7 +31,7 @@ fn open(ctx: &Ctx, action: Option<&str>) -> Result<(Archive, String)> {
     if action.is_some() {
         ctx.config.check_destination(true)?;
     }
-    let archive = Archive::open(&ctx.config)?;
+    let archive = Archive::open_locked(&ctx.config)?;
     if let Some(action) = action {
         archive.require_writable(action)?;
     }
@@ -39,7 +39,7 @@ fn open(ctx: &Ctx, action: Option<&str>) -> Result<(Archive, String)> {
     let marker = archive
         .marker()?
         .with_context(|| format!("no archive at {root}"))?;
-    if marker.format < 2 {
+    if !marker.is_sealed() {
         bail!(
             "the archive at {root} is not encrypted (format {}): it has no key",
             marker.format

@@ -866,7 +866,10 @@ mod tests {
         );
         let mut r = &output[..];
         let hello = proto::read_frame(&mut r).unwrap();
-        assert_eq!(Hello::decode(&hello.payload).unwrap().protocol, 1);
+        assert_eq!(
+            Hello::decode(&hello.payload).unwrap().protocol,
+            proto::PROTOCOL_VERSION
+        );
         let fatal = proto::read_frame(&mut r).unwrap();
         assert_eq!(fatal.kind, kind::FATAL);
         assert_eq!(String::from_utf8(fatal.payload).unwrap(), err);
