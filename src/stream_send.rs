@@ -475,7 +475,7 @@ fn chain_crypt(
     let path = crate::metadir::stream_key_in(sdir);
     let sources = Sources {
         what: format!("stream chain {chain:?} of volume {name}"),
-        ..Sources::of(config)
+        ..passphrase::sources_of(config)
     };
     let Some(last) = last else {
         // A new chain: a key file left by a first stream that was never recorded
@@ -637,10 +637,11 @@ pub fn stream_unlock(config: Option<Config>) -> Unlock<'static> {
         let sources = match &config {
             Some(c) => Sources {
                 what,
-                ..Sources::of(c)
+                ..passphrase::sources_of(c)
             },
             None => Sources {
                 what,
+                how: "set `passfile = PATH` or `passcmd = COMMAND` in the config (-c)".into(),
                 ..Sources::default()
             },
         };
