@@ -161,6 +161,24 @@ impl Env {
     pub fn image(&self, vol: &str) -> PathBuf {
         self.voldir.join(vol)
     }
+
+    /// Make this env's archive (not sent to yet) an encrypted one: the config's
+    /// `encrypt = off` becomes a `passfile` (mode 0600) holding `words`. Returns the
+    /// passfile.
+    pub fn encrypt_with(&self, words: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let pass = self.path().join("passphrase");
+        std::fs::write(&pass, format!("{words}\n")).unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = std::fs::read_to_string(&self.config).unwrap();
+        assert!(c.contains("encrypt = off\n"), "{c}");
+        let c = c.replace(
+            "encrypt = off\n",
+            &format!("passfile = {}\n", pass.display()),
+        );
+        std::fs::write(&self.config, c).unwrap();
+        pass
+    }
     pub fn archive(&self) -> PathBuf {
         self.path().join("archive")
     }
