@@ -1215,3 +1215,99 @@ fn spbk_assemble_says_an_encrypted_volume_folder_is_encrypted() {
     assert!(err.contains("encrypted"), "{err}");
     assert!(!out.exists());
 }
+
+/// A send killed (SIGKILL) at each of its crash points leaves an encrypted archive that
+/// verifies, shows no half-made session, and the next send completes the work: the
+/// staging folder (`.tmp-S_<token>`) is gone and every `S_` folder is a listed session.
+#[test]
+fn a_killed_send_leaves_an_encrypted_archive_that_verifies() {
+    for point in [
+        "send-mid-chunks",
+        "send-before-commit",
+        "session-before-rename",
+        "send-after-commit",
+        "send-after-local-copy",
+    ] {
+        let env = Env::encrypted(&[VOL], PASS);
+        let mut rng = Rng::new(40);
+        // More than 50 changed chunks: `send-mid-chunks` is reached at the 50th.
+        let mut img = rng.bytes(80 * CS);
+        std::fs::write(env.image(VOL), &img).unwrap();
+        env.send(VOL);
+        let first = env.latest(VOL);
+        let key = std::fs::read(env.archive().join(KEY_FILE)).unwrap();
+        rng.fill(&mut img[..60 * CS]);
+        std::fs::write(env.image(VOL), &img).unwrap();
+        let o = env.run_env(&["send", VOL], &[("SPARSEBAK_FAILPOINT", point)]);
+        assert!(
+            !o.status.success(),
+            "{point}: the send should have been killed"
+        );
+        env.verify_ok(VOL, None);
+        let sessions = env.sessions(VOL);
+        let keys = unlock(&env.archive(), PASS);
+        let vdir = env.archive().join(keys.volume_dir(VOL));
+        let s_entries = |what: &str| {
+            let listed: Vec<String> = env
+                .sessions(VOL)
+                .iter()
+                .map(|s| format!("S_{}", keys.session_token(&s.id)))
+                .collect();
+            let mut listed = listed;
+            listed.sort();
+            let found: Vec<String> = names_in(&vdir)
+                .into_iter()
+                .filter(|n| n.starts_with("S_"))
+                .collect();
+            assert_eq!(found, listed, "{point}: S_ folders {what}");
+        };
+        s_entries("after the kill");
+        match point {
+            "send-mid-chunks" | "send-before-commit" | "session-before-rename" => {
+                assert_eq!(sessions, vec![first.clone()], "{point}: no new session")
+            }
+            _ => assert_eq!(sessions.len(), 2, "{point}: the committed session stays"),
+        }
+        env.send(VOL);
+        let sessions = env.sessions(VOL);
+        assert_eq!(sessions.len(), 2, "{point}");
+        assert_eq!(sessions[1].changed, 60, "{point}");
+        env.verify_ok(VOL, None);
+        assert_same(&env.receive(VOL, None), &img, point);
+        s_entries("after the next send");
+        let leftovers: Vec<String> = names_in(&vdir)
+            .into_iter()
+            .filter(|n| n.starts_with(".tmp") || n.starts_with(".trash"))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+        assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), key);
+    }
+}
+
+/// The very first send to a new encrypted archive killed while writing chunks: the
+/// archive and its key exist; the next send uses that key and completes.
+#[test]
+fn a_killed_first_send_keeps_the_new_archives_key() {
+    let env = Env::encrypted(&[VOL], PASS);
+    let img = Rng::new(41).bytes(80 * CS);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    let o = env.run_env(
+        &["send", VOL],
+        &[("SPARSEBAK_FAILPOINT", "send-mid-chunks")],
+    );
+    assert!(!o.status.success(), "the send should have been killed");
+    let key = std::fs::read(env.archive().join(KEY_FILE)).unwrap();
+    assert_eq!(env.ok(&["list", VOL]), format!("{VOL}\n"));
+    env.send(VOL);
+    assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), key);
+    let s = env.sessions(VOL);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].changed, 80);
+    assert_same(&env.receive(VOL, None), &img, "after the killed first send");
+    env.verify_ok(VOL, None);
+    let vdir = only_volume_dir(&env.archive());
+    let names = names_in(&vdir);
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names[0], ".lock");
+    assert!(names[1].starts_with("S_"), "{names:?}");
+}
