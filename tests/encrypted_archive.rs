@@ -1311,3 +1311,71 @@ fn a_killed_first_send_keeps_the_new_archives_key() {
     assert_eq!(names[0], ".lock");
     assert!(names[1].starts_with("S_"), "{names:?}");
 }
+
+/// Each passphrase source opens the archive for `send` and `receive`; a passfile others
+/// may read and no source at all are one line each, and nothing is written.
+#[test]
+fn every_passphrase_source_works_for_send_and_receive() {
+    let env = Env::encrypted(&[VOL], PASS);
+    let mut img = Rng::new(50).bytes(8 * CS);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    let no_source = config_variant(&env, "none.ini", |ini| replace_passfile(ini, ""));
+    let exposed = env.write_passfile("exposed.pass", PASS);
+    std::fs::set_permissions(
+        &exposed,
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let exposed_cfg = config_variant(&env, "exposed.ini", |ini| {
+        replace_passfile(ini, &format!("passfile = {}", exposed.display()))
+    });
+    let passcmd = config_variant(&env, "passcmd.ini", |ini| {
+        replace_passfile(ini, &format!("passcmd = /bin/echo {PASS}"))
+    });
+
+    // Refused: nothing written.
+    img[..CS].copy_from_slice(&Rng::new(51).bytes(CS));
+    std::fs::write(env.image(VOL), &img).unwrap();
+    let archive = snapshot(&env.archive());
+    let meta = snapshot(&env.meta());
+    let err = one_line_failure(&run_cfg(&exposed_cfg, &["send", VOL]), "exposed passfile");
+    assert!(
+        err.contains(&format!(
+            "passfile {}: group or others may read it (mode 0640)",
+            exposed.display()
+        )),
+        "{err}"
+    );
+    let err = one_line_failure(&run_cfg(&no_source, &["send", VOL]), "no passphrase");
+    assert!(
+        err.contains(&format!(
+            "the archive at {} is encrypted and no passphrase was given",
+            env.archive().display()
+        )),
+        "{err}"
+    );
+    same_snap(&snapshot(&env.archive()), &archive, "refused sends");
+    same_snap(&snapshot(&env.meta()), &meta, "refused sends");
+
+    // passcmd, then the environment (with no passfile or passcmd in the config).
+    ok_out(&run_cfg(&passcmd, &["send", VOL]), "send with passcmd");
+    let ids: Vec<String> = env.sessions(VOL).into_iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert_same(
+        &receive_cfg(&passcmd, env.path(), VOL, &ids[1]),
+        &img,
+        "passcmd",
+    );
+    let out = env.path().join("from-env.img");
+    let o = Command::new(bin())
+        .arg("-c")
+        .arg(&no_source)
+        .args(["-u", "receive", VOL])
+        .arg(format!("--save-to={}", out.display()))
+        .env("SPARSEBAK_PASSPHRASE", PASS)
+        .output()
+        .unwrap();
+    ok_out(&o, "receive with SPARSEBAK_PASSPHRASE");
+    assert_same(&std::fs::read(&out).unwrap(), &img, "SPARSEBAK_PASSPHRASE");
+}
