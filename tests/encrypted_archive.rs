@@ -694,7 +694,18 @@ fn damage_and_substitution_are_caught_by_verify() {
 #[ignore = "verify does not compare the sessions this machine recorded with the archive's: a deleted latest session goes unnoticed"]
 fn a_deleted_latest_session_is_caught_by_verify() {
     let fx = Fx::new(5);
+    let saved = fx.save();
     std::fs::remove_dir_all(fx.sdir(2)).unwrap();
+    let err = fx.verify_fails();
+    assert!(err.contains(fx.ids[2].as_str()), "{err}");
+    fx.restore(&saved);
+    // The same when its folder's name is damaged (one character changed): the name no
+    // longer opens with the key, and the session is as good as gone.
+    let s3 = fx.sdir(2);
+    let mut name = s3.file_name().unwrap().to_str().unwrap().to_string();
+    let last = name.pop().unwrap();
+    name.push(if last == 'a' { 'b' } else { 'a' });
+    std::fs::rename(&s3, s3.with_file_name(&name)).unwrap();
     let err = fx.verify_fails();
     assert!(err.contains(fx.ids[2].as_str()), "{err}");
 }
@@ -1378,4 +1389,42 @@ fn every_passphrase_source_works_for_send_and_receive() {
         .unwrap();
     ok_out(&o, "receive with SPARSEBAK_PASSPHRASE");
     assert_same(&std::fs::read(&out).unwrap(), &img, "SPARSEBAK_PASSPHRASE");
+}
+
+/// Another archive's key file put in place of this one's: named, and nothing is read
+/// or written (even with the passphrase that opens it).
+#[test]
+fn another_archives_key_file_is_refused() {
+    let env = Env::encrypted(&[VOL], PASS);
+    std::fs::write(env.image(VOL), Rng::new(60).bytes(8 * CS)).unwrap();
+    env.send(VOL);
+    let second = Env::encrypted(&[VOL], PASS);
+    std::fs::write(second.image(VOL), Rng::new(61).bytes(8 * CS)).unwrap();
+    second.send(VOL);
+    let id = |e: &Env| {
+        KeyFile::parse(&std::fs::read(e.archive().join(KEY_FILE)).unwrap())
+            .unwrap()
+            .archive
+    };
+    let (mine, theirs) = (id(&env), id(&second));
+    assert_ne!(mine, theirs);
+    std::fs::copy(
+        second.archive().join(KEY_FILE),
+        env.archive().join(KEY_FILE),
+    )
+    .unwrap();
+    let archive = snapshot(&env.archive());
+    let meta = snapshot(&env.meta());
+    for args in [&["list", VOL][..], &["send", VOL], &["verify", VOL]] {
+        let err = one_line_failure(&env.run(args), &format!("{args:?}"));
+        assert!(
+            err.contains(&format!(
+                "{}: the key file is archive {theirs}'s, but this archive is {mine}",
+                env.archive().join(KEY_FILE).display()
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    same_snap(&snapshot(&env.archive()), &archive, "another key file");
+    same_snap(&snapshot(&env.meta()), &meta, "another key file");
 }
