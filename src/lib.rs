@@ -10,7 +10,8 @@
 //! - `sparsebak_format` (separate crate): the on-disk format, shared with
 //!   `spbk-assemble`.
 //!
-//! `docs/DESIGN.md` explains the choices; `docs/FORMAT.md` the bytes.
+//! `docs/DESIGN.md` gives the architecture and the key choices, `docs/INTERNALS.md`
+//! how each part works and why; `docs/FORMAT.md` the bytes.
 
 pub mod archive;
 pub mod blockdev;

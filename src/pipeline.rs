@@ -31,7 +31,6 @@ use sparsebak_format::info::SessionInfo;
 use sparsebak_format::view::ViewCursor;
 use sparsebak_format::Hash;
 
-use crate::config::Compression;
 use crate::error::{Error, Result};
 use crate::scan::ChunkRun;
 
@@ -84,15 +83,6 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Store chunks of session `session` of `volume`, encoded as `compression` says.
-    pub fn store(compression: Compression, volume: &str, session: &str) -> Mode {
-        Mode::Store {
-            codec: codec::for_writing(compression.codec, compression.level),
-            volume: volume.into(),
-            session: session.into(),
-        }
-    }
-
     /// Only compare with volume `vol` of an archive, whose latest session is `latest`
     /// (`None`: empty).
     pub fn compare(

@@ -698,3 +698,62 @@ fn key_usage_errors_exit_2_before_anything_is_read() {
     }
     assert_eq!(std::fs::read(env.archive().join(KEY_FILE)).unwrap(), before);
 }
+
+/// `env`'s config with `encrypt = on` and `passfile = PATH`.
+fn encrypt_with(env: &Env, passfile: &Path) {
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let ini = ini
+        .lines()
+        .filter(|l| !l.starts_with("encrypt") && !l.starts_with("passfile"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        &env.config,
+        ini.replacen(
+            "[var]\n",
+            &format!("[var]\nencrypt = on\npassfile = {}\n", passfile.display()),
+            1,
+        ) + "\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_archive_sent_encrypted_reads_back_after_passwd_and_after_its_key_is_put_back() {
+    let env = Env::new(&["v"]);
+    let data = Rng::new(11).bytes(6 * 65536 + 1000);
+    std::fs::write(env.image("v"), &data).unwrap();
+    let old_file = secret_file(env.path(), "old.pass", "old words\n", 0o600);
+    let new_file = secret_file(env.path(), "new.pass", "new words\n", 0o600);
+    encrypt_with(&env, &old_file);
+    env.send("v");
+    let marker = std::fs::read_to_string(env.archive().join("sparsebak.archive")).unwrap();
+    assert!(marker.contains("format=2\n"), "{marker}");
+    assert_eq!(env.receive("v", None), data);
+
+    ok(&run_in(
+        &env,
+        &[
+            "key",
+            "passwd",
+            &format!("--new-passfile={}", new_file.display()),
+        ],
+        &[],
+        b"",
+    ));
+    // The old passphrase opens nothing any more; the new one opens everything.
+    let save = format!("--save-to={}", env.path().join("out.img").display());
+    let e = fails(&run_in(&env, &["-u", "receive", "v", &save], &[], b""));
+    assert!(e.contains("wrong passphrase"), "{e}");
+    encrypt_with(&env, &new_file);
+    assert_eq!(env.receive("v", None), data);
+    env.verify_ok("v", None);
+
+    // The key lost and put back from paper.
+    let paper = ok(&run_in(&env, &["key", "export", "--paper"], &[], b""));
+    std::fs::remove_file(env.archive().join(KEY_FILE)).unwrap();
+    let e = fails(&run_in(&env, &["-u", "receive", "v", &save], &[], b""));
+    assert!(e.contains("sparsebak key import"), "{e}");
+    ok(&run_in(&env, &["key", "import"], &[], paper.as_bytes()));
+    assert_eq!(env.receive("v", None), data);
+}

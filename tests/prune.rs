@@ -137,20 +137,6 @@ fn auto_with_schedule() {
     assert!(err.contains("keep"), "{err}");
 }
 
-/// Make `env`'s archive (not sent to yet) an encrypted one, its passphrase in a
-/// private file.
-fn encrypted(env: &Env) {
-    use std::os::unix::fs::PermissionsExt;
-    let pass = env.path().join("pass");
-    std::fs::write(&pass, "prune words\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let c = std::fs::read_to_string(&env.config).unwrap().replace(
-        "encrypt = off\n",
-        &format!("passfile = {}\n", pass.display()),
-    );
-    std::fs::write(&env.config, c).unwrap();
-}
-
 /// The one volume folder of `env`'s archive, whatever its name.
 fn the_volume_folder(env: &Env) -> std::path::PathBuf {
     let dirs: Vec<_> = std::fs::read_dir(env.archive())
@@ -177,7 +163,7 @@ fn killed_during_prune() {
     {
         let env = Env::new(&["v"]);
         if sealed {
-            encrypted(&env);
+            env.encrypt_with("prune words");
         }
         let versions = history(&env);
         let id = ids(&env);

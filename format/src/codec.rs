@@ -48,6 +48,17 @@ impl<'a> ChunkContext<'a> {
         }
     }
 
+    /// Refuse stored bytes longer than `max`, before any work on them.
+    fn refuse_longer(&self, stored: &[u8], max: u64) -> Result<(), CodecError> {
+        if stored.len() as u64 > max {
+            return Err(self.fail(format!(
+                "{} stored bytes, more than a chunk can take ({max})",
+                stored.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn fail(&self, reason: impl Into<String>) -> CodecError {
         CodecError {
             volume: self.volume.to_string(),
@@ -208,13 +219,7 @@ impl ChunkCodec for Plain {
     }
 
     fn decode(&self, ctx: &ChunkContext<'_>, stored: &[u8]) -> Result<Vec<u8>, CodecError> {
-        let max = self.max_stored(ctx.chunksize);
-        if stored.len() as u64 > max {
-            return Err(ctx.fail(format!(
-                "{} stored bytes, more than a chunk can take ({max})",
-                stored.len()
-            )));
-        }
+        ctx.refuse_longer(stored, self.max_stored(ctx.chunksize))?;
         let chunksize = usize::try_from(ctx.chunksize)
             .map_err(|_| ctx.fail(format!("chunk size {} is impossible", ctx.chunksize)))?;
         decode_plain(self.codec, stored, chunksize).map_err(|r| ctx.fail(r))
@@ -286,13 +291,7 @@ impl ChunkCodec for Sealed {
     }
 
     fn decode(&self, ctx: &ChunkContext<'_>, stored: &[u8]) -> Result<Vec<u8>, CodecError> {
-        let max = self.max_stored(ctx.chunksize);
-        if stored.len() as u64 > max {
-            return Err(ctx.fail(format!(
-                "{} stored bytes, more than a chunk can take ({max})",
-                stored.len()
-            )));
-        }
+        ctx.refuse_longer(stored, self.max_stored(ctx.chunksize))?;
         let inner = self
             .keys
             .open(&self.place(ctx.addr), stored)

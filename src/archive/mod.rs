@@ -41,6 +41,8 @@ pub struct Archive {
     /// Whether its filesystem is mounted read-only: then only reading is possible,
     /// and readers take no locks (nobody can write it).
     pub read_only: bool,
+    /// Whether it is encrypted (format 2).
+    pub sealed: bool,
 }
 
 impl std::fmt::Debug for Archive {
@@ -128,6 +130,7 @@ impl Archive {
         Ok(Archive {
             dest,
             root,
+            sealed: marker.is_sealed(),
             id: marker.id,
             read_only,
         })
@@ -186,6 +189,7 @@ impl Archive {
             .ok_or_else(|| Error::Msg(format!("{}: no archive there", dest.label())))?;
         Ok(Archive {
             read_only: dest.read_only(),
+            sealed: marker.is_sealed(),
             id: marker.id,
             dest,
             root,

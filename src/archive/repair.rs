@@ -382,7 +382,7 @@ fn bad_chunks(
     done: &mut u64,
 ) -> Result<Vec<Bad>> {
     let mut bad = Vec::new();
-    let codec = codec::for_info(info);
+    let codec = vol.codec(info);
     let codec = &*codec;
     let mut reader = open_manifest(vol, &info.session, manifest)?;
     loop {
@@ -450,6 +450,7 @@ fn open_manifest(
 /// the configured zstd level when the configuration compresses with zstd).
 fn encode(
     config: &Config,
+    vol: &VolumeArchive,
     info: &SessionInfo,
     addr: u64,
     data: &[u8],
@@ -459,7 +460,9 @@ fn encode(
     } else {
         codec::DEFAULT_LEVEL
     };
-    codec::for_writing(info.compression, level).encode(&ChunkContext::of(info, addr), data)
+    // Sealed for the session's volume id in an encrypted archive.
+    vol.writing_codec(info.volume_id.as_deref(), info.compression, level)
+        .encode(&ChunkContext::of(info, addr), data)
 }
 
 /// For each address of `lost` (sorted, all stored by session `k`), the last session
@@ -630,7 +633,7 @@ pub fn repair(
         let vols = volumes.get_or_insert_with(|| Volumes::open(config, name, source));
         let mut lost: Vec<(u64, String)> = Vec::new();
         for b in bad {
-            match vols.find(&*codec::for_info(info), b.addr, info.chunksize, &b.hash)? {
+            match vols.find(&*vol.codec(info), b.addr, info.chunksize, &b.hash)? {
                 Some((data, from)) => {
                     let dst = file_label(&vol, &m.id, SessionFile::Chunk(b.addr));
                     if !dry_run {
@@ -644,7 +647,7 @@ pub fn repair(
                         b.addr, m.id, b.reason
                     ));
                     if !dry_run {
-                        let stored = encode(config, info, b.addr, &data)
+                        let stored = encode(config, &vol, info, b.addr, &data)
                             .map_err(|e| Error::Msg(format!("{dst}: encoding: {}", e.reason)))?;
                         archive.put_session_file(
                             name,

@@ -142,6 +142,30 @@ impl Env {
         }
     }
 
+    /// An env whose archive is encrypted: the config names a `passfile` (mode 0600)
+    /// holding `passphrase` where the plain env says `encrypt = off`.
+    pub fn encrypted(volumes: &[&str], passphrase: &str) -> Env {
+        let env = Self::new(volumes);
+        let pf = env.write_passfile("passfile", passphrase);
+        let ini = std::fs::read_to_string(&env.config).unwrap();
+        let ini = ini.replacen(
+            "encrypt = off\n",
+            &format!("passfile = {}\n", pf.display()),
+            1,
+        );
+        std::fs::write(&env.config, ini).unwrap();
+        env
+    }
+
+    /// A file `name` in the test folder holding `passphrase` on its first line, mode 0600.
+    pub fn write_passfile(&self, name: &str, passphrase: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path().join(name);
+        std::fs::write(&p, format!("{passphrase}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    }
+
     /// An env whose volumes are image files in `voldir` with `source = reflink`.
     pub fn reflink(volumes: &[&str], voldir: &Path) -> Env {
         let mut env = Self::new(volumes);
@@ -160,6 +184,24 @@ impl Env {
     }
     pub fn image(&self, vol: &str) -> PathBuf {
         self.voldir.join(vol)
+    }
+
+    /// Make this env's archive (not sent to yet) an encrypted one: the config's
+    /// `encrypt = off` becomes a `passfile` (mode 0600) holding `words`. Returns the
+    /// passfile.
+    pub fn encrypt_with(&self, words: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let pass = self.path().join("passphrase");
+        std::fs::write(&pass, format!("{words}\n")).unwrap();
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = std::fs::read_to_string(&self.config).unwrap();
+        assert!(c.contains("encrypt = off\n"), "{c}");
+        let c = c.replace(
+            "encrypt = off\n",
+            &format!("passfile = {}\n", pass.display()),
+        );
+        std::fs::write(&self.config, c).unwrap();
+        pass
     }
     pub fn archive(&self) -> PathBuf {
         self.path().join("archive")
