@@ -411,9 +411,12 @@ impl VolumeStore for FolderStore {
         if self.keys.is_some() {
             let p = self.manifest_path(id);
             let len = std::fs::metadata(&p).at(&p)?.len();
-            return envelope::plain_len(len).ok_or_else(|| FormatError::Info {
-                path: p,
-                reason: format!("{len} bytes is no sealed manifest's length (cut or altered)"),
+            return envelope::plain_len(len).ok_or_else(|| {
+                FormatError::Other(format!(
+                    "{}: the manifest is cut or altered ({len} bytes is no sealed manifest's \
+                     length)",
+                    p.display()
+                ))
             });
         }
         match self.storage(id) {

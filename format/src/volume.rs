@@ -281,8 +281,9 @@ impl VolumeArchive {
                 return Err(FormatError::Info {
                     path,
                     reason: format!(
-                        "previous session is {:?}, but the archive's is {:?}",
-                        info.previous, expect_prev
+                        "names {} as the session before it, but the archive's is {}",
+                        info.previous.as_deref().unwrap_or("none"),
+                        expect_prev.as_deref().unwrap_or("none")
                     ),
                 });
             }
