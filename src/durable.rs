@@ -171,14 +171,16 @@ pub fn is_read_only(path: &Path) -> bool {
         .is_some_and(|s| s.flags().contains(FsFlags::ST_RDONLY))
 }
 
-/// Whether `dir` holds nothing but the lock file `lock` (or does not exist).
-pub fn only_lock(dir: &Path, lock: &str) -> crate::error::Result<bool> {
+/// Whether folder `dir` holds nothing but files named in `leftovers` (a lock file, an
+/// encrypted volume's identity files): a rename may then take its name. A folder that
+/// is not there holds nothing.
+pub fn only_lock(dir: &Path, leftovers: &[&str]) -> crate::error::Result<bool> {
     use crate::error::IoAt;
     match std::fs::read_dir(dir) {
         Ok(rd) => {
             for e in rd {
                 let e = e.at(dir)?;
-                if e.file_name() != lock {
+                if !leftovers.iter().any(|l| e.file_name() == *l) {
                     return Ok(false);
                 }
             }
@@ -189,17 +191,20 @@ pub fn only_lock(dir: &Path, lock: &str) -> crate::error::Result<bool> {
     }
 }
 
-/// Move folder `from` to `to` durably, where `to` may be an empty folder (left by a
-/// lock file `lock`, removed first); nothing to do when `from` is gone.
-pub fn move_dir(from: &Path, to: &Path, lock: &str) -> crate::error::Result<bool> {
+/// Move folder `from` to `to` durably, where `to` may be a folder holding only the
+/// files named in `leftovers` (a lock file; they are removed first); nothing to do
+/// when `from` is gone.
+pub fn move_dir(from: &Path, to: &Path, leftovers: &[&str]) -> crate::error::Result<bool> {
     use crate::error::IoAt;
     if !from.exists() {
         return Ok(false);
     }
     if to.exists() {
-        let l = to.join(lock);
-        if l.exists() {
-            std::fs::remove_file(&l).at(&l)?;
+        for lock in leftovers {
+            let l = to.join(lock);
+            if l.exists() {
+                std::fs::remove_file(&l).at(&l)?;
+            }
         }
     }
     // rename(2) replaces an empty folder.

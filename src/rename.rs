@@ -54,7 +54,7 @@ pub fn rename(
     let (aold, anew) = (archive.volume(old), archive.volume(new));
     // New's state would be replaced: refuse unless there is none (a folder holding only
     // a lock file is what a lock left).
-    let new_meta_free = durable::only_lock(&mnew, "lock")?;
+    let new_meta_free = durable::only_lock(&mnew, &["lock"])?;
     let new_arch_free = archive.volume_is_free(new)?;
     let old_meta = mold.exists();
     let old_arch = aold.exists();
@@ -85,7 +85,7 @@ pub fn rename(
     }
     source.rename(old, new)?;
     let mut done = Renamed {
-        metadir: old_meta && durable::move_dir(&mold, &mnew, "lock")?,
+        metadir: old_meta && durable::move_dir(&mold, &mnew, &["lock"])?,
         ..Default::default()
     };
     // Stream chains: their records and maps go (the next stream of NEW is full).

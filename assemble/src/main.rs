@@ -193,7 +193,9 @@ fn open_encrypted(args: &Args, root: &Path, marker: &ArchiveMarker) -> Result<Vo
     }
     Ok(VolumeArchive::from_store(
         &name,
-        std::sync::Arc::new(sparsebak_format::store::FolderStore::sealed(&dir, keys)),
+        std::sync::Arc::new(sparsebak_format::store::FolderStore::sealed(
+            &dir, &name, keys,
+        )),
     ))
 }
 

@@ -16,6 +16,25 @@ pub const TAR_INDEX_SUFFIX: &str = ".tar.index";
 pub const INFO_FILE: &str = "info";
 /// Manifest file inside a session folder.
 pub const MANIFEST_FILE: &str = "manifest";
+/// Identity file inside an encrypted archive's volume folder: the volume's id, sealed
+/// for the volume's name.
+pub const VOLUME_ID_FILE: &str = "volume";
+/// The identity file a rename writes for the new name before the folder moves; it
+/// replaces [`VOLUME_ID_FILE`] once the folder is in place.
+pub const VOLUME_ID_NEXT: &str = "volume.next";
+
+/// The text of an identity file: `sparsebak-volume 1`, then `id=<volume id>`.
+pub fn volume_id_text(id: &str) -> String {
+    format!("sparsebak-volume 1\nid={id}\n")
+}
+
+/// The volume id an identity file's text holds.
+pub fn parse_volume_id_text(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("sparsebak-volume 1\nid=")?;
+    let id = rest.strip_suffix('\n')?;
+    crate::info::volume_id_ok(id).then(|| id.to_string())
+}
+
 /// Lock file inside a volume folder.
 pub const LOCK_FILE: &str = ".lock";
 /// Journal of an unfinished prune inside a volume folder (see the format description).

@@ -103,6 +103,13 @@ pub trait VolumeStore: Send + Sync + Debug {
         None
     }
 
+    /// The volume's id as its identity file says (encrypted archives); `None` when
+    /// there is no identity file (or the archive is not encrypted). An error when
+    /// the file is another volume's or damaged.
+    fn volume_id(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// The local folder, when the store is one (code that must touch its files:
     /// only the local destination's maintenance).
     fn as_folder(&self) -> Option<&FolderStore> {
@@ -124,6 +131,8 @@ pub struct FolderStore {
     tars: Arc<Mutex<HashMap<String, Arc<TarSession>>>>,
     /// The archive's keys when it is encrypted.
     keys: Option<Arc<ArchiveKeys>>,
+    /// The volume's name, in an encrypted archive (its identity file is sealed for it).
+    name: String,
 }
 
 impl Debug for FolderStore {
@@ -141,15 +150,54 @@ impl FolderStore {
             dir: dir.to_path_buf(),
             tars: Arc::new(Mutex::new(HashMap::new())),
             keys: None,
+            name: String::new(),
         }
     }
 
-    /// The volume folder `dir` of an encrypted archive whose keys are `keys`.
-    pub fn sealed(dir: &Path, keys: Arc<ArchiveKeys>) -> FolderStore {
+    /// The folder `dir` of volume `name` in an encrypted archive whose keys are `keys`.
+    pub fn sealed(dir: &Path, name: &str, keys: Arc<ArchiveKeys>) -> FolderStore {
         FolderStore {
             keys: Some(keys),
+            name: name.to_string(),
             ..FolderStore::new(dir)
         }
+    }
+
+    /// The volume's name (encrypted archives).
+    pub fn volume_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The identity file at `path` opened for volume `name`: `Ok(None)` when there is
+    /// no such file, an error when it is not `name`'s.
+    fn read_volume_id(&self, k: &ArchiveKeys, path: &Path) -> Result<Option<String>> {
+        let max = 4096 + envelope::overhead(4096);
+        let sealed = match limits::read_bounded(path, max, "volume identity file") {
+            Ok(b) => b,
+            Err(FormatError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        let bad = |reason: String| FormatError::Info {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let plain = k
+            .open(&Place::Volume { name: &self.name }, &sealed)
+            .map_err(|_| {
+                bad(format!(
+                    "is not volume {}'s (failed authentication): this folder holds another \
+                     volume, or the file was altered",
+                    self.name
+                ))
+            })?;
+        let text = String::from_utf8(plain).map_err(|_| bad("not UTF-8".into()))?;
+        layout::parse_volume_id_text(&text)
+            .map(Some)
+            .ok_or_else(|| bad("not an identity file".into()))
     }
 
     /// The archive's keys, when it is encrypted.
@@ -363,9 +411,12 @@ impl VolumeStore for FolderStore {
         if self.keys.is_some() {
             let p = self.manifest_path(id);
             let len = std::fs::metadata(&p).at(&p)?.len();
-            return envelope::plain_len(len).ok_or_else(|| FormatError::Info {
-                path: p,
-                reason: format!("{len} bytes is no sealed manifest's length (cut or altered)"),
+            return envelope::plain_len(len).ok_or_else(|| {
+                FormatError::Other(format!(
+                    "{}: the manifest is cut or altered ({len} bytes is no sealed manifest's \
+                     length)",
+                    p.display()
+                ))
             });
         }
         match self.storage(id) {
@@ -383,6 +434,22 @@ impl VolumeStore for FolderStore {
 
     fn keys(&self) -> Option<Arc<ArchiveKeys>> {
         self.keys.clone()
+    }
+
+    fn volume_id(&self) -> Result<Option<String>> {
+        let Some(k) = &self.keys else {
+            return Ok(None);
+        };
+        // A rename in progress wrote the new name's file beside the old one.
+        let next = self.read_volume_id(k, &self.dir.join(layout::VOLUME_ID_NEXT));
+        match self.read_volume_id(k, &self.dir.join(layout::VOLUME_ID_FILE)) {
+            Ok(Some(id)) => Ok(Some(id)),
+            Ok(None) => next,
+            Err(e) => match next {
+                Ok(Some(id)) => Ok(Some(id)),
+                _ => Err(e),
+            },
+        }
     }
 
     fn read_stored(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>> {

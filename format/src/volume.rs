@@ -237,9 +237,39 @@ impl VolumeArchive {
                 session: target.to_string(),
             })?;
         let mut chain: Vec<SessionInfo> = Vec::with_capacity(end + 1);
+        // In an encrypted archive every session must be this volume's: its identity
+        // file (sealed for the volume's name) names the id every info must carry.
+        let own_id = match self.store.keys() {
+            None => None,
+            Some(_) => Some(
+                self.store
+                    .volume_id()
+                    .map_err(|e| self.name_the_other(e, &ids))?
+                    .ok_or_else(|| FormatError::Info {
+                        path: PathBuf::from(self.label()).join(layout::VOLUME_ID_FILE),
+                        reason: format!(
+                            "is missing: nothing ties this folder's sessions to volume {} \
+                     (`sparsebak repair {}` puts it back from this machine's copies)",
+                            self.name, self.name
+                        ),
+                    })?,
+            ),
+        };
         for id in &ids[..=end] {
             let info = self.info(id)?;
             let path = self.info_label(id);
+            if let Some(own) = &own_id {
+                if info.volume_id.as_ref() != Some(own) {
+                    return Err(FormatError::Info {
+                        path,
+                        reason: format!(
+                            "is a session of another volume (made as volume {}), not of \
+                             volume {}",
+                            info.volume, self.name
+                        ),
+                    });
+                }
+            }
             if info.session != *id {
                 return Err(FormatError::Info {
                     path,
@@ -251,8 +281,9 @@ impl VolumeArchive {
                 return Err(FormatError::Info {
                     path,
                     reason: format!(
-                        "previous session is {:?}, but the archive's is {:?}",
-                        info.previous, expect_prev
+                        "names {} as the session before it, but the archive's is {}",
+                        info.previous.as_deref().unwrap_or("none"),
+                        expect_prev.as_deref().unwrap_or("none")
                     ),
                 });
             }
@@ -277,6 +308,24 @@ impl VolumeArchive {
             chain.push(info);
         }
         Ok(chain)
+    }
+
+    /// `e`, a volume identity file that is not this volume's, said with the volume
+    /// the folder's first session was made as, when that can be read.
+    fn name_the_other(&self, e: FormatError, ids: &[String]) -> FormatError {
+        let made_as = ids
+            .first()
+            .and_then(|id| self.info(id).ok())
+            .map(|i| i.volume);
+        match (e, made_as) {
+            (FormatError::Info { path, reason }, Some(other)) if other != self.name => {
+                FormatError::Info {
+                    path,
+                    reason: format!("{reason} (its sessions were made as volume {other})"),
+                }
+            }
+            (e, _) => e,
+        }
     }
 
     /// The latest session's ID, if any.

@@ -372,6 +372,50 @@ struct Bad {
     reason: String,
 }
 
+/// An encrypted volume's identity file, missing or not this volume's: put back from
+/// the volume id this machine's copies of its sessions carry.
+fn fix_volume_id(
+    archive: &Archive,
+    vol: &VolumeArchive,
+    name: &str,
+    local: Option<&LocalCopies>,
+    dry_run: bool,
+    rep: &mut Report,
+) -> Result<()> {
+    if !archive.sealed {
+        return Ok(());
+    }
+    let why = match vol.store().volume_id() {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => "it was missing".to_string(),
+        Err(e) => format!("it was damaged: {e}"),
+    };
+    let copied = local
+        .map(|l| l.ids())
+        .transpose()?
+        .and_then(|ids| ids.last().cloned())
+        .and_then(|id| SessionInfo::read(&local?.info_path(&id)).ok())
+        .and_then(|i| i.volume_id);
+    let Some(id) = copied else {
+        rep.unrepaired.push(format!(
+            "volume {name}: its identity file cannot be put back ({why}): this machine has \
+             no copy of its sessions"
+        ));
+        return Ok(());
+    };
+    if dry_run {
+        rep.done.push(format!(
+            "would put back the identity file of volume {name} ({why})"
+        ));
+    } else {
+        archive.put_volume_id(name, &id)?;
+        rep.done.push(format!(
+            "put back the identity file of volume {name} ({why})"
+        ));
+    }
+    Ok(())
+}
+
 /// Read back every stored chunk of session `info` (manifest from `manifest`), in
 /// parallel batches; the ones that are missing or damaged.
 fn bad_chunks(
@@ -547,6 +591,7 @@ pub fn repair(
         Mode::Exclusive
     };
     let _held = prepare(config, archive, name, Use::Lock(mode))?;
+    fix_volume_id(archive, &vol, name, local, dry_run, &mut rep)?;
     // A prune under way is finished first: the manifest of the session it folds into
     // is new in the archive and not yet in the copies.
     let folding = archive.interrupted_prune(name)?;

@@ -37,6 +37,21 @@ pub fn verify(
 ) -> Result<Report> {
     let mut rep = Report::default();
     let vol = &archive.volume(name);
+    // Sessions this machine sent (it keeps their copies) must all still be there: a
+    // session removed, or the volume replaced by an older copy of itself, is
+    // consistent on its own and is caught only here.
+    if let Some(local) = local {
+        let have = vol.sessions()?;
+        for id in local.ids()? {
+            if have.binary_search(&id).is_err() {
+                rep.problems.push(format!(
+                    "session {id}: this machine sent it (its copy is in the metadir), but \
+                     the archive no longer has it: a session was removed, or the volume \
+                     was replaced by an older copy"
+                ));
+            }
+        }
+    }
     let chain = match vol.chain(target) {
         Ok(c) => c,
         Err(e) => {

@@ -25,7 +25,7 @@ use sparsebak_format::crypto::{ArchiveKeys, Place};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::marker::{read_marker, ArchiveMarker};
-use sparsebak_format::store::{FolderStore, Storage};
+use sparsebak_format::store::{FolderStore, Storage, VolumeStore};
 use sparsebak_format::tarsession::TarSession;
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::Hash;
@@ -72,7 +72,7 @@ impl LocalVol {
     pub fn at(dir: &Path, name: &str, keys: Option<Arc<ArchiveKeys>>) -> LocalVol {
         let fs = match keys {
             None => FolderStore::new(dir),
-            Some(k) => FolderStore::sealed(dir, k),
+            Some(k) => FolderStore::sealed(dir, name, k),
         };
         LocalVol {
             vol: VolumeArchive::from_store(name, Arc::new(fs.clone())),
@@ -305,6 +305,18 @@ impl Destination for LocalDestination {
         Ok(())
     }
 
+    fn put_volume_id(&self, name: &str, id: &str) -> Result<()> {
+        let k = self.keys().ok_or_else(|| {
+            Error::Msg(format!(
+                "{}: the archive is not encrypted",
+                self.root.display()
+            ))
+        })?;
+        let dir = self.vol_dir(name);
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        write_volume_id(&dir, &k, name, id, layout::VOLUME_ID_FILE)
+    }
+
     fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
         marker::create_sealed(&self.root, id, key_file)
     }
@@ -510,11 +522,30 @@ impl Destination for LocalDestination {
     }
 
     fn volume_is_free(&self, name: &str) -> Result<bool> {
-        durable::only_lock(&self.vol_dir(name), layout::LOCK_FILE)
+        durable::only_lock(&self.vol_dir(name), LEFTOVERS)
     }
 
     fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
-        durable::move_dir(&self.vol_dir(old), &self.vol_dir(new), layout::LOCK_FILE)
+        let (from, to) = (self.vol_dir(old), self.vol_dir(new));
+        let Some(k) = self.keys() else {
+            return durable::move_dir(&from, &to, LEFTOVERS);
+        };
+        // The identity file is sealed for the name: the new name's is written beside
+        // the old one first (readers take either), then the folder moves, then it
+        // replaces the old one.
+        if from.exists() {
+            if let Some(id) = VolumeStore::volume_id(self.local_volume(old).store())? {
+                write_volume_id(&from, &k, new, &id, layout::VOLUME_ID_NEXT)?;
+            }
+        }
+        let moved = durable::move_dir(&from, &to, LEFTOVERS)?;
+        let next = to.join(layout::VOLUME_ID_NEXT);
+        if next.exists() {
+            let cur = to.join(layout::VOLUME_ID_FILE);
+            std::fs::rename(&next, &cur).at(&cur)?;
+            durable::sync_dir(&to).at(&to)?;
+        }
+        Ok(moved)
     }
 
     fn put_session_file(
@@ -542,6 +573,35 @@ impl Destination for LocalDestination {
     fn put_key_file(&self, bytes: &[u8]) -> Result<()> {
         keyfile::write(self, bytes)
     }
+}
+
+/// Files a volume folder may hold and still be free for a rename to take its name:
+/// the lock file, and an encrypted volume's identity files.
+const LEFTOVERS: &[&str] = &[
+    layout::LOCK_FILE,
+    layout::VOLUME_ID_FILE,
+    layout::VOLUME_ID_NEXT,
+];
+
+/// Write the identity file `file` ([`layout::VOLUME_ID_FILE`] or
+/// [`layout::VOLUME_ID_NEXT`]) of the encrypted volume folder `dir`: volume id `id`,
+/// sealed for the volume's name `name`; durably.
+pub fn write_volume_id(
+    dir: &Path,
+    keys: &ArchiveKeys,
+    name: &str,
+    id: &str,
+    file: &str,
+) -> Result<()> {
+    let sealed = keys
+        .seal(
+            &Place::Volume { name },
+            layout::volume_id_text(id).as_bytes(),
+        )
+        .map_err(|e| Error::Msg(e.to_string()))?;
+    let p = dir.join(file);
+    durable::write_atomic(&p, &sealed).at(&p)?;
+    durable::sync_dir(dir).at(dir)
 }
 
 /// The staging folder of a repair, inside the volume's folder.

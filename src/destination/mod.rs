@@ -280,6 +280,16 @@ pub trait Destination: Send + Sync {
         )))
     }
 
+    /// Write the identity file of volume `name` of an encrypted archive: volume id
+    /// `id` (repair puts it back from the source side's copies).
+    fn put_volume_id(&self, name: &str, id: &str) -> Result<()> {
+        let _ = (name, id);
+        Err(crate::error::Error::Msg(format!(
+            "{}: encrypted archives on this destination are not supported yet",
+            self.label()
+        )))
+    }
+
     /// Give an archive whose marker has no identity (made before identities) one;
     /// returns the identity the marker has afterwards.
     fn add_identity(&self) -> Result<String>;

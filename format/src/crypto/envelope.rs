@@ -50,6 +50,9 @@ pub enum Place<'a> {
         volume_id: &'a str,
         session: &'a str,
     },
+    /// The identity file of the volume named `name`: what ties a volume folder to the
+    /// volume's id (a rename writes it anew).
+    Volume { name: &'a str },
     /// The prune journal of the volume named `volume` (no journal outlives a run
     /// that renames the volume: every run finishes one first).
     PruneJournal { volume: &'a str },
@@ -76,6 +79,7 @@ impl Place<'_> {
             Place::Manifest { session } => ("manifest", vec![s(session)]),
             Place::TarIndex { volume_id, session } => ("tar-index", vec![s(volume_id), s(session)]),
             Place::PruneJournal { volume } => ("prune-journal", vec![s(volume)]),
+            Place::Volume { name } => ("volume", vec![s(name)]),
             Place::StreamHeader { session } => ("stream-header", vec![s(session)]),
             Place::StreamTrailer { volume_id, session } => {
                 ("stream-trailer", vec![s(volume_id), s(session)])
@@ -92,6 +96,7 @@ impl Place<'_> {
             Place::Manifest { session, .. } => format!("manifest of session {session}"),
             Place::TarIndex { session, .. } => format!("tar index of session {session}"),
             Place::PruneJournal { .. } => "prune journal".into(),
+            Place::Volume { name } => format!("identity file of volume {name}"),
             Place::StreamHeader { session } => format!("stream header of session {session}"),
             Place::StreamTrailer { session, .. } => format!("stream trailer of session {session}"),
             Place::StreamHead { .. } => "stream header".into(),

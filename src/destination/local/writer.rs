@@ -279,6 +279,7 @@ impl SessionWriter {
         out.finish().at(&mpath)?;
         self.flusher.finish().at(&self.staging)?;
         let info = fields.info(self.changed, self.bytes_stored, hash);
+        self.claim_volume(&info)?;
         if let Some(t) = self.tar.as_mut() {
             let sdir = layout::session_dir_name(&self.id);
             let manifest = std::fs::read(&mpath).at(&mpath)?;
@@ -315,6 +316,31 @@ impl SessionWriter {
         }
         self.prepared = Some(info.clone());
         Ok(info)
+    }
+
+    /// In an encrypted archive, tie the volume folder to the session's volume id: its
+    /// identity file is written with the volume's first session, and a folder whose
+    /// file names another id is not written into.
+    fn claim_volume(&self, info: &SessionInfo) -> Result<()> {
+        let (Some(k), Some(id)) = (&self.keys, &info.volume_id) else {
+            return Ok(());
+        };
+        match sparsebak_format::store::VolumeStore::volume_id(&self.store)? {
+            Some(have) if have == *id => Ok(()),
+            Some(have) => Err(crate::error::Error::Msg(format!(
+                "{}: the folder of volume {} belongs to volume id {have}, but the session \
+                 builds on volume id {id}; nothing was written",
+                self.vol_dir.display(),
+                self.store.volume_name()
+            ))),
+            None => super::write_volume_id(
+                &self.vol_dir,
+                k,
+                self.store.volume_name(),
+                id,
+                layout::VOLUME_ID_FILE,
+            ),
+        }
     }
 
     /// Publish the prepared session: it appears under its final name in one step.
