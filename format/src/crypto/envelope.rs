@@ -139,28 +139,89 @@ fn stream(keys: &ArchiveKeys, prefix: &[u8; PREFIX]) -> StreamBE32<XChaCha20Poly
     StreamBE32::from_aead(aead, prefix.into())
 }
 
+/// The tail of a vector from `start` on, as the buffer an AEAD seals or opens in
+/// place: the segment being sealed or opened, after what is already done.
+struct Tail<'a> {
+    v: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl AsRef<[u8]> for Tail<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.v[self.start..]
+    }
+}
+
+impl AsMut<[u8]> for Tail<'_> {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.v[self.start..]
+    }
+}
+
+impl chacha20poly1305::aead::Buffer for Tail<'_> {
+    fn extend_from_slice(&mut self, other: &[u8]) -> chacha20poly1305::aead::Result<()> {
+        self.v.extend_from_slice(other);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.v.truncate(self.start + len);
+    }
+}
+
 impl ArchiveKeys {
-    /// `plain` sealed for `place`.
+    /// `plain` sealed for `place`, in one buffer (no copy of a segment).
     pub fn seal(&self, place: &Place<'_>, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let prefix: [u8; PREFIX] = random_bytes()?;
         let mut out = Vec::with_capacity(plain.len() + overhead(plain.len() as u64) as usize);
-        let mut w = SealWriter::new(self, *place, &mut out)?;
-        w.write_all(plain).map_err(|e| CryptoError::Auth {
-            what: e.to_string(),
-        })?;
-        w.finish().map_err(|e| CryptoError::Auth {
-            what: e.to_string(),
-        })?;
+        out.extend_from_slice(&prefix);
+        let stream = stream(self, &prefix);
+        let ad = place.associated_data(self.archive());
+        let fail = || CryptoError::Auth {
+            what: format!("sealing the {}", place.what()),
+        };
+        // Full segments, then the last one: always shorter than a segment, maybe empty.
+        let full = plain.len() / SEGMENT;
+        for i in 0..=full {
+            let seg = &plain[i * SEGMENT..((i + 1) * SEGMENT).min(plain.len())];
+            let start = out.len();
+            out.extend_from_slice(seg);
+            let position = u32::try_from(i).map_err(|_| fail())?;
+            stream
+                .encrypt_in_place(position, i == full, &ad, &mut Tail { v: &mut out, start })
+                .map_err(|_| fail())?;
+        }
         Ok(out)
     }
 
-    /// The plaintext of `sealed`, which must be the object sealed for `place`.
+    /// The plaintext of `sealed`, which must be the object sealed for `place`, opened
+    /// in one buffer.
     pub fn open(&self, place: &Place<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let len = plain_len(sealed.len() as u64)
-            .ok_or_else(|| CryptoError::Auth { what: place.what() })?;
-        let mut out = Vec::with_capacity(len as usize);
-        OpenReader::new(self, *place, sealed)
-            .read_to_end(&mut out)
-            .map_err(|_| CryptoError::Auth { what: place.what() })?;
+        let bad = || CryptoError::Auth { what: place.what() };
+        let len = plain_len(sealed.len() as u64).ok_or_else(bad)?;
+        let prefix: &[u8; PREFIX] = sealed[..PREFIX].try_into().map_err(|_| bad())?;
+        let stream = stream(self, prefix);
+        let ad = place.associated_data(self.archive());
+        let mut out = Vec::with_capacity(len as usize + TAG);
+        let body = &sealed[PREFIX..];
+        let segs: Vec<&[u8]> = body.chunks(SEGMENT + TAG).collect();
+        // A body that ends on a whole segment has an empty last segment: its tag.
+        let n = segs.len();
+        for (i, seg) in segs.iter().enumerate() {
+            let start = out.len();
+            out.extend_from_slice(seg);
+            let position = u32::try_from(i).map_err(|_| bad())?;
+            let last = i + 1 == n && seg.len() < SEGMENT + TAG;
+            if i + 1 == n && !last {
+                return Err(bad());
+            }
+            stream
+                .decrypt_in_place(position, last, &ad, &mut Tail { v: &mut out, start })
+                .map_err(|_| bad())?;
+        }
+        if out.len() as u64 != len {
+            return Err(bad());
+        }
         Ok(out)
     }
 }
