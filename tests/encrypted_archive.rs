@@ -389,7 +389,7 @@ fn three_sends_list_receive_and_verify_every_session() {
     }
     let marker = std::fs::read_to_string(root.join(MARKER)).unwrap();
     assert!(
-        marker.contains("format=2\n") && marker.contains("encryption=xchacha20poly1305\n"),
+        marker.contains("format=2\n") && marker.contains("encryption=aes-256-gcm\n"),
         "{marker}"
     );
 }

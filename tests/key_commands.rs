@@ -44,7 +44,7 @@ fn encrypted_archive_at(env: &Env, root: &Path, id: &str, passphrase: &str) {
     std::fs::create_dir_all(root.join("vAAAA")).unwrap();
     std::fs::write(
         root.join("sparsebak.archive"),
-        format!("sparsebak-archive\nformat=2\nid={id}\nencryption=xchacha20poly1305\n"),
+        format!("sparsebak-archive\nformat=2\nid={id}\nencryption=aes-256-gcm\n"),
     )
     .unwrap();
     std::fs::write(root.join("vAAAA").join("some-file"), b"sealed bytes").unwrap();

@@ -201,7 +201,7 @@ fn encrypted_chain_restores_through_a_pipe_and_hides_its_content() {
         // What does show: the format line, and the key file (wrapped) of the chain.
         assert!(found(
             &bytes,
-            b"format=sparsebak-stream 2\nencryption=xchacha20poly1305\n"
+            b"format=sparsebak-stream 2\nencryption=aes-256-gcm\n"
         ));
         assert!(found(&bytes, format!("archive={id}\n").as_bytes()));
         let names: Vec<String> = members(&bytes).into_iter().map(|m| m.0).collect();

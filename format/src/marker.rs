@@ -29,7 +29,7 @@ pub struct ArchiveMarker {
     pub format: u32,
     /// The archive's identity, when it has one.
     pub id: Option<String>,
-    /// The AEAD of an encrypted archive (format 2): `xchacha20poly1305`.
+    /// The AEAD of an encrypted archive (format 2): `aes-256-gcm`.
     pub encryption: Option<String>,
 }
 

@@ -2734,7 +2734,7 @@ mod tests {
         let (_, off, size) = members(&streams[0])[0].clone();
         assert_eq!(
             &streams[0][off + TAR_BLOCK..off + TAR_BLOCK + size],
-            b"format=sparsebak-stream 2\nencryption=xchacha20poly1305\n"
+            b"format=sparsebak-stream 2\nencryption=aes-256-gcm\n"
         );
     }
 

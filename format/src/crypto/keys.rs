@@ -5,7 +5,7 @@
 //!
 //! | label | bytes | used for |
 //! |---|---|---|
-//! | `sparsebak 2 data` | 32 | XChaCha20-Poly1305 of every sealed object ([`super::envelope`]) |
+//! | `sparsebak 2 data` | 32 | the key each sealed object's key is derived from ([`super::envelope`]) |
 //! | `sparsebak 2 chunk identity` | 32 | HMAC-SHA256 of a chunk's plain bytes: its identity in manifests |
 //! | `sparsebak 2 names` | 64 | AES-SIV (RFC 5297, AES-256) of volume names, session IDs and chunk addresses: the names on the destination |
 //!

@@ -1,9 +1,10 @@
 //! Encryption of archives and streams (format 2): keys, the envelope of every sealed
 //! object, keyed chunk identities and the names that hide what they stand for.
 //!
-//! Nothing here is cryptography of its own: XChaCha20-Poly1305 in the STREAM
-//! construction (`chacha20poly1305`, `aead::stream`), argon2id (`argon2`), HKDF and
-//! HMAC over SHA-256 (`hkdf`, `hmac`, `sha2`) and AES-SIV (`aes-siv`) do the work; this
+//! Nothing here is cryptography of its own: AES-256-GCM (`ring`) in the STREAM
+//! construction under a key per object, XChaCha20-Poly1305 for the key file
+//! (`chacha20poly1305`), argon2id (`argon2`), HKDF and HMAC over SHA-256 (`hkdf`,
+//! `hmac`, `sha2`) and AES-SIV (`aes-siv`) do the work; this
 //! module fixes how they are put together, byte by byte as `docs/FORMAT.md` says
 //! ("Encrypted archives").
 //!
@@ -23,7 +24,7 @@ pub use keyfile::{KdfParams, KeyFile, MasterKey, Passphrase};
 pub use keys::ArchiveKeys;
 
 /// The AEAD of format 2, as the archive marker and stream headers name it.
-pub const AEAD_NAME: &str = "xchacha20poly1305";
+pub const AEAD_NAME: &str = "aes-256-gcm";
 
 /// The key file at the root of an encrypted archive.
 pub const KEY_FILE: &str = "sparsebak.key";
