@@ -10,7 +10,6 @@ mod loopdev;
 
 use common::*;
 use sha2::{Digest, Sha256};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -49,21 +48,7 @@ fn bare(pass: Option<&str>) -> Command {
 
 /// `cat inputs | sparsebak receive --from-stream=- --save-to=out`.
 fn receive_pipe(inputs: &[&Path], out: &Path, pass: &str) -> std::process::Output {
-    let mut child = bare(Some(pass))
-        .args(["-u", "receive", "--from-stream=-"])
-        .arg(format!("--save-to={}", out.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for p in inputs {
-            let _ = stdin.write_all(&std::fs::read(p).unwrap());
-        }
-    }
-    child.wait_with_output().unwrap()
+    receive_from_pipe(bare(Some(pass)), inputs, out)
 }
 
 fn send_stream(env: &Env, s: &Path, chain: &str) {

@@ -78,21 +78,7 @@ fn bare() -> Command {
 }
 
 fn receive_pipe(inputs: &[&Path], out: &Path) -> std::process::Output {
-    let mut child = bare()
-        .args(["-u", "receive", "--from-stream=-"])
-        .arg(format!("--save-to={}", out.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for p in inputs {
-            let _ = stdin.write_all(&std::fs::read(p).unwrap());
-        }
-    }
-    child.wait_with_output().unwrap()
+    receive_from_pipe(bare(), inputs, out)
 }
 
 #[test]

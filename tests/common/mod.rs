@@ -464,3 +464,30 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `cat inputs | cmd receive --from-stream=- --save-to=out`, where `cmd` is the
+/// sparsebak command to run (with whatever environment the caller set).
+pub fn receive_from_pipe(
+    mut cmd: std::process::Command,
+    inputs: &[&Path],
+    out: &Path,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .args(["-u", "receive", "--from-stream=-"])
+        .arg(format!("--save-to={}", out.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for p in inputs {
+            // A reader that stops early (a refused stream) closes the pipe.
+            let _ = stdin.write_all(&std::fs::read(p).unwrap());
+        }
+    }
+    child.wait_with_output().unwrap()
+}

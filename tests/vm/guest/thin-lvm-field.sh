@@ -60,6 +60,7 @@ for c in a b; do
     mkdir -p "/mnt/f$c"
     cat > "/tmp/f$c.ini" <<INI
 [var]
+encrypt = off
 source = lvm
 vgname = $VG
 poolname = $POOL
@@ -280,6 +281,7 @@ lvcreate -q -L 32M --chunksize 64k -T "$VG/small-pool"
 lvcreate -q -V 32M -T "$VG/small-pool" -n vm-c-private
 cat > /tmp/fc.ini <<INI
 [var]
+encrypt = off
 source = lvm
 vgname = $VG
 poolname = small-pool

@@ -60,6 +60,7 @@ dmsetup ls
 mkdir -p /mnt/archive "$KEEP"
 cat > "$CFG" <<INI
 [var]
+encrypt = off
 source = lvm
 vgname = $VG
 poolname = $POOL
