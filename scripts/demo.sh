@@ -60,7 +60,11 @@ run list
 step "verify"
 run verify demo-disk
 
-first=$(ls "$work/archive/demo-disk" | sed -n 's/^S_//p' | head -1)
+step "the archive is encrypted: its names say nothing (list shows the real ones)"
+ls "$work/archive" "$work/archive"/v* | head -8
+run key export --paper
+
+first=$("$sb" -c "$work/sparsebak.ini" list demo-disk | awk 'NR == 2 {print $1}')
 step "receive both sessions and compare"
 run -u receive demo-disk --session="$first" --save-to="$work/restored1.img"
 run -u receive demo-disk --save-to="$work/restored2.img"
