@@ -70,7 +70,7 @@ pub enum PassError {
     },
     #[error("the two passphrases typed differ; nothing was changed")]
     Mismatch,
-    #[error("reading the passphrase from the terminal: {0}")]
+    #[error("reading the passphrase from the terminal: {0} (give it another way: passfile, passcmd or SPARSEBAK_PASSPHRASE)")]
     Terminal(#[source] std::io::Error),
     #[error("{0}")]
     NoSource(String),
