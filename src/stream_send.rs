@@ -500,12 +500,15 @@ fn chain_crypt(
     match (config.encrypt, encrypted) {
         (Some(true), false) => {
             return Err(Error::Msg(format!(
-                "volume {name}, stream chain {chain:?}: the chain is not encrypted (it was                  started with encrypt = off) but the config says encrypt = on; start a new                  chain with --chain, or set encrypt = off"
+                "volume {name}, stream chain {chain:?}: the chain is not encrypted (it was \
+                 started with encrypt = off) but the config says encrypt = on; start a new \
+                 chain with --chain, or set encrypt = off"
             )))
         }
         (Some(false), true) => {
             return Err(Error::Msg(format!(
-                "volume {name}, stream chain {chain:?}: the chain is encrypted but the config                  says encrypt = off; start a new chain with --chain, or leave encrypt unset"
+                "volume {name}, stream chain {chain:?}: the chain is encrypted but the config \
+                 says encrypt = off; start a new chain with --chain, or leave encrypt unset"
             )))
         }
         (_, false) => return Ok(None),
@@ -514,7 +517,8 @@ fn chain_crypt(
     let bytes = match std::fs::read(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::Msg(format!(
-                "volume {name}, stream chain {chain:?} is encrypted but its key file {} is                  missing; start a new chain with --chain",
+                "volume {name}, stream chain {chain:?} is encrypted but its key file {} is \
+                 missing; start a new chain with --chain",
                 path.display()
             )))
         }
@@ -525,7 +529,8 @@ fn chain_crypt(
     let pass = passphrase::obtain_from(&sources, Purpose::Unlock)?;
     let master = key_file.unwrap_key(&pass).map_err(|e| match e {
         crypto::CryptoError::WrongPassphrase => Error::Msg(format!(
-            "wrong passphrase: it does not unlock the key of stream chain {chain:?} of              volume {name} ({})",
+            "wrong passphrase: it does not unlock the key of stream chain {chain:?} of \
+             volume {name} ({})",
             path.display()
         )),
         e => Error::Msg(format!("{}: {e}", path.display())),
