@@ -527,7 +527,7 @@ fn chain_crypt(
     let key_file =
         KeyFile::parse(&bytes).map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
     let pass = passphrase::obtain_from(&sources, Purpose::Unlock)?;
-    let master = key_file.unwrap_key(&pass).map_err(|e| match e {
+    let keys = key_file.unlock(&pass).map_err(|e| match e {
         crypto::CryptoError::WrongPassphrase => Error::Msg(format!(
             "wrong passphrase: it does not unlock the key of stream chain {chain:?} of \
              volume {name} ({})",
@@ -535,7 +535,7 @@ fn chain_crypt(
         )),
         e => Error::Msg(format!("{}: {e}", path.display())),
     })?;
-    let keys = std::sync::Arc::new(ArchiveKeys::derive(&master, &key_file.archive));
+    let keys = std::sync::Arc::new(keys);
     Ok(Some(StreamCrypt { keys, key_file }))
 }
 

@@ -139,7 +139,7 @@ fn encrypted_parent(volume_dir: &Path) -> Result<Option<(PathBuf, ArchiveMarker)
 /// Volume `volume_dir` of the encrypted archive at `root`: its key file unwrapped
 /// with the passphrase, the folder of the volume it names.
 fn open_encrypted(args: &Args, root: &Path, marker: &ArchiveMarker) -> Result<VolumeArchive> {
-    use sparsebak_format::crypto::{ArchiveKeys, KeyFile, KEY_FILE};
+    use sparsebak_format::crypto::{KeyFile, KEY_FILE};
     use sparsebak_format::passphrase::{self, Purpose, Sources};
     let id = marker.id.clone().unwrap_or_default();
     let key_path = root.join(KEY_FILE);
@@ -170,13 +170,14 @@ fn open_encrypted(args: &Args, root: &Path, marker: &ArchiveMarker) -> Result<Vo
         how: "give --passfile=PATH (a file only its owner can read) or --passcmd=COMMAND".into(),
     };
     let pass = passphrase::obtain_from(&sources, Purpose::Unlock)?;
-    let master = kf.unwrap_key(&pass).map_err(|_| {
-        anyhow::anyhow!(
+    // The key file is this archive's (checked above): its keys are derived for `id`.
+    let keys = std::sync::Arc::new(kf.unlock(&pass).map_err(|e| match e {
+        sparsebak_format::crypto::CryptoError::WrongPassphrase => anyhow::anyhow!(
             "wrong passphrase for the encrypted archive at {}; nothing was written",
             root.display()
-        )
-    })?;
-    let keys = std::sync::Arc::new(ArchiveKeys::derive(&master, &id));
+        ),
+        e => anyhow::anyhow!("{}: {e}", key_path.display()),
+    })?);
     let given = args
         .volume_dir
         .file_name()

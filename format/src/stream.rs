@@ -1750,14 +1750,14 @@ impl<'a> ChainReader<'a> {
                 p
             }
         };
-        let master = key_file.unwrap_key(&pass).map_err(|e| match e {
+        let keys = key_file.unlock(&pass).map_err(|e| match e {
             CryptoError::WrongPassphrase => StreamError::WrongPassphrase {
                 at: at.clone(),
                 chain: key_file.archive.clone(),
             },
             e => damaged(at, &format!("key member: {e}")),
         })?;
-        let keys = Arc::new(ArchiveKeys::derive(&master, &key_file.archive));
+        let keys = Arc::new(keys);
         self.chain_key = Some(ChainKey {
             text: text.to_vec(),
             id: key_file.archive.clone(),

@@ -38,14 +38,14 @@ pub fn unlock(
         )));
     }
     let pass = passphrase::obtain(config, Purpose::Unlock)?;
-    let master = kf.unwrap_key(&pass).map_err(|e| match e {
+    // The key file is this archive's (checked above): its keys are derived for `id`.
+    kf.unlock(&pass).map_err(|e| match e {
         crypto::CryptoError::WrongPassphrase => Error::Msg(format!(
             "wrong passphrase for the encrypted archive at {}; nothing was read or written",
             root.display()
         )),
         e => Error::Msg(format!("{}: {e}", root.join(crypto::KEY_FILE).display())),
-    })?;
-    Ok(ArchiveKeys::derive(&master, id))
+    })
 }
 
 /// Create an empty encrypted archive at `dest`: a new identity and master key, wrapped

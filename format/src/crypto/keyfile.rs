@@ -217,6 +217,15 @@ impl KeyFile {
             .map_err(|_| CryptoError::KeyFile("unwrapped key has the wrong length".into()))
     }
 
+    /// The keys of the archive (or stream chain) this key file belongs to: the master
+    /// key `pass` unwraps, derived for [`KeyFile::archive`].
+    pub fn unlock(&self, pass: &Passphrase) -> Result<super::ArchiveKeys, CryptoError> {
+        Ok(super::ArchiveKeys::derive(
+            &self.unwrap_key(pass)?,
+            &self.archive,
+        ))
+    }
+
     /// The same master key under a new passphrase (new salt and nonce).
     pub fn rewrap(&self, old: &Passphrase, new: &Passphrase) -> Result<KeyFile, CryptoError> {
         let master = self.unwrap_key(old)?;

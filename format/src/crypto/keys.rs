@@ -45,7 +45,9 @@ impl std::fmt::Debug for ArchiveKeys {
     }
 }
 
-fn base32() -> &'static data_encoding::Encoding {
+/// Lower-case base32 without padding (RFC 4648 alphabet): name tokens and the paper
+/// form of the key file.
+pub(crate) fn base32() -> &'static data_encoding::Encoding {
     static ENC: OnceLock<data_encoding::Encoding> = OnceLock::new();
     ENC.get_or_init(|| {
         let mut spec = data_encoding::Specification::new();

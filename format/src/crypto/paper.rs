@@ -23,15 +23,8 @@ use super::CryptoError;
 const HEAD: &str = "sparsebak-key-paper 1";
 const PER_LINE: usize = 32;
 
-fn enc() -> &'static data_encoding::Encoding {
-    static E: std::sync::OnceLock<data_encoding::Encoding> = std::sync::OnceLock::new();
-    E.get_or_init(|| {
-        let mut spec = data_encoding::Specification::new();
-        spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-        spec.encoding()
-            .unwrap_or_else(|_| data_encoding::BASE32_NOPAD.clone())
-    })
-}
+// The same base32 as name tokens.
+use super::keys::base32 as enc;
 
 fn checksum(no: &str, chars: &str) -> String {
     let h = sha2::Sha256::digest(format!("{no} {chars}").as_bytes());
