@@ -217,19 +217,15 @@ r = ratio("borg_fixed.check", "sbk.verify")
 target("verify ≥ 5x faster than borg check --verify-data (fixed-64K)", f"{r:.2f}x", r >= 5)
 peak = max((max(v), k) for k, v in rss.items() if k.startswith("sbk"))
 target("peak RSS of every sparsebak command < 128 MiB", f"{peak[0] / 1024:.0f} MiB ({peak[1]})", peak[0] < 128 * 1024)
-for key, limit, what in [
-    ("full", 1.3, "full send over ssh to 127.0.0.1 within 1.3x of the local send"),
-    ("inc", 2.0, "incremental (1 %) over ssh within 2x of the local one"),
-    ("receive", 1.3, "receive over ssh within 1.3x of the local receive"),
+for prefix, key, limit, what in [
+    ("sbk_ssh", "full", 1.3, "full send over ssh to 127.0.0.1 within 1.3x of the local send"),
+    ("sbk_ssh", "inc", 2.0, "incremental (1 %) over ssh within 2x of the local one"),
+    ("sbk_ssh", "receive", 1.3, "receive over ssh within 1.3x of the local receive"),
+    ("sbk_enc", "full", 1.10, "encrypted full send within 1.10x of the plain one"),
+    ("sbk_enc", "receive", 1.15, "encrypted receive within 1.15x of the plain one"),
+    ("sbk_enc", "verify", 1.15, "encrypted verify within 1.15x of the plain one"),
 ]:
-    r = ratio(f"sbk_ssh.{key}", f"sbk.{key}")
-    target(what, f"{r:.2f}x the time", r <= limit)
-for key, limit, what in [
-    ("full", 1.10, "encrypted full send within 1.10x of the plain one"),
-    ("receive", 1.15, "encrypted receive within 1.15x of the plain one"),
-    ("verify", 1.15, "encrypted verify within 1.15x of the plain one"),
-]:
-    r = ratio(f"sbk_enc.{key}", f"sbk.{key}")
+    r = ratio(f"{prefix}.{key}", f"sbk.{key}")
     target(what, f"{r:.2f}x the time", r <= limit)
 far = [(max(v), k[4:]) for k, v in rss.items() if k.startswith("far:")]
 if far:

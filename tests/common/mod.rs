@@ -146,14 +146,7 @@ impl Env {
     /// holding `passphrase` where the plain env says `encrypt = off`.
     pub fn encrypted(volumes: &[&str], passphrase: &str) -> Env {
         let env = Self::new(volumes);
-        let pf = env.write_passfile("passfile", passphrase);
-        let ini = std::fs::read_to_string(&env.config).unwrap();
-        let ini = ini.replacen(
-            "encrypt = off\n",
-            &format!("passfile = {}\n", pf.display()),
-            1,
-        );
-        std::fs::write(&env.config, ini).unwrap();
+        env.encrypt_with(passphrase);
         env
     }
 
@@ -190,15 +183,13 @@ impl Env {
     /// `encrypt = off` becomes a `passfile` (mode 0600) holding `words`. Returns the
     /// passfile.
     pub fn encrypt_with(&self, words: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let pass = self.path().join("passphrase");
-        std::fs::write(&pass, format!("{words}\n")).unwrap();
-        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let pass = self.write_passfile("passfile", words);
         let c = std::fs::read_to_string(&self.config).unwrap();
         assert!(c.contains("encrypt = off\n"), "{c}");
-        let c = c.replace(
+        let c = c.replacen(
             "encrypt = off\n",
             &format!("passfile = {}\n", pass.display()),
+            1,
         );
         std::fs::write(&self.config, c).unwrap();
         pass
