@@ -48,19 +48,12 @@ pub enum Place<'a> {
     /// A session's manifest (its info, which names the volume's id, holds the
     /// manifest's SHA-256).
     Manifest { session: &'a str },
-    /// A tar session's member index.
-    TarIndex {
-        volume_id: &'a str,
-        session: &'a str,
-    },
     /// The identity file of the volume named `name`: what ties a volume folder to the
     /// volume's id (a rename writes it anew).
     Volume { name: &'a str },
     /// The prune journal of the volume named `volume` (no journal outlives a run
     /// that renames the volume: every run finishes one first).
     PruneJournal { volume: &'a str },
-    /// A stream's header (a stream chain's id stands for the archive's).
-    StreamHeader { session: &'a str },
     /// A stream's trailer.
     StreamTrailer {
         volume_id: &'a str,
@@ -80,10 +73,8 @@ impl Place<'_> {
             }
             Place::Info { session } => ("info", vec![s(session)]),
             Place::Manifest { session } => ("manifest", vec![s(session)]),
-            Place::TarIndex { volume_id, session } => ("tar-index", vec![s(volume_id), s(session)]),
             Place::PruneJournal { volume } => ("prune-journal", vec![s(volume)]),
             Place::Volume { name } => ("volume", vec![s(name)]),
-            Place::StreamHeader { session } => ("stream-header", vec![s(session)]),
             Place::StreamTrailer { volume_id, session } => {
                 ("stream-trailer", vec![s(volume_id), s(session)])
             }
@@ -97,10 +88,8 @@ impl Place<'_> {
             Place::Chunk { addr, .. } => format!("chunk x{addr:016x}"),
             Place::Info { session } => format!("info of session {session}"),
             Place::Manifest { session, .. } => format!("manifest of session {session}"),
-            Place::TarIndex { session, .. } => format!("tar index of session {session}"),
             Place::PruneJournal { .. } => "prune journal".into(),
             Place::Volume { name } => format!("identity file of volume {name}"),
-            Place::StreamHeader { session } => format!("stream header of session {session}"),
             Place::StreamTrailer { session, .. } => format!("stream trailer of session {session}"),
             Place::StreamHead { .. } => "stream header".into(),
         }
