@@ -317,9 +317,22 @@ impl FolderStore {
 
     /// The stored bytes of one chunk (see [`VolumeStore::read_stored`]).
     pub fn read_one(&self, info: &SessionInfo, addr: u64) -> Result<Vec<u8>> {
-        let id = &info.session;
         let max = self.codec(info).max_stored(info.chunksize);
-        match self.storage(id) {
+        self.read_in(info, self.storage(&info.session), max, addr)
+    }
+
+    /// The stored bytes of the chunk at `addr` of session `info`, stored as `storage`,
+    /// at most `max` bytes: what one chunk of a batch costs once the batch has looked
+    /// up the session's codec and storage.
+    fn read_in(
+        &self,
+        info: &SessionInfo,
+        storage: Storage,
+        max: u64,
+        addr: u64,
+    ) -> Result<Vec<u8>> {
+        let id = &info.session;
+        match storage {
             Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
             Storage::Tar => self.tar(id)?.read_chunk(addr, max),
         }
@@ -454,10 +467,13 @@ impl VolumeStore for FolderStore {
 
     fn read_stored(&self, info: &SessionInfo, addrs: &[u64]) -> Vec<Result<Vec<u8>>> {
         // Reads run on the caller's pool (the readers of `restore::read_view`), so
-        // that on a cold cache several are in flight at once.
+        // that on a cold cache several are in flight at once. The codec and the form
+        // of the session are looked up once per batch, not once per chunk.
+        let max = self.codec(info).max_stored(info.chunksize);
+        let storage = self.storage(&info.session);
         addrs
             .par_iter()
-            .map(|&addr| self.read_one(info, addr))
+            .map(|&addr| self.read_in(info, storage, max, addr))
             .collect()
     }
 
