@@ -12,6 +12,7 @@
 //! reason: the allocator settings of the chunk pipelines (`alloc`).
 
 pub mod alloc;
+pub mod archive_fs;
 pub mod chunk;
 pub mod codec;
 pub mod crypto;

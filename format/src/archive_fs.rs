@@ -1,0 +1,405 @@
+//! [`ArchiveFs`]: the file operations an archive folder is read and written with,
+//! wherever its files are.
+//!
+//! Every file access of the archive side (the folder store, tar sessions, the local
+//! destination's writer, prune, recovery, repair, the marker, key and lock files) goes
+//! through one of these. [`LocalFs`] is `std::fs` on this machine. A remote
+//! implementation maps each call to one request to `sparsebak serve`, which performs it
+//! on the far side, confined to the archive folder it serves: so an encrypted archive
+//! on a remote host is run by the same code as a local one, with the keys and every
+//! plaintext byte staying on this machine.
+//!
+//! Paths are the archive's paths (the archive folder joined with names inside it), as
+//! the folder store builds them; a remote implementation refuses any path that is not
+//! below the folder it serves. Errors are `std::io::Error`s with the kind the operation
+//! met (`NotFound`, `AlreadyExists`, `WouldBlock` for a lock held elsewhere, ...), so
+//! callers tell "missing" from "damaged" the same way for either implementation.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a path is (symbolic links are not followed, and are [`Kind::Other`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Other,
+}
+
+/// A path's kind and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    /// Bytes (files; unspecified for folders).
+    pub len: u64,
+    /// Modification time: seconds since the epoch.
+    pub mtime: i64,
+}
+
+/// One entry of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name (not valid UTF-8: lossily converted; such names are never the
+    /// archive's own).
+    pub name: String,
+    pub kind: Kind,
+    /// Bytes (files).
+    pub len: u64,
+}
+
+/// Shared (readers) or exclusive (writers) advisory lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// A file being written by [`ArchiveFs::create`]. Dropping it without
+/// [`FileWriter::finish`] leaves what was written so far (callers write under a
+/// temporary name or in a staging folder, so a partial file is never taken for a
+/// whole one).
+pub trait FileWriter: Write + Send {
+    /// Flush, make the file's bytes durable when `sync`, and close it.
+    fn finish(self: Box<Self>, sync: bool) -> io::Result<()>;
+}
+
+/// File operations on an archive folder.
+pub trait ArchiveFs: Send + Sync + Debug {
+    /// How to name `path` in a message (`host:/path` for a remote one).
+    fn display(&self, path: &Path) -> String;
+    /// Whether this is `std::fs` on this machine (callers may then use the path
+    /// directly, e.g. to map a file).
+    fn is_local(&self) -> bool {
+        false
+    }
+
+    /// The kind, size and time of `path` without following a symbolic link.
+    fn metadata(&self, path: &Path) -> io::Result<Meta>;
+    /// The entries of folder `path`, in no particular order (`.` and `..` left out).
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>>;
+    /// The whole file, refused (`InvalidData`) when longer than `max` bytes.
+    fn read(&self, path: &Path, max: u64) -> io::Result<Vec<u8>>;
+    /// Up to `len` bytes at `offset` (fewer only at the end of the file).
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// A sequential reader of the file.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Create or truncate `path` and write `data` (not made durable: see
+    /// [`ArchiveFs::sync_file`], [`ArchiveFs::syncfs`]).
+    fn write(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Create `path` (which must not exist) with mode 0600 and write `data`, durably.
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Replace `path` with `data` atomically and durably: temporary name, fsync,
+    /// rename, fsync of the folder.
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Create or truncate `path` for writing in pieces.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FileWriter>>;
+
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// `rename(2)`: replaces a file, or an empty folder, at `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Rename that fails with `AlreadyExists` when `to` exists (`renameat2` with
+    /// `RENAME_NOREPLACE`, or a hard link and unlink where the filesystem lacks it).
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Remove an empty folder.
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+
+    /// fsync of a file.
+    fn sync_file(&self, path: &Path) -> io::Result<()>;
+    /// fsync of a folder (makes the names in it durable).
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// `syncfs(2)` of the filesystem holding `path`.
+    fn syncfs(&self, path: &Path) -> io::Result<()>;
+    /// Whether the filesystem holding `path` is mounted read-only.
+    fn is_read_only(&self, path: &Path) -> bool;
+
+    /// Try to take an advisory lock on `path` (created if missing) without waiting:
+    /// `Ok(None)` when another holder has it. The lock is held as long as the
+    /// returned value lives (for a remote one: or until the link goes).
+    fn try_lock(
+        &self,
+        path: &Path,
+        mode: LockMode,
+    ) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
+}
+
+/// An `ArchiveFs` shared by the stores and writers of one archive.
+pub type SharedFs = Arc<dyn ArchiveFs>;
+
+/// `std::fs` on this machine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalFs;
+
+/// The `LocalFs`, shared.
+pub fn local() -> SharedFs {
+    Arc::new(LocalFs)
+}
+
+fn kind_of(t: std::fs::FileType) -> Kind {
+    if t.is_file() {
+        Kind::File
+    } else if t.is_dir() {
+        Kind::Dir
+    } else {
+        Kind::Other
+    }
+}
+
+struct LocalWriter {
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl Write for LocalWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.file.write(b)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl FileWriter for LocalWriter {
+    fn finish(self: Box<Self>, sync: bool) -> io::Result<()> {
+        let f = self.file.into_inner().map_err(|e| e.into_error())?;
+        if sync {
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+fn fsync_path(path: &Path) -> io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
+impl ArchiveFs for LocalFs {
+    fn display(&self, path: &Path) -> String {
+        path.display().to_string()
+    }
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn metadata(&self, path: &Path) -> io::Result<Meta> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Meta {
+            kind: kind_of(m.file_type()),
+            len: m.len(),
+            mtime: m.mtime(),
+        })
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(path)? {
+            let e = e?;
+            let t = e.file_type()?;
+            let len = if t.is_file() {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            } else {
+                0
+            };
+            out.push(Entry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                kind: kind_of(t),
+                len,
+            });
+        }
+        Ok(out)
+    }
+
+    fn read(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+        let f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        if len > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{len} bytes, above the limit of {max}"),
+            ));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(max + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("grew above the limit of {max} bytes while read"),
+            ));
+        }
+        Ok(buf)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(std::fs::File::open(path)?))
+    }
+
+    fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        std::fs::write(path, data)
+    }
+
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        if let Some(p) = path.parent() {
+            fsync_path(p)?;
+        }
+        Ok(())
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("write_atomic: the path has no file name"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => fsync_path(p),
+            _ => fsync_path(Path::new(".")),
+        }
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FileWriter>> {
+        Ok(Box::new(LocalWriter {
+            file: std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?),
+        }))
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match nix::fcntl::renameat2(
+            None,
+            from,
+            None,
+            to,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(
+                nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP,
+            ) => {
+                std::fs::hard_link(from, to)?;
+                std::fs::remove_file(from)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .sync_all()
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        fsync_path(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path)?;
+        nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
+    }
+
+    fn is_read_only(&self, path: &Path) -> bool {
+        nix::sys::statvfs::statvfs(path)
+            .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+            .unwrap_or(false)
+    }
+
+    fn try_lock(
+        &self,
+        path: &Path,
+        mode: LockMode,
+    ) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let op = match mode {
+            LockMode::Shared => libc::LOCK_SH,
+            LockMode::Exclusive => libc::LOCK_EX,
+        } | libc::LOCK_NB;
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(Some(Box::new(Held(file, PathBuf::from(path)))));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
+    }
+}
+
+/// A local lock: the locked file, held open.
+#[derive(Debug)]
+struct Held(
+    #[allow(dead_code)] std::fs::File,
+    #[allow(dead_code)] PathBuf,
+);
