@@ -100,6 +100,12 @@ pub trait ChunkCodec: Send + Sync + Debug {
     /// than one chunk whatever `stored` claims; any other outcome is an error.
     fn decode(&self, ctx: &ChunkContext<'_>, stored: &[u8]) -> Result<Vec<u8>, CodecError>;
 
+    /// [`ChunkCodec::decode`] of a buffer the caller gives away, which a codec may
+    /// decode in place (the sealed codec opens it where it lies: no copy).
+    fn decode_owned(&self, ctx: &ChunkContext<'_>, stored: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+        self.decode(ctx, &stored)
+    }
+
     /// Whether stored bytes stay valid under another session's context. Prune's fold
     /// moves a chunk file from one session to another unchanged only when they do; a
     /// codec that binds the session re-encodes there instead.
@@ -297,6 +303,19 @@ impl ChunkCodec for Sealed {
             .open(&self.place(ctx.addr), stored)
             .map_err(|e| ctx.fail(e.to_string()))?;
         self.plain.decode(ctx, &inner)
+    }
+
+    fn decode_owned(
+        &self,
+        ctx: &ChunkContext<'_>,
+        mut stored: Vec<u8>,
+    ) -> Result<Vec<u8>, CodecError> {
+        ctx.refuse_longer(&stored, self.max_stored(ctx.chunksize))?;
+        let plain = self
+            .keys
+            .open_in_place(&self.place(ctx.addr), &mut stored)
+            .map_err(|e| ctx.fail(e.to_string()))?;
+        self.plain.decode(ctx, &stored[plain])
     }
 }
 

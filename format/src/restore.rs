@@ -114,7 +114,7 @@ fn decode_batch(
                 let info = &chain[entry.session];
                 let codec = &*codecs[entry.session];
                 let data = match stored {
-                    Some(Ok(b)) => vol.decode_with(codec, info, entry.addr, &b),
+                    Some(Ok(b)) => vol.decode_with(codec, info, entry.addr, b),
                     Some(Err(e)) => Err(e.to_string()),
                     None => Err(format!(
                         "{}: not read",

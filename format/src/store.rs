@@ -244,7 +244,7 @@ impl FolderStore {
             }
             Some(k) => {
                 let addr = k.addr_of_chunk_token(id, name)?;
-                name.starts_with(prefix).then_some(addr)
+                (k.chunk_folder(id, addr) == prefix).then_some(addr)
             }
         }
     }

@@ -340,7 +340,7 @@ impl VolumeArchive {
         addr: u64,
     ) -> std::result::Result<Vec<u8>, String> {
         let stored = self.read_stored(info, addr).map_err(|e| e.to_string())?;
-        self.decode(info, addr, &stored)
+        self.decode(info, addr, stored)
     }
 
     /// Decode the stored bytes of the chunk at `addr` of session `info` with the
@@ -349,7 +349,7 @@ impl VolumeArchive {
         &self,
         info: &SessionInfo,
         addr: u64,
-        stored: &[u8],
+        stored: Vec<u8>,
     ) -> std::result::Result<Vec<u8>, String> {
         self.decode_with(&*self.codec(info), info, addr, stored)
     }
@@ -361,10 +361,10 @@ impl VolumeArchive {
         codec: &dyn crate::codec::ChunkCodec,
         info: &SessionInfo,
         addr: u64,
-        stored: &[u8],
+        stored: Vec<u8>,
     ) -> std::result::Result<Vec<u8>, String> {
         codec
-            .decode(&crate::codec::ChunkContext::of(info, addr), stored)
+            .decode_owned(&crate::codec::ChunkContext::of(info, addr), stored)
             .map_err(|e| format!("{}: {}", self.chunk_location(&info.session, addr), e.reason))
     }
 

@@ -167,6 +167,21 @@ impl ObjectKey {
         Ok(())
     }
 
+    /// Open the segment `seg` (its tag last) in place: the length of its plaintext,
+    /// at the start of `seg`.
+    fn open_slice(
+        &self,
+        position: u32,
+        last: bool,
+        ad: &[u8],
+        seg: &mut [u8],
+    ) -> Result<usize, ()> {
+        self.0
+            .open_in_place(Self::nonce(position, last), Aad::from(ad), seg)
+            .map(|p| p.len())
+            .map_err(|_| ())
+    }
+
     /// Open the segment `v[start..]` (its tag last) in place, dropping the tag.
     fn open(
         &self,
@@ -210,34 +225,58 @@ impl ArchiveKeys {
         Ok(out)
     }
 
-    /// The plaintext of `sealed`, which must be the object sealed for `place`, opened
-    /// in one buffer.
+    /// The plaintext of `sealed`, which must be the object sealed for `place`.
     pub fn open(&self, place: &Place<'_>, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut v = sealed.to_vec();
+        let plain = self.open_in_place(place, &mut v)?;
+        v.copy_within(plain.clone(), 0);
+        v.truncate(plain.len());
+        Ok(v)
+    }
+}
+
+impl ArchiveKeys {
+    /// [`ArchiveKeys::open`] without a copy: `sealed` is opened where it lies, and
+    /// the plaintext is `sealed[range]` (segments after the first are moved down over
+    /// the tags before them; an object of one segment, as every chunk of 1 MiB or
+    /// less is, is not moved at all). On an error the buffer holds garbage.
+    pub fn open_in_place(
+        &self,
+        place: &Place<'_>,
+        sealed: &mut [u8],
+    ) -> Result<std::ops::Range<usize>, CryptoError> {
         let bad = || CryptoError::Auth { what: place.what() };
-        let len = plain_len(sealed.len() as u64).ok_or_else(bad)?;
-        let prefix: &[u8; PREFIX] = sealed[..PREFIX].try_into().map_err(|_| bad())?;
-        let key = ObjectKey::new(&self.data, prefix);
+        let len = plain_len(sealed.len() as u64).ok_or_else(bad)? as usize;
+        let prefix: [u8; PREFIX] = sealed[..PREFIX].try_into().map_err(|_| bad())?;
+        let key = ObjectKey::new(&self.data, &prefix);
         let ad = place.associated_data(self.archive());
-        let mut out = Vec::with_capacity(len as usize + TAG);
-        let body = &sealed[PREFIX..];
-        let segs: Vec<&[u8]> = body.chunks(SEGMENT + TAG).collect();
-        // A body that ends on a whole segment has an empty last segment: its tag.
-        let n = segs.len();
-        for (i, seg) in segs.iter().enumerate() {
-            let start = out.len();
-            out.extend_from_slice(seg);
-            let position = u32::try_from(i).map_err(|_| bad())?;
-            let last = i + 1 == n && seg.len() < SEGMENT + TAG;
-            if i + 1 == n && !last {
+        let total = sealed.len();
+        let mut read = PREFIX;
+        let mut write = PREFIX;
+        let mut position = 0u32;
+        loop {
+            let end = (read + SEGMENT + TAG).min(total);
+            let last = end - read < SEGMENT + TAG;
+            if end == total && !last {
                 return Err(bad());
             }
-            key.open(position, last, &ad, &mut out, start)
+            let n = key
+                .open_slice(position, last, &ad, &mut sealed[read..end])
                 .map_err(|_| bad())?;
+            if write != read {
+                sealed.copy_within(read..read + n, write);
+            }
+            write += n;
+            read = end;
+            if last {
+                break;
+            }
+            position = position.checked_add(1).ok_or_else(bad)?;
         }
-        if out.len() as u64 != len {
+        if write - PREFIX != len {
             return Err(bad());
         }
-        Ok(out)
+        Ok(PREFIX..write)
     }
 }
 
@@ -415,6 +454,30 @@ mod tests {
 
     fn keys() -> ArchiveKeys {
         ArchiveKeys::for_tests("arch")
+    }
+
+    #[test]
+    fn opened_in_place_is_what_open_gives() {
+        let k = keys();
+        let place = Place::Info {
+            session: "20260101-000000",
+        };
+        for n in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 5] {
+            let plain: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            let sealed = k.seal(&place, &plain).unwrap();
+            let mut buf = sealed.clone();
+            let r = k.open_in_place(&place, &mut buf).unwrap();
+            assert_eq!(&buf[r], &plain[..], "{n} bytes");
+            assert_eq!(k.open(&place, &sealed).unwrap(), plain, "{n} bytes");
+            let mut bad = sealed.clone();
+            let at = bad.len() - 1;
+            bad[at] ^= 1;
+            assert!(k.open_in_place(&place, &mut bad).is_err(), "{n} bytes");
+            let other = Place::Info {
+                session: "20260101-000001",
+            };
+            assert!(k.open_in_place(&other, &mut sealed.clone()).is_err());
+        }
     }
 
     #[test]

@@ -203,7 +203,9 @@ impl SealedMembers {
             if name == layout::INFO_FILE || name == layout::MANIFEST_FILE {
                 continue;
             }
-            if name.len() == 2 && e.file_type().is_ok_and(|t| t.is_dir()) {
+            if name.len() == sparsebak_format::crypto::keys::CHUNK_FOLDER_LEN
+                && e.file_type().is_ok_and(|t| t.is_dir())
+            {
                 listed += std::fs::read_dir(e.path()).at(e.path())?.count() as u64;
             } else {
                 extra.push(name);
