@@ -3,10 +3,13 @@
 //! A lock is held for as long as the returned guard lives; the kernel drops it when
 //! the process dies, so a killed run never leaves a stale lock behind.
 
+use std::any::Any;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use sparsebak_format::archive_fs::{ArchiveFs, LockMode};
 
 use crate::error::{Error, IoAt, Result};
 
@@ -56,6 +59,36 @@ pub fn lock(path: &Path, mode: Mode, wait: Duration, what: &str) -> Result<LockG
             return Err(Error::Msg(format!(
                 "{what} is busy: another sparsebak run holds {} (waited {}s); try again later",
                 path.display(),
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`lock`] of a file reached through `fs` (a volume's lock in an archive folder):
+/// [`ArchiveFs::try_lock`] polled with the same wait and message. The lock is held
+/// while the returned value lives.
+pub fn lock_in(
+    fs: &dyn ArchiveFs,
+    path: &Path,
+    mode: Mode,
+    wait: Duration,
+    what: &str,
+) -> Result<Box<dyn Any + Send + Sync>> {
+    let mode = match mode {
+        Mode::Shared => LockMode::Shared,
+        Mode::Exclusive => LockMode::Exclusive,
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(held) = fs.try_lock(path, mode).at(path)? {
+            return Ok(held);
+        }
+        if start.elapsed() >= wait {
+            return Err(Error::Msg(format!(
+                "{what} is busy: another sparsebak run holds {} (waited {}s); try again later",
+                fs.display(path),
                 wait.as_secs()
             )));
         }

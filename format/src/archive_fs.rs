@@ -121,6 +121,30 @@ pub trait ArchiveFs: Send + Sync + Debug {
     /// nearest existing ancestor) is mounted read-only.
     fn is_read_only(&self, path: &Path) -> bool;
 
+    /// Whether `path` exists (a symbolic link is not followed). Written in terms of
+    /// [`ArchiveFs::metadata`].
+    fn exists(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok()
+    }
+    /// Whether `path` is a folder (not a symbolic link to one). Written in terms of
+    /// [`ArchiveFs::metadata`].
+    fn is_dir(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| m.kind == Kind::Dir)
+    }
+    /// Whether `path` is a regular file (not a symbolic link to one). Written in terms
+    /// of [`ArchiveFs::metadata`].
+    fn is_file(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| m.kind == Kind::File)
+    }
+    /// fsync of the folder holding `path` (the current folder for a bare name).
+    /// Written in terms of [`ArchiveFs::sync_dir`].
+    fn sync_parent(&self, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => self.sync_dir(p),
+            _ => self.sync_dir(Path::new(".")),
+        }
+    }
+
     /// Try to take an advisory lock on `path` (created if missing) without waiting:
     /// `Ok(None)` when another holder has it. The lock is held as long as the
     /// returned value lives (for a remote one: or until the link goes).
