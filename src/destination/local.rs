@@ -12,6 +12,8 @@ mod keyfile;
 pub mod marker;
 pub mod prune;
 pub mod resume;
+#[cfg(test)]
+mod seam_tests;
 pub mod tar;
 pub mod writer;
 
