@@ -149,4 +149,35 @@ mod tests {
         assert_eq!(said, 1);
         t.join().unwrap();
     }
+
+    #[test]
+    fn through_the_archive_fs_the_same_lock_and_message() {
+        use sparsebak_format::archive_fs::LocalFs;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l");
+        let a = lock_in(&LocalFs, &p, Mode::Exclusive, Duration::ZERO, "volume v").unwrap();
+        // The same flock as `lock`'s: each excludes the other.
+        let e = lock(&p, Mode::Shared, Duration::ZERO, "volume v").unwrap_err();
+        assert!(e.to_string().contains("busy"), "{e}");
+        let e = lock_in(
+            &LocalFs,
+            &p,
+            Mode::Shared,
+            Duration::from_millis(150),
+            "volume v",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "volume v is busy: another sparsebak run holds {} (waited 0s); try again later",
+                p.display()
+            )
+        );
+        drop(a);
+        let _s1 = lock_in(&LocalFs, &p, Mode::Shared, Duration::ZERO, "v").unwrap();
+        let _s2 = lock(&p, Mode::Shared, Duration::ZERO, "v").unwrap();
+        assert!(lock_in(&LocalFs, &p, Mode::Exclusive, Duration::ZERO, "v").is_err());
+    }
 }

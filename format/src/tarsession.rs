@@ -736,4 +736,58 @@ mod tests {
         );
         assert!(e.to_string().starts_with(&ix.display().to_string()), "{e}");
     }
+
+    #[test]
+    fn a_folder_that_is_not_local_is_read_by_offset_and_bounded() {
+        let fs: SharedFs = std::sync::Arc::new(archive_fs::NotLocal);
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("S_20260101-000000.tar");
+        let ix = dir.path().join("S_20260101-000000.tar.index");
+        let mut bytes: Vec<u8> = (0..TAR_LEN).map(|i| (i % 251) as u8).collect();
+        bytes[MANIFEST.0 as usize..(MANIFEST.0 + MANIFEST.1) as usize].fill(b'm');
+        std::fs::write(&tar, &bytes).unwrap();
+        // Written through the file system: the same bytes as the local writer's.
+        let mut w = TarIndexWriter::create_in(&fs, &ix).unwrap();
+        for (a, o, l) in good() {
+            w.push(a, o, l).unwrap();
+        }
+        w.finish(MANIFEST, INFO).unwrap();
+        assert_eq!(std::fs::read(&ix).unwrap(), index(&good(), MANIFEST, INFO));
+        let t = TarSession::open_in(&fs, &tar, &ix).unwrap();
+        assert!(matches!(t.file, TarFile::Fs(_)));
+        assert_eq!(t.read_chunk(65536, 700).unwrap(), &bytes[2048..2748]);
+        let mut m = Vec::new();
+        t.manifest_reader().unwrap().read_to_end(&mut m).unwrap();
+        assert_eq!(m, vec![b'm'; MANIFEST.1 as usize]);
+        assert!(matches!(
+            t.read_chunk(0, 999),
+            Err(FormatError::TarIndex {
+                fault: IndexFault::TooLarge { .. },
+                ..
+            })
+        ));
+        // An index longer than any index of its tar can be is refused unread.
+        let big = ix.with_extension("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        match TarIndex::open_in(fs.as_ref(), &big, TAR_LEN) {
+            Err(FormatError::TooLarge { len, max, .. }) => {
+                assert_eq!(len, 1 << 40);
+                assert_eq!(max, max_index_len(TAR_LEN));
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a 1 TiB index was taken"),
+        }
+        // The tar shortened under the index: checked as for a local one.
+        std::fs::write(&tar, vec![7u8; 4096]).unwrap();
+        assert!(matches!(
+            TarSession::open_in(&fs, &tar, &ix),
+            Err(FormatError::TarIndex {
+                fault: IndexFault::PastEnd { .. },
+                ..
+            })
+        ));
+    }
 }
