@@ -284,7 +284,7 @@ fn is_leftover(name: &str) -> bool {
 
 impl Destination for LocalDestination {
     fn label(&self) -> String {
-        self.root.display().to_string()
+        self.fs.display(&self.root)
     }
 
     fn read_only(&self) -> bool {
