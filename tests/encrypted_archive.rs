@@ -1461,16 +1461,22 @@ fn a_killed_tar_send_leaves_nothing_and_the_next_one_works() {
     });
     env.write_at(VOL, 0, b"a change to send");
     let archive = snapshot(&env.archive());
-    let o = Command::new(bin())
-        .arg("-c")
-        .arg(&cfg)
-        .args(["-u", "send", VOL])
-        .env("SPARSEBAK_FAILPOINT", "session-before-rename")
-        .env_remove("SPARSEBAK_PASSPHRASE")
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert_eq!(env.sessions(VOL).len(), 3);
+    for point in ["send-before-commit", "session-before-rename"] {
+        let o = Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .args(["-u", "send", VOL])
+            .env("SPARSEBAK_FAILPOINT", point)
+            .env_remove("SPARSEBAK_PASSPHRASE")
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{point}: the send should have been killed"
+        );
+        assert_eq!(env.sessions(VOL).len(), 3, "{point}");
+        env.verify_ok(VOL, None);
+    }
     // The next send sweeps the staging folder and sends a tar session.
     ok_out(&run_cfg(&cfg, &["send", VOL]), "send after the kill");
     let ids: Vec<String> = env.sessions(VOL).into_iter().map(|s| s.id).collect();
@@ -1605,6 +1611,28 @@ fn spbk_assemble_reads_an_encrypted_volume_folder_by_its_token_name() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert_same(&std::fs::read(&out).unwrap(), &data, "assembled by token");
+}
+
+/// The same for tar sessions: the sealed index is read by spbk-assemble too.
+#[test]
+fn spbk_assemble_reads_encrypted_tar_sessions() {
+    let fx = Fx::tar(33);
+    let out = fx.env.path().join("assembled.img");
+    let o = Command::new(assemble_bin())
+        .arg("-c")
+        .arg("-o")
+        .arg(&out)
+        .arg(fx.vdir())
+        .env("SPARSEBAK_PASSPHRASE", PASS)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &fx.versions[2],
+        "assembled tars",
+    );
 }
 
 /// A send killed (SIGKILL) at each of its crash points leaves an encrypted archive that
