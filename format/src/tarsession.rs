@@ -556,6 +556,18 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_writes_the_plain_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.tar.index");
+        let mut w = TarIndexWriter::create(&p).unwrap();
+        for (a, o, l) in good() {
+            w.push(a, o, l).unwrap();
+        }
+        w.finish(MANIFEST, INFO).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), index(&good(), MANIFEST, INFO));
+    }
+
+    #[test]
     fn header_faults() {
         assert_eq!(fault(&[0u8; 10]), IndexFault::TooShort { len: 10 });
         let mut b = index(&good(), MANIFEST, INFO);
