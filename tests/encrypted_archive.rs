@@ -42,6 +42,15 @@ struct Fx {
 
 impl Fx {
     fn new(seed: u64) -> Fx {
+        Fx::make(seed, false)
+    }
+
+    /// The same three sessions, each sent as a tar session (`send --tarfile`).
+    fn tar(seed: u64) -> Fx {
+        Fx::make(seed, true)
+    }
+
+    fn make(seed: u64, tar: bool) -> Fx {
         let env = Env::encrypted(&[VOL, OTHER], PASS);
         let mut rng = Rng::new(seed);
         let mut img = rng.bytes(NCHUNKS * CS);
@@ -62,7 +71,11 @@ impl Fx {
             }
             std::fs::write(env.image(VOL), &img).unwrap();
             let before = paths(&env.archive());
-            env.send(VOL);
+            if tar {
+                env.ok(&["send", "--tarfile", VOL]);
+            } else {
+                env.send(VOL);
+            }
             added.push(paths(&env.archive()).difference(&before).cloned().collect());
             versions.push(img.clone());
         }
@@ -87,6 +100,20 @@ impl Fx {
     fn sdir(&self, k: usize) -> PathBuf {
         self.vdir()
             .join(format!("S_{}", self.keys.session_token(&self.ids[k])))
+    }
+
+    /// Session `k`'s tar file (0 = oldest).
+    fn tar_file(&self, k: usize) -> PathBuf {
+        self.vdir()
+            .join(format!("S_{}.tar", self.keys.session_token(&self.ids[k])))
+    }
+
+    /// Session `k`'s sealed tar index.
+    fn tar_index(&self, k: usize) -> PathBuf {
+        self.vdir().join(format!(
+            "S_{}.tar.index",
+            self.keys.session_token(&self.ids[k])
+        ))
     }
 
     /// The chunk file of chunk `index` in session `k`'s folder.
@@ -396,7 +423,12 @@ fn three_sends_list_receive_and_verify_every_session() {
 
 #[test]
 fn nothing_in_the_archive_is_plain() {
-    let fx = Fx::new(2);
+    assert_nothing_plain(&Fx::new(2));
+}
+
+/// No file or name of `fx`'s archive holds its data, names, times or hashes in the
+/// clear.
+fn assert_nothing_plain(fx: &Fx) {
     let root = fx.env.archive();
 
     // Every byte of every file, and every name.
@@ -462,6 +494,16 @@ fn nothing_in_the_archive_is_plain() {
             .unwrap_or_else(|| panic!("no {key} in {info}"));
         needles.push((format!("{key} of the info"), value.as_bytes().to_vec()));
     }
+    // The session's time as a tar header would hold it (octal seconds).
+    let time: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("time="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time= in {info}"));
+    needles.push((
+        "the session time in octal".into(),
+        format!("{time:o}").into_bytes(),
+    ));
     for text in [
         "volume_id",
         "manifest_sha256",
@@ -1059,50 +1101,408 @@ fn repair_puts_back_a_deleted_chunk_file_and_an_info() {
     env.verify_ok(VOL, None);
 }
 
+/// The members of the tar at `path`: (name, offset of the content, size), in order.
+fn tar_members(path: &Path) -> Vec<(String, u64, u64)> {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.raw_file_position(),
+                e.size(),
+            )
+        })
+        .collect()
+}
+
+/// Every file under `root` (relative path) with its bytes.
+fn contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    paths(root)
+        .into_iter()
+        .filter(|p| root.join(p).is_file())
+        .map(|p| {
+            let b = std::fs::read(root.join(&p)).unwrap();
+            (p, b)
+        })
+        .collect()
+}
+
 #[test]
-fn tar_sessions_are_refused_and_leave_nothing_behind() {
-    let fx = Fx::new(17);
+fn tar_sessions_round_trip_and_verify() {
+    let fx = Fx::tar(17);
+    let env = &fx.env;
+    // Each send added its tar and its sealed index, nothing else (the first also the
+    // archive's files and the volume's folder).
+    let vdir_name = fx.vdir().file_name().unwrap().to_str().unwrap().to_string();
+    for k in 0..3 {
+        let mut want: BTreeSet<PathBuf> = [fx.tar_file(k), fx.tar_index(k)]
+            .iter()
+            .map(|p| p.strip_prefix(env.archive()).unwrap().to_path_buf())
+            .collect();
+        if k == 0 {
+            for p in [MARKER, KEY_FILE, &vdir_name] {
+                want.insert(PathBuf::from(p));
+            }
+            for f in [".lock", "volume"] {
+                want.insert(PathBuf::from(&vdir_name).join(f));
+            }
+        }
+        assert_eq!(fx.added[k], want, "what send {k} added");
+    }
+    // Full and incremental sessions restore byte-identical and verify.
+    for (k, id) in fx.ids.iter().enumerate() {
+        assert_same(
+            &env.receive(VOL, Some(id)),
+            &fx.versions[k],
+            &format!("tar session {id}"),
+        );
+        env.verify_ok(VOL, Some(id));
+    }
+    let changed = [(NCHUNKS - 1) as u64, 2, 1];
+    for (s, want) in env.sessions(VOL).iter().zip(changed) {
+        assert_eq!(s.changed, want, "{}", s.id);
+    }
+    // A folder session after tar ones, and a tar after it.
+    env.write_at(VOL, 5 * CS as u64, b"folder");
+    env.send(VOL);
+    env.write_at(VOL, 6 * CS as u64, b"tar again");
+    env.ok(&["send", "--tarfile", VOL]);
+    let ids: Vec<String> = env.sessions(VOL).into_iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 5);
+    assert_same(
+        &env.receive(VOL, None),
+        &env.read_image(VOL),
+        "the latest session",
+    );
+    env.verify_ok(VOL, None);
+    let tok = fx.keys.session_token(&ids[3]);
+    assert!(fx.vdir().join(format!("S_{tok}")).is_dir());
+    let tok = fx.keys.session_token(&ids[4]);
+    assert!(fx.vdir().join(format!("S_{tok}.tar")).is_file());
+}
+
+#[test]
+fn nothing_in_an_encrypted_tar_session_is_plain() {
+    let fx = Fx::tar(18);
+    assert_nothing_plain(&fx);
+    // The sealed index is a sealed object: its length is one, and it opens only as
+    // its session's tar index.
+    for k in 0..3 {
+        let b = std::fs::read(fx.tar_index(k)).unwrap();
+        let plain = fx
+            .keys
+            .open(
+                &sparsebak_format::crypto::Place::TarIndex {
+                    session: &fx.ids[k],
+                },
+                &b,
+            )
+            .unwrap();
+        assert_eq!(&plain[plain.len() - 64..plain.len() - 56], b"SPBKTIX2");
+        let other = (k + 1) % 3;
+        assert!(fx
+            .keys
+            .open(
+                &sparsebak_format::crypto::Place::TarIndex {
+                    session: &fx.ids[other],
+                },
+                &b,
+            )
+            .is_err());
+    }
+}
+
+#[test]
+fn gnu_tar_extracts_an_encrypted_tar_session_into_a_folder_session() {
+    let fx = Fx::tar(19);
+    let env = &fx.env;
+    let vdir = fx.vdir();
+    let changed_chunks: [Vec<usize>; 3] = [
+        (0..NCHUNKS).filter(|&c| c != ZERO_CHUNK).collect(),
+        vec![3, 9],
+        vec![9],
+    ];
+    // GNU tar lists the members under the folder form's hidden names, owner 0, mode
+    // 0644 and time 0.
+    for (k, chunks) in changed_chunks.iter().enumerate() {
+        let o = Command::new("tar")
+            .args(["--numeric-owner", "--utc", "-tvf"])
+            .arg(fx.tar_file(k))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let listing = String::from_utf8(o.stdout).unwrap();
+        let mut names = BTreeSet::new();
+        for l in listing.lines() {
+            assert!(l.starts_with("-rw-r--r-- 0/0 "), "{l}");
+            assert!(l.contains(" 1970-01-01 00:00 "), "{l}");
+            names.insert(PathBuf::from(l.rsplit(' ').next().unwrap()));
+        }
+        let mut want = BTreeSet::new();
+        for f in ["info", "manifest"] {
+            want.insert(
+                fx.sdir(k)
+                    .join(f)
+                    .strip_prefix(&vdir)
+                    .unwrap()
+                    .to_path_buf(),
+            );
+        }
+        for &c in chunks {
+            want.insert(fx.chunk(k, c).strip_prefix(&vdir).unwrap().to_path_buf());
+        }
+        assert_eq!(names, want, "members of session {k}");
+    }
+    // `tar -xf` in the volume folder gives what `sparsebak untar` gives, byte for byte.
+    let saved = fx.save();
+    env.ok(&["untar", VOL]);
+    let untarred = contents(&vdir);
+    fx.restore(&saved);
+    for k in 0..3 {
+        let o = Command::new("tar")
+            .arg("-xf")
+            .arg(fx.tar_file(k))
+            .current_dir(&vdir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The folder wins over a tar of the same session; the next run that writes to
+    // the volume removes the tars (found by their tokens).
+    assert_same(
+        &env.receive(VOL, Some(&fx.ids[2])),
+        &fx.versions[2],
+        "folder beside its tar",
+    );
+    assert!(fx.tar_file(1).exists() && fx.tar_index(1).exists());
+    env.ok(&["untar", VOL, &format!("--session={}", fx.ids[0])]);
+    for k in 0..3 {
+        assert!(!fx.tar_file(k).exists() && !fx.tar_index(k).exists(), "{k}");
+    }
+    let extracted = contents(&vdir);
+    assert_eq!(
+        extracted.keys().collect::<Vec<_>>(),
+        untarred.keys().collect::<Vec<_>>()
+    );
+    assert!(extracted == untarred, "tar -xf and untar differ in content");
+    // The extracted folders are sessions that restore and verify.
+    for (k, id) in fx.ids.iter().enumerate() {
+        assert!(fx.sdir(k).is_dir());
+        assert_same(
+            &env.receive(VOL, Some(id)),
+            &fx.versions[k],
+            &format!("extracted {id}"),
+        );
+        env.verify_ok(VOL, Some(id));
+    }
+}
+
+#[test]
+fn damage_in_an_encrypted_tar_session_is_named() {
+    let fx = Fx::tar(21);
+    let env = &fx.env;
+    let saved = fx.save();
+    let verify_fails = |k: usize| -> String {
+        let o = env.run(&["verify", VOL, &format!("--session={}", fx.ids[k])]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "verify should have failed:\n{err}"
+        );
+        err
+    };
+    let flip = |p: &Path, at: u64| {
+        let mut b = std::fs::read(p).unwrap();
+        b[at as usize] ^= 0x20;
+        std::fs::write(p, b).unwrap();
+    };
+
+    // A byte of a chunk member: the chunk, in the tar.
+    let tar2 = fx.tar_file(2);
+    let members = tar_members(&tar2);
+    assert_eq!(members.len(), 3, "{members:?}");
+    flip(&tar2, members[0].1 + 100);
+    let err = verify_fails(2);
+    assert!(
+        err.contains(&format!(
+            "{} (member for chunk x0000000000090000)",
+            tar2.display()
+        )) && err.contains("failed authentication"),
+        "{err}"
+    );
+    fx.restore(&saved);
+
+    // A byte of the sealed index: the index, and what failed in it.
+    flip(&fx.tar_index(2), 40);
+    let err = verify_fails(2);
+    assert!(
+        err.contains(&format!("{}: bad tar index", fx.tar_index(2).display()))
+            && err.contains(&format!(
+                "tar index of session {} (segment 0) failed authentication",
+                fx.ids[2]
+            )),
+        "{err}"
+    );
+    fx.restore(&saved);
+
+    // Another session's index in its place, and an index cut short.
+    std::fs::copy(fx.tar_index(1), fx.tar_index(2)).unwrap();
+    let err = verify_fails(2);
+    assert!(
+        err.contains(&format!("tar index of session {}", fx.ids[2])),
+        "{err}"
+    );
+    fx.restore(&saved);
+    let b = std::fs::read(fx.tar_index(2)).unwrap();
+    std::fs::write(fx.tar_index(2), &b[..b.len() - 1]).unwrap();
+    let err = verify_fails(2);
+    assert!(
+        err.contains(&format!("{}: bad tar index", fx.tar_index(2).display())),
+        "{err}"
+    );
+    fx.restore(&saved);
+
+    // Two chunk members of the same size swapped: both chunks are named.
+    let tar0 = fx.tar_file(0);
+    let members = tar_members(&tar0);
+    let (a, b) = (&members[1], &members[2]);
+    assert_eq!(a.2, b.2, "{members:?}");
+    let mut bytes = std::fs::read(&tar0).unwrap();
+    let (ao, bo, n) = (a.1 as usize, b.1 as usize, a.2 as usize);
+    let first = bytes[ao..ao + n].to_vec();
+    bytes.copy_within(bo..bo + n, ao);
+    bytes[bo..bo + n].copy_from_slice(&first);
+    std::fs::write(&tar0, bytes).unwrap();
+    let err = verify_fails(0);
+    let addr = |m: &(String, u64, u64)| {
+        let tok = m.0.rsplit('/').next().unwrap();
+        fx.keys.addr_of_chunk_token(&fx.ids[0], tok).unwrap()
+    };
+    for m in [a, b] {
+        assert!(
+            err.contains(&format!("member for chunk x{:016x})", addr(m))),
+            "{err}"
+        );
+    }
+    fx.restore(&saved);
+
+    // The manifest member altered.
+    let members = tar_members(&tar2);
+    flip(&tar2, members[1].1 + 10);
+    let err = verify_fails(2);
+    assert!(
+        err.contains(&format!("manifest of session {}", fx.ids[2])),
+        "{err}"
+    );
+    fx.restore(&saved);
+    env.verify_ok(VOL, None);
+}
+
+#[test]
+fn prune_repair_diff_and_delete_on_encrypted_tar_sessions() {
+    let fx = Fx::tar(22);
+    let env = &fx.env;
+    let (a, b, c) = (&fx.ids[0], &fx.ids[1], &fx.ids[2]);
+    assert_eq!(
+        env.diff_sessions(VOL, a, c, false),
+        format!(
+            "{VOL}: {a} -> {c}: 2 chunk(s) in 2 range(s) differ, 128.00 KiB\n  \
+             0x000000030000..0x000000040000 (64.00 KiB)\n  \
+             0x000000090000..0x0000000a0000 (64.00 KiB)\n"
+        )
+    );
+    // A chunk member damaged in the latest tar: repair makes the session a folder
+    // and puts the chunk back from the volume.
+    let tar2 = fx.tar_file(2);
+    let members = tar_members(&tar2);
+    let mut bytes = std::fs::read(&tar2).unwrap();
+    bytes[members[0].1 as usize + 7] ^= 1;
+    std::fs::write(&tar2, bytes).unwrap();
+    fx.verify_fails();
+    env.ok(&["repair", VOL]);
+    assert!(!tar2.exists() && !fx.tar_index(2).exists());
+    assert!(fx.chunk(2, 9).is_file());
+    env.verify_ok(VOL, None);
+
+    // Prune the middle session into the (now folder) last one, then the first (a
+    // tar) into it: both restore as they were.
+    env.ok(&["prune", VOL, &format!("--session={b}")]);
+    let ids: Vec<String> = env.sessions(VOL).into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, [a.clone(), c.clone()]);
+    assert!(fx.tar_file(0).is_file(), "the first session stays a tar");
+    for (k, id) in [(0, a), (2, c)] {
+        assert_same(&env.receive(VOL, Some(id)), &fx.versions[k], id);
+        env.verify_ok(VOL, Some(id));
+    }
+    env.ok(&["prune", VOL, &format!("--session={a}")]);
+    assert_eq!(env.sessions(VOL).len(), 1);
+    assert_same(&env.receive(VOL, Some(c)), &fx.versions[2], c);
+    env.verify_ok(VOL, None);
+    // Nothing left of the tar sessions, no name that is not hidden.
+    let left = names_in(&fx.vdir());
+    assert_eq!(
+        left,
+        [
+            ".lock".to_string(),
+            format!("S_{}", fx.keys.session_token(c)),
+            "volume".into()
+        ]
+    );
+
+    // A tar session of the other volume, deleted with its volume.
+    std::fs::write(env.image(OTHER), Rng::new(23).bytes(8 * CS)).unwrap();
+    env.ok(&["send", "--tarfile", OTHER]);
+    let odir = env.archive().join(fx.keys.volume_dir(OTHER));
+    assert!(names_in(&odir).iter().any(|n| n.ends_with(".tar.index")));
+    env.ok(&["delete", "-u", OTHER]);
+    assert!(!odir.exists());
+    assert_eq!(env.sessions(VOL).len(), 1);
+}
+
+#[test]
+fn a_killed_tar_send_leaves_nothing_and_the_next_one_works() {
+    let fx = Fx::new(24);
     let env = &fx.env;
     let cfg = config_variant(env, "tar.ini", |ini| {
         ini.replace("[var]\n", "[var]\ntarfile = on\n")
     });
     env.write_at(VOL, 0, b"a change to send");
     let archive = snapshot(&env.archive());
-    let meta = snapshot(&env.meta());
-    let what = format!("send {VOL} with tarfile = on");
-    let err = one_line_failure(&run_cfg(&cfg, &["send", VOL]), &what);
-    assert!(
-        err.contains(&format!(
-            "the archive at {} is encrypted: its sessions are stored as folders (tar \
-             sessions are not supported with encryption yet); nothing was sent",
-            env.archive().display()
-        )),
-        "{what}: {err}"
+    for point in ["send-before-commit", "session-before-rename"] {
+        let o = Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .args(["-u", "send", VOL])
+            .env("SPARSEBAK_FAILPOINT", point)
+            .env_remove("SPARSEBAK_PASSPHRASE")
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{point}: the send should have been killed"
+        );
+        assert_eq!(env.sessions(VOL).len(), 3, "{point}");
+        env.verify_ok(VOL, None);
+    }
+    // The next send sweeps the staging folder and sends a tar session.
+    ok_out(&run_cfg(&cfg, &["send", VOL]), "send after the kill");
+    let ids: Vec<String> = env.sessions(VOL).into_iter().map(|s| s.id).collect();
+    assert_eq!(ids.len(), 4);
+    let tok = fx.keys.session_token(&ids[3]);
+    let mut want = archive.keys().cloned().collect::<BTreeSet<_>>();
+    let rel = fx.vdir().strip_prefix(env.archive()).unwrap().to_path_buf();
+    want.insert(rel.join(format!("S_{tok}.tar")));
+    want.insert(rel.join(format!("S_{tok}.tar.index")));
+    assert_eq!(paths(&env.archive()), want);
+    assert_same(
+        &env.receive(VOL, None),
+        &env.read_image(VOL),
+        "after the kill",
     );
-    same_snap(&snapshot(&env.archive()), &archive, &what);
-    same_snap(&snapshot(&env.meta()), &meta, &what);
-    assert_eq!(env.sessions(VOL).len(), 3);
-}
-
-/// The same for a volume never sent: no volume folder is left behind.
-#[test]
-fn a_refused_tar_send_of_a_new_volume_leaves_no_volume_folder() {
-    let fx = Fx::new(20);
-    let env = &fx.env;
-    let cfg = config_variant(env, "tar.ini", |ini| {
-        ini.replace("[var]\n", "[var]\ntarfile = on\n")
-    });
-    std::fs::write(env.image(OTHER), Rng::new(18).bytes(4 * CS)).unwrap();
-    let archive = snapshot(&env.archive());
-    let meta = snapshot(&env.meta());
-    let what = format!("send {OTHER} with tarfile = on");
-    let err = one_line_failure(&run_cfg(&cfg, &["send", OTHER]), &what);
-    assert!(
-        err.contains("tar sessions are not supported with encryption yet"),
-        "{what}: {err}"
-    );
-    same_snap(&snapshot(&env.archive()), &archive, &what);
-    same_snap(&snapshot(&env.meta()), &meta, &what);
+    env.verify_ok(VOL, None);
 }
 
 /// `VOL` and `OTHER` sent once each, `OTHER` first and a second earlier (so their
@@ -1221,6 +1621,28 @@ fn spbk_assemble_reads_an_encrypted_volume_folder_by_its_token_name() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert_same(&std::fs::read(&out).unwrap(), &data, "assembled by token");
+}
+
+/// The same for tar sessions: the sealed index is read by spbk-assemble too.
+#[test]
+fn spbk_assemble_reads_encrypted_tar_sessions() {
+    let fx = Fx::tar(33);
+    let out = fx.env.path().join("assembled.img");
+    let o = Command::new(assemble_bin())
+        .arg("-c")
+        .arg("-o")
+        .arg(&out)
+        .arg(fx.vdir())
+        .env("SPARSEBAK_PASSPHRASE", PASS)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &fx.versions[2],
+        "assembled tars",
+    );
 }
 
 /// A send killed (SIGKILL) at each of its crash points leaves an encrypted archive that

@@ -80,6 +80,11 @@ pub enum IndexFault {
     Order { member: String },
     #[error("{member}: overlaps the member before it")]
     Overlap { member: String },
+    /// A sealed index (encrypted archive) that fails authentication or is cut.
+    #[error("{0}")]
+    Sealed(String),
+    #[error("{count} records cannot fit in a tar of {tar_len} bytes")]
+    TooMany { count: u64, tar_len: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, FormatError>;

@@ -340,11 +340,16 @@ impl FolderStore {
         if let Some(t) = cache.get(id) {
             return Ok(t.clone());
         }
-        let t = Arc::new(TarSession::open_in(
-            &self.fs,
-            &self.tar_path(id),
-            &self.tar_index_path(id),
-        )?);
+        let t = Arc::new(match &self.keys {
+            None => TarSession::open_in(&self.fs, &self.tar_path(id), &self.tar_index_path(id))?,
+            Some(k) => TarSession::open_sealed_in(
+                &self.fs,
+                &self.tar_path(id),
+                &self.tar_index_path(id),
+                k,
+                id,
+            )?,
+        });
         cache.insert(id.to_string(), t.clone());
         Ok(t)
     }
@@ -419,9 +424,16 @@ impl VolumeStore for FolderStore {
 
     fn info_bytes(&self, id: &str) -> Result<Vec<u8>> {
         if let Some(k) = &self.keys {
-            let path = self.info_path(id);
             let max = limits::MAX_INFO_BYTES + envelope::overhead(limits::MAX_INFO_BYTES);
-            let sealed = limits::read_bounded_in(self.fs.as_ref(), &path, max, "info file")?;
+            let (path, sealed) = match self.storage(id) {
+                Storage::Folder => {
+                    let path = self.info_path(id);
+                    let sealed =
+                        limits::read_bounded_in(self.fs.as_ref(), &path, max, "info file")?;
+                    (path, sealed)
+                }
+                Storage::Tar => (self.info_label(id), self.tar(id)?.info_member(max)?),
+            };
             return k
                 .open(&Place::Info { session: id }, &sealed)
                 .map_err(|e| FormatError::Info {
@@ -442,12 +454,14 @@ impl VolumeStore for FolderStore {
 
     fn manifest_bytes(&self, id: &str) -> Result<Box<dyn BufRead + Send>> {
         if let Some(k) = &self.keys {
-            let p = self.manifest_path(id);
-            let f = self.open(&p)?;
             let place = Place::Manifest { session: id };
+            let sealed: Box<dyn std::io::Read + Send> = match self.storage(id) {
+                Storage::Folder => self.open(&self.manifest_path(id))?,
+                Storage::Tar => self.tar(id)?.manifest_reader()?,
+            };
             return Ok(Box::new(BufReader::with_capacity(
                 64 * 1024,
-                OpenReader::new(k, place, f),
+                OpenReader::new(k, place, sealed),
             )));
         }
         match self.storage(id) {
@@ -462,8 +476,14 @@ impl VolumeStore for FolderStore {
 
     fn manifest_len(&self, id: &str) -> Result<u64> {
         if self.keys.is_some() {
-            let p = self.manifest_path(id);
-            let len = self.fs.metadata(&p).at(&p)?.len;
+            let (p, len) = match self.storage(id) {
+                Storage::Folder => {
+                    let p = self.manifest_path(id);
+                    let len = self.fs.metadata(&p).at(&p)?.len;
+                    (p, len)
+                }
+                Storage::Tar => (self.manifest_label(id), self.tar(id)?.index.manifest().1),
+            };
             return envelope::plain_len(len).ok_or_else(|| {
                 FormatError::Other(format!(
                     "{}: the manifest is cut or altered ({len} bytes is no sealed manifest's \
@@ -535,7 +555,10 @@ impl VolumeStore for FolderStore {
     }
 
     fn info_label(&self, id: &str) -> PathBuf {
-        self.info_path(id)
+        match self.storage(id) {
+            Storage::Folder => self.info_path(id),
+            Storage::Tar => self.tar_path(id).join(layout::INFO_FILE),
+        }
     }
 
     fn forget_cached(&self) {

@@ -17,6 +17,9 @@
 //!     48   16  reserved, zero
 //!     64  24n  records sorted by address: address, content offset, content length (u64 LE)
 //! ```
+//!
+//! In an encrypted archive the members are the folder form's sealed files under their
+//! hidden names, and the index is sealed ([`sealed`]): it is read a segment at a time.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -26,15 +29,19 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::archive_fs::{self, ArchiveFs, SharedFs};
+use crate::crypto::ArchiveKeys;
 use crate::error::{FormatError, IndexFault, IoContext, Result};
 use crate::limits;
 
+pub mod sealed;
+pub use sealed::{SealedTarIndex, SealedTarIndexWriter};
+
 pub const INDEX_MAGIC: &[u8; 8] = b"SPBKTIX1";
-const HEADER: usize = 64;
-const RECORD: usize = 24;
+pub(crate) const HEADER: usize = 64;
+pub(crate) const RECORD: usize = 24;
 const TAR_BLOCK: u64 = 512;
 
-fn le(b: &[u8], at: usize) -> u64 {
+pub(crate) fn le(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
@@ -80,14 +87,71 @@ pub fn check_index(b: &[u8], tar_len: u64) -> std::result::Result<usize, IndexFa
         return Err(IndexFault::Count { count, len });
     }
     let count = count as usize;
-    // Members follow each other in the tar: the chunks in address order, then the
-    // manifest, then the info; each content starts after its 512-byte header.
-    let mut prev_end = 0u64;
-    let mut member = |name: &dyn Fn() -> String,
-                      off: u64,
-                      mlen: u64,
-                      max: u64|
-     -> std::result::Result<(), IndexFault> {
+    let mut members = MemberLayout::new(tar_len, limits::max_stored_any(), limits::MAX_INFO_BYTES);
+    for i in 0..count {
+        let at = HEADER + i * RECORD;
+        members.chunk(i as u64, le(b, at), le(b, at + 8), le(b, at + 16))?;
+    }
+    members.manifest(le(b, 16), le(b, 24))?;
+    members.info(le(b, 32), le(b, 40))?;
+    Ok(count)
+}
+
+/// The checks of an index's records against its tar, one member at a time in the
+/// order they are in the tar: the chunks in address order, then the manifest, then
+/// the info; each member's content starts after its 512-byte header.
+pub(crate) struct MemberLayout {
+    tar_len: u64,
+    max_chunk: u64,
+    max_info: u64,
+    prev_end: u64,
+    last_addr: Option<u64>,
+}
+
+impl MemberLayout {
+    /// Members of a tar of `tar_len` bytes; chunk members of at most `max_chunk`
+    /// bytes, the info member at most `max_info`.
+    pub(crate) fn new(tar_len: u64, max_chunk: u64, max_info: u64) -> MemberLayout {
+        MemberLayout {
+            tar_len,
+            max_chunk,
+            max_info,
+            prev_end: 0,
+            last_addr: None,
+        }
+    }
+
+    /// Record `i`: the chunk at `addr`, `mlen` bytes at `off`.
+    pub(crate) fn chunk(
+        &mut self,
+        i: u64,
+        addr: u64,
+        off: u64,
+        mlen: u64,
+    ) -> std::result::Result<(), IndexFault> {
+        let name = || format!("record {i} (chunk x{addr:016x})");
+        if self.last_addr.is_some_and(|l| addr <= l) {
+            return Err(IndexFault::Order { member: name() });
+        }
+        self.last_addr = Some(addr);
+        self.member(&name, off, mlen, self.max_chunk)
+    }
+
+    pub(crate) fn manifest(&mut self, off: u64, mlen: u64) -> std::result::Result<(), IndexFault> {
+        self.member(&|| "manifest member".into(), off, mlen, u64::MAX)
+    }
+
+    pub(crate) fn info(&mut self, off: u64, mlen: u64) -> std::result::Result<(), IndexFault> {
+        self.member(&|| "info member".into(), off, mlen, self.max_info)
+    }
+
+    fn member(
+        &mut self,
+        name: &dyn Fn() -> String,
+        off: u64,
+        mlen: u64,
+        max: u64,
+    ) -> std::result::Result<(), IndexFault> {
         if mlen > max {
             return Err(IndexFault::TooLarge {
                 member: name(),
@@ -101,41 +165,21 @@ pub fn check_index(b: &[u8], tar_len: u64) -> std::result::Result<usize, IndexFa
                 off,
             });
         }
-        if off < prev_end.saturating_add(TAR_BLOCK) {
+        if off < self.prev_end.saturating_add(TAR_BLOCK) {
             return Err(IndexFault::Overlap { member: name() });
         }
-        let end = off.checked_add(mlen).filter(|&e| e <= tar_len);
+        let end = off.checked_add(mlen).filter(|&e| e <= self.tar_len);
         let Some(end) = end else {
             return Err(IndexFault::PastEnd {
                 member: name(),
                 off,
                 len: mlen,
-                tar_len,
+                tar_len: self.tar_len,
             });
         };
-        prev_end = end;
+        self.prev_end = end;
         Ok(())
-    };
-    let max_chunk = limits::max_stored_any();
-    let mut last_addr = None;
-    for i in 0..count {
-        let at = HEADER + i * RECORD;
-        let (addr, off, mlen) = (le(b, at), le(b, at + 8), le(b, at + 16));
-        let name = || format!("record {i} (chunk x{addr:016x})");
-        if last_addr.is_some_and(|l| addr <= l) {
-            return Err(IndexFault::Order { member: name() });
-        }
-        last_addr = Some(addr);
-        member(&name, off, mlen, max_chunk)?;
     }
-    member(&|| "manifest member".into(), le(b, 16), le(b, 24), u64::MAX)?;
-    member(
-        &|| "info member".into(),
-        le(b, 32),
-        le(b, 40),
-        limits::MAX_INFO_BYTES,
-    )?;
-    Ok(count)
 }
 
 /// The bytes of a member index: mapped (a local file), or read whole (a remote one).
@@ -363,10 +407,92 @@ pub enum TarFile {
     Fs(SharedFs),
 }
 
+/// The member index of an open tar session: mapped (plain archive) or sealed.
+pub enum MemberIndex {
+    Mapped(TarIndex),
+    Sealed(SealedTarIndex),
+}
+
+impl MemberIndex {
+    /// Number of chunk records.
+    pub fn len(&self) -> usize {
+        match self {
+            MemberIndex::Mapped(i) => i.len(),
+            MemberIndex::Sealed(i) => i.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Record `i` (`i < len()`): (address, content offset, length). A sealed index
+    /// opens the segment that holds it (an error if the file changed since it was
+    /// checked).
+    pub fn record(&self, i: usize) -> Result<(u64, u64, u64)> {
+        match self {
+            MemberIndex::Mapped(ix) => Ok(ix.record(i)),
+            MemberIndex::Sealed(ix) => ix.record(i),
+        }
+    }
+
+    /// Where the chunk at `addr` is: content offset and length.
+    pub fn lookup(&self, addr: u64) -> Result<Option<(u64, u64)>> {
+        match self {
+            MemberIndex::Mapped(ix) => Ok(ix.lookup(addr)),
+            MemberIndex::Sealed(ix) => ix.lookup(addr),
+        }
+    }
+
+    pub fn manifest(&self) -> (u64, u64) {
+        match self {
+            MemberIndex::Mapped(ix) => ix.manifest(),
+            MemberIndex::Sealed(ix) => ix.manifest(),
+        }
+    }
+
+    pub fn info(&self) -> (u64, u64) {
+        match self {
+            MemberIndex::Mapped(ix) => ix.info(),
+            MemberIndex::Sealed(ix) => ix.info(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            MemberIndex::Mapped(ix) => ix.path(),
+            MemberIndex::Sealed(ix) => ix.path(),
+        }
+    }
+}
+
+/// Writes a tar session's index: plain, or sealed in an encrypted archive.
+pub enum IndexWriter {
+    Plain(TarIndexWriter),
+    Sealed(SealedTarIndexWriter),
+}
+
+impl IndexWriter {
+    pub fn push(&mut self, addr: u64, off: u64, len: u64) -> Result<()> {
+        match self {
+            IndexWriter::Plain(w) => w.push(addr, off, len),
+            IndexWriter::Sealed(w) => w.push(addr, off, len),
+        }
+    }
+
+    /// Write the header (footer, sealed) and sync.
+    pub fn finish(self, manifest: (u64, u64), info: (u64, u64)) -> Result<()> {
+        match self {
+            IndexWriter::Plain(w) => w.finish(manifest, info),
+            IndexWriter::Sealed(w) => w.finish(manifest, info),
+        }
+    }
+}
+
 /// An open tar session: the tar file and its index.
 pub struct TarSession {
     pub file: TarFile,
-    pub index: TarIndex,
+    pub index: MemberIndex,
     pub path: PathBuf,
     /// The tar's length when it was opened, which every index entry was checked
     /// against.
@@ -381,6 +507,49 @@ impl TarSession {
     /// [`TarSession::open`] of a tar and index reached through `fs` (the file opened
     /// and its index mapped when it is local).
     pub fn open_in(fs: &SharedFs, tar: &Path, index: &Path) -> Result<TarSession> {
+        Self::open_with(fs, tar, |len| {
+            Ok(MemberIndex::Mapped(TarIndex::open_in(
+                fs.as_ref(),
+                index,
+                len,
+            )?))
+        })
+    }
+
+    /// Tar session `session` of an encrypted archive: its index is sealed.
+    pub fn open_sealed(
+        tar: &Path,
+        index: &Path,
+        keys: &ArchiveKeys,
+        session: &str,
+    ) -> Result<TarSession> {
+        Self::open_sealed_in(&archive_fs::local(), tar, index, keys, session)
+    }
+
+    /// [`TarSession::open_sealed`] through `fs`.
+    pub fn open_sealed_in(
+        fs: &SharedFs,
+        tar: &Path,
+        index: &Path,
+        keys: &ArchiveKeys,
+        session: &str,
+    ) -> Result<TarSession> {
+        Self::open_with(fs, tar, |len| {
+            Ok(MemberIndex::Sealed(SealedTarIndex::open(
+                fs.clone(),
+                index,
+                keys,
+                session,
+                len,
+            )?))
+        })
+    }
+
+    fn open_with(
+        fs: &SharedFs,
+        tar: &Path,
+        index: impl FnOnce(u64) -> Result<MemberIndex>,
+    ) -> Result<TarSession> {
         let (file, len) = if fs.is_local() {
             let file = File::open(tar).at(tar)?;
             let len = file.metadata().at(tar)?.len();
@@ -391,7 +560,7 @@ impl TarSession {
         };
         Ok(TarSession {
             file,
-            index: TarIndex::open_in(fs.as_ref(), index, len)?,
+            index: index(len)?,
             path: tar.to_path_buf(),
             len,
         })
@@ -400,7 +569,7 @@ impl TarSession {
     /// `len` bytes at `off` of the tar, a member of at most `max` bytes.
     pub fn read_at(&self, off: u64, len: u64, max: u64) -> Result<Vec<u8>> {
         let fault = |fault: IndexFault| FormatError::TarIndex {
-            path: self.index.path.clone(),
+            path: self.index.path().to_path_buf(),
             fault,
         };
         let member = || format!("member at offset {off}");
@@ -438,7 +607,7 @@ impl TarSession {
 
     /// The stored bytes of the chunk at `addr`, at most `max` of them.
     pub fn read_chunk(&self, addr: u64, max: u64) -> Result<Vec<u8>> {
-        let (off, len) = self.index.lookup(addr).ok_or_else(|| {
+        let (off, len) = self.index.lookup(addr)?.ok_or_else(|| {
             FormatError::Other(format!(
                 "{}: no member for chunk x{addr:016x} in its index",
                 self.path.display()
@@ -482,8 +651,14 @@ impl TarSession {
     }
 
     pub fn info_bytes(&self) -> Result<Vec<u8>> {
+        self.info_member(limits::MAX_INFO_BYTES)
+    }
+
+    /// The info member's bytes as stored (sealed in an encrypted archive), at most
+    /// `max`.
+    pub fn info_member(&self, max: u64) -> Result<Vec<u8>> {
         let (off, len) = self.index.info();
-        self.read_at(off, len, limits::MAX_INFO_BYTES)
+        self.read_at(off, len, max)
     }
 }
 
@@ -556,6 +731,18 @@ mod tests {
     fn a_valid_index_passes() {
         assert_eq!(check_index(&index(&good(), MANIFEST, INFO), TAR_LEN), Ok(2));
         assert_eq!(check_index(&index(&[], (512, 0), (1024, 9)), 2048), Ok(0));
+    }
+
+    #[test]
+    fn the_writer_writes_the_plain_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.tar.index");
+        let mut w = TarIndexWriter::create(&p).unwrap();
+        for (a, o, l) in good() {
+            w.push(a, o, l).unwrap();
+        }
+        w.finish(MANIFEST, INFO).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), index(&good(), MANIFEST, INFO));
     }
 
     #[test]

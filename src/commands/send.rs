@@ -33,14 +33,6 @@ fn send_to(
     let mut source = source::for_config(config)?;
     let archive = Archive::open_or_create(config, accept_archive)?;
     let as_tar = tarfile || config.tarfile;
-    if as_tar && archive.sealed {
-        anyhow::bail!(
-            "the archive at {} is encrypted: its sessions are stored as folders \
-             (tar sessions are not supported with encryption yet); nothing was sent \
-             (drop `tarfile = on` / --tarfile for this destination)",
-            archive.root.display()
-        );
-    }
     for name in vols {
         let out =
             send_volume(config, &archive, name, source.as_mut(), as_tar).with_context(|| {

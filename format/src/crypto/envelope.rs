@@ -48,6 +48,9 @@ pub enum Place<'a> {
     /// A session's manifest (its info, which names the volume's id, holds the
     /// manifest's SHA-256).
     Manifest { session: &'a str },
+    /// A tar session's member index (its info, in the tar, names the volume's id; the
+    /// index only says where the session's members are).
+    TarIndex { session: &'a str },
     /// The identity file of the volume named `name`: what ties a volume folder to the
     /// volume's id (a rename writes it anew).
     Volume { name: &'a str },
@@ -73,6 +76,7 @@ impl Place<'_> {
             }
             Place::Info { session } => ("info", vec![s(session)]),
             Place::Manifest { session } => ("manifest", vec![s(session)]),
+            Place::TarIndex { session } => ("tar-index", vec![s(session)]),
             Place::PruneJournal { volume } => ("prune-journal", vec![s(volume)]),
             Place::Volume { name } => ("volume", vec![s(name)]),
             Place::StreamTrailer { volume_id, session } => {
@@ -88,6 +92,7 @@ impl Place<'_> {
             Place::Chunk { addr, .. } => format!("chunk x{addr:016x}"),
             Place::Info { session } => format!("info of session {session}"),
             Place::Manifest { session, .. } => format!("manifest of session {session}"),
+            Place::TarIndex { session } => format!("tar index of session {session}"),
             Place::PruneJournal { .. } => "prune journal".into(),
             Place::Volume { name } => format!("identity file of volume {name}"),
             Place::StreamTrailer { session, .. } => format!("stream trailer of session {session}"),
@@ -277,6 +282,114 @@ impl ArchiveKeys {
             return Err(bad());
         }
         Ok(PREFIX..write)
+    }
+}
+
+/// Opens the segments of one sealed object one at a time, in any order: for an object
+/// too large to open whole (a tar session's index), read where it is needed.
+///
+/// Segment `k` is `segment_range(k)` of the sealed object: at `PREFIX + k·(SEGMENT +
+/// TAG)`, `SEGMENT + TAG` bytes long except the last, which is what remains. The
+/// number of segments follows from the object's length, which must be one some
+/// plaintext seals to. Each segment is opened with its own position in the nonce and
+/// the last flag only for the last one, so a segment read from another position, a
+/// cut object (its last segment then is not the one sealed last) or one of another
+/// place fails to open.
+pub struct SegmentOpener {
+    key: ObjectKey,
+    ad: Vec<u8>,
+    what: String,
+    plain_len: u64,
+    segments: u64,
+}
+
+impl std::fmt::Debug for SegmentOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentOpener")
+            .field("what", &self.what)
+            .field("plain_len", &self.plain_len)
+            .field("segments", &self.segments)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SegmentOpener {
+    /// The opener of the object sealed for `place` whose first [`PREFIX`] bytes are
+    /// `prefix` and which is `sealed_len` bytes long. Fails when no sealed object has
+    /// that length (cut or grown) or `prefix` is short.
+    pub fn new(
+        keys: &ArchiveKeys,
+        place: Place<'_>,
+        prefix: &[u8],
+        sealed_len: u64,
+    ) -> Result<SegmentOpener, CryptoError> {
+        let bad = || CryptoError::Auth { what: place.what() };
+        let prefix: &[u8; PREFIX] = prefix.try_into().map_err(|_| bad())?;
+        let plain_len = plain_len(sealed_len).ok_or_else(bad)?;
+        let segments = plain_len / SEGMENT as u64 + 1;
+        // The nonce counts segments in a u32.
+        if segments > u64::from(u32::MAX) + 1 {
+            return Err(bad());
+        }
+        Ok(SegmentOpener {
+            key: ObjectKey::new(&keys.data, prefix),
+            ad: place.associated_data(keys.archive()),
+            what: place.what(),
+            plain_len,
+            segments,
+        })
+    }
+
+    /// Bytes of plaintext in the object.
+    pub fn plain_len(&self) -> u64 {
+        self.plain_len
+    }
+
+    /// Number of segments (at least 1: the last one may be empty).
+    pub fn segments(&self) -> u64 {
+        self.segments
+    }
+
+    /// What the object is, for messages.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// Where segment `k` is in the sealed object: its offset and length (tag
+    /// included); `None` past the last segment.
+    pub fn segment_range(&self, k: u64) -> Option<(u64, usize)> {
+        if k >= self.segments {
+            return None;
+        }
+        let full = (SEGMENT + TAG) as u64;
+        let off = PREFIX as u64 + k * full;
+        let len = if k + 1 == self.segments {
+            self.plain_len - k * SEGMENT as u64 + TAG as u64
+        } else {
+            full
+        };
+        Some((off, len as usize))
+    }
+
+    /// The plaintext of segment `k`, from its sealed bytes `sealed` (all of
+    /// [`SegmentOpener::segment_range`]), opened in place.
+    pub fn open_segment(&self, k: u64, sealed: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+        self.open_as(k, k + 1 == self.segments, sealed)
+    }
+
+    fn open_as(&self, k: u64, last: bool, mut sealed: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+        let bad = || CryptoError::Auth {
+            what: format!("{} (segment {k})", self.what),
+        };
+        let (_, len) = self.segment_range(k).ok_or_else(bad)?;
+        if sealed.len() != len {
+            return Err(bad());
+        }
+        let position = u32::try_from(k).map_err(|_| bad())?;
+        self.key
+            .open(position, last, &self.ad, &mut sealed, 0)
+            .map_err(|_| bad())?;
+        Ok(sealed)
     }
 }
 
@@ -561,5 +674,84 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(rest.is_empty());
         assert!(e.to_string().contains("info of session s"), "{e}");
+    }
+
+    #[test]
+    fn segments_open_alone_in_any_order() {
+        let k = keys();
+        let p = Place::TarIndex { session: "s" };
+        for len in [0, 10, SEGMENT, 3 * SEGMENT + 1000] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let sealed = k.seal(&p, &plain).unwrap();
+            let o = SegmentOpener::new(&k, p, &sealed[..PREFIX], sealed.len() as u64).unwrap();
+            assert_eq!(o.plain_len(), len as u64);
+            assert_eq!(o.segments(), len as u64 / SEGMENT as u64 + 1);
+            assert_eq!(o.segment_range(o.segments()), None);
+            // Last first, then the others: each equals its slice of the plaintext.
+            for i in (0..o.segments()).rev() {
+                let (off, n) = o.segment_range(i).unwrap();
+                let seg = sealed[off as usize..off as usize + n].to_vec();
+                let from = i as usize * SEGMENT;
+                let to = (from + SEGMENT).min(len);
+                assert_eq!(
+                    o.open_segment(i, seg).unwrap(),
+                    plain[from..to],
+                    "{len} {i}"
+                );
+            }
+            let (off, n) = o.segment_range(o.segments() - 1).unwrap();
+            assert_eq!(off as usize + n, sealed.len());
+        }
+    }
+
+    #[test]
+    fn a_segment_out_of_place_or_cut_fails() {
+        let k = keys();
+        let p = Place::TarIndex { session: "s" };
+        let plain = vec![5u8; 3 * SEGMENT + 1000];
+        let sealed = k.seal(&p, &plain).unwrap();
+        let o = SegmentOpener::new(&k, p, &sealed[..PREFIX], sealed.len() as u64).unwrap();
+        let seg = |i: u64| {
+            let (off, n) = o.segment_range(i).unwrap();
+            sealed[off as usize..off as usize + n].to_vec()
+        };
+        // The last flag on a segment that is not the last one.
+        assert!(o.open_as(1, false, seg(1)).is_ok());
+        assert!(o.open_as(1, true, seg(1)).is_err());
+        // A segment opened at another position (reordered), or shortened.
+        assert!(o.open_segment(2, seg(1)).is_err());
+        let mut short = seg(1);
+        short.pop();
+        assert!(o.open_segment(1, short).is_err());
+        let mut flipped = seg(2);
+        flipped[7] ^= 1;
+        let e = o.open_segment(2, flipped).unwrap_err();
+        assert!(
+            e.to_string().contains("tar index of session s (segment 2)"),
+            "{e}"
+        );
+        // Another place.
+        let other = SegmentOpener::new(
+            &k,
+            Place::TarIndex { session: "t" },
+            &sealed[..PREFIX],
+            sealed.len() as u64,
+        )
+        .unwrap();
+        assert!(other.open_segment(0, seg(0)).is_err());
+        // Cut: after whole segments the length is no sealed object's; cut inside a
+        // segment, the new last segment does not open.
+        let cut = PREFIX + 2 * (SEGMENT + TAG);
+        assert!(SegmentOpener::new(&k, p, &sealed[..PREFIX], cut as u64).is_err());
+        let cut = PREFIX + 2 * (SEGMENT + TAG) + 500;
+        let c = SegmentOpener::new(&k, p, &sealed[..PREFIX], cut as u64).unwrap();
+        assert_eq!(c.segments(), 3);
+        let (off, n) = c.segment_range(2).unwrap();
+        assert_eq!(n, 500);
+        let last = sealed[off as usize..off as usize + n].to_vec();
+        assert!(c.open_segment(2, last).is_err());
+        // The segments before the cut still open: a reader must open the last one.
+        assert!(c.open_segment(1, seg(1)).is_ok());
+        assert!(SegmentOpener::new(&k, p, &sealed[..PREFIX - 1], sealed.len() as u64).is_err());
     }
 }

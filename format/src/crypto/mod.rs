@@ -19,7 +19,7 @@ pub mod keyfile;
 pub mod keys;
 pub mod paper;
 
-pub use envelope::{OpenReader, Place, SealWriter};
+pub use envelope::{OpenReader, Place, SealWriter, SegmentOpener};
 pub use keyfile::{KdfParams, KeyFile, MasterKey, Passphrase};
 pub use keys::ArchiveKeys;
 

@@ -276,10 +276,25 @@ impl TarMembers {
         })
     }
 
+    /// The address of record `next`; `None` past the last one, or when the record
+    /// cannot be read (said once in `problems`; the walk ends there).
+    fn next_addr(&mut self, problems: &mut Vec<String>) -> Option<u64> {
+        if self.next >= self.tar.index.len() {
+            return None;
+        }
+        match self.tar.index.record(self.next) {
+            Ok((a, _, _)) => Some(a),
+            Err(e) => {
+                problems.push(session_problem(&self.id, e));
+                self.next = self.tar.index.len();
+                None
+            }
+        }
+    }
+
     /// Report index records before `upto` (all of them with `None`) as extra.
     fn extra_until(&mut self, upto: Option<u64>, problems: &mut Vec<String>) {
-        while self.next < self.tar.index.len() {
-            let (a, _, _) = self.tar.index.record(self.next);
+        while let Some(a) = self.next_addr(problems) {
             if upto.is_some_and(|u| a >= u) {
                 break;
             }
@@ -295,7 +310,7 @@ impl TarMembers {
 impl Members for TarMembers {
     fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
         self.extra_until(Some(addr), problems);
-        if self.next < self.tar.index.len() && self.tar.index.record(self.next).0 == addr {
+        if self.next_addr(problems) == Some(addr) {
             self.next += 1;
             true
         } else {

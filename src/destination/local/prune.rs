@@ -205,8 +205,8 @@ fn stored_exists(vol: &LocalVol, id: &str, addr: u64) -> bool {
         Storage::Folder => vol.fs().is_file(&vol.chunk_path(id, addr)),
         Storage::Tar => vol
             .tar(id)
-            .map(|t| t.index.lookup(addr).is_some())
-            .unwrap_or(false),
+            .and_then(|t| t.index.lookup(addr))
+            .is_ok_and(|found| found.is_some()),
     }
 }
 

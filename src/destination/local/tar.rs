@@ -3,10 +3,14 @@
 //! renamed into place before the tar and its index are removed. A crash in between
 //! leaves both forms of the same session; the folder wins and the next run removes the
 //! tar.
+//!
+//! The members are copied as they are stored: in an encrypted archive the sealed files
+//! go to their hidden names, so the folder is the one `tar -xf` would give.
 
 use sparsebak_format::volume::Storage;
 
 use super::LocalVol;
+use sparsebak_format::crypto::envelope;
 use sparsebak_format::{layout, limits};
 
 use crate::error::{IoAt, Result};
@@ -23,33 +27,41 @@ pub fn untar_session(vol: &LocalVol, id: &str) -> Result<bool> {
     let t = vol.tar(id)?;
     let info = vol.info(id)?;
     // The info bounds every member the index names (chunk size and compression).
-    let max = limits::max_stored(info.compression, info.chunksize);
+    let max = vol.codec(&info).max_stored(info.chunksize);
     let fs = vol.fs().as_ref();
-    let staging = vol
-        .dir()
-        .join(format!(".tmp-untar-{}", layout::session_dir_name(id)));
+    let staging = vol.dir().join(format!(
+        ".tmp-untar-{}{}",
+        layout::SESSION_PREFIX,
+        vol.store().session_name(id)
+    ));
     if fs.exists(&staging) {
         fs.remove_dir_all(&staging).at(&staging)?;
     }
     let t_len = t.index.len();
     let fill = || -> Result<()> {
         fs.create_dir_all(&staging).at(&staging)?;
-        // The manifest is copied as it streams, never held whole.
+        // The manifest member is copied as it streams, never held whole.
         let mpath = staging.join(layout::MANIFEST_FILE);
         let mut mfile = fs.create(&mpath).at(&mpath)?;
-        std::io::copy(&mut vol.manifest_bytes(id)?, &mut mfile).at(&mpath)?;
+        std::io::copy(&mut t.manifest_reader()?, &mut mfile).at(&mpath)?;
         mfile.finish(false).at(&mpath)?;
-        fs.write(&staging.join(layout::INFO_FILE), &vol.info_bytes(id)?)
+        let info_max = match vol.keys() {
+            None => limits::MAX_INFO_BYTES,
+            Some(_) => limits::MAX_INFO_BYTES + envelope::overhead(limits::MAX_INFO_BYTES),
+        };
+        fs.write(&staging.join(layout::INFO_FILE), &t.info_member(info_max)?)
             .at(&staging)?;
-        let mut last_prefix = String::new();
+        let mut made = std::collections::HashSet::new();
         for i in 0..t.index.len() {
-            let (addr, off, len) = t.index.record(i);
-            let prefix = layout::prefix_name(addr);
-            if prefix != last_prefix {
-                fs.create_dir_all(&staging.join(&prefix)).at(&staging)?;
-                last_prefix = prefix;
+            let (addr, off, len) = t.index.record(i)?;
+            let rel = vol.store().chunk_rel_path(id, addr);
+            if let Some(prefix) = rel.parent() {
+                if !made.contains(prefix) {
+                    fs.create_dir_all(&staging.join(prefix)).at(&staging)?;
+                    made.insert(prefix.to_path_buf());
+                }
             }
-            let p = staging.join(layout::chunk_rel_path(addr));
+            let p = staging.join(&rel);
             fs.write(&p, &t.read_at(off, len, max)?).at(&p)?;
         }
         Ok(())
@@ -120,13 +132,21 @@ pub fn tidy(vol: &LocalVol) -> Result<()> {
         let Some(rest) = name.strip_prefix(layout::SESSION_PREFIX) else {
             continue;
         };
-        if let Some(id) = rest.strip_suffix(layout::TAR_INDEX_SUFFIX) {
-            if !fs.exists(&vol.tar_path(id)) || fs.is_dir(&vol.session_dir(id)) {
-                remove_tar_files(vol, id)?;
+        // Names that stand for no session (of another key, or not the archive's)
+        // are left alone.
+        if let Some(tok) = rest.strip_suffix(layout::TAR_INDEX_SUFFIX) {
+            let Some(id) = vol.store().session_of_name(tok) else {
+                continue;
+            };
+            if !fs.exists(&vol.tar_path(&id)) || fs.is_dir(&vol.session_dir(&id)) {
+                remove_tar_files(vol, &id)?;
             }
-        } else if let Some(id) = rest.strip_suffix(layout::TAR_SUFFIX) {
-            if fs.is_dir(&vol.session_dir(id)) {
-                remove_tar_files(vol, id)?;
+        } else if let Some(tok) = rest.strip_suffix(layout::TAR_SUFFIX) {
+            let Some(id) = vol.store().session_of_name(tok) else {
+                continue;
+            };
+            if fs.is_dir(&vol.session_dir(&id)) {
+                remove_tar_files(vol, &id)?;
             }
         }
     }

@@ -4,7 +4,9 @@
 //! With `tar`, the chunks go into one tar file in the staging folder instead, with its
 //! member index beside it (see `sparsebak_format::tarsession`); at commit the manifest
 //! and info members are appended, and the index and then the tar (the commit point)
-//! are renamed into the volume folder.
+//! are renamed into the volume folder. In an encrypted archive the members are the
+//! folder form's sealed files under their hidden names, with tar times of 0, and the
+//! index is sealed too.
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -14,7 +16,9 @@ use sparsebak_format::crypto::{ArchiveKeys, Place, SealWriter};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
 use sparsebak_format::manifest::{Entry, ManifestWriter};
-use sparsebak_format::tarsession::{ustar_header, TarIndexWriter};
+use sparsebak_format::tarsession::{
+    ustar_header, IndexWriter, SealedTarIndexWriter, TarIndexWriter,
+};
 use sparsebak_format::Hash;
 
 use crate::destination::NewSession;
@@ -91,7 +95,7 @@ const FLUSH_EVERY: u64 = 64 << 20;
 struct TarOut {
     /// `None` once the tar is finished.
     builder: Option<tar::Builder<BufWriter<File>>>,
-    index: Option<TarIndexWriter>,
+    index: Option<IndexWriter>,
     /// Bytes written to the tar so far (ustar: a 512-byte header per member, content
     /// padded to 512).
     pos: u64,
@@ -105,14 +109,25 @@ struct TarOut {
 impl TarOut {
     /// Append a member; returns the offset of its content.
     fn append(&mut self, name: &str, data: &[u8]) -> std::io::Result<u64> {
-        let h = ustar_header(name, data.len() as u64, self.mtime)?;
+        self.append_from(name, data.len() as u64, data)
+    }
+
+    /// Append a member of `len` bytes read from `data`; returns the offset of its
+    /// content.
+    fn append_from(
+        &mut self,
+        name: &str,
+        len: u64,
+        data: impl std::io::Read,
+    ) -> std::io::Result<u64> {
+        let h = ustar_header(name, len, self.mtime)?;
         let b = self
             .builder
             .as_mut()
             .ok_or_else(|| std::io::Error::other("tar session already finished"))?;
-        b.append(&h, data)?;
+        b.append(&h, data.take(len))?;
         let off = self.pos + 512;
-        self.pos = off + (data.len() as u64).div_ceil(512) * 512;
+        self.pos = off + len.div_ceil(512) * 512;
         Ok(off)
     }
 }
@@ -126,13 +141,6 @@ impl SessionWriter {
         let fs = vol.fs().as_ref();
         let room = crate::space::room_in(fs, vol.dir());
         let explain = |e| crate::space::explain_in(fs, e, vol.dir(), room, Default::default());
-        if as_tar && vol.keys().is_some() {
-            return Err(crate::error::Error::Msg(format!(
-                "{}: sessions of an encrypted archive are stored as folders; tarfile = on is \
-                 not supported with encryption yet",
-                vol.dir().display()
-            )));
-        }
         let mut w = Self::create(vol, id).map_err(explain)?;
         if as_tar {
             let tar_tmp = w.staging.join("session.tar");
@@ -140,14 +148,24 @@ impl SessionWriter {
             let f = fs.create(&tar_tmp).at(&tar_tmp).map_err(explain)?;
             let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
             builder.mode(tar::HeaderMode::Deterministic);
+            let (index, mtime) = match vol.keys() {
+                None => (
+                    TarIndexWriter::create_in(vol.fs(), &index_tmp).map(IndexWriter::Plain),
+                    chrono::Utc::now().timestamp().max(0) as u64,
+                ),
+                // Members of an encrypted archive's tar say nothing of when the session
+                // was taken: tar times are 0.
+                Some(k) => (
+                    SealedTarIndexWriter::create(vol.fs().as_ref(), &index_tmp, k, id)
+                        .map(IndexWriter::Sealed),
+                    0,
+                ),
+            };
             w.tar = Some(TarOut {
                 builder: Some(builder),
-                index: Some(
-                    TarIndexWriter::create_in(vol.fs(), &index_tmp)
-                        .map_err(|e| explain(e.into()))?,
-                ),
+                index: Some(index.map_err(|e| explain(e.into()))?),
                 pos: 0,
-                mtime: chrono::Utc::now().timestamp().max(0) as u64,
+                mtime,
                 tar_tmp,
                 index_tmp,
                 tar_final: vol.tar_path(id),
@@ -229,10 +247,12 @@ impl SessionWriter {
     /// Store a data chunk (already encoded).
     pub fn put_chunk(&mut self, addr: u64, hash: Hash, payload: &[u8]) -> Result<()> {
         if let Some(t) = self.tar.as_mut() {
+            // The folder form's names: `tar -xf` yields the folder session.
             let name = format!(
-                "{}/{}",
-                layout::session_dir_name(&self.id),
-                layout::chunk_rel_path(addr).display()
+                "{}{}/{}",
+                layout::SESSION_PREFIX,
+                self.store.session_name(&self.id),
+                self.store.chunk_rel_path(&self.id, addr).display()
             );
             let off = t.append(&name, payload).at(&t.tar_tmp)?;
             if let Some(ix) = t.index.as_mut() {
@@ -296,18 +316,27 @@ impl SessionWriter {
         self.flusher.finish().at(&self.staging)?;
         let info = fields.info(self.changed, self.bytes_stored, hash);
         self.claim_volume(&info)?;
+        let text = info.to_text().into_bytes();
+        let info_bytes = match &self.keys {
+            None => text,
+            Some(k) => k
+                .seal(&Place::Info { session: &self.id }, &text)
+                .map_err(|e| crate::error::Error::Msg(e.to_string()))?,
+        };
         if let Some(t) = self.tar.as_mut() {
-            let sdir = layout::session_dir_name(&self.id);
-            // This run's own file, just written: a line per chunk at most.
-            let most = (self.changed + 1) * sparsebak_format::limits::MAX_MANIFEST_LINE as u64;
-            let most = most + sparsebak_format::crypto::envelope::overhead(most);
-            let manifest = self.fs.read(&mpath, most).at(&mpath)?;
+            let sdir = format!(
+                "{}{}",
+                layout::SESSION_PREFIX,
+                self.store.session_name(&self.id)
+            );
+            // The manifest as staged (sealed in an encrypted archive), streamed.
+            let mlen = self.fs.metadata(&mpath).at(&mpath)?.len;
+            let mfile = self.fs.open(&mpath).at(&mpath)?;
             let moff = t
-                .append(&format!("{sdir}/{}", layout::MANIFEST_FILE), &manifest)
+                .append_from(&format!("{sdir}/{}", layout::MANIFEST_FILE), mlen, mfile)
                 .at(&t.tar_tmp)?;
-            let text = info.to_text();
             let ioff = t
-                .append(&format!("{sdir}/{}", layout::INFO_FILE), text.as_bytes())
+                .append(&format!("{sdir}/{}", layout::INFO_FILE), &info_bytes)
                 .at(&t.tar_tmp)?;
             let builder = t
                 .builder
@@ -317,18 +346,11 @@ impl SessionWriter {
             let f = bw.into_inner().map_err(|e| e.into_error()).at(&t.tar_tmp)?;
             f.finish(true).at(&t.tar_tmp)?;
             if let Some(ix) = t.index.take() {
-                ix.finish((moff, manifest.len() as u64), (ioff, text.len() as u64))?;
+                ix.finish((moff, mlen), (ioff, info_bytes.len() as u64))?;
             }
         } else {
             let ipath = self.staging.join(layout::INFO_FILE);
-            let text = info.to_text().into_bytes();
-            let bytes = match &self.keys {
-                None => text,
-                Some(k) => k
-                    .seal(&Place::Info { session: &self.id }, &text)
-                    .map_err(|e| crate::error::Error::Msg(e.to_string()))?,
-            };
-            self.fs.write(&ipath, &bytes).at(&ipath)?;
+            self.fs.write(&ipath, &info_bytes).at(&ipath)?;
             // One syncfs covers every chunk file and folder, the manifest and the
             // info; only then may the session appear under its final name.
             self.fs.syncfs(&self.staging).at(&self.staging)?;
