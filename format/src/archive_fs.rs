@@ -117,7 +117,8 @@ pub trait ArchiveFs: Send + Sync + Debug {
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// `syncfs(2)` of the filesystem holding `path`.
     fn syncfs(&self, path: &Path) -> io::Result<()>;
-    /// Whether the filesystem holding `path` is mounted read-only.
+    /// Whether the filesystem holding `path` (or, when `path` does not exist, its
+    /// nearest existing ancestor) is mounted read-only.
     fn is_read_only(&self, path: &Path) -> bool;
 
     /// Try to take an advisory lock on `path` (created if missing) without waiting:
@@ -362,9 +363,11 @@ impl ArchiveFs for LocalFs {
     }
 
     fn is_read_only(&self, path: &Path) -> bool {
-        nix::sys::statvfs::statvfs(path)
-            .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
-            .unwrap_or(false)
+        // A path that does not exist yet is on its nearest existing ancestor's
+        // filesystem.
+        path.ancestors()
+            .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
+            .is_some_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
     }
 
     fn try_lock(

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
+use crate::archive_fs::{self, SharedFs};
 use crate::codec::ChunkCodec;
 use crate::crypto::{envelope, ArchiveKeys, OpenReader, Place};
 use crate::error::{FormatError, IoContext, Result};
@@ -126,6 +127,9 @@ pub trait VolumeStore: Send + Sync + Debug {
 /// opens.
 #[derive(Clone)]
 pub struct FolderStore {
+    /// The file operations the folder is read with (this machine's, or a remote
+    /// folder's).
+    fs: SharedFs,
     dir: PathBuf,
     /// Tar sessions opened so far (file and mapped index), shared by clones.
     tars: Arc<Mutex<HashMap<String, Arc<TarSession>>>>,
@@ -144,9 +148,15 @@ impl Debug for FolderStore {
 }
 
 impl FolderStore {
-    /// The volume folder `dir` (which need not exist yet).
+    /// The volume folder `dir` (which need not exist yet) on this machine.
     pub fn new(dir: &Path) -> FolderStore {
+        FolderStore::with_fs(archive_fs::local(), dir)
+    }
+
+    /// The volume folder `dir` (which need not exist yet), read through `fs`.
+    pub fn with_fs(fs: SharedFs, dir: &Path) -> FolderStore {
         FolderStore {
+            fs,
             dir: dir.to_path_buf(),
             tars: Arc::new(Mutex::new(HashMap::new())),
             keys: None,
@@ -154,13 +164,30 @@ impl FolderStore {
         }
     }
 
-    /// The folder `dir` of volume `name` in an encrypted archive whose keys are `keys`.
+    /// The folder `dir` (on this machine) of volume `name` in an encrypted archive
+    /// whose keys are `keys`.
     pub fn sealed(dir: &Path, name: &str, keys: Arc<ArchiveKeys>) -> FolderStore {
+        FolderStore::sealed_with_fs(archive_fs::local(), dir, name, keys)
+    }
+
+    /// The folder `dir` of volume `name` in an encrypted archive whose keys are
+    /// `keys`, read through `fs`.
+    pub fn sealed_with_fs(
+        fs: SharedFs,
+        dir: &Path,
+        name: &str,
+        keys: Arc<ArchiveKeys>,
+    ) -> FolderStore {
         FolderStore {
             keys: Some(keys),
             name: name.to_string(),
-            ..FolderStore::new(dir)
+            ..FolderStore::with_fs(fs, dir)
         }
+    }
+
+    /// The file operations the folder is read and written with.
+    pub fn fs(&self) -> &SharedFs {
+        &self.fs
     }
 
     /// The volume's name (encrypted archives).

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use sparsebak_format::archive_fs::{self, SharedFs};
 use sparsebak_format::crypto::{ArchiveKeys, Place};
 
 use sparsebak_format::info::SessionInfo;
@@ -67,12 +68,23 @@ impl LocalVol {
         LocalVol::at(dir, &name, None)
     }
 
-    /// Volume `name` in folder `dir`, of an archive encrypted with `keys` (`None`:
-    /// plain).
+    /// Volume `name` in folder `dir` on this machine, of an archive encrypted with
+    /// `keys` (`None`: plain).
     pub fn at(dir: &Path, name: &str, keys: Option<Arc<ArchiveKeys>>) -> LocalVol {
+        LocalVol::at_fs(archive_fs::local(), dir, name, keys)
+    }
+
+    /// Volume `name` in folder `dir`, reached through `fsys`, of an archive encrypted
+    /// with `keys` (`None`: plain).
+    pub fn at_fs(
+        fsys: SharedFs,
+        dir: &Path,
+        name: &str,
+        keys: Option<Arc<ArchiveKeys>>,
+    ) -> LocalVol {
         let fs = match keys {
-            None => FolderStore::new(dir),
-            Some(k) => FolderStore::sealed(dir, name, k),
+            None => FolderStore::with_fs(fsys, dir),
+            Some(k) => FolderStore::sealed_with_fs(fsys, dir, name, k),
         };
         LocalVol {
             vol: VolumeArchive::from_store(name, Arc::new(fs.clone())),
@@ -88,6 +100,11 @@ impl LocalVol {
     /// The folder store (how names map to files).
     pub fn store(&self) -> &FolderStore {
         &self.fs
+    }
+
+    /// The file operations the volume's files are reached with.
+    pub fn fs(&self) -> &SharedFs {
+        self.fs.fs()
     }
 
     /// `bytes`, the plain text of session `id`'s info or manifest, as stored: sealed
@@ -150,6 +167,8 @@ impl LocalVol {
 /// An archive root folder on this machine.
 #[derive(Debug, Clone)]
 pub struct LocalDestination {
+    /// The file operations the archive's files are reached with.
+    fs: SharedFs,
     root: PathBuf,
     read_only: bool,
     /// The keys of an encrypted archive, once unlocked ([`Destination::set_keys`]).
@@ -157,9 +176,16 @@ pub struct LocalDestination {
 }
 
 impl LocalDestination {
-    /// The archive folder `root` (which need not hold an archive yet).
+    /// The archive folder `root` on this machine (which need not hold an archive
+    /// yet).
     pub fn new(root: &Path) -> LocalDestination {
-        let read_only = durable::is_read_only(root);
+        LocalDestination::with_fs(archive_fs::local(), root)
+    }
+
+    /// The archive folder `root` (which need not hold an archive yet), its files
+    /// reached through `fs`: this machine's, or a remote folder's.
+    pub fn with_fs(fs: SharedFs, root: &Path) -> LocalDestination {
+        let read_only = fs.is_read_only(root);
         if read_only {
             tracing::debug!(
                 "archive {} is on a read-only filesystem: reading without locks",
@@ -167,6 +193,7 @@ impl LocalDestination {
             );
         }
         LocalDestination {
+            fs,
             root: root.to_path_buf(),
             read_only,
             keys: Arc::default(),
@@ -201,9 +228,14 @@ impl LocalDestination {
         &self.root
     }
 
+    /// The file operations the archive's files are reached with.
+    pub fn fs(&self) -> &SharedFs {
+        &self.fs
+    }
+
     /// Volume `name` with the paths of its files.
     pub fn local_volume(&self, name: &str) -> LocalVol {
-        LocalVol::at(&self.vol_dir(name), name, self.keys())
+        LocalVol::at_fs(self.fs.clone(), &self.vol_dir(name), name, self.keys())
     }
 
     fn refuse_read_only(&self, action: String) -> Error {
