@@ -282,7 +282,7 @@ fn is_leftover(name: &str) -> bool {
 
 impl Destination for LocalDestination {
     fn label(&self) -> String {
-        self.root.display().to_string()
+        self.fs.display(&self.root)
     }
 
     fn read_only(&self) -> bool {
@@ -290,7 +290,7 @@ impl Destination for LocalDestination {
     }
 
     fn local_root(&self) -> Option<&Path> {
-        Some(&self.root)
+        self.fs.is_local().then_some(self.root.as_path())
     }
 
     fn marker(&self) -> Result<Option<ArchiveMarker>> {

@@ -428,11 +428,28 @@ pub fn open(config: &crate::config::Config) -> Result<Box<dyn Destination>> {
 pub fn open_for(config: &crate::config::Config, writing: bool) -> Result<Box<dyn Destination>> {
     match &config.remote {
         None => Ok(Box::new(LocalDestination::new(&config.destdir))),
-        Some(spec) => Ok(Box::new(crate::remote::RemoteDestination::open(
-            spec,
-            &config.destdir,
-            config.destmountpoint.as_deref(),
-            writing,
-        )?)),
+        Some(spec) => {
+            let remote = crate::remote::RemoteDestination::open(
+                spec,
+                &config.destdir,
+                config.destmountpoint.as_deref(),
+                writing,
+            )?;
+            // An encrypted archive (or a new one this run creates encrypted) is run
+            // here, over the far folder's file operations: the far side never holds a
+            // key or a plain byte. A plain one keeps the far side's own operations.
+            let sealed = match remote.marker()? {
+                Some(m) => m.is_sealed(),
+                None => writing && config.encrypt != Some(false),
+            };
+            if !sealed {
+                return Ok(Box::new(remote));
+            }
+            let fs = crate::remote::RemoteFs::new(remote.connection(), &config.destdir);
+            Ok(Box::new(LocalDestination::with_fs(
+                std::sync::Arc::new(fs),
+                &config.destdir,
+            )))
+        }
     }
 }
