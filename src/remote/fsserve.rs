@@ -467,3 +467,237 @@ pub fn kind_of_code(c: u8) -> Result<Kind, WireError> {
         b => Err(WireError::Malformed(format!("file kind {b}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(s: &mut FsServer, code: u8, f: impl FnOnce(&mut Enc)) -> FsAnswer {
+        let mut e = Enc::new();
+        f(&mut e);
+        let mut d = Dec::new(&e.0);
+        s.handle(code, &mut d).unwrap()
+    }
+
+    fn refused(r: FsAnswer) -> (io::ErrorKind, String) {
+        let f = r.unwrap_err();
+        (f.kind, f.line)
+    }
+
+    #[test]
+    fn no_path_leads_out_of_the_served_folder() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("archive");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("v")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::fs::write(root.join("v/f"), "f").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("v/lnk")).unwrap();
+        let listing = |p: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut s = FsServer::new(&root, true);
+        use io::ErrorKind::*;
+        let r = |p: &str| {
+            let p = p.to_string();
+            move |e: &mut Enc| {
+                e.str(&p).u64(100);
+            }
+        };
+        for (p, want) in [
+            ("../outside/secret", "it has a \"..\" component"),
+            ("v/../../outside/secret", "it has a \"..\" component"),
+            ("/etc/passwd", "it is absolute"),
+            ("v//f", "it has an empty component"),
+            ("./v/f", "it has a \".\" component"),
+            ("v/", "it has an empty component"),
+        ] {
+            let (k, line) = refused(ask(&mut s, freq::READ, r(p)));
+            assert_eq!(k, InvalidInput, "{p}");
+            assert_eq!(
+                line,
+                format!(
+                    "{p:?} is not a path inside the archive folder {}: {want}",
+                    root.display()
+                )
+            );
+        }
+        let link = |p: &str| {
+            format!(
+                "{}: a symbolic link, refused (nothing of the archive is one, and none may \
+                 lead out of {})",
+                root.join(p).display(),
+                root.display()
+            )
+        };
+        // Through a link, or at a link: refused, whatever the operation.
+        assert_eq!(
+            refused(ask(&mut s, freq::READ, r("out/secret"))),
+            (PermissionDenied, link("out"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::READ, r("v/lnk"))),
+            (PermissionDenied, link("v/lnk"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::WRITE, |e| {
+                e.str("out/new").bytes(b"x");
+            })),
+            (PermissionDenied, link("out"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::REMOVE_FILE, |e| {
+                e.str("v/lnk");
+            })),
+            (PermissionDenied, link("v/lnk"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::REMOVE_DIR_ALL, |e| {
+                e.str("out");
+            })),
+            (PermissionDenied, link("out"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::RENAME, |e| {
+                e.str("v/f").str("out/f");
+            })),
+            (PermissionDenied, link("out"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::RENAME, |e| {
+                e.str("v/f").str("v/lnk");
+            })),
+            (PermissionDenied, link("v/lnk"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::LOCK, |e| {
+                e.str("out/lock").u32(1).bool(true);
+            })),
+            (PermissionDenied, link("out"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::CREATE_DIR_ALL, |e| {
+                e.str("out/a/b");
+            })),
+            (PermissionDenied, link("out"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::CREATE, |e| {
+                e.str("v/lnk").u32(1);
+            })),
+            (PermissionDenied, link("v/lnk"))
+        );
+        assert_eq!(
+            refused(ask(&mut s, freq::READ_DIR, |e| {
+                e.str("out").opt_str(None);
+            })),
+            (PermissionDenied, link("out"))
+        );
+        // A link is seen as what it is, never followed.
+        let m = ask(&mut s, freq::METADATA, |e| {
+            e.str("out");
+        })
+        .unwrap();
+        assert_eq!(m[0], kind_code(Kind::Other));
+        // The root itself cannot be removed; a missing file is said as missing.
+        assert_eq!(
+            refused(ask(&mut s, freq::REMOVE_DIR_ALL, |e| {
+                e.str("");
+            }))
+            .0,
+            PermissionDenied
+        );
+        let f = ask(&mut s, freq::READ, r("v/none")).unwrap_err();
+        assert_eq!((f.kind, f.errno), (NotFound, libc::ENOENT));
+        assert_eq!(
+            f.line,
+            format!(
+                "{}: No such file or directory (os error 2)",
+                root.join("v/none").display()
+            )
+        );
+        // A read above its limit, and a piece above the protocol's.
+        let f = ask(&mut s, freq::READ, |e| {
+            e.str("v/f").u64(0);
+        })
+        .unwrap_err();
+        assert_eq!(f.kind, InvalidData);
+        let f = ask(&mut s, freq::READ_AT, |e| {
+            e.str("v/f").u64(0).u32(proto::FS_PIECE as u32 + 1);
+        })
+        .unwrap_err();
+        assert_eq!(f.kind, InvalidInput);
+
+        // Nothing outside was touched, and the links are still there.
+        assert_eq!(listing(&outside), vec!["secret"]);
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"s");
+        assert_eq!(listing(&root), vec!["out", "v"]);
+        assert_eq!(listing(&root.join("v")), vec!["f", "lnk"]);
+        assert!(std::fs::symlink_metadata(root.join("v/lnk"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn open_files_and_locks_are_bounded_and_released() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let mut s = FsServer::new(&root, true);
+        for h in 0..proto::FS_MAX_HANDLES as u32 {
+            ask(&mut s, freq::CREATE, |e| {
+                e.str(&format!("f{h}")).u32(h);
+            })
+            .unwrap();
+        }
+        let f = ask(&mut s, freq::CREATE, |e| {
+            e.str("one-more").u32(9999);
+        })
+        .unwrap_err();
+        assert!(f.line.contains("more than 256 files open"), "{}", f.line);
+        assert!(!root.join("one-more").exists());
+        let f = ask(&mut s, freq::CREATE, |e| {
+            e.str("again").u32(0);
+        })
+        .unwrap_err();
+        assert_eq!(f.kind, io::ErrorKind::AlreadyExists);
+        ask(&mut s, freq::APPEND, |e| {
+            e.u32(3).0.extend_from_slice(b"abc");
+        })
+        .unwrap();
+        ask(&mut s, freq::FINISH, |e| {
+            e.u32(3).bool(true);
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(root.join("f3")).unwrap(), b"abc");
+        let f = ask(&mut s, freq::APPEND, |e| {
+            e.u32(3).0.extend_from_slice(b"more");
+        })
+        .unwrap_err();
+        assert_eq!(f.line, "no file is open under handle 3");
+        // A lock held by the server until UNLOCK, or until the connection ends.
+        let lock = |s: &mut FsServer, h: u32| {
+            ask(s, freq::LOCK, |e| {
+                e.str("lock").u32(h).bool(true);
+            })
+            .unwrap()
+        };
+        assert_eq!(lock(&mut s, 1), [1]);
+        assert_eq!(lock(&mut s, 2), [0]);
+        ask(&mut s, freq::UNLOCK, |e| {
+            e.u32(1);
+        })
+        .unwrap();
+        assert_eq!(lock(&mut s, 3), [1]);
+        s.end();
+        let mut other = FsServer::new(&root, true);
+        assert_eq!(lock(&mut other, 1), [1]);
+    }
+}
