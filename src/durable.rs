@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
+use sparsebak_format::archive_fs::ArchiveFs;
+
 /// Make every file and folder this process creates private to its owner (umask 077),
 /// whatever umask it was started with: archives, metadata, streams and restored images
 /// hold disk contents. The binary calls it first thing; files are then 0600 and folders
@@ -58,6 +60,18 @@ impl Flusher {
         Self::with(every, move || {
             nix::unistd::syncfs(dir.as_raw_fd()).map_err(std::io::Error::from)
         })
+    }
+
+    /// A flusher that never flushes: for a folder reached through a remote
+    /// [`ArchiveFs`](sparsebak_format::archive_fs::ArchiveFs), whose writes are made
+    /// durable by the one `syncfs` at the end of the batch.
+    pub fn idle() -> Flusher {
+        Flusher {
+            tx: None,
+            thread: None,
+            every: u64::MAX,
+            pending: 0,
+        }
     }
 
     /// Run `flush` on the background thread after every `every` bytes reported.
@@ -210,6 +224,47 @@ pub fn move_dir(from: &Path, to: &Path, leftovers: &[&str]) -> crate::error::Res
     // rename(2) replaces an empty folder.
     std::fs::rename(from, to).at(from)?;
     sync_parent(to).at(to)?;
+    Ok(true)
+}
+
+/// [`only_lock`] of a folder reached through `fs` (an archive's volume folder).
+pub fn only_lock_in(
+    fs: &dyn ArchiveFs,
+    dir: &Path,
+    leftovers: &[&str],
+) -> crate::error::Result<bool> {
+    use crate::error::IoAt;
+    match fs.read_dir(dir) {
+        Ok(entries) => Ok(entries
+            .iter()
+            .all(|e| leftovers.iter().any(|l| e.name == *l))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).at(dir),
+    }
+}
+
+/// [`move_dir`] of folders reached through `fs` (an archive's volume folders).
+pub fn move_dir_in(
+    fs: &dyn ArchiveFs,
+    from: &Path,
+    to: &Path,
+    leftovers: &[&str],
+) -> crate::error::Result<bool> {
+    use crate::error::IoAt;
+    if !fs.exists(from) {
+        return Ok(false);
+    }
+    if fs.exists(to) {
+        for lock in leftovers {
+            let l = to.join(lock);
+            if fs.exists(&l) {
+                fs.remove_file(&l).at(&l)?;
+            }
+        }
+    }
+    // rename(2) replaces an empty folder.
+    fs.rename(from, to).at(from)?;
+    fs.sync_parent(to).at(to)?;
     Ok(true)
 }
 

@@ -3,10 +3,13 @@
 //! A lock is held for as long as the returned guard lives; the kernel drops it when
 //! the process dies, so a killed run never leaves a stale lock behind.
 
+use std::any::Any;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use sparsebak_format::archive_fs::{ArchiveFs, LockMode};
 
 use crate::error::{Error, IoAt, Result};
 
@@ -56,6 +59,36 @@ pub fn lock(path: &Path, mode: Mode, wait: Duration, what: &str) -> Result<LockG
             return Err(Error::Msg(format!(
                 "{what} is busy: another sparsebak run holds {} (waited {}s); try again later",
                 path.display(),
+                wait.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// [`lock`] of a file reached through `fs` (a volume's lock in an archive folder):
+/// [`ArchiveFs::try_lock`] polled with the same wait and message. The lock is held
+/// while the returned value lives.
+pub fn lock_in(
+    fs: &dyn ArchiveFs,
+    path: &Path,
+    mode: Mode,
+    wait: Duration,
+    what: &str,
+) -> Result<Box<dyn Any + Send + Sync>> {
+    let mode = match mode {
+        Mode::Shared => LockMode::Shared,
+        Mode::Exclusive => LockMode::Exclusive,
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(held) = fs.try_lock(path, mode).at(path)? {
+            return Ok(held);
+        }
+        if start.elapsed() >= wait {
+            return Err(Error::Msg(format!(
+                "{what} is busy: another sparsebak run holds {} (waited {}s); try again later",
+                fs.display(path),
                 wait.as_secs()
             )));
         }
@@ -115,5 +148,36 @@ mod tests {
         .unwrap();
         assert_eq!(said, 1);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn through_the_archive_fs_the_same_lock_and_message() {
+        use sparsebak_format::archive_fs::LocalFs;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("l");
+        let a = lock_in(&LocalFs, &p, Mode::Exclusive, Duration::ZERO, "volume v").unwrap();
+        // The same flock as `lock`'s: each excludes the other.
+        let e = lock(&p, Mode::Shared, Duration::ZERO, "volume v").unwrap_err();
+        assert!(e.to_string().contains("busy"), "{e}");
+        let e = lock_in(
+            &LocalFs,
+            &p,
+            Mode::Shared,
+            Duration::from_millis(150),
+            "volume v",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "volume v is busy: another sparsebak run holds {} (waited 0s); try again later",
+                p.display()
+            )
+        );
+        drop(a);
+        let _s1 = lock_in(&LocalFs, &p, Mode::Shared, Duration::ZERO, "v").unwrap();
+        let _s2 = lock(&p, Mode::Shared, Duration::ZERO, "v").unwrap();
+        assert!(lock_in(&LocalFs, &p, Mode::Exclusive, Duration::ZERO, "v").is_err());
     }
 }

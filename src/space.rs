@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sparsebak_format::archive_fs::{ArchiveFs, LocalFs};
+
 use crate::error::Error;
 
 /// Free room on a filesystem.
@@ -33,6 +35,16 @@ pub fn room(path: &Path) -> Option<Room> {
             }
             Err(_) => p = p.parent()?,
         }
+    }
+}
+
+/// [`room`] of a folder reached through `fs`: unknown (`None`) unless it is on this
+/// machine.
+pub fn room_in(fs: &dyn ArchiveFs, path: &Path) -> Option<Room> {
+    if fs.is_local() {
+        room(path)
+    } else {
+        None
     }
 }
 
@@ -91,8 +103,19 @@ pub fn why_full(
     dir: &Path,
     inode_hint: &str,
 ) -> Option<String> {
+    why_full_in(&LocalFs, e, dir, inode_hint)
+}
+
+/// [`why_full`] of a folder reached through `fs` (the room is measured only when it is
+/// on this machine).
+fn why_full_in(
+    fs: &dyn ArchiveFs,
+    e: &(dyn std::error::Error + 'static),
+    dir: &Path,
+    inode_hint: &str,
+) -> Option<String> {
     let at = full_in_chain(e)?;
-    let now = room(at.as_deref().unwrap_or(dir));
+    let now = room_in(fs, at.as_deref().unwrap_or(dir));
     Some(if out_of_inodes(now) {
         format!("{}: {inode_hint}", inodes_sentence(dir, now))
     } else {
@@ -108,10 +131,21 @@ pub fn why_full(
 /// or inodes ran out, then `outcome` (what became of the work). For writers that are
 /// not sessions (untar, prune, repair, copies of sessions); see [`explain`] for them.
 pub fn explain_write(e: Error, dir: &Path, inode_hint: &str, outcome: &str) -> Error {
+    explain_write_in(&LocalFs, e, dir, inode_hint, outcome)
+}
+
+/// [`explain_write`] of a folder reached through `fs`.
+pub fn explain_write_in(
+    fs: &dyn ArchiveFs,
+    e: Error,
+    dir: &Path,
+    inode_hint: &str,
+    outcome: &str,
+) -> Error {
     if matches!(e, Error::Full { .. }) {
         return e;
     }
-    match why_full(&e, dir, inode_hint) {
+    match why_full_in(fs, &e, dir, inode_hint) {
         Some(why) => Error::Full {
             what: format!("{why}; {outcome}"),
             source: Box::new(e),
@@ -146,6 +180,17 @@ fn human(b: u64) -> String {
 /// inodes rather than bytes ran out (measured now, before the partial session is
 /// removed). Other errors come back unchanged.
 pub fn explain(e: Error, dir: &Path, before: Option<Room>, done: Progress) -> Error {
+    explain_in(&LocalFs, e, dir, before, done)
+}
+
+/// [`explain`] of a folder reached through `fs`.
+pub fn explain_in(
+    fs: &dyn ArchiveFs,
+    e: Error,
+    dir: &Path,
+    before: Option<Room>,
+    done: Progress,
+) -> Error {
     if matches!(e, Error::Full { .. }) {
         return e;
     }
@@ -153,7 +198,7 @@ pub fn explain(e: Error, dir: &Path, before: Option<Room>, done: Progress) -> Er
         return e;
     };
     let fs_of = at.as_deref().unwrap_or(dir);
-    let now = room(fs_of);
+    let now = room_in(fs, fs_of);
     let what = if out_of_inodes(now) {
         format!(
             "{}: this session had created {} chunk files; {SESSION_INODE_HINT}",

@@ -121,6 +121,30 @@ pub trait ArchiveFs: Send + Sync + Debug {
     /// nearest existing ancestor) is mounted read-only.
     fn is_read_only(&self, path: &Path) -> bool;
 
+    /// Whether `path` exists (a symbolic link is not followed). Written in terms of
+    /// [`ArchiveFs::metadata`].
+    fn exists(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok()
+    }
+    /// Whether `path` is a folder (not a symbolic link to one). Written in terms of
+    /// [`ArchiveFs::metadata`].
+    fn is_dir(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| m.kind == Kind::Dir)
+    }
+    /// Whether `path` is a regular file (not a symbolic link to one). Written in terms
+    /// of [`ArchiveFs::metadata`].
+    fn is_file(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| m.kind == Kind::File)
+    }
+    /// fsync of the folder holding `path` (the current folder for a bare name).
+    /// Written in terms of [`ArchiveFs::sync_dir`].
+    fn sync_parent(&self, path: &Path) -> io::Result<()> {
+        match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => self.sync_dir(p),
+            _ => self.sync_dir(Path::new(".")),
+        }
+    }
+
     /// Try to take an advisory lock on `path` (created if missing) without waiting:
     /// `Ok(None)` when another holder has it. The lock is held as long as the
     /// returned value lives (for a remote one: or until the link goes).
@@ -406,3 +430,108 @@ struct Held(
     #[allow(dead_code)] std::fs::File,
     #[allow(dead_code)] PathBuf,
 );
+
+/// [`LocalFs`] that says it is not local, so that callers take the paths they take
+/// for a remote folder (reading by offset instead of mapping, no background flush):
+/// for tests of those paths.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotLocal;
+
+#[cfg(any(test, feature = "testing"))]
+impl ArchiveFs for NotLocal {
+    fn display(&self, path: &Path) -> String {
+        format!("not-local:{}", path.display())
+    }
+    fn metadata(&self, path: &Path) -> io::Result<Meta> {
+        LocalFs.metadata(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>> {
+        LocalFs.read_dir(path)
+    }
+    fn read(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+        LocalFs.read(path, max)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        LocalFs.read_at(path, offset, len)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        LocalFs.open(path)
+    }
+    fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        LocalFs.write(path, data)
+    }
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        LocalFs.write_new(path, data)
+    }
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        LocalFs.write_atomic(path, data)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FileWriter>> {
+        LocalFs.create(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        LocalFs.create_dir(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        LocalFs.create_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        LocalFs.rename(from, to)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        LocalFs.rename_noreplace(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        LocalFs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        LocalFs.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        LocalFs.remove_dir(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        LocalFs.remove_dir_all(path)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        LocalFs.sync_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        LocalFs.sync_dir(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        LocalFs.syncfs(path)
+    }
+    fn is_read_only(&self, path: &Path) -> bool {
+        LocalFs.is_read_only(path)
+    }
+    fn try_lock(
+        &self,
+        path: &Path,
+        mode: LockMode,
+    ) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        LocalFs.try_lock(path, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_helpers_do_not_follow_links() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, sub, link) = (d.path().join("f"), d.path().join("s"), d.path().join("l"));
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::create_dir(&sub).unwrap();
+        std::os::unix::fs::symlink(&sub, &link).unwrap();
+        let fs = NotLocal;
+        assert!(fs.is_file(&f) && !fs.is_dir(&f) && fs.exists(&f));
+        assert!(fs.is_dir(&sub) && !fs.is_file(&sub));
+        assert!(fs.exists(&link) && !fs.is_dir(&link) && !fs.is_file(&link));
+        assert!(!fs.exists(&d.path().join("missing")));
+        fs.sync_parent(&f).unwrap();
+        assert!(!LocalFs.is_read_only(&d.path().join("not/yet/made")));
+    }
+}

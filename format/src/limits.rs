@@ -5,9 +5,9 @@
 //! file's size, the chunk size, the volume size, or the sane maxima below) before
 //! anything is allocated or read because of it.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::Path;
+
+use crate::archive_fs::{ArchiveFs, LocalFs};
 
 use crate::chunk::Codec;
 use crate::error::{FormatError, IoContext, Result};
@@ -61,23 +61,34 @@ pub fn max_stored_any() -> u64 {
 /// file is refused before anything is allocated, and a file that grows while it is read
 /// still yields at most `max + 1` bytes (and the same refusal).
 pub fn read_bounded(path: &Path, max: u64, what: &'static str) -> Result<Vec<u8>> {
-    let f = File::open(path).at(path)?;
-    let len = f.metadata().at(path)?.len();
+    read_bounded_in(&LocalFs, path, max, what)
+}
+
+/// [`read_bounded`] through `fs`: one [`ArchiveFs::read`] (a round trip for a remote
+/// folder), and only when that refuses the file its length, for the message.
+pub fn read_bounded_in(
+    fs: &dyn ArchiveFs,
+    path: &Path,
+    max: u64,
+    what: &'static str,
+) -> Result<Vec<u8>> {
     let too_large = |len: u64| FormatError::TooLarge {
         path: path.to_path_buf(),
         what,
         len,
         max,
     };
-    if len > max {
-        return Err(too_large(len));
+    match fs.read(path, max) {
+        Ok(buf) if buf.len() as u64 > max => Err(too_large(buf.len() as u64)),
+        Ok(buf) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => match fs.metadata(path) {
+            Ok(m) if m.len > max => Err(too_large(m.len)),
+            // Not the limit after all (or the file grew past it while it was read, and
+            // shrank since): the error as it came.
+            _ => Err(e).at(path),
+        },
+        Err(e) => Err(e).at(path),
     }
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(max + 1).read_to_end(&mut buf).at(path)?;
-    if buf.len() as u64 > max {
-        return Err(too_large(buf.len() as u64));
-    }
-    Ok(buf)
 }
 
 /// [`read_bounded`] of a text file.
@@ -92,6 +103,7 @@ pub fn read_bounded_text(path: &Path, max: u64, what: &'static str) -> Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     #[test]
     fn chunk_sizes() {

@@ -11,9 +11,9 @@
 //! random UUID given when the archive is created) is absent in archives made before
 //! identities existed. Readers ignore keys they do not know.
 
-use std::io::Read;
 use std::path::Path;
 
+use crate::archive_fs::{ArchiveFs, LocalFs};
 use crate::error::{FormatError, Result};
 use crate::layout;
 use crate::FORMAT_VERSION;
@@ -151,20 +151,27 @@ impl ArchiveMarker {
 /// Read the marker of the archive at `root`: `None` when there is none (no marker
 /// file, or no folder at all); an error when it cannot be read or is not a marker.
 pub fn read_marker(root: &Path) -> Result<Option<ArchiveMarker>> {
+    read_marker_in(&LocalFs, root)
+}
+
+/// [`read_marker`] of an archive folder reached through `fs`.
+pub fn read_marker_in(fs: &dyn ArchiveFs, root: &Path) -> Result<Option<ArchiveMarker>> {
     let path = root.join(layout::ARCHIVE_MARKER);
     let not_archive = |reason: String| FormatError::NotArchive {
         path: root.to_path_buf(),
         reason,
     };
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
+    let bytes = match fs.read(&path, MAX_BYTES) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(not_archive(format!(
+                "{} is longer than {MAX_BYTES} bytes",
+                layout::ARCHIVE_MARKER
+            )))
+        }
         Err(e) => return Err(not_archive(format!("{}: {e}", path.display()))),
     };
-    let mut bytes = Vec::new();
-    f.take(MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| not_archive(format!("{}: {e}", path.display())))?;
     if bytes.len() as u64 > MAX_BYTES {
         return Err(not_archive(format!(
             "{} is longer than {MAX_BYTES} bytes",

@@ -199,15 +199,16 @@ impl FolderStore {
     /// no such file, an error when it is not `name`'s.
     fn read_volume_id(&self, k: &ArchiveKeys, path: &Path) -> Result<Option<String>> {
         let max = 4096 + envelope::overhead(4096);
-        let sealed = match limits::read_bounded(path, max, "volume identity file") {
-            Ok(b) => b,
-            Err(FormatError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
+        let sealed =
+            match limits::read_bounded_in(self.fs.as_ref(), path, max, "volume identity file") {
+                Ok(b) => b,
+                Err(FormatError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            };
         let bad = |reason: String| FormatError::Info {
             path: path.to_path_buf(),
             reason,
@@ -325,6 +326,11 @@ impl FolderStore {
         self.session_dir(id).join(self.chunk_rel_path(id, addr))
     }
 
+    /// A sequential reader of the file at `path`.
+    fn open(&self, path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
+        self.fs.open(path).at(path)
+    }
+
     /// The open tar session `id`.
     pub fn tar(&self, id: &str) -> Result<Arc<TarSession>> {
         let mut cache = self
@@ -334,7 +340,8 @@ impl FolderStore {
         if let Some(t) = cache.get(id) {
             return Ok(t.clone());
         }
-        let t = Arc::new(TarSession::open(
+        let t = Arc::new(TarSession::open_in(
+            &self.fs,
             &self.tar_path(id),
             &self.tar_index_path(id),
         )?);
@@ -360,7 +367,12 @@ impl FolderStore {
     ) -> Result<Vec<u8>> {
         let id = &info.session;
         match storage {
-            Storage::Folder => limits::read_bounded(&self.chunk_path(id, addr), max, "chunk file"),
+            Storage::Folder => limits::read_bounded_in(
+                self.fs.as_ref(),
+                &self.chunk_path(id, addr),
+                max,
+                "chunk file",
+            ),
             Storage::Tar => self.tar(id)?.read_chunk(addr, max),
         }
     }
@@ -372,20 +384,18 @@ impl VolumeStore for FolderStore {
     }
 
     fn exists(&self) -> bool {
-        self.dir.is_dir()
+        self.fs.is_dir(&self.dir)
     }
 
     fn sessions(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
-        let rd = match std::fs::read_dir(&self.dir) {
+        let rd = match self.fs.read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
             Err(e) => return Err(e).at(&self.dir),
         };
         for ent in rd {
-            let ent = ent.at(&self.dir)?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
+            let name = ent.name.as_str();
             if let Some(rest) = name.strip_prefix(layout::SESSION_PREFIX) {
                 let tok = rest.strip_suffix(layout::TAR_SUFFIX).unwrap_or(rest);
                 if let Some(id) = self.session_of_name(tok) {
@@ -400,7 +410,7 @@ impl VolumeStore for FolderStore {
     }
 
     fn storage(&self, id: &str) -> Storage {
-        if self.session_dir(id).is_dir() {
+        if self.fs.is_dir(&self.session_dir(id)) {
             Storage::Folder
         } else {
             Storage::Tar
@@ -411,7 +421,7 @@ impl VolumeStore for FolderStore {
         if let Some(k) = &self.keys {
             let path = self.info_path(id);
             let max = limits::MAX_INFO_BYTES + envelope::overhead(limits::MAX_INFO_BYTES);
-            let sealed = limits::read_bounded(&path, max, "info file")?;
+            let sealed = limits::read_bounded_in(self.fs.as_ref(), &path, max, "info file")?;
             return k
                 .open(&Place::Info { session: id }, &sealed)
                 .map_err(|e| FormatError::Info {
@@ -420,9 +430,12 @@ impl VolumeStore for FolderStore {
                 });
         }
         match self.storage(id) {
-            Storage::Folder => {
-                limits::read_bounded(&self.info_path(id), limits::MAX_INFO_BYTES, "info file")
-            }
+            Storage::Folder => limits::read_bounded_in(
+                self.fs.as_ref(),
+                &self.info_path(id),
+                limits::MAX_INFO_BYTES,
+                "info file",
+            ),
             Storage::Tar => self.tar(id)?.info_bytes(),
         }
     }
@@ -430,7 +443,7 @@ impl VolumeStore for FolderStore {
     fn manifest_bytes(&self, id: &str) -> Result<Box<dyn BufRead + Send>> {
         if let Some(k) = &self.keys {
             let p = self.manifest_path(id);
-            let f = std::fs::File::open(&p).at(&p)?;
+            let f = self.open(&p)?;
             let place = Place::Manifest { session: id };
             return Ok(Box::new(BufReader::with_capacity(
                 64 * 1024,
@@ -440,7 +453,7 @@ impl VolumeStore for FolderStore {
         match self.storage(id) {
             Storage::Folder => {
                 let p = self.manifest_path(id);
-                let f = std::fs::File::open(&p).at(&p)?;
+                let f = self.open(&p)?;
                 Ok(Box::new(BufReader::with_capacity(64 * 1024, f)))
             }
             Storage::Tar => self.tar(id)?.manifest_reader(),
@@ -450,7 +463,7 @@ impl VolumeStore for FolderStore {
     fn manifest_len(&self, id: &str) -> Result<u64> {
         if self.keys.is_some() {
             let p = self.manifest_path(id);
-            let len = std::fs::metadata(&p).at(&p)?.len();
+            let len = self.fs.metadata(&p).at(&p)?.len;
             return envelope::plain_len(len).ok_or_else(|| {
                 FormatError::Other(format!(
                     "{}: the manifest is cut or altered ({len} bytes is no sealed manifest's \
@@ -462,7 +475,7 @@ impl VolumeStore for FolderStore {
         match self.storage(id) {
             Storage::Folder => {
                 let p = self.manifest_path(id);
-                Ok(std::fs::metadata(&p).at(&p)?.len())
+                Ok(self.fs.metadata(&p).at(&p)?.len)
             }
             Storage::Tar => Ok(self.tar(id)?.index.manifest().1),
         }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::archive_fs::{self, ArchiveFs, SharedFs};
 use crate::error::{FormatError, IndexFault, IoContext, Result};
 use crate::limits;
 
@@ -137,9 +138,31 @@ pub fn check_index(b: &[u8], tar_len: u64) -> std::result::Result<usize, IndexFa
     Ok(count)
 }
 
-/// A memory-mapped member index, checked against its tar when opened.
+/// The bytes of a member index: mapped (a local file), or read whole (a remote one).
+enum IndexBytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for IndexBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            IndexBytes::Map(m) => m,
+            IndexBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The largest index a tar of `tar_len` bytes can have: every record names a member
+/// of at least one 512-byte header.
+fn max_index_len(tar_len: u64) -> u64 {
+    (HEADER as u64).saturating_add((RECORD as u64).saturating_mul(tar_len / TAR_BLOCK + 1))
+}
+
+/// A member index (memory-mapped when local), checked against its tar when opened.
 pub struct TarIndex {
-    map: Mmap,
+    map: IndexBytes,
     count: usize,
     path: PathBuf,
 }
@@ -147,19 +170,48 @@ pub struct TarIndex {
 impl TarIndex {
     /// Open and check the index at `path` of a tar of `tar_len` bytes.
     pub fn open(path: &Path, tar_len: u64) -> Result<TarIndex> {
-        let f = File::open(path).at(path)?;
-        let len = f.metadata().at(path)?.len();
+        TarIndex::open_in(&archive_fs::LocalFs, path, tar_len)
+    }
+
+    /// [`TarIndex::open`] of an index reached through `fs`: mapped when it is local,
+    /// else read whole (bounded by what a tar of `tar_len` bytes can index).
+    pub fn open_in(fs: &dyn ArchiveFs, path: &Path, tar_len: u64) -> Result<TarIndex> {
         let fault = |fault: IndexFault| FormatError::TarIndex {
             path: path.to_path_buf(),
             fault,
         };
-        if len < HEADER as u64 {
-            return Err(fault(IndexFault::TooShort { len }));
-        }
-        // SAFETY: index files are written once and never modified in place; a file
-        // changed under the map can give wrong numbers, which are all checked below
-        // and again on every read of the tar.
-        let map = unsafe { Mmap::map(&f) }.at(path)?;
+        let map = if fs.is_local() {
+            let f = File::open(path).at(path)?;
+            let len = f.metadata().at(path)?.len();
+            if len < HEADER as u64 {
+                return Err(fault(IndexFault::TooShort { len }));
+            }
+            // SAFETY: index files are written once and never modified in place; a file
+            // changed under the map can give wrong numbers, which are all checked below
+            // and again on every read of the tar.
+            IndexBytes::Map(unsafe { Mmap::map(&f) }.at(path)?)
+        } else {
+            let max = max_index_len(tar_len);
+            let b = match fs.read(path, max) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let len = fs.metadata(path).at(path)?.len;
+                    return Err(FormatError::TooLarge {
+                        path: path.to_path_buf(),
+                        what: "tar index (for the length of its tar)",
+                        len,
+                        max,
+                    });
+                }
+                Err(e) => return Err(e).at(path),
+            };
+            if (b.len() as u64) < HEADER as u64 {
+                return Err(fault(IndexFault::TooShort {
+                    len: b.len() as u64,
+                }));
+            }
+            IndexBytes::Owned(b)
+        };
         let count = check_index(&map, tar_len).map_err(fault)?;
         Ok(TarIndex {
             map,
@@ -214,9 +266,17 @@ impl TarIndex {
     }
 }
 
+/// Where an index being written goes: a local file (its header written in place at
+/// the end), or the records kept in memory and written in one piece at the end (a
+/// remote folder, where a file is written front to back).
+enum IndexOut {
+    Local(std::io::BufWriter<File>),
+    Staged { fs: SharedFs, bytes: Vec<u8> },
+}
+
 /// Writes an index while the tar is written: records as they come, header last.
 pub struct TarIndexWriter {
-    file: std::io::BufWriter<File>,
+    file: IndexOut,
     path: PathBuf,
     count: u64,
     last: Option<u64>,
@@ -228,7 +288,25 @@ impl TarIndexWriter {
         let mut file = std::io::BufWriter::new(f);
         file.write_all(&[0u8; HEADER]).at(path)?;
         Ok(TarIndexWriter {
-            file,
+            file: IndexOut::Local(file),
+            path: path.to_path_buf(),
+            count: 0,
+            last: None,
+        })
+    }
+
+    /// [`TarIndexWriter::create`] through `fs` (the local file when it is local).
+    pub fn create_in(fs: &SharedFs, path: &Path) -> Result<TarIndexWriter> {
+        if fs.is_local() {
+            return TarIndexWriter::create(path);
+        }
+        // Created now, so that a folder that cannot take it fails the session early.
+        fs.write(path, &[0u8; HEADER]).at(path)?;
+        Ok(TarIndexWriter {
+            file: IndexOut::Staged {
+                fs: fs.clone(),
+                bytes: vec![0u8; HEADER],
+            },
             path: path.to_path_buf(),
             count: 0,
             last: None,
@@ -244,7 +322,10 @@ impl TarIndexWriter {
         rec[..8].copy_from_slice(&addr.to_le_bytes());
         rec[8..16].copy_from_slice(&off.to_le_bytes());
         rec[16..].copy_from_slice(&len.to_le_bytes());
-        self.file.write_all(&rec).at(&self.path)?;
+        match &mut self.file {
+            IndexOut::Local(f) => f.write_all(&rec).at(&self.path)?,
+            IndexOut::Staged { bytes, .. } => bytes.extend_from_slice(&rec),
+        }
         self.count += 1;
         Ok(())
     }
@@ -252,11 +333,6 @@ impl TarIndexWriter {
     /// Write the header and sync.
     pub fn finish(self, manifest: (u64, u64), info: (u64, u64)) -> Result<()> {
         let path = self.path;
-        let f = self
-            .file
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .at(&path)?;
         let mut h = [0u8; HEADER];
         h[..8].copy_from_slice(INDEX_MAGIC);
         h[8..16].copy_from_slice(&self.count.to_le_bytes());
@@ -264,14 +340,32 @@ impl TarIndexWriter {
         h[24..32].copy_from_slice(&manifest.1.to_le_bytes());
         h[32..40].copy_from_slice(&info.0.to_le_bytes());
         h[40..48].copy_from_slice(&info.1.to_le_bytes());
-        f.write_all_at(&h, 0).at(&path)?;
-        f.sync_all().at(&path)
+        match self.file {
+            IndexOut::Local(file) => {
+                let f = file.into_inner().map_err(|e| e.into_error()).at(&path)?;
+                f.write_all_at(&h, 0).at(&path)?;
+                f.sync_all().at(&path)
+            }
+            IndexOut::Staged { fs, mut bytes } => {
+                bytes[..HEADER].copy_from_slice(&h);
+                let mut w = fs.create(&path).at(&path)?;
+                w.write_all(&bytes).at(&path)?;
+                w.finish(true).at(&path)
+            }
+        }
     }
+}
+
+/// Where a tar session's bytes are read from: the open file (local), or the file
+/// system it is in, by offset.
+pub enum TarFile {
+    Local(File),
+    Fs(SharedFs),
 }
 
 /// An open tar session: the tar file and its index.
 pub struct TarSession {
-    pub file: File,
+    pub file: TarFile,
     pub index: TarIndex,
     pub path: PathBuf,
     /// The tar's length when it was opened, which every index entry was checked
@@ -281,11 +375,23 @@ pub struct TarSession {
 
 impl TarSession {
     pub fn open(tar: &Path, index: &Path) -> Result<TarSession> {
-        let file = File::open(tar).at(tar)?;
-        let len = file.metadata().at(tar)?.len();
+        TarSession::open_in(&archive_fs::local(), tar, index)
+    }
+
+    /// [`TarSession::open`] of a tar and index reached through `fs` (the file opened
+    /// and its index mapped when it is local).
+    pub fn open_in(fs: &SharedFs, tar: &Path, index: &Path) -> Result<TarSession> {
+        let (file, len) = if fs.is_local() {
+            let file = File::open(tar).at(tar)?;
+            let len = file.metadata().at(tar)?.len();
+            (TarFile::Local(file), len)
+        } else {
+            let len = fs.metadata(tar).at(tar)?.len;
+            (TarFile::Fs(fs.clone()), len)
+        };
         Ok(TarSession {
             file,
-            index: TarIndex::open(index, len)?,
+            index: TarIndex::open_in(fs.as_ref(), index, len)?,
             path: tar.to_path_buf(),
             len,
         })
@@ -313,9 +419,21 @@ impl TarSession {
                 tar_len: self.len,
             }));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, off).at(&self.path)?;
-        Ok(buf)
+        match &self.file {
+            TarFile::Local(f) => {
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, off).at(&self.path)?;
+                Ok(buf)
+            }
+            TarFile::Fs(fs) => {
+                let buf = fs.read_at(&self.path, off, len as usize).at(&self.path)?;
+                if buf.len() as u64 != len {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+                        .at(&self.path);
+                }
+                Ok(buf)
+            }
+        }
     }
 
     /// The stored bytes of the chunk at `addr`, at most `max` of them.
@@ -345,14 +463,55 @@ impl TarSession {
     /// A reader over the manifest member.
     pub fn manifest_reader(&self) -> Result<Box<dyn std::io::BufRead + Send>> {
         let (off, len) = self.index.manifest();
-        let mut f = self.file.try_clone().at(&self.path)?;
-        f.seek(SeekFrom::Start(off)).at(&self.path)?;
-        Ok(Box::new(BufReader::with_capacity(64 * 1024, f.take(len))))
+        match &self.file {
+            TarFile::Local(file) => {
+                let mut f = file.try_clone().at(&self.path)?;
+                f.seek(SeekFrom::Start(off)).at(&self.path)?;
+                Ok(Box::new(BufReader::with_capacity(64 * 1024, f.take(len))))
+            }
+            TarFile::Fs(fs) => Ok(Box::new(BufReader::with_capacity(
+                RANGE_PIECE,
+                RangeReader {
+                    fs: fs.clone(),
+                    path: self.path.clone(),
+                    pos: off,
+                    end: off.saturating_add(len),
+                },
+            ))),
+        }
     }
 
     pub fn info_bytes(&self) -> Result<Vec<u8>> {
         let (off, len) = self.index.info();
         self.read_at(off, len, limits::MAX_INFO_BYTES)
+    }
+}
+
+/// Bytes asked of a remote file at a time by [`RangeReader`].
+const RANGE_PIECE: usize = 1 << 20;
+
+/// A reader of the bytes `pos..end` of a file, by [`ArchiveFs::read_at`].
+struct RangeReader {
+    fs: SharedFs,
+    path: PathBuf,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.end.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let got = self.fs.read_at(&self.path, self.pos, want)?;
+        if got.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = got.len().min(want);
+        buf[..n].copy_from_slice(&got[..n]);
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -576,5 +735,59 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().starts_with(&ix.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_folder_that_is_not_local_is_read_by_offset_and_bounded() {
+        let fs: SharedFs = std::sync::Arc::new(archive_fs::NotLocal);
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("S_20260101-000000.tar");
+        let ix = dir.path().join("S_20260101-000000.tar.index");
+        let mut bytes: Vec<u8> = (0..TAR_LEN).map(|i| (i % 251) as u8).collect();
+        bytes[MANIFEST.0 as usize..(MANIFEST.0 + MANIFEST.1) as usize].fill(b'm');
+        std::fs::write(&tar, &bytes).unwrap();
+        // Written through the file system: the same bytes as the local writer's.
+        let mut w = TarIndexWriter::create_in(&fs, &ix).unwrap();
+        for (a, o, l) in good() {
+            w.push(a, o, l).unwrap();
+        }
+        w.finish(MANIFEST, INFO).unwrap();
+        assert_eq!(std::fs::read(&ix).unwrap(), index(&good(), MANIFEST, INFO));
+        let t = TarSession::open_in(&fs, &tar, &ix).unwrap();
+        assert!(matches!(t.file, TarFile::Fs(_)));
+        assert_eq!(t.read_chunk(65536, 700).unwrap(), &bytes[2048..2748]);
+        let mut m = Vec::new();
+        t.manifest_reader().unwrap().read_to_end(&mut m).unwrap();
+        assert_eq!(m, vec![b'm'; MANIFEST.1 as usize]);
+        assert!(matches!(
+            t.read_chunk(0, 999),
+            Err(FormatError::TarIndex {
+                fault: IndexFault::TooLarge { .. },
+                ..
+            })
+        ));
+        // An index longer than any index of its tar can be is refused unread.
+        let big = ix.with_extension("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        match TarIndex::open_in(fs.as_ref(), &big, TAR_LEN) {
+            Err(FormatError::TooLarge { len, max, .. }) => {
+                assert_eq!(len, 1 << 40);
+                assert_eq!(max, max_index_len(TAR_LEN));
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a 1 TiB index was taken"),
+        }
+        // The tar shortened under the index: checked as for a local one.
+        std::fs::write(&tar, vec![7u8; 4096]).unwrap();
+        assert!(matches!(
+            TarSession::open_in(&fs, &tar, &ix),
+            Err(FormatError::TarIndex {
+                fault: IndexFault::PastEnd { .. },
+                ..
+            })
+        ));
     }
 }

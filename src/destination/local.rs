@@ -12,6 +12,8 @@ mod keyfile;
 pub mod marker;
 pub mod prune;
 pub mod resume;
+#[cfg(test)]
+mod seam_tests;
 pub mod tar;
 pub mod writer;
 
@@ -20,12 +22,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sparsebak_format::archive_fs::{self, SharedFs};
+use sparsebak_format::archive_fs::{self, ArchiveFs, SharedFs};
 use sparsebak_format::crypto::{ArchiveKeys, Place};
 
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
-use sparsebak_format::marker::{read_marker, ArchiveMarker};
+use sparsebak_format::marker::{read_marker_in, ArchiveMarker};
 use sparsebak_format::store::{FolderStore, Storage, VolumeStore};
 use sparsebak_format::tarsession::TarSession;
 use sparsebak_format::volume::VolumeArchive;
@@ -255,17 +257,17 @@ fn is_erofs(e: &Error) -> bool {
 /// part of a view). Needs the volume's exclusive lock.
 pub fn remove_staging(vol: &LocalVol) -> Result<()> {
     let dir = vol.dir();
-    let rd = match std::fs::read_dir(dir) {
+    let fs = vol.fs();
+    let rd = match fs.read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).at(dir),
     };
     for ent in rd {
-        let ent = ent.at(dir)?;
-        if ent.file_name().to_string_lossy().starts_with(".tmp-") {
-            let p = ent.path();
+        if ent.name.starts_with(".tmp-") {
+            let p = dir.join(&ent.name);
             tracing::warn!("removing {} left by an interrupted run", p.display());
-            std::fs::remove_dir_all(&p).at(&p)?;
+            fs.remove_dir_all(&p).at(&p)?;
         }
     }
     tar::tidy(vol)
@@ -294,31 +296,29 @@ impl Destination for LocalDestination {
     }
 
     fn marker(&self) -> Result<Option<ArchiveMarker>> {
-        Ok(read_marker(&self.root)?)
+        Ok(read_marker_in(self.fs.as_ref(), &self.root)?)
     }
 
     fn create(&self) -> Result<()> {
-        marker::create(&self.root)
+        marker::create(self.fs.as_ref(), &self.root)
     }
 
     fn add_identity(&self) -> Result<String> {
-        marker::add_id(&self.root)
+        marker::add_id(self.fs.as_ref(), &self.root)
     }
 
     fn volumes(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let rd = match std::fs::read_dir(&self.root) {
+        let rd = match self.fs.read_dir(&self.root) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(e).at(&self.root),
         };
         for ent in rd {
-            let ent = ent.at(&self.root)?;
-            let dir = ent.file_name().to_string_lossy().into_owned();
-            if !ent.file_type().is_ok_and(|t| t.is_dir()) {
+            if ent.kind != archive_fs::Kind::Dir {
                 continue;
             }
-            if let Some(name) = self.vol_of_dir(&dir) {
+            if let Some(name) = self.vol_of_dir(&ent.name) {
                 out.push(name);
             }
         }
@@ -345,12 +345,12 @@ impl Destination for LocalDestination {
             ))
         })?;
         let dir = self.vol_dir(name);
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        write_volume_id(&dir, &k, name, id, layout::VOLUME_ID_FILE)
+        self.fs.create_dir_all(&dir).at(&dir)?;
+        write_volume_id(self.fs.as_ref(), &dir, &k, name, id, layout::VOLUME_ID_FILE)
     }
 
     fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
-        marker::create_sealed(&self.root, id, key_file)
+        marker::create_sealed(self.fs.as_ref(), &self.root, id, key_file)
     }
 
     fn lock_volume(&self, name: &str, mode: Mode) -> Result<Option<DestLock>> {
@@ -358,13 +358,15 @@ impl Destination for LocalDestination {
         if mode == Mode::Exclusive && self.read_only {
             return Err(self.refuse_read_only(format!("changing volume {name}")));
         }
-        if !dir.is_dir() {
+        if !self.fs.is_dir(&dir) {
             if mode == Mode::Shared {
                 return Ok(None);
             }
-            let made = std::fs::create_dir_all(&dir)
+            let made = self
+                .fs
+                .create_dir_all(&dir)
                 .at(&dir)
-                .and_then(|()| durable::sync_parent(&dir).at(&dir));
+                .and_then(|()| self.fs.sync_parent(&dir).at(&dir));
             match made {
                 Err(e) if is_erofs(&e) => {
                     return Err(self.refuse_read_only(format!("changing volume {name}")))
@@ -373,7 +375,13 @@ impl Destination for LocalDestination {
             }
         }
         let what = format!("volume {name} in the archive");
-        match lock::lock(&dir.join(layout::LOCK_FILE), mode, LOCK_WAIT, &what) {
+        match lock::lock_in(
+            self.fs.as_ref(),
+            &dir.join(layout::LOCK_FILE),
+            mode,
+            LOCK_WAIT,
+            &what,
+        ) {
             Ok(g) => Ok(Some(DestLock::new(g))),
             Err(e) if is_erofs(&e) && mode == Mode::Shared => {
                 tracing::debug!("{e}: reading volume {name} without a lock");
@@ -393,15 +401,18 @@ impl Destination for LocalDestination {
         volsize: u64,
     ) -> Result<Box<dyn SessionSink>> {
         let vol = self.local_volume(name);
-        let room_before = space::room(vol.dir());
+        let room_before = space::room_in(self.fs.as_ref(), vol.dir());
         let progress = space::Progress {
             size: volsize,
             ..Default::default()
         };
         // Any step may meet a full filesystem, creating the staging folder included.
-        let writer = writer::SessionWriter::create_as(&vol, id, kind == SessionKind::Tar)
-            .map_err(|e| space::explain(e, vol.dir(), room_before, progress))?;
+        let writer =
+            writer::SessionWriter::create_as(&vol, id, kind == SessionKind::Tar).map_err(|e| {
+                space::explain_in(self.fs.as_ref(), e, vol.dir(), room_before, progress)
+            })?;
         Ok(Box::new(LocalSink {
+            fs: self.fs.clone(),
             dir: vol.dir().to_path_buf(),
             writer,
             room_before,
@@ -418,29 +429,32 @@ impl Destination for LocalDestination {
         if self.read_only {
             return;
         }
-        let Ok(rd) = std::fs::read_dir(&self.root) else {
+        let Ok(rd) = self.fs.read_dir(&self.root) else {
             return;
         };
-        for ent in rd.flatten() {
-            let dir = ent.file_name().to_string_lossy().into_owned();
-            if !ent.file_type().is_ok_and(|t| t.is_dir()) {
+        for ent in rd {
+            if ent.kind != archive_fs::Kind::Dir {
                 continue;
             }
-            let Some(name) = self.vol_of_dir(&dir) else {
+            let Some(name) = self.vol_of_dir(&ent.name) else {
                 continue;
             };
             let vol = self.local_volume(&name);
-            let Ok(entries) = std::fs::read_dir(vol.dir()) else {
+            let Ok(entries) = self.fs.read_dir(vol.dir()) else {
                 continue;
             };
-            let any = entries
-                .flatten()
-                .any(|e| is_leftover(&e.file_name().to_string_lossy()));
+            let any = entries.iter().any(|e| is_leftover(&e.name));
             if !any {
                 continue;
             }
             let lock_path = vol.dir().join(layout::LOCK_FILE);
-            let Ok(_lock) = lock::lock(&lock_path, Mode::Exclusive, Duration::ZERO, &name) else {
+            let Ok(_lock) = lock::lock_in(
+                self.fs.as_ref(),
+                &lock_path,
+                Mode::Exclusive,
+                Duration::ZERO,
+                &name,
+            ) else {
                 tracing::debug!("volume {name} is in use: its staging folders are a live run's");
                 continue;
             };
@@ -509,7 +523,7 @@ impl Destination for LocalDestination {
         for id in ids {
             if vol.storage(id) == Storage::Tar {
                 for p in [vol.tar_path(id), vol.tar_index_path(id)] {
-                    match std::fs::remove_file(&p) {
+                    match self.fs.remove_file(&p) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(e).at(&p),
@@ -519,7 +533,7 @@ impl Destination for LocalDestination {
                 continue;
             }
             let sdir = vol.session_dir(id);
-            if !sdir.exists() {
+            if !self.fs.exists(&sdir) {
                 continue;
             }
             // Out of the view in one step, then the files go.
@@ -528,16 +542,16 @@ impl Destination for LocalDestination {
                 layout::SESSION_PREFIX,
                 vol.store().session_name(id)
             ));
-            std::fs::rename(&sdir, &trash).at(&sdir)?;
-            durable::sync_dir(vol.dir()).at(vol.dir())?;
-            std::fs::remove_dir_all(&trash).at(&trash)?;
+            self.fs.rename(&sdir, &trash).at(&sdir)?;
+            self.fs.sync_dir(vol.dir()).at(vol.dir())?;
+            self.fs.remove_dir_all(&trash).at(&trash)?;
         }
-        durable::sync_dir(vol.dir()).at(vol.dir())
+        self.fs.sync_dir(vol.dir()).at(vol.dir())
     }
 
     fn delete_volume(&self, name: &str) -> Result<bool> {
         let dir = self.vol_dir(name);
-        if !dir.exists() {
+        if !self.fs.exists(&dir) {
             return Ok(false);
         }
         // Rename first: the volume disappears from the archive in one step, then the
@@ -547,35 +561,36 @@ impl Destination for LocalDestination {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let trash = self.root.join(format!(".trash-{folder}"));
-        std::fs::rename(&dir, &trash).at(&dir)?;
-        durable::sync_dir(&self.root).at(&self.root)?;
-        std::fs::remove_dir_all(&trash).at(&trash)?;
+        self.fs.rename(&dir, &trash).at(&dir)?;
+        self.fs.sync_dir(&self.root).at(&self.root)?;
+        self.fs.remove_dir_all(&trash).at(&trash)?;
         Ok(true)
     }
 
     fn volume_is_free(&self, name: &str) -> Result<bool> {
-        durable::only_lock(&self.vol_dir(name), LEFTOVERS)
+        durable::only_lock_in(self.fs.as_ref(), &self.vol_dir(name), LEFTOVERS)
     }
 
     fn rename_volume(&self, old: &str, new: &str) -> Result<bool> {
         let (from, to) = (self.vol_dir(old), self.vol_dir(new));
         let Some(k) = self.keys() else {
-            return durable::move_dir(&from, &to, LEFTOVERS);
+            return durable::move_dir_in(self.fs.as_ref(), &from, &to, LEFTOVERS);
         };
         // The identity file is sealed for the name: the new name's is written beside
         // the old one first (readers take either), then the folder moves, then it
         // replaces the old one.
-        if from.exists() {
+        let fs = self.fs.as_ref();
+        if fs.exists(&from) {
             if let Some(id) = VolumeStore::volume_id(self.local_volume(old).store())? {
-                write_volume_id(&from, &k, new, &id, layout::VOLUME_ID_NEXT)?;
+                write_volume_id(fs, &from, &k, new, &id, layout::VOLUME_ID_NEXT)?;
             }
         }
-        let moved = durable::move_dir(&from, &to, LEFTOVERS)?;
+        let moved = durable::move_dir_in(fs, &from, &to, LEFTOVERS)?;
         let next = to.join(layout::VOLUME_ID_NEXT);
-        if next.exists() {
+        if fs.exists(&next) {
             let cur = to.join(layout::VOLUME_ID_FILE);
-            std::fs::rename(&next, &cur).at(&cur)?;
-            durable::sync_dir(&to).at(&to)?;
+            fs.rename(&next, &cur).at(&cur)?;
+            fs.sync_dir(&to).at(&to)?;
         }
         Ok(moved)
     }
@@ -599,7 +614,7 @@ impl Destination for LocalDestination {
     }
 
     fn key_file(&self) -> Result<Option<Vec<u8>>> {
-        keyfile::read(&self.root)
+        keyfile::read(self.fs.as_ref(), &self.root)
     }
 
     fn put_key_file(&self, bytes: &[u8]) -> Result<()> {
@@ -619,6 +634,7 @@ const LEFTOVERS: &[&str] = &[
 /// [`layout::VOLUME_ID_NEXT`]) of the encrypted volume folder `dir`: volume id `id`,
 /// sealed for the volume's name `name`; durably.
 pub fn write_volume_id(
+    fs: &dyn ArchiveFs,
     dir: &Path,
     keys: &ArchiveKeys,
     name: &str,
@@ -632,8 +648,8 @@ pub fn write_volume_id(
         )
         .map_err(|e| Error::Msg(e.to_string()))?;
     let p = dir.join(file);
-    durable::write_atomic(&p, &sealed).at(&p)?;
-    durable::sync_dir(dir).at(dir)
+    fs.write_atomic(&p, &sealed).at(&p)?;
+    fs.sync_dir(dir).at(dir)
 }
 
 /// The staging folder of a repair, inside the volume's folder.
@@ -646,14 +662,15 @@ pub const REPAIR_STAGING: &str = ".tmp-repair";
 fn install(vol: &LocalVol, dst: &Path, bytes: &[u8]) -> Result<()> {
     let staging = vol.dir().join(REPAIR_STAGING);
     let done = install_in_staging(vol, dst, bytes).map_err(|e| {
-        space::explain_write(
+        space::explain_write_in(
+            vol.fs().as_ref(),
             e,
             vol.dir(),
             "free some files",
             &format!("{} was not repaired", dst.display()),
         )
     });
-    match std::fs::remove_dir_all(&staging) {
+    match vol.fs().remove_dir_all(&staging) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
             "{}: removing the staging folder of a repair: {e} (the next run that writes to \
              the archive removes it)",
@@ -666,8 +683,9 @@ fn install(vol: &LocalVol, dst: &Path, bytes: &[u8]) -> Result<()> {
 
 fn install_in_staging(vol: &LocalVol, dst: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    let fs = vol.fs();
     let staging = vol.dir().join(REPAIR_STAGING);
-    std::fs::create_dir_all(&staging).at(&staging)?;
+    fs.create_dir_all(&staging).at(&staging)?;
     let name = dst
         .strip_prefix(vol.dir())
         .unwrap_or(dst)
@@ -675,23 +693,24 @@ fn install_in_staging(vol: &LocalVol, dst: &Path, bytes: &[u8]) -> Result<()> {
         .replace('/', "_");
     let tmp = staging.join(name);
     {
-        let mut f = std::fs::File::create(&tmp).at(&tmp)?;
+        let mut f = fs.create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
+        f.finish(true).at(&tmp)?;
     }
     if let Some(parent) = dst.parent() {
-        if !parent.is_dir() {
-            std::fs::create_dir_all(parent).at(parent)?;
-            durable::sync_parent(parent).at(parent)?;
+        if !fs.is_dir(parent) {
+            fs.create_dir_all(parent).at(parent)?;
+            fs.sync_parent(parent).at(parent)?;
         }
     }
-    std::fs::rename(&tmp, dst).at(dst)?;
-    durable::sync_parent(dst).at(dst)
+    fs.rename(&tmp, dst).at(dst)?;
+    fs.sync_parent(dst).at(dst)
 }
 
 /// A session being written into a local archive: a [`writer::SessionWriter`] whose
 /// errors explain a full filesystem with what the session had stored.
 struct LocalSink {
+    fs: SharedFs,
     dir: PathBuf,
     writer: writer::SessionWriter,
     room_before: Option<space::Room>,
@@ -710,7 +729,7 @@ impl LocalSink {
             pos,
             ..self.progress
         };
-        space::explain(e, &self.dir, self.room_before, done)
+        space::explain_in(self.fs.as_ref(), e, &self.dir, self.room_before, done)
     }
 }
 
@@ -747,6 +766,7 @@ impl SessionSink for LocalSink {
     fn commit(self: Box<Self>) -> Result<SessionInfo> {
         let size = self.progress.size;
         let LocalSink {
+            fs,
             dir,
             writer,
             room_before,
@@ -761,7 +781,7 @@ impl SessionSink for LocalSink {
                 pos: size,
                 ..progress
             };
-            space::explain(e, &dir, room_before, done)
+            space::explain_in(fs.as_ref(), e, &dir, room_before, done)
         })
     }
 

@@ -427,7 +427,13 @@ pub fn open(config: &crate::config::Config) -> Result<Box<dyn Destination>> {
 /// accepts a `destdir` that holds no archive yet (the run creates it).
 pub fn open_for(config: &crate::config::Config, writing: bool) -> Result<Box<dyn Destination>> {
     match &config.remote {
-        None => Ok(Box::new(LocalDestination::new(&config.destdir))),
+        None => {
+            #[cfg(test)]
+            if let Some(fs) = test_fs::lookup(&config.destdir) {
+                return Ok(Box::new(LocalDestination::with_fs(fs, &config.destdir)));
+            }
+            Ok(Box::new(LocalDestination::new(&config.destdir)))
+        }
         Some(spec) => {
             let remote = crate::remote::RemoteDestination::open(
                 spec,
@@ -451,5 +457,36 @@ pub fn open_for(config: &crate::config::Config, writing: bool) -> Result<Box<dyn
                 &config.destdir,
             )))
         }
+    }
+}
+
+/// For tests: archive folders (by `destdir`) whose files [`open`] reaches through a
+/// given [`ArchiveFs`](sparsebak_format::archive_fs::ArchiveFs) instead of this
+/// machine's, so that whole commands run over it.
+#[cfg(test)]
+pub(crate) mod test_fs {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    use sparsebak_format::archive_fs::SharedFs;
+
+    static ROOTS: Mutex<Vec<(PathBuf, SharedFs)>> = Mutex::new(Vec::new());
+
+    /// Reach the archive folder `root` through `fs` from now on.
+    pub(crate) fn register(root: &Path, fs: SharedFs) {
+        let mut r = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|(p, _)| p != root);
+        r.push((root.to_path_buf(), fs));
+    }
+
+    /// Forget what [`register`] said of `root`.
+    pub(crate) fn forget(root: &Path) {
+        let mut r = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
+        r.retain(|(p, _)| p != root);
+    }
+
+    pub(super) fn lookup(root: &Path) -> Option<SharedFs> {
+        let r = ROOTS.lock().unwrap_or_else(|e| e.into_inner());
+        r.iter().find(|(p, _)| p == root).map(|(_, fs)| fs.clone())
     }
 }

@@ -109,6 +109,7 @@ trait Members {
 
 /// A folder session: read one prefix folder at a time (memory is one folder listing).
 struct FolderMembers {
+    fs: sparsebak_format::archive_fs::SharedFs,
     id: String,
     sdir: std::path::PathBuf,
     /// Top-level entries not yet accounted for.
@@ -120,14 +121,17 @@ struct FolderMembers {
 impl FolderMembers {
     fn open(vol: &LocalVol, id: &str) -> Result<FolderMembers> {
         let sdir = vol.session_dir(id);
-        let mut top: BTreeSet<String> = std::fs::read_dir(&sdir)
+        let mut top: BTreeSet<String> = vol
+            .fs()
+            .read_dir(&sdir)
             .at(&sdir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .into_iter()
+            .map(|e| e.name)
             .collect();
         top.remove(layout::INFO_FILE);
         top.remove(layout::MANIFEST_FILE);
         Ok(FolderMembers {
+            fs: vol.fs().clone(),
             id: id.to_string(),
             sdir,
             top,
@@ -151,7 +155,7 @@ impl Members for FolderMembers {
         let prefix = layout::prefix_name(addr);
         if prefix != self.prefix {
             self.flush(problems);
-            self.files = list_dir(&self.sdir.join(&prefix));
+            self.files = list_dir(self.fs.as_ref(), &self.sdir.join(&prefix));
             self.top.remove(&prefix);
             self.prefix = prefix;
         }
@@ -195,16 +199,17 @@ struct SealedMembers {
 impl SealedMembers {
     fn open(vol: &LocalVol, id: &str) -> Result<SealedMembers> {
         let sdir = vol.session_dir(id);
+        let fs = vol.fs();
         let mut listed = 0;
         let mut extra = Vec::new();
-        for e in std::fs::read_dir(&sdir).at(&sdir)? {
-            let e = e.at(&sdir)?;
-            let name = e.file_name().to_string_lossy().into_owned();
+        for e in fs.read_dir(&sdir).at(&sdir)? {
+            let name = e.name;
             if name == layout::INFO_FILE || name == layout::MANIFEST_FILE {
                 continue;
             }
-            if name.len() == 2 && e.file_type().is_ok_and(|t| t.is_dir()) {
-                listed += std::fs::read_dir(e.path()).at(e.path())?.count() as u64;
+            if name.len() == 2 && e.kind == sparsebak_format::archive_fs::Kind::Dir {
+                let p = sdir.join(&name);
+                listed += fs.read_dir(&p).at(&p)?.len() as u64;
             } else {
                 extra.push(name);
             }
@@ -222,7 +227,7 @@ impl SealedMembers {
 impl Members for SealedMembers {
     fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
         let p = self.store.chunk_path(&self.id, addr);
-        let found = p.is_file();
+        let found = self.store.fs().is_file(&p);
         if found {
             self.found += 1;
         } else {
@@ -305,12 +310,9 @@ impl Members for TarMembers {
     }
 }
 
-fn list_dir(p: &Path) -> BTreeSet<String> {
-    match std::fs::read_dir(p) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+fn list_dir(fs: &dyn sparsebak_format::archive_fs::ArchiveFs, p: &Path) -> BTreeSet<String> {
+    match fs.read_dir(p) {
+        Ok(rd) => rd.into_iter().map(|e| e.name).collect(),
         Err(_) => BTreeSet::new(),
     }
 }

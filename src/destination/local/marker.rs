@@ -6,16 +6,13 @@
 //! (`RENAME_NOREPLACE`, or a hard link where the filesystem lacks it); the run that
 //! loses the race reads the winner's marker.
 
-use std::ffi::CString;
-use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use sparsebak_format::archive_fs::ArchiveFs;
 use sparsebak_format::layout;
-use sparsebak_format::marker::{read_marker, ArchiveMarker};
+use sparsebak_format::marker::{read_marker_in, ArchiveMarker};
 
 use super::LOCK_WAIT;
-use crate::durable;
 use crate::error::{Error, IoAt, Result};
 use crate::lock::{self, Mode};
 
@@ -51,22 +48,28 @@ pub fn new_id() -> Result<String> {
 /// Give the archive at `root`, whose marker has no identity, one. Runs that do this
 /// at the same time agree on one: the marker is locked, read again, and replaced
 /// only if it still has none.
-pub fn add_id(root: &Path) -> Result<String> {
+pub fn add_id(fs: &dyn ArchiveFs, root: &Path) -> Result<String> {
     let marker = root.join(layout::ARCHIVE_MARKER);
-    let _lock = lock::lock(&marker, Mode::Exclusive, LOCK_WAIT, "the archive's marker")?;
-    let mut m = read_marker(root)?.ok_or_else(|| missing_marker(root))?;
+    let _lock = lock::lock_in(
+        fs,
+        &marker,
+        Mode::Exclusive,
+        LOCK_WAIT,
+        "the archive's marker",
+    )?;
+    let mut m = read_marker_in(fs, root)?.ok_or_else(|| missing_marker(root))?;
     if let Some(id) = m.id {
         return Ok(id);
     }
     let id = new_id()?;
     m.id = Some(id.clone());
-    let tmp = write_temp(root, &m)?;
-    let res = std::fs::rename(&tmp, &marker).at(&marker);
+    let tmp = write_temp(fs, root, &m)?;
+    let res = fs.rename(&tmp, &marker).at(&marker);
     if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
     }
     res?;
-    durable::sync_dir(root).at(root)?;
+    fs.sync_dir(root).at(root)?;
     tracing::info!("archive {} has no identity; it is now {id}", root.display());
     Ok(id)
 }
@@ -80,28 +83,22 @@ fn missing_marker(root: &Path) -> Error {
 }
 
 /// Write marker `m` under a temporary name private to this run, durably.
-fn write_temp(root: &Path, m: &ArchiveMarker) -> Result<PathBuf> {
-    write_temp_bytes(root, layout::ARCHIVE_MARKER, m.to_text().as_bytes())
+fn write_temp(fs: &dyn ArchiveFs, root: &Path, m: &ArchiveMarker) -> Result<PathBuf> {
+    write_temp_bytes(fs, root, layout::ARCHIVE_MARKER, m.to_text().as_bytes())
 }
 
 /// Write `bytes`, to become the root's file `name`, under a temporary name private
 /// to this run, durably.
-fn write_temp_bytes(root: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+fn write_temp_bytes(fs: &dyn ArchiveFs, root: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = root.join(format!(
         ".{name}.{}-{}.tmp",
         std::process::id(),
         &new_id()?[..8]
     ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = fs.write_new(&tmp, bytes) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = fs.remove_file(&tmp);
+        }
         return Err(e).at(&tmp);
     }
     Ok(tmp)
@@ -109,26 +106,33 @@ fn write_temp_bytes(root: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
 
 /// Create an empty archive at `root` (the folder may exist, empty but for hidden
 /// entries). If another run creates it at the same moment, theirs is kept.
-pub fn create(root: &Path) -> Result<()> {
-    create_with(root, None, None)
+pub fn create(fs: &dyn ArchiveFs, root: &Path) -> Result<()> {
+    create_with(fs, root, None, None)
 }
 
 /// Create an empty encrypted archive with identity `id` at `root`: the key file
 /// `key_file` first, then the marker (see [`create`]). A run that loses the race to
 /// create it keeps the other run's key file and marker.
-pub fn create_sealed(root: &Path, id: &str, key_file: &[u8]) -> Result<()> {
-    create_with(root, Some(id), Some(key_file))
+pub fn create_sealed(fs: &dyn ArchiveFs, root: &Path, id: &str, key_file: &[u8]) -> Result<()> {
+    create_with(fs, root, Some(id), Some(key_file))
 }
 
-fn create_with(root: &Path, sealed_id: Option<&str>, key_file: Option<&[u8]>) -> Result<()> {
-    std::fs::create_dir_all(root).at(root)?;
+fn create_with(
+    fs: &dyn ArchiveFs,
+    root: &Path,
+    sealed_id: Option<&str>,
+    key_file: Option<&[u8]>,
+) -> Result<()> {
+    fs.create_dir_all(root).at(root)?;
     let marker = root.join(layout::ARCHIVE_MARKER);
-    let foreign = std::fs::read_dir(root)
+    let foreign = fs
+        .read_dir(root)
         .at(root)?
-        .any(|e| e.map_or(true, |e| !e.file_name().as_bytes().starts_with(b".")));
+        .iter()
+        .any(|e| !e.name.starts_with('.'));
     // A run creating the same archive writes the marker before anything else: a
     // non-empty folder with a marker is that run's archive, not a foreign folder.
-    if foreign && !marker.exists() {
+    if foreign && !fs.exists(&marker) {
         return Err(Error::Msg(format!(
             "{} is not empty and is not a sparsebak archive; refusing to write into it",
             root.display()
@@ -144,22 +148,24 @@ fn create_with(root: &Path, sealed_id: Option<&str>, key_file: Option<&[u8]>) ->
     };
     if let Some(kf) = key_file {
         let key = root.join(sparsebak_format::crypto::KEY_FILE);
-        let tmp = write_temp_bytes(root, sparsebak_format::crypto::KEY_FILE, kf)?;
-        let published = publish(&tmp, &key);
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = write_temp_bytes(fs, root, sparsebak_format::crypto::KEY_FILE, kf)?;
+        let published = publish(fs, &tmp, &key);
+        let _ = fs.remove_file(&tmp);
         if !published.at(&key)? {
             tracing::debug!("archive {}: another run created it first", root.display());
             return Ok(());
         }
-        durable::sync_dir(root).at(root)?;
+        fs.sync_dir(root).at(root)?;
     }
-    let tmp = write_temp(root, &m)?;
-    let published = publish(&tmp, &marker);
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = write_temp(fs, root, &m)?;
+    let published = publish(fs, &tmp, &marker);
+    let _ = fs.remove_file(&tmp);
     if published.at(&marker)? {
-        durable::sync_dir(root).at(root)?;
-        if let Some(parent) = root.parent() {
-            durable::sync_dir(parent).at(parent)?;
+        fs.sync_dir(root).at(root)?;
+        // The folder holding the archive's: only here (a remote folder's far side
+        // serves nothing above it).
+        if let Some(parent) = root.parent().filter(|_| fs.is_local()) {
+            crate::durable::sync_dir(parent).at(parent)?;
         }
         tracing::info!("created archive {} (id {id})", root.display());
     } else {
@@ -168,44 +174,20 @@ fn create_with(root: &Path, sealed_id: Option<&str>, key_file: Option<&[u8]>) ->
     Ok(())
 }
 
-/// Give `tmp` the name `dest` unless `dest` exists. Returns whether it did.
-fn publish(tmp: &Path, dest: &Path) -> std::io::Result<bool> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::other("NUL in path"))
-    };
-    let (from, to) = (c(tmp)?, c(dest)?);
-    // SAFETY: two valid NUL-terminated paths; the syscall reads them only.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EEXIST) => Ok(false),
-        // Filesystems without RENAME_NOREPLACE (NFS, some FUSE): a hard link never
-        // replaces either.
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => match std::fs::hard_link(tmp, dest)
-        {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        },
-        _ => Err(e),
+/// Give `tmp` the name `dest` unless `dest` exists (a rename that never replaces:
+/// [`ArchiveFs::rename_noreplace`]). Returns whether it did.
+fn publish(fs: &dyn ArchiveFs, tmp: &Path, dest: &Path) -> std::io::Result<bool> {
+    match fs.rename_noreplace(tmp, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sparsebak_format::archive_fs::LocalFs;
 
     #[test]
     fn ids_are_random_v4_uuids() {
@@ -224,7 +206,9 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let root = root.clone();
-                std::thread::spawn(move || create(&root).map(|()| read_marker(&root)))
+                std::thread::spawn(move || {
+                    create(&LocalFs, &root).map(|()| read_marker_in(&LocalFs, &root))
+                })
             })
             .collect();
         let ids: Vec<String> = threads
@@ -245,11 +229,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let marker = d.path().join(layout::ARCHIVE_MARKER);
         std::fs::write(&marker, "sparsebak-archive\nformat=1\n").unwrap();
-        let id = add_id(d.path()).unwrap();
+        let id = add_id(&LocalFs, d.path()).unwrap();
         assert_eq!(
             std::fs::read_to_string(&marker).unwrap(),
             format!("sparsebak-archive\nformat=1\nid={id}\n")
         );
-        assert_eq!(add_id(d.path()).unwrap(), id);
+        assert_eq!(add_id(&LocalFs, d.path()).unwrap(), id);
     }
 }

@@ -29,9 +29,10 @@
 //! Every command that uses a volume runs [`recover`] first, so a `kill -9` at any
 //! step is finished by the next run, and `verify` sees a whole archive.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use sparsebak_format::archive_fs::{ArchiveFs, FileWriter, Kind};
 
 use sparsebak_format::chunk::Codec;
 use sparsebak_format::codec::ChunkContext;
@@ -44,8 +45,10 @@ use super::LocalVol;
 use sparsebak_format::{layout, limits};
 
 pub use crate::destination::FoldPlan;
-use crate::durable;
 use crate::error::{Error, IoAt, Result};
+
+/// A file being written in the archive folder (through its file operations).
+type File = Box<dyn FileWriter>;
 
 const JOURNAL: &str = layout::PRUNE_JOURNAL;
 const JOURNAL_MAGIC: &str = "sparsebak-prune 1";
@@ -67,7 +70,7 @@ fn journal_place(vol: &LocalVol) -> sparsebak_format::crypto::Place<'_> {
 /// A writer of session `t`'s new manifest at `path`: the file, sealed for T's
 /// manifest in an encrypted archive.
 fn manifest_file_writer(vol: &LocalVol, t: &str, path: &Path) -> Result<Box<dyn Finish>> {
-    let bw = BufWriter::new(File::create(path).at(path)?);
+    let bw = BufWriter::new(vol.fs().create(path).at(path)?);
     Ok(match vol.keys() {
         None => Box::new(bw),
         Some(k) => Box::new(SealedOut(Some(
@@ -81,8 +84,8 @@ fn manifest_file_writer(vol: &LocalVol, t: &str, path: &Path) -> Result<Box<dyn 
     })
 }
 
-/// A sealing writer that writes its last segment when dropped (after the manifest
-/// writer's last line); the file is synced by its path afterwards.
+/// A sealing writer that writes its last segment when finished (after the manifest
+/// writer's last line).
 struct SealedOut(Option<sparsebak_format::crypto::SealWriter<BufWriter<File>>>);
 
 impl Write for SealedOut {
@@ -108,15 +111,16 @@ trait Finish: Write {
 impl Finish for SealedOut {
     fn done(mut self: Box<Self>) -> std::io::Result<()> {
         match self.0.take() {
-            Some(w) => w.finish()?.flush(),
+            Some(w) => Box::new(w.finish()?).done(),
             None => Ok(()),
         }
     }
 }
 
+/// The file is written, closed and made durable.
 impl Finish for BufWriter<File> {
-    fn done(mut self: Box<Self>) -> std::io::Result<()> {
-        self.flush()
+    fn done(self: Box<Self>) -> std::io::Result<()> {
+        self.into_inner().map_err(|e| e.into_error())?.finish(true)
     }
 }
 
@@ -133,7 +137,7 @@ fn manifest_file_reader(
     t: &str,
     path: &Path,
 ) -> Result<ManifestReader<Box<dyn std::io::BufRead + Send>>> {
-    let f = File::open(path).at(path)?;
+    let f = vol.fs().open(path).at(path)?;
     let r: Box<dyn std::io::BufRead + Send> = match vol.keys() {
         None => Box::new(std::io::BufReader::new(f)),
         Some(k) => Box::new(std::io::BufReader::new(
@@ -198,9 +202,7 @@ impl FoldPlan {
 /// Whether session `id` holds a stored chunk at `addr` (a file, or a tar member).
 fn stored_exists(vol: &LocalVol, id: &str, addr: u64) -> bool {
     match vol.storage(id) {
-        Storage::Folder => std::fs::symlink_metadata(vol.chunk_path(id, addr))
-            .map(|m| m.is_file())
-            .unwrap_or(false),
+        Storage::Folder => vol.fs().is_file(&vol.chunk_path(id, addr)),
         Storage::Tar => vol
             .tar(id)
             .map(|t| t.index.lookup(addr).is_some())
@@ -245,8 +247,8 @@ impl<I: Iterator<Item = sparsebak_format::Result<Entry>>> Heads<I> {
     }
 }
 
-fn file_len(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+fn file_len(fs: &dyn ArchiveFs, p: &Path) -> u64 {
+    fs.metadata(p).map(|m| m.len).unwrap_or(0)
 }
 
 /// Plan folding session `s` into its successor: write T's new manifest to its
@@ -335,14 +337,14 @@ fn plan(vol: &LocalVol, s: &str, dry_run: bool) -> Result<(FoldPlan, SessionInfo
             (Some(te), se, _) => {
                 if let Some(p) = se.as_ref().and_then(s_file) {
                     fp.deleted += 1;
-                    fp.freed_bytes += file_len(&p);
+                    fp.freed_bytes += file_len(vol.fs().as_ref(), &p);
                 }
                 Some(te)
             }
             (None, Some(se), _) if se.addr >= ti.volsize => {
                 if let Some(p) = s_file(&se) {
                     fp.deleted += 1;
-                    fp.freed_bytes += file_len(&p);
+                    fp.freed_bytes += file_len(vol.fs().as_ref(), &p);
                 }
                 None
             }
@@ -364,11 +366,8 @@ fn plan(vol: &LocalVol, s: &str, dry_run: bool) -> Result<(FoldPlan, SessionInfo
     }
     let lines = mw.count();
     let (w, hash) = mw.finish().at(&tmp)?;
+    // Written, closed and (unless a dry run, which writes nothing) made durable.
     w.done().at(&tmp)?;
-    if !dry_run {
-        let f = File::open(&tmp).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-    }
     let mut new_t = ti.clone();
     new_t.previous = si.previous.clone();
     new_t.changed = lines;
@@ -461,7 +460,7 @@ pub fn fold(
                 .seal(&journal_place(vol), j.as_bytes())
                 .map_err(|e| Error::Msg(e.to_string()))?,
         };
-        durable::write_atomic(&jp, &bytes).at(&jp)?;
+        vol.fs().write_atomic(&jp, &bytes).at(&jp)?;
         Ok((fp, new_t))
     });
     let (mut fp, new_t) = match journaled {
@@ -469,9 +468,14 @@ pub fn fold(
         Err(e) => {
             // Before the journal nothing changed: the new manifest goes, said after
             // a full filesystem is explained (while it still counts).
-            let e =
-                crate::space::explain_write(e, vol.dir(), "free some files", "nothing was changed");
-            if !jp.exists() {
+            let e = crate::space::explain_write_in(
+                vol.fs().as_ref(),
+                e,
+                vol.dir(),
+                "free some files",
+                "nothing was changed",
+            );
+            if !vol.fs().exists(&jp) {
                 let _ = remove_trash(vol);
             }
             return Err(e);
@@ -491,16 +495,17 @@ fn apply(
     s: &str,
     journal_t: &SessionInfo,
 ) -> Result<(u64,)> {
+    let fs = vol.fs().as_ref();
     let t = &journal_t.session;
     let tmp = new_manifest_path(vol, t);
     let sdir = vol.session_dir(s);
     let mut new_t = journal_t.clone();
-    new_t.bytes_stored = if tmp.exists() {
+    new_t.bytes_stored = if fs.exists(&tmp) {
         let held = move_chunks(vol, removed_info, s, &tmp, journal_t)?;
-        durable::syncfs(vol.dir()).at(vol.dir())?;
+        fs.syncfs(vol.dir()).at(vol.dir())?;
         crate::failpoint::hit("prune-before-manifest");
         let mpath = vol.manifest_path(t);
-        std::fs::rename(&tmp, &mpath).at(&mpath)?;
+        fs.rename(&tmp, &mpath).at(&mpath)?;
         held
     } else {
         held_bytes(vol, t)?
@@ -511,19 +516,19 @@ fn apply(
     if current.as_deref() != Some(want.as_bytes()) {
         let bytes =
             vol.seal_session_file(t, crate::destination::SessionFile::Info, want.as_bytes())?;
-        durable::write_atomic(&ipath, &bytes).at(&ipath)?;
+        fs.write_atomic(&ipath, &bytes).at(&ipath)?;
     }
-    durable::sync_dir(&vol.session_dir(t)).at(vol.session_dir(t))?;
+    fs.sync_dir(&vol.session_dir(t)).at(vol.session_dir(t))?;
     crate::failpoint::hit("prune-before-remove");
     let mut freed = 0u64;
-    if sdir.exists() {
+    if fs.exists(&sdir) {
         let trash = vol
             .dir()
             .join(format!(".trash-S_{}", vol.store().session_name(s)));
-        std::fs::rename(&sdir, &trash).at(&sdir)?;
-        durable::sync_dir(vol.dir()).at(vol.dir())?;
-        freed = dir_size(&trash);
-        std::fs::remove_dir_all(&trash).at(&trash)?;
+        fs.rename(&sdir, &trash).at(&sdir)?;
+        fs.sync_dir(vol.dir()).at(vol.dir())?;
+        freed = dir_size(fs, &trash);
+        fs.remove_dir_all(&trash).at(&trash)?;
     }
     remove_trash(vol)?;
     // Step 5's source-side half (the copies follow) runs next, on the source; then
@@ -534,9 +539,10 @@ fn apply(
 /// Step 6: remove the journal of a fold whose steps are done.
 pub fn end(vol: &LocalVol) -> Result<()> {
     let jp = journal_path(vol);
-    if jp.exists() {
-        std::fs::remove_file(&jp).at(&jp)?;
-        durable::sync_dir(vol.dir()).at(vol.dir())?;
+    let fs = vol.fs();
+    if fs.exists(&jp) {
+        fs.remove_file(&jp).at(&jp)?;
+        fs.sync_dir(vol.dir()).at(vol.dir())?;
     }
     Ok(())
 }
@@ -553,6 +559,7 @@ fn move_chunks(
     new_t: &SessionInfo,
 ) -> Result<u64> {
     let t = &new_t.session;
+    let fs = vol.fs().as_ref();
     // S's codec: its info, else the copy this machine kept; without either, the
     // chunks are taken as they are (verify reports any that do not decode). But an
     // info that failed to read says nothing about it: then stop, and the next run
@@ -593,12 +600,12 @@ fn move_chunks(
             Some(Err(err)) => {
                 warn_t(&err);
                 t_own = None;
-                dst.exists()
+                fs.exists(&dst)
             }
-            None => dst.exists(),
+            None => fs.exists(&dst),
         };
-        if let Ok(m) = std::fs::symlink_metadata(&dst) {
-            held += m.len();
+        if let Ok(m) = fs.metadata(&dst) {
+            held += m.len;
             continue;
         }
         if from_t {
@@ -609,13 +616,13 @@ fn move_chunks(
         let src = vol.chunk_path(s, e.addr);
         if let Some(d) = dst.parent() {
             if made.insert(d.to_path_buf()) {
-                std::fs::create_dir_all(d).at(d)?;
+                fs.create_dir_all(d).at(d)?;
             }
         }
         // Stored bytes move unchanged when both sessions use the same codec and it
         // does not bind them to their session; otherwise they are re-encoded.
         let moved = if s_codec == new_t.compression && vol.codec(new_t).portable() {
-            match std::fs::rename(&src, &dst) {
+            match fs.rename(&src, &dst) {
                 Ok(()) => true,
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                     lost(vol, t, e.addr, &src.display().to_string());
@@ -627,7 +634,7 @@ fn move_chunks(
             recode(vol, s, e.addr, &src, &dst, s_codec, new_t)?
         };
         if moved {
-            held += file_len(&dst);
+            held += file_len(fs, &dst);
             n += 1;
             if n == 1 {
                 crate::failpoint::hit("prune-mid-move");
@@ -665,7 +672,7 @@ fn held_bytes(vol: &LocalVol, t: &str) -> Result<u64> {
     for e in vol.manifest(t)? {
         let e = e?;
         if e.hash.is_some() {
-            held += file_len(&vol.chunk_path(t, e.addr));
+            held += file_len(vol.fs().as_ref(), &vol.chunk_path(t, e.addr));
         }
     }
     Ok(held)
@@ -688,7 +695,8 @@ fn recode(
     from_info.compression = from;
     let (from_codec, to_codec) = (vol.codec(&from_info), vol.codec(to));
     let max = from_codec.max_stored(to.chunksize);
-    let stored = match limits::read_bounded(src, max, "chunk file") {
+    let fs = vol.fs().as_ref();
+    let stored = match limits::read_bounded_in(fs, src, max, "chunk file") {
         Ok(b) => b,
         Err(sparsebak_format::FormatError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -723,20 +731,19 @@ fn recode(
         .encode(&ChunkContext::of(to, addr), &data)
         .map_err(|e| Error::Msg(format!("{}: {}", dst.display(), e.reason)))?;
     let tmp = dst.with_extension("tmp");
-    std::fs::write(&tmp, out).at(&tmp)?;
-    std::fs::rename(&tmp, dst).at(dst)?;
-    std::fs::remove_file(src).at(src)?;
+    fs.write(&tmp, &out).at(&tmp)?;
+    fs.rename(&tmp, dst).at(dst)?;
+    fs.remove_file(src).at(src)?;
     Ok(true)
 }
 
-fn dir_size(p: &Path) -> u64 {
+fn dir_size(fs: &dyn ArchiveFs, p: &Path) -> u64 {
     let mut n = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => n += dir_size(&e.path()),
-                Ok(_) => n += e.metadata().map(|m| m.len()).unwrap_or(0),
-                Err(_) => {}
+    if let Ok(rd) = fs.read_dir(p) {
+        for e in rd {
+            match e.kind {
+                Kind::Dir => n += dir_size(fs, &p.join(&e.name)),
+                _ => n += e.len,
             }
         }
     }
@@ -744,19 +751,21 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 pub(crate) fn remove_trash(vol: &LocalVol) -> Result<()> {
-    let Ok(rd) = std::fs::read_dir(vol.dir()) else {
+    let fs = vol.fs();
+    let Ok(rd) = fs.read_dir(vol.dir()) else {
         return Ok(());
     };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for e in rd {
+        let name = e.name;
+        let path = vol.dir().join(&name);
         if name.starts_with(".trash-") {
-            std::fs::remove_dir_all(e.path()).at(e.path())?;
+            fs.remove_dir_all(&path).at(&path)?;
         } else if name.starts_with(".prune-")
             && name.ends_with(".manifest")
-            && !journal_path(vol).exists()
+            && !fs.exists(&journal_path(vol))
         {
             // Written before the journal: the prune never started.
-            std::fs::remove_file(e.path()).at(e.path())?;
+            fs.remove_file(&path).at(&path)?;
         }
     }
     Ok(())
@@ -764,7 +773,7 @@ pub(crate) fn remove_trash(vol: &LocalVol) -> Result<()> {
 
 /// Whether a prune of `vol` was interrupted.
 pub fn interrupted(vol: &LocalVol) -> bool {
-    journal_path(vol).exists()
+    vol.fs().exists(&journal_path(vol))
 }
 
 /// The interrupted prune's journal, if there is one: the session it removes, and the
@@ -774,12 +783,14 @@ fn read_journal(vol: &LocalVol) -> Result<Option<(String, SessionInfo)>> {
     // A journal is three short lines and an info file.
     let max = limits::MAX_INFO_BYTES + 1024;
     let max = max + sparsebak_format::crypto::envelope::overhead(max);
-    let read = limits::read_bounded(&jp, max, "prune journal").and_then(|b| match vol.keys() {
-        None => Ok(b),
-        Some(k) => k
-            .open(&journal_place(vol), &b)
-            .map_err(|e| sparsebak_format::FormatError::Other(format!("{}: {e}", jp.display()))),
-    });
+    let read = limits::read_bounded_in(vol.fs().as_ref(), &jp, max, "prune journal").and_then(
+        |b| match vol.keys() {
+            None => Ok(b),
+            Some(k) => k.open(&journal_place(vol), &b).map_err(|e| {
+                sparsebak_format::FormatError::Other(format!("{}: {e}", jp.display()))
+            }),
+        },
+    );
     let text = match read.and_then(|b| {
         String::from_utf8(b).map_err(|_| {
             sparsebak_format::FormatError::Other(format!("{}: not UTF-8", jp.display()))

@@ -13,16 +13,15 @@
 //! read, decoded and hashed again: nothing is taken on the journal's word); a session
 //! on another base (or a commit) removes such folders.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use sparsebak_format::archive_fs::{self, FileWriter, SharedFs};
 use sparsebak_format::chunk::Codec;
 use sparsebak_format::layout;
 use sparsebak_format::Hash;
 
-use crate::durable;
 use crate::error::{IoAt, Result};
 
 /// Prefix of a kept staging folder, `.resume-S_<id>`.
@@ -49,20 +48,32 @@ fn hex32(s: &str) -> Option<Hash> {
 
 /// The journal of the session being written.
 pub struct Journal {
+    fs: SharedFs,
     vol_dir: PathBuf,
     id: String,
-    w: BufWriter<File>,
+    w: BufWriter<Box<dyn FileWriter>>,
 }
 
 impl Journal {
     /// Start the journal of session `id` of the volume in `vol_dir`, on `base`.
     pub fn create(vol_dir: &Path, id: &str, base: Option<&str>) -> Result<Journal> {
+        Journal::create_in(archive_fs::local(), vol_dir, id, base)
+    }
+
+    /// [`Journal::create`] in a volume folder reached through `fs`.
+    pub fn create_in(
+        fs: SharedFs,
+        vol_dir: &Path,
+        id: &str,
+        base: Option<&str>,
+    ) -> Result<Journal> {
         let dir = journal_dir(vol_dir, id);
-        std::fs::create_dir_all(&dir).at(&dir)?;
+        fs.create_dir_all(&dir).at(&dir)?;
         let path = journal_path(vol_dir, id);
-        let mut w = BufWriter::new(File::create(&path).at(&path)?);
+        let mut w = BufWriter::new(fs.create(&path).at(&path)?);
         writeln!(w, "base={}", base.unwrap_or("-")).at(&path)?;
         Ok(Journal {
+            fs,
             vol_dir: vol_dir.to_path_buf(),
             id: id.to_string(),
             w,
@@ -78,41 +89,46 @@ impl Journal {
     pub fn discard(self) {
         let dir = journal_dir(&self.vol_dir, &self.id);
         drop(self.w);
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = self.fs.remove_dir_all(&dir);
     }
 
     /// The writer went away: keep the staging folder and the journal under the
     /// resumable name. Called before the session's writer is dropped (which would
     /// remove the staging folder).
-    pub fn keep(mut self) -> Result<()> {
+    pub fn keep(self) -> Result<()> {
         let jpath = journal_path(&self.vol_dir, &self.id);
-        self.w.flush().at(&jpath)?;
-        drop(self.w);
+        let fs = self.fs;
+        self.w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|w| w.finish(false))
+            .at(&jpath)?;
         let staging = self
             .vol_dir
             .join(format!("{}{}", layout::STAGING_PREFIX, self.id));
         let kept = self.vol_dir.join(format!("{RESUME_PREFIX}{}", self.id));
-        durable::syncfs(&staging).at(&staging)?;
-        std::fs::rename(&staging, &kept).at(&kept)?;
-        std::fs::rename(&jpath, kept.join(JOURNAL)).at(&kept)?;
+        fs.syncfs(&staging).at(&staging)?;
+        fs.rename(&staging, &kept).at(&kept)?;
+        fs.rename(&jpath, &kept.join(JOURNAL)).at(&kept)?;
         let jdir = journal_dir(&self.vol_dir, &self.id);
-        std::fs::remove_dir(&jdir).at(&jdir)?;
-        durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
+        fs.remove_dir(&jdir).at(&jdir)?;
+        fs.sync_dir(&self.vol_dir).at(&self.vol_dir)?;
         Ok(())
     }
 }
 
 /// A kept folder whose chunks a new session on the same base may take over.
 pub struct Kept {
+    fs: SharedFs,
     dir: PathBuf,
-    journal: BufReader<File>,
+    journal: BufReader<Box<dyn Read + Send>>,
     /// Chunks offered so far and not yet taken: addr → hash.
     page: std::collections::BTreeMap<u64, Hash>,
     done: bool,
 }
 
-fn kept_base(dir: &Path) -> Option<String> {
-    let f = File::open(dir.join(JOURNAL)).ok()?;
+fn kept_base(fs: &SharedFs, dir: &Path) -> Option<String> {
+    let f = fs.open(&dir.join(JOURNAL)).ok()?;
     let mut line = String::new();
     BufReader::new(f).take(MAX_LINE).read_line(&mut line).ok()?;
     line.trim_end().strip_prefix("base=").map(str::to_string)
@@ -120,7 +136,7 @@ fn kept_base(dir: &Path) -> Option<String> {
 
 /// The next line of a journal, at most [`MAX_LINE`] bytes (a longer one is cut,
 /// and will not parse); `None` at its end.
-fn next_line(r: &mut BufReader<File>) -> Option<String> {
+fn next_line(r: &mut BufReader<Box<dyn Read + Send>>) -> Option<String> {
     let mut buf = Vec::new();
     let n = r.take(MAX_LINE).read_until(b'\n', &mut buf).ok()?;
     if n == 0 {
@@ -136,35 +152,41 @@ impl Kept {
     /// The kept folder of volume `vol_dir` on `base`, if there is one; every other
     /// kept folder of the volume is removed (its session can no longer be resumed).
     pub fn find(vol_dir: &Path, base: Option<&str>) -> Result<Option<Kept>> {
+        Kept::find_in(archive_fs::local(), vol_dir, base)
+    }
+
+    /// [`Kept::find`] in a volume folder reached through `fs`.
+    pub fn find_in(fs: SharedFs, vol_dir: &Path, base: Option<&str>) -> Result<Option<Kept>> {
         let want = base.unwrap_or("-");
         let mut found: Option<PathBuf> = None;
-        let rd = match std::fs::read_dir(vol_dir) {
+        let rd = match fs.read_dir(vol_dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).at(vol_dir),
         };
         let mut kept: Vec<PathBuf> = rd
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(RESUME_PREFIX))
-            .map(|e| e.path())
+            .iter()
+            .filter(|e| e.name.starts_with(RESUME_PREFIX))
+            .map(|e| vol_dir.join(&e.name))
             .collect();
         kept.sort();
         // The newest one on the same base is taken; the others go.
         while let Some(dir) = kept.pop() {
-            if found.is_none() && kept_base(&dir).as_deref() == Some(want) {
+            if found.is_none() && kept_base(&fs, &dir).as_deref() == Some(want) {
                 found = Some(dir);
             } else {
                 tracing::info!("removing {}: no send can resume it", dir.display());
-                std::fs::remove_dir_all(&dir).at(&dir)?;
+                fs.remove_dir_all(&dir).at(&dir)?;
             }
         }
         let Some(dir) = found else {
             return Ok(None);
         };
-        let f = File::open(dir.join(JOURNAL)).at(dir.join(JOURNAL))?;
+        let f = fs.open(&dir.join(JOURNAL)).at(dir.join(JOURNAL))?;
         let mut journal = BufReader::new(f);
         let _ = next_line(&mut journal);
         Ok(Some(Kept {
+            fs,
             dir,
             journal,
             page: Default::default(),
@@ -206,7 +228,8 @@ impl Kept {
     fn read_checked(&self, addr: u64, hash: &Hash) -> Option<Vec<u8>> {
         let p = self.dir.join(layout::chunk_rel_path(addr));
         let max = sparsebak_format::limits::max_stored_any();
-        let b = sparsebak_format::limits::read_bounded(&p, max, "kept chunk").ok()?;
+        let b = sparsebak_format::limits::read_bounded_in(self.fs.as_ref(), &p, max, "kept chunk")
+            .ok()?;
         let plain = match zstd::zstd_safe::get_frame_content_size(&b) {
             Ok(Some(n)) if n <= sparsebak_format::limits::MAX_CHUNKSIZE => {
                 Codec::Zstd.decode(&b, n as usize).ok()?
@@ -227,7 +250,7 @@ impl Kept {
 
     /// The new session is committed: the kept folder is not needed any more.
     pub fn remove(self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+        if let Err(e) = self.fs.remove_dir_all(&self.dir) {
             tracing::warn!("removing {}: {e}", self.dir.display());
         }
     }

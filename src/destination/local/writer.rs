@@ -6,10 +6,10 @@
 //! and info members are appended, and the index and then the tar (the commit point)
 //! are renamed into the volume folder.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
+use sparsebak_format::archive_fs::{FileWriter, SharedFs};
 use sparsebak_format::crypto::{ArchiveKeys, Place, SealWriter};
 use sparsebak_format::info::SessionInfo;
 use sparsebak_format::layout;
@@ -29,6 +29,9 @@ enum ManifestOut {
     Plain(BufWriter<File>),
     Sealed(SealWriter<BufWriter<File>>),
 }
+
+/// A file being written in the archive folder (through its [`SharedFs`]).
+type File = Box<dyn FileWriter>;
 
 impl Write for ManifestOut {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -59,6 +62,8 @@ impl ManifestOut {
 /// A session being written.
 pub struct SessionWriter {
     pub id: String,
+    /// The file operations of the archive folder.
+    fs: SharedFs,
     staging: PathBuf,
     final_dir: PathBuf,
     vol_dir: PathBuf,
@@ -118,8 +123,9 @@ impl SessionWriter {
     /// A full filesystem is explained (see [`crate::space`]) before the staging folder
     /// is removed, so that the inodes it held still count as used.
     pub fn create_as(vol: &LocalVol, id: &str, as_tar: bool) -> Result<SessionWriter> {
-        let room = crate::space::room(vol.dir());
-        let explain = |e| crate::space::explain(e, vol.dir(), room, Default::default());
+        let fs = vol.fs().as_ref();
+        let room = crate::space::room_in(fs, vol.dir());
+        let explain = |e| crate::space::explain_in(fs, e, vol.dir(), room, Default::default());
         if as_tar && vol.keys().is_some() {
             return Err(crate::error::Error::Msg(format!(
                 "{}: sessions of an encrypted archive are stored as folders; tarfile = on is \
@@ -131,12 +137,15 @@ impl SessionWriter {
         if as_tar {
             let tar_tmp = w.staging.join("session.tar");
             let index_tmp = w.staging.join("session.tar.index");
-            let f = File::create(&tar_tmp).at(&tar_tmp).map_err(explain)?;
+            let f = fs.create(&tar_tmp).at(&tar_tmp).map_err(explain)?;
             let mut builder = tar::Builder::new(BufWriter::with_capacity(1 << 20, f));
             builder.mode(tar::HeaderMode::Deterministic);
             w.tar = Some(TarOut {
                 builder: Some(builder),
-                index: Some(TarIndexWriter::create(&index_tmp).map_err(|e| explain(e.into()))?),
+                index: Some(
+                    TarIndexWriter::create_in(vol.fs(), &index_tmp)
+                        .map_err(|e| explain(e.into()))?,
+                ),
                 pos: 0,
                 mtime: chrono::Utc::now().timestamp().max(0) as u64,
                 tar_tmp,
@@ -155,10 +164,16 @@ impl SessionWriter {
             layout::STAGING_PREFIX,
             vol.store().session_name(id)
         ));
-        std::fs::create_dir_all(&staging).at(&staging)?;
+        let fs = vol.fs().clone();
+        fs.create_dir_all(&staging).at(&staging)?;
         let mpath = staging.join(layout::MANIFEST_FILE);
-        let opened = File::create(&mpath).at(&mpath).and_then(|mf| {
-            let flusher = durable::Flusher::new(&staging, FLUSH_EVERY).at(&staging)?;
+        let opened = fs.create(&mpath).at(&mpath).and_then(|mf| {
+            // A remote folder is made durable by the one syncfs at the end only.
+            let flusher = if fs.is_local() {
+                durable::Flusher::new(&staging, FLUSH_EVERY).at(&staging)?
+            } else {
+                durable::Flusher::idle()
+            };
             Ok((mf, flusher))
         });
         let (mf, flusher) = match opened {
@@ -167,13 +182,14 @@ impl SessionWriter {
                 // Nothing of the session may stay behind (on a filesystem out of
                 // inodes the empty folder would hold one); said before the folder
                 // goes, while its inode still counts.
-                let e = crate::space::explain(
+                let e = crate::space::explain_in(
+                    fs.as_ref(),
                     e,
                     vol.dir(),
-                    crate::space::room(vol.dir()),
+                    crate::space::room_in(fs.as_ref(), vol.dir()),
                     Default::default(),
                 );
-                let _ = std::fs::remove_dir_all(&staging);
+                let _ = fs.remove_dir_all(&staging);
                 return Err(e);
             }
         };
@@ -188,6 +204,7 @@ impl SessionWriter {
         };
         Ok(SessionWriter {
             id: id.to_string(),
+            fs,
             final_dir: vol.session_dir(id),
             vol_dir: vol.dir().to_path_buf(),
             staging,
@@ -235,12 +252,11 @@ impl SessionWriter {
             .unwrap_or_default();
         if !self.made.contains(&prefix) {
             let d = self.staging.join(&prefix);
-            std::fs::create_dir_all(&d).at(&d)?;
+            self.fs.create_dir_all(&d).at(&d)?;
             self.made.insert(prefix);
         }
         let p = self.staging.join(rel);
-        let mut f = File::create(&p).at(&p)?;
-        f.write_all(payload).at(&p)?;
+        self.fs.write(&p, payload).at(&p)?;
         self.flusher.wrote(payload.len() as u64);
         self.bytes_stored += payload.len() as u64;
         self.push(Entry {
@@ -276,13 +292,16 @@ impl SessionWriter {
             .take()
             .ok_or_else(|| crate::error::Error::Msg("session already committed".into()))?;
         let (out, hash) = mw.finish().at(&mpath)?;
-        out.finish().at(&mpath)?;
+        out.finish().and_then(|f| f.finish(false)).at(&mpath)?;
         self.flusher.finish().at(&self.staging)?;
         let info = fields.info(self.changed, self.bytes_stored, hash);
         self.claim_volume(&info)?;
         if let Some(t) = self.tar.as_mut() {
             let sdir = layout::session_dir_name(&self.id);
-            let manifest = std::fs::read(&mpath).at(&mpath)?;
+            // This run's own file, just written: a line per chunk at most.
+            let most = (self.changed + 1) * sparsebak_format::limits::MAX_MANIFEST_LINE as u64;
+            let most = most + sparsebak_format::crypto::envelope::overhead(most);
+            let manifest = self.fs.read(&mpath, most).at(&mpath)?;
             let moff = t
                 .append(&format!("{sdir}/{}", layout::MANIFEST_FILE), &manifest)
                 .at(&t.tar_tmp)?;
@@ -296,7 +315,7 @@ impl SessionWriter {
                 .ok_or_else(|| crate::error::Error::Msg("tar session already finished".into()))?;
             let bw = builder.into_inner().at(&t.tar_tmp)?;
             let f = bw.into_inner().map_err(|e| e.into_error()).at(&t.tar_tmp)?;
-            f.sync_all().at(&t.tar_tmp)?;
+            f.finish(true).at(&t.tar_tmp)?;
             if let Some(ix) = t.index.take() {
                 ix.finish((moff, manifest.len() as u64), (ioff, text.len() as u64))?;
             }
@@ -309,10 +328,10 @@ impl SessionWriter {
                     .seal(&Place::Info { session: &self.id }, &text)
                     .map_err(|e| crate::error::Error::Msg(e.to_string()))?,
             };
-            std::fs::write(&ipath, bytes).at(&ipath)?;
+            self.fs.write(&ipath, &bytes).at(&ipath)?;
             // One syncfs covers every chunk file and folder, the manifest and the
             // info; only then may the session appear under its final name.
-            durable::syncfs(&self.staging).at(&self.staging)?;
+            self.fs.syncfs(&self.staging).at(&self.staging)?;
         }
         self.prepared = Some(info.clone());
         Ok(info)
@@ -334,6 +353,7 @@ impl SessionWriter {
                 self.store.volume_name()
             ))),
             None => super::write_volume_id(
+                self.fs.as_ref(),
                 &self.vol_dir,
                 k,
                 self.store.volume_name(),
@@ -350,15 +370,19 @@ impl SessionWriter {
         })?;
         crate::failpoint::hit("session-before-rename");
         if let Some(t) = self.tar.take() {
-            std::fs::rename(&t.index_tmp, &t.index_final).at(&t.index_final)?;
-            std::fs::rename(&t.tar_tmp, &t.tar_final).at(&t.tar_final)?;
-            durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
+            self.fs
+                .rename(&t.index_tmp, &t.index_final)
+                .at(&t.index_final)?;
+            self.fs.rename(&t.tar_tmp, &t.tar_final).at(&t.tar_final)?;
+            self.fs.sync_dir(&self.vol_dir).at(&self.vol_dir)?;
             self.committed = true;
-            let _ = std::fs::remove_dir_all(&self.staging);
+            let _ = self.fs.remove_dir_all(&self.staging);
             return Ok(info);
         }
-        std::fs::rename(&self.staging, &self.final_dir).at(&self.final_dir)?;
-        durable::sync_dir(&self.vol_dir).at(&self.vol_dir)?;
+        self.fs
+            .rename(&self.staging, &self.final_dir)
+            .at(&self.final_dir)?;
+        self.fs.sync_dir(&self.vol_dir).at(&self.vol_dir)?;
         self.committed = true;
         Ok(info)
     }
@@ -372,7 +396,7 @@ impl Drop for SessionWriter {
     fn drop(&mut self) {
         if !self.committed {
             // An abandoned session never becomes visible; remove what it wrote.
-            let _ = std::fs::remove_dir_all(&self.staging);
+            let _ = self.fs.remove_dir_all(&self.staging);
         }
     }
 }
