@@ -120,15 +120,21 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The chunk files of the far archive (the files of session folders that are neither
-/// an info nor a manifest), largest first.
+/// The chunk files of the far archive (the files in the folders of session folders),
+/// the newest first (the last send's: in the latest session's view).
 fn chunk_files(real: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<(u64, PathBuf)> = paths(real)
+    let mut v: Vec<(i128, PathBuf)> = paths(real)
         .into_iter()
         .map(|r| real.join(r))
         .filter(|p| p.is_file())
         .filter(|p| p.components().count() >= real.components().count() + 4)
-        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap();
+            (
+                m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+                p,
+            )
+        })
         .collect();
     v.sort_by(|a, b| b.cmp(a));
     v.into_iter().map(|(_, p)| p).collect()
@@ -229,9 +235,14 @@ fn an_encrypted_archive_over_ssh_holds_nothing_plain_on_the_far_side() {
     // The key file is the only key material: its wrapped key appears nowhere else.
     let key = std::fs::read(far.real.join(KEY_FILE)).unwrap();
     let key_text = String::from_utf8(key).unwrap();
-    for l in key_text.lines().filter(|l| l.len() > 40) {
-        let v = l.split_once('=').map_or(l, |(_, v)| v);
-        needles.push(("a line of the key file".into(), v.as_bytes().to_vec()));
+    for l in key_text.lines() {
+        for field in ["salt=", "nonce=", "wrapped="] {
+            if let Some(v) = l.strip_prefix(field) {
+                needles.push(("a line of the key file".into(), v.as_bytes().to_vec()));
+                let raw = hex::decode(v).unwrap();
+                needles.push(("a line of the key file".into(), raw));
+            }
+        }
     }
     let mut found = Vec::new();
     for (what, needle) in &needles {
@@ -268,7 +279,13 @@ fn an_encrypted_archive_over_ssh_holds_nothing_plain_on_the_far_side() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    assert!(out.contains(&far.label()), "{out}");
+    let far_path = env.archive().join(chunk.strip_prefix(&far.real).unwrap());
+    assert!(
+        out.contains(&format!("{}: chunk x", far_path.display()))
+            && out.contains("failed authentication"),
+        "{out}"
+    );
+    assert!(out.contains("FAILED with 1 problem(s)"), "{out}");
     let mid = b.len() / 2;
     b[mid] ^= 0x01;
     std::fs::write(&chunk, &b).unwrap();
@@ -319,15 +336,13 @@ fn an_interrupted_encrypted_remote_send_is_finished_by_the_next() {
     let far = Far::new();
     let env = &far.env;
     let mut rng = Rng::new(78);
-    let mut img = rng.bytes(NCHUNKS * CS);
+    let mut img = rng.bytes(96 * CS);
     std::fs::write(env.image(VOL), &img).unwrap();
     env.send(VOL);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    for c in [2usize, 5, 11, 30, 40] {
-        rng.fill(&mut img[c * CS..(c + 1) * CS]);
-    }
+    rng.fill(&mut img[10 * CS..70 * CS]);
     std::fs::write(env.image(VOL), &img).unwrap();
-    // Killed in the middle of its chunks, after some went over.
+    // Killed in the middle of its chunks (at the 50th of 60), after some went over.
     let o = env.run_env(
         &["send", VOL],
         &[("SPARSEBAK_FAILPOINT", "send-mid-chunks")],

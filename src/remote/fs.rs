@@ -136,8 +136,20 @@ impl Inner {
         self.settle(&mut c)?;
         match c.call_far(payload).map_err(link)? {
             Ok(p) => Ok(p),
-            Err(f) => Err(far_error(f, true)),
+            Err(f) => Err(self.immediate(f)),
         }
+    }
+
+    /// The error of the request waited for: its caller names the path, so the far
+    /// side's line loses its own naming of it.
+    fn immediate(&self, mut f: FarError) -> io::Error {
+        let root = self.root.display().to_string();
+        if f.message.starts_with(&root) {
+            if let Some(i) = f.message.find(": ") {
+                f.message = f.message[i + 2..].to_string();
+            }
+        }
+        far_error(f, true)
     }
 
     fn wait_decode<T>(
@@ -181,7 +193,7 @@ impl Inner {
             for &n in &asked {
                 match c.finish_one().map_err(link)? {
                     Err(f) => {
-                        first_err.get_or_insert(far_error(f, true));
+                        first_err.get_or_insert(self.immediate(f));
                     }
                     Ok(p) => {
                         if short || first_err.is_some() {
