@@ -85,7 +85,7 @@ fn list_through_a_vm_to_an_ssh_host() {
 fn lying_far_side(dir: &std::path::Path, answers: &[u8]) -> std::path::PathBuf {
     let mut out = Vec::new();
     let mut hello = b"SPBKWIRE".to_vec();
-    hello.extend_from_slice(&2u32.to_le_bytes());
+    hello.extend_from_slice(&sparsebak::remote::proto::PROTOCOL_VERSION.to_le_bytes());
     let v = env!("CARGO_PKG_VERSION");
     hello.extend_from_slice(&(v.len() as u32).to_le_bytes());
     hello.extend_from_slice(v.as_bytes());
