@@ -265,7 +265,7 @@ pub trait Destination: Send + Sync {
     fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
         let _ = (id, key_file);
         Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet (set encrypt = off for it)",
+            "{}: this destination was opened for a plain archive; an encrypted one is opened over its files (run the command again)",
             self.label()
         )))
     }
@@ -275,7 +275,7 @@ pub trait Destination: Send + Sync {
     fn set_keys(&self, keys: std::sync::Arc<sparsebak_format::crypto::ArchiveKeys>) -> Result<()> {
         let _ = keys;
         Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet",
+            "{}: this destination was opened for a plain archive, it has no keys",
             self.label()
         )))
     }
@@ -285,7 +285,7 @@ pub trait Destination: Send + Sync {
     fn put_volume_id(&self, name: &str, id: &str) -> Result<()> {
         let _ = (name, id);
         Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet",
+            "{}: this destination was opened for a plain archive, it has no keys",
             self.label()
         )))
     }
