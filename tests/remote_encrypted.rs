@@ -398,3 +398,80 @@ fn key_commands_work_on_an_encrypted_remote_archive() {
     env.verify_ok(VOL, None);
     far.near_is_empty();
 }
+
+#[test]
+fn diff_repair_rename_delete_and_key_import_work_remotely() {
+    let far = Far::new();
+    let env = &far.env;
+    let mut img = Rng::new(80).bytes(16 * CS);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    img[5 * CS..6 * CS].fill(0x5A);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    let s = env.sessions(VOL);
+    assert_eq!(s.len(), 2);
+    let d = env.diff_sessions(VOL, &s[0].id, &s[1].id, true);
+    assert!(
+        d.contains("327680"),
+        "diff names the changed chunk at 5 x 64 KiB: {d}"
+    );
+
+    // repair: a far chunk file deleted, put back sealed afresh.
+    let chunk = chunk_files(&far.real).into_iter().next().unwrap();
+    let len = std::fs::metadata(&chunk).unwrap().len();
+    std::fs::remove_file(&chunk).unwrap();
+    let o = env.run(&["verify", VOL]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is missing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    env.ok(&["repair", VOL]);
+    assert_eq!(std::fs::metadata(&chunk).unwrap().len(), len);
+    env.verify_ok(VOL, None);
+
+    // key import: the exported key file put back after it was lost.
+    let exported = env.ok(&["key", "export"]);
+    std::fs::remove_file(far.real.join(KEY_FILE)).unwrap();
+    let e = env.fails(&["list"]);
+    assert!(e.contains("its key file sparsebak.key is missing"), "{e}");
+    let kf = env.path().join("exported.key");
+    std::fs::write(&kf, &exported).unwrap();
+    env.ok(&["key", "import", kf.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(far.real.join(KEY_FILE)).unwrap(),
+        exported.as_bytes()
+    );
+
+    // rename, then delete: the far volume folder moves, then goes.
+    let before: Vec<String> = names_in(&far.real);
+    let new = "renamed-payroll-volume";
+    env.ok(&["rename", VOL, new]);
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replace(&format!("{VOL} = enable"), &format!("{new} = enable")),
+    )
+    .unwrap();
+    let after: Vec<String> = names_in(&far.real);
+    assert_eq!(after.len(), before.len());
+    assert_ne!(after, before, "the volume's hidden folder name changed");
+    assert_same(
+        &env.receive(new, Some(&s[0].id)),
+        &{
+            let mut v = img.clone();
+            v[5 * CS..6 * CS].copy_from_slice(&Rng::new(80).bytes(16 * CS)[5 * CS..6 * CS]);
+            v
+        },
+        "renamed, first",
+    );
+    env.verify_ok(new, None);
+    env.ok(&["delete", new]);
+    let mut want = vec![MARKER.to_string(), KEY_FILE.to_string()];
+    want.sort();
+    assert_eq!(names_in(&far.real), want);
+    far.near_is_empty();
+}
