@@ -475,3 +475,49 @@ fn diff_repair_rename_delete_and_key_import_work_remotely() {
     assert_eq!(names_in(&far.real), want);
     far.near_is_empty();
 }
+
+#[test]
+fn a_reader_after_an_interrupted_run_on_an_encrypted_remote_archive() {
+    let far = Far::new();
+    let env = &far.env;
+    let mut img = Rng::new(81).bytes(16 * CS);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    img[2 * CS..3 * CS].fill(7);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    let o = env.run_env(
+        &["send", VOL],
+        &[("SPARSEBAK_FAILPOINT", "send-after-commit")],
+    );
+    assert!(!o.status.success());
+    // The committed session is there for a reader, and this side catches up.
+    let s = env.sessions(VOL);
+    assert_eq!(s.len(), 2);
+    assert_same(&env.receive(VOL, None), &img, "after the killed send");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    img[4 * CS..5 * CS].fill(9);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    // A prune killed after its journal: a reader finishes it.
+    let o = env.run_env(
+        &["prune", VOL, &format!("--session={}", s[1].id)],
+        &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],
+    );
+    assert!(!o.status.success());
+    // A reader may change nothing on the far side: it says what finishes the prune.
+    let e = env.fails(&["list", VOL]);
+    assert!(
+        e.contains(
+            "refusing to change it: the command said it would only read (what an \
+             interrupted run left is finished by one that writes: send, prune)"
+        ),
+        "{e}"
+    );
+    assert_eq!(e.lines().filter(|l| l.contains("error")).count(), 1, "{e}");
+    // A prune (of nothing: --all-before a date before every session) finishes it.
+    env.ok(&["prune", VOL, "--all-before=2000-01-01"]);
+    assert_eq!(env.sessions(VOL).len(), 2);
+    assert_same(&env.receive(VOL, None), &img, "after the finished prune");
+    env.verify_ok(VOL, None);
+}

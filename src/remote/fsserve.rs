@@ -147,7 +147,8 @@ impl FsServer {
             Err(FsFault::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
-                    "{}: refusing to change it: this connection said it would only read",
+                    "{}: refusing to change it: the command said it would only read (what an \
+                     interrupted run left is finished by one that writes: send, prune)",
                     p.display()
                 ),
             ))
