@@ -85,7 +85,7 @@ fn list_through_a_vm_to_an_ssh_host() {
 fn lying_far_side(dir: &std::path::Path, answers: &[u8]) -> std::path::PathBuf {
     let mut out = Vec::new();
     let mut hello = b"SPBKWIRE".to_vec();
-    hello.extend_from_slice(&2u32.to_le_bytes());
+    hello.extend_from_slice(&sparsebak::remote::proto::PROTOCOL_VERSION.to_le_bytes());
     let v = env!("CARGO_PKG_VERSION");
     hello.extend_from_slice(&(v.len() as u32).to_le_bytes());
     hello.extend_from_slice(v.as_bytes());
@@ -230,4 +230,71 @@ fn send_and_receive_through_qvm_run() {
     assert!(log
         .lines()
         .all(|l| l == format!("{} serve -- {}", bin().display(), env.archive().display())));
+}
+
+#[test]
+fn an_encrypted_archive_through_qvm_run() {
+    let env = Env::encrypted(&["v"], "a passphrase for the vm");
+    let bin_dir = qvm_run_stand_in(env.path(), "backup-vm");
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replacen(
+            "[var]\n",
+            &format!("[var]\n{}", remote_lines("qubes://backup-vm", "")),
+            1,
+        ),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&env.config)
+            .arg("-u")
+            .args(args)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let mut rng = Rng::new(13);
+    let mut img = rng.bytes(16 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    run(&["send", "v"]);
+    rng.fill(&mut img[5 * CS..6 * CS]);
+    std::fs::write(env.image("v"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    run(&["send", "v"]);
+    let list = run(&["list", "v"]);
+    let changed: Vec<u64> = list
+        .lines()
+        .skip(1)
+        .map(|l| parse_list_line(l).changed)
+        .collect();
+    assert_eq!(changed, [16, 1], "{list}");
+    run(&["verify", "v"]);
+    let out = env.path().join("restored");
+    run(&["receive", "v", &format!("--save-to={}", out.display())]);
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        &img,
+        "encrypted, through qvm-run",
+    );
+    // The archive the VM holds is encrypted: format 2, its key file, no folder `v`.
+    let marker = std::fs::read_to_string(env.archive().join("sparsebak.archive")).unwrap();
+    assert!(marker.contains("format=2\n"), "{marker}");
+    assert!(env.archive().join("sparsebak.key").is_file());
+    assert!(!env.archive().join("v").exists());
+    let log = std::fs::read_to_string(env.path().join("qvm-run.log")).unwrap();
+    assert!(log.lines().count() >= 5, "{log}");
 }

@@ -301,7 +301,7 @@ fn each_way_of_not_reaching_the_archive_is_one_clear_line() {
         &opts,
         None,
     ));
-    assert!(e.contains(&format!("protocol version mismatch: this side is sparsebak {} (protocol 2), the far side is sparsebak 9.9.9 (protocol 99)", env!("CARGO_PKG_VERSION"))), "{e}");
+    assert!(e.contains(&format!("protocol version mismatch: this side is sparsebak {} (protocol {}), the far side is sparsebak 9.9.9 (protocol 99)", env!("CARGO_PKG_VERSION"), sparsebak::remote::proto::PROTOCOL_VERSION)), "{e}");
 }
 
 #[test]

@@ -251,7 +251,7 @@ impl ArchiveFs for LocalFs {
             ));
         }
         let mut buf = Vec::with_capacity(len as usize);
-        f.take(max + 1).read_to_end(&mut buf)?;
+        f.take(max.saturating_add(1)).read_to_end(&mut buf)?;
         if buf.len() as u64 > max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

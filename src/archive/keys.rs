@@ -51,14 +51,6 @@ pub fn unlock(
 /// Create an empty encrypted archive at `dest`: a new identity and master key, wrapped
 /// under the passphrase (asked twice at a prompt). Returns its keys.
 pub fn create(config: &Config, dest: &dyn Destination) -> Result<ArchiveKeys> {
-    if dest.local_root().is_none() {
-        return Err(Error::Msg(format!(
-            "{}: encrypted archives on a remote destination are not supported yet (its far \
-             side must never hold a key, and the operations that run there read manifests); \
-             set `encrypt = off` for this destination to send to it unencrypted",
-            dest.label()
-        )));
-    }
     let crypt = |e: crypto::CryptoError| Error::Msg(e.to_string());
     let pass = passphrase::obtain(config, Purpose::Create)?;
     let id = crypto::random_uuid().map_err(crypt)?;

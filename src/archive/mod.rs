@@ -65,8 +65,15 @@ impl std::ops::Deref for Archive {
 impl Archive {
     /// Open the configured archive, which must exist, for reading.
     pub fn open(config: &Config) -> Result<Archive> {
+        Self::open_for(config, false)
+    }
+
+    /// [`Archive::open`], saying whether the command will change the archive: the far
+    /// side of an encrypted remote archive refuses every change to a run that said it
+    /// would only read.
+    pub fn open_for(config: &Config, writing: bool) -> Result<Archive> {
         config.check_destination(false)?;
-        Self::opened(config, Arc::from(destination::open(config)?))
+        Self::opened(config, Arc::from(destination::open_for(config, writing)?))
     }
 
     /// The archive `dest` opened for `config`: it must exist.
@@ -76,9 +83,14 @@ impl Archive {
 
     /// Open the configured archive, which must exist, without unlocking an encrypted
     /// one: for the commands that handle its key file itself (`key`).
-    pub fn open_locked(config: &Config) -> Result<Archive> {
+    pub fn open_locked(config: &Config, writing: bool) -> Result<Archive> {
         config.check_destination(false)?;
-        Self::opened_with(config, Arc::from(destination::open(config)?), None, false)
+        Self::opened_with(
+            config,
+            Arc::from(destination::open_for(config, writing)?),
+            None,
+            false,
+        )
     }
 
     /// [`Archive::opened`]; `keys`: the keys of an encrypted archive this run has
@@ -141,7 +153,7 @@ impl Archive {
     /// sends to (see [`identity`]).
     pub fn open_writable(config: &Config, action: &str) -> Result<Archive> {
         config.check_destination(true)?;
-        let mut a = Self::open(config)?;
+        let mut a = Self::open_for(config, true)?;
         a.require_writable(action)?;
         identity::adopt(config, &mut a, false)?;
         a.sweep_dead_runs();

@@ -31,7 +31,7 @@ fn open(ctx: &Ctx, action: Option<&str>) -> Result<(Archive, String)> {
     if action.is_some() {
         ctx.config.check_destination(true)?;
     }
-    let archive = Archive::open_locked(&ctx.config)?;
+    let archive = Archive::open_locked(&ctx.config, action.is_some())?;
     if let Some(action) = action {
         archive.require_writable(action)?;
     }

@@ -8,7 +8,7 @@ use crate::source;
 
 pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
     ctx.config.check_destination(true)?;
-    let archive = Archive::open(&ctx.config)?;
+    let archive = Archive::open_for(&ctx.config, true)?;
     archive.sweep_dead_runs();
     // Every other destination with the volume's history must be there: its state on
     // this machine moves with the rest, so its archive folder must move too.
@@ -22,8 +22,8 @@ pub fn run(ctx: &Ctx, old: &str, new: &str) -> Result<()> {
                  archive folder must move too); nothing was changed"
             );
         }
-        let a =
-            Archive::open(&c).with_context(|| format!("rename {old} to {new}: destination {d}"))?;
+        let a = Archive::open_for(&c, true)
+            .with_context(|| format!("rename {old} to {new}: destination {d}"))?;
         a.require_writable("rename")?;
         if a.volume(old).exists() && !a.volume_is_free(new)? {
             anyhow::bail!(

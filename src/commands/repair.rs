@@ -9,7 +9,7 @@ use crate::source;
 pub fn run(ctx: &Ctx, name: &str, dry_run: bool) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     ctx.config.check_destination(!dry_run)?;
-    let archive = Archive::open(&ctx.config)?;
+    let archive = Archive::open_for(&ctx.config, !dry_run)?;
     if !dry_run {
         archive.sweep_dead_runs();
     }

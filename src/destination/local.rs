@@ -292,7 +292,7 @@ impl Destination for LocalDestination {
     }
 
     fn local_root(&self) -> Option<&Path> {
-        Some(&self.root)
+        self.fs.is_local().then_some(self.root.as_path())
     }
 
     fn marker(&self) -> Result<Option<ArchiveMarker>> {

@@ -265,7 +265,7 @@ pub trait Destination: Send + Sync {
     fn create_sealed(&self, id: &str, key_file: &[u8]) -> Result<()> {
         let _ = (id, key_file);
         Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet (set encrypt = off for it)",
+            "{}: this destination was opened for a plain archive; an encrypted one is opened over its files (run the command again)",
             self.label()
         )))
     }
@@ -275,7 +275,7 @@ pub trait Destination: Send + Sync {
     fn set_keys(&self, keys: std::sync::Arc<sparsebak_format::crypto::ArchiveKeys>) -> Result<()> {
         let _ = keys;
         Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet",
+            "{}: this destination was opened for a plain archive, it has no keys",
             self.label()
         )))
     }
@@ -285,7 +285,7 @@ pub trait Destination: Send + Sync {
     fn put_volume_id(&self, name: &str, id: &str) -> Result<()> {
         let _ = (name, id);
         Err(crate::error::Error::Msg(format!(
-            "{}: encrypted archives on this destination are not supported yet",
+            "{}: this destination was opened for a plain archive, it has no keys",
             self.label()
         )))
     }
@@ -434,12 +434,29 @@ pub fn open_for(config: &crate::config::Config, writing: bool) -> Result<Box<dyn
             }
             Ok(Box::new(LocalDestination::new(&config.destdir)))
         }
-        Some(spec) => Ok(Box::new(crate::remote::RemoteDestination::open(
-            spec,
-            &config.destdir,
-            config.destmountpoint.as_deref(),
-            writing,
-        )?)),
+        Some(spec) => {
+            let remote = crate::remote::RemoteDestination::open(
+                spec,
+                &config.destdir,
+                config.destmountpoint.as_deref(),
+                writing,
+            )?;
+            // An encrypted archive (or a new one this run creates encrypted) is run
+            // here, over the far folder's file operations: the far side never holds a
+            // key or a plain byte. A plain one keeps the far side's own operations.
+            let sealed = match remote.marker()? {
+                Some(m) => m.is_sealed(),
+                None => writing && config.encrypt != Some(false),
+            };
+            if !sealed {
+                return Ok(Box::new(remote));
+            }
+            let fs = crate::remote::RemoteFs::new(remote.connection(), &config.destdir);
+            Ok(Box::new(LocalDestination::with_fs(
+                std::sync::Arc::new(fs),
+                &config.destdir,
+            )))
+        }
     }
 }
 

@@ -72,6 +72,8 @@ fn not_answering(l: &str) -> bool {
 pub struct FarError {
     pub message: String,
     pub missing: Option<String>,
+    /// For a file operation: the error's kind and its errno over there (0: none).
+    pub io: Option<(std::io::ErrorKind, i32)>,
 }
 
 impl std::fmt::Display for FarError {
@@ -262,6 +264,33 @@ impl Connection {
         let r = c.hello(destdir, destmountpoint, writing);
         drop(watchdog);
         r.map(|()| c)
+    }
+
+    /// A connection over streams already joined to a far side (`sparsebak serve` in
+    /// a thread, in tests): the hellos are exchanged as [`Connection::open`] does.
+    pub fn over(
+        label: &str,
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+        destdir: &Path,
+        writing: bool,
+    ) -> Result<Connection, RemoteError> {
+        let mut c = Connection {
+            label: label.to_string(),
+            destcmd: String::new(),
+            program: "serve".into(),
+            child: None,
+            w: BufWriter::with_capacity(256 << 10, w),
+            r: BufReader::with_capacity(256 << 10, r),
+            stderr: Stderr::default(),
+            stderr_thread: None,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            far_version: String::new(),
+            timed_out: Arc::new(AtomicBool::new(false)),
+        };
+        c.hello(destdir, None, writing)?;
+        Ok(c)
     }
 
     pub fn label(&self) -> &str {
@@ -482,12 +511,23 @@ impl Connection {
             kind::ERR => Ok(Err(FarError {
                 message: text(&f.payload),
                 missing: None,
+                io: None,
             })),
+            kind::FS_ERR => {
+                let (code, errno, line) =
+                    self.decode(&f.payload, |d| Ok((d.u8()?, d.u32()?, d.str()?)))?;
+                Ok(Err(FarError {
+                    message: text(line.as_bytes()),
+                    missing: None,
+                    io: Some((proto::io_kind(code), errno as i32)),
+                }))
+            }
             kind::MISSING => {
                 let (path, message) = self.decode(&f.payload, |d| Ok((d.str()?, d.str()?)))?;
                 Ok(Err(FarError {
                     message: text(message.as_bytes()),
                     missing: Some(text(path.as_bytes())),
+                    io: None,
                 }))
             }
             k => Err(self.link(format!("an answer of kind {k}"))),
@@ -495,7 +535,7 @@ impl Connection {
     }
 
     /// One answer to the oldest request in flight.
-    fn finish_one(&mut self) -> Result<Result<Vec<u8>, FarError>, RemoteError> {
+    pub fn finish_one(&mut self) -> Result<Result<Vec<u8>, FarError>, RemoteError> {
         let a = self.answer()?;
         if let Some(n) = self.in_flight.pop_front() {
             self.in_flight_bytes -= n;
@@ -537,6 +577,25 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Read answers until the window has room again; the first failure among them
+    /// is returned (not raised), and the rest are read on.
+    pub fn make_room_far(&mut self) -> Result<Option<FarError>, RemoteError> {
+        let mut first = None;
+        while self.window_full() {
+            if let Err(e) = self.finish_one()? {
+                first.get_or_insert(e);
+            }
+        }
+        Ok(first)
+    }
+
+    /// Send a request and wait for its answer: `Ok(Err(..))` when the far side
+    /// refused it. Requests in flight must have been drained.
+    pub fn call_far(&mut self, payload: &[u8]) -> Result<Result<Vec<u8>, FarError>, RemoteError> {
+        self.send(payload)?;
+        self.finish_one()
     }
 
     /// Send a request and wait for its answer. Requests still in flight are answered

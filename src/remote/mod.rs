@@ -8,6 +8,8 @@
 
 pub mod client;
 pub mod destination;
+pub mod fs;
+pub mod fsserve;
 pub mod proto;
 pub mod serve;
 pub mod store;
@@ -16,5 +18,6 @@ pub mod wire;
 
 pub use client::{Connection, RemoteError};
 pub use destination::RemoteDestination;
+pub use fs::RemoteFs;
 pub use store::RemoteStore;
 pub use transport::{parse_destvm, RemoteSpec, Transport};

@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 /// The magic at the start of both hellos.
 pub const MAGIC: &[u8; 8] = b"SPBKWIRE";
 /// The version of this protocol. Both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The program's version, sent in the hello so that a mismatch can name it.
 pub const PROGRAM_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -44,6 +44,10 @@ pub mod kind {
     /// A failed answer whose cause is that a file is not there: `str` the file,
     /// `str` the line (so the client can tell "missing" from "damaged").
     pub const MISSING: u8 = 6;
+    /// A failed answer to a file operation ([`super::freq`]): `u8` the error's kind
+    /// ([`super::io_kind_code`]), `u32` its errno (0: none), `str` one line naming
+    /// the path over there.
+    pub const FS_ERR: u8 = 7;
 }
 
 /// Why a frame or payload could not be read.
@@ -510,8 +514,103 @@ impl<'a> Dec<'a> {
         h.copy_from_slice(self.take(32, "a hash")?);
         Ok(h)
     }
+    /// How many bytes are left.
+    pub fn rest_len(&self) -> usize {
+        self.buf.len()
+    }
     /// Whatever is left, for a payload that ends in raw bytes.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
+}
+
+/// Request codes of the file operations of an archive folder (the `ArchiveFs` seam),
+/// for an archive whose far side must not hold its keys: the near side runs the
+/// archive code and the far side only performs these, confined to the served folder.
+/// Paths are relative to the folder the hello named (`""` is the folder itself).
+pub mod freq {
+    /// `(path)` → `u8` kind (0 file, 1 folder, 2 other), `u64` len, `u64` mtime.
+    pub const METADATA: u8 = 64;
+    /// `(path, opt_str after)` → `u32` n, n × (`str` name, `u8` kind, `u64` len),
+    /// `bool` more: the entries sorted by name, after `after`.
+    pub const READ_DIR: u8 = 65;
+    /// `(path, u64 max)` → `u64` length, `bytes` its first [`super::FS_PIECE`] bytes.
+    pub const READ: u8 = 66;
+    /// `(path, u64 offset, u32 len)` → `bytes` (len at most [`super::FS_PIECE`]).
+    pub const READ_AT: u8 = 67;
+    /// `(path, bytes)` → `()`.
+    pub const WRITE: u8 = 68;
+    /// `(path, bytes)` → `()`: a new file, mode 0600, durably.
+    pub const WRITE_NEW: u8 = 69;
+    /// `(path, bytes)` → `()`: temporary name, fsync, rename, fsync of the folder.
+    pub const WRITE_ATOMIC: u8 = 70;
+    /// `(path, u32 handle)` → `()`: create or truncate, open under `handle`.
+    pub const CREATE: u8 = 71;
+    /// `(u32 handle, rest: bytes)` → `()`.
+    pub const APPEND: u8 = 72;
+    /// `(u32 handle, bool sync)` → `()`: flush, fsync when asked, close.
+    pub const FINISH: u8 = 73;
+    /// `(u32 handle)` → `()`: close without flushing further (a dropped writer).
+    pub const CLOSE: u8 = 74;
+    pub const CREATE_DIR: u8 = 75;
+    pub const CREATE_DIR_ALL: u8 = 76;
+    /// `(from, to)` → `()`.
+    pub const RENAME: u8 = 77;
+    pub const RENAME_NOREPLACE: u8 = 78;
+    pub const HARD_LINK: u8 = 79;
+    pub const REMOVE_FILE: u8 = 80;
+    pub const REMOVE_DIR: u8 = 81;
+    pub const REMOVE_DIR_ALL: u8 = 82;
+    pub const SYNC_FILE: u8 = 83;
+    pub const SYNC_DIR: u8 = 84;
+    pub const SYNCFS: u8 = 85;
+    /// `(path)` → `bool`.
+    pub const IS_READ_ONLY: u8 = 86;
+    /// `(path, u32 handle, bool exclusive)` → `bool` taken (false: held elsewhere).
+    pub const LOCK: u8 = 87;
+    /// `(u32 handle)` → `()`.
+    pub const UNLOCK: u8 = 88;
+
+    /// Whether `code` is one of these.
+    pub fn is_fs(code: u8) -> bool {
+        (METADATA..=UNLOCK).contains(&code)
+    }
+}
+
+/// Largest piece of a file one file request reads or writes.
+pub const FS_PIECE: usize = 1 << 20;
+/// Most files open for writing ([`freq::CREATE`]) and locks held at once by one
+/// connection.
+pub const FS_MAX_HANDLES: usize = 256;
+
+const IO_KINDS: &[io::ErrorKind] = &[
+    io::ErrorKind::Other,
+    io::ErrorKind::NotFound,
+    io::ErrorKind::AlreadyExists,
+    io::ErrorKind::WouldBlock,
+    io::ErrorKind::PermissionDenied,
+    io::ErrorKind::InvalidData,
+    io::ErrorKind::ReadOnlyFilesystem,
+    io::ErrorKind::InvalidInput,
+    io::ErrorKind::Unsupported,
+    io::ErrorKind::DirectoryNotEmpty,
+    io::ErrorKind::NotADirectory,
+    io::ErrorKind::IsADirectory,
+    io::ErrorKind::StorageFull,
+    io::ErrorKind::UnexpectedEof,
+    io::ErrorKind::CrossesDevices,
+    io::ErrorKind::QuotaExceeded,
+];
+
+/// The code of an `io::ErrorKind` on the wire (0, other, for a kind not listed).
+pub fn io_kind_code(k: io::ErrorKind) -> u8 {
+    IO_KINDS.iter().position(|x| *x == k).unwrap_or(0) as u8
+}
+
+/// The `io::ErrorKind` of a code (other for an unknown one).
+pub fn io_kind(code: u8) -> io::ErrorKind {
+    IO_KINDS
+        .get(code as usize)
+        .copied()
+        .unwrap_or(io::ErrorKind::Other)
 }

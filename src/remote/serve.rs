@@ -14,7 +14,8 @@ use sparsebak_format::layout;
 use sparsebak_format::restore;
 use sparsebak_format::volume::{Storage, VolumeArchive};
 
-use super::proto::{self, dreq, kind, req, Dec, Enc, Hello, WireError};
+use super::fsserve::{FsFault, FsServer};
+use super::proto::{self, dreq, freq, kind, req, Dec, Enc, Hello, WireError};
 use super::wire;
 use crate::destination::local::resume::{Journal, Kept};
 use crate::destination::{DestLock, Destination, SessionKind, SessionSink};
@@ -96,6 +97,8 @@ struct Server {
     journal: Option<Journal>,
     /// What a dropped link left of a session on the same base, offered to this one.
     kept: Option<Kept>,
+    /// The file operations of an archive whose keys stay with the client.
+    fs: FsServer,
 }
 
 type Answer = Result<Vec<u8>, Fault>;
@@ -107,6 +110,8 @@ enum Fault {
     Text(String),
     /// A file that is not there (`path`), and the line.
     Missing { path: String, message: String },
+    /// A file operation's failure, with its kind.
+    Io(FsFault),
 }
 
 impl Fault {
@@ -116,6 +121,7 @@ impl Fault {
             Fault::Missing { path, message } => {
                 proto::write_frame(out, kind::MISSING, &Enc::new().str(path).str(message).0)
             }
+            Fault::Io(f) => proto::write_frame(out, kind::FS_ERR, &f.encode()),
         }
     }
 }
@@ -237,6 +243,10 @@ impl Server {
 
     /// Answer one request; READ_STORED writes its own answers (one per address).
     fn handle(&mut self, p: &[u8], out: &mut impl Write) -> Result<Option<Answer>, WireError> {
+        if let Some(&code) = p.first().filter(|c| freq::is_fs(**c)) {
+            let mut d = Dec::new(&p[1..]);
+            return Ok(Some(self.fs.handle(code, &mut d)?.map_err(Fault::Io)));
+        }
         let changes = !matches!(
             p.first().copied(),
             Some(
@@ -752,6 +762,7 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
         root: PathBuf::from(&hello.destdir),
         journal: None,
         kept: None,
+        fs: FsServer::new(Path::new(&hello.destdir), hello.writing),
     };
     loop {
         // Answers go out when no request is waiting: many in flight cost one flush.
