@@ -41,6 +41,13 @@ pub enum TapeError {
         expected: usize,
         found: usize,
     },
+    /// The drive is set to another block size than the one asked for.
+    #[error("{device}: the drive is set to blocks of {actual} bytes, expected {expected} bytes")]
+    DriveBlockSize {
+        device: String,
+        expected: usize,
+        actual: usize,
+    },
     /// The drive is in variable-block mode (block size 0); sparsebak only uses fixed
     /// blocks.
     #[error("{device}: the drive is in variable-block mode; sparsebak needs fixed-block mode (set a block size)")]
@@ -167,10 +174,10 @@ pub trait TapeDrive {
             });
         }
         if found != size {
-            return Err(TapeError::BlockSizeMismatch {
+            return Err(TapeError::DriveBlockSize {
                 device: self.name().to_string(),
                 expected: size,
-                found,
+                actual: found,
             });
         }
         Ok(())

@@ -92,6 +92,8 @@ pub mod gstat {
 pub const MT_ST_BLKSIZE_MASK: i64 = 0x00ff_ffff;
 
 /// A drive status from `struct mtget`.
+// `c_long` is `i32` on 32-bit targets: the casts are not always no-ops.
+#[allow(clippy::unnecessary_cast)]
 pub fn decode_status(g: &MtGet) -> DriveStatus {
     let s = g.mt_gstat as i64;
     let known = |v: libc::c_int| (v >= 0).then_some(v as u64);
