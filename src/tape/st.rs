@@ -15,6 +15,11 @@
 //!   reports [`TapeError::EndOfMedium`] when the retry fails too.
 //! - A block of another size than the drive's in fixed mode reads as `EIO`, with the
 //!   tape not moved.
+//! - At the physical end a filemark does not fit: `MTWEOF` fails with `EIO`, mapped
+//!   to [`TapeError::EndOfMedium`]. If it was not tried, the next positioning operation
+//!   tries that closing filemark itself and fails with `EIO` (and again, until an
+//!   explicit `MTWEOF` has failed): the filemark is then tried and the operation
+//!   retried.
 //! - A filemark reads as a zero-length read; at the end of data the driver also
 //!   returns zero and sets `GMT_EOD`, then fails with `EIO`.
 //! - After writing, `close()` writes a filemark by itself. Writing the filemark
@@ -139,6 +144,8 @@ pub struct StDrive {
     block_size: usize,
     /// The early warning was seen since the last positioning.
     early_warning: bool,
+    /// A write met the physical end of the medium since the last positioning.
+    at_end: bool,
 }
 
 impl StDrive {
@@ -185,6 +192,7 @@ impl StDrive {
             name,
             block_size: 0,
             early_warning: false,
+            at_end: false,
         })
     }
 
@@ -201,6 +209,26 @@ impl StDrive {
         unsafe { mtioctop(self.file.as_raw_fd(), &m) }
             .map(drop)
             .map_err(|e| map_errno(&self.name, during, std::io::Error::from(e)))
+    }
+
+    /// A positioning operation. After the end of medium, st first tries to write the
+    /// filemark that closes the tape file, which does not fit: that fails with EIO
+    /// once, and the operation then works.
+    fn position_op(&mut self, code: i16, count: i32, during: &str) -> Result<()> {
+        let r = match self.op(code, count, during) {
+            Err(TapeError::Io { source, .. })
+                if self.at_end && source.raw_os_error() == Some(libc::EIO) =>
+            {
+                tracing::debug!(device = %self.name, "the closing filemark did not fit; {during} again");
+                // An explicit filemark, failing as well, ends st's writing state.
+                let _ = self.op(op::MTWEOF, 1, "writing a filemark");
+                self.op(code, count, during)
+            }
+            r => r,
+        };
+        self.early_warning = false;
+        self.at_end = false;
+        r
     }
 
     fn get(&self) -> Result<MtGet> {
@@ -266,6 +294,7 @@ impl TapeDrive for StDrive {
                 Ok(n) if n == block.len() => break,
                 Ok(_) => {
                     // A short write only happens at the physical end.
+                    self.at_end = true;
                     return Err(TapeError::EndOfMedium {
                         device: self.name.clone(),
                         during: "writing a block (short write)".into(),
@@ -277,11 +306,16 @@ impl TapeDrive for StDrive {
                         self.early_warning = decode_status(&self.get()?).eot;
                     }
                     if !self.early_warning {
+                        self.at_end = true;
                         return Err(map_errno(&self.name, "writing a block", e));
                     }
                     retried = true;
                 }
-                Err(e) => return Err(map_errno(&self.name, "writing a block", e)),
+                Err(e) => {
+                    let e = map_errno(&self.name, "writing a block", e);
+                    self.at_end |= matches!(e, TapeError::EndOfMedium { .. });
+                    return Err(e);
+                }
             }
         }
         if !self.early_warning {
@@ -291,9 +325,19 @@ impl TapeDrive for StDrive {
     }
 
     fn write_filemark(&mut self, n: u32) -> Result<()> {
-        match self.op(op::MTWEOF, n as i32, "writing a filemark") {
-            Err(TapeError::EndOfMedium { .. }) if self.early_warning => {
-                self.op(op::MTWEOF, n as i32, "writing a filemark")
+        let during = "writing a filemark";
+        match self.op(op::MTWEOF, n as i32, during) {
+            Err(TapeError::EndOfMedium { .. }) if self.early_warning && !self.at_end => {
+                self.op(op::MTWEOF, n as i32, during)
+            }
+            // At the physical end a filemark does not fit either: st says EIO.
+            Err(TapeError::Io { source, .. })
+                if self.at_end && source.raw_os_error() == Some(libc::EIO) =>
+            {
+                Err(TapeError::EndOfMedium {
+                    device: self.name.clone(),
+                    during: during.into(),
+                })
             }
             r => r,
         }
@@ -339,12 +383,11 @@ impl TapeDrive for StDrive {
     }
 
     fn rewind(&mut self) -> Result<()> {
-        self.early_warning = false;
-        self.op(op::MTREW, 1, "rewinding")
+        self.position_op(op::MTREW, 1, "rewinding")
     }
 
     fn fsf(&mut self, n: u32) -> Result<()> {
-        self.op(
+        self.position_op(
             op::MTFSF,
             n as i32,
             &format!("spacing forward {n} filemarks"),
@@ -352,22 +395,20 @@ impl TapeDrive for StDrive {
     }
 
     fn bsf(&mut self, n: u32) -> Result<()> {
-        self.early_warning = false;
-        self.op(op::MTBSF, n as i32, &format!("spacing back {n} filemarks"))
+        self.position_op(op::MTBSF, n as i32, &format!("spacing back {n} filemarks"))
     }
 
     fn eod(&mut self) -> Result<()> {
-        self.op(op::MTEOM, 1, "going to the end of data")
+        self.position_op(op::MTEOM, 1, "going to the end of data")
     }
 
     fn locate(&mut self, block: u64) -> Result<()> {
-        self.early_warning = false;
         let b = i32::try_from(block).map_err(|_| TapeError::Position {
             device: self.name.clone(),
             during: format!("locating block {block}"),
             reason: "block number too large for MTSEEK".into(),
         })?;
-        self.op(op::MTSEEK, b, &format!("locating block {block}"))
+        self.position_op(op::MTSEEK, b, &format!("locating block {block}"))
     }
 
     fn position(&mut self) -> Result<u64> {
@@ -387,17 +428,14 @@ impl TapeDrive for StDrive {
     }
 
     fn load(&mut self) -> Result<()> {
-        self.early_warning = false;
-        self.op(op::MTLOAD, 1, "loading the tape")
+        self.position_op(op::MTLOAD, 1, "loading the tape")
     }
 
     fn unload(&mut self) -> Result<()> {
-        self.early_warning = false;
-        self.op(op::MTUNLOAD, 1, "unloading the tape")
+        self.position_op(op::MTUNLOAD, 1, "unloading the tape")
     }
 
     fn eject(&mut self) -> Result<()> {
-        self.early_warning = false;
-        self.op(op::MTOFFL, 1, "ejecting the tape")
+        self.position_op(op::MTOFFL, 1, "ejecting the tape")
     }
 }
