@@ -57,7 +57,7 @@ kver=$(ls "$work/k/lib/modules" | head -1)
 log "kernel $kver"
 
 log "busybox-static"
-(cd "$work" && apt-get download -q busybox-static >&2)
+(cd "$work" && { apt-get download -q busybox-static || { apt-get update -qq && apt-get download -q busybox-static; }; } >&2)
 dpkg-deb -x "$work"/busybox-static_*.deb "$work/bb"
 
 root=$work/root
