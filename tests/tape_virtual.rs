@@ -685,3 +685,53 @@ fn label_refusals() {
         "{e}"
     );
 }
+
+#[test]
+fn bad_settings_and_a_damaged_state_file_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let opts = |slots| VirtualLibraryOptions {
+        slots,
+        capacity: 1 << 20,
+        speed: None,
+    };
+    let e = VirtualLibrary::open(t.path(), &opts(0)).unwrap_err();
+    assert!(matches!(e, TapeError::Refused { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("virtual_slots = 0 (must be 1 to 10000)"),
+        "{e}"
+    );
+    drop(open(t.path(), 2, 1 << 20));
+    let state = t.path().join("library.state");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(
+        text,
+        "sparsebak virtual tape library 1\nslot 1 VT0001L8\nslot 2 VT0002L8\ndrive 0 - -\n"
+    );
+    std::fs::write(&state, text.replace("slot 2", "slot 3")).unwrap();
+    let e = VirtualLibrary::open(t.path(), &opts(2)).unwrap_err();
+    assert!(matches!(e, TapeError::Corrupt { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("library.state line 3: expected slot 2: \"slot 3 VT0002L8\""),
+        "{e}"
+    );
+    std::fs::write(&state, "something else\n").unwrap();
+    let e = VirtualLibrary::open(t.path(), &opts(2)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not a sparsebak virtual tape library"),
+        "{e}"
+    );
+    // A cartridge file that is not one.
+    std::fs::write(&state, &text).unwrap();
+    std::fs::write(t.path().join("cartridges/VT0001L8.vtape"), b"hello").unwrap();
+    let lib = open(t.path(), 2, 1 << 20);
+    lib.changer().load(1, 0).unwrap();
+    let e = lib.drive().rewind().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("VT0001L8.vtape: shorter than its header"),
+        "{e}"
+    );
+}

@@ -80,6 +80,9 @@ pub enum TapeError {
     /// Another run holds the device or library.
     #[error("{device}: {reason}")]
     Busy { device: String, reason: String },
+    /// A request the virtual library cannot take (settings, unknown cartridge).
+    #[error("{device}: {reason}")]
+    Refused { device: String, reason: String },
     /// A virtual cartridge file that does not hold what it should.
     #[error("{device}: {reason}")]
     Corrupt { device: String, reason: String },

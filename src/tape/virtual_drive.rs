@@ -73,7 +73,7 @@ impl Cartridge {
         early_warning: u64,
     ) -> Result<()> {
         if !valid_barcode(barcode) {
-            return Err(TapeError::Corrupt {
+            return Err(TapeError::Refused {
                 device: device.to_string(),
                 reason: format!("bad barcode {barcode:?}"),
             });

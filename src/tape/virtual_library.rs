@@ -90,7 +90,7 @@ impl VirtualLibrary {
     pub fn open(dir: &Path, opts: &VirtualLibraryOptions) -> Result<VirtualLibrary, TapeError> {
         let name = format!("virtual:{}", dir.display());
         if opts.slots == 0 || opts.slots > MAX_SLOTS {
-            return Err(TapeError::Corrupt {
+            return Err(TapeError::Refused {
                 device: name,
                 reason: format!("virtual_slots = {} (must be 1 to {MAX_SLOTS})", opts.slots),
             });
@@ -147,7 +147,7 @@ impl VirtualLibrary {
         };
         let have = state.slots.len() as u32;
         if opts.slots < have {
-            return Err(TapeError::Corrupt {
+            return Err(TapeError::Refused {
                 device: name,
                 reason: format!(
                     "the library has {have} slots; virtual_slots = {} cannot remove slots",
@@ -207,7 +207,7 @@ impl VirtualLibrary {
     pub fn set_write_protected(&self, barcode: &str, on: bool) -> Result<(), TapeError> {
         let mut st = self.lock();
         if !st.all_barcodes().iter().any(|b| b == barcode) {
-            return Err(TapeError::Corrupt {
+            return Err(TapeError::Refused {
                 device: st.name.clone(),
                 reason: format!("no cartridge {barcode} in the library"),
             });
