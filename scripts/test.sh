@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs the system packages the tests
-# need (when root and missing), checks formatting and lints, runs every Rust test and
-# the thin-LVM test in a QEMU guest, and ends with one "N passed, N failed" line.
+# need (when root and missing), checks formatting and lints, runs every Rust test, and
+# the thin-LVM and st tape driver tests in QEMU guests, and ends with one "N passed, N failed" line.
 #
 #   bash scripts/test.sh            everything
 #   SPARSEBAK_SKIP_VM=1 bash scripts/test.sh    without the QEMU guest (not in CI)
@@ -59,6 +59,16 @@ if [[ -x tests/vm/thin-lvm.sh && -z "${SPARSEBAK_SKIP_VM:-}" ]]; then
 elif [[ -n "${CI:-}" && -x tests/vm/thin-lvm.sh ]]; then
     echo "ERROR: SPARSEBAK_SKIP_VM is set under CI" >&2
     vm_fail=1
+fi
+if [[ -x tests/vm/tape.sh && -z "${SPARSEBAK_SKIP_VM:-}" ]]; then
+    log "the st tape driver in a QEMU guest"
+    if tests/vm/tape.sh; then
+        vm_pass=$((vm_pass + 1))
+    else
+        vm_fail=$((vm_fail + 1))
+    fi
+elif [[ -n "${CI:-}" && -x tests/vm/tape.sh ]]; then
+    vm_fail=$((vm_fail + 1))
 fi
 
 passed=$((passed + vm_pass))

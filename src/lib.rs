@@ -41,6 +41,7 @@ pub mod session_id;
 pub mod source;
 pub mod space;
 pub mod stream_send;
+pub mod tape;
 pub mod zeroing;
 
 pub use error::{Error, Result};

@@ -1,0 +1,23 @@
+//! Tape: the drive and changer layers a tape destination is built on.
+//!
+//! - [`drive`]: the [`TapeDrive`](drive::TapeDrive) trait (fixed-size blocks,
+//!   filemarks, positioning, status) and its typed errors.
+//! - [`st`]: a real drive through the Linux `st` driver (`/dev/nst0`).
+//! - [`virtual_library`] and [`virtual_drive`]: a library of cartridges kept in files
+//!   in a folder, behind the same traits, for tests and for disk-to-disk staging.
+//! - [`changer`]: the [`Changer`](changer::Changer) trait, `mtx` for a real library and
+//!   the virtual one.
+//! - [`label`]: the label every tape starts with (file 0).
+//!
+//! Sessions, the catalog of positions and spanning across tapes sit on top of these.
+
+pub mod changer;
+pub mod drive;
+pub mod label;
+pub mod st;
+pub mod virtual_drive;
+pub mod virtual_library;
+
+pub use changer::{Changer, ChangerError, Inventory};
+pub use drive::{DriveStatus, ReadOutcome, TapeDrive, TapeError};
+pub use label::{LabelError, TapeLabel};
