@@ -51,7 +51,7 @@ vm_fail=0
 if [[ -x tests/vm/thin-lvm.sh && -z "${SPARSEBAK_SKIP_VM:-}" ]]; then
     log "thin LVM in a QEMU guest"
     cargo build --release --bin sparsebak
-    if tests/vm/thin-lvm.sh target/release/sparsebak; then
+    if tests/vm/thin-lvm.sh "${CARGO_TARGET_DIR:-target}/release/sparsebak"; then
         vm_pass=1
     else
         vm_fail=1

@@ -18,7 +18,7 @@ log() { printf '[thin-lvm] %s\n' "$*"; }
 bin=${1:-}
 if [[ -z $bin ]]; then
     (cd "$repo" && cargo build --release --bin sparsebak)
-    bin=$repo/target/release/sparsebak
+    bin=${CARGO_TARGET_DIR:-$repo/target}/release/sparsebak
 fi
 [[ -x $bin ]] || { echo "no sparsebak binary at $bin" >&2; exit 2; }
 
