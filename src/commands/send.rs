@@ -104,6 +104,16 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
     let mut skipped = Vec::new();
     let mut failed = Vec::new();
     for d in &ctx.config.dests {
+        if let Some(t) = &d.tape {
+            progress::err_line(&format!(
+                "sparsebak: destination {} skipped: it is a tape (tape = {}), and send does \
+                 not write to tapes yet",
+                d.name,
+                t.device_label()
+            ));
+            skipped.push(d.name.clone());
+            continue;
+        }
         let config = ctx.config.for_dest(&d.name)?;
         let why = match config.absent_reason() {
             Some(why) => why,
