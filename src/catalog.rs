@@ -810,6 +810,8 @@ mod tests {
         let conn = Connection::open(&p).unwrap();
         conn.execute_batch(
             "DROP TABLE archives;
+             DROP TABLE tape_files;
+             DROP TABLE tapes;
              UPDATE meta SET value = '1' WHERE key = 'schema_version';
              INSERT INTO destinations (kind, name) VALUES ('stream', 'nightly');",
         )
@@ -818,6 +820,7 @@ mod tests {
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.destination("stream", "nightly").unwrap(), DestId(1));
         c.set_archive_id("/x", "a").unwrap();
+        assert!(c.tapes().unwrap().is_empty());
         let v: String = c
             .conn
             .query_row(
@@ -826,7 +829,226 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "2");
+        assert_eq!(v, "3");
+    }
+
+    /// A catalog exactly as a version-2 build wrote it, with a chain and an archive
+    /// identity in it.
+    fn write_v2(p: &Path) {
+        let conn = Connection::open(p).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE destinations (
+                 id INTEGER PRIMARY KEY,
+                 kind TEXT NOT NULL CHECK (kind IN ('archive', 'stream', 'tape')),
+                 name TEXT NOT NULL,
+                 UNIQUE (kind, name));
+             CREATE TABLE sessions (
+                 dest INTEGER NOT NULL REFERENCES destinations(id) ON DELETE CASCADE,
+                 volume TEXT NOT NULL,
+                 seq INTEGER NOT NULL,
+                 session TEXT NOT NULL,
+                 previous TEXT,
+                 manifest_sha256 TEXT NOT NULL,
+                 volsize INTEGER NOT NULL,
+                 time INTEGER NOT NULL,
+                 bytes INTEGER NOT NULL,
+                 PRIMARY KEY (dest, volume, seq),
+                 UNIQUE (dest, volume, session));
+             INSERT INTO meta (key, value) VALUES ('schema_version', '1');
+             CREATE TABLE archives (path TEXT PRIMARY KEY, id TEXT NOT NULL);
+             INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2');
+             INSERT INTO destinations (kind, name) VALUES ('stream', 'nightly');
+             INSERT INTO sessions VALUES (1, 'v', 0, '20260101-000000', NULL,
+                 '0303030303030303030303030303030303030303030303030303030303030303',
+                 100, 1, 10);
+             INSERT INTO archives VALUES ('/mnt/b/sb', 'abc');",
+        )
+        .unwrap();
+    }
+
+    fn tape(name: &str, uuid: &str) -> TapeRecord {
+        TapeRecord {
+            uuid: uuid.into(),
+            name: name.into(),
+            barcode: Some(name.into()),
+            pool: "weekly".into(),
+            block_size: 262144,
+            full: false,
+            labelled: 1_700_000_000,
+            last_written: None,
+            slot: Some(3),
+        }
+    }
+
+    fn tape_file(tape: &str, n: u64, session: &str, part: u32) -> TapeFileRecord {
+        TapeFileRecord {
+            tape: tape.into(),
+            file_number: n,
+            dest: "lto".into(),
+            volume: "v".into(),
+            session: session.into(),
+            part,
+            first_block: 2 + 100 * (n - 1),
+            blocks: 99,
+            bytes: 99 * 262144 - 17,
+            sha256: [n as u8; 32],
+        }
+    }
+
+    #[test]
+    fn migrates_a_version_2_catalog_keeping_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        write_v2(&p);
+        let mut c = Catalog::open(&p).unwrap();
+        let version: String = c
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, "3");
+        // What version 2 held is still there.
+        let s = c.destination("stream", "nightly").unwrap();
+        assert_eq!(s, DestId(1));
+        let chain = c.chain(s, "v").unwrap();
+        assert_eq!(chain.len(), 1);
+        assert_eq!(chain[0].session, "20260101-000000");
+        assert_eq!(chain[0].manifest_sha256, [3; 32]);
+        assert_eq!(c.archive_id("/mnt/b/sb").unwrap().as_deref(), Some("abc"));
+        // And the tape tables work.
+        assert!(c.tapes().unwrap().is_empty());
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 42)
+            .unwrap();
+        drop(c);
+        // Opening again migrates nothing and keeps the rows.
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.tapes().unwrap().len(), 1);
+        assert_eq!(c.tape_files("u1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tapes_and_tape_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        let mut c = Catalog::open(&p).unwrap();
+        c.add_tape(&tape("VT0002L8", "u2")).unwrap();
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        let names: Vec<String> = c.tapes().unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["VT0001L8", "VT0002L8"]);
+        assert_eq!(c.tape("u1").unwrap(), Some(tape("VT0001L8", "u1")));
+        assert_eq!(
+            c.tape_by_name("VT0002L8").unwrap().map(|t| t.uuid),
+            Some("u2".to_string())
+        );
+        // A session in two parts: the end of tape u1, then the start of u2.
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 100)
+            .unwrap();
+        c.add_tape_file(&tape_file("u1", 2, "20260102-000000", 0), 200)
+            .unwrap();
+        c.add_tape_file(&tape_file("u2", 1, "20260102-000000", 1), 300)
+            .unwrap();
+        assert_eq!(c.tape("u1").unwrap().unwrap().last_written, Some(200));
+        assert_eq!(c.tape_files("u1").unwrap().len(), 2);
+        assert_eq!(
+            c.tape_files("u1").unwrap()[1],
+            tape_file("u1", 2, "20260102-000000", 0)
+        );
+        let parts = c
+            .session_tape_files("lto", "v", "20260102-000000")
+            .unwrap();
+        assert_eq!(
+            parts.iter().map(|f| (f.tape.as_str(), f.part)).collect::<Vec<_>>(),
+            [("u1", 0), ("u2", 1)]
+        );
+        // The same file number twice on a tape is refused.
+        assert!(c
+            .add_tape_file(&tape_file("u1", 2, "20260103-000000", 0), 1)
+            .is_err());
+        // A file on an unknown tape is refused, naming it.
+        let e = c
+            .add_tape_file(&tape_file("nope", 1, "20260103-000000", 0), 1)
+            .unwrap_err();
+        assert!(matches!(&e, CatalogError::UnknownTape { uuid, .. } if uuid == "nope"), "{e}");
+        // Full, slots, the pool's appendable tapes.
+        c.set_tape_full("u1", true).unwrap();
+        c.set_tape_slot("u2", None).unwrap();
+        assert!(c.tape("u1").unwrap().unwrap().full);
+        assert_eq!(c.tape("u2").unwrap().unwrap().slot, None);
+        let app: Vec<String> = c
+            .appendable_tapes("weekly")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.uuid)
+            .collect();
+        assert_eq!(app, ["u2"]);
+        assert!(c.appendable_tapes("daily").unwrap().is_empty());
+        assert!(matches!(
+            c.set_tape_full("gone", true),
+            Err(CatalogError::UnknownTape { .. })
+        ));
+        // Pruning a session forgets its files, not the tapes.
+        c.forget_session_tape_files("lto", "v", "20260102-000000")
+            .unwrap();
+        assert_eq!(c.tape_files("u1").unwrap().len(), 1);
+        assert!(c.tape_files("u2").unwrap().is_empty());
+        // Labelling a tape again (same name, new uuid) forgets the old label's files.
+        c.add_tape(&tape("VT0001L8", "u1b")).unwrap();
+        assert_eq!(c.tape("u1").unwrap(), None);
+        assert!(c.tape_files("u1").unwrap().is_empty());
+        assert_eq!(c.tapes().unwrap().len(), 2);
+        c.forget_tape("u2").unwrap();
+        assert_eq!(c.tapes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn damaged_tape_rows_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        let mut c = Catalog::open(&p).unwrap();
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 1)
+            .unwrap();
+        let set = |c: &Catalog, sql: &str| {
+            c.conn.execute(sql, []).unwrap();
+        };
+        let tape_err = |c: &Catalog| c.tapes().unwrap_err().to_string();
+        let file_err = |c: &Catalog| c.tape_files("u1").unwrap_err().to_string();
+        let at = p.display().to_string();
+        set(&c, "UPDATE tapes SET block_size = 0");
+        assert_eq!(
+            tape_err(&c),
+            format!("catalog {at}: tape VT0001L8: block size 0 is impossible")
+        );
+        set(&c, "UPDATE tapes SET block_size = 262144, slot = -2");
+        assert_eq!(
+            tape_err(&c),
+            format!("catalog {at}: tape VT0001L8: slot -2 is impossible")
+        );
+        set(&c, "UPDATE tapes SET slot = NULL");
+        assert_eq!(c.tapes().unwrap().len(), 1);
+        set(&c, "UPDATE tape_files SET blocks = -1");
+        assert_eq!(
+            file_err(&c),
+            format!("catalog {at}: tape u1: file 1: blocks -1 is negative")
+        );
+        set(&c, "UPDATE tape_files SET blocks = 1, sha256 = 'x'");
+        assert_eq!(
+            file_err(&c),
+            format!("catalog {at}: tape u1: file 1: sha256 \"x\" is not a SHA-256")
+        );
+        set(
+            &c,
+            "UPDATE tape_files SET sha256 = printf('%064d', 0), session = '../x'",
+        );
+        assert_eq!(
+            file_err(&c),
+            format!("catalog {at}: tape u1: file 1: session \"../x\" is not a session ID")
+        );
     }
 
     #[test]
