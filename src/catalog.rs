@@ -632,7 +632,11 @@ impl Catalog {
         tx.commit().map_err(sql)
     }
 
-    fn query_files(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TapeFileRecord>> {
+    fn query_files(
+        &self,
+        filter: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<TapeFileRecord>> {
         let mut stmt = self
             .conn
             .prepare(&format!(
@@ -656,8 +660,8 @@ impl Catalog {
                 u64::try_from(v).map_err(|_| damaged(format!("{what} {v} is negative")))
             };
             let part: i64 = r.get(5).map_err(&get)?;
-            let part = u32::try_from(part)
-                .map_err(|_| damaged(format!("part {part} is impossible")))?;
+            let part =
+                u32::try_from(part).map_err(|_| damaged(format!("part {part} is impossible")))?;
             let session: String = r.get(4).map_err(&get)?;
             if !layout::is_session_id(&session) {
                 return Err(damaged(format!("session {session:?} is not a session ID")));
@@ -958,11 +962,12 @@ mod tests {
             c.tape_files("u1").unwrap()[1],
             tape_file("u1", 2, "20260102-000000", 0)
         );
-        let parts = c
-            .session_tape_files("lto", "v", "20260102-000000")
-            .unwrap();
+        let parts = c.session_tape_files("lto", "v", "20260102-000000").unwrap();
         assert_eq!(
-            parts.iter().map(|f| (f.tape.as_str(), f.part)).collect::<Vec<_>>(),
+            parts
+                .iter()
+                .map(|f| (f.tape.as_str(), f.part))
+                .collect::<Vec<_>>(),
             [("u1", 0), ("u2", 1)]
         );
         // The same file number twice on a tape is refused.
@@ -973,7 +978,10 @@ mod tests {
         let e = c
             .add_tape_file(&tape_file("nope", 1, "20260103-000000", 0), 1)
             .unwrap_err();
-        assert!(matches!(&e, CatalogError::UnknownTape { uuid, .. } if uuid == "nope"), "{e}");
+        assert!(
+            matches!(&e, CatalogError::UnknownTape { uuid, .. } if uuid == "nope"),
+            "{e}"
+        );
         // Full, slots, the pool's appendable tapes.
         c.set_tape_full("u1", true).unwrap();
         c.set_tape_slot("u2", None).unwrap();

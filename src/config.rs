@@ -402,7 +402,14 @@ fn parse_dest<'a>(
     };
     let tape = parse_tape(name, get, at)?;
     if let Some(t) = &tape {
-        for key in ["destdir", "destmountpoint", "destvm", "destcmd", "sshopts", "tarfile"] {
+        for key in [
+            "destdir",
+            "destmountpoint",
+            "destvm",
+            "destcmd",
+            "sshopts",
+            "tarfile",
+        ] {
             if get(key).is_some() {
                 let why = match key {
                     "destdir" => "a destination is a tape or an archive folder, not both",
@@ -542,9 +549,9 @@ fn parse_tape(
     let size = |key: &str| -> std::result::Result<Option<u64>, String> {
         match get(key) {
             None => Ok(None),
-            Some(v) => parse_size(v)
-                .map(Some)
-                .ok_or_else(|| format!("{at}{key} = {v:?}: expected a size such as 256K, 4M or 1G")),
+            Some(v) => parse_size(v).map(Some).ok_or_else(|| {
+                format!("{at}{key} = {v:?}: expected a size such as 256K, 4M or 1G")
+            }),
         }
     };
     let block_size = match get("blocksize") {

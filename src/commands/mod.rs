@@ -174,8 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// A command that works on an archive folder, given a tape destination: not wired
 /// to tapes yet, said in one line before anything is opened.
 fn refuse_tape_dest(cli: &Cli, config: &Config, all_dests: bool) -> Result<()> {
-    if all_dests || matches!(cli.command, Command::Tape { .. }) || !cli.command.reaches_archive()
-    {
+    if all_dests || matches!(cli.command, Command::Tape { .. }) || !cli.command.reaches_archive() {
         return Ok(());
     }
     if let Some(t) = &config.tape {

@@ -28,8 +28,13 @@ pub fn run(ctx: &Ctx, action: &TapeAction) -> Result<()> {
             dest.name
         );
     };
-    let mut set = crate::tape::open::open(dest)
-        .with_context(|| format!("opening tape destination {} ({})", dest.name, t.device_label()))?;
+    let mut set = crate::tape::open::open(dest).with_context(|| {
+        format!(
+            "opening tape destination {} ({})",
+            dest.name,
+            t.device_label()
+        )
+    })?;
     match action {
         TapeAction::Status => status(ctx, dest, &mut set),
         TapeAction::Rewind => {
@@ -147,8 +152,16 @@ fn position_line(drive: &mut dyn TapeDrive) -> Result<String> {
         "position: file {}, block {} (logical block {logical}){}{}",
         opt(st.file_number),
         opt(st.block_in_file),
-        if st.bot { ", at the beginning (BOT)" } else { "" },
-        if st.eod { ", at the end of data (EOD)" } else { "" },
+        if st.bot {
+            ", at the beginning (BOT)"
+        } else {
+            ""
+        },
+        if st.eod {
+            ", at the end of data (EOD)"
+        } else {
+            ""
+        },
     ))
 }
 
@@ -355,14 +368,15 @@ fn label_all(dest: &DestConfig, set: &mut TapeSet, cat: &mut Catalog, pool: &str
             Probe::Blank => {
                 let l = write_label(set, cat, &barcode, Some(barcode.clone()), Some(n), pool)?;
                 labelled += 1;
-                format!("labelled {} in pool {pool} (uuid {})", l.name, l.uuid_string())
+                format!(
+                    "labelled {} in pool {pool} (uuid {})",
+                    l.name,
+                    l.uuid_string()
+                )
             }
             Probe::Labelled(l) => {
                 skipped += 1;
-                format!(
-                    "skipped: already labelled {} in pool {}",
-                    l.name, l.pool
-                )
+                format!("skipped: already labelled {} in pool {}", l.name, l.pool)
             }
             Probe::Other(why) => {
                 skipped += 1;
@@ -521,9 +535,17 @@ fn inventory(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
         }
     }
     for s in &inv.slots {
-        let kind = if s.import_export { " (import/export)" } else { "" };
+        let kind = if s.import_export {
+            " (import/export)"
+        } else {
+            ""
+        };
         if s.full {
-            out(&format!("slot {}{kind}: {}", s.number, describe(&s.barcode)));
+            out(&format!(
+                "slot {}{kind}: {}",
+                s.number,
+                describe(&s.barcode)
+            ));
             // Remember where each known tape was seen.
             if let Some(t) = s.barcode.as_ref().and_then(|b| {
                 tapes
