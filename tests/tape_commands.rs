@@ -268,7 +268,8 @@ fn label_refuses_a_labelled_tape_without_force() {
     let e = l.tape_fails(&["label"]);
     assert!(
         e.starts_with(
-            "sparsebak: error: slot 2 (VT0002L8) is not blank and has no sparsebak label ("
+            "sparsebak: error: slot 2 (VT0002L8) is not blank and holds no label this \
+             destination reads ("
         ),
         "{e}"
     );
@@ -479,4 +480,47 @@ fn other_commands_say_a_tape_destination_is_not_theirs_yet() {
          needs a [dest:NAME] section with tape = /dev/nstN or virtual:DIR (name it with \
          --dest=NAME)"
     );
+}
+
+#[test]
+fn a_tape_of_another_block_size_is_named_as_such() {
+    let l = Lib::new();
+    let uuid = uuid_in(&l.tape(&["label", "--slot=1"]));
+    let text = std::fs::read_to_string(&l.config).unwrap();
+    std::fs::write(
+        &l.config,
+        text.replace("blocksize = 64K", "blocksize = 32K"),
+    )
+    .unwrap();
+    let why = format!(
+        "virtual:{}/vtl drive 0: the tape was labelled with blocks of 65536 bytes but the \
+         drive is set to 32768 bytes",
+        l.dir.path().display()
+    );
+    let status = l.tape(&["status"]);
+    assert!(
+        status.contains(&format!("\nlabel: unreadable: {why}\n")),
+        "{status}"
+    );
+    assert!(
+        status.contains("\nblock size: 32768 (destination vt: 32768)\n"),
+        "{status}"
+    );
+    assert_eq!(
+        l.tape_fails(&["ls"]),
+        format!("sparsebak: error: cannot list the tape: {why}")
+    );
+    let e = l.tape_fails(&["label"]);
+    assert!(
+        e.contains(&format!(
+            "is not blank and holds no label this destination reads ({why})"
+        )),
+        "{e}"
+    );
+    // Nothing was written: the label is still there at its own size.
+    assert_eq!(l.catalog().tapes().unwrap()[0].uuid, uuid);
+    std::fs::write(&l.config, text).unwrap();
+    assert!(l
+        .tape(&["status"])
+        .contains(&format!("uuid {uuid} blocks of 65536 bytes")));
 }

@@ -240,7 +240,7 @@ fn status(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
             l.block_size,
             known(&l.uuid_string())
         ),
-        Probe::Other(why) => format!("label: none readable ({why})"),
+        Probe::Other(why) => format!("label: unreadable: {why}"),
     });
     out(&position_line(set.drive.as_mut())?);
     let st = set.drive.status()?;
@@ -332,8 +332,8 @@ fn label_one(
             l.uuid_string()
         ),
         Probe::Other(why) => bail!(
-            "{where_} is not blank and has no sparsebak label ({why}); `tape label --force` \
-             labels it, and what is on it is lost"
+            "{where_} is not blank and holds no label this destination reads ({why}); `tape \
+             label --force` labels it, and what is on it is lost"
         ),
     }
     let label = write_label(set, cat, &name, barcode, from, pool)?;
@@ -437,7 +437,7 @@ fn ls(ctx: &Ctx, set: &mut TapeSet) -> Result<()> {
             out("the tape is blank");
             return Ok(());
         }
-        Probe::Other(why) => bail!("the tape has no sparsebak label: {why}"),
+        Probe::Other(why) => bail!("cannot list the tape: {why}"),
         Probe::Labelled(l) => l,
     };
     let uuid = label.uuid_string();
