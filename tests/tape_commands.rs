@@ -16,6 +16,26 @@ use sparsebak::tape::virtual_library::{VirtualLibrary, VirtualLibraryOptions};
 
 const BS: usize = 65536;
 
+/// A virtual library held by this test process keeps an exclusive lock on an open
+/// file. A child spawned by another test thread in the meantime holds a copy of that
+/// descriptor until it execs, and a command run right after the library is dropped
+/// could find it still locked. So spawning (read) and holding a library (write)
+/// exclude each other.
+static SPAWN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The library, held while no child process is being spawned.
+struct Held {
+    lib: VirtualLibrary,
+    _spawn: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = VirtualLibrary;
+    fn deref(&self) -> &VirtualLibrary {
+        &self.lib
+    }
+}
+
 struct Lib {
     dir: TestDir,
     config: PathBuf,
@@ -44,6 +64,7 @@ impl Lib {
     }
 
     fn run(&self, args: &[&str]) -> Output {
+        let _spawn = SPAWN.read().unwrap_or_else(|p| p.into_inner());
         std::process::Command::new(bin())
             .arg("-c")
             .arg(&self.config)
@@ -81,8 +102,9 @@ impl Lib {
     }
 
     /// The library itself, while no command runs.
-    fn library(&self) -> VirtualLibrary {
-        VirtualLibrary::open(
+    fn library(&self) -> Held {
+        let spawn = SPAWN.write().unwrap_or_else(|p| p.into_inner());
+        let lib = VirtualLibrary::open(
             &self.dir.path().join("vtl"),
             &VirtualLibraryOptions {
                 slots: 3,
@@ -90,7 +112,8 @@ impl Lib {
                 speed: None,
             },
         )
-        .unwrap()
+        .unwrap();
+        Held { lib, _spawn: spawn }
     }
 
     fn catalog(&self) -> Catalog {
@@ -473,12 +496,37 @@ fn other_commands_say_a_tape_destination_is_not_theirs_yet() {
         "{err}"
     );
     assert!(l.dir.path().join("archive/v").is_dir());
+    let o = l.run(&["-v", "--dest=all", "send"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("send --dest=all: sent to default; skipped (tape): vt"),
+        "{err}"
+    );
     // `tape` on an archive destination.
     assert_eq!(
         l.fails(&["tape", "status"]),
         "sparsebak: error: destination default is not a tape destination: `sparsebak tape` \
          needs a [dest:NAME] section with tape = /dev/nstN or virtual:DIR (name it with \
          --dest=NAME)"
+    );
+    // With only tape destinations nothing is backed up, and that is a failure.
+    let text = std::fs::read_to_string(&l.config).unwrap();
+    let only_tape = text.replace(
+        &format!("destdir = {}/archive\n", l.dir.path().display()),
+        "",
+    );
+    assert_ne!(only_tape, text);
+    std::fs::write(&l.config, only_tape).unwrap();
+    let o = l.run(&["--dest=all", "send"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.ends_with(
+            "sparsebak: error: send --dest=all: no destination is present, nothing was sent; \
+             skipped (tape): vt\n"
+        ),
+        "{err}"
     );
 }
 
