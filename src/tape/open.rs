@@ -61,6 +61,11 @@ pub fn open_library(t: &TapeConfig) -> Result<Option<VirtualLibrary>, TapeError>
 /// Set the drive to the destination's block size and check it took. Without a tape
 /// in the drive this is left for later (call it again after a load).
 pub fn ready(drive: &mut dyn TapeDrive, block_size: usize) -> Result<(), TapeError> {
+    match drive.status() {
+        Ok(st) if !st.online => return Ok(()),
+        Err(TapeError::NoTape { .. }) => return Ok(()),
+        _ => {}
+    }
     match drive.set_block_size(block_size) {
         Ok(()) => Ok(()),
         Err(TapeError::NoTape { .. }) => Ok(()),
@@ -124,5 +129,53 @@ impl TapeSet {
                 reason: "no changer is configured (changer = /dev/sgN)".into(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn dest(text: &str, name: &str) -> DestConfig {
+        let c = Config::parse(text, std::path::Path::new("t.ini")).unwrap();
+        c.dests.into_iter().find(|d| d.name == name).unwrap()
+    }
+
+    #[test]
+    fn opens_a_virtual_library_in_fixed_blocks() {
+        let t = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[var]\ndestdir = /a\n[dest:vt]\ntape = virtual:{}\nvirtual_slots = 2\n\
+             virtual_capacity = 4M\nblocksize = 32K\n",
+            t.path().display()
+        );
+        let d = dest(&text, "vt");
+        {
+            let mut set = open(&d).unwrap();
+            assert_eq!(set.block_size, 32768);
+            assert!(set.library.is_some());
+            // No tape yet: the block size waits for a load.
+            let inv = set.changer("vt").unwrap().inventory().unwrap();
+            assert_eq!(inv.slots.len(), 2);
+            set.changer("vt").unwrap().load(2, 0).unwrap();
+            ready(set.drive.as_mut(), set.block_size).unwrap();
+            assert_eq!(set.drive.status().unwrap().block_size, 32768);
+            // One handle at a time.
+            assert!(matches!(
+                open_drive(&d),
+                Err(OpenError::Tape(TapeError::Busy { .. }))
+            ));
+        }
+        // Opened again with the tape loaded, the drive is set at once.
+        let mut drive = open_drive(&d).unwrap();
+        assert_eq!(drive.status().unwrap().block_size, 32768);
+        drop(drive);
+        assert!(open_changer(&d).unwrap().is_some());
+        let e = open(&dest(&text, "default")).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "destination default is not a tape destination (it has no `tape = ...`)"
+        );
     }
 }
