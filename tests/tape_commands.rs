@@ -245,6 +245,21 @@ fn status_after_load_unload_and_eject() {
         "drive 0: VT0003L8 ejected into slot 3\n"
     );
     assert!(l.tape(&["inventory"]).starts_with("drive 0: empty\n"));
+    // Labelling another slot's tape puts the loaded one back first.
+    l.tape(&["load", "1"]);
+    let out = l.tape(&["label", "--slot=3"]);
+    assert!(
+        out.starts_with("slot 3 (VT0003L8): labelled VT0003L8 in pool weekly"),
+        "{out}"
+    );
+    let inv = l.tape(&["inventory"]);
+    assert!(
+        inv.starts_with(
+            "drive 0: VT0003L8 label VT0003L8 pool weekly appendable (from slot 3)\n\
+             slot 1: VT0001L8 (not labelled in the catalog)\n"
+        ),
+        "{inv}"
+    );
     let e = l.tape_fails(&["load", "9"]);
     assert!(e.ends_with("no slot 9 (slots are 1 to 3)"), "{e}");
 }

@@ -298,17 +298,18 @@ fn label_one(
     force: bool,
 ) -> Result<()> {
     if let Some(slot) = slot {
+        if set.changer.is_none() {
+            bail!("--slot needs a changer (changer = /dev/sgN)");
+        }
         let (_, from) = loaded(set)?;
-        let changer = set
-            .changer
-            .as_deref_mut()
-            .context("--slot needs a changer (changer = /dev/sgN)")?;
         if from != Some(slot) {
-            let inv = changer.inventory()?;
+            let inv = set.changer("")?.inventory()?;
             if inv.drives.iter().any(|d| d.number == DRIVE && d.full) {
-                changer.unload(DRIVE, None)?;
+                // The drive lets go of its tape before the changer takes it.
+                set.drive.unload()?;
+                set.changer("")?.unload(DRIVE, None)?;
             }
-            changer.load(slot, DRIVE)?;
+            set.changer("")?.load(slot, DRIVE)?;
         }
         ready(set.drive.as_mut(), set.block_size)?;
     }
