@@ -518,6 +518,11 @@ fn other_commands_say_a_tape_destination_is_not_theirs_yet() {
         err.contains("send --dest=all: sent to default; skipped (tape): vt"),
         "{err}"
     );
+    // The archive destination restores as ever beside a tape destination.
+    let out = l.dir.path().join("restored");
+    let o = l.run(&["-u", "receive", "--save-to", out.to_str().unwrap(), "v"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(l.dir.path().join("img/v")).unwrap());
     // `tape` on an archive destination.
     assert_eq!(
         l.fails(&["tape", "status"]),
