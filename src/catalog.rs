@@ -11,8 +11,11 @@
 //!
 //! The schema is versioned in `meta.schema_version`; migrations run in one
 //! transaction, and a catalog written by a newer version is refused rather than
-//! misread. Adding tapes later means migration 3: tables `tapes` and `tape_positions`
-//! referencing `sessions`, and a `kind = 'tape'` destination.
+//! misread. Version 3 adds the tapes: table `tapes` (one row per labelled tape: name,
+//! barcode, pool, uuid, block size, full or appendable, last written, slot) and table
+//! `tape_files` (one row per tape file: the destination, volume, session and part it
+//! holds, its file number, first block and length on the tape, and the SHA-256 of its
+//! bytes), so a session on tape is found by block position.
 
 use std::path::Path;
 
@@ -22,7 +25,7 @@ use sparsebak_format::Hash;
 use sparsebak_format::{layout, limits};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -40,6 +43,14 @@ pub enum CatalogError {
         volume: String,
         reason: String,
     },
+    #[error("catalog {path}: tape {tape}: {reason}")]
+    DamagedTape {
+        path: String,
+        tape: String,
+        reason: String,
+    },
+    #[error("catalog {path}: no tape with uuid {uuid}")]
+    UnknownTape { path: String, uuid: String },
     #[error("volume {volume} on {dest}: session {session} builds on {previous:?}, but the chain ends at {base:?}")]
     BrokenChain {
         dest: String,
@@ -65,6 +76,48 @@ pub struct SentSession {
     pub volsize: u64,
     pub time: i64,
     pub bytes: u64,
+}
+
+/// A labelled tape, as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapeRecord {
+    /// The uuid of its label (`8-4-4-4-12` hex): a new one each time it is labelled.
+    pub uuid: String,
+    /// The name on its label: the barcode, or a name given for a tape without one.
+    pub name: String,
+    pub barcode: Option<String>,
+    pub pool: String,
+    pub block_size: u64,
+    /// No more tape files are appended (it reached its end, or was marked so).
+    pub full: bool,
+    /// When it was labelled, seconds since 1970 (UTC).
+    pub labelled: i64,
+    /// When a tape file was last recorded on it.
+    pub last_written: Option<i64>,
+    /// The library slot it was last seen in, if known.
+    pub slot: Option<u32>,
+}
+
+/// One tape file: a volume session (or one part of it, when it spans tapes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapeFileRecord {
+    /// The uuid of the tape it is on.
+    pub tape: String,
+    /// Its tape file number (the label is file 0).
+    pub file_number: u64,
+    /// The destination it was sent to.
+    pub dest: String,
+    pub volume: String,
+    pub session: String,
+    /// Part number from 0, for a session spanning several tapes.
+    pub part: u32,
+    /// Logical block position of its first block (`MTIOCPOS`), for LOCATE.
+    pub first_block: u64,
+    pub blocks: u64,
+    /// Bytes of data it holds (its blocks are padded to the block size).
+    pub bytes: u64,
+    /// SHA-256 of those bytes.
+    pub sha256: Hash,
 }
 
 pub struct Catalog {
@@ -163,6 +216,35 @@ impl Catalog {
                      path TEXT PRIMARY KEY,
                      id TEXT NOT NULL);
                  INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2');",
+            )
+            .map_err(sql)?;
+        }
+        if version < 3 {
+            tx.execute_batch(
+                "CREATE TABLE tapes (
+                     uuid TEXT PRIMARY KEY,
+                     name TEXT NOT NULL UNIQUE,
+                     barcode TEXT,
+                     pool TEXT NOT NULL,
+                     block_size INTEGER NOT NULL,
+                     full INTEGER NOT NULL DEFAULT 0,
+                     labelled INTEGER NOT NULL,
+                     last_written INTEGER,
+                     slot INTEGER);
+                 CREATE TABLE tape_files (
+                     tape TEXT NOT NULL REFERENCES tapes(uuid) ON DELETE CASCADE,
+                     file_number INTEGER NOT NULL,
+                     dest TEXT NOT NULL,
+                     volume TEXT NOT NULL,
+                     session TEXT NOT NULL,
+                     part INTEGER NOT NULL,
+                     first_block INTEGER NOT NULL,
+                     blocks INTEGER NOT NULL,
+                     bytes INTEGER NOT NULL,
+                     sha256 TEXT NOT NULL,
+                     PRIMARY KEY (tape, file_number),
+                     UNIQUE (dest, volume, session, part));
+                 INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3');",
             )
             .map_err(sql)?;
         }
@@ -361,6 +443,279 @@ impl Catalog {
             .map_err(self.sql())
     }
 
+    /// Record a tape just labelled: any tape of the same name or uuid is replaced,
+    /// with the files recorded on it (labelling cut them off).
+    pub fn add_tape(&mut self, t: &TapeRecord) -> Result<()> {
+        let sql = |source| CatalogError::Sql {
+            path: self.path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "DELETE FROM tapes WHERE name = ?1 OR uuid = ?2",
+            params![t.name, t.uuid],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO tapes (uuid, name, barcode, pool, block_size, full, labelled,
+                 last_written, slot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                t.uuid,
+                t.name,
+                t.barcode,
+                t.pool,
+                t.block_size as i64,
+                t.full,
+                t.labelled,
+                t.last_written,
+                t.slot
+            ],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    fn tape_row(&self, r: &rusqlite::Row) -> Result<TapeRecord> {
+        let get = |e| CatalogError::Sql {
+            path: self.path.clone(),
+            source: e,
+        };
+        let name: String = r.get(1).map_err(get)?;
+        let damaged = |reason: String| CatalogError::DamagedTape {
+            path: self.path.clone(),
+            tape: name.clone(),
+            reason,
+        };
+        let block_size: i64 = r.get(4).map_err(get)?;
+        if !(512..=1 << 20).contains(&block_size) {
+            return Err(damaged(format!("block size {block_size} is impossible")));
+        }
+        let slot: Option<i64> = r.get(8).map_err(get)?;
+        let slot = match slot {
+            None => None,
+            Some(n) => Some(
+                u32::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| damaged(format!("slot {n} is impossible")))?,
+            ),
+        };
+        Ok(TapeRecord {
+            uuid: r.get(0).map_err(get)?,
+            name: name.clone(),
+            barcode: r.get(2).map_err(get)?,
+            pool: r.get(3).map_err(get)?,
+            block_size: block_size as u64,
+            full: r.get(5).map_err(get)?,
+            labelled: r.get(6).map_err(get)?,
+            last_written: r.get(7).map_err(get)?,
+            slot,
+        })
+    }
+
+    fn query_tapes(&self, filter: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<TapeRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT uuid, name, barcode, pool, block_size, full, labelled, last_written,
+                     slot FROM tapes {filter} ORDER BY name"
+            ))
+            .map_err(self.sql())?;
+        let mut rows = stmt.query(args).map_err(self.sql())?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(self.sql())? {
+            out.push(self.tape_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Every tape the catalog knows, by name.
+    pub fn tapes(&self) -> Result<Vec<TapeRecord>> {
+        self.query_tapes("", &[])
+    }
+
+    /// The tape labelled `name`.
+    pub fn tape_by_name(&self, name: &str) -> Result<Option<TapeRecord>> {
+        Ok(self
+            .query_tapes("WHERE name = ?1", &[&name])?
+            .into_iter()
+            .next())
+    }
+
+    /// The tape whose label has `uuid`.
+    pub fn tape(&self, uuid: &str) -> Result<Option<TapeRecord>> {
+        Ok(self
+            .query_tapes("WHERE uuid = ?1", &[&uuid])?
+            .into_iter()
+            .next())
+    }
+
+    /// The tapes of `pool` that take more tape files, by name.
+    pub fn appendable_tapes(&self, pool: &str) -> Result<Vec<TapeRecord>> {
+        self.query_tapes("WHERE pool = ?1 AND full = 0", &[&pool])
+    }
+
+    fn update_tape(&self, uuid: &str, set: &str, value: &dyn rusqlite::ToSql) -> Result<()> {
+        let n = self
+            .conn
+            .execute(
+                &format!("UPDATE tapes SET {set} = ?1 WHERE uuid = ?2"),
+                params![value, uuid],
+            )
+            .map_err(self.sql())?;
+        if n == 0 {
+            return Err(CatalogError::UnknownTape {
+                path: self.path.clone(),
+                uuid: uuid.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Mark a tape full (no more appends) or appendable again.
+    pub fn set_tape_full(&self, uuid: &str, full: bool) -> Result<()> {
+        self.update_tape(uuid, "full", &full)
+    }
+
+    /// Record the slot a tape was seen in (`None`: unknown).
+    pub fn set_tape_slot(&self, uuid: &str, slot: Option<u32>) -> Result<()> {
+        self.update_tape(uuid, "slot", &slot)
+    }
+
+    /// Forget a tape and every tape file on it.
+    pub fn forget_tape(&self, uuid: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM tapes WHERE uuid = ?1", params![uuid])
+            .map(drop)
+            .map_err(self.sql())
+    }
+
+    /// Record a tape file written on a known tape (which is then last written at
+    /// `now`, seconds since 1970).
+    pub fn add_tape_file(&mut self, f: &TapeFileRecord, now: i64) -> Result<()> {
+        let path = self.path.clone();
+        let sql = |source| CatalogError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        let n = tx
+            .execute(
+                "UPDATE tapes SET last_written = ?1 WHERE uuid = ?2",
+                params![now, f.tape],
+            )
+            .map_err(sql)?;
+        if n == 0 {
+            return Err(CatalogError::UnknownTape {
+                path: self.path.clone(),
+                uuid: f.tape.clone(),
+            });
+        }
+        tx.execute(
+            "INSERT INTO tape_files (tape, file_number, dest, volume, session, part,
+                 first_block, blocks, bytes, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                f.tape,
+                f.file_number as i64,
+                f.dest,
+                f.volume,
+                f.session,
+                f.part,
+                f.first_block as i64,
+                f.blocks as i64,
+                f.bytes as i64,
+                hex::encode(f.sha256)
+            ],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)
+    }
+
+    fn query_files(
+        &self,
+        filter: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<TapeFileRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT tape, file_number, dest, volume, session, part, first_block, blocks,
+                     bytes, sha256 FROM tape_files {filter}"
+            ))
+            .map_err(self.sql())?;
+        let mut rows = stmt.query(args).map_err(self.sql())?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(self.sql())? {
+            let get = self.sql();
+            let tape: String = r.get(0).map_err(&get)?;
+            let file_number: i64 = r.get(1).map_err(&get)?;
+            let damaged = |reason: String| CatalogError::DamagedTape {
+                path: self.path.clone(),
+                tape: tape.clone(),
+                reason: format!("file {file_number}: {reason}"),
+            };
+            let count = |i: usize, what: &str| -> Result<u64> {
+                let v: i64 = r.get(i).map_err(self.sql())?;
+                u64::try_from(v).map_err(|_| damaged(format!("{what} {v} is negative")))
+            };
+            let part: i64 = r.get(5).map_err(&get)?;
+            let part =
+                u32::try_from(part).map_err(|_| damaged(format!("part {part} is impossible")))?;
+            let session: String = r.get(4).map_err(&get)?;
+            if !layout::is_session_id(&session) {
+                return Err(damaged(format!("session {session:?} is not a session ID")));
+            }
+            let sum: String = r.get(9).map_err(&get)?;
+            let sha256 = hex::decode(&sum)
+                .ok()
+                .and_then(|v| Hash::try_from(v).ok())
+                .ok_or_else(|| damaged(format!("sha256 {sum:?} is not a SHA-256")))?;
+            out.push(TapeFileRecord {
+                file_number: count(1, "file number")?,
+                dest: r.get(2).map_err(&get)?,
+                volume: r.get(3).map_err(&get)?,
+                session,
+                part,
+                first_block: count(6, "first block")?,
+                blocks: count(7, "blocks")?,
+                bytes: count(8, "bytes")?,
+                sha256,
+                tape,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The tape files on the tape `uuid`, by file number.
+    pub fn tape_files(&self, uuid: &str) -> Result<Vec<TapeFileRecord>> {
+        self.query_files("WHERE tape = ?1 ORDER BY file_number", &[&uuid])
+    }
+
+    /// The parts of `session` of `volume` on the tape destination `dest`, in order.
+    pub fn session_tape_files(
+        &self,
+        dest: &str,
+        volume: &str,
+        session: &str,
+    ) -> Result<Vec<TapeFileRecord>> {
+        self.query_files(
+            "WHERE dest = ?1 AND volume = ?2 AND session = ?3 ORDER BY part",
+            &[&dest, &volume, &session],
+        )
+    }
+
+    /// Forget the tape files of a session (pruned); the tapes stay known.
+    pub fn forget_session_tape_files(&self, dest: &str, volume: &str, session: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM tape_files WHERE dest = ?1 AND volume = ?2 AND session = ?3",
+                params![dest, volume, session],
+            )
+            .map(drop)
+            .map_err(self.sql())
+    }
+
     /// Forget `volume`'s chains on every destination (`rename`: the next stream of the
     /// new name is full).
     pub fn forget_volume(&self, volume: &str) -> Result<()> {
@@ -459,6 +814,8 @@ mod tests {
         let conn = Connection::open(&p).unwrap();
         conn.execute_batch(
             "DROP TABLE archives;
+             DROP TABLE tape_files;
+             DROP TABLE tapes;
              UPDATE meta SET value = '1' WHERE key = 'schema_version';
              INSERT INTO destinations (kind, name) VALUES ('stream', 'nightly');",
         )
@@ -467,6 +824,7 @@ mod tests {
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.destination("stream", "nightly").unwrap(), DestId(1));
         c.set_archive_id("/x", "a").unwrap();
+        assert!(c.tapes().unwrap().is_empty());
         let v: String = c
             .conn
             .query_row(
@@ -475,7 +833,230 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "2");
+        assert_eq!(v, "3");
+    }
+
+    /// A catalog exactly as a version-2 build wrote it, with a chain and an archive
+    /// identity in it.
+    fn write_v2(p: &Path) {
+        let conn = Connection::open(p).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE destinations (
+                 id INTEGER PRIMARY KEY,
+                 kind TEXT NOT NULL CHECK (kind IN ('archive', 'stream', 'tape')),
+                 name TEXT NOT NULL,
+                 UNIQUE (kind, name));
+             CREATE TABLE sessions (
+                 dest INTEGER NOT NULL REFERENCES destinations(id) ON DELETE CASCADE,
+                 volume TEXT NOT NULL,
+                 seq INTEGER NOT NULL,
+                 session TEXT NOT NULL,
+                 previous TEXT,
+                 manifest_sha256 TEXT NOT NULL,
+                 volsize INTEGER NOT NULL,
+                 time INTEGER NOT NULL,
+                 bytes INTEGER NOT NULL,
+                 PRIMARY KEY (dest, volume, seq),
+                 UNIQUE (dest, volume, session));
+             INSERT INTO meta (key, value) VALUES ('schema_version', '1');
+             CREATE TABLE archives (path TEXT PRIMARY KEY, id TEXT NOT NULL);
+             INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2');
+             INSERT INTO destinations (kind, name) VALUES ('stream', 'nightly');
+             INSERT INTO sessions VALUES (1, 'v', 0, '20260101-000000', NULL,
+                 '0303030303030303030303030303030303030303030303030303030303030303',
+                 100, 1, 10);
+             INSERT INTO archives VALUES ('/mnt/b/sb', 'abc');",
+        )
+        .unwrap();
+    }
+
+    fn tape(name: &str, uuid: &str) -> TapeRecord {
+        TapeRecord {
+            uuid: uuid.into(),
+            name: name.into(),
+            barcode: Some(name.into()),
+            pool: "weekly".into(),
+            block_size: 262144,
+            full: false,
+            labelled: 1_700_000_000,
+            last_written: None,
+            slot: Some(3),
+        }
+    }
+
+    fn tape_file(tape: &str, n: u64, session: &str, part: u32) -> TapeFileRecord {
+        TapeFileRecord {
+            tape: tape.into(),
+            file_number: n,
+            dest: "lto".into(),
+            volume: "v".into(),
+            session: session.into(),
+            part,
+            first_block: 2 + 100 * (n - 1),
+            blocks: 99,
+            bytes: 99 * 262144 - 17,
+            sha256: [n as u8; 32],
+        }
+    }
+
+    #[test]
+    fn migrates_a_version_2_catalog_keeping_everything() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        write_v2(&p);
+        let mut c = Catalog::open(&p).unwrap();
+        let version: String = c
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, "3");
+        // What version 2 held is still there.
+        let s = c.destination("stream", "nightly").unwrap();
+        assert_eq!(s, DestId(1));
+        let chain = c.chain(s, "v").unwrap();
+        assert_eq!(chain.len(), 1);
+        assert_eq!(chain[0].session, "20260101-000000");
+        assert_eq!(chain[0].manifest_sha256, [3; 32]);
+        assert_eq!(c.archive_id("/mnt/b/sb").unwrap().as_deref(), Some("abc"));
+        // And the tape tables work.
+        assert!(c.tapes().unwrap().is_empty());
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 42)
+            .unwrap();
+        drop(c);
+        // Opening again migrates nothing and keeps the rows.
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.tapes().unwrap().len(), 1);
+        assert_eq!(c.tape_files("u1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tapes_and_tape_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        let mut c = Catalog::open(&p).unwrap();
+        c.add_tape(&tape("VT0002L8", "u2")).unwrap();
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        let names: Vec<String> = c.tapes().unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["VT0001L8", "VT0002L8"]);
+        assert_eq!(c.tape("u1").unwrap(), Some(tape("VT0001L8", "u1")));
+        assert_eq!(
+            c.tape_by_name("VT0002L8").unwrap().map(|t| t.uuid),
+            Some("u2".to_string())
+        );
+        // A session in two parts: the end of tape u1, then the start of u2.
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 100)
+            .unwrap();
+        c.add_tape_file(&tape_file("u1", 2, "20260102-000000", 0), 200)
+            .unwrap();
+        c.add_tape_file(&tape_file("u2", 1, "20260102-000000", 1), 300)
+            .unwrap();
+        assert_eq!(c.tape("u1").unwrap().unwrap().last_written, Some(200));
+        assert_eq!(c.tape_files("u1").unwrap().len(), 2);
+        assert_eq!(
+            c.tape_files("u1").unwrap()[1],
+            tape_file("u1", 2, "20260102-000000", 0)
+        );
+        let parts = c.session_tape_files("lto", "v", "20260102-000000").unwrap();
+        assert_eq!(
+            parts
+                .iter()
+                .map(|f| (f.tape.as_str(), f.part))
+                .collect::<Vec<_>>(),
+            [("u1", 0), ("u2", 1)]
+        );
+        // The same file number twice on a tape is refused.
+        assert!(c
+            .add_tape_file(&tape_file("u1", 2, "20260103-000000", 0), 1)
+            .is_err());
+        // A file on an unknown tape is refused, naming it.
+        let e = c
+            .add_tape_file(&tape_file("nope", 1, "20260103-000000", 0), 1)
+            .unwrap_err();
+        assert!(
+            matches!(&e, CatalogError::UnknownTape { uuid, .. } if uuid == "nope"),
+            "{e}"
+        );
+        // Full, slots, the pool's appendable tapes.
+        c.set_tape_full("u1", true).unwrap();
+        c.set_tape_slot("u2", None).unwrap();
+        assert!(c.tape("u1").unwrap().unwrap().full);
+        assert_eq!(c.tape("u2").unwrap().unwrap().slot, None);
+        let app: Vec<String> = c
+            .appendable_tapes("weekly")
+            .unwrap()
+            .into_iter()
+            .map(|t| t.uuid)
+            .collect();
+        assert_eq!(app, ["u2"]);
+        assert!(c.appendable_tapes("daily").unwrap().is_empty());
+        assert!(matches!(
+            c.set_tape_full("gone", true),
+            Err(CatalogError::UnknownTape { .. })
+        ));
+        // Pruning a session forgets its files, not the tapes.
+        c.forget_session_tape_files("lto", "v", "20260102-000000")
+            .unwrap();
+        assert_eq!(c.tape_files("u1").unwrap().len(), 1);
+        assert!(c.tape_files("u2").unwrap().is_empty());
+        // Labelling a tape again (same name, new uuid) forgets the old label's files.
+        c.add_tape(&tape("VT0001L8", "u1b")).unwrap();
+        assert_eq!(c.tape("u1").unwrap(), None);
+        assert!(c.tape_files("u1").unwrap().is_empty());
+        assert_eq!(c.tapes().unwrap().len(), 2);
+        c.forget_tape("u2").unwrap();
+        assert_eq!(c.tapes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn damaged_tape_rows_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        let mut c = Catalog::open(&p).unwrap();
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 1)
+            .unwrap();
+        let set = |c: &Catalog, sql: &str| {
+            c.conn.execute(sql, []).unwrap();
+        };
+        let tape_err = |c: &Catalog| c.tapes().unwrap_err().to_string();
+        let file_err = |c: &Catalog| c.tape_files("u1").unwrap_err().to_string();
+        let at = p.display().to_string();
+        set(&c, "UPDATE tapes SET block_size = 0");
+        assert_eq!(
+            tape_err(&c),
+            format!("catalog {at}: tape VT0001L8: block size 0 is impossible")
+        );
+        set(&c, "UPDATE tapes SET block_size = 262144, slot = -2");
+        assert_eq!(
+            tape_err(&c),
+            format!("catalog {at}: tape VT0001L8: slot -2 is impossible")
+        );
+        set(&c, "UPDATE tapes SET slot = NULL");
+        assert_eq!(c.tapes().unwrap().len(), 1);
+        set(&c, "UPDATE tape_files SET blocks = -1");
+        assert_eq!(
+            file_err(&c),
+            format!("catalog {at}: tape u1: file 1: blocks -1 is negative")
+        );
+        set(&c, "UPDATE tape_files SET blocks = 1, sha256 = 'x'");
+        assert_eq!(
+            file_err(&c),
+            format!("catalog {at}: tape u1: file 1: sha256 \"x\" is not a SHA-256")
+        );
+        set(
+            &c,
+            "UPDATE tape_files SET sha256 = printf('%064d', 0), session = '../x'",
+        );
+        assert_eq!(
+            file_err(&c),
+            format!("catalog {at}: tape u1: file 1: session \"../x\" is not a session ID")
+        );
     }
 
     #[test]

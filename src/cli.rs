@@ -115,6 +115,7 @@ impl Command {
             Command::Diff { .. } => "diff",
             Command::Serve { .. } => "serve",
             Command::Key { .. } => "key",
+            Command::Tape { .. } => "tape",
         }
     }
 
@@ -342,6 +343,73 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// Work the drive and library of a tape destination (`tape = ...` in a
+    /// [dest:NAME] section): status, positioning, labels, loading and inventory.
+    Tape {
+        #[command(subcommand)]
+        action: TapeAction,
+    },
+}
+
+/// What `sparsebak tape` does (on the destination --dest names).
+#[derive(Debug, Clone, Subcommand)]
+pub enum TapeAction {
+    /// The drive's state and position, its block size, and the loaded tape's label
+    /// and slot (the tape is put back where it was after reading the label).
+    Status,
+    /// Rewind to the beginning of the tape.
+    Rewind,
+    /// Go to the end of recorded data, where the next tape file is appended.
+    Eod,
+    /// Forward past N filemarks (to the first block of a later tape file).
+    Fsf {
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+    },
+    /// Back past N filemarks (to just before the last one passed).
+    Bsf {
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        count: u32,
+    },
+    /// Write a label (file 0) on a tape, cutting off everything on it, and record the
+    /// tape in the catalog: the loaded tape, the one in --slot, or every unlabelled
+    /// tape of the library (--all). A labelled tape is refused without --force.
+    Label {
+        /// Load the tape in this slot first.
+        #[arg(long, value_name = "N", conflicts_with = "all")]
+        slot: Option<u32>,
+        /// Label every unlabelled tape in the library (labelled ones are skipped).
+        #[arg(long, conflicts_with = "force")]
+        all: bool,
+        /// The media pool (default: the destination's `pool`).
+        #[arg(long, value_name = "P")]
+        pool: Option<String>,
+        /// The tape's name (default: its barcode; needed for a tape without one).
+        #[arg(long, value_name = "NAME", conflicts_with = "all")]
+        name: Option<String>,
+        /// Label a tape that already has a label (what is on it is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// The files on the loaded tape: number, first block, size, and what the catalog
+    /// knows of each.
+    Ls,
+    /// Load the tape in SLOT into the drive.
+    Load {
+        #[arg(value_name = "SLOT")]
+        slot: u32,
+    },
+    /// Unload the drive's tape into SLOT, or back into the slot it came from.
+    Unload {
+        #[arg(value_name = "SLOT")]
+        slot: Option<u32>,
+    },
+    /// The library's slots and drive: barcodes, and labels and pools from the catalog.
+    Inventory,
+    /// Rewind, wind to the end of the data, rewind.
+    Retension,
+    /// Eject the tape (back into its slot in a library).
+    Eject,
 }
 
 /// What `sparsebak key` does.

@@ -70,6 +70,8 @@ pub struct Config {
     pub passfile: Option<PathBuf>,
     /// The chosen destination's `passcmd`.
     pub passcmd: Option<String>,
+    /// The chosen destination's tape settings, when it is a tape destination.
+    pub tape: Option<TapeConfig>,
     /// The destination the destination fields above (`destvm`, `destmountpoint`,
     /// `destdir`, `tarfile`, `destcmd`, `sshopts`) are those of: see
     /// [`Config::for_dest`].
@@ -99,7 +101,81 @@ pub struct DestConfig {
     pub passcmd: Option<String>,
     /// The far side, when `destvm` names one (parsed from the three keys above).
     pub remote: Option<crate::remote::RemoteSpec>,
+    /// A tape destination (`tape = ...` instead of `destdir`); `destdir` is then empty.
+    pub tape: Option<TapeConfig>,
 }
+
+/// Where a tape destination's drive is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapeDevice {
+    /// A real drive through the Linux `st` driver: a non-rewinding device such as
+    /// `/dev/nst0`.
+    St(PathBuf),
+    /// A virtual library kept in a folder (`virtual:DIR`), created on first use.
+    Virtual(PathBuf),
+}
+
+/// A tape destination's medium changer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangerDevice {
+    /// A real library's changer, an `sg` device driven through `mtx`.
+    Mtx(PathBuf),
+    /// The changer of the virtual library in this folder.
+    Virtual(PathBuf),
+}
+
+/// The tape settings of a `[dest:NAME]` section with `tape = ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapeConfig {
+    pub device: TapeDevice,
+    /// Fixed block size, bytes (a multiple of 512 from 512 to 1M; default 256K).
+    pub block_size: usize,
+    /// The changer, if any: for a virtual library, the library itself by default.
+    pub changer: Option<ChangerDevice>,
+    /// The media pool whose tapes this destination writes (default: the destination's
+    /// name).
+    pub pool: String,
+    /// Memory between the pipeline and the drive, bytes (default 256M).
+    pub buffer: u64,
+    /// Virtual library: slots (each with a cartridge when created), default 8.
+    pub virtual_slots: u32,
+    /// Virtual library: capacity of each new cartridge, bytes (default 1G).
+    pub virtual_capacity: u64,
+    /// Virtual library: a throttle in bytes per second (none by default).
+    pub virtual_speed: Option<u64>,
+}
+
+impl TapeConfig {
+    /// The drive as written in the config, for messages.
+    pub fn device_label(&self) -> String {
+        match &self.device {
+            TapeDevice::St(p) => p.display().to_string(),
+            TapeDevice::Virtual(d) => format!("virtual:{}", d.display()),
+        }
+    }
+}
+
+/// The keys of a tape destination (`[dest:NAME]` only).
+pub const TAPE_KEYS: &[&str] = &[
+    "tape",
+    "blocksize",
+    "changer",
+    "pool",
+    "buffer",
+    "virtual_slots",
+    "virtual_capacity",
+    "virtual_speed",
+];
+
+/// Default tape block size.
+pub const DEFAULT_TAPE_BLOCK_SIZE: usize = 256 << 10;
+/// Default buffer between the pipeline and the drive.
+pub const DEFAULT_TAPE_BUFFER: u64 = 256 << 20;
+/// Largest buffer accepted (it is held in memory).
+pub const MAX_TAPE_BUFFER: u64 = 64 << 30;
+/// Defaults of a virtual library.
+pub const DEFAULT_VIRTUAL_SLOTS: u32 = 8;
+pub const DEFAULT_VIRTUAL_CAPACITY: u64 = 1 << 30;
 
 /// The keys that describe a destination, in `[var]` or in `[dest:NAME]`.
 pub const DEST_KEYS: &[&str] = &[
@@ -324,6 +400,43 @@ fn parse_dest<'a>(
                 .unwrap_or_default(),
         }),
     };
+    let tape = parse_tape(name, get, at)?;
+    if let Some(t) = &tape {
+        for key in [
+            "destdir",
+            "destmountpoint",
+            "destvm",
+            "destcmd",
+            "sshopts",
+            "tarfile",
+        ] {
+            if get(key).is_some() {
+                let why = match key {
+                    "destdir" => "a destination is a tape or an archive folder, not both",
+                    "tarfile" => "tape files are streams, not tar files",
+                    _ => "a tape drive is on this machine",
+                };
+                return Err(format!(
+                    "{at}tape = {} and {key} are both set: {why}",
+                    t.device_label()
+                ));
+            }
+        }
+        return Ok(DestConfig {
+            name: name.to_string(),
+            destvm: None,
+            destmountpoint: None,
+            destdir: PathBuf::new(),
+            tarfile: false,
+            destcmd: None,
+            sshopts: None,
+            encrypt: crypt_flag(get, at)?,
+            passfile: passfile(get, at)?,
+            passcmd: passcmd(get, at)?,
+            remote: None,
+            tape,
+        });
+    }
     let destmountpoint = get("destmountpoint").map(PathBuf::from);
     let destdir = PathBuf::from(get("destdir").ok_or_else(|| format!("{at}destdir is required"))?);
     let destdir = match &destmountpoint {
@@ -346,25 +459,9 @@ fn parse_dest<'a>(
         "off" | "no" | "false" | "disable" => false,
         other => return Err(format!("{at}tarfile = {other:?}: expected on or off")),
     };
-    let encrypt = match get("encrypt") {
-        None => None,
-        Some("on" | "yes" | "true" | "enable") => Some(true),
-        Some("off" | "no" | "false" | "disable") => Some(false),
-        Some(other) => return Err(format!("{at}encrypt = {other:?}: expected on or off")),
-    };
-    let passfile = get("passfile").map(PathBuf::from);
-    if let Some(p) = &passfile {
-        if !p.is_absolute() {
-            return Err(format!("{at}passfile {} must be absolute", p.display()));
-        }
-    }
-    let passcmd = get("passcmd").map(str::to_string);
-    if passcmd
-        .as_deref()
-        .is_some_and(|c| c.split_whitespace().next().is_none())
-    {
-        return Err(format!("{at}passcmd is empty"));
-    }
+    let encrypt = crypt_flag(get, at)?;
+    let passfile = passfile(get, at)?;
+    let passcmd = passcmd(get, at)?;
     Ok(DestConfig {
         name: name.to_string(),
         destvm: get("destvm").map(str::to_string),
@@ -377,7 +474,196 @@ fn parse_dest<'a>(
         passfile,
         passcmd,
         remote,
+        tape: None,
     })
+}
+
+type Getter<'g, 'a> = &'g dyn Fn(&str) -> Option<&'a str>;
+
+fn crypt_flag(get: Getter, at: &str) -> std::result::Result<Option<bool>, String> {
+    match get("encrypt") {
+        None => Ok(None),
+        Some("on" | "yes" | "true" | "enable") => Ok(Some(true)),
+        Some("off" | "no" | "false" | "disable") => Ok(Some(false)),
+        Some(other) => Err(format!("{at}encrypt = {other:?}: expected on or off")),
+    }
+}
+
+fn passfile(get: Getter, at: &str) -> std::result::Result<Option<PathBuf>, String> {
+    let passfile = get("passfile").map(PathBuf::from);
+    if let Some(p) = &passfile {
+        if !p.is_absolute() {
+            return Err(format!("{at}passfile {} must be absolute", p.display()));
+        }
+    }
+    Ok(passfile)
+}
+
+fn passcmd(get: Getter, at: &str) -> std::result::Result<Option<String>, String> {
+    let passcmd = get("passcmd").map(str::to_string);
+    if passcmd
+        .as_deref()
+        .is_some_and(|c| c.split_whitespace().next().is_none())
+    {
+        return Err(format!("{at}passcmd is empty"));
+    }
+    Ok(passcmd)
+}
+
+/// `virtual:DIR` (an absolute folder) or an absolute device path, for `key`.
+fn tape_path(at: &str, key: &str, v: &str) -> std::result::Result<(bool, PathBuf), String> {
+    let (virt, p) = match v.strip_prefix("virtual:") {
+        Some(dir) => (true, PathBuf::from(dir)),
+        None => (false, PathBuf::from(v)),
+    };
+    if !p.is_absolute() {
+        return Err(format!(
+            "{at}{key} = {v:?}: expected an absolute device path (/dev/nst0{}) or virtual:/ABSOLUTE/DIR",
+            if key == "changer" { ", /dev/sg1" } else { "" }
+        ));
+    }
+    Ok((virt, p))
+}
+
+/// The tape keys of a destination, checked; `None` when `tape` is not set (then no
+/// other tape key may be).
+fn parse_tape(
+    name: &str,
+    get: Getter,
+    at: &str,
+) -> std::result::Result<Option<TapeConfig>, String> {
+    let Some(dev) = get("tape") else {
+        if let Some(k) = TAPE_KEYS.iter().find(|k| get(k).is_some()) {
+            return Err(format!(
+                "{at}{k} is a tape setting, but tape is not set (tape = /dev/nstN or virtual:DIR)"
+            ));
+        }
+        return Ok(None);
+    };
+    let (virt, path) = tape_path(at, "tape", dev)?;
+    let device = if virt {
+        TapeDevice::Virtual(path.clone())
+    } else {
+        TapeDevice::St(path.clone())
+    };
+    let size = |key: &str| -> std::result::Result<Option<u64>, String> {
+        match get(key) {
+            None => Ok(None),
+            Some(v) => parse_size(v).map(Some).ok_or_else(|| {
+                format!("{at}{key} = {v:?}: expected a size such as 256K, 4M or 1G")
+            }),
+        }
+    };
+    let block_size = match get("blocksize") {
+        None => DEFAULT_TAPE_BLOCK_SIZE,
+        Some(v) if v == "variable" || parse_size(v) == Some(0) => {
+            return Err(format!(
+                "{at}blocksize = {v:?}: variable-block mode is not supported; give a fixed size \
+                 such as 256K"
+            ))
+        }
+        Some(v) => match parse_size(v) {
+            Some(n)
+                if n % 512 == 0
+                    && (crate::tape::drive::MIN_BLOCK_SIZE as u64
+                        ..=crate::tape::drive::MAX_BLOCK_SIZE as u64)
+                        .contains(&n) =>
+            {
+                n as usize
+            }
+            _ => {
+                return Err(format!(
+                    "{at}blocksize = {v:?}: must be a multiple of 512 from 512 to 1M"
+                ))
+            }
+        },
+    };
+    let changer = match get("changer") {
+        None if virt => Some(ChangerDevice::Virtual(path.clone())),
+        None => None,
+        Some(v) => match tape_path(at, "changer", v)? {
+            (true, _) if !virt => {
+                return Err(format!(
+                    "{at}changer = {v}: a virtual changer moves the cartridges of a virtual \
+                     library, but tape = {dev} is a real drive"
+                ))
+            }
+            (true, dir) if dir != path => {
+                return Err(format!(
+                    "{at}changer = {v}: a virtual library's changer is the library itself \
+                     (changer = virtual:{}, or leave it out)",
+                    path.display()
+                ))
+            }
+            (true, dir) => Some(ChangerDevice::Virtual(dir)),
+            (false, _) if virt => {
+                return Err(format!(
+                    "{at}changer = {v}: a real changer cannot move the cartridges of the \
+                     virtual library tape = {dev}"
+                ))
+            }
+            (false, dev) => Some(ChangerDevice::Mtx(dev)),
+        },
+    };
+    if !virt {
+        if let Some(k) = ["virtual_slots", "virtual_capacity", "virtual_speed"]
+            .iter()
+            .find(|k| get(k).is_some())
+        {
+            return Err(format!(
+                "{at}{k} is a setting of a virtual library (tape = virtual:DIR), \
+                 but tape = {dev} is a real drive"
+            ));
+        }
+    }
+    let pool = get("pool").unwrap_or(name).to_string();
+    if !(1..=64).contains(&pool.len()) || !pool.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "{at}pool = {pool:?}: 1 to 64 printable ASCII characters without spaces"
+        ));
+    }
+    let buffer = size("buffer")?.unwrap_or(DEFAULT_TAPE_BUFFER);
+    if buffer < block_size as u64 || buffer > MAX_TAPE_BUFFER {
+        return Err(format!(
+            "{at}buffer = {:?}: must hold at least one block ({block_size} bytes) and at most 64G",
+            get("buffer").unwrap_or_default()
+        ));
+    }
+    let max_slots = crate::tape::virtual_library::MAX_SLOTS;
+    let virtual_slots = match get("virtual_slots") {
+        None => DEFAULT_VIRTUAL_SLOTS,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max_slots).contains(n))
+            .ok_or_else(|| format!("{at}virtual_slots = {v:?}: expected 1 to {max_slots}"))?,
+    };
+    let virtual_capacity = size("virtual_capacity")?.unwrap_or(DEFAULT_VIRTUAL_CAPACITY);
+    let min_capacity = 64 * block_size as u64;
+    if virtual_capacity < min_capacity {
+        return Err(format!(
+            "{at}virtual_capacity = {:?}: must hold at least 64 blocks ({min_capacity} bytes)",
+            get("virtual_capacity").unwrap_or_default()
+        ));
+    }
+    let virtual_speed = match size("virtual_speed")? {
+        Some(0) => {
+            return Err(format!(
+                "{at}virtual_speed = 0: give bytes per second (e.g. 300M), or leave it out"
+            ))
+        }
+        s => s,
+    };
+    Ok(Some(TapeConfig {
+        device,
+        block_size,
+        changer,
+        pool,
+        buffer,
+        virtual_slots,
+        virtual_capacity,
+        virtual_speed,
+    }))
 }
 
 impl Config {
@@ -412,10 +698,11 @@ impl Config {
                         )));
                     }
                     for (key, _) in props.iter() {
-                        if !DEST_KEYS.contains(&key) {
+                        if !DEST_KEYS.contains(&key) && !TAPE_KEYS.contains(&key) {
                             return Err(bad(format!(
-                                "unknown key {key:?} in [{other}] (known: {})",
-                                DEST_KEYS.join(", ")
+                                "unknown key {key:?} in [{other}] (known: {}, {})",
+                                DEST_KEYS.join(", "),
+                                TAPE_KEYS.join(", ")
                             )));
                         }
                     }
@@ -569,6 +856,7 @@ impl Config {
             encrypt: None,
             passfile: None,
             passcmd: None,
+            tape: None,
             dest: String::new(),
             dests,
         };
@@ -589,6 +877,7 @@ impl Config {
         self.passfile = d.passfile.clone();
         self.passcmd = d.passcmd.clone();
         self.remote = d.remote.clone();
+        self.tape = d.tape.clone();
     }
 
     /// Where the chosen destination's archive is, for messages: `destdir`, or for a far
@@ -1035,7 +1324,8 @@ mod tests {
             (
                 "[var]\ndestdir = /a\n[dest:u]\ndestdir = /b\nmetadir = /m\n",
                 "unknown key \"metadir\" in [dest:u] (known: destvm, destmountpoint, destdir, \
-                 tarfile, destcmd, sshopts, encrypt, passfile, passcmd)",
+                 tarfile, destcmd, sshopts, encrypt, passfile, passcmd, tape, blocksize, changer, \
+                 pool, buffer, virtual_slots, virtual_capacity, virtual_speed)",
             ),
             (
                 "[var]\ndestdir = /a\n[dest:../u]\ndestdir = /b\n",
@@ -1073,6 +1363,174 @@ mod tests {
                 "{text:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn tape_destinations() {
+        let c = parse(
+            "[var]\nmetadir = /m\n[dest:lto]\ntape = /dev/nst0\nchanger = /dev/sg3\n\
+             blocksize = 512K\npool = weekly\nbuffer = 1G\nencrypt = on\n\
+             [dest:vt]\ntape = virtual:/srv/vtl\nvirtual_slots = 4\nvirtual_capacity = 64M\n\
+             virtual_speed = 300M\n",
+        )
+        .unwrap();
+        let lto = c.for_dest("lto").unwrap();
+        let t = lto.tape.unwrap();
+        assert_eq!(t.device, TapeDevice::St("/dev/nst0".into()));
+        assert_eq!(t.changer, Some(ChangerDevice::Mtx("/dev/sg3".into())));
+        assert_eq!(t.block_size, 512 << 10);
+        assert_eq!(t.pool, "weekly");
+        assert_eq!(t.buffer, 1 << 30);
+        assert_eq!(lto.encrypt, Some(true));
+        assert_eq!(lto.destdir, PathBuf::new());
+        let vt = c.for_dest("vt").unwrap().tape.unwrap();
+        assert_eq!(vt.device, TapeDevice::Virtual("/srv/vtl".into()));
+        // The library is its own changer; defaults for what is not given.
+        assert_eq!(vt.changer, Some(ChangerDevice::Virtual("/srv/vtl".into())));
+        assert_eq!(vt.block_size, 256 << 10);
+        assert_eq!(vt.pool, "vt");
+        assert_eq!(vt.buffer, 256 << 20);
+        assert_eq!(
+            (vt.virtual_slots, vt.virtual_capacity, vt.virtual_speed),
+            (4, 64 << 20, Some(300 << 20))
+        );
+        // A drive without a changer; the default slots and capacity.
+        let c = parse("[var]\n[dest:t]\ntape = /dev/nst1\n[dest:v]\ntape = virtual:/v\n").unwrap();
+        let t = c.for_dest("t").unwrap().tape.unwrap();
+        assert_eq!(t.changer, None);
+        let v = c.for_dest("v").unwrap().tape.unwrap();
+        assert_eq!((v.virtual_slots, v.virtual_capacity), (8, 1 << 30));
+        // Archive destinations have no tape settings.
+        let c = parse("[var]\ndestdir = /a\n").unwrap();
+        assert_eq!(c.tape, None);
+    }
+
+    #[test]
+    fn tape_destination_errors() {
+        let at = |body: &str| format!("[var]\nmetadir = /m\n[dest:t]\n{body}");
+        for (body, want) in [
+            (
+                "tape = /dev/nst0\ndestdir = /b\n",
+                "[dest:t]: tape = /dev/nst0 and destdir are both set: a destination is a tape \
+                 or an archive folder, not both",
+            ),
+            (
+                "tape = /dev/nst0\ntarfile = on\n",
+                "[dest:t]: tape = /dev/nst0 and tarfile are both set: tape files are streams, \
+                 not tar files",
+            ),
+            (
+                "tape = /dev/nst0\ndestvm = ssh://h\n",
+                "[dest:t]: tape = /dev/nst0 and destvm are both set: a tape drive is on this \
+                 machine",
+            ),
+            (
+                "destdir = /b\nblocksize = 64K\n",
+                "[dest:t]: blocksize is a tape setting, but tape is not set (tape = /dev/nstN \
+                 or virtual:DIR)",
+            ),
+            (
+                "tape = nst0\n",
+                "[dest:t]: tape = \"nst0\": expected an absolute device path (/dev/nst0) or \
+                 virtual:/ABSOLUTE/DIR",
+            ),
+            (
+                "tape = virtual:rel\n",
+                "[dest:t]: tape = \"virtual:rel\": expected an absolute device path",
+            ),
+            (
+                "tape = /dev/nst0\nvirtual_slots = 4\n",
+                "[dest:t]: virtual_slots is a setting of a virtual library (tape = \
+                 virtual:DIR), but tape = /dev/nst0 is a real drive",
+            ),
+            (
+                "tape = /dev/nst0\nvirtual_capacity = 1G\n",
+                "[dest:t]: virtual_capacity is a setting of a virtual library",
+            ),
+            (
+                "tape = /dev/nst0\nblocksize = 0\n",
+                "[dest:t]: blocksize = \"0\": variable-block mode is not supported; give a \
+                 fixed size such as 256K",
+            ),
+            (
+                "tape = /dev/nst0\nblocksize = variable\n",
+                "[dest:t]: blocksize = \"variable\": variable-block mode is not supported",
+            ),
+            (
+                "tape = /dev/nst0\nblocksize = 1000\n",
+                "[dest:t]: blocksize = \"1000\": must be a multiple of 512 from 512 to 1M",
+            ),
+            (
+                "tape = /dev/nst0\nblocksize = 256\n",
+                "[dest:t]: blocksize = \"256\": must be a multiple of 512 from 512 to 1M",
+            ),
+            (
+                "tape = /dev/nst0\nblocksize = 2M\n",
+                "[dest:t]: blocksize = \"2M\": must be a multiple of 512 from 512 to 1M",
+            ),
+            (
+                "tape = /dev/nst0\nblocksize = big\n",
+                "[dest:t]: blocksize = \"big\": must be a multiple of 512 from 512 to 1M",
+            ),
+            (
+                "tape = /dev/nst0\nchanger = virtual:/v\n",
+                "[dest:t]: changer = virtual:/v: a virtual changer moves the cartridges of a \
+                 virtual library, but tape = /dev/nst0 is a real drive",
+            ),
+            (
+                "tape = virtual:/v\nchanger = /dev/sg1\n",
+                "[dest:t]: changer = /dev/sg1: a real changer cannot move the cartridges of \
+                 the virtual library tape = virtual:/v",
+            ),
+            (
+                "tape = virtual:/v\nchanger = virtual:/w\n",
+                "[dest:t]: changer = virtual:/w: a virtual library's changer is the library \
+                 itself (changer = virtual:/v, or leave it out)",
+            ),
+            (
+                "tape = /dev/nst0\nchanger = sg1\n",
+                "[dest:t]: changer = \"sg1\": expected an absolute device path (/dev/nst0, \
+                 /dev/sg1) or virtual:/ABSOLUTE/DIR",
+            ),
+            (
+                "tape = /dev/nst0\nbuffer = 4K\n",
+                "[dest:t]: buffer = \"4K\": must hold at least one block (262144 bytes) and at \
+                 most 64G",
+            ),
+            (
+                "tape = /dev/nst0\nbuffer = lots\n",
+                "[dest:t]: buffer = \"lots\": expected a size such as 256K, 4M or 1G",
+            ),
+            (
+                "tape = virtual:/v\nvirtual_slots = 0\n",
+                "[dest:t]: virtual_slots = \"0\": expected 1 to 10000",
+            ),
+            (
+                "tape = virtual:/v\nvirtual_capacity = 1M\n",
+                "[dest:t]: virtual_capacity = \"1M\": must hold at least 64 blocks (16777216 \
+                 bytes)",
+            ),
+            (
+                "tape = virtual:/v\nvirtual_speed = 0\n",
+                "[dest:t]: virtual_speed = 0: give bytes per second (e.g. 300M), or leave it out",
+            ),
+            (
+                "tape = /dev/nst0\npool = \"a b\"\n",
+                "[dest:t]: pool = \"a b\": 1 to 64 printable ASCII characters without spaces",
+            ),
+        ] {
+            let err = parse(&at(body)).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("config t.ini: {want}")),
+                "{body:?}: {err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        // Tape keys belong to [dest:NAME] sections only.
+        let err = parse("[var]\nmetadir = /m\ntape = /dev/nst0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key \"tape\" in [var]"), "{err}");
     }
 
     #[test]

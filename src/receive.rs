@@ -46,10 +46,15 @@ pub fn refuse_in_archives(out: &Output, config: &crate::config::Config) -> Resul
     let refused = |e: output::OutputError| Error::Msg(e.to_string());
     // A far side's folder is not on this machine: a path of the same name here is
     // something else.
-    for d in config.dests.iter().filter(|d| d.remote.is_none()) {
+    // A tape destination has no folder here.
+    for d in config
+        .dests
+        .iter()
+        .filter(|d| d.remote.is_none() && d.tape.is_none())
+    {
         output::refuse_inside(out, &d.destdir, "the archive").map_err(refused)?;
     }
-    if config.remote.is_none() {
+    if config.remote.is_none() && config.tape.is_none() {
         output::refuse_inside(out, &config.destdir, "the archive").map_err(refused)?;
     }
     output::refuse_inside(out, &config.metadir, "the metadata folder (metadir)").map_err(refused)

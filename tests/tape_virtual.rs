@@ -441,6 +441,9 @@ fn torn_last_record_is_ignored_then_cut() {
     let lib = open(t.path(), 3, 1 << 20);
     let mut d = lib.drive();
     d.set_block_size(BS).unwrap();
+    // The drive is where the last run left it, at the end of the data.
+    assert_eq!(d.position().unwrap(), 3);
+    d.rewind().unwrap();
     for i in 0..3 {
         assert_eq!(read(&mut d), (ReadOutcome::Block, block(i)));
     }
@@ -734,4 +737,41 @@ fn bad_settings_and_a_damaged_state_file_are_refused() {
             .contains("VT0001L8.vtape: shorter than its header"),
         "{e}"
     );
+}
+
+#[test]
+fn position_is_kept_between_runs_until_the_tape_moves() {
+    let t = tempfile::tempdir().unwrap();
+    {
+        let (_lib, mut d) = loaded(t.path(), 1 << 20);
+        for i in 0..4 {
+            d.write_block(&block(i)).unwrap();
+        }
+        d.write_filemark(1).unwrap();
+        d.write_block(&block(4)).unwrap();
+        d.locate(2).unwrap();
+    }
+    // As a non-rewinding device: the next run finds the tape where this one left it.
+    {
+        let lib = open(t.path(), 3, 1 << 20);
+        let mut d = lib.drive();
+        d.set_block_size(BS).unwrap();
+        assert_eq!(d.position().unwrap(), 2);
+        assert_eq!(read(&mut d), (ReadOutcome::Block, block(2)));
+        d.fsf(1).unwrap();
+        assert_eq!(d.position().unwrap(), 5);
+    }
+    // Unloading and loading again starts at the beginning.
+    let lib = open(t.path(), 3, 1 << 20);
+    {
+        let mut d = lib.drive();
+        assert_eq!(d.position().unwrap(), 5);
+        d.unload().unwrap();
+    }
+    lib.changer().unload(0, None).unwrap();
+    lib.changer().load(1, 0).unwrap();
+    let mut d = lib.drive();
+    assert_eq!(d.position().unwrap(), 0);
+    let state = std::fs::read_to_string(t.path().join("library.state")).unwrap();
+    assert!(!state.contains("position"), "{state}");
 }

@@ -14,6 +14,7 @@ pub mod resync;
 pub mod send;
 pub mod serve;
 pub mod stream;
+pub mod tape;
 pub mod untar;
 pub mod verify;
 
@@ -99,6 +100,7 @@ pub fn run(cli: Cli) -> Result<()> {
     config.check_metadir()?;
     let all_dests = cli.dest.as_deref() == Some(crate::config::ALL_DESTS);
     let config = choose_dest(&cli, config, all_dests, &path);
+    refuse_tape_dest(&cli, &config, all_dests)?;
     let (session, save_to) = match &cli.command {
         Command::Receive {
             session, save_to, ..
@@ -165,7 +167,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Untar { volume, .. } => untar::run(&ctx, volume),
         Command::Diff { volume, json, .. } => diff::run(&ctx, volume, *json),
         Command::Key { action } => key::run(&ctx, action),
+        Command::Tape { action } => tape::run(&ctx, action),
     }
+}
+
+/// A command that works on an archive folder, given a tape destination: not wired
+/// to tapes yet, said in one line before anything is opened.
+fn refuse_tape_dest(cli: &Cli, config: &Config, all_dests: bool) -> Result<()> {
+    if all_dests || matches!(cli.command, Command::Tape { .. }) || !cli.command.reaches_archive() {
+        return Ok(());
+    }
+    if let Some(t) = &config.tape {
+        anyhow::bail!(
+            "destination {} is a tape (tape = {}): `{}` does not work on tape destinations \
+             yet; `sparsebak tape` works its drive and library",
+            config.dest,
+            t.device_label(),
+            cli.command.name()
+        );
+    }
+    Ok(())
 }
 
 /// The configuration for the destination `--dest` names (`default` when not given),

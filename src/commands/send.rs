@@ -103,7 +103,18 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
     let mut sent = Vec::new();
     let mut skipped = Vec::new();
     let mut failed = Vec::new();
+    let mut tapes = Vec::new();
     for d in &ctx.config.dests {
+        if let Some(t) = &d.tape {
+            progress::err_line(&format!(
+                "sparsebak: destination {} skipped: it is a tape (tape = {}), and send does \
+                 not write to tapes yet",
+                d.name,
+                t.device_label()
+            ));
+            tapes.push(d.name.clone());
+            continue;
+        }
         let config = ctx.config.for_dest(&d.name)?;
         let why = match config.absent_reason() {
             Some(why) => why,
@@ -127,11 +138,14 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
         progress::err_line(&format!("sparsebak: destination {} skipped: {why}", d.name));
         skipped.push(d.name.clone());
     }
-    let skipped_note = if skipped.is_empty() {
+    let mut skipped_note = if skipped.is_empty() {
         String::new()
     } else {
         format!("; skipped (not present): {}", skipped.join(", "))
     };
+    if !tapes.is_empty() {
+        skipped_note.push_str(&format!("; skipped (tape): {}", tapes.join(", ")));
+    }
     if !failed.is_empty() {
         anyhow::bail!(
             "send --dest=all: failed on {} of {} present destination(s): {}{skipped_note}",

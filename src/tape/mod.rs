@@ -14,6 +14,7 @@
 pub mod changer;
 pub mod drive;
 pub mod label;
+pub mod open;
 pub mod st;
 pub mod virtual_drive;
 pub mod virtual_library;

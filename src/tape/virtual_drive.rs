@@ -297,6 +297,9 @@ pub struct VirtualDrive {
     cart: Option<(u64, Cartridge)>,
     /// The library's load count when the cartridge was opened.
     loads: u64,
+    /// No cartridge opened yet: the first one starts where the library says the
+    /// drive's tape was left.
+    fresh: bool,
     pos: usize,
     write_protected: bool,
     speed: Option<u64>,
@@ -313,6 +316,7 @@ impl VirtualDrive {
             block_size: 0,
             cart: None,
             loads: 0,
+            fresh: true,
             pos: 0,
             write_protected: false,
             speed: None,
@@ -330,7 +334,7 @@ impl VirtualDrive {
 
     /// The cartridge in the drive, (re)opened if the changer moved tapes since.
     fn cart(&mut self) -> Result<&mut Cartridge> {
-        let (generation, loads, path, barcode, protected) = {
+        let (generation, loads, path, barcode, protected, left_at) = {
             let st = self.lib.lock();
             let Some((b, _)) = st.drive.as_ref().filter(|_| st.online) else {
                 self.cart = None;
@@ -345,6 +349,7 @@ impl VirtualDrive {
                 st.cartridge_path(b),
                 b.clone(),
                 st.protected.contains(b),
+                st.position,
             )
         };
         if self.cart.as_ref().map(|c| c.0) != Some(generation) {
@@ -359,8 +364,12 @@ impl VirtualDrive {
                     ),
                 });
             }
-            // A tape just loaded is at its beginning.
-            if self.cart.is_none() || self.loads != loads {
+            // A tape just loaded is at its beginning; the first open in a run finds
+            // the tape where the last run left it.
+            if self.fresh {
+                self.pos = usize::try_from(left_at).unwrap_or(usize::MAX);
+                self.fresh = false;
+            } else if self.cart.is_none() || self.loads != loads {
                 self.pos = 0;
             }
             self.loads = loads;
@@ -408,6 +417,24 @@ impl VirtualDrive {
             device: self.name.clone(),
             during,
             reason: reason.to_string(),
+        }
+    }
+}
+
+impl Drop for VirtualDrive {
+    /// Leave the position in the library state, so the next run finds the tape where
+    /// this one left it (a real drive does not move between opens either).
+    fn drop(&mut self) {
+        let Some((generation, _)) = &self.cart else {
+            return;
+        };
+        let mut st = self.lib.lock();
+        if st.generation != *generation || st.drive.is_none() || st.position == self.pos as u64 {
+            return;
+        }
+        st.position = self.pos as u64;
+        if let Err(e) = st.save() {
+            tracing::warn!("{}: cannot keep the tape position: {e}", self.name);
         }
     }
 }
@@ -518,6 +545,8 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn fsf(&mut self, n: u32) -> Result<()> {
+        // Open first: a run's first open sets where the tape is.
+        self.cart()?;
         let mut pos = self.pos;
         let c = self.cart()?;
         let mut left = n;
@@ -541,6 +570,8 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn bsf(&mut self, n: u32) -> Result<()> {
+        // Open first: a run's first open sets where the tape is.
+        self.cart()?;
         let mut pos = self.pos;
         let c = self.cart()?;
         let mut left = n;

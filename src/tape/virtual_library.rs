@@ -66,6 +66,9 @@ pub(crate) struct State {
     pub generation: u64,
     /// Counts loads into the drive: a drive seeing it change starts at the beginning.
     pub loads: u64,
+    /// Where the drive's tape is (a record number), kept between runs as a real
+    /// drive keeps its position between opens of a non-rewinding device.
+    pub position: u64,
     pub speed: Option<u64>,
     _lock: std::fs::File,
 }
@@ -129,6 +132,7 @@ impl VirtualLibrary {
             online: true,
             generation: 0,
             loads: 0,
+            position: 0,
             speed: opts.speed.filter(|s| *s > 0),
             _lock: lock,
         };
@@ -278,6 +282,7 @@ impl VirtualLibrary {
             return Err(self.element_err(format!("slot {slot} is empty")));
         };
         st.drive = Some((code, Some(slot)));
+        st.position = 0;
         st.online = true;
         st.generation += 1;
         st.loads += 1;
@@ -299,6 +304,7 @@ impl VirtualLibrary {
         }
         st.slots[i] = Some(code);
         st.drive = None;
+        st.position = 0;
         st.generation += 1;
         st.save().map_err(ChangerError::from)
     }
@@ -332,7 +338,7 @@ impl State {
     }
 
     /// Write the state file: temp name, fsync, rename, fsync the folder.
-    fn save(&self) -> Result<(), TapeError> {
+    pub(crate) fn save(&self) -> Result<(), TapeError> {
         let mut text = format!("{STATE_MAGIC}\n");
         for (i, s) in self.slots.iter().enumerate() {
             text.push_str(&format!("slot {} {}\n", i + 1, s.as_deref().unwrap_or("-")));
@@ -341,6 +347,9 @@ impl State {
             Some((b, Some(from))) => text.push_str(&format!("drive 0 {b} {from}\n")),
             Some((b, None)) => text.push_str(&format!("drive 0 {b} -\n")),
             None => text.push_str("drive 0 - -\n"),
+        }
+        if self.drive.is_some() && self.position > 0 {
+            text.push_str(&format!("position {}\n", self.position));
         }
         for b in &self.protected {
             text.push_str(&format!("protected {b}\n"));
@@ -405,6 +414,9 @@ fn parse_state(name: &str, text: &str, st: &mut State) -> Result<(), TapeError> 
                     s => Some(s.parse::<u32>().map_err(|_| bad(n, line, "bad slot"))?),
                 };
                 st.drive = code(n, line, b)?.map(|b| (b, from));
+            }
+            ["position", num] => {
+                st.position = num.parse().map_err(|_| bad(n, line, "bad position"))?;
             }
             ["protected", b] => {
                 if let Some(b) = code(n, line, b)? {

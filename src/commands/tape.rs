@@ -1,0 +1,565 @@
+//! `sparsebak tape ...`: the drive and library of a tape destination.
+
+use anyhow::{bail, Context, Result};
+
+use super::Ctx;
+use crate::catalog::{Catalog, TapeRecord};
+use crate::cli::TapeAction;
+use crate::config::DestConfig;
+use crate::progress::out;
+use crate::tape::drive::{ReadOutcome, TapeDrive, TapeError};
+use crate::tape::label::{LabelError, TapeLabel};
+use crate::tape::open::{ready, TapeSet};
+
+/// The drive number every command uses (the first drive of the library).
+const DRIVE: u32 = 0;
+
+pub fn run(ctx: &Ctx, action: &TapeAction) -> Result<()> {
+    let config = &ctx.config;
+    let dest = config
+        .dests
+        .iter()
+        .find(|d| d.name == config.dest)
+        .with_context(|| format!("no destination {}", config.dest))?;
+    let Some(t) = &dest.tape else {
+        bail!(
+            "destination {} is not a tape destination: `sparsebak tape` needs a [dest:NAME] \
+             section with tape = /dev/nstN or virtual:DIR (name it with --dest=NAME)",
+            dest.name
+        );
+    };
+    let mut set = crate::tape::open::open(dest).with_context(|| {
+        format!(
+            "opening tape destination {} ({})",
+            dest.name,
+            t.device_label()
+        )
+    })?;
+    match action {
+        TapeAction::Status => status(ctx, dest, &mut set),
+        TapeAction::Rewind => {
+            set.drive.rewind()?;
+            position(&mut set)
+        }
+        TapeAction::Eod => {
+            set.drive.eod()?;
+            position(&mut set)
+        }
+        TapeAction::Fsf { count } => {
+            set.drive.fsf(*count)?;
+            position(&mut set)
+        }
+        TapeAction::Bsf { count } => {
+            set.drive.bsf(*count)?;
+            position(&mut set)
+        }
+        TapeAction::Label {
+            slot,
+            all,
+            pool,
+            name,
+            force,
+        } => {
+            let pool = pool.clone().unwrap_or_else(|| t.pool.clone());
+            let mut cat = catalog(ctx)?;
+            if *all {
+                label_all(dest, &mut set, &mut cat, &pool)
+            } else {
+                label_one(&mut set, &mut cat, *slot, &pool, name.as_deref(), *force)
+            }
+        }
+        TapeAction::Ls => ls(ctx, &mut set),
+        TapeAction::Load { slot } => {
+            let changer = set.changer(&dest.name)?;
+            changer.load(*slot, DRIVE)?;
+            let barcode = loaded(&mut set)?.0;
+            ready(set.drive.as_mut(), set.block_size)?;
+            out(&format!(
+                "slot {slot} ({}) loaded into drive {DRIVE}",
+                barcode.as_deref().unwrap_or("no barcode")
+            ));
+            Ok(())
+        }
+        TapeAction::Unload { slot } => {
+            let (barcode, from) = loaded(&mut set)?;
+            set.drive.unload()?;
+            if set.changer.is_none() {
+                out("the tape is unloaded (no changer: take it out of the drive)");
+                return Ok(());
+            }
+            let changer = set.changer(&dest.name)?;
+            changer.unload(DRIVE, *slot)?;
+            out(&format!(
+                "drive {DRIVE}: {} unloaded into slot {}",
+                barcode.as_deref().unwrap_or("the tape"),
+                slot.or(from)
+                    .map_or_else(|| "?".to_string(), |s| s.to_string())
+            ));
+            Ok(())
+        }
+        TapeAction::Inventory => inventory(ctx, dest, &mut set),
+        TapeAction::Retension => {
+            set.drive.rewind()?;
+            set.drive.eod()?;
+            set.drive.rewind()?;
+            out("retensioned: rewound, wound to the end of the data, rewound");
+            position(&mut set)
+        }
+        TapeAction::Eject => {
+            let (barcode, from) = loaded(&mut set)?;
+            set.drive.eject()?;
+            if let Some(changer) = set.changer.as_deref_mut() {
+                changer.unload(DRIVE, None)?;
+                out(&format!(
+                    "drive {DRIVE}: {} ejected into slot {}",
+                    barcode.as_deref().unwrap_or("the tape"),
+                    from.map_or_else(|| "?".to_string(), |s| s.to_string())
+                ));
+            } else {
+                out("the tape is ejected");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn catalog(ctx: &Ctx) -> Result<Catalog> {
+    crate::metadir::create_private_dir(&ctx.config.metadir)?;
+    let path = crate::metadir::catalog(&ctx.config);
+    Ok(Catalog::open(&path)?)
+}
+
+/// The barcode of the tape in the drive and the slot it came from, as the changer
+/// knows them (both `None` without a changer).
+fn loaded(set: &mut TapeSet) -> Result<(Option<String>, Option<u32>)> {
+    let Some(changer) = set.changer.as_deref_mut() else {
+        return Ok((None, None));
+    };
+    let inv = changer.inventory()?;
+    Ok(inv
+        .drives
+        .iter()
+        .find(|d| d.number == DRIVE && d.full)
+        .map_or((None, None), |d| (d.barcode.clone(), d.from_slot)))
+}
+
+/// The position line: tape file, block in it, and the logical block.
+fn position_line(drive: &mut dyn TapeDrive) -> Result<String> {
+    let st = drive.status()?;
+    let opt = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
+    let logical = drive.position()?;
+    Ok(format!(
+        "position: file {}, block {} (logical block {logical}){}{}",
+        opt(st.file_number),
+        opt(st.block_in_file),
+        if st.bot {
+            ", at the beginning (BOT)"
+        } else {
+            ""
+        },
+        if st.eod {
+            ", at the end of data (EOD)"
+        } else {
+            ""
+        },
+    ))
+}
+
+fn position(set: &mut TapeSet) -> Result<()> {
+    let line = position_line(set.drive.as_mut())?;
+    out(&line);
+    Ok(())
+}
+
+/// What the start of the tape holds.
+enum Probe {
+    Blank,
+    Labelled(TapeLabel),
+    /// Something else (another block size, another format, a damaged label).
+    Other(String),
+}
+
+/// Rewind and look at file 0.
+fn probe(drive: &mut dyn TapeDrive) -> Result<Probe> {
+    let bs = drive.status()?.block_size;
+    drive.rewind()?;
+    let mut buf = vec![0u8; bs.max(512)];
+    match drive.read_block(&mut buf) {
+        Ok(ReadOutcome::EndOfData) => return Ok(Probe::Blank),
+        Ok(_) | Err(TapeError::BlockSizeMismatch { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(match TapeLabel::read(drive) {
+        Ok(l) => Probe::Labelled(l),
+        Err(LabelError::Tape(e)) => return Err(e.into()),
+        Err(e) => Probe::Other(e.to_string()),
+    })
+}
+
+fn status(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
+    out(&format!("drive: {}", set.drive.name()));
+    let (barcode, slot) = loaded(set)?;
+    let st = match set.drive.status() {
+        Ok(st) => st,
+        Err(TapeError::NoTape { .. }) => {
+            out("tape: none loaded");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !st.online {
+        out("tape: none loaded");
+        return Ok(());
+    }
+    out(&format!(
+        "tape: {}{}",
+        barcode.as_deref().unwrap_or("loaded (barcode unknown)"),
+        slot.map(|s| format!(" from slot {s}")).unwrap_or_default()
+    ));
+    // Read the label, then go back where the tape was.
+    let here = set.drive.position()?;
+    let label = probe(set.drive.as_mut());
+    set.drive.locate(here)?;
+    let known = |uuid: &str| -> String {
+        match catalog(ctx).and_then(|c| Ok(c.tape(uuid)?)) {
+            Ok(Some(t)) => format!(
+                ", in the catalog ({})",
+                if t.full { "full" } else { "appendable" }
+            ),
+            Ok(None) => ", not in the catalog".into(),
+            Err(e) => format!(", catalog unreadable: {e}"),
+        }
+    };
+    out(&match label? {
+        Probe::Blank => "label: none (blank tape)".to_string(),
+        Probe::Labelled(l) => format!(
+            "label: {} pool {} uuid {} blocks of {} bytes{}",
+            l.name,
+            l.pool,
+            l.uuid_string(),
+            l.block_size,
+            known(&l.uuid_string())
+        ),
+        Probe::Other(why) => format!("label: unreadable: {why}"),
+    });
+    out(&position_line(set.drive.as_mut())?);
+    let st = set.drive.status()?;
+    out(&format!(
+        "block size: {} (destination {}: {})",
+        st.block_size, dest.name, set.block_size
+    ));
+    let flags: Vec<&str> = [
+        (st.bot, "BOT"),
+        (st.eof, "EOF"),
+        (st.eot, "EOT"),
+        (st.eod, "EOD"),
+        (st.online, "ONLINE"),
+        (st.write_protected, "WR_PROT"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    out(&format!("flags: {}", flags.join(" ")));
+    Ok(())
+}
+
+/// Write a label on the loaded tape and record it.
+fn write_label(
+    set: &mut TapeSet,
+    cat: &mut Catalog,
+    name: &str,
+    barcode: Option<String>,
+    slot: Option<u32>,
+    pool: &str,
+) -> Result<TapeLabel> {
+    let label = TapeLabel::new(name, pool, set.block_size)?;
+    label.write(set.drive.as_mut())?;
+    cat.add_tape(&TapeRecord {
+        uuid: label.uuid_string(),
+        name: label.name.clone(),
+        barcode,
+        pool: pool.to_string(),
+        block_size: label.block_size as u64,
+        full: false,
+        labelled: label.written,
+        last_written: None,
+        slot,
+    })?;
+    Ok(label)
+}
+
+fn label_one(
+    set: &mut TapeSet,
+    cat: &mut Catalog,
+    slot: Option<u32>,
+    pool: &str,
+    name: Option<&str>,
+    force: bool,
+) -> Result<()> {
+    if let Some(slot) = slot {
+        if set.changer.is_none() {
+            bail!("--slot needs a changer (changer = /dev/sgN)");
+        }
+        let (_, from) = loaded(set)?;
+        if from != Some(slot) {
+            let inv = set.changer("")?.inventory()?;
+            if inv.drives.iter().any(|d| d.number == DRIVE && d.full) {
+                // The drive lets go of its tape before the changer takes it.
+                set.drive.unload()?;
+                set.changer("")?.unload(DRIVE, None)?;
+            }
+            set.changer("")?.load(slot, DRIVE)?;
+        }
+        ready(set.drive.as_mut(), set.block_size)?;
+    }
+    let (barcode, from) = loaded(set)?;
+    let where_ = match (&barcode, from) {
+        (Some(b), Some(s)) => format!("slot {s} ({b})"),
+        (Some(b), None) => b.clone(),
+        _ => "the tape in the drive".to_string(),
+    };
+    let Some(name) = name.map(str::to_string).or_else(|| barcode.clone()) else {
+        bail!("{where_} has no barcode known; give it a name with --name=NAME");
+    };
+    match probe(set.drive.as_mut())? {
+        Probe::Blank => {}
+        _ if force => {}
+        Probe::Labelled(l) => bail!(
+            "{where_} is already labelled {} in pool {} (uuid {}); `tape label --force` \
+             labels it again, and what is on it is lost",
+            l.name,
+            l.pool,
+            l.uuid_string()
+        ),
+        Probe::Other(why) => bail!(
+            "{where_} is not blank and holds no label this destination reads ({why}); `tape \
+             label --force` labels it, and what is on it is lost"
+        ),
+    }
+    let label = write_label(set, cat, &name, barcode, from, pool)?;
+    out(&format!(
+        "{where_}: labelled {} in pool {} (uuid {})",
+        label.name,
+        label.pool,
+        label.uuid_string()
+    ));
+    Ok(())
+}
+
+fn label_all(dest: &DestConfig, set: &mut TapeSet, cat: &mut Catalog, pool: &str) -> Result<()> {
+    let inv = set.changer(&dest.name)?.inventory()?;
+    if inv.drives.iter().any(|d| d.number == DRIVE && d.full) {
+        set.drive.unload()?;
+        set.changer(&dest.name)?.unload(DRIVE, None)?;
+    }
+    let (mut labelled, mut skipped) = (0, 0);
+    for slot in inv.slots.iter().filter(|s| s.full && !s.import_export) {
+        let n = slot.number;
+        let Some(barcode) = slot.barcode.clone() else {
+            out(&format!(
+                "slot {n}: skipped: no barcode (label it with --slot={n} --name=NAME)"
+            ));
+            skipped += 1;
+            continue;
+        };
+        set.changer(&dest.name)?.load(n, DRIVE)?;
+        ready(set.drive.as_mut(), set.block_size)?;
+        let result = match probe(set.drive.as_mut())? {
+            Probe::Blank => {
+                let l = write_label(set, cat, &barcode, Some(barcode.clone()), Some(n), pool)?;
+                labelled += 1;
+                format!(
+                    "labelled {} in pool {pool} (uuid {})",
+                    l.name,
+                    l.uuid_string()
+                )
+            }
+            Probe::Labelled(l) => {
+                skipped += 1;
+                format!("skipped: already labelled {} in pool {}", l.name, l.pool)
+            }
+            Probe::Other(why) => {
+                skipped += 1;
+                format!("skipped: not blank ({why})")
+            }
+        };
+        out(&format!("slot {n} ({barcode}): {result}"));
+        set.drive.unload()?;
+        set.changer(&dest.name)?.unload(DRIVE, Some(n))?;
+    }
+    out(&format!(
+        "{labelled} tape(s) labelled in pool {pool}, {skipped} skipped"
+    ));
+    Ok(())
+}
+
+/// What the first block of a tape file says: the stream's volume and session.
+fn describe_first_block(block: &[u8]) -> String {
+    use sparsebak_format::stream::{StreamHeader, HEADER_MEMBER, STREAM_FORMAT_2};
+    let Ok(h) = tar::Header::from_byte_slice(&block[..512.min(block.len())])
+        .path()
+        .map(|p| p.to_string_lossy().into_owned())
+    else {
+        return "not a sparsebak stream".into();
+    };
+    if h != HEADER_MEMBER {
+        return "not a sparsebak stream".into();
+    }
+    let size = tar::Header::from_byte_slice(&block[..512])
+        .size()
+        .unwrap_or(u64::MAX);
+    let Some(text) = usize::try_from(size)
+        .ok()
+        .and_then(|n| block.get(512..512 + n))
+        .and_then(|b| std::str::from_utf8(b).ok())
+    else {
+        return "a sparsebak stream (its header is past the first block)".into();
+    };
+    if text.starts_with(&format!("format={STREAM_FORMAT_2}\n")) {
+        return "an encrypted sparsebak stream".into();
+    }
+    match StreamHeader::parse(text) {
+        Ok(h) => format!(
+            "volume {} session {}{}",
+            h.volume,
+            h.session,
+            h.base
+                .map(|b| format!(" (incremental on {b})"))
+                .unwrap_or_else(|| " (full)".into())
+        ),
+        Err(why) => format!("a damaged sparsebak stream header ({why})"),
+    }
+}
+
+fn ls(ctx: &Ctx, set: &mut TapeSet) -> Result<()> {
+    let label = match probe(set.drive.as_mut())? {
+        Probe::Blank => {
+            out("the tape is blank");
+            return Ok(());
+        }
+        Probe::Other(why) => bail!("cannot list the tape: {why}"),
+        Probe::Labelled(l) => l,
+    };
+    let uuid = label.uuid_string();
+    out(&format!(
+        "tape {} pool {} uuid {} blocks of {} bytes",
+        label.name, label.pool, uuid, label.block_size
+    ));
+    let known = catalog(ctx)?.tape_files(&uuid)?;
+    let bs = label.block_size;
+    let mut buf = vec![0u8; bs];
+    let mut first = vec![0u8; bs];
+    let mut file = 1u64;
+    loop {
+        let start = set.drive.position()?;
+        let mut blocks = 0u64;
+        let end = loop {
+            match set.drive.read_block(&mut buf)? {
+                ReadOutcome::Block => {
+                    if blocks == 0 {
+                        first.copy_from_slice(&buf);
+                    }
+                    blocks += 1;
+                }
+                other => break other,
+            }
+        };
+        if blocks == 0 && end == ReadOutcome::EndOfData {
+            break;
+        }
+        let what = if blocks == 0 {
+            "empty".to_string()
+        } else {
+            describe_first_block(&first)
+        };
+        let cat = known
+            .iter()
+            .find(|k| k.file_number == file)
+            .map(|k| {
+                format!(
+                    "; catalog: {} volume {} session {} part {}",
+                    k.dest, k.volume, k.session, k.part
+                )
+            })
+            .unwrap_or_default();
+        out(&format!(
+            "file {file}: first block {start}, {blocks} blocks ({} bytes): {what}{cat}{}",
+            blocks * bs as u64,
+            if end == ReadOutcome::EndOfData {
+                " (no filemark after it)"
+            } else {
+                ""
+            }
+        ));
+        if end == ReadOutcome::EndOfData {
+            break;
+        }
+        file += 1;
+    }
+    Ok(())
+}
+
+fn inventory(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
+    let inv = set.changer(&dest.name)?.inventory()?;
+    let cat = catalog(ctx)?;
+    let tapes = cat.tapes()?;
+    let describe = |barcode: &Option<String>| -> String {
+        let Some(b) = barcode else {
+            return "no barcode".into();
+        };
+        match tapes
+            .iter()
+            .find(|t| t.barcode.as_deref() == Some(b.as_str()) || t.name == *b)
+        {
+            Some(t) => format!(
+                "{b} label {} pool {} {}",
+                t.name,
+                t.pool,
+                if t.full { "full" } else { "appendable" }
+            ),
+            None => format!("{b} (not labelled in the catalog)"),
+        }
+    };
+    for d in &inv.drives {
+        if d.full {
+            out(&format!(
+                "drive {}: {}{}",
+                d.number,
+                describe(&d.barcode),
+                d.from_slot
+                    .map(|s| format!(" (from slot {s})"))
+                    .unwrap_or_default()
+            ));
+        } else {
+            out(&format!("drive {}: empty", d.number));
+        }
+    }
+    for s in &inv.slots {
+        let kind = if s.import_export {
+            " (import/export)"
+        } else {
+            ""
+        };
+        if s.full {
+            out(&format!(
+                "slot {}{kind}: {}",
+                s.number,
+                describe(&s.barcode)
+            ));
+            // Remember where each known tape was seen.
+            if let Some(t) = s.barcode.as_ref().and_then(|b| {
+                tapes
+                    .iter()
+                    .find(|t| t.barcode.as_deref() == Some(b.as_str()))
+            }) {
+                if !s.import_export && t.slot != Some(s.number) {
+                    cat.set_tape_slot(&t.uuid, Some(s.number))?;
+                }
+            }
+        } else {
+            out(&format!("slot {}{kind}: empty", s.number));
+        }
+    }
+    Ok(())
+}
