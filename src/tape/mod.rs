@@ -8,9 +8,11 @@
 //! - [`changer`]: the [`Changer`](changer::Changer) trait, `mtx` for a real library and
 //!   the virtual one.
 //! - [`label`]: the label every tape starts with (file 0).
+//! - [`buffer`]: the buffer thread that keeps the drive streaming.
 //!
-//! Sessions, the catalog of positions and spanning across tapes sit on top of these.
+//! Sessions and the catalog of positions sit on top of these.
 
+pub mod buffer;
 pub mod changer;
 pub mod drive;
 pub mod label;
