@@ -480,6 +480,8 @@ impl TapeDrive for VirtualDrive {
 
     fn read_block(&mut self, buf: &mut [u8]) -> Result<ReadOutcome> {
         self.fixed("a read", buf.len())?;
+        // Open the cartridge first: a tape just loaded is read from its beginning.
+        self.cart()?;
         let pos = self.pos;
         let name = self.name.clone();
         let expected = self.block_size;
@@ -518,6 +520,7 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn fsf(&mut self, n: u32) -> Result<()> {
+        self.cart()?;
         let mut pos = self.pos;
         let c = self.cart()?;
         let mut left = n;
@@ -541,6 +544,7 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn bsf(&mut self, n: u32) -> Result<()> {
+        self.cart()?;
         let mut pos = self.pos;
         let c = self.cart()?;
         let mut left = n;
@@ -583,10 +587,9 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn status(&mut self) -> Result<DriveStatus> {
-        let pos = self.pos;
         let block_size = self.block_size;
-        let c = match self.cart() {
-            Ok(c) => c,
+        match self.cart() {
+            Ok(_) => {}
             Err(TapeError::NoTape { .. }) => {
                 return Ok(DriveStatus {
                     block_size,
@@ -595,6 +598,9 @@ impl TapeDrive for VirtualDrive {
             }
             Err(e) => return Err(e),
         };
+        // After the cartridge is (re)opened: a tape just loaded is at its beginning.
+        let pos = self.pos;
+        let c = self.cart()?;
         let (file, block) = c.file_at(pos);
         let status = DriveStatus {
             file_number: Some(file),
