@@ -456,3 +456,44 @@ fn a_drive_sees_a_newly_loaded_tape_at_its_beginning() {
         "spaced from the beginning of tape 1"
     );
 }
+
+#[test]
+fn gnu_tar_lists_a_tape_file_holding_a_tar_stream() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = library(t.path(), 1, 1 << 20, None, BS);
+    let mut drive = lib.drive();
+    // A tar as a stream is: members, then the end-of-archive blocks.
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, len) in [("sparsebak-stream/header", 100usize), ("S_1/x000/x0000", 9000)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(len as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data(len, 7)[..]).unwrap();
+    }
+    let stream = b.into_inner().unwrap();
+    let (file, _) =
+        write_tape_file_from(&mut drive, &mut NoNextTape, &opts("vol/S_7"), &mut &stream[..])
+            .unwrap();
+    // The whole tape file as `dd if=/dev/nst0` gives it: every block up to the filemark.
+    drive.locate(file.parts[0].first_block).unwrap();
+    let mut whole = Vec::new();
+    let mut buf = vec![0u8; BS];
+    while drive.read_block(&mut buf).unwrap() == ReadOutcome::Block {
+        whole.extend_from_slice(&buf);
+    }
+    assert_eq!(whole.len(), (file.parts[0].data_blocks as usize + 1) * BS);
+    let path = t.path().join("file1.tar");
+    std::fs::write(&path, &whole).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "sparsebak-stream/header\nS_1/x000/x0000\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
