@@ -464,7 +464,10 @@ fn gnu_tar_lists_a_tape_file_holding_a_tar_stream() {
     let mut drive = lib.drive();
     // A tar as a stream is: members, then the end-of-archive blocks.
     let mut b = tar::Builder::new(Vec::new());
-    for (name, len) in [("sparsebak-stream/header", 100usize), ("S_1/x000/x0000", 9000)] {
+    for (name, len) in [
+        ("sparsebak-stream/header", 100usize),
+        ("S_1/x000/x0000", 9000),
+    ] {
         let mut h = tar::Header::new_ustar();
         h.set_size(len as u64);
         h.set_mode(0o644);
@@ -472,9 +475,13 @@ fn gnu_tar_lists_a_tape_file_holding_a_tar_stream() {
         b.append_data(&mut h, name, &data(len, 7)[..]).unwrap();
     }
     let stream = b.into_inner().unwrap();
-    let (file, _) =
-        write_tape_file_from(&mut drive, &mut NoNextTape, &opts("vol/S_7"), &mut &stream[..])
-            .unwrap();
+    let (file, _) = write_tape_file_from(
+        &mut drive,
+        &mut NoNextTape,
+        &opts("vol/S_7"),
+        &mut &stream[..],
+    )
+    .unwrap();
     // The whole tape file as `dd if=/dev/nst0` gives it: every block up to the filemark.
     drive.locate(file.parts[0].first_block).unwrap();
     let mut whole = Vec::new();
@@ -496,4 +503,151 @@ fn gnu_tar_lists_a_tape_file_holding_a_tar_stream() {
         "sparsebak-stream/header\nS_1/x000/x0000\n"
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+fn sha(b: &[u8]) -> Vec<u8> {
+    <sha2::Sha256 as sha2::Digest>::digest(b).to_vec()
+}
+
+/// The header and trailer blocks on tape are what FORMAT.md ("Tape files") says.
+#[test]
+fn part_headers_and_trailers_are_as_documented() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = library(t.path(), 2, 64 * BS as u64, None, BS);
+    let mut drive = lib.drive();
+    let stream = data(70 * BS + 5, 8);
+    let mut next = ChangerNextTape {
+        changer: lib.changer(),
+        drive_number: 0,
+        barcodes: VecDeque::from([barcode_for(2)]),
+    };
+    let (file, _) =
+        write_tape_file_from(&mut drive, &mut next, &opts("vol/S_8"), &mut &stream[..]).unwrap();
+    assert_eq!(file.parts.len(), 2);
+    let mut buf = vec![0u8; BS];
+    // Part 2, on tape 2 (in the drive): the header block.
+    let p2 = &file.parts[1];
+    drive.locate(p2.first_block).unwrap();
+    drive.read_block(&mut buf).unwrap();
+    assert_eq!(&buf[0..8], b"SPBKPBEG");
+    assert_eq!(
+        (u32_at(&buf, 8), u32_at(&buf, 12), u32_at(&buf, 16)),
+        (1, 2, BS as u32)
+    );
+    assert_eq!(u64_at(&buf, 24), 60 * BS as u64);
+    assert_eq!(buf[32..48], file.parts[0].tape_uuid);
+    assert_eq!((buf[48], &buf[49..56]), (7, &b"vol/S_8"[..]));
+    assert_eq!(buf[304..336], sha(&buf[0..304])[..]);
+    assert!(buf[336..].iter().all(|&b| b == 0));
+    // Its data blocks, the last one padded with zeros.
+    assert_eq!(p2.data_blocks, 11);
+    for i in 0..11 {
+        drive.read_block(&mut buf).unwrap();
+        let from = (60 + i) * BS;
+        let to = stream.len().min(from + BS);
+        assert_eq!(buf[..to - from], stream[from..to]);
+        assert!(buf[to - from..].iter().all(|&b| b == 0));
+    }
+    // The trailer of the last part.
+    let mut digests = Vec::new();
+    drive.locate(p2.first_block + 1).unwrap();
+    for _ in 0..11 {
+        drive.read_block(&mut buf).unwrap();
+        digests.extend_from_slice(&sha(&buf)[..4]);
+    }
+    drive.read_block(&mut buf).unwrap();
+    assert_eq!(&buf[0..8], b"SPBKPEND");
+    assert_eq!(
+        (u32_at(&buf, 8), u32_at(&buf, 12), u32_at(&buf, 16)),
+        (1, 2, 0)
+    );
+    assert_eq!(u32_at(&buf, 20), BS as u32);
+    assert_eq!(
+        (u64_at(&buf, 24), u64_at(&buf, 32), u64_at(&buf, 40)),
+        (60 * BS as u64, 10 * BS as u64 + 5, 11)
+    );
+    assert_eq!(buf[48..80], sha(&stream[60 * BS..])[..]);
+    assert_eq!(buf[80..112], sha(&stream)[..]);
+    assert_eq!(buf[112..144], sha(&digests)[..]);
+    assert_eq!((buf[144], &buf[145..152]), (7, &b"vol/S_8"[..]));
+    assert_eq!(buf[400..432], sha(&buf[0..400])[..]);
+    assert_eq!(buf[432..432 + 44], digests[..]);
+    assert!(buf[432 + 44..].iter().all(|&b| b == 0));
+    assert_eq!(drive.read_block(&mut buf).unwrap(), ReadOutcome::Filemark);
+    assert_eq!(drive.read_block(&mut buf).unwrap(), ReadOutcome::EndOfData);
+
+    // Part 1's trailer, on tape 1: continued, no stream SHA-256.
+    lib.changer().load_barcode("VT0001L8", 0).unwrap();
+    drive.locate(2 + 60).unwrap();
+    drive.read_block(&mut buf).unwrap();
+    assert_eq!(&buf[0..8], b"SPBKPEND");
+    assert_eq!((u32_at(&buf, 12), u32_at(&buf, 16)), (1, 1));
+    assert_eq!(
+        (u64_at(&buf, 24), u64_at(&buf, 32), u64_at(&buf, 40)),
+        (0, 60 * BS as u64, 60)
+    );
+    assert_eq!(buf[48..80], sha(&stream[..60 * BS])[..]);
+    assert!(buf[80..112].iter().all(|&b| b == 0));
+    assert_eq!(drive.read_block(&mut buf).unwrap(), ReadOutcome::Filemark);
+}
+
+#[test]
+fn an_empty_stream_is_a_tape_file_of_its_trailer() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = library(t.path(), 1, 1 << 20, None, BS);
+    let mut drive = lib.drive();
+    let (file, stats) =
+        write_tape_file_from(&mut drive, &mut NoNextTape, &opts("vol/S_9"), &mut &[][..]).unwrap();
+    assert_eq!(
+        (file.bytes, file.parts[0].data_blocks, stats.blocks),
+        (0, 0, 0)
+    );
+    drive.eod().unwrap();
+    assert_eq!(drive.position().unwrap(), 2 + 1 + 1);
+    assert!(read_back(&mut drive, &file).unwrap().is_empty());
+}
+
+#[test]
+fn a_producer_pausing_longer_than_the_buffer_lasts_stops_the_drive_each_time() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    // 200 blocks per second: 5 ms per block; 16 blocks of buffer last 80 ms.
+    let lib = library(t.path(), 1, 1 << 24, Some(200 * BS as u64), BS);
+    let mut drive = lib.drive();
+    let stream = data(64 * BS, 9);
+    let (n, file, stats) = sparsebak::tape::writer::write_tape_file(
+        &mut drive,
+        &mut NoNextTape,
+        &opts("vol/S_10"),
+        |w| {
+            let mut pauses = 0;
+            for (i, c) in stream.chunks(16 * BS).enumerate() {
+                if i > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    pauses += 1;
+                }
+                w.write_all(c)?;
+            }
+            Ok(pauses)
+        },
+    )
+    .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(
+        (stats.stops, stats.starts, stats.blocks),
+        (3, 4, 64),
+        "{stats:?}"
+    );
+    assert_eq!(stats.pool_blocks, 16);
+    assert!(stats.max_blocks_in_use <= 16, "{stats:?}");
+    assert!(stats.busy_fraction() < 0.6, "{stats:?}");
+    assert!(read_back(&mut drive, &file).unwrap() == stream);
 }
