@@ -617,7 +617,6 @@ fn an_empty_stream_is_a_tape_file_of_its_trailer() {
 
 #[test]
 fn a_producer_pausing_longer_than_the_buffer_lasts_stops_the_drive_each_time() {
-    use std::io::Write;
     let t = tempfile::tempdir().unwrap();
     // 200 blocks per second: 5 ms per block; 16 blocks of buffer last 80 ms.
     let lib = library(t.path(), 1, 1 << 24, Some(200 * BS as u64), BS);

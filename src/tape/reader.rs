@@ -238,7 +238,7 @@ impl<'a> TapeFileReader<'a> {
         let last = open.index + 1 == self.file.parts.len();
         let bs = self.file.block_size;
         let n = trailer_blocks(part.data_blocks, bs);
-        let mut raw = Vec::with_capacity(n as usize * bs);
+        let mut raw = Vec::with_capacity((n as usize).min(64) * bs);
         for _ in 0..n {
             self.read_one(open.index, "the part trailer")?;
             raw.extend_from_slice(&self.block);

@@ -418,7 +418,6 @@ struct PartWriter<'a> {
     /// The last block got the early warning: change tapes before the next one.
     switch: bool,
     offset: u64,
-    stream: Sha256,
 }
 
 impl PartWriter<'_> {
@@ -521,13 +520,30 @@ impl BlockSink for PartWriter<'_> {
             return Err(TapeFileError::Panicked);
         };
         cur.sha.update(&block[..data_len]);
-        self.stream.update(&block[..data_len]);
         cur.digests.extend_from_slice(&block_digest(block));
         cur.part.data_blocks += 1;
         cur.part.bytes += data_len as u64;
         self.offset += data_len as u64;
         self.switch = warn;
         Ok(())
+    }
+}
+
+/// Hashes what goes through it.
+struct Hashing<'a, 'b> {
+    inner: &'a mut BufferWriter<'b, TapeFileError>,
+    sha: &'a mut Sha256,
+}
+
+impl io::Write for Hashing<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -538,7 +554,7 @@ pub fn write_tape_file<T>(
     drive: &mut (dyn TapeDrive + Send),
     next: &mut dyn NextTape,
     opts: &TapeFileOptions,
-    produce: impl FnOnce(&mut BufferWriter<'_, TapeFileError>) -> io::Result<T>,
+    produce: impl FnOnce(&mut dyn io::Write) -> io::Result<T>,
 ) -> Result<(T, TapeFile, BufferStats), TapeFileError> {
     if opts.id.is_empty() || opts.id.len() > ID_MAX {
         return Err(TapeFileError::BadId(opts.id.clone()));
@@ -553,7 +569,6 @@ pub fn write_tape_file<T>(
         current: None,
         switch: false,
         offset: 0,
-        stream: Sha256::new(),
     };
     w.begin(None)?;
     // A tape already past its early warning takes no data: go on on the next one.
@@ -561,13 +576,21 @@ pub fn write_tape_file<T>(
         w.switch = true;
     }
     let bopts = BufferOptions::new(opts.block_size, opts.buffer);
-    let (t, stats) = match buffer::run(bopts, &mut w, produce) {
+    // The stream's SHA-256 is taken on the producer's thread, leaving the drive's
+    // thread the part's hashes.
+    let mut stream = Sha256::new();
+    let (t, stats) = match buffer::run(bopts, &mut w, |b| {
+        produce(&mut Hashing {
+            inner: b,
+            sha: &mut stream,
+        })
+    }) {
         Ok(r) => r,
         Err(BufferError::Drive(e)) => return Err(e),
         Err(BufferError::Producer(e)) => return Err(TapeFileError::Producer(e)),
         Err(BufferError::Panicked) => return Err(TapeFileError::Panicked),
     };
-    let sha256: [u8; 32] = std::mem::take(&mut w.stream).finalize().into();
+    let sha256: [u8; 32] = stream.finalize().into();
     // The last part ends here, even right after an early warning: its trailer fits
     // in the room left before the end.
     w.end(false, sha256)?;
