@@ -146,6 +146,23 @@ impl<E> Shared<E> {
     }
 }
 
+/// Stops both sides when one of them panics, so the other does not wait forever.
+struct PanicGuard<'a, E>(&'a Shared<E>);
+
+impl<E> Drop for PanicGuard<'_, E> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut st = self.0.lock();
+            st.abort = true;
+            st.error_text
+                .get_or_insert_with(|| "the tape buffer thread panicked".into());
+            drop(st);
+            self.0.filled.notify_all();
+            self.0.emptied.notify_all();
+        }
+    }
+}
+
 /// The producer's side of the buffer: bytes written here go to the drive in blocks.
 pub struct BufferWriter<'a, E> {
     shared: &'a Shared<E>,
@@ -256,7 +273,11 @@ where
         emptied: Condvar::new(),
     };
     std::thread::scope(|scope| {
-        let drive = scope.spawn(|| drive_loop(&shared, sink, high_water));
+        let drive = scope.spawn(|| {
+            let _guard = PanicGuard(&shared);
+            drive_loop(&shared, sink, high_water)
+        });
+        let _guard = PanicGuard(&shared);
         let mut w = BufferWriter {
             shared: &shared,
             block_size: opts.block_size,
@@ -525,6 +546,20 @@ mod tests {
         let seen = producer_saw.expect("the producer saw the error");
         assert!(seen.contains("writing block 5"), "{seen}");
         assert_eq!(s.written, 5);
+    }
+
+    #[test]
+    fn a_panicking_producer_does_not_leave_the_drive_waiting() {
+        let t = tempfile::tempdir().unwrap();
+        let (_lib, mut s) = sink(t.path(), None);
+        let opts = BufferOptions::new(BS, 4 * BS);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(opts, &mut s, |w| -> io::Result<()> {
+                w.write_all(&pattern(BS, 1))?;
+                panic!("producer bug");
+            })
+        }));
+        assert!(r.is_err());
     }
 
     #[test]

@@ -209,12 +209,16 @@ impl<'a> TapeFileReader<'a> {
         if part.part > 1 {
             self.read_one(index, "the part header")?;
             let h = PartHeader::decode(&self.block).map_err(|r| self.bad(&part, r))?;
-            if h.part != part.part || h.offset != part.offset || h.id != self.file.id {
+            if h.part != part.part
+                || h.offset != part.offset
+                || h.id != self.file.id
+                || h.block_size != self.file.block_size
+            {
                 return Err(self.bad(
                     &part,
                     format!(
-                        "the part header says part {} at offset {} of {:?}, expected part {} at offset {} of {:?}",
-                        h.part, h.offset, h.id, part.part, part.offset, self.file.id
+                        "the part header says part {} at offset {} of {:?} in blocks of {}, expected part {} at offset {} of {:?} in blocks of {}",
+                        h.part, h.offset, h.id, h.block_size, part.part, part.offset, self.file.id, self.file.block_size
                     ),
                 ));
             }
