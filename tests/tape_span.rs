@@ -650,3 +650,39 @@ fn a_producer_pausing_longer_than_the_buffer_lasts_stops_the_drive_each_time() {
     assert!(stats.busy_fraction() < 0.6, "{stats:?}");
     assert!(read_back(&mut drive, &file).unwrap() == stream);
 }
+
+#[test]
+fn a_damaged_block_in_a_continuation_part_names_its_tape() {
+    let t = tempfile::tempdir().unwrap();
+    let lib = library(t.path(), 2, 64 * BS as u64, None, BS);
+    let mut drive = lib.drive();
+    let stream = data(80 * BS, 11);
+    let mut next = ChangerNextTape {
+        changer: lib.changer(),
+        drive_number: 0,
+        barcodes: VecDeque::from([barcode_for(2)]),
+    };
+    let (file, _) =
+        write_tape_file_from(&mut drive, &mut next, &opts("vol/S_11"), &mut &stream[..]).unwrap();
+    assert_eq!(file.parts.len(), 2);
+    // Position 5 on tape 2: label 0, filemark 1, part header 2, data blocks from 3.
+    let path = t.path().join("cartridges/VT0002L8.vtape");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = block_offset(5) as usize;
+    assert_eq!(bytes[at..at + 64], stream[62 * BS..62 * BS + 64]);
+    bytes[at + 7] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut mount = ChangerMount {
+        changer: lib.changer(),
+        drive_number: 0,
+    };
+    let mut r = TapeFileReader::new(&mut drive, &mut mount, file).unwrap();
+    let mut out = Vec::new();
+    let e = r.read_to_end(&mut out).unwrap_err();
+    assert_eq!(
+        tape_file_error(&e).unwrap().to_string(),
+        "tape VT0002L8, file 1, block 3 (position 5): damaged: its bytes do not match the digest the part trailer holds"
+    );
+    // Part 1 came through whole before the damage was found.
+    assert!(out[..60 * BS] == stream[..60 * BS]);
+}
