@@ -8,16 +8,22 @@
 //! - [`changer`]: the [`Changer`](changer::Changer) trait, `mtx` for a real library and
 //!   the virtual one.
 //! - [`label`]: the label every tape starts with (file 0).
+//! - [`buffer`]: the buffer thread that keeps the drive streaming.
+//! - [`writer`] and [`reader`]: a tape file (one stream) written at the end of data,
+//!   spanning tapes at the early warning, and read back by block position.
 //!
-//! Sessions, the catalog of positions and spanning across tapes sit on top of these.
+//! Sessions and the catalog of positions sit on top of these.
 
+pub mod buffer;
 pub mod changer;
 pub mod drive;
 pub mod label;
 pub mod open;
+pub mod reader;
 pub mod st;
 pub mod virtual_drive;
 pub mod virtual_library;
+pub mod writer;
 
 pub use changer::{Changer, ChangerError, Inventory};
 pub use drive::{DriveStatus, ReadOutcome, TapeDrive, TapeError};

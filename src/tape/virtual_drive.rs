@@ -507,6 +507,8 @@ impl TapeDrive for VirtualDrive {
 
     fn read_block(&mut self, buf: &mut [u8]) -> Result<ReadOutcome> {
         self.fixed("a read", buf.len())?;
+        // Open the cartridge first: a tape just loaded is read from its beginning.
+        self.cart()?;
         let pos = self.pos;
         let name = self.name.clone();
         let expected = self.block_size;
@@ -614,10 +616,9 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn status(&mut self) -> Result<DriveStatus> {
-        let pos = self.pos;
         let block_size = self.block_size;
-        let c = match self.cart() {
-            Ok(c) => c,
+        match self.cart() {
+            Ok(_) => {}
             Err(TapeError::NoTape { .. }) => {
                 return Ok(DriveStatus {
                     block_size,
@@ -626,6 +627,9 @@ impl TapeDrive for VirtualDrive {
             }
             Err(e) => return Err(e),
         };
+        // After the cartridge is (re)opened: a tape just loaded is at its beginning.
+        let pos = self.pos;
+        let c = self.cart()?;
         let (file, block) = c.file_at(pos);
         let status = DriveStatus {
             file_number: Some(file),
