@@ -449,6 +449,7 @@ fn diff_repair_rename_delete_and_key_import_work_remotely() {
     // rename, then delete: the far volume folder moves, then goes.
     let before: Vec<String> = names_in(&far.real);
     let new = "renamed-payroll-volume";
+    std::fs::rename(env.image(VOL), env.image(new)).unwrap();
     env.ok(&["rename", VOL, new]);
     let ini = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
@@ -467,6 +468,25 @@ fn diff_repair_rename_delete_and_key_import_work_remotely() {
             v
         },
         "renamed, first",
+    );
+    env.verify_ok(new, None);
+    // repair after the rename: the sessions' infos still name the volume they were made
+    // as; a damaged chunk is put back (dry run first: nothing changes).
+    let chunk = chunk_files(&far.real).into_iter().next().unwrap();
+    let good = std::fs::read(&chunk).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xFF;
+    std::fs::write(&chunk, &bad).unwrap();
+    let e = env.fails(&["verify", new]);
+    assert!(e.contains(&format!("sparsebak repair {new}")), "{e}");
+    let said = env.ok(&["repair", "--dry-run", new]);
+    assert!(said.contains(&format!("{new}: would re-create")), "{said}");
+    assert_eq!(std::fs::read(&chunk).unwrap(), bad);
+    let said = env.ok(&["repair", new]);
+    assert!(
+        said.contains(&format!("{new}: repaired 1 file(s)")),
+        "{said}"
     );
     env.verify_ok(new, None);
     env.ok(&["delete", new]);
