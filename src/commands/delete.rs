@@ -12,6 +12,14 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open_writable(&ctx.config, "delete")?;
     let vol = archive.volume(name);
+    // Never delete another volume's backups: in an encrypted archive the folder must
+    // be this volume's.
+    vol.check_bound().with_context(|| {
+        format!(
+            "delete {name}: nothing was deleted; if this folder is not volume {name}'s, \
+             move it back where it belongs"
+        )
+    })?;
     // The volume's whole state and its snapshots go only when no other destination
     // tracks it; else only this destination's state (its map and copies) goes.
     let others = other_dests_tracking(&ctx.config, name);
