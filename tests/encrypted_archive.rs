@@ -753,6 +753,7 @@ fn a_deleted_latest_session_is_caught_by_verify() {
     std::fs::rename(&s3, s3.with_file_name(&name)).unwrap();
     let err = fx.verify_fails();
     assert!(err.contains(fx.ids[2].as_str()), "{err}");
+    rolled_back_list_and_receive(&fx.env, VOL, &fx.ids[2], &fx.ids[1], &fx.versions[1]);
 }
 
 /// The volume folder put back as it was before the third send (a rollback): the

@@ -26,6 +26,13 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         // volume's folder moved or copied here).
         let ids = vol.sessions()?;
         let own = vol.own_id(&ids)?;
+        let gone = crate::archive::sessions_gone(&ctx.config, name, &ids)?;
+        if !gone.is_empty() {
+            tracing::warn!(
+                "{}",
+                crate::archive::sessions_gone_text(name, &gone, &archive)
+            );
+        }
         writeln!(out, "{name}")?;
         for id in ids {
             let i = vol.info(&id)?;
