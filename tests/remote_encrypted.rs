@@ -541,3 +541,48 @@ fn a_reader_after_an_interrupted_run_on_an_encrypted_remote_archive() {
     assert_same(&env.receive(VOL, None), &img, "after the finished prune");
     env.verify_ok(VOL, None);
 }
+
+/// Two volumes' folders swapped on the far side: list and delete of one refuse the
+/// other's backups (every far file stays), as receive and verify do.
+#[test]
+fn swapped_far_volume_folders_are_refused_by_list_and_delete() {
+    const OTHER: &str = "other-volume";
+    let far = Far::new();
+    let env = &far.env;
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replacen("[volumes]\n", &format!("[volumes]\n{OTHER} = enable\n"), 1),
+    )
+    .unwrap();
+    let top = |x: &Far| -> BTreeSet<String> { names_in(&x.real).into_iter().collect() };
+    std::fs::write(env.image(VOL), Rng::new(90).bytes(8 * CS)).unwrap();
+    std::fs::write(env.image(OTHER), Rng::new(91).bytes(8 * CS)).unwrap();
+    env.send(VOL);
+    let after_vol = top(&far);
+    env.send(OTHER);
+    let b = top(&far).difference(&after_vol).next().unwrap().clone();
+    let a = after_vol
+        .iter()
+        .find(|n| ![MARKER, KEY_FILE].contains(&n.as_str()))
+        .unwrap()
+        .clone();
+    let (a, b) = (far.real.join(a), far.real.join(b));
+    let tmp = far.real.join("swap");
+    std::fs::rename(&a, &tmp).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    let before = snapshot(&far.real);
+    let o = env.run(&["list", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "list {VOL}: {err}");
+    assert!(err.contains(OTHER), "list {VOL}: {err}");
+    let e = env.fails(&["delete", VOL]);
+    assert!(
+        e.contains(&format!("delete {VOL}: nothing was deleted")),
+        "{e}"
+    );
+    assert!(e.contains(OTHER), "delete {VOL}: {e}");
+    assert_eq!(snapshot(&far.real), before, "the far side changed");
+    far.near_is_empty();
+}
