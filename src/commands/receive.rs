@@ -20,6 +20,8 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     // Sessions this machine sent that the archive lost (an older copy of the volume
     // put back): its "latest" is not the volume's latest. Only a session named by its
     // ID is restored then.
+    // Another volume's folder here is said as that, not as lost sessions.
+    vol.own_id(&sessions)?;
     let gone = crate::archive::sessions_gone(&ctx.config, name, &sessions)?;
     if !gone.is_empty() {
         let said = crate::archive::sessions_gone_text(name, &gone, &archive);
