@@ -304,6 +304,22 @@ pub fn sessions_gone(config: &Config, name: &str, have: &[String]) -> Result<Vec
         .collect())
 }
 
+/// Warn (once, naming them) when sessions this machine sent to volume `name` are no
+/// longer in the archive, whose sessions are `have` (see [`sessions_gone`]): for
+/// commands that still work on what the archive has (`list`, `diff`, `prune`).
+pub fn warn_sessions_gone(
+    config: &Config,
+    archive: &Archive,
+    name: &str,
+    have: &[String],
+) -> Result<()> {
+    let gone = sessions_gone(config, name, have)?;
+    if !gone.is_empty() {
+        tracing::warn!("{}", sessions_gone_text(name, &gone, archive));
+    }
+    Ok(())
+}
+
 /// What [`sessions_gone`] found, said once: `gone` (not empty) of volume `name`.
 pub fn sessions_gone_text(name: &str, gone: &[String], archive: &Archive) -> String {
     const SHOWN: usize = 5;

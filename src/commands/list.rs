@@ -26,13 +26,7 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         // volume's folder moved or copied here).
         let ids = vol.sessions()?;
         let own = vol.own_id(&ids)?;
-        let gone = crate::archive::sessions_gone(&ctx.config, name, &ids)?;
-        if !gone.is_empty() {
-            tracing::warn!(
-                "{}",
-                crate::archive::sessions_gone_text(name, &gone, &archive)
-            );
-        }
+        crate::archive::warn_sessions_gone(&ctx.config, &archive, name, &ids)?;
         writeln!(out, "{name}")?;
         for id in ids {
             let i = vol.info(&id)?;

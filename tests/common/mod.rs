@@ -506,6 +506,18 @@ pub fn rolled_back_list_and_receive(env: &Env, vol: &str, lost: &str, kept: &str
         "list {vol}: {err}"
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains(kept));
+    // diff and prune --dry-run work on what the archive has, with the same warning.
+    for args in [
+        vec!["diff", vol, &format!("--session={kept}")],
+        vec!["prune", "--dry-run", vol, &format!("--session={kept}")],
+    ] {
+        let o = env.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            err.contains(&format!("no longer has ({lost})")),
+            "{args:?}: {err}"
+        );
+    }
     let out = env.path().join("rolled-back.img");
     let to = format!("--save-to={}", out.display());
     for extra in [None, Some("--session=latest")] {
