@@ -1626,7 +1626,7 @@ fn another_volumes_folder_copied_over_is_refused_by_list_and_delete() {
 /// A missing identity file: nothing ties the folder's sessions to the volume; list
 /// says so (and what puts it back) instead of listing them.
 #[test]
-fn a_missing_volume_identity_file_is_refused_by_list() {
+fn a_missing_volume_identity_file_is_refused_by_list_and_by_delete_on_a_new_machine() {
     let env = Env::encrypted(&[VOL, OTHER], PASS);
     two_volumes(&env);
     let keys = unlock(&env.archive(), PASS);
@@ -1642,8 +1642,29 @@ fn a_missing_volume_identity_file_is_refused_by_list() {
         )),
         "list {VOL}: {err}"
     );
+    // On a new machine nothing ties the folder to the volume: delete refuses.
+    let fresh = env.path().join("new-machine-meta");
+    let cfg = config_variant(&env, "new-machine.ini", |ini| {
+        ini.replace(
+            &format!("metadir = {}", env.meta().display()),
+            &format!("metadir = {}", fresh.display()),
+        )
+    });
+    let o = run_cfg(&cfg, &["delete", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "delete on a new machine: {err}");
+    assert!(
+        err.contains(&format!("delete {VOL}: nothing was deleted")),
+        "{err}"
+    );
+    assert!(a.is_dir());
     env.ok(&["repair", VOL]);
     assert!(env.ok(&["list", VOL]).contains("size="));
+    // Here this machine's copies tie the sessions to the volume: delete works.
+    std::fs::remove_file(a.join("volume")).unwrap();
+    env.ok(&["delete", VOL]);
+    assert!(!a.exists());
+    assert!(env.ok(&["list", OTHER]).contains("size="));
 }
 
 /// `OTHER`'s session folder copied into `VOL`'s folder, where it is the oldest session:
