@@ -1137,7 +1137,13 @@ mod tests {
 
     #[test]
     fn shipped_example_parses() {
-        let c = parse(include_str!("../sparsebak.ini.example")).unwrap();
+        let text = include_str!("../sparsebak.ini.example");
+        // Encryption works on remote destinations and with tar sessions: the example
+        // must not say otherwise.
+        for stale in ["needs off", "takes no tarfile", "For now"] {
+            assert!(!text.contains(stale), "the example still says {stale:?}");
+        }
+        let c = parse(text).unwrap();
         assert_eq!(c.source, SourceKind::Lvm);
         assert_eq!(c.destdir, PathBuf::from("/backup/sparsebak"));
         assert_eq!(

@@ -753,6 +753,7 @@ fn a_deleted_latest_session_is_caught_by_verify() {
     std::fs::rename(&s3, s3.with_file_name(&name)).unwrap();
     let err = fx.verify_fails();
     assert!(err.contains(fx.ids[2].as_str()), "{err}");
+    rolled_back_list_and_receive(&fx.env, VOL, &fx.ids[2], &fx.ids[1], &fx.versions[1]);
 }
 
 /// The volume folder put back as it was before the third send (a rollback): the
@@ -1571,6 +1572,99 @@ fn swapped_volume_folders_are_refused() {
         "verify {VOL} on a new machine: {err}"
     );
     assert!(err.contains(OTHER), "verify {VOL} on a new machine: {err}");
+    refused_by_list_and_delete(&env, &a, &b);
+}
+
+/// `list VOL` and `delete VOL` refuse a folder of `VOL` (at `a`) that holds another
+/// volume's backups, and nothing is deleted: `a` and `b` (the other volume's folder)
+/// keep every file.
+fn refused_by_list_and_delete(env: &Env, a: &Path, b: &Path) {
+    let o = env.run(&["list", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "list {VOL}: {err}");
+    assert!(err.contains(OTHER), "list {VOL}: {err}");
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("size="),
+        "list {VOL} listed sessions: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = env.run(&["list"]);
+    assert_eq!(o.status.code(), Some(1), "list of every volume");
+    let before = (paths(a), paths(b));
+    let o = env.run(&["delete", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "delete {VOL}: {err}");
+    assert!(
+        err.contains(&format!("delete {VOL}: nothing was deleted")),
+        "delete {VOL}: {err}"
+    );
+    assert!(err.contains(OTHER), "delete {VOL}: {err}");
+    let e = env.fails(&["untar", VOL]);
+    assert!(
+        e.contains(&format!("untar {VOL}: nothing was changed")),
+        "{e}"
+    );
+    assert!(e.contains(OTHER), "untar {VOL}: {e}");
+    assert_eq!((paths(a), paths(b)), before, "delete {VOL} changed files");
+}
+
+/// `OTHER`'s folder copied over `VOL`'s: list and delete of `VOL` refuse it.
+#[test]
+fn another_volumes_folder_copied_over_is_refused_by_list_and_delete() {
+    let env = Env::encrypted(&[VOL, OTHER], PASS);
+    two_volumes(&env);
+    let keys = unlock(&env.archive(), PASS);
+    let a = env.archive().join(keys.volume_dir(VOL));
+    let b = env.archive().join(keys.volume_dir(OTHER));
+    std::fs::remove_dir_all(&a).unwrap();
+    cp_a(&b, &a);
+    refused_by_list_and_delete(&env, &a, &b);
+    // OTHER's own folder is untouched and still lists.
+    assert!(env.ok(&["list", OTHER]).contains("size="));
+}
+
+/// A missing identity file: nothing ties the folder's sessions to the volume; list
+/// says so (and what puts it back) instead of listing them.
+#[test]
+fn a_missing_volume_identity_file_is_refused_by_list_and_by_delete_on_a_new_machine() {
+    let env = Env::encrypted(&[VOL, OTHER], PASS);
+    two_volumes(&env);
+    let keys = unlock(&env.archive(), PASS);
+    let a = env.archive().join(keys.volume_dir(VOL));
+    std::fs::remove_file(a.join("volume")).unwrap();
+    let o = env.run(&["list", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "list {VOL}: {err}");
+    assert!(
+        err.contains(&format!(
+            "is missing: nothing ties this folder's sessions to volume {VOL} \
+             (`sparsebak repair {VOL}` puts it back"
+        )),
+        "list {VOL}: {err}"
+    );
+    // On a new machine nothing ties the folder to the volume: delete refuses.
+    let fresh = env.path().join("new-machine-meta");
+    let cfg = config_variant(&env, "new-machine.ini", |ini| {
+        ini.replace(
+            &format!("metadir = {}", env.meta().display()),
+            &format!("metadir = {}", fresh.display()),
+        )
+    });
+    let o = run_cfg(&cfg, &["delete", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "delete on a new machine: {err}");
+    assert!(
+        err.contains(&format!("delete {VOL}: nothing was deleted")),
+        "{err}"
+    );
+    assert!(a.is_dir());
+    env.ok(&["repair", VOL]);
+    assert!(env.ok(&["list", VOL]).contains("size="));
+    // Here this machine's copies tie the sessions to the volume: delete works.
+    std::fs::remove_file(a.join("volume")).unwrap();
+    env.ok(&["delete", VOL]);
+    assert!(!a.exists());
+    assert!(env.ok(&["list", OTHER]).contains("size="));
 }
 
 /// `OTHER`'s session folder copied into `VOL`'s folder, where it is the oldest session:
@@ -1598,6 +1692,21 @@ fn another_volumes_session_copied_in_is_refused() {
     }
     assert_eq!(o.status.code(), Some(1), "receive {VOL} {other_id}: {err}");
     assert!(err.contains(OTHER), "receive {VOL} {other_id}: {err}");
+    let o = env.run(&["list", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "list {VOL}: {err}");
+    assert!(
+        err.contains(&format!(
+            "is a session of another volume (made as volume {OTHER})"
+        )),
+        "list {VOL}: {err}"
+    );
+    let e = env.fails(&["delete", VOL]);
+    assert!(
+        e.contains(&format!("delete {VOL}: nothing was deleted")),
+        "{e}"
+    );
+    assert!(env.archive().join(keys.volume_dir(VOL)).join(&s).is_dir());
 }
 
 /// spbk-assemble given an encrypted volume's folder as it is on the disk (its token

@@ -449,6 +449,7 @@ fn diff_repair_rename_delete_and_key_import_work_remotely() {
     // rename, then delete: the far volume folder moves, then goes.
     let before: Vec<String> = names_in(&far.real);
     let new = "renamed-payroll-volume";
+    std::fs::rename(env.image(VOL), env.image(new)).unwrap();
     env.ok(&["rename", VOL, new]);
     let ini = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
@@ -467,6 +468,25 @@ fn diff_repair_rename_delete_and_key_import_work_remotely() {
             v
         },
         "renamed, first",
+    );
+    env.verify_ok(new, None);
+    // repair after the rename: the sessions' infos still name the volume they were made
+    // as; a damaged chunk is put back (dry run first: nothing changes).
+    let chunk = chunk_files(&far.real).into_iter().next().unwrap();
+    let good = std::fs::read(&chunk).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xFF;
+    std::fs::write(&chunk, &bad).unwrap();
+    let e = env.fails(&["verify", new]);
+    assert!(e.contains(&format!("sparsebak repair {new}")), "{e}");
+    let said = env.ok(&["repair", "--dry-run", new]);
+    assert!(said.contains(&format!("{new}: would re-create")), "{said}");
+    assert_eq!(std::fs::read(&chunk).unwrap(), bad);
+    let said = env.ok(&["repair", new]);
+    assert!(
+        said.contains(&format!("{new}: repaired 1 file(s)")),
+        "{said}"
     );
     env.verify_ok(new, None);
     env.ok(&["delete", new]);
@@ -520,4 +540,49 @@ fn a_reader_after_an_interrupted_run_on_an_encrypted_remote_archive() {
     assert_eq!(env.sessions(VOL).len(), 2);
     assert_same(&env.receive(VOL, None), &img, "after the finished prune");
     env.verify_ok(VOL, None);
+}
+
+/// Two volumes' folders swapped on the far side: list and delete of one refuse the
+/// other's backups (every far file stays), as receive and verify do.
+#[test]
+fn swapped_far_volume_folders_are_refused_by_list_and_delete() {
+    const OTHER: &str = "other-volume";
+    let far = Far::new();
+    let env = &far.env;
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replacen("[volumes]\n", &format!("[volumes]\n{OTHER} = enable\n"), 1),
+    )
+    .unwrap();
+    let top = |x: &Far| -> BTreeSet<String> { names_in(&x.real).into_iter().collect() };
+    std::fs::write(env.image(VOL), Rng::new(90).bytes(8 * CS)).unwrap();
+    std::fs::write(env.image(OTHER), Rng::new(91).bytes(8 * CS)).unwrap();
+    env.send(VOL);
+    let after_vol = top(&far);
+    env.send(OTHER);
+    let b = top(&far).difference(&after_vol).next().unwrap().clone();
+    let a = after_vol
+        .iter()
+        .find(|n| ![MARKER, KEY_FILE].contains(&n.as_str()))
+        .unwrap()
+        .clone();
+    let (a, b) = (far.real.join(a), far.real.join(b));
+    let tmp = far.real.join("swap");
+    std::fs::rename(&a, &tmp).unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    std::fs::rename(&tmp, &b).unwrap();
+    let before = snapshot(&far.real);
+    let o = env.run(&["list", VOL]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "list {VOL}: {err}");
+    assert!(err.contains(OTHER), "list {VOL}: {err}");
+    let e = env.fails(&["delete", VOL]);
+    assert!(
+        e.contains(&format!("delete {VOL}: nothing was deleted")),
+        "{e}"
+    );
+    assert!(e.contains(OTHER), "delete {VOL}: {e}");
+    assert_eq!(snapshot(&far.real), before, "the far side changed");
+    far.near_is_empty();
 }

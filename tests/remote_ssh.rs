@@ -902,3 +902,66 @@ fn free_bytes(p: &std::path::Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(p).unwrap();
     s.blocks_available() as u64 * s.fragment_size() as u64
 }
+
+/// Over ssh (plain archive): after `rename`, `repair` of the new name puts back a
+/// damaged chunk of a session sent before it (the infos still name the old name);
+/// then the far folder put back to an older copy: list warns, receive of the latest
+/// refuses, a session named by its ID restores.
+#[test]
+fn repair_after_rename_and_a_rolled_back_far_side_over_ssh() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let mut img = Rng::new(41).bytes(8 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let kept = env.latest("v").id;
+    std::fs::rename(env.image("v"), env.image("v2")).unwrap();
+    env.ok(&["rename", "v", "v2"]);
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        ini.replacen("[volumes]\nv = enable\n", "[volumes]\nv2 = enable\n", 1),
+    )
+    .unwrap();
+    let bad = env
+        .vol_dir("v2")
+        .join(format!("S_{kept}"))
+        .join(sparsebak::format::layout::chunk_rel_path(2 * CS as u64));
+    let mut b = std::fs::read(&bad).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x40;
+    std::fs::write(&bad, &b).unwrap();
+    let err = env.fails(&["verify", "v2"]);
+    assert!(err.contains("sparsebak repair v2"), "{err}");
+    let out = env.ok(&["repair", "--dry-run", "v2"]);
+    assert!(
+        out.contains("v2: would re-create chunk x0000000000020000"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read(&bad).unwrap(), b, "a dry run changes nothing");
+    let out = env.ok(&["repair", "v2"]);
+    assert!(out.contains("v2: repaired 1 file(s)"), "{out}");
+    env.verify_ok("v2", None);
+
+    let saved = env.path().join("saved-folder");
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let o = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    cp(&env.vol_dir("v2"), &saved);
+    let want = img.clone();
+    img[CS..2 * CS].fill(0x77);
+    std::fs::write(env.image("v2"), &img).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    env.send("v2");
+    let lost = env.latest("v2").id;
+    assert_ne!(lost, kept);
+    std::fs::remove_dir_all(env.vol_dir("v2")).unwrap();
+    cp(&saved, &env.vol_dir("v2"));
+    rolled_back_list_and_receive(&env, "v2", &lost, &kept, &want);
+}

@@ -150,3 +150,81 @@ fn rename_reflink_source() {
     let env = Env::reflink(&[OLD], fs.path());
     scenario(&env, true);
 }
+
+/// Every file under `dir` at least `depth` folders below it (chunk files: the volume
+/// folder, the session folder, the address prefix folder), oldest first.
+fn files_below(dir: &std::path::Path, depth: usize) -> Vec<std::path::PathBuf> {
+    fn walk(d: &std::path::Path, level: usize, depth: usize, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                walk(&p, level + 1, depth, out);
+            } else if level >= depth {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, 0, depth, &mut out);
+    out.sort();
+    out
+}
+
+/// After `rename`, the infos (and this machine's copies of them) still name the volume
+/// the sessions were made as: `repair` of the new name uses them and puts back a
+/// damaged chunk of a session sent before the rename, plain and encrypted.
+fn repair_after_rename(env: &Env) {
+    let mut rng = Rng::new(33);
+    let mut img = vec![0u8; 16 * CS];
+    rng.fill(&mut img[..8 * CS]);
+    std::fs::write(env.image(OLD), &img).unwrap();
+    env.send(OLD);
+    std::fs::rename(env.image(OLD), env.image(NEW)).unwrap();
+    env.ok(&["rename", OLD, NEW]);
+    set_volumes(env, &[NEW]);
+    let id = env.latest(NEW).id;
+    // A chunk file of the session sent before the rename, damaged in place.
+    let chunks = files_below(&env.archive(), 3);
+    assert_eq!(chunks.len(), 8, "{chunks:?}");
+    let victim = &chunks[3];
+    let good = std::fs::read(victim).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xFF;
+    std::fs::write(victim, &bad).unwrap();
+    let err = env.fails(&["verify", NEW]);
+    assert!(err.contains(&format!("sparsebak repair {NEW}")), "{err}");
+
+    let out = env.run(&["repair", "--dry-run", NEW]);
+    let (said, told) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{said}\n{told}");
+    assert!(!told.contains("not usable"), "{told}");
+    assert!(said.contains(&format!("{NEW}: would re-create")), "{said}");
+    assert_eq!(
+        std::fs::read(victim).unwrap(),
+        bad,
+        "a dry run changes nothing"
+    );
+
+    let said = env.ok(&["repair", NEW]);
+    assert!(
+        said.contains(&format!("{NEW}: repaired 1 file(s)")),
+        "{said}"
+    );
+    env.verify_ok(NEW, None);
+    assert_same(&env.receive(NEW, Some(&id)), &img, "restored after repair");
+}
+
+#[test]
+fn repair_after_rename_plain() {
+    repair_after_rename(&Env::new(&[OLD]));
+}
+
+#[test]
+fn repair_after_rename_encrypted() {
+    repair_after_rename(&Env::encrypted(&[OLD], "rename repair words"));
+}

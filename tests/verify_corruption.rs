@@ -271,3 +271,38 @@ fn standard_output_on_dev_full_is_refused_and_named_once() {
         assert_eq!(err.matches("standard output").count(), 1, "{args:?}: {err}");
     }
 }
+
+/// The volume folder put back as it was before the latest send (an older consistent
+/// copy): verify names the lost session; list warns; receive of the latest refuses
+/// and a session named by its ID restores byte-identical.
+#[test]
+fn a_rolled_back_volume_folder_is_noticed_by_verify_list_and_receive() {
+    let env = Env::new(&["v"]);
+    let mut rng = Rng::new(43);
+    let mut img = rng.bytes(20 * CS);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let kept = env.latest("v").id;
+    let saved = env.path().join("saved-folder");
+    cp_a(&env.vol_dir("v"), &saved);
+    rng.fill(&mut img[3 * CS..5 * CS]);
+    let want = std::fs::read(env.image("v")).unwrap();
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.send("v");
+    let lost = env.latest("v").id;
+    assert_ne!(lost, kept);
+    std::fs::remove_dir_all(env.vol_dir("v")).unwrap();
+    cp_a(&saved, &env.vol_dir("v"));
+    verify_fails(&env, None, &[&lost, "the archive no longer has it"]);
+    rolled_back_list_and_receive(&env, "v", &lost, &kept, &want);
+}
+
+fn cp_a(from: &std::path::Path, to: &std::path::Path) {
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

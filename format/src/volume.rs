@@ -237,39 +237,11 @@ impl VolumeArchive {
                 session: target.to_string(),
             })?;
         let mut chain: Vec<SessionInfo> = Vec::with_capacity(end + 1);
-        // In an encrypted archive every session must be this volume's: its identity
-        // file (sealed for the volume's name) names the id every info must carry.
-        let own_id = match self.store.keys() {
-            None => None,
-            Some(_) => Some(
-                self.store
-                    .volume_id()
-                    .map_err(|e| self.name_the_other(e, &ids))?
-                    .ok_or_else(|| FormatError::Info {
-                        path: PathBuf::from(self.label()).join(layout::VOLUME_ID_FILE),
-                        reason: format!(
-                            "is missing: nothing ties this folder's sessions to volume {} \
-                     (`sparsebak repair {}` puts it back from this machine's copies)",
-                            self.name, self.name
-                        ),
-                    })?,
-            ),
-        };
+        let own_id = self.own_id(&ids)?;
         for id in &ids[..=end] {
             let info = self.info(id)?;
             let path = self.info_label(id);
-            if let Some(own) = &own_id {
-                if info.volume_id.as_ref() != Some(own) {
-                    return Err(FormatError::Info {
-                        path,
-                        reason: format!(
-                            "is a session of another volume (made as volume {}), not of \
-                             volume {}",
-                            info.volume, self.name
-                        ),
-                    });
-                }
-            }
+            self.check_own(id, &info, own_id.as_deref())?;
             if info.session != *id {
                 return Err(FormatError::Info {
                     path,
@@ -308,6 +280,65 @@ impl VolumeArchive {
             chain.push(info);
         }
         Ok(chain)
+    }
+
+    /// The id every session of this folder must carry (encrypted archives: what the
+    /// volume's identity file, sealed for the volume's name, says); `None` for a plain
+    /// archive, or an encrypted folder with no sessions and no identity file. An error
+    /// when the identity file is another volume's or damaged, or missing while the
+    /// folder holds sessions (`ids`): nothing then ties them to this volume.
+    pub fn own_id(&self, ids: &[String]) -> Result<Option<String>> {
+        if self.store.keys().is_none() {
+            return Ok(None);
+        }
+        let id = self
+            .store
+            .volume_id()
+            .map_err(|e| self.name_the_other(e, ids))?;
+        if id.is_none() && !ids.is_empty() {
+            return Err(FormatError::Info {
+                path: PathBuf::from(self.label()).join(layout::VOLUME_ID_FILE),
+                reason: format!(
+                    "is missing: nothing ties this folder's sessions to volume {} \
+                     (`sparsebak repair {}` puts it back from this machine's copies)",
+                    self.name, self.name
+                ),
+            });
+        }
+        Ok(id)
+    }
+
+    /// Refuse a folder that is not this volume's (encrypted archives): its identity
+    /// file is another volume's, damaged, or missing beside sessions, or a session's
+    /// info names another volume id. Infos that cannot be read are left to the
+    /// commands that need them. A plain archive passes.
+    pub fn check_bound(&self) -> Result<()> {
+        if self.store.keys().is_none() {
+            return Ok(());
+        }
+        let ids = self.sessions()?;
+        let own = self.own_id(&ids)?;
+        for id in &ids {
+            if let Ok(info) = self.info(id) {
+                self.check_own(id, &info, own.as_deref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse session `id`'s `info` when it is not of the volume whose id is `own`
+    /// (see [`VolumeArchive::own_id`]).
+    pub fn check_own(&self, id: &str, info: &SessionInfo, own: Option<&str>) -> Result<()> {
+        match own {
+            Some(own) if info.volume_id.as_deref() != Some(own) => Err(FormatError::Info {
+                path: self.info_label(id),
+                reason: format!(
+                    "is a session of another volume (made as volume {}), not of volume {}",
+                    info.volume, self.name
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// `e`, a volume identity file that is not this volume's, said with the volume

@@ -288,6 +288,54 @@ pub fn prepare(config: &Config, archive: &Archive, name: &str, how: Use) -> Resu
     }
 }
 
+/// The sessions of volume `name` this machine sent (it keeps their copies) that the
+/// archive, whose sessions are `have`, no longer has: a session was removed, or the
+/// volume's folder was replaced by an older copy of itself (consistent on its own, so
+/// only this comparison shows it). Empty when this machine has no copies.
+pub fn sessions_gone(config: &Config, name: &str, have: &[String]) -> Result<Vec<String>> {
+    let local = LocalCopies::for_dest(config, name);
+    if !local.dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    Ok(local
+        .ids()?
+        .into_iter()
+        .filter(|id| !have.contains(id))
+        .collect())
+}
+
+/// Warn (once, naming them) when sessions this machine sent to volume `name` are no
+/// longer in the archive, whose sessions are `have` (see [`sessions_gone`]): for
+/// commands that still work on what the archive has (`list`, `diff`, `prune`).
+pub fn warn_sessions_gone(
+    config: &Config,
+    archive: &Archive,
+    name: &str,
+    have: &[String],
+) -> Result<()> {
+    let gone = sessions_gone(config, name, have)?;
+    if !gone.is_empty() {
+        tracing::warn!("{}", sessions_gone_text(name, &gone, archive));
+    }
+    Ok(())
+}
+
+/// What [`sessions_gone`] found, said once: `gone` (not empty) of volume `name`.
+pub fn sessions_gone_text(name: &str, gone: &[String], archive: &Archive) -> String {
+    const SHOWN: usize = 5;
+    let mut ids = gone[..gone.len().min(SHOWN)].join(", ");
+    if gone.len() > SHOWN {
+        ids.push_str(&format!(" and {} more", gone.len() - SHOWN));
+    }
+    format!(
+        "volume {name}: this machine sent {} session(s) that the archive at {} no longer \
+         has ({ids}): a session was removed, or the volume was replaced by an older copy; \
+         its latest session is not the latest one sent",
+        gone.len(),
+        archive.root.display()
+    )
+}
+
 /// The error of a volume whose session `mine`, sent by this machine, the archive no
 /// longer has.
 pub fn lost_session(name: &str, mine: &str, archive: &Archive) -> Error {

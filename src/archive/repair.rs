@@ -102,11 +102,24 @@ fn check_meta(
         manifest_ok: false,
     };
     let theirs = vol.info_bytes(id);
+    // An info names the volume the session was made as, which `rename` does not
+    // change: what ties a session to this volume is where it sits (the copies live
+    // under this volume's state) and, in an encrypted archive, the volume's id.
+    let own_id = match vol.keys() {
+        Some(_) => vol.store().volume_id().ok().flatten(),
+        None => None,
+    };
+    let ours = |i: &SessionInfo| {
+        i.session == id
+            && own_id
+                .as_ref()
+                .is_none_or(|o| i.volume_id.as_ref() == Some(o))
+    };
     let parse = |b: &[u8], p: &Path| {
         std::str::from_utf8(b)
             .ok()
             .and_then(|t| SessionInfo::parse(t, p).ok())
-            .filter(|i| i.session == id && i.volume == vol.name)
+            .filter(|i| ours(i))
     };
     let mine = local.and_then(|l| {
         let p = l.info_path(id);
@@ -115,8 +128,7 @@ fn check_meta(
             // A send killed between publishing the session and copying it left the
             // info in its pending record: good if the archive's manifest matches it.
             None => l.pending_info().filter(|(_, i)| {
-                i.session == id
-                    && i.volume == vol.name
+                ours(i)
                     && vol
                         .session_manifest_sha256(i)
                         .is_ok_and(|h| h == i.manifest_sha256)

@@ -12,6 +12,14 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     ctx.config.select_volumes(&[name.to_string()])?;
     let archive = Archive::open_writable(&ctx.config, "delete")?;
     let vol = archive.volume(name);
+    // Never delete another volume's backups: in an encrypted archive the folder must
+    // be this volume's.
+    check_is_ours(&ctx.config, &vol, name).with_context(|| {
+        format!(
+            "delete {name}: nothing was deleted; if this folder is not volume {name}'s, \
+             move it back where it belongs"
+        )
+    })?;
     // The volume's whole state and its snapshots go only when no other destination
     // tracks it; else only this destination's state (its map and copies) goes.
     let others = other_dests_tracking(&ctx.config, name);
@@ -77,4 +85,46 @@ fn other_dests_tracking(config: &crate::config::Config, name: &str) -> Vec<Strin
         })
         .map(str::to_string)
         .collect()
+}
+
+/// Refuse a folder that is not volume `name`'s (encrypted archives: see
+/// `VolumeArchive::check_bound`). One whose identity file is missing still passes when
+/// this machine's copies of its sessions name the volume's id and every session in
+/// the folder that can be read carries it (at least one).
+fn check_is_ours(
+    config: &crate::config::Config,
+    vol: &sparsebak_format::volume::VolumeArchive,
+    name: &str,
+) -> Result<()> {
+    let Err(e) = vol.check_bound() else {
+        return Ok(());
+    };
+    if matches!(vol.store().volume_id(), Ok(None)) {
+        let local = crate::archive::local::LocalCopies::for_dest(config, name);
+        let copied = local
+            .ids()
+            .ok()
+            .and_then(|ids| ids.last().cloned())
+            .and_then(|id| sparsebak_format::info::SessionInfo::read(&local.info_path(&id)).ok())
+            .and_then(|i| i.volume_id);
+        if let Some(own) = copied {
+            let (mut ours, mut theirs) = (0u64, 0u64);
+            for id in vol.sessions()? {
+                if let Ok(i) = vol.info(&id) {
+                    match vol.check_own(&id, &i, Some(&own)) {
+                        Ok(()) => ours += 1,
+                        Err(_) => theirs += 1,
+                    }
+                }
+            }
+            if ours > 0 && theirs == 0 {
+                tracing::warn!(
+                    "{name}: its identity file is missing; this machine's copies tie its \
+                     {ours} session(s) to it"
+                );
+                return Ok(());
+            }
+        }
+    }
+    Err(e.into())
 }

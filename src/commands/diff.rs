@@ -16,6 +16,7 @@ pub fn run(ctx: &Ctx, name: &str, json: bool) -> Result<()> {
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let vol = archive.volume(name);
     let ids = vol.sessions()?;
+    crate::archive::warn_sessions_gone(&ctx.config, &archive, name, &ids)?;
     let now = now();
     let pick = |s: &str| resolve_session(s.trim(), &now, &vol, &ids);
     let (from, to, d, size_from, size_to) = match spec.split_once(',') {

@@ -22,9 +22,15 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     for name in &vols {
         let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
         let vol = archive.volume(name);
+        // In an encrypted archive the folder must be this volume's (not another
+        // volume's folder moved or copied here).
+        let ids = vol.sessions()?;
+        let own = vol.own_id(&ids)?;
+        crate::archive::warn_sessions_gone(&ctx.config, &archive, name, &ids)?;
         writeln!(out, "{name}")?;
-        for id in vol.sessions()? {
+        for id in ids {
             let i = vol.info(&id)?;
+            vol.check_own(&id, &i, own.as_deref())?;
             writeln!(
                 out,
                 "{id} size={} changed={} chunks={} stored={} read={} previous={}",

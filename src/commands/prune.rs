@@ -111,6 +111,7 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         let local = LocalCopies::new(&mdir);
         let local = mdir.is_dir().then_some(&local);
         let ids = vol.sessions()?;
+        crate::archive::warn_sessions_gone(&ctx.config, &archive, name, &ids)?;
         // A session named for several volumes may exist in only some of them: report
         // the others and go on; fail only if it matches in none.
         let mut targets = match select(ctx, opts, &vol, &ids) {

@@ -17,6 +17,22 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let vol = archive.volume(name);
     let sessions = vol.sessions()?;
+    // Sessions this machine sent that the archive lost (an older copy of the volume
+    // put back): its "latest" is not the volume's latest. Only a session named by its
+    // ID is restored then.
+    // Another volume's folder here is said as that, not as lost sessions.
+    vol.own_id(&sessions)?;
+    let gone = crate::archive::sessions_gone(&ctx.config, name, &sessions)?;
+    if !gone.is_empty() {
+        let said = crate::archive::sessions_gone_text(name, &gone, &archive);
+        match ctx.session.as_deref().map(str::trim) {
+            Some(s) if sessions.iter().any(|id| id == s) => tracing::warn!("{said}"),
+            _ => bail!(
+                "{said}; refusing to pick a session for you: name the one to restore \
+                 with --session=ID (`sparsebak list {name}` shows what the archive has)"
+            ),
+        }
+    }
     let id = pick_session(ctx, &vol, &sessions)?;
     let chain = vol.chain(&id)?;
     // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.

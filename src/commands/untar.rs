@@ -11,6 +11,8 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let archive = Archive::open_writable(&ctx.config, "untar")?;
     let _held = prepare(&ctx.config, &archive, name, Use::Write)?;
     let vol = archive.volume(name);
+    vol.check_bound()
+        .with_context(|| format!("untar {name}: nothing was changed"))?;
     let ids = vol.sessions()?;
     let targets = match &ctx.session {
         None => ids.clone(),

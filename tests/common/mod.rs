@@ -482,3 +482,67 @@ pub fn receive_from_pipe(
     }
     child.wait_with_output().unwrap()
 }
+
+/// Volume `vol`'s archive was put back to an older copy that lacks session `lost`
+/// (this machine sent it): `list` warns naming it (exit 0); `receive` of the latest
+/// (no --session, or `--session=latest`) refuses, names it and writes nothing; a
+/// session named by its ID (`kept`) restores byte-identical to `want`, with the
+/// warning.
+pub fn rolled_back_list_and_receive(env: &Env, vol: &str, lost: &str, kept: &str, want: &[u8]) {
+    let o = env.run(&["list", vol]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "list {vol}: {err}");
+    assert!(
+        err.contains(&format!(
+            "{} no longer has ({lost}): a session was removed, or the volume was replaced by an older copy",
+            env.archive().display()
+        )),
+        "list {vol}: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "volume {vol}: this machine sent 1 session(s) that the archive at "
+        )),
+        "list {vol}: {err}"
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains(kept));
+    // diff and prune --dry-run work on what the archive has, with the same warning.
+    for args in [
+        vec!["diff", vol, &format!("--session={kept}")],
+        vec!["prune", "--dry-run", vol, &format!("--session={kept}")],
+    ] {
+        let o = env.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            err.contains(&format!("no longer has ({lost})")),
+            "{args:?}: {err}"
+        );
+    }
+    let out = env.path().join("rolled-back.img");
+    let to = format!("--save-to={}", out.display());
+    for extra in [None, Some("--session=latest")] {
+        let mut args = vec!["receive", vol, to.as_str()];
+        args.extend(extra);
+        let o = env.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("({lost})")), "{args:?}: {err}");
+        assert!(
+            err.contains(
+                "refusing to pick a session for you: name the one to restore with --session=ID"
+            ),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    let o = env.run(&["receive", vol, &to, &format!("--session={kept}")]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "receive {kept}: {err}");
+    assert!(err.contains(&format!("({lost})")), "receive {kept}: {err}");
+    assert_same(
+        &std::fs::read(&out).unwrap(),
+        want,
+        "named session after rollback",
+    );
+    std::fs::remove_file(&out).unwrap();
+}
