@@ -181,7 +181,7 @@ impl LocalDestination {
     /// The archive folder `root` on this machine (which need not hold an archive
     /// yet).
     pub fn new(root: &Path) -> LocalDestination {
-        LocalDestination::with_fs(archive_fs::local(), root)
+        LocalDestination::with_fs(archive_fs::local_in(root), root)
     }
 
     /// The archive folder `root` (which need not hold an archive yet), its files
