@@ -34,12 +34,13 @@ use crate::error::{FormatError, IndexFault, IoContext, Result};
 use crate::limits;
 
 pub mod sealed;
+pub mod walk;
 pub use sealed::{SealedTarIndex, SealedTarIndexWriter};
 
 pub const INDEX_MAGIC: &[u8; 8] = b"SPBKTIX1";
 pub(crate) const HEADER: usize = 64;
 pub(crate) const RECORD: usize = 24;
-const TAR_BLOCK: u64 = 512;
+pub(crate) const TAR_BLOCK: u64 = 512;
 
 pub(crate) fn le(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
