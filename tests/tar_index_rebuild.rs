@@ -63,6 +63,13 @@ fn lost_or_damaged_index_is_rebuilt(encrypted: bool) {
             _ => std::fs::write(victim, vec![0x5a; good.len()]).unwrap(),
         }
         let hint = "`sparsebak repair v` rebuilds the index from it";
+        // list still lists the other sessions (header line and two), and exits 1.
+        let o = env.run(&["list", "v"]);
+        assert_eq!(o.status.code(), Some(1));
+        let listed = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert_eq!(listed.lines().count(), 3, "{listed}");
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(e.contains("list: 1 session(s) could not be read"), "{e}");
         for args in [vec!["list", "v"], vec!["send", "--tarfile", "v"]] {
             let e = env.fails(&args);
             assert!(e.contains(hint), "{args:?}: {e}");
