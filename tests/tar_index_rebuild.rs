@@ -155,3 +155,64 @@ fn an_index_whose_tar_headers_are_damaged_is_not_rebuilt() {
     );
     assert!(!ix[0].exists());
 }
+
+/// verify reads every member header of a tar session: one damaged (tar -xf can no
+/// longer read the tar) is a problem even though every chunk still reads through the
+/// index. Plain and encrypted.
+fn damaged_member_headers_fail_verify(encrypted: bool) {
+    let env = if encrypted {
+        Env::encrypted(&["v"], "correct horse battery")
+    } else {
+        Env::new(&["v"])
+    };
+    three_tar_sessions(&env);
+    env.verify_ok("v", None);
+    let ix = indexes(&env.archive());
+    let tar = PathBuf::from(ix[0].to_string_lossy().trim_end_matches(".index"));
+    let good = std::fs::read(&tar).unwrap();
+    // The tester's case: bytes 10 (name) and 150 (checksum) of the first header; then
+    // the size field of the second member's header.
+    let second = 512
+        + good[124..136]
+            .iter()
+            .take_while(|b| (b'0'..=b'7').contains(b))
+            .fold(0usize, |n, &b| n * 8 + usize::from(b - b'0'))
+            .div_ceil(512)
+            * 512;
+    for (flips, at) in [(vec![10usize, 150], 0usize), (vec![second + 130], second)] {
+        let mut b = good.clone();
+        for &f in &flips {
+            b[f] ^= 0x04;
+        }
+        std::fs::write(&tar, &b).unwrap();
+        let out = std::process::Command::new("tar")
+            .arg("-tf")
+            .arg(&tar)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success() || !out.stderr.is_empty(),
+            "tar still reads it"
+        );
+        let e = env.fails(&["verify", "v"]);
+        assert!(
+            e.contains(&format!(
+                "member header at byte {at}: its checksum does not match"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("tar cannot read this tar"), "{e}");
+        std::fs::write(&tar, &good).unwrap();
+        env.verify_ok("v", None);
+    }
+}
+
+#[test]
+fn plain_tar_with_damaged_member_headers_fails_verify() {
+    damaged_member_headers_fail_verify(false);
+}
+
+#[test]
+fn sealed_tar_with_damaged_member_headers_fails_verify() {
+    damaged_member_headers_fail_verify(true);
+}

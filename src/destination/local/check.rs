@@ -264,6 +264,7 @@ struct TarMembers {
     tar: std::sync::Arc<sparsebak_format::tarsession::TarSession>,
     tar_path: std::path::PathBuf,
     next: usize,
+    store: sparsebak_format::store::FolderStore,
 }
 
 impl TarMembers {
@@ -273,7 +274,60 @@ impl TarMembers {
             tar: vol.tar(id)?,
             tar_path: vol.tar_path(id),
             next: 0,
+            store: vol.store().clone(),
         })
+    }
+
+    /// Check every member header of the tar (checksum, ustar magic, type, name, size,
+    /// order) against the index: the index lets sparsebak read past a damaged header,
+    /// but `tar -xf` (the archive's promise of a plain tar) cannot.
+    fn check_headers(&self, problems: &mut Vec<String>) {
+        let label = self.store.fs().display(&self.tar_path);
+        let walked = match self.store.walk_tar(&self.id) {
+            Ok(w) => w,
+            Err(e) => {
+                problems.push(format!(
+                    "session {}: {e} (sparsebak reads the session through its index, but \
+                     tar cannot read this tar)",
+                    self.id
+                ));
+                return;
+            }
+        };
+        let index = &self.tar.index;
+        let mut differs = None;
+        if walked.chunks.len() != index.len() {
+            differs = Some(format!(
+                "its headers name {} chunk member(s), its index {}",
+                walked.chunks.len(),
+                index.len()
+            ));
+        } else if walked.manifest != index.manifest() || walked.info != index.info() {
+            differs = Some("the manifest or info member is not where its index says".into());
+        } else {
+            for (i, &w) in walked.chunks.iter().enumerate() {
+                match index.record(i) {
+                    Ok(r) if r == w => {}
+                    Ok((a, _, _)) => {
+                        differs = Some(format!(
+                            "the header of chunk member {} (chunk x{:016x}) is not the index's \
+                             (chunk x{a:016x})",
+                            i + 1,
+                            w.0
+                        ));
+                        break;
+                    }
+                    // Said by the walk of the index.
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(d) = differs {
+            problems.push(format!(
+                "session {}: the member headers of {label} do not match its index: {d}",
+                self.id
+            ));
+        }
     }
 
     /// The address of record `next`; `None` past the last one, or when the record
@@ -324,6 +378,7 @@ impl Members for TarMembers {
 
     fn finish(&mut self, problems: &mut Vec<String>) {
         self.extra_until(None, problems);
+        self.check_headers(problems);
     }
 }
 
