@@ -491,6 +491,10 @@ impl Destination for LocalDestination {
         prune::check_removal(&self.local_volume(name), targets)
     }
 
+    fn removal_frees(&self, name: &str, targets: &[String]) -> Result<Option<u64>> {
+        prune::removal_frees(&self.local_volume(name), targets).map(Some)
+    }
+
     fn fold(
         &self,
         name: &str,
