@@ -123,3 +123,51 @@ fn dry_run_of_several_tar_sessions_says_what_the_prune_frees() {
 fn dry_run_of_several_encrypted_sessions_says_what_the_prune_frees() {
     dry_run_of_several(false, true);
 }
+
+/// A prune killed at each step: `repair --dry-run` says it would finish the removal
+/// and nothing else (no chunk it would re-create, none it could not): the real repair
+/// finishes it and finds nothing to repair, and every kept session restores.
+#[test]
+fn repair_dry_run_during_an_interrupted_prune_matches_the_repair() {
+    for point in [
+        "prune-after-journal",
+        "prune-mid-move",
+        "prune-before-manifest",
+        "prune-before-remove",
+    ] {
+        let env = Env::new(&["v"]);
+        let mut rng = Rng::new(9);
+        let mut img = vec![0u8; 10 * CS];
+        rng.fill(&mut img);
+        let mut versions = Vec::new();
+        for round in 0..3 {
+            if round > 0 {
+                rng.fill(&mut img[round * 3 * CS..(round * 3 + 1) * CS + 10]);
+            }
+            std::fs::write(env.image("v"), &img).unwrap();
+            env.send("v");
+            versions.push(img.clone());
+        }
+        let ids: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+        let o = env.run_env(
+            &["prune", "v", &format!("--session={}", ids[0]), "-u"],
+            &[("SPARSEBAK_FAILPOINT", point)],
+        );
+        assert!(
+            !o.status.success(),
+            "{point}: the prune was not interrupted"
+        );
+        let dry = env.ok(&["repair", "--dry-run", "v"]);
+        assert_eq!(
+            dry,
+            format!(
+                "v: would first finish the interrupted removal of session {} (into {})\n",
+                ids[0], ids[1]
+            ),
+            "{point}"
+        );
+        let real = env.ok(&["repair", "v"]);
+        assert_eq!(real, "v: nothing to repair\n", "{point}");
+        check_sessions(&env, &versions, &[1, 2], point);
+    }
+}
