@@ -102,3 +102,72 @@ fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+#[test]
+fn a_chunk_link_is_one_problem_not_missing_and_extra() {
+    let env = Env::new(&["v"]);
+    let id = one_session(&env, "v");
+    let sdir = env.vol_dir("v").join(format!("S_{id}"));
+    let chunk = walk(&sdir)
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with('x'))
+        .unwrap();
+    let saved = env.dir.path().join("saved-chunk");
+    std::fs::rename(&chunk, &saved).unwrap();
+    symlink(&saved, &chunk).unwrap();
+    let e = env.fails(&["verify", "v"]);
+    assert!(e.contains(&format!("{}: {LINK}", chunk.display())), "{e}");
+    assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
+    assert!(!e.contains("extra") && !e.contains("is missing"), "{e}");
+}
+
+#[test]
+fn a_session_folder_link_is_refused_as_one() {
+    let env = Env::new(&["v"]);
+    let id = one_session(&env, "v");
+    let sdir = env.vol_dir("v").join(format!("S_{id}"));
+    let outside = TestDir::new();
+    let moved = outside.path().join("S");
+    std::fs::rename(&sdir, &moved).unwrap();
+    symlink(&moved, &sdir).unwrap();
+    let want = format!("{} {LINK}", sdir.display());
+    for args in [
+        vec!["verify", "v"],
+        vec!["list", "v"],
+        vec!["receive", "v", "--save-to=/dev/null"],
+    ] {
+        let e = env.fails(&args);
+        assert!(e.contains(&want), "{args:?}: {e}");
+        assert!(!e.contains("No such file"), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn extra_chunk_files_of_an_encrypted_session_are_named() {
+    let env = Env::encrypted(&["v"], "correct horse battery");
+    one_session(&env, "v");
+    let vdir = std::fs::read_dir(env.archive())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let sdir = std::fs::read_dir(&vdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("S_"))
+        .unwrap();
+    let chunk = walk(&sdir)
+        .into_iter()
+        .find(|p| p.parent().unwrap() != sdir)
+        .unwrap();
+    let stray = chunk.parent().unwrap().join("stray");
+    std::fs::write(&stray, b"not a chunk of this session").unwrap();
+    let e = env.fails(&["verify", "v"]);
+    assert!(
+        e.contains(&format!(
+            "1 extra chunk file(s) not in its manifest: {}",
+            stray.display()
+        )),
+        "{e}"
+    );
+}

@@ -523,7 +523,9 @@ impl VolumeStore for FolderStore {
     }
 
     fn storage(&self, id: &str) -> Storage {
-        if self.fs.is_dir(&self.session_dir(id)) {
+        // Anything at the folder's name is the folder form: a link there is then
+        // refused as one, not taken for a missing tar.
+        if self.fs.exists(&self.session_dir(id)) {
             Storage::Folder
         } else {
             Storage::Tar

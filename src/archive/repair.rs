@@ -111,7 +111,10 @@ fn check_meta(
     };
     let mine = local.and_then(|l| {
         let p = l.info_path(id);
-        let (b, i) = match std::fs::read(&p).ok().and_then(|b| parse(&b, &p).map(|i| (b, i))) {
+        let (b, i) = match std::fs::read(&p)
+            .ok()
+            .and_then(|b| parse(&b, &p).map(|i| (b, i)))
+        {
             Some(c) => c,
             // A send killed between publishing the session and copying it left the
             // info in its pending record: good if the archive's manifest matches it.
@@ -124,11 +127,13 @@ fn check_meta(
             })?,
         };
         if i.previous.as_deref() != prev {
+            let name = |s: Option<&str>| s.map_or("none".to_string(), |s| format!("session {s}"));
             tracing::warn!(
-                "volume {}: the copy {} names session {:?} before it, the archive {prev:?}; not using it",
+                "volume {}: the copy {} names {} before it, the archive {}; not using it",
                 vol.name,
                 p.display(),
-                i.previous
+                name(i.previous.as_deref()),
+                name(prev)
             );
             return None;
         }

@@ -226,6 +226,57 @@ impl SealedMembers {
     }
 }
 
+/// Extra files named in one problem line at most.
+const MAX_NAMED: usize = 10;
+
+impl SealedMembers {
+    /// The chunk files of the session folder its manifest does not name (a second
+    /// walk, made only when the counts say there are some): the files' addresses,
+    /// sorted, merged with the manifest's.
+    fn extra_files(&self) -> Vec<String> {
+        let fs = self.store.fs();
+        let sdir = self.store.session_dir(&self.id);
+        let mut out = Vec::new();
+        let mut stored: Vec<(u64, String)> = Vec::new();
+        for d in list_dir(fs.as_ref(), &sdir) {
+            if d.len() != sparsebak_format::crypto::keys::CHUNK_FOLDER_LEN {
+                continue;
+            }
+            for f in list_dir(fs.as_ref(), &sdir.join(&d)) {
+                let label = fs.display(&sdir.join(&d).join(&f));
+                match self.store.addr_of_chunk(&self.id, &d, &f) {
+                    Some(a) => stored.push((a, label)),
+                    None => out.push(label),
+                }
+            }
+        }
+        stored.sort();
+        let vol = sparsebak_format::volume::VolumeArchive::from_store(
+            "",
+            std::sync::Arc::new(self.store.clone()),
+        );
+        let mut listed = std::collections::BTreeSet::new();
+        if let Ok(m) = vol.manifest(&self.id) {
+            let mut it = stored.iter().peekable();
+            for e in m.flatten() {
+                while it.peek().is_some_and(|(a, _)| *a < e.addr) {
+                    it.next();
+                }
+                if it.peek().is_some_and(|(a, _)| *a == e.addr) && e.hash.is_some() {
+                    listed.insert(e.addr);
+                }
+            }
+        }
+        out.extend(
+            stored
+                .into_iter()
+                .filter(|(a, _)| !listed.contains(a))
+                .map(|(_, l)| l),
+        );
+        out
+    }
+}
+
 impl Members for SealedMembers {
     fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
         let p = self.store.chunk_path(&self.id, addr);
@@ -243,10 +294,18 @@ impl Members for SealedMembers {
 
     fn finish(&mut self, problems: &mut Vec<String>) {
         if self.listed > self.found {
+            let names = self.extra_files();
+            let shown = names.len().min(MAX_NAMED);
             problems.push(format!(
-                "session {}: {} extra chunk file(s) not in its manifest",
+                "session {}: {} extra chunk file(s) not in its manifest: {}{}",
                 self.id,
-                self.listed - self.found
+                self.listed - self.found,
+                names[..shown].join(", "),
+                if names.len() > shown {
+                    format!(" (and {} more)", names.len() - shown)
+                } else {
+                    String::new()
+                }
             ));
         }
         for extra in std::mem::take(&mut self.extra) {
