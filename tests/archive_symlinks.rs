@@ -171,3 +171,34 @@ fn extra_chunk_files_of_an_encrypted_session_are_named() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tar_session_linked_outside_is_not_read() {
+    let env = Env::new(&["v"]);
+    let mut img = vec![0u8; 4 * 65536];
+    Rng::new(4).fill(&mut img);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.ok(&["send", "--tarfile", "v"]);
+    let id = env.latest("v").id;
+    let outside = TestDir::new();
+    for suffix in [".tar", ".tar.index"] {
+        let p = env.vol_dir("v").join(format!("S_{id}{suffix}"));
+        let moved = outside.path().join(suffix.trim_start_matches('.'));
+        std::fs::copy(&p, &moved).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        symlink(&moved, &p).unwrap();
+        for args in [
+            vec!["verify", "v"],
+            vec!["receive", "v", "--save-to=/dev/null"],
+        ] {
+            let e = env.fails(&args);
+            assert!(
+                e.contains(&format!("{}: {LINK}", p.display())),
+                "{suffix} {args:?}: {e}"
+            );
+        }
+        std::fs::remove_file(&p).unwrap();
+        std::fs::copy(&moved, &p).unwrap();
+    }
+    env.verify_ok("v", None);
+}

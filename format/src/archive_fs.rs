@@ -226,8 +226,9 @@ fn nofollow() -> std::fs::OpenOptions {
     o
 }
 
-/// `path` opened for reading, refusing a symbolic link.
-fn open_read(path: &Path) -> io::Result<std::fs::File> {
+/// `path` opened for reading, refusing a symbolic link (for the callers that map or
+/// hold a local archive file open themselves).
+pub fn open_read(path: &Path) -> io::Result<std::fs::File> {
     nofollow().read(true).open(path).map_err(map_loop)
 }
 

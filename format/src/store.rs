@@ -151,7 +151,7 @@ impl Debug for FolderStore {
 impl FolderStore {
     /// The volume folder `dir` (which need not exist yet) on this machine.
     pub fn new(dir: &Path) -> FolderStore {
-        FolderStore::with_fs(archive_fs::local(), dir)
+        FolderStore::with_fs(archive_fs::local_in(dir), dir)
     }
 
     /// The volume folder `dir` (which need not exist yet), read through `fs`.
@@ -168,7 +168,7 @@ impl FolderStore {
     /// The folder `dir` (on this machine) of volume `name` in an encrypted archive
     /// whose keys are `keys`.
     pub fn sealed(dir: &Path, name: &str, keys: Arc<ArchiveKeys>) -> FolderStore {
-        FolderStore::sealed_with_fs(archive_fs::local(), dir, name, keys)
+        FolderStore::sealed_with_fs(archive_fs::local_in(dir), dir, name, keys)
     }
 
     /// The folder `dir` of volume `name` in an encrypted archive whose keys are

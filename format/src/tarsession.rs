@@ -226,7 +226,9 @@ impl TarIndex {
             fault,
         };
         let map = if fs.is_local() {
-            let f = File::open(path).at(path)?;
+            // Through the seam first: it refuses a path that passes through a link.
+            fs.metadata(path).at(path)?;
+            let f = archive_fs::open_read(path).at(path)?;
             let len = f.metadata().at(path)?.len();
             if len < HEADER as u64 {
                 return Err(fault(IndexFault::TooShort { len }));
@@ -552,7 +554,8 @@ impl TarSession {
         index: impl FnOnce(u64) -> Result<MemberIndex>,
     ) -> Result<TarSession> {
         let (file, len) = if fs.is_local() {
-            let file = File::open(tar).at(tar)?;
+            fs.metadata(tar).at(tar)?;
+            let file = archive_fs::open_read(tar).at(tar)?;
             let len = file.metadata().at(tar)?.len();
             (TarFile::Local(file), len)
         } else {

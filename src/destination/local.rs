@@ -73,7 +73,7 @@ impl LocalVol {
     /// Volume `name` in folder `dir` on this machine, of an archive encrypted with
     /// `keys` (`None`: plain).
     pub fn at(dir: &Path, name: &str, keys: Option<Arc<ArchiveKeys>>) -> LocalVol {
-        LocalVol::at_fs(archive_fs::local(), dir, name, keys)
+        LocalVol::at_fs(archive_fs::local_in(dir), dir, name, keys)
     }
 
     /// Volume `name` in folder `dir`, reached through `fsys`, of an archive encrypted
