@@ -695,7 +695,7 @@ pub fn repair(
         // A dry run cannot read a session whose index it would rebuild: what else
         // it needs is known after the rebuild (a run checks it then).
         // One whose index cannot be rebuilt was reported: nothing of it reads.
-        .filter(|m| !(dry_run && reindexed.contains(&m.id)) && !unindexed.contains(&m.id))
+        .filter(|m| !(unindexed.contains(&m.id) || (dry_run && reindexed.contains(&m.id))))
         .collect();
     fix_meta(archive, &vol, &metas, dry_run, &mut rep)?;
     if !dry_run {
