@@ -200,8 +200,60 @@ impl FileWriter for LocalWriter {
     }
 }
 
+/// The message of a symbolic link met where the archive has a file or folder of its
+/// own: the archive never follows one (it could lead anywhere outside the archive).
+pub const SYMLINK_REFUSED: &str = "is a symbolic link, not a sparsebak file";
+
+/// The error for a symbolic link met at an archive path.
+pub fn symlink_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, SYMLINK_REFUSED)
+}
+
+/// `ELOOP` from an `O_NOFOLLOW` open: the last component was a symbolic link.
+fn map_loop(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        symlink_error()
+    } else {
+        e
+    }
+}
+
+/// Open options that never follow a symbolic link at the last component.
+fn nofollow() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW);
+    o
+}
+
+/// `path` opened for reading, refusing a symbolic link (for the callers that map or
+/// hold a local archive file open themselves).
+pub fn open_read(path: &Path) -> io::Result<std::fs::File> {
+    nofollow().read(true).open(path).map_err(map_loop)
+}
+
+/// `path` created or truncated for writing, refusing a symbolic link (a link left
+/// at an archive path could make the write land anywhere).
+fn open_create(path: &Path) -> io::Result<std::fs::File> {
+    nofollow()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(map_loop)
+}
+
 fn fsync_path(path: &Path) -> io::Result<()> {
-    std::fs::File::open(path)?.sync_all()
+    open_read(path)?.sync_all()
+}
+
+/// Refuse `path` when it is a symbolic link (checked before an operation that
+/// would follow one, such as listing a folder).
+fn refuse_link(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(symlink_error()),
+        _ => Ok(()),
+    }
 }
 
 impl ArchiveFs for LocalFs {
@@ -223,6 +275,7 @@ impl ArchiveFs for LocalFs {
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>> {
+        refuse_link(path)?;
         let mut out = Vec::new();
         for e in std::fs::read_dir(path)? {
             let e = e?;
@@ -242,7 +295,7 @@ impl ArchiveFs for LocalFs {
     }
 
     fn read(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
-        let f = std::fs::File::open(path)?;
+        let f = open_read(path)?;
         let len = f.metadata()?.len();
         if len > max {
             return Err(io::Error::new(
@@ -263,7 +316,7 @@ impl ArchiveFs for LocalFs {
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(path)?;
+        let f = open_read(path)?;
         let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < len {
@@ -279,11 +332,11 @@ impl ArchiveFs for LocalFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
-        Ok(Box::new(std::fs::File::open(path)?))
+        Ok(Box::new(open_read(path)?))
     }
 
     fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
-        std::fs::write(path, data)
+        open_create(path)?.write_all(data)
     }
 
     fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
@@ -292,7 +345,8 @@ impl ArchiveFs for LocalFs {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)?;
+            .open(path)
+            .map_err(map_loop)?;
         f.write_all(data)?;
         f.sync_all()?;
         if let Some(p) = path.parent() {
@@ -310,7 +364,7 @@ impl ArchiveFs for LocalFs {
         tmp_name.push(".tmp");
         let tmp = path.with_file_name(tmp_name);
         {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = open_create(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
         }
@@ -323,7 +377,7 @@ impl ArchiveFs for LocalFs {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileWriter>> {
         Ok(Box::new(LocalWriter {
-            file: std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?),
+            file: std::io::BufWriter::with_capacity(1 << 20, open_create(path)?),
         }))
     }
 
@@ -372,9 +426,10 @@ impl ArchiveFs for LocalFs {
     }
 
     fn sync_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::OpenOptions::new()
+        nofollow()
             .write(true)
-            .open(path)?
+            .open(path)
+            .map_err(map_loop)?
             .sync_all()
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
@@ -382,7 +437,7 @@ impl ArchiveFs for LocalFs {
     }
     fn syncfs(&self, path: &Path) -> io::Result<()> {
         use std::os::fd::AsRawFd;
-        let f = std::fs::File::open(path)?;
+        let f = open_read(path)?;
         nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
     }
 
@@ -400,12 +455,15 @@ impl ArchiveFs for LocalFs {
         mode: LockMode,
     ) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
         use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new()
+        // Never through a symbolic link: a lock link planted in the archive would
+        // otherwise make this create a file wherever it points.
+        let file = nofollow()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(path)?;
+            .open(path)
+            .map_err(map_loop)?;
         let op = match mode {
             LockMode::Shared => libc::LOCK_SH,
             LockMode::Exclusive => libc::LOCK_EX,
@@ -421,6 +479,150 @@ impl ArchiveFs for LocalFs {
         } else {
             Err(err)
         }
+    }
+}
+
+/// [`LocalFs`] for the archive folder `root`: besides never following a symbolic link
+/// at the last component of a path (as [`LocalFs`]), it refuses a path below `root`
+/// that passes through a symbolic link (a volume or session folder linked to
+/// somewhere else). `root` itself may be reached through links: it is the user's.
+#[derive(Debug, Clone)]
+pub struct LocalIn {
+    root: PathBuf,
+}
+
+/// The [`LocalIn`] of archive folder `root`, shared.
+pub fn local_in(root: &Path) -> SharedFs {
+    Arc::new(LocalIn {
+        root: root.to_path_buf(),
+    })
+}
+
+impl LocalIn {
+    /// Refuse `path` when a folder between the root and its last component is a
+    /// symbolic link (the last component is left to the operation, which does not
+    /// follow it).
+    fn check(&self, path: &Path) -> io::Result<()> {
+        let Ok(rest) = path.strip_prefix(&self.root) else {
+            return Ok(());
+        };
+        let mut cur = self.root.clone();
+        let comps: Vec<_> = rest.components().collect();
+        for c in comps.iter().take(comps.len().saturating_sub(1)) {
+            cur.push(c);
+            if let Ok(m) = std::fs::symlink_metadata(&cur) {
+                if m.file_type().is_symlink() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} {SYMLINK_REFUSED}", cur.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ArchiveFs for LocalIn {
+    fn display(&self, path: &Path) -> String {
+        LocalFs.display(path)
+    }
+    fn is_local(&self) -> bool {
+        true
+    }
+    fn metadata(&self, path: &Path) -> io::Result<Meta> {
+        self.check(path)?;
+        LocalFs.metadata(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<Entry>> {
+        self.check(path)?;
+        LocalFs.read_dir(path)
+    }
+    fn read(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+        self.check(path)?;
+        LocalFs.read(path, max)
+    }
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.check(path)?;
+        LocalFs.read_at(path, offset, len)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        self.check(path)?;
+        LocalFs.open(path)
+    }
+    fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.write(path, data)
+    }
+    fn write_new(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.write_new(path, data)
+    }
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.write_atomic(path, data)
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn FileWriter>> {
+        self.check(path)?;
+        LocalFs.create(path)
+    }
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.create_dir(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        refuse_link(path)?;
+        LocalFs.create_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(from)?;
+        self.check(to)?;
+        LocalFs.rename(from, to)
+    }
+    fn rename_noreplace(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(from)?;
+        self.check(to)?;
+        LocalFs.rename_noreplace(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(from)?;
+        self.check(to)?;
+        LocalFs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.remove_file(path)
+    }
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.remove_dir(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.remove_dir_all(path)
+    }
+    fn sync_file(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.sync_file(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.check(path)?;
+        LocalFs.sync_dir(path)
+    }
+    fn syncfs(&self, path: &Path) -> io::Result<()> {
+        LocalFs.syncfs(path)
+    }
+    fn is_read_only(&self, path: &Path) -> bool {
+        LocalFs.is_read_only(path)
+    }
+    fn try_lock(
+        &self,
+        path: &Path,
+        mode: LockMode,
+    ) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        self.check(path)?;
+        LocalFs.try_lock(path, mode)
     }
 }
 
@@ -518,6 +720,63 @@ impl ArchiveFs for NotLocal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_in_the_archive_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let root = d.path().join("arch");
+        std::fs::create_dir(&root).unwrap();
+        let fs = LocalIn { root: root.clone() };
+        let secret = out.path().join("secret");
+        std::fs::write(&secret, b"not the archive's").unwrap();
+        let link = root.join("chunk");
+        std::os::unix::fs::symlink(&secret, &link).unwrap();
+        for e in [
+            fs.read(&link, 100).unwrap_err(),
+            fs.read_at(&link, 0, 4).unwrap_err(),
+            fs.open(&link).err().unwrap(),
+            fs.write(&link, b"x").unwrap_err(),
+            fs.create(&link).err().unwrap(),
+            fs.sync_file(&link).unwrap_err(),
+        ] {
+            assert_eq!(e.to_string(), SYMLINK_REFUSED);
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), b"not the archive's");
+        // A lock link to a path that does not exist creates nothing there.
+        let lock = root.join(".lock");
+        let target = out.path().join("planted");
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        let e = fs.try_lock(&lock, LockMode::Exclusive).err().unwrap();
+        assert_eq!(e.to_string(), SYMLINK_REFUSED);
+        assert!(!target.exists());
+        // A volume folder linked outside: nothing below it is reached.
+        let vol = out.path().join("vol");
+        std::fs::create_dir(&vol).unwrap();
+        std::fs::write(vol.join("info"), b"i").unwrap();
+        std::os::unix::fs::symlink(&vol, root.join("v1")).unwrap();
+        assert_eq!(
+            fs.read_dir(&root.join("v1")).unwrap_err().to_string(),
+            SYMLINK_REFUSED
+        );
+        let e = fs.read(&root.join("v1/info"), 10).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{} {SYMLINK_REFUSED}", root.join("v1").display())
+        );
+        let e = fs
+            .write(&root.join("v1/new"), b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with(SYMLINK_REFUSED), "{e}");
+        assert!(!vol.join("new").exists());
+        // The root itself may be reached through a link.
+        let via = out.path().join("via");
+        std::os::unix::fs::symlink(&root, &via).unwrap();
+        std::fs::write(root.join("plain"), b"p").unwrap();
+        let fs2 = LocalIn { root: via.clone() };
+        assert_eq!(fs2.read(&via.join("plain"), 10).unwrap(), b"p");
+    }
 
     #[test]
     fn default_helpers_do_not_follow_links() {

@@ -28,7 +28,8 @@ use crate::error::{FormatError, IoContext, Result};
 use crate::info::SessionInfo;
 use crate::layout;
 use crate::limits;
-use crate::tarsession::TarSession;
+use crate::tarsession::walk::{self, MemberName, Walked};
+use crate::tarsession::{IndexWriter, SealedTarIndexWriter, TarIndexWriter, TarSession};
 
 /// How a session is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +151,7 @@ impl Debug for FolderStore {
 impl FolderStore {
     /// The volume folder `dir` (which need not exist yet) on this machine.
     pub fn new(dir: &Path) -> FolderStore {
-        FolderStore::with_fs(archive_fs::local(), dir)
+        FolderStore::with_fs(archive_fs::local_in(dir), dir)
     }
 
     /// The volume folder `dir` (which need not exist yet), read through `fs`.
@@ -167,7 +168,7 @@ impl FolderStore {
     /// The folder `dir` (on this machine) of volume `name` in an encrypted archive
     /// whose keys are `keys`.
     pub fn sealed(dir: &Path, name: &str, keys: Arc<ArchiveKeys>) -> FolderStore {
-        FolderStore::sealed_with_fs(archive_fs::local(), dir, name, keys)
+        FolderStore::sealed_with_fs(archive_fs::local_in(dir), dir, name, keys)
     }
 
     /// The folder `dir` of volume `name` in an encrypted archive whose keys are
@@ -311,6 +312,112 @@ impl FolderStore {
         ))
     }
 
+    /// Whether `e`, from opening session `id`'s tar, is about its index (missing or
+    /// damaged) while the tar itself is there: what `repair` rebuilds.
+    pub fn is_index_fault(&self, id: &str, e: &FormatError) -> bool {
+        let ix = self.tar_index_path(id);
+        let about = match e {
+            FormatError::TarIndex { path, .. } | FormatError::Io { path, .. } => *path == ix,
+            other => {
+                let t = other.to_string();
+                t.contains(&ix.display().to_string()) || t.contains(&self.fs.display(&ix))
+            }
+        };
+        about && self.fs.is_file(&self.tar_path(id))
+    }
+
+    /// `e` from opening session `id`'s tar, saying what `repair` does about it when it
+    /// is about the index.
+    fn index_hint(&self, id: &str, e: FormatError) -> FormatError {
+        if !self.is_index_fault(id, &e) {
+            return e;
+        }
+        let vol = if self.name.is_empty() {
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            self.name.clone()
+        };
+        FormatError::Other(format!(
+            "{e} (the index of tar session {id}; the tar still holds the whole session, and \
+             `sparsebak repair {vol}` rebuilds the index from it)"
+        ))
+    }
+
+    /// What member `name` of session `id`'s tar stands for (`None`: not one of its).
+    pub fn tar_member(&self, id: &str, name: &str) -> Option<MemberName> {
+        let sn = format!("{}{}/", layout::SESSION_PREFIX, self.session_name(id));
+        let rest = name.strip_prefix(&sn)?;
+        if rest == layout::MANIFEST_FILE {
+            return Some(MemberName::Manifest);
+        }
+        if rest == layout::INFO_FILE {
+            return Some(MemberName::Info);
+        }
+        let (prefix, file) = rest.split_once('/')?;
+        self.addr_of_chunk(id, prefix, file).map(MemberName::Chunk)
+    }
+
+    /// Read the member headers of session `id`'s tar (not its index): where each
+    /// member is, or the first header that is damaged or out of place.
+    pub fn walk_tar(&self, id: &str) -> Result<Walked> {
+        let tar = self.tar_path(id);
+        let len = self.fs.metadata(&tar).at(&tar)?.len;
+        walk::walk(self.fs.as_ref(), &tar, len, &|n| self.tar_member(id, n))
+    }
+
+    /// Write session `id`'s tar index anew from its tar's member headers (sealed in
+    /// an encrypted archive): in a staging folder `.tmp-reindex-S_<name>`, checked
+    /// against the tar by opening it, then renamed into place. The index holds
+    /// nothing the tar does not, so this is always safe when the tar reads.
+    pub fn rebuild_tar_index(&self, id: &str) -> Result<()> {
+        let walked = self.walk_tar(id)?;
+        let staging = self.dir.join(format!(
+            ".tmp-reindex-{}{}",
+            layout::SESSION_PREFIX,
+            self.session_name(id)
+        ));
+        if self.fs.exists(&staging) {
+            self.fs.remove_dir_all(&staging).at(&staging)?;
+        }
+        self.fs.create_dir(&staging).at(&staging)?;
+        let index = self.tar_index_path(id);
+        let tmp = staging.join(index.file_name().unwrap_or_default());
+        let write = || -> Result<()> {
+            let mut w = match &self.keys {
+                None => IndexWriter::Plain(TarIndexWriter::create_in(&self.fs, &tmp)?),
+                Some(k) => IndexWriter::Sealed(SealedTarIndexWriter::create(
+                    self.fs.as_ref(),
+                    &tmp,
+                    k,
+                    id,
+                )?),
+            };
+            for &(a, off, len) in &walked.chunks {
+                w.push(a, off, len)?;
+            }
+            w.finish(walked.manifest, walked.info)?;
+            // The new index must pass every check a reader makes before it is used.
+            let tar = self.tar_path(id);
+            match &self.keys {
+                None => TarSession::open_in(&self.fs, &tar, &tmp).map(drop)?,
+                Some(k) => TarSession::open_sealed_in(&self.fs, &tar, &tmp, k, id).map(drop)?,
+            }
+            self.fs.rename(&tmp, &index).at(&index)?;
+            self.fs.sync_dir(&self.dir).at(&self.dir)
+        };
+        let done = write();
+        if let Err(e) = self.fs.remove_dir_all(&staging) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: {e}", self.fs.display(&staging));
+            }
+        }
+        VolumeStore::forget_cached(self);
+        done
+    }
+
     /// `S_<id>/info`.
     pub fn info_path(&self, id: &str) -> PathBuf {
         self.session_dir(id).join(layout::INFO_FILE)
@@ -340,16 +447,17 @@ impl FolderStore {
         if let Some(t) = cache.get(id) {
             return Ok(t.clone());
         }
-        let t = Arc::new(match &self.keys {
-            None => TarSession::open_in(&self.fs, &self.tar_path(id), &self.tar_index_path(id))?,
+        let opened = match &self.keys {
+            None => TarSession::open_in(&self.fs, &self.tar_path(id), &self.tar_index_path(id)),
             Some(k) => TarSession::open_sealed_in(
                 &self.fs,
                 &self.tar_path(id),
                 &self.tar_index_path(id),
                 k,
                 id,
-            )?,
-        });
+            ),
+        };
+        let t = Arc::new(opened.map_err(|e| self.index_hint(id, e))?);
         cache.insert(id.to_string(), t.clone());
         Ok(t)
     }
@@ -415,7 +523,9 @@ impl VolumeStore for FolderStore {
     }
 
     fn storage(&self, id: &str) -> Storage {
-        if self.fs.is_dir(&self.session_dir(id)) {
+        // Anything at the folder's name is the folder form: a link there is then
+        // refused as one, not taken for a missing tar.
+        if self.fs.exists(&self.session_dir(id)) {
             Storage::Folder
         } else {
             Storage::Tar

@@ -34,12 +34,13 @@ use crate::error::{FormatError, IndexFault, IoContext, Result};
 use crate::limits;
 
 pub mod sealed;
+pub mod walk;
 pub use sealed::{SealedTarIndex, SealedTarIndexWriter};
 
 pub const INDEX_MAGIC: &[u8; 8] = b"SPBKTIX1";
 pub(crate) const HEADER: usize = 64;
 pub(crate) const RECORD: usize = 24;
-const TAR_BLOCK: u64 = 512;
+pub(crate) const TAR_BLOCK: u64 = 512;
 
 pub(crate) fn le(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
@@ -225,7 +226,9 @@ impl TarIndex {
             fault,
         };
         let map = if fs.is_local() {
-            let f = File::open(path).at(path)?;
+            // Through the seam first: it refuses a path that passes through a link.
+            fs.metadata(path).at(path)?;
+            let f = archive_fs::open_read(path).at(path)?;
             let len = f.metadata().at(path)?.len();
             if len < HEADER as u64 {
                 return Err(fault(IndexFault::TooShort { len }));
@@ -551,7 +554,8 @@ impl TarSession {
         index: impl FnOnce(u64) -> Result<MemberIndex>,
     ) -> Result<TarSession> {
         let (file, len) = if fs.is_local() {
-            let file = File::open(tar).at(tar)?;
+            fs.metadata(tar).at(tar)?;
+            let file = archive_fs::open_read(tar).at(tar)?;
             let len = file.metadata().at(tar)?.len();
             (TarFile::Local(file), len)
         } else {

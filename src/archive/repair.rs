@@ -21,6 +21,7 @@
 //! first converted into a folder ([`crate::archive::tar::untar_session`]).
 //! A dry run reads the same, and changes nothing.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
@@ -123,7 +124,10 @@ fn check_meta(
     };
     let mine = local.and_then(|l| {
         let p = l.info_path(id);
-        let (b, i) = match std::fs::read(&p).ok().and_then(|b| parse(&b, &p).map(|i| (b, i))) {
+        let (b, i) = match std::fs::read(&p)
+            .ok()
+            .and_then(|b| parse(&b, &p).map(|i| (b, i)))
+        {
             Some(c) => c,
             // A send killed between publishing the session and copying it left the
             // info in its pending record: good if the archive's manifest matches it.
@@ -135,11 +139,13 @@ fn check_meta(
             })?,
         };
         if i.previous.as_deref() != prev {
+            let name = |s: Option<&str>| s.map_or("none".to_string(), |s| format!("session {s}"));
             tracing::warn!(
-                "volume {}: the copy {} names session {:?} before it, the archive {prev:?}; not using it",
+                "volume {}: the copy {} names {} before it, the archive {}; not using it",
                 vol.name,
                 p.display(),
-                i.previous
+                name(i.previous.as_deref()),
+                name(prev)
             );
             return None;
         }
@@ -576,6 +582,60 @@ fn broken_views(
     Ok(last)
 }
 
+/// Rebuild, from its tar's member headers, the index of every tar session of `vol`
+/// whose index is missing or does not open (dry: say which would be). Returns the
+/// sessions whose index is (or would be) rebuilt, and those whose index cannot be
+/// (reported). Only an archive whose files this
+/// machine reaches (local, or encrypted through `serve`) is walked here.
+fn fix_tar_indexes(
+    vol: &VolumeArchive,
+    dry_run: bool,
+    rep: &mut Report,
+) -> Result<(HashSet<String>, HashSet<String>)> {
+    let (mut done, mut failed) = (HashSet::new(), HashSet::new());
+    let Some(store) = vol.folder() else {
+        return Ok((done, failed));
+    };
+    let fs = store.fs();
+    for id in vol.sessions()? {
+        if vol.storage(&id) != Storage::Tar || !fs.exists(&store.tar_path(&id)) {
+            continue;
+        }
+        let index = store.tar_index_path(&id);
+        let label = fs.display(&index);
+        let reason = match store.tar(&id) {
+            Ok(_) => continue,
+            Err(e) if !store.is_index_fault(&id, &e) => continue,
+            Err(_) if !fs.exists(&index) => "it was missing".to_string(),
+            Err(_) => "it was damaged".to_string(),
+        };
+        let res = if dry_run {
+            store.walk_tar(&id).map(drop)
+        } else {
+            store.rebuild_tar_index(&id)
+        };
+        match res {
+            Ok(()) => {
+                rep.done.push(format!(
+                    "{} the index {label} of tar session {id} from the tar's member headers ({reason})",
+                    if dry_run { "would rebuild" } else { "rebuilt" }
+                ));
+                done.insert(id);
+            }
+            // A tar that does not read either: what it holds is checked (and
+            // reported) with the rest of the session.
+            Err(e) => {
+                rep.unrepaired.push(format!(
+                    "session {id}: its tar index {label} cannot be rebuilt ({reason}): {e}"
+                ));
+                failed.insert(id);
+            }
+        }
+    }
+    vol.forget_tars();
+    Ok((done, failed))
+}
+
 /// Repair volume `name` of `archive` (see the module documentation). With `dry_run`
 /// nothing changes and the report says what would be done.
 pub fn repair(
@@ -604,6 +664,9 @@ pub fn repair(
     };
     let _held = prepare(config, archive, name, Use::Lock(mode))?;
     fix_volume_id(archive, &vol, name, local, dry_run, &mut rep)?;
+    // A lost or damaged tar index hides its whole session (info, manifest, chunks)
+    // although the tar holds all of it: rebuilt first, from the tar's headers.
+    let (reindexed, unindexed) = fix_tar_indexes(&vol, dry_run, &mut rep)?;
     // A prune under way is finished first: the manifest of the session it folds into
     // is new in the archive and not yet in the copies.
     let folding = archive.interrupted_prune(name)?;
@@ -641,6 +704,10 @@ pub fn repair(
             }
             m
         })
+        // A dry run cannot read a session whose index it would rebuild: what else
+        // it needs is known after the rebuild (a run checks it then).
+        // One whose index cannot be rebuilt was reported: nothing of it reads.
+        .filter(|m| !(unindexed.contains(&m.id) || (dry_run && reindexed.contains(&m.id))))
         .collect();
     fix_meta(archive, &vol, &metas, dry_run, &mut rep)?;
     if !dry_run {
@@ -676,6 +743,16 @@ pub fn repair(
         let (Some(info), Some(manifest)) = (&m.info, &manifests[k]) else {
             continue;
         };
+        // Mid-fold, the removed session's chunks are partly moved into the session
+        // it folds into, and what either holds is known once the removal is
+        // finished (the run does that first): a dry run does not guess.
+        if dry_run
+            && folding
+                .as_ref()
+                .is_some_and(|(s, t)| *s == m.id || *t == m.id)
+        {
+            continue;
+        }
         if info.chunksize > MAX_CHUNKSIZE {
             rep.unrepaired.push(format!(
                 "session {}: its info names chunk size {}, more than sparsebak ever uses",
@@ -766,7 +843,12 @@ pub fn meta_fixes(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Vec<Strin
         return Vec::new();
     };
     let mut out = Vec::new();
+    let broken = tar_index_fixes(vol);
     for (k, id) in ids.iter().enumerate() {
+        if broken.contains(id) {
+            // Its info and manifest are in the tar: they read once the index is back.
+            continue;
+        }
         let m = check_meta(vol, local, id, before(&ids, k));
         if m.info_fix.is_some() {
             out.push(file_label(vol, id, SessionFile::Info));
@@ -776,6 +858,20 @@ pub fn meta_fixes(vol: &VolumeArchive, local: Option<&LocalCopies>) -> Vec<Strin
         }
     }
     out
+}
+
+/// The tar sessions of `vol` whose index is missing or damaged while the tar is
+/// there: `repair` rebuilds their index from the tar.
+pub fn tar_index_fixes(vol: &VolumeArchive) -> Vec<String> {
+    let (Some(store), Ok(ids)) = (vol.folder(), vol.sessions()) else {
+        return Vec::new();
+    };
+    ids.into_iter()
+        .filter(|id| {
+            vol.storage(id) == Storage::Tar
+                && store.tar(id).is_err_and(|e| store.is_index_fault(id, &e))
+        })
+        .collect()
 }
 
 /// The session before the `k`th of `ids`.

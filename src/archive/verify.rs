@@ -134,6 +134,14 @@ fn chunk_problem(id: &str, addr: u64, reason: String) -> String {
 fn hint(vol: &VolumeArchive, local: Option<&LocalCopies>, bad_chunks: u64) -> Option<String> {
     let meta = crate::archive::repair::meta_fixes(vol, local);
     let mut can = Vec::new();
+    let indexes = crate::archive::repair::tar_index_fixes(vol);
+    if !indexes.is_empty() {
+        can.push(format!(
+            "rebuild the index of {} tar session(s) from the tar ({})",
+            indexes.len(),
+            indexes.join(", ")
+        ));
+    }
     if !meta.is_empty() {
         can.push(format!(
             "put back {} info/manifest file(s) from this machine's copies",

@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
     let archive = Archive::open(&ctx.config)?;
     // A reader that went away (`list | head -1`) is not an error.
     let mut out = crate::progress::Stdout;
+    let mut unreadable = 0usize;
     for name in &vols {
         let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
         let vol = archive.volume(name);
@@ -29,7 +30,16 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         crate::archive::warn_sessions_gone(&ctx.config, &archive, name, &ids)?;
         writeln!(out, "{name}")?;
         for id in ids {
-            let i = vol.info(&id)?;
+            // One session that cannot be read (a lost tar index, a damaged info) is
+            // said, and the others are still listed.
+            let i = match vol.info(&id) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("sparsebak: list {name}: session {id}: {e}");
+                    unreadable += 1;
+                    continue;
+                }
+            };
             vol.check_own(&id, &i, own.as_deref())?;
             writeln!(
                 out,
@@ -42,6 +52,9 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
                 i.previous.as_deref().unwrap_or("-")
             )?;
         }
+    }
+    if unreadable > 0 {
+        anyhow::bail!("list: {unreadable} session(s) could not be read");
     }
     Ok(())
 }

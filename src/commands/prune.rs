@@ -185,8 +185,21 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
                 continue;
             }
         }
+        let mut about = "";
+        if opts.dry_run && targets.len() > 1 {
+            // Each step was described alone; together they free what the removal of
+            // all of them does (but for the manifest lines each fold adds to the
+            // session removed next: "about").
+            if let Some(all) = archive
+                .removal_frees(name, &targets)
+                .with_context(|| format!("prune {name}"))?
+            {
+                freed = all;
+                about = "about ";
+            }
+        }
         crate::progress::out(&format!(
-            "{name}: {} {}",
+            "{name}: {} {about}{}",
             if opts.dry_run { "would free" } else { "freed" },
             human(freed)
         ));

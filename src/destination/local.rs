@@ -73,7 +73,7 @@ impl LocalVol {
     /// Volume `name` in folder `dir` on this machine, of an archive encrypted with
     /// `keys` (`None`: plain).
     pub fn at(dir: &Path, name: &str, keys: Option<Arc<ArchiveKeys>>) -> LocalVol {
-        LocalVol::at_fs(archive_fs::local(), dir, name, keys)
+        LocalVol::at_fs(archive_fs::local_in(dir), dir, name, keys)
     }
 
     /// Volume `name` in folder `dir`, reached through `fsys`, of an archive encrypted
@@ -181,7 +181,7 @@ impl LocalDestination {
     /// The archive folder `root` on this machine (which need not hold an archive
     /// yet).
     pub fn new(root: &Path) -> LocalDestination {
-        LocalDestination::with_fs(archive_fs::local(), root)
+        LocalDestination::with_fs(archive_fs::local_in(root), root)
     }
 
     /// The archive folder `root` (which need not hold an archive yet), its files
@@ -489,6 +489,10 @@ impl Destination for LocalDestination {
 
     fn check_removal(&self, name: &str, targets: &[String]) -> Result<()> {
         prune::check_removal(&self.local_volume(name), targets)
+    }
+
+    fn removal_frees(&self, name: &str, targets: &[String]) -> Result<Option<u64>> {
+        prune::removal_frees(&self.local_volume(name), targets).map(Some)
     }
 
     fn fold(

@@ -345,6 +345,14 @@ pub trait Destination: Send + Sync {
     /// naming what is missing, with nothing changed.
     fn check_removal(&self, name: &str, targets: &[String]) -> Result<()>;
 
+    /// The bytes removing all of `targets` of volume `name` together would free
+    /// (`None`: this destination cannot tell before it happens). A dry run of a prune
+    /// of several sessions says this: its steps depend on each other (chunks moved
+    /// into a session removed next are freed then), so their figures do not add up.
+    fn removal_frees(&self, _name: &str, _targets: &[String]) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
     /// Remove session `remove` of volume `name` by folding it into the next session
     /// (prune). With `dry_run` nothing changes and the plan says what would. The
     /// journal stays until [`Destination::end_fold`].

@@ -226,6 +226,57 @@ impl SealedMembers {
     }
 }
 
+/// Extra files named in one problem line at most.
+const MAX_NAMED: usize = 10;
+
+impl SealedMembers {
+    /// The chunk files of the session folder its manifest does not name (a second
+    /// walk, made only when the counts say there are some): the files' addresses,
+    /// sorted, merged with the manifest's.
+    fn extra_files(&self) -> Vec<String> {
+        let fs = self.store.fs();
+        let sdir = self.store.session_dir(&self.id);
+        let mut out = Vec::new();
+        let mut stored: Vec<(u64, String)> = Vec::new();
+        for d in list_dir(fs.as_ref(), &sdir) {
+            if d.len() != sparsebak_format::crypto::keys::CHUNK_FOLDER_LEN {
+                continue;
+            }
+            for f in list_dir(fs.as_ref(), &sdir.join(&d)) {
+                let label = fs.display(&sdir.join(&d).join(&f));
+                match self.store.addr_of_chunk(&self.id, &d, &f) {
+                    Some(a) => stored.push((a, label)),
+                    None => out.push(label),
+                }
+            }
+        }
+        stored.sort();
+        let vol = sparsebak_format::volume::VolumeArchive::from_store(
+            "",
+            std::sync::Arc::new(self.store.clone()),
+        );
+        let mut listed = std::collections::BTreeSet::new();
+        if let Ok(m) = vol.manifest(&self.id) {
+            let mut it = stored.iter().peekable();
+            for e in m.flatten() {
+                while it.peek().is_some_and(|(a, _)| *a < e.addr) {
+                    it.next();
+                }
+                if it.peek().is_some_and(|(a, _)| *a == e.addr) && e.hash.is_some() {
+                    listed.insert(e.addr);
+                }
+            }
+        }
+        out.extend(
+            stored
+                .into_iter()
+                .filter(|(a, _)| !listed.contains(a))
+                .map(|(_, l)| l),
+        );
+        out
+    }
+}
+
 impl Members for SealedMembers {
     fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
         let p = self.store.chunk_path(&self.id, addr);
@@ -243,10 +294,18 @@ impl Members for SealedMembers {
 
     fn finish(&mut self, problems: &mut Vec<String>) {
         if self.listed > self.found {
+            let names = self.extra_files();
+            let shown = names.len().min(MAX_NAMED);
             problems.push(format!(
-                "session {}: {} extra chunk file(s) not in its manifest",
+                "session {}: {} extra chunk file(s) not in its manifest: {}{}",
                 self.id,
-                self.listed - self.found
+                self.listed - self.found,
+                names[..shown].join(", "),
+                if names.len() > shown {
+                    format!(" (and {} more)", names.len() - shown)
+                } else {
+                    String::new()
+                }
             ));
         }
         for extra in std::mem::take(&mut self.extra) {
@@ -264,6 +323,7 @@ struct TarMembers {
     tar: std::sync::Arc<sparsebak_format::tarsession::TarSession>,
     tar_path: std::path::PathBuf,
     next: usize,
+    store: sparsebak_format::store::FolderStore,
 }
 
 impl TarMembers {
@@ -273,7 +333,60 @@ impl TarMembers {
             tar: vol.tar(id)?,
             tar_path: vol.tar_path(id),
             next: 0,
+            store: vol.store().clone(),
         })
+    }
+
+    /// Check every member header of the tar (checksum, ustar magic, type, name, size,
+    /// order) against the index: the index lets sparsebak read past a damaged header,
+    /// but `tar -xf` (the archive's promise of a plain tar) cannot.
+    fn check_headers(&self, problems: &mut Vec<String>) {
+        let label = self.store.fs().display(&self.tar_path);
+        let walked = match self.store.walk_tar(&self.id) {
+            Ok(w) => w,
+            Err(e) => {
+                problems.push(format!(
+                    "session {}: {e} (sparsebak reads the session through its index, but \
+                     tar cannot read this tar)",
+                    self.id
+                ));
+                return;
+            }
+        };
+        let index = &self.tar.index;
+        let mut differs = None;
+        if walked.chunks.len() != index.len() {
+            differs = Some(format!(
+                "its headers name {} chunk member(s), its index {}",
+                walked.chunks.len(),
+                index.len()
+            ));
+        } else if walked.manifest != index.manifest() || walked.info != index.info() {
+            differs = Some("the manifest or info member is not where its index says".into());
+        } else {
+            for (i, &w) in walked.chunks.iter().enumerate() {
+                match index.record(i) {
+                    Ok(r) if r == w => {}
+                    Ok((a, _, _)) => {
+                        differs = Some(format!(
+                            "the header of chunk member {} (chunk x{:016x}) is not the index's \
+                             (chunk x{a:016x})",
+                            i + 1,
+                            w.0
+                        ));
+                        break;
+                    }
+                    // Said by the walk of the index.
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(d) = differs {
+            problems.push(format!(
+                "session {}: the member headers of {label} do not match its index: {d}",
+                self.id
+            ));
+        }
     }
 
     /// The address of record `next`; `None` past the last one, or when the record
@@ -324,6 +437,7 @@ impl Members for TarMembers {
 
     fn finish(&mut self, problems: &mut Vec<String>) {
         self.extra_until(None, problems);
+        self.check_headers(problems);
     }
 }
 

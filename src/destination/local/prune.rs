@@ -426,6 +426,63 @@ pub fn check_removal(vol: &LocalVol, targets: &[String]) -> Result<()> {
     )))
 }
 
+/// The bytes a session's folder holds (a tar session: the members its folder would
+/// hold, as the prune converts it to a folder first).
+fn session_bytes(vol: &LocalVol, id: &str) -> Result<u64> {
+    Ok(match vol.storage(id) {
+        Storage::Folder => dir_size(vol.fs().as_ref(), &vol.session_dir(id)),
+        Storage::Tar => {
+            let t = vol.tar(id)?;
+            let mut n = t.index.manifest().1 + t.index.info().1;
+            for i in 0..t.index.len() {
+                n += t.index.record(i)?.2;
+            }
+            n
+        }
+    })
+}
+
+/// The stored length of chunk `addr` of session `id` (0 when it is not stored).
+fn stored_len(vol: &LocalVol, id: &str, addr: u64) -> u64 {
+    match vol.storage(id) {
+        Storage::Folder => file_len(vol.fs().as_ref(), &vol.chunk_path(id, addr)),
+        Storage::Tar => vol
+            .tar(id)
+            .and_then(|t| t.index.lookup(addr))
+            .ok()
+            .flatten()
+            .map_or(0, |(_, len)| len),
+    }
+}
+
+/// What removing all of `targets` frees: every removed session's files, less the
+/// chunk files the next surviving session's view takes from them (those are moved
+/// into it). Folds run one after another, each moving into the next session what
+/// it keeps, so the steps' own figures would count a moved chunk as kept although
+/// the next fold frees it.
+pub fn removal_frees(vol: &LocalVol, targets: &[String]) -> Result<u64> {
+    let ids = vol.sessions()?;
+    let removed: std::collections::HashSet<&str> = targets.iter().map(String::as_str).collect();
+    let mut freed = 0u64;
+    for t in ids.iter().filter(|t| removed.contains(t.as_str())) {
+        freed += session_bytes(vol, t)?;
+    }
+    for (pos, t) in ids.iter().enumerate() {
+        if removed.contains(t.as_str()) || pos == 0 || !removed.contains(ids[pos - 1].as_str()) {
+            continue;
+        }
+        let chain = vol.chain(t)?;
+        for e in ViewReader::open(vol, &chain)? {
+            let e = e?;
+            let sid = &chain[e.session].session;
+            if removed.contains(sid.as_str()) {
+                freed = freed.saturating_sub(stored_len(vol, sid, e.addr));
+            }
+        }
+    }
+    Ok(freed)
+}
+
 /// Remove session `s` of `vol` by folding it into the next session. With `dry_run`
 /// nothing changes and the plan says what would happen. Needs the volume's exclusive
 /// lock (and the source-side lock when `local` is given).

@@ -1,0 +1,204 @@
+//! A symbolic link planted in a plain archive is never followed: not as the lock file
+//! (no file is created where it points), not as a volume or session folder, not as a
+//! chunk file. Each is reported as "is a symbolic link, not a sparsebak file", with
+//! exit 1, and what it points to is left as it was.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::symlink;
+
+const LINK: &str = "is a symbolic link, not a sparsebak file";
+
+fn one_session(env: &Env, vol: &str) -> String {
+    let mut img = vec![0u8; 4 * 65536];
+    Rng::new(7).fill(&mut img);
+    std::fs::write(env.image(vol), &img).unwrap();
+    env.send(vol);
+    env.latest(vol).id
+}
+
+#[test]
+fn a_lock_link_creates_nothing_outside_the_archive() {
+    let env = Env::new(&["v"]);
+    one_session(&env, "v");
+    let outside = TestDir::new();
+    let target = outside.path().join("planted");
+    let mut planted = 0;
+    for lock in [env.archive().join(".lock"), env.vol_dir("v").join(".lock")] {
+        if lock.exists() || std::fs::symlink_metadata(&lock).is_ok() {
+            std::fs::remove_file(&lock).unwrap();
+            symlink(&target, &lock).unwrap();
+            planted += 1;
+        }
+    }
+    assert!(planted > 0, "no lock file found to replace");
+    let e = env.fails(&["send", "v"]);
+    assert!(e.contains(LINK), "{e}");
+    assert!(
+        !target.exists(),
+        "send created the file a lock link points to"
+    );
+}
+
+#[test]
+fn a_volume_folder_linked_outside_is_not_read() {
+    let env = Env::new(&["v", "w"]);
+    one_session(&env, "v");
+    let outside = TestDir::new();
+    let moved = outside.path().join("w");
+    // Another archive's volume folder, linked in as `w`.
+    std::fs::rename(env.vol_dir("v"), &moved).unwrap();
+    symlink(&moved, env.vol_dir("w")).unwrap();
+    let e = env.fails(&["list", "w"]);
+    assert!(e.contains(LINK), "list: {e}");
+    let e = env.fails(&["verify", "w"]);
+    assert!(e.contains(LINK), "verify: {e}");
+    let e = env.fails(&["receive", "w", "--save-to", "/dev/null"]);
+    assert!(e.contains(LINK), "receive: {e}");
+}
+
+#[test]
+fn a_chunk_linked_to_a_system_file_is_never_read() {
+    let env = Env::new(&["v"]);
+    let id = one_session(&env, "v");
+    let sdir = env.vol_dir("v").join(format!("S_{id}"));
+    let mut chunk = None;
+    for e in walk(&sdir) {
+        let n = e.file_name().unwrap().to_string_lossy().into_owned();
+        if n.starts_with('x') && e.is_file() {
+            chunk = Some(e);
+            break;
+        }
+    }
+    let chunk = chunk.expect("a chunk file");
+    std::fs::remove_file(&chunk).unwrap();
+    symlink("/etc/passwd", &chunk).unwrap();
+    let e = env.fails(&["verify", "v"]);
+    assert!(e.contains(LINK), "verify: {e}");
+    assert!(
+        !e.contains("Unknown frame descriptor"),
+        "verify read the link: {e}"
+    );
+    let out = env.dir.path().join("restored");
+    let e = env.fails(&["receive", "v", "--save-to", out.to_str().unwrap()]);
+    assert!(e.contains(LINK), "receive: {e}");
+    assert!(
+        !e.contains("Unknown frame descriptor"),
+        "receive read the link: {e}"
+    );
+}
+
+fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_chunk_link_is_one_problem_not_missing_and_extra() {
+    let env = Env::new(&["v"]);
+    let id = one_session(&env, "v");
+    let sdir = env.vol_dir("v").join(format!("S_{id}"));
+    let chunk = walk(&sdir)
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with('x'))
+        .unwrap();
+    let saved = env.dir.path().join("saved-chunk");
+    std::fs::rename(&chunk, &saved).unwrap();
+    symlink(&saved, &chunk).unwrap();
+    let e = env.fails(&["verify", "v"]);
+    assert!(e.contains(&format!("{}: {LINK}", chunk.display())), "{e}");
+    assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
+    assert!(!e.contains("extra") && !e.contains("is missing"), "{e}");
+}
+
+#[test]
+fn a_session_folder_link_is_refused_as_one() {
+    let env = Env::new(&["v"]);
+    let id = one_session(&env, "v");
+    let sdir = env.vol_dir("v").join(format!("S_{id}"));
+    let outside = TestDir::new();
+    let moved = outside.path().join("S");
+    std::fs::rename(&sdir, &moved).unwrap();
+    symlink(&moved, &sdir).unwrap();
+    let want = format!("{} {LINK}", sdir.display());
+    for args in [
+        vec!["verify", "v"],
+        vec!["list", "v"],
+        vec!["receive", "v", "--save-to=/dev/null"],
+    ] {
+        let e = env.fails(&args);
+        assert!(e.contains(&want), "{args:?}: {e}");
+        assert!(!e.contains("No such file"), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn extra_chunk_files_of_an_encrypted_session_are_named() {
+    let env = Env::encrypted(&["v"], "correct horse battery");
+    one_session(&env, "v");
+    let vdir = std::fs::read_dir(env.archive())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let sdir = std::fs::read_dir(&vdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("S_"))
+        .unwrap();
+    let chunk = walk(&sdir)
+        .into_iter()
+        .find(|p| p.parent().unwrap() != sdir)
+        .unwrap();
+    let stray = chunk.parent().unwrap().join("stray");
+    std::fs::write(&stray, b"not a chunk of this session").unwrap();
+    let e = env.fails(&["verify", "v"]);
+    assert!(
+        e.contains(&format!(
+            "1 extra chunk file(s) not in its manifest: {}",
+            stray.display()
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tar_session_linked_outside_is_not_read() {
+    let env = Env::new(&["v"]);
+    let mut img = vec![0u8; 4 * 65536];
+    Rng::new(4).fill(&mut img);
+    std::fs::write(env.image("v"), &img).unwrap();
+    env.ok(&["send", "--tarfile", "v"]);
+    let id = env.latest("v").id;
+    let outside = TestDir::new();
+    for suffix in [".tar", ".tar.index"] {
+        let p = env.vol_dir("v").join(format!("S_{id}{suffix}"));
+        let moved = outside.path().join(suffix.trim_start_matches('.'));
+        std::fs::copy(&p, &moved).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        symlink(&moved, &p).unwrap();
+        for args in [
+            vec!["verify", "v"],
+            vec!["receive", "v", "--save-to=/dev/null"],
+        ] {
+            let e = env.fails(&args);
+            assert!(
+                e.contains(&format!("{}: {LINK}", p.display())),
+                "{suffix} {args:?}: {e}"
+            );
+        }
+        std::fs::remove_file(&p).unwrap();
+        std::fs::copy(&moved, &p).unwrap();
+    }
+    env.verify_ok("v", None);
+}
