@@ -902,3 +902,70 @@ fn free_bytes(p: &std::path::Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(p).unwrap();
     s.blocks_available() as u64 * s.fragment_size() as u64
 }
+
+/// `env`'s config with its far side's answers cut after `bytes` (the link dies in the
+/// middle of the run, as when ssh is killed): a config file beside it.
+fn cut_link(env: &Env, bytes: usize) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = env.path().join("cut-link");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\"{}\" \"$@\" | stdbuf -o0 head -c {bytes}\n",
+            bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let from = format!("destcmd = {}\n", bin().display());
+    assert!(ini.contains(&from), "{ini}");
+    let cfg = env.path().join("cut.ini");
+    std::fs::write(
+        &cfg,
+        ini.replacen(&from, &format!("destcmd = {}\n", script.display()), 1),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn a_link_lost_in_the_middle_is_one_line_not_damage() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "keep = last:1");
+    let (versions, ids) = three_sessions(&env, 57);
+    let cfg = cut_link(&env, 400_000);
+    for args in [
+        vec!["verify", "v"],
+        vec!["receive", "v", "--save-to"],
+    ] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        if args[0] == "receive" {
+            let out = env.path().join("restored");
+            let last = args.pop().unwrap();
+            args.push(format!("{last}={}", out.display()));
+        }
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-u")
+            .args(&args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {e}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "sparsebak: error: destination {}{}: the connection was lost",
+                sshd.destvm(),
+                env.archive().display()
+            )),
+            "{args:?}: {e}"
+        );
+        assert!(!e.contains("repair") && !e.contains("chunk"), "{args:?}: {e}");
+    }
+    // Nothing was damaged: over a whole link, all is there.
+    all_whole(&env, &versions, &ids);
+}

@@ -87,6 +87,9 @@ pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> Result<(), W
     Ok(())
 }
 
+/// Why a frame stopped short: the link ended in its middle.
+pub const CLOSED_INSIDE: &str = "the connection closed inside a frame";
+
 /// Read one frame; [`WireError::Closed`] at a clean end between frames.
 pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
@@ -96,7 +99,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
             Ok(0) if got == 0 => return Err(WireError::Closed),
             Ok(0) => {
                 return Err(WireError::Malformed(
-                    "the connection closed inside a frame".into(),
+                    CLOSED_INSIDE.into(),
                 ))
             }
             Ok(n) => got += n,
@@ -117,7 +120,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            WireError::Malformed("the connection closed inside a frame".into())
+            WireError::Malformed(CLOSED_INSIDE.into())
         } else {
             WireError::Io(e)
         }
