@@ -68,7 +68,13 @@ pub fn full_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<Option<Pat
             path = Some(p.clone());
         }
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            // A far side's failure may come back as its kind alone (no errno).
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            {
                 return Some(path);
             }
         }
@@ -116,6 +122,9 @@ fn why_full_in(
 ) -> Option<String> {
     let at = full_in_chain(e)?;
     let now = room_in(fs, at.as_deref().unwrap_or(dir));
+    // A far folder is named with its host.
+    let shown = PathBuf::from(fs.display(dir));
+    let dir = shown.as_path();
     Some(if out_of_inodes(now) {
         format!("{}: {inode_hint}", inodes_sentence(dir, now))
     } else {
@@ -199,6 +208,9 @@ pub fn explain_in(
     };
     let fs_of = at.as_deref().unwrap_or(dir);
     let now = room_in(fs, fs_of);
+    // A far folder is named with its host.
+    let shown = PathBuf::from(fs.display(dir));
+    let dir = shown.as_path();
     let what = if out_of_inodes(now) {
         format!(
             "{}: this session had created {} chunk files; {SESSION_INODE_HINT}",

@@ -540,3 +540,70 @@ fn a_reader_after_an_interrupted_run_on_an_encrypted_remote_archive() {
     env.verify_ok(VOL, None);
     far.near_is_empty();
 }
+
+#[test]
+fn a_link_lost_in_the_middle_of_an_encrypted_remote_run_is_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let far = Far::new();
+    let env = &far.env;
+    let mut img = Rng::new(91).bytes(NCHUNKS * CS);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    img[..CS].fill(3);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    let s = env.sessions(VOL);
+    // The far side's answers end after 1 MB: the link dies in the middle of the run.
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let far_side = env.path().join("far-side");
+    let from = format!("destcmd = {}\n", far_side.display());
+    assert!(ini.contains(&from), "{ini}");
+    let cut = env.path().join("cut-link");
+    std::fs::write(
+        &cut,
+        format!(
+            "#!/bin/sh\nf=$(mktemp -u)\nmkfifo \"$f\"\nexec 3<&0\n\"{}\" \"$@\" <&3 >\"$f\" &\n\
+             p=$!\nstdbuf -o0 head -c 1000000 <\"$f\"\nkill -9 $p\nrm -f \"$f\"\n",
+            far_side.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = env.path().join("cut.ini");
+    std::fs::write(
+        &cfg,
+        ini.replacen(&from, &format!("destcmd = {}\n", cut.display()), 1),
+    )
+    .unwrap();
+    assert_eq!(s.len(), 2);
+    let save = format!("--save-to={}", env.path().join("restored").display());
+    for args in [vec!["verify", VOL], vec!["receive", VOL, save.as_str()]] {
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-u")
+            .args(&args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {e}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "sparsebak: error: destination {}: the connection was lost",
+                far.label()
+            )),
+            "{args:?}: {e}"
+        );
+        assert!(
+            !e.contains("repair") && !e.contains("problem") && !e.contains("need"),
+            "{args:?}: {e}"
+        );
+    }
+    // Over a whole link, nothing is damaged.
+    env.verify_ok(VOL, None);
+    assert_same(&env.receive(VOL, None), &img, "after the lost links");
+    far.near_is_empty();
+}

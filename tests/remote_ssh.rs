@@ -911,7 +911,8 @@ fn cut_link(env: &Env, bytes: usize) -> std::path::PathBuf {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\n\"{}\" \"$@\" | stdbuf -o0 head -c {bytes}\n",
+            "#!/bin/sh\nf=$(mktemp -u)\nmkfifo \"$f\"\nexec 3<&0\n\"{}\" \"$@\" <&3 >\"$f\" &\n\
+             p=$!\nstdbuf -o0 head -c {bytes} <\"$f\"\nkill -9 $p\nrm -f \"$f\"\n",
             bin().display()
         ),
     )
