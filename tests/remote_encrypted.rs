@@ -10,6 +10,8 @@
 
 mod common;
 use common::*;
+#[path = "common/loopfs.rs"]
+mod loopfs;
 #[path = "common/sshd.rs"]
 mod sshd;
 
@@ -35,10 +37,21 @@ struct Far {
 
 impl Far {
     fn new() -> Far {
+        Far::on(None)
+    }
+
+    /// [`Far::new`] whose far side keeps the archive in `disk` (else a folder).
+    fn on(disk: Option<PathBuf>) -> Far {
         let sshd = Sshd::start();
         let env = Env::encrypted(&[VOL], PASS);
-        let real = env.path().join("far-disk");
-        std::fs::create_dir(&real).unwrap();
+        let real = match disk {
+            Some(d) => d,
+            None => {
+                let r = env.path().join("far-disk");
+                std::fs::create_dir(&r).unwrap();
+                r
+            }
+        };
         std::fs::create_dir(env.archive()).unwrap();
         // The far side: serve in its own mount namespace, the archive's path bound to
         // the far disk.
@@ -605,5 +618,41 @@ fn a_link_lost_in_the_middle_of_an_encrypted_remote_run_is_one_line() {
     // Over a whole link, nothing is damaged.
     env.verify_ok(VOL, None);
     assert_same(&env.receive(VOL, None), &img, "after the lost links");
+    far.near_is_empty();
+}
+
+#[test]
+fn a_full_far_disk_of_an_encrypted_archive_says_where_and_how_much() {
+    let Some(fs) = loopfs::LoopFs::sized(
+        "a_full_far_disk_of_an_encrypted_archive_says_where_and_how_much",
+        loopfs::FsKind::Ext4,
+        "",
+        16 << 20,
+        &[],
+    ) else {
+        return;
+    };
+    let disk = fs.path().join("archive");
+    std::fs::create_dir(&disk).unwrap();
+    let far = Far::on(Some(disk.clone()));
+    let env = &far.env;
+    let mut rng = Rng::new(97);
+    std::fs::write(env.image(VOL), rng.bytes(4 * CS)).unwrap();
+    env.send(VOL);
+    std::fs::write(env.image(VOL), rng.bytes(32 << 20)).unwrap();
+    let o = env.run(&["send", VOL]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("the filesystem of {}/", far.label())),
+        "{e}"
+    );
+    assert!(
+        e.contains(" is full: this session needed more than "),
+        "{e}"
+    );
+    assert!(e.contains("nothing of the session was kept"), "{e}");
+    assert!(e.contains("No space left on device"), "{e}");
+    assert_eq!(e.lines().filter(|l| l.contains("error")).count(), 1, "{e}");
     far.near_is_empty();
 }
