@@ -656,3 +656,30 @@ fn a_full_far_disk_of_an_encrypted_archive_says_where_and_how_much() {
     assert_eq!(e.lines().filter(|l| l.contains("error")).count(), 1, "{e}");
     far.near_is_empty();
 }
+
+#[test]
+fn verify_names_a_damaged_far_chunk_with_its_host() {
+    let far = Far::new();
+    let env = &far.env;
+    std::fs::write(env.image(VOL), Rng::new(61).bytes(8 * CS)).unwrap();
+    env.send(VOL);
+    let chunks = chunk_files(&far.real);
+    assert_eq!(chunks.len(), 8);
+    let bad = &chunks[3];
+    let mut b = std::fs::read(bad).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x10;
+    std::fs::write(bad, &b).unwrap();
+    let e = env.fails(&["verify", VOL]);
+    // The far path as it is over there, after the host.
+    let far_path = env
+        .archive()
+        .join(bad.strip_prefix(&far.real).unwrap())
+        .display()
+        .to_string();
+    assert!(
+        e.contains(&format!("{}{far_path}", far.sshd.destvm())),
+        "{far_path}: {e}"
+    );
+    assert!(!e.contains(&format!(" {far_path}")), "{e}");
+}

@@ -936,10 +936,7 @@ fn a_link_lost_in_the_middle_is_one_line_not_damage() {
     let env = over_ssh(&sshd, &["v"], "keep = last:1");
     let (versions, ids) = three_sessions(&env, 57);
     let cfg = cut_link(&env, 400_000);
-    for args in [
-        vec!["verify", "v"],
-        vec!["receive", "v", "--save-to"],
-    ] {
+    for args in [vec!["verify", "v"], vec!["receive", "v", "--save-to"]] {
         let mut args: Vec<String> = args.into_iter().map(String::from).collect();
         if args[0] == "receive" {
             let out = env.path().join("restored");
@@ -965,7 +962,10 @@ fn a_link_lost_in_the_middle_is_one_line_not_damage() {
             )),
             "{args:?}: {e}"
         );
-        assert!(!e.contains("repair") && !e.contains("chunk"), "{args:?}: {e}");
+        assert!(
+            !e.contains("repair") && !e.contains("chunk"),
+            "{args:?}: {e}"
+        );
     }
     // Nothing was damaged: over a whole link, all is there.
     all_whole(&env, &versions, &ids);

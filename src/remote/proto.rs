@@ -97,11 +97,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     while got < 4 {
         match r.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Err(WireError::Closed),
-            Ok(0) => {
-                return Err(WireError::Malformed(
-                    CLOSED_INSIDE.into(),
-                ))
-            }
+            Ok(0) => return Err(WireError::Malformed(CLOSED_INSIDE.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
