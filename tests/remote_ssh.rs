@@ -970,3 +970,42 @@ fn a_link_lost_in_the_middle_is_one_line_not_damage() {
     // Nothing was damaged: over a whole link, all is there.
     all_whole(&env, &versions, &ids);
 }
+
+#[test]
+fn a_reader_of_a_plain_remote_archive_finishes_an_interrupted_prune() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let (versions, ids) = three_sessions(&env, 63);
+    // The prune is interrupted by a run on the archive's own machine (a far side
+    // does not take this side's environment).
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let here = env.path().join("here.ini");
+    std::fs::write(
+        &here,
+        ini.replacen(&remote_lines(&sshd.destvm(), &sshd.sshopts()), "", 1),
+    )
+    .unwrap();
+    assert_ne!(std::fs::read_to_string(&here).unwrap(), ini);
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&here)
+        .arg("-u")
+        .arg("prune")
+        .arg("v")
+        .arg(format!("--session={}", ids[1]))
+        .env("SPARSEBAK_FAILPOINT", "prune-after-journal")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(env.vol_dir("v").join(".prune-journal").exists());
+    // The reader's own connection says it only reads; the prune is finished over a
+    // second one that says it writes.
+    let o = env.run(&["list", "v"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(!e.contains("refusing"), "{e}");
+    assert!(!env.vol_dir("v").join(".prune-journal").exists());
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, [ids[0].clone(), ids[2].clone()]);
+    all_whole(&env, &[versions[0].clone(), versions[2].clone()], &left);
+}
