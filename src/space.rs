@@ -38,13 +38,18 @@ pub fn room(path: &Path) -> Option<Room> {
     }
 }
 
-/// [`room`] of a folder reached through `fs`: unknown (`None`) unless it is on this
-/// machine.
+/// [`room`] of a folder reached through `fs`: on this machine, or as the far side
+/// measures it (`None` when it cannot say).
 pub fn room_in(fs: &dyn ArchiveFs, path: &Path) -> Option<Room> {
     if fs.is_local() {
         room(path)
     } else {
-        None
+        // A far folder: measured over there, when the far side can say.
+        fs.room(path).map(|[bytes_free, inodes_free, inodes]| Room {
+            bytes_free,
+            inodes_free,
+            inodes,
+        })
     }
 }
 

@@ -652,6 +652,9 @@ fn a_full_far_disk_of_an_encrypted_archive_says_where_and_how_much() {
         "{e}"
     );
     assert!(e.contains("nothing of the session was kept"), "{e}");
+    // What was free is measured over there.
+    assert!(e.contains(" were free when it started"), "{e}");
+    assert!(!e.contains("an unknown amount"), "{e}");
     assert!(e.contains("No space left on device"), "{e}");
     assert_eq!(e.lines().filter(|l| l.contains("error")).count(), 1, "{e}");
     far.near_is_empty();

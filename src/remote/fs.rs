@@ -641,6 +641,16 @@ impl ArchiveFs for RemoteFs {
             .unwrap_or(false)
     }
 
+    fn room(&self, path: &Path) -> Option<[u64; 3]> {
+        let rel = self.inner.rel(path).ok()?;
+        // A far side of an older version does not know the request: unknown.
+        self.inner
+            .look_decode(&Enc::new().u8(freq::ROOM).str(&rel).0, |d| {
+                Ok([d.u64()?, d.u64()?, d.u64()?])
+            })
+            .ok()
+    }
+
     fn try_lock(
         &self,
         path: &Path,

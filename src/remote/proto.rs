@@ -569,10 +569,12 @@ pub mod freq {
     pub const LOCK: u8 = 87;
     /// `(u32 handle)` → `()`.
     pub const UNLOCK: u8 = 88;
+    /// `(path)` → `u64` bytes free, `u64` inodes free, `u64` inodes in all.
+    pub const ROOM: u8 = 89;
 
     /// Whether `code` is one of these.
     pub fn is_fs(code: u8) -> bool {
-        (METADATA..=UNLOCK).contains(&code)
+        (METADATA..=ROOM).contains(&code)
     }
 }
 
