@@ -38,13 +38,18 @@ pub fn room(path: &Path) -> Option<Room> {
     }
 }
 
-/// [`room`] of a folder reached through `fs`: unknown (`None`) unless it is on this
-/// machine.
+/// [`room`] of a folder reached through `fs`: on this machine, or as the far side
+/// measures it (`None` when it cannot say).
 pub fn room_in(fs: &dyn ArchiveFs, path: &Path) -> Option<Room> {
     if fs.is_local() {
         room(path)
     } else {
-        None
+        // A far folder: measured over there, when the far side can say.
+        fs.room(path).map(|[bytes_free, inodes_free, inodes]| Room {
+            bytes_free,
+            inodes_free,
+            inodes,
+        })
     }
 }
 
@@ -68,7 +73,13 @@ pub fn full_in_chain(e: &(dyn std::error::Error + 'static)) -> Option<Option<Pat
             path = Some(p.clone());
         }
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            // A far side's failure may come back as its kind alone (no errno).
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            {
                 return Some(path);
             }
         }
@@ -116,6 +127,9 @@ fn why_full_in(
 ) -> Option<String> {
     let at = full_in_chain(e)?;
     let now = room_in(fs, at.as_deref().unwrap_or(dir));
+    // A far folder is named with its host.
+    let shown = PathBuf::from(fs.display(dir));
+    let dir = shown.as_path();
     Some(if out_of_inodes(now) {
         format!("{}: {inode_hint}", inodes_sentence(dir, now))
     } else {
@@ -199,6 +213,9 @@ pub fn explain_in(
     };
     let fs_of = at.as_deref().unwrap_or(dir);
     let now = room_in(fs, fs_of);
+    // A far folder is named with its host.
+    let shown = PathBuf::from(fs.display(dir));
+    let dir = shown.as_path();
     let what = if out_of_inodes(now) {
         format!(
             "{}: this session had created {} chunk files; {SESSION_INODE_HINT}",

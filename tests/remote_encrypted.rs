@@ -10,6 +10,8 @@
 
 mod common;
 use common::*;
+#[path = "common/loopfs.rs"]
+mod loopfs;
 #[path = "common/sshd.rs"]
 mod sshd;
 
@@ -35,10 +37,21 @@ struct Far {
 
 impl Far {
     fn new() -> Far {
+        Far::on(None)
+    }
+
+    /// [`Far::new`] whose far side keeps the archive in `disk` (else a folder).
+    fn on(disk: Option<PathBuf>) -> Far {
         let sshd = Sshd::start();
         let env = Env::encrypted(&[VOL], PASS);
-        let real = env.path().join("far-disk");
-        std::fs::create_dir(&real).unwrap();
+        let real = match disk {
+            Some(d) => d,
+            None => {
+                let r = env.path().join("far-disk");
+                std::fs::create_dir(&r).unwrap();
+                r
+            }
+        };
         std::fs::create_dir(env.archive()).unwrap();
         // The far side: serve in its own mount namespace, the archive's path bound to
         // the far disk.
@@ -519,27 +532,179 @@ fn a_reader_after_an_interrupted_run_on_an_encrypted_remote_archive() {
     img[4 * CS..5 * CS].fill(9);
     std::fs::write(env.image(VOL), &img).unwrap();
     env.send(VOL);
-    // A prune killed after its journal: a reader finishes it.
-    let o = env.run_env(
-        &["prune", VOL, &format!("--session={}", s[1].id)],
-        &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],
-    );
-    assert!(!o.status.success());
-    // A reader may change nothing on the far side: it says what finishes the prune.
-    let e = env.fails(&["list", VOL]);
-    assert!(
-        e.contains(
-            "refusing to change it: the command said it would only read (what an \
-             interrupted run left is finished by one that writes: send, prune)"
+    // A prune killed after its journal: each reader finishes it, as on a local
+    // archive (over a second connection that says it writes), and goes on.
+    let readers: [&[&str]; 3] = [
+        &["list", VOL],
+        &["verify", VOL],
+        &["prune", VOL, "--dry-run", "--all-before=2000-01-01"],
+    ];
+    for (round, reader) in readers.iter().enumerate() {
+        let s = env.sessions(VOL);
+        let n = s.len();
+        let o = env.run_env(
+            &["prune", VOL, &format!("--session={}", s[n - 2].id)],
+            &[("SPARSEBAK_FAILPOINT", "prune-after-journal")],
+        );
+        assert!(!o.status.success());
+        let o = env.run(reader);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{reader:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "volume {VOL}: finishing the interrupted removal of session {}",
+                s[n - 2].id
+            )),
+            "{reader:?}: {err}"
+        );
+        assert!(!err.contains("refusing"), "{reader:?}: {err}");
+        let after: Vec<String> = env.sessions(VOL).into_iter().map(|x| x.id).collect();
+        let mut want: Vec<String> = s.iter().map(|x| x.id.clone()).collect();
+        want.remove(n - 2);
+        assert_eq!(after, want, "{reader:?}");
+        assert_same(&env.receive(VOL, None), &img, "after the finished prune");
+        // The next round's prune needs a session to remove.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        img[(5 + round) * CS..(6 + round) * CS].fill(11);
+        std::fs::write(env.image(VOL), &img).unwrap();
+        env.send(VOL);
+    }
+    assert_same(&env.receive(VOL, None), &img, "after the last send");
+    env.verify_ok(VOL, None);
+    far.near_is_empty();
+}
+
+#[test]
+fn a_link_lost_in_the_middle_of_an_encrypted_remote_run_is_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let far = Far::new();
+    let env = &far.env;
+    let mut img = Rng::new(91).bytes(NCHUNKS * CS);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    img[..CS].fill(3);
+    std::fs::write(env.image(VOL), &img).unwrap();
+    env.send(VOL);
+    let s = env.sessions(VOL);
+    // The far side's answers end after 1 MB: the link dies in the middle of the run.
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let far_side = env.path().join("far-side");
+    let from = format!("destcmd = {}\n", far_side.display());
+    assert!(ini.contains(&from), "{ini}");
+    let cut = env.path().join("cut-link");
+    std::fs::write(
+        &cut,
+        format!(
+            "#!/bin/sh\nf=$(mktemp -u)\nmkfifo \"$f\"\nexec 3<&0\n\"{}\" \"$@\" <&3 >\"$f\" &\n\
+             p=$!\nstdbuf -o0 head -c 1000000 <\"$f\"\nkill -9 $p\nrm -f \"$f\"\n",
+            far_side.display()
         ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cut, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = env.path().join("cut.ini");
+    std::fs::write(
+        &cfg,
+        ini.replacen(&from, &format!("destcmd = {}\n", cut.display()), 1),
+    )
+    .unwrap();
+    assert_eq!(s.len(), 2);
+    let save = format!("--save-to={}", env.path().join("restored").display());
+    for args in [vec!["verify", VOL], vec!["receive", VOL, save.as_str()]] {
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-u")
+            .args(&args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        let errors: Vec<&str> = e.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {e}");
+        assert!(
+            errors[0].starts_with(&format!(
+                "sparsebak: error: destination {}: the connection was lost",
+                far.label()
+            )),
+            "{args:?}: {e}"
+        );
+        assert!(
+            !e.contains("repair") && !e.contains("problem") && !e.contains("need"),
+            "{args:?}: {e}"
+        );
+    }
+    // Over a whole link, nothing is damaged.
+    env.verify_ok(VOL, None);
+    assert_same(&env.receive(VOL, None), &img, "after the lost links");
+    far.near_is_empty();
+}
+
+#[test]
+fn a_full_far_disk_of_an_encrypted_archive_says_where_and_how_much() {
+    let Some(fs) = loopfs::LoopFs::sized(
+        "a_full_far_disk_of_an_encrypted_archive_says_where_and_how_much",
+        loopfs::FsKind::Ext4,
+        "",
+        16 << 20,
+        &[],
+    ) else {
+        return;
+    };
+    let disk = fs.path().join("archive");
+    std::fs::create_dir(&disk).unwrap();
+    let far = Far::on(Some(disk.clone()));
+    let env = &far.env;
+    let mut rng = Rng::new(97);
+    std::fs::write(env.image(VOL), rng.bytes(4 * CS)).unwrap();
+    env.send(VOL);
+    std::fs::write(env.image(VOL), rng.bytes(32 << 20)).unwrap();
+    let o = env.run(&["send", VOL]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("the filesystem of {}/", far.label())),
         "{e}"
     );
+    assert!(
+        e.contains(" is full: this session needed more than "),
+        "{e}"
+    );
+    assert!(e.contains("nothing of the session was kept"), "{e}");
+    // What was free is measured over there.
+    assert!(e.contains(" were free when it started"), "{e}");
+    assert!(!e.contains("an unknown amount"), "{e}");
+    assert!(e.contains("No space left on device"), "{e}");
     assert_eq!(e.lines().filter(|l| l.contains("error")).count(), 1, "{e}");
-    // A prune (of nothing: --all-before a date before every session) finishes it.
-    env.ok(&["prune", VOL, "--all-before=2000-01-01"]);
-    assert_eq!(env.sessions(VOL).len(), 2);
-    assert_same(&env.receive(VOL, None), &img, "after the finished prune");
-    env.verify_ok(VOL, None);
+    far.near_is_empty();
+}
+
+#[test]
+fn verify_names_a_damaged_far_chunk_with_its_host() {
+    let far = Far::new();
+    let env = &far.env;
+    std::fs::write(env.image(VOL), Rng::new(61).bytes(8 * CS)).unwrap();
+    env.send(VOL);
+    let chunks = chunk_files(&far.real);
+    assert_eq!(chunks.len(), 8);
+    let bad = &chunks[3];
+    let mut b = std::fs::read(bad).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x10;
+    std::fs::write(bad, &b).unwrap();
+    let e = env.fails(&["verify", VOL]);
+    // The far path as it is over there, after the host.
+    let far_path = env
+        .archive()
+        .join(bad.strip_prefix(&far.real).unwrap())
+        .display()
+        .to_string();
+    assert!(
+        e.contains(&format!("{}{far_path}", far.sshd.destvm())),
+        "{far_path}: {e}"
+    );
+    assert!(!e.contains(&format!(" {far_path}")), "{e}");
 }
 
 /// Two volumes' folders swapped on the far side: list and delete of one refuse the

@@ -965,3 +965,110 @@ fn repair_after_rename_and_a_rolled_back_far_side_over_ssh() {
     cp(&saved, &env.vol_dir("v2"));
     rolled_back_list_and_receive(&env, "v2", &lost, &kept, &want);
 }
+
+/// `env`'s config with its far side's answers cut after `bytes` (the link dies in the
+/// middle of the run, as when ssh is killed): a config file beside it.
+fn cut_link(env: &Env, bytes: usize) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = env.path().join("cut-link");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nf=$(mktemp -u)\nmkfifo \"$f\"\nexec 3<&0\n\"{}\" \"$@\" <&3 >\"$f\" &\n\
+             p=$!\nstdbuf -o0 head -c {bytes} <\"$f\"\nkill -9 $p\nrm -f \"$f\"\n",
+            bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let from = format!("destcmd = {}\n", bin().display());
+    assert!(ini.contains(&from), "{ini}");
+    let cfg = env.path().join("cut.ini");
+    std::fs::write(
+        &cfg,
+        ini.replacen(&from, &format!("destcmd = {}\n", script.display()), 1),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn a_link_lost_in_the_middle_is_one_line_not_damage() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "keep = last:1");
+    let (versions, ids) = three_sessions(&env, 57);
+    let cfg = cut_link(&env, 400_000);
+    for args in [vec!["verify", "v"], vec!["receive", "v", "--save-to"]] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        if args[0] == "receive" {
+            let out = env.path().join("restored");
+            let last = args.pop().unwrap();
+            args.push(format!("{last}={}", out.display()));
+        }
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&cfg)
+            .arg("-u")
+            .args(&args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {e}");
+        assert!(
+            lines[0].starts_with(&format!(
+                "sparsebak: error: destination {}{}: the connection was lost",
+                sshd.destvm(),
+                env.archive().display()
+            )),
+            "{args:?}: {e}"
+        );
+        assert!(
+            !e.contains("repair") && !e.contains("chunk"),
+            "{args:?}: {e}"
+        );
+    }
+    // Nothing was damaged: over a whole link, all is there.
+    all_whole(&env, &versions, &ids);
+}
+
+#[test]
+fn a_reader_of_a_plain_remote_archive_finishes_an_interrupted_prune() {
+    let sshd = Sshd::start();
+    let env = over_ssh(&sshd, &["v"], "");
+    let (versions, ids) = three_sessions(&env, 63);
+    // The prune is interrupted by a run on the archive's own machine (a far side
+    // does not take this side's environment).
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let here = env.path().join("here.ini");
+    std::fs::write(
+        &here,
+        ini.replacen(&remote_lines(&sshd.destvm(), &sshd.sshopts()), "", 1),
+    )
+    .unwrap();
+    assert_ne!(std::fs::read_to_string(&here).unwrap(), ini);
+    let o = std::process::Command::new(bin())
+        .arg("-c")
+        .arg(&here)
+        .arg("-u")
+        .arg("prune")
+        .arg("v")
+        .arg(format!("--session={}", ids[1]))
+        .env("SPARSEBAK_FAILPOINT", "prune-after-journal")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(env.vol_dir("v").join(".prune-journal").exists());
+    // The reader's own connection says it only reads; the prune is finished over a
+    // second one that says it writes.
+    let o = env.run(&["list", "v"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(!e.contains("refusing"), "{e}");
+    assert!(!env.vol_dir("v").join(".prune-journal").exists());
+    let left: Vec<String> = env.sessions("v").into_iter().map(|s| s.id).collect();
+    assert_eq!(left, [ids[0].clone(), ids[2].clone()]);
+    all_whole(&env, &[versions[0].clone(), versions[2].clone()], &left);
+}

@@ -121,6 +121,14 @@ pub trait ArchiveFs: Send + Sync + Debug {
     /// nearest existing ancestor) is mounted read-only.
     fn is_read_only(&self, path: &Path) -> bool;
 
+    /// The free room on the filesystem holding `path` (or its nearest existing
+    /// ancestor), for messages: bytes and inodes an unprivileged writer may still
+    /// use, and inodes in all. `None` when it cannot be known (the default; a local
+    /// folder is measured by its caller directly).
+    fn room(&self, _path: &Path) -> Option<[u64; 3]> {
+        None
+    }
+
     /// Whether `path` exists (a symbolic link is not followed). Written in terms of
     /// [`ArchiveFs::metadata`].
     fn exists(&self, path: &Path) -> bool {

@@ -649,10 +649,11 @@ impl VolumeStore for FolderStore {
 
     fn chunk_location(&self, id: &str, addr: u64) -> String {
         match self.storage(id) {
-            Storage::Folder => self.chunk_path(id, addr).display().to_string(),
+            // A far folder is named with its host.
+            Storage::Folder => self.fs.display(&self.chunk_path(id, addr)),
             Storage::Tar => format!(
                 "{} (member for chunk x{addr:016x})",
-                self.tar_path(id).display()
+                self.fs.display(&self.tar_path(id))
             ),
         }
     }

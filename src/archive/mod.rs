@@ -43,6 +43,11 @@ pub struct Archive {
     pub read_only: bool,
     /// Whether it is encrypted (format 2).
     pub sealed: bool,
+    /// Whether it was opened to be changed: a far side refuses every change to a
+    /// connection that said it would only read.
+    writing: bool,
+    /// The keys of an encrypted archive, once unlocked (for a second connection).
+    keys: Option<Arc<sparsebak_format::crypto::ArchiveKeys>>,
 }
 
 impl std::fmt::Debug for Archive {
@@ -73,7 +78,9 @@ impl Archive {
     /// would only read.
     pub fn open_for(config: &Config, writing: bool) -> Result<Archive> {
         config.check_destination(false)?;
-        Self::opened(config, Arc::from(destination::open_for(config, writing)?))
+        let mut a = Self::opened(config, Arc::from(destination::open_for(config, writing)?))?;
+        a.writing = writing;
+        Ok(a)
     }
 
     /// The archive `dest` opened for `config`: it must exist.
@@ -81,16 +88,31 @@ impl Archive {
         Self::opened_with(config, dest, None, true)
     }
 
+    /// This archive, reached again to be changed: itself when it was opened so; for
+    /// a far side reached by a run that said it would only read, a second connection
+    /// that says it writes, unlocked with the same keys (no second passphrase).
+    pub fn for_writing(&self, config: &Config) -> Result<Archive> {
+        if self.writing || config.remote.is_none() {
+            return Ok(self.clone());
+        }
+        let dest: Arc<dyn Destination> = Arc::from(destination::open_for(config, true)?);
+        let mut a = Self::opened_with(config, dest, self.keys.clone(), self.keys.is_some())?;
+        a.writing = true;
+        Ok(a)
+    }
+
     /// Open the configured archive, which must exist, without unlocking an encrypted
     /// one: for the commands that handle its key file itself (`key`).
     pub fn open_locked(config: &Config, writing: bool) -> Result<Archive> {
         config.check_destination(false)?;
-        Self::opened_with(
+        let mut a = Self::opened_with(
             config,
             Arc::from(destination::open_for(config, writing)?),
             None,
             false,
-        )
+        )?;
+        a.writing = writing;
+        Ok(a)
     }
 
     /// [`Archive::opened`]; `keys`: the keys of an encrypted archive this run has
@@ -131,12 +153,14 @@ impl Archive {
             }
             _ => {}
         }
+        let mut unlocked = None;
         if marker.is_sealed() && unlock {
             let keys = match keys {
                 Some(k) => k,
                 None => Arc::new(keys::unlock(config, dest.as_ref(), &marker, &root)?),
             };
-            dest.set_keys(keys)?;
+            dest.set_keys(keys.clone())?;
+            unlocked = Some(keys);
         }
         let read_only = dest.read_only();
         Ok(Archive {
@@ -145,6 +169,8 @@ impl Archive {
             sealed: marker.is_sealed(),
             id: marker.id,
             read_only,
+            writing: true,
+            keys: unlocked,
         })
     }
 
@@ -205,6 +231,8 @@ impl Archive {
             id: marker.id,
             dest,
             root,
+            writing: true,
+            keys: None,
         })
     }
 
@@ -415,11 +443,14 @@ pub fn settle(config: &Config, archive: &Archive, name: &str) -> Result<()> {
         return local.catch_up(&vol);
     }
     let _meta = lock_meta(config, name)?;
-    let _lock = archive.lock_volume(name, Mode::Exclusive)?;
+    // A far side refuses changes to a run that said it would only read: the prune is
+    // finished over a connection that says it writes, closed when done.
+    let writer = archive.for_writing(config)?;
+    let _lock = writer.lock_volume(name, Mode::Exclusive)?;
     let local = crate::metadir::dest_dir(config, name)
         .is_dir()
         .then_some(&local);
-    recover(archive, name, local)?;
+    recover(&writer, name, local)?;
     if let Some(l) = local {
         l.catch_up(&vol)?;
     }

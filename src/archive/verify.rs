@@ -72,6 +72,10 @@ pub fn verify(
     }
     let mut view_chunks = 0u64;
     let r = read_view(vol, &chain, true, |batch| {
+        // A lost connection: nothing after it can be read; it is the error.
+        if let Some(lost) = crate::remote::client::link_lost() {
+            return Err(Error::Msg(lost));
+        }
         for rc in batch {
             view_chunks += 1;
             match rc.data {
@@ -109,6 +113,9 @@ pub fn verify(
                 last.session, last.chunks
             ));
         }
+    }
+    if let Some(lost) = crate::remote::client::link_lost() {
+        return Err(Error::Msg(lost));
     }
     // A missing file of a session of the chain, in its view or not.
     rep.bad_chunks += missing_files;

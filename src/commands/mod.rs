@@ -118,7 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
         save_to,
         all_dests,
     };
-    match &cli.command {
+    let r = match &cli.command {
         Command::Send {
             volumes,
             stream: Some(path),
@@ -168,6 +168,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diff { volume, json, .. } => diff::run(&ctx, volume, *json),
         Command::Key { action } => key::run(&ctx, action),
         Command::Tape { action } => tape::run(&ctx, action),
+    };
+    // A lost connection fails every read after it: that is the one cause to say,
+    // not damage to the chunks it could not read (nor a repair for them).
+    match (r, crate::remote::client::link_lost()) {
+        (Err(_), Some(lost)) => Err(anyhow::anyhow!(lost)),
+        (r, _) => r,
     }
 }
 

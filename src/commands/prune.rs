@@ -94,17 +94,13 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
     let mut matched = 0;
     let mut unmatched: Vec<anyhow::Error> = Vec::new();
     for name in &vols {
-        // A dry run on a read-only archive only reads; anything else changes the
-        // volume (an interrupted prune is finished first).
+        // A dry run only reads (an interrupted prune is finished first, as by every
+        // reader); a prune changes the volume.
         let _held = prepare(
             &ctx.config,
             &archive,
             name,
-            if archive.read_only {
-                Use::Read
-            } else {
-                Use::Write
-            },
+            if opts.dry_run { Use::Read } else { Use::Write },
         )?;
         let vol = archive.volume(name);
         let mdir = crate::metadir::dest_dir(&ctx.config, name);

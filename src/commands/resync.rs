@@ -17,7 +17,8 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
         return Ok(());
     }
     let mut source = source::for_config(&ctx.config)?;
-    let archive = Archive::open(&ctx.config)?;
+    // It clears what interrupted sends left on the archive: a far side is told so.
+    let archive = Archive::open_for(&ctx.config, true)?;
     // Tracking rebuilt against another disk's archive would be wrong for this one.
     crate::archive::identity::check_same(&ctx.config, &archive)?;
     for name in &vols {

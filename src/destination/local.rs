@@ -266,7 +266,7 @@ pub fn remove_staging(vol: &LocalVol) -> Result<()> {
     for ent in rd {
         if ent.name.starts_with(".tmp-") {
             let p = dir.join(&ent.name);
-            tracing::warn!("removing {} left by an interrupted run", p.display());
+            tracing::warn!("removing {} left by an interrupted run", fs.display(&p));
             fs.remove_dir_all(&p).at(&p)?;
         }
     }

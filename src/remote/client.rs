@@ -49,6 +49,16 @@ pub enum RemoteError {
     },
 }
 
+/// The first connection of this run that broke in its middle, as its error says it.
+static LOST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Whether a connection of this run was lost in its middle, and its error: every
+/// request after it failed because of it, not because of what the archive holds,
+/// so a command reports this one line instead of what it could not read.
+pub fn link_lost() -> Option<String> {
+    LOST.lock().ok().and_then(|l| l.clone())
+}
+
 /// Whether OpenSSH's last line `l` says the host did not answer (as opposed to
 /// answering and refusing: a wrong key or user is a failure to fix, not an absent
 /// host).
@@ -454,11 +464,22 @@ impl Connection {
         }
     }
 
-    /// The link broke in the middle of the run.
+    /// The link broke in the middle of the run: remembered for [`link_lost`].
     fn broken(&mut self, e: WireError) -> RemoteError {
+        let r = self.broken_link(e);
+        if let Ok(mut l) = LOST.lock() {
+            l.get_or_insert_with(|| r.to_string());
+        }
+        r
+    }
+
+    fn broken_link(&mut self, e: WireError) -> RemoteError {
         use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
         let mut what = match &e {
             WireError::Closed => "the connection was lost".to_string(),
+            WireError::Malformed(m) if m == proto::CLOSED_INSIDE => {
+                "the connection was lost".to_string()
+            }
             WireError::Io(io)
                 if matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof) =>
             {

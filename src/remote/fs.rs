@@ -130,6 +130,17 @@ impl Inner {
         }
     }
 
+    /// Read every answer in flight, keeping their first failure for a call that
+    /// changes or syncs something: a look (metadata, a listing, a read) is often
+    /// asked only to learn whether a file is there, its error taken for "no", and
+    /// the failure of an earlier write must not be lost in it.
+    fn drain(&self, c: &mut Connection) -> io::Result<()> {
+        if let Some(f) = c.drain().map_err(link)? {
+            self.note(far_error(f, false));
+        }
+        Ok(())
+    }
+
     /// Send `payload` and wait for its answer (after those in flight).
     fn wait(&self, payload: &[u8]) -> io::Result<Vec<u8>> {
         let mut c = self.conn()?;
@@ -138,6 +149,28 @@ impl Inner {
             Ok(p) => Ok(p),
             Err(f) => Err(self.immediate(f)),
         }
+    }
+
+    /// [`Self::wait`] for a request that only looks: an earlier write's failure
+    /// stays for the next call that changes something.
+    fn look(&self, payload: &[u8]) -> io::Result<Vec<u8>> {
+        let mut c = self.conn()?;
+        self.drain(&mut c)?;
+        match c.call_far(payload).map_err(link)? {
+            Ok(p) => Ok(p),
+            Err(f) => Err(self.immediate(f)),
+        }
+    }
+
+    fn look_decode<T>(
+        &self,
+        payload: &[u8],
+        f: impl FnOnce(&mut Dec) -> Result<T, WireError>,
+    ) -> io::Result<T> {
+        let p = self.look(payload)?;
+        let c = self.conn()?;
+        c.decode(&p, f)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     }
 
     /// The error of the request waited for: its caller names the path, so the far
@@ -167,7 +200,7 @@ impl Inner {
     /// of the file.
     fn read_at(&self, rel: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut c = self.conn()?;
-        self.settle(&mut c)?;
+        self.drain(&mut c)?;
         let mut out = Vec::with_capacity(len.min(64 << 20));
         let mut asked = Vec::new();
         let mut at = 0usize;
@@ -387,7 +420,7 @@ impl ArchiveFs for RemoteFs {
     fn metadata(&self, path: &Path) -> io::Result<Meta> {
         let rel = self.inner.rel(path)?;
         self.inner
-            .wait_decode(&Enc::new().u8(freq::METADATA).str(&rel).0, |d| {
+            .look_decode(&Enc::new().u8(freq::METADATA).str(&rel).0, |d| {
                 Ok(Meta {
                     kind: kind_of_code(d.u8()?)?,
                     len: d.u64()?,
@@ -404,7 +437,7 @@ impl ArchiveFs for RemoteFs {
             e.u8(freq::READ_DIR)
                 .str(&rel)
                 .opt_str(out.last().map(|x| x.name.as_str()));
-            let (page, more) = self.inner.wait_decode(&e.0, |d| {
+            let (page, more) = self.inner.look_decode(&e.0, |d| {
                 let n = d.u32()? as usize;
                 // Each entry takes at least 13 bytes: the count is bounded by the frame.
                 let mut v = Vec::with_capacity(n.min(d.rest_len() / 13));
@@ -437,7 +470,7 @@ impl ArchiveFs for RemoteFs {
         let rel = self.inner.rel(path)?;
         let (len, first) = self
             .inner
-            .wait_decode(&Enc::new().u8(freq::READ).str(&rel).u64(max).0, |d| {
+            .look_decode(&Enc::new().u8(freq::READ).str(&rel).u64(max).0, |d| {
                 Ok((d.u64()?, d.bytes()?.to_vec()))
             })?;
         let too_long = |n: u64| {
@@ -604,8 +637,18 @@ impl ArchiveFs for RemoteFs {
             return false;
         };
         self.inner
-            .wait_decode(&Enc::new().u8(freq::IS_READ_ONLY).str(&rel).0, |d| d.bool())
+            .look_decode(&Enc::new().u8(freq::IS_READ_ONLY).str(&rel).0, |d| d.bool())
             .unwrap_or(false)
+    }
+
+    fn room(&self, path: &Path) -> Option<[u64; 3]> {
+        let rel = self.inner.rel(path).ok()?;
+        // A far side of an older version does not know the request: unknown.
+        self.inner
+            .look_decode(&Enc::new().u8(freq::ROOM).str(&rel).0, |d| {
+                Ok([d.u64()?, d.u64()?, d.u64()?])
+            })
+            .ok()
     }
 
     fn try_lock(

@@ -394,6 +394,17 @@ impl FsServer {
                 d.end()?;
                 e.bool(fs.is_read_only(&p));
             }
+            freq::ROOM => {
+                let p = tri!(self.resolve(&d.str()?, Last::NoLink));
+                d.end()?;
+                let Some(r) = crate::space::room(&p) else {
+                    return Ok(Err(FsFault::new(
+                        io::ErrorKind::Other,
+                        format!("{}: the room of its filesystem is unknown", p.display()),
+                    )));
+                };
+                e.u64(r.bytes_free).u64(r.inodes_free).u64(r.inodes);
+            }
             freq::LOCK => {
                 let p = tri!(self.resolve(&d.str()?, Last::NoLink));
                 let h = d.u32()?;

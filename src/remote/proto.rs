@@ -87,6 +87,9 @@ pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> Result<(), W
     Ok(())
 }
 
+/// Why a frame stopped short: the link ended in its middle.
+pub const CLOSED_INSIDE: &str = "the connection closed inside a frame";
+
 /// Read one frame; [`WireError::Closed`] at a clean end between frames.
 pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
@@ -94,11 +97,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     while got < 4 {
         match r.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Err(WireError::Closed),
-            Ok(0) => {
-                return Err(WireError::Malformed(
-                    "the connection closed inside a frame".into(),
-                ))
-            }
+            Ok(0) => return Err(WireError::Malformed(CLOSED_INSIDE.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
@@ -117,7 +116,7 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, WireError> {
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            WireError::Malformed("the connection closed inside a frame".into())
+            WireError::Malformed(CLOSED_INSIDE.into())
         } else {
             WireError::Io(e)
         }
@@ -570,10 +569,12 @@ pub mod freq {
     pub const LOCK: u8 = 87;
     /// `(u32 handle)` → `()`.
     pub const UNLOCK: u8 = 88;
+    /// `(path)` → `u64` bytes free, `u64` inodes free, `u64` inodes in all.
+    pub const ROOM: u8 = 89;
 
     /// Whether `code` is one of these.
     pub fn is_fs(code: u8) -> bool {
-        (METADATA..=UNLOCK).contains(&code)
+        (METADATA..=ROOM).contains(&code)
     }
 }
 

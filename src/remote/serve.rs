@@ -80,7 +80,44 @@ fn check_session(id: &str) -> Result<(), String> {
     }
 }
 
+/// Whether request `p` leaves the archive as it is: the only requests a connection
+/// whose hello said it will only read may make. Its locks are taken, so that no
+/// writer changes what it reads; a fold only when it is a dry run.
+fn reads_only(p: &[u8]) -> bool {
+    let Some((&code, rest)) = p.split_first() else {
+        return false;
+    };
+    match code {
+        req::VOLUMES
+        | req::EXISTS
+        | req::SESSIONS
+        | req::INFO
+        | req::MANIFEST_LEN
+        | req::MANIFEST_READ
+        | req::READ_STORED
+        | req::STORAGE
+        | req::CHUNK_LOCATION
+        | req::ARCHIVE
+        | req::LOCK
+        | req::UNLOCK
+        | dreq::MARKER
+        | dreq::KEY_FILE
+        | dreq::INTERRUPTED_PRUNE
+        | dreq::CHECK_REMOVAL
+        | dreq::CHECK_STORED
+        | dreq::VOLUME_IS_FREE => true,
+        dreq::FOLD => {
+            let mut d = Dec::new(rest);
+            matches!((d.str(), d.str(), d.bool()), (Ok(_), Ok(_), Ok(true)))
+        }
+        _ => false,
+    }
+}
+
 struct Server {
+    /// Whether the client said in its hello that it will change the archive: if
+    /// not, every request that would is refused.
+    writing: bool,
     dest: Box<dyn Destination>,
     locks: HashMap<String, Option<DestLock>>,
     infos: HashMap<(String, String), SessionInfo>,
@@ -246,6 +283,14 @@ impl Server {
         if let Some(&code) = p.first().filter(|c| freq::is_fs(**c)) {
             let mut d = Dec::new(&p[1..]);
             return Ok(Some(self.fs.handle(code, &mut d)?.map_err(Fault::Io)));
+        }
+        if !self.writing && !reads_only(p) {
+            return Ok(Some(Err(Fault::Text(format!(
+                "{}: refusing request {}: it changes the archive, and the command said it would \
+                 only read (what an interrupted run left is finished by one that writes: send, prune)",
+                self.root.display(),
+                p.first().copied().unwrap_or(0)
+            )))));
         }
         let changes = !matches!(
             p.first().copied(),
@@ -753,6 +798,7 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Result<(), Se
     };
     proto::write_frame(&mut out, kind::OK, &[])?;
     let mut server = Server {
+        writing: hello.writing,
         dest,
         locks: HashMap::new(),
         infos: HashMap::new(),
@@ -891,12 +937,21 @@ mod tests {
         destdir: &str,
         requests: &[Vec<u8>],
     ) -> (Vec<proto::Frame>, Result<(), ServeError>) {
+        run_as(root, destdir, false, requests)
+    }
+
+    fn run_as(
+        root: &Path,
+        destdir: &str,
+        writing: bool,
+        requests: &[Vec<u8>],
+    ) -> (Vec<proto::Frame>, Result<(), ServeError>) {
         let h = Hello {
             protocol: proto::PROTOCOL_VERSION,
             program: proto::PROGRAM_VERSION.into(),
             destdir: destdir.into(),
             destmountpoint: None,
-            writing: false,
+            writing,
         };
         let mut input = Vec::new();
         proto::write_frame(&mut input, kind::HELLO, &h.encode()).unwrap();
@@ -946,7 +1001,7 @@ mod tests {
             Enc::new().u8(req::VOLUMES).0.clone(),
             Enc::new().u8(99).0.clone(),
         ];
-        let (frames, res) = run(&root, &d, &reqs);
+        let (frames, res) = run_as(&root, &d, true, &reqs);
         res.unwrap();
         let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
         assert_eq!(
@@ -1029,7 +1084,7 @@ mod tests {
                 .clone(),
             Enc::new().u8(dreq::KEY_FILE).0.clone(),
         ];
-        let (frames, res) = run(&root, &root.display().to_string(), &reqs);
+        let (frames, res) = run_as(&root, &root.display().to_string(), true, &reqs);
         res.unwrap();
         let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
         assert_eq!(
@@ -1068,5 +1123,108 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [layout::ARCHIVE_MARKER, KEY_FILE]);
+    }
+
+    #[test]
+    fn a_reading_connection_is_refused_every_change() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("backup");
+        let sess = root.join("v").join("S_20260101-000000");
+        std::fs::create_dir_all(&sess).unwrap();
+        std::fs::create_dir_all(root.join("w")).unwrap();
+        std::fs::write(sess.join("info"), "x").unwrap();
+        std::fs::write(
+            root.join(layout::ARCHIVE_MARKER),
+            sparsebak_format::marker::ArchiveMarker::new("0b7e1c52-9f6a-4c1e-8d2b-3a4f5e6d7c8b")
+                .to_text(),
+        )
+        .unwrap();
+        let d = root.display().to_string();
+        let id = "20260101-000000";
+        let changing: Vec<Vec<u8>> = vec![
+            Enc::new()
+                .u8(dreq::DELETE_SESSIONS)
+                .str("v")
+                .strs(&[id])
+                .0
+                .clone(),
+            Enc::new()
+                .u8(dreq::RENAME_VOLUME)
+                .str("v")
+                .str("v2")
+                .0
+                .clone(),
+            Enc::new().u8(dreq::DELETE_VOLUME).str("w").0.clone(),
+            Enc::new().u8(dreq::PUT_KEY_FILE).bytes(b"k").0.clone(),
+            Enc::new().u8(dreq::CREATE).0.clone(),
+            Enc::new().u8(dreq::ADD_IDENTITY).0.clone(),
+            Enc::new().u8(dreq::UNTAR).str("v").str(id).0.clone(),
+            Enc::new().u8(dreq::REMOVE_STAGING).str("v").0.clone(),
+            Enc::new().u8(dreq::SWEEP_DEAD_RUNS).0.clone(),
+            Enc::new().u8(dreq::END_FOLD).str("v").0.clone(),
+            Enc::new()
+                .u8(dreq::FOLD)
+                .str("v")
+                .str(id)
+                .bool(false)
+                .u8(0)
+                .0
+                .clone(),
+            Enc::new().u8(dreq::RECOVER).str("v").u8(0).0.clone(),
+            Enc::new()
+                .u8(dreq::BEGIN_SESSION)
+                .str("v")
+                .str("20260102-000000")
+                .u8(0)
+                .opt_str(None)
+                .u64(1 << 20)
+                .0
+                .clone(),
+        ];
+        let (frames, res) = run(&root, &d, &changing);
+        res.unwrap();
+        assert_eq!(frames.len(), 2 + changing.len());
+        for (f, r) in frames[2..].iter().zip(&changing) {
+            assert_eq!(f.kind, kind::ERR);
+            assert_eq!(
+                String::from_utf8(f.payload.clone()).unwrap(),
+                format!(
+                    "{d}: refusing request {}: it changes the archive, and the command said it \
+                     would only read (what an interrupted run left is finished by one that \
+                     writes: send, prune)",
+                    r[0]
+                )
+            );
+        }
+        // Nothing changed: the session, both volumes, no key file, no identity.
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [layout::ARCHIVE_MARKER, "v", "w"]);
+        assert_eq!(std::fs::read(sess.join("info")).unwrap(), b"x");
+        // Reading requests (a dry fold among them) are answered.
+        let (frames, res) = run(
+            &root,
+            &d,
+            &[
+                Enc::new().u8(req::VOLUMES).0.clone(),
+                Enc::new().u8(dreq::VOLUME_IS_FREE).str("w").0.clone(),
+            ],
+        );
+        res.unwrap();
+        let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [kind::HELLO, kind::OK, kind::OK, kind::OK]);
+        // The same request on a writing connection is carried out.
+        let (frames, res) = run_as(
+            &root,
+            &d,
+            true,
+            &[Enc::new().u8(dreq::DELETE_VOLUME).str("w").0.clone()],
+        );
+        res.unwrap();
+        assert_eq!(frames[2].kind, kind::OK);
+        assert!(!root.join("w").exists());
     }
 }

@@ -135,7 +135,7 @@ fn create_with(
     if foreign && !fs.exists(&marker) {
         return Err(Error::Msg(format!(
             "{} is not empty and is not a sparsebak archive; refusing to write into it",
-            root.display()
+            fs.display(root)
         )));
     }
     let (id, m) = match sealed_id {
