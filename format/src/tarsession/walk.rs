@@ -10,6 +10,9 @@ use crate::error::{FormatError, IoContext, Result};
 
 use super::TAR_BLOCK;
 
+/// Bytes read at a time while walking the headers.
+const WINDOW: u64 = 1 << 20;
+
 /// What a member name stands for in the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberName {
@@ -121,15 +124,27 @@ pub fn walk(
     let mut out = Walked::default();
     let (mut seen_manifest, mut seen_info) = (false, false);
     let mut at = 0u64;
+    // Headers are read through a window of WINDOW bytes: one read per window, not one
+    // per member (a read per 512-byte header of a 1 GiB session of 64 KiB chunks made
+    // a cold-cache verify of it 3.5 times as long), and the window leaves the members'
+    // contents in the page cache for the reads that follow.
+    let mut win: Vec<u8> = Vec::new();
+    let mut win_at = 0u64;
     while at + TAR_BLOCK <= tar_len {
-        let h = fs.read_at(path, at, TAR_BLOCK as usize).at(path)?;
-        if h.len() != TAR_BLOCK as usize {
-            return Err(bad(at, "the tar ends inside it".into()));
+        let inside = at >= win_at && at + TAR_BLOCK <= win_at + win.len() as u64;
+        if !inside {
+            let want = WINDOW.min(tar_len - at) as usize;
+            win = fs.read_at(path, at, want).at(path)?;
+            win_at = at;
         }
+        let from = (at - win_at) as usize;
+        let Some(h) = win.get(from..from + TAR_BLOCK as usize) else {
+            return Err(bad(at, "the tar ends inside it".into()));
+        };
         if h.iter().all(|&b| b == 0) {
             break;
         }
-        let (name, size) = parse_header(&h).map_err(|w| bad(at, w))?;
+        let (name, size) = parse_header(h).map_err(|w| bad(at, w))?;
         let off = at + TAR_BLOCK;
         let end = off
             .checked_add(size)
