@@ -48,6 +48,25 @@ pub(crate) fn le(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// The index record of the chunk at `addr` (content at `off`, `len` bytes), after the
+/// record of `last`: records must come in increasing address order.
+pub(crate) fn next_record(
+    last: &mut Option<u64>,
+    addr: u64,
+    off: u64,
+    len: u64,
+) -> Result<[u8; RECORD]> {
+    if last.is_some_and(|l| addr <= l) {
+        return Err(FormatError::Other("tar index records out of order".into()));
+    }
+    *last = Some(addr);
+    let mut rec = [0u8; RECORD];
+    rec[..8].copy_from_slice(&addr.to_le_bytes());
+    rec[8..16].copy_from_slice(&off.to_le_bytes());
+    rec[16..].copy_from_slice(&len.to_le_bytes());
+    Ok(rec)
+}
+
 /// The header of a member written by sparsebak: POSIX ustar, a regular file, mode
 /// 0644, owner 0, the given size and time. Names are short (under 100 bytes), so no
 /// extension headers are ever needed and a member's content starts 512 bytes after
@@ -361,14 +380,7 @@ impl TarIndexWriter {
     }
 
     pub fn push(&mut self, addr: u64, off: u64, len: u64) -> Result<()> {
-        if self.last.is_some_and(|l| addr <= l) {
-            return Err(FormatError::Other("tar index records out of order".into()));
-        }
-        self.last = Some(addr);
-        let mut rec = [0u8; RECORD];
-        rec[..8].copy_from_slice(&addr.to_le_bytes());
-        rec[8..16].copy_from_slice(&off.to_le_bytes());
-        rec[16..].copy_from_slice(&len.to_le_bytes());
+        let rec = next_record(&mut self.last, addr, off, len)?;
         match &mut self.file {
             IndexOut::Local(f) => f.write_all(&rec).at(&self.path)?,
             IndexOut::Staged { bytes, .. } => bytes.extend_from_slice(&rec),

@@ -387,14 +387,7 @@ impl SealedTarIndexWriter {
     }
 
     pub fn push(&mut self, addr: u64, off: u64, len: u64) -> Result<()> {
-        if self.last.is_some_and(|l| addr <= l) {
-            return Err(FormatError::Other("tar index records out of order".into()));
-        }
-        self.last = Some(addr);
-        let mut rec = [0u8; RECORD];
-        rec[..8].copy_from_slice(&addr.to_le_bytes());
-        rec[8..16].copy_from_slice(&off.to_le_bytes());
-        rec[16..].copy_from_slice(&len.to_le_bytes());
+        let rec = super::next_record(&mut self.last, addr, off, len)?;
         self.out.write_all(&rec).at(&self.path)?;
         self.count += 1;
         Ok(())
