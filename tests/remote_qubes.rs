@@ -178,65 +178,14 @@ fn nothing_the_far_side_sends_is_trusted() {
     );
 }
 
-#[test]
-fn send_and_receive_through_qvm_run() {
-    let env = Env::new(&["v"]);
+/// Two sends through the qvm-run stand-in (16 chunks, then 1 changed), list,
+/// verify and a byte-identical receive; `env`'s config is made to name the VM.
+/// Returns the qvm-run log.
+fn round_trip_through_qvm_run(env: &Env, seed: u64) -> String {
     let bin_dir = qvm_run_stand_in(env.path(), "backup-vm");
     // The env's own config now names the VM: every helper goes through qvm-run.
-    let cfg = add_to_var(&env.config, &remote_lines("qubes://backup-vm", ""));
-    std::fs::rename(&cfg, &env.config).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(bin())
-            .arg("-c")
-            .arg(&env.config)
-            .arg("-u")
-            .args(args)
-            .env("PATH", &path)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    };
-    let mut rng = Rng::new(12);
-    let mut img = rng.bytes(16 * CS);
-    std::fs::write(env.image("v"), &img).unwrap();
-    run(&["send", "v"]);
-    rng.fill(&mut img[5 * CS..6 * CS]);
-    std::fs::write(env.image("v"), &img).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    run(&["send", "v"]);
-    let list = run(&["list", "v"]);
-    let changed: Vec<u64> = list
-        .lines()
-        .skip(1)
-        .map(|l| parse_list_line(l).changed)
-        .collect();
-    assert_eq!(changed, [16, 1], "{list}");
-    run(&["verify", "v"]);
-    let out = env.path().join("restored");
-    run(&["receive", "v", &format!("--save-to={}", out.display())]);
-    assert_same(&std::fs::read(&out).unwrap(), &img, "through qvm-run");
-    let log = std::fs::read_to_string(env.path().join("qvm-run.log")).unwrap();
-    assert!(log.lines().count() >= 5, "{log}");
-    assert!(log
-        .lines()
-        .all(|l| l == format!("{} serve -- {}", bin().display(), env.archive().display())));
-}
-
-#[test]
-fn an_encrypted_archive_through_qvm_run() {
-    let env = Env::encrypted(&["v"], "a passphrase for the vm");
-    let bin_dir = qvm_run_stand_in(env.path(), "backup-vm");
     let ini = std::fs::read_to_string(&env.config).unwrap();
+    assert!(ini.contains("[var]\n"), "{ini}");
     std::fs::write(
         &env.config,
         ini.replacen(
@@ -267,7 +216,7 @@ fn an_encrypted_archive_through_qvm_run() {
         );
         String::from_utf8(o.stdout).unwrap()
     };
-    let mut rng = Rng::new(13);
+    let mut rng = Rng::new(seed);
     let mut img = rng.bytes(16 * CS);
     std::fs::write(env.image("v"), &img).unwrap();
     run(&["send", "v"]);
@@ -285,16 +234,28 @@ fn an_encrypted_archive_through_qvm_run() {
     run(&["verify", "v"]);
     let out = env.path().join("restored");
     run(&["receive", "v", &format!("--save-to={}", out.display())]);
-    assert_same(
-        &std::fs::read(&out).unwrap(),
-        &img,
-        "encrypted, through qvm-run",
-    );
+    assert_same(&std::fs::read(&out).unwrap(), &img, "through qvm-run");
+    let log = std::fs::read_to_string(env.path().join("qvm-run.log")).unwrap();
+    assert!(log.lines().count() >= 5, "{log}");
+    log
+}
+
+#[test]
+fn send_and_receive_through_qvm_run() {
+    let env = Env::new(&["v"]);
+    let log = round_trip_through_qvm_run(&env, 12);
+    assert!(log
+        .lines()
+        .all(|l| l == format!("{} serve -- {}", bin().display(), env.archive().display())));
+}
+
+#[test]
+fn an_encrypted_archive_through_qvm_run() {
+    let env = Env::encrypted(&["v"], "a passphrase for the vm");
+    round_trip_through_qvm_run(&env, 13);
     // The archive the VM holds is encrypted: format 2, its key file, no folder `v`.
     let marker = std::fs::read_to_string(env.archive().join("sparsebak.archive")).unwrap();
     assert!(marker.contains("format=2\n"), "{marker}");
     assert!(env.archive().join("sparsebak.key").is_file());
     assert!(!env.archive().join("v").exists());
-    let log = std::fs::read_to_string(env.path().join("qvm-run.log")).unwrap();
-    assert!(log.lines().count() >= 5, "{log}");
 }
