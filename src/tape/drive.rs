@@ -90,6 +90,26 @@ pub enum TapeError {
 
 pub type Result<T, E = TapeError> = std::result::Result<T, E>;
 
+/// Check that a drive of `device` is in fixed-block mode (`block_size` bytes, 0 for
+/// variable) and that `what` (a read or a write) moves exactly one block of `len`
+/// bytes. Errors: [`TapeError::NotFixedMode`], [`TapeError::WrongLength`].
+pub fn check_fixed(device: &str, block_size: usize, what: &'static str, len: usize) -> Result<()> {
+    if block_size == 0 {
+        return Err(TapeError::NotFixedMode {
+            device: device.to_string(),
+        });
+    }
+    if len != block_size {
+        return Err(TapeError::WrongLength {
+            device: device.to_string(),
+            what,
+            len,
+            block_size,
+        });
+    }
+    Ok(())
+}
+
 /// What one read brought back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOutcome {

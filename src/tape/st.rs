@@ -239,23 +239,6 @@ impl StDrive {
         Ok(g)
     }
 
-    fn check_fixed(&self, what: &'static str, len: usize) -> Result<()> {
-        if self.block_size == 0 {
-            return Err(TapeError::NotFixedMode {
-                device: self.name.clone(),
-            });
-        }
-        if len != self.block_size {
-            return Err(TapeError::WrongLength {
-                device: self.name.clone(),
-                what,
-                len,
-                block_size: self.block_size,
-            });
-        }
-        Ok(())
-    }
-
     fn write_once(&mut self, block: &[u8]) -> std::io::Result<usize> {
         loop {
             match self.file.write(block) {
@@ -287,7 +270,7 @@ impl TapeDrive for StDrive {
     }
 
     fn write_block(&mut self, block: &[u8]) -> Result<bool> {
-        self.check_fixed("a write", block.len())?;
+        super::drive::check_fixed(&self.name, self.block_size, "a write", block.len())?;
         let mut retried = false;
         loop {
             match self.write_once(block) {
@@ -344,7 +327,7 @@ impl TapeDrive for StDrive {
     }
 
     fn read_block(&mut self, buf: &mut [u8]) -> Result<ReadOutcome> {
-        self.check_fixed("a read", buf.len())?;
+        super::drive::check_fixed(&self.name, self.block_size, "a read", buf.len())?;
         let r = loop {
             match self.file.read(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -385,23 +385,6 @@ impl VirtualDrive {
         }
     }
 
-    fn fixed(&self, what: &'static str, len: usize) -> Result<()> {
-        if self.block_size == 0 {
-            return Err(TapeError::NotFixedMode {
-                device: self.name.clone(),
-            });
-        }
-        if len != self.block_size {
-            return Err(TapeError::WrongLength {
-                device: self.name.clone(),
-                what,
-                len,
-                block_size: self.block_size,
-            });
-        }
-        Ok(())
-    }
-
     fn writable(&mut self) -> Result<()> {
         self.cart()?;
         if self.write_protected {
@@ -451,7 +434,7 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn write_block(&mut self, block: &[u8]) -> Result<bool> {
-        self.fixed("a write", block.len())?;
+        super::drive::check_fixed(&self.name, self.block_size, "a write", block.len())?;
         self.writable()?;
         let name = self.name.clone();
         let pos = self.pos;
@@ -506,7 +489,7 @@ impl TapeDrive for VirtualDrive {
     }
 
     fn read_block(&mut self, buf: &mut [u8]) -> Result<ReadOutcome> {
-        self.fixed("a read", buf.len())?;
+        super::drive::check_fixed(&self.name, self.block_size, "a read", buf.len())?;
         // Open the cartridge first: a tape just loaded is read from its beginning.
         self.cart()?;
         let pos = self.pos;
