@@ -52,35 +52,7 @@ impl Far {
                 r
             }
         };
-        std::fs::create_dir(env.archive()).unwrap();
-        // The far side: serve in its own mount namespace, the archive's path bound to
-        // the far disk.
-        let script = env.path().join("far-side");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nexec unshare --mount --propagation private /bin/sh -c \
-                 'mount --bind \"$0\" \"$1\" && shift && exec \"$@\"' {} {} {} \"$@\"\n",
-                real.display(),
-                env.archive().display(),
-                bin().display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let ini = std::fs::read_to_string(&env.config).unwrap();
-        let lines = format!(
-            "destvm = {}\ndestcmd = {}\nsshopts = {}\n",
-            sshd.destvm(),
-            script.display(),
-            sshd.sshopts()
-        );
-        std::fs::write(
-            &env.config,
-            ini.replacen("[var]\n", &format!("[var]\n{lines}"), 1),
-        )
-        .unwrap();
+        serve_from_namespace(&env, &sshd, &real);
         Far { sshd, env, real }
     }
 

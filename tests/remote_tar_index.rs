@@ -36,35 +36,7 @@ fn a_lost_sealed_tar_index_on_a_remote_archive_is_rebuilt() {
     let env = Env::encrypted(&[VOL], PASS);
     let real = env.path().join("far-disk");
     std::fs::create_dir(&real).unwrap();
-    std::fs::create_dir(env.archive()).unwrap();
-    // The far side: serve in its own mount namespace, the archive's path bound to
-    // the far disk (nothing of the archive is reachable here).
-    let script = env.path().join("far-side");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec unshare --mount --propagation private /bin/sh -c \
-             'mount --bind \"$0\" \"$1\" && shift && exec \"$@\"' {} {} {} \"$@\"\n",
-            real.display(),
-            env.archive().display(),
-            bin().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ini = std::fs::read_to_string(&env.config).unwrap();
-    let lines = format!(
-        "destvm = {}\ndestcmd = {}\nsshopts = {}\n",
-        sshd.destvm(),
-        script.display(),
-        sshd.sshopts()
-    );
-    std::fs::write(
-        &env.config,
-        ini.replacen("[var]\n", &format!("[var]\n{lines}"), 1),
-    )
-    .unwrap();
+    serve_from_namespace(&env, &sshd, &real);
 
     let mut rng = Rng::new(17);
     let mut img = rng.bytes(12 * CS);

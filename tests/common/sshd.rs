@@ -188,3 +188,37 @@ exec sh -c "$4"
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     bin
 }
+
+/// Serve `env`'s archive over `sshd` from a far side in its own mount namespace where
+/// the archive's path is bound to `real`, so that nothing of the archive is reachable
+/// on this side: creates the (empty) archive folder here, writes the far-side script
+/// and puts the remote lines in `env`'s config.
+pub fn serve_from_namespace(env: &super::Env, sshd: &Sshd, real: &Path) {
+    std::fs::create_dir(env.archive()).unwrap();
+    let script = env.path().join("far-side");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private /bin/sh -c \
+             'mount --bind \"$0\" \"$1\" && shift && exec \"$@\"' {} {} {} \"$@\"\n",
+            real.display(),
+            env.archive().display(),
+            super::bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap();
+    let lines = format!(
+        "destvm = {}\ndestcmd = {}\nsshopts = {}\n",
+        sshd.destvm(),
+        script.display(),
+        sshd.sshopts()
+    );
+    std::fs::write(
+        &env.config,
+        ini.replacen("[var]\n", &format!("[var]\n{lines}"), 1),
+    )
+    .unwrap();
+}
