@@ -15,7 +15,10 @@
 //! barcode, pool, uuid, block size, full or appendable, last written, slot) and table
 //! `tape_files` (one row per tape file: the destination, volume, session and part it
 //! holds, its file number, first block and length on the tape, and the SHA-256 of its
-//! bytes), so a session on tape is found by block position.
+//! bytes), so a session on tape is found by block position. Version 4 adds to each
+//! tape file the stream it is a part of (its random id, written in the part headers and
+//! trailers, and the length and SHA-256 of the whole stream), so the parts of a
+//! session are read back and checked from the catalog alone.
 
 use std::path::Path;
 
@@ -25,7 +28,7 @@ use sparsebak_format::Hash;
 use sparsebak_format::{layout, limits};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -118,6 +121,11 @@ pub struct TapeFileRecord {
     pub bytes: u64,
     /// SHA-256 of those bytes.
     pub sha256: Hash,
+    /// The id of the stream this part belongs to (in its part headers and trailers).
+    pub stream_id: String,
+    /// Bytes of the whole stream (all its parts) and their SHA-256.
+    pub stream_bytes: u64,
+    pub stream_sha256: Hash,
 }
 
 pub struct Catalog {
@@ -245,6 +253,17 @@ impl Catalog {
                      PRIMARY KEY (tape, file_number),
                      UNIQUE (dest, volume, session, part));
                  INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3');",
+            )
+            .map_err(sql)?;
+        }
+        if version < 4 {
+            // Rows of version 3 (none was written by a release) get an empty stream
+            // id: they are refused as damaged when read back.
+            tx.execute_batch(
+                "ALTER TABLE tape_files ADD COLUMN stream_id TEXT NOT NULL DEFAULT '';
+                 ALTER TABLE tape_files ADD COLUMN stream_bytes INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE tape_files ADD COLUMN stream_sha256 TEXT NOT NULL DEFAULT '';
+                 INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4');",
             )
             .map_err(sql)?;
         }
@@ -613,8 +632,8 @@ impl Catalog {
         }
         tx.execute(
             "INSERT INTO tape_files (tape, file_number, dest, volume, session, part,
-                 first_block, blocks, bytes, sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 first_block, blocks, bytes, sha256, stream_id, stream_bytes, stream_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 f.tape,
                 f.file_number as i64,
@@ -625,7 +644,10 @@ impl Catalog {
                 f.first_block as i64,
                 f.blocks as i64,
                 f.bytes as i64,
-                hex::encode(f.sha256)
+                hex::encode(f.sha256),
+                f.stream_id,
+                f.stream_bytes as i64,
+                hex::encode(f.stream_sha256)
             ],
         )
         .map_err(sql)?;
@@ -641,7 +663,8 @@ impl Catalog {
             .conn
             .prepare(&format!(
                 "SELECT tape, file_number, dest, volume, session, part, first_block, blocks,
-                     bytes, sha256 FROM tape_files {filter}"
+                     bytes, sha256, stream_id, stream_bytes, stream_sha256
+                 FROM tape_files {filter}"
             ))
             .map_err(self.sql())?;
         let mut rows = stmt.query(args).map_err(self.sql())?;
@@ -666,11 +689,19 @@ impl Catalog {
             if !layout::is_session_id(&session) {
                 return Err(damaged(format!("session {session:?} is not a session ID")));
             }
-            let sum: String = r.get(9).map_err(&get)?;
-            let sha256 = hex::decode(&sum)
-                .ok()
-                .and_then(|v| Hash::try_from(v).ok())
-                .ok_or_else(|| damaged(format!("sha256 {sum:?} is not a SHA-256")))?;
+            let hash = |i: usize, what: &str| -> Result<Hash> {
+                let sum: String = r.get(i).map_err(self.sql())?;
+                hex::decode(&sum)
+                    .ok()
+                    .and_then(|v| Hash::try_from(v).ok())
+                    .ok_or_else(|| damaged(format!("{what} {sum:?} is not a SHA-256")))
+            };
+            let stream_id: String = r.get(10).map_err(&get)?;
+            if stream_id.is_empty() || stream_id.len() > 255 {
+                return Err(damaged(format!("stream id {stream_id:?} is impossible")));
+            }
+            let sha256 = hash(9, "sha256")?;
+            let stream_sha256 = hash(12, "stream_sha256")?;
             out.push(TapeFileRecord {
                 file_number: count(1, "file number")?,
                 dest: r.get(2).map_err(&get)?,
@@ -681,6 +712,9 @@ impl Catalog {
                 blocks: count(7, "blocks")?,
                 bytes: count(8, "bytes")?,
                 sha256,
+                stream_id,
+                stream_bytes: count(11, "stream bytes")?,
+                stream_sha256,
                 tape,
             });
         }
@@ -806,6 +840,34 @@ mod tests {
     }
 
     #[test]
+    fn migrates_a_version_3_catalog_refusing_its_tape_files_without_a_stream() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("catalog.sqlite");
+        drop(Catalog::open(&p).unwrap());
+        let conn = Connection::open(&p).unwrap();
+        conn.execute_batch(
+            "DROP TABLE tape_files;
+             CREATE TABLE tape_files (
+                 tape TEXT NOT NULL REFERENCES tapes(uuid) ON DELETE CASCADE,
+                 file_number INTEGER NOT NULL, dest TEXT NOT NULL, volume TEXT NOT NULL,
+                 session TEXT NOT NULL, part INTEGER NOT NULL, first_block INTEGER NOT NULL,
+                 blocks INTEGER NOT NULL, bytes INTEGER NOT NULL, sha256 TEXT NOT NULL,
+                 PRIMARY KEY (tape, file_number), UNIQUE (dest, volume, session, part));
+             UPDATE meta SET value = '3' WHERE key = 'schema_version';
+             INSERT INTO tapes (uuid, name, pool, block_size, labelled)
+                 VALUES ('u1', 'T1', 'p', 65536, 1);
+             INSERT INTO tape_files VALUES ('u1', 1, 'lto', 'v', '20260101-000000', 0, 2, 3,
+                 100, '0303030303030303030303030303030303030303030303030303030303030303');",
+        )
+        .unwrap();
+        drop(conn);
+        let c = Catalog::open(&p).unwrap();
+        assert_eq!(c.tapes().unwrap().len(), 1);
+        let e = c.tape_files("u1").unwrap_err().to_string();
+        assert!(e.contains("tape u1: file 1: stream id \"\" is impossible"), "{e}");
+    }
+
+    #[test]
     fn migrates_a_version_1_catalog() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("catalog.sqlite");
@@ -833,7 +895,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "3");
+        assert_eq!(v, "4");
     }
 
     /// A catalog exactly as a version-2 build wrote it, with a chain and an archive
@@ -896,6 +958,9 @@ mod tests {
             first_block: 2 + 100 * (n - 1),
             blocks: 99,
             bytes: 99 * 262144 - 17,
+            stream_id: format!("s-{session}"),
+            stream_bytes: 1,
+            stream_sha256: [9; 32],
             sha256: [n as u8; 32],
         }
     }
@@ -914,7 +979,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, "3");
+        assert_eq!(version, "4");
         // What version 2 held is still there.
         let s = c.destination("stream", "nightly").unwrap();
         assert_eq!(s, DestId(1));

@@ -453,6 +453,9 @@ fn ls_lists_the_files_of_the_loaded_tape() {
             blocks: 2,
             bytes: 2 * BS as u64,
             sha256: [0; 32],
+            stream_id: "x".into(),
+            stream_bytes: 2 * BS as u64,
+            stream_sha256: [0; 32],
         },
         1,
     )
