@@ -1264,6 +1264,9 @@ pub struct ChainReader<'a> {
     passphrase: Option<Passphrase>,
     /// The key of the chain being read, once its first encrypted stream was.
     chain_key: Option<ChainKey>,
+    /// The first stream may be an incremental one (no sink: its session is only
+    /// described, see [`ChainReader::starting_incremental`]).
+    incremental_start: bool,
 }
 
 /// Where a reader gets the passphrase of an encrypted chain: a line saying why not
@@ -1363,7 +1366,18 @@ impl<'a> ChainReader<'a> {
             unlock: None,
             passphrase: None,
             chain_key: None,
+            incremental_start: false,
         }
+    }
+
+    /// Let the first stream be an incremental one, for a reader without a sink that
+    /// only describes the sessions it reads (a catalog rebuilt from streams read one
+    /// by one: the caller links each session to the one before it with the header's
+    /// `base` and `base_manifest_sha256`). Everything else is checked as always.
+    /// With a sink the first stream must still be a full one.
+    pub fn starting_incremental(mut self) -> Self {
+        self.incremental_start = true;
+        self
     }
 
     /// Ask `unlock` for the passphrase when the chain is encrypted.
@@ -1772,6 +1786,7 @@ impl<'a> ChainReader<'a> {
         let Some(prev) = self.streams.last() else {
             return match &header.base {
                 None => Ok(()),
+                Some(_) if self.incremental_start && self.sink.is_none() => Ok(()),
                 Some(base) => Err(StreamError::NotFull {
                     at: at.clone(),
                     base: base.clone(),
@@ -2870,6 +2885,24 @@ mod tests {
         assert!(matches!(
             r.read(&s[2][..]),
             Err(StreamError::BrokenChain { .. })
+        ));
+        // A reader that only describes sessions may start at an incremental stream,
+        // and still holds the streams after it to the chain rules.
+        let mut r = ChainReader::new(None).starting_incremental();
+        assert_eq!(r.read(&s[1][..]).unwrap(), 1);
+        assert_eq!(r.streams()[0].header.base.as_deref(), Some(sid(1).as_str()));
+        assert_eq!(r.read(&s[2][..]).unwrap(), 1);
+        assert!(matches!(
+            r.read(&s[1][..]),
+            Err(StreamError::BrokenChain { .. })
+        ));
+        // With a sink the first stream must be a full one whatever was asked.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut sink = FileSink::new(f.reopen().unwrap()).unwrap();
+        let mut r = ChainReader::new(Some(&mut sink)).starting_incremental();
+        assert!(matches!(
+            r.read(&s[1][..]),
+            Err(StreamError::NotFull { .. })
         ));
 
         // Foreign: another volume with the same session IDs.

@@ -65,6 +65,9 @@ pub enum Place<'a> {
     /// The sealed header of a stream of chain `volume_id`: read before its session is
     /// known (the session is inside; the trailer binds the two).
     StreamHead { volume_id: &'a str },
+    /// The catalog copy at the end of a tape set: the copy whose plain header names
+    /// the tape file `id` and the time `written` (a copy cannot pass for another).
+    CatalogCopy { id: &'a str, written: i64 },
 }
 
 impl Place<'_> {
@@ -83,6 +86,9 @@ impl Place<'_> {
                 ("stream-trailer", vec![s(volume_id), s(session)])
             }
             Place::StreamHead { volume_id } => ("stream-head", vec![s(volume_id)]),
+            Place::CatalogCopy { id, written } => {
+                ("catalog-copy", vec![s(id), s(&written.to_string())])
+            }
         }
     }
 
@@ -97,6 +103,7 @@ impl Place<'_> {
             Place::Volume { name } => format!("identity file of volume {name}"),
             Place::StreamTrailer { session, .. } => format!("stream trailer of session {session}"),
             Place::StreamHead { .. } => "stream header".into(),
+            Place::CatalogCopy { id, .. } => format!("catalog copy {id}"),
         }
     }
 
