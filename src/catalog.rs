@@ -769,6 +769,90 @@ impl Catalog {
             .map(drop)
             .map_err(self.sql())
     }
+
+    /// The volumes with a chain on `dest`, by name.
+    pub fn volumes(&self, dest: DestId) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT DISTINCT volume FROM sessions WHERE dest = ?1 ORDER BY volume")
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map(params![dest.0], |r| r.get(0))
+            .map_err(self.sql())?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.sql())
+    }
+
+    /// Append a session known from elsewhere (a catalog copy) to `volume`'s chain on
+    /// `dest`: as [`Catalog::record_session`], from what a chain row holds.
+    pub fn record_sent(&mut self, dest: DestId, volume: &str, s: &SentSession) -> Result<()> {
+        let info = SessionInfo {
+            volume: volume.to_string(),
+            session: s.session.clone(),
+            previous: s.previous.clone(),
+            time: s.time,
+            volsize: s.volsize,
+            manifest_sha256: s.manifest_sha256,
+            // Not kept in a chain row, and not written by record_session.
+            chunksize: 0,
+            compression: sparsebak_format::chunk::Codec::None,
+            changed: 0,
+            chunks: 0,
+            bytes_read: 0,
+            bytes_stored: 0,
+            volume_id: None,
+        };
+        self.record_session(dest, &info, s.bytes)
+    }
+
+    /// Record a tape file found on a tape (a scan), leaving the tape's `last_written`
+    /// as it is. `false` when that tape file, or that part of the session, is already
+    /// recorded (nothing is changed then).
+    pub fn insert_tape_file(&self, f: &TapeFileRecord) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO tape_files (tape, file_number, dest, volume, session,
+                     part, first_block, blocks, bytes, sha256, stream_id, stream_bytes,
+                     stream_sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    f.tape,
+                    f.file_number as i64,
+                    f.dest,
+                    f.volume,
+                    f.session,
+                    f.part,
+                    f.first_block as i64,
+                    f.blocks as i64,
+                    f.bytes as i64,
+                    hex::encode(f.sha256),
+                    f.stream_id,
+                    f.stream_bytes as i64,
+                    hex::encode(f.stream_sha256)
+                ],
+            )
+            .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// Set when a tape file was last recorded on the tape `uuid`.
+    pub fn set_tape_last_written(&self, uuid: &str, when: Option<i64>) -> Result<()> {
+        self.update_tape(uuid, "last_written", &when)
+    }
+
+    /// The tape files of the tape destination `dest` whose stream is `stream_id`.
+    pub fn stream_tape_files(&self, dest: &str, stream_id: &str) -> Result<Vec<TapeFileRecord>> {
+        self.query_files(
+            "WHERE dest = ?1 AND stream_id = ?2 ORDER BY part",
+            &[&dest, &stream_id],
+        )
+    }
+
+    /// Every tape file of the tape destination `dest`, by tape and file number.
+    pub fn dest_tape_files(&self, dest: &str) -> Result<Vec<TapeFileRecord>> {
+        self.query_files("WHERE dest = ?1 ORDER BY tape, file_number", &[&dest])
+    }
 }
 
 #[cfg(test)]
@@ -864,7 +948,10 @@ mod tests {
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.tapes().unwrap().len(), 1);
         let e = c.tape_files("u1").unwrap_err().to_string();
-        assert!(e.contains("tape u1: file 1: stream id \"\" is impossible"), "{e}");
+        assert!(
+            e.contains("tape u1: file 1: stream id \"\" is impossible"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -394,6 +394,20 @@ pub enum TapeAction {
     /// The files on the loaded tape: number, first block, size, and what the catalog
     /// knows of each.
     Ls,
+    /// Rebuild the catalog's tapes, tape files and this destination's chains from the
+    /// tapes themselves: the loaded tape, the one in --slot, or every tape of the
+    /// destination's pool in the library (--all). The newest catalog copy found on
+    /// them is imported first; sessions it does not know are read whole from their
+    /// streams (an encrypted destination needs its passphrase, from the same sources
+    /// as receive).
+    Scan {
+        /// Load the tape in this slot and scan it.
+        #[arg(long, value_name = "N", conflicts_with = "all")]
+        slot: Option<u32>,
+        /// Scan every tape of the pool in the library (needs a changer).
+        #[arg(long)]
+        all: bool,
+    },
     /// Load the tape in SLOT into the drive.
     Load {
         #[arg(value_name = "SLOT")]

@@ -69,6 +69,7 @@ pub fn run(ctx: &Ctx, action: &TapeAction) -> Result<()> {
             }
         }
         TapeAction::Ls => ls(ctx, &mut set),
+        TapeAction::Scan { slot, all } => scan(ctx, dest, &t.pool, &mut set, *slot, *all),
         TapeAction::Load { slot } => {
             let changer = set.changer(&dest.name)?;
             changer.load(*slot, DRIVE)?;
@@ -561,5 +562,88 @@ fn inventory(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
             out(&format!("slot {}{kind}: empty", s.number));
         }
     }
+    Ok(())
+}
+
+fn scan(
+    ctx: &Ctx,
+    dest: &DestConfig,
+    pool: &str,
+    set: &mut TapeSet,
+    slot: Option<u32>,
+    all: bool,
+) -> Result<()> {
+    use crate::tape::scan::{scan, ScanOptions, Which};
+    let which = match (slot, all) {
+        (Some(n), _) => Which::Slot(n),
+        (None, true) => Which::All,
+        (None, false) => Which::Loaded,
+    };
+    let mut cat = catalog(ctx)?;
+    let path = crate::metadir::catalog(&ctx.config);
+    let config = ctx.config.clone();
+    let what = format!("tape destination {}", dest.name);
+    let passphrase = Box::new(move || {
+        let sources = crate::passphrase::Sources {
+            what: what.clone(),
+            ..crate::passphrase::sources_of(&config)
+        };
+        crate::passphrase::obtain_from(&sources, crate::passphrase::Purpose::Unlock)
+            .map_err(|e| e.to_string())
+    });
+    let opts = ScanOptions {
+        dest: &dest.name,
+        pool,
+        block_size: set.block_size,
+        drive_number: DRIVE,
+        passphrase,
+    };
+    let r = scan(
+        set.drive.as_mut(),
+        set.changer.as_deref_mut(),
+        which,
+        &mut cat,
+        &path,
+        opts,
+    )
+    .with_context(|| format!("scanning the tapes of destination {}", dest.name))?;
+    for (name, uuid, files) in &r.tapes {
+        out(&format!("tape {name} (uuid {uuid}): {files} file(s)"));
+    }
+    for s in &r.skipped {
+        out(&format!("skipped {s}"));
+    }
+    for f in &r.foreign {
+        out(&format!("not a sparsebak file: {f}"));
+    }
+    for (id, written) in &r.copies {
+        let when = chrono::DateTime::from_timestamp(*written, 0).map_or_else(
+            || written.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        );
+        out(&format!("catalog copy {id} of {when}"));
+    }
+    for p in &r.problems {
+        out(&format!("problem: {p}"));
+    }
+    match &r.imported {
+        Some(id) => out(&format!(
+            "imported catalog copy {id}: {} session(s)",
+            r.sessions_from_copy
+        )),
+        None => out("no catalog copy imported"),
+    };
+    for (volume, session) in &r.sessions_added {
+        out(&format!(
+            "volume {volume} session {session}: rebuilt from its stream"
+        ));
+    }
+    out(&format!(
+        "{} tape(s) scanned, {} added to the catalog; {} tape file(s) and {} session(s) added",
+        r.tapes.len(),
+        r.tapes_added,
+        r.tape_files_added,
+        r.sessions_from_copy + r.sessions_added.len()
+    ));
     Ok(())
 }

@@ -15,11 +15,13 @@
 //! Sessions and the catalog of positions sit on top of these.
 
 pub mod buffer;
+pub mod catalog_copy;
 pub mod changer;
 pub mod drive;
 pub mod label;
 pub mod open;
 pub mod reader;
+pub mod scan;
 pub mod st;
 pub mod virtual_drive;
 pub mod virtual_library;

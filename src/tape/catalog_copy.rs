@@ -1,0 +1,433 @@
+//! The catalog copy at the end of a tape set: a tape file holding a consistent
+//! snapshot of the source's SQLite catalog, so a set of tapes restores with no
+//! source-side state (`sparsebak tape scan` imports the newest copy it finds).
+//!
+//! It is written with the same tape file writer as a stream (part trailers, spanning
+//! onto the next tape), and its bytes are (docs/FORMAT.md, "Catalog copy on tape"):
+//! a plain header of [`COPY_HEADER_LEN`] bytes, the destination's wrapped key file
+//! text when it is encrypted, then the snapshot: as it is, or sealed for
+//! [`Place::CatalogCopy`] under the destination's keys.
+//!
+//! The copy is not recorded in the catalog's tape files (it describes them): a scan
+//! recognises it by its first block.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use sparsebak_format::crypto::envelope::overhead;
+use sparsebak_format::crypto::{ArchiveKeys, CryptoError, KeyFile, OpenReader, Place, SealWriter};
+
+use super::drive::TapeDrive;
+use super::writer::{write_tape_file, NextTape, TapeFile, TapeFileError, TapeFileOptions};
+
+pub const COPY_MAGIC: &[u8; 8] = b"SPBKCATC";
+pub const COPY_VERSION: u32 = 1;
+/// Bytes of the plain header at the start of the copy.
+pub const COPY_HEADER_LEN: usize = 200;
+/// The largest snapshot a copy may claim (a bound before anything is written).
+pub const MAX_CATALOG_BYTES: u64 = 1 << 40;
+const FLAG_SEALED: u32 = 1;
+const ID_MAX: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogCopyError {
+    #[error(transparent)]
+    TapeFile(Box<TapeFileError>),
+    #[error("catalog {path}: taking a snapshot: {source}")]
+    Snapshot {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Not a catalog copy header, or a damaged one.
+    #[error("catalog copy header: {0}")]
+    BadHeader(String),
+    /// A copy whose content is not what its header says.
+    #[error("catalog copy {id}: {reason}")]
+    Bad { id: String, reason: String },
+    #[error("catalog copy {id}: {source}")]
+    Crypto {
+        id: String,
+        #[source]
+        source: CryptoError,
+    },
+    #[error("catalog copy {id} is sealed and cannot be opened: {reason}")]
+    Locked { id: String, reason: String },
+    #[error("catalog copy {id}: reading it: {source}")]
+    Read {
+        id: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<TapeFileError> for CatalogCopyError {
+    fn from(e: TapeFileError) -> Self {
+        CatalogCopyError::TapeFile(Box::new(e))
+    }
+}
+
+/// The plain header of a catalog copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyHeader {
+    /// The snapshot is sealed (the destination is encrypted).
+    pub sealed: bool,
+    /// When the copy was taken, seconds since 1970 (UTC).
+    pub written: i64,
+    /// Bytes of the snapshot (its plaintext).
+    pub catalog_bytes: u64,
+    /// Bytes of the key file text after the header (0 when not sealed).
+    pub key_len: u32,
+    /// SHA-256 of the snapshot; zeros when sealed (the seal checks it).
+    pub sha256: [u8; 32],
+    /// The copy's tape file id (as in its part trailers).
+    pub id: String,
+}
+
+impl CopyHeader {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; COPY_HEADER_LEN];
+        b[0..8].copy_from_slice(COPY_MAGIC);
+        b[8..12].copy_from_slice(&COPY_VERSION.to_le_bytes());
+        let flags = if self.sealed { FLAG_SEALED } else { 0 };
+        b[12..16].copy_from_slice(&flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.written.to_le_bytes());
+        b[24..32].copy_from_slice(&self.catalog_bytes.to_le_bytes());
+        b[32..36].copy_from_slice(&self.key_len.to_le_bytes());
+        b[40..72].copy_from_slice(&self.sha256);
+        b[72] = self.id.len() as u8;
+        b[73..73 + self.id.len()].copy_from_slice(self.id.as_bytes());
+        let sum = Sha256::digest(&b[0..168]);
+        b[168..200].copy_from_slice(&sum);
+        b
+    }
+
+    /// Whether `block` (the first block of a tape file) starts a catalog copy.
+    pub fn is_copy(block: &[u8]) -> bool {
+        block.len() >= 8 && &block[0..8] == COPY_MAGIC
+    }
+
+    /// Read and check a header; every length is bounded.
+    pub fn decode(b: &[u8]) -> Result<CopyHeader, CatalogCopyError> {
+        let bad = |r: &str| CatalogCopyError::BadHeader(r.to_string());
+        if b.len() < COPY_HEADER_LEN || !Self::is_copy(b) {
+            return Err(bad("no catalog copy header"));
+        }
+        if Sha256::digest(&b[0..168]).as_slice() != &b[168..200] {
+            return Err(bad("the header is damaged (checksum mismatch)"));
+        }
+        let u32at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64at = |o: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&b[o..o + 8]);
+            x
+        };
+        let version = u32at(8);
+        if version != COPY_VERSION {
+            return Err(CatalogCopyError::BadHeader(format!(
+                "header version {version}; this sparsebak reads version {COPY_VERSION}"
+            )));
+        }
+        let flags = u32at(12);
+        if flags & !FLAG_SEALED != 0 {
+            return Err(CatalogCopyError::BadHeader(format!(
+                "unknown flags {flags:#x}"
+            )));
+        }
+        let sealed = flags & FLAG_SEALED != 0;
+        let catalog_bytes = u64::from_le_bytes(u64at(24));
+        if catalog_bytes > MAX_CATALOG_BYTES {
+            return Err(CatalogCopyError::BadHeader(format!(
+                "a snapshot of {catalog_bytes} bytes is more than the {MAX_CATALOG_BYTES} a copy may hold"
+            )));
+        }
+        let key_len = u32at(32);
+        if sealed != (key_len > 0)
+            || key_len as usize > sparsebak_format::crypto::keyfile::MAX_KEY_FILE
+        {
+            return Err(CatalogCopyError::BadHeader(format!(
+                "a key file of {key_len} bytes in a {} copy",
+                if sealed { "sealed" } else { "plain" }
+            )));
+        }
+        let n = b[72] as usize;
+        let id = std::str::from_utf8(&b[73..73 + n.min(ID_MAX)])
+            .ok()
+            .filter(|s| (1..=ID_MAX).contains(&n) && s.bytes().all(|c| c.is_ascii_graphic()))
+            .ok_or_else(|| bad("the header names no id"))?
+            .to_string();
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&b[40..72]);
+        Ok(CopyHeader {
+            sealed,
+            written: i64::from_le_bytes(u64at(16)),
+            catalog_bytes,
+            key_len,
+            sha256,
+            id,
+        })
+    }
+}
+
+fn io_at(path: &Path) -> impl Fn(io::Error) -> CatalogCopyError + '_ {
+    move |source| CatalogCopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A consistent snapshot of the catalog at `catalog_path` (`VACUUM INTO` a new file in
+/// `dir`), while other runs may be writing it.
+fn snapshot(catalog_path: &Path, dir: &Path) -> Result<PathBuf, CatalogCopyError> {
+    let snap = dir.join("catalog.snapshot");
+    let err = |source| CatalogCopyError::Snapshot {
+        path: catalog_path.to_path_buf(),
+        source,
+    };
+    let conn = rusqlite::Connection::open_with_flags(
+        catalog_path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(err)?;
+    let target = snap.to_str().ok_or_else(|| CatalogCopyError::Io {
+        path: snap.clone(),
+        source: io::Error::other("not a UTF-8 path"),
+    })?;
+    conn.execute("VACUUM INTO ?1", [target]).map_err(err)?;
+    Ok(snap)
+}
+
+/// Write a copy of the catalog at `catalog_path` as one tape file at the end of data
+/// of the loaded tape (spanning onto the tapes `next` loads). With `keys` (the
+/// destination's key file and the keys it unlocks) the snapshot is sealed and the key
+/// file travels with it. `opts.id` (1 to 64 printable characters) names the copy.
+pub fn write_catalog_copy(
+    drive: &mut (dyn TapeDrive + Send),
+    next: &mut dyn NextTape,
+    opts: &TapeFileOptions,
+    catalog_path: &Path,
+    keys: Option<(&KeyFile, &ArchiveKeys)>,
+) -> Result<TapeFile, CatalogCopyError> {
+    if opts.id.is_empty()
+        || opts.id.len() > ID_MAX
+        || !opts.id.bytes().all(|c| c.is_ascii_graphic())
+    {
+        return Err(TapeFileError::BadId(opts.id.clone()).into());
+    }
+    let parent = catalog_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".catalog-copy.")
+        .tempdir_in(parent)
+        .map_err(io_at(parent))?;
+    let snap = snapshot(catalog_path, tmp.path())?;
+    let (catalog_bytes, sha256) = {
+        let mut f = std::fs::File::open(&snap).map_err(io_at(&snap))?;
+        let mut h = Sha256::new();
+        let n = io::copy(&mut f, &mut h).map_err(io_at(&snap))?;
+        (n, <[u8; 32]>::from(h.finalize()))
+    };
+    let key_text = keys.map(|(kf, _)| kf.render()).unwrap_or_default();
+    let header = CopyHeader {
+        sealed: keys.is_some(),
+        written: chrono::Utc::now().timestamp(),
+        catalog_bytes,
+        key_len: key_text.len() as u32,
+        sha256: if keys.is_some() { [0; 32] } else { sha256 },
+        id: opts.id.clone(),
+    };
+    let mut file = std::fs::File::open(&snap).map_err(io_at(&snap))?;
+    let ((), tape_file, stats) = write_tape_file(drive, next, opts, |w| {
+        w.write_all(&header.encode())?;
+        w.write_all(key_text.as_bytes())?;
+        let mut src = (&mut file).take(catalog_bytes);
+        match keys {
+            Some((_, k)) => {
+                let place = Place::CatalogCopy {
+                    id: &header.id,
+                    written: header.written,
+                };
+                let mut s = SealWriter::new(k, place, w).map_err(io::Error::other)?;
+                io::copy(&mut src, &mut s)?;
+                s.finish()?;
+            }
+            None => {
+                io::copy(&mut src, w)?;
+            }
+        }
+        Ok(())
+    })?;
+    tracing::info!(
+        id = %header.id,
+        bytes = tape_file.bytes,
+        parts = tape_file.parts.len(),
+        stops = stats.stops,
+        "catalog copy written"
+    );
+    Ok(tape_file)
+}
+
+/// Read a catalog copy from `input` (the copy's bytes, e.g. a
+/// [`TapeFileReader`](super::reader::TapeFileReader)) and restore its snapshot into a
+/// catalog file at `out` (temp name, fsync, rename; `out` is replaced). A sealed copy
+/// is opened with the keys `unlock` gives for the key file it carries. The input must
+/// end right after the snapshot (reading it to its end lets a tape reader check the
+/// part trailers). Returns the copy's header.
+pub fn restore_catalog_copy(
+    input: &mut dyn Read,
+    out: &Path,
+    unlock: &mut dyn FnMut(&KeyFile) -> Result<ArchiveKeys, String>,
+) -> Result<CopyHeader, CatalogCopyError> {
+    let mut hb = vec![0u8; COPY_HEADER_LEN];
+    input
+        .read_exact(&mut hb)
+        .map_err(|source| CatalogCopyError::Read {
+            id: "?".into(),
+            source,
+        })?;
+    let header = CopyHeader::decode(&hb)?;
+    let id = header.id.clone();
+    let read_err = |source: io::Error| match source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<TapeFileError>())
+    {
+        // A damaged block or part of the tape file says where it is on its own.
+        Some(_) => CatalogCopyError::Bad {
+            id: id.clone(),
+            reason: source.to_string(),
+        },
+        None => CatalogCopyError::Read {
+            id: id.clone(),
+            source,
+        },
+    };
+    let keys = if header.sealed {
+        let mut kt = vec![0u8; header.key_len as usize];
+        input.read_exact(&mut kt).map_err(read_err)?;
+        let kf = KeyFile::parse(&kt).map_err(|source| CatalogCopyError::Crypto {
+            id: id.clone(),
+            source,
+        })?;
+        Some(unlock(&kf).map_err(|reason| CatalogCopyError::Locked {
+            id: id.clone(),
+            reason,
+        })?)
+    } else {
+        None
+    };
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".catalog.restore.")
+        .tempfile_in(parent)
+        .map_err(io_at(parent))?;
+    let mut plain_sha = None;
+    let copied = match &keys {
+        Some(k) => {
+            let place = Place::CatalogCopy {
+                id: &header.id,
+                written: header.written,
+            };
+            let sealed = (&mut *input).take(header.catalog_bytes + overhead(header.catalog_bytes));
+            let mut r = OpenReader::new(k, place, sealed);
+            io::copy(&mut r, tmp.as_file_mut()).map_err(read_err)?
+        }
+        None => {
+            let mut h = Hashing {
+                inner: tmp.as_file_mut(),
+                sha: Sha256::new(),
+            };
+            let n = io::copy(&mut (&mut *input).take(header.catalog_bytes), &mut h)
+                .map_err(read_err)?;
+            plain_sha = Some(<[u8; 32]>::from(h.sha.finalize()));
+            n
+        }
+    };
+    if copied != header.catalog_bytes {
+        return Err(CatalogCopyError::Bad {
+            id,
+            reason: format!(
+                "the snapshot ends after {copied} of its {} bytes",
+                header.catalog_bytes
+            ),
+        });
+    }
+    // The end of the input: a tape reader checks the last trailer there.
+    let mut more = [0u8; 1];
+    if input.read(&mut more).map_err(read_err)? != 0 {
+        return Err(CatalogCopyError::Bad {
+            id,
+            reason: "bytes follow the snapshot".into(),
+        });
+    }
+    if plain_sha.is_some_and(|s| s != header.sha256) {
+        return Err(CatalogCopyError::Bad {
+            id,
+            reason: "the snapshot's SHA-256 does not match its header".into(),
+        });
+    }
+    tmp.as_file().sync_all().map_err(io_at(tmp.path()))?;
+    check_sqlite(tmp.path(), &id)?;
+    tmp.persist(out).map_err(|e| CatalogCopyError::Io {
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
+    crate::durable::sync_parent(out).map_err(io_at(out))?;
+    Ok(header)
+}
+
+/// The restored snapshot must be an intact SQLite catalog.
+fn check_sqlite(path: &Path, id: &str) -> Result<(), CatalogCopyError> {
+    let bad = |reason: String| CatalogCopyError::Bad {
+        id: id.to_string(),
+        reason,
+    };
+    let conn = rusqlite::Connection::open(path)
+        .map_err(|e| bad(format!("the snapshot is not a SQLite database: {e}")))?;
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| bad(format!("the snapshot is not a SQLite database: {e}")))?;
+    if ok != "ok" {
+        return Err(bad(format!("the snapshot fails its integrity check: {ok}")));
+    }
+    let version: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    if version.is_none() {
+        return Err(bad("the snapshot is not a sparsebak catalog".into()));
+    }
+    Ok(())
+}
+
+struct Hashing<'a> {
+    inner: &'a mut std::fs::File,
+    sha: Sha256,
+}
+
+impl Write for Hashing<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,888 @@
+//! `sparsebak tape scan`: the catalog's tapes, tape files and a tape destination's
+//! chains rebuilt from the tapes themselves.
+//!
+//! Each tape scanned: its label is read (the tape is recorded), then each of its files
+//! is walked: the first block says what the file is (the first part of a stream, a
+//! continuation part, a catalog copy, or something else), then the drive spaces over
+//! the file's filemark, the file's length in blocks says where its trailer starts, and
+//! the trailer's first block gives the part's number, offset, bytes, blocks, SHA-256
+//! and stream id.
+//!
+//! Once every tape is walked, the newest catalog copy whose parts were all found is
+//! restored and imported (tapes, this destination's tape files and chains); a copy
+//! that does not read back whole is reported and the next newest tried. The streams
+//! the catalog still does not know are read whole through the stream reader (which
+//! checks everything) and their sessions recorded in chain order, each linked to the
+//! one before it by its header's base and base manifest SHA-256.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use sparsebak_format::crypto::{ArchiveKeys, KeyFile, Passphrase};
+use sparsebak_format::stream::{ChainReader, StreamSummary, HEADER_MEMBER};
+
+use super::catalog_copy::{restore_catalog_copy, CopyHeader};
+use super::changer::{Changer, ChangerError};
+use super::drive::{ReadOutcome, TapeDrive, TapeError};
+use super::label::{LabelError, TapeLabel};
+use super::reader::{MountTape, TapeFileReader};
+use super::writer::{trailer_blocks, Part, PartHeader, PartTrailer, TapeFile, TapeFileError};
+use crate::catalog::{Catalog, CatalogError, TapeFileRecord, TapeRecord};
+
+/// The destination kind of a tape destination's chains in the catalog.
+pub const TAPE_KIND: &str = "tape";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Tape(#[from] TapeError),
+    #[error(transparent)]
+    Label(#[from] LabelError),
+    #[error(transparent)]
+    Changer(#[from] ChangerError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    TapeFile(Box<TapeFileError>),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<TapeFileError> for ScanError {
+    fn from(e: TapeFileError) -> Self {
+        ScanError::TapeFile(Box::new(e))
+    }
+}
+
+/// Which tapes a scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The tape in the drive.
+    Loaded,
+    /// The tape in this slot (loaded first).
+    Slot(u32),
+    /// Every tape of the pool in the library.
+    All,
+}
+
+/// What a scan is about.
+pub struct ScanOptions<'a> {
+    /// The tape destination's name.
+    pub dest: &'a str,
+    pub pool: &'a str,
+    pub block_size: usize,
+    /// The changer's drive number.
+    pub drive_number: u32,
+    /// The passphrase, asked only when a sealed copy or an encrypted stream is read.
+    pub passphrase: Box<dyn FnMut() -> Result<Passphrase, String> + 'a>,
+}
+
+/// What a scan found and did.
+#[derive(Debug, Default, Clone)]
+pub struct ScanReport {
+    /// Each tape read: its name, uuid and the files on it.
+    pub tapes: Vec<(String, String, u64)>,
+    /// Tapes not read (another pool, no label, another block size): why.
+    pub skipped: Vec<String>,
+    /// Tapes recorded that the catalog did not know.
+    pub tapes_added: usize,
+    /// Files that are no sparsebak file (or an empty one): where.
+    pub foreign: Vec<String>,
+    /// Catalog copies found: their id and time.
+    pub copies: Vec<(String, i64)>,
+    /// The copy imported, if any.
+    pub imported: Option<String>,
+    /// Sessions the imported copy added.
+    pub sessions_from_copy: usize,
+    /// Sessions rebuilt from their streams: volume and session.
+    pub sessions_added: Vec<(String, String)>,
+    /// Tape file rows added (from the copy and from the streams).
+    pub tape_files_added: usize,
+    /// What could not be used, each said once with where.
+    pub problems: Vec<String>,
+}
+
+/// What the first block of a tape file says it is.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// The first part of a stream.
+    Stream,
+    /// A part after the first.
+    Continuation(PartHeader),
+    /// The first part of a catalog copy.
+    Copy(CopyHeader),
+}
+
+/// One part found on a tape.
+#[derive(Debug, Clone)]
+struct Found {
+    kind: Kind,
+    tape: String,
+    tape_uuid: [u8; 16],
+    tape_uuid_string: String,
+    file_number: u64,
+    first_block: u64,
+    trailer: PartTrailer,
+}
+
+/// Puts a part's tape in the drive: with a changer, by its barcode; without one the
+/// tape in the drive must be it (its label is checked by the reader).
+struct Mount<'a> {
+    changer: Option<&'a mut (dyn Changer + Send + 'static)>,
+    drive_number: u32,
+    block_size: usize,
+}
+
+impl MountTape for Mount<'_> {
+    fn mount(&mut self, drive: &mut dyn TapeDrive, part: &Part) -> Result<(), TapeFileError> {
+        let Some(changer) = self.changer.as_deref_mut() else {
+            return Ok(());
+        };
+        let inv = changer.inventory()?;
+        if inv.drive_of(&part.tape) == Some(self.drive_number) {
+            return Ok(());
+        }
+        release(drive, changer, self.drive_number)?;
+        changer.load_barcode(&part.tape, self.drive_number)?;
+        match drive.load() {
+            Ok(()) | Err(TapeError::Unsupported { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        super::open::ready(drive, self.block_size)?;
+        Ok(())
+    }
+}
+
+/// Unload the drive's tape, if any, into the slot it came from.
+fn release(
+    drive: &mut dyn TapeDrive,
+    changer: &mut (dyn Changer + Send + 'static),
+    drive_number: u32,
+) -> Result<(), TapeFileError> {
+    let inv = changer.inventory()?;
+    if !inv
+        .drives
+        .iter()
+        .any(|d| d.number == drive_number && d.full)
+    {
+        return Ok(());
+    }
+    match drive.unload() {
+        Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    changer.unload(drive_number, None)?;
+    Ok(())
+}
+
+/// The number of data blocks `d` of a part of `n` blocks (header included when
+/// `header`): `header + d + trailer_blocks(d) == n`, or `None`.
+fn data_blocks_of(n: u64, header: bool, bs: usize) -> Option<u64> {
+    let n = n.checked_sub(u64::from(header))?;
+    // d + trailer_blocks(d) grows strictly with d: search.
+    let (mut lo, mut hi) = (0u64, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if mid + trailer_blocks(mid, bs) < n {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + trailer_blocks(lo, bs) == n).then_some(lo)
+}
+
+/// Whether `block` starts a sparsebak stream (its first tar header is the stream's
+/// header member).
+fn starts_stream(block: &[u8]) -> bool {
+    if block.len() < 512 {
+        return false;
+    }
+    let h = tar::Header::from_byte_slice(&block[..512]);
+    let sum = block[..148]
+        .iter()
+        .chain([b' '; 8].iter())
+        .chain(block[156..512].iter())
+        .map(|&b| u64::from(b))
+        .sum::<u64>();
+    h.cksum().ok().map(u64::from) == Some(sum)
+        && h.path_bytes().as_ref() == HEADER_MEMBER.as_bytes()
+}
+
+/// Walk the files of the loaded tape (its label already read, the tape at file 1).
+fn walk(
+    drive: &mut dyn TapeDrive,
+    label: &TapeLabel,
+    report: &mut ScanReport,
+    found: &mut Vec<Found>,
+) -> Result<u64, ScanError> {
+    let bs = label.block_size;
+    let mut block = vec![0u8; bs];
+    let mut trailer = vec![0u8; bs];
+    let mut file = 1u64;
+    let here = |file: u64| format!("tape {} file {file}", label.name);
+    loop {
+        let start = drive.position()?;
+        match drive.read_block(&mut block)? {
+            ReadOutcome::EndOfData => return Ok(file - 1),
+            ReadOutcome::Filemark => {
+                report.foreign.push(format!("{}: empty", here(file)));
+                file += 1;
+                continue;
+            }
+            ReadOutcome::Block => {}
+        }
+        let kind = if CopyHeader::is_copy(&block) {
+            match CopyHeader::decode(&block) {
+                Ok(h) => Some(Kind::Copy(h)),
+                Err(e) => {
+                    report.problems.push(format!("{}: {e}", here(file)));
+                    None
+                }
+            }
+        } else if &block[0..8] == super::writer::HEADER_MAGIC {
+            match PartHeader::decode(&block) {
+                Ok(h) => Some(Kind::Continuation(h)),
+                Err(e) => {
+                    report.problems.push(format!("{}: {e}", here(file)));
+                    None
+                }
+            }
+        } else if starts_stream(&block) {
+            Some(Kind::Stream)
+        } else {
+            report
+                .foreign
+                .push(format!("{}: not a sparsebak file", here(file)));
+            None
+        };
+        // Over the file's filemark: its length is then known.
+        match drive.fsf(1) {
+            Ok(()) => {}
+            Err(TapeError::Position { .. }) => {
+                report.problems.push(format!(
+                    "{}: no filemark ends it (an interrupted write?)",
+                    here(file)
+                ));
+                return Ok(file);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let after = drive.position()?;
+        if let Some(kind) = kind {
+            let n = after.saturating_sub(start + 1);
+            let header = matches!(kind, Kind::Continuation(_));
+            match part_of(drive, &mut trailer, kind, start, n, header, bs) {
+                Ok((kind, t)) => found.push(Found {
+                    kind,
+                    tape: label.name.clone(),
+                    tape_uuid: label.uuid,
+                    tape_uuid_string: label.uuid_string(),
+                    file_number: file,
+                    first_block: start,
+                    trailer: t,
+                }),
+                Err(why) => report.problems.push(format!("{}: {why}", here(file))),
+            }
+            drive.locate(after)?;
+        }
+        file += 1;
+    }
+}
+
+/// Read and check the trailer of a part of `n` blocks starting at `start`.
+fn part_of(
+    drive: &mut dyn TapeDrive,
+    buf: &mut [u8],
+    kind: Kind,
+    start: u64,
+    n: u64,
+    header: bool,
+    bs: usize,
+) -> Result<(Kind, PartTrailer), String> {
+    let d = data_blocks_of(n, header, bs)
+        .ok_or_else(|| format!("{n} blocks are no part of data and trailer blocks"))?;
+    drive
+        .locate(start + u64::from(header) + d)
+        .map_err(|e| e.to_string())?;
+    match drive.read_block(buf).map_err(|e| e.to_string())? {
+        ReadOutcome::Block => {}
+        _ => return Err("no part trailer after the data".into()),
+    }
+    let (t, _) = PartTrailer::decode_fixed(buf)?;
+    if t.data_blocks != d || t.block_size != bs {
+        return Err(format!(
+            "the part trailer says {} blocks of {} bytes, the file holds {d} blocks of {bs}",
+            t.data_blocks, t.block_size
+        ));
+    }
+    let room = d * bs as u64;
+    if t.bytes > room || t.bytes + bs as u64 <= room && d > 0 {
+        return Err(format!(
+            "the part trailer says {} bytes in {d} blocks",
+            t.bytes
+        ));
+    }
+    match &kind {
+        Kind::Continuation(h) if h.part != t.part || h.offset != t.offset || h.id != t.id => {
+            return Err(format!(
+                "the part header says part {} at offset {} of {:?}, the trailer part {} at offset {} of {:?}",
+                h.part, h.offset, h.id, t.part, t.offset, t.id
+            ));
+        }
+        Kind::Stream | Kind::Copy(_) if t.part != 1 || t.offset != 0 => {
+            return Err(format!(
+                "a first part whose trailer says part {} at offset {}",
+                t.part, t.offset
+            ));
+        }
+        Kind::Copy(h) if h.id != t.id => {
+            return Err(format!(
+                "a catalog copy {:?} whose trailer names {:?}",
+                h.id, t.id
+            ));
+        }
+        _ => {}
+    }
+    Ok((kind, t))
+}
+
+/// The parts of one tape file, joined: `Err` says what is missing.
+fn join(id: &str, parts: &[&Found], bs: usize) -> Result<TapeFile, String> {
+    let mut sorted: Vec<&Found> = parts.to_vec();
+    sorted.sort_by_key(|f| f.trailer.part);
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    for (i, f) in sorted.iter().enumerate() {
+        let t = &f.trailer;
+        let last = i + 1 == sorted.len();
+        if t.part as usize != i + 1 || t.offset != offset {
+            return Err(format!(
+                "part {} is missing (scan every tape of the set together: --all)",
+                i + 1
+            ));
+        }
+        if t.continued == last {
+            return Err(if last {
+                format!(
+                    "part {} is missing (scan every tape of the set together: --all)",
+                    i + 2
+                )
+            } else {
+                format!("part {} says it is the last, more parts follow", t.part)
+            });
+        }
+        out.push(Part {
+            part: t.part,
+            tape: f.tape.clone(),
+            tape_uuid: f.tape_uuid,
+            file_number: f.file_number,
+            first_block: f.first_block,
+            data_blocks: t.data_blocks,
+            offset: t.offset,
+            bytes: t.bytes,
+            sha256: t.sha256,
+        });
+        offset += t.bytes;
+    }
+    let Some(last) = sorted.last() else {
+        return Err(format!("no part of {id} was found"));
+    };
+    Ok(TapeFile {
+        id: id.to_string(),
+        block_size: bs,
+        parts: out,
+        bytes: offset,
+        sha256: last.trailer.stream_sha256,
+    })
+}
+
+/// The passphrase, asked once.
+struct Pass<'a> {
+    source: Box<dyn FnMut() -> Result<Passphrase, String> + 'a>,
+    got: Option<Result<Passphrase, String>>,
+}
+
+impl Pass<'_> {
+    fn get(&mut self) -> Result<Passphrase, String> {
+        if self.got.is_none() {
+            self.got = Some((self.source)());
+        }
+        match &self.got {
+            Some(r) => r.clone(),
+            None => Err("no passphrase".into()),
+        }
+    }
+}
+
+/// Scan the tapes `which` names and rebuild the catalog `cat` (at `catalog_path`)
+/// from them.
+pub fn scan(
+    drive: &mut dyn TapeDrive,
+    mut changer: Option<&mut (dyn Changer + Send + 'static)>,
+    which: Which,
+    cat: &mut Catalog,
+    catalog_path: &Path,
+    opts: ScanOptions<'_>,
+) -> Result<ScanReport, ScanError> {
+    let mut report = ScanReport::default();
+    let mut found: Vec<Found> = Vec::new();
+    let bs = opts.block_size;
+    let dn = opts.drive_number;
+    // Tapes read, with their barcode, slot and whether they are full.
+    let mut tapes: Vec<(TapeLabel, Option<String>, Option<u32>, bool)> = Vec::new();
+    let mut read_one = |drive: &mut dyn TapeDrive,
+                        barcode: Option<String>,
+                        slot: Option<u32>,
+                        report: &mut ScanReport,
+                        found: &mut Vec<Found>|
+     -> Result<(), ScanError> {
+        let where_ = match (&barcode, slot) {
+            (Some(b), Some(s)) => format!("slot {s} ({b})"),
+            (Some(b), None) => b.clone(),
+            _ => "the tape in the drive".into(),
+        };
+        super::open::ready(drive, bs)?;
+        let label = match TapeLabel::read(drive) {
+            Ok(l) => l,
+            Err(LabelError::Tape(e)) => return Err(e.into()),
+            Err(e) => {
+                report.skipped.push(format!("{where_}: {e}"));
+                return Ok(());
+            }
+        };
+        if label.pool != opts.pool {
+            report.skipped.push(format!(
+                "{where_}: tape {} belongs to pool {:?}, this destination's is {:?}",
+                label.name, label.pool, opts.pool
+            ));
+            return Ok(());
+        }
+        let before = found.len();
+        let files = walk(drive, &label, report, found)?;
+        drive.eod()?;
+        let full = drive.status()?.eot || found[before..].iter().any(|f| f.trailer.continued);
+        report
+            .tapes
+            .push((label.name.clone(), label.uuid_string(), files));
+        tapes.push((label, barcode, slot, full));
+        Ok(())
+    };
+    match (which, changer.as_deref_mut()) {
+        (Which::Loaded, ch) => {
+            let (barcode, slot) = match ch {
+                Some(c) => c
+                    .inventory()?
+                    .drives
+                    .iter()
+                    .find(|d| d.number == dn && d.full)
+                    .map_or((None, None), |d| (d.barcode.clone(), d.from_slot)),
+                None => (None, None),
+            };
+            read_one(drive, barcode, slot, &mut report, &mut found)?;
+        }
+        (Which::Slot(_) | Which::All, None) => {
+            return Err(ScanError::Refused(
+                "--slot and --all need a changer (changer = /dev/sgN)".into(),
+            ))
+        }
+        (Which::Slot(n), Some(c)) => {
+            let inv = c.inventory()?;
+            let drv = inv.drives.iter().find(|d| d.number == dn);
+            let barcode = if drv.is_some_and(|d| d.full && d.from_slot == Some(n)) {
+                drv.and_then(|d| d.barcode.clone())
+            } else {
+                let Some(s) = inv.slots.iter().find(|s| s.number == n) else {
+                    return Err(ScanError::Refused(format!("{} has no slot {n}", c.name())));
+                };
+                let barcode = s.barcode.clone();
+                release(drive, c, dn)?;
+                c.load(n, dn)?;
+                match drive.load() {
+                    Ok(()) | Err(TapeError::Unsupported { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                barcode
+            };
+            read_one(drive, barcode, Some(n), &mut report, &mut found)?;
+        }
+        (Which::All, Some(c)) => {
+            release(drive, c, dn)?;
+            let inv = c.inventory()?;
+            for s in inv.slots.iter().filter(|s| s.full && !s.import_export) {
+                c.load(s.number, dn)?;
+                match drive.load() {
+                    Ok(()) | Err(TapeError::Unsupported { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                read_one(
+                    drive,
+                    s.barcode.clone(),
+                    Some(s.number),
+                    &mut report,
+                    &mut found,
+                )?;
+                release(drive, c, dn)?;
+            }
+        }
+    }
+
+    let mut pass = Pass {
+        source: opts.passphrase,
+        got: None,
+    };
+    let mut mount = Mount {
+        changer,
+        drive_number: dn,
+        block_size: bs,
+    };
+
+    // Group the parts by tape file id.
+    let mut by_id: BTreeMap<String, Vec<&Found>> = BTreeMap::new();
+    for f in &found {
+        by_id.entry(f.trailer.id.clone()).or_default().push(f);
+    }
+
+    // The catalog copies, newest first.
+    let mut copies: Vec<(&CopyHeader, &Found)> = found
+        .iter()
+        .filter_map(|f| match &f.kind {
+            Kind::Copy(h) => Some((h, f)),
+            _ => None,
+        })
+        .collect();
+    copies.sort_by_key(|(h, f)| {
+        std::cmp::Reverse((h.written, f.tape_uuid_string.clone(), f.file_number))
+    });
+    for (h, _) in &copies {
+        report.copies.push((h.id.clone(), h.written));
+    }
+    let dir = catalog_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    for (h, first) in &copies {
+        let at = format!("tape {} file {}", first.tape, first.file_number);
+        let file = match join(&h.id, &by_id[&h.id], bs) {
+            Ok(f) => f,
+            Err(why) => {
+                report
+                    .problems
+                    .push(format!("{at}: catalog copy {}: {why}", h.id));
+                continue;
+            }
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".catalog.scan.")
+            .tempdir_in(dir)
+            .map_err(|source| ScanError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let restored = tmp.path().join("catalog.sqlite");
+        let result = (|| -> Result<(), String> {
+            let mut r =
+                TapeFileReader::new(&mut *drive, &mut mount, file).map_err(|e| e.to_string())?;
+            let mut unlock = |kf: &KeyFile| -> Result<ArchiveKeys, String> {
+                let p = pass.get()?;
+                kf.unlock(&p).map_err(|e| e.to_string())
+            };
+            restore_catalog_copy(&mut r, &restored, &mut unlock).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(why) = result {
+            report.problems.push(format!(
+                "{at}: {why}; {}",
+                "the sessions are rebuilt from their streams instead"
+            ));
+            continue;
+        }
+        import(cat, &restored, opts.dest, &mut report)?;
+        report.imported = Some(h.id.clone());
+        break;
+    }
+
+    // The tapes read.
+    for (label, barcode, slot, full) in &tapes {
+        let uuid = label.uuid_string();
+        match cat.tape(&uuid)? {
+            Some(t) => {
+                if slot.is_some() && t.slot != *slot {
+                    cat.set_tape_slot(&uuid, *slot)?;
+                }
+                if *full && !t.full {
+                    cat.set_tape_full(&uuid, true)?;
+                }
+            }
+            None => {
+                cat.add_tape(&TapeRecord {
+                    uuid,
+                    name: label.name.clone(),
+                    barcode: barcode.clone(),
+                    pool: label.pool.clone(),
+                    block_size: label.block_size as u64,
+                    full: *full,
+                    labelled: label.written,
+                    last_written: None,
+                    slot: *slot,
+                })?;
+                report.tapes_added += 1;
+            }
+        }
+    }
+
+    // The streams: known ones get their missing parts recorded, the others are read.
+    let dest_id = cat.destination(TAPE_KIND, opts.dest)?;
+    let mut summaries: Vec<(StreamSummary, TapeFile)> = Vec::new();
+    for (id, parts) in &by_id {
+        if parts.iter().any(|f| matches!(f.kind, Kind::Copy(_))) {
+            continue;
+        }
+        let Some(first) = parts.iter().find(|f| matches!(f.kind, Kind::Stream)) else {
+            let known = cat.stream_tape_files(opts.dest, id)?;
+            if let Some(k) = known.first() {
+                // A continuation whose session the catalog knows.
+                for f in parts {
+                    let rec = record_of(
+                        f,
+                        opts.dest,
+                        &k.volume,
+                        &k.session,
+                        k.stream_bytes,
+                        k.stream_sha256,
+                    );
+                    if cat.insert_tape_file(&rec)? {
+                        report.tape_files_added += 1;
+                    }
+                }
+            } else {
+                report.problems.push(format!(
+                    "stream {id} (tape {} file {}): its first part was not found (scan every tape of the set together: --all)",
+                    parts[0].tape, parts[0].file_number
+                ));
+            }
+            continue;
+        };
+        let at = format!(
+            "stream {id} (tape {} file {})",
+            first.tape, first.file_number
+        );
+        let file = match join(id, parts, bs) {
+            Ok(f) => f,
+            Err(why) => {
+                report.problems.push(format!("{at}: {why}"));
+                continue;
+            }
+        };
+        let known = cat.stream_tape_files(opts.dest, id)?;
+        if let Some(k) = known.first() {
+            if k.stream_bytes != file.bytes || k.stream_sha256 != file.sha256 {
+                report.problems.push(format!(
+                    "{at}: the catalog records this stream with another length or SHA-256; left as recorded"
+                ));
+                continue;
+            }
+            let (volume, session) = (k.volume.clone(), k.session.clone());
+            for f in parts {
+                let rec = record_of(f, opts.dest, &volume, &session, file.bytes, file.sha256);
+                if cat.insert_tape_file(&rec)? {
+                    report.tape_files_added += 1;
+                }
+            }
+            continue;
+        }
+        // Read the whole stream: its header and info, everything checked.
+        let result = (|| -> Result<StreamSummary, String> {
+            let r = TapeFileReader::new(&mut *drive, &mut mount, file.clone())
+                .map_err(|e| e.to_string())?;
+            let pass_ref = &mut pass;
+            let mut reader = ChainReader::new(None)
+                .starting_incremental()
+                .with_unlock(Box::new(move || pass_ref.get()));
+            let n = reader.read(r).map_err(|e| e.to_string())?;
+            if n != 1 {
+                return Err(format!("it holds {n} streams, not one"));
+            }
+            reader
+                .streams()
+                .first()
+                .cloned()
+                .ok_or_else(|| "it holds no stream".to_string())
+        })();
+        match result {
+            Ok(s) => summaries.push((s, file)),
+            Err(why) => report
+                .problems
+                .push(format!("{at}: unreadable, not recorded: {why}")),
+        }
+    }
+
+    // Record the sessions read, per volume in chain order.
+    let mut by_volume: BTreeMap<String, Vec<(StreamSummary, TapeFile)>> = BTreeMap::new();
+    for (s, f) in summaries {
+        by_volume
+            .entry(s.info.volume.clone())
+            .or_default()
+            .push((s, f));
+    }
+    let parts_of: HashMap<&str, &Vec<&Found>> =
+        by_id.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    for (volume, mut list) in by_volume {
+        list.sort_by(|a, b| a.0.info.session.cmp(&b.0.info.session));
+        let mut chain = cat.chain(dest_id, &volume)?;
+        for (s, file) in list {
+            let info = &s.info;
+            let at = format!(
+                "volume {volume} session {} (stream {})",
+                info.session, file.id
+            );
+            let linked = match chain.iter().find(|c| c.session == info.session) {
+                Some(c) if c.manifest_sha256 == info.manifest_sha256 => true,
+                Some(_) => {
+                    report.problems.push(format!(
+                        "{at}: the catalog holds this session with another manifest; not recorded"
+                    ));
+                    continue;
+                }
+                None => {
+                    let last = chain.last();
+                    let follows = s.header.base.as_deref() == last.map(|l| l.session.as_str())
+                        && s.header.base_manifest_sha256 == last.map(|l| l.manifest_sha256);
+                    if !follows {
+                        report.problems.push(format!(
+                            "{at}: builds on {}, but the chain found ends at {}; not recorded (a tape of the set missing?)",
+                            s.header.base.as_deref().unwrap_or("nothing (a full stream)"),
+                            last.map_or("nothing", |l| l.session.as_str())
+                        ));
+                        continue;
+                    }
+                    cat.record_session(dest_id, info, file.bytes)?;
+                    report
+                        .sessions_added
+                        .push((volume.clone(), info.session.clone()));
+                    chain = cat.chain(dest_id, &volume)?;
+                    true
+                }
+            };
+            if linked {
+                if let Some(parts) = parts_of.get(file.id.as_str()) {
+                    for f in parts.iter() {
+                        let rec = record_of(
+                            f,
+                            opts.dest,
+                            &volume,
+                            &info.session,
+                            file.bytes,
+                            file.sha256,
+                        );
+                        if cat.insert_tape_file(&rec)? {
+                            report.tape_files_added += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // A tape no copy told about was last written when its newest session was taken.
+    for (label, ..) in &tapes {
+        let uuid = label.uuid_string();
+        if let Some(t) = cat.tape(&uuid)? {
+            if t.last_written.is_none() {
+                let newest = cat
+                    .tape_files(&uuid)?
+                    .iter()
+                    .filter_map(|f| {
+                        cat.chain(dest_id, &f.volume)
+                            .ok()
+                            .and_then(|c| c.iter().find(|s| s.session == f.session).map(|s| s.time))
+                    })
+                    .max();
+                if newest.is_some() {
+                    cat.set_tape_last_written(&uuid, newest)?;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn record_of(
+    f: &Found,
+    dest: &str,
+    volume: &str,
+    session: &str,
+    stream_bytes: u64,
+    stream_sha256: [u8; 32],
+) -> TapeFileRecord {
+    TapeFileRecord {
+        tape: f.tape_uuid_string.clone(),
+        file_number: f.file_number,
+        dest: dest.to_string(),
+        volume: volume.to_string(),
+        session: session.to_string(),
+        part: f.trailer.part - 1,
+        first_block: f.first_block,
+        blocks: f.trailer.data_blocks,
+        bytes: f.trailer.bytes,
+        sha256: f.trailer.sha256,
+        stream_id: f.trailer.id.clone(),
+        stream_bytes,
+        stream_sha256,
+    }
+}
+
+/// Import from the restored copy at `path`: its tapes, the tape files of `dest`, and
+/// `dest`'s chains (sessions the catalog's chains do not hold yet, where they follow
+/// on).
+fn import(
+    cat: &mut Catalog,
+    path: &Path,
+    dest: &str,
+    report: &mut ScanReport,
+) -> Result<(), ScanError> {
+    let copy = Catalog::open(path)?;
+    for t in copy.tapes()? {
+        let by_name = cat.tape_by_name(&t.name)?;
+        match (cat.tape(&t.uuid)?, by_name) {
+            (Some(_), _) => {}
+            (None, Some(other)) => report.problems.push(format!(
+                "catalog copy: tape {} is labelled {} in it, {} in the catalog; kept as the catalog has it",
+                t.name, t.uuid, other.uuid
+            )),
+            (None, None) => {
+                cat.add_tape(&t)?;
+                report.tapes_added += 1;
+            }
+        }
+    }
+    for f in copy.dest_tape_files(dest)? {
+        if cat.tape(&f.tape)?.is_some() && cat.insert_tape_file(&f)? {
+            report.tape_files_added += 1;
+        }
+    }
+    let from = copy.destination(TAPE_KIND, dest)?;
+    let to = cat.destination(TAPE_KIND, dest)?;
+    for volume in copy.volumes(from)? {
+        let theirs = copy.chain(from, &volume)?;
+        let ours = cat.chain(to, &volume)?;
+        let common = ours.len().min(theirs.len());
+        if ours[..common] != theirs[..common] {
+            report.problems.push(format!(
+                "catalog copy: the chain of volume {volume} differs from the catalog's; kept as the catalog has it"
+            ));
+            continue;
+        }
+        for s in &theirs[common..] {
+            cat.record_sent(to, &volume, s)?;
+            report.sessions_from_copy += 1;
+        }
+    }
+    Ok(())
+}

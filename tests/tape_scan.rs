@@ -1,0 +1,571 @@
+//! `sparsebak tape scan` and the catalog copy on a virtual library: streams of
+//! several volumes and sessions written as tape files (one spanning two tapes) and
+//! recorded as a tape destination records them, a catalog copy at the end; the
+//! catalog deleted, then rebuilt by the real binary from the tapes: tapes, tape files
+//! and chains equal to what was recorded. A sealed copy leaves no plaintext of the
+//! catalog on the cartridges; a damaged copy is reported and the sessions are
+//! rebuilt from their streams.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::*;
+use sparsebak::catalog::{Catalog, SentSession, TapeFileRecord, TapeRecord};
+use sparsebak::tape::catalog_copy::{restore_catalog_copy, write_catalog_copy};
+use sparsebak::tape::changer::Changer;
+use sparsebak::tape::drive::TapeDrive;
+use sparsebak::tape::label::TapeLabel;
+use sparsebak::tape::reader::{ChangerMount, TapeFileReader};
+use sparsebak::tape::virtual_library::{barcode_for, VirtualLibrary, VirtualLibraryOptions};
+use sparsebak::tape::writer::{write_tape_file_from, ChangerNextTape, TapeFile, TapeFileOptions};
+use sparsebak_format::crypto::{ArchiveKeys, KdfParams, KeyFile, MasterKey, Passphrase};
+use sparsebak_format::info::SessionInfo;
+use sparsebak_format::stream::ChainReader;
+
+const BS: usize = 65536;
+const POOL: &str = "weekly";
+const SLOTS: u32 = 3;
+const CAPACITY: u64 = 4 << 20;
+/// A volume name found nowhere on the cartridges when everything is sealed.
+const SECRET_VOL: &str = "qzvolumex";
+const PASS: &str = "tape scan words";
+
+/// Spawning a child (read) and holding the library in this process (write) exclude
+/// each other: a child spawned while the library is held would inherit its lock.
+static SPAWN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+struct Held {
+    lib: VirtualLibrary,
+    _spawn: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = VirtualLibrary;
+    fn deref(&self) -> &VirtualLibrary {
+        &self.lib
+    }
+}
+
+struct Set {
+    dir: TestDir,
+    config: PathBuf,
+    encrypted: bool,
+}
+
+/// What was recorded while writing, to compare the rebuilt catalog with.
+#[derive(Debug, PartialEq)]
+struct Rows {
+    tapes: Vec<TapeRecord>,
+    files: Vec<TapeFileRecord>,
+    chains: Vec<(String, Vec<SentSession>)>,
+}
+
+impl Set {
+    fn new(encrypted: bool) -> Set {
+        let dir = TestDir::new();
+        let p = dir.path();
+        std::fs::create_dir(p.join("img")).unwrap();
+        let crypt = if encrypted {
+            let pass = p.join("passfile");
+            std::fs::write(&pass, format!("{PASS}\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+            format!("passfile = {}\n", pass.display())
+        } else {
+            "encrypt = off\n".to_string()
+        };
+        let config = p.join("c.ini");
+        std::fs::write(
+            &config,
+            format!(
+                "[var]\nsource = file\nvoldir = {0}/img\ndestdir = {0}/archive\n\
+                 metadir = {0}/meta\n{crypt}\
+                 [dest:vt]\ntape = virtual:{0}/vtl\nvirtual_slots = {SLOTS}\n\
+                 virtual_capacity = {CAPACITY}\nblocksize = 64K\npool = {POOL}\n\
+                 [volumes]\nalpha = enable\n{SECRET_VOL} = enable\n",
+                p.display()
+            ),
+        )
+        .unwrap();
+        Set {
+            dir,
+            config,
+            encrypted,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let _spawn = SPAWN.read().unwrap_or_else(|p| p.into_inner());
+        std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-u")
+            .args(args)
+            .env_remove("SPARSEBAK_PASSPHRASE")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn library(&self) -> Held {
+        let spawn = SPAWN.write().unwrap_or_else(|p| p.into_inner());
+        let lib = VirtualLibrary::open(
+            &self.dir.path().join("vtl"),
+            &VirtualLibraryOptions {
+                slots: SLOTS,
+                capacity: CAPACITY,
+                speed: None,
+            },
+        )
+        .unwrap();
+        Held { lib, _spawn: spawn }
+    }
+
+    fn catalog_path(&self) -> PathBuf {
+        self.dir.path().join("meta/catalog.sqlite")
+    }
+
+    fn catalog(&self) -> Catalog {
+        Catalog::open(&self.catalog_path()).unwrap()
+    }
+
+    fn delete_catalog(&self) {
+        for ext in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{ext}", self.catalog_path().display()));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("{}: {e}", p.display()),
+            }
+        }
+        assert!(!self.catalog_path().exists());
+    }
+
+    /// `send --stream` of `vol` with the image `img`: the stream's bytes.
+    fn stream(&self, vol: &str, img: &[u8], n: usize) -> Vec<u8> {
+        std::fs::write(self.dir.path().join("img").join(vol), img).unwrap();
+        let path = self.dir.path().join(format!("{vol}.{n}.stream"));
+        self.ok(&["send", vol, &format!("--stream={}", path.display())]);
+        std::fs::read(&path).unwrap()
+    }
+
+    fn cartridge(&self, slot: u32) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("vtl/cartridges/{}.vtape", barcode_for(slot)))
+    }
+
+    fn rows(&self) -> Rows {
+        let cat = self.catalog();
+        let dest = cat.destination("tape", "vt").unwrap();
+        let mut files = cat.dest_tape_files("vt").unwrap();
+        files.sort_by(|a, b| (&a.tape, a.file_number).cmp(&(&b.tape, b.file_number)));
+        Rows {
+            tapes: cat.tapes().unwrap(),
+            files,
+            chains: cat
+                .volumes(dest)
+                .unwrap()
+                .into_iter()
+                .map(|v| {
+                    let c = cat.chain(dest, &v).unwrap();
+                    (v, c)
+                })
+                .collect(),
+        }
+    }
+}
+
+fn uuid_string(uuid: [u8; 16]) -> String {
+    TapeLabel {
+        name: "x".into(),
+        pool: "x".into(),
+        uuid,
+        block_size: BS,
+        written: 0,
+    }
+    .uuid_string()
+}
+
+fn stream_id(rng: &mut Rng) -> String {
+    format!("{:016x}{:016x}", rng.next(), rng.next())
+}
+
+/// The session a stream carries (read whole, as a scan would).
+fn info_of(stream: &[u8], encrypted: bool) -> SessionInfo {
+    let mut r = ChainReader::new(None).starting_incremental();
+    if encrypted {
+        r = r.with_unlock(Box::new(|| Ok(Passphrase::new(PASS.into()))));
+    }
+    assert_eq!(r.read(stream).unwrap(), 1);
+    r.streams()[0].info.clone()
+}
+
+/// Record a tape file as a tape destination does.
+fn record(cat: &mut Catalog, file: &TapeFile, info: &SessionInfo) {
+    let dest = cat.destination("tape", "vt").unwrap();
+    cat.record_session(dest, info, file.bytes).unwrap();
+    for p in &file.parts {
+        cat.add_tape_file(
+            &TapeFileRecord {
+                tape: uuid_string(p.tape_uuid),
+                file_number: p.file_number,
+                dest: "vt".into(),
+                volume: info.volume.clone(),
+                session: info.session.clone(),
+                part: p.part - 1,
+                first_block: p.first_block,
+                blocks: p.data_blocks,
+                bytes: p.bytes,
+                sha256: p.sha256,
+                stream_id: file.id.clone(),
+                stream_bytes: file.bytes,
+                stream_sha256: file.sha256,
+            },
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    }
+    for p in &file.parts[..file.parts.len() - 1] {
+        cat.set_tape_full(&uuid_string(p.tape_uuid), true).unwrap();
+    }
+}
+
+fn opts(id: &str) -> TapeFileOptions {
+    TapeFileOptions {
+        block_size: BS,
+        pool: POOL.into(),
+        id: id.into(),
+        buffer: 16 * BS,
+    }
+}
+
+/// The keys of an encrypted tape destination (its one key file).
+fn dest_keys() -> (KeyFile, ArchiveKeys) {
+    let master = MasterKey::generate().unwrap();
+    let id = "4f1c2a9e-0b7d-4c3e-9a51-6d2e8f0a1b3c";
+    let kf = KeyFile::wrap(
+        id,
+        &master,
+        &Passphrase::new(PASS.into()),
+        KdfParams {
+            m_kib: 8192,
+            t: 1,
+            p: 1,
+        },
+    )
+    .unwrap();
+    (kf, ArchiveKeys::derive(&master, id))
+}
+
+/// Label the tapes, send alpha three times and the other volume once (a stream
+/// longer than a tape's room after alpha's first two), write them in the order
+/// alpha 1, alpha 2, other 1 (spanning tapes 1 and 2), alpha 3, record them, and end
+/// the set with a catalog copy (sealed with `keys`). Returns the rows recorded and
+/// the copy.
+fn write_set(set: &Set, keys: Option<&(KeyFile, ArchiveKeys)>) -> (Rows, TapeFile) {
+    let out = set.ok(&["--dest=vt", "tape", "label", "--all"]);
+    assert!(out.contains("3 tape(s) labelled in pool weekly"), "{out}");
+    let mut rng = Rng::new(11);
+    let mut alpha = rng.bytes(16 * BS);
+    let mut streams = Vec::new();
+    streams.push(set.stream("alpha", &alpha, 1));
+    rng.fill(&mut alpha[2 * BS..3 * BS]);
+    streams.push(set.stream("alpha", &alpha, 2));
+    let other = rng.bytes(70 * BS);
+    streams.push(set.stream(SECRET_VOL, &other, 1));
+    rng.fill(&mut alpha[9 * BS..10 * BS]);
+    streams.push(set.stream("alpha", &alpha, 3));
+    let infos: Vec<SessionInfo> = streams.iter().map(|s| info_of(s, set.encrypted)).collect();
+
+    let lib = set.library();
+    let mut cat = set.catalog();
+    let mut drive = lib.drive();
+    lib.changer().load(1, 0).unwrap();
+    drive.set_block_size(BS).unwrap();
+    let mut next = ChangerNextTape {
+        changer: lib.changer(),
+        drive_number: 0,
+        barcodes: VecDeque::from([barcode_for(2), barcode_for(3)]),
+    };
+    let mut files = Vec::new();
+    for (s, info) in streams.iter().zip(&infos) {
+        let (file, _) = write_tape_file_from(
+            &mut drive,
+            &mut next,
+            &opts(&stream_id(&mut rng)),
+            &mut &s[..],
+        )
+        .unwrap();
+        record(&mut cat, &file, info);
+        files.push(file);
+    }
+    let tapes: Vec<Vec<&str>> = files
+        .iter()
+        .map(|f| f.parts.iter().map(|p| p.tape.as_str()).collect())
+        .collect();
+    assert_eq!(
+        tapes,
+        [
+            vec!["VT0001L8"],
+            vec!["VT0001L8"],
+            vec!["VT0001L8", "VT0002L8"],
+            vec!["VT0002L8"]
+        ]
+    );
+    let copy = write_catalog_copy(
+        &mut drive,
+        &mut next,
+        &opts(&stream_id(&mut rng)),
+        &set.catalog_path(),
+        keys.map(|(k, a)| (k, a)),
+    )
+    .unwrap();
+    assert_eq!(copy.parts.len(), 1);
+    assert_eq!(copy.parts[0].tape, "VT0002L8");
+    // The copy reads back into a catalog holding what was recorded.
+    let mut mount = ChangerMount {
+        changer: lib.changer(),
+        drive_number: 0,
+    };
+    let mut r = TapeFileReader::new(&mut drive, &mut mount, copy.clone()).unwrap();
+    let restored = set.dir.path().join("restored.sqlite");
+    let header = restore_catalog_copy(&mut r, &restored, &mut |kf| {
+        kf.unlock(&Passphrase::new(PASS.into()))
+            .map_err(|e| e.to_string())
+    })
+    .unwrap();
+    assert_eq!(header.sealed, keys.is_some());
+    assert_eq!(header.id, copy.id);
+    let back = Catalog::open(&restored).unwrap();
+    assert_eq!(back.dest_tape_files("vt").unwrap().len(), 5);
+    drop(r);
+    drop(drive);
+    drop(cat);
+    drop(lib);
+    (set.rows(), copy)
+}
+
+/// The scan's standard output.
+fn scan(set: &Set) -> String {
+    set.ok(&["--dest=vt", "tape", "scan", "--all"])
+}
+
+#[test]
+fn a_deleted_catalog_is_rebuilt_from_the_newest_copy() {
+    let set = Set::new(false);
+    let (recorded, copy) = write_set(&set, None);
+    assert_eq!(recorded.files.len(), 5);
+    assert_eq!(recorded.chains.len(), 2);
+    assert_eq!(recorded.chains[0].1.len(), 3);
+    assert!(recorded.tapes[0].full && !recorded.tapes[1].full);
+    set.delete_catalog();
+    let out = scan(&set);
+    assert!(
+        out.contains(&format!("imported catalog copy {}: 4 session(s)", copy.id)),
+        "{out}"
+    );
+    assert!(!out.contains("problem"), "{out}");
+    assert!(
+        out.contains(
+            "3 tape(s) scanned, 3 added to the catalog; 5 tape file(s) and 4 session(s) added"
+        ),
+        "{out}"
+    );
+    let rebuilt = set.rows();
+    assert_eq!(rebuilt, recorded);
+    // A second scan adds nothing.
+    let out = scan(&set);
+    assert!(
+        out.contains(
+            "3 tape(s) scanned, 0 added to the catalog; 0 tape file(s) and 0 session(s) added"
+        ),
+        "{out}"
+    );
+    assert_eq!(set.rows(), recorded);
+}
+
+/// The cartridge file holding `magic`, and where.
+fn find(set: &Set, what: &[u8]) -> Vec<(u32, usize)> {
+    let mut at = Vec::new();
+    for slot in 1..=SLOTS {
+        let bytes = std::fs::read(set.cartridge(slot)).unwrap();
+        at.extend(
+            bytes
+                .windows(what.len())
+                .enumerate()
+                .filter(|(_, w)| *w == what)
+                .map(|(i, _)| (slot, i)),
+        );
+    }
+    at
+}
+
+#[test]
+fn a_damaged_copy_is_reported_and_the_streams_are_read_instead() {
+    let set = Set::new(false);
+    let (recorded, copy) = write_set(&set, None);
+    // Flip bytes in the snapshot, after the copy's header.
+    let at = find(&set, b"SPBKCATC");
+    assert_eq!(at.len(), 1, "{at:?}");
+    let (slot, off) = at[0];
+    let path = set.cartridge(slot);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[off + 4000..off + 4008] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    set.delete_catalog();
+    let out = scan(&set);
+    assert!(
+        out.contains(&format!(
+            "problem: tape VT0002L8 file 3: catalog copy {}: tape VT0002L8, file 3, block 0 (position 42): damaged: its bytes do not match the digest the part trailer holds; the sessions are rebuilt from their streams instead",
+            copy.id
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("the sessions are rebuilt from their streams instead"),
+        "{out}"
+    );
+    assert!(out.contains("no catalog copy imported"), "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.ends_with("rebuilt from its stream"))
+            .count(),
+        4,
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "3 tape(s) scanned, 3 added to the catalog; 5 tape file(s) and 4 session(s) added"
+        ),
+        "{out}"
+    );
+    let rebuilt = set.rows();
+    assert_eq!(rebuilt.files, recorded.files);
+    assert_eq!(rebuilt.chains, recorded.chains);
+    // The tapes as recorded, but for when they were last written: the time of the
+    // newest session on each (the tapes do not say when they were written).
+    let newest = |uuid: &str| {
+        let files = rebuilt.files.iter().filter(|f| f.tape == uuid);
+        files
+            .filter_map(|f| {
+                rebuilt
+                    .chains
+                    .iter()
+                    .flat_map(|(_, c)| c.iter())
+                    .find(|s| s.session == f.session)
+                    .map(|s| s.time)
+            })
+            .max()
+    };
+    let expect: Vec<TapeRecord> = recorded
+        .tapes
+        .iter()
+        .map(|t| TapeRecord {
+            last_written: newest(&t.uuid),
+            ..t.clone()
+        })
+        .collect();
+    assert_eq!(rebuilt.tapes, expect);
+    assert!(rebuilt.tapes[0].last_written.is_some() && rebuilt.tapes[2].last_written.is_none());
+}
+
+#[test]
+fn a_sealed_copy_leaves_no_plaintext_and_imports_with_the_passphrase() {
+    let set = Set::new(true);
+    let keys = dest_keys();
+    let (recorded, copy) = write_set(&set, Some(&keys));
+    // The copy is there, with the key file; neither the volume name nor the
+    // catalog's own text is.
+    assert_eq!(find(&set, b"SPBKCATC").len(), 1);
+    assert_eq!(find(&set, keys.0.render().as_bytes()).len(), 1);
+    assert_eq!(find(&set, SECRET_VOL.as_bytes()), []);
+    assert_eq!(find(&set, b"CREATE TABLE tape_files"), []);
+    set.delete_catalog();
+    let out = scan(&set);
+    assert!(
+        out.contains(&format!("imported catalog copy {}: 4 session(s)", copy.id)),
+        "{out}"
+    );
+    assert_eq!(set.rows(), recorded);
+
+    // With a wrong passphrase the copy is not opened, and neither are the streams.
+    set.delete_catalog();
+    std::fs::write(set.dir.path().join("passfile"), "wrong words\n").unwrap();
+    let out = scan(&set);
+    assert!(
+        out.contains(&format!(
+            "problem: tape VT0002L8 file 3: catalog copy {} is sealed and cannot be opened: wrong passphrase",
+            copy.id
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "3 tape(s) scanned, 3 added to the catalog; 0 tape file(s) and 0 session(s) added"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_plain_copy_holds_the_catalog_as_it_is() {
+    // The control of the sealed test: unsealed, the names are on the cartridges.
+    let set = Set::new(false);
+    let (_, _) = write_set(&set, None);
+    assert!(!find(&set, SECRET_VOL.as_bytes()).is_empty());
+    assert!(!find(&set, b"CREATE TABLE tape_files").is_empty());
+}
+
+#[test]
+fn scanning_one_tape_records_what_is_whole_on_it() {
+    let set = Set::new(false);
+    let (recorded, _) = write_set(&set, None);
+    set.delete_catalog();
+    // Tape 1 alone: alpha's first two sessions are whole on it; the spanning stream's
+    // second part is on tape 2.
+    let out = set.ok(&["--dest=vt", "tape", "scan", "--slot=1"]);
+    assert!(out.contains("tape VT0001L8 (uuid "), "{out}");
+    assert!(out.contains("no catalog copy imported"), "{out}");
+    assert!(
+        out.contains("part 2 is missing (scan every tape of the set together: --all)"),
+        "{out}"
+    );
+    let rows = set.rows();
+    assert_eq!(rows.chains.len(), 1);
+    assert_eq!(rows.chains[0].0, "alpha");
+    assert_eq!(rows.chains[0].1, recorded.chains[0].1[..2]);
+    let first_two: Vec<TapeFileRecord> = recorded
+        .files
+        .iter()
+        .filter(|f| {
+            f.volume == "alpha"
+                && recorded.chains[0].1[..2]
+                    .iter()
+                    .any(|s| s.session == f.session)
+        })
+        .cloned()
+        .collect();
+    assert_eq!(first_two.len(), 2);
+    assert_eq!(rows.files, first_two);
+    // Then the rest: everything as recorded.
+    let out = scan(&set);
+    assert!(out.contains("imported catalog copy"), "{out}");
+    assert_eq!(set.rows().files, recorded.files);
+    assert_eq!(set.rows().chains, recorded.chains);
+}
