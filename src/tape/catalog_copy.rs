@@ -431,3 +431,151 @@ impl Write for Hashing<'_> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> CopyHeader {
+        CopyHeader {
+            sealed: true,
+            written: 1_790_000_000,
+            catalog_bytes: 123_456,
+            key_len: 300,
+            sha256: [0; 32],
+            id: "0123456789abcdef0123456789abcdef".into(),
+        }
+    }
+
+    /// `h` encoded, with bytes changed by `f` and the checksum made right again.
+    fn forged(h: &CopyHeader, f: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        let mut b = h.encode();
+        f(&mut b);
+        let sum = Sha256::digest(&b[0..168]);
+        b[168..200].copy_from_slice(&sum);
+        b
+    }
+
+    fn refused(b: &[u8]) -> String {
+        CopyHeader::decode(b).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_header_reads_back_and_every_length_is_bounded() {
+        let h = header();
+        let b = h.encode();
+        assert_eq!(b.len(), COPY_HEADER_LEN);
+        assert_eq!(CopyHeader::decode(&b).unwrap(), h);
+        let mut d = b.clone();
+        d[30] ^= 1;
+        assert_eq!(
+            refused(&d),
+            "catalog copy header: the header is damaged (checksum mismatch)"
+        );
+        assert_eq!(
+            refused(&b[..199]),
+            "catalog copy header: no catalog copy header"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[24..32].copy_from_slice(&(1u64 << 41).to_le_bytes()))),
+            "catalog copy header: a snapshot of 2199023255552 bytes is more than the 1099511627776 a copy may hold"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[32..36].copy_from_slice(&5000u32.to_le_bytes()))),
+            "catalog copy header: a key file of 5000 bytes in a sealed copy"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[12] = 0)),
+            "catalog copy header: a key file of 300 bytes in a plain copy"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[12] = 3)),
+            "catalog copy header: unknown flags 0x3"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[8] = 2)),
+            "catalog copy header: header version 2; this sparsebak reads version 1"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[72] = 65)),
+            "catalog copy header: the header names no id"
+        );
+        assert_eq!(
+            refused(&forged(&h, |b| b[72] = 0)),
+            "catalog copy header: the header names no id"
+        );
+    }
+
+    #[test]
+    fn a_plain_copy_restores_and_a_changed_one_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let cat = t.path().join("catalog.sqlite");
+        {
+            let c = crate::catalog::Catalog::open(&cat).unwrap();
+            c.destination("tape", "vt").unwrap();
+        }
+        let tmp = t.path().join("snap");
+        std::fs::create_dir(&tmp).unwrap();
+        let snap = std::fs::read(snapshot(&cat, &tmp).unwrap()).unwrap();
+        let h = CopyHeader {
+            sealed: false,
+            key_len: 0,
+            catalog_bytes: snap.len() as u64,
+            sha256: Sha256::digest(&snap).into(),
+            ..header()
+        };
+        let mut bytes = h.encode();
+        bytes.extend_from_slice(&snap);
+        let out = t.path().join("restored.sqlite");
+        let mut never = |_: &KeyFile| -> Result<ArchiveKeys, String> { panic!("not sealed") };
+        let got = restore_catalog_copy(&mut &bytes[..], &out, &mut never).unwrap();
+        assert_eq!(got, h);
+        let c = crate::catalog::Catalog::open(&out).unwrap();
+        assert_eq!(c.destination("tape", "vt").unwrap().0, 1);
+
+        // A byte changed in the snapshot, a byte more, a byte less.
+        let id = &h.id;
+        let mut changed = bytes.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        let e = restore_catalog_copy(&mut &changed[..], &out, &mut never).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("catalog copy {id}: the snapshot's SHA-256 does not match its header")
+        );
+        let mut longer = bytes.clone();
+        longer.push(0);
+        let e = restore_catalog_copy(&mut &longer[..], &out, &mut never).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("catalog copy {id}: bytes follow the snapshot")
+        );
+        let e = restore_catalog_copy(&mut &bytes[..bytes.len() - 1], &out, &mut never).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "catalog copy {id}: the snapshot ends after {} of its {} bytes",
+                snap.len() - 1,
+                snap.len()
+            )
+        );
+        // Something that is no SQLite database, with a header that says so right.
+        let junk = vec![7u8; 4096];
+        let h2 = CopyHeader {
+            catalog_bytes: junk.len() as u64,
+            sha256: Sha256::digest(&junk).into(),
+            ..h.clone()
+        };
+        let mut b2 = h2.encode();
+        b2.extend_from_slice(&junk);
+        let e = restore_catalog_copy(&mut &b2[..], &out, &mut never).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "catalog copy {id}: the snapshot is not a SQLite database"
+            )),
+            "{e}"
+        );
+        // The catalog restored before is still there, whole.
+        crate::catalog::Catalog::open(&out).unwrap();
+    }
+}

@@ -886,3 +886,49 @@ fn import(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_blocks_follow_from_a_files_length() {
+        for bs in [512usize, 4096, 65536] {
+            for d in [0u64, 1, 2, 100, 113, 127, 128, 129, 5000, 1 << 20] {
+                for header in [false, true] {
+                    let n = u64::from(header) + d + trailer_blocks(d, bs);
+                    assert_eq!(data_blocks_of(n, header, bs), Some(d), "{bs} {d} {header}");
+                }
+            }
+        }
+        // 432 + 4 d bytes of trailer in blocks of 512: d = 20 takes 1 block, 21 takes
+        // 2, so no part is 22 blocks long... but 23 is (21 + 2).
+        assert_eq!(trailer_blocks(20, 512), 1);
+        assert_eq!(trailer_blocks(21, 512), 2);
+        assert_eq!(data_blocks_of(21, false, 512), Some(20));
+        assert_eq!(data_blocks_of(22, false, 512), None);
+        assert_eq!(data_blocks_of(23, false, 512), Some(21));
+        assert_eq!(data_blocks_of(0, false, 512), None);
+        assert_eq!(data_blocks_of(0, true, 512), None);
+        assert_eq!(data_blocks_of(1, true, 512), None);
+    }
+
+    #[test]
+    fn a_stream_is_known_by_its_first_tar_header() {
+        let mut block = vec![0u8; 4096];
+        let mut h = tar::Header::new_ustar();
+        h.set_path(HEADER_MEMBER).unwrap();
+        h.set_size(10);
+        h.set_cksum();
+        block[..512].copy_from_slice(h.as_bytes());
+        assert!(starts_stream(&block));
+        block[100] ^= 1;
+        assert!(!starts_stream(&block), "a bad checksum");
+        let mut h = tar::Header::new_ustar();
+        h.set_path("other/file").unwrap();
+        h.set_cksum();
+        block[..512].copy_from_slice(h.as_bytes());
+        assert!(!starts_stream(&block));
+        assert!(!starts_stream(&[0u8; 100]));
+    }
+}
