@@ -864,7 +864,10 @@ mod tests {
         let c = Catalog::open(&p).unwrap();
         assert_eq!(c.tapes().unwrap().len(), 1);
         let e = c.tape_files("u1").unwrap_err().to_string();
-        assert!(e.contains("tape u1: file 1: stream id \"\" is impossible"), "{e}");
+        assert!(
+            e.contains("tape u1: file 1: stream id \"\" is impossible"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub struct StreamOpts {
 /// Called once the stream is complete, with the output (not yet dropped), the
 /// session and the stream's length in bytes; before the chain records the session, so
 /// an error here (the tape file could not be finished) leaves the chain as it was.
-pub type StreamDone = Box<dyn FnOnce(Box<dyn Write + Send>, &SessionInfo, u64) -> Result<()> + Send>;
+pub type StreamDone =
+    Box<dyn FnOnce(Box<dyn Write + Send>, &SessionInfo, u64) -> Result<()> + Send>;
 
 /// What a stream send did.
 #[derive(Debug)]
@@ -298,8 +299,8 @@ struct StreamTarget<'a> {
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The chain's keys, when it is encrypted.
     crypt: Option<StreamCrypt>,
-    /// The volume id a new encrypted chain starts with: the chain's id, or for a tape
-    /// destination (one key for every volume) a random one per volume chain.
+    /// The volume id a new encrypted chain starts with: the chain's id (for a tape
+    /// destination, whose one key serves every volume, the destination's).
     new_volume_id: Option<String>,
     done: Option<StreamDone>,
 }
@@ -468,7 +469,11 @@ pub fn send_stream_to(
         }
     }
     let crypt = if opts.tape {
-        tape_crypt(config, &opts.chain, chain.last().map(|i| i.volume_id.is_some()))?
+        tape_crypt(
+            config,
+            &opts.chain,
+            chain.last().map(|i| i.volume_id.is_some()),
+        )?
     } else {
         chain_crypt(config, name, &opts.chain, &sdir, chain.last())?
     };
@@ -484,13 +489,7 @@ pub fn send_stream_to(
         catalog: Some(catalog),
         dest_id: dest,
         written: written.clone(),
-        new_volume_id: match &crypt {
-            Some(_) if opts.tape => Some(
-                crypto::random_uuid().map_err(|e| Error::Msg(format!("volume {name}: {e}")))?,
-            ),
-            Some(c) => Some(c.keys.archive().to_string()),
-            None => None,
-        },
+        new_volume_id: crypt.as_ref().map(|c| c.keys.archive().to_string()),
         crypt,
         done,
     };
@@ -596,8 +595,7 @@ fn chain_crypt(
 /// ([`crate::metadir::tape_key`]) for every volume sent there, made (asking for a new
 /// passphrase) by the first encrypted send; it is unlocked once per run.
 fn tape_crypt(config: &Config, dest: &str, encrypted: Option<bool>) -> Result<Option<StreamCrypt>> {
-    static UNLOCKED: std::sync::Mutex<Option<(PathBuf, StreamCrypt)>> =
-        std::sync::Mutex::new(None);
+    static UNLOCKED: std::sync::Mutex<Option<(PathBuf, StreamCrypt)>> = std::sync::Mutex::new(None);
     let path = crate::metadir::tape_key(config, dest);
     match (config.encrypt, encrypted) {
         (Some(true), Some(false)) => {
@@ -849,6 +847,23 @@ impl InputMap {
             Error::Msg(format!("{name} (byte {local} of this file): {e}"))
         }
     }
+}
+
+/// One input read as a chain of streams, named `name` in messages.
+pub fn input_from(name: String, r: Box<dyn Read>) -> (StreamInputs, InputMap) {
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(vec![0]));
+    (
+        StreamInputs {
+            files: vec![r],
+            idx: 0,
+            pos: 0,
+            starts: starts.clone(),
+        },
+        InputMap {
+            names: vec![name],
+            starts,
+        },
+    )
 }
 
 /// Open the streams `paths` (`-` = stdin) as one concatenated input. Standard input on

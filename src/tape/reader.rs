@@ -311,9 +311,7 @@ impl<'a> TapeFileReader<'a> {
         }
         if last {
             let sha: [u8; 32] = std::mem::take(&mut self.stream).finalize().into();
-            if self.read != self.file.bytes
-                || sha != self.file.sha256
-                || sha != open.stream_sha256
+            if self.read != self.file.bytes || sha != self.file.sha256 || sha != open.stream_sha256
             {
                 return Err(TapeFileError::Mismatch {
                     id: self.file.id.clone(),
