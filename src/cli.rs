@@ -167,6 +167,10 @@ pub enum Command {
         /// broken disk; see "Archive identity" in the README).
         #[arg(long = "accept-archive", conflicts_with = "stream")]
         accept_archive: bool,
+        /// On a tape destination: read back every tape file just written and check it
+        /// (its block digests and SHA-256) before the run ends.
+        #[arg(long = "verify-tape", conflicts_with = "stream")]
+        verify_tape: bool,
         /// Write the session as a self-contained tar stream to PATH (`-` = stdout)
         /// instead of the archive: full the first time, then incremental on the
         /// chain's last stream. One volume.

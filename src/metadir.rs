@@ -11,6 +11,7 @@
 //! <metadir>/<volume>/dest/<NAME>/sessions/...   destination NAME: its copies, its pending
 //! <metadir>/<volume>/streams/<chain>/     a stream chain: its delta map and copies
 //! <metadir>/<volume>/streams/<chain>/sparsebak.key   an encrypted chain's key file
+//! <metadir>/@tape/<dest>/sparsebak.key  an encrypted tape destination's key file
 //! ```
 //!
 //! The destination named `default` keeps the paths older versions used, so a metadir
@@ -94,6 +95,17 @@ pub fn pending_path(copies_dir: &Path) -> PathBuf {
 /// state folder.
 pub fn stream_dir_in(volume_dir: &Path, chain: &str) -> PathBuf {
     volume_dir.join(STREAMS).join(chain)
+}
+
+/// `<metadir>/@tape/<dest>/sparsebak.key`: the key file of an encrypted tape
+/// destination, one for every volume sent there (each stream on its tapes carries a
+/// copy too). No volume name contains `@`, so the folder is no volume's.
+pub fn tape_key(config: &Config, dest: &str) -> PathBuf {
+    config
+        .metadir
+        .join("@tape")
+        .join(dest)
+        .join(sparsebak_format::crypto::KEY_FILE)
 }
 
 /// The key file of an encrypted stream chain, given its state folder

@@ -53,7 +53,19 @@ pub struct StreamOpts {
     /// The file the stream goes to, when it is one (not stdout, a pipe or a tape): a
     /// full filesystem is then reported with its path and the room the stream needed.
     pub dest: Option<PathBuf>,
+    /// A chain that is a tape destination's rather than a stream chain: its catalog
+    /// destination is `("tape", chain)`, its state folder the destination's
+    /// (`<metadir>/<volume>/dest/<chain>`) and, when encrypted, its key the
+    /// destination's one key file ([`crate::metadir::tape_key`]), shared by every
+    /// volume sent there.
+    pub tape: bool,
 }
+
+/// Called once the stream is complete, with the output (not yet dropped), the
+/// session and the stream's length in bytes; before the chain records the session, so
+/// an error here (the tape file could not be finished) leaves the chain as it was.
+pub type StreamDone =
+    Box<dyn FnOnce(Box<dyn Write + Send>, &SessionInfo, u64) -> Result<()> + Send>;
 
 /// What a stream send did.
 #[derive(Debug)]
@@ -90,6 +102,8 @@ struct StreamChunks {
     dest_id: crate::catalog::DestId,
     /// After `prepare`: the info, the staged copy, the stream's bytes.
     prepared: Option<(SessionInfo, PathBuf, u64)>,
+    /// Called when the stream is complete.
+    done: Option<StreamDone>,
     /// The stream's bytes, for the caller once committed.
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -201,7 +215,10 @@ impl SessionSink for StreamChunks {
             },
             None => Error::Msg(format!("writing the stream: {e}")),
         })?;
-        drop(out);
+        match self.done.take() {
+            Some(done) => done(out, &info, written)?,
+            None => drop(out),
+        }
         // A stream file gets its name before the catalog records the stream: a run
         // stopped in between leaves a finished stream the chain does not build on
         // (the next stream is based on the one before), never a chain that builds on
@@ -282,18 +299,20 @@ struct StreamTarget<'a> {
     written: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The chain's keys, when it is encrypted.
     crypt: Option<StreamCrypt>,
+    /// The volume id a new encrypted chain starts with: the chain's id (for a tape
+    /// destination, whose one key serves every volume, the destination's).
+    new_volume_id: Option<String>,
+    done: Option<StreamDone>,
 }
 
 impl StreamTarget<'_> {
     /// The volume id chunks are sealed for: the one the chain's sessions carry, or
     /// for its first the chain's id.
     fn chain_volume_id(&self) -> Option<String> {
-        let c = self.crypt.as_ref()?;
-        Some(
-            self.base
-                .and_then(|b| b.volume_id.clone())
-                .unwrap_or_else(|| c.keys.archive().to_string()),
-        )
+        self.crypt.as_ref()?;
+        self.base
+            .and_then(|b| b.volume_id.clone())
+            .or_else(|| self.new_volume_id.clone())
     }
 }
 
@@ -356,6 +375,7 @@ impl SessionTarget for StreamTarget<'_> {
             dest_id: self.dest_id,
             prepared: None,
             written: self.written.clone(),
+            done: self.done.take(),
         }))
     }
     fn keep_unchanged(&self) -> bool {
@@ -385,16 +405,36 @@ pub fn send_stream(
     partial: Option<PartialFile>,
     opts: &StreamOpts,
 ) -> Result<StreamOutcome> {
+    send_stream_to(config, name, source, out, partial, opts, None)
+}
+
+/// [`send_stream`], calling `done` once the stream is complete (see [`StreamDone`]).
+pub fn send_stream_to(
+    config: &Config,
+    name: &str,
+    source: &mut dyn Source,
+    out: Box<dyn Write + Send>,
+    partial: Option<PartialFile>,
+    opts: &StreamOpts,
+    done: Option<StreamDone>,
+) -> Result<StreamOutcome> {
     let started = Instant::now();
     let _meta_lock = lock_meta(config, name)?;
-    let ctx = VolumeCtx::for_stream(config, name, &opts.chain);
-    let sdir = stream_dir(&ctx.meta_dir, &opts.chain);
+    let (ctx, sdir) = if opts.tape {
+        let ctx = VolumeCtx::new(config, name);
+        let sdir = crate::metadir::dest_dir_in(&ctx.meta_dir, &opts.chain);
+        (ctx, sdir)
+    } else {
+        let ctx = VolumeCtx::for_stream(config, name, &opts.chain);
+        let sdir = stream_dir(&ctx.meta_dir, &opts.chain);
+        (ctx, sdir)
+    };
     create_private_dir(&sdir)?;
     let local = LocalCopies::new(&sdir);
     let catalog =
         Catalog::open(&crate::metadir::catalog(config)).map_err(|e| Error::Msg(e.to_string()))?;
     let dest = catalog
-        .destination("stream", &opts.chain)
+        .destination(if opts.tape { "tape" } else { "stream" }, &opts.chain)
         .map_err(|e| Error::Msg(e.to_string()))?;
     let base = catalog
         .base(dest, name)
@@ -428,7 +468,15 @@ pub fn send_stream(
             )));
         }
     }
-    let crypt = chain_crypt(config, name, &opts.chain, &sdir, chain.last())?;
+    let crypt = if opts.tape {
+        tape_crypt(
+            config,
+            &opts.chain,
+            chain.last().map(|i| i.volume_id.is_some()),
+        )?
+    } else {
+        chain_crypt(config, name, &opts.chain, &sdir, chain.last())?
+    };
     let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut target = StreamTarget {
         config,
@@ -441,7 +489,9 @@ pub fn send_stream(
         catalog: Some(catalog),
         dest_id: dest,
         written: written.clone(),
+        new_volume_id: crypt.as_ref().map(|c| c.keys.archive().to_string()),
         crypt,
+        done,
     };
     let (info, _) = take_session(
         config,
@@ -537,6 +587,84 @@ fn chain_crypt(
     })?;
     let keys = std::sync::Arc::new(keys);
     Ok(Some(StreamCrypt { keys, key_file }))
+}
+
+/// The keys of tape destination `dest` for a volume chain there, `None` when it is not
+/// encrypted. `encrypted`: whether the chain is (`None`: a new chain, encrypted unless
+/// the config says `encrypt = off`). A tape destination has one key file
+/// ([`crate::metadir::tape_key`]) for every volume sent there, made (asking for a new
+/// passphrase) by the first encrypted send; it is unlocked once per run.
+fn tape_crypt(config: &Config, dest: &str, encrypted: Option<bool>) -> Result<Option<StreamCrypt>> {
+    static UNLOCKED: std::sync::Mutex<Option<(PathBuf, StreamCrypt)>> = std::sync::Mutex::new(None);
+    let path = crate::metadir::tape_key(config, dest);
+    match (config.encrypt, encrypted) {
+        (Some(true), Some(false)) => {
+            return Err(Error::Msg(format!(
+                "tape destination {dest}: the volume's chain there is not encrypted (it was \
+                 started with encrypt = off) but the config says encrypt = on"
+            )))
+        }
+        (Some(false), Some(true)) => {
+            return Err(Error::Msg(format!(
+                "tape destination {dest}: the volume's chain there is encrypted but the \
+                 config says encrypt = off"
+            )))
+        }
+        (_, Some(false)) | (Some(false), None) => return Ok(None),
+        _ => {}
+    }
+    let mut cached = UNLOCKED
+        .lock()
+        .map_err(|_| Error::Msg("the tape key cache is poisoned".into()))?;
+    if let Some((p, c)) = cached.as_ref() {
+        if *p == path {
+            return Ok(Some(c.clone()));
+        }
+    }
+    let sources = Sources {
+        what: format!("tape destination {dest}"),
+        ..passphrase::sources_of(config)
+    };
+    let crypt = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if encrypted == Some(true) {
+                return Err(Error::Msg(format!(
+                    "tape destination {dest} is encrypted but its key file {} is missing",
+                    path.display()
+                )));
+            }
+            let pass = passphrase::obtain_from(&sources, Purpose::Create)?;
+            let fail = |e: crypto::CryptoError| Error::Msg(format!("{}: {e}", path.display()));
+            let master = MasterKey::generate().map_err(fail)?;
+            let id = crypto::random_uuid().map_err(fail)?;
+            let key_file = KeyFile::wrap(&id, &master, &pass, KdfParams::DEFAULT).map_err(fail)?;
+            if let Some(dir) = path.parent() {
+                create_private_dir(dir)?;
+            }
+            durable::write_atomic(&path, key_file.render().as_bytes()).at(&path)?;
+            let keys = std::sync::Arc::new(ArchiveKeys::derive(&master, &id));
+            StreamCrypt { keys, key_file }
+        }
+        r => {
+            let bytes = r.at(&path)?;
+            let key_file = KeyFile::parse(&bytes)
+                .map_err(|e| Error::Msg(format!("{}: {e}", path.display())))?;
+            let pass = passphrase::obtain_from(&sources, Purpose::Unlock)?;
+            let keys = key_file.unlock(&pass).map_err(|e| match e {
+                crypto::CryptoError::WrongPassphrase => Error::Msg(format!(
+                    "wrong passphrase: it does not unlock the key of tape destination {dest} ({})",
+                    path.display()
+                )),
+                e => Error::Msg(format!("{}: {e}", path.display())),
+            })?;
+            StreamCrypt {
+                keys: std::sync::Arc::new(keys),
+                key_file,
+            }
+        }
+    };
+    *cached = Some((path, crypt.clone()));
+    Ok(Some(crypt))
 }
 
 /// Make the session copies of a stream chain agree with its catalog base `base` before
@@ -719,6 +847,23 @@ impl InputMap {
             Error::Msg(format!("{name} (byte {local} of this file): {e}"))
         }
     }
+}
+
+/// One input read as a chain of streams, named `name` in messages.
+pub fn input_from(name: String, r: Box<dyn Read>) -> (StreamInputs, InputMap) {
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(vec![0]));
+    (
+        StreamInputs {
+            files: vec![r],
+            idx: 0,
+            pos: 0,
+            starts: starts.clone(),
+        },
+        InputMap {
+            names: vec![name],
+            starts,
+        },
+    )
 }
 
 /// Open the streams `paths` (`-` = stdin) as one concatenated input. Standard input on

@@ -1,7 +1,7 @@
 //! `sparsebak tape ...` through the real binary on a virtual library: labels and the
 //! inventory, status after a load, positioning over filemarks, the refusal to label a
-//! labelled tape, retension, listing the files of a tape, and the commands that do not
-//! work on a tape destination yet saying so in one line.
+//! labelled tape, retension, listing the files of a tape, and the commands that work
+//! only on archives saying so in one line.
 
 mod common;
 
@@ -476,25 +476,21 @@ fn ls_lists_the_files_of_the_loaded_tape() {
 }
 
 #[test]
-fn other_commands_say_a_tape_destination_is_not_theirs_yet() {
+fn archive_commands_say_a_tape_destination_is_not_theirs() {
     let l = Lib::new();
     let vtl = format!("virtual:{}/vtl", l.dir.path().display());
     for (args, name) in [
-        (vec!["--dest=vt", "send"], "send"),
-        (vec!["--dest=vt", "list"], "list"),
-        (
-            vec!["--dest=vt", "receive", "--save-to", "/dev/null", "v"],
-            "receive",
-        ),
-        (vec!["--dest=vt", "verify", "v"], "verify"),
-        (vec!["--dest=vt", "prune", "--session=latest", "v"], "prune"),
         (vec!["--dest=vt", "diff", "--session=latest", "v"], "diff"),
+        (vec!["--dest=vt", "repair", "v"], "repair"),
+        (vec!["--dest=vt", "delete", "v"], "delete"),
+        (vec!["--dest=vt", "resync", "v"], "resync"),
     ] {
         assert_eq!(
             l.fails(&args),
             format!(
-                "sparsebak: error: destination vt is a tape (tape = {vtl}): `{name}` does not \
-                 work on tape destinations yet; `sparsebak tape` works its drive and library"
+                "sparsebak: error: destination vt is a tape (tape = {vtl}): `{name}` works on \
+                 archives, not on tape destinations; `send`, `receive`, `verify`, `list`, \
+                 `prune` and `sparsebak tape` work on tapes"
             ),
             "{args:?}"
         );
@@ -508,8 +504,8 @@ fn other_commands_say_a_tape_destination_is_not_theirs_yet() {
     assert!(o.status.success(), "{err}");
     assert!(
         err.contains(&format!(
-            "sparsebak: destination vt skipped: it is a tape (tape = {vtl}), and send does \
-             not write to tapes yet"
+            "sparsebak: destination vt skipped: it is a tape (tape = {vtl}); a tape set is \
+             written on its own, with --dest=vt"
         )),
         "{err}"
     );

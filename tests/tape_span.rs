@@ -265,7 +265,9 @@ fn the_middle_of_three_files_is_read_by_locate() {
     let out = read_back(&mut drive, &files[1]).unwrap();
     assert!(out == streams[1]);
     assert_eq!((drive.fsf, drive.bsf), (0, 0), "no spacing over filemarks");
-    assert_eq!(drive.locates, [15]);
+    // To the part (its label checked first), to its trailer (the block digests),
+    // back to its data.
+    assert_eq!(drive.locates, [15, 15 + 11, 15]);
     // Reading the first file's catalog entry for the second is caught.
     let mut mixed = files[1].clone();
     mixed.parts[0].first_block = files[0].parts[0].first_block;

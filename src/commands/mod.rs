@@ -15,6 +15,7 @@ pub mod send;
 pub mod serve;
 pub mod stream;
 pub mod tape;
+pub mod tape_dest;
 pub mod untar;
 pub mod verify;
 
@@ -126,6 +127,16 @@ pub fn run(cli: Cli) -> Result<()> {
             chain,
             ..
         } => stream::send(&ctx, volumes, path, block_size, chain),
+        Command::Send { volumes, .. } if ctx.config.tape.is_some() && !ctx.all_dests => {
+            let verify = matches!(
+                cli.command,
+                Command::Send {
+                    verify_tape: true,
+                    ..
+                }
+            );
+            tape_dest::send(&ctx, volumes, verify)
+        }
         Command::Send {
             volumes,
             tarfile,
@@ -133,6 +144,34 @@ pub fn run(cli: Cli) -> Result<()> {
             ..
         } => send::run(&ctx, volumes, *tarfile, *accept_archive),
         Command::Monitor { volumes } => monitor::run(&ctx, volumes),
+        Command::Receive {
+            volume, zero_tail, ..
+        } if ctx.config.tape.is_some() => tape_dest::receive(
+            &ctx,
+            &need_volume(volume, "receive --save-to=PATH VOLUME")?,
+            *zero_tail,
+        ),
+        Command::Verify { volume, .. } if ctx.config.tape.is_some() => {
+            tape_dest::verify(&ctx, &need_volume(volume, "verify VOLUME")?)
+        }
+        Command::List { volumes } if ctx.config.tape.is_some() => tape_dest::list(&ctx, volumes),
+        Command::Prune {
+            volumes,
+            auto,
+            keep,
+            all_before,
+            dry_run,
+            ..
+        } if ctx.config.tape.is_some() => tape_dest::prune(
+            &ctx,
+            volumes,
+            &prune::Opts {
+                auto: *auto,
+                keep: keep.clone(),
+                all_before: all_before.clone(),
+                dry_run: *dry_run,
+            },
+        ),
         Command::Receive {
             volume, zero_tail, ..
         } => receive::run(
@@ -177,16 +216,29 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A command that works on an archive folder, given a tape destination: not wired
-/// to tapes yet, said in one line before anything is opened.
+/// A command that works only on an archive folder, given a tape destination: said in
+/// one line before anything is opened. `send`, `receive`, `verify`, `list`, `prune`
+/// and `tape` work on tape destinations.
 fn refuse_tape_dest(cli: &Cli, config: &Config, all_dests: bool) -> Result<()> {
-    if all_dests || matches!(cli.command, Command::Tape { .. }) || !cli.command.reaches_archive() {
+    if all_dests
+        || !cli.command.reaches_archive()
+        || matches!(
+            cli.command,
+            Command::Tape { .. }
+                | Command::Send { .. }
+                | Command::Receive { .. }
+                | Command::Verify { .. }
+                | Command::List { .. }
+                | Command::Prune { .. }
+        )
+    {
         return Ok(());
     }
     if let Some(t) = &config.tape {
         anyhow::bail!(
-            "destination {} is a tape (tape = {}): `{}` does not work on tape destinations \
-             yet; `sparsebak tape` works its drive and library",
+            "destination {} is a tape (tape = {}): `{}` works on archives, not on tape \
+             destinations; `send`, `receive`, `verify`, `list`, `prune` and `sparsebak tape` \
+             work on tapes",
             config.dest,
             t.device_label(),
             cli.command.name()

@@ -22,19 +22,29 @@ pub struct Opts {
 /// Which sessions of one volume the options name, oldest first, and a note for each
 /// that is kept despite being named.
 fn select(ctx: &Ctx, opts: &Opts, vol: &VolumeArchive, ids: &[String]) -> Result<Vec<String>> {
-    let name = vol.name.as_str();
+    select_in(ctx, opts, &vol.name, &|needed| timed(vol, ids, needed))
+}
+
+/// [`select`] for volume `name` whose sessions (with their times when `needed`)
+/// `times` gives: for an archive, or a tape destination's chain.
+pub fn select_in(
+    ctx: &Ctx,
+    opts: &Opts,
+    name: &str,
+    times: &dyn Fn(bool) -> Vec<selector::SessionTime>,
+) -> Result<Vec<String>> {
     let now = now();
     let mut out: Vec<String> = Vec::new();
     if let Some(s) = &ctx.session {
         if s.contains(',') {
             let r = selector::parse_range(s, &now)?;
-            let sessions = timed(vol, ids, r.needs_times());
+            let sessions = times(r.needs_times());
             out.extend(
                 selector::resolve_range(&r, &sessions).with_context(|| format!("volume {name}"))?,
             );
         } else {
             let sel = selector::parse(s, &now)?;
-            let sessions = timed(vol, ids, sel.needs_times());
+            let sessions = times(sel.needs_times());
             out.push(selector::resolve(&sel, &sessions).with_context(|| format!("volume {name}"))?);
         }
     }
@@ -50,7 +60,7 @@ fn select(ctx: &Ctx, opts: &Opts, vol: &VolumeArchive, ids: &[String]) -> Result
             selector::Bound::Time(t) => t,
             _ => end,
         };
-        for s in timed(vol, ids, true) {
+        for s in times(true) {
             if s.time < cut {
                 out.push(s.id);
             }
@@ -63,7 +73,7 @@ fn select(ctx: &Ctx, opts: &Opts, vol: &VolumeArchive, ids: &[String]) -> Result
             .or_else(|| ctx.config.keep.clone())
             .context("prune --auto needs a schedule: `keep = ...` in [var] or --keep=...")?;
         let schedule = Schedule::parse(&text).with_context(|| format!("schedule {text:?}"))?;
-        let sessions = timed(vol, ids, true);
+        let sessions = times(true);
         let plan = retention::plan_sessions(&sessions, now, &schedule);
         for (s, p) in sessions.iter().zip(&plan) {
             if opts.dry_run {

@@ -107,8 +107,8 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
     for d in &ctx.config.dests {
         if let Some(t) = &d.tape {
             progress::err_line(&format!(
-                "sparsebak: destination {} skipped: it is a tape (tape = {}), and send does \
-                 not write to tapes yet",
+                "sparsebak: destination {} skipped: it is a tape (tape = {}); a tape set is \
+                 written on its own, with --dest={0}",
                 d.name,
                 t.device_label()
             ));

@@ -58,6 +58,7 @@ pub fn send(ctx: &Ctx, names: &[String], path: &str, block: &str, chain: &str) -
         chain: chain.to_string(),
         block_size,
         dest: is_file.then(|| target.path.clone()),
+        tape: false,
     };
     // A full filesystem is said as for a session in the archive, whatever step met it
     // (creating the file included).

@@ -12,7 +12,9 @@
 //! - [`writer`] and [`reader`]: a tape file (one stream) written at the end of data,
 //!   spanning tapes at the early warning, and read back by block position.
 //!
-//! Sessions and the catalog of positions sit on top of these.
+//! - [`session`]: volume sessions sent to and read from a tape destination, through
+//!   a bounded [`pipe`] between the stream and the drive's threads, recorded in the
+//!   catalog by block position.
 
 pub mod buffer;
 pub mod catalog_copy;
@@ -20,8 +22,10 @@ pub mod changer;
 pub mod drive;
 pub mod label;
 pub mod open;
+pub mod pipe;
 pub mod reader;
 pub mod scan;
+pub mod session;
 pub mod st;
 pub mod virtual_drive;
 pub mod virtual_library;

@@ -3,13 +3,15 @@
 //! part's first block (no counting of filemarks), and the parts' data are joined in
 //! order into the original byte stream.
 //!
-//! Checks: a continuation part's header (part number, offset, stream), each part's
-//! trailer (part number, "continued" on all but the last, offset, length, block
-//! count), the 4-byte digest of every data block (a damaged block is named: tape,
-//! file, block), each part's SHA-256, and at the end the stream's length and SHA-256
-//! against both the catalog and the last trailer. A part's checks are made when its
-//! last block has been read: a caller takes the stream as good only once it has read
-//! it to the end without an error.
+//! Each part's trailer is read first (a LOCATE past the data and one back): it holds
+//! the 4-byte digest of every data block, so a damaged block is named (tape, file,
+//! block) as it is read, before any of its bytes is handed out. Checks: a
+//! continuation part's header (part number, offset, stream), each part's trailer (part
+//! number, "continued" on all but the last, offset, length, block count, the filemark
+//! after it), every block's digest, each part's SHA-256 once it is read whole, and at
+//! the end the stream's length and SHA-256 against both the catalog and the last
+//! trailer. A caller takes the stream as good only once it has read it to the end
+//! without an error.
 
 use std::io::{self, Read};
 
@@ -71,7 +73,11 @@ struct Open {
     /// Data bytes of the part not yet read.
     left: u64,
     sha: Sha256,
+    /// The digest of every data block, from the part's trailer (read first).
     digests: Vec<u8>,
+    /// The part's SHA-256 and the stream's, from the trailer.
+    trailer_sha256: [u8; 32],
+    stream_sha256: [u8; 32],
     /// Position of the part's first data block.
     data_start: u64,
 }
@@ -224,28 +230,45 @@ impl<'a> TapeFileReader<'a> {
             }
             data_start += 1;
         }
+        // The trailer first: it holds the digest of every data block, so a damaged
+        // block is named as it is read, before any of its bytes is handed out.
+        let (t, digests) = self.read_trailer(index, data_start)?;
+        self.drive.locate(data_start)?;
         tracing::debug!(part = part.part, tape = %part.tape, first_block = part.first_block, "reading tape file part");
         self.open = Some(Open {
             index,
             blocks: 0,
             left: part.bytes,
             sha: Sha256::new(),
-            digests: Vec::with_capacity((part.data_blocks as usize).min(1 << 20) * DIGEST_LEN),
+            digests,
+            trailer_sha256: t.sha256,
+            stream_sha256: t.stream_sha256,
             data_start,
         });
         Ok(())
     }
 
-    /// Read the trailer and filemark after the part's data and check everything.
-    fn close_part(&mut self, open: Open) -> Result<(), TapeFileError> {
-        let part = self.part(open.index).clone();
-        let last = open.index + 1 == self.file.parts.len();
+    /// Read and check the trailer of part `index` (data from `data_start`) and the
+    /// filemark after it; returns it with its block digests.
+    fn read_trailer(
+        &mut self,
+        index: usize,
+        data_start: u64,
+    ) -> Result<(PartTrailer, Vec<u8>), TapeFileError> {
+        let part = self.part(index).clone();
+        let last = index + 1 == self.file.parts.len();
         let bs = self.file.block_size;
+        self.drive.locate(data_start + part.data_blocks)?;
         let n = trailer_blocks(part.data_blocks, bs);
+        // `n` follows from the block count, which [`TapeFileReader::new`] bounded.
         let mut raw = Vec::with_capacity((n as usize).min(64) * bs);
         for _ in 0..n {
-            self.read_one(open.index, "the part trailer")?;
+            self.read_one(index, "the part trailer")?;
             raw.extend_from_slice(&self.block);
+        }
+        match self.drive.read_block(&mut self.block)? {
+            ReadOutcome::Filemark => {}
+            _ => return Err(self.bad(&part, "no filemark after the part trailer".into())),
         }
         let (t, digests_sha) = PartTrailer::decode_fixed(&raw).map_err(|r| self.bad(&part, r))?;
         let expect = (
@@ -270,37 +293,26 @@ impl<'a> TapeFileReader<'a> {
                 format!("the part trailer says (part, continued, block size, offset, bytes, blocks) = {found:?} of {:?}, expected {expect:?} of {:?}", t.id, self.file.id),
             ));
         }
-        let digests = &raw[TRAILER_FIXED..TRAILER_FIXED + DIGEST_LEN * part.data_blocks as usize];
-        if Sha256::digest(digests).as_slice() != digests_sha {
+        raw.truncate(TRAILER_FIXED + DIGEST_LEN * part.data_blocks as usize);
+        let digests = raw.split_off(TRAILER_FIXED);
+        if Sha256::digest(&digests).as_slice() != digests_sha {
             return Err(self.bad(&part, "the part trailer's block digests are damaged".into()));
         }
-        for (i, (a, b)) in digests
-            .chunks(DIGEST_LEN)
-            .zip(open.digests.chunks(DIGEST_LEN))
-            .enumerate()
-        {
-            if a != b {
-                let position = open.data_start + i as u64;
-                return Err(TapeFileError::Damaged {
-                    tape: part.tape.clone(),
-                    file: part.file_number,
-                    block: position - part.first_block,
-                    position,
-                    reason: "its bytes do not match the digest the part trailer holds".into(),
-                });
-            }
-        }
+        Ok((t, digests))
+    }
+
+    /// Check the part just read whole against its trailer and the catalog.
+    fn close_part(&mut self, open: Open) -> Result<(), TapeFileError> {
+        let part = self.part(open.index).clone();
+        let last = open.index + 1 == self.file.parts.len();
         let sha: [u8; 32] = open.sha.finalize().into();
-        if sha != part.sha256 || sha != t.sha256 {
+        if sha != part.sha256 || sha != open.trailer_sha256 {
             return Err(self.bad(&part, "the part's SHA-256 does not match".into()));
-        }
-        match self.drive.read_block(&mut self.block)? {
-            ReadOutcome::Filemark => {}
-            _ => return Err(self.bad(&part, "no filemark after the part trailer".into())),
         }
         if last {
             let sha: [u8; 32] = std::mem::take(&mut self.stream).finalize().into();
-            if self.read != self.file.bytes || sha != self.file.sha256 || sha != t.stream_sha256 {
+            if self.read != self.file.bytes || sha != self.file.sha256 || sha != open.stream_sha256
+            {
                 return Err(TapeFileError::Mismatch {
                     id: self.file.id.clone(),
                     reason: format!(
@@ -337,7 +349,18 @@ impl<'a> TapeFileReader<'a> {
             let mut open = open;
             self.read_one(open.index, "a data block")?;
             let len = (self.file.block_size as u64).min(open.left) as usize;
-            open.digests.extend_from_slice(&block_digest(&self.block));
+            let at = open.blocks as usize * DIGEST_LEN;
+            if open.digests.get(at..at + DIGEST_LEN) != Some(&block_digest(&self.block)[..]) {
+                let part = self.part(open.index);
+                let position = open.data_start + open.blocks;
+                return Err(TapeFileError::Damaged {
+                    tape: part.tape.clone(),
+                    file: part.file_number,
+                    block: position - part.first_block,
+                    position,
+                    reason: "its bytes do not match the digest the part trailer holds".into(),
+                });
+            }
             open.sha.update(&self.block[..len]);
             self.stream.update(&self.block[..len]);
             open.blocks += 1;
