@@ -84,7 +84,7 @@ impl Set {
                 "[var]\nsource = file\nvoldir = {0}/img\ndestdir = {0}/archive\n\
                  metadir = {0}/meta\n{crypt}\
                  [dest:vt]\ntape = virtual:{0}/vtl\nvirtual_slots = {SLOTS}\n\
-                 virtual_capacity = {CAPACITY}\nblocksize = 64K\npool = {POOL}\n\
+                 virtual_capacity = {CAPACITY}\nblocksize = 64K\npool = {POOL}\nbuffer = 1M\n\
                  [volumes]\nalpha = enable\n{SECRET_VOL} = enable\n",
                 p.display()
             ),
@@ -568,4 +568,107 @@ fn scanning_one_tape_records_what_is_whole_on_it() {
     assert!(out.contains("imported catalog copy"), "{out}");
     assert_eq!(set.rows().files, recorded.files);
     assert_eq!(set.rows().chains, recorded.chains);
+}
+
+/// Change `n` chunks of volume `vol` at chunk `from`.
+fn change(set: &Set, vol: &str, from: usize, n: usize, rng: &mut Rng) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(set.dir.path().join("img").join(vol))
+        .unwrap();
+    f.write_all_at(&rng.bytes(n * BS), (from * BS) as u64)
+        .unwrap();
+}
+
+fn receive(set: &Set, vol: &str, session: &str) -> Vec<u8> {
+    let out = set.dir.path().join(format!("restored-{vol}"));
+    let _ = std::fs::remove_file(&out);
+    set.ok(&[
+        "--dest=vt",
+        "receive",
+        &format!("--save-to={}", out.display()),
+        vol,
+        &format!("--session={session}"),
+    ]);
+    std::fs::read(&out).unwrap()
+}
+
+/// Three rounds of `send --dest=vt` of two volumes (the first round spanning two
+/// tapes), the catalog deleted, `tape scan --all`, then a middle session of each
+/// volume restored byte for byte from the rebuilt catalog.
+fn sends_then_scan_then_receive(encrypted: bool) {
+    let set = Set::new(encrypted);
+    set.ok(&["--dest=vt", "tape", "label", "--all"]);
+    let mut rng = Rng::new(21);
+    let img = set.dir.path().join("img");
+    std::fs::write(img.join("alpha"), rng.bytes(40 * BS)).unwrap();
+    std::fs::write(img.join(SECRET_VOL), rng.bytes(20 * BS + 100)).unwrap();
+    let mut images = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            change(&set, "alpha", round * 5, 2, &mut rng);
+            change(&set, SECRET_VOL, round, 1, &mut rng);
+        }
+        images.push((
+            std::fs::read(img.join("alpha")).unwrap(),
+            std::fs::read(img.join(SECRET_VOL)).unwrap(),
+        ));
+        set.ok(&["--dest=vt", "send"]);
+        // Sessions are one second apart at least.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let recorded = set.rows();
+    assert_eq!(recorded.chains.len(), 2);
+    assert!(recorded.chains.iter().all(|(_, c)| c.len() == 3));
+    // The first round's second stream went on onto the second tape.
+    assert_eq!(recorded.files.len(), 7, "{:#?}", recorded.files);
+    assert!(recorded.files.iter().any(|f| f.part == 1));
+    if encrypted {
+        assert_eq!(find(&set, SECRET_VOL.as_bytes()), []);
+    }
+    set.delete_catalog();
+    let out = scan(&set);
+    assert!(
+        out.contains(
+            "3 tape(s) scanned, 3 added to the catalog; 7 tape file(s) and 6 session(s) added"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("problem"), "{out}");
+    let rebuilt = set.rows();
+    assert_eq!(rebuilt.chains, recorded.chains);
+    assert_eq!(rebuilt.files, recorded.files);
+    // The tapes as recorded, but for the slot (where the scan found each: a send
+    // forgets the slot of the tape it loads) and when they were last written.
+    let strip = |t: &TapeRecord| TapeRecord {
+        slot: None,
+        last_written: None,
+        ..t.clone()
+    };
+    assert_eq!(
+        rebuilt.tapes.iter().map(strip).collect::<Vec<_>>(),
+        recorded.tapes.iter().map(strip).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        rebuilt.tapes.iter().map(|t| t.slot).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3)]
+    );
+    let alpha = &recorded.chains[0];
+    assert_eq!(alpha.0, "alpha");
+    assert!(receive(&set, "alpha", &alpha.1[1].session) == images[1].0);
+    let other = &recorded.chains[1];
+    assert_eq!(other.0, SECRET_VOL);
+    assert!(receive(&set, SECRET_VOL, &other.1[1].session) == images[1].1);
+    assert!(receive(&set, SECRET_VOL, &other.1[0].session) == images[0].1);
+}
+
+#[test]
+fn sessions_sent_to_tape_restore_after_the_catalog_is_rebuilt_by_a_scan() {
+    sends_then_scan_then_receive(false);
+}
+
+#[test]
+fn encrypted_sessions_sent_to_tape_restore_after_the_catalog_is_rebuilt_by_a_scan() {
+    sends_then_scan_then_receive(true);
 }
