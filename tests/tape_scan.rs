@@ -672,3 +672,63 @@ fn sessions_sent_to_tape_restore_after_the_catalog_is_rebuilt_by_a_scan() {
 fn encrypted_sessions_sent_to_tape_restore_after_the_catalog_is_rebuilt_by_a_scan() {
     sends_then_scan_then_receive(true);
 }
+
+#[test]
+fn a_damaged_stream_is_named_and_the_sessions_after_it_are_not_recorded() {
+    let set = Set::new(false);
+    let (recorded, _) = write_set(&set, None);
+    // The first place `what` is found (a stream names its session in its header
+    // first, then in its info).
+    let flip = |what: &[u8], by: usize| {
+        let at = find(&set, what);
+        assert!(
+            !at.is_empty() && at.iter().all(|a| a.0 == at[0].0),
+            "{at:?}"
+        );
+        let (slot, off) = at[0];
+        let path = set.cartridge(slot);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[off + by] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+    };
+    // The copy, then alpha's second stream (its header names its session).
+    flip(b"SPBKCATC", 4000);
+    let alpha = &recorded.chains[0].1;
+    flip(format!("session={}\n", alpha[1].session).as_bytes(), 8);
+    set.delete_catalog();
+    let out = scan(&set);
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(problems.len(), 3, "{out}");
+    assert!(
+        problems[0].starts_with("problem: tape VT0002L8 file 3: catalog copy "),
+        "{out}"
+    );
+    assert!(
+        problems[1].contains("(tape VT0001L8 file 2): unreadable, not recorded: ")
+            && problems[1].contains("tape VT0001L8, file 2, block 0 (position "),
+        "{out}"
+    );
+    assert_eq!(
+        problems[2],
+        format!(
+            "problem: volume alpha session {} (stream {}): builds on {}, but the chain found \
+             ends at {}; not recorded (a tape of the set missing?)",
+            alpha[2].session,
+            recorded
+                .files
+                .iter()
+                .find(|f| f.session == alpha[2].session && f.volume == "alpha")
+                .unwrap()
+                .stream_id,
+            alpha[1].session,
+            alpha[0].session
+        )
+    );
+    let rebuilt = set.rows();
+    assert_eq!(
+        rebuilt.chains[0],
+        ("alpha".to_string(), alpha[..1].to_vec())
+    );
+    assert_eq!(rebuilt.chains[1], recorded.chains[1]);
+    assert_eq!(rebuilt.files.len(), 3);
+}

@@ -290,27 +290,20 @@ pub fn restore_catalog_copy(
     unlock: &mut dyn FnMut(&KeyFile) -> Result<ArchiveKeys, String>,
 ) -> Result<CopyHeader, CatalogCopyError> {
     let mut hb = vec![0u8; COPY_HEADER_LEN];
-    input
-        .read_exact(&mut hb)
-        .map_err(|source| CatalogCopyError::Read {
-            id: "?".into(),
+    input.read_exact(&mut hb).map_err(|source| {
+        tape_error(source).unwrap_or_else(|source| CatalogCopyError::Read {
+            id: "(its header)".into(),
             source,
-        })?;
+        })
+    })?;
     let header = CopyHeader::decode(&hb)?;
     let id = header.id.clone();
-    let read_err = |source: io::Error| match source
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<TapeFileError>())
-    {
-        // A damaged block or part of the tape file says where it is on its own.
-        Some(_) => CatalogCopyError::Bad {
-            id: id.clone(),
-            reason: source.to_string(),
-        },
-        None => CatalogCopyError::Read {
+    // A damaged block or part of the tape file says where it is on its own.
+    let read_err = |source: io::Error| {
+        tape_error(source).unwrap_or_else(|source| CatalogCopyError::Read {
             id: id.clone(),
             source,
-        },
+        })
     };
     let keys = if header.sealed {
         let mut kt = vec![0u8; header.key_len as usize];
@@ -387,6 +380,21 @@ pub fn restore_catalog_copy(
     })?;
     crate::durable::sync_parent(out).map_err(io_at(out))?;
     Ok(header)
+}
+
+/// The tape file error inside a read error of a tape file reader, as itself.
+fn tape_error(e: io::Error) -> Result<CatalogCopyError, io::Error> {
+    if e.get_ref()
+        .is_some_and(|i| i.downcast_ref::<TapeFileError>().is_some())
+    {
+        if let Some(inner) = e.into_inner() {
+            if let Ok(t) = inner.downcast::<TapeFileError>() {
+                return Ok(CatalogCopyError::TapeFile(t));
+            }
+        }
+        return Err(io::Error::other("a tape file error"));
+    }
+    Err(e)
 }
 
 /// The restored snapshot must be an intact SQLite catalog.

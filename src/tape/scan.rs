@@ -21,7 +21,7 @@ use std::path::Path;
 use sparsebak_format::crypto::{ArchiveKeys, KeyFile, Passphrase};
 use sparsebak_format::stream::{ChainReader, StreamSummary, HEADER_MEMBER};
 
-use super::catalog_copy::{restore_catalog_copy, CopyHeader};
+use super::catalog_copy::{restore_catalog_copy, CatalogCopyError, CopyHeader};
 use super::changer::{Changer, ChangerError};
 use super::drive::{ReadOutcome, TapeDrive, TapeError};
 use super::label::{LabelError, TapeLabel};
@@ -587,13 +587,17 @@ pub fn scan(
             })?;
         let restored = tmp.path().join("catalog.sqlite");
         let result = (|| -> Result<(), String> {
-            let mut r =
-                TapeFileReader::new(&mut *drive, &mut mount, file).map_err(|e| e.to_string())?;
+            let mut r = TapeFileReader::new(&mut *drive, &mut mount, file)
+                .map_err(|e| format!("catalog copy {}: {e}", h.id))?;
             let mut unlock = |kf: &KeyFile| -> Result<ArchiveKeys, String> {
                 let p = pass.get()?;
                 kf.unlock(&p).map_err(|e| e.to_string())
             };
-            restore_catalog_copy(&mut r, &restored, &mut unlock).map_err(|e| e.to_string())?;
+            restore_catalog_copy(&mut r, &restored, &mut unlock).map_err(|e| match e {
+                // Where on tape, not which copy: say which copy.
+                CatalogCopyError::TapeFile(e) => format!("catalog copy {}: {e}", h.id),
+                e => e.to_string(),
+            })?;
             Ok(())
         })();
         if let Err(why) = result {
