@@ -343,12 +343,13 @@ fn write_set(set: &Set, keys: Option<&(KeyFile, ArchiveKeys)>) -> (Rows, TapeFil
     };
     let mut r = TapeFileReader::new(&mut drive, &mut mount, copy.clone()).unwrap();
     let restored = set.dir.path().join("restored.sqlite");
-    let header = restore_catalog_copy(&mut r, &restored, &mut |kf| {
+    let (header, key_file) = restore_catalog_copy(&mut r, &restored, &mut |kf| {
         kf.unlock(&Passphrase::new(PASS.into()))
             .map_err(|e| e.to_string())
     })
     .unwrap();
     assert_eq!(header.sealed, keys.is_some());
+    assert_eq!(key_file.as_ref(), keys.map(|k| &k.0));
     assert_eq!(header.id, copy.id);
     let back = Catalog::open(&restored).unwrap();
     assert_eq!(back.dest_tape_files("vt").unwrap().len(), 5);
@@ -496,6 +497,8 @@ fn a_sealed_copy_leaves_no_plaintext_and_imports_with_the_passphrase() {
     assert_eq!(find(&set, keys.0.render().as_bytes()).len(), 1);
     assert_eq!(find(&set, SECRET_VOL.as_bytes()), []);
     assert_eq!(find(&set, b"CREATE TABLE tape_files"), []);
+    let key_path = set.dir.path().join("meta/@tape/vt/sparsebak.key");
+    assert!(!key_path.exists());
     set.delete_catalog();
     let out = scan(&set);
     assert!(
@@ -503,6 +506,15 @@ fn a_sealed_copy_leaves_no_plaintext_and_imports_with_the_passphrase() {
         "{out}"
     );
     assert_eq!(set.rows(), recorded);
+    // The destination's key file comes back from the copy.
+    assert!(
+        out.contains(&format!(
+            "the destination's key file was missing: restored at {} from the tapes",
+            key_path.display()
+        )),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), keys.0.render());
 
     // With a wrong passphrase the copy is not opened, and neither are the streams.
     set.delete_catalog();
@@ -627,6 +639,11 @@ fn sends_then_scan_then_receive(encrypted: bool) {
     if encrypted {
         assert_eq!(find(&set, SECRET_VOL.as_bytes()), []);
     }
+    // The catalog is lost, and so is the key file of an encrypted destination.
+    let key_path = set.dir.path().join("meta/@tape/vt/sparsebak.key");
+    let key = std::fs::read(&key_path).ok();
+    assert_eq!(key.is_some(), encrypted);
+    let _ = std::fs::remove_file(&key_path);
     set.delete_catalog();
     let out = scan(&set);
     assert!(
@@ -635,6 +652,7 @@ fn sends_then_scan_then_receive(encrypted: bool) {
         ),
         "{out}"
     );
+    assert_eq!(std::fs::read(&key_path).ok(), key, "{out}");
     assert!(!out.contains("problem"), "{out}");
     let rebuilt = set.rows();
     assert_eq!(rebuilt.chains, recorded.chains);
@@ -661,6 +679,18 @@ fn sends_then_scan_then_receive(encrypted: bool) {
     assert_eq!(other.0, SECRET_VOL);
     assert!(receive(&set, SECRET_VOL, &other.1[1].session) == images[1].1);
     assert!(receive(&set, SECRET_VOL, &other.1[0].session) == images[0].1);
+    // The chains go on from the rebuilt catalog: the next send is incremental.
+    change(&set, "alpha", 30, 1, &mut rng);
+    let now = std::fs::read(img.join("alpha")).unwrap();
+    set.ok(&["--dest=vt", "send", "alpha"]);
+    let chains = set.rows().chains;
+    assert_eq!(chains[0].1.len(), 4);
+    assert_eq!(
+        chains[0].1[3].previous,
+        Some(chains[0].1[2].session.clone())
+    );
+    assert_eq!(chains[0].1[..3], recorded.chains[0].1[..]);
+    assert!(receive(&set, "alpha", &chains[0].1[3].session) == now);
 }
 
 #[test]
@@ -694,7 +724,10 @@ fn a_damaged_stream_is_named_and_the_sessions_after_it_are_not_recorded() {
     // The copy, then alpha's second stream (its header names its session).
     flip(b"SPBKCATC", 4000);
     let alpha = &recorded.chains[0].1;
-    flip(format!("session={}\n", alpha[1].session).as_bytes(), 8);
+    flip(
+        format!("volume=alpha\nsession={}\n", alpha[1].session).as_bytes(),
+        8,
+    );
     set.delete_catalog();
     let out = scan(&set);
     let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();

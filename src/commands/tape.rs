@@ -623,7 +623,39 @@ fn scan(
         );
         out(&format!("catalog copy {id} of {when}"));
     }
-    for p in &r.problems {
+    let mut problems = r.problems.clone();
+    if let Some(k) = &r.key_file {
+        // The destination's key file, for the next sends to keep its key.
+        let path = crate::metadir::tape_key(&ctx.config, &dest.name);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    crate::metadir::create_private_dir(dir)?;
+                }
+                crate::durable::write_atomic(&path, k.render().as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                out(&format!(
+                    "the destination's key file was missing: restored at {} from the tapes",
+                    path.display()
+                ));
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            Ok(bytes) => {
+                if sparsebak_format::crypto::KeyFile::parse(&bytes)
+                    .ok()
+                    .as_ref()
+                    != Some(k)
+                {
+                    problems.push(format!(
+                        "the key file {} is not the one on the tapes (key id {}); it is kept",
+                        path.display(),
+                        k.archive
+                    ));
+                }
+            }
+        }
+    }
+    for p in &problems {
         out(&format!("problem: {p}"));
     }
     match &r.imported {

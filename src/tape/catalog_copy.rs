@@ -283,12 +283,12 @@ pub fn write_catalog_copy(
 /// catalog file at `out` (temp name, fsync, rename; `out` is replaced). A sealed copy
 /// is opened with the keys `unlock` gives for the key file it carries. The input must
 /// end right after the snapshot (reading it to its end lets a tape reader check the
-/// part trailers). Returns the copy's header.
+/// part trailers). Returns the copy's header, and the key file a sealed copy carries.
 pub fn restore_catalog_copy(
     input: &mut dyn Read,
     out: &Path,
     unlock: &mut dyn FnMut(&KeyFile) -> Result<ArchiveKeys, String>,
-) -> Result<CopyHeader, CatalogCopyError> {
+) -> Result<(CopyHeader, Option<KeyFile>), CatalogCopyError> {
     let mut hb = vec![0u8; COPY_HEADER_LEN];
     input.read_exact(&mut hb).map_err(|source| {
         tape_error(source).unwrap_or_else(|source| CatalogCopyError::Read {
@@ -305,6 +305,7 @@ pub fn restore_catalog_copy(
             source,
         })
     };
+    let mut key_file = None;
     let keys = if header.sealed {
         let mut kt = vec![0u8; header.key_len as usize];
         input.read_exact(&mut kt).map_err(read_err)?;
@@ -312,10 +313,12 @@ pub fn restore_catalog_copy(
             id: id.clone(),
             source,
         })?;
-        Some(unlock(&kf).map_err(|reason| CatalogCopyError::Locked {
+        let keys = unlock(&kf).map_err(|reason| CatalogCopyError::Locked {
             id: id.clone(),
             reason,
-        })?)
+        })?;
+        key_file = Some(kf);
+        Some(keys)
     } else {
         None
     };
@@ -379,7 +382,7 @@ pub fn restore_catalog_copy(
         source: e.error,
     })?;
     crate::durable::sync_parent(out).map_err(io_at(out))?;
-    Ok(header)
+    Ok((header, key_file))
 }
 
 /// The tape file error inside a read error of a tape file reader, as itself.
@@ -537,7 +540,7 @@ mod tests {
         let out = t.path().join("restored.sqlite");
         let mut never = |_: &KeyFile| -> Result<ArchiveKeys, String> { panic!("not sealed") };
         let got = restore_catalog_copy(&mut &bytes[..], &out, &mut never).unwrap();
-        assert_eq!(got, h);
+        assert_eq!(got, (h.clone(), None));
         let c = crate::catalog::Catalog::open(&out).unwrap();
         assert_eq!(c.destination("tape", "vt").unwrap().0, 1);
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use sparsebak_format::crypto::{ArchiveKeys, KeyFile, Passphrase};
-use sparsebak_format::stream::{ChainReader, StreamSummary, HEADER_MEMBER};
+use sparsebak_format::stream::{ChainReader, StreamSummary, HEADER_MEMBER, KEY_MEMBER};
 
 use super::catalog_copy::{restore_catalog_copy, CatalogCopyError, CopyHeader};
 use super::changer::{Changer, ChangerError};
@@ -106,13 +106,17 @@ pub struct ScanReport {
     pub tape_files_added: usize,
     /// What could not be used, each said once with where.
     pub problems: Vec<String>,
+    /// The destination's key file, for an encrypted one: the one the imported copy
+    /// carries, else the one of the newest encrypted stream read.
+    pub key_file: Option<KeyFile>,
 }
 
 /// What the first block of a tape file says it is.
 #[derive(Debug, Clone)]
 enum Kind {
-    /// The first part of a stream.
-    Stream,
+    /// The first part of a stream, and the key file an encrypted one carries when
+    /// it is in the first block.
+    Stream(Option<KeyFile>),
     /// A part after the first.
     Continuation(PartHeader),
     /// The first part of a catalog copy.
@@ -215,6 +219,23 @@ fn starts_stream(block: &[u8]) -> bool {
         && h.path_bytes().as_ref() == HEADER_MEMBER.as_bytes()
 }
 
+/// The key file an encrypted stream carries as its second member, when it lies in
+/// `block` (its first block). Every length is bounded by the block.
+fn stream_key(block: &[u8]) -> Option<KeyFile> {
+    let first = tar::Header::from_byte_slice(block.get(..512)?);
+    let size = usize::try_from(first.size().ok()?).ok()?;
+    let next = size.checked_next_multiple_of(512)?.checked_add(512)?;
+    let second = tar::Header::from_byte_slice(block.get(next..next.checked_add(512)?)?);
+    if second.path_bytes().as_ref() != KEY_MEMBER.as_bytes() {
+        return None;
+    }
+    let len = usize::try_from(second.size().ok()?).ok()?;
+    if len > sparsebak_format::crypto::keyfile::MAX_KEY_FILE {
+        return None;
+    }
+    KeyFile::parse(block.get(next + 512..next + 512 + len)?).ok()
+}
+
 /// Walk the files of the loaded tape (its label already read, the tape at file 1).
 fn walk(
     drive: &mut dyn TapeDrive,
@@ -255,7 +276,7 @@ fn walk(
                 }
             }
         } else if starts_stream(&block) {
-            Some(Kind::Stream)
+            Some(Kind::Stream(stream_key(&block)))
         } else {
             report
                 .foreign
@@ -336,7 +357,7 @@ fn part_of(
                 h.part, h.offset, h.id, t.part, t.offset, t.id
             ));
         }
-        Kind::Stream | Kind::Copy(_) if t.part != 1 || t.offset != 0 => {
+        Kind::Stream(_) | Kind::Copy(_) if t.part != 1 || t.offset != 0 => {
             return Err(format!(
                 "a first part whose trailer says part {} at offset {}",
                 t.part, t.offset
@@ -586,28 +607,33 @@ pub fn scan(
                 source,
             })?;
         let restored = tmp.path().join("catalog.sqlite");
-        let result = (|| -> Result<(), String> {
+        let result = (|| -> Result<Option<KeyFile>, String> {
             let mut r = TapeFileReader::new(&mut *drive, &mut mount, file)
                 .map_err(|e| format!("catalog copy {}: {e}", h.id))?;
             let mut unlock = |kf: &KeyFile| -> Result<ArchiveKeys, String> {
                 let p = pass.get()?;
                 kf.unlock(&p).map_err(|e| e.to_string())
             };
-            restore_catalog_copy(&mut r, &restored, &mut unlock).map_err(|e| match e {
-                // Where on tape, not which copy: say which copy.
-                CatalogCopyError::TapeFile(e) => format!("catalog copy {}: {e}", h.id),
-                e => e.to_string(),
-            })?;
-            Ok(())
+            let (_, key_file) =
+                restore_catalog_copy(&mut r, &restored, &mut unlock).map_err(|e| match e {
+                    // Where on tape, not which copy: say which copy.
+                    CatalogCopyError::TapeFile(e) => format!("catalog copy {}: {e}", h.id),
+                    e => e.to_string(),
+                })?;
+            Ok(key_file)
         })();
-        if let Err(why) = result {
-            report.problems.push(format!(
-                "{at}: {why}; {}",
-                "the sessions are rebuilt from their streams instead"
-            ));
-            continue;
-        }
+        let key_file = match result {
+            Ok(k) => k,
+            Err(why) => {
+                report.problems.push(format!(
+                    "{at}: {why}; {}",
+                    "the sessions are rebuilt from their streams instead"
+                ));
+                continue;
+            }
+        };
         import(cat, &restored, opts.dest, &mut report)?;
+        report.key_file = key_file;
         report.imported = Some(h.id.clone());
         break;
     }
@@ -648,7 +674,7 @@ pub fn scan(
         if parts.iter().any(|f| matches!(f.kind, Kind::Copy(_))) {
             continue;
         }
-        let Some(first) = parts.iter().find(|f| matches!(f.kind, Kind::Stream)) else {
+        let Some(first) = parts.iter().find(|f| matches!(f.kind, Kind::Stream(_))) else {
             let known = cat.stream_tape_files(opts.dest, id)?;
             if let Some(k) = known.first() {
                 // A continuation whose session the catalog knows.
@@ -737,6 +763,7 @@ pub fn scan(
     }
     let parts_of: HashMap<&str, &Vec<&Found>> =
         by_id.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut newest_key: Option<(i64, KeyFile)> = None;
     for (volume, mut list) in by_volume {
         list.sort_by(|a, b| a.0.info.session.cmp(&b.0.info.session));
         let mut chain = cat.chain(dest_id, &volume)?;
@@ -776,6 +803,15 @@ pub fn scan(
             };
             if linked {
                 if let Some(parts) = parts_of.get(file.id.as_str()) {
+                    let key = parts.iter().find_map(|f| match &f.kind {
+                        Kind::Stream(Some(k)) => Some(k),
+                        _ => None,
+                    });
+                    if let Some(k) = key {
+                        if newest_key.as_ref().is_none_or(|(t, _)| info.time >= *t) {
+                            newest_key = Some((info.time, k.clone()));
+                        }
+                    }
                     for f in parts.iter() {
                         let rec = record_of(
                             f,
@@ -792,6 +828,10 @@ pub fn scan(
                 }
             }
         }
+    }
+
+    if report.key_file.is_none() {
+        report.key_file = newest_key.map(|(_, k)| k);
     }
 
     // A tape no copy told about was last written when its newest session was taken.
