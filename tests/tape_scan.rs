@@ -539,8 +539,31 @@ fn a_sealed_copy_leaves_no_plaintext_and_imports_with_the_passphrase() {
 fn a_plain_copy_holds_the_catalog_as_it_is() {
     // The control of the sealed test: unsealed, the names are on the cartridges.
     let set = Set::new(false);
-    let (_, _) = write_set(&set, None);
+    let (recorded, copy) = write_set(&set, None);
     assert!(!find(&set, SECRET_VOL.as_bytes()).is_empty());
+    // `tape ls` of the second tape (left in the drive) names the continuation and
+    // the copy.
+    let out = set.ok(&["--dest=vt", "tape", "ls"]);
+    let spanning = &recorded
+        .files
+        .iter()
+        .find(|f| f.part == 1)
+        .unwrap()
+        .stream_id;
+    let line = out.lines().find(|l| l.starts_with("file 1: ")).unwrap();
+    assert!(
+        line.starts_with("file 1: first block 2, ")
+            && line.contains(&format!(
+                "bytes): part 2 of tape file {spanning} (a continuation); catalog: vt volume {SECRET_VOL} session "
+            )),
+        "{out}"
+    );
+    let line = out.lines().find(|l| l.starts_with("file 3: ")).unwrap();
+    assert!(
+        line.contains(": a catalog copy (plain, ")
+            && line.ends_with(&format!(" bytes, id {})", copy.id)),
+        "{out}"
+    );
     assert!(!find(&set, b"CREATE TABLE tape_files").is_empty());
 }
 

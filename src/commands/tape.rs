@@ -397,7 +397,26 @@ fn label_all(dest: &DestConfig, set: &mut TapeSet, cat: &mut Catalog, pool: &str
 
 /// What the first block of a tape file says: the stream's volume and session.
 fn describe_first_block(block: &[u8]) -> String {
+    use crate::tape::catalog_copy::CopyHeader;
+    use crate::tape::writer::{PartHeader, HEADER_MAGIC};
     use sparsebak_format::stream::{StreamHeader, HEADER_MEMBER, STREAM_FORMAT_2};
+    if CopyHeader::is_copy(block) {
+        return match CopyHeader::decode(block) {
+            Ok(h) => format!(
+                "a catalog copy ({}, {} bytes, id {})",
+                if h.sealed { "sealed" } else { "plain" },
+                h.catalog_bytes,
+                h.id
+            ),
+            Err(e) => e.to_string(),
+        };
+    }
+    if block.starts_with(HEADER_MAGIC) {
+        return match PartHeader::decode(block) {
+            Ok(h) => format!("part {} of tape file {} (a continuation)", h.part, h.id),
+            Err(e) => format!("a damaged part header ({e})"),
+        };
+    }
     let Ok(h) = tar::Header::from_byte_slice(&block[..512.min(block.len())])
         .path()
         .map(|p| p.to_string_lossy().into_owned())
