@@ -12,7 +12,8 @@
 #   BENCH_FS_SIZE=24G      size of the XFS filesystem
 #   KEEP=1                 keep the backing file and the raw timings after the run
 #   BENCH_PARTS=all        or "ssh": only the rows over ssh to 127.0.0.1 (a check of
-#                          that part; with BENCH_GIB=N the image is N MiB, not 1 GiB)
+#                          that part; with BENCH_GIB=N the image is N MiB, not 1 GiB),
+#                          or "tape": only the rows on the virtual tape library
 #
 # Writes bench/RESULTS.md and prints the same table. See bench/README.md.
 set -euo pipefail
@@ -147,6 +148,41 @@ CONF_C4M=$(variant c4m chunksize 4M)
 (umask 077; echo "bench passphrase" >"$MNT/passphrase")
 CONF_ENC=$(variant enc encrypt on)
 sed -i "s|^encrypt = on|encrypt = on\npassfile = $MNT/passphrase|" "$CONF_ENC"
+# A tape destination: the virtual library, its drive throttled to 300 MB/s (an LTO-8
+# streams 300 MB/s native; the disk under the cartridge files may be slower), the
+# default block size (256K) and buffer (256M).
+CONF_TAPE=$(variant tape compression zstd:3)
+cat >>"$CONF_TAPE" <<INI
+[dest:vt]
+tape = virtual:$MNT/vtl
+virtual_slots = 2
+virtual_capacity = 4G
+virtual_speed = 300000000
+INI
+TAPESTATS=$RAW/tape.tsv
+: >"$TAPESTATS"
+
+# The tape rows: a full send of the image to the virtual library (the drive's busy
+# share and its stops from the send's summary), then a receive from it.
+tape_rows() {
+    rm -rf "$MNT/vols-tape" "$MNT/vtl" "$SBK"/tape-*
+    mkdir -p "$MNT/vols-tape"
+    cp --reflink=always "$DATA/img1g" "$MNT/vols-tape/img1g"
+    "$SB" -c "$CONF_TAPE" --dest=vt tape label --all >/dev/null
+    measure sbk_tape.full "$SB" -v -c "$CONF_TAPE" --dest=vt send img1g
+    local line busy stops
+    line=$(grep -o 'drive busy [0-9]*% at [^,]*, stopped [0-9]* time' "$RAW/cmd.err") ||
+        die "the tape send printed no drive summary: $(cat "$RAW/cmd.err")"
+    busy=$(sed 's/drive busy \([0-9]*\)%.*/\1/' <<<"$line")
+    stops=$(sed 's/.*stopped \([0-9]*\) time/\1/' <<<"$line")
+    printf '%s\t%s\t%s\n' "$rep" "$busy" "$stops" >>"$TAPESTATS"
+    log "  tape: $line"
+    measure sbk_tape.receive "$SB" -c "$CONF_TAPE" --dest=vt receive --save-to="$OUT/img1g" -u img1g
+    if [ "$rep" = 1 ]; then
+        cmp "$OUT/img1g" "$MNT/vols-tape/img1g" || die "tape receive differs from the image"
+    fi
+    rm -rf "$OUT/img1g" "$MNT/vols-tape" "$MNT/vtl" "$SBK"/tape-*
+}
 
 # The rows over ssh: an sshd of its own on 127.0.0.1 (host and user keys made here,
 # root's key allowed only for this run), the far side's sparsebak wrapped in
@@ -263,6 +299,10 @@ for rep in $(seq 1 "$REPS"); do
         ssh_rows
         continue
     fi
+    if [ "$PARTS" = tape ]; then
+        tape_rows
+        continue
+    fi
 
     # -------------------------------------------------- baselines
     reset_image img1g
@@ -335,6 +375,9 @@ for rep in $(seq 1 "$REPS"); do
         rm -rf "$SBK" "$MNT/vols-$v"
     done
 
+    # -------------------------------------------------- sparsebak to tape
+    tape_rows
+
     # -------------------------------------------------- sparsebak over ssh
     ssh_rows
 
@@ -404,6 +447,6 @@ meta=$RAW/meta.txt
 # A partial run (BENCH_PARTS) does not replace the results of a whole one.
 report=$here/RESULTS.md
 if [ "$PARTS" != all ]; then report=$WORK/RESULTS-$PARTS.md; fi
-python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" >"$report"
+python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" "$TAPESTATS" >"$report"
 cat "$report"
 log "done in $(($(date +%s) - started)) s; table in $report"

@@ -401,6 +401,26 @@ fn an_encrypted_tape_destination_holds_no_plaintext() {
 }
 
 #[test]
+fn a_tape_of_another_block_size_is_refused_naming_both_sizes() {
+    let l = Lib::new(1, "64M", "encrypt = off\n");
+    l.label_all();
+    l.ok(&["--dest=vt", "send", "w"]);
+    let c = std::fs::read_to_string(&l.config).unwrap();
+    std::fs::write(&l.config, c.replace("blocksize = 64K", "blocksize = 32K")).unwrap();
+    // The tape in the drive is refused, naming both sizes.
+    let e = l.fails(&["--dest=vt", "send", "w"]);
+    assert!(
+        e.contains(
+            "the tape was labelled with blocks of 65536 bytes but the drive is set to \
+             32768 bytes; destination vt writes blocks of 32768 bytes (blocksize)"
+        ),
+        "{e}"
+    );
+    // What is on it still reads back at its own block size (the catalog knows it).
+    l.ok(&["--dest=vt", "verify", "w"]);
+}
+
+#[test]
 fn without_an_appendable_tape_send_says_what_to_do() {
     let l = Lib::new(1, "64M", "encrypt = off\n");
     let e = l.fails(&["--dest=vt", "send", "v"]);

@@ -70,7 +70,7 @@ pub fn send(ctx: &Ctx, names: &[String], verify: bool) -> Result<()> {
         for (name, s) in sent {
             let file = s.file.clone();
             let bytes = dest
-                .read_files(vec![file], |mut r| {
+                .read_files(vec![file], ctx.unattended, |mut r| {
                     std::io::copy(&mut r, &mut std::io::sink())
                         .map_err(|e| crate::error::Error::Msg(format!("reading it back: {e}")))
                 })
@@ -138,7 +138,7 @@ pub fn receive(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     let label = format!("tape destination {}", ctx.config.dest);
     let config = ctx.config.clone();
     let sum = dest
-        .read_files(chain.files.clone(), |r| {
+        .read_files(chain.files.clone(), ctx.unattended, |r| {
             receive_streams(
                 input_from(label, Box::new(r)),
                 &out,
@@ -185,7 +185,7 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
     let label = format!("tape destination {}", ctx.config.dest);
     let config = ctx.config.clone();
     let sum = dest
-        .read_files(chain.files.clone(), |r| {
+        .read_files(chain.files.clone(), ctx.unattended, |r| {
             let (input, map) = input_from(label, Box::new(r));
             let sum = sparsebak_format::stream::read_chain_with(
                 std::io::BufReader::with_capacity(1 << 20, input),

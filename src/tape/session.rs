@@ -220,6 +220,48 @@ impl NextTape for PromptNextTape {
     }
 }
 
+/// Without a changer, on a terminal: asks for each part's tape until the right one
+/// is in the drive.
+struct PromptMount {
+    block_size: usize,
+}
+
+impl MountTape for PromptMount {
+    fn mount(
+        &mut self,
+        drive: &mut dyn TapeDrive,
+        part: &Part,
+    ) -> std::result::Result<(), TapeFileError> {
+        loop {
+            let found = match open::ready(drive, self.block_size) {
+                Ok(()) => TapeLabel::read(drive).ok(),
+                Err(_) => None,
+            };
+            if found.as_ref().is_some_and(|l| l.uuid == part.tape_uuid) {
+                return Ok(());
+            }
+            match drive.unload() {
+                Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            eprintln!(
+                "Put tape {} in the drive{} and press Enter (an empty line); type q to stop.",
+                part.tape,
+                found.map_or_else(String::new, |l| format!(" (it holds {})", l.name))
+            );
+            let mut line = String::new();
+            match io::stdin().read_line(&mut line) {
+                Ok(n) if n > 0 && line.trim() != "q" => {}
+                _ => return Ok(()), // the label check names the tape wanted
+            }
+            match drive.load() {
+                Ok(()) | Err(TapeError::Unsupported { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// Whether this run may ask on the terminal.
 fn interactive(unattended: bool) -> bool {
     use std::io::IsTerminal;
@@ -275,6 +317,12 @@ impl<'a> TapeDest<'a> {
         match TapeLabel::read(drive) {
             Ok(l) => Ok(Some(l)),
             Err(LabelError::Tape(TapeError::NoTape { .. })) => Ok(None),
+            // A tape of another block size is not taken for a blank one.
+            Err(e @ LabelError::BlockSizeMismatch { .. }) => Err(msg(format!(
+                "{e}; destination {} writes blocks of {} bytes (blocksize): load a tape of \
+                 its pool labelled at that size",
+                self.dest.name, self.tape.block_size
+            ))),
             Err(LabelError::Tape(e)) => Err(msg(e)),
             Err(e) => {
                 tracing::info!("the tape in the drive is not usable here: {e}");
@@ -320,6 +368,7 @@ impl<'a> TapeDest<'a> {
             .map_err(msg)?
             .into_iter()
             .filter(|t| inv.slot_of(&t.name).is_some() || inv.drive_of(&t.name).is_some())
+            .filter(|t| t.block_size == self.tape.block_size as u64)
             .collect();
         candidates.sort_by(|a, b| {
             b.last_written
@@ -425,6 +474,7 @@ impl<'a> TapeDest<'a> {
             .map_err(msg)?
             .into_iter()
             .filter(|t| t.name != current.name && inv.slot_of(&t.name).is_some())
+            .filter(|t| t.block_size == self.tape.block_size as u64)
             .collect();
         // Tapes holding nothing yet first, so a set stays together.
         v.sort_by(|a, b| {
@@ -550,9 +600,11 @@ impl<'a> TapeDest<'a> {
     pub fn read_files<T>(
         &mut self,
         files: Vec<TapeFile>,
+        unattended: bool,
         consume: impl FnOnce(PipeReader) -> Result<T>,
     ) -> Result<T> {
         let (mut w, r) = pipe(PIPE_CHUNK, PIPE_DEPTH);
+        let block_size = self.tape.block_size;
         let set = &mut self.set;
         std::thread::scope(|s| {
             let drive: &mut (dyn TapeDrive + Send) = set.drive.as_mut();
@@ -563,6 +615,7 @@ impl<'a> TapeDest<'a> {
                         changer: ChangerRef(c),
                         drive_number: DRIVE,
                     }),
+                    None if interactive(unattended) => Box::new(PromptMount { block_size }),
                     None => Box::new(LoadedTape),
                 };
                 for f in files {
