@@ -767,8 +767,9 @@ fn a_damaged_stream_is_named_and_the_sessions_after_it_are_not_recorded() {
     assert_eq!(
         problems[2],
         format!(
-            "problem: volume alpha session {} (stream {}): builds on {}, but the chain found \
-             ends at {}; not recorded (a tape of the set missing?)",
+            "problem: volume alpha session {} (stream {}): builds on {}, not on the chain \
+             rebuilt, which ends at {}; not recorded (a tape of the set missing, a chain \
+             pruned, or a send that did not finish)",
             alpha[2].session,
             recorded
                 .files
@@ -787,4 +788,62 @@ fn a_damaged_stream_is_named_and_the_sessions_after_it_are_not_recorded() {
     );
     assert_eq!(rebuilt.chains[1], recorded.chains[1]);
     assert_eq!(rebuilt.files.len(), 3);
+}
+
+#[test]
+fn sessions_the_newest_copy_does_not_know_are_not_brought_back() {
+    let set = Set::new(false);
+    let (recorded, first) = write_set(&set, None);
+    // Alpha's chain forgotten (pruned), then a newer copy at the end of the set.
+    let second = {
+        let lib = set.library();
+        let cat = set.catalog();
+        let dest = cat.destination("tape", "vt").unwrap();
+        cat.forget(dest, "alpha").unwrap();
+        for s in &recorded.chains[0].1 {
+            cat.forget_session_tape_files("vt", "alpha", &s.session)
+                .unwrap();
+        }
+        drop(cat);
+        let mut drive = lib.drive();
+        drive.set_block_size(BS).unwrap();
+        write_catalog_copy(
+            &mut drive,
+            &mut sparsebak::tape::writer::NoNextTape,
+            &opts("second-copy"),
+            &set.catalog_path(),
+            None,
+        )
+        .unwrap()
+    };
+    assert_eq!(second.parts[0].file_number, 4);
+    let kept = set.rows();
+    assert_eq!(kept.chains.len(), 1);
+    assert_eq!(kept.files.len(), 2);
+    set.delete_catalog();
+    let out = scan(&set);
+    assert!(
+        out.contains(&format!("catalog copy {} of ", first.id))
+            && out.contains("catalog copy second-copy of "),
+        "{out}"
+    );
+    assert!(
+        out.contains("imported catalog copy second-copy: 1 session(s)"),
+        "{out}"
+    );
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(problems.len(), 3, "{out}");
+    for (p, s) in problems.iter().zip(&recorded.chains[0].1) {
+        assert!(
+            p.starts_with(&format!(
+                "problem: volume alpha session {} (stream ",
+                s.session
+            )) && p.ends_with(
+                "older than the catalog copy imported, which does not know it (a session \
+                     pruned, or a send that did not finish); not recorded"
+            ),
+            "{out}"
+        );
+    }
+    assert_eq!(set.rows(), kept);
 }

@@ -588,6 +588,7 @@ pub fn scan(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let mut copy_written: Option<i64> = None;
     for (h, first) in &copies {
         let at = format!("tape {} file {}", first.tape, first.file_number);
         let file = match join(&h.id, &by_id[&h.id], bs) {
@@ -634,6 +635,7 @@ pub fn scan(
         };
         import(cat, &restored, opts.dest, &mut report)?;
         report.key_file = key_file;
+        copy_written = Some(h.written);
         report.imported = Some(h.id.clone());
         break;
     }
@@ -764,67 +766,86 @@ pub fn scan(
     let parts_of: HashMap<&str, &Vec<&Found>> =
         by_id.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut newest_key: Option<(i64, KeyFile)> = None;
-    for (volume, mut list) in by_volume {
-        list.sort_by(|a, b| a.0.info.session.cmp(&b.0.info.session));
-        let mut chain = cat.chain(dest_id, &volume)?;
-        for (s, file) in list {
-            let info = &s.info;
-            let at = format!(
+    for (volume, list) in by_volume {
+        let chain = cat.chain(dest_id, &volume)?;
+        let at = |s: &StreamSummary, f: &TapeFile| {
+            format!(
                 "volume {volume} session {} (stream {})",
-                info.session, file.id
-            );
-            let linked = match chain.iter().find(|c| c.session == info.session) {
-                Some(c) if c.manifest_sha256 == info.manifest_sha256 => true,
-                Some(_) => {
-                    report.problems.push(format!(
-                        "{at}: the catalog holds this session with another manifest; not recorded"
-                    ));
-                    continue;
-                }
-                None => {
-                    let last = chain.last();
-                    let follows = s.header.base.as_deref() == last.map(|l| l.session.as_str())
-                        && s.header.base_manifest_sha256 == last.map(|l| l.manifest_sha256);
-                    if !follows {
-                        report.problems.push(format!(
-                            "{at}: builds on {}, but the chain found ends at {}; not recorded (a tape of the set missing?)",
-                            s.header.base.as_deref().unwrap_or("nothing (a full stream)"),
-                            last.map_or("nothing", |l| l.session.as_str())
-                        ));
-                        continue;
-                    }
-                    cat.record_session(dest_id, info, file.bytes)?;
-                    report
-                        .sessions_added
-                        .push((volume.clone(), info.session.clone()));
-                    chain = cat.chain(dest_id, &volume)?;
-                    true
-                }
+                s.info.session, f.id
+            )
+        };
+        // Streams of sessions the chain holds get their tape files; the others are
+        // candidates to extend it.
+        let mut linked: Vec<(&StreamSummary, &TapeFile)> = Vec::new();
+        let mut candidates: Vec<(&StreamSummary, &TapeFile)> = Vec::new();
+        for (s, f) in &list {
+            match chain.iter().find(|c| c.session == s.info.session) {
+                Some(c) if c.manifest_sha256 == s.info.manifest_sha256 => linked.push((s, f)),
+                Some(_) => report.problems.push(format!(
+                    "{}: the catalog holds this session with another manifest; not recorded",
+                    at(s, f)
+                )),
+                None => match copy_written {
+                    Some(w) if s.info.time <= w => report.problems.push(format!(
+                        "{}: older than the catalog copy imported, which does not know it (a session pruned, or a send that did not finish); not recorded",
+                        at(s, f)
+                    )),
+                    _ => candidates.push((s, f)),
+                },
+            }
+        }
+        let end = chain
+            .last()
+            .map(|c| (c.session.as_str(), c.manifest_sha256));
+        let summaries: Vec<&StreamSummary> = candidates.iter().map(|c| c.0).collect();
+        let path = chain_order(end, &summaries);
+        for &i in &path {
+            let (s, f) = candidates[i];
+            cat.record_session(dest_id, &s.info, f.bytes)?;
+            report
+                .sessions_added
+                .push((volume.clone(), s.info.session.clone()));
+            linked.push((s, f));
+        }
+        let new_end = path
+            .last()
+            .map(|&i| candidates[i].0.info.session.as_str())
+            .or(end.map(|e| e.0));
+        for (i, (s, f)) in candidates.iter().enumerate() {
+            if !path.contains(&i) {
+                report.problems.push(format!(
+                    "{}: builds on {}, not on the chain rebuilt, which ends at {}; not recorded (a tape of the set missing, a chain pruned, or a send that did not finish)",
+                    at(s, f),
+                    s.header.base.as_deref().unwrap_or("nothing (a full stream)"),
+                    new_end.unwrap_or("nothing")
+                ));
+            }
+        }
+        for (s, file) in linked {
+            let info = &s.info;
+            let Some(parts) = parts_of.get(file.id.as_str()) else {
+                continue;
             };
-            if linked {
-                if let Some(parts) = parts_of.get(file.id.as_str()) {
-                    let key = parts.iter().find_map(|f| match &f.kind {
-                        Kind::Stream(Some(k)) => Some(k),
-                        _ => None,
-                    });
-                    if let Some(k) = key {
-                        if newest_key.as_ref().is_none_or(|(t, _)| info.time >= *t) {
-                            newest_key = Some((info.time, k.clone()));
-                        }
-                    }
-                    for f in parts.iter() {
-                        let rec = record_of(
-                            f,
-                            opts.dest,
-                            &volume,
-                            &info.session,
-                            file.bytes,
-                            file.sha256,
-                        );
-                        if cat.insert_tape_file(&rec)? {
-                            report.tape_files_added += 1;
-                        }
-                    }
+            let key = parts.iter().find_map(|f| match &f.kind {
+                Kind::Stream(Some(k)) => Some(k),
+                _ => None,
+            });
+            if let Some(k) = key {
+                if newest_key.as_ref().is_none_or(|(t, _)| info.time >= *t) {
+                    newest_key = Some((info.time, k.clone()));
+                }
+            }
+            for f in parts.iter() {
+                let rec = record_of(
+                    f,
+                    opts.dest,
+                    &volume,
+                    &info.session,
+                    file.bytes,
+                    file.sha256,
+                );
+                if cat.insert_tape_file(&rec)? {
+                    report.tape_files_added += 1;
                 }
             }
         }
@@ -855,6 +876,70 @@ pub fn scan(
         }
     }
     Ok(report)
+}
+
+/// The order in which `candidates` (streams of one volume) extend a chain ending at
+/// `end` (its last session and manifest SHA-256; `None`: an empty chain): the indices
+/// of the longest run of streams each building on the one before, from the chain's
+/// end (an empty chain starts at the newest full stream: an older one began a chain
+/// since pruned). Among runs as long, the newest session is taken.
+fn chain_order(end: Option<(&str, [u8; 32])>, candidates: &[&StreamSummary]) -> Vec<usize> {
+    let links = |parent: Option<(&str, [u8; 32])>, s: &StreamSummary| match parent {
+        None => s.header.base.is_none(),
+        Some((session, manifest)) => {
+            s.header.base.as_deref() == Some(session)
+                && s.header.base_manifest_sha256 == Some(manifest)
+        }
+    };
+    // Children by base session; a stream builds only on an older session, so the
+    // depths are known from the newest stream back.
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| candidates[a].info.session.cmp(&candidates[b].info.session));
+    let mut by_base: HashMap<&str, Vec<usize>> = HashMap::new();
+    for &i in &order {
+        if let Some(b) = candidates[i].header.base.as_deref() {
+            by_base.entry(b).or_default().push(i);
+        }
+    }
+    let node = |i: usize| {
+        (
+            candidates[i].info.session.as_str(),
+            candidates[i].info.manifest_sha256,
+        )
+    };
+    let mut depth = vec![0usize; candidates.len()];
+    for &i in order.iter().rev() {
+        let (session, _) = node(i);
+        let best = by_base
+            .get(session)
+            .into_iter()
+            .flatten()
+            .filter(|&&j| links(Some(node(i)), candidates[j]))
+            .map(|&j| depth[j])
+            .max()
+            .unwrap_or(0);
+        depth[i] = best + 1;
+    }
+    // The best next step from `parent`: deepest, then newest.
+    let pick = |parent: Option<(&str, [u8; 32])>, newest_root: bool| -> Option<usize> {
+        order
+            .iter()
+            .copied()
+            .filter(|&j| links(parent, candidates[j]))
+            .max_by(|&a, &b| {
+                let key = |j: usize| if newest_root { 0 } else { depth[j] };
+                key(a)
+                    .cmp(&key(b))
+                    .then_with(|| candidates[a].info.session.cmp(&candidates[b].info.session))
+            })
+    };
+    let mut path = Vec::new();
+    let mut next = pick(end, end.is_none());
+    while let Some(i) = next {
+        path.push(i);
+        next = pick(Some(node(i)), false);
+    }
+    path
 }
 
 fn record_of(
@@ -955,6 +1040,75 @@ mod tests {
         assert_eq!(data_blocks_of(0, false, 512), None);
         assert_eq!(data_blocks_of(0, true, 512), None);
         assert_eq!(data_blocks_of(1, true, 512), None);
+    }
+
+    fn summary(session: &str, base: Option<(&str, u8)>, manifest: u8) -> StreamSummary {
+        use sparsebak_format::chunk::Codec;
+        use sparsebak_format::info::SessionInfo;
+        use sparsebak_format::stream::StreamHeader;
+        let info = SessionInfo {
+            volume: "v".into(),
+            session: session.into(),
+            previous: base.map(|b| b.0.to_string()),
+            time: 1,
+            volsize: 100,
+            chunksize: 65536,
+            compression: Codec::Zstd,
+            changed: 1,
+            chunks: 1,
+            bytes_read: 1,
+            bytes_stored: 1,
+            manifest_sha256: [manifest; 32],
+            volume_id: None,
+        };
+        let mut header = StreamHeader::for_session(&info, base.map(|b| [b.1; 32]));
+        header.base = base.map(|b| b.0.to_string());
+        StreamSummary {
+            header,
+            info,
+            data_chunks: 0,
+            zero_lines: 0,
+            bytes: 0,
+        }
+    }
+
+    fn sessions(c: &[StreamSummary], path: &[usize]) -> Vec<String> {
+        path.iter().map(|&i| c[i].info.session.clone()).collect()
+    }
+
+    #[test]
+    fn the_longest_newest_run_of_streams_extends_a_chain() {
+        let c = [
+            // A chain since pruned: a full stream and one on it.
+            summary("20260101-000001", None, 1),
+            summary("20260101-000002", Some(("20260101-000001", 1)), 2),
+            // The chain of now, with a stream of a send that did not finish (older,
+            // building on the same base as the one recorded after it).
+            summary("20260102-000001", None, 3),
+            summary("20260102-000003", Some(("20260102-000001", 3)), 5),
+            summary("20260102-000002", Some(("20260102-000001", 3)), 4),
+            summary("20260102-000004", Some(("20260102-000003", 5)), 6),
+            // Names the right base but another manifest: not on it.
+            summary("20260102-000005", Some(("20260102-000004", 9)), 7),
+        ];
+        let refs: Vec<&StreamSummary> = c.iter().collect();
+        assert_eq!(
+            sessions(&c, &chain_order(None, &refs)),
+            ["20260102-000001", "20260102-000003", "20260102-000004"]
+        );
+        // From a chain ending at the full stream of now (a catalog copy's).
+        let refs2: Vec<&StreamSummary> = c[3..].iter().collect();
+        let path: Vec<usize> = chain_order(Some(("20260102-000001", [3; 32])), &refs2)
+            .into_iter()
+            .map(|i| i + 3)
+            .collect();
+        assert_eq!(sessions(&c, &path), ["20260102-000003", "20260102-000004"]);
+        // Runs as long: the newest.
+        let refs3: Vec<&StreamSummary> = [&c[3], &c[4]].into_iter().collect();
+        let path = chain_order(Some(("20260102-000001", [3; 32])), &refs3);
+        assert_eq!(path, [0]);
+        // Nothing follows a chain whose end no stream builds on.
+        assert_eq!(chain_order(Some(("20260103-000000", [0; 32])), &refs), []);
     }
 
     #[test]
