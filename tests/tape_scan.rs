@@ -847,3 +847,50 @@ fn sessions_the_newest_copy_does_not_know_are_not_brought_back() {
     }
     assert_eq!(set.rows(), kept);
 }
+
+#[test]
+fn files_of_other_kinds_are_reported_and_the_rest_is_scanned() {
+    let set = Set::new(false);
+    let (recorded, _) = write_set(&set, None);
+    // On the third tape: something else (a block of text, then a filemark), an empty
+    // file, then two blocks and no filemark.
+    {
+        let lib = set.library();
+        let mut ch = lib.changer();
+        let mut drive = lib.drive();
+        drive.unload().ok();
+        ch.unload(0, None).unwrap();
+        ch.load(3, 0).unwrap();
+        drive.set_block_size(BS).unwrap();
+        drive.eod().unwrap();
+        let mut block = vec![b'x'; BS];
+        drive.write_block(&block).unwrap();
+        drive.write_filemark(2).unwrap();
+        block.fill(b'y');
+        drive.write_block(&block).unwrap();
+        drive.write_block(&block).unwrap();
+    }
+    set.delete_catalog();
+    let out = scan(&set);
+    assert!(
+        out.contains("tape VT0003L8 (uuid ") && out.contains("): 3 file(s)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not a sparsebak file: tape VT0003L8 file 1: not a sparsebak file\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not a sparsebak file: tape VT0003L8 file 2: empty\n"),
+        "{out}"
+    );
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(
+        problems,
+        ["problem: tape VT0003L8 file 3: no filemark ends it (an interrupted write?)"],
+        "{out}"
+    );
+    let rebuilt = set.rows();
+    assert_eq!(rebuilt.files, recorded.files);
+    assert_eq!(rebuilt.chains, recorded.chains);
+}

@@ -293,7 +293,15 @@ fn walk(
                 ));
                 return Ok(file);
             }
-            Err(e) => return Err(e.into()),
+            Err(e @ TapeError::NoTape { .. }) => return Err(e.into()),
+            // A drive that cannot space past the file: the rest of the tape is not
+            // walked, what was found stays.
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("{}: spacing to its filemark: {e}", here(file)));
+                return Ok(file);
+            }
         }
         let after = drive.position()?;
         if let Some(kind) = kind {
