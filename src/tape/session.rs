@@ -547,6 +547,14 @@ impl<'a> TapeDest<'a> {
             })
         };
         let set = &mut self.set;
+        crate::progress::set_status(Some(|| super::buffer::LIVE.status()));
+        struct NoStatus;
+        impl Drop for NoStatus {
+            fn drop(&mut self) {
+                crate::progress::set_status(None);
+            }
+        }
+        let _no_status = NoStatus;
         let outcome = std::thread::scope(|s| {
             let drive: &mut (dyn TapeDrive + Send) = set.drive.as_mut();
             let changer = set.changer.as_deref_mut();
