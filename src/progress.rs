@@ -119,10 +119,13 @@ pub fn err_line(line: &str) {
 
 /// What a progress bar says after its counts, while something has more to say (the
 /// tape drive of a send to tape: its speed, the buffer's fill, its stops).
-static STATUS: std::sync::Mutex<Option<fn() -> Option<String>>> = std::sync::Mutex::new(None);
+static STATUS: std::sync::Mutex<Option<StatusFn>> = std::sync::Mutex::new(None);
+
+/// Says the status, or nothing when there is none now.
+pub type StatusFn = fn() -> Option<String>;
 
 /// Set (or clear) what progress bars say after their counts.
-pub fn set_status(f: Option<fn() -> Option<String>>) {
+pub fn set_status(f: Option<StatusFn>) {
     if let Ok(mut s) = STATUS.lock() {
         *s = f;
     }
