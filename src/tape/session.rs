@@ -668,6 +668,10 @@ fn record_file(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    // Rows of a run stopped before its chain recorded this session ID are of a tape
+    // file nobody builds on: this one replaces them.
+    cat.forget_session_tape_files(dest, volume, session)
+        .map_err(msg)?;
     for p in &file.parts {
         let uuid = TapeLabel {
             name: String::new(),
