@@ -198,6 +198,9 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
     let sw = l.sessions("w");
     assert!(l.receive("w", Some(&sw[1])) == images[1].1);
     assert!(l.receive("w", Some(&sw[0])) == images[0].1);
+    // Selectors work as on an archive.
+    assert!(l.receive("w", Some("oldest")) == images[0].1);
+    assert!(l.receive("v", Some("latest")) == images[2].0);
     // verify reads the chain back.
     let out = l.ok(&["--dest=vt", "verify", "v"]);
     assert!(
