@@ -233,7 +233,7 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
         "--session=20200101-000000",
     ]);
     assert!(
-        e.contains("volume v has no session 20200101-000000 on tape destination vt"),
+        e.contains("volume v on tape destination vt: session 20200101-000000 does not exist"),
         "{e}"
     );
 }
