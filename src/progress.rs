@@ -117,9 +117,30 @@ pub fn err_line(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// What a progress bar says after its counts, while something has more to say (the
+/// tape drive of a send to tape: its speed, the buffer's fill, its stops).
+static STATUS: std::sync::Mutex<Option<StatusFn>> = std::sync::Mutex::new(None);
+
+/// Says the status, or nothing when there is none now.
+pub type StatusFn = fn() -> Option<String>;
+
+/// Set (or clear) what progress bars say after their counts.
+pub fn set_status(f: Option<StatusFn>) {
+    if let Ok(mut s) = STATUS.lock() {
+        *s = f;
+    }
+}
+
+fn status() -> Option<String> {
+    STATUS.lock().ok().and_then(|s| *s).and_then(|f| f())
+}
+
 /// A byte-counting progress bar with rate and ETA; a no-op when not interactive.
 pub struct Progress {
     bar: ProgressBar,
+    /// Milliseconds since the bar started when its status was last said.
+    said: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
 }
 
 impl Progress {
@@ -127,7 +148,7 @@ impl Progress {
         let bar = if interactive() {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
-                "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                "{prefix:.bold} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
@@ -138,11 +159,26 @@ impl Progress {
         } else {
             ProgressBar::hidden()
         };
-        Progress { bar }
+        Progress {
+            bar,
+            said: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }
     }
 
     pub fn set(&self, pos: u64) {
         self.bar.set_position(pos);
+        if self.bar.is_hidden() {
+            return;
+        }
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_millis() as u64;
+        if now >= self.said.load(Ordering::Relaxed) + 250 {
+            self.said.store(now, Ordering::Relaxed);
+            if let Some(s) = status() {
+                self.bar.set_message(s);
+            }
+        }
     }
 
     pub fn finish(&self) {

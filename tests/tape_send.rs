@@ -198,6 +198,9 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
     let sw = l.sessions("w");
     assert!(l.receive("w", Some(&sw[1])) == images[1].1);
     assert!(l.receive("w", Some(&sw[0])) == images[0].1);
+    // Selectors work as on an archive.
+    assert!(l.receive("w", Some("oldest")) == images[0].1);
+    assert!(l.receive("v", Some("latest")) == images[2].0);
     // verify reads the chain back.
     let out = l.ok(&["--dest=vt", "verify", "v"]);
     assert!(
@@ -230,7 +233,7 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
         "--session=20200101-000000",
     ]);
     assert!(
-        e.contains("volume v has no session 20200101-000000 on tape destination vt"),
+        e.contains("volume v on tape destination vt: session 20200101-000000 does not exist"),
         "{e}"
     );
 }
@@ -418,6 +421,41 @@ fn a_tape_of_another_block_size_is_refused_naming_both_sizes() {
     );
     // What is on it still reads back at its own block size (the catalog knows it).
     l.ok(&["--dest=vt", "verify", "w"]);
+}
+
+#[test]
+fn a_send_killed_on_the_way_leaves_the_tape_and_the_catalog_usable() {
+    let l = Lib::new(1, "64M", "encrypt = off\n");
+    l.label_all();
+    l.ok(&["--dest=vt", "send", "w"]);
+    // Killed in the middle of the tape file, then after the tape file is whole but
+    // before the chain records the session.
+    for point in ["tape-mid-file", "stream-before-record"] {
+        let o = std::process::Command::new(bin())
+            .args(["-c", l.config.to_str().unwrap(), "--dest=vt", "send", "v"])
+            .env("SPARSEBAK_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(9),
+            "{point}: {o:?}"
+        );
+        assert!(l.sessions("v").is_empty(), "{point}");
+    }
+    let out = l.ok(&["--dest=vt", "send", "v"]);
+    assert!(out.contains("full"), "{out}");
+    let c = l.catalog();
+    let sv = l.sessions("v");
+    assert_eq!(sv.len(), 1);
+    let p = c.session_tape_files("vt", "v", &sv[0]).unwrap();
+    // w is file 1; the cut file 2 was closed; the whole but unrecorded one is file 3.
+    assert_eq!(p[0].file_number, 4, "{p:?}");
+    drop(c);
+    assert!(l.receive("v", None) == l.image("v"));
+    assert!(l.receive("w", None) == l.image("w"));
+    let ls = l.stdout(&["--dest=vt", "tape", "ls"]);
+    assert!(ls.contains("file 4: "), "{ls}");
 }
 
 #[test]

@@ -91,14 +91,27 @@ pub fn send(ctx: &Ctx, names: &[String], verify: bool) -> Result<()> {
     Ok(())
 }
 
-/// The chain of tape files for `--session` (or the latest) of `name`.
+/// The chain of tape files for `--session` (an ID or a selector such as `latest`,
+/// `oldest` or a date: see `--help`) or the latest session of `name`.
 fn chain_for(ctx: &Ctx, cat: &Catalog, name: &str) -> Result<TapeChain> {
-    Ok(session_chain(
-        cat,
-        &ctx.config.dest,
-        name,
-        ctx.session.as_deref().map(str::trim),
-    )?)
+    let dest = &ctx.config.dest;
+    let id = match ctx.session.as_deref().map(str::trim) {
+        None => None,
+        Some(spec) => {
+            let d = cat.destination("tape", dest)?;
+            let sessions: Vec<_> = cat
+                .chain(d, name)?
+                .iter()
+                .filter_map(|s| crate::selector::SessionTime::from_id(&s.session, &chrono::Local))
+                .collect();
+            let sel = crate::selector::parse(spec, &super::now())?;
+            Some(
+                crate::selector::resolve(&sel, &sessions)
+                    .with_context(|| format!("volume {name} on tape destination {dest}"))?,
+            )
+        }
+    };
+    Ok(session_chain(cat, dest, name, id.as_deref())?)
 }
 
 pub fn receive(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {

@@ -547,6 +547,14 @@ impl<'a> TapeDest<'a> {
             })
         };
         let set = &mut self.set;
+        crate::progress::set_status(Some(|| super::buffer::LIVE.status()));
+        struct NoStatus;
+        impl Drop for NoStatus {
+            fn drop(&mut self) {
+                crate::progress::set_status(None);
+            }
+        }
+        let _no_status = NoStatus;
         let outcome = std::thread::scope(|s| {
             let drive: &mut (dyn TapeDrive + Send) = set.drive.as_mut();
             let changer = set.changer.as_deref_mut();
@@ -660,6 +668,10 @@ fn record_file(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    // Rows of a run stopped before its chain recorded this session ID are of a tape
+    // file nobody builds on: this one replaces them.
+    cat.forget_session_tape_files(dest, volume, session)
+        .map_err(msg)?;
     for p in &file.parts {
         let uuid = TapeLabel {
             name: String::new(),

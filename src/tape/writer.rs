@@ -424,7 +424,25 @@ impl PartWriter<'_> {
     /// Start a part at the end of data of the loaded tape.
     fn begin(&mut self, previous_tape: Option<[u8; 16]>) -> Result<(), TapeFileError> {
         self.drive.eod()?;
-        let first_block = self.drive.position()?;
+        let mut first_block = self.drive.position()?;
+        // A write cut short (a crash, a pulled cable) leaves blocks with no filemark
+        // after them: close them as a file of their own (it has no trailer, so
+        // nothing takes it for a stream), so this tape file starts a file.
+        if first_block > 0 {
+            self.drive.locate(first_block - 1)?;
+            let mut probe = vec![0u8; self.opts.block_size];
+            let last = self.drive.read_block(&mut probe);
+            self.drive.eod()?;
+            if !matches!(last, Ok(super::drive::ReadOutcome::Filemark)) {
+                tracing::warn!(
+                    tape = %self.label.name,
+                    "the tape's last file has no filemark after it (a write was cut short): \
+                     closing it"
+                );
+                self.drive.write_filemark(1)?;
+                first_block = self.drive.position()?;
+            }
+        }
         let file_number =
             self.drive
                 .status()?
@@ -523,6 +541,9 @@ impl BlockSink for PartWriter<'_> {
         cur.digests.extend_from_slice(&block_digest(block));
         cur.part.data_blocks += 1;
         cur.part.bytes += data_len as u64;
+        if cur.part.data_blocks == 3 {
+            crate::failpoint::hit("tape-mid-file");
+        }
         self.offset += data_len as u64;
         self.switch = warn;
         Ok(())
