@@ -894,3 +894,98 @@ fn files_of_other_kinds_are_reported_and_the_rest_is_scanned() {
     assert_eq!(rebuilt.files, recorded.files);
     assert_eq!(rebuilt.chains, recorded.chains);
 }
+
+#[test]
+fn streams_of_killed_sends_are_reported_and_the_rerun_is_recorded() {
+    let set = Set::new(false);
+    set.ok(&["--dest=vt", "tape", "label", "--all"]);
+    let img = set.dir.path().join("img");
+    std::fs::write(img.join("alpha"), Rng::new(5).bytes(20 * BS)).unwrap();
+    std::fs::write(img.join(SECRET_VOL), Rng::new(6).bytes(9 * BS)).unwrap();
+    set.ok(&["--dest=vt", "send", SECRET_VOL]);
+    // Killed in the middle of the tape file, then after the tape file is whole but
+    // before the chain records the session; then sent whole.
+    for point in ["tape-mid-file", "stream-before-record"] {
+        let o = {
+            let _spawn = SPAWN.read().unwrap_or_else(|p| p.into_inner());
+            std::process::Command::new(bin())
+                .args([
+                    "-c",
+                    set.config.to_str().unwrap(),
+                    "--dest=vt",
+                    "send",
+                    "alpha",
+                ])
+                .env("SPARSEBAK_FAILPOINT", point)
+                .output()
+                .unwrap()
+        };
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(9),
+            "{point}: {o:?}"
+        );
+    }
+    set.ok(&["--dest=vt", "send", "alpha"]);
+    let recorded = set.rows();
+    assert_eq!(recorded.chains.len(), 2);
+    // The session recorded is the rerun's, tape file 4. The run killed before the
+    // chain recorded its session left the rows of its tape file 3 when its session ID
+    // differs from the rerun's (a rerun in the same second replaces them).
+    let alpha = &recorded.chains[0];
+    assert_eq!((alpha.0.as_str(), alpha.1.len()), ("alpha", 1));
+    let session = &alpha.1[0].session;
+    let chained: Vec<TapeFileRecord> = recorded
+        .files
+        .iter()
+        .filter(|f| {
+            recorded
+                .chains
+                .iter()
+                .any(|(v, c)| *v == f.volume && c.iter().any(|s| s.session == f.session))
+        })
+        .cloned()
+        .collect();
+    let rerun = chained.iter().find(|f| f.volume == "alpha").unwrap();
+    assert_eq!(rerun.file_number, 4);
+    let orphan = recorded.files.iter().find(|f| f.file_number == 3);
+    assert_eq!(
+        orphan.is_some(),
+        orphan.is_some_and(|o| o.session != *session)
+    );
+    set.delete_catalog();
+    let out = scan(&set);
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(problems.len(), 2, "{out}");
+    // The cut file has no trailer; the whole one is not on the chain.
+    assert_eq!(
+        problems[0], "problem: tape VT0001L8 file 2: no part trailer after the data",
+        "{out}"
+    );
+    let twin = format!(
+        ": stream {} of the same session, written after it, is on the chain (a send run \
+         again after one that did not finish); not recorded",
+        rerun.stream_id
+    );
+    let older = format!(
+        ": builds on nothing (a full stream), not on the chain rebuilt, which ends at \
+         {session}; not recorded (a tape of the set missing, a chain pruned, or a send that \
+         did not finish)"
+    );
+    assert!(
+        problems[1].starts_with("problem: volume alpha session ")
+            && (problems[1].ends_with(&twin) || problems[1].ends_with(&older)),
+        "{out}"
+    );
+    let rebuilt = set.rows();
+    assert_eq!(rebuilt.chains, recorded.chains);
+    assert_eq!(rebuilt.files, chained);
+    let out = set.dir.path().join("restored");
+    set.ok(&[
+        "--dest=vt",
+        "receive",
+        &format!("--save-to={}", out.display()),
+        "alpha",
+    ]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(img.join("alpha")).unwrap());
+}

@@ -786,7 +786,20 @@ pub fn scan(
         // candidates to extend it.
         let mut linked: Vec<(&StreamSummary, &TapeFile)> = Vec::new();
         let mut candidates: Vec<(&StreamSummary, &TapeFile)> = Vec::new();
-        for (s, f) in &list {
+        // In the order they were written as far as the tapes tell (the tapes in the
+        // order scanned, then by file number): of two streams of the same session
+        // (a send run again after one killed before the chain recorded it) the one
+        // written last is taken.
+        let rank = |f: &TapeFile| {
+            let p = &f.parts[0];
+            (
+                tapes.iter().position(|t| t.0.uuid == p.tape_uuid),
+                p.file_number,
+            )
+        };
+        let mut list: Vec<&(StreamSummary, TapeFile)> = list.iter().collect();
+        list.sort_by(|a, b| (&a.0.info.session, rank(&a.1)).cmp(&(&b.0.info.session, rank(&b.1))));
+        for (s, f) in list {
             match chain.iter().find(|c| c.session == s.info.session) {
                 Some(c) if c.manifest_sha256 == s.info.manifest_sha256 => linked.push((s, f)),
                 Some(_) => report.problems.push(format!(
@@ -820,7 +833,18 @@ pub fn scan(
             .map(|&i| candidates[i].0.info.session.as_str())
             .or(end.map(|e| e.0));
         for (i, (s, f)) in candidates.iter().enumerate() {
-            if !path.contains(&i) {
+            let twin = path
+                .iter()
+                .map(|&j| candidates[j])
+                .find(|c| c.0.info.session == s.info.session);
+            if let (false, Some((_, t))) = (path.contains(&i), twin) {
+                report.problems.push(format!(
+                    "{}: stream {} of the same session, written after it, is on the chain \
+                     (a send run again after one that did not finish); not recorded",
+                    at(s, f),
+                    t.id
+                ));
+            } else if !path.contains(&i) {
                 report.problems.push(format!(
                     "{}: builds on {}, not on the chain rebuilt, which ends at {}; not recorded (a tape of the set missing, a chain pruned, or a send that did not finish)",
                     at(s, f),
@@ -890,7 +914,8 @@ pub fn scan(
 /// `end` (its last session and manifest SHA-256; `None`: an empty chain): the indices
 /// of the longest run of streams each building on the one before, from the chain's
 /// end (an empty chain starts at the newest full stream: an older one began a chain
-/// since pruned). Among runs as long, the newest session is taken.
+/// since pruned). Among runs as long, the newest session is taken, and of equals the
+/// last in `candidates`.
 fn chain_order(end: Option<(&str, [u8; 32])>, candidates: &[&StreamSummary]) -> Vec<usize> {
     let links = |parent: Option<(&str, [u8; 32])>, s: &StreamSummary| match parent {
         None => s.header.base.is_none(),
