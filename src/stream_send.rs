@@ -594,7 +594,11 @@ fn chain_crypt(
 /// the config says `encrypt = off`). A tape destination has one key file
 /// ([`crate::metadir::tape_key`]) for every volume sent there, made (asking for a new
 /// passphrase) by the first encrypted send; it is unlocked once per run.
-fn tape_crypt(config: &Config, dest: &str, encrypted: Option<bool>) -> Result<Option<StreamCrypt>> {
+pub fn tape_crypt(
+    config: &Config,
+    dest: &str,
+    encrypted: Option<bool>,
+) -> Result<Option<StreamCrypt>> {
     static UNLOCKED: std::sync::Mutex<Option<(PathBuf, StreamCrypt)>> = std::sync::Mutex::new(None);
     let path = crate::metadir::tape_key(config, dest);
     match (config.encrypt, encrypted) {

@@ -172,7 +172,7 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
     let sv = l.sessions("v");
     assert_eq!(sv.len(), 3);
     assert_eq!(l.sessions("w").len(), 3);
-    // Six tape files after the label, v and w in turn.
+    // Each run: v, w, then a copy of the catalog (not recorded in it).
     let c = l.catalog();
     let t = c.tape_by_name("VT0001L8").unwrap().unwrap();
     let files = c.tape_files(&t.uuid).unwrap();
@@ -184,10 +184,10 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
         [
             (1, "v", 0),
             (2, "w", 0),
-            (3, "v", 0),
-            (4, "w", 0),
-            (5, "v", 0),
-            (6, "w", 0)
+            (4, "v", 0),
+            (5, "w", 0),
+            (7, "v", 0),
+            (8, "w", 0)
         ]
     );
     assert_eq!(files[0].first_block, 2);
@@ -221,9 +221,12 @@ fn sessions_of_two_volumes_restore_byte_for_byte_a_middle_one_by_block_position(
         "{out}"
     );
     assert!(
-        lines[2].contains(&format!("previous={} tape=VT0001L8 file=3 ", sv[0])),
+        lines[2].contains(&format!("previous={} tape=VT0001L8 file=4 ", sv[0])),
         "{out}"
     );
+    // `tape ls` tells the copies from the sessions.
+    let ls = l.stdout(&["--dest=vt", "tape", "ls"]);
+    assert_eq!(ls.matches("a catalog copy (plain").count(), 3, "{ls}");
     // A session that is not there.
     let e = l.fails(&[
         "--dest=vt",
@@ -262,14 +265,15 @@ fn a_full_send_spans_three_tapes_and_restores() {
     assert!(!c.tape_by_name("VT0003L8").unwrap().unwrap().full);
     drop(c);
     assert!(l.receive("v", None) == l.image("v"));
-    // The next volume goes to the tape still appendable, after what is there.
+    // The next volume goes to the tape still appendable, after what is there (the
+    // rest of v, then the run's catalog copy).
     l.ok(&["--dest=vt", "send", "w"]);
     let c = l.catalog();
     let p = c
         .session_tape_files("vt", "w", &l.sessions("w")[0])
         .unwrap();
     assert_eq!(c.tape(&p[0].tape).unwrap().unwrap().name, "VT0003L8");
-    assert_eq!(p[0].file_number, 2);
+    assert_eq!(p[0].file_number, 3);
     drop(c);
     assert!(l.receive("w", None) == l.image("w"));
 }
@@ -449,13 +453,15 @@ fn a_send_killed_on_the_way_leaves_the_tape_and_the_catalog_usable() {
     let sv = l.sessions("v");
     assert_eq!(sv.len(), 1);
     let p = c.session_tape_files("vt", "v", &sv[0]).unwrap();
-    // w is file 1; the cut file 2 was closed; the whole but unrecorded one is file 3.
-    assert_eq!(p[0].file_number, 4, "{p:?}");
+    // w is file 1 and the catalog copy file 2; the cut file 3 was closed; the whole
+    // but unrecorded one is file 4.
+    assert_eq!(p[0].file_number, 5, "{p:?}");
     drop(c);
     assert!(l.receive("v", None) == l.image("v"));
     assert!(l.receive("w", None) == l.image("w"));
     let ls = l.stdout(&["--dest=vt", "tape", "ls"]);
-    assert!(ls.contains("file 4: "), "{ls}");
+    assert!(ls.contains("file 5: "), "{ls}");
+    assert!(ls.contains("file 6: first block"), "{ls}");
 }
 
 #[test]

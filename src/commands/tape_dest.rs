@@ -66,6 +66,16 @@ pub fn send(ctx: &Ctx, names: &[String], verify: bool) -> Result<()> {
         ));
         sent.push((name.clone(), s));
     }
+    // The end of the tape set holds a copy of the catalog: it restores with nothing of
+    // this machine.
+    let copy = dest
+        .write_catalog_copy(ctx.unattended)
+        .with_context(|| format!("send to tape destination {}", config.dest))?;
+    progress::summary(&format!(
+        "catalog copy written on {} ({})",
+        place(&copy),
+        human(copy.bytes)
+    ));
     if verify {
         for (name, s) in sent {
             let file = s.file.clone();

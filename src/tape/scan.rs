@@ -806,8 +806,10 @@ pub fn scan(
                     "{}: the catalog holds this session with another manifest; not recorded",
                     at(s, f)
                 )),
+                // A session of the copy's own second it does not know is of a later
+                // run: a copy is written after every session of its run.
                 None => match copy_written {
-                    Some(w) if s.info.time <= w => report.problems.push(format!(
+                    Some(w) if s.info.time < w => report.problems.push(format!(
                         "{}: older than the catalog copy imported, which does not know it (a session pruned, or a send that did not finish); not recorded",
                         at(s, f)
                     )),

@@ -340,7 +340,11 @@ impl<'a> TapeDest<'a> {
         if let Some(l) = self.label_in_drive()? {
             if l.pool == pool {
                 match cat.tape(&l.uuid_string()).map_err(msg)? {
-                    Some(r) if !r.full => return self.recycle_if_pruned(cat, l, &r),
+                    Some(r) if !r.full => {
+                        if let Some(l) = self.ready_for_append(cat, l, &r)? {
+                            return Ok(l);
+                        }
+                    }
                     Some(_) => tracing::info!("tape {} in the drive is full", l.name),
                     None => {
                         return Err(msg(format!(
@@ -375,29 +379,51 @@ impl<'a> TapeDest<'a> {
                 .cmp(&a.last_written)
                 .then_with(|| a.name.cmp(&b.name))
         });
-        let Some(t) = candidates.into_iter().next() else {
-            return Err(msg(format!(
-                "the library of destination {} holds no appendable tape of pool {pool}: label \
-                 new ones (`sparsebak tape label --all --dest={}`) or prune",
-                self.dest.name, self.dest.name
-            )));
-        };
-        self.load(&t.name)?;
-        let l = self
-            .label_in_drive()?
-            .ok_or_else(|| msg(format!("tape {} has no readable label", t.name)))?;
-        if l.uuid_string() != t.uuid {
-            return Err(msg(format!(
-                "tape {} carries label uuid {}, the catalog says {}: it was labelled \
-                 elsewhere; `sparsebak tape scan --dest={}` records what is on it",
-                t.name,
-                l.uuid_string(),
-                t.uuid,
-                self.dest.name
-            )));
+        for t in candidates {
+            self.load(&t.name)?;
+            let l = self
+                .label_in_drive()?
+                .ok_or_else(|| msg(format!("tape {} has no readable label", t.name)))?;
+            if l.uuid_string() != t.uuid {
+                return Err(msg(format!(
+                    "tape {} carries label uuid {}, the catalog says {}: it was labelled \
+                     elsewhere; `sparsebak tape scan --dest={}` records what is on it",
+                    t.name,
+                    l.uuid_string(),
+                    t.uuid,
+                    self.dest.name
+                )));
+            }
+            cat.set_tape_slot(&t.uuid, None).map_err(msg)?;
+            if let Some(l) = self.ready_for_append(cat, l, &t)? {
+                return Ok(l);
+            }
         }
-        cat.set_tape_slot(&t.uuid, None).map_err(msg)?;
-        self.recycle_if_pruned(cat, l, &t)
+        Err(msg(format!(
+            "the library of destination {} holds no appendable tape of pool {pool}: label \
+             new ones (`sparsebak tape label --all --dest={}`) or prune",
+            self.dest.name, self.dest.name
+        )))
+    }
+
+    /// The tape in the drive (`l`, recorded as `rec`), made ready to take a tape file:
+    /// labelled anew when every session on it was pruned; `None` when it is past its
+    /// early warning at its end of data (it is then marked full).
+    fn ready_for_append(
+        &mut self,
+        cat: &mut Catalog,
+        l: TapeLabel,
+        rec: &TapeRecord,
+    ) -> Result<Option<TapeLabel>> {
+        let l = self.recycle_if_pruned(cat, l, rec)?;
+        let drive = self.set.drive.as_mut();
+        drive.eod().map_err(msg)?;
+        if !drive.status().map_err(msg)?.eot {
+            return Ok(Some(l));
+        }
+        tracing::info!(tape = %rec.name, "the tape is past its early warning: marked full");
+        cat.set_tape_full(&l.uuid_string(), true).map_err(msg)?;
+        Ok(None)
     }
 
     /// Load the tape `barcode` into the drive with the changer.
@@ -437,8 +463,9 @@ impl<'a> TapeDest<'a> {
         if !cat.tape_files(&rec.uuid).map_err(msg)?.is_empty() {
             return Ok(l);
         }
-        // The label read left the tape at the start of file 1.
+        // File 1 starts after the label block and its filemark.
         let mut buf = vec![0u8; self.tape.block_size];
+        self.set.drive.locate(2).map_err(msg)?;
         match self.set.drive.read_block(&mut buf) {
             Ok(ReadOutcome::EndOfData) => return Ok(l),
             Ok(_) => {}
@@ -651,6 +678,70 @@ impl<'a> TapeDest<'a> {
                 Ok(()) => out,
             }
         })
+    }
+}
+
+impl TapeDest<'_> {
+    /// Write a copy of the catalog at the end of data of an appendable tape of the
+    /// pool (spanning as a session does), sealed under the destination's key when it
+    /// is encrypted, so the tape set restores with nothing of this machine. The copy
+    /// is not recorded in the catalog it copies; `tape scan` finds it.
+    pub fn write_catalog_copy(&mut self, unattended: bool) -> Result<TapeFile> {
+        let mut cat = self.catalog()?;
+        let label = self.mount_for_append(&mut cat)?;
+        let barcodes = self.next_barcodes(&cat, &label)?;
+        drop(cat);
+        let crypt = if crate::metadir::tape_key(self.config, &self.dest.name).exists() {
+            crate::stream_send::tape_crypt(self.config, &self.dest.name, Some(true))?
+        } else {
+            None
+        };
+        let opts = TapeFileOptions {
+            block_size: self.tape.block_size,
+            pool: self.tape.pool.clone(),
+            id: sparsebak_format::crypto::random_uuid().map_err(msg)?,
+            buffer: usize::try_from(self.tape.buffer).unwrap_or(usize::MAX),
+        };
+        let catalog_path = crate::metadir::catalog(self.config);
+        let drive: &mut (dyn TapeDrive + Send) = self.set.drive.as_mut();
+        let mut next: Box<dyn NextTape + '_> = match self.set.changer.as_deref_mut() {
+            Some(c) => Box::new(ChangerNextTape {
+                changer: ChangerRef(c),
+                drive_number: DRIVE,
+                barcodes,
+            }),
+            None if interactive(unattended) => Box::new(PromptNextTape {
+                pool: opts.pool.clone(),
+            }),
+            None => Box::new(NoNextTape),
+        };
+        let file = super::catalog_copy::write_catalog_copy(
+            drive,
+            next.as_mut(),
+            &opts,
+            &catalog_path,
+            crypt.as_ref().map(|c| (&c.key_file, &*c.keys)),
+        )
+        .map_err(|e| {
+            msg(format!(
+                "writing the catalog copy: {e} (the sessions are on tape and recorded; `sparsebak \
+                 tape scan` rebuilds a catalog from the tapes)"
+            ))
+        })?;
+        drop(next);
+        let cat = self.catalog()?;
+        for p in &file.parts[..file.parts.len().saturating_sub(1)] {
+            let uuid = TapeLabel {
+                name: String::new(),
+                pool: String::new(),
+                uuid: p.tape_uuid,
+                block_size: 0,
+                written: 0,
+            }
+            .uuid_string();
+            cat.set_tape_full(&uuid, true).map_err(msg)?;
+        }
+        Ok(file)
     }
 }
 

@@ -591,11 +591,20 @@ pub fn write_tape_file<T>(
         switch: false,
         offset: 0,
     };
-    w.begin(None)?;
-    // A tape already past its early warning takes no data: go on on the next one.
+    // A tape already past its early warning takes nothing of the stream (not even an
+    // empty first part, which no reader would know for one): start on the next one.
+    w.drive.eod()?;
     if w.drive.status()?.eot {
-        w.switch = true;
+        let full = w.label.clone();
+        tracing::info!(tape = %full.name, "the tape is past its early warning: starting on the next one");
+        w.next.next_tape(&mut *w.drive, &full, 0)?;
+        let label = check_tape(&mut *w.drive, opts.block_size, &opts.pool)?;
+        if label.uuid == full.uuid {
+            return Err(TapeFileError::SameTape { tape: label.name });
+        }
+        w.label = label;
     }
+    w.begin(None)?;
     let bopts = BufferOptions::new(opts.block_size, opts.buffer);
     // The stream's SHA-256 is taken on the producer's thread, leaving the drive's
     // thread the part's hashes.
