@@ -794,7 +794,10 @@ fn a_damaged_stream_is_named_and_the_sessions_after_it_are_not_recorded() {
 fn sessions_the_newest_copy_does_not_know_are_not_brought_back() {
     let set = Set::new(false);
     let (recorded, first) = write_set(&set, None);
-    // Alpha's chain forgotten (pruned), then a newer copy at the end of the set.
+    // Alpha's chain forgotten (pruned), then a newer copy at the end of the set, in
+    // a later second than every session (a session of the copy's own second counts
+    // as newer than the copy).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let second = {
         let lib = set.library();
         let cat = set.catalog();
