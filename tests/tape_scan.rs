@@ -433,13 +433,13 @@ fn a_damaged_copy_is_reported_and_the_streams_are_read_instead() {
     let out = scan(&set);
     assert!(
         out.contains(&format!(
-            "problem: tape VT0002L8 file 3: catalog copy {}: tape VT0002L8, file 3, block 0 (position 42): damaged: its bytes do not match the digest the part trailer holds; the sessions are rebuilt from their streams instead",
+            "problem: tape VT0002L8 file 3: catalog copy {}: tape VT0002L8, file 3, block 0 (position 42): damaged: its bytes do not match the digest the part trailer holds; not imported (an older copy, else the streams, read instead)",
             copy.id
         )),
         "{out}"
     );
     assert!(
-        out.contains("the sessions are rebuilt from their streams instead"),
+        out.contains("not imported (an older copy, else the streams, read instead)"),
         "{out}"
     );
     assert!(out.contains("no catalog copy imported"), "{out}");
@@ -997,4 +997,50 @@ fn streams_of_killed_sends_are_reported_and_the_rerun_is_recorded() {
         "alpha",
     ]);
     assert!(std::fs::read(&out).unwrap() == std::fs::read(img.join("alpha")).unwrap());
+}
+
+#[test]
+fn a_copy_of_a_newer_catalog_is_refused_and_the_one_before_imported() {
+    let set = Set::new(false);
+    let (recorded, first) = write_set(&set, None);
+    // A later copy of a catalog a newer sparsebak wrote.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    {
+        let lib = set.library();
+        let conn = rusqlite::Connection::open(set.catalog_path()).unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let mut drive = lib.drive();
+        drive.set_block_size(BS).unwrap();
+        write_catalog_copy(
+            &mut drive,
+            &mut sparsebak::tape::writer::NoNextTape,
+            &opts("newer-schema"),
+            &set.catalog_path(),
+            None,
+        )
+        .unwrap();
+    }
+    set.delete_catalog();
+    let out = scan(&set);
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert_eq!(problems.len(), 1, "{out}");
+    assert!(
+        problems[0]
+            .starts_with("problem: tape VT0002L8 file 4: catalog copy newer-schema: catalog ")
+            && problems[0].ends_with(
+                "has schema version 99, newer than this sparsebak (4); upgrade sparsebak; not \
+                 imported (an older copy, else the streams, read instead)"
+            ),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("imported catalog copy {}: 4 session(s)", first.id)),
+        "{out}"
+    );
+    assert_eq!(set.rows(), recorded);
 }

@@ -636,12 +636,23 @@ pub fn scan(
             Err(why) => {
                 report.problems.push(format!(
                     "{at}: {why}; {}",
-                    "the sessions are rebuilt from their streams instead"
+                    "not imported (an older copy, else the streams, read instead)"
                 ));
                 continue;
             }
         };
-        import(cat, &restored, opts.dest, &mut report)?;
+        // A copy of a newer schema is refused here, like any catalog.
+        let copy = match Catalog::open(&restored) {
+            Ok(c) => c,
+            Err(e) => {
+                report.problems.push(format!(
+                    "{at}: catalog copy {}: {e}; not imported (an older copy, else the streams, read instead)",
+                    h.id
+                ));
+                continue;
+            }
+        };
+        import(cat, &copy, opts.dest, &mut report)?;
         report.key_file = key_file;
         copy_written = Some(h.written);
         report.imported = Some(h.id.clone());
@@ -1002,16 +1013,15 @@ fn record_of(
     }
 }
 
-/// Import from the restored copy at `path`: its tapes, the tape files of `dest`, and
+/// Import from the restored copy `copy`: its tapes, the tape files of `dest`, and
 /// `dest`'s chains (sessions the catalog's chains do not hold yet, where they follow
 /// on).
 fn import(
     cat: &mut Catalog,
-    path: &Path,
+    copy: &Catalog,
     dest: &str,
     report: &mut ScanReport,
 ) -> Result<(), ScanError> {
-    let copy = Catalog::open(path)?;
     for t in copy.tapes()? {
         let by_name = cat.tape_by_name(&t.name)?;
         match (cat.tape(&t.uuid)?, by_name) {
