@@ -759,10 +759,27 @@ fn record_file(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    // Rows of a run stopped before its chain recorded this session ID are of a tape
-    // file nobody builds on: this one replaces them.
-    cat.forget_session_tape_files(dest, volume, session)
-        .map_err(msg)?;
+    // Rows of runs stopped before the chain recorded their session (this session ID,
+    // or another) are of tape files nobody builds on: forgotten, so the catalog names
+    // only what the chain holds.
+    let id = cat.destination("tape", dest).map_err(msg)?;
+    let chained: std::collections::HashSet<String> = cat
+        .chain(id, volume)
+        .map_err(msg)?
+        .into_iter()
+        .map(|s| s.session)
+        .collect();
+    let stale: std::collections::BTreeSet<String> = cat
+        .dest_tape_files(dest)
+        .map_err(msg)?
+        .into_iter()
+        .filter(|f| f.volume == volume && !chained.contains(&f.session))
+        .map(|f| f.session)
+        .collect();
+    for s in stale.iter().map(String::as_str).chain([session]) {
+        cat.forget_session_tape_files(dest, volume, s)
+            .map_err(msg)?;
+    }
     for p in &file.parts {
         let uuid = TapeLabel {
             name: String::new(),
