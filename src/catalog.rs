@@ -18,7 +18,9 @@
 //! bytes), so a session on tape is found by block position. Version 4 adds to each
 //! tape file the stream it is a part of (its random id, written in the part headers and
 //! trailers, and the length and SHA-256 of the whole stream), so the parts of a
-//! session are read back and checked from the catalog alone.
+//! session are read back and checked from the catalog alone. Version 5 marks the tapes
+//! `prune` emptied (`tapes.recycle`): only those are labelled anew by a send; a tape
+//! whose files the catalog does not know is never overwritten.
 
 use std::path::Path;
 
@@ -28,7 +30,7 @@ use sparsebak_format::Hash;
 use sparsebak_format::{layout, limits};
 
 /// The schema this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -264,6 +266,13 @@ impl Catalog {
                  ALTER TABLE tape_files ADD COLUMN stream_bytes INTEGER NOT NULL DEFAULT 0;
                  ALTER TABLE tape_files ADD COLUMN stream_sha256 TEXT NOT NULL DEFAULT '';
                  INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4');",
+            )
+            .map_err(sql)?;
+        }
+        if version < 5 {
+            tx.execute_batch(
+                "ALTER TABLE tapes ADD COLUMN recycle INTEGER NOT NULL DEFAULT 0;
+                 INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '5');",
             )
             .map_err(sql)?;
         }
@@ -594,6 +603,25 @@ impl Catalog {
     /// Mark a tape full (no more appends) or appendable again.
     pub fn set_tape_full(&self, uuid: &str, full: bool) -> Result<()> {
         self.update_tape(uuid, "full", &full)
+    }
+
+    /// Mark a tape as emptied by `prune` (every tape file on it forgotten): the next
+    /// send that takes it labels it anew. Labelling it (a new row) clears the mark.
+    pub fn set_tape_recycle(&self, uuid: &str, on: bool) -> Result<()> {
+        self.update_tape(uuid, "recycle", &on)
+    }
+
+    /// Whether `prune` emptied the tape `uuid` (see [`Catalog::set_tape_recycle`]).
+    pub fn tape_recycle(&self, uuid: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT recycle FROM tapes WHERE uuid = ?1",
+                params![uuid],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(false))
+            .map_err(self.sql())
     }
 
     /// Record the slot a tape was seen in (`None`: unknown).
@@ -982,7 +1010,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "4");
+        assert_eq!(v, "5");
     }
 
     /// A catalog exactly as a version-2 build wrote it, with a chain and an archive
@@ -1066,7 +1094,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(version, "4");
+        assert_eq!(version, "5");
         // What version 2 held is still there.
         let s = c.destination("stream", "nightly").unwrap();
         assert_eq!(s, DestId(1));

@@ -478,3 +478,136 @@ fn without_an_appendable_tape_send_says_what_to_do() {
         "{e}"
     );
 }
+
+#[test]
+fn a_tape_whose_files_the_catalog_does_not_know_is_never_labelled_anew() {
+    let l = Lib::new(1, "64M", "encrypt = off\n");
+    l.label_all();
+    l.ok(&["--dest=vt", "send", "w"]);
+    // The catalog loses the tape's files (not a prune: a lost or partial catalog).
+    let c = l.catalog();
+    let t = c.tape_by_name("VT0001L8").unwrap().unwrap();
+    for f in c.tape_files(&t.uuid).unwrap() {
+        c.forget_session_tape_files("vt", &f.volume, &f.session)
+            .unwrap();
+    }
+    drop(c);
+    let before = std::fs::read(l.cartridge("VT0001L8")).unwrap();
+    l.ok(&["--dest=vt", "send", "v"]);
+    let after = std::fs::read(l.cartridge("VT0001L8")).unwrap();
+    // Appended after what was there, not written over it.
+    assert!(after.len() > before.len());
+    assert_eq!(after[..before.len() - 64], before[..before.len() - 64]);
+    let c = l.catalog();
+    assert_eq!(c.tape_by_name("VT0001L8").unwrap().unwrap().uuid, t.uuid);
+    let files = c.tape_files(&t.uuid).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        files[0].file_number, 3,
+        "after w (1) and its run's catalog copy (2)"
+    );
+}
+
+#[test]
+fn running_out_of_tapes_records_the_full_one_and_the_next_send_takes_another() {
+    // v is 150 chunks of random data (9.4 MiB) on tapes of 4 MiB.
+    let l = Lib::sized(4, "4M", "encrypt = off\n", 150 * BS);
+    l.ok(&["--dest=vt", "tape", "label", "--slot=1"]);
+    let e = l.fails(&["--dest=vt", "send", "-u", "v", "w"]);
+    assert!(
+        e.contains("tape VT0001L8 is full and no next tape can be loaded")
+            && e.contains("not recorded, so nothing of this stream can be restored")
+            && e.contains("(not sent in this run either: w)"),
+        "{e}"
+    );
+    assert!(l.sessions("v").is_empty());
+    let c = l.catalog();
+    assert!(c.tape_by_name("VT0001L8").unwrap().unwrap().full);
+    drop(c);
+    // Three more tapes: the send goes on them, not on the full one.
+    for slot in ["--slot=2", "--slot=3", "--slot=4"] {
+        l.ok(&["--dest=vt", "tape", "label", slot]);
+    }
+    l.ok(&["--dest=vt", "send", "v"]);
+    let c = l.catalog();
+    let parts = c
+        .session_tape_files("vt", "v", &l.sessions("v")[0])
+        .unwrap();
+    let names: Vec<String> = parts
+        .iter()
+        .map(|p| c.tape(&p.tape).unwrap().unwrap().name)
+        .collect();
+    // The tape left in the drive by the last label first, then the others by name.
+    assert_eq!(names, ["VT0004L8", "VT0002L8", "VT0003L8"]);
+    drop(c);
+    assert!(l.receive("v", None) == l.image("v"));
+}
+
+#[test]
+fn labelling_a_tape_anew_forgets_the_chains_it_held_and_their_next_send_is_full() {
+    let l = Lib::new(2, "64M", "encrypt = off\n");
+    l.label_all();
+    l.ok(&["--dest=vt", "send", "w"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    l.change("w", 1, 1, 3);
+    l.ok(&["--dest=vt", "send", "w"]);
+    let sw = l.sessions("w");
+    assert_eq!(sw.len(), 2);
+    // A name the catalog gives another tape is refused.
+    let e = l.fails(&[
+        "--dest=vt",
+        "tape",
+        "label",
+        "--slot=2",
+        "--force",
+        "--name=VT0001L8",
+    ]);
+    assert!(
+        e.contains("the catalog already knows a tape named VT0001L8")
+            && e.contains("2 tape file(s)"),
+        "{e}"
+    );
+    let out = l.stdout(&["--dest=vt", "tape", "label", "--slot=1", "--force"]);
+    assert!(
+        out.contains(&format!(
+            "tape VT0001L8: volume w on destination vt loses session(s) {} {}: its chain \
+             there (2 session(s)) is forgotten and its next send there is full",
+            sw[0], sw[1]
+        )),
+        "{out}"
+    );
+    assert!(l.sessions("w").is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let out = l.ok(&["--dest=vt", "send", "w"]);
+    assert!(out.contains("full"), "{out}");
+    assert!(l.receive("w", None) == l.image("w"));
+}
+
+#[test]
+fn a_scan_takes_a_new_full_chain_begun_after_the_copy_it_imports() {
+    let l = Lib::new(2, "64M", "encrypt = off\n");
+    l.label_all();
+    // v stays on the tape, so the prune of w does not free it.
+    l.ok(&["--dest=vt", "send", "v", "w"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    l.ok(&["--dest=vt", "prune", "w", "--all-before=2999-01-01"]);
+    l.change("w", 0, 2, 11);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    l.ok(&["--dest=vt", "send", "w"]);
+    let newest = l.sessions("w");
+    assert_eq!(newest.len(), 1);
+    // The newest copy (the last file) damaged: the scan imports the first run's.
+    let path = l.cartridge("VT0001L8");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n - 2 * BS..n - 2 * BS + 8] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::remove_file(l.path().join("meta/catalog.sqlite")).unwrap();
+    let out = l.stdout(&["--dest=vt", "tape", "scan", "--all"]);
+    assert!(out.contains("begins a new chain"), "{out}");
+    assert_eq!(l.sessions("w"), newest, "{out}");
+    assert!(l.receive("w", None) == l.image("w"));
+    assert!(l.receive("v", None) == l.image("v"));
+}

@@ -323,8 +323,32 @@ fn label_one(
     let Some(name) = name.map(str::to_string).or_else(|| barcode.clone()) else {
         bail!("{where_} has no barcode known; give it a name with --name=NAME");
     };
-    match probe(set.drive.as_mut())? {
+    let probed = probe(set.drive.as_mut())?;
+    // The tape this one would replace in the catalog: its own old label, or (a name
+    // already given to another tape) another tape, which is refused.
+    let here = match &probed {
+        Probe::Labelled(l) => Some(l.uuid_string()),
+        _ => None,
+    };
+    if let Some(other) = cat.tape_by_name(&name)? {
+        if Some(&other.uuid) != here.as_ref() {
+            bail!(
+                "the catalog already knows a tape named {name} (uuid {}, pool {}, {} tape \
+                 file(s)): labelling {where_} so would lose it; give another --name",
+                other.uuid,
+                other.pool,
+                cat.tape_files(&other.uuid)?.len()
+            );
+        }
+    }
+    match probed {
         Probe::Blank => {}
+        Probe::Labelled(l) if force => {
+            // What the catalog holds on it goes: each chain that loses a session is
+            // forgotten, so its next send is full (an incremental on a session no tape
+            // holds could never be restored).
+            forget_chains_on(cat, &l.uuid_string(), &l.name)?;
+        }
         _ if force => {}
         Probe::Labelled(l) => bail!(
             "{where_} is already labelled {} in pool {} (uuid {}); `tape label --force` \
@@ -345,6 +369,39 @@ fn label_one(
         label.pool,
         label.uuid_string()
     ));
+    Ok(())
+}
+
+/// Forget every chain with a session on the tape `uuid` (about to be labelled anew),
+/// saying which, so the next send of each volume to its destination is full.
+fn forget_chains_on(cat: &mut Catalog, uuid: &str, name: &str) -> Result<()> {
+    let files = cat.tape_files(uuid)?;
+    let mut chains: std::collections::BTreeMap<(String, String), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for f in &files {
+        chains
+            .entry((f.dest.clone(), f.volume.clone()))
+            .or_default()
+            .push(f.session.clone());
+    }
+    for ((dest, volume), sessions) in chains {
+        let id = cat.destination("tape", &dest)?;
+        let chain: Vec<String> = cat
+            .chain(id, &volume)?
+            .into_iter()
+            .map(|s| s.session)
+            .collect();
+        for s in &chain {
+            cat.forget_session_tape_files(&dest, &volume, s)?;
+        }
+        cat.forget(id, &volume)?;
+        out(&format!(
+            "tape {name}: volume {volume} on destination {dest} loses session(s) {}: its \
+             chain there ({} session(s)) is forgotten and its next send there is full",
+            sessions.join(" "),
+            chain.len()
+        ));
+    }
     Ok(())
 }
 
@@ -696,5 +753,15 @@ fn scan(
         r.tape_files_added,
         r.sessions_from_copy + r.sessions_added.len()
     ));
+    // A tape that could not be scanned (its label unreadable, another pool) leaves the
+    // catalog without what it holds: not a success.
+    if r.tapes.is_empty() || r.unreadable > 0 {
+        bail!(
+            "tape scan: {} tape(s) scanned, {} with a label that could not be read (see \
+             above): what is on those is not in the catalog",
+            r.tapes.len(),
+            r.unreadable
+        );
+    }
     Ok(())
 }

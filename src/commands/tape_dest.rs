@@ -38,13 +38,29 @@ pub fn send(ctx: &Ctx, names: &[String], verify: bool) -> Result<()> {
     let mut dest = TapeDest::open(config)?;
     let mut cat = dest.catalog()?;
     let mut sent: Vec<(String, TapeSent)> = Vec::new();
-    for name in &vols {
-        let label = dest
-            .mount_for_append(&mut cat)
-            .with_context(|| format!("send {name} to tape destination {}", config.dest))?;
-        let s = dest
-            .send_volume(name, source.as_mut(), &label, ctx.unattended)
-            .with_context(|| format!("send {name} to tape destination {}", config.dest))?;
+    for (i, name) in vols.iter().enumerate() {
+        let rest = &vols[i + 1..];
+        let failed = |e: crate::error::Error| {
+            let also = if rest.is_empty() {
+                String::new()
+            } else {
+                format!(" (not sent in this run either: {})", rest.join(", "))
+            };
+            anyhow::Error::from(e).context(format!(
+                "send {name} to tape destination {}{also}",
+                config.dest
+            ))
+        };
+        let label = dest.mount_for_append(&mut cat).map_err(failed)?;
+        let s = match dest.send_volume(name, source.as_mut(), &label, ctx.unattended) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Err(n) = dest.note_full() {
+                    tracing::warn!("after the failed send: {n}");
+                }
+                return Err(failed(e));
+            }
+        };
         let i = &s.outcome.info;
         progress::summary(&format!(
             "{name} to {}: session {} {} written={} changed={} on {}; drive busy {:.0}% at {}/s, \
@@ -300,6 +316,8 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
     let dest = ctx.config.dest.clone();
     let id = cat.destination("tape", &dest)?;
     let mut forgotten = 0usize;
+    // Tapes that held a tape file of a forgotten session.
+    let mut emptied = std::collections::BTreeSet::new();
     for name in &vols {
         let _lock = crate::metadir::lock_meta(&ctx.config, name)?;
         let chain = cat.chain(id, name)?;
@@ -339,6 +357,9 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
             continue;
         }
         for s in &chosen {
+            for f in cat.session_tape_files(&dest, name, s)? {
+                emptied.insert(f.tape);
+            }
             cat.forget_session_tape_files(&dest, name, s)?;
         }
         cat.forget(id, name)?;
@@ -365,10 +386,12 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
         .context("not a tape destination")?
         .pool;
     for t in cat.tapes()? {
-        if t.pool == *pool && t.full && cat.tape_files(&t.uuid)?.is_empty() {
+        if t.pool == *pool && emptied.contains(&t.uuid) && cat.tape_files(&t.uuid)?.is_empty() {
             cat.set_tape_full(&t.uuid, false)?;
+            cat.set_tape_recycle(&t.uuid, true)?;
             progress::summary(&format!(
-                "tape {}: every session on it is forgotten; it will be labelled anew and reused",
+                "tape {}: every session on it is forgotten; the next send labels it anew and \
+                 reuses it",
                 t.name
             ));
         }

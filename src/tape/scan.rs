@@ -46,6 +46,10 @@ pub enum ScanError {
     TapeFile(Box<TapeFileError>),
     #[error("{0}")]
     Refused(String),
+    /// An encrypted copy or stream could not be opened for want of the right
+    /// passphrase: the scan stops (what it found would look like tapes holding nothing).
+    #[error("{0}; the scan stopped: give the destination's passphrase (passfile, passcmd, SPARSEBAK_PASSPHRASE or the prompt) and scan again")]
+    Passphrase(String),
     #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -90,6 +94,9 @@ pub struct ScanReport {
     pub tapes: Vec<(String, String, u64)>,
     /// Tapes not read (another pool, no label, another block size): why.
     pub skipped: Vec<String>,
+    /// Tapes skipped because their label could not be read (not blank, not of another
+    /// pool): what they hold is not in the catalog.
+    pub unreadable: usize,
     /// Tapes recorded that the catalog did not know.
     pub tapes_added: usize,
     /// Files that are no sparsebak file (or an empty one): where.
@@ -432,6 +439,11 @@ fn join(id: &str, parts: &[&Found], bs: usize) -> Result<TapeFile, String> {
     })
 }
 
+/// Whether a reading error says the passphrase was missing or wrong.
+fn passphrase_problem(why: &str) -> bool {
+    why.contains("passphrase")
+}
+
 /// The passphrase, asked once.
 struct Pass<'a> {
     source: Box<dyn FnMut() -> Result<Passphrase, String> + 'a>,
@@ -482,6 +494,9 @@ pub fn scan(
             Ok(l) => l,
             Err(LabelError::Tape(e)) => return Err(e.into()),
             Err(e) => {
+                if !matches!(e, LabelError::NotLabelled { .. }) {
+                    report.unreadable += 1;
+                }
                 report.skipped.push(format!("{where_}: {e}"));
                 return Ok(());
             }
@@ -633,6 +648,9 @@ pub fn scan(
         })();
         let key_file = match result {
             Ok(k) => k,
+            Err(why) if passphrase_problem(&why) => {
+                return Err(ScanError::Passphrase(format!("{at}: {why}")))
+            }
             Err(why) => {
                 report.problems.push(format!(
                     "{at}: {why}; {}",
@@ -667,7 +685,7 @@ pub fn scan(
                 if slot.is_some() && t.slot != *slot {
                     cat.set_tape_slot(&uuid, *slot)?;
                 }
-                if *full && !t.full {
+                if *full && !t.full && !cat.tape_recycle(&uuid)? {
                     cat.set_tape_full(&uuid, true)?;
                 }
             }
@@ -768,6 +786,11 @@ pub fn scan(
         })();
         match result {
             Ok(s) => summaries.push((s, file)),
+            // Without the right passphrase every encrypted stream is unreadable: stop,
+            // rather than record a set of tapes as holding nothing.
+            Err(why) if passphrase_problem(&why) => {
+                return Err(ScanError::Passphrase(format!("{at}: {why}")))
+            }
             Err(why) => report
                 .problems
                 .push(format!("{at}: unreadable, not recorded: {why}")),
@@ -828,11 +851,35 @@ pub fn scan(
                 },
             }
         }
-        let end = chain
+        let mut end = chain
             .last()
             .map(|c| (c.session.as_str(), c.manifest_sha256));
         let summaries: Vec<&StreamSummary> = candidates.iter().map(|c| c.0).collect();
-        let path = chain_order(end, &summaries);
+        let mut path = chain_order(end, &summaries);
+        // Nothing builds on the chain's end, but a full stream newer than it was read:
+        // the chain was pruned and a new one begun after the copy imported was written.
+        // The newer chain is the volume's.
+        if let (true, Some((end_session, _))) = (path.is_empty(), end) {
+            let newer = chain_order(None, &summaries);
+            if newer
+                .first()
+                .is_some_and(|&i| summaries[i].info.session.as_str() > end_session)
+            {
+                report.problems.push(format!(
+                    "volume {volume}: a full stream newer than the end of its chain in the \
+                     catalog ({end_session}) begins a new chain (the old one was pruned after \
+                     the copy imported was written): the old chain ({} session(s)) is forgotten",
+                    chain.len()
+                ));
+                for c in &chain {
+                    cat.forget_session_tape_files(opts.dest, &volume, &c.session)?;
+                }
+                cat.forget(dest_id, &volume)?;
+                linked.clear();
+                end = None;
+                path = newer;
+            }
+        }
         for &i in &path {
             let (s, f) = candidates[i];
             cat.record_session(dest_id, &s.info, f.bytes)?;
@@ -1032,6 +1079,10 @@ fn import(
             )),
             (None, None) => {
                 cat.add_tape(&t)?;
+                // A tape `prune` emptied stays to be reused, though it is at its end.
+                if copy.tape_recycle(&t.uuid)? {
+                    cat.set_tape_recycle(&t.uuid, true)?;
+                }
                 report.tapes_added += 1;
             }
         }

@@ -460,7 +460,11 @@ impl<'a> TapeDest<'a> {
         l: TapeLabel,
         rec: &TapeRecord,
     ) -> Result<TapeLabel> {
-        if !cat.tape_files(&rec.uuid).map_err(msg)?.is_empty() {
+        // Only a tape `prune` emptied: one whose files the catalog never knew (a scan
+        // that could not read them, a run killed before recording) keeps them.
+        if !cat.tape_recycle(&rec.uuid).map_err(msg)?
+            || !cat.tape_files(&rec.uuid).map_err(msg)?.is_empty()
+        {
             return Ok(l);
         }
         // File 1 starts after the label block and its filemark.
@@ -524,6 +528,7 @@ impl<'a> TapeDest<'a> {
     ) -> Result<TapeSent> {
         let cat = self.catalog()?;
         let barcodes = self.next_barcodes(&cat, label)?;
+        self.forget_broken_chain(&cat, name)?;
         drop(cat);
         let stream_id = sparsebak_format::crypto::random_uuid().map_err(msg)?;
         let opts = TapeFileOptions {
@@ -628,6 +633,56 @@ impl<'a> TapeDest<'a> {
             file,
             stats,
         })
+    }
+
+    /// A chain of `volume` here with a session whose tape file the catalog no longer
+    /// knows (its tape labelled anew) cannot restore that session or any after it: it
+    /// is forgotten, said, and the next stream is full, rather than one more
+    /// incremental nobody could restore.
+    fn forget_broken_chain(&self, cat: &Catalog, volume: &str) -> Result<()> {
+        let dest = &self.dest.name;
+        let id = cat.destination("tape", dest).map_err(msg)?;
+        let chain = cat.chain(id, volume).map_err(msg)?;
+        let mut lost = Vec::new();
+        for s in &chain {
+            if cat
+                .session_tape_files(dest, volume, &s.session)
+                .map_err(msg)?
+                .is_empty()
+            {
+                lost.push(s.session.clone());
+            }
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "volume {volume} on tape destination {dest}: no tape holds session(s) {} any \
+             more (a tape labelled anew?): its chain there is forgotten and this send is full",
+            lost.join(" ")
+        );
+        for s in &chain {
+            cat.forget_session_tape_files(dest, volume, &s.session)
+                .map_err(msg)?;
+        }
+        cat.forget(id, volume).map_err(msg)
+    }
+
+    /// After a failed send: the tape in the drive, when past its early warning, is
+    /// recorded full, so the next run does not take it again.
+    pub fn note_full(&mut self) -> Result<()> {
+        let Some(l) = self.label_in_drive()? else {
+            return Ok(());
+        };
+        let drive = self.set.drive.as_mut();
+        drive.eod().map_err(msg)?;
+        if drive.status().map_err(msg)?.eot {
+            let cat = self.catalog()?;
+            if cat.tape(&l.uuid_string()).map_err(msg)?.is_some() {
+                cat.set_tape_full(&l.uuid_string(), true).map_err(msg)?;
+            }
+        }
+        Ok(())
     }
 
     /// Read the tape files `files` one after the other (each by LOCATE), handing

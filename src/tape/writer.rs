@@ -53,7 +53,7 @@ pub enum TapeFileError {
         found: String,
         expected: String,
     },
-    #[error("tape {tape} is full and no next tape can be loaded: {reason} (parts 1 to {parts} of the stream are written and stay readable)")]
+    #[error("tape {tape} is full and no next tape can be loaded: {reason} (the {parts} part(s) written are not recorded, so nothing of this stream can be restored: label more tapes of the pool and send again)")]
     NoNextTape {
         tape: String,
         reason: String,
@@ -512,13 +512,23 @@ impl PartWriter<'_> {
     fn change_tape(&mut self) -> Result<(), TapeFileError> {
         self.end(true, [0; 32])?;
         let full = self.label.clone();
-        self.next
-            .next_tape(&mut *self.drive, &full, self.parts.len() as u32)?;
-        let label = check_tape(&mut *self.drive, self.opts.block_size, &self.opts.pool)?;
-        if label.uuid == full.uuid || self.parts.iter().any(|p| p.tape_uuid == label.uuid) {
-            return Err(TapeFileError::SameTape { tape: label.name });
+        loop {
+            self.next
+                .next_tape(&mut *self.drive, &full, self.parts.len() as u32)?;
+            let label = check_tape(&mut *self.drive, self.opts.block_size, &self.opts.pool)?;
+            if label.uuid == full.uuid || self.parts.iter().any(|p| p.tape_uuid == label.uuid) {
+                return Err(TapeFileError::SameTape { tape: label.name });
+            }
+            // A tape already past its early warning (its record of being full lost in
+            // a failed run) takes nothing: the next one.
+            self.drive.eod()?;
+            if self.drive.status()?.eot {
+                tracing::info!(tape = %label.name, "the tape is past its early warning: the next one");
+                continue;
+            }
+            self.label = label;
+            break;
         }
-        self.label = label;
         self.begin(Some(full.uuid))?;
         self.switch = self.drive.status()?.eot;
         Ok(())
