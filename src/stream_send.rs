@@ -444,11 +444,22 @@ pub fn send_stream_to(
     let chain = match &base {
         Some(b) => {
             let chain = copies.chain(&b.session).map_err(|e| {
-                Error::Msg(format!(
-                    "volume {name}, stream chain {:?}: the copies of its sessions are damaged ({e}); \
-                     start a new chain with --chain",
-                    opts.chain
-                ))
+                Error::Msg(if opts.tape {
+                    format!(
+                        "volume {name}, tape destination {}: this machine's copies of the \
+                         sessions there are missing or damaged ({e}), as after a metadir \
+                         rebuilt by `tape scan`: an incremental cannot be made on them. \
+                         `sparsebak --dest={} prune {name} --all-before=now` forgets the chain \
+                         there (its sessions stay on tape) and the next send is full",
+                        opts.chain, opts.chain
+                    )
+                } else {
+                    format!(
+                        "volume {name}, stream chain {:?}: the copies of its sessions are \
+                         damaged ({e}); start a new chain with --chain",
+                        opts.chain
+                    )
+                })
             })?;
             if chain.last().map(|i| i.manifest_sha256) != Some(b.manifest_sha256) {
                 return Err(Error::Msg(format!(

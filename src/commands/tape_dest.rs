@@ -346,7 +346,7 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
             bail!(
                 "{name} on tape destination {dest}: session {first} cannot be forgotten alone: \
                  {needed} (each session on tape builds on the one before, back to the full \
-                 one); prune all {} sessions of {name} there (e.g. --all-before=tomorrow)",
+                 one); prune all {} sessions of {name} there (e.g. --all-before=now)",
                 ids.len()
             );
         }
