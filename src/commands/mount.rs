@@ -31,7 +31,7 @@ fn archive_only_config(
 ) -> Result<Config> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("--archive={}", dir.display()))?;
     let mut c = Config::parse(
-        "[var]\nsource = file\ndestdir = /\nmetadir = /\n[volumes]\n",
+        "[var]\nsource = file\nvoldir = /\ndestdir = /\nmetadir = /\n[volumes]\n",
         Path::new("--archive"),
     )?;
     c.destdir = dir.clone();
