@@ -1274,7 +1274,7 @@ mod tests {
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
                  destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
-                 keep, tarfile, encrypt, passfile, passcmd)",
+                 keep, tarfile, encrypt, passfile, passcmd, allow_other)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",

@@ -23,8 +23,7 @@ fn mountinfo_line(mp: &Path) -> Option<String> {
     let mp = std::fs::canonicalize(mp).ok()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
         .map(str::to_string)
 }
 

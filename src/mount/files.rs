@@ -118,9 +118,13 @@ pub fn compare(old: &Path, new: &Path) -> Result<FileDiff> {
             if (ea.uid, ea.gid) != (eb.uid, eb.gid) {
                 what.push("owner");
             }
-            if ea.size != eb.size && ea.kind == "file" {
-                what.push("content");
-            } else if ea.size == eb.size && content_differs(ea.kind, &old.join(p), &new.join(p))? {
+            // A file of another size has other content; of the same size, the hashes say.
+            let content = if ea.size != eb.size {
+                ea.kind == "file"
+            } else {
+                content_differs(ea.kind, &old.join(p), &new.join(p))?
+            };
+            if content {
                 what.push("content");
             }
         }
