@@ -35,6 +35,11 @@ const REC: usize = 48;
 const BLOCK_RECS: usize = 1024;
 /// Blocks of the index kept in memory per image.
 const BLOCKS_KEPT: usize = 8;
+/// Bytes read ahead of a sequential reader: chunks decoded in the background while
+/// the reader goes on, so a cold read overlaps the store's reads with decoding.
+const READ_AHEAD: u64 = 4 << 20;
+/// Chunks fetched together by the read-ahead (one batch per session).
+const AHEAD_BATCH: usize = 16;
 
 /// One chunk of the view: where it is and what it must hash to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,6 +289,18 @@ pub struct SessionImage {
     source: u32,
     size: u64,
     chunksize: u64,
+    ahead: Mutex<Ahead>,
+}
+
+/// Where the sequential reader is, and how far the read-ahead got.
+#[derive(Default)]
+struct Ahead {
+    /// The end of the last read.
+    last_end: u64,
+    /// Everything before this was fetched (or is being fetched) ahead.
+    fetched_to: u64,
+    /// A read-ahead is running.
+    running: bool,
 }
 
 impl SessionImage {
@@ -313,6 +330,7 @@ impl SessionImage {
             source,
             size,
             chunksize,
+            ahead: Mutex::new(Ahead::default()),
         })
     }
 
@@ -336,12 +354,15 @@ impl SessionImage {
         self.index.len()
     }
 
-    /// Read `len` bytes at `off` (fewer at the end of the image, none past it).
-    pub fn read_at(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+    /// Read `len` bytes at `off` (fewer at the end of the image, none past it). A
+    /// reader that goes on where its last read ended gets the chunks after it read
+    /// ahead in the background.
+    pub fn read_at(self: &Arc<Self>, off: u64, len: usize) -> Result<Vec<u8>> {
         let end = off.saturating_add(len as u64).min(self.size);
         if off >= end {
             return Ok(Vec::new());
         }
+        self.read_ahead(off, end);
         let mut out = vec![0u8; (end - off) as usize];
         let cs = self.chunksize;
         let mut want: Vec<(u64, Rec)> = Vec::new();
@@ -369,6 +390,61 @@ impl SessionImage {
             }
         }
         Ok(out)
+    }
+
+    /// After a read of `[off, end)`: when it follows the last one (within the window,
+    /// as the kernel's requests may come out of order), fetch the chunks of the next
+    /// window in the background unless they are already on their way.
+    fn read_ahead(self: &Arc<Self>, off: u64, end: u64) {
+        let (from, to) = {
+            let mut a = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            let sequential = off <= a.last_end.saturating_add(READ_AHEAD)
+                && off.saturating_add(READ_AHEAD) >= a.last_end
+                && a.last_end > 0;
+            a.last_end = a.last_end.max(end);
+            if off < a.last_end.saturating_sub(2 * READ_AHEAD) {
+                // Jumped back: start over from here.
+                a.last_end = end;
+                a.fetched_to = 0;
+            }
+            if !sequential || a.running || a.fetched_to >= end.saturating_add(READ_AHEAD / 2) {
+                return;
+            }
+            let from = a
+                .fetched_to
+                .max(end.div_ceil(self.chunksize) * self.chunksize);
+            let to = (from + READ_AHEAD).min(self.size);
+            if from >= to {
+                return;
+            }
+            a.fetched_to = to;
+            a.running = true;
+            (from, to)
+        };
+        let me = self.clone();
+        rayon::spawn(move || {
+            me.fetch_range(from, to);
+            me.ahead.lock().unwrap_or_else(|p| p.into_inner()).running = false;
+        });
+    }
+
+    /// Fetch into the cache the chunks of `[from, to)` it does not hold. Failures are
+    /// left to the read that needs the chunk (it says them).
+    fn fetch_range(&self, from: u64, to: u64) {
+        let mut want = Vec::new();
+        let mut addr = from;
+        while addr < to {
+            if let Ok(Some(r)) = self.index.get(addr) {
+                if self.cache.get(&self.key(&r)).is_none() {
+                    want.push((addr, r));
+                }
+            }
+            addr += self.chunksize;
+            if want.len() == AHEAD_BATCH || (addr >= to && !want.is_empty()) {
+                let _ = self.fetch(&want);
+                want.clear();
+            }
+        }
     }
 
     fn key(&self, r: &Rec) -> CacheKey {
