@@ -751,3 +751,66 @@ fn mount_and_umount_refuse_what_they_cannot_use() {
     );
     none_left(env.config.to_str().unwrap());
 }
+
+/// The library alone, no FUSE: a `SessionImage` of each session reads, at random
+/// offsets and lengths, what `receive` writes, and answers SEEK_DATA/SEEK_HOLE from
+/// the manifests; with a cache too small for one chunk as well as with one.
+#[test]
+fn session_image_reads_what_receive_writes() {
+    use sparsebak::format::volume::VolumeArchive;
+    use sparsebak::mount::image::{ChunkCache, SessionImage};
+    use std::sync::Arc;
+    let env = Env::new(&["v"]);
+    let ids = holey_sessions(&env);
+    let vol = Arc::new(VolumeArchive::new(&env.vol_dir("v")));
+    let tmp = TestDir::new();
+    for (k, id) in ids.iter().enumerate() {
+        let want = env.receive("v", Some(id));
+        for cache in [0, 64 << 20] {
+            let chain = vol.chain(id).unwrap();
+            let cache = Arc::new(ChunkCache::new(cache));
+            let img =
+                Arc::new(SessionImage::open(vol.clone(), chain, cache, 0, tmp.path()).unwrap());
+            assert_eq!(img.size(), want.len() as u64);
+            assert_eq!(
+                img.chunks(),
+                nonzero_chunks(&want, CS),
+                "session {id}: chunks in the index"
+            );
+            let whole = img.read_at(0, want.len() + 100).unwrap();
+            assert!(whole == want, "session {id}: whole read");
+            let mut rng = Rng::new(k as u64);
+            for _ in 0..300 {
+                let off = rng.below(want.len() as u64 + 500);
+                let len = rng.below(200_000) as usize;
+                let got = img.read_at(off, len).unwrap();
+                let s = (off as usize).min(want.len());
+                let e = (s + len).min(want.len());
+                assert!(got == want[s..e], "session {id}: {len} at {off}");
+            }
+            let data = |c: usize| {
+                want[c * CS..((c + 1) * CS).min(want.len())]
+                    .iter()
+                    .any(|&b| b != 0)
+            };
+            let n = want.len().div_ceil(CS);
+            for c in 0..n {
+                let off = (c * CS + 100) as u64;
+                let nd = (c..n)
+                    .find(|&j| data(j))
+                    .map(|j| if j == c { off } else { (j * CS) as u64 });
+                assert_eq!(img.next_data(off).unwrap(), nd, "SEEK_DATA {off}");
+                let nh = if data(c) {
+                    ((c..n).find(|&j| !data(j)).unwrap_or(n) * CS).min(want.len()) as u64
+                } else {
+                    off
+                };
+                assert_eq!(img.next_hole(off).unwrap(), Some(nh), "SEEK_HOLE {off}");
+            }
+            assert_eq!(img.next_data(want.len() as u64).unwrap(), None);
+            assert_eq!(img.next_hole(want.len() as u64).unwrap(), None);
+        }
+    }
+    // The index is an unlinked file: nothing is left in the folder.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
