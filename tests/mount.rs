@@ -215,7 +215,7 @@ struct Kind {
     ro: &'static str,
 }
 
-const KINDS: [Kind; 2] = [
+const KINDS: [Kind; 3] = [
     Kind {
         vol: "e4",
         fstype: "ext4",
@@ -227,6 +227,12 @@ const KINDS: [Kind; 2] = [
         fstype: "xfs",
         size: 320 << 20,
         ro: "ro,norecovery",
+    },
+    Kind {
+        vol: "bt",
+        fstype: "btrfs",
+        size: 160 << 20,
+        ro: "ro",
     },
 ];
 
@@ -265,7 +271,7 @@ fn two_filesystem_sessions(env: &Env, first: &Files, second: &Files, gone: &[&st
             .set_len(k.size)
             .unwrap();
         let mkfs = format!("mkfs.{}", k.fstype);
-        let force = if k.fstype == "xfs" { "-f" } else { "-F" };
+        let force = if k.fstype == "ext4" { "-F" } else { "-f" };
         let o = Command::new(&mkfs)
             .args([force, "-q"])
             .arg(&img)
@@ -280,8 +286,9 @@ fn two_filesystem_sessions(env: &Env, first: &Files, second: &Files, gone: &[&st
         write_files(&m.dir, first, &[]);
         drop(m);
     }
-    env.send("e4");
-    env.send("xf");
+    for k in &KINDS {
+        env.send(k.vol);
+    }
     for k in &KINDS {
         let m = FsMount::new(&env.image(k.vol), &env.path().join("w"), k.fstype, "loop");
         let changed: Files = second
@@ -293,16 +300,17 @@ fn two_filesystem_sessions(env: &Env, first: &Files, second: &Files, gone: &[&st
         drop(m);
     }
     std::thread::sleep(Duration::from_millis(1100));
-    env.send("e4");
-    env.send("xf");
+    for k in &KINDS {
+        env.send(k.vol);
+    }
 }
 
 #[test]
-fn ext4_and_xfs_sessions_read_back_every_file_and_diff_lists_the_changes() {
-    if !loopdev::need_root("ext4_and_xfs_sessions_read_back_every_file") {
+fn ext4_xfs_and_btrfs_sessions_read_back_every_file_and_diff_lists_the_changes() {
+    if !loopdev::need_root("ext4_xfs_and_btrfs_sessions_read_back_every_file") {
         return;
     }
-    let env = Env::new(&["e4", "xf"]);
+    let env = Env::new(&["e4", "xf", "bt"]);
     let (first, second, gone) = file_sets(7);
     two_filesystem_sessions(&env, &first, &second, &gone);
     let mut m = Mounted::new(&env, &[]);
@@ -381,6 +389,11 @@ fn ext4_and_xfs_sessions_read_back_every_file_and_diff_lists_the_changes() {
             "{json}"
         );
     }
+    let err = env.fails(&["diff", "--files", "e4", "--session=latest"]);
+    assert!(
+        err.contains("diff --files compares two sessions: give --session=A,B"),
+        "{err}"
+    );
     // Nothing of the comparison is left mounted or running.
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!info.contains("sparsebak-diff-"), "{info}");

@@ -294,6 +294,18 @@ impl Filesystem for ImageFs {
         }
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        // Nothing is ever written: nothing to flush on close.
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
