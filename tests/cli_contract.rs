@@ -224,7 +224,9 @@ fn unmounted_destmountpoint_is_said_as_readers_and_writers_see_it() {
     )
     .unwrap();
     let save = format!("--save-to={}", d.path().join("out.img").display());
-    let at = d.path().display().to_string();
+    let empty = d.path().join("images");
+    std::fs::create_dir(&empty).unwrap();
+    let at = empty.display().to_string();
     let readers: [&[&str]; 7] = [
         &["list"],
         &["mount", &at, "v"],

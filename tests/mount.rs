@@ -737,6 +737,11 @@ fn mount_and_umount_refuse_what_they_cannot_use() {
     std::fs::write(&file, b"x").unwrap();
     let err = env.fails(&["mount", file.to_str().unwrap()]);
     assert!(err.contains("a-file: not a folder"), "{err}");
+    let err = env.fails(&["mount", env.path().to_str().unwrap()]);
+    assert!(
+        err.contains(": not empty; give an empty folder to mount on"),
+        "{err}"
+    );
     let mp = env.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
     // A volume of the config the archive has nothing of.

@@ -48,6 +48,13 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
             mountpoint.display()
         )));
     }
+    let mut entries = std::fs::read_dir(mountpoint).at(mountpoint)?;
+    if entries.next().is_some() && find_mount(mountpoint)?.is_none() {
+        return Err(Error::Msg(format!(
+            "{}: not empty; give an empty folder to mount on (what is in it would be hidden)",
+            mountpoint.display()
+        )));
+    }
     if let Some(m) = find_mount(mountpoint)? {
         return Err(Error::Msg(format!(
             "{}: {} is already mounted there{}",
@@ -355,6 +362,13 @@ pub fn daemonize() -> Result<Daemon> {
     match unsafe { nix::unistd::fork() }.map_err(|e| Error::Msg(format!("fork: {e}")))? {
         nix::unistd::ForkResult::Child => {
             drop(rd);
+            // The handlers inherited hand signals to a thread the child does not have:
+            // until the mount installs its own, a Ctrl-C ends the child as it ends the
+            // parent.
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                // SAFETY: restoring the default action of a signal.
+                unsafe { libc::signal(sig, libc::SIG_DFL) };
+            }
             Ok(Daemon::Child(wr))
         }
         nix::unistd::ForkResult::Parent { child } => {
