@@ -163,10 +163,14 @@ impl FsMount {
 
 impl Drop for FsMount {
     fn drop(&mut self) {
-        let st = Command::new("umount").arg(&self.dir).status().unwrap();
-        if !st.success() {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        for _ in 0..50 {
+            let o = Command::new("umount").arg(&self.dir).output();
+            if o.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
@@ -226,7 +230,9 @@ const KINDS: [Kind; 3] = [
         vol: "xf",
         fstype: "xfs",
         size: 320 << 20,
-        ro: "ro,norecovery",
+        // nouuid: a lazily unmounted image of the same filesystem (of a reader that
+        // had not let go yet) would make the next mount a duplicate.
+        ro: "ro,norecovery,nouuid",
     },
     Kind {
         vol: "bt",
