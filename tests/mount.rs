@@ -767,6 +767,15 @@ fn mount_and_umount_refuse_what_they_cannot_use() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, vec!["v"], "only the volumes the archive has");
+    // A file still open: said, and nothing is taken down.
+    let open = std::fs::File::open(m.image("v", "latest.img")).unwrap();
+    let err = env.fails(&["umount", mp.to_str().unwrap()]);
+    assert!(
+        err.contains("a file in it is still open (close it, or stop the sparsebak process with SIGTERM to detach it)"),
+        "{err}"
+    );
+    assert!(mountinfo_line(&mp).is_some());
+    drop(open);
     m.umount();
     let err = env.fails(&["umount", "/proc"]);
     assert!(
