@@ -266,7 +266,7 @@ fn umount(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
         return Ok(());
     }
     let e = std::io::Error::last_os_error();
-    // Not root: the setuid helper does it for the user who mounted.
+    // Not root: the setuid fusermount3 does it for the user who mounted.
     if e.raw_os_error() == Some(libc::EPERM) {
         let st = std::process::Command::new("fusermount3")
             .arg("-u")
