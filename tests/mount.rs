@@ -847,3 +847,63 @@ fn session_image_reads_what_receive_writes() {
     // The index is an unlinked file: nothing is left in the folder.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// A 1 TiB volume with a few MiB of data: the image is 1 TiB long, its data reads
+/// back, SEEK_DATA finds each piece, and the serving process stays far below 128 MiB
+/// (its index grows with the data, not with the size).
+#[test]
+fn a_sparse_terabyte_is_served_in_bounded_memory() {
+    if !loopdev::need_root("a_sparse_terabyte_is_served_in_bounded_memory") {
+        return;
+    }
+    const TIB: u64 = 1 << 40;
+    let env = Env::new(&["v"]);
+    env.set_len("v", TIB);
+    let mut rng = Rng::new(12);
+    let pieces: Vec<(u64, Vec<u8>)> = (0..8u64)
+        .map(|k| (k * (TIB / 8) + 3 * CS as u64, rng.bytes(1 << 20)))
+        .collect();
+    for (off, data) in &pieces {
+        env.write_at("v", *off, data);
+    }
+    env.send("v");
+    let mut m = Mounted::new(&env, &[]);
+    let img = m.image("v", "latest.img");
+    let f = std::fs::File::open(&img).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), TIB);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let mut at = 0i64;
+    for (off, data) in &pieces {
+        // SAFETY: lseek on an open descriptor.
+        let d = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        assert_eq!(d, *off as i64, "SEEK_DATA from {at}");
+        // SAFETY: as above.
+        let h = unsafe { libc::lseek(fd, d, libc::SEEK_HOLE) };
+        assert_eq!(h, (*off + data.len() as u64) as i64, "SEEK_HOLE from {d}");
+        let mut buf = vec![0u8; data.len()];
+        assert_eq!(read_full(&f, &mut buf, *off), data.len());
+        assert!(&buf == data, "piece at {off}");
+        at = h;
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::lseek(fd, at, libc::SEEK_DATA) }, -1);
+    drop(f);
+    let line = mountinfo_line(&m.mp).unwrap();
+    let pid = line
+        .split(" - ")
+        .nth(1)
+        .and_then(|r| r.split(' ').nth(1))
+        .and_then(|s| s.strip_prefix("sparsebak:"))
+        .unwrap()
+        .to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(hwm_kib < 128 * 1024, "peak RSS {hwm_kib} KiB:\n{status}");
+    m.umount();
+    none_left(env.config.to_str().unwrap());
+}
