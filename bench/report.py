@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Turn the raw timings of bench/run.sh into the markdown of bench/RESULTS.md.
 
-  report.py TIMES.tsv SIZES.tsv META.txt [TAPE.tsv] > RESULTS.md
+  report.py TIMES.tsv SIZES.tsv META.txt [LATENCY.tsv [TAPE.tsv]] > RESULTS.md
 
 TIMES.tsv: key, repetition, wall time in microseconds, peak RSS in KiB, and CPU time
 (user + system) in microseconds (absent in files from older runs).
 SIZES.tsv: tool, repository bytes after the incremental backup (first repetition).
 META.txt: key=value lines about the machine and the tool versions.
+LATENCY.tsv: key, repetition, median and 99th percentile of single reads in
+microseconds (random 4 KiB reads of a mounted image).
 TAPE.tsv: repetition, the drive's busy share in % and its stops, of each full send to
 the virtual tape library.
 """
@@ -25,9 +27,14 @@ for line in open(sys.argv[1]):
         cpu[key].append(int(rest[0]) / 1e6)
 sizes = dict(l.rstrip("\n").split("\t") for l in open(sys.argv[2]) if l.strip())
 meta = dict(l.rstrip("\n").split("=", 1) for l in open(sys.argv[3]) if "=" in l)
-tape = []
+latency = defaultdict(list)
 if len(sys.argv) > 4:
-    for l in open(sys.argv[4]):
+    for line in open(sys.argv[4]):
+        key, _rep, median_us, p99_us = line.rstrip("\n").split("\t")
+        latency[key].append((float(median_us), float(p99_us)))
+tape = []
+if len(sys.argv) > 5:
+    for l in open(sys.argv[5]):
         if l.strip():
             _rep, busy, stops = l.split("\t")
             tape.append((int(busy), int(stops)))
@@ -196,6 +203,39 @@ if sizes:
         p(f"| {k} | {int(v) / 2**20:.0f} |")
     p("")
 
+if times["sbk_mount.seq"]:
+    p("## Mounted images (`sparsebak mount`)")
+    p("")
+    p("Sequential read: `dd bs=1M` of the mounted image of the latest session (cold caches, "
+      "the session's index built on open), against `receive` of the same session into a file. "
+      "Random reads: 800 reads of 4 KiB at random offsets of a fresh mount, cold (nothing "
+      "cached), then warm (the same offsets after dropping the kernel's caches: from the "
+      "mount's chunk cache, 64 MiB by default).")
+    p("")
+    p("| read | median s | min–max s | MiB/s | peak RSS MiB |")
+    p("|---|---:|---:|---:|---:|")
+    mib = int(meta.get("image_mib", "1024") or 1024)
+    for label, key, serve in [
+        ("`receive` of the session", "sbk_mount.receive", "sbk_mount.receive"),
+        ("sequential read of the mounted image", "sbk_mount.seq", "sbk_mount.serve_seq"),
+    ]:
+        t = times[key]
+        if t:
+            p(
+                f"| {label} | {fmt_s(med(key))} | {fmt_s(min(t))}–{fmt_s(max(t))} "
+                f"| {mib / med(key):.0f} | {max(rss[serve]) / 1024:.0f} |"
+            )
+    p("")
+    p("| random 4 KiB reads | median µs | p99 µs |")
+    p("|---|---:|---:|")
+    for label, key in [("cold", "sbk_mount.rand4k_cold"), ("warm", "sbk_mount.rand4k_warm")]:
+        if latency[key]:
+            p(
+                f"| {label} | {statistics.median(m for m, _ in latency[key]):.0f} "
+                f"| {statistics.median(q for _, q in latency[key]):.0f} |"
+            )
+    p("")
+
 # ------------------------------------------------------------------ targets
 def m_or_nan(key):
     return med(key) if times[key] else float("nan")
@@ -263,6 +303,12 @@ if tape:
         f"{worst_stops} (most of {len(tape)})",
         worst_stops <= 2,
     )
+r = ratio("sbk_mount.receive", "sbk_mount.seq")
+target(
+    "sequential read of a mounted 1 GiB image ≥ 70 % of `receive`'s throughput",
+    f"{r * 100:.0f} %",
+    r >= 0.7,
+)
 m = m_or_nan("sbk1t.monitor_idle")
 target("monitor of 1 TiB, nothing changed, < 0.2 s", f"{m:.3f} s", m < 0.2)
 

@@ -13,7 +13,8 @@
 #   KEEP=1                 keep the backing file and the raw timings after the run
 #   BENCH_PARTS=all        or "ssh": only the rows over ssh to 127.0.0.1 (a check of
 #                          that part; with BENCH_GIB=N the image is N MiB, not 1 GiB),
-#                          or "tape": only the rows on the virtual tape library
+#                          or "tape": only the rows on the virtual tape library,
+#                          or "mount": only the rows of `sparsebak mount`
 #
 # Writes bench/RESULTS.md and prints the same table. See bench/README.md.
 set -euo pipefail
@@ -71,6 +72,10 @@ cleanup() {
     set +e
     cd /
     if [ -n "$SSHD_PID" ]; then kill "$SSHD_PID"; wait "$SSHD_PID" 2>/dev/null; fi
+    if [ -n "${MOUNT_PID:-}" ]; then
+        "$SB" umount "$MNT/fuse" || kill "$MOUNT_PID"
+        wait "$MOUNT_PID" 2>/dev/null
+    fi
     if mountpoint -q "$MNT"; then
         umount "$MNT" || umount -l "$MNT"
     fi
@@ -183,6 +188,8 @@ tape_rows() {
     fi
     rm -rf "$OUT/img1g" "$MNT/vols-tape" "$MNT/vtl" "$SBK"/tape-*
 }
+# `sparsebak mount`: the default settings, an archive of its own.
+CONF_MOUNT=$(variant mount compression zstd:3)
 
 # The rows over ssh: an sshd of its own on 127.0.0.1 (host and user keys made here,
 # root's key allowed only for this run), the far side's sparsebak wrapped in
@@ -211,8 +218,10 @@ export RESTIC_CACHE_DIR=$PEERS/restic-cache
 
 RESULTS=$RAW/times.tsv
 SIZES=$RAW/sizes.tsv
+LATENCY=$RAW/latency.tsv
 : >"$RESULTS"
 : >"$SIZES"
+: >"$LATENCY"
 rep=0
 
 # measure KEY CMD...: drop caches, run CMD under /usr/bin/time -v, then sync. Records
@@ -291,6 +300,73 @@ ssh_rows() {
     rm -rf "$MNT/vols-ssh" "$SBK"/ssh-*
 }
 
+# mount_start: `sparsebak mount -f` of the mount variant's archive on $MNT/fuse, in
+# the background under /usr/bin/time (its peak RSS goes in $RAW/mount-time.txt);
+# returns once the images are there.
+MOUNT_PID=
+mount_start() {
+    mkdir -p "$MNT/fuse"
+    /usr/bin/time -v -o "$RAW/mount-time.txt" "$SB" -c "$CONF_MOUNT" mount -f "$MNT/fuse" \
+        img1g >"$RAW/mount.out" 2>"$RAW/mount.err" &
+    MOUNT_PID=$!
+    local i
+    for i in $(seq 1 600); do
+        [ -e "$MNT/fuse/img1g/latest.img" ] && return 0
+        kill -0 "$MOUNT_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$RAW/mount.err" >&2
+    die "sparsebak mount did not come up"
+}
+
+# mount_stop KEY: unmount, wait for the serving process, record its peak RSS as KEY.
+mount_stop() {
+    "$SB" umount "$MNT/fuse" || die "sparsebak umount failed"
+    wait "$MOUNT_PID" || die "sparsebak mount ended with an error: $(cat "$RAW/mount.err")"
+    MOUNT_PID=
+    local rss
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$RAW/mount-time.txt")
+    printf '%s\t%s\t0\t%s\t0\n' "$1" "$rep" "$rss" >>"$RESULTS"
+    log "  $1: peak RSS ${rss} KiB"
+}
+
+# latency KEY: random 4 KiB reads of the mounted latest image (the same offsets every
+# time), median and 99th percentile in microseconds.
+latency() {
+    local got
+    got=$(python3 "$here/randread.py" "$MNT/fuse/img1g/latest.img" 800 "$rep") ||
+        die "$1: random reads failed"
+    printf '%s\t%s\t%s\n' "$1" "$rep" "${got// /$'\t'}" >>"$LATENCY"
+    log "  $1: median and p99 ${got// / and } us"
+}
+
+# The rows of `sparsebak mount`: receive of the image (the reference), a sequential
+# read of the mounted image of the same session (byte-compared), then random 4 KiB
+# reads on a fresh mount: cold (nothing cached anywhere), and warm (the same offsets
+# again after dropping the kernel's caches: answered from the mount's chunk cache).
+mount_rows() {
+    rm -rf "$MNT/vols-mount" "$SBK"/mount-*
+    mkdir -p "$MNT/vols-mount"
+    cp --reflink=always "$DATA/img1g" "$MNT/vols-mount/img1g"
+    "$SB" -c "$CONF_MOUNT" send img1g >/dev/null
+    measure sbk_mount.receive "$SB" -c "$CONF_MOUNT" receive --save-to="$OUT/img1g" -u img1g
+    mount_start
+    measure sbk_mount.seq dd if="$MNT/fuse/img1g/latest.img" of=/dev/null bs=1M
+    if [ "$rep" = 1 ]; then
+        cmp "$MNT/fuse/img1g/latest.img" "$OUT/img1g" || die "the mounted image differs from receive"
+    fi
+    mount_stop sbk_mount.serve_seq
+    rm -f "$OUT/img1g"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    mount_start
+    latency sbk_mount.rand4k_cold
+    echo 3 >/proc/sys/vm/drop_caches
+    latency sbk_mount.rand4k_warm
+    mount_stop sbk_mount.serve_rand
+    rm -rf "$MNT/vols-mount" "$SBK"/mount-*
+}
+
 for rep in $(seq 1 "$REPS"); do
     seed_a=$((1000 + rep))
     seed_b=$((2000 + rep))
@@ -301,6 +377,10 @@ for rep in $(seq 1 "$REPS"); do
     fi
     if [ "$PARTS" = tape ]; then
         tape_rows
+        continue
+    fi
+    if [ "$PARTS" = mount ]; then
+        mount_rows
         continue
     fi
 
@@ -381,6 +461,9 @@ for rep in $(seq 1 "$REPS"); do
     # -------------------------------------------------- sparsebak over ssh
     ssh_rows
 
+    # -------------------------------------------------- sparsebak mount
+    mount_rows
+
     # -------------------------------------------------- borg, fixed 64 KiB and default
     for kind in fixed default; do
         if [ "$kind" = fixed ]; then
@@ -435,6 +518,7 @@ meta=$RAW/meta.txt
     echo "mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
     echo "kernel=$(uname -r)"
     echo "reps=$REPS"
+    echo "image_mib=$((GIB >> 20))"
     echo "elapsed=$(($(date +%s) - started))"
     echo "load=$load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
     echo "sparsebak=$(sb --version)"
@@ -447,6 +531,6 @@ meta=$RAW/meta.txt
 # A partial run (BENCH_PARTS) does not replace the results of a whole one.
 report=$here/RESULTS.md
 if [ "$PARTS" != all ]; then report=$WORK/RESULTS-$PARTS.md; fi
-python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" "$TAPESTATS" >"$report"
+python3 "$here/report.py" "$RESULTS" "$SIZES" "$meta" "$LATENCY" "$TAPESTATS" >"$report"
 cat "$report"
 log "done in $(($(date +%s) - started)) s; table in $report"

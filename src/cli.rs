@@ -70,6 +70,12 @@ impl Cli {
                         Command::Serve { .. } => {
                             "serve is the far side of a destination and reads no config; --dest does not apply"
                         }
+                        Command::Umount { .. } => {
+                            "umount takes down a mount; --dest does not apply"
+                        }
+                        Command::Mount { .. } => {
+                            "mount --archive=DIR reads that archive, with no config; --dest does not apply"
+                        }
                         _ => "--from-stream reads streams, not a destination; --dest does not apply",
                     },
                 ));
@@ -116,6 +122,8 @@ impl Command {
             Command::Serve { .. } => "serve",
             Command::Key { .. } => "key",
             Command::Tape { .. } => "tape",
+            Command::Mount { .. } => "mount",
+            Command::Umount { .. } => "umount",
         }
     }
 
@@ -126,6 +134,11 @@ impl Command {
             self,
             Command::Monitor { .. }
                 | Command::Serve { .. }
+                | Command::Umount { .. }
+                | Command::Mount {
+                    archive: Some(_),
+                    ..
+                }
                 | Command::Send {
                     stream: Some(_),
                     ..
@@ -340,6 +353,47 @@ pub enum Command {
         /// Print JSON instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Compare files, not bytes: mount both sessions' images (--session=A,B),
+        /// loop-mount their filesystems read-only (ext4, XFS, Btrfs; needs root) and
+        /// list the files added, removed and changed (size, mode, owner, content).
+        #[arg(long)]
+        files: bool,
+    },
+    /// Mount every session of the configured volumes, or the named ones, as read-only
+    /// disk image files: MOUNTPOINT/VOLUME/SESSION_ID.img and VOLUME/latest.img, for
+    /// restoring single files (loop-mount an image read-only). Returns once mounted
+    /// (-f: stays in the foreground); `sparsebak umount MOUNTPOINT` or SIGTERM
+    /// unmounts. The volumes stay locked for reading while mounted.
+    Mount {
+        /// An empty folder to mount on.
+        mountpoint: PathBuf,
+        /// Volumes to mount (default: every configured volume the archive has; with
+        /// --archive, every volume in it).
+        volumes: Vec<String>,
+        /// Stay in the foreground until unmounted (or SIGTERM/SIGINT).
+        #[arg(short = 'f', long = "foreground")]
+        foreground: bool,
+        /// Bytes of decoded chunks kept in memory, e.g. 64M (the default) or 1G.
+        #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = cache_arg)]
+        cache: String,
+        /// The archive folder to mount from, with no config (as spbk-assemble reads
+        /// it): its passphrase from --passfile, --passcmd, SPARSEBAK_PASSPHRASE or a
+        /// prompt.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
+        /// With --archive: the passphrase is the first line of this file (only its
+        /// owner may read it).
+        #[arg(long, value_name = "PATH", requires = "archive")]
+        passfile: Option<PathBuf>,
+        /// With --archive: the passphrase is the first line this command prints (split
+        /// on blanks, run without a shell).
+        #[arg(long, value_name = "COMMAND", requires = "archive")]
+        passcmd: Option<String>,
+    },
+    /// Unmount a `sparsebak mount` and wait until the process that served it ended.
+    Umount {
+        /// Where it is mounted.
+        mountpoint: PathBuf,
     },
     /// The key of an encrypted archive: change its passphrase, print it (to keep a
     /// copy, on paper too), or put it back.
@@ -498,6 +552,14 @@ fn all_before_arg(s: &str) -> Result<String, String> {
 fn schedule_arg(s: &str) -> Result<String, String> {
     crate::retention::Schedule::parse(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
+}
+
+/// `--cache`: a size such as 64M, at most 64G.
+fn cache_arg(s: &str) -> Result<String, String> {
+    match crate::config::parse_size(s) {
+        Some(b) if b <= 64 << 30 => Ok(s.to_string()),
+        _ => Err("a size such as 64M or 1G (at most 64G)".into()),
+    }
 }
 
 /// `--block-size`: a multiple of 512 bytes up to 64M.

@@ -58,6 +58,9 @@ pub struct Config {
     pub keep: Option<String>,
     /// Volumes in file order, with whether they are enabled.
     pub volumes: Vec<(String, bool)>,
+    /// `allow_other = on`: users other than the one who mounted may read the
+    /// session images of `sparsebak mount` (off by default: disk images hold secrets).
+    pub allow_other: bool,
     /// The far side for a remote destination (`destvm`), as written.
     pub destvm: Option<String>,
     /// The far side's command (`destcmd`), as written.
@@ -225,6 +228,7 @@ const VAR_KEYS: &[&str] = &[
     "encrypt",
     "passfile",
     "passcmd",
+    "allow_other",
 ];
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
@@ -816,6 +820,11 @@ impl Config {
             crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
         }
         let vgname = get("vgname").unwrap_or("qubes_dom0").to_string();
+        let allow_other = match get("allow_other").unwrap_or("off") {
+            "on" => true,
+            "off" => false,
+            other => return Err(bad(format!("allow_other = {other:?}: expected on or off"))),
+        };
         let mut volumes = Vec::new();
         if let Some(vols) = vols {
             for (name, raw) in vols.iter() {
@@ -850,6 +859,7 @@ impl Config {
             keep,
             tarfile: false,
             volumes,
+            allow_other,
             destvm: None,
             destcmd: None,
             sshopts: None,
@@ -1264,7 +1274,7 @@ mod tests {
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
                  destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
-                 keep, tarfile, encrypt, passfile, passcmd)",
+                 keep, tarfile, encrypt, passfile, passcmd, allow_other)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",

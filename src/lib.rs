@@ -28,6 +28,7 @@ pub mod error;
 pub mod failpoint;
 pub mod lock;
 pub mod metadir;
+pub mod mount;
 pub mod passphrase;
 pub mod pipeline;
 pub mod progress;

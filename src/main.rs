@@ -21,7 +21,10 @@ fn main() -> ExitCode {
         (_, 1) => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("SPARSEBAK_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // The FUSE library's own warnings (calls a read-only mount does not implement,
+    // a second unmount) are not the user's business.
+    let filter = EnvFilter::try_from_env("SPARSEBAK_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},fuser=error")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

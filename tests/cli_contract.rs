@@ -224,8 +224,12 @@ fn unmounted_destmountpoint_is_said_as_readers_and_writers_see_it() {
     )
     .unwrap();
     let save = format!("--save-to={}", d.path().join("out.img").display());
-    let readers: [&[&str]; 6] = [
+    let empty = d.path().join("images");
+    std::fs::create_dir(&empty).unwrap();
+    let at = empty.display().to_string();
+    let readers: [&[&str]; 7] = [
         &["list"],
+        &["mount", &at, "v"],
         &["verify", "v"],
         &["receive", "v", &save],
         &["diff", "v", "--session=latest"],
@@ -491,6 +495,12 @@ fn each_help_lists_only_the_options_of_its_command() {
         ("--all-before", &["prune"]),
         ("--dry-run", &["prune", "repair"]),
         ("--json", &["diff"]),
+        ("--files", &["diff"]),
+        ("--foreground", &["mount"]),
+        ("--cache", &["mount"]),
+        ("--archive", &["mount"]),
+        ("--passfile", &["mount"]),
+        ("--passcmd", &["mount"]),
         ("--config", ALL),
         ("--unattended", ALL),
         ("--verbose", ALL),
@@ -517,7 +527,7 @@ fn each_help_lists_only_the_options_of_its_command() {
 
 const ALL: &[&str] = &[
     "send", "monitor", "receive", "verify", "list", "resync", "prune", "repair", "delete",
-    "rename", "untar", "diff",
+    "rename", "untar", "diff", "mount", "umount",
 ];
 
 /// Log lines (`-v`) carry no colour escapes into files, pipes and cron mail.

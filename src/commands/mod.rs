@@ -6,6 +6,7 @@ pub mod diff;
 pub mod key;
 pub mod list;
 pub mod monitor;
+pub mod mount;
 pub mod prune;
 pub mod receive;
 pub mod rename;
@@ -94,6 +95,35 @@ pub fn run(cli: Cli) -> Result<()> {
             ..
         } => return stream::verify(&config_path(&cli), volume.as_deref(), paths),
         Command::Serve { root } => return serve::run(root),
+        Command::Umount { mountpoint } => return mount::umount(mountpoint),
+        Command::Mount {
+            mountpoint,
+            volumes,
+            foreground,
+            cache,
+            archive,
+            passfile,
+            passcmd,
+        } => {
+            let args = mount::Args {
+                mountpoint,
+                volumes,
+                foreground: *foreground,
+                cache: crate::config::parse_size(cache).unwrap_or(crate::mount::DEFAULT_CACHE),
+                archive: archive
+                    .as_deref()
+                    .map(|d| (d, passfile.clone(), passcmd.clone())),
+            };
+            // The config is loaded by the process that serves the mount.
+            return mount::run(&args, || {
+                let path = config_path(&cli);
+                let config = Config::load(&path).context("loading the configuration")?;
+                config.check_metadir()?;
+                let config = choose_dest(&cli, config, false, &path);
+                refuse_tape_dest(&cli, &config, false)?;
+                Ok(config)
+            });
+        }
         _ => {}
     }
     let path = config_path(&cli);
@@ -204,9 +234,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Delete { volume } => delete::run(&ctx, volume),
         Command::Rename { old, new } => rename::run(&ctx, old, new),
         Command::Untar { volume, .. } => untar::run(&ctx, volume),
-        Command::Diff { volume, json, .. } => diff::run(&ctx, volume, *json),
+        Command::Diff {
+            volume,
+            json,
+            files,
+            ..
+        } => diff::run(&ctx, volume, *json, *files),
         Command::Key { action } => key::run(&ctx, action),
         Command::Tape { action } => tape::run(&ctx, action),
+        Command::Mount { .. } | Command::Umount { .. } => {
+            unreachable!("run before the config is loaded")
+        }
     };
     // A lost connection fails every read after it: that is the one cause to say,
     // not damage to the chunks it could not read (nor a repair for them).
