@@ -14,7 +14,8 @@ use clap::{ArgAction, ArgGroup, CommandFactory, Parser, Subcommand};
     after_help = "Config: -c PATH, else $SPARSEBAK_CONFIG, else /etc/sparsebak/sparsebak.ini.\n\
                   Sessions are named YYYYMMDD-HHMMSS (local time).\n\
                   Options of a command go after it: see `sparsebak COMMAND --help`.\n\
-                  Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage.")]
+                  Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage,\n\
+                  3 when send --dest=all found no destination present, 4 when verify found damage.")]
 pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
@@ -116,6 +117,8 @@ impl Command {
             Command::Serve { .. } => "serve",
             Command::Key { .. } => "key",
             Command::Tape { .. } => "tape",
+            Command::Generate { .. } => "__generate",
+            Command::CompleteVolumes => "__complete-volumes",
         }
     }
 
@@ -126,6 +129,8 @@ impl Command {
             self,
             Command::Monitor { .. }
                 | Command::Serve { .. }
+                | Command::Generate { .. }
+                | Command::CompleteVolumes
                 | Command::Send {
                     stream: Some(_),
                     ..
@@ -225,7 +230,8 @@ pub enum Command {
         zero_tail: bool,
     },
     /// Re-read and re-hash every chunk of a session's view (latest by default) and check
-    /// the archive's files and metadata; exits 1 naming every problem found.
+    /// the archive's files and metadata; exits 4 naming every problem found (1 when it
+    /// cannot run).
     Verify {
         /// The volume to verify (with --from-stream: optional, checked if given).
         #[arg(required_unless_present = "from_stream")]
@@ -353,6 +359,16 @@ pub enum Command {
         #[command(subcommand)]
         action: TapeAction,
     },
+    /// Write the man pages and the bash, zsh and fish completions into DIR (for
+    /// packaging; needs no config).
+    #[command(name = "__generate", hide = true)]
+    Generate {
+        /// The folder: man pages go to DIR/man, completions to DIR/completions.
+        dir: PathBuf,
+    },
+    /// Print the configured volume names, one a line (for the shell completions).
+    #[command(name = "__complete-volumes", hide = true)]
+    CompleteVolumes,
 }
 
 /// What `sparsebak tape` does (on the destination --dest names).

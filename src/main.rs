@@ -53,7 +53,8 @@ fn main() -> ExitCode {
                 "sparsebak: error: {}",
                 sparsebak_format::error::one_line(e.as_ref())
             ));
-            ExitCode::FAILURE
+            // 3 when nothing was done, 4 when verify found damage, else 1.
+            ExitCode::from(sparsebak::exit::code_of(&e))
         }
     }
 }

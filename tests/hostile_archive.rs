@@ -24,11 +24,12 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// The run exited with status 1 (not killed by a signal, not aborted) and said every
-/// one of `needles`.
+/// The run exited with status 1 (not killed by a signal, not aborted), or 4 for a
+/// verify (it ran and found damage), and said every one of `needles`.
 fn exits_1_saying(o: &Output, what: &str, needles: &[&str]) {
     let t = text(o);
-    assert_eq!(o.status.code(), Some(1), "{what}: {:?}\n{t}", o.status);
+    let want = if what == "verify" { 4 } else { 1 };
+    assert_eq!(o.status.code(), Some(want), "{what}: {:?}\n{t}", o.status);
     for n in needles {
         assert!(t.contains(n), "{what}: {n:?} not in:\n{t}");
     }
