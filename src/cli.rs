@@ -117,8 +117,6 @@ impl Command {
             Command::Serve { .. } => "serve",
             Command::Key { .. } => "key",
             Command::Tape { .. } => "tape",
-            Command::Generate { .. } => "__generate",
-            Command::CompleteVolumes => "__complete-volumes",
         }
     }
 
@@ -129,8 +127,6 @@ impl Command {
             self,
             Command::Monitor { .. }
                 | Command::Serve { .. }
-                | Command::Generate { .. }
-                | Command::CompleteVolumes
                 | Command::Send {
                     stream: Some(_),
                     ..
@@ -359,16 +355,6 @@ pub enum Command {
         #[command(subcommand)]
         action: TapeAction,
     },
-    /// Write the man pages and the bash, zsh and fish completions into DIR (for
-    /// packaging; needs no config).
-    #[command(name = "__generate", hide = true)]
-    Generate {
-        /// The folder: man pages go to DIR/man, completions to DIR/completions.
-        dir: PathBuf,
-    },
-    /// Print the configured volume names, one a line (for the shell completions).
-    #[command(name = "__complete-volumes", hide = true)]
-    CompleteVolumes,
 }
 
 /// What `sparsebak tape` does (on the destination --dest names).

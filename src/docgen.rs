@@ -7,15 +7,80 @@
 //!
 //! Volume names are completed from the configuration: the scripts run the hidden
 //! `sparsebak [-c PATH] __complete-volumes`, which prints them one a line.
+//!
+//! Both helpers are commands of their own small parser, not of [`Cli`]: they appear
+//! in no help, page or completion.
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 
 use crate::cli::Cli;
+
+/// The helpers' command line: `sparsebak [-c PATH] __generate DIR | __complete-volumes`.
+#[derive(Debug, Parser)]
+#[command(name = "sparsebak")]
+pub struct HelperCli {
+    #[arg(short = 'c', long = "config", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    helper: Helper,
+}
+
+#[derive(Debug, Subcommand)]
+enum Helper {
+    /// Write the man pages and the bash, zsh and fish completions into DIR.
+    #[command(name = "__generate")]
+    Generate {
+        /// Man pages go to DIR/man, completions to DIR/completions.
+        dir: PathBuf,
+    },
+    /// Print the configured volume names, one a line.
+    #[command(name = "__complete-volumes")]
+    CompleteVolumes,
+}
+
+/// The helper names.
+const HELPERS: &[&str] = &["__generate", "__complete-volumes"];
+
+/// Whether `args` (without the program name) ask for a helper: its name is the first
+/// word after the `-c PATH` option, if any (a volume may be named `__generate`, but
+/// never stands first).
+pub fn is_helper(args: &[OsString]) -> bool {
+    let mut i = 0;
+    while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
+        match a {
+            "-c" | "--config" => i += 2,
+            _ if a.starts_with("--config=") || (a.starts_with("-c") && a.len() > 2) => i += 1,
+            _ => return HELPERS.contains(&a),
+        }
+    }
+    false
+}
+
+/// Run the helper `HelperCli` parses from the command line.
+pub fn run_helper(cli: HelperCli) -> Result<()> {
+    match cli.helper {
+        Helper::Generate { dir } => write_all(&dir),
+        Helper::CompleteVolumes => {
+            let path = cli
+                .config
+                .or_else(|| std::env::var_os("SPARSEBAK_CONFIG").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(crate::commands::DEFAULT_CONFIG));
+            let config = crate::config::Config::load(&path).context("loading the configuration")?;
+            for (name, _) in &config.volumes {
+                if !crate::progress::out(name) {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+}
 
 /// The name the scripts complete and the pages are named after.
 const BIN: &str = "sparsebak";
@@ -297,4 +362,36 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(0o644))
         .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_helper_is_the_first_word_after_the_config_option() {
+        for yes in [
+            &["__generate", "/d"][..],
+            &["__complete-volumes"],
+            &["-c", "x.ini", "__complete-volumes"],
+            &["--config", "x.ini", "__complete-volumes"],
+            &["--config=x.ini", "__complete-volumes"],
+            &["-cx.ini", "__complete-volumes"],
+        ] {
+            assert!(is_helper(&args(yes)), "{yes:?}");
+        }
+        for no in [
+            &["send", "__generate"][..],
+            &["-c", "__generate", "send"],
+            &["-v", "__complete-volumes"],
+            &[],
+            &["-c"],
+        ] {
+            assert!(!is_helper(&args(no)), "{no:?}");
+        }
+    }
 }

@@ -68,18 +68,6 @@ fn config_path(cli: &Cli) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
 }
 
-/// `__complete-volumes`: the configured volume names, one a line, for the shell
-/// completions (which hide what this says on stderr).
-fn complete_volumes(path: &std::path::Path) -> Result<()> {
-    let config = Config::load(path).context("loading the configuration")?;
-    for (name, _) in &config.volumes {
-        if !crate::progress::out(name) {
-            break;
-        }
-    }
-    Ok(())
-}
-
 /// Run the command the user gave.
 pub fn run(cli: Cli) -> Result<()> {
     // Streams restore and verify with no configuration at all.
@@ -106,8 +94,6 @@ pub fn run(cli: Cli) -> Result<()> {
             ..
         } => return stream::verify(&config_path(&cli), volume.as_deref(), paths),
         Command::Serve { root } => return serve::run(root),
-        Command::Generate { dir } => return crate::docgen::write_all(dir),
-        Command::CompleteVolumes => return complete_volumes(&config_path(&cli)),
         _ => {}
     }
     let path = config_path(&cli);
@@ -195,9 +181,7 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume, "verify VOLUME")?),
         Command::List { volumes } => list::run(&ctx, volumes),
-        Command::Serve { .. } | Command::Generate { .. } | Command::CompleteVolumes => {
-            unreachable!("run before the config is loaded")
-        }
+        Command::Serve { .. } => unreachable!("served before the config is loaded"),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
         Command::Prune {
             volumes,
