@@ -155,7 +155,7 @@ fn timers_and_services_say_what_they_promise() {
 /// `man -l` renders `page` with warnings on; returns the text.
 fn render(page: &Path) -> String {
     let o = Command::new("man")
-        .args(["--warnings", "-l"])
+        .args(["--warnings=w", "-l"])
         .arg(page)
         .env("MANWIDTH", "80")
         .env("LC_ALL", "C.UTF-8")
@@ -213,6 +213,20 @@ fn every_man_page_renders_without_warnings() {
     assert!(send.contains("--tarfile"), "{send}");
     let ini = render(&repo().join("packaging/man/sparsebak.ini.5"));
     assert!(ini.contains("SPARSEBAK.INI(5)"), "{ini}");
+    // The check is not blind: an unknown macro is a warning.
+    let dir = TestDir::new();
+    let bad = dir.path().join("bad.8");
+    std::fs::write(&bad, ".TH BAD 8\n.SH NAME\nbad \\- a page\n.XYZ foo\n").unwrap();
+    let o = Command::new("man")
+        .args(["--warnings=w", "-l"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("macro 'XYZ' not defined"),
+        "{}",
+        text(&o)
+    );
 }
 
 /// sparsebak.ini(5) is written by hand: it must keep naming every key the config
@@ -244,6 +258,37 @@ fn the_config_page_names_every_key() {
         String::from_utf8_lossy(&o.stdout),
         "vm-work-private\nvm-untrusted-private\n"
     );
+    // So is it with every commented-out key and section in it switched on.
+    let example = std::fs::read_to_string(repo().join("sparsebak.ini.example")).unwrap();
+    let mut enabled = String::new();
+    let mut switched = 0;
+    for l in example.lines() {
+        let on = l.strip_prefix(';').filter(|r| {
+            (r.starts_with("[dest:") && r.ends_with(']'))
+                || r.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+        });
+        match on {
+            Some(r) => {
+                enabled.push_str(r);
+                switched += 1;
+            }
+            None => enabled.push_str(l),
+        }
+        enabled.push('\n');
+    }
+    assert!(switched >= 20, "{switched}");
+    let dir = TestDir::new();
+    let all = dir.path().join("all.ini");
+    std::fs::write(&all, enabled).unwrap();
+    let o = Command::new(bin())
+        .arg("-c")
+        .arg(&all)
+        .arg("__complete-volumes")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// Run the bash completion for `words` (the last is the word being completed) with

@@ -134,7 +134,7 @@ fn the_package_installs_every_file_and_runs() {
     pages.retain(|p| !p.ends_with(".8.gz"));
     assert_eq!(pages, Vec::<String>::new());
     let o = Command::new("man")
-        .args(["--warnings", "-l"])
+        .args(["--warnings=w", "-l"])
         .arg(root.join("usr/share/man/man8/sparsebak-send.8.gz"))
         .env("MANWIDTH", "80")
         .output()
