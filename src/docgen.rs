@@ -248,6 +248,7 @@ fn completion(shell: Shell) -> Result<String> {
             for line in text.split_inclusive('\n') {
                 let is_vol = [
                     "':volume -- ",
+                    "'::volume -- ",
                     "'::volumes -- ",
                     "'*::volumes -- ",
                     "':old -- ",

@@ -137,6 +137,19 @@ fn timers_and_services_say_what_they_promise() {
             ],
         );
     }
+    // Nothing that would close off the volumes' devices, or the udev events LVM waits
+    // for.
+    for u in UNITS {
+        let t = read(u);
+        for k in [
+            "DeviceAllow=",
+            "PrivateDevices=",
+            "ProtectClock=",
+            "PrivateNetwork=",
+        ] {
+            assert!(!t.lines().any(|l| l.starts_with(k)), "{u} sets {k}");
+        }
+    }
     // Each timer's weekly or nightly schedule parses to what is meant.
     for (u, want) in [
         ("sparsebak-send.timer", "*-*-* 01:30:00"),
@@ -401,7 +414,8 @@ fn zsh_and_fish_completions_parse() {
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
     let z = std::fs::read_to_string(&zsh).unwrap();
     assert!(z.contains("_sparsebak_volumes() {"), "{z}");
-    assert!(z.matches(":_sparsebak_volumes' \\").count() >= 10, "{z}");
+    // send monitor receive verify list resync prune repair delete rename untar diff
+    assert_eq!(z.matches(":_sparsebak_volumes' \\").count(), 12, "{z}");
     let fish = gen.join("completions/sparsebak.fish");
     let o = Command::new("fish").arg("-n").arg(&fish).output().unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
