@@ -404,24 +404,69 @@ fn bash_completion_completes_commands_and_volume_names() {
     assert!(!tape.contains(&"alpha".to_string()), "{tape:?}");
 }
 
-/// The zsh and fish scripts are valid for their shells, and wired to the volume
-/// helper.
+/// The zsh and fish scripts are valid for their shells, and complete volume names
+/// from the config (zsh: its helper called as the completion system would, with
+/// `compadd` replaced by a printer; fish: `complete -C`, as at the prompt).
 #[test]
-fn zsh_and_fish_completions_parse() {
+fn zsh_and_fish_completions_parse_and_complete_volumes() {
     let (_dir, gen) = generated();
+    let env = Env::new(&["alpha", "beta"]);
+    let cfg = env.config.display().to_string();
+    let path = format!(
+        "{}:{}",
+        bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let zsh = gen.join("completions/_sparsebak");
     let o = Command::new("zsh").arg("-n").arg(&zsh).output().unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
     let z = std::fs::read_to_string(&zsh).unwrap();
-    assert!(z.contains("_sparsebak_volumes() {"), "{z}");
     // send monitor receive verify list resync prune repair delete rename untar diff
     assert_eq!(z.matches(":_sparsebak_volumes' \\").count(), 12, "{z}");
+    let prog = format!(
+        "compdef() {{ : }}\ncompadd() {{ [[ $1 == -a ]] && print -l -- \"${{(@P)2}}\" }}\n\
+         source '{}'\nwords=(sparsebak -c '{cfg}' send '')\nCURRENT=5\n_sparsebak_volumes\n",
+        zsh.display()
+    );
+    let o = Command::new("zsh")
+        .args(["-f", "-c", &prog])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "alpha\nbeta\n");
+
     let fish = gen.join("completions/sparsebak.fish");
     let o = Command::new("fish").arg("-n").arg(&fish).output().unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
-    let f = std::fs::read_to_string(&fish).unwrap();
-    assert!(
-        f.contains("__fish_seen_subcommand_from send monitor receive verify list resync prune repair delete rename untar diff\" -f -a \"(__sparsebak_volumes)\""),
-        "{f}"
+    let fish_complete = |line: &str| {
+        let prog = format!("source '{}'\ncomplete -C \"{line}\"\n", fish.display());
+        let o = Command::new("fish")
+            .args(["--no-config", "-c", &prog])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "{line}: {}",
+            text(&o)
+        );
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fish_complete("sparsebak sen"), ["send"]);
+    assert_eq!(
+        fish_complete(&format!("sparsebak -c {cfg} verify ")),
+        ["alpha", "beta"]
     );
+    assert_eq!(
+        fish_complete(&format!("sparsebak --config={cfg} send b")),
+        ["beta"]
+    );
+    let tape = fish_complete(&format!("sparsebak -c {cfg} tape "));
+    assert!(tape.contains(&"inventory".to_string()), "{tape:?}");
+    assert!(!tape.contains(&"alpha".to_string()), "{tape:?}");
 }
