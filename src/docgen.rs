@@ -85,6 +85,17 @@ pub fn run_helper(cli: HelperCli) -> Result<()> {
 /// The name the scripts complete and the pages are named after.
 const BIN: &str = "sparsebak";
 
+/// The description of sparsebak(8) (`--help` keeps its one line).
+const MAN_DESCRIPTION: &str = "Fast, incremental, volume-level backups of Linux disk \
+volumes. Volumes come from thin LVM (tick/tock snapshots and thin_delta), reflink \
+image files on Btrfs or XFS (reflink snapshots and FIEMAP), or plain files and block \
+devices (found changed by hashing); only the chunks that changed are stored, in an \
+archive of compressed (and by default encrypted) chunk files with a SHA-256 manifest \
+per session, on this machine, over ssh, in another Qubes VM, or on tape.\n\n\
+The configuration is described in sparsebak.ini(5); each command has its own page, \
+sparsebak-COMMAND(8). Typical use: `monitor` every few minutes, `send` nightly, \
+`prune --auto` and `verify` weekly (the package's systemd timers do this).";
+
 /// The exit statuses, as a man page section (roff).
 pub const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
 .TP
@@ -148,7 +159,9 @@ pub fn write_all(dir: &Path) -> Result<()> {
     for d in [&man, &comp] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let mut cmd = Cli::command().disable_help_subcommand(true);
+    let mut cmd = Cli::command()
+        .disable_help_subcommand(true)
+        .long_about(MAN_DESCRIPTION);
     cmd.build();
     man_pages(&cmd, &man)?;
     for (shell, file) in [
