@@ -49,4 +49,6 @@ rm -rf "$gen"
 gzip -9n "$gen"/man/*.8
 
 mkdir -p "$out"
-cargo deb --no-build --locked --profile "$profile" -p sparsebak --output "$out" "${fast[@]}"
+# Stripped: the release profile keeps line tables for backtraces, which would make
+# the package four times larger.
+cargo deb --no-build --locked --strip --profile "$profile" -p sparsebak --output "$out" "${fast[@]}"

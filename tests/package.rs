@@ -142,6 +142,14 @@ fn the_package_installs_every_file_and_runs() {
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("sparsebak-send(8)"));
 
+    // Stripped of their debug info (the built ones have it).
+    for (installed, built) in [("sparsebak", bin()), ("spbk-assemble", assemble_bin())] {
+        let small = std::fs::metadata(root.join("usr/bin").join(installed))
+            .unwrap()
+            .len();
+        let big = std::fs::metadata(&built).unwrap().len();
+        assert!(small * 2 < big, "{installed}: {small} bytes, built {big}");
+    }
     // The installed binaries run.
     let version = format!("sparsebak {}\n", env!("CARGO_PKG_VERSION"));
     assert_eq!(
