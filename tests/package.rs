@@ -45,7 +45,8 @@ fn build_package(out: &Path) -> PathBuf {
         .filter(|n| n.ends_with(".deb"))
         .collect();
     let version = env!("CARGO_PKG_VERSION");
-    assert_eq!(debs, [format!("sparsebak_{version}-1_amd64.deb")]);
+    let arch = ok(Command::new("dpkg").arg("--print-architecture"));
+    assert_eq!(debs, [format!("sparsebak_{version}-1_{}.deb", arch.trim())]);
     out.join(&debs[0])
 }
 
