@@ -21,6 +21,13 @@ command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
 [[ -x /usr/sbin/sshd ]] || need_pkgs+=(openssh-server)
 command -v ssh >/dev/null || need_pkgs+=(openssh-client)
 [[ -e /usr/share/zoneinfo/Europe/Berlin ]] || need_pkgs+=(tzdata)
+# The packaging tests: units, man pages, completions, the .deb.
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v man >/dev/null || need_pkgs+=(man-db)
+command -v groff >/dev/null || need_pkgs+=(groff-base)
+command -v zsh >/dev/null || need_pkgs+=(zsh)
+command -v fish >/dev/null || need_pkgs+=(fish)
+command -v dpkg-deb >/dev/null || need_pkgs+=(dpkg)
 if ((${#need_pkgs[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         log "installing ${need_pkgs[*]}"
@@ -29,6 +36,13 @@ if ((${#need_pkgs[@]})); then
     else
         echo "WARNING: missing ${need_pkgs[*]} and not root: tests that need them will skip (they fail under CI)" >&2
     fi
+fi
+
+# cargo-deb, at the version scripts/package.sh pins (tests/package.rs runs it).
+deb_version=$(sed -n 's/^CARGO_DEB_VERSION=//p' scripts/package.sh)
+if [[ $(cargo deb --version 2>/dev/null) != *"$deb_version"* ]]; then
+    log "installing cargo-deb $deb_version"
+    cargo install cargo-deb --version "$deb_version" --locked
 fi
 
 log "cargo fmt --check"

@@ -14,7 +14,8 @@ use clap::{ArgAction, ArgGroup, CommandFactory, Parser, Subcommand};
     after_help = "Config: -c PATH, else $SPARSEBAK_CONFIG, else /etc/sparsebak/sparsebak.ini.\n\
                   Sessions are named YYYYMMDD-HHMMSS (local time).\n\
                   Options of a command go after it: see `sparsebak COMMAND --help`.\n\
-                  Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage.")]
+                  Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage,\n\
+                  3 when send --dest=all found no destination present, 4 when verify found damage.")]
 pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
@@ -238,7 +239,8 @@ pub enum Command {
         zero_tail: bool,
     },
     /// Re-read and re-hash every chunk of a session's view (latest by default) and check
-    /// the archive's files and metadata; exits 1 naming every problem found.
+    /// the archive's files and metadata; exits 4 naming every problem found (1 when it
+    /// cannot run).
     Verify {
         /// The volume to verify (with --from-stream: optional, checked if given).
         #[arg(required_unless_present = "from_stream")]

@@ -210,7 +210,8 @@ pub fn dest_name_problem(name: &str) -> Option<String> {
     layout::volume_name_problem(name)
 }
 
-const VAR_KEYS: &[&str] = &[
+/// The keys of `[var]`.
+pub const VAR_KEYS: &[&str] = &[
     "source",
     "voldir",
     "vgname",

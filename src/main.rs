@@ -10,6 +10,21 @@ fn main() -> ExitCode {
     sparsebak::passphrase::take_from_env();
     sparsebak_format::alloc::tune_for_pipelines();
     sparsebak::durable::private_umask();
+    // The hidden helpers of packaging and shell completion (see `docgen`).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if sparsebak::docgen::is_helper(&args) {
+        let helper = sparsebak::docgen::HelperCli::parse();
+        return match sparsebak::docgen::run_helper(helper) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                sparsebak::progress::err_line(&format!(
+                    "sparsebak: error: {}",
+                    sparsebak_format::error::one_line(e.as_ref())
+                ));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     if let Err(e) = cli.check() {
         e.exit();
@@ -56,7 +71,8 @@ fn main() -> ExitCode {
                 "sparsebak: error: {}",
                 sparsebak_format::error::one_line(e.as_ref())
             ));
-            ExitCode::FAILURE
+            // 3 when nothing was done, 4 when verify found damage, else 1.
+            ExitCode::from(sparsebak::exit::code_of(&e))
         }
     }
 }

@@ -135,13 +135,13 @@ impl Fx {
         cp_a(saved, &self.env.archive());
     }
 
-    /// `verify VOL` (its latest session) fails with exit status 1; its stderr.
+    /// `verify VOL` (its latest session) finds damage: exit status 4; its stderr.
     fn verify_fails(&self) -> String {
         let o = self.env.run(&["verify", VOL]);
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(
             o.status.code(),
-            Some(1),
+            Some(4),
             "verify should have failed:\n{err}"
         );
         // The session verified is the archive's latest: the third, or the one before
@@ -1310,7 +1310,7 @@ fn damage_in_an_encrypted_tar_session_is_named() {
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(
             o.status.code(),
-            Some(1),
+            Some(4),
             "verify should have failed:\n{err}"
         );
         err
@@ -1568,7 +1568,7 @@ fn swapped_volume_folders_are_refused() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(4),
         "verify {VOL} on a new machine: {err}"
     );
     assert!(err.contains(OTHER), "verify {VOL} on a new machine: {err}");

@@ -72,8 +72,13 @@ fn sparsebak(env: &Env, args: &[&str]) -> Output {
 /// The command failed with exit 1 and one error line that names `path` and says
 /// `cause` exactly once. Returns stderr.
 fn fails_naming(out: &Output, path: &Path, cause: &str) -> String {
+    fails_with(out, 1, path, cause)
+}
+
+/// As `fails_naming`, with exit status `code` (4: verify found damage).
+fn fails_with(out: &Output, code: i32, path: &Path, cause: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "exit status; stderr:\n{err}");
+    assert_eq!(out.status.code(), Some(code), "exit status; stderr:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(
         err.contains(&path.display().to_string()),
@@ -219,7 +224,7 @@ fn readers_fail_on(env: &Env, bad: &Path, cause: &str) {
     } else {
         cause
     };
-    let err = fails_naming(&out, bad, cause);
+    let err = fails_with(&out, 4, bad, cause);
     assert!(err.contains("FAILED with 1 problem(s)"), "{err}");
 }
 

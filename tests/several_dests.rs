@@ -325,7 +325,7 @@ fn dest_all_fails_when_a_present_destination_fails() {
     // `default` had no change: no new session there.
     assert_eq!(env.sessions("v").len(), 2);
 
-    // No destination present at all: nothing backed up, exit 1.
+    // No destination present at all: nothing backed up, exit 3 (nothing done).
     let only_gone = format!(
         "[var]\nencrypt = off\nsource = file\nvoldir = {}\nmetadir = {}\n\
          [dest:gone]\ndestmountpoint = {}\ndestdir = sb\n[volumes]\nv = enable\n",
@@ -335,7 +335,7 @@ fn dest_all_fails_when_a_present_destination_fails() {
     );
     set_config(&env, &only_gone);
     let o = env.run(&["send", "--dest=all"]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
         stderr(&o).trim_end().ends_with(
             "sparsebak: error: send --dest=all: no destination is present, nothing was sent; \

@@ -538,7 +538,7 @@ fn archive_commands_say_a_tape_destination_is_not_theirs() {
     assert_ne!(only_tape, text);
     std::fs::write(&l.config, only_tape).unwrap();
     let o = l.run(&["--dest=all", "send"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.ends_with(

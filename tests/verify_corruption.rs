@@ -36,7 +36,8 @@ fn verify_fails(env: &Env, session: Option<&str>, expect: &[&str]) {
         args.push(format!("--session={s}"));
     }
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = env.fails(&a);
+    // Damage found: exit 4, told apart from a verify that could not run (1).
+    let err = failed(env.run(&a), 4);
     for e in expect {
         assert!(err.contains(e), "verify output lacks {e:?}:\n{err}");
     }
@@ -145,11 +146,11 @@ fn truncated_chunk_and_garbage_chunk() {
     verify_fails(&env, None, &["x00000000000c0000", "x0000000000030000"]);
 }
 
-/// stderr of a run that must fail with exit 1.
-fn failed(o: std::process::Output) -> String {
+/// stderr of a run that must fail with exit status `code`.
+fn failed(o: std::process::Output, code: i32) -> String {
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(code),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -180,7 +181,7 @@ fn each_damage_is_one_problem_said_once() {
         std::fs::write(&p, d).unwrap();
         flipped.push(p);
     }
-    let err = failed(env.run(&["verify", "v"]));
+    let err = failed(env.run(&["verify", "v"]), 4);
     let lines = problem_lines(&err);
     assert_eq!(lines.len(), 3, "{err}");
     assert!(err.contains("FAILED with 3 problem(s)"), "{err}");
@@ -209,7 +210,10 @@ fn each_damage_is_one_problem_said_once() {
     }
     // receive: the volume, the session and the target once, then the cause.
     let out = env.path().join("out.img");
-    let err = failed(env.run(&["receive", "v", &format!("--save-to={}", out.display())]));
+    let err = failed(
+        env.run(&["receive", "v", &format!("--save-to={}", out.display())]),
+        1,
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(err.matches("receive v").count(), 1, "{err}");
     assert_eq!(err.matches(&*out.to_string_lossy()).count(), 1, "{err}");
@@ -225,12 +229,12 @@ fn each_damage_is_one_problem_said_once() {
         &text[1..]
     );
     std::fs::write(&manifest, altered).unwrap();
-    let err = failed(env.run(&["verify", "v"]));
+    let err = failed(env.run(&["verify", "v"]), 4);
     assert_eq!(problem_lines(&err).len(), 1, "{err}");
     assert!(err.contains("manifest altered"), "{err}");
     assert!(err.contains("FAILED with 1 problem(s)"), "{err}");
     std::fs::write(&manifest, format!("{text}garbage\n")).unwrap();
-    let err = failed(env.run(&["verify", "v"]));
+    let err = failed(env.run(&["verify", "v"]), 4);
     assert_eq!(problem_lines(&err).len(), 1, "{err}");
     assert_eq!(
         err.matches(&*manifest.to_string_lossy()).count(),
@@ -263,7 +267,7 @@ fn standard_output_on_dev_full_is_refused_and_named_once() {
             .stdout(full)
             .output()
             .unwrap();
-        let err = failed(o);
+        let err = failed(o, 1);
         assert!(
             err.contains("standard output is a memory device (character device 1:7), not storage"),
             "{args:?}: {err}"

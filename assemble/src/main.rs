@@ -65,6 +65,15 @@ fn main() {
     sparsebak_format::alloc::tune_for_pipelines();
     // Stopped by SIGINT/SIGTERM, it leaves no partial output file behind.
     let _ = sparsebak_format::output::remove_partials_on_signals();
+    // `spbk-assemble __man`: the man page, generated from the options below (for
+    // packaging); hidden, not an option of the tool.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__man") {
+        if let Err(e) = man_page(&mut std::io::stdout().lock()) {
+            let _ = writeln!(std::io::stderr(), "spbk-assemble: error: man page: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run(Args::parse()) {
         // Written without eprintln!, which panics when stderr is a closed pipe.
         let _ = writeln!(
@@ -74,6 +83,32 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// The man page spbk-assemble(8): clap's, with the exit status and references.
+fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let page = clap_mangen::Man::new(Args::command())
+        .section("8")
+        .manual("System Administration");
+    page.render(out)?;
+    out.write_all(
+        br#".SH "EXIT STATUS"
+.TP
+.B 0
+The image was written (and with \fB\-\-check\fR every chunk matched).
+.TP
+.B 1
+Failure, a damaged chunk found by \fB\-\-check\fR included; a one\-line reason
+is printed on standard error.
+.TP
+.B 2
+Bad usage.
+.SH "SEE ALSO"
+\fBsparsebak\fR(8), \fBsparsebak\-receive\fR(8)
+"#,
+    )?;
+    out.flush()
 }
 
 /// A failure of the target is said with the output the user named; a damaged chunk

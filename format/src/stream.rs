@@ -179,6 +179,21 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// Whether the input was read and found damaged (cut short, altered, chunks that
+    /// do not match), rather than not readable or not what was asked for.
+    pub fn is_damage(&self) -> bool {
+        use StreamError::*;
+        matches!(
+            self,
+            Truncated { .. }
+                | Damaged { .. }
+                | TrailerMismatch { .. }
+                | Chunk { .. }
+                | ManifestHash { .. }
+                | ChunksVsManifest { .. }
+        )
+    }
+
     /// Where in the input the error was found, when it was found reading one.
     pub fn at(&self) -> Option<&StreamAt> {
         use StreamError::*;

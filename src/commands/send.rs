@@ -98,7 +98,8 @@ fn unreachable(e: &anyhow::Error) -> bool {
 /// `send --dest=all`: send to every configured destination that is present, in
 /// order; a destination whose disk is not mounted, or that cannot be reached, is
 /// skipped and named. Succeeds when every present destination succeeded; fails when
-/// one of them failed, or when none is present (nothing was backed up).
+/// one of them failed, and exits 3 (`exit::NOTHING_DONE`) when none is present
+/// (nothing was backed up).
 fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
     let mut sent = Vec::new();
     let mut skipped = Vec::new();
@@ -155,7 +156,10 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
         );
     }
     if sent.is_empty() {
-        anyhow::bail!("send --dest=all: no destination is present, nothing was sent{skipped_note}");
+        return Err(crate::exit::Coded::nothing_done(format!(
+            "send --dest=all: no destination is present, nothing was sent{skipped_note}"
+        ))
+        .into());
     }
     progress::summary(&format!(
         "send --dest=all: sent to {}{skipped_note}",

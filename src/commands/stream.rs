@@ -205,8 +205,17 @@ pub fn verify(config_path: &Path, volume: Option<&str>, paths: &str) -> Result<(
         None,
         Some(stream_unlock(optional_config(config_path))),
     )
-    .map_err(|e| map.locate(e))
-    .context("verify")?;
+    .map_err(|e| {
+        // Damage found exits 4 (`exit::DAMAGE`), an input that could not be read 1.
+        if e.is_damage() {
+            anyhow::Error::from(crate::exit::Coded::damage(format!(
+                "verify: {}",
+                map.locate(e)
+            )))
+        } else {
+            anyhow::Error::from(map.locate(e)).context("verify")
+        }
+    })?;
     crate::stream_send::check_volume(&sum, volume)?;
     progress::summary(&format!(
         "{} stream(s) verified: {} chunks, sessions {}",

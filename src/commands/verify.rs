@@ -1,6 +1,6 @@
 //! `sparsebak verify volume [--session=ID]`
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::{human, pick_session, Ctx};
 use crate::archive::local::LocalCopies;
@@ -31,10 +31,11 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         if let Some(h) = &rep.hint {
             crate::progress::err_line(&format!("sparsebak: verify {name}: hint: {h}"));
         }
-        bail!(
+        return Err(crate::exit::Coded::damage(format!(
             "verify {name} session {id}: FAILED with {} problem(s)",
             rep.problems.len()
-        );
+        ))
+        .into());
     }
     progress::summary(&format!(
         "{name}: session {id} verified: {} chunks, {} checked, time={:.1}s",
