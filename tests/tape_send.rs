@@ -309,7 +309,10 @@ fn a_damaged_block_is_named_and_nothing_is_restored() {
         "{e}"
     );
     assert!(!out.exists(), "nothing restored");
-    let e = l.fails(&["--dest=vt", "verify", "v"]);
+    // verify says damage with its own exit status.
+    let o = l.run(&["--dest=vt", "verify", "v"]);
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(
         e.contains("tape VT0001L8, file 1, block 3 (position 5): damaged"),
         "{e}"

@@ -223,24 +223,42 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
     drop(cat);
     let label = format!("tape destination {}", ctx.config.dest);
     let config = ctx.config.clone();
-    let sum = dest
+    let what = format!(
+        "verify {name} session {} on tape destination {}",
+        chain.session, ctx.config.dest
+    );
+    // Damage found (a block, a part, a chunk) ends with its own exit status, apart
+    // from a verify that could not run.
+    let read = dest
         .read_files(chain.files.clone(), ctx.unattended, |r| {
             let (input, map) = input_from(label, Box::new(r));
-            let sum = sparsebak_format::stream::read_chain_with(
+            match sparsebak_format::stream::read_chain_with(
                 std::io::BufReader::with_capacity(1 << 20, input),
                 None,
                 Some(stream_unlock(Some(config))),
-            )
-            .map_err(|e| map.locate(e))?;
-            check_volume(&sum, Some(name))?;
-            Ok(sum)
+            ) {
+                Ok(sum) => {
+                    check_volume(&sum, Some(name))?;
+                    Ok(Ok(sum))
+                }
+                Err(e) => {
+                    let damage = e.is_damage()
+                        || matches!(&e, sparsebak_format::stream::StreamError::Read { source, .. }
+                            if source.kind() == std::io::ErrorKind::InvalidData);
+                    Ok(Err((damage, map.locate(e))))
+                }
+            }
         })
-        .with_context(|| {
-            format!(
-                "verify {name} session {} on tape destination {}",
-                chain.session, ctx.config.dest
-            )
-        })?;
+        .with_context(|| what.clone())?;
+    let sum = match read {
+        Ok(sum) => sum,
+        Err((true, e)) => {
+            return Err(anyhow::Error::from(crate::exit::Coded::damage(format!(
+                "{what}: {e}"
+            ))))
+        }
+        Err((false, e)) => return Err(anyhow::Error::from(e).context(what)),
+    };
     progress::summary(&format!(
         "{name}: session {} verified from {} tape file(s): {} chunks, sessions {}",
         chain.session,

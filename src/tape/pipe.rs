@@ -13,8 +13,9 @@ enum Msg {
     Data(Vec<u8>),
     /// The writer finished: everything was sent.
     End,
-    /// The writer failed: the reader's next read returns this.
-    Fail(String),
+    /// The writer failed: the reader's next read returns this; `true` when what was
+    /// read is damaged (an error of kind `InvalidData`), not merely unreadable.
+    Fail(String, bool),
 }
 
 /// The writing end. Dropped after [`PipeWriter::complete_flag`] was set (or after
@@ -85,7 +86,13 @@ impl PipeWriter {
     /// Stop with an error the reader returns.
     pub fn fail(mut self, why: String) {
         self.buf.clear();
-        let _ = self.tx.send(Msg::Fail(why));
+        let _ = self.tx.send(Msg::Fail(why, false));
+    }
+
+    /// Stop with an error the reader returns as damage (kind `InvalidData`).
+    pub fn fail_damaged(mut self, why: String) {
+        self.buf.clear();
+        let _ = self.tx.send(Msg::Fail(why, true));
     }
 }
 
@@ -127,7 +134,10 @@ impl Read for PipeReader {
                     self.ended = true;
                     return Ok(0);
                 }
-                Ok(Msg::Fail(why)) => return Err(io::Error::other(why)),
+                Ok(Msg::Fail(why, false)) => return Err(io::Error::other(why)),
+                Ok(Msg::Fail(why, true)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, why))
+                }
                 Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -186,8 +196,9 @@ mod tests {
         let (mut w, r) = pipe(4, 2);
         let t = std::thread::spawn(move || read_all(r));
         w.write_all(b"abcd").unwrap();
-        w.fail("tape VT1, file 2, block 3: damaged".into());
+        w.fail_damaged("tape VT1, file 2, block 3: damaged".into());
         let e = t.join().unwrap().unwrap_err();
         assert_eq!(e.to_string(), "tape VT1, file 2, block 3: damaged");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -708,20 +708,30 @@ impl<'a> TapeDest<'a> {
                     None if interactive(unattended) => Box::new(PromptMount { block_size }),
                     None => Box::new(LoadedTape),
                 };
+                // What was read is damaged (not merely unreadable): said as such.
+                let damage = |e: &TapeFileError| {
+                    matches!(
+                        e,
+                        TapeFileError::Damaged { .. }
+                            | TapeFileError::BadPart { .. }
+                            | TapeFileError::Mismatch { .. }
+                    )
+                };
                 for f in files {
                     let copied = TapeFileReader::new(&mut *drive, mount.as_mut(), f)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| (damage(&e), e.to_string()))
                         .and_then(|mut rd| {
                             io::copy(&mut rd, &mut w).map(drop).map_err(|e| {
                                 match super::reader::tape_file_error(&e) {
-                                    Some(te) => te.to_string(),
-                                    None => e.to_string(),
+                                    Some(te) => (damage(te), te.to_string()),
+                                    None => (false, e.to_string()),
                                 }
                             })
                         });
-                    if let Err(why) = copied {
-                        w.fail(why);
-                        return;
+                    match copied {
+                        Ok(()) => {}
+                        Err((true, why)) => return w.fail_damaged(why),
+                        Err((false, why)) => return w.fail(why),
                     }
                 }
                 let _ = w.close();
