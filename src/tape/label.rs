@@ -52,6 +52,19 @@ pub enum LabelError {
     Random(String),
 }
 
+/// A label uuid written `8-4-4-4-12` in hex, as the catalog keys tapes.
+pub fn uuid_text(uuid: &[u8; 16]) -> String {
+    let h = hex::encode(uuid);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// A tape label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TapeLabel {
@@ -93,15 +106,7 @@ impl TapeLabel {
 
     /// The uuid as `8-4-4-4-12` hex.
     pub fn uuid_string(&self) -> String {
-        let h = hex::encode(self.uuid);
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        uuid_text(&self.uuid)
     }
 
     /// The label as one block of `self.block_size` bytes.

@@ -262,6 +262,27 @@ impl MountTape for PromptMount {
     }
 }
 
+/// How a write goes on when a tape is full: the changer loads the next of `barcodes`;
+/// without one a terminal run asks for a tape, an unattended one stops clearly.
+fn next_tape<'a>(
+    changer: Option<&'a mut (dyn Changer + Send + 'static)>,
+    barcodes: VecDeque<String>,
+    unattended: bool,
+    pool: &str,
+) -> Box<dyn NextTape + 'a> {
+    match changer {
+        Some(c) => Box::new(ChangerNextTape {
+            changer: ChangerRef(c),
+            drive_number: DRIVE,
+            barcodes,
+        }),
+        None if interactive(unattended) => Box::new(PromptNextTape {
+            pool: pool.to_string(),
+        }),
+        None => Box::new(NoNextTape),
+    }
+}
+
 /// Whether this run may ask on the terminal.
 fn interactive(unattended: bool) -> bool {
     use std::io::IsTerminal;
@@ -592,17 +613,7 @@ impl<'a> TapeDest<'a> {
             let changer = set.changer.as_deref_mut();
             let writer = s.spawn(move || {
                 let mut r: PipeReader = r;
-                let mut next: Box<dyn NextTape + '_> = match changer {
-                    Some(c) => Box::new(ChangerNextTape {
-                        changer: ChangerRef(c),
-                        drive_number: DRIVE,
-                        barcodes,
-                    }),
-                    None if interactive(unattended) => Box::new(PromptNextTape {
-                        pool: opts.pool.clone(),
-                    }),
-                    None => Box::new(NoNextTape),
-                };
+                let mut next = next_tape(changer, barcodes, unattended, &opts.pool);
                 let res = write_tape_file_from(drive, next.as_mut(), &opts, &mut r);
                 if let Err(TapeFileError::Producer(_)) = &res {
                     // The stream stopped: close what was written as a file of its own
@@ -769,17 +780,12 @@ impl TapeDest<'_> {
         };
         let catalog_path = crate::metadir::catalog(self.config);
         let drive: &mut (dyn TapeDrive + Send) = self.set.drive.as_mut();
-        let mut next: Box<dyn NextTape + '_> = match self.set.changer.as_deref_mut() {
-            Some(c) => Box::new(ChangerNextTape {
-                changer: ChangerRef(c),
-                drive_number: DRIVE,
-                barcodes,
-            }),
-            None if interactive(unattended) => Box::new(PromptNextTape {
-                pool: opts.pool.clone(),
-            }),
-            None => Box::new(NoNextTape),
-        };
+        let mut next = next_tape(
+            self.set.changer.as_deref_mut(),
+            barcodes,
+            unattended,
+            &opts.pool,
+        );
         let file = super::catalog_copy::write_catalog_copy(
             drive,
             next.as_mut(),
@@ -796,14 +802,7 @@ impl TapeDest<'_> {
         drop(next);
         let cat = self.catalog()?;
         for p in &file.parts[..file.parts.len().saturating_sub(1)] {
-            let uuid = TapeLabel {
-                name: String::new(),
-                pool: String::new(),
-                uuid: p.tape_uuid,
-                block_size: 0,
-                written: 0,
-            }
-            .uuid_string();
+            let uuid = super::label::uuid_text(&p.tape_uuid);
             cat.set_tape_full(&uuid, true).map_err(msg)?;
         }
         Ok(file)
@@ -846,14 +845,7 @@ fn record_file(
             .map_err(msg)?;
     }
     for p in &file.parts {
-        let uuid = TapeLabel {
-            name: String::new(),
-            pool: String::new(),
-            uuid: p.tape_uuid,
-            block_size: 0,
-            written: 0,
-        }
-        .uuid_string();
+        let uuid = super::label::uuid_text(&p.tape_uuid);
         cat.add_tape_file(
             &TapeFileRecord {
                 tape: uuid.clone(),
