@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, action: &TapeAction) -> Result<()> {
             ));
             Ok(())
         }
-        TapeAction::Inventory => inventory(ctx, dest, &mut set),
+        TapeAction::Inventory { .. } => inventory(ctx, dest, &mut set),
         TapeAction::Retension => {
             set.drive.rewind()?;
             set.drive.eod()?;

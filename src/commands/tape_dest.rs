@@ -197,7 +197,10 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
     drop(cat);
     let label = format!("tape destination {}", ctx.config.dest);
     let config = ctx.config.clone();
-    let sum = dest
+    // Set when the tape files were read and found damaged (not when they could not be
+    // read): that is what the last-verify record says.
+    let damaged = std::cell::Cell::new(false);
+    let r = dest
         .read_files(chain.files.clone(), ctx.unattended, |r| {
             let (input, map) = input_from(label, Box::new(r));
             let sum = sparsebak_format::stream::read_chain_with(
@@ -205,7 +208,10 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
                 None,
                 Some(stream_unlock(Some(config))),
             )
-            .map_err(|e| map.locate(e))?;
+            .map_err(|e| {
+                damaged.set(stream_damage(&e));
+                map.locate(e)
+            })?;
             check_volume(&sum, Some(name))?;
             Ok(sum)
         })
@@ -214,7 +220,39 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
                 "verify {name} session {} on tape destination {}",
                 chain.session, ctx.config.dest
             )
-        })?;
+        });
+    let ok = r.is_ok();
+    if ok || damaged.get() {
+        super::verify::record(
+            &crate::metadir::dest_dir(&ctx.config, name),
+            name,
+            &crate::status::LastVerify {
+                time: super::now().timestamp(),
+                session: chain.session.clone(),
+                ok,
+                problems: u64::from(!ok),
+            },
+        );
+    }
+    if ctx.json {
+        super::json::print(&serde_json::json!({
+            "version": super::json::VERSION,
+            "command": "verify",
+            "volume": name,
+            "dest": ctx.config.dest,
+            "session": chain.session,
+            "ok": ok,
+            "chunks_checked": r.as_ref().map_or(0, |s| s.streams().iter().map(|s| s.data_chunks).sum::<u64>()),
+            "bytes_checked": null,
+            "problems": match &r {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![sparsebak_format::error::one_line(e.as_ref())],
+            },
+            "hint": null,
+            "seconds": null,
+        }));
+    }
+    let sum = r?;
     progress::summary(&format!(
         "{name}: session {} verified from {} tape file(s): {} chunks, sessions {}",
         chain.session,
@@ -227,6 +265,21 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
             .join(" ")
     ));
     Ok(())
+}
+
+/// Whether a stream read from tape was found damaged (cut short, altered, chunks that
+/// do not match), rather than not readable.
+fn stream_damage(e: &sparsebak_format::stream::StreamError) -> bool {
+    use sparsebak_format::stream::StreamError::*;
+    matches!(
+        e,
+        Truncated { .. }
+            | Damaged { .. }
+            | TrailerMismatch { .. }
+            | Chunk { .. }
+            | ManifestHash { .. }
+            | ChunksVsManifest { .. }
+    )
 }
 
 /// Per volume a header line, then one line per session on the tape destination,
