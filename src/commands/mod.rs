@@ -177,6 +177,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 keep: keep.clone(),
                 all_before: all_before.clone(),
                 dry_run: *dry_run,
+                decisions: Default::default(),
             },
         ),
         Command::Receive {
@@ -205,6 +206,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 keep: keep.clone(),
                 all_before: all_before.clone(),
                 dry_run: *dry_run,
+                decisions: Default::default(),
             },
         ),
         Command::Repair { volume, dry_run } => repair::run(&ctx, volume, *dry_run),

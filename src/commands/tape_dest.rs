@@ -46,6 +46,15 @@ pub fn send(ctx: &Ctx, names: &[String], verify: bool) -> Result<()> {
             .send_volume(name, source.as_mut(), &label, ctx.unattended)
             .with_context(|| format!("send {name} to tape destination {}", config.dest))?;
         let i = &s.outcome.info;
+        if ctx.json {
+            super::json::print(&super::send::sent_json(
+                name,
+                &config.dest,
+                Some(i),
+                s.outcome.bytes_written,
+                s.outcome.elapsed.as_secs_f64(),
+            ));
+        }
         progress::summary(&format!(
             "{name} to {}: session {} {} written={} changed={} on {}; drive busy {:.0}% at {}/s, \
              stopped {} time(s) time={:.1}s",
@@ -178,6 +187,17 @@ pub fn receive(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         crate::receive::zero_tail(path, sum.last().info.volsize)
             .context("--zero-tail: zeroing past the volume's end")?;
     }
+    if ctx.json {
+        super::json::print(&super::receive::received_json(
+            name,
+            &ctx.config.dest,
+            &chain.session,
+            &out.describe(),
+            sum.last().info.volsize,
+            None,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
     progress::summary(&format!(
         "{name}: session {} restored from {streams} tape file(s) ({}) to {} size={} time={:.1}s",
         chain.session,
@@ -298,6 +318,23 @@ pub fn list(ctx: &Ctx, names: &[String]) -> Result<()> {
     let id = cat.destination("tape", dest)?;
     let mut out = progress::Stdout;
     for name in &vols {
+        if ctx.json {
+            let rows = cat
+                .chain(id, name)?
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "session": s.session,
+                        "time": s.time,
+                        "size": s.volsize,
+                        "stored": s.bytes,
+                        "previous": s.previous,
+                    })
+                })
+                .collect();
+            super::json::print(&super::list::volume_json(ctx, name, rows, None));
+            continue;
+        }
         writeln!(out, "{name}")?;
         for s in cat.chain(id, name)? {
             let parts = cat.session_tape_files(dest, name, &s.session)?;
@@ -375,7 +412,17 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
                 ids.len()
             );
         }
+        let removed = || {
+            chosen
+                .iter()
+                .map(|s| serde_json::json!({ "session": s }))
+                .collect::<Vec<_>>()
+        };
         if opts.dry_run {
+            if ctx.json {
+                super::json::print(&prune::volume_json(ctx, opts, name, removed(), 0, false));
+                continue;
+            }
             for s in &chosen {
                 progress::out(&format!("{name} {s}: would be forgotten"));
             }
@@ -395,6 +442,9 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
             }
         }
         forgotten += chosen.len();
+        if ctx.json {
+            super::json::print(&prune::volume_json(ctx, opts, name, removed(), 0, false));
+        }
         progress::summary(&format!(
             "{name}: {} session(s) forgotten on tape destination {dest}; the next send there is full",
             chosen.len()
