@@ -40,7 +40,9 @@ pub fn run(ctx: &Ctx, names: &[String]) -> Result<()> {
             let i = match vol.info(&id) {
                 Ok(i) => i,
                 Err(e) => {
-                    eprintln!("sparsebak: list {name}: session {id}: {e}");
+                    crate::progress::err_line(&format!(
+                        "sparsebak: list {name}: session {id}: {e}"
+                    ));
                     unreadable += 1;
                     continue;
                 }
