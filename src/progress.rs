@@ -208,7 +208,11 @@ impl Write for EventWriter {
 impl Drop for EventWriter {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
-            log_line(self.priority, &String::from_utf8_lossy(&self.buf));
+            // The level is padded to five columns (` INFO`): no line starts blank.
+            log_line(
+                self.priority,
+                String::from_utf8_lossy(&self.buf).trim_start(),
+            );
         }
     }
 }

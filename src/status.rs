@@ -216,6 +216,8 @@ pub struct Problem {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub version: u32,
+    /// `status`.
+    pub command: &'static str,
     /// When it was made, seconds since 1970 (UTC).
     pub time: i64,
     pub max_age: u64,
@@ -319,6 +321,7 @@ pub fn report(
     let ok = problems.is_empty();
     Ok(Report {
         version: VERSION,
+        command: "status",
         time: now,
         max_age: config.max_age,
         volumes: out,
