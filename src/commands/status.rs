@@ -177,9 +177,12 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One metric family: name, help, and its samples (labels, value).
+type Family = (&'static str, &'static str, Vec<(String, f64)>);
+
 /// The metrics of the text format, in one family per name.
 struct Metrics {
-    families: Vec<(&'static str, &'static str, Vec<(String, f64)>)>,
+    families: Vec<Family>,
 }
 
 impl Metrics {
