@@ -303,3 +303,56 @@ fn tape_commands_print_json_that_matches_their_schemas() {
     );
     assert_eq!(dry["removed"][0]["session"], id.as_str());
 }
+
+#[test]
+fn send_to_every_destination_prints_a_line_per_volume_and_destination() {
+    let env = Env::new(&["a", "b"]);
+    let mnt = env.path().join("usb");
+    std::fs::create_dir(&mnt).unwrap();
+    let ini = std::fs::read_to_string(&env.config).unwrap().replace(
+        "[volumes]",
+        &format!(
+            "[dest:far]\ndestdir = {}\n[dest:usb]\ndestmountpoint = {}\ndestdir = sb\n[volumes]",
+            env.path().join("far").display(),
+            mnt.display()
+        ),
+    );
+    std::fs::write(&env.config, ini).unwrap();
+    std::fs::write(env.image("a"), Rng::new(11).bytes(2 * CS)).unwrap();
+    std::fs::write(env.image("b"), Rng::new(12).bytes(CS)).unwrap();
+    let o = env.run(&["--dest=all", "send", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = docs("send", &String::from_utf8(o.stdout).unwrap());
+    let got: Vec<(String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["volume"].as_str().unwrap().to_string(),
+                v["dest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("a", "default"),
+        ("b", "default"),
+        ("a", "far"),
+        ("b", "far"),
+    ]
+    .iter()
+    .map(|(v, d)| (v.to_string(), d.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // The absent one is said on stderr only.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("destination usb skipped"));
+    // status sees all three, the absent one as absent.
+    let st = one("status", &env.ok(&["status", "--json"]));
+    let d = &st["volumes"][0]["destinations"];
+    assert_eq!(d[1]["dest"], "far");
+    assert_eq!(d[1]["sessions"], 1);
+    assert_eq!(d[2]["dest"], "usb");
+    assert_eq!(d[2]["sessions"], 0);
+    assert!(d[2]["absent"]
+        .as_str()
+        .unwrap()
+        .starts_with("disk not mounted"));
+}
