@@ -1335,7 +1335,7 @@ mod tests {
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
                  destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
-                 keep, tarfile, encrypt, passfile, passcmd)",
+                 keep, max_age, tarfile, encrypt, passfile, passcmd)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",
