@@ -331,3 +331,36 @@ fn changes_waiting_and_snapshots_of_a_reflink_volume() {
     assert_eq!(v["volumes"][0]["destinations"][0]["pending_chunks"], 0);
     assert_eq!(v["volumes"][0]["destinations"][0]["sessions"], 2);
 }
+
+/// Another machine verifying the archive (a new metadir) keeps no record: the
+/// volume's state folder would tell the next verify that this machine sent the
+/// sessions, and it would then miss their copies.
+#[test]
+fn a_verify_on_another_machine_records_nothing_and_runs_again() {
+    let env = Env::new(&["a"]);
+    std::fs::write(env.image("a"), Rng::new(10).bytes(2 * CS)).unwrap();
+    env.send("a");
+    let other = env.path().join("other.ini");
+    let new_meta = env.path().join("other-meta");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&env.config).unwrap().replace(
+            &format!("metadir = {}", env.meta().display()),
+            &format!("metadir = {}", new_meta.display()),
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let o = std::process::Command::new(bin())
+            .arg("-c")
+            .arg(&other)
+            .args(["verify", "a"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    assert!(!new_meta.join("a").exists());
+    // This machine's verify is recorded.
+    env.verify_ok("a", None);
+    assert!(env.meta().join("a/last-verify").is_file());
+}

@@ -71,8 +71,18 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
 }
 
 /// Leave what a verify that ran to the end found in the volume's state folder for the
-/// destination (`status` reads it); a failure to write it is said, not fatal.
+/// destination (`status` reads it); a failure to write it is said, not fatal. Only
+/// where that folder exists: a machine that never sent the volume there (another
+/// machine verifying the archive) gets none, for an existing folder is what tells
+/// the commands that this machine kept copies of the sessions.
 pub fn record(dest_dir: &std::path::Path, name: &str, v: &crate::status::LastVerify) {
+    if !dest_dir.is_dir() {
+        tracing::debug!(
+            "verify {name}: {} does not exist: result not recorded",
+            dest_dir.display()
+        );
+        return;
+    }
     if let Err(e) = v.write(dest_dir) {
         tracing::warn!("verify {name}: cannot record the result for status: {e}");
     }
