@@ -34,6 +34,10 @@ pub struct Cli {
     /// --dest=all` sends to every destination that is present.
     #[arg(long = "dest", global = true, value_name = "NAME", value_parser = dest_arg)]
     pub dest: Option<String>,
+    /// Append every line logged on standard error to PATH too, each with its time
+    /// (for systems without a journal).
+    #[arg(long = "log-file", global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +59,19 @@ impl Cli {
                 ));
             }
         }
+        if let Command::Receive {
+            json: true,
+            save_to,
+            ..
+        } = &self.command
+        {
+            if save_to.as_os_str() == "-" {
+                return Err(usage_error(
+                    "receive",
+                    "--json prints on standard output, where --save-to=- writes the volume",
+                ));
+            }
+        }
         if let Some(dest) = &self.dest {
             let name = self.command.name();
             let archive = self.command.reaches_archive();
@@ -67,6 +84,9 @@ impl Cli {
                         }
                         Command::Send { .. } => {
                             "send --stream writes a stream, not to a destination; --dest does not apply"
+                        }
+                        Command::Status { .. } => {
+                            "status reports on every destination; --dest does not apply"
                         }
                         Command::Serve { .. } => {
                             "serve is the far side of a destination and reads no config; --dest does not apply"
@@ -125,6 +145,24 @@ impl Command {
             Command::Tape { .. } => "tape",
             Command::Mount { .. } => "mount",
             Command::Umount { .. } => "umount",
+            Command::Status { .. } => "status",
+        }
+    }
+
+    /// Whether `--json` was given to the command.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Send { json, .. }
+            | Command::Receive { json, .. }
+            | Command::Verify { json, .. }
+            | Command::List { json, .. }
+            | Command::Prune { json, .. }
+            | Command::Diff { json, .. }
+            | Command::Status { json, .. } => *json,
+            Command::Tape {
+                action: TapeAction::Inventory { json },
+            } => *json,
+            _ => false,
         }
     }
 
@@ -140,6 +178,7 @@ impl Command {
                     archive: Some(_),
                     ..
                 }
+                | Command::Status { .. }
                 | Command::Send {
                     stream: Some(_),
                     ..
@@ -208,6 +247,9 @@ pub enum Command {
             value_parser = chain_arg
         )]
         chain: String,
+        /// Print one JSON line per volume sent (docs/JSON.md) instead of the human output.
+        #[arg(long, conflicts_with = "stream")]
+        json: bool,
     },
     /// Record which chunks changed since the last monitor, from the snapshot layer
     /// (cron, several times an hour). Takes seconds.
@@ -237,6 +279,9 @@ pub enum Command {
         /// volume's end (by default it is left as it was).
         #[arg(long = "zero-tail")]
         zero_tail: bool,
+        /// Print JSON (docs/JSON.md) instead of the human output.
+        #[arg(long, conflicts_with = "from_stream")]
+        json: bool,
     },
     /// Re-read and re-hash every chunk of a session's view (latest by default) and check
     /// the archive's files and metadata; exits 4 naming every problem found (1 when it
@@ -253,6 +298,9 @@ pub enum Command {
         /// Check a chain of streams (`-` = stdin, or PATH,PATH,...) without writing.
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
         from_stream: Option<String>,
+        /// Print JSON (docs/JSON.md) instead of the human output.
+        #[arg(long, conflicts_with = "from_stream")]
+        json: bool,
     },
     /// Serve the archive at ROOT (or a folder inside it) on standard input and output
     /// to a sparsebak on another machine (run by ssh or qvm-run; needs no config).
@@ -268,6 +316,9 @@ pub enum Command {
     List {
         /// Volumes to list (default: every configured volume).
         volumes: Vec<String>,
+        /// Print JSON (docs/JSON.md) instead of the human output.
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild a volume's change tracking by comparing the volume with the archive, when
     /// the delta map or the reference snapshot was lost or is suspect.
@@ -303,6 +354,9 @@ pub enum Command {
         /// Only print what would be removed and the bytes it would free.
         #[arg(long = "dry-run")]
         dry_run: bool,
+        /// Print one JSON line per volume (docs/JSON.md) instead of the human output.
+        #[arg(long)]
+        json: bool,
     },
     /// Repair a volume's archive: put back missing or damaged info and manifest files
     /// from the copies this machine kept, and re-create missing or damaged chunk files
@@ -397,6 +451,24 @@ pub enum Command {
         /// Where it is mounted.
         mountpoint: PathBuf,
     },
+    /// Whether backups are healthy: per volume and destination, the last session and
+    /// its age, the changes waiting for the next send, the last verify, the
+    /// snapshots, and the space stored and free. Reads only this machine's records, so
+    /// it works with destinations away. Exits 0 when every enabled volume has a session
+    /// within `max_age` (config, default 26h) and no last verify found damage; 4 when a
+    /// last verify found damage, 5 when a volume is older than max_age or was never
+    /// sent (one line each on stderr).
+    Status {
+        /// Volumes to report on (default: every configured volume).
+        volumes: Vec<String>,
+        /// Print the report as JSON (docs/JSON.md).
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print the report as Prometheus text-format metrics (for node_exporter's
+        /// textfile collector).
+        #[arg(long)]
+        prometheus: bool,
+    },
     /// The key of an encrypted archive: change its passphrase, print it (to keep a
     /// copy, on paper too), or put it back.
     Key {
@@ -479,7 +551,11 @@ pub enum TapeAction {
         slot: Option<u32>,
     },
     /// The library's slots and drive: barcodes, and labels and pools from the catalog.
-    Inventory,
+    Inventory {
+        /// Print JSON (docs/JSON.md) instead of the human output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rewind, wind to the end of the data, rewind.
     Retension,
     /// Eject the tape (back into its slot in a library).

@@ -56,6 +56,9 @@ pub struct Config {
     pub tarfile: bool,
     /// Retention schedule for `prune --auto` (checked when loading).
     pub keep: Option<String>,
+    /// How old a volume's newest session may be before `status` calls it stale
+    /// (`max_age`, default 26 hours), in seconds.
+    pub max_age: u64,
     /// Volumes in file order, with whether they are enabled.
     pub volumes: Vec<(String, bool)>,
     /// `allow_other = on`: users other than the one who mounted may read the
@@ -225,12 +228,39 @@ pub const VAR_KEYS: &[&str] = &[
     "chunksize",
     "compression",
     "keep",
+    "max_age",
     "tarfile",
     "encrypt",
     "passfile",
     "passcmd",
     "allow_other",
 ];
+
+/// `max_age` when the config does not give it: a nightly send may run late by hours.
+pub const DEFAULT_MAX_AGE: u64 = 26 * 3600;
+
+/// Parse a duration such as `90m`, `26h`, `2d`, `1w` or plain seconds (`30s`, `30`),
+/// in seconds. `None` for anything else (or a number too large).
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    if num.is_empty() {
+        return None;
+    }
+    let n: u64 = num.parse().ok()?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return None,
+    };
+    n.checked_mul(per)
+}
 
 /// Parse a size such as `64K`, `4M`, `1G` or plain bytes.
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -820,6 +850,14 @@ impl Config {
         if let Some(k) = &keep {
             crate::retention::Schedule::parse(k).map_err(|e| bad(format!("keep = {k:?}: {e}")))?;
         }
+        let max_age = match get("max_age") {
+            None => DEFAULT_MAX_AGE,
+            Some(s) => parse_duration(s).filter(|n| *n > 0).ok_or_else(|| {
+                bad(format!(
+                    "max_age = {s:?}: expected a duration such as 90m, 26h or 2d (s, m, h, d, w)"
+                ))
+            })?,
+        };
         let vgname = get("vgname").unwrap_or("qubes_dom0").to_string();
         let allow_other = match get("allow_other").unwrap_or("off") {
             "on" => true,
@@ -858,6 +896,7 @@ impl Config {
             chunksize,
             compression,
             keep,
+            max_age,
             tarfile: false,
             volumes,
             allow_other,
@@ -1068,6 +1107,38 @@ mod tests {
     }
 
     #[test]
+    fn max_age_takes_durations_and_says_a_bad_one_in_one_line() {
+        let base = "[var]\ndestdir=/x\n";
+        assert_eq!(parse(base).unwrap().max_age, 26 * 3600);
+        for (v, secs) in [
+            ("90m", 5400),
+            ("26h", 93600),
+            ("2d", 172800),
+            ("1w", 604800),
+            ("45", 45),
+            ("30s", 30),
+        ] {
+            assert_eq!(
+                parse(&format!("{base}max_age = {v}\n")).unwrap().max_age,
+                secs,
+                "{v}"
+            );
+        }
+        for v in ["1y", "h", "-1h", "0", "1.5h", "99999999999999999999d"] {
+            let e = parse(&format!("{base}max_age = {v}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "max_age = {v:?}: expected a duration such as 90m, 26h or 2d"
+                )),
+                "{e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
     fn errors() {
         for bad in [
             "[var]\ndestdir=/x\nfoo=1\n",
@@ -1275,7 +1346,7 @@ mod tests {
                 "[var]\ndestdir = /a\nbogus = 1\n",
                 "unknown key \"bogus\" in [var] (known: source, voldir, vgname, poolname, \
                  destvm, destmountpoint, destdir, destcmd, sshopts, metadir, chunksize, compression, \
-                 keep, tarfile, encrypt, passfile, passcmd, allow_other)",
+                 keep, max_age, tarfile, encrypt, passfile, passcmd, allow_other)",
             ),
             (
                 "[var]\ndestdir = /a\n[other]\n",

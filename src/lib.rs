@@ -43,6 +43,7 @@ pub mod send;
 pub mod session_id;
 pub mod source;
 pub mod space;
+pub mod status;
 pub mod stream_send;
 pub mod tape;
 pub mod zeroing;

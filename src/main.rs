@@ -40,13 +40,25 @@ fn main() -> ExitCode {
     // a second unmount) are not the user's business.
     let filter = EnvFilter::try_from_env("SPARSEBAK_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},fuser=error")));
+    // Without a terminal (cron, a systemd service) every event is one line, with its
+    // priority for the journal when standard error is the journal's.
+    sparsebak::progress::set_journal(sparsebak::progress::stderr_is_journal());
+    if let Some(path) = &cli.log_file {
+        if let Err(e) = sparsebak::progress::set_log_file(path) {
+            sparsebak::progress::err_line(&format!(
+                "sparsebak: error: --log-file {}: {e}",
+                path.display()
+            ));
+            return ExitCode::FAILURE;
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(sparsebak::progress::EventLog)
         .without_time()
         .with_target(false)
         // Colour only for a person at a terminal, never into files, pipes or cron mail.
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && cli.log_file.is_none())
         .init();
     raise_fd_limit();
     // A run stopped by SIGINT/SIGTERM leaves no partial output file behind.

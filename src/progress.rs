@@ -112,9 +112,135 @@ pub fn stdout_failure() -> Option<String> {
 }
 
 /// Print one line on standard error; a failure to write it is ignored (`eprintln!`
-/// would panic when stderr is a closed pipe).
+/// would panic when stderr is a closed pipe). The line goes to the `--log-file` too,
+/// and to the journal with the priority of an error when it says one.
 pub fn err_line(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
+    let priority = if line.starts_with("sparsebak: error:") {
+        3
+    } else {
+        6
+    };
+    log_line(priority, line);
+}
+
+/// The file `--log-file` names, opened for appending.
+static LOG_FILE: Mutex<Option<std::fs::File>> = Mutex::new(None);
+
+/// Whether standard error goes to the systemd journal (set once at start).
+static JOURNAL: AtomicBool = AtomicBool::new(false);
+
+/// Open `path` for appending every line said on standard error (created 0600 if
+/// missing; a file that exists keeps its owner and mode).
+pub fn set_log_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    *LOG_FILE.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    Ok(())
+}
+
+/// Whether standard error is the journal's stream: systemd sets `$JOURNAL_STREAM` to
+/// its `DEVICE:INODE` for a service whose standard error is connected to the journal.
+pub fn stderr_is_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let Ok(m) = nix::sys::stat::fstat(libc::STDERR_FILENO) else {
+        return false;
+    };
+    dev.parse::<u64>().ok() == Some(m.st_dev) && ino.parse::<u64>().ok() == Some(m.st_ino)
+}
+
+/// Decide once at start whether lines to standard error carry journal priorities.
+pub fn set_journal(on: bool) {
+    JOURNAL.store(on, Ordering::Relaxed);
+}
+
+/// One event: one line on standard error (with its syslog `priority` as `<N>` for the
+/// journal, which strips it) and, with `--log-file`, the same line with the time in
+/// front. A message of several lines is joined into one when standard error is not a
+/// terminal, so that each event is one journal entry.
+pub fn log_line(priority: u8, line: &str) {
+    let line = line.trim_end_matches('\n');
+    let joined;
+    let line = if line.contains('\n') && !std::io::stderr().is_terminal() {
+        joined = line.replace('\n', " | ");
+        joined.as_str()
+    } else {
+        line
+    };
+    let _ = if JOURNAL.load(Ordering::Relaxed) {
+        writeln!(std::io::stderr(), "<{priority}>{line}")
+    } else {
+        writeln!(std::io::stderr(), "{line}")
+    };
+    let mut log = LOG_FILE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = log.as_mut() {
+        let now = chrono::Local::now().format("%Y-%m-%dT%H:%M:%S%.3f%:z");
+        // One write per line: appends of several processes do not interleave.
+        let _ = f.write_all(format!("{now} {line}\n").as_bytes());
+    }
+}
+
+/// The writer `tracing` formats each event into: the event is said by [`log_line`]
+/// when it is complete.
+pub struct EventWriter {
+    buf: Vec<u8>,
+    priority: u8,
+}
+
+impl Write for EventWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventWriter {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            // The level is padded to five columns (` INFO`): no line starts blank.
+            log_line(
+                self.priority,
+                String::from_utf8_lossy(&self.buf).trim_start(),
+            );
+        }
+    }
+}
+
+/// Makes an [`EventWriter`] per event, with the syslog priority of its level.
+pub struct EventLog;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for EventLog {
+    type Writer = EventWriter;
+    fn make_writer(&'a self) -> EventWriter {
+        EventWriter {
+            buf: Vec::new(),
+            priority: 6,
+        }
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> EventWriter {
+        use tracing::Level;
+        let priority = match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            _ => 7,
+        };
+        EventWriter {
+            buf: Vec::new(),
+            priority,
+        }
+    }
 }
 
 /// What a progress bar says after its counts, while something has more to say (the

@@ -51,7 +51,8 @@ pub fn run(ctx: &Ctx, name: &str, json: bool, files: bool) -> Result<()> {
             .map(|(s, l)| format!("{{\"start\":{s},\"length\":{l}}}"))
             .collect();
         crate::progress::out(&format!(
-            "{{\"volume\":\"{name}\",\"from\":\"{from}\",\"to\":\"{to}\",\"size_from\":{size_from},\"size_to\":{size_to},\"chunksize\":{cs},\"changed_chunks\":{},\"changed_bytes\":{},\"ranges\":[{}]}}",
+            "{{\"version\":{},\"command\":\"diff\",\"volume\":\"{name}\",\"from\":\"{from}\",\"to\":\"{to}\",\"size_from\":{size_from},\"size_to\":{size_to},\"chunksize\":{cs},\"changed_chunks\":{},\"changed_bytes\":{},\"ranges\":[{}]}}",
+            super::json::VERSION,
             d.chunks,
             d.bytes(),
             ranges.join(",")

@@ -3,6 +3,7 @@
 
 pub mod delete;
 pub mod diff;
+pub mod json;
 pub mod key;
 pub mod list;
 pub mod monitor;
@@ -14,6 +15,7 @@ pub mod repair;
 pub mod resync;
 pub mod send;
 pub mod serve;
+pub mod status;
 pub mod stream;
 pub mod tape;
 pub mod tape_dest;
@@ -40,6 +42,8 @@ pub struct Ctx {
     /// `send --dest=all`: `config` is then the whole configuration, not one
     /// destination's.
     pub all_dests: bool,
+    /// `--json`: print JSON documents instead of the human output.
+    pub json: bool,
 }
 
 impl Ctx {
@@ -148,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
         session,
         save_to,
         all_dests,
+        json: cli.command.json(),
     };
     let r = match &cli.command {
         Command::Send {
@@ -184,7 +189,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify { volume, .. } if ctx.config.tape.is_some() => {
             tape_dest::verify(&ctx, &need_volume(volume, "verify VOLUME")?)
         }
-        Command::List { volumes } if ctx.config.tape.is_some() => tape_dest::list(&ctx, volumes),
+        Command::List { volumes, .. } if ctx.config.tape.is_some() => {
+            tape_dest::list(&ctx, volumes)
+        }
         Command::Prune {
             volumes,
             auto,
@@ -200,6 +207,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 keep: keep.clone(),
                 all_before: all_before.clone(),
                 dry_run: *dry_run,
+                decisions: Default::default(),
             },
         ),
         Command::Receive {
@@ -210,7 +218,7 @@ pub fn run(cli: Cli) -> Result<()> {
             *zero_tail,
         ),
         Command::Verify { volume, .. } => verify::run(&ctx, &need_volume(volume, "verify VOLUME")?),
-        Command::List { volumes } => list::run(&ctx, volumes),
+        Command::List { volumes, .. } => list::run(&ctx, volumes),
         Command::Serve { .. } => unreachable!("served before the config is loaded"),
         Command::Resync { volumes } => resync::run(&ctx, volumes),
         Command::Prune {
@@ -228,6 +236,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 keep: keep.clone(),
                 all_before: all_before.clone(),
                 dry_run: *dry_run,
+                decisions: Default::default(),
             },
         ),
         Command::Repair { volume, dry_run } => repair::run(&ctx, volume, *dry_run),
@@ -245,6 +254,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mount { .. } | Command::Umount { .. } => {
             unreachable!("run before the config is loaded")
         }
+        Command::Status {
+            volumes,
+            prometheus,
+            ..
+        } => status::run(&ctx, volumes, *prometheus),
     };
     // A lost connection fails every read after it: that is the one cause to say,
     // not damage to the chunks it could not read (nor a repair for them).

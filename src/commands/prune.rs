@@ -17,6 +17,9 @@ pub struct Opts {
     pub keep: Option<String>,
     pub all_before: Option<String>,
     pub dry_run: bool,
+    /// What `--auto --dry-run --json` decided for each session, for its document
+    /// (the human output prints them as they come).
+    pub decisions: std::cell::RefCell<Vec<serde_json::Value>>,
 }
 
 /// Which sessions of one volume the options name, oldest first, and a note for each
@@ -76,7 +79,13 @@ pub fn select_in(
         let sessions = times(true);
         let plan = retention::plan_sessions(&sessions, now, &schedule);
         for (s, p) in sessions.iter().zip(&plan) {
-            if opts.dry_run {
+            if opts.dry_run && ctx.json {
+                opts.decisions.borrow_mut().push(serde_json::json!({
+                    "session": s.id,
+                    "keep": p.keep(),
+                    "reason": p.to_string(),
+                }));
+            } else if opts.dry_run {
                 crate::progress::out(&format!("{name} {} {p}", s.id));
             }
             if !p.keep() {
@@ -144,7 +153,11 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
             }
         }
         if targets.is_empty() {
-            crate::progress::out(&format!("{name}: nothing to remove"));
+            if ctx.json {
+                super::json::print(&volume_json(ctx, opts, name, Vec::new(), 0, false));
+            } else {
+                crate::progress::out(&format!("{name}: nothing to remove"));
+            }
             continue;
         }
         if !opts.dry_run
@@ -161,6 +174,7 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
             .check_removal(name, &targets)
             .with_context(|| format!("prune {name}"))?;
         let mut freed = 0u64;
+        let mut removed = Vec::new();
         for t in &targets {
             let hint = local.and_then(|l| SessionInfo::read(&l.info_path(t)).ok());
             let plan = archive
@@ -178,13 +192,23 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
             } else {
                 "removed"
             };
-            crate::progress::out(&format!(
-                "{name}: {verb} {t} (into {}: {} chunks kept by moving, {} deleted, {})",
-                plan.into,
-                plan.moved,
-                plan.deleted,
-                human(plan.freed_bytes)
-            ));
+            if ctx.json {
+                removed.push(serde_json::json!({
+                    "session": t,
+                    "into": plan.into,
+                    "moved_chunks": plan.moved,
+                    "deleted_chunks": plan.deleted,
+                    "freed_bytes": plan.freed_bytes,
+                }));
+            } else {
+                crate::progress::out(&format!(
+                    "{name}: {verb} {t} (into {}: {} chunks kept by moving, {} deleted, {})",
+                    plan.into,
+                    plan.moved,
+                    plan.deleted,
+                    human(plan.freed_bytes)
+                ));
+            }
             freed += plan.freed_bytes;
             if opts.dry_run {
                 // Later folds depend on this one; a dry run describes each step alone.
@@ -204,14 +228,25 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
                 about = "about ";
             }
         }
-        crate::progress::out(&format!(
-            "{name}: {} {about}{}",
-            if opts.dry_run { "would free" } else { "freed" },
-            human(freed)
-        ));
+        if ctx.json {
+            super::json::print(&volume_json(
+                ctx,
+                opts,
+                name,
+                removed,
+                freed,
+                !about.is_empty(),
+            ));
+        } else {
+            crate::progress::out(&format!(
+                "{name}: {} {about}{}",
+                if opts.dry_run { "would free" } else { "freed" },
+                human(freed)
+            ));
+        }
         total += freed;
     }
-    if vols.len() > 1 {
+    if vols.len() > 1 && !ctx.json {
         crate::progress::out(&format!(
             "total {}: {}",
             if opts.dry_run { "would free" } else { "freed" },
@@ -224,4 +259,28 @@ pub fn run(ctx: &Ctx, names: &[String], opts: &Opts) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One volume's line of `prune --json`: the sessions removed (or that would be), the
+/// bytes freed (`about`: a dry run's estimate for several sessions together), and
+/// for `--auto --dry-run` the schedule's decision for every session.
+pub fn volume_json(
+    ctx: &Ctx,
+    opts: &Opts,
+    name: &str,
+    removed: Vec<serde_json::Value>,
+    freed: u64,
+    about: bool,
+) -> serde_json::Value {
+    serde_json::json!({
+        "version": super::json::VERSION,
+        "command": "prune",
+        "volume": name,
+        "dest": ctx.config.dest,
+        "dry_run": opts.dry_run,
+        "removed": removed,
+        "freed_bytes": freed,
+        "freed_is_estimate": about,
+        "decisions": opts.decisions.take(),
+    })
 }

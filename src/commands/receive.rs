@@ -68,6 +68,17 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         crate::receive::zero_tail(path, size)
             .context("--zero-tail: zeroing past the volume's end")?;
     }
+    if ctx.json {
+        super::json::print(&received_json(
+            name,
+            &ctx.config.dest,
+            &id,
+            &out.describe(),
+            stats.volsize,
+            Some(stats.bytes_written),
+            started.elapsed().as_secs_f64(),
+        ));
+    }
     progress::summary(&format!(
         "{name}: session {id} restored to {} size={} written={} time={:.1}s",
         out.describe(),
@@ -76,4 +87,27 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// The `--json` document of a restore (from an archive or a tape).
+pub fn received_json(
+    volume: &str,
+    dest: &str,
+    session: &str,
+    target: &str,
+    size: u64,
+    bytes_written: Option<u64>,
+    seconds: f64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "version": super::json::VERSION,
+        "command": "receive",
+        "volume": volume,
+        "dest": dest,
+        "session": session,
+        "target": target,
+        "size": size,
+        "bytes_written": bytes_written,
+        "seconds": seconds,
+    })
 }

@@ -20,7 +20,7 @@ pub fn run(ctx: &Ctx, name: &str, dry_run: bool) -> Result<()> {
         println!("{name}: {line}");
     }
     for line in &rep.unrepaired {
-        eprintln!("sparsebak: repair {name}: cannot repair {line}");
+        crate::progress::err_line(&format!("sparsebak: repair {name}: cannot repair {line}"));
     }
     if !rep.unrepaired.is_empty() {
         bail!(

@@ -18,7 +18,14 @@ pub fn run(ctx: &Ctx, names: &[String], tarfile: bool, accept_archive: bool) -> 
         return send_all(ctx, &vols, tarfile);
     }
     let labelled = ctx.config.dest != crate::metadir::DEFAULT_DEST;
-    send_to(&ctx.config, &vols, tarfile, accept_archive, labelled)
+    send_to(
+        &ctx.config,
+        &vols,
+        tarfile,
+        accept_archive,
+        labelled,
+        ctx.json,
+    )
 }
 
 /// Send `vols` to the destination `config` was chosen for. `labelled`: summary lines
@@ -29,6 +36,7 @@ fn send_to(
     tarfile: bool,
     accept_archive: bool,
     labelled: bool,
+    json: bool,
 ) -> Result<()> {
     let mut source = source::for_config(config)?;
     let archive = Archive::open_or_create(config, accept_archive)?;
@@ -42,6 +50,15 @@ fn send_to(
                     format!("send {name}")
                 }
             })?;
+        if json {
+            super::json::print(&sent_json(
+                name,
+                &config.dest,
+                out.session.as_ref(),
+                out.bytes_read,
+                out.elapsed.as_secs_f64(),
+            ));
+        }
         let who = if labelled {
             format!("{name} to {}", config.dest)
         } else {
@@ -69,6 +86,30 @@ fn send_to(
         }
     }
     Ok(())
+}
+
+/// The `--json` line of one volume sent (to an archive or a tape): `session` is
+/// `None` when nothing had changed.
+pub fn sent_json(
+    volume: &str,
+    dest: &str,
+    session: Option<&sparsebak_format::info::SessionInfo>,
+    bytes_read: u64,
+    seconds: f64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "version": super::json::VERSION,
+        "command": "send",
+        "volume": volume,
+        "dest": dest,
+        "session": session.map(|s| &s.session),
+        "full": session.map(|s| s.previous.is_none()),
+        "previous": session.and_then(|s| s.previous.as_ref()),
+        "changed_chunks": session.map_or(0, |s| s.changed),
+        "bytes_read": bytes_read,
+        "bytes_stored": session.map_or(0, |s| s.bytes_stored),
+        "seconds": seconds,
+    })
 }
 
 /// Whether `e` says the destination cannot be reached now (rather than that it
@@ -119,7 +160,7 @@ fn send_all(ctx: &Ctx, vols: &[String], tarfile: bool) -> Result<()> {
         let config = ctx.config.for_dest(&d.name)?;
         let why = match config.absent_reason() {
             Some(why) => why,
-            None => match send_to(&config, vols, tarfile, false, true) {
+            None => match send_to(&config, vols, tarfile, false, true, ctx.json) {
                 Ok(()) => {
                     sent.push(d.name.clone());
                     continue;

@@ -98,7 +98,7 @@ pub fn run(ctx: &Ctx, action: &TapeAction) -> Result<()> {
             ));
             Ok(())
         }
-        TapeAction::Inventory => inventory(ctx, dest, &mut set),
+        TapeAction::Inventory { .. } => inventory(ctx, dest, &mut set),
         TapeAction::Retension => {
             set.drive.rewind()?;
             set.drive.eod()?;
@@ -598,6 +598,47 @@ fn inventory(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
             None => format!("{b} (not labelled in the catalog)"),
         }
     };
+    let known = |barcode: &Option<String>| {
+        barcode.as_ref().and_then(|b| {
+            tapes
+                .iter()
+                .find(|t| t.barcode.as_deref() == Some(b.as_str()) || t.name == *b)
+        })
+    };
+    let tape_json = |barcode: &Option<String>| match known(barcode) {
+        Some(t) => serde_json::json!({
+            "label": t.name,
+            "pool": t.pool,
+            "full": t.full,
+        }),
+        None => serde_json::Value::Null,
+    };
+    let doc = ctx.json.then(|| {
+        serde_json::json!({
+            "version": super::json::VERSION,
+            "command": "tape inventory",
+            "dest": dest.name,
+            "drives": inv.drives.iter().map(|d| serde_json::json!({
+                "number": d.number,
+                "full": d.full,
+                "barcode": d.barcode,
+                "from_slot": d.from_slot,
+                "tape": tape_json(&d.barcode),
+            })).collect::<Vec<_>>(),
+            "slots": inv.slots.iter().map(|s| serde_json::json!({
+                "number": s.number,
+                "full": s.full,
+                "barcode": s.barcode,
+                "import_export": s.import_export,
+                "tape": tape_json(&s.barcode),
+            })).collect::<Vec<_>>(),
+        })
+    });
+    let out = |line: &str| {
+        if !ctx.json {
+            out(line);
+        }
+    };
     for d in &inv.drives {
         if d.full {
             out(&format!(
@@ -637,6 +678,9 @@ fn inventory(ctx: &Ctx, dest: &DestConfig, set: &mut TapeSet) -> Result<()> {
         } else {
             out(&format!("slot {}{kind}: empty", s.number));
         }
+    }
+    if let Some(doc) = doc {
+        super::json::print(&doc);
     }
     Ok(())
 }

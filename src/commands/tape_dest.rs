@@ -62,6 +62,15 @@ pub fn send(ctx: &Ctx, names: &[String], verify: bool) -> Result<()> {
             }
         };
         let i = &s.outcome.info;
+        if ctx.json {
+            super::json::print(&super::send::sent_json(
+                name,
+                &config.dest,
+                Some(i),
+                s.outcome.bytes_written,
+                s.outcome.elapsed.as_secs_f64(),
+            ));
+        }
         progress::summary(&format!(
             "{name} to {}: session {} {} written={} changed={} on {}; drive busy {:.0}% at {}/s, \
              stopped {} time(s) time={:.1}s",
@@ -204,6 +213,17 @@ pub fn receive(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         crate::receive::zero_tail(path, sum.last().info.volsize)
             .context("--zero-tail: zeroing past the volume's end")?;
     }
+    if ctx.json {
+        super::json::print(&super::receive::received_json(
+            name,
+            &ctx.config.dest,
+            &chain.session,
+            &out.describe(),
+            sum.last().info.volsize,
+            None,
+            started.elapsed().as_secs_f64(),
+        ));
+    }
     progress::summary(&format!(
         "{name}: session {} restored from {streams} tape file(s) ({}) to {} size={} time={:.1}s",
         chain.session,
@@ -227,37 +247,65 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
         "verify {name} session {} on tape destination {}",
         chain.session, ctx.config.dest
     );
-    // Damage found (a block, a part, a chunk) ends with its own exit status, apart
-    // from a verify that could not run.
-    let read = dest
+    // Set when the tape files were read and found damaged (a block, a part, a chunk),
+    // not when they could not be read: the last-verify record and the exit status
+    // (damage has its own) say which.
+    let damaged = std::cell::Cell::new(false);
+    let r = dest
         .read_files(chain.files.clone(), ctx.unattended, |r| {
             let (input, map) = input_from(label, Box::new(r));
-            match sparsebak_format::stream::read_chain_with(
+            let sum = sparsebak_format::stream::read_chain_with(
                 std::io::BufReader::with_capacity(1 << 20, input),
                 None,
                 Some(stream_unlock(Some(config))),
-            ) {
-                Ok(sum) => {
-                    check_volume(&sum, Some(name))?;
-                    Ok(Ok(sum))
-                }
-                Err(e) => {
-                    let damage = e.is_damage()
-                        || matches!(&e, sparsebak_format::stream::StreamError::Read { source, .. }
-                            if source.kind() == std::io::ErrorKind::InvalidData);
-                    Ok(Err((damage, map.locate(e))))
-                }
-            }
+            )
+            .map_err(|e| {
+                damaged.set(stream_damage(&e));
+                map.locate(e)
+            })?;
+            check_volume(&sum, Some(name))?;
+            Ok(sum)
         })
-        .with_context(|| what.clone())?;
-    let sum = match read {
+        .with_context(|| what.clone());
+    let ok = r.is_ok();
+    if ok || damaged.get() {
+        super::verify::record(
+            &crate::metadir::dest_dir(&ctx.config, name),
+            name,
+            &crate::status::LastVerify {
+                time: super::now().timestamp(),
+                session: chain.session.clone(),
+                ok,
+                problems: u64::from(!ok),
+            },
+        );
+    }
+    if ctx.json {
+        super::json::print(&serde_json::json!({
+            "version": super::json::VERSION,
+            "command": "verify",
+            "volume": name,
+            "dest": ctx.config.dest,
+            "session": chain.session,
+            "ok": ok,
+            "chunks_checked": r.as_ref().map_or(0, |s| s.streams().iter().map(|s| s.data_chunks).sum::<u64>()),
+            "bytes_checked": null,
+            "problems": match &r {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![sparsebak_format::error::one_line(e.as_ref())],
+            },
+            "hint": null,
+            "seconds": null,
+        }));
+    }
+    let sum = match r {
         Ok(sum) => sum,
-        Err((true, e)) => {
-            return Err(anyhow::Error::from(crate::exit::Coded::damage(format!(
-                "{what}: {e}"
-            ))))
+        Err(e) if damaged.get() => {
+            return Err(anyhow::Error::from(crate::exit::Coded::damage(
+                sparsebak_format::error::one_line(e.as_ref()),
+            )))
         }
-        Err((false, e)) => return Err(anyhow::Error::from(e).context(what)),
+        Err(e) => return Err(e),
     };
     progress::summary(&format!(
         "{name}: session {} verified from {} tape file(s): {} chunks, sessions {}",
@@ -271,6 +319,16 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
             .join(" ")
     ));
     Ok(())
+}
+
+/// Whether a stream read from tape was found damaged (cut short, altered, chunks that
+/// do not match), rather than not readable.
+fn stream_damage(e: &sparsebak_format::stream::StreamError) -> bool {
+    // A tape block, part or stream found damaged comes through the pipe as a read
+    // error of kind `InvalidData`.
+    e.is_damage()
+        || matches!(e, sparsebak_format::stream::StreamError::Read { source, .. }
+            if source.kind() == std::io::ErrorKind::InvalidData)
 }
 
 /// Per volume a header line, then one line per session on the tape destination,
@@ -289,6 +347,23 @@ pub fn list(ctx: &Ctx, names: &[String]) -> Result<()> {
     let id = cat.destination("tape", dest)?;
     let mut out = progress::Stdout;
     for name in &vols {
+        if ctx.json {
+            let rows = cat
+                .chain(id, name)?
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "session": s.session,
+                        "time": s.time,
+                        "size": s.volsize,
+                        "stored": s.bytes,
+                        "previous": s.previous,
+                    })
+                })
+                .collect();
+            super::json::print(&super::list::volume_json(ctx, name, rows, None));
+            continue;
+        }
         writeln!(out, "{name}")?;
         for s in cat.chain(id, name)? {
             let parts = cat.session_tape_files(dest, name, &s.session)?;
@@ -368,7 +443,17 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
                 ids.len()
             );
         }
+        let removed = || {
+            chosen
+                .iter()
+                .map(|s| serde_json::json!({ "session": s }))
+                .collect::<Vec<_>>()
+        };
         if opts.dry_run {
+            if ctx.json {
+                super::json::print(&prune::volume_json(ctx, opts, name, removed(), 0, false));
+                continue;
+            }
             for s in &chosen {
                 progress::out(&format!("{name} {s}: would be forgotten"));
             }
@@ -391,6 +476,9 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
             }
         }
         forgotten += chosen.len();
+        if ctx.json {
+            super::json::print(&prune::volume_json(ctx, opts, name, removed(), 0, false));
+        }
         progress::summary(&format!(
             "{name}: {} session(s) forgotten on tape destination {dest}; the next send there is full",
             chosen.len()

@@ -22,6 +22,31 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
     let bar = Progress::new(size, &format!("verify {name}"));
     let rep = verify::verify(&*archive, name, &id, local, &mut |p| bar.set(p))?;
     bar.finish();
+    record(
+        &mdir,
+        name,
+        &crate::status::LastVerify {
+            time: super::now().timestamp(),
+            session: id.clone(),
+            ok: rep.problems.is_empty(),
+            problems: rep.problems.len() as u64,
+        },
+    );
+    if ctx.json {
+        super::json::print(&serde_json::json!({
+            "version": super::json::VERSION,
+            "command": "verify",
+            "volume": name,
+            "dest": ctx.config.dest,
+            "session": id,
+            "ok": rep.problems.is_empty(),
+            "chunks_checked": rep.chunks_checked,
+            "bytes_checked": rep.bytes_checked,
+            "problems": rep.problems,
+            "hint": rep.hint,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+    }
     if !rep.problems.is_empty() {
         // Each problem names its session (or the file, which does) once; the last
         // line names the session verified.
@@ -44,6 +69,24 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// Leave what a verify that ran to the end found in the volume's state folder for the
+/// destination (`status` reads it); a failure to write it is said, not fatal. Only
+/// where that folder exists: a machine that never sent the volume there (another
+/// machine verifying the archive) gets none, for an existing folder is what tells
+/// the commands that this machine kept copies of the sessions.
+pub fn record(dest_dir: &std::path::Path, name: &str, v: &crate::status::LastVerify) {
+    if !dest_dir.is_dir() {
+        tracing::debug!(
+            "verify {name}: {} does not exist: result not recorded",
+            dest_dir.display()
+        );
+        return;
+    }
+    if let Err(e) = v.write(dest_dir) {
+        tracing::warn!("verify {name}: cannot record the result for status: {e}");
+    }
 }
 
 /// Whether the archive is not the one this machine sends to at `destdir` (another

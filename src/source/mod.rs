@@ -134,6 +134,11 @@ pub trait Source {
     fn close_reference(&mut self, _vol: &VolumeCtx) -> Result<()> {
         Ok(())
     }
+    /// Whether the reference (tick) and working (tock) snapshots of the volume exist
+    /// now; `None` for a source that keeps no snapshots (`status`).
+    fn snapshots(&mut self, _vol: &VolumeCtx) -> Result<Option<crate::status::Snapshots>> {
+        Ok(None)
+    }
     /// Remove everything this source keeps for the volume (snapshots); `delete`.
     fn forget(&mut self, _vol: &VolumeCtx) -> Result<()> {
         Ok(())

@@ -205,6 +205,13 @@ impl<L: SnapshotLayer> Tracked<L> {
 }
 
 impl<L: SnapshotLayer> Source for Tracked<L> {
+    fn snapshots(&mut self, vol: &VolumeCtx) -> Result<Option<crate::status::Snapshots>> {
+        Ok(Some(crate::status::Snapshots {
+            tick: self.layer.exists(vol.name, Snap::Tick)?,
+            tock: self.layer.exists(vol.name, Snap::Tock)?,
+        }))
+    }
+
     fn monitor(&mut self, vol: &VolumeCtx) -> Result<MonitorOutcome> {
         let sent = crate::metadir::any_copies_in(&vol.meta_dir);
         if !sent && !map_path(vol).exists() && !self.layer.exists(vol.name, Snap::Tick)? {
