@@ -242,7 +242,7 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
             )
         });
     let ok = r.is_ok();
-    if ok || damaged.get() {
+    if ok || damaged.get() || dest.damage_found {
         super::verify::record(
             &crate::metadir::dest_dir(&ctx.config, name),
             name,

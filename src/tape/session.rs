@@ -53,6 +53,8 @@ pub struct TapeDest<'a> {
     pub dest: &'a DestConfig,
     pub tape: &'a TapeConfig,
     pub set: TapeSet,
+    /// The last [`TapeDest::read_files`] found a tape file damaged.
+    pub damage_found: bool,
 }
 
 /// One volume session sent to tape.
@@ -294,6 +296,7 @@ impl<'a> TapeDest<'a> {
             dest,
             tape,
             set,
+            damage_found: false,
         })
     }
 
@@ -614,7 +617,8 @@ impl<'a> TapeDest<'a> {
         let (mut w, r) = pipe(PIPE_CHUNK, PIPE_DEPTH);
         let block_size = self.tape.block_size;
         let set = &mut self.set;
-        std::thread::scope(|s| {
+        let mut damaged = false;
+        let r = std::thread::scope(|s| {
             let drive: &mut (dyn TapeDrive + Send) = set.drive.as_mut();
             let changer = set.changer.as_deref_mut();
             let reader = s.spawn(move || {
@@ -627,30 +631,43 @@ impl<'a> TapeDest<'a> {
                     None => Box::new(LoadedTape),
                 };
                 for f in files {
+                    let mut damage = false;
                     let copied = TapeFileReader::new(&mut *drive, mount.as_mut(), f)
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| {
+                            damage = e.is_damage();
+                            e.to_string()
+                        })
                         .and_then(|mut rd| {
                             io::copy(&mut rd, &mut w).map(drop).map_err(|e| {
                                 match super::reader::tape_file_error(&e) {
-                                    Some(te) => te.to_string(),
+                                    Some(te) => {
+                                        damage = te.is_damage();
+                                        te.to_string()
+                                    }
                                     None => e.to_string(),
                                 }
                             })
                         });
                     if let Err(why) = copied {
                         w.fail(why);
-                        return;
+                        return damage;
                     }
                 }
                 let _ = w.close();
+                false
             });
             let out = consume(r);
             let joined = reader.join();
             match joined {
                 Err(_) => Err(msg("the tape reader thread panicked")),
-                Ok(()) => out,
+                Ok(d) => {
+                    damaged = d;
+                    out
+                }
             }
-        })
+        });
+        self.damage_found = damaged;
+        r
     }
 }
 

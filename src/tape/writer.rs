@@ -638,3 +638,14 @@ pub fn write_tape_file_from(
     })?;
     Ok((file, stats))
 }
+
+impl TapeFileError {
+    /// Whether a tape file was read and found damaged (a block or a part's header or
+    /// trailer not as written), rather than not readable or not there.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            TapeFileError::Damaged { .. } | TapeFileError::BadPart { .. }
+        )
+    }
+}
