@@ -280,7 +280,7 @@ pub enum Command {
         #[arg(long = "zero-tail")]
         zero_tail: bool,
         /// Print JSON (docs/JSON.md) instead of the human output.
-        #[arg(long, conflicts_with = "from_stream")]
+        #[arg(long)]
         json: bool,
     },
     /// Re-read and re-hash every chunk of a session's view (latest by default) and check
@@ -299,7 +299,7 @@ pub enum Command {
         #[arg(long = "from-stream", value_name = "PATH[,PATH...]")]
         from_stream: Option<String>,
         /// Print JSON (docs/JSON.md) instead of the human output.
-        #[arg(long, conflicts_with = "from_stream")]
+        #[arg(long)]
         json: bool,
     },
     /// Serve the archive at ROOT (or a folder inside it) on standard input and output

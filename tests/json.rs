@@ -356,3 +356,30 @@ fn send_to_every_destination_prints_a_line_per_volume_and_destination() {
         .unwrap()
         .starts_with("disk not mounted"));
 }
+
+#[test]
+fn stream_commands_print_json_that_matches_their_schemas() {
+    let env = Env::new(&["a"]);
+    std::fs::write(env.image("a"), Rng::new(13).bytes(3 * CS + 1)).unwrap();
+    let stream = env.path().join("a.full");
+    env.ok(&["send", "a", &format!("--stream={}", stream.display())]);
+    let from = format!("--from-stream={}", stream.display());
+    let v = one("verify", &env.ok(&["verify", &from, "--json"]));
+    assert_eq!(v["volume"], "a");
+    assert_eq!(v["dest"], Value::Null);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["chunks_checked"], 4);
+    let target = env.path().join("restored");
+    let r = one(
+        "receive",
+        &env.ok(&[
+            "receive",
+            &from,
+            &format!("--save-to={}", target.display()),
+            "--json",
+        ]),
+    );
+    assert_eq!(r["session"], v["session"]);
+    assert_eq!(r["size"], 3 * CS + 1);
+    assert_same(&std::fs::read(&target).unwrap(), &env.read_image("a"), "a");
+}

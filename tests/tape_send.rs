@@ -317,6 +317,16 @@ fn a_damaged_block_is_named_and_nothing_is_restored() {
         e.contains("tape VT0001L8, file 1, block 3 (position 5): damaged"),
         "{e}"
     );
+    // The verify's result is kept, and status says it.
+    let record = std::fs::read_to_string(l.path().join("meta/v/dest/vt/last-verify")).unwrap();
+    assert!(record.contains("\nresult damaged\n"), "{record}");
+    let o = l.run(&["status"]);
+    assert_eq!(o.status.code(), Some(4));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.starts_with("sparsebak: status: volume v on destination vt: the last verify (session "),
+        "{e}"
+    );
 }
 
 #[test]

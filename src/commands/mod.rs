@@ -91,13 +91,21 @@ pub fn run(cli: Cli) -> Result<()> {
                 volume.as_deref(),
                 paths,
                 *zero_tail,
+                cli.command.json(),
             )
         }
         Command::Verify {
             volume,
             from_stream: Some(paths),
             ..
-        } => return stream::verify(&config_path(&cli), volume.as_deref(), paths),
+        } => {
+            return stream::verify(
+                &config_path(&cli),
+                volume.as_deref(),
+                paths,
+                cli.command.json(),
+            )
+        }
         Command::Serve { root } => return serve::run(root),
         Command::Umount { mountpoint } => return mount::umount(mountpoint),
         Command::Mount {

@@ -71,7 +71,7 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     if ctx.json {
         super::json::print(&received_json(
             name,
-            &ctx.config.dest,
+            Some(&ctx.config.dest),
             &id,
             &out.describe(),
             stats.volsize,
@@ -89,10 +89,11 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     Ok(())
 }
 
-/// The `--json` document of a restore (from an archive or a tape).
+/// The `--json` document of a restore (from an archive or a tape; `dest` is `None`
+/// from streams).
 pub fn received_json(
     volume: &str,
-    dest: &str,
+    dest: Option<&str>,
     session: &str,
     target: &str,
     size: u64,

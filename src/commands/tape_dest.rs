@@ -216,7 +216,7 @@ pub fn receive(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     if ctx.json {
         super::json::print(&super::receive::received_json(
             name,
-            &ctx.config.dest,
+            Some(&ctx.config.dest),
             &chain.session,
             &out.describe(),
             sum.last().info.volsize,

@@ -1204,7 +1204,10 @@ mod tests {
         let path = chain_order(Some(("20260102-000001", [3; 32])), &refs3);
         assert_eq!(path, [0]);
         // Nothing follows a chain whose end no stream builds on.
-        assert_eq!(chain_order(Some(("20260103-000000", [0; 32])), &refs), Vec::<usize>::new());
+        assert_eq!(
+            chain_order(Some(("20260103-000000", [0; 32])), &refs),
+            Vec::<usize>::new()
+        );
     }
 
     #[test]

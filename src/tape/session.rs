@@ -720,14 +720,7 @@ impl<'a> TapeDest<'a> {
                     None => Box::new(LoadedTape),
                 };
                 // What was read is damaged (not merely unreadable): said as such.
-                let damage = |e: &TapeFileError| {
-                    matches!(
-                        e,
-                        TapeFileError::Damaged { .. }
-                            | TapeFileError::BadPart { .. }
-                            | TapeFileError::Mismatch { .. }
-                    )
-                };
+                let damage = TapeFileError::is_damage;
                 for f in files {
                     let copied = TapeFileReader::new(&mut *drive, mount.as_mut(), f)
                         .map_err(|e| (damage(&e), e.to_string()))

@@ -657,3 +657,17 @@ pub fn write_tape_file_from(
     })?;
     Ok((file, stats))
 }
+
+impl TapeFileError {
+    /// Whether a tape file was read and found damaged (a block, a part's header or
+    /// trailer, or the whole stream not as written), rather than not readable or not
+    /// there.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            TapeFileError::Damaged { .. }
+                | TapeFileError::BadPart { .. }
+                | TapeFileError::Mismatch { .. }
+        )
+    }
+}
