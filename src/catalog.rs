@@ -959,6 +959,7 @@ mod tests {
         let conn = Connection::open(&p).unwrap();
         conn.execute_batch(
             "DROP TABLE tape_files;
+             ALTER TABLE tapes DROP COLUMN recycle;
              CREATE TABLE tape_files (
                  tape TEXT NOT NULL REFERENCES tapes(uuid) ON DELETE CASCADE,
                  file_number INTEGER NOT NULL, dest TEXT NOT NULL, volume TEXT NOT NULL,
