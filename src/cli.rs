@@ -15,7 +15,8 @@ use clap::{ArgAction, ArgGroup, CommandFactory, Parser, Subcommand};
                   Sessions are named YYYYMMDD-HHMMSS (local time).\n\
                   Options of a command go after it: see `sparsebak COMMAND --help`.\n\
                   Exit status: 0 on success, 1 on failure (one-line reason on stderr), 2 on bad usage,\n\
-                  3 when send --dest=all found no destination present, 4 when verify found damage.")]
+                  3 when send --dest=all found no destination present, 4 when verify found damage,\n\
+                  5 when status finds a volume older than max_age (4 when a last verify found damage).")]
 pub struct Cli {
     /// Configuration file.
     #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]

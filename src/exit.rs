@@ -6,7 +6,8 @@
 //! | 1 | failure: the command could not do its work (one-line reason on stderr) |
 //! | 2 | bad usage (clap's own status, also for what `Cli::check` refuses) |
 //! | 3 | nothing to do: `send --dest=all` found no destination present |
-//! | 4 | `verify` ran to the end and found damage |
+//! | 4 | `verify` ran to the end and found damage (and `status`, when a last verify did) |
+//! | 5 | `status`: a volume's newest session is older than `max_age`, or it was never sent |
 //!
 //! A command that ends with status 3 or 4 returns a [`Coded`] error; `main` looks for
 //! one in the error's chain. Every other error exits 1.
@@ -22,6 +23,8 @@ pub const USAGE: u8 = 2;
 pub const NOTHING_DONE: u8 = 3;
 /// `verify` checked what it was asked to and found damage.
 pub const DAMAGE: u8 = 4;
+/// `status`: a volume is stale (older than `max_age`) or was never sent.
+pub const STALE: u8 = 5;
 
 /// A failure that ends the command with its own exit status; its text is the message.
 #[derive(Debug, thiserror::Error)]

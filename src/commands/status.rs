@@ -15,9 +15,9 @@ use crate::source::{self, VolumeCtx};
 use crate::status::{self, age_text, ProblemKind, Report};
 
 /// A last verify found damage (the status `verify` itself exits with on damage).
-pub const DAMAGE: i32 = 4;
+pub const DAMAGE: i32 = crate::exit::DAMAGE as i32;
 /// A volume is older than `max_age`, or was never sent.
-pub const STALE: i32 = 5;
+pub const STALE: i32 = crate::exit::STALE as i32;
 
 pub fn run(ctx: &Ctx, names: &[String], prometheus: bool) -> Result<()> {
     let config = &ctx.config;
