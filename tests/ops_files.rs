@@ -422,7 +422,8 @@ fn zsh_and_fish_completions_parse_and_complete_volumes() {
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
     let z = std::fs::read_to_string(&zsh).unwrap();
     // send monitor receive verify list resync prune repair delete rename untar diff
-    assert_eq!(z.matches(":_sparsebak_volumes' \\").count(), 12, "{z}");
+    // mount status
+    assert_eq!(z.matches(":_sparsebak_volumes' \\").count(), 14, "{z}");
     let prog = format!(
         "compdef() {{ : }}\ncompadd() {{ [[ $1 == -a ]] && print -l -- \"${{(@P)2}}\" }}\n\
          source '{}'\nwords=(sparsebak -c '{cfg}' send '')\nCURRENT=5\n_sparsebak_volumes\n",
