@@ -795,8 +795,9 @@ fn sessions_the_newest_copy_does_not_know_are_not_brought_back() {
     let (recorded, first) = write_set(&set, None);
     // Alpha's chain forgotten (pruned), then a newer copy at the end of the set, in
     // a later second than every session (a session of the copy's own second counts
-    // as newer than the copy).
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // as newer than the copy; sends in one second take the seconds after it as their
+    // IDs, so the newest session may be ahead of the clock by two).
+    std::thread::sleep(std::time::Duration::from_millis(3100));
     let second = {
         let lib = set.library();
         let cat = set.catalog();

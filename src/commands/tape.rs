@@ -331,7 +331,12 @@ fn label_one(
         _ => None,
     };
     if let Some(other) = cat.tape_by_name(&name)? {
-        if Some(&other.uuid) != here.as_ref() {
+        // The same cartridge (its barcode) whose label cannot be read is not another
+        // tape: labelled anew with --force, it loses what the catalog has on it.
+        let same_cartridge = barcode.is_some() && other.barcode == barcode;
+        if same_cartridge && force && here.is_none() {
+            forget_chains_on(cat, &other.uuid, &other.name)?;
+        } else if Some(&other.uuid) != here.as_ref() && !same_cartridge {
             bail!(
                 "the catalog already knows a tape named {name} (uuid {}, pool {}, {} tape \
                  file(s)): labelling {where_} so would lose it; give another --name",
