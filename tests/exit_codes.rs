@@ -133,7 +133,7 @@ fn bad_usage_exits_2_and_help_names_every_status() {
     }
     let help = env.ok(&["--help"]);
     assert!(
-        help.contains("2 on bad usage,\n3 when send --dest=all found no destination present, 4 when verify found damage."),
+        help.contains("2 on bad usage,\n3 when send --dest=all found no destination present, 4 when verify found damage,\n5 when status finds a volume older than max_age (4 when a last verify found damage)."),
         "{help}"
     );
 }
