@@ -153,6 +153,33 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+/// Insert the row of tape file `f` with `verb` (`INSERT`, or `INSERT OR IGNORE` to
+/// leave a row already there); the rows changed.
+fn insert_file_row(conn: &Connection, verb: &str, f: &TapeFileRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "{verb} INTO tape_files (tape, file_number, dest, volume, session, part,
+                 first_block, blocks, bytes, sha256, stream_id, stream_bytes, stream_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ),
+        params![
+            f.tape,
+            f.file_number as i64,
+            f.dest,
+            f.volume,
+            f.session,
+            f.part,
+            f.first_block as i64,
+            f.blocks as i64,
+            f.bytes as i64,
+            hex::encode(f.sha256),
+            f.stream_id,
+            f.stream_bytes as i64,
+            hex::encode(f.stream_sha256)
+        ],
+    )
+}
+
 impl Catalog {
     /// Open (creating or migrating) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Catalog> {
@@ -658,27 +685,7 @@ impl Catalog {
                 uuid: f.tape.clone(),
             });
         }
-        tx.execute(
-            "INSERT INTO tape_files (tape, file_number, dest, volume, session, part,
-                 first_block, blocks, bytes, sha256, stream_id, stream_bytes, stream_sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                f.tape,
-                f.file_number as i64,
-                f.dest,
-                f.volume,
-                f.session,
-                f.part,
-                f.first_block as i64,
-                f.blocks as i64,
-                f.bytes as i64,
-                hex::encode(f.sha256),
-                f.stream_id,
-                f.stream_bytes as i64,
-                hex::encode(f.stream_sha256)
-            ],
-        )
-        .map_err(sql)?;
+        insert_file_row(&tx, "INSERT", f).map_err(sql)?;
         tx.commit().map_err(sql)
     }
 
@@ -837,30 +844,7 @@ impl Catalog {
     /// as it is. `false` when that tape file, or that part of the session, is already
     /// recorded (nothing is changed then).
     pub fn insert_tape_file(&self, f: &TapeFileRecord) -> Result<bool> {
-        let n = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO tape_files (tape, file_number, dest, volume, session,
-                     part, first_block, blocks, bytes, sha256, stream_id, stream_bytes,
-                     stream_sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
-                    f.tape,
-                    f.file_number as i64,
-                    f.dest,
-                    f.volume,
-                    f.session,
-                    f.part,
-                    f.first_block as i64,
-                    f.blocks as i64,
-                    f.bytes as i64,
-                    hex::encode(f.sha256),
-                    f.stream_id,
-                    f.stream_bytes as i64,
-                    hex::encode(f.stream_sha256)
-                ],
-            )
-            .map_err(self.sql())?;
+        let n = insert_file_row(&self.conn, "INSERT OR IGNORE", f).map_err(self.sql())?;
         Ok(n == 1)
     }
 
