@@ -805,6 +805,36 @@ impl Catalog {
             .map_err(self.sql())
     }
 
+    /// Forget `volume`'s chain on the tape destination `dest` and the tape files of its
+    /// sessions (the next stream there is full); returns those tape files.
+    pub fn forget_tape_chain(&mut self, dest: &str, volume: &str) -> Result<Vec<TapeFileRecord>> {
+        let id = self.destination("tape", dest)?;
+        let files: Vec<TapeFileRecord> = self.query_files(
+            "WHERE dest = ?1 AND volume = ?2 AND session IN
+                     (SELECT session FROM sessions WHERE dest = ?3 AND volume = ?2)
+                 ORDER BY tape, file_number",
+            &[&dest, &volume, &id.0],
+        )?;
+        let sql = |source| CatalogError::Sql {
+            path: self.path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "DELETE FROM tape_files WHERE dest = ?1 AND volume = ?2 AND session IN
+                 (SELECT session FROM sessions WHERE dest = ?3 AND volume = ?2)",
+            params![dest, volume, id.0],
+        )
+        .map_err(sql)?;
+        tx.execute(
+            "DELETE FROM sessions WHERE dest = ?1 AND volume = ?2",
+            params![id.0, volume],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(files)
+    }
+
     /// The volumes with a chain on `dest`, by name.
     pub fn volumes(&self, dest: DestId) -> Result<Vec<String>> {
         let mut st = self
@@ -933,6 +963,27 @@ mod tests {
         assert_eq!(c.archive_id("/mnt/c/sb").unwrap(), None);
         c.set_archive_id("/mnt/b/sb", "b").unwrap();
         assert_eq!(c.archive_id("/mnt/b/sb").unwrap().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn forgetting_a_tape_chain_takes_its_sessions_tape_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&d.path().join("catalog.sqlite")).unwrap();
+        let lto = c.destination("tape", "lto").unwrap();
+        c.record_session(lto, &info("20260101-000000", None), 10)
+            .unwrap();
+        c.add_tape(&tape("VT0001L8", "u1")).unwrap();
+        c.add_tape_file(&tape_file("u1", 1, "20260101-000000", 0), 42)
+            .unwrap();
+        // A tape file of a session the chain never recorded (a run killed first).
+        c.add_tape_file(&tape_file("u1", 2, "20260102-000000", 0), 43)
+            .unwrap();
+        let gone = c.forget_tape_chain("lto", "v").unwrap();
+        assert_eq!(gone.iter().map(|f| f.file_number).collect::<Vec<_>>(), [1]);
+        assert!(c.chain(lto, "v").unwrap().is_empty());
+        let left = c.tape_files("u1").unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].session, "20260102-000000");
     }
 
     #[test]

@@ -391,15 +391,8 @@ fn forget_chains_on(cat: &mut Catalog, uuid: &str, name: &str) -> Result<()> {
     }
     for ((dest, volume), sessions) in chains {
         let id = cat.destination("tape", &dest)?;
-        let chain: Vec<String> = cat
-            .chain(id, &volume)?
-            .into_iter()
-            .map(|s| s.session)
-            .collect();
-        for s in &chain {
-            cat.forget_session_tape_files(&dest, &volume, s)?;
-        }
-        cat.forget(id, &volume)?;
+        let chain = cat.chain(id, &volume)?;
+        cat.forget_tape_chain(&dest, &volume)?;
         out(&format!(
             "tape {name}: volume {volume} on destination {dest} loses session(s) {}: its \
              chain there ({} session(s)) is forgotten and its next send there is full",

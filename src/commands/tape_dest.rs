@@ -405,7 +405,7 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
         bail!("prune needs --session=SEL[,SEL], --all-before=DATE or --auto");
     }
     crate::metadir::create_private_dir(&ctx.config.metadir)?;
-    let cat = Catalog::open(&crate::metadir::catalog(&ctx.config))?;
+    let mut cat = Catalog::open(&crate::metadir::catalog(&ctx.config))?;
     let dest = ctx.config.dest.clone();
     let id = cat.destination("tape", &dest)?;
     let mut forgotten = 0usize;
@@ -459,13 +459,10 @@ pub fn prune(ctx: &Ctx, names: &[String], opts: &prune::Opts) -> Result<()> {
             }
             continue;
         }
-        for s in &chosen {
-            for f in cat.session_tape_files(&dest, name, s)? {
-                emptied.insert(f.tape);
-            }
-            cat.forget_session_tape_files(&dest, name, s)?;
+        // The whole chain (checked above): its tape files go with it.
+        for f in cat.forget_tape_chain(&dest, name)? {
+            emptied.insert(f.tape);
         }
-        cat.forget(id, name)?;
         // The next send there is full: the copies of the forgotten chain go.
         let sdir = crate::metadir::dest_dir(&ctx.config, name);
         let copies = crate::archive::local::LocalCopies::new(&sdir);

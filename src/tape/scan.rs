@@ -871,10 +871,7 @@ pub fn scan(
                      the copy imported was written): the old chain ({} session(s)) is forgotten",
                     chain.len()
                 ));
-                for c in &chain {
-                    cat.forget_session_tape_files(opts.dest, &volume, &c.session)?;
-                }
-                cat.forget(dest_id, &volume)?;
+                cat.forget_tape_chain(opts.dest, &volume)?;
                 linked.clear();
                 end = None;
                 path = newer;

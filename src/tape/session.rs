@@ -547,9 +547,9 @@ impl<'a> TapeDest<'a> {
         label: &TapeLabel,
         unattended: bool,
     ) -> Result<TapeSent> {
-        let cat = self.catalog()?;
+        let mut cat = self.catalog()?;
         let barcodes = self.next_barcodes(&cat, label)?;
-        self.forget_broken_chain(&cat, name)?;
+        self.forget_broken_chain(&mut cat, name)?;
         drop(cat);
         let stream_id = sparsebak_format::crypto::random_uuid().map_err(msg)?;
         let opts = TapeFileOptions {
@@ -650,7 +650,7 @@ impl<'a> TapeDest<'a> {
     /// knows (its tape labelled anew) cannot restore that session or any after it: it
     /// is forgotten, said, and the next stream is full, rather than one more
     /// incremental nobody could restore.
-    fn forget_broken_chain(&self, cat: &Catalog, volume: &str) -> Result<()> {
+    fn forget_broken_chain(&self, cat: &mut Catalog, volume: &str) -> Result<()> {
         let dest = &self.dest.name;
         let id = cat.destination("tape", dest).map_err(msg)?;
         let chain = cat.chain(id, volume).map_err(msg)?;
@@ -672,11 +672,7 @@ impl<'a> TapeDest<'a> {
              more (a tape labelled anew?): its chain there is forgotten and this send is full",
             lost.join(" ")
         );
-        for s in &chain {
-            cat.forget_session_tape_files(dest, volume, &s.session)
-                .map_err(msg)?;
-        }
-        cat.forget(id, volume).map_err(msg)
+        cat.forget_tape_chain(dest, volume).map(drop).map_err(msg)
     }
 
     /// After a failed send: the tape in the drive, when past its early warning, is
