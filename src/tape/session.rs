@@ -437,14 +437,25 @@ impl<'a> TapeDest<'a> {
         rec: &TapeRecord,
     ) -> Result<Option<TapeLabel>> {
         let l = self.recycle_if_pruned(cat, l, rec)?;
+        if self.mark_full_if_past_warning(cat, &l)? {
+            return Ok(None);
+        }
+        Ok(Some(l))
+    }
+
+    /// Whether the tape in the drive (labelled `l`) is past its early warning at its
+    /// end of data; then it is recorded full, and takes nothing more.
+    fn mark_full_if_past_warning(&mut self, cat: &Catalog, l: &TapeLabel) -> Result<bool> {
         let drive = self.set.drive.as_mut();
         drive.eod().map_err(msg)?;
         if !drive.status().map_err(msg)?.eot {
-            return Ok(Some(l));
+            return Ok(false);
         }
-        tracing::info!(tape = %rec.name, "the tape is past its early warning: marked full");
-        cat.set_tape_full(&l.uuid_string(), true).map_err(msg)?;
-        Ok(None)
+        tracing::info!(tape = %l.name, "the tape is past its early warning: marked full");
+        if cat.tape(&l.uuid_string()).map_err(msg)?.is_some() {
+            cat.set_tape_full(&l.uuid_string(), true).map_err(msg)?;
+        }
+        Ok(true)
     }
 
     /// Load the tape `barcode` into the drive with the changer.
@@ -681,15 +692,8 @@ impl<'a> TapeDest<'a> {
         let Some(l) = self.label_in_drive()? else {
             return Ok(());
         };
-        let drive = self.set.drive.as_mut();
-        drive.eod().map_err(msg)?;
-        if drive.status().map_err(msg)?.eot {
-            let cat = self.catalog()?;
-            if cat.tape(&l.uuid_string()).map_err(msg)?.is_some() {
-                cat.set_tape_full(&l.uuid_string(), true).map_err(msg)?;
-            }
-        }
-        Ok(())
+        let cat = self.catalog()?;
+        self.mark_full_if_past_warning(&cat, &l).map(drop)
     }
 
     /// Read the tape files `files` one after the other (each by LOCATE), handing
