@@ -12,29 +12,8 @@ use common::*;
 use sparsebak::catalog::Catalog;
 use sparsebak::tape::changer::Changer;
 use sparsebak::tape::drive::TapeDrive;
-use sparsebak::tape::virtual_library::{VirtualLibrary, VirtualLibraryOptions};
 
 const BS: usize = 65536;
-
-/// A virtual library held by this test process keeps an exclusive lock on an open
-/// file. A child spawned by another test thread in the meantime holds a copy of that
-/// descriptor until it execs, and a command run right after the library is dropped
-/// could find it still locked. So spawning (read) and holding a library (write)
-/// exclude each other.
-static SPAWN: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// The library, held while no child process is being spawned.
-struct Held {
-    lib: VirtualLibrary,
-    _spawn: std::sync::RwLockWriteGuard<'static, ()>,
-}
-
-impl std::ops::Deref for Held {
-    type Target = VirtualLibrary;
-    fn deref(&self) -> &VirtualLibrary {
-        &self.lib
-    }
-}
 
 struct Lib {
     dir: TestDir,
@@ -64,7 +43,7 @@ impl Lib {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let _spawn = SPAWN.read().unwrap_or_else(|p| p.into_inner());
+        let _spawn = spawning();
         std::process::Command::new(bin())
             .arg("-c")
             .arg(&self.config)
@@ -102,18 +81,8 @@ impl Lib {
     }
 
     /// The library itself, while no command runs.
-    fn library(&self) -> Held {
-        let spawn = SPAWN.write().unwrap_or_else(|p| p.into_inner());
-        let lib = VirtualLibrary::open(
-            &self.dir.path().join("vtl"),
-            &VirtualLibraryOptions {
-                slots: 3,
-                capacity: 16 << 20,
-                speed: None,
-            },
-        )
-        .unwrap();
-        Held { lib, _spawn: spawn }
+    fn library(&self) -> HeldLibrary {
+        HeldLibrary::open(&self.dir.path().join("vtl"), 3, 16 << 20)
     }
 
     fn catalog(&self) -> Catalog {

@@ -19,7 +19,7 @@ use sparsebak::tape::changer::Changer;
 use sparsebak::tape::drive::TapeDrive;
 use sparsebak::tape::label::TapeLabel;
 use sparsebak::tape::reader::{ChangerMount, TapeFileReader};
-use sparsebak::tape::virtual_library::{barcode_for, VirtualLibrary, VirtualLibraryOptions};
+use sparsebak::tape::virtual_library::barcode_for;
 use sparsebak::tape::writer::{write_tape_file_from, ChangerNextTape, TapeFile, TapeFileOptions};
 use sparsebak_format::crypto::{ArchiveKeys, KdfParams, KeyFile, MasterKey, Passphrase};
 use sparsebak_format::info::SessionInfo;
@@ -32,22 +32,6 @@ const CAPACITY: u64 = 4 << 20;
 /// A volume name found nowhere on the cartridges when everything is sealed.
 const SECRET_VOL: &str = "qzvolumex";
 const PASS: &str = "tape scan words";
-
-/// Spawning a child (read) and holding the library in this process (write) exclude
-/// each other: a child spawned while the library is held would inherit its lock.
-static SPAWN: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-struct Held {
-    lib: VirtualLibrary,
-    _spawn: std::sync::RwLockWriteGuard<'static, ()>,
-}
-
-impl std::ops::Deref for Held {
-    type Target = VirtualLibrary;
-    fn deref(&self) -> &VirtualLibrary {
-        &self.lib
-    }
-}
 
 struct Set {
     dir: TestDir,
@@ -98,7 +82,7 @@ impl Set {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let _spawn = SPAWN.read().unwrap_or_else(|p| p.into_inner());
+        let _spawn = spawning();
         std::process::Command::new(bin())
             .arg("-c")
             .arg(&self.config)
@@ -120,18 +104,8 @@ impl Set {
         String::from_utf8(o.stdout).unwrap()
     }
 
-    fn library(&self) -> Held {
-        let spawn = SPAWN.write().unwrap_or_else(|p| p.into_inner());
-        let lib = VirtualLibrary::open(
-            &self.dir.path().join("vtl"),
-            &VirtualLibraryOptions {
-                slots: SLOTS,
-                capacity: CAPACITY,
-                speed: None,
-            },
-        )
-        .unwrap();
-        Held { lib, _spawn: spawn }
+    fn library(&self) -> HeldLibrary {
+        HeldLibrary::open(&self.dir.path().join("vtl"), SLOTS, CAPACITY)
     }
 
     fn catalog_path(&self) -> PathBuf {
@@ -910,7 +884,7 @@ fn streams_of_killed_sends_are_reported_and_the_rerun_is_recorded() {
     // before the chain records the session; then sent whole.
     for point in ["tape-mid-file", "stream-before-record"] {
         let o = {
-            let _spawn = SPAWN.read().unwrap_or_else(|p| p.into_inner());
+            let _spawn = spawning();
             std::process::Command::new(bin())
                 .args([
                     "-c",

@@ -546,3 +546,46 @@ pub fn rolled_back_list_and_receive(env: &Env, vol: &str, lost: &str, kept: &str
     );
     std::fs::remove_file(&out).unwrap();
 }
+
+/// A virtual library held by a test process keeps an exclusive lock on an open file.
+/// A child spawned by another test thread in the meantime holds a copy of that
+/// descriptor until it execs, and a command run right after the library is dropped
+/// could find it still locked. So spawning (read, [`spawning`]) and holding a library
+/// (write, [`HeldLibrary::open`]) exclude each other.
+static SPAWN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Hold while spawning a child that may open a virtual library.
+pub fn spawning() -> std::sync::RwLockReadGuard<'static, ()> {
+    SPAWN.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A virtual library, held while no child process is being spawned.
+pub struct HeldLibrary {
+    lib: sparsebak::tape::virtual_library::VirtualLibrary,
+    _spawn: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl HeldLibrary {
+    /// Open (creating) the virtual library in `dir` with `slots` cartridges of
+    /// `capacity` bytes.
+    pub fn open(dir: &Path, slots: u32, capacity: u64) -> HeldLibrary {
+        let spawn = SPAWN.write().unwrap_or_else(|p| p.into_inner());
+        let lib = sparsebak::tape::virtual_library::VirtualLibrary::open(
+            dir,
+            &sparsebak::tape::virtual_library::VirtualLibraryOptions {
+                slots,
+                capacity,
+                speed: None,
+            },
+        )
+        .unwrap();
+        HeldLibrary { lib, _spawn: spawn }
+    }
+}
+
+impl std::ops::Deref for HeldLibrary {
+    type Target = sparsebak::tape::virtual_library::VirtualLibrary;
+    fn deref(&self) -> &Self::Target {
+        &self.lib
+    }
+}
