@@ -180,6 +180,23 @@ pub fn check_block_size_value(device: &str, size: usize) -> Result<()> {
     Ok(())
 }
 
+/// Let the drive give up its tape so a changer (or a person) can take it: an unload
+/// where the drive has one; a drive without one, or without a tape, is fine as it is.
+pub fn release_tape(drive: &mut dyn TapeDrive) -> Result<()> {
+    match drive.unload() {
+        Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Take in the tape just put in the drive: a load where the drive has one.
+pub fn take_tape(drive: &mut dyn TapeDrive) -> Result<()> {
+    match drive.load() {
+        Ok(()) | Err(TapeError::Unsupported { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A tape drive with a tape in it.
 pub trait TapeDrive {
     /// The device's name for messages (`/dev/nst0`, `virtual:/srv/vtl drive`).

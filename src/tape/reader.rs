@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use sha2::{Digest, Sha256};
 
 use super::changer::Changer;
-use super::drive::{ReadOutcome, TapeDrive, TapeError};
+use super::drive::{ReadOutcome, TapeDrive};
 use super::label::TapeLabel;
 use super::writer::{
     block_digest, trailer_blocks, Part, PartHeader, PartTrailer, TapeFile, TapeFileError,
@@ -53,15 +53,9 @@ impl<C: Changer> MountTape for ChangerMount<C> {
         if inv.drive_of(&part.tape) == Some(self.drive_number) {
             return Ok(());
         }
-        match drive.unload() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::drive::release_tape(&mut *drive)?;
         self.changer.load_barcode(&part.tape, self.drive_number)?;
-        match drive.load() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(super::drive::take_tape(&mut *drive)?)
     }
 }
 

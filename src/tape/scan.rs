@@ -161,10 +161,7 @@ impl MountTape for Mount<'_> {
         }
         release(drive, changer, self.drive_number)?;
         changer.load_barcode(&part.tape, self.drive_number)?;
-        match drive.load() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::drive::take_tape(&mut *drive)?;
         super::open::ready(drive, self.block_size)?;
         Ok(())
     }
@@ -184,10 +181,7 @@ fn release(
     {
         return Ok(());
     }
-    match drive.unload() {
-        Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
+    super::drive::release_tape(&mut *drive)?;
     changer.unload(drive_number, None)?;
     Ok(())
 }
@@ -548,10 +542,7 @@ pub fn scan(
                 let barcode = s.barcode.clone();
                 release(drive, c, dn)?;
                 c.load(n, dn)?;
-                match drive.load() {
-                    Ok(()) | Err(TapeError::Unsupported { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                super::drive::take_tape(&mut *drive)?;
                 barcode
             };
             read_one(drive, barcode, Some(n), &mut report, &mut found)?;
@@ -561,10 +552,7 @@ pub fn scan(
             let inv = c.inventory()?;
             for s in inv.slots.iter().filter(|s| s.full && !s.import_export) {
                 c.load(s.number, dn)?;
-                match drive.load() {
-                    Ok(()) | Err(TapeError::Unsupported { .. }) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                super::drive::take_tape(&mut *drive)?;
                 read_one(
                     drive,
                     s.barcode.clone(),

@@ -193,10 +193,7 @@ impl NextTape for PromptNextTape {
         full: &TapeLabel,
         parts: u32,
     ) -> std::result::Result<(), TapeFileError> {
-        match drive.unload() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::drive::release_tape(&mut *drive)?;
         eprintln!(
             "tape {} is full. Put in another labelled tape of pool {} and press Enter \
              (an empty line); type q to stop.",
@@ -213,10 +210,7 @@ impl NextTape for PromptNextTape {
                 })
             }
         }
-        match drive.load() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(super::drive::take_tape(&mut *drive)?)
     }
 }
 
@@ -240,10 +234,7 @@ impl MountTape for PromptMount {
             if found.as_ref().is_some_and(|l| l.uuid == part.tape_uuid) {
                 return Ok(());
             }
-            match drive.unload() {
-                Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            super::drive::release_tape(&mut *drive)?;
             eprintln!(
                 "Put tape {} in the drive{} and press Enter (an empty line); type q to stop.",
                 part.tape,
@@ -254,10 +245,7 @@ impl MountTape for PromptMount {
                 Ok(n) if n > 0 && line.trim() != "q" => {}
                 _ => return Ok(()), // the label check names the tape wanted
             }
-            match drive.load() {
-                Ok(()) | Err(TapeError::Unsupported { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            super::drive::take_tape(&mut *drive)?;
         }
     }
 }
@@ -469,17 +457,11 @@ impl<'a> TapeDest<'a> {
             return Ok(());
         }
         if inv.drives.iter().any(|d| d.number == DRIVE && d.full) {
-            match drive.unload() {
-                Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
-                Err(e) => return Err(msg(e)),
-            }
+            super::drive::release_tape(&mut *drive).map_err(msg)?;
             changer.unload(DRIVE, None).map_err(msg)?;
         }
         changer.load_barcode(barcode, DRIVE).map_err(msg)?;
-        match drive.load() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) => {}
-            Err(e) => return Err(msg(e)),
-        }
+        super::drive::take_tape(&mut *drive).map_err(msg)?;
         open::ready(drive, self.tape.block_size).map_err(msg)
     }
 

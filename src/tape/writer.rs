@@ -201,15 +201,9 @@ impl<C: Changer + Send> NextTape for ChangerNextTape<C> {
         };
         tracing::info!(full = %full.name, next = %next, "tape full, loading the next one");
         // The drive lets go of its tape before the changer takes it.
-        match drive.unload() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) | Err(TapeError::NoTape { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        super::drive::release_tape(&mut *drive)?;
         self.changer.load_barcode(&next, self.drive_number)?;
-        match drive.load() {
-            Ok(()) | Err(TapeError::Unsupported { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(super::drive::take_tape(&mut *drive)?)
     }
 }
 
