@@ -310,3 +310,80 @@ fn cp_a(from: &std::path::Path, to: &std::path::Path) {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The chunk files of an encrypted session, named by tokens in one folder per 256 MiB
+/// region, are matched against the manifest by name: a file removed, a file moved into
+/// the other region's folder, a stray file and a folder where files belong are each one
+/// problem, said once, with its path; the data of the others is still read and checked.
+#[test]
+fn encrypted_chunk_files_missing_moved_and_extra_are_each_one_problem() {
+    let env = Env::encrypted(&["v"], "correct horse battery");
+    let mut rng = Rng::new(11);
+    // Three chunks in each of the first two regions of a sparse 300 MiB volume.
+    env.set_len("v", 300 << 20);
+    env.write_at("v", 0, &rng.bytes(3 * CS));
+    env.write_at("v", 280 << 20, &rng.bytes(3 * CS));
+    env.send("v");
+    env.verify_ok("v", None);
+    let vdir = std::fs::read_dir(env.archive())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .unwrap();
+    let sdir = names_in(&vdir)
+        .into_iter()
+        .find(|n| n.starts_with("S_"))
+        .map(|n| vdir.join(n))
+        .unwrap();
+    let folders: Vec<PathBuf> = names_in(&sdir)
+        .into_iter()
+        .filter(|n| n != "info" && n != "manifest")
+        .map(|n| sdir.join(n))
+        .collect();
+    assert_eq!(folders.len(), 2, "one chunk folder per region: {folders:?}");
+    let files =
+        |d: &PathBuf| -> Vec<PathBuf> { names_in(d).into_iter().map(|n| d.join(n)).collect() };
+    let (a, b) = (files(&folders[0]), files(&folders[1]));
+    assert_eq!((a.len(), b.len()), (3, 3));
+
+    std::fs::remove_file(&a[0]).unwrap();
+    let moved = folders[1].join(a[1].file_name().unwrap());
+    std::fs::rename(&a[1], &moved).unwrap();
+    let stray = folders[0].join("stray");
+    std::fs::write(&stray, b"not a chunk").unwrap();
+    let sub = folders[1].join("zzzz");
+    std::fs::create_dir(&sub).unwrap();
+
+    let err = failed(env.run(&["verify", "v"]), 4);
+    let lines = problem_lines(&err);
+    assert_eq!(lines.len(), 4, "{err}");
+    assert!(err.contains("FAILED with 4 problem(s)"), "{err}");
+    for gone in [&a[0], &a[1]] {
+        let l = lines
+            .iter()
+            .find(|l| l.contains(&*gone.to_string_lossy()))
+            .unwrap_or_else(|| panic!("{} not named: {err}", gone.display()));
+        assert!(l.contains("is missing"), "{l}");
+        assert_eq!(err.matches(&*gone.to_string_lossy()).count(), 1, "{err}");
+    }
+    let extra = [stray.to_string_lossy(), moved.to_string_lossy()];
+    assert!(
+        lines.iter().any(
+            |l| l.contains("2 extra chunk file(s) not in its manifest: ")
+                && extra.iter().all(|e| l.matches(&**e).count() == 1)
+        ),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("extra entry {} in its folder", sub.display()))),
+        "{err}"
+    );
+    // Put back as it was: verify passes again.
+    std::fs::rename(&moved, &a[1]).unwrap();
+    std::fs::remove_file(&stray).unwrap();
+    std::fs::remove_dir(&sub).unwrap();
+    let err = failed(env.run(&["verify", "v"]), 4);
+    assert_eq!(problem_lines(&err).len(), 1, "only the removed file: {err}");
+}
