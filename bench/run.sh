@@ -11,10 +11,12 @@
 #                          BENCH_FS_SIZE) and the mount point; removed at the end
 #   BENCH_FS_SIZE=24G      size of the XFS filesystem
 #   KEEP=1                 keep the backing file and the raw timings after the run
+#   ENC_ROUNDS=3           runs of each encrypted row and its plain twin per repetition
 #   BENCH_PARTS=all        or "ssh": only the rows over ssh to 127.0.0.1 (a check of
 #                          that part; with BENCH_GIB=N the image is N MiB, not 1 GiB),
 #                          or "tape": only the rows on the virtual tape library,
-#                          or "mount": only the rows of `sparsebak mount`
+#                          or "mount": only the rows of `sparsebak mount`,
+#                          or "enc": only the encrypted rows and their plain twins
 #
 # Writes bench/RESULTS.md and prints the same table. See bench/README.md.
 set -euo pipefail
@@ -153,6 +155,8 @@ CONF_C4M=$(variant c4m chunksize 4M)
 (umask 077; echo "bench passphrase" >"$MNT/passphrase")
 CONF_ENC=$(variant enc encrypt on)
 sed -i "s|^encrypt = on|encrypt = on\npassfile = $MNT/passphrase|" "$CONF_ENC"
+# Its plain twin: the same settings with `encrypt = off`, measured beside it.
+CONF_TWIN=$(variant twin encrypt off)
 # A tape destination: the virtual library, its drive throttled to 300 MB/s (an LTO-8
 # streams 300 MB/s native; the disk under the cartridge files may be slower), the
 # default block size (256K) and buffer (256M).
@@ -190,6 +194,58 @@ tape_rows() {
 }
 # `sparsebak mount`: the default settings, an archive of its own.
 CONF_MOUNT=$(variant mount compression zstd:3)
+
+# The encrypted rows and their plain twin, side by side: each operation runs on the
+# twin and on the encrypted archive one right after the other, so that both meet the
+# same state of the disk under the scratch XFS, and ENC_ROUNDS times per repetition
+# (which one goes first alternates), for the targets are ratios of a few percent and
+# single runs here vary by more. Full sends (each into fresh archives), then on the
+# archives of the last round the same 1 % change and an incremental send, then receive
+# (byte-compared) and verify.
+ENC_ROUNDS=${ENC_ROUNDS:-3}
+enc_rows() {
+    local pair v conf round
+    # pair_for ROUND: the order of the pair in this round.
+    pair_for() {
+        if [ $(((rep + $1) % 2)) = 0 ]; then pair=(enc twin); else pair=(twin enc); fi
+    }
+    for round in $(seq 1 "$ENC_ROUNDS"); do
+        pair_for "$round"
+        for v in "${pair[@]}"; do
+            rm -rf "$MNT/vols-$v" "$SBK"/"$v"-*
+            mkdir -p "$MNT/vols-$v"
+            cp --reflink=always "$DATA/img1g" "$MNT/vols-$v/img1g"
+        done
+        for v in "${pair[@]}"; do
+            conf=CONF_${v^^}
+            measure "sbk_$v.full" "$SB" -c "${!conf}" send img1g
+        done
+    done
+    for v in twin enc; do
+        conf=CONF_${v^^}
+        n=$(python3 "$here/gen.py" change "$MNT/vols-$v/img1g" "$seed_a" "$CHANGE_PCT")
+        log "  changed $n chunks of 64 KiB in vols-$v/img1g"
+        "$SB" -c "${!conf}" send img1g >/dev/null
+    done
+    for round in $(seq 1 "$ENC_ROUNDS"); do
+        pair_for "$round"
+        for v in "${pair[@]}"; do
+            conf=CONF_${v^^}
+            measure "sbk_$v.receive" "$SB" -c "${!conf}" receive --save-to="$OUT/img1g" -u img1g
+            if [ "$rep" = 1 ] && [ "$round" = 1 ]; then
+                cmp "$OUT/img1g" "$MNT/vols-$v/img1g" || die "$v receive differs from the image"
+            fi
+            rm -f "$OUT/img1g"
+        done
+        for v in "${pair[@]}"; do
+            conf=CONF_${v^^}
+            measure "sbk_$v.verify" "$SB" -c "${!conf}" verify img1g
+        done
+    done
+    for v in twin enc; do
+        rm -rf "$MNT/vols-$v" "$SBK"/"$v"-*
+    done
+}
 
 # The rows over ssh: an sshd of its own on 127.0.0.1 (host and user keys made here,
 # root's key allowed only for this run), the far side's sparsebak wrapped in
@@ -383,6 +439,10 @@ for rep in $(seq 1 "$REPS"); do
         mount_rows
         continue
     fi
+    if [ "$PARTS" = enc ]; then
+        enc_rows
+        continue
+    fi
 
     # -------------------------------------------------- baselines
     reset_image img1g
@@ -433,7 +493,7 @@ for rep in $(seq 1 "$REPS"); do
     # Each variant: a full send. Sessions stored as one tar file each, and 4 MiB
     # chunks (the largest; for peak memory), go on as for the folder sessions above:
     # 1 % change, incremental, then receive and verify.
-    for v in z1 z2 none tar c4m enc; do
+    for v in z1 z2 none tar c4m; do
         conf=CONF_${v^^}
         rm -rf "$MNT/vols-$v"
         mkdir -p "$MNT/vols-$v"
@@ -454,6 +514,9 @@ for rep in $(seq 1 "$REPS"); do
         measure "sbk_$v.verify" "$SB" -c "${!conf}" verify img1g
         rm -rf "$SBK" "$MNT/vols-$v"
     done
+
+    # -------------------------------------------------- sparsebak, encrypted
+    enc_rows
 
     # -------------------------------------------------- sparsebak to tape
     tape_rows
