@@ -203,9 +203,8 @@ struct SealedMembers {
     /// The files of each listed folder not matched to a manifest line yet (a folder
     /// is dropped once nothing is left in it).
     left: std::collections::BTreeMap<String, BTreeSet<String>>,
-    /// Extra entries already named: entries of the session folder that are neither
-    /// its info, its manifest nor a chunk folder, and entries of chunk folders that
-    /// are not files.
+    /// Entries of the session folder that are neither its info, its manifest nor a
+    /// chunk folder, named.
     extra: Vec<String>,
     /// Extra chunk files: their labels, those whose token names an address of the
     /// session first, each kind in order.
@@ -248,35 +247,16 @@ impl SealedMembers {
         })
     }
 
-    /// List chunk folder `folder` (nothing when the session folder has none of that
-    /// name): its files into `left`, anything else named as extra.
+    /// List chunk folder `folder` into `left` (nothing when the session folder has
+    /// none of that name). Every entry counts by its name, as in a plain session: one
+    /// that is not a file (a link, a folder) is then met by the read, which says what
+    /// it is, or is left over as extra.
     fn list(&mut self, folder: &str) {
-        let mut files = BTreeSet::new();
-        if self.unlisted.remove(folder) {
-            let p = self.sdir.join(folder);
-            let fs = self.store.fs().clone();
-            match fs.read_dir(&p) {
-                Ok(entries) => {
-                    for e in entries {
-                        if e.kind == sparsebak_format::archive_fs::Kind::File {
-                            files.insert(e.name);
-                        } else {
-                            self.extra.push(format!(
-                                "session {}: extra entry {} in its folder",
-                                self.id,
-                                fs.display(&p.join(&e.name))
-                            ));
-                        }
-                    }
-                }
-                // Its chunks are then each said missing.
-                Err(e) => self.extra.push(format!(
-                    "session {}: cannot list {}: {e}",
-                    self.id,
-                    fs.display(&p)
-                )),
-            }
-        }
+        let files = if self.unlisted.remove(folder) {
+            list_dir(self.store.fs().as_ref(), &self.sdir.join(folder))
+        } else {
+            BTreeSet::new()
+        };
         self.left.insert(folder.to_string(), files);
     }
 
