@@ -103,51 +103,28 @@ fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A chunk file replaced by a link is one problem, in a plain session and in an
+/// encrypted one: the link is matched by its name, then refused by the read.
 #[test]
 fn a_chunk_link_is_one_problem_not_missing_and_extra() {
-    let env = Env::new(&["v"]);
-    let id = one_session(&env, "v");
-    let sdir = env.vol_dir("v").join(format!("S_{id}"));
-    let chunk = walk(&sdir)
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with('x'))
-        .unwrap();
-    let saved = env.dir.path().join("saved-chunk");
-    std::fs::rename(&chunk, &saved).unwrap();
-    symlink(&saved, &chunk).unwrap();
-    let e = env.fails(&["verify", "v"]);
-    assert!(e.contains(&format!("{}: {LINK}", chunk.display())), "{e}");
-    assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
-    assert!(!e.contains("extra") && !e.contains("is missing"), "{e}");
-}
-
-/// In an encrypted session too, a chunk file replaced by a link is one problem: the
-/// link is matched by its name, then refused by the read.
-#[test]
-fn an_encrypted_chunk_link_is_one_problem() {
-    let env = Env::encrypted(&["v"], "correct horse battery");
-    one_session(&env, "v");
-    let vdir = std::fs::read_dir(env.archive())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .unwrap();
-    let sdir = std::fs::read_dir(&vdir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("S_"))
-        .unwrap();
-    let chunk = walk(&sdir)
-        .into_iter()
-        .find(|p| p.parent().unwrap() != sdir)
-        .unwrap();
-    let saved = env.dir.path().join("saved-chunk");
-    std::fs::rename(&chunk, &saved).unwrap();
-    symlink(&saved, &chunk).unwrap();
-    let e = env.fails(&["verify", "v"]);
-    assert!(e.contains(&format!("{}: {LINK}", chunk.display())), "{e}");
-    assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
-    assert!(!e.contains("extra") && !e.contains("is missing"), "{e}");
+    for env in [
+        Env::new(&["v"]),
+        Env::encrypted(&["v"], "correct horse battery"),
+    ] {
+        one_session(&env, "v");
+        let sdir = env.only_session_dir();
+        let chunk = walk(&sdir)
+            .into_iter()
+            .find(|p| p.parent().unwrap() != sdir)
+            .unwrap();
+        let saved = env.dir.path().join("saved-chunk");
+        std::fs::rename(&chunk, &saved).unwrap();
+        symlink(&saved, &chunk).unwrap();
+        let e = env.fails(&["verify", "v"]);
+        assert!(e.contains(&format!("{}: {LINK}", chunk.display())), "{e}");
+        assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
+        assert!(!e.contains("extra") && !e.contains("is missing"), "{e}");
+    }
 }
 
 #[test]
@@ -175,16 +152,7 @@ fn a_session_folder_link_is_refused_as_one() {
 fn extra_chunk_files_of_an_encrypted_session_are_named() {
     let env = Env::encrypted(&["v"], "correct horse battery");
     one_session(&env, "v");
-    let vdir = std::fs::read_dir(env.archive())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .unwrap();
-    let sdir = std::fs::read_dir(&vdir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("S_"))
-        .unwrap();
+    let sdir = env.only_session_dir();
     let chunk = walk(&sdir)
         .into_iter()
         .find(|p| p.parent().unwrap() != sdir)

@@ -325,16 +325,7 @@ fn encrypted_chunk_files_missing_moved_and_extra_are_each_said_once() {
     env.write_at("v", 280 << 20, &rng.bytes(3 * CS));
     env.send("v");
     env.verify_ok("v", None);
-    let vdir = std::fs::read_dir(env.archive())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .unwrap();
-    let sdir = names_in(&vdir)
-        .into_iter()
-        .find(|n| n.starts_with("S_"))
-        .map(|n| vdir.join(n))
-        .unwrap();
+    let sdir = env.only_session_dir();
     let folders: Vec<PathBuf> = names_in(&sdir)
         .into_iter()
         .filter(|n| n != "info" && n != "manifest")

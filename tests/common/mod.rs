@@ -200,6 +200,25 @@ impl Env {
     pub fn vol_dir(&self, vol: &str) -> PathBuf {
         self.archive().join(vol)
     }
+    /// The session folder of an archive holding one volume with one session, whatever
+    /// the names (an encrypted archive's are tokens).
+    pub fn only_session_dir(&self) -> PathBuf {
+        let only = |dir: &Path, keep: &dyn Fn(&str) -> bool| -> PathBuf {
+            let found: Vec<String> = names_in(dir).into_iter().filter(|n| keep(n)).collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "one entry expected in {}: {found:?}",
+                dir.display()
+            );
+            dir.join(&found[0])
+        };
+        let archive = self.archive();
+        let vdir = only(&archive, &|n| {
+            !n.starts_with('.') && archive.join(n).is_dir()
+        });
+        only(&vdir, &|n| n.starts_with("S_"))
+    }
     pub fn meta(&self) -> PathBuf {
         self.path().join("meta")
     }
