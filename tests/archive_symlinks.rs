@@ -103,6 +103,16 @@ fn walk(d: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A chunk file of the archive's only session (in a chunk folder under the session
+/// folder).
+fn a_chunk_file(env: &Env) -> std::path::PathBuf {
+    let sdir = env.only_session_dir();
+    walk(&sdir)
+        .into_iter()
+        .find(|p| p.parent().unwrap() != sdir)
+        .unwrap()
+}
+
 /// A chunk file replaced by a link is one problem, in a plain session and in an
 /// encrypted one: the link is matched by its name, then refused by the read.
 #[test]
@@ -112,11 +122,7 @@ fn a_chunk_link_is_one_problem_not_missing_and_extra() {
         Env::encrypted(&["v"], "correct horse battery"),
     ] {
         one_session(&env, "v");
-        let sdir = env.only_session_dir();
-        let chunk = walk(&sdir)
-            .into_iter()
-            .find(|p| p.parent().unwrap() != sdir)
-            .unwrap();
+        let chunk = a_chunk_file(&env);
         let saved = env.dir.path().join("saved-chunk");
         std::fs::rename(&chunk, &saved).unwrap();
         symlink(&saved, &chunk).unwrap();
@@ -152,11 +158,7 @@ fn a_session_folder_link_is_refused_as_one() {
 fn extra_chunk_files_of_an_encrypted_session_are_named() {
     let env = Env::encrypted(&["v"], "correct horse battery");
     one_session(&env, "v");
-    let sdir = env.only_session_dir();
-    let chunk = walk(&sdir)
-        .into_iter()
-        .find(|p| p.parent().unwrap() != sdir)
-        .unwrap();
+    let chunk = a_chunk_file(&env);
     let stray = chunk.parent().unwrap().join("stray");
     std::fs::write(&stray, b"not a chunk of this session").unwrap();
     let e = env.fails(&["verify", "v"]);
