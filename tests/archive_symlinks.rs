@@ -201,3 +201,78 @@ fn a_tar_session_linked_outside_is_not_read() {
     }
     env.verify_ok("v", None);
 }
+
+/// Run sparsebak under `timeout 60`: a command that waits on a FIFO for ever fails
+/// the test instead of hanging it.
+fn run_bounded(env: &Env, args: &[&str]) -> std::process::Output {
+    let o = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(bin())
+        .arg("-c")
+        .arg(&env.config)
+        .arg("-u")
+        .args(args)
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(124), "{args:?} hung");
+    o
+}
+
+/// A FIFO or a device node put in the place of an archive file (a chunk file, a
+/// manifest, an info) is refused, never opened for reading and waited on: verify
+/// says so with the path (exit 4, or 1 where nothing can be verified), receive
+/// fails and leaves no file, list does not hang. Plain and encrypted.
+#[test]
+fn a_fifo_or_device_in_the_archive_is_refused_not_waited_on() {
+    const SPECIAL: &str = "is a FIFO, a socket or a device node, not a sparsebak file";
+    for env in [
+        Env::new(&["v"]),
+        Env::encrypted(&["v"], "correct horse battery"),
+    ] {
+        one_session(&env, "v");
+        let sdir = env.only_session_dir();
+        for victim in [a_chunk_file(&env), sdir.join("manifest"), sdir.join("info")] {
+            let saved = env.dir.path().join("saved");
+            std::fs::rename(&victim, &saved).unwrap();
+            for special in ["fifo", "null"] {
+                if special == "fifo" {
+                    nix::unistd::mkfifo(&victim, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                        .unwrap();
+                } else {
+                    // The same device as /dev/null (char 1:3).
+                    nix::sys::stat::mknod(
+                        &victim,
+                        nix::sys::stat::SFlag::S_IFCHR,
+                        nix::sys::stat::Mode::from_bits_truncate(0o600),
+                        nix::sys::stat::makedev(1, 3),
+                    )
+                    .unwrap();
+                }
+                let want = format!("{}: {SPECIAL}", victim.display());
+                let o = run_bounded(&env, &["verify", "v"]);
+                let e = String::from_utf8_lossy(&o.stderr);
+                assert!(matches!(o.status.code(), Some(1) | Some(4)), "{e}");
+                assert!(
+                    e.contains(&want),
+                    "verify, {special} at {}: {e}",
+                    victim.display()
+                );
+                let out = env.path().join("out.img");
+                let save = format!("--save-to={}", out.display());
+                let o = run_bounded(&env, &["receive", "v", &save]);
+                let e = String::from_utf8_lossy(&o.stderr);
+                assert_eq!(o.status.code(), Some(1), "{e}");
+                assert!(
+                    e.contains(SPECIAL),
+                    "receive, {special} at {}: {e}",
+                    victim.display()
+                );
+                assert!(!out.exists());
+                run_bounded(&env, &["list", "v"]);
+                std::fs::remove_file(&victim).unwrap();
+            }
+            std::fs::rename(&saved, &victim).unwrap();
+        }
+        env.verify_ok("v", None);
+    }
+}

@@ -234,10 +234,38 @@ fn nofollow() -> std::fs::OpenOptions {
     o
 }
 
-/// `path` opened for reading, refusing a symbolic link (for the callers that map or
-/// hold a local archive file open themselves).
+/// What a FIFO, a socket or a device node met at an archive path is refused with.
+pub const SPECIAL_REFUSED: &str = "is a FIFO, a socket or a device node, not a sparsebak file";
+
+fn is_special(t: std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    t.is_fifo() || t.is_socket() || t.is_char_device() || t.is_block_device()
+}
+
+fn special_error() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, SPECIAL_REFUSED)
+}
+
+/// `path` opened for reading, refusing a symbolic link and a special file (for the
+/// callers that map or hold a local archive file open themselves). A FIFO put at an
+/// archive path would block the open, and a device node could do anything on open
+/// or close: the path is looked at first and not opened when it is one, and the open
+/// itself does not wait (`O_NONBLOCK`, which changes nothing for files and folders)
+/// and is checked again, should the path have been swapped in between.
 pub fn open_read(path: &Path) -> io::Result<std::fs::File> {
-    nofollow().read(true).open(path).map_err(map_loop)
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| is_special(m.file_type())) {
+        return Err(special_error());
+    }
+    let f = nofollow()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(map_loop)?;
+    if is_special(f.metadata()?.file_type()) {
+        return Err(special_error());
+    }
+    Ok(f)
 }
 
 /// `path` created or truncated for writing, refusing a symbolic link (a link left

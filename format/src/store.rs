@@ -278,6 +278,17 @@ impl FolderStore {
         }
     }
 
+    /// The length of file `p`. Neither a file nor a folder (a link, a FIFO, a device
+    /// node): the open that reading it would do says why it is refused, rather than
+    /// a length that says nothing.
+    fn file_len(&self, p: &Path) -> Result<u64> {
+        let m = self.fs.metadata(p).at(p)?;
+        if m.kind == crate::archive_fs::Kind::Other {
+            self.fs.open(p).at(p)?;
+        }
+        Ok(m.len)
+    }
+
     /// The volume folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -589,7 +600,7 @@ impl VolumeStore for FolderStore {
             let (p, len) = match self.storage(id) {
                 Storage::Folder => {
                     let p = self.manifest_path(id);
-                    let len = self.fs.metadata(&p).at(&p)?.len;
+                    let len = self.file_len(&p)?;
                     (p, len)
                 }
                 Storage::Tar => (self.manifest_label(id), self.tar(id)?.index.manifest().1),
@@ -603,10 +614,7 @@ impl VolumeStore for FolderStore {
             });
         }
         match self.storage(id) {
-            Storage::Folder => {
-                let p = self.manifest_path(id);
-                Ok(self.fs.metadata(&p).at(&p)?.len)
-            }
+            Storage::Folder => self.file_len(&self.manifest_path(id)),
             Storage::Tar => Ok(self.tar(id)?.index.manifest().1),
         }
     }

@@ -160,7 +160,12 @@ impl VolumeArchive {
         if len > max {
             return Err(FormatError::TooLarge {
                 path: self.manifest_label(&info.session),
-                what: "manifest",
+                // A sealed manifest's length is that of its plaintext.
+                what: if self.store.keys().is_some() {
+                    "manifest's plaintext"
+                } else {
+                    "manifest"
+                },
                 len,
                 max,
             });

@@ -219,7 +219,7 @@ impl FsServer {
                 let p = tri!(self.resolve(&d.str()?, Last::NoLink));
                 let max = d.u64()?;
                 d.end()?;
-                let mut f = io!(p, File::open(&p));
+                let mut f = io!(p, sparsebak_format::archive_fs::open_read(&p));
                 let len = io!(p, f.metadata()).len();
                 if len > max {
                     return Ok(Err(FsFault::new(
