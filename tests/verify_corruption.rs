@@ -383,3 +383,43 @@ fn encrypted_chunk_files_missing_moved_and_extra_are_each_said_once() {
     let err = failed(env.run(&["verify", "v"]), 4);
     assert_eq!(problem_lines(&err).len(), 1, "only the removed file: {err}");
 }
+
+/// A manifest emptied, or swapped with another session's, is refused by receive (and
+/// by diff), naming it: every chunk such a manifest lists checks out against it, so
+/// reading on would restore another session's data without a word. verify still
+/// names the damage as one problem per manifest.
+#[test]
+fn receive_refuses_a_manifest_that_is_not_its_infos() {
+    let (env, s1, s2) = setup();
+    let m1 = env.vol_dir("v").join(format!("S_{s1}")).join("manifest");
+    let m2 = env.vol_dir("v").join(format!("S_{s2}")).join("manifest");
+    let (t1, t2) = (std::fs::read(&m1).unwrap(), std::fs::read(&m2).unwrap());
+    let out = env.path().join("out.img");
+    let save = format!("--save-to={}", out.display());
+    for (damage, a, b) in [
+        ("emptied", &t1[..], &b""[..]),
+        ("swapped", &t2[..], &t1[..]),
+    ] {
+        std::fs::write(&m1, a).unwrap();
+        std::fs::write(&m2, b).unwrap();
+        let err = failed(env.run(&["receive", "v", &save]), 1);
+        let bad = if damage == "emptied" { &m2 } else { &m1 };
+        assert!(
+            err.contains(&format!("{}: the manifest of session", bad.display()))
+                && err.contains("does not match the hash in its info"),
+            "{damage}: {err}"
+        );
+        assert!(!out.exists(), "{damage}");
+        let err = failed(env.run(&["diff", "v", &format!("--session={s1},{s2}")]), 1);
+        assert!(
+            err.contains("does not match the hash in its info"),
+            "{damage}: {err}"
+        );
+        let err = failed(env.run(&["verify", "v"]), 4);
+        assert!(err.contains("manifest altered"), "{damage}: {err}");
+    }
+    std::fs::write(&m1, &t1).unwrap();
+    std::fs::write(&m2, &t2).unwrap();
+    env.verify_ok("v", None);
+    assert_eq!(env.receive("v", None), env.read_image("v"));
+}

@@ -146,9 +146,35 @@ pub fn read_view<E: From<crate::FormatError> + Send>(
     vol: &VolumeArchive,
     chain: &[SessionInfo],
     check: bool,
+    f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    read_view_of(ViewReader::open(vol, chain)?, vol, chain, check, f)
+}
+
+/// [`read_view`] of the manifests as they are, not checked against their infos (see
+/// [`ViewReader::open_as_recorded`]): for `verify`.
+pub fn read_view_as_recorded<E: From<crate::FormatError> + Send>(
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    check: bool,
+    f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    read_view_of(
+        ViewReader::open_as_recorded(vol, chain)?,
+        vol,
+        chain,
+        check,
+        f,
+    )
+}
+
+fn read_view_of<E: From<crate::FormatError> + Send>(
+    view: ViewReader,
+    vol: &VolumeArchive,
+    chain: &[SessionInfo],
+    check: bool,
     mut f: impl FnMut(Vec<ReadChunk>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    let view = ViewReader::open(vol, chain)?;
     let chunksize = chain.iter().map(|i| i.chunksize).max().unwrap_or(1).max(1);
     let batch_len = ((BATCH_BYTES / chunksize) as usize).clamp(BATCH_MIN, BATCH_MAX);
     // Two stages before the consumer: a fetcher walks the view and reads the stored

@@ -38,7 +38,23 @@ pub struct ViewReader {
 impl ViewReader {
     /// Open the view of the last session of `chain` (as returned by
     /// [`VolumeArchive::chain`]).
+    /// The view of `chain` (oldest first). Each manifest must match the SHA-256 its
+    /// info records, or the view is refused naming it.
     pub fn open(vol: &VolumeArchive, chain: &[SessionInfo]) -> Result<ViewReader> {
+        Self::open_with(vol, chain, true)
+    }
+
+    /// [`ViewReader::open`] without checking the manifests against their infos: for
+    /// `verify`, which checks and reports each one itself and still reads the rest.
+    pub fn open_as_recorded(vol: &VolumeArchive, chain: &[SessionInfo]) -> Result<ViewReader> {
+        Self::open_with(vol, chain, false)
+    }
+
+    fn open_with(
+        vol: &VolumeArchive,
+        chain: &[SessionInfo],
+        check_manifests: bool,
+    ) -> Result<ViewReader> {
         let mut min_size_from = vec![0u64; chain.len()];
         let mut min = u64::MAX;
         for (k, info) in chain.iter().enumerate().rev() {
@@ -54,6 +70,17 @@ impl ViewReader {
             names: chain.iter().map(|i| i.session.clone()).collect(),
         };
         for info in chain {
+            // A manifest that is not the one its info names (damaged, emptied, or
+            // another session's) would give another session's data without a word:
+            // every chunk it lists checks out against it.
+            if check_manifests && vol.session_manifest_sha256(info)? != info.manifest_sha256 {
+                return Err(FormatError::Other(format!(
+                    "{}: the manifest of session {} does not match the hash in its info \
+                     (manifest altered or replaced)",
+                    vol.manifest_label(&info.session).display(),
+                    info.session
+                )));
+            }
             v.readers.push(vol.session_manifest(info)?);
         }
         for k in 0..chain.len() {

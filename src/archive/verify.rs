@@ -4,7 +4,7 @@
 //! collected and reported; one bad chunk does not stop the check.
 
 use sparsebak_format::info::SessionInfo;
-use sparsebak_format::restore::read_view;
+use sparsebak_format::restore::read_view_as_recorded;
 use sparsebak_format::volume::VolumeArchive;
 use sparsebak_format::{layout, limits};
 
@@ -71,7 +71,7 @@ pub fn verify(
         walks.push(walk);
     }
     let mut view_chunks = 0u64;
-    let r = read_view(vol, &chain, true, |batch| {
+    let r = read_view_as_recorded(vol, &chain, true, |batch| {
         // A lost connection: nothing after it can be read; it is the error.
         if let Some(lost) = crate::remote::client::link_lost() {
             return Err(Error::Msg(lost));
