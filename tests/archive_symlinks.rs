@@ -164,9 +164,9 @@ fn extra_chunk_files_of_an_encrypted_session_are_named() {
     let e = env.fails(&["verify", "v"]);
     assert!(
         e.contains(&format!(
-            "1 extra chunk file(s) not in its manifest: {}",
+            "extra file {} not in its manifest",
             stray.display()
-        )),
+        )) && e.contains("FAILED with 1 problem(s)"),
         "{e}"
     );
 }
@@ -274,5 +274,29 @@ fn a_fifo_or_device_in_the_archive_is_refused_not_waited_on() {
             std::fs::rename(&saved, &victim).unwrap();
         }
         env.verify_ok("v", None);
+    }
+}
+
+/// A chunk folder replaced by a link (to a copy of itself) is one problem naming the
+/// folder, not one per chunk file in it, plain and encrypted; receive refuses it.
+#[test]
+fn a_chunk_folder_link_is_one_problem() {
+    for env in [
+        Env::new(&["v"]),
+        Env::encrypted(&["v"], "correct horse battery"),
+    ] {
+        one_session(&env, "v");
+        let folder = a_chunk_file(&env).parent().unwrap().to_path_buf();
+        let copy = env.dir.path().join("folder-copy");
+        std::fs::rename(&folder, &copy).unwrap();
+        symlink(&copy, &folder).unwrap();
+        let e = env.fails(&["verify", "v"]);
+        assert!(e.contains(&format!("{}: {LINK}", folder.display())), "{e}");
+        assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
+        assert!(!e.contains("is missing") && !e.contains("extra"), "{e}");
+        let out = env.path().join("out.img");
+        let e = env.fails(&["receive", "v", &format!("--save-to={}", out.display())]);
+        assert!(e.contains(LINK), "{e}");
+        assert!(!out.exists());
     }
 }

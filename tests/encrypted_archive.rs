@@ -704,7 +704,7 @@ fn damage_and_substitution_are_caught_by_verify() {
     let err = fx.verify_fails();
     assert!(
         err.contains(&format!(
-            "session {id3}: {}: manifest of 166 bytes is impossible (at most 83)",
+            "session {id3}: {}: manifest's plaintext of 166 bytes is impossible (at most 83)",
             fx.sdir(2).join("manifest").display()
         )),
         "manifest copied: {err}"

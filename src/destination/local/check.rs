@@ -39,6 +39,12 @@ fn walk_members(
     problems: &mut Vec<String>,
 ) -> Result<()> {
     let id = &info.session;
+    if walk.bad_manifest {
+        // Its manifest does not match its info (said once by the caller): what it
+        // lists proves nothing, so matching files against it would only say the same
+        // damage again as missing and extra files.
+        return Ok(());
+    }
     // One walk of the manifest (sorted) for both storage forms; the stored members are
     // matched against it as it goes, in bounded memory.
     let members: Result<Box<dyn Members>> = match vol.storage(id) {
@@ -118,6 +124,8 @@ struct FolderMembers {
     top: BTreeSet<String>,
     prefix: String,
     files: BTreeSet<String>,
+    /// The current prefix folder could not be listed (said once).
+    unreadable: bool,
 }
 
 impl FolderMembers {
@@ -139,6 +147,7 @@ impl FolderMembers {
             top,
             prefix: String::new(),
             files: BTreeSet::new(),
+            unreadable: false,
         })
     }
 
@@ -157,13 +166,24 @@ impl Members for FolderMembers {
         let prefix = layout::prefix_name(addr);
         if prefix != self.prefix {
             self.flush(problems);
-            self.files = list_dir(self.fs.as_ref(), &self.sdir.join(&prefix));
-            self.top.remove(&prefix);
+            let was_there = self.top.remove(&prefix);
+            self.unreadable = false;
+            self.files = match list_folder(self.fs.as_ref(), &self.sdir.join(&prefix)) {
+                Ok(files) => files,
+                Err(why) => {
+                    // Not there at all: each of its chunks is said missing.
+                    if was_there {
+                        problems.push(format!("session {}: {why}", self.id));
+                        self.unreadable = true;
+                    }
+                    BTreeSet::new()
+                }
+            };
             self.prefix = prefix;
         }
         let name = layout::chunk_name(addr);
         let found = self.files.remove(&name);
-        if !found {
+        if !found && !self.unreadable {
             problems.push(format!(
                 "chunk file {} is missing",
                 self.sdir.join(&self.prefix).join(&name).display()
@@ -204,8 +224,11 @@ struct SealedMembers {
     /// is dropped once nothing is left in it).
     left: std::collections::BTreeMap<String, BTreeSet<String>>,
     /// Entries of the session folder that are neither its info, its manifest nor a
-    /// chunk folder, named.
+    /// chunk folder, and chunk folders that cannot be listed, named.
     extra: Vec<String>,
+    /// Chunk folders that cannot be listed (said once, in `extra`): their chunks are
+    /// not each said missing.
+    unreadable: BTreeSet<String>,
     /// Extra chunk files: their labels, those whose token names an address of the
     /// session first, each kind in order.
     extra_files: Vec<(Option<u64>, String)>,
@@ -226,12 +249,17 @@ impl SealedMembers {
             if name == layout::INFO_FILE || name == layout::MANIFEST_FILE {
                 continue;
             }
+            // A link or other odd entry with a chunk folder's name is met as one
+            // when its region comes (and said for what it is).
             if name.len() == sparsebak_format::crypto::keys::CHUNK_FOLDER_LEN
-                && e.kind == sparsebak_format::archive_fs::Kind::Dir
+                && e.kind != sparsebak_format::archive_fs::Kind::File
             {
                 unlisted.insert(name);
             } else {
-                extra.push(format!("session {id}: extra entry {name} in its folder"));
+                extra.push(format!(
+                    "session {id}: extra entry {} in its folder",
+                    fs.display(&sdir.join(&name))
+                ));
             }
         }
         Ok(SealedMembers {
@@ -243,6 +271,7 @@ impl SealedMembers {
             region: None,
             left: Default::default(),
             extra,
+            unreadable: BTreeSet::new(),
             extra_files: Vec::new(),
         })
     }
@@ -253,7 +282,14 @@ impl SealedMembers {
     /// it is, or is left over as extra.
     fn list(&mut self, folder: &str) {
         let files = if self.unlisted.remove(folder) {
-            list_dir(self.store.fs().as_ref(), &self.sdir.join(folder))
+            match list_folder(self.store.fs().as_ref(), &self.sdir.join(folder)) {
+                Ok(files) => files,
+                Err(why) => {
+                    self.extra.push(format!("session {}: {why}", self.id));
+                    self.unreadable.insert(folder.to_string());
+                    BTreeSet::new()
+                }
+            }
         } else {
             BTreeSet::new()
         };
@@ -270,9 +306,6 @@ impl SealedMembers {
         }
     }
 }
-
-/// Extra files named in one problem line at most.
-const MAX_NAMED: usize = 10;
 
 impl Members for SealedMembers {
     fn expect(&mut self, addr: u64, problems: &mut Vec<String>) -> bool {
@@ -300,10 +333,14 @@ impl Members for SealedMembers {
             .left
             .get_mut(&folder)
             .is_some_and(|files| files.remove(&token));
-        if !found {
+        if !found && !self.unreadable.contains(&folder) {
+            // The path does not name the session: its folder's name is a token.
             problems.push(format!(
-                "chunk file {} (chunk x{addr:016x}) is missing",
-                self.sdir.join(&folder).join(&token).display()
+                "session {}: chunk file {} (chunk x{addr:016x}) is missing",
+                self.id,
+                self.store
+                    .fs()
+                    .display(&self.sdir.join(&folder).join(&token))
             ));
         }
         found
@@ -317,22 +354,14 @@ impl Members for SealedMembers {
             let files = list_dir(self.store.fs().as_ref(), &self.sdir.join(&folder));
             self.left_over(&folder, files);
         }
+        // One problem per extra file, as in a plain session: files of no address of
+        // the session first, then by address.
         let mut names = std::mem::take(&mut self.extra_files);
-        if !names.is_empty() {
-            // Files of no address of the session first, then by address.
-            names.sort();
-            let shown = names.len().min(MAX_NAMED);
-            let labels: Vec<&str> = names[..shown].iter().map(|(_, l)| l.as_str()).collect();
+        names.sort();
+        for (_, label) in names {
             problems.push(format!(
-                "session {}: {} extra chunk file(s) not in its manifest: {}{}",
-                self.id,
-                names.len(),
-                labels.join(", "),
-                if names.len() > shown {
-                    format!(" (and {} more)", names.len() - shown)
-                } else {
-                    String::new()
-                }
+                "session {}: extra file {label} not in its manifest",
+                self.id
             ));
         }
         problems.append(&mut self.extra);
@@ -464,8 +493,17 @@ impl Members for TarMembers {
 }
 
 fn list_dir(fs: &dyn sparsebak_format::archive_fs::ArchiveFs, p: &Path) -> BTreeSet<String> {
+    list_folder(fs, p).unwrap_or_default()
+}
+
+/// The names in chunk folder `p`, or why it cannot be listed (a link, a file, no
+/// access), said once with its path: its chunks are then not each said missing.
+fn list_folder(
+    fs: &dyn sparsebak_format::archive_fs::ArchiveFs,
+    p: &Path,
+) -> std::result::Result<BTreeSet<String>, String> {
     match fs.read_dir(p) {
-        Ok(rd) => rd.into_iter().map(|e| e.name).collect(),
-        Err(_) => BTreeSet::new(),
+        Ok(rd) => Ok(rd.into_iter().map(|e| e.name).collect()),
+        Err(e) => Err(format!("{}: {e}", fs.display(p))),
     }
 }
