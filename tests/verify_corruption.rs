@@ -433,3 +433,35 @@ fn receive_refuses_a_manifest_that_is_not_its_infos() {
     env.verify_ok("v", None);
     assert_eq!(env.receive("v", None), env.read_image("v"));
 }
+
+/// Two sessions' infos swapped: each is the info of the other session, and every
+/// command that reads them says so for both, naming the files; nothing shows the
+/// history they would make up.
+#[test]
+fn swapped_infos_are_each_named() {
+    let (env, s1, s2) = setup();
+    let i1 = env.vol_dir("v").join(format!("S_{s1}")).join("info");
+    let i2 = env.vol_dir("v").join(format!("S_{s2}")).join("info");
+    let (t1, t2) = (std::fs::read(&i1).unwrap(), std::fs::read(&i2).unwrap());
+    std::fs::write(&i1, &t2).unwrap();
+    std::fs::write(&i2, &t1).unwrap();
+    for args in [vec!["verify", "v"], vec!["list", "v"]] {
+        let o = env.run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        for (p, other) in [(&i1, &s2), (&i2, &s1)] {
+            assert!(
+                err.contains(&format!(
+                    "{}: bad session info: is the info of session {other}",
+                    p.display()
+                )),
+                "{args:?}: {err}"
+            );
+        }
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(!out.contains(&format!("previous={s1}")), "{args:?}: {out}");
+    }
+    std::fs::write(&i1, &t1).unwrap();
+    std::fs::write(&i2, &t2).unwrap();
+    env.verify_ok("v", None);
+}

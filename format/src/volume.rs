@@ -197,6 +197,18 @@ impl VolumeArchive {
             reason: "not UTF-8".into(),
         })?;
         let info = SessionInfo::parse(&text, &self.info_label(id))?;
+        // An info moved or copied into another session's folder would give that
+        // session another history (a sealed one fails authentication before this).
+        if info.session != id {
+            return Err(FormatError::Info {
+                path: self.info_label(id),
+                reason: format!(
+                    "is the info of session {}, not of session {id} (moved or copied from \
+                     another session's folder)",
+                    info.session
+                ),
+            });
+        }
         // An encrypted archive's infos are format 2 (they name the volume's id): a
         // plain one in it was not written by the archive. (A plain store may hold
         // format 2 infos: the source side's copies of an encrypted archive's sessions.)

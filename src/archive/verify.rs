@@ -55,7 +55,20 @@ pub fn verify(
     let chain = match vol.chain(target) {
         Ok(c) => c,
         Err(e) => {
-            rep.problems.push(format!("session chain: {e}"));
+            // Each info that cannot be read is one problem (two swapped infos are
+            // two); the chain's own error when each reads well alone.
+            let bad: Vec<String> = vol
+                .sessions()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|id| vol.info(id).err())
+                .map(|e| format!("session chain: {e}"))
+                .collect();
+            if bad.is_empty() {
+                rep.problems.push(format!("session chain: {e}"));
+            } else {
+                rep.problems.extend(bad);
+            }
             rep.hint = hint(vol, local, 0);
             return Ok(rep);
         }

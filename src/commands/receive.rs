@@ -16,12 +16,13 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
     let archive = Archive::open(&ctx.config)?;
     let _lock = crate::archive::lock_for_reading(&ctx.config, &archive, name)?;
     let vol = archive.volume(name);
-    let sessions = vol.sessions()?;
+    let sessions = vol.sessions().with_context(|| format!("receive {name}"))?;
     // Sessions this machine sent that the archive lost (an older copy of the volume
     // put back): its "latest" is not the volume's latest. Only a session named by its
     // ID is restored then.
     // Another volume's folder here is said as that, not as lost sessions.
-    vol.own_id(&sessions)?;
+    vol.own_id(&sessions)
+        .with_context(|| format!("receive {name}"))?;
     let gone = crate::archive::sessions_gone(&ctx.config, name, &sessions)?;
     if !gone.is_empty() {
         let said = crate::archive::sessions_gone_text(name, &gone, &archive);
@@ -34,7 +35,9 @@ pub fn run(ctx: &Ctx, name: &str, zero_tail: bool) -> Result<()> {
         }
     }
     let id = pick_session(ctx, &vol, &sessions)?;
-    let chain = vol.chain(&id)?;
+    let chain = vol
+        .chain(&id)
+        .with_context(|| format!("receive {name} session {id}"))?;
     // `/dev/<vg>/<lv>` of an inactive LV: activated for the restore, deactivated after.
     let activated = crate::devpath::activate_named_lv(path)?;
     let path = activated
