@@ -19,7 +19,7 @@ pub enum FormatError {
     Info { path: PathBuf, reason: String },
     #[error("{path}: not a sparsebak archive ({reason})")]
     NotArchive { path: PathBuf, reason: String },
-    #[error("chunk {addr:#018x} of session {session}: {reason}")]
+    #[error("chunk x{addr:016x} of session {session}: {reason}")]
     Chunk {
         session: String,
         addr: u64,

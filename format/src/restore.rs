@@ -347,7 +347,7 @@ fn chunk_reason(addr: u64, reason: &str) -> String {
     if reason.contains(&crate::layout::chunk_name(addr)) {
         reason.to_string()
     } else {
-        format!("chunk {addr:#018x}: {reason}")
+        format!("chunk x{addr:016x}: {reason}")
     }
 }
 

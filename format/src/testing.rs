@@ -919,7 +919,8 @@ mod receive_tests {
         )
         .unwrap_err();
         assert_eq!(e, format!("mem:{VOL}/S_{s3}/info: {enoent}"));
-        // A torn manifest is cut mid-line: the line and the file are named.
+        // A torn manifest no longer matches the hash in its info: the file is named
+        // before any of it is used.
         let e = receive(
             &over(
                 &store,
@@ -929,7 +930,10 @@ mod receive_tests {
         )
         .unwrap_err();
         assert!(
-            e.starts_with(&format!("mem:{VOL}/S_{s3}/manifest:2: ")),
+            e.starts_with(&format!(
+                "mem:{VOL}/S_{s3}/manifest: the manifest of session {s3} does not match \
+                 the hash in its info"
+            )),
             "{e}"
         );
     }
