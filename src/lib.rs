@@ -27,7 +27,9 @@ pub mod docgen;
 pub mod durable;
 pub mod error;
 pub mod exit;
-pub mod failpoint;
+/// Crash points for tests (in the format crate, so that its readers and writers
+/// have them too).
+pub use sparsebak_format::failpoint;
 pub mod lock;
 pub mod metadir;
 pub mod mount;

@@ -17,6 +17,7 @@ pub mod chunk;
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod failpoint;
 pub mod fuzzing;
 pub mod info;
 pub mod layout;

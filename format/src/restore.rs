@@ -387,6 +387,8 @@ pub fn restore(
             stats.bytes_written += len as u64;
         }
         progress(pos);
+        // A test stops a restore here, its target partly written.
+        crate::failpoint::hit("restore-mid-chunks");
         Ok::<(), RestoreError>(())
     })?;
     if size > pos {
