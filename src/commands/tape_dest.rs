@@ -281,22 +281,25 @@ pub fn verify(ctx: &Ctx, name: &str) -> Result<()> {
         );
     }
     if ctx.json {
-        super::json::print(&serde_json::json!({
-            "version": super::json::VERSION,
-            "command": "verify",
-            "volume": name,
-            "dest": ctx.config.dest,
-            "session": chain.session,
-            "ok": ok,
-            "chunks_checked": r.as_ref().map_or(0, |s| s.streams().iter().map(|s| s.data_chunks).sum::<u64>()),
-            "bytes_checked": null,
-            "problems": match &r {
-                Ok(_) => Vec::new(),
-                Err(e) => vec![sparsebak_format::error::one_line(e.as_ref())],
+        let problems = match &r {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![sparsebak_format::error::one_line(e.as_ref())],
+        };
+        super::verify::print_json(
+            ctx,
+            name,
+            &chain.session,
+            &super::verify::Found {
+                ok,
+                chunks_checked: r.as_ref().map_or(0, |s| {
+                    s.streams().iter().map(|s| s.data_chunks).sum::<u64>()
+                }),
+                bytes_checked: None,
+                problems: &problems,
+                hint: None,
+                seconds: None,
             },
-            "hint": null,
-            "seconds": null,
-        }));
+        );
     }
     let sum = match r {
         Ok(sum) => sum,

@@ -33,19 +33,19 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         },
     );
     if ctx.json {
-        super::json::print(&serde_json::json!({
-            "version": super::json::VERSION,
-            "command": "verify",
-            "volume": name,
-            "dest": ctx.config.dest,
-            "session": id,
-            "ok": rep.problems.is_empty(),
-            "chunks_checked": rep.chunks_checked,
-            "bytes_checked": rep.bytes_checked,
-            "problems": rep.problems,
-            "hint": rep.hint,
-            "seconds": started.elapsed().as_secs_f64(),
-        }));
+        print_json(
+            ctx,
+            name,
+            &id,
+            &Found {
+                ok: rep.problems.is_empty(),
+                chunks_checked: rep.chunks_checked,
+                bytes_checked: Some(rep.bytes_checked),
+                problems: &rep.problems,
+                hint: rep.hint.as_deref(),
+                seconds: Some(started.elapsed().as_secs_f64()),
+            },
+        );
     }
     if !rep.problems.is_empty() {
         // Each problem names its session (or the file, which does) once; the last
@@ -69,6 +69,35 @@ pub fn run(ctx: &Ctx, name: &str) -> Result<()> {
         started.elapsed().as_secs_f64()
     ));
     Ok(())
+}
+
+/// What a verify found, as its `--json` document says it (docs/json/verify.schema.json):
+/// of an archive, or of a chain of streams on tape (which knows no byte count, hint or
+/// time).
+pub struct Found<'a> {
+    pub ok: bool,
+    pub chunks_checked: u64,
+    pub bytes_checked: Option<u64>,
+    pub problems: &'a [String],
+    pub hint: Option<&'a str>,
+    pub seconds: Option<f64>,
+}
+
+/// Print the `--json` document of a verify of volume `name`'s session `session`.
+pub fn print_json(ctx: &Ctx, name: &str, session: &str, f: &Found<'_>) {
+    super::json::print(&serde_json::json!({
+        "version": super::json::VERSION,
+        "command": "verify",
+        "volume": name,
+        "dest": ctx.config.dest,
+        "session": session,
+        "ok": f.ok,
+        "chunks_checked": f.chunks_checked,
+        "bytes_checked": f.bytes_checked,
+        "problems": f.problems,
+        "hint": f.hint,
+        "seconds": f.seconds,
+    }));
 }
 
 /// Leave what a verify that ran to the end found in the volume's state folder for the
