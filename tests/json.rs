@@ -214,21 +214,7 @@ fn find_chunk(dir: &std::path::Path) -> PathBuf {
 fn tape_commands_print_json_that_matches_their_schemas() {
     let dir = TestDir::new();
     let p = dir.path();
-    std::fs::create_dir(p.join("img")).unwrap();
-    std::fs::write(p.join("img/v"), Rng::new(7).bytes(5 * CS + 100)).unwrap();
-    let config = p.join("c.ini");
-    std::fs::write(
-        &config,
-        format!(
-            "[var]\nsource = file\nvoldir = {0}/img\ndestdir = {0}/archive\n\
-             metadir = {0}/meta\nencrypt = off\n\
-             [dest:vt]\ntape = virtual:{0}/vtl\nvirtual_slots = 3\n\
-             virtual_capacity = 16M\nblocksize = 64K\npool = weekly\n\
-             [volumes]\nv = enable\n",
-            p.display()
-        ),
-    )
-    .unwrap();
+    let config = small_virtual_library(p);
     let run = |args: &[&str]| {
         let o = std::process::Command::new(bin())
             .arg("-c")

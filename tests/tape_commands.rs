@@ -23,22 +23,7 @@ struct Lib {
 impl Lib {
     fn new() -> Lib {
         let dir = TestDir::new();
-        let p = dir.path();
-        std::fs::create_dir(p.join("img")).unwrap();
-        std::fs::write(p.join("img/v"), Rng::new(7).bytes(5 * BS + 100)).unwrap();
-        let config = p.join("c.ini");
-        std::fs::write(
-            &config,
-            format!(
-                "[var]\nsource = file\nvoldir = {0}/img\ndestdir = {0}/archive\n\
-                 metadir = {0}/meta\nencrypt = off\n\
-                 [dest:vt]\ntape = virtual:{0}/vtl\nvirtual_slots = 3\n\
-                 virtual_capacity = 16M\nblocksize = 64K\npool = weekly\n\
-                 [volumes]\nv = enable\n",
-                p.display()
-            ),
-        )
-        .unwrap();
+        let config = small_virtual_library(dir.path());
         Lib { dir, config }
     }
 

@@ -466,6 +466,29 @@ pub fn tree(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u64, Strin
 }
 
 /// Folders and files directly in `dir`, sorted.
+/// In `dir`: a volume `v` (5 chunks of 64 KiB and 100 bytes, seed 7) in `img/`, and
+/// a config that backs it up to an archive and to a virtual tape library `vt` (3
+/// slots of 16 MiB, blocks of 64 KiB, media pool `weekly`), not encrypted. Returns
+/// the config's path.
+pub fn small_virtual_library(dir: &Path) -> PathBuf {
+    std::fs::create_dir(dir.join("img")).unwrap();
+    std::fs::write(dir.join("img/v"), Rng::new(7).bytes(5 * 65536 + 100)).unwrap();
+    let config = dir.join("c.ini");
+    std::fs::write(
+        &config,
+        format!(
+            "[var]\nsource = file\nvoldir = {0}/img\ndestdir = {0}/archive\n\
+             metadir = {0}/meta\nencrypt = off\n\
+             [dest:vt]\ntape = virtual:{0}/vtl\nvirtual_slots = 3\n\
+             virtual_capacity = 16M\nblocksize = 64K\npool = weekly\n\
+             [volumes]\nv = enable\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 pub fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
