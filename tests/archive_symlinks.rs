@@ -300,3 +300,18 @@ fn a_chunk_folder_link_is_one_problem() {
         assert!(!out.exists());
     }
 }
+
+/// In an encrypted session folder, a link named as a chunk folder that no region of
+/// the session draws is still said, once, for what it is.
+#[test]
+fn an_undrawn_chunk_folder_link_in_an_encrypted_session_is_said() {
+    let env = Env::encrypted(&["v"], "correct horse battery");
+    one_session(&env, "v");
+    let sdir = env.only_session_dir();
+    let outside = TestDir::new();
+    let link = sdir.join("zzzz");
+    symlink(outside.path(), &link).unwrap();
+    let e = env.fails(&["verify", "v"]);
+    assert!(e.contains(&format!("{}: {LINK}", link.display())), "{e}");
+    assert!(e.contains("FAILED with 1 problem(s)"), "{e}");
+}

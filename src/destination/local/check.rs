@@ -347,11 +347,13 @@ impl Members for SealedMembers {
     }
 
     fn finish(&mut self, problems: &mut Vec<String>) {
-        for (folder, files) in std::mem::take(&mut self.left) {
-            self.left_over(&folder, files);
+        // The folders no region drew are listed as the drawn ones were (one that
+        // cannot be, a link for instance, said once), and all they hold is extra.
+        let never_drawn: Vec<String> = self.unlisted.iter().cloned().collect();
+        for folder in never_drawn {
+            self.list(&folder);
         }
-        for folder in std::mem::take(&mut self.unlisted) {
-            let files = list_dir(self.store.fs().as_ref(), &self.sdir.join(&folder));
+        for (folder, files) in std::mem::take(&mut self.left) {
             self.left_over(&folder, files);
         }
         // One problem per extra file, as in a plain session: files of no address of
@@ -490,10 +492,6 @@ impl Members for TarMembers {
         self.extra_until(None, problems);
         self.check_headers(problems);
     }
-}
-
-fn list_dir(fs: &dyn sparsebak_format::archive_fs::ArchiveFs, p: &Path) -> BTreeSet<String> {
-    list_folder(fs, p).unwrap_or_default()
 }
 
 /// The names in chunk folder `p`, or why it cannot be listed (a link, a file, no
