@@ -257,7 +257,7 @@ pub fn open_read(path: &Path) -> io::Result<std::fs::File> {
     if std::fs::symlink_metadata(path).is_ok_and(|m| is_special(m.file_type())) {
         return Err(special_error());
     }
-    let f = nofollow()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
